@@ -1,0 +1,56 @@
+"""The application factory: it assembles, and never touches the database."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask, current_app
+
+from .config import Config, load_config
+from .database import configure_engine, engine_options
+from .errors import register_error_handlers
+from .extensions import db
+from .vault import Vault, load_vault
+
+_vault_lock = threading.Lock()
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or load_config()
+    app = Flask("kamengd")
+    app.config.update(
+        SECRET_KEY=config.read_secret_key(),
+        SQLALCHEMY_DATABASE_URI=config.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(config.database.url, config.database.pool_size),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+    )
+    app.extensions["kamengd.config"] = config
+    logging.getLogger("kamengd").setLevel(config.logging.level)
+
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)  # adds connect hooks; opens no connection
+
+    register_error_handlers(app)
+    from . import health
+
+    app.register_blueprint(health.bp)
+    return app
+
+
+def get_config() -> Config:
+    return current_app.extensions["kamengd.config"]
+
+
+def get_vault() -> Vault:
+    """The data key is read on first use, once per process."""
+    vault = current_app.extensions.get("kamengd.vault")
+    if vault is None:
+        with _vault_lock:
+            vault = current_app.extensions.get("kamengd.vault")
+            if vault is None:
+                vault = load_vault(get_config().security.data_key_file)
+                current_app.extensions["kamengd.vault"] = vault
+    return vault

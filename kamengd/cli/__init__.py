@@ -1,0 +1,108 @@
+"""The `kamengd` command (CONTRACT.md §1).
+
+Every failure a user can cause ends as one line on standard error and a
+non-zero exit; a traceback means a bug.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from functools import cached_property
+
+import click
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .. import __version__
+from ..config import Config, load_config
+from ..errors import KamengdError
+
+
+class CliContext:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def app(self):
+        from ..app import create_app
+
+        return create_app(self.config)
+
+
+def with_app(fn):
+    """Run the command in an app context; commit once at the end, roll back on error."""
+    @functools.wraps(fn)
+    @click.pass_obj
+    def wrapper(obj: CliContext, *args, **kwargs):
+        from ..extensions import db
+
+        with obj.app.app_context():
+            try:
+                result = fn(*args, **kwargs)
+                db.session.commit()
+                return result
+            except BaseException:
+                db.session.rollback()
+                raise
+    return wrapper
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of prose.")
+
+
+def emit(as_json: bool, payload: dict, text: str) -> None:
+    click.echo(json.dumps(payload, ensure_ascii=False, sort_keys=True) if as_json else text)
+
+
+def fail(message: str) -> None:
+    raise KamengdError(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH",
+              help="Config file (default: $KAMENGD_CONFIG, then /etc/kamengd/kamengd.toml).")
+@click.version_option(__version__, prog_name="kamengd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None):
+    """kamengd: a self-hosted card-key shop."""
+    ctx.obj = CliContext(config_path)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _database_message(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else None
+    detail = orig.args[-1] if orig is not None and orig.args else (orig or exc.__class__.__name__)
+    return f"database error: {detail}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="kamengd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("kamengd: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"kamengd: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except KamengdError as exc:
+        click.echo(f"kamengd: {_one_line(exc.message)}", err=True)
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        click.echo(f"kamengd: {_one_line(_database_message(exc))}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("kamengd: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+from . import audit, catalog, channels, doctor, install, keys, serve, users  # noqa: E402,F401

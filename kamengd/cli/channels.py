@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import click
+import sqlalchemy as sa
+
+from ..app import get_vault
+from ..audit.services import cli_actor
+from ..errors import InvalidRequest
+from ..extensions import db
+from ..payments.models import PaymentChannel
+from ..payments.services import CHANNEL_TYPES, add_channel
+from . import cli, emit, json_option, with_app
+
+
+@cli.group()
+def channel():
+    """Payment channels."""
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"--option {pair!r}: expected KEY=VALUE")
+        if key.strip() in options:
+            raise InvalidRequest(f"--option {key.strip()}: given twice")
+        options[key.strip()] = value
+    return options
+
+
+@channel.command("add")
+@click.option("--type", "channel_type", type=click.Choice(sorted(CHANNEL_TYPES)), required=True)
+@click.option("--code", required=True, help="The channel's code in URLs and orders.")
+@click.option("--name")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="epay: gateway=URL, pid=ID, key=MERCHANT_KEY")
+@json_option
+@with_app
+def channel_add(channel_type, code, name, options, as_json):
+    """Add a payment channel."""
+    ch = add_channel(db.session, get_vault(), channel_type=channel_type, code=code, name=name,
+                     options=parse_options(options), actor=cli_actor())
+    emit(as_json, {"id": ch.id, "code": ch.code, "type": ch.type, "name": ch.name, "enabled": ch.is_enabled},
+         f"added {ch.type} channel {ch.code}")
+
+
+@channel.command("list")
+@json_option
+@with_app
+def channel_list(as_json):
+    """List payment channels (secrets are never shown)."""
+    rows = [{"id": c.id, "code": c.code, "type": c.type, "name": c.name, "enabled": c.is_enabled,
+             **json.loads(c.options)}
+            for c in db.session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.id))]
+    emit(as_json, {"channels": rows},
+         "\n".join(f"{r['code']}\t{r['type']}\t{'enabled' if r['enabled'] else 'disabled'}\t{r['name']}"
+                   for r in rows) or "no channels")

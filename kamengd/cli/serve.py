@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import click
+
+from ..errors import InvalidRequest
+from . import cli
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(f"--bind {bind!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@cli.command()
+@click.option("--bind", metavar="HOST:PORT", help="Default: server.bind (127.0.0.1:8000).")
+@click.option("--server", "server_name", type=click.Choice(["waitress", "gunicorn"]))
+@click.option("--workers", type=click.IntRange(min=1), help="Gunicorn worker processes.")
+@click.option("--no-scheduler", is_flag=True, help="Do not run the scheduler in this process.")
+@click.pass_obj
+def serve(obj, bind, server_name, workers, no_scheduler):
+    """Run the shop, panel, API and payment callbacks."""
+    from ..extensions import db
+    from ..schema import require_current
+
+    config = obj.config
+    host, port = parse_bind(bind or config.server.bind)
+    server_name = server_name or config.server.server
+    app = obj.app
+    with app.app_context():
+        revision = require_current(db.engine)
+        db.engine.dispose()  # no connection is inherited by forked workers
+    click.echo(f"kamengd serving on http://{host}:{port} ({server_name}, schema {revision})", err=True)
+    if server_name == "waitress":
+        import waitress
+
+        waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="kamengd")
+    else:
+        _run_gunicorn(obj, f"{host}:{port}", workers or config.server.workers, config.server.threads)
+
+
+def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Gunicorn(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("proc_name", "kamengd")
+
+        def load(self):
+            from ..app import create_app
+
+            return create_app(obj.config)
+
+    Gunicorn().run()

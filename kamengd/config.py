@@ -1,0 +1,276 @@
+"""Configuration: every setting declared once, with its type and default.
+
+The file is TOML; any setting can be overridden by an environment variable
+``KAMENGD_<SECTION>_<KEY>``. An unknown key, a value of the wrong type or a
+missing required setting stops start-up with the setting's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/kamengd/kamengd.toml")
+ENV_CONFIG = "KAMENGD_CONFIG"
+ENV_PREFIX = "KAMENGD_"
+
+REQUIRED: typing.Any = object()
+
+
+def setting(default=REQUIRED, *, doc: str, choices: tuple = (), minimum: int | None = None):
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str = setting("kamengd", doc="Shop name shown to buyers and staff.")
+    url: str = setting("http://127.0.0.1:8000",
+                       doc="Public base URL of the shop; payment callbacks are built from it.")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = setting(doc="SQLAlchemy URL: sqlite:////path/kamengd.db or mysql+pymysql://user@host/db.")
+    password_file: Path | None = setting(
+        None, doc="File holding the database password, kept out of the URL (optional).")
+    pool_size: int = setting(5, doc="Connections per process (MySQL).", minimum=1)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    secret_key_file: Path = setting(doc="File holding the session signing key (mode 0600).")
+    data_key_file: Path = setting(
+        doc="File holding the card-key encryption key (mode 0600). Never in the database or a backup.")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = setting("127.0.0.1:8000", doc="HOST:PORT that `kamengd serve` listens on.")
+    server: str = setting("waitress", doc="waitress or gunicorn.", choices=("waitress", "gunicorn"))
+    workers: int = setting(2, doc="Gunicorn worker processes.", minimum=1)
+    threads: int = setting(8, doc="Threads per process.", minimum=1)
+
+
+@dataclass(frozen=True)
+class RatelimitConfig:
+    enabled: bool = setting(True, doc="Per-client rate limits; 0 turns every limit off (load tests).")
+    storage_url: str = setting("memory://",
+                               doc="memory:// for one process; redis://host:6379 for several.")
+
+
+@dataclass(frozen=True)
+class InventoryConfig:
+    max_key_length: int = setting(512, doc="Longest card key accepted by an import, in characters.",
+                                  minimum=1)
+    import_batch_size: int = setting(5000, doc="Keys written per INSERT batch during an import.",
+                                     minimum=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = setting("INFO", doc="Log level.",
+                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class Config:
+    site: SiteConfig
+    database: DatabaseConfig
+    security: SecurityConfig
+    server: ServerConfig
+    ratelimit: RatelimitConfig
+    inventory: InventoryConfig
+    logging: LoggingConfig
+    path: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        """The URL with the password from ``password_file`` filled in (never log this)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database.url)
+        if self.database.password_file is not None:
+            url = url.set(password=_read_secret_file(self.database.password_file, "database.password_file"))
+        return url.render_as_string(hide_password=False)
+
+    def read_secret_key(self) -> bytes:
+        return _read_secret_file(self.security.secret_key_file, "security.secret_key_file").encode()
+
+    def describe(self) -> dict:
+        """Every setting with its value, secrets masked: safe to print."""
+        from sqlalchemy.engine import make_url
+
+        out = {}
+        for name, section in _sections():
+            values = dataclasses.asdict(getattr(self, name))
+            if name == "database":
+                values["url"] = make_url(values["url"]).render_as_string(hide_password=True)
+            out[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+        return out
+
+
+def _sections():
+    hints = typing.get_type_hints(Config)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Config) if f.name != "path"]
+
+
+def _read_secret_file(path: Path, name: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{name}: {path} is empty")
+    return value
+
+
+def _convert(name: str, raw, hint, meta, base_dir: Path | None, from_env: bool):
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    target = hint
+    if optional:
+        target = next(a for a in typing.get_args(hint) if a is not type(None))
+        if raw == "" or raw is None:
+            return None
+    if target is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif from_env and str(raw).strip().lower() in ("1", "true", "yes", "on"):
+            value = True
+        elif from_env and str(raw).strip().lower() in ("0", "false", "no", "off", ""):
+            value = False
+        else:
+            raise ConfigError(f"setting {name}: expected true or false, got {raw!r}")
+    elif target is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"setting {name}: expected an integer, got {raw!r}")
+        try:
+            value = int(raw) if from_env else raw
+        except ValueError:
+            raise ConfigError(f"setting {name}: expected an integer, got {raw!r}") from None
+        if not isinstance(value, int):
+            raise ConfigError(f"setting {name}: expected an integer, got {raw!r}")
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            raise ConfigError(f"setting {name}: must be at least {meta['minimum']}, got {value}")
+    elif target is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"setting {name}: expected a file path, got {raw!r}")
+        value = Path(raw).expanduser()
+        if not value.is_absolute() and base_dir is not None:
+            value = base_dir / value
+    else:
+        if not isinstance(raw, str):
+            raise ConfigError(f"setting {name}: expected a string, got {raw!r}")
+        value = raw
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"setting {name}: must be one of {', '.join(meta['choices'])}, got {value!r}")
+    return value
+
+
+def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
+                 path: Path | None = None) -> Config:
+    """Validate a parsed TOML document plus environment overrides into a Config."""
+    env = os.environ if env is None else env
+    base_dir = path.parent if path is not None else None
+    sections = dict(_sections())
+    for section_name, section_value in data.items():
+        if section_name not in sections:
+            raise ConfigError(f"unknown config section [{section_name}]")
+        if not isinstance(section_value, dict):
+            raise ConfigError(f"config section [{section_name}] must be a table")
+    env_values = _env_overrides(env, sections)
+
+    built = {}
+    for section_name, section_cls in sections.items():
+        hints = typing.get_type_hints(section_cls)
+        fields = {f.name: f for f in dataclasses.fields(section_cls)}
+        file_values = data.get(section_name, {})
+        for key in file_values:
+            if key not in fields:
+                raise ConfigError(f"unknown setting {section_name}.{key}")
+        kwargs = {}
+        for key, f in fields.items():
+            name = f"{section_name}.{key}"
+            if (section_name, key) in env_values:
+                kwargs[key] = _convert(name, env_values[(section_name, key)], hints[key], f.metadata,
+                                       base_dir, from_env=True)
+            elif key in file_values:
+                kwargs[key] = _convert(name, file_values[key], hints[key], f.metadata, base_dir,
+                                       from_env=False)
+            elif f.default is REQUIRED:
+                raise ConfigError(f"missing setting {name}")
+        built[section_name] = section_cls(**kwargs)
+    return Config(path=path, **built)
+
+
+def _env_overrides(env, sections) -> dict:
+    """Map KAMENGD_<SECTION>_<KEY> variables onto declared settings.
+
+    A variable naming a known section but an unknown key is an error (a typo
+    would otherwise be silently ignored); other KAMENGD_* variables, such as
+    KAMENGD_CONFIG, are not settings and are left alone.
+    """
+    found = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        for section_name, section_cls in sections.items():
+            if rest.startswith(section_name + "_"):
+                key = rest[len(section_name) + 1:]
+                if key not in {f.name for f in dataclasses.fields(section_cls)}:
+                    raise ConfigError(f"environment variable {var}: unknown setting {section_name}.{key}")
+                found[(section_name, key)] = value
+    return found
+
+
+def resolve_config_path(explicit: str | os.PathLike | None, env=None) -> Path:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike | None = None, env=None) -> Config:
+    """Read the config file found by --config, KAMENGD_CONFIG or the default path."""
+    config_path = resolve_config_path(path, env)
+    try:
+        raw = config_path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_path} not found (use --config or KAMENGD_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+    return build_config(data, env, config_path.resolve())
+
+
+def render_config(values: dict[str, dict]) -> str:
+    """Write settings as TOML (only the simple value types the table declares)."""
+    lines = []
+    for section, items in values.items():
+        lines.append(f"[{section}]")
+        for key, value in items.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in escaped)
+    return f'"{escaped}"'

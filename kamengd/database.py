@@ -1,0 +1,88 @@
+"""Engines, column types and clock shared by every model.
+
+SQLite: WAL, a busy timeout, foreign keys on, and every transaction opened
+with BEGIN IMMEDIATE. Taking the write lock up front means two transactions
+never both read and then fail to upgrade to writing ("database is locked"
+half-way through an order); SQLite serialises writers anyway.
+
+MySQL/MariaDB: READ COMMITTED (no gap locks around SKIP LOCKED claims),
+strict SQL mode (an over-long value is an error, never silently truncated),
+utf8mb4, and pre-ping so a connection dropped by the server is replaced.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+
+# Microseconds are kept on MySQL too: the audit chain hashes timestamps and
+# must read back exactly what it wrote.
+UTCDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# SQLite only auto-increments an INTEGER PRIMARY KEY; MySQL tables that may
+# hold millions of rows get BIGINT.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+STRICT_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
+                   "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the only kind of datetime stored."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def engine_options(url: str, pool_size: int = 5) -> dict:
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {
+        "isolation_level": "READ COMMITTED",
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+        "pool_size": pool_size,
+        "max_overflow": pool_size * 2,
+        "connect_args": {"charset": "utf8mb4", "connect_timeout": 10},
+    }
+
+
+def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):
+            # Let SQLAlchemy, not the driver, decide when transactions start.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        @event.listens_for(engine, "connect")
+        def _mysql_connect(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET SESSION sql_mode = '{STRICT_SQL_MODE}'")
+            cur.execute("SET SESSION time_zone = '+00:00'")
+            cur.close()
+    return engine
+
+
+def make_engine(url: str, *, foreign_keys: bool = True, pooled: bool = True) -> Engine:
+    """An engine outside Flask (migrations, install)."""
+    options = engine_options(url)
+    if not pooled:
+        for key in ("pool_size", "max_overflow", "pool_recycle"):
+            options.pop(key, None)
+        options["poolclass"] = NullPool
+    return configure_engine(sa.create_engine(url, **options), foreign_keys=foreign_keys)

@@ -1,0 +1,80 @@
+"""Domain errors, and the one registry that turns them into HTTP answers.
+
+Service functions raise these; the CLI prints their message on one line and
+exits non-zero; the web app answers JSON under /api/ (CONTRACT.md §2) and a
+plain page elsewhere.
+"""
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+
+class KamengdError(Exception):
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(KamengdError):
+    """The configuration is missing, unreadable or invalid."""
+
+
+class InvalidRequest(KamengdError):
+    pass
+
+
+class NotFound(KamengdError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(KamengdError):
+    """The request is valid but the current state forbids it (e.g. already exists)."""
+    code = "invalid_request"
+    http_status = 409
+
+
+class OutOfStock(KamengdError):
+    code = "out_of_stock"
+    http_status = 409
+
+
+class RateLimited(KamengdError):
+    code = "rate_limited"
+    http_status = 429
+
+
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "invalid_request",
+               409: "out_of_stock", 413: "invalid_request", 415: "invalid_request",
+               429: "rate_limited"}
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/healthz"
+
+
+def error_response(code: str, message: str, status: int):
+    if _wants_json():
+        return jsonify({"error": {"code": code, "message": message}}), status
+    return message, status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(KamengdError)
+    def _domain(exc: KamengdError):
+        return error_response(exc.code, exc.message, exc.http_status)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+        return error_response(code, exc.description or exc.name, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response("internal_error", "internal error", 500)

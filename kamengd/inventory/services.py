@@ -1,0 +1,164 @@
+"""Importing and exporting card keys.
+
+An import is one transaction: the whole file goes in, or (on a line that
+cannot be read or is too long) nothing does. Keys stream through in batches
+written with one executemany each; the database's unique (product,
+fingerprint) index drops duplicates, both those already in stock and those
+repeated in the file, and the batch's row count tells how many went in.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.orm import Session
+
+from ..audit.services import record
+from ..catalog.services import get_product
+from ..database import utcnow
+from ..errors import InvalidRequest
+from ..vault import NONCE_BYTES, Vault
+from .importer import check_key, iter_lines
+from .models import CardKey
+
+EXPORT_STATUSES = ("available", "sold", "all")
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    duplicates: int = 0
+    blank: int = 0
+    encoding: str = ""
+
+    def as_dict(self) -> dict:
+        return {"imported": self.imported, "duplicates": self.duplicates, "blank": self.blank}
+
+
+def _insert_skipping_duplicates(dialect_name: str):
+    table = CardKey.__table__
+    if dialect_name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["product_id", "fingerprint"])
+    # Values are generated here (fixed-size binaries, bounded ciphertext), so
+    # under strict mode the only error IGNORE can swallow is the duplicate.
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+def _encrypt_batch(vault: Vault, product_id: int, keys: list[str], created_at) -> list[dict]:
+    fingerprint, encrypt = vault.fingerprint, vault.encrypt_card_key
+    nonces = os.urandom(NONCE_BYTES * len(keys))
+    rows = []
+    for i, key in enumerate(keys):
+        plaintext = key.encode("utf-8")
+        fp = fingerprint(product_id, plaintext)
+        nonce, ct, version = encrypt(product_id, plaintext, fp, nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES])
+        rows.append({"product_id": product_id, "status": "available", "ciphertext": ct, "nonce": nonce,
+                     "key_version": version, "fingerprint": fp, "created_at": created_at})
+    return rows
+
+
+def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO, actor: str,
+                encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
+                source_ip: str | None = None) -> ImportResult:
+    """Import one key per line from a seekable binary file. Flushes; the caller commits."""
+    get_product(session, product_id)
+    result = ImportResult()
+    result.encoding, lines = iter_lines(fh, encoding)
+    conn = session.connection()
+    stmt = _insert_skipping_duplicates(conn.dialect.name)
+    created_at = utcnow()
+    attempted = 0
+    batch: list[str] = []
+
+    def flush_batch():
+        nonlocal attempted
+        result.imported += conn.execute(stmt, _encrypt_batch(vault, product_id, batch, created_at)).rowcount
+        attempted += len(batch)
+        batch.clear()
+
+    for lineno, line in lines:
+        key = line.strip()
+        if not key:
+            result.blank += 1
+            continue
+        check_key(lineno, key, max_key_length)
+        batch.append(key)
+        if len(batch) >= batch_size:
+            flush_batch()
+    if batch:
+        flush_batch()
+    result.duplicates = attempted - result.imported
+    record(session, "keys.import", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
+           details={**result.as_dict(), "encoding": result.encoding})
+    return result
+
+
+def iter_plaintext_keys(session: Session, vault: Vault, product_id: int,
+                        statuses: Iterable[str] | None) -> Iterable[str]:
+    t = CardKey.__table__
+    query = (sa.select(t.c.product_id, t.c.fingerprint, t.c.nonce, t.c.ciphertext, t.c.key_version)
+             .where(t.c.product_id == product_id).order_by(t.c.id))
+    if statuses is not None:
+        query = query.where(t.c.status.in_(list(statuses)))
+    for row in session.execute(query.execution_options(yield_per=2000)):
+        yield vault.decrypt_card_key(row.product_id, row.fingerprint, row.nonce, row.ciphertext,
+                                     row.key_version).decode("utf-8")
+
+
+@dataclass
+class ExportResult:
+    count: int
+    output: Path
+    _tmp: Path | None = field(default=None, repr=False)
+
+    def finish(self) -> None:
+        """Move the file into place; call after the audit entry is committed."""
+        if self._tmp is not None:
+            os.replace(self._tmp, self.output)
+            self._tmp = None
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path, actor: str,
+                status: str = "available", source_ip: str | None = None) -> ExportResult:
+    """Write plaintext keys to a private temporary file beside ``output`` and audit it.
+
+    The caller commits, then calls ``finish()``: no key file appears unless
+    the audit entry recording it was committed.
+    """
+    if status not in EXPORT_STATUSES:
+        raise InvalidRequest(f"status: must be one of {', '.join(EXPORT_STATUSES)}")
+    get_product(session, product_id)
+    output = Path(output).absolute()
+    if output.is_dir():
+        raise InvalidRequest(f"output: {output} is a directory")
+    if not output.parent.is_dir():
+        raise InvalidRequest(f"output: directory {output.parent} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=".kamengd-export-", dir=output.parent)  # mode 0600
+    tmp = Path(tmp_name)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for key in iter_plaintext_keys(session, vault, product_id,
+                                           None if status == "all" else [status]):
+                fh.write(key)
+                fh.write("\n")
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        record(session, "keys.export", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
+               details={"status": status, "count": count, "output": str(output)})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportResult(count=count, output=output, _tmp=tmp)

@@ -1,0 +1,35 @@
+"""Exact money: integer cents inside, two-place decimal strings outside."""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from .errors import InvalidRequest
+
+MAX_CENTS = 10**13  # 100 billion: far beyond any card, well inside BIGINT
+
+
+def parse_money(text: str | Decimal, *, field: str = "price", allow_zero: bool = False) -> int:
+    """'9.9' -> 990. More than two decimal places, a sign, or junk is refused."""
+    if isinstance(text, float):
+        raise TypeError("money is never a float")
+    raw = str(text).strip()
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise InvalidRequest(f"{field}: {raw!r} is not a decimal amount") from None
+    if not value.is_finite():
+        raise InvalidRequest(f"{field}: {raw!r} is not a decimal amount")
+    if value.as_tuple().exponent < -2 and value != value.quantize(Decimal("0.01")):
+        raise InvalidRequest(f"{field}: {raw!r} has more than two decimal places")
+    cents = int(value * 100)
+    if cents < 0 or (cents == 0 and not allow_zero):
+        raise InvalidRequest(f"{field}: must be {'zero or ' if allow_zero else ''}more than zero")
+    if cents >= MAX_CENTS:
+        raise InvalidRequest(f"{field}: {raw!r} is too large")
+    return cents
+
+
+def format_cents(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    cents = abs(cents)
+    return f"{sign}{cents // 100}.{cents % 100:02d}"

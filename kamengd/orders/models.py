@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..database import BigId, UTCDateTime, utcnow
+from ..extensions import db
+
+ORDER_STATUSES = ("pending", "paid", "delivered", "expired", "cancelled", "refunded", "held")
+
+
+class Order(db.Model):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_no: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"), index=True)
+    channel_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payment_channels.id"))
+    quantity: Mapped[int]
+    unit_price_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    email: Mapped[str] = mapped_column(sa.String(254), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    # Only hashes of the buyer's secrets are stored.
+    token_hash: Mapped[bytes] = mapped_column(sa.BINARY(32))
+    query_password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    client_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    paid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # Sweeps: pending orders past expiry, paid orders waiting for stock.
+        sa.Index("ix_orders_status_expires_at", "status", "expires_at"),
+        sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
+        sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
+        sa.CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in ORDER_STATUSES) + ")", name="status_known"),
+    )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..database import BigId, UTCDateTime, utcnow
+from ..extensions import db
+
+
+class PaymentChannel(db.Model):
+    """A merchant's payment account. Secret options (the Epay key) are stored
+    encrypted with the data key, never in clear in the database or a backup."""
+    __tablename__ = "payment_channels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    type: Mapped[str] = mapped_column(sa.String(16))
+    name: Mapped[str] = mapped_column(sa.String(100))
+    options: Mapped[str] = mapped_column(sa.Text, default="{}")
+    secret_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    secret_nonce: Mapped[bytes | None] = mapped_column(sa.BINARY(12))
+    secret_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    is_enabled: Mapped[bool] = mapped_column(default=True)
+    sort_order: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Payment(db.Model):
+    """A payment reported by a channel; (channel, trade_no) makes callbacks idempotent."""
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    channel_id: Mapped[int] = mapped_column(sa.ForeignKey("payment_channels.id"))
+    trade_no: Mapped[str] = mapped_column(sa.String(64))
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    raw: Mapped[str] = mapped_column(sa.Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("channel_id", "trade_no", name="uq_payments_channel_trade_no"),
+    )

@@ -1,0 +1,148 @@
+"""Card-key encryption: AES-256-GCM with keys kept outside the database.
+
+The key file holds one or more 32-byte data keys, each with a version; new
+ciphertexts use the newest, and every row records the version it was
+written with so keys can be rotated (K4). From each data key HKDF derives
+two independent keys: one for AES-GCM, one for the HMAC-SHA256 fingerprint
+that finds duplicates without decrypting.
+
+A card key's associated data is its product id and fingerprint. Within a
+product the fingerprint is unique, so this binds each ciphertext to its
+row: copied to another row (or product) it no longer decrypts.
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import KamengdError
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_HEADER = ("# kamengd data key. Anyone with this file can read the card keys in a backup;\n"
+           "# without it nobody can, you included. Keep a copy: kamengd key backup.\n")
+
+
+class VaultError(KamengdError):
+    pass
+
+
+class DecryptionError(VaultError):
+    """A ciphertext did not authenticate: wrong key, or moved/altered data."""
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"kamengd/" + purpose).derive(key)
+
+
+def card_key_aad(product_id: int, fingerprint: bytes) -> bytes:
+    return b"kamengd/card-key\x00" + product_id.to_bytes(8, "big") + fingerprint
+
+
+class Vault:
+    def __init__(self, keys: dict[int, bytes]):
+        if not keys:
+            raise VaultError("no data key")
+        for version, key in keys.items():
+            if len(key) != KEY_BYTES or not 0 < version < 32768:
+                raise VaultError(f"data key version {version} is invalid")
+        self.current_version = max(keys)
+        self._aead = {v: AESGCM(_derive(k, b"card-key/aes-256-gcm")) for v, k in keys.items()}
+        self._fp_keys = {v: _derive(k, b"card-key/fingerprint") for v, k in keys.items()}
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._aead)
+
+    # -- card keys ---------------------------------------------------------
+    def fingerprint(self, product_id: int, plaintext: bytes, version: int | None = None) -> bytes:
+        key = self._fp_keys[self.current_version if version is None else version]
+        return hmac.digest(key, product_id.to_bytes(8, "big") + plaintext, "sha256")
+
+    def encrypt_card_key(self, product_id: int, plaintext: bytes,
+                         fingerprint: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes, int]:
+        """Returns (nonce, ciphertext, key_version). Pass a nonce only from os.urandom."""
+        nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+        ct = self._aead[self.current_version].encrypt(nonce, plaintext,
+                                                      card_key_aad(product_id, fingerprint))
+        return nonce, ct, self.current_version
+
+    def decrypt_card_key(self, product_id: int, fingerprint: bytes, nonce: bytes,
+                         ciphertext: bytes, key_version: int) -> bytes:
+        return self._decrypt(key_version, nonce, ciphertext, card_key_aad(product_id, fingerprint))
+
+    # -- other secrets (payment channel keys) ----------------------------
+    def encrypt_secret(self, context: str, plaintext: bytes) -> tuple[bytes, bytes, int]:
+        nonce = os.urandom(NONCE_BYTES)
+        ct = self._aead[self.current_version].encrypt(nonce, plaintext, b"kamengd/secret\x00" + context.encode())
+        return nonce, ct, self.current_version
+
+    def decrypt_secret(self, context: str, nonce: bytes, ciphertext: bytes, key_version: int) -> bytes:
+        return self._decrypt(key_version, nonce, ciphertext, b"kamengd/secret\x00" + context.encode())
+
+    def _decrypt(self, version: int, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        aead = self._aead.get(version)
+        if aead is None:
+            raise DecryptionError(f"data key version {version} is not in the key file")
+        try:
+            return aead.decrypt(bytes(nonce), bytes(ciphertext), aad)
+        except InvalidTag:
+            raise DecryptionError("ciphertext does not authenticate (wrong data key or altered row)") from None
+
+
+# -- the key file -------------------------------------------------------------
+def parse_key_file(text: str, source: str = "key file") -> dict[int, bytes]:
+    keys: dict[int, bytes] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        version, sep, encoded = line.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            key = base64.b64decode(encoded.strip(), validate=True)
+            number = int(version)
+        except ValueError:
+            raise VaultError(f"{source}: line {lineno} is not VERSION:BASE64KEY") from None
+        if len(key) != KEY_BYTES:
+            raise VaultError(f"{source}: line {lineno}: key is not {KEY_BYTES} bytes")
+        keys[number] = key
+    if not keys:
+        raise VaultError(f"{source}: holds no key")
+    return keys
+
+
+def render_key_file(keys: dict[int, bytes]) -> str:
+    return _HEADER + "".join(f"{v}:{base64.b64encode(k).decode()}\n" for v, k in sorted(keys.items()))
+
+
+def load_vault(path: Path) -> Vault:
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise VaultError(f"data key file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VaultError(f"cannot read data key file {path}: {exc}") from None
+    return Vault(parse_key_file(text, str(path)))
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    """Create a new file readable by its owner only; never overwrite one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def generate_key_file(path: Path) -> None:
+    write_secret_file(Path(path), render_key_file({1: os.urandom(KEY_BYTES)}))
