@@ -2,7 +2,7 @@
 from .accounts.models import StaffUser  # noqa: F401
 from .audit.models import AuditEntry, AuditHead  # noqa: F401
 from .catalog.models import Category, Product  # noqa: F401
-from .inventory.models import CardKey  # noqa: F401
+from .inventory.models import CardKey, KeyImport  # noqa: F401
 from .orders.models import Order  # noqa: F401
 from .payments.models import Payment, PaymentChannel  # noqa: F401
 from .settings.models import Setting  # noqa: F401

@@ -6,8 +6,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
 
-# Used when the username is unknown, so a login takes as long either way.
-_DUMMY_HASH = _hasher.hash("kamengd-dummy-password")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """Verified against when the username is unknown, so a login takes as long either way."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("kamengd-dummy-password")
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -16,7 +23,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _dummy(), password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import mysql
 DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # utf8mb4 whatever the server's default: product names and keys are Chinese.
+# A binary collation compares as SQLite does, so both databases agree.
 TABLE_OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 revision: str = '0001'
@@ -131,6 +132,22 @@ def upgrade() -> None:
     with op.batch_alter_table('products', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_products_category_id'), ['category_id'], unique=False)
 
+    op.create_table('key_imports',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('product_id', sa.Integer(), nullable=False),
+    sa.Column('actor', sa.String(length=128), nullable=False),
+    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('encoding', sa.String(length=32), nullable=False),
+    sa.Column('imported', sa.Integer(), nullable=False),
+    sa.Column('duplicates', sa.Integer(), nullable=False),
+    sa.Column('blank', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['product_id'], ['products.id'], name=op.f('fk_key_imports_product_id_products')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_key_imports')),
+    **TABLE_OPTS,
+    )
+    with op.batch_alter_table('key_imports', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_key_imports_product_id'), ['product_id'], unique=False)
+
     op.create_table('orders',
     sa.Column('id', BIGID, nullable=False),
     sa.Column('order_no', sa.String(length=32), nullable=False),
@@ -169,15 +186,15 @@ def upgrade() -> None:
     sa.Column('id', BIGID, nullable=False),
     sa.Column('product_id', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('import_id', sa.Integer(), nullable=False),
     sa.Column('order_id', BIGID, nullable=True),
     sa.Column('reserved_until', DATETIME, nullable=True),
     sa.Column('ciphertext', sa.LargeBinary(), nullable=False),
     sa.Column('nonce', sa.BINARY(length=12), nullable=False),
     sa.Column('key_version', sa.SmallInteger(), nullable=False),
-    sa.Column('fingerprint', sa.BINARY(length=32), nullable=False),
-    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('fingerprint', sa.BINARY(length=16), nullable=False),
     sa.Column('sold_at', DATETIME, nullable=True),
-    sa.CheckConstraint("status IN ('available', 'reserved', 'sold', 'void')", name=op.f('ck_card_keys_status_known')),
+    sa.ForeignKeyConstraint(['import_id'], ['key_imports.id'], name=op.f('fk_card_keys_import_id_key_imports')),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_card_keys_order_id_orders')),
     sa.ForeignKeyConstraint(['product_id'], ['products.id'], name=op.f('fk_card_keys_product_id_products')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_card_keys')),
@@ -185,7 +202,7 @@ def upgrade() -> None:
     **TABLE_OPTS,
     )
     with op.batch_alter_table('card_keys', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_card_keys_order_id'), ['order_id'], unique=False)
+        batch_op.create_index('ix_card_keys_order_id', ['order_id'], unique=False, sqlite_where=sa.text('order_id IS NOT NULL'))
         batch_op.create_index('ix_card_keys_take', ['product_id', 'status', 'id'], unique=False)
 
     op.create_table('payments',
@@ -215,7 +232,7 @@ def downgrade() -> None:
     op.drop_table('payments')
     with op.batch_alter_table('card_keys', schema=None) as batch_op:
         batch_op.drop_index('ix_card_keys_take')
-        batch_op.drop_index(batch_op.f('ix_card_keys_order_id'))
+        batch_op.drop_index('ix_card_keys_order_id', sqlite_where=sa.text('order_id IS NOT NULL'))
 
     op.drop_table('card_keys')
     with op.batch_alter_table('orders', schema=None) as batch_op:
@@ -225,6 +242,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_orders_created_at'))
 
     op.drop_table('orders')
+    with op.batch_alter_table('key_imports', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_key_imports_product_id'))
+
+    op.drop_table('key_imports')
     with op.batch_alter_table('products', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_products_category_id'))
 
