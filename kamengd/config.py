@@ -197,8 +197,9 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
         for key, f in fields.items():
             name = f"{section_name}.{key}"
             if (section_name, key) in env_values:
-                kwargs[key] = _convert(name, env_values[(section_name, key)], hints[key], f.metadata,
-                                       base_dir, from_env=True)
+                var = f"{ENV_PREFIX}{section_name.upper()}_{key.upper()}"
+                kwargs[key] = _convert(f"{name} (from {var})", env_values[(section_name, key)],
+                                       hints[key], f.metadata, base_dir, from_env=True)
             elif key in file_values:
                 kwargs[key] = _convert(name, file_values[key], hints[key], f.metadata, base_dir,
                                        from_env=False)

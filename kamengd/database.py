@@ -29,6 +29,14 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 CACHE_KIB = 8 * 1024
 BULK_CACHE_KIB = 32 * 1024
 
+
+
+def FixedBinary(length: int):
+    """BINARY(n) on MySQL (indexable, fixed size); BLOB on SQLite, which has no
+    BINARY type and would reflect one as NUMERIC."""
+    return sa.LargeBinary().with_variant(mysql.BINARY(length), "mysql", "mariadb")
+
+
 STRICT_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
                    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION")
 

@@ -5,7 +5,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..database import BigId, UTCDateTime, utcnow
+from ..database import FixedBinary, BigId, UTCDateTime, utcnow
 from ..extensions import db
 
 KEY_STATUSES = ("available", "reserved", "sold", "void")
@@ -41,9 +41,9 @@ class CardKey(db.Model):
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"))
     reserved_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    nonce: Mapped[bytes] = mapped_column(sa.BINARY(12))
+    nonce: Mapped[bytes] = mapped_column(FixedBinary(12))
     key_version: Mapped[int] = mapped_column(sa.SmallInteger)
-    fingerprint: Mapped[bytes] = mapped_column(sa.BINARY(16))
+    fingerprint: Mapped[bytes] = mapped_column(FixedBinary(16))
     sold_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (

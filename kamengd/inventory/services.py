@@ -73,9 +73,10 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
                 encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
                 source_ip: str | None = None) -> ImportResult:
     """Import one key per line from a seekable binary file. Flushes; the caller commits."""
-    # First statement of the transaction: on SQLite, per-row FK checks off
-    # (the product is checked below, the import row is ours).
-    conn = session.connection(execution_options={"kamengd_bulk": True})
+    # As the transaction's first statement: on SQLite, per-row FK checks off
+    # (the product is checked below, the import row is ours), a bigger cache.
+    fresh = not session.in_transaction() and not isinstance(session.get_bind(), sa.engine.Connection)
+    conn = session.connection(execution_options={"kamengd_bulk": True} if fresh else None)
     get_product(session, product_id)
     result = ImportResult()
     result.encoding, lines = iter_lines(fh, encoding)

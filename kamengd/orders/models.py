@@ -5,7 +5,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..database import BigId, UTCDateTime, utcnow
+from ..database import FixedBinary, BigId, UTCDateTime, utcnow
 from ..extensions import db
 
 ORDER_STATUSES = ("pending", "paid", "delivered", "expired", "cancelled", "refunded", "held")
@@ -25,7 +25,7 @@ class Order(db.Model):
     email: Mapped[str] = mapped_column(sa.String(254), index=True)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     # Only hashes of the buyer's secrets are stored.
-    token_hash: Mapped[bytes] = mapped_column(sa.BINARY(32))
+    token_hash: Mapped[bytes] = mapped_column(FixedBinary(32))
     query_password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     client_ip: Mapped[str | None] = mapped_column(sa.String(45))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

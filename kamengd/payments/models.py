@@ -5,7 +5,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..database import BigId, UTCDateTime, utcnow
+from ..database import FixedBinary, BigId, UTCDateTime, utcnow
 from ..extensions import db
 
 
@@ -20,7 +20,7 @@ class PaymentChannel(db.Model):
     name: Mapped[str] = mapped_column(sa.String(100))
     options: Mapped[str] = mapped_column(sa.Text, default="{}")
     secret_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
-    secret_nonce: Mapped[bytes | None] = mapped_column(sa.BINARY(12))
+    secret_nonce: Mapped[bytes | None] = mapped_column(FixedBinary(12))
     secret_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
     is_enabled: Mapped[bool] = mapped_column(default=True)
     sort_order: Mapped[int] = mapped_column(default=0)

@@ -13,6 +13,12 @@ from sqlalchemy.dialects import mysql
 
 DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def fixed_binary(length):
+    return sa.LargeBinary().with_variant(mysql.BINARY(length), "mysql", "mariadb")
+
+
 # utf8mb4 whatever the server's default: product names and keys are Chinese.
 # A binary collation compares as SQLite does, so both databases agree.
 TABLE_OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
@@ -72,7 +78,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('options', sa.Text(), nullable=False),
     sa.Column('secret_ciphertext', sa.LargeBinary(), nullable=True),
-    sa.Column('secret_nonce', sa.BINARY(length=12), nullable=True),
+    sa.Column('secret_nonce', fixed_binary(12), nullable=True),
     sa.Column('secret_key_version', sa.SmallInteger(), nullable=True),
     sa.Column('is_enabled', sa.Boolean(), nullable=False),
     sa.Column('sort_order', sa.Integer(), nullable=False),
@@ -159,7 +165,7 @@ def upgrade() -> None:
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('email', sa.String(length=254), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('token_hash', sa.BINARY(length=32), nullable=False),
+    sa.Column('token_hash', fixed_binary(32), nullable=False),
     sa.Column('query_password_hash', sa.String(length=255), nullable=True),
     sa.Column('client_ip', sa.String(length=45), nullable=True),
     sa.Column('created_at', DATETIME, nullable=False),
@@ -190,9 +196,9 @@ def upgrade() -> None:
     sa.Column('order_id', BIGID, nullable=True),
     sa.Column('reserved_until', DATETIME, nullable=True),
     sa.Column('ciphertext', sa.LargeBinary(), nullable=False),
-    sa.Column('nonce', sa.BINARY(length=12), nullable=False),
+    sa.Column('nonce', fixed_binary(12), nullable=False),
     sa.Column('key_version', sa.SmallInteger(), nullable=False),
-    sa.Column('fingerprint', sa.BINARY(length=16), nullable=False),
+    sa.Column('fingerprint', fixed_binary(16), nullable=False),
     sa.Column('sold_at', DATETIME, nullable=True),
     sa.ForeignKeyConstraint(['import_id'], ['key_imports.id'], name=op.f('fk_card_keys_import_id_key_imports')),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_card_keys_order_id_orders')),
@@ -226,38 +232,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('payments', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_payments_order_id'))
-
+    # Dropping a table drops its indexes; MySQL refuses to drop an index a
+    # foreign key still needs, so tables go children first and indexes with them.
     op.drop_table('payments')
-    with op.batch_alter_table('card_keys', schema=None) as batch_op:
-        batch_op.drop_index('ix_card_keys_take')
-        batch_op.drop_index('ix_card_keys_order_id', sqlite_where=sa.text('order_id IS NOT NULL'))
-
     op.drop_table('card_keys')
-    with op.batch_alter_table('orders', schema=None) as batch_op:
-        batch_op.drop_index('ix_orders_status_expires_at')
-        batch_op.drop_index(batch_op.f('ix_orders_product_id'))
-        batch_op.drop_index(batch_op.f('ix_orders_email'))
-        batch_op.drop_index(batch_op.f('ix_orders_created_at'))
-
     op.drop_table('orders')
-    with op.batch_alter_table('key_imports', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_key_imports_product_id'))
-
     op.drop_table('key_imports')
-    with op.batch_alter_table('products', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_products_category_id'))
-
     op.drop_table('products')
     op.drop_table('staff_users')
     op.drop_table('settings')
     op.drop_table('payment_channels')
     op.drop_table('categories')
-    with op.batch_alter_table('audit_log', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_audit_log_created_at'))
-        batch_op.drop_index(batch_op.f('ix_audit_log_actor'))
-        batch_op.drop_index(batch_op.f('ix_audit_log_action'))
-
     op.drop_table('audit_log')
     op.drop_table('audit_head')

@@ -1,0 +1,211 @@
+"""Fixtures: real databases (SQLite files, a MariaDB server), cheap hashing.
+
+The backends come from --db (or KAMENGD_TEST_DBS): "sqlite", "mysql" or
+"sqlite,mysql". Tests that take the `backend` fixture run once per backend.
+MySQL databases are created fresh for the run and dropped at its end.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from kamengd.accounts import passwords
+
+MYSQL_SERVER_URL = os.environ.get("KAMENGD_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+PASSWORD = "correct horse battery"
+
+# Cheap argon2 in this process (CLI subprocesses keep the real cost).
+passwords.set_cost(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--db", default=os.environ.get("KAMENGD_TEST_DBS", "sqlite"),
+                     help="comma-separated backends to test: sqlite,mysql")
+
+
+def pytest_configure(config):
+    backends = [b.strip() for b in config.getoption("--db").split(",") if b.strip()]
+    unknown = set(backends) - {"sqlite", "mysql"}
+    if unknown or not backends:
+        raise pytest.UsageError(f"--db: unknown backend(s) {sorted(unknown)}")
+    if "mysql" in backends:
+        try:
+            engine = sa.create_engine(MYSQL_SERVER_URL + "/")
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            engine.dispose()
+        except sa.exc.SQLAlchemyError as exc:
+            raise pytest.UsageError(f"--db mysql: MariaDB/MySQL at {MYSQL_SERVER_URL} is unreachable: "
+                                    f"{exc.__class__.__name__}: {getattr(exc, 'orig', exc)}")
+    config.kamengd_backends = backends
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", metafunc.config.kamengd_backends, scope="session")
+
+
+class Databases:
+    """Hands out empty databases: SQLite files or fresh MySQL schemas."""
+
+    def __init__(self, tmp_root: Path):
+        self.tmp_root = tmp_root
+        self.mysql_names: list[str] = []
+
+    def new_url(self, backend: str, directory: Path | None = None) -> str:
+        if backend == "sqlite":
+            directory = directory or self.tmp_root
+            return f"sqlite:///{directory / f'db-{secrets.token_hex(4)}.db'}"
+        name = f"kamengd_test_{secrets.token_hex(5)}"
+        engine = sa.create_engine(MYSQL_SERVER_URL + "/")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+        engine.dispose()
+        self.mysql_names.append(name)
+        return f"{MYSQL_SERVER_URL}/{name}?charset=utf8mb4"
+
+    def drop_all(self):
+        if not self.mysql_names:
+            return
+        engine = sa.create_engine(MYSQL_SERVER_URL + "/")
+        with engine.begin() as conn:
+            for name in self.mysql_names:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory):
+    dbs = Databases(tmp_path_factory.mktemp("databases"))
+    yield dbs
+    dbs.drop_all()
+
+
+def write_password(directory: Path, password: str = PASSWORD) -> Path:
+    path = directory / "password.txt"
+    path.write_text(password + "\n")
+    return path
+
+
+@pytest.fixture
+def make_install(databases, tmp_path_factory):
+    """make_install(backend) -> Config of a brand-new installation (in-process)."""
+    from kamengd.config import load_config
+    from kamengd.installation import install
+
+    def factory(backend: str, **kwargs):
+        root = tmp_path_factory.mktemp("install")
+        data_dir = root / "data"
+        url = None if backend == "sqlite" else databases.new_url(backend)
+        result = install(data_dir, admin_password=PASSWORD, database_url=url, **kwargs)
+        return load_config(result.config_path, env={})
+    return factory
+
+
+@pytest.fixture(scope="session")
+def installed(backend, databases, tmp_path_factory):
+    """One installation per backend, shared by the service tests."""
+    from kamengd.config import load_config
+    from kamengd.installation import install
+
+    data_dir = tmp_path_factory.mktemp(f"shared-{backend}") / "data"
+    url = None if backend == "sqlite" else databases.new_url(backend)
+    result = install(data_dir, admin_password=PASSWORD, database_url=url)
+    return load_config(result.config_path, env={})
+
+
+@pytest.fixture(scope="session")
+def app(installed):
+    from kamengd.app import create_app
+
+    application = create_app(installed)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def vault(app):
+    from kamengd.app import get_vault
+
+    with app.app_context():
+        return get_vault()
+
+
+@pytest.fixture
+def session(app):
+    """A session whose work is rolled back after the test (services only flush)."""
+    from kamengd.extensions import db
+
+    with app.app_context():
+        conn = db.engine.connect()
+        outer = conn.begin()
+        sess = Session(bind=conn, join_transaction_mode="create_savepoint")
+        try:
+            yield sess
+        finally:
+            sess.close()
+            outer.rollback()
+            conn.close()
+
+
+@pytest.fixture
+def make_product(session):
+    from kamengd.catalog.services import create_product
+
+    def factory(name="测试商品 test product", price_cents=990, **kwargs):
+        return create_product(session, name=name, price_cents=price_cents, actor="test", **kwargs)
+    return factory
+
+
+@pytest.fixture
+def make_keys(session, vault):
+    """make_keys(product, n or list) -> the plaintext keys imported."""
+    import io
+
+    from kamengd.inventory.services import import_keys
+
+    def factory(product, keys):
+        if isinstance(keys, int):
+            keys = [f"KEY-{secrets.token_hex(8)}" for _ in range(keys)]
+        import_keys(session, vault, product_id=product.id, fh=io.BytesIO("\n".join(keys).encode()),
+                    actor="test")
+        return keys
+    return factory
+
+
+def run_cli(*args, config: Path | None = None, env: dict | None = None, input: bytes | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run the installed `kamengd` in a real process, as a merchant's script would."""
+    argv = [sys.executable, "-m", "kamengd"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
+    full_env.update(env or {})
+    proc = subprocess.run([*argv, *map(str, args)], input=input, capture_output=True, env=full_env,
+                          timeout=120)
+    proc.out = proc.stdout.decode()
+    proc.err = proc.stderr.decode()
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kamengd {' '.join(map(str, args))} failed ({proc.returncode}): {proc.err}")
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0, proc.out
+    lines = proc.err.strip().splitlines()
+    assert len(lines) == 1, proc.err
+    assert "Traceback" not in proc.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

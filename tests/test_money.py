@@ -1,0 +1,34 @@
+from decimal import Decimal
+
+import pytest
+
+from kamengd.errors import InvalidRequest
+from kamengd.money import format_cents, parse_money
+
+
+@pytest.mark.parametrize("text, cents", [("9.9", 990), ("9.90", 990), ("0.01", 1), ("100", 10000),
+                                         (" 12.345000 ".replace("345000", "340"), 1234),
+                                         (Decimal("5.5"), 550)])
+def test_parse(text, cents):
+    assert parse_money(text) == cents
+
+
+@pytest.mark.parametrize("text", ["1.234", "-1", "0", "abc", "NaN", "Infinity", "", "1e20"])
+def test_parse_rejects(text):
+    with pytest.raises(InvalidRequest):
+        parse_money(text)
+
+
+def test_float_is_refused():
+    with pytest.raises(TypeError):
+        parse_money(9.9)
+
+
+def test_zero_allowed_when_asked():
+    assert parse_money("0", allow_zero=True) == 0
+
+
+@pytest.mark.parametrize("cents, text", [(0, "0.00"), (5, "0.05"), (990, "9.90"), (123456, "1234.56"),
+                                         (-250, "-2.50")])
+def test_format(cents, text):
+    assert format_cents(cents) == text
