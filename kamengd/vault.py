@@ -153,7 +153,7 @@ def load_vault(path: Path) -> Vault:
 def write_secret_file(path: Path, content: str) -> None:
     """Create a new file readable by its owner only; never overwrite one."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(content)
         fh.flush()
         os.fsync(fh.fileno())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ..audit.services import record
 from ..catalog.services import get_product
@@ -75,8 +75,9 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
     """Import one key per line from a seekable binary file. Flushes; the caller commits."""
     # As the transaction's first statement: on SQLite, per-row FK checks off
     # (the product is checked below, the import row is ours), a bigger cache.
-    fresh = not session.in_transaction() and not isinstance(session.get_bind(), sa.engine.Connection)
-    conn = session.connection(execution_options={"kamengd_bulk": True} if fresh else None)
+    real = session() if isinstance(session, scoped_session) else session
+    fresh = not real.in_transaction() and not isinstance(real.get_bind(), sa.engine.Connection)
+    conn = real.connection(execution_options={"kamengd_bulk": True} if fresh else None)
     get_product(session, product_id)
     result = ImportResult()
     result.encoding, lines = iter_lines(fh, encoding)

@@ -1,0 +1,308 @@
+"""The `kamengd` command in real processes, as CONTRACT.md §1 describes it."""
+import json
+import os
+import stat
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import PASSWORD, assert_one_line_error, run_cli, write_password
+
+
+@pytest.fixture
+def shop(backend, databases, tmp_path):
+    """A fresh installation made by `kamengd install`; returns its config path."""
+    pw = write_password(tmp_path)
+    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", pw, "--yes",
+            "--site-name", "测试店"]
+    if backend != "sqlite":
+        args += ["--database-url", databases.new_url(backend)]
+    proc = run_cli(*args, check=True)
+    config = tmp_path / "data" / "kamengd.toml"
+    assert proc.out.strip() == str(config)
+    return config
+
+
+def make_product(config, *extra):
+    proc = run_cli("product", "create", "--name", "月卡", "--price", "9.9", *extra, "--json",
+                   config=config, check=True)
+    return json.loads(proc.out)
+
+
+def stock(config, product_id):
+    products = json.loads(run_cli("product", "list", "--json", config=config, check=True).out)["products"]
+    return next(p["stock"] for p in products if p["id"] == product_id)
+
+
+def audit_actions(config):
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+
+    engine = make_engine(load_config(config, env={}).database_url, pooled=False)
+    with engine.connect() as conn:
+        actions = conn.execute(sa.text("SELECT action FROM audit_log ORDER BY id")).scalars().all()
+    engine.dispose()
+    return actions
+
+
+def test_install_layout(backend, shop):
+    data = shop.parent
+    for name in ("kamengd.toml", "secret_key", "data.key"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    if backend == "sqlite":
+        assert stat.S_IMODE((data / "kamengd.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert audit_actions(shop) == ["install", "user.create"]
+    doctor = run_cli("doctor", config=shop)
+    assert doctor.returncode == 0, doctor.out + doctor.err
+    assert "FAIL" not in doctor.out
+
+
+def test_install_refuses_an_existing_installation(backend, shop, tmp_path):
+    before = {p.name: p.read_bytes() for p in shop.parent.iterdir() if p.is_file() and p.suffix != ".db"}
+    proc = run_cli("install", "--data-dir", shop.parent, "--admin-password-file", write_password(tmp_path),
+                   "--yes")
+    assert_one_line_error(proc, "already holds an installation")
+    after = {p.name: p.read_bytes() for p in shop.parent.iterdir() if p.is_file() and p.suffix != ".db"}
+    assert before == after
+
+
+def test_install_refuses_a_database_in_use(backend, shop, tmp_path):
+    if backend == "sqlite":
+        url = f"sqlite:///{shop.parent / 'kamengd.db'}"
+        fragment = "already exists"
+    else:
+        from kamengd.config import load_config
+        url = load_config(shop, env={}).database.url
+        fragment = "already holds a kamengd installation"
+    proc = run_cli("install", "--data-dir", tmp_path / "second", "--database-url", url,
+                   "--admin-password-file", write_password(tmp_path), "--yes")
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "second").exists()
+
+
+def test_install_with_unreachable_database_changes_nothing(tmp_path):
+    proc = run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--admin-password-file",
+                   write_password(tmp_path), "--database-url", "mysql+pymysql://u:pw@127.0.0.1:1/x")
+    assert_one_line_error(proc, "cannot use database")
+    assert "pw@" not in proc.err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--admin-user", "bad user!"], "admin user"),
+    (["--database-url", "not a url"], "database URL"),
+    (["--database-url", "postgresql://x/y"], "SQLite and MySQL"),
+])
+def test_install_bad_input(tmp_path, args, fragment):
+    proc = run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--admin-password-file",
+                   write_password(tmp_path), *args)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "d").exists()
+
+
+def test_install_short_password(tmp_path):
+    proc = run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--admin-password-file",
+                   write_password(tmp_path, "short"))
+    assert_one_line_error(proc, "at least 8 characters")
+
+
+def test_install_generates_a_password(tmp_path):
+    proc = run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--json", check=True)
+    payload = json.loads(proc.out)
+    password_file = tmp_path / "d" / "initial-admin-password"
+    assert payload["admin_password_file"] == str(password_file)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert len(password_file.read_text().strip()) >= 16
+
+
+def test_product_create_json(backend, shop):
+    product = make_product(shop, "--delivery", "manual", "--low-stock", "5")
+    assert product["price"] == "9.90" and product["delivery"] == "manual" and product["low_stock"] == 5
+    assert isinstance(product["id"], int)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--price", "9.999"], "more than two decimal places"),
+    (["--price", "-1"], "more than zero"),
+    (["--price", "abc"], "not a decimal amount"),
+    (["--price", "1", "--delivery", "drone"], "Invalid value for '--delivery'"),
+    (["--price", "1", "--low-stock", "-3"], "--low-stock"),
+])
+def test_product_create_bad_input(backend, shop, args, fragment):
+    proc = run_cli("product", "create", "--name", "x", *args, config=shop)
+    assert_one_line_error(proc, fragment)
+    assert json.loads(run_cli("product", "list", "--json", config=shop).out)["products"] == []
+
+
+def test_keys_import_and_export_round_trip(backend, shop, tmp_path):
+    pid = make_product(shop)["id"]
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_bytes("\ufeffA-1\r\nB-2\r\n\r\n  C-3 \r\nA-1\r\n".encode("utf-8"))
+    proc = run_cli("keys", "import", "--product", pid, keys_file, "--json", config=shop, check=True)
+    assert json.loads(proc.out) == {"imported": 3, "duplicates": 1, "blank": 1}
+    # stdin, GB18030, a key already in stock
+    proc = run_cli("keys", "import", "--product", pid, "-", "--json", config=shop,
+                   input="卡密-四\nB-2\n".encode("gb18030"), check=True)
+    assert json.loads(proc.out) == {"imported": 1, "duplicates": 1, "blank": 0}
+    assert stock(shop, pid) == 4
+    out = tmp_path / "export.txt"
+    run_cli("keys", "export", "--product", pid, "--output", out, config=shop, check=True)
+    assert out.read_text(encoding="utf-8").splitlines() == ["A-1", "B-2", "C-3", "卡密-四"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    run_cli("keys", "export", "--product", pid, "--output", out, "--status", "sold", config=shop, check=True)
+    assert out.read_text() == ""
+    assert audit_actions(shop)[-4:] == ["keys.import", "keys.import", "keys.export", "keys.export"]
+
+
+def test_utf16_import(backend, shop, tmp_path):
+    pid = make_product(shop)["id"]
+    f = tmp_path / "u16.txt"
+    f.write_bytes("\ufeff甲-1\r\n乙-2\r\n".encode("utf-16-le"))
+    proc = run_cli("keys", "import", "--product", pid, f, "--json", config=shop, check=True)
+    assert json.loads(proc.out)["imported"] == 2
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"good-1\ngood-2\n\xff\xfe\x80bad\ngood-4\n", "line 3: the file does not decode"),
+    (b"good-1\n" + b"x" * 600 + b"\n", "line 2: key is 600 characters"),
+])
+def test_bad_import_imports_nothing(backend, shop, tmp_path, content, fragment):
+    pid = make_product(shop)["id"]
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    before = audit_actions(shop)
+    proc = run_cli("keys", "import", "--product", pid, f, config=shop)
+    assert_one_line_error(proc, fragment, "nothing imported")
+    assert stock(shop, pid) == 0
+    assert audit_actions(shop) == before
+
+
+def test_bad_import_after_many_batches_imports_nothing(backend, shop, tmp_path):
+    pid = make_product(shop)["id"]
+    f = tmp_path / "late-bad.txt"
+    f.write_bytes(b"".join(b"K-%06d\n" % i for i in range(12_000)) + b"\xff\n")
+    proc = run_cli("keys", "import", "--product", pid, f, config=shop)
+    assert_one_line_error(proc, "line 12001")
+    assert stock(shop, pid) == 0
+
+
+def test_keys_cli_bad_input(backend, shop, tmp_path):
+    assert_one_line_error(run_cli("keys", "import", "--product", "999", "/etc/hostname", config=shop),
+                          "product 999 not found")
+    assert_one_line_error(run_cli("keys", "import", "--product", "1", tmp_path / "missing.txt", config=shop),
+                          "cannot open")
+    pid = make_product(shop)["id"]
+    assert_one_line_error(run_cli("keys", "import", "--product", pid, "/etc/hostname", "--encoding", "nope",
+                                  config=shop), "unknown encoding")
+    assert_one_line_error(run_cli("keys", "export", "--product", pid, "--output", tmp_path / "no" / "x.txt",
+                                  config=shop), "does not exist")
+    assert_one_line_error(run_cli("keys", "export", "--product", pid, "--output", "x", "--status", "bogus",
+                                  config=shop), "--status")
+
+
+def test_channel_add(backend, shop):
+    run_cli("channel", "add", "--type", "epay", "--code", "epay1", "--name", "易支付",
+            "--option", "gateway=https://pay.example.com", "--option", "pid=1001",
+            "--option", "key=MERCHANTKEY123", config=shop, check=True)
+    listed = json.loads(run_cli("channel", "list", "--json", config=shop, check=True).out)["channels"]
+    assert listed == [{"id": 1, "code": "epay1", "type": "epay", "name": "易支付", "enabled": True,
+                       "gateway": "https://pay.example.com", "pid": "1001"}]
+    assert audit_actions(shop)[-1] == "channel.add"
+    # The merchant key is stored encrypted, never in clear.
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+    engine = make_engine(load_config(shop, env={}).database_url, pooled=False)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM payment_channels")).one()
+        audit = conn.execute(sa.text("SELECT details FROM audit_log")).scalars().all()
+    engine.dispose()
+    assert b"MERCHANTKEY123" not in repr(tuple(row)).encode() and "MERCHANTKEY123" not in "".join(audit)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["gateway=https://p.example", "pid=1"], "option key: required"),
+    (["gateway=https://p.example", "pid=1", "key="], "option key: required"),
+    (["gateway=ftp://p.example", "pid=1", "key=k"], "option gateway"),
+    (["gateway=https://p.example", "pid=1", "key=k", "colour=red"], "option colour"),
+    (["gateway"], "expected KEY=VALUE"),
+])
+def test_channel_add_bad_input(backend, shop, options, fragment):
+    args = [a for o in options for a in ("--option", o)]
+    proc = run_cli("channel", "add", "--type", "epay", "--code", "c", *args, config=shop)
+    assert_one_line_error(proc, fragment)
+    assert json.loads(run_cli("channel", "list", "--json", config=shop).out)["channels"] == []
+
+
+def test_channel_code_unique(backend, shop):
+    args = ["channel", "add", "--type", "epay", "--code", "dup", "--option", "gateway=http://g",
+            "--option", "pid=1", "--option", "key=k"]
+    run_cli(*args, config=shop, check=True)
+    assert_one_line_error(run_cli(*args, config=shop), "already exists")
+
+
+def test_user_create(backend, shop, tmp_path):
+    pw = write_password(tmp_path, "another good password")
+    proc = run_cli("user", "create", "--username", "kefu", "--role", "support", "--password-file", pw,
+                   "--json", config=shop, check=True)
+    assert json.loads(proc.out)["role"] == "support"
+    assert_one_line_error(run_cli("user", "create", "--username", "kefu", "--role", "support",
+                                  "--password-file", pw, config=shop), "already exists")
+    assert_one_line_error(run_cli("user", "create", "--username", "x2", "--role", "root",
+                                  "--password-file", pw, config=shop), "--role")
+    assert_one_line_error(run_cli("user", "create", "--username", "x3", "--role", "admin",
+                                  "--password-file", tmp_path / "none", config=shop), "cannot read password file")
+    assert audit_actions(shop)[-1] == "user.create"
+
+
+def test_audit_verify_detects_tampering(backend, shop):
+    make_product(shop)
+    ok = run_cli("audit", "verify", "--json", config=shop, check=True)
+    assert json.loads(ok.out) == {"ok": True, "entries": 3}
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+    engine = make_engine(load_config(shop, env={}).database_url, pooled=False)
+    with engine.begin() as conn:
+        bad_id = conn.execute(sa.text("SELECT id FROM audit_log WHERE action = 'user.create'")).scalar()
+        conn.execute(sa.text("UPDATE audit_log SET target = 'user:999' WHERE id = :id"), {"id": bad_id})
+    engine.dispose()
+    proc = run_cli("audit", "verify", config=shop)
+    assert_one_line_error(proc, f"entry #{bad_id}", "altered")
+    doctor = run_cli("doctor", config=shop)
+    assert doctor.returncode != 0 and "FAIL  audit log" in doctor.out
+
+
+def test_config_resolution(backend, shop, tmp_path):
+    by_env = run_cli("product", "list", "--json", env={"KAMENGD_CONFIG": str(shop)})
+    assert by_env.returncode == 0, by_env.err
+    missing = run_cli("product", "list", env={"KAMENGD_CONFIG": str(tmp_path / "nope.toml")})
+    assert_one_line_error(missing, "nope.toml not found")
+    # --config wins over the environment
+    assert run_cli("product", "list", config=shop, env={"KAMENGD_CONFIG": "/nonexistent"}).returncode == 0
+    bad_env = run_cli("product", "list", config=shop, env={"KAMENGD_SERVER_WORKERZ": "3"})
+    assert_one_line_error(bad_env, "unknown setting server.workerz")
+
+
+def test_doctor_flags_loose_permissions(backend, shop):
+    key_file = shop.parent / "data.key"
+    os.chmod(key_file, 0o644)
+    proc = run_cli("doctor", config=shop)
+    assert proc.returncode != 0
+    assert "FAIL  data key file" in proc.out and "chmod 600" in proc.out
+    assert proc.err.strip() == "kamengd: doctor found problems: data key file"
+
+
+def test_doctor_detects_the_wrong_key_file(backend, shop, tmp_path):
+    pid = make_product(shop)["id"]
+    run_cli("keys", "import", "--product", pid, "-", config=shop, input=b"K1\nK2\n", check=True)
+    from kamengd.vault import generate_key_file
+    key_file = shop.parent / "data.key"
+    key_file.unlink()
+    generate_key_file(key_file)
+    proc = run_cli("doctor", config=shop)
+    assert proc.returncode != 0 and "FAIL  data key: card key #" in proc.out
+
+
+def test_usage_errors_are_one_line(shop):
+    assert_one_line_error(run_cli("product", "create", "--name", "x", config=shop), "Missing option '--price'")
+    assert_one_line_error(run_cli("no-such-command", config=shop), "No such command")
