@@ -50,6 +50,8 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", metafunc.config.kamengd_backends, scope="session")
+    if "mysql_backend" in metafunc.fixturenames:  # tests of MySQL-only behaviour
+        metafunc.parametrize("mysql_backend", [b for b in metafunc.config.kamengd_backends if b == "mysql"])
 
 
 class Databases:

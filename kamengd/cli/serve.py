@@ -51,6 +51,10 @@ def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
             self.cfg.set("accesslog", "-")
             self.cfg.set("proc_name", "kamengd")
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn 24+ opens a control socket under $HOME by default:
+                # kamengd does not use it, and two instances would share it.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from ..app import create_app
