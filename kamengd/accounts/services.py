@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import Conflict, InvalidRequest
+from ..errors import Conflict, InvalidRequest, NotFound
 from .models import ROLES, StaffUser
 from .passwords import hash_password
 
@@ -36,4 +36,26 @@ def create_user(session: Session, *, username: str, role: str, password: str, ac
     session.flush()
     record(session, "user.create", actor=actor, target=f"user:{user.id}", source_ip=source_ip,
            details={"username": username, "role": role})
+    return user
+
+
+def set_role(session: Session, *, username: str, role: str, actor: str,
+             source_ip: str | None = None) -> StaffUser:
+    """Change a staff member's role; the last active owner cannot be demoted (lock-out)."""
+    if role not in ROLES:
+        raise InvalidRequest(f"role: must be one of {', '.join(ROLES)}")
+    # Row lock: two demotions racing must not both see "another owner remains".
+    user = session.scalars(sa.select(StaffUser).where(StaffUser.username == username).with_for_update()).first()
+    if user is None:
+        raise NotFound(f"user {username!r} not found")
+    old = user.role
+    if old == "owner" and role != "owner":
+        owners = session.scalar(sa.select(sa.func.count()).select_from(StaffUser).where(
+            StaffUser.role == "owner", StaffUser.is_active.is_(True), StaffUser.id != user.id))
+        if owners == 0:
+            raise Conflict(f"{username} is the last owner; make someone else owner first")
+    user.role = role
+    session.flush()
+    record(session, "user.role", actor=actor, target=f"user:{user.id}", source_ip=source_ip,
+           details={"username": username, "old": old, "new": role})
     return user

@@ -105,4 +105,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-from . import audit, catalog, channels, doctor, install, keys, serve, upgrade, users  # noqa: E402,F401
+from . import audit, catalog, channels, doctor, install, keys, serve, settings, upgrade, users  # noqa: E402,F401

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..accounts.models import ROLES
-from ..accounts.services import create_user
+from ..accounts.services import create_user, set_role
 from ..audit.services import cli_actor
 from ..extensions import db
 from . import cli, emit, json_option, with_app
@@ -27,3 +27,14 @@ def user_create(username, role, password_file, as_json):
                     password=read_password_file(password_file), actor=cli_actor())
     emit(as_json, {"id": u.id, "username": u.username, "role": u.role},
          f"created {u.role} {u.username}")
+
+
+@user.command("set-role")
+@click.option("--username", required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@json_option
+@with_app
+def user_set_role(username, role, as_json):
+    """Change a staff member's role (audited)."""
+    u = set_role(db.session, username=username, role=role, actor=cli_actor())
+    emit(as_json, {"id": u.id, "username": u.username, "role": u.role}, f"{u.username} is now {u.role}")

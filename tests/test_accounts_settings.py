@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import assert_one_line_error, run_cli, write_password
+from kamengd.accounts.models import StaffUser
+from kamengd.accounts.passwords import verify_password
+from kamengd.accounts.services import create_user, set_role
+from kamengd.audit.models import AuditEntry
+from kamengd.errors import Conflict, InvalidRequest, NotFound
+from kamengd.settings.services import all_settings, get_setting, set_setting
+
+
+def last_audit(session):
+    return session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).one()
+
+
+def test_create_user_hashes_with_argon2(backend, session):
+    user = create_user(session, username="op1", role="operator", password="long enough pw", actor="cli:t")
+    assert user.password_hash.startswith("$argon2id$")
+    assert verify_password(user.password_hash, "long enough pw")
+    assert not verify_password(user.password_hash, "wrong password")
+    assert not verify_password(None, "anything at all")
+    assert "long enough pw" not in last_audit(session).details
+
+
+def test_role_change_is_audited(backend, session):
+    create_user(session, username="sup1", role="support", password="long enough pw", actor="cli:t")
+    set_role(session, username="sup1", role="finance", actor="cli:boss")
+    entry = last_audit(session)
+    assert entry.action == "user.role" and entry.actor == "cli:boss"
+    assert json.loads(entry.details) == {"username": "sup1", "old": "support", "new": "finance"}
+    with pytest.raises(NotFound):
+        set_role(session, username="ghost", role="admin", actor="t")
+    with pytest.raises(InvalidRequest):
+        set_role(session, username="sup1", role="superuser", actor="t")
+
+
+def test_last_owner_cannot_be_demoted(backend, session):
+    owners = session.scalars(sa.select(StaffUser.username).where(StaffUser.role == "owner")).all()
+    assert owners == ["admin"]   # made by `kamengd install`
+    with pytest.raises(Conflict, match="last owner"):
+        set_role(session, username="admin", role="admin", actor="t")
+    create_user(session, username="owner2", role="owner", password="long enough pw", actor="t")
+    set_role(session, username="admin", role="admin", actor="t")
+    assert session.scalar(sa.select(StaffUser.role).where(StaffUser.username == "admin")) == "admin"
+
+
+def test_settings(backend, session):
+    assert get_setting(session, "orders.timeout_minutes") == 10
+    set_setting(session, "orders.timeout_minutes", "15", actor="cli:t")
+    set_setting(session, "site.notice", "今日 <b>促销</b>", actor="cli:t")
+    assert all_settings(session) == {"site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15}
+    entry = last_audit(session)
+    assert entry.action == "setting.change"
+    assert json.loads(entry.details) == {"key": "site.notice", "old": "", "new": "今日 <b>促销</b>"}
+    for key, value, message in [("orders.timeout_minutes", "0", "at least 1"),
+                                ("orders.timeout_minutes", "ten", "whole number"),
+                                ("site.notice", "x" * 2001, "at most 2000"),
+                                ("no.such", "1", "unknown setting")]:
+        with pytest.raises(InvalidRequest, match=message):
+            set_setting(session, key, value, actor="t")
+    assert get_setting(session, "orders.timeout_minutes") == 15
+
+
+def test_settings_and_roles_from_the_cli(tmp_path):
+    run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--admin-password-file", write_password(tmp_path),
+            check=True)
+    cfg = tmp_path / "d" / "kamengd.toml"
+    out = run_cli("setting", "set", "orders.timeout_minutes", "20", "--json", config=cfg, check=True).out
+    assert json.loads(out) == {"key": "orders.timeout_minutes", "value": 20}
+    listed = json.loads(run_cli("setting", "list", "--json", config=cfg, check=True).out)["settings"]
+    assert listed["orders.timeout_minutes"] == 20
+    assert_one_line_error(run_cli("setting", "set", "orders.timeout_minutes", "0", config=cfg), "at least 1")
+    assert_one_line_error(run_cli("user", "set-role", "--username", "admin", "--role", "support", config=cfg),
+                          "last owner")
+    assert run_cli("audit", "verify", config=cfg).returncode == 0
