@@ -1,7 +1,8 @@
 """Engines, column types and clock shared by every model.
 
 SQLite: WAL, a busy timeout, foreign keys on, and every transaction opened
-with BEGIN IMMEDIATE. Taking the write lock up front means two transactions
+with BEGIN IMMEDIATE unless it is marked read-only (execution option
+``kamengd_readonly``). Taking the write lock up front means two transactions
 never both read and then fail to upgrade to writing ("database is locked"
 half-way through an order); SQLite serialises writers anyway.
 
@@ -83,10 +84,13 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
             # per-row foreign key checks off (a third of its time; the pragma
             # only works outside a transaction, hence here) and gets a page
             # cache big enough for the unique index it fills at random.
-            if conn.get_execution_options().get("kamengd_bulk"):
+            options = conn.get_execution_options()
+            if options.get("kamengd_bulk"):
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only work (health checks, listings) opts out of the write
+            # lock: in WAL mode it then reads a snapshot while an import writes.
+            conn.exec_driver_sql("BEGIN" if options.get("kamengd_readonly") else "BEGIN IMMEDIATE")
 
         @event.listens_for(engine, "checkin")
         def _sqlite_checkin(dbapi_conn, _record):
@@ -111,3 +115,8 @@ def make_engine(url: str, *, foreign_keys: bool = True, pooled: bool = True) -> 
             options.pop(key, None)
         options["poolclass"] = NullPool
     return configure_engine(sa.create_engine(url, **options), foreign_keys=foreign_keys)
+
+
+def readonly_connection(engine: Engine):
+    """A connection for reads only: on SQLite it never waits for a writer."""
+    return engine.connect().execution_options(kamengd_readonly=True)

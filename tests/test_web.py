@@ -106,3 +106,20 @@ def test_serve_refuses_a_schema_behind_the_code(backend, app, monkeypatch):
 
 def test_serve_bad_bind(shop):
     assert_one_line_error(run_cli("serve", "--bind", "nonsense", config=shop), "expected HOST:PORT")
+
+
+def test_healthz_does_not_wait_for_a_writer(backend, app, client):
+    """An import holding SQLite's write lock must not make health checks fail."""
+    from kamengd.extensions import db
+
+    with app.app_context():
+        writer = db.engine.connect()
+        writer.begin()
+        writer.execute(sa.text("UPDATE audit_head SET seq = seq WHERE id = 1"))  # takes the write lock
+        try:
+            started = time.monotonic()
+            resp = client.get("/healthz")
+            assert resp.status_code == 200 and time.monotonic() - started < 5
+        finally:
+            writer.rollback()
+            writer.close()
