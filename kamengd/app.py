@@ -7,7 +7,7 @@ import threading
 from flask import Flask, current_app
 
 from .config import Config, load_config
-from .database import configure_engine, engine_options
+from .database import configure_engine, engine_options, existing_only
 from .errors import register_error_handlers
 from .extensions import db
 from .vault import Vault, load_vault
@@ -20,7 +20,7 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask("kamengd")
     app.config.update(
         SECRET_KEY=config.read_secret_key(),
-        SQLALCHEMY_DATABASE_URI=config.database_url,
+        SQLALCHEMY_DATABASE_URI=existing_only(config.database_url),
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(config.database.url, config.database.pool_size),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

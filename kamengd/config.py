@@ -23,8 +23,10 @@ ENV_PREFIX = "KAMENGD_"
 REQUIRED: typing.Any = object()
 
 
-def setting(default=REQUIRED, *, doc: str, choices: tuple = (), minimum: int | None = None):
-    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+def setting(default=REQUIRED, *, doc: str, choices: tuple = (), minimum: int | None = None,
+            maximum: int | None = None):
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum,
+                                            "maximum": maximum})
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class RatelimitConfig:
 @dataclass(frozen=True)
 class InventoryConfig:
     max_key_length: int = setting(512, doc="Longest card key accepted by an import, in characters.",
-                                  minimum=1)
+                                  minimum=1, maximum=4096)
     import_batch_size: int = setting(5000, doc="Keys written per INSERT batch during an import.",
                                      minimum=1)
 
@@ -157,6 +159,8 @@ def _convert(name: str, raw, hint, meta, base_dir: Path | None, from_env: bool):
             raise ConfigError(f"setting {name}: expected an integer, got {raw!r}")
         if meta["minimum"] is not None and value < meta["minimum"]:
             raise ConfigError(f"setting {name}: must be at least {meta['minimum']}, got {value}")
+        if meta["maximum"] is not None and value > meta["maximum"]:
+            raise ConfigError(f"setting {name}: must be at most {meta['maximum']}, got {value}")
     elif target is Path:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"setting {name}: expected a file path, got {raw!r}")
@@ -206,7 +210,39 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
             elif f.default is REQUIRED:
                 raise ConfigError(f"missing setting {name}")
         built[section_name] = section_cls(**kwargs)
+    built["database"] = dataclasses.replace(
+        built["database"], url=normalize_database_url(built["database"].url, base_dir))
     return Config(path=path, **built)
+
+
+def normalize_database_url(url: str, base_dir: Path | None) -> str:
+    """Check the URL names a database kamengd supports; make a SQLite path absolute.
+
+    A relative SQLite path would be resolved differently by Flask-SQLAlchemy
+    (its instance folder) and Alembic (the working directory): one database
+    would become two. It is taken relative to the config file, like every path.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("setting database.url: not a database URL "
+                          "(sqlite:////path/kamengd.db or mysql+pymysql://user@host/db)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:" or parsed.query.get("uri"):
+            raise ConfigError("setting database.url: SQLite needs a file path (sqlite:////path/kamengd.db)")
+        path = Path(parsed.database).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return parsed.set(database=str(path)).render_as_string(hide_password=False)
+    if backend in ("mysql", "mariadb"):
+        if parsed.get_driver_name() != "pymysql":
+            raise ConfigError("setting database.url: use the PyMySQL driver, mysql+pymysql://...")
+        return url
+    raise ConfigError(f"setting database.url: {backend} is not supported (SQLite or MySQL/MariaDB)")
 
 
 def _env_overrides(env, sections) -> dict:

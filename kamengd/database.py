@@ -13,6 +13,7 @@ utf8mb4, and pre-ping so a connection dropped by the server is replaced.
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -49,6 +50,17 @@ def utcnow() -> dt.datetime:
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def existing_only(url: str) -> str:
+    """The URL for the running app: SQLite must open an existing file, never
+    create an empty database where the shop's has gone missing."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    path = quote(parsed.database, safe="/")
+    return parsed.set(database=f"file:{path}", query={"mode": "rw", "uri": "true"}).render_as_string(
+        hide_password=False)
 
 
 def engine_options(url: str, pool_size: int = 5) -> dict:

@@ -52,8 +52,10 @@ def database_checks(app) -> list[Check]:
     checks = []
     with app.app_context():
         try:
+            db.session.connection(execution_options={"kamengd_readonly": True})
             db.session.execute(sa.text("SELECT 1"))
-            checks.append(Check("database", True, db.engine.url.render_as_string(hide_password=True)))
+            checks.append(Check("database", True, make_url(app.extensions["kamengd.config"].database.url)
+                                .render_as_string(hide_password=True)))
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
             return [Check("database", False, " ".join(str(detail).split()))]
@@ -62,7 +64,12 @@ def database_checks(app) -> list[Check]:
         except KamengdError as exc:
             return checks + [Check("schema", False, exc.message)]
         checks.append(_key_check(db.session))
-        result = verify(db.session)
+        from .app import get_vault
+        try:
+            vault = get_vault()
+        except KamengdError:
+            vault = None  # reported by the data key check
+        result = verify(db.session, vault)
         checks.append(Check("audit log", result.ok,
                             f"{result.entries} entries intact" if result.ok else result.problem))
         db.session.rollback()

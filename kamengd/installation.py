@@ -14,12 +14,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .accounts.services import USERNAME_RE, validate_password
-from .config import build_config, render_config
+from .config import build_config, normalize_database_url, render_config
 from .database import is_sqlite, make_engine
-from .errors import Conflict, InvalidRequest, KamengdError
+from .errors import ConfigError, Conflict, InvalidRequest, KamengdError
 from .extensions import db
 from .vault import generate_key_file, write_secret_file
 
@@ -27,6 +27,7 @@ CONFIG_NAME = "kamengd.toml"
 SECRET_KEY_NAME = "secret_key"
 DATA_KEY_NAME = "data.key"
 SQLITE_NAME = "kamengd.db"
+PASSWORD_FILE_NAME = "initial-admin-password"
 
 
 @dataclass
@@ -34,6 +35,7 @@ class InstallResult:
     config_path: Path
     database_url: str
     admin_user: str
+    password_file: Path | None = None  # when the owner's password was generated
 
 
 def _check_database(url: str) -> None:
@@ -55,11 +57,11 @@ def _check_database(url: str) -> None:
 
 
 def _existing_files(data_dir: Path) -> list[str]:
-    names = (CONFIG_NAME, SECRET_KEY_NAME, DATA_KEY_NAME, SQLITE_NAME)
+    names = (CONFIG_NAME, SECRET_KEY_NAME, DATA_KEY_NAME, SQLITE_NAME, PASSWORD_FILE_NAME)
     return [n for n in names if (data_dir / n).exists()]
 
 
-def install(data_dir: Path, *, admin_password: str, database_url: str | None = None,
+def install(data_dir: Path, *, admin_password: str | None = None, database_url: str | None = None,
             admin_user: str = "admin", site_name: str = "kamengd",
             site_url: str = "http://127.0.0.1:8000") -> InstallResult:
     from .accounts.services import create_user
@@ -75,19 +77,18 @@ def install(data_dir: Path, *, admin_password: str, database_url: str | None = N
         raise Conflict(f"{data_dir} already holds an installation ({', '.join(found)}); nothing changed")
     if not USERNAME_RE.match(admin_user):
         raise InvalidRequest("admin user: 2-64 letters, digits, '.', '_' or '-'")
+    generated = admin_password is None
+    if generated:
+        admin_password = generate_password()
     validate_password(admin_password)
     if not site_name.strip():
         raise InvalidRequest("site name must not be empty")
-    url = database_url or f"sqlite:///{data_dir / SQLITE_NAME}"
     try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise InvalidRequest("database URL is not valid (e.g. mysql+pymysql://user:pass@host/db)") from None
-    if parsed.get_backend_name() not in ("sqlite", "mysql", "mariadb"):
-        raise InvalidRequest("database URL: kamengd supports SQLite and MySQL/MariaDB")
+        url = normalize_database_url(database_url or f"sqlite:///{data_dir / SQLITE_NAME}", Path.cwd())
+    except ConfigError as exc:
+        raise InvalidRequest(exc.message.replace("setting database.url", "database URL")) from None
+    parsed = make_url(url)
     if is_sqlite(url):
-        if not parsed.database or parsed.database == ":memory:":
-            raise InvalidRequest("database URL: SQLite needs a file path")
         if Path(parsed.database).exists():
             raise Conflict(f"{parsed.database} already exists; nothing changed")
     else:
@@ -96,7 +97,15 @@ def install(data_dir: Path, *, admin_password: str, database_url: str | None = N
     created_dir = not data_dir.exists()
     created: list[Path] = []
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KamengdError(f"cannot create {data_dir}: {exc.strerror}") from None
+        password_file = None
+        if generated:
+            password_file = data_dir / PASSWORD_FILE_NAME
+            write_secret_file(password_file, admin_password + "\n")
+            created.append(password_file)
         secret_key_path = data_dir / SECRET_KEY_NAME
         write_secret_file(secret_key_path, secrets.token_hex(32) + "\n")
         created.append(secret_key_path)
@@ -135,7 +144,8 @@ def install(data_dir: Path, *, admin_password: str, database_url: str | None = N
     except BaseException:
         _undo(created, data_dir if created_dir else None, None if is_sqlite(url) else url)
         raise
-    return InstallResult(config_path=config_path, database_url=url, admin_user=admin_user)
+    return InstallResult(config_path=config_path, database_url=url, admin_user=admin_user,
+                         password_file=password_file)
 
 
 def _undo(created: list[Path], created_dir: Path | None, mysql_url: str | None) -> None:

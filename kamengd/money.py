@@ -1,7 +1,7 @@
 """Exact money: integer cents inside, two-place decimal strings outside."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 from .errors import InvalidRequest
 
@@ -15,17 +15,19 @@ def parse_money(text: str | Decimal, *, field: str = "price", allow_zero: bool =
     raw = str(text).strip()
     try:
         value = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidRequest(f"{field}: {raw!r} is not a decimal amount") from None
+    except DecimalException:
+        raise InvalidRequest(f"{field}: {raw[:40]!r} is not a decimal amount") from None
     if not value.is_finite():
-        raise InvalidRequest(f"{field}: {raw!r} is not a decimal amount")
+        raise InvalidRequest(f"{field}: {raw[:40]!r} is not a decimal amount")
+    if value.adjusted() >= 13:  # before any arithmetic: 1e1000000 must not overflow
+        raise InvalidRequest(f"{field}: {raw[:40]!r} is too large")
     if value.as_tuple().exponent < -2 and value != value.quantize(Decimal("0.01")):
-        raise InvalidRequest(f"{field}: {raw!r} has more than two decimal places")
+        raise InvalidRequest(f"{field}: {raw[:40]!r} has more than two decimal places")
     cents = int(value * 100)
     if cents < 0 or (cents == 0 and not allow_zero):
         raise InvalidRequest(f"{field}: must be {'zero or ' if allow_zero else ''}more than zero")
     if cents >= MAX_CENTS:
-        raise InvalidRequest(f"{field}: {raw!r} is too large")
+        raise InvalidRequest(f"{field}: {raw[:40]!r} is too large")
     return cents
 
 

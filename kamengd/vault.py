@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Vault:
         self.current_version = max(keys)
         self._aead = {v: AESGCM(_derive(k, b"card-key/aes-256-gcm")) for v, k in keys.items()}
         self._fp_pads = {v: _hmac_pads(_derive(k, b"card-key/fingerprint")) for v, k in keys.items()}
+        self._seal_keys = {v: _derive(k, b"audit/seal") for v, k in keys.items()}
 
     @property
     def versions(self) -> list[int]:
@@ -93,6 +95,13 @@ class Vault:
     def decrypt_card_key(self, product_id: int, fingerprint: bytes, nonce: bytes,
                          ciphertext: bytes, key_version: int) -> bytes:
         return self._decrypt(key_version, nonce, ciphertext, card_key_aad(product_id, fingerprint))
+
+    # -- the audit log's seal ------------------------------------------------
+    def seal(self, message: bytes, version: int | None = None) -> str:
+        key = self._seal_keys.get(self.current_version if version is None else version)
+        if key is None:
+            raise DecryptionError(f"data key version {version} is not in the key file")
+        return hmac.digest(key, message, "sha256").hex()
 
     # -- other secrets (payment channel keys) ----------------------------
     def encrypt_secret(self, context: str, plaintext: bytes) -> tuple[bytes, bytes, int]:

@@ -195,8 +195,8 @@ def run_cli(*args, config: Path | None = None, env: dict | None = None, input: b
         argv += ["--config", str(config)]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
     full_env.update(env or {})
-    proc = subprocess.run([*argv, *map(str, args)], input=input, capture_output=True, env=full_env,
-                          timeout=120)
+    argv += [a if isinstance(a, bytes) else str(a) for a in args]
+    proc = subprocess.run(argv, input=input, capture_output=True, env=full_env, timeout=120)
     proc.out = proc.stdout.decode()
     proc.err = proc.stderr.decode()
     if check and proc.returncode != 0:

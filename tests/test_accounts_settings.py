@@ -76,3 +76,52 @@ def test_settings_and_roles_from_the_cli(tmp_path):
     assert_one_line_error(run_cli("user", "set-role", "--username", "admin", "--role", "support", config=cfg),
                           "last owner")
     assert run_cli("audit", "verify", config=cfg).returncode == 0
+
+
+def test_two_owners_demoted_at_once_leave_one_owner(backend, app):
+    """Each demotion alone is allowed; run together, exactly one must be refused."""
+    import threading
+
+    from kamengd.extensions import db
+
+    with app.app_context():
+        for name in ("race_a", "race_b"):
+            create_user(db.session, username=name, role="owner", password="long enough pw", actor="t")
+        set_role(db.session, username="admin", role="admin", actor="t")  # only race_a, race_b own the shop
+        db.session.commit()
+        db.session.remove()
+
+    first_locked, results = threading.Event(), {}
+
+    def demote(name, hold):
+        with app.app_context():
+            try:
+                set_role(db.session, username=name, role="admin", actor="t")
+                if hold:
+                    first_locked.set()
+                    threading.Event().wait(0.5)  # hold the locks while the other one starts
+                db.session.commit()
+                results[name] = "ok"
+            except Conflict:
+                db.session.rollback()
+                results[name] = "refused"
+            finally:
+                first_locked.set()
+                db.session.remove()
+
+    a = threading.Thread(target=demote, args=("race_a", True))
+    a.start()
+    first_locked.wait(10)
+    b = threading.Thread(target=demote, args=("race_b", False))
+    b.start()
+    a.join()
+    b.join()
+    assert sorted(results.values()) == ["ok", "refused"], results
+    with app.app_context():
+        owners = db.session.scalars(sa.select(StaffUser.username).where(StaffUser.role == "owner")).all()
+        assert owners == ["race_b"]
+        # leave the shared installation as it was
+        set_role(db.session, username="admin", role="owner", actor="t")
+        set_role(db.session, username="race_b", role="admin", actor="t")
+        db.session.commit()
+        db.session.remove()

@@ -89,3 +89,69 @@ def test_concurrent_appends_keep_one_chain(backend, app):
     with app.app_context():
         assert verify(db.session).ok
         db.session.remove()
+
+
+def rechain(session):
+    """What an attacker with write access to the database can do: recompute every hash."""
+    from kamengd.audit.services import GENESIS_HASH, compute_hash
+
+    prev = GENESIS_HASH
+    rows = session.execute(sa.text("SELECT id, seq, created_at, actor, action, target, source_ip, details "
+                                   "FROM audit_log ORDER BY id")).all()
+    for row in rows:
+        created_at = row.created_at
+        if isinstance(created_at, str):  # SQLite returns text through a raw query
+            import datetime as dt
+            created_at = dt.datetime.fromisoformat(created_at)
+        h = compute_hash(prev, row.seq, created_at, row.actor, row.action, row.target, row.source_ip,
+                         row.details)
+        session.execute(sa.text("UPDATE audit_log SET prev_hash = :p, entry_hash = :h WHERE id = :id"),
+                        {"p": prev, "h": h, "id": row.id})
+        prev = h
+    session.execute(sa.text("UPDATE audit_head SET last_hash = :h WHERE id = 1"), {"h": prev})
+
+
+def test_a_rewritten_chain_breaks_the_seal(backend, session, vault, chain):
+    assert verify(session, vault).ok
+    session.execute(sa.text("UPDATE audit_log SET actor = 'cli:innocent' WHERE id = :id"), {"id": chain[1]})
+    rechain(session)
+    assert verify(session).ok  # the bare SHA-256 chain cannot tell
+    result = verify(session, vault)
+    assert not result.ok and "seal does not match" in result.problem
+
+
+def test_an_emptied_log_is_not_intact(backend, session, vault):
+    session.execute(sa.text("DELETE FROM audit_log"))
+    session.execute(sa.text("UPDATE audit_head SET seq = 0, last_hash = :g, seal = NULL"), {"g": "0" * 64})
+    result = verify(session, vault)
+    assert not result.ok and "empty" in result.problem
+
+
+def test_appends_during_a_check_are_not_a_false_alarm(backend, app, monkeypatch):
+    """verify reads the head first and checks up to it; a shop keeps logging meanwhile."""
+    from kamengd.audit import services
+    from kamengd.extensions import db
+
+    real_compute = services.compute_hash
+    appended = []
+
+    def append_from_another_connection():
+        with app.app_context():
+            record(db.session, "test.during_verify", actor="cli:other")
+            db.session.commit()
+            db.session.remove()
+
+    def compute_and_append(*args):
+        if not appended:
+            appended.append(1)
+            t = threading.Thread(target=append_from_another_connection)
+            t.start()
+            t.join()
+        return real_compute(*args)
+
+    monkeypatch.setattr(services, "compute_hash", compute_and_append)
+    with app.app_context():
+        db.session.connection(execution_options={"kamengd_readonly": True})
+        result = verify(db.session)
+        db.session.remove()
+    assert appended and result.ok, result.problem

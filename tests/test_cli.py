@@ -2,6 +2,8 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +23,14 @@ def shop(backend, databases, tmp_path):
     config = tmp_path / "data" / "kamengd.toml"
     assert proc.out.strip() == str(config)
     return config
+
+
+@pytest.fixture
+def sqlite_shop(tmp_path):
+    """For behaviour that is SQLite's own (files, locks)."""
+    run_cli("install", "--data-dir", tmp_path / "data", "--admin-password-file", write_password(tmp_path),
+            "--yes", check=True)
+    return tmp_path / "data" / "kamengd.toml"
 
 
 def make_product(config, *extra):
@@ -92,7 +102,7 @@ def test_install_with_unreachable_database_changes_nothing(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--admin-user", "bad user!"], "admin user"),
     (["--database-url", "not a url"], "database URL"),
-    (["--database-url", "postgresql://x/y"], "SQLite and MySQL"),
+    (["--database-url", "postgresql://x/y"], "postgresql is not supported"),
 ])
 def test_install_bad_input(tmp_path, args, fragment):
     proc = run_cli("install", "--data-dir", tmp_path / "d", "--yes", "--admin-password-file",
@@ -306,3 +316,101 @@ def test_doctor_detects_the_wrong_key_file(backend, shop, tmp_path):
 def test_usage_errors_are_one_line(shop):
     assert_one_line_error(run_cli("product", "create", "--name", "x", config=shop), "Missing option '--price'")
     assert_one_line_error(run_cli("no-such-command", config=shop), "No such command")
+
+
+def test_install_refuses_a_leftover_password_file(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "initial-admin-password").write_text("old\n")
+    assert_one_line_error(run_cli("install", "--data-dir", data, "--yes"), "initial-admin-password")
+    assert sorted(p.name for p in data.iterdir()) == ["initial-admin-password"]
+
+
+def test_install_with_a_relative_sqlite_url(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kamengd", "install", "--data-dir", "d", "--yes",
+                           "--database-url", "sqlite:///shop.db"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "shop.db").exists()
+    assert run_cli("doctor", config=tmp_path / "d" / "kamengd.toml").returncode == 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["product", "create", "--name", "x", "--price", "1e1000000"], "too large"),
+    (["product", "create", "--name", b"bad\xff", "--price", "1"], "not valid UTF-8"),
+    (["keys", "import", "--product", "99999999999999999999", "/etc/hostname"], "--product"),
+    (["keys", "export", "--product", "1", "--output", "/proc/nope/x.txt"], "does not exist"),
+    (["keys", "export", "--product", "1", "--output", "/proc/x.txt"], "cannot write"),
+])
+def test_bad_input_never_gives_a_traceback(backend, shop, args, fragment):
+    if args[0] == "keys" and args[1] == "export":
+        make_product(shop)
+    assert_one_line_error(run_cli(*args, config=shop), fragment)
+
+
+def test_install_into_an_impossible_directory(tmp_path):
+    assert_one_line_error(run_cli("install", "--data-dir", "/proc/kamengd-test", "--yes"), "cannot create")
+
+
+def test_unsupported_database_in_the_environment(backend, shop):
+    proc = run_cli("product", "list", config=shop, env={"KAMENGD_DATABASE_URL": "postgresql://x/y"})
+    assert_one_line_error(proc, "database.url", "postgresql is not supported")
+
+
+def test_import_from_a_pipe_path(backend, shop):
+    pid = make_product(shop)["id"]
+    proc = run_cli("keys", "import", "--product", pid, "/dev/stdin", "--json", config=shop, input=b"P1\nP2\n")
+    assert proc.returncode == 0, proc.err
+    assert json.loads(proc.out)["imported"] == 2
+
+
+def test_a_missing_sqlite_file_is_not_recreated(sqlite_shop, tmp_path):
+    db_file = sqlite_shop.parent / "kamengd.db"
+    db_file.unlink()
+    assert_one_line_error(run_cli("product", "list", config=sqlite_shop), "database error")
+    assert not db_file.exists()
+    doctor = run_cli("doctor", config=sqlite_shop)
+    assert doctor.returncode != 0 and "FAIL  database" in doctor.out
+    assert not db_file.exists()
+
+
+def test_read_only_commands_do_not_wait_for_a_writer(sqlite_shop):
+    """`product list` answers at once while an import holds SQLite's write lock."""
+    import sqlite3
+    import time
+
+    writer = sqlite3.connect(sqlite_shop.parent / "kamengd.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE audit_head SET seq = seq")
+    try:
+        started = time.monotonic()
+        assert run_cli("product", "list", config=sqlite_shop).returncode == 0
+        assert run_cli("audit", "verify", config=sqlite_shop).returncode == 0
+        assert time.monotonic() - started < 20  # a writer would wait out the 30 s busy timeout
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_actor_is_the_real_os_user(sqlite_shop):
+    import pwd
+    run_cli("product", "create", "--name", "x", "--price", "1", config=sqlite_shop, env={"LOGNAME": "alice", "USER": "alice"},
+            check=True)
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+    engine = make_engine(load_config(sqlite_shop, env={}).database_url, pooled=False)
+    with engine.connect() as conn:
+        actor = conn.execute(sa.text("SELECT actor FROM audit_log ORDER BY id DESC LIMIT 1")).scalar()
+    engine.dispose()
+    assert actor == f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+
+
+def test_tables_are_utf8mb4_bin_on_mysql(mysql_backend, make_install):
+    """New tables must carry the same options (autogenerate from SQLite would drop them)."""
+    from kamengd.database import make_engine
+    engine = make_engine(make_install(mysql_backend).database_url, pooled=False)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT table_name, table_collation, engine FROM information_schema.tables "
+                                    "WHERE table_schema = DATABASE() AND table_name != 'alembic_version'")).all()
+    engine.dispose()
+    assert len(rows) >= 11
+    assert {(r[1], r[2]) for r in rows} == {("utf8mb4_bin", "InnoDB")}, rows

@@ -29,6 +29,11 @@ def test_defaults_and_relative_paths(tmp_path):
     ({**MINIMAL, "server": {"workers": 0}}, "setting server.workers: must be at least 1"),
     ({**MINIMAL, "ratelimit": {"enabled": "yes"}}, "setting ratelimit.enabled: expected true or false"),
     ({**MINIMAL, "server": {"server": "uwsgi"}}, "setting server.server: must be one of waitress, gunicorn"),
+    ({**MINIMAL, "inventory": {"max_key_length": 4097}}, "setting inventory.max_key_length: must be at most 4096"),
+    ({**MINIMAL, "database": {"url": "postgresql://x/y"}}, "setting database.url: postgresql is not supported"),
+    ({**MINIMAL, "database": {"url": "mysql://x/y"}}, "setting database.url: use the PyMySQL driver"),
+    ({**MINIMAL, "database": {"url": "::nonsense::"}}, "setting database.url: not a database URL"),
+    ({**MINIMAL, "database": {"url": "sqlite://"}}, "setting database.url: SQLite needs a file path"),
 ])
 def test_bad_settings_are_named(data, message):
     with pytest.raises(ConfigError) as err:
@@ -97,3 +102,9 @@ def test_example_config_declares_every_setting():
             continue
         declared = {f.name for f in dataclasses.fields(hints[section.name])}
         assert set(example.get(section.name, {})) == declared, section.name
+
+
+def test_relative_sqlite_path_is_taken_from_the_config_dir(tmp_path):
+    cfg = build_config({**MINIMAL, "database": {"url": "sqlite:///shop.db"}}, env={},
+                       path=tmp_path / "kamengd.toml")
+    assert cfg.database.url == f"sqlite:///{tmp_path / 'shop.db'}"

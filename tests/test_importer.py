@@ -53,3 +53,9 @@ def test_check_key():
         check_key(7, "x" * 11, 10)
     with pytest.raises(ImportFileError, match="line 3: key contains control characters"):
         check_key(3, "a\x00b", 10)
+
+
+def test_forced_encoding_drops_the_bom():
+    data = "\ufeff甲\n乙\n".encode("utf-16-le")
+    assert lines_of(data, "utf-16-le")[1] == ["甲", "乙"]
+    assert lines_of(b"\xef\xbb\xbfA\n", "utf-8")[1] == ["A"]

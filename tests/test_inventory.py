@@ -49,7 +49,7 @@ def test_import_is_audited_without_the_keys(backend, session, vault, make_produc
     assert '"imported":1' in entry.details and "SECRET-KEY-1" not in entry.details
 
 
-def test_bad_line_raises_before_commit(backend, session, vault, make_product):
+def test_bad_line_is_named(backend, session, vault, make_product):
     p = make_product()
     with pytest.raises(ImportFileError, match="line 3: key is 9 characters"):
         do_import(session, vault, p, "ok1\nok2\n123456789\nok4\n", max_key_length=8, batch_size=1)

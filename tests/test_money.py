@@ -13,7 +13,8 @@ def test_parse(text, cents):
     assert parse_money(text) == cents
 
 
-@pytest.mark.parametrize("text", ["1.234", "-1", "0", "abc", "NaN", "Infinity", "", "1e20"])
+@pytest.mark.parametrize("text", ["1.234", "-1", "0", "abc", "NaN", "Infinity", "", "1e20", "1e1000000",
+                                  "-1e1000000", "1e-1000000"])
 def test_parse_rejects(text):
     with pytest.raises(InvalidRequest):
         parse_money(text)

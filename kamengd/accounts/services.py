@@ -44,16 +44,17 @@ def set_role(session: Session, *, username: str, role: str, actor: str,
     """Change a staff member's role; the last active owner cannot be demoted (lock-out)."""
     if role not in ROLES:
         raise InvalidRequest(f"role: must be one of {', '.join(ROLES)}")
-    # Row lock: two demotions racing must not both see "another owner remains".
+    # Lock every owner row first, always in id order: two demotions of two
+    # owners then run one after the other (no deadlock), and the second sees
+    # that only its own target is left.
+    owners = session.scalars(sa.select(StaffUser.id).where(
+        StaffUser.role == "owner", StaffUser.is_active.is_(True)).order_by(StaffUser.id).with_for_update()).all()
     user = session.scalars(sa.select(StaffUser).where(StaffUser.username == username).with_for_update()).first()
     if user is None:
         raise NotFound(f"user {username!r} not found")
     old = user.role
-    if old == "owner" and role != "owner":
-        owners = session.scalar(sa.select(sa.func.count()).select_from(StaffUser).where(
-            StaffUser.role == "owner", StaffUser.is_active.is_(True), StaffUser.id != user.id))
-        if owners == 0:
-            raise Conflict(f"{username} is the last owner; make someone else owner first")
+    if old == "owner" and role != "owner" and not set(owners) - {user.id}:
+        raise Conflict(f"{username} is the last owner; make someone else owner first")
     user.role = role
     session.flush()
     record(session, "user.role", actor=actor, target=f"user:{user.id}", source_ip=source_ip,

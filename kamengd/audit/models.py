@@ -27,9 +27,16 @@ class AuditEntry(db.Model):
 
 class AuditHead(db.Model):
     """The one row every append locks: it serialises writers and records the
-    last entry, so removing the newest entries is detected too."""
+    last entry, so removing the newest entries is detected too.
+
+    `seal` is an HMAC of (seq, last_hash) with a key derived from the data
+    key, which never enters the database: someone who can rewrite every row
+    can recompute the SHA-256 chain, but not the seal.
+    """
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     last_hash: Mapped[str] = mapped_column(sa.String(64))
+    seal: Mapped[str | None] = mapped_column(sa.String(64))
+    seal_version: Mapped[int | None] = mapped_column(sa.SmallInteger)

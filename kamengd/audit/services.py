@@ -7,27 +7,32 @@ head, for the newest); reordering breaks the sequence.
 """
 from __future__ import annotations
 
-import getpass
 import hashlib
+import hmac
 import json
 import os
+import pwd
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..database import utcnow
+from ..errors import KamengdError
 from .models import AuditEntry, AuditHead
 
 GENESIS_HASH = "0" * 64
 
 
 def cli_actor() -> str:
+    """cli:<os user>, from the process's real identity, not $USER/$LOGNAME."""
+    uid = os.geteuid()
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = f"uid{os.getuid()}"
-    return f"cli:{name}"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    sudo_user = os.environ.get("SUDO_USER") if uid == 0 else None
+    return f"cli:{name}" + (f" (sudo by {sudo_user})" if sudo_user and sudo_user != name else "")
 
 
 def canonical_details(details: dict | None) -> str:
@@ -42,14 +47,25 @@ def compute_hash(prev_hash: str, seq: int, created_at, actor: str, action: str, 
     return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
 
 
+def seal_message(seq: int, last_hash: str) -> bytes:
+    return f"kamengd-audit-head:{seq}:{last_hash}".encode()
+
+
+def _current_vault():
+    from ..app import get_vault
+
+    return get_vault()
+
+
 def record(session: Session, action: str, *, actor: str, target: str = "",
            source_ip: str | None = None, details: dict | None = None) -> AuditEntry:
     """Append an entry in the caller's transaction (it commits with the change it records).
 
     The UPDATE of the head row comes first: it takes that row's lock (MySQL)
     so concurrent writers append one after another, never both after the same
-    predecessor.
+    predecessor. Needs an app context (the seal is made with the data key).
     """
+    vault = _current_vault()
     head = AuditHead.__table__
     claimed = session.execute(head.update().where(head.c.id == 1).values(seq=head.c.seq + 1))
     if claimed.rowcount != 1:
@@ -62,7 +78,9 @@ def record(session: Session, action: str, *, actor: str, target: str = "",
                        source_ip=source_ip, details=details_json, prev_hash=prev_hash,
                        entry_hash=entry_hash)
     session.add(entry)
-    session.execute(head.update().where(head.c.id == 1).values(last_hash=entry_hash))
+    session.execute(head.update().where(head.c.id == 1).values(
+        last_hash=entry_hash, seal=vault.seal(seal_message(seq, entry_hash)),
+        seal_version=vault.current_version))
     session.flush()
     return entry
 
@@ -75,13 +93,20 @@ class VerifyResult:
     problem: str = ""
 
 
-def verify(session: Session) -> VerifyResult:
+def verify(session: Session, vault=None) -> VerifyResult:
+    """Check the chain up to the head as it is now; entries appended while
+    this runs are left for the next check. With the vault, check the seal."""
+    head = session.execute(sa.select(AuditHead).where(AuditHead.id == 1)).scalar_one_or_none()
+    if head is None:
+        return VerifyResult(False, 0, None, "the audit head row is missing")
+    head_seq, head_hash, seal, seal_version = head.seq, head.last_hash, head.seal, head.seal_version
     t = AuditEntry.__table__
     prev_hash, expected_seq, count, last_id = GENESIS_HASH, 1, 0, None
-    rows = session.execute(sa.select(t).order_by(t.c.id).execution_options(yield_per=2000))
+    rows = session.execute(sa.select(t).where(t.c.seq <= head_seq).order_by(t.c.id)
+                           .execution_options(yield_per=2000))
     for row in rows:
         if row.seq != expected_seq:
-            what = "reordered or out of sequence" if row.seq > 0 else "bad sequence number"
+            what = "reordered or out of sequence"
             if row.seq > expected_seq:
                 what = f"entries {expected_seq}..{row.seq - 1} are missing"
             return VerifyResult(False, count, row.id, f"entry #{row.id} (seq {row.seq}): {what}")
@@ -93,11 +118,18 @@ def verify(session: Session) -> VerifyResult:
         if actual != row.entry_hash:
             return VerifyResult(False, count, row.id, f"entry #{row.id} (seq {row.seq}): content was altered")
         prev_hash, expected_seq, count, last_id = row.entry_hash, expected_seq + 1, count + 1, row.id
-    head = session.execute(sa.select(AuditHead.seq, AuditHead.last_hash).where(AuditHead.id == 1)).first()
-    if head is None:
-        return VerifyResult(False, count, None, "the audit head row is missing")
-    if head.seq != count or head.last_hash != prev_hash:
-        where = f"after entry #{last_id}" if last_id else "at the start"
+    if count == 0:
+        return VerifyResult(False, 0, None, "the audit log is empty (every installation records its install)")
+    if head_seq != count or head_hash != prev_hash:
         return VerifyResult(False, count, last_id,
-                            f"the newest entries were removed ({where}; head says {head.seq} entries, found {count})")
+                            f"the newest entries were removed (after entry #{last_id}; "
+                            f"head says {head_seq} entries, found {count})")
+    if vault is not None:
+        try:
+            expected = vault.seal(seal_message(head_seq, head_hash), seal_version)
+        except KamengdError as exc:
+            return VerifyResult(False, count, last_id, f"cannot check the seal: {exc.message}")
+        if seal is None or not hmac.compare_digest(expected, seal):
+            return VerifyResult(False, count, last_id,
+                                "the head's seal does not match: the log was rewritten (or another data key is in use)")
     return VerifyResult(True, count)

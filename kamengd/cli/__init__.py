@@ -21,6 +21,7 @@ from ..errors import KamengdError
 class CliContext:
     def __init__(self, config_path: str | None):
         self.config_path = config_path
+        self.held_output: list[str] | None = None
 
     @cached_property
     def config(self) -> Config:
@@ -33,21 +34,36 @@ class CliContext:
         return create_app(self.config)
 
 
-def with_app(fn):
-    """Run the command in an app context; commit once at the end, roll back on error."""
+def with_app(fn=None, *, readonly: bool = False):
+    """Run the command in an app context; commit once, then print its output.
+
+    Output is held until the commit succeeded, so a script never reads a
+    result that was rolled back. ``readonly`` commands never take SQLite's
+    write lock (they read a snapshot, even during a long import).
+    """
+    if fn is None:
+        return functools.partial(with_app, readonly=readonly)
+
     @functools.wraps(fn)
     @click.pass_obj
     def wrapper(obj: CliContext, *args, **kwargs):
         from ..extensions import db
 
         with obj.app.app_context():
+            obj.held_output = []
             try:
+                if readonly:
+                    db.session.connection(execution_options={"kamengd_readonly": True})
                 result = fn(*args, **kwargs)
                 db.session.commit()
-                return result
             except BaseException:
                 db.session.rollback()
                 raise
+            finally:
+                held, obj.held_output = obj.held_output, None
+            for line in held:
+                click.echo(line)
+            return result
     return wrapper
 
 
@@ -55,7 +71,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def emit(as_json: bool, payload: dict, text: str) -> None:
-    click.echo(json.dumps(payload, ensure_ascii=False, sort_keys=True) if as_json else text)
+    line = json.dumps(payload, ensure_ascii=False, sort_keys=True) if as_json else text
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(CliContext) if ctx is not None else None
+    if obj is not None and obj.held_output is not None:
+        obj.held_output.append(line)  # printed by with_app after the commit
+    else:
+        click.echo(line)
 
 
 def fail(message: str) -> None:
@@ -98,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except SQLAlchemyError as exc:
         click.echo(f"kamengd: {_one_line(_database_message(exc))}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a file the user named: unreadable, unwritable, not there
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"kamengd: {_one_line(exc.strerror or str(exc))}{where}", err=True)
+        sys.exit(1)
+    except UnicodeError:
+        click.echo("kamengd: an argument or file name is not valid UTF-8 text", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("kamengd: interrupted", err=True)

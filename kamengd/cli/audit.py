@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from ..app import get_vault
 from ..audit.services import verify
 from ..errors import KamengdError
 from ..extensions import db
@@ -15,10 +16,10 @@ def audit():
 
 @audit.command("verify")
 @json_option
-@with_app
+@with_app(readonly=True)
 def audit_verify(as_json):
     """Check the hash chain; non-zero naming the first bad entry."""
-    result = verify(db.session)
+    result = verify(db.session, get_vault())
     if not result.ok:
         if as_json:
             emit(True, {"ok": False, "entries_checked": result.entries, "bad_entry": result.bad_entry_id,

@@ -44,7 +44,7 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 
 @product.command("list")
 @json_option
-@with_app
+@with_app(readonly=True)
 def product_list(as_json):
     """List products with their available stock."""
     products = db.session.scalars(sa.select(Product).order_by(Product.id)).all()

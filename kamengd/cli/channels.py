@@ -49,7 +49,7 @@ def channel_add(channel_type, code, name, options, as_json):
 
 @channel.command("list")
 @json_option
-@with_app
+@with_app(readonly=True)
 def channel_list(as_json):
     """List payment channels (secrets are never shown)."""
     rows = [{"id": c.id, "code": c.code, "type": c.type, "name": c.name, "enabled": c.is_enabled,

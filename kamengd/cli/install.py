@@ -5,8 +5,7 @@ from pathlib import Path
 import click
 
 from ..errors import KamengdError
-from ..installation import generate_password, install as do_install
-from ..vault import write_secret_file
+from ..installation import install as do_install
 from . import cli, emit, json_option
 
 
@@ -35,11 +34,10 @@ def read_password_file(path: str) -> str:
 @json_option
 def install(data_dir, database_url, admin_user, admin_password_file, site_name, site_url, yes, as_json):
     """Create a new installation in DIR: config, keys, schema, owner account."""
-    generated = False
     if admin_password_file:
         password = read_password_file(admin_password_file)
     elif yes:
-        password, generated = generate_password(), True
+        password = None  # generated, written to DIR/initial-admin-password
     else:
         password = click.prompt(f"Password for {admin_user}", hide_input=True, confirmation_prompt=True)
     if not yes:
@@ -47,9 +45,7 @@ def install(data_dir, database_url, admin_user, admin_password_file, site_name, 
     result = do_install(Path(data_dir), admin_password=password, database_url=database_url,
                         admin_user=admin_user, site_name=site_name, site_url=site_url)
     payload = {"config": str(result.config_path), "admin_user": admin_user}
-    if generated:
-        password_path = result.config_path.parent / "initial-admin-password"
-        write_secret_file(password_path, password + "\n")
-        payload["admin_password_file"] = str(password_path)
-        click.echo(f"owner password for {admin_user} written to {password_path} (mode 0600)", err=True)
+    if result.password_file is not None:
+        payload["admin_password_file"] = str(result.password_file)
+        click.echo(f"owner password for {admin_user} written to {result.password_file} (mode 0600)", err=True)
     emit(as_json, payload, str(result.config_path))

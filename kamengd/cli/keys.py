@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,9 @@ from ..inventory.services import EXPORT_STATUSES, export_keys, import_keys
 from . import cli, emit, json_option, with_app
 
 
+PRODUCT_ID = click.IntRange(min=1, max=2**31 - 1)
+
+
 @cli.group()
 def keys():
     """Card keys (卡密)."""
@@ -23,23 +27,27 @@ def keys():
 
 @contextmanager
 def open_seekable(path: str):
-    """The file itself, or stdin spooled to a temporary file (detection reads twice)."""
+    """The file itself, or a pipe (stdin, /dev/stdin, <(...)) spooled to a
+    temporary file: encoding detection reads the file twice."""
     if path == "-":
+        source = sys.stdin.buffer
+    else:
+        try:
+            source = open(path, "rb")
+        except OSError as exc:
+            raise KamengdError(f"cannot open {path}: {exc.strerror}") from None
+    with source if path != "-" else contextlib.nullcontext(source):
+        if source.seekable():
+            yield source
+            return
         with tempfile.TemporaryFile() as tmp:
-            shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+            shutil.copyfileobj(source, tmp, 1 << 20)
             tmp.seek(0)
             yield tmp
-        return
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise KamengdError(f"cannot open {path}: {exc.strerror}") from None
-    with fh:
-        yield fh
 
 
 @keys.command("import")
-@click.option("--product", "product_id", type=int, required=True, metavar="ID")
+@click.option("--product", "product_id", type=PRODUCT_ID, required=True, metavar="ID")
 @click.argument("file", metavar="FILE")
 @click.option("--encoding", help="Force an encoding (default: detect UTF-8/UTF-16 BOM/GB18030).")
 @json_option
@@ -57,7 +65,7 @@ def keys_import(product_id, file, encoding, as_json):
 
 
 @keys.command("export")
-@click.option("--product", "product_id", type=int, required=True, metavar="ID")
+@click.option("--product", "product_id", type=PRODUCT_ID, required=True, metavar="ID")
 @click.option("--output", required=True, metavar="FILE")
 @click.option("--status", type=click.Choice(EXPORT_STATUSES), default="available", show_default=True)
 @json_option

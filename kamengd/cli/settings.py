@@ -15,7 +15,7 @@ def setting():
 
 @setting.command("list")
 @json_option
-@with_app
+@with_app(readonly=True)
 def setting_list(as_json):
     """Show every run-time setting and its value."""
     values = all_settings(db.session)

@@ -98,9 +98,10 @@ def iter_lines(fh: BinaryIO, encoding: str | None = None) -> tuple[str, Iterator
 
 def _lines(fh: BinaryIO, encoding: str, auto: bool) -> Iterator[tuple[int, str]]:
     text = io.TextIOWrapper(fh, encoding=encoding, errors="strict", newline=None)
-    lineno = 0
     try:
         for lineno, line in enumerate(text, 1):
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a BOM left by a forced encoding
             yield lineno, line.rstrip("\n")
     except UnicodeDecodeError:
         text.detach()

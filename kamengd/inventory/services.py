@@ -158,7 +158,10 @@ def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path
         raise InvalidRequest(f"output: {output} is a directory")
     if not output.parent.is_dir():
         raise InvalidRequest(f"output: directory {output.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=".kamengd-export-", dir=output.parent)  # mode 0600
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=".kamengd-export-", dir=output.parent)  # mode 0600
+    except OSError as exc:
+        raise InvalidRequest(f"output: cannot write in {output.parent}: {exc.strerror}") from None
     tmp = Path(tmp_name)
     count = 0
     try:

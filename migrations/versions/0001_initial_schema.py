@@ -34,6 +34,8 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
     sa.Column('last_hash', sa.String(length=64), nullable=False),
+    sa.Column('seal', sa.String(length=64), nullable=True),
+    sa.Column('seal_version', sa.SmallInteger(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_head')),
     **TABLE_OPTS,
     )
