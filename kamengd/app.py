@@ -34,9 +34,16 @@ def create_app(config: Config | None = None) -> Flask:
         configure_engine(db.engine)  # adds connect hooks; opens no connection
 
     register_error_handlers(app)
-    from . import health
+    from . import api, health
+    from .payments import views as payment_views
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(payment_views.bp)
+
+    @app.context_processor
+    def _site():
+        return {"site_name": config.site.name}
     return app
 
 

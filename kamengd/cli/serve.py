@@ -35,8 +35,15 @@ def serve(obj, bind, server_name, workers, no_scheduler):
     if server_name == "waitress":
         import waitress
 
+        if not no_scheduler:
+            from ..jobs import start_scheduler
+            start_scheduler(app)
         waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="kamengd")
     else:
+        if not no_scheduler:
+            # In the master, not in each worker: the jobs must not run once per worker.
+            from ..jobs import start_scheduler
+            start_scheduler(obj.app)
         _run_gunicorn(obj, f"{host}:{port}", workers or config.server.workers, config.server.threads)
 
 

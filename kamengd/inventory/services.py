@@ -34,6 +34,7 @@ class ImportResult:
     duplicates: int = 0
     blank: int = 0
     encoding: str = ""
+    delivered: int = 0  # waiting paid orders delivered from this import
 
     def as_dict(self) -> dict:
         return {"imported": self.imported, "duplicates": self.duplicates, "blank": self.blank}
@@ -108,8 +109,13 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
         write_batch()
     result.duplicates = attempted - result.imported
     run.imported, run.duplicates, run.blank = result.imported, result.duplicates, result.blank
+    if result.imported:
+        # Paid orders waiting for this product's stock get their keys now.
+        from ..orders.services import deliver_waiting_orders
+        result.delivered = deliver_waiting_orders(session, product_id)
     record(session, "keys.import", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
-           details={**result.as_dict(), "encoding": result.encoding, "import_id": run.id})
+           details={**result.as_dict(), "encoding": result.encoding, "import_id": run.id,
+                    "orders_delivered": result.delivered})
     return result
 
 

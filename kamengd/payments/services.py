@@ -1,22 +1,25 @@
 from __future__ import annotations
 
+import hmac
 import json
 import re
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import Conflict, InvalidRequest
+from ..errors import Conflict, InvalidRequest, KamengdError
 from ..vault import Vault
-from .models import PaymentChannel
+from .models import Payment, PaymentChannel
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 # Per channel type: the options it takes, which are required, which are secret.
 CHANNEL_TYPES = {
-    "epay": {"options": ("gateway", "pid", "key"), "required": ("gateway", "pid", "key"),
+    "epay": {"options": ("gateway", "pid", "key", "pay_type"), "required": ("gateway", "pid", "key"),
              "secret": ("key",)},
 }
 
@@ -70,3 +73,103 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
            details={"type": channel_type, "name": channel.name, **public,
                     "secret_options": sorted(secrets)})
     return channel
+
+
+def channel_option(channel: PaymentChannel, name: str, default: str = "") -> str:
+    return json.loads(channel.options).get(name, default)
+
+
+def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str, product_name: str,
+                  token: str) -> str:
+    from ..money import format_cents
+    from . import epay
+
+    site = site_url.rstrip("/")
+    return epay.pay_url(
+        gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
+        key=channel_secrets(vault, channel)["key"], pay_type=channel_option(channel, "pay_type", "alipay"),
+        order_no=order.order_no, name=product_name[:100], money=format_cents(order.amount_cents),
+        notify_url=f"{site}/pay/{channel.code}/notify",
+        # The buyer comes back to their keys: the token rides in the return URL.
+        return_url=f"{site}/pay/{channel.code}/return?{urlencode({'order_no': order.order_no, 'token': token})}")
+
+
+@dataclass
+class PaymentOutcome:
+    recorded: bool          # answer the gateway "success"
+    reason: str = ""
+
+
+def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[str, str],
+                       now=None) -> PaymentOutcome:
+    """A gateway callback: verify it, record the payment once, pay and deliver the order.
+
+    Nothing changes unless the signature, the pid, the channel and the order all
+    check out. A repeated callback for a recorded trade is answered "success"
+    again and changes nothing.
+    """
+    from decimal import Decimal, DecimalException
+
+    from ..database import utcnow
+    from ..money import parse_money
+    from ..orders.models import Order
+    from ..orders.services import deliver_paid_order
+    from . import epay
+
+    now = now or utcnow()
+    channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
+    if channel is None or channel.type != "epay":
+        return PaymentOutcome(False, "unknown channel")
+    key = channel_secrets(vault, channel).get("key", "")
+    if not epay.verify(params, key):
+        return PaymentOutcome(False, "bad signature")
+    if not hmac.compare_digest(str(params.get("pid", "")).encode("utf-8", "replace"),
+                               channel_option(channel, "pid").encode()):
+        return PaymentOutcome(False, "foreign pid")
+    if params.get("trade_status") != "TRADE_SUCCESS":
+        return PaymentOutcome(False, f"trade_status {params.get('trade_status')!r} is not a payment")
+    trade_no, order_no = str(params.get("trade_no", "")), str(params.get("out_trade_no", ""))
+    if not trade_no or len(trade_no) > 64:
+        return PaymentOutcome(False, "bad trade_no")
+    try:
+        money = Decimal(str(params.get("money", "")))
+        amount = parse_money(money, field="money") if money.is_finite() else None
+    except (DecimalException, KamengdError):
+        amount = None
+    if amount is None:
+        return PaymentOutcome(False, "bad money")
+    order = session.scalar(sa.select(Order).where(Order.order_no == order_no[:32]))
+    if order is None or order.channel_id != channel.id:
+        return PaymentOutcome(False, "unknown order for this channel")
+
+    existing = session.scalar(sa.select(Payment).where(Payment.channel_id == channel.id,
+                                                        Payment.trade_no == trade_no))
+    if existing is not None:
+        return PaymentOutcome(existing.order_id == order.id, "already recorded")
+    right_amount = amount == order.amount_cents
+    payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
+                      status="received" if right_amount else "held", created_at=now,
+                      raw=json.dumps({k: v for k, v in params.items() if k not in ("sign",)},
+                                     ensure_ascii=False, sort_keys=True))
+    try:
+        with session.begin_nested():
+            session.add(payment)
+    except IntegrityError:  # the same callback, recorded by a concurrent request
+        existing = session.scalar(sa.select(Payment).where(Payment.channel_id == channel.id,
+                                                            Payment.trade_no == trade_no))
+        return PaymentOutcome(existing is not None and existing.order_id == order.id, "already recorded")
+
+    new_status = "paid" if right_amount else "held"
+    claimed = session.execute(sa.update(Order).where(Order.id == order.id,
+                                                     Order.status.in_(("pending", "expired")))
+                              .values(status=new_status, paid_at=now, updated_at=now)
+                              .execution_options(synchronize_session=False)).rowcount
+    session.refresh(order)
+    if not claimed:
+        # A second, different payment for an order already paid: keep it for a person.
+        payment.status = "extra"
+        session.flush()
+        return PaymentOutcome(True, f"extra payment for a {order.status} order")
+    if right_amount:
+        deliver_paid_order(session, order, now)
+    return PaymentOutcome(True, new_status)

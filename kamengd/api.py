@@ -1,0 +1,81 @@
+"""The buyer JSON API (CONTRACT.md §2): thin views over kamengd.orders."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, jsonify, request
+
+from .app import get_config, get_vault
+from .catalog.models import Product
+from .errors import InvalidRequest
+from .extensions import db
+from .inventory.models import CardKey
+from .money import format_cents
+from .orders.models import Order
+from .orders.services import create_order, find_order_for_buyer, order_keys
+from .payments.models import PaymentChannel
+from .payments.services import build_pay_url
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def read_only():
+    """GET views read a snapshot and never wait for SQLite's write lock."""
+    db.session.connection(execution_options={"kamengd_readonly": True})
+
+
+def stock_by_product(session) -> dict[int, int]:
+    t = CardKey.__table__
+    rows = session.execute(sa.select(t.c.product_id, sa.func.count()).where(t.c.status == "available")
+                           .group_by(t.c.product_id)).all()
+    return dict(rows)
+
+
+@bp.get("/products")
+def products():
+    read_only()
+    stock = stock_by_product(db.session)
+    items = db.session.scalars(sa.select(Product).where(Product.is_active.is_(True))
+                               .order_by(Product.sort_order, Product.id)).all()
+    return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(p.price_cents),
+                                  "currency": p.currency, "stock": stock.get(p.id, 0),
+                                  "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
+                                  "max_quantity": p.max_quantity} for p in items]})
+
+
+@bp.post("/orders")
+def new_order():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    created = create_order(db.session, product_id=body.get("product_id"), quantity=body.get("quantity"),
+                           email=body.get("email"), channel_code=body.get("channel"),
+                           query_password=body.get("query_password"), coupon=body.get("coupon"),
+                           client_ip=request.remote_addr)
+    order = created.order
+    channel = db.session.get(PaymentChannel, order.channel_id)
+    product = db.session.get(Product, order.product_id)
+    url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
+                        product_name=product.name, token=created.token)
+    db.session.commit()
+    return jsonify({"order_no": order.order_no, "token": created.token, "status": order.status,
+                    "amount": format_cents(order.amount_cents), "currency": order.currency,
+                    "pay_url": url, "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z",
+                    "quantity": order.quantity, "product_id": order.product_id}), 201
+
+
+def order_view(order: Order) -> dict:
+    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
+            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
+            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
+            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
+    if order.status == "delivered":
+        data["keys"] = order_keys(db.session, get_vault(), order)
+    return data
+
+
+@bp.get("/orders/<order_no>")
+def get_order(order_no: str):
+    read_only()
+    order = find_order_for_buyer(db.session, order_no, token=request.args.get("token"),
+                                 query_password=request.args.get("query_password"))
+    return jsonify(order_view(order))

@@ -1,0 +1,41 @@
+"""Periodic work, for now run in-process by `kamengd serve` (K3 adds the
+single-leader scheduler). Each job is a conditional, idempotent update, so a
+second process running it at the same time changes nothing twice."""
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+log = logging.getLogger("kamengd.jobs")
+
+
+def expire_reservations(app) -> int:
+    from .extensions import db
+    from .orders.services import expire_orders
+
+    total = 0
+    with app.app_context():
+        try:
+            while True:
+                n = expire_orders(db.session)
+                db.session.commit()
+                total += n
+                if n == 0:
+                    break
+        except Exception:
+            db.session.rollback()
+            log.exception("expire_reservations failed; retried next tick")
+        finally:
+            db.session.remove()
+    if total:
+        log.info("expired %d unpaid orders; their keys are back on sale", total)
+    return total
+
+
+def start_scheduler(app, interval_seconds: int = 30) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(daemon=True)
+    scheduler.add_job(expire_reservations, "interval", seconds=interval_seconds, args=[app],
+                      id="expire_reservations", max_instances=1, coalesce=True)
+    scheduler.start()
+    return scheduler

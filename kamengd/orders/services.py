@@ -1,0 +1,206 @@
+"""Orders: create and reserve, pay, deliver, expire. No key is ever sold twice.
+
+Every state change two actors could race for is a conditional UPDATE whose
+row count is checked, in the transaction that records its consequence:
+reserving keys (status available -> reserved), paying an order (pending or
+expired -> paid), selling keys (reserved -> sold), expiring an order
+(pending -> expired). On MySQL the keys to reserve are picked with
+SELECT ... FOR UPDATE SKIP LOCKED, so concurrent buyers do not queue on the
+same rows; on SQLite the transaction holds the write lock from its start.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..accounts.passwords import hash_password, verify_password
+from ..catalog.models import Product
+from ..database import utcnow
+from ..errors import InvalidRequest, NotFound, OutOfStock
+from ..inventory.models import CardKey
+from ..payments.models import PaymentChannel
+from ..settings.services import get_setting
+from ..vault import Vault
+from .models import Order
+
+EMAIL_RE = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+MAX_QUERY_PASSWORD = 128
+
+
+def new_order_no(now: dt.datetime) -> str:
+    """Date for humans, then 20 random digits (66 bits) from the CSPRNG."""
+    return f"{now:%Y%m%d}{secrets.randbelow(10**20):020d}"
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass
+class NewOrder:
+    order: Order
+    token: str
+
+
+def _validate(session: Session, product_id, quantity, email, channel_code, query_password, coupon):
+    if not isinstance(product_id, int) or isinstance(product_id, bool):
+        raise InvalidRequest("product_id: an integer is required")
+    if not isinstance(quantity, int) or isinstance(quantity, bool):
+        raise InvalidRequest("quantity: an integer is required")
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email.strip()):
+        raise InvalidRequest("email: a valid e-mail address is required")
+    if not isinstance(channel_code, str) or not channel_code:
+        raise InvalidRequest("channel: a payment channel code is required")
+    if query_password is not None and (not isinstance(query_password, str)
+                                       or not 4 <= len(query_password) <= MAX_QUERY_PASSWORD):
+        raise InvalidRequest(f"query_password: 4 to {MAX_QUERY_PASSWORD} characters")
+    if coupon not in (None, ""):
+        raise InvalidRequest("coupon: unknown coupon")
+    product = session.get(Product, product_id)
+    if product is None or not product.is_active:
+        raise NotFound(f"product {product_id} not found")
+    if not product.min_quantity <= quantity <= product.max_quantity:
+        raise InvalidRequest(f"quantity: between {product.min_quantity} and {product.max_quantity}")
+    channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == channel_code))
+    if channel is None or not channel.is_enabled:
+        raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
+    return product, channel
+
+
+def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
+                 until: dt.datetime) -> int:
+    """Claim `quantity` available keys for the order, or raise OutOfStock and claim none."""
+    t = CardKey.__table__
+    pick = (sa.select(t.c.id).where(t.c.product_id == product_id, t.c.status == "available")
+            .order_by(t.c.id).limit(quantity))
+    if session.get_bind().dialect.name != "sqlite":
+        pick = pick.with_for_update(skip_locked=True)
+    ids = session.scalars(pick).all()
+    if len(ids) < quantity:
+        raise OutOfStock("not enough stock for this quantity")
+    claimed = session.execute(t.update().where(t.c.id.in_(ids), t.c.status == "available")
+                              .values(status="reserved", order_id=order_id, reserved_until=until))
+    if claimed.rowcount != quantity:  # cannot happen under the locks above; never sell on a doubt
+        raise OutOfStock("stock changed while reserving; try again")
+    return quantity
+
+
+def create_order(session: Session, *, product_id, quantity, email, channel_code,
+                 query_password=None, coupon=None, client_ip: str | None = None,
+                 now: dt.datetime | None = None) -> NewOrder:
+    product, channel = _validate(session, product_id, quantity, email, channel_code, query_password, coupon)
+    now = now or utcnow()
+    timeout = dt.timedelta(minutes=get_setting(session, "orders.timeout_minutes"))
+    token = secrets.token_urlsafe(24)
+    order = Order(order_no=new_order_no(now), product_id=product.id, channel_id=channel.id,
+                  quantity=quantity, unit_price_cents=product.price_cents,
+                  amount_cents=product.price_cents * quantity, currency=product.currency,
+                  email=email.strip(), status="pending", token_hash=token_hash(token),
+                  query_password_hash=hash_password(query_password) if query_password else None,
+                  client_ip=client_ip, created_at=now, updated_at=now, expires_at=now + timeout)
+    session.add(order)
+    session.flush()
+    if product.delivery_mode == "auto":
+        reserve_keys(session, product_id=product.id, quantity=quantity, order_id=order.id,
+                     until=order.expires_at)
+    return NewOrder(order, token)
+
+
+def find_order_for_buyer(session: Session, order_no: str, *, token: str | None = None,
+                         query_password: str | None = None) -> Order:
+    """The order, if the caller proves to be its buyer; otherwise NotFound, the same for
+    an order that does not exist (never reveal that it does)."""
+    order = session.scalar(sa.select(Order).where(Order.order_no == str(order_no)[:32]))
+    ok = False
+    if order is not None and token:
+        ok = hmac.compare_digest(bytes(order.token_hash), token_hash(token))
+    elif order is not None and query_password and order.query_password_hash:
+        ok = verify_password(order.query_password_hash, query_password)
+    elif query_password:
+        verify_password(None, query_password)  # same time as a real check
+    if not ok:
+        raise NotFound("order not found")
+    return order
+
+
+def sell_reserved_keys(session: Session, order: Order, now: dt.datetime) -> bool:
+    """reserved -> sold for this order's keys; then the order is delivered."""
+    t = CardKey.__table__
+    sold = session.execute(t.update().where(t.c.order_id == order.id, t.c.status == "reserved")
+                           .values(status="sold", sold_at=now, reserved_until=None)).rowcount
+    if sold != order.quantity:
+        if sold:
+            raise RuntimeError(f"order {order.order_no}: {sold} of {order.quantity} reserved keys")
+        return False
+    done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
+                           .values(status="delivered", delivered_at=now, updated_at=now)
+                           .execution_options(synchronize_session=False)).rowcount
+    session.refresh(order)
+    return done == 1
+
+
+def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None = None) -> bool:
+    """Deliver a paid auto-delivery order: with its reserved keys, or newly reserved
+    ones if its reservation was released. False when stock is short (it stays paid)."""
+    now = now or utcnow()
+    product = session.get(Product, order.product_id)
+    if order.status != "paid" or product.delivery_mode != "auto":
+        return False
+    t = CardKey.__table__
+    held = session.scalar(sa.select(sa.func.count()).select_from(t).where(
+        t.c.order_id == order.id, t.c.status == "reserved"))
+    if held == 0:
+        try:
+            with session.begin_nested():
+                reserve_keys(session, product_id=order.product_id, quantity=order.quantity,
+                             order_id=order.id, until=now)
+        except OutOfStock:
+            return False
+    return sell_reserved_keys(session, order, now)
+
+
+def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000) -> int:
+    """Paid orders waiting for stock, oldest first, get keys (after an import)."""
+    waiting = session.scalars(sa.select(Order).where(Order.product_id == product_id, Order.status == "paid")
+                              .order_by(Order.paid_at, Order.id).limit(limit)).all()
+    delivered = 0
+    for order in waiting:
+        if not deliver_paid_order(session, order):
+            break  # oldest first: a younger order never jumps the queue
+        delivered += 1
+    return delivered
+
+
+def order_keys(session: Session, vault: Vault, order: Order) -> list[str]:
+    t = CardKey.__table__
+    rows = session.execute(sa.select(t.c.product_id, t.c.fingerprint, t.c.nonce, t.c.ciphertext,
+                                     t.c.key_version)
+                           .where(t.c.order_id == order.id, t.c.status == "sold").order_by(t.c.id)).all()
+    return [vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
+            .decode("utf-8") for r in rows]
+
+
+def expire_orders(session: Session, now: dt.datetime | None = None, batch: int = 500) -> int:
+    """Pending orders past expiry become expired; their keys go back on sale."""
+    now = now or utcnow()
+    ids = session.scalars(sa.select(Order.id).where(Order.status == "pending", Order.expires_at < now)
+                          .order_by(Order.id).limit(batch)).all()
+    if not ids:
+        return 0
+    expired = session.execute(sa.update(Order).where(Order.id.in_(ids), Order.status == "pending",
+                                                     Order.expires_at < now)
+                              .values(status="expired", updated_at=now)
+                              .execution_options(synchronize_session=False)).rowcount
+    t = CardKey.__table__
+    really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
+    session.execute(t.update().where(t.c.status == "reserved", t.c.order_id.in_(really))
+                    .values(status="available", order_id=None, reserved_until=None))
+    return expired

@@ -1,0 +1,39 @@
+"""Payment gateway callbacks and the buyer's return page (CONTRACT.md §3)."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template, request
+
+from ..app import get_vault
+from ..errors import NotFound
+from ..extensions import db
+from ..orders.services import find_order_for_buyer
+from .services import handle_epay_notify
+
+bp = Blueprint("pay", __name__, url_prefix="/pay")
+
+
+@bp.route("/<code>/notify", methods=["GET", "POST"])
+def notify(code: str):
+    params = {**request.args.to_dict(), **request.form.to_dict()}
+    outcome = handle_epay_notify(db.session, get_vault(), code, params)
+    if outcome.recorded:
+        db.session.commit()
+        return "success", 200, {"Content-Type": "text/plain; charset=utf-8"}
+    db.session.rollback()
+    current_app.logger.warning("payment callback on %s not recorded: %s (out_trade_no=%s)", code,
+                               outcome.reason, str(params.get("out_trade_no", ""))[:40])
+    return "fail", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/<code>/return")
+def return_page(code: str):
+    from ..api import order_view, read_only
+
+    read_only()
+    try:
+        order = find_order_for_buyer(db.session, request.args.get("order_no") or
+                                     request.args.get("out_trade_no") or "",
+                                     token=request.args.get("token"))
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    return render_template("order.html", order=order_view(order))

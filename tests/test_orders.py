@@ -1,0 +1,175 @@
+"""Orders and Epay payments as plain functions, on every backend."""
+import datetime as dt
+import hashlib
+import io
+
+import pytest
+import sqlalchemy as sa
+
+from kamengd.errors import InvalidRequest, NotFound, OutOfStock
+from kamengd.inventory.models import CardKey
+from kamengd.inventory.services import import_keys
+from kamengd.orders.services import (create_order, expire_orders, find_order_for_buyer, order_keys)
+from kamengd.payments import epay
+from kamengd.payments.models import Payment
+from kamengd.payments.services import add_channel, handle_epay_notify
+
+KEY = "merchant-key-123"
+
+
+@pytest.fixture
+def channel(session, vault):
+    import secrets
+    code = f"ep{secrets.token_hex(3)}"
+    return add_channel(session, vault, channel_type="epay", code=code, actor="t",
+                       options={"gateway": "http://127.0.0.1:9", "pid": "1001", "key": KEY})
+
+
+def order_for(session, product, channel, quantity=1, **kw):
+    return create_order(session, product_id=product.id, quantity=quantity, email="buyer@example.com",
+                        channel_code=channel.code, **kw)
+
+
+def callback(order, *, money=None, trade_no=None, status="TRADE_SUCCESS", pid="1001", key=KEY):
+    params = {"pid": pid, "trade_no": trade_no or f"T{order.order_no}", "out_trade_no": order.order_no,
+              "type": "alipay", "name": "x", "money": money or f"{order.amount_cents / 100:.2f}",
+              "trade_status": status}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + key).encode()).hexdigest()
+    params["sign_type"] = "MD5"
+    return params
+
+
+def key_statuses(session, product):
+    return dict(session.execute(sa.select(CardKey.status, sa.func.count()).where(CardKey.product_id == product.id)
+                                .group_by(CardKey.status)).all())
+
+
+def test_signature_matches_the_protocol():
+    params = {"pid": "1001", "money": "9.90", "name": "月卡", "out_trade_no": "A1", "empty": "",
+              "sign": "x", "sign_type": "MD5"}
+    expected = hashlib.md5("money=9.90&name=月卡&out_trade_no=A1&pid=1001KEY".encode()).hexdigest()
+    assert epay.sign(params, "KEY") == expected
+    assert epay.verify({**params, "sign": expected}, "KEY")
+    assert not epay.verify({**params, "sign": expected}, "")
+    assert not epay.verify({**params, "sign": expected.upper()[:31] + "é"}, "KEY")
+
+
+def test_order_reserves_keys(backend, session, make_product, make_keys, channel):
+    p = make_product(price_cents=990)
+    make_keys(p, 5)
+    new = order_for(session, p, channel, quantity=3, query_password="pw1234")
+    o = new.order
+    assert (o.status, o.amount_cents, len(o.order_no)) == ("pending", 2970, 28)
+    assert key_statuses(session, p) == {"available": 2, "reserved": 3}
+    assert bytes(o.token_hash) != new.token.encode() and o.query_password_hash.startswith("$argon2")
+    assert find_order_for_buyer(session, o.order_no, token=new.token) is o
+    assert find_order_for_buyer(session, o.order_no, query_password="pw1234") is o
+    for kwargs in ({"token": "wrong"}, {"query_password": "wrong"}, {}):
+        with pytest.raises(NotFound):
+            find_order_for_buyer(session, o.order_no, **kwargs)
+    with pytest.raises(NotFound):
+        find_order_for_buyer(session, "nope", token=new.token)
+
+
+def test_out_of_stock_reserves_nothing(backend, session, make_product, make_keys, channel):
+    p = make_product()
+    make_keys(p, 2)
+    with pytest.raises(OutOfStock):
+        order_for(session, p, channel, quantity=3)
+    assert key_statuses(session, p) == {"available": 2}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("quantity", 0, "quantity: between"), ("quantity", "2", "quantity: an integer"),
+    ("email", "not-an-email", "email"), ("email", "a@b", "email"),
+    ("channel_code", "nope", "not an enabled payment channel"), ("coupon", "SAVE10", "unknown coupon"),
+    ("query_password", "x", "query_password"),
+])
+def test_order_validation(backend, session, make_product, make_keys, channel, field, value, message):
+    p = make_product()
+    make_keys(p, 2)
+    args = {"product_id": p.id, "quantity": 1, "email": "b@example.com", "channel_code": channel.code,
+            field: value}
+    with pytest.raises(InvalidRequest, match=message):
+        create_order(session, **args)
+    assert key_statuses(session, p) == {"available": 2}
+
+
+def test_paid_callback_delivers_once(backend, session, vault, make_product, make_keys, channel):
+    p = make_product()
+    keys = make_keys(p, 3)
+    o = order_for(session, p, channel, quantity=2).order
+    params = callback(o)
+    assert handle_epay_notify(session, vault, channel.code, params).recorded
+    assert o.status == "delivered"
+    assert order_keys(session, vault, o) == keys[:2]
+    assert handle_epay_notify(session, vault, channel.code, params).recorded  # repeated: success again
+    assert session.scalar(sa.select(sa.func.count()).select_from(Payment).where(Payment.order_id == o.id)) == 1
+    assert key_statuses(session, p) == {"available": 1, "sold": 2}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"key": "forged"}, "bad signature"), ({"pid": "9999"}, "foreign pid"),
+    ({"status": "WAIT_BUYER_PAY"}, "trade_status"),
+])
+def test_bad_callbacks_change_nothing(backend, session, vault, make_product, make_keys, channel, change, reason):
+    p = make_product()
+    make_keys(p, 1)
+    o = order_for(session, p, channel).order
+    outcome = handle_epay_notify(session, vault, channel.code, callback(o, **change))
+    assert not outcome.recorded and reason in outcome.reason
+    assert o.status == "pending" and key_statuses(session, p) == {"reserved": 1}
+
+
+def test_callback_on_another_channels_url(backend, session, vault, make_product, make_keys, channel):
+    other = add_channel(session, vault, channel_type="epay", code=channel.code + "x", actor="t",
+                        options={"gateway": "http://g", "pid": "1001", "key": KEY})
+    p = make_product()
+    make_keys(p, 1)
+    o = order_for(session, p, channel).order
+    assert not handle_epay_notify(session, vault, other.code, callback(o)).recorded
+    assert o.status == "pending"
+
+
+def test_wrong_amount_is_held(backend, session, vault, make_product, make_keys, channel):
+    p = make_product(price_cents=990)
+    make_keys(p, 1)
+    o = order_for(session, p, channel).order
+    assert handle_epay_notify(session, vault, channel.code, callback(o, money="0.01")).recorded
+    assert o.status == "held" and key_statuses(session, p) == {"reserved": 1}
+
+
+def test_expired_order_paid_later_gets_fresh_keys(backend, session, vault, make_product, make_keys, channel):
+    p = make_product()
+    make_keys(p, 1)
+    o = order_for(session, p, channel).order
+    assert expire_orders(session, now=o.expires_at + dt.timedelta(seconds=1)) == 1
+    session.refresh(o)
+    assert o.status == "expired" and key_statuses(session, p) == {"available": 1}
+    assert handle_epay_notify(session, vault, channel.code, callback(o)).recorded
+    assert o.status == "delivered" and key_statuses(session, p) == {"sold": 1}
+
+
+def test_paid_orders_wait_for_stock_oldest_first(backend, session, vault, make_product, make_keys, channel):
+    p = make_product()
+    make_keys(p, 2)
+    first, second = order_for(session, p, channel).order, order_for(session, p, channel).order
+    later = dt.datetime.utcnow() + dt.timedelta(hours=1)
+    expire_orders(session, now=later)
+    make_keys(p, ["SOMEONE-ELSE"])
+    order_for(session, p, channel, quantity=3)  # a new buyer takes all three keys back on sale
+    for o in (first, second):
+        assert handle_epay_notify(session, vault, channel.code, callback(o)).recorded
+        assert o.status == "paid"
+    result = import_keys(session, vault, product_id=p.id, fh=io.BytesIO(b"NEW-1\n"), actor="t")
+    assert result.delivered == 1
+    session.refresh(first), session.refresh(second)
+    assert (first.status, second.status) == ("delivered", "paid")
+    assert order_keys(session, vault, first) == ["NEW-1"]
+
+
+def test_manual_products_wait_for_staff(backend, session, vault, make_product, channel):
+    p = make_product(delivery_mode="manual")
+    o = order_for(session, p, channel).order
+    assert handle_epay_notify(session, vault, channel.code, callback(o)).recorded
+    assert o.status == "paid"
