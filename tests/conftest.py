@@ -211,3 +211,53 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert "Traceback" not in proc.err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start_server():
+    """start_server(config, *extra_args) -> base URL of a real `kamengd serve` process."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    procs = []
+
+    def start(config: Path, *extra: str) -> str:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
+        env["KAMENGD_RATELIMIT_ENABLED"] = "0"
+        proc = subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(config), "serve",
+                                 "--bind", f"127.0.0.1:{port}", *extra], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+                    if resp.status == 200:
+                        return base
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited: {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not come up in 30 s")
+            time.sleep(0.2)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

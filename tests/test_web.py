@@ -1,7 +1,6 @@
 """The web app: health check, JSON errors, and real server processes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import urllib.request
 import pytest
 import sqlalchemy as sa
 
-from conftest import assert_one_line_error, run_cli, write_password
+from conftest import assert_one_line_error, free_port, run_cli, write_password
 from kamengd import schema
 from kamengd.errors import KamengdError
 from kamengd.schema import head_revision
@@ -30,12 +29,6 @@ def test_unknown_api_route_is_a_json_error(client):
     assert resp.get_json()["error"]["code"] == "not_found"
     resp = client.post("/healthz")
     assert resp.status_code == 405 and resp.get_json()["error"]["code"] == "invalid_request"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
