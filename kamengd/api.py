@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from .app import get_config, get_vault
 from .catalog.models import Product
 from .errors import InvalidRequest
-from .extensions import db
+from .extensions import db, limiter
 from .inventory.models import CardKey
 from .money import format_cents
 from .orders.models import Order
@@ -42,7 +42,16 @@ def products():
                                   "max_quantity": p.max_quantity} for p in items]})
 
 
+def _orders_limit() -> str:
+    return get_config().ratelimit.orders
+
+
+def _lookups_limit() -> str:
+    return get_config().ratelimit.lookups
+
+
 @bp.post("/orders")
+@limiter.limit(_orders_limit)
 def new_order():
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -74,6 +83,7 @@ def order_view(order: Order) -> dict:
 
 
 @bp.get("/orders/<order_no>")
+@limiter.limit(_lookups_limit)
 def get_order(order_no: str):
     read_only()
     order = find_order_for_buyer(db.session, order_no, token=request.args.get("token"),

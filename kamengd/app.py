@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from .config import Config, load_config
 from .database import configure_engine, engine_options, existing_only
 from .errors import register_error_handlers
-from .extensions import db
+from .extensions import db, limiter
 from .vault import Vault, load_vault
 
 _vault_lock = threading.Lock()
@@ -25,6 +25,9 @@ def create_app(config: Config | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,
+        RATELIMIT_ENABLED=config.ratelimit.enabled,
+        RATELIMIT_STORAGE_URI=config.ratelimit.storage_url,
+        RATELIMIT_HEADERS_ENABLED=True,
     )
     app.extensions["kamengd.config"] = config
     logging.getLogger("kamengd").setLevel(config.logging.level)
@@ -33,6 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     with app.app_context():
         configure_engine(db.engine)  # adds connect hooks; opens no connection
 
+    limiter.init_app(app)
     register_error_handlers(app)
     from . import api, health
     from .payments import views as payment_views

@@ -64,6 +64,8 @@ class RatelimitConfig:
     enabled: bool = setting(True, doc="Per-client rate limits; 0 turns every limit off (load tests).")
     storage_url: str = setting("memory://",
                                doc="memory:// for one process; redis://host:6379 for several.")
+    orders: str = setting("20/minute", doc="Orders one client may create (Flask-Limiter syntax).")
+    lookups: str = setting("30/minute", doc="Order lookups one client may make (token or query password).")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
 """The Flask-SQLAlchemy object and the declarative base every model uses."""
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -18,3 +20,6 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+# Limits per client address; storage and on/off come from [ratelimit].
+limiter = Limiter(key_func=get_remote_address)

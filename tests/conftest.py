@@ -125,9 +125,13 @@ def installed(backend, databases, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app(installed):
+    """The shared app; rate limits off (tests/test_buyer_api.py tests them on their own app)."""
+    import dataclasses
+
     from kamengd.app import create_app
 
-    application = create_app(installed)
+    config = dataclasses.replace(installed, ratelimit=dataclasses.replace(installed.ratelimit, enabled=False))
+    application = create_app(config)
     application.config["TESTING"] = True
     return application
 

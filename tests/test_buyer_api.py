@@ -131,3 +131,26 @@ def test_return_page_escapes_and_hides(client, shop_product):
     data = order(client, shop_product).get_json()
     missing = client.get(f"/pay/{shop_product['channel']}/return", query_string={"order_no": data["order_no"]})
     assert missing.status_code == 404
+
+
+def test_rate_limits(make_install):
+    """Per-client limits answer 429 rate_limited; KAMENGD_RATELIMIT_ENABLED=0 turns them off."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    from kamengd.config import build_config
+
+    cfg = make_install("sqlite")
+    for enabled, expected in ((True, 429), (False, 404)):
+        limited = dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=enabled,
+                                                                          lookups="3/minute"))
+        client = create_app(limited).test_client()
+        answers = [client.get("/api/v1/orders/123?token=x").status_code for _ in range(5)]
+        assert answers[:3] == [404, 404, 404] and answers[4] == expected
+        if expected == 429:
+            body = client.get("/api/v1/orders/123?token=x").get_json()
+            assert body["error"]["code"] == "rate_limited"
+    env_cfg = build_config({"database": {"url": cfg.database.url}, "security": {
+        "secret_key_file": str(cfg.security.secret_key_file), "data_key_file": str(cfg.security.data_key_file)}},
+        env={"KAMENGD_RATELIMIT_ENABLED": "0"})
+    assert env_cfg.ratelimit.enabled is False

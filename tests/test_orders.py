@@ -173,3 +173,27 @@ def test_manual_products_wait_for_staff(backend, session, vault, make_product, c
     o = order_for(session, p, channel).order
     assert handle_epay_notify(session, vault, channel.code, callback(o)).recorded
     assert o.status == "paid"
+
+
+def test_manual_delivery_by_staff(backend, session, vault, make_product, channel):
+    from kamengd.audit.models import AuditEntry
+    from kamengd.errors import Conflict
+    from kamengd.orders.services import deliver_manually
+
+    p = make_product(delivery_mode="manual")
+    o = order_for(session, p, channel, quantity=2).order
+    with pytest.raises(Conflict, match="only paid orders"):
+        deliver_manually(session, vault, order_no=o.order_no, keys=["M1", "M2"], actor="cli:staff")
+    handle_epay_notify(session, vault, channel.code, callback(o))
+    with pytest.raises(InvalidRequest, match="needs 2 keys"):
+        deliver_manually(session, vault, order_no=o.order_no, keys=["M1"], actor="cli:staff")
+    deliver_manually(session, vault, order_no=o.order_no, keys=["M1", "M2"], actor="cli:staff")
+    assert o.status == "delivered" and order_keys(session, vault, o) == ["M1", "M2"]
+    entry = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).one()
+    assert entry.action == "order.deliver" and "M1" not in entry.details
+    second = order_for(session, p, channel).order
+    handle_epay_notify(session, vault, channel.code, callback(second))
+    with pytest.raises(Conflict, match="already in stock or sold"):
+        deliver_manually(session, vault, order_no=second.order_no, keys=["M1"], actor="cli:staff")
+    with pytest.raises(NotFound):
+        deliver_manually(session, vault, order_no="nope", keys=["X"], actor="cli:staff")

@@ -204,3 +204,46 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
     session.execute(t.update().where(t.c.status == "reserved", t.c.order_id.in_(really))
                     .values(status="available", order_id=None, reserved_until=None))
     return expired
+
+
+def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: list[str], actor: str,
+                     source_ip: str | None = None) -> Order:
+    """Staff deliver a paid order with keys they supply (manual-delivery products,
+    or an auto order waiting for stock). The keys are stored like imported ones."""
+    from ..audit.services import record
+    from ..errors import Conflict
+    from ..inventory.models import KeyImport
+
+    order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()).first()
+    if order is None:
+        raise NotFound(f"order {order_no} not found")
+    if order.status != "paid":
+        raise Conflict(f"order {order_no} is {order.status}; only paid orders can be delivered")
+    if len(keys) != order.quantity:
+        raise InvalidRequest(f"order {order_no} needs {order.quantity} keys, the file has {len(keys)}")
+    if len(set(keys)) != len(keys):
+        raise InvalidRequest("the same key is in the file twice")
+    now = utcnow()
+    run = KeyImport(product_id=order.product_id, actor=actor, encoding="manual delivery",
+                    imported=len(keys))
+    session.add(run)
+    session.flush()
+    for key in keys:
+        plaintext = key.encode("utf-8")
+        fp = vault.fingerprint(order.product_id, plaintext)
+        if session.scalar(sa.select(CardKey.id).where(CardKey.product_id == order.product_id,
+                                                      CardKey.fingerprint == fp)) is not None:
+            raise Conflict("a key in the file is already in stock or sold for this product")
+        nonce, ct, version = vault.encrypt_card_key(order.product_id, plaintext, fp)
+        session.add(CardKey(product_id=order.product_id, import_id=run.id, status="sold", order_id=order.id,
+                            ciphertext=ct, nonce=nonce, key_version=version, fingerprint=fp, sold_at=now))
+    session.flush()
+    done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
+                           .values(status="delivered", delivered_at=now, updated_at=now)
+                           .execution_options(synchronize_session=False)).rowcount
+    if done != 1:
+        raise Conflict(f"order {order_no} changed while delivering; nothing delivered")
+    session.refresh(order)
+    record(session, "order.deliver", actor=actor, target=f"order:{order.order_no}", source_ip=source_ip,
+           details={"keys": len(keys), "import_id": run.id})
+    return order

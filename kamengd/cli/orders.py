@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import click
+
+from ..app import get_config, get_vault
+from ..audit.services import cli_actor
+from ..extensions import db
+from ..inventory.importer import check_key, iter_lines
+from ..orders.services import deliver_manually
+from . import cli, emit, json_option, with_app
+from .keys import open_seekable
+
+
+@cli.group()
+def order():
+    """Orders."""
+
+
+@order.command("deliver")
+@click.argument("order_no")
+@click.option("--file", "keys_file", required=True, metavar="FILE", help="The order's keys, one per line (- for stdin).")
+@click.option("--encoding", help="Force the file's encoding.")
+@json_option
+@with_app
+def order_deliver(order_no, keys_file, encoding, as_json):
+    """Deliver a paid order by hand (manual-delivery products); audited."""
+    limit = get_config().inventory.max_key_length
+    with open_seekable(keys_file) as fh:
+        _, lines = iter_lines(fh, encoding)
+        keys = []
+        for lineno, line in lines:
+            key = line.strip()
+            if key:
+                check_key(lineno, key, limit)
+                keys.append(key)
+    delivered = deliver_manually(db.session, get_vault(), order_no=order_no, keys=keys, actor=cli_actor())
+    emit(as_json, {"order_no": delivered.order_no, "status": delivered.status, "keys": len(keys)},
+         f"order {delivered.order_no} delivered ({len(keys)} keys)")
