@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from .config import Config, load_config
 from .database import configure_engine, engine_options, existing_only
 from .errors import register_error_handlers
-from .extensions import db, limiter
+from .extensions import csrf, db, limiter
 from .vault import Vault, load_vault
 
 _vault_lock = threading.Lock()
@@ -28,6 +28,9 @@ def create_app(config: Config | None = None) -> Flask:
         RATELIMIT_ENABLED=config.ratelimit.enabled,
         RATELIMIT_STORAGE_URI=config.ratelimit.storage_url,
         RATELIMIT_HEADERS_ENABLED=True,
+        SESSION_COOKIE_SECURE=config.site.url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=30 * 24 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead: a buyer may take a while
     )
     app.extensions["kamengd.config"] = config
     logging.getLogger("kamengd").setLevel(config.logging.level)
@@ -37,13 +40,18 @@ def create_app(config: Config | None = None) -> Flask:
         configure_engine(db.engine)  # adds connect hooks; opens no connection
 
     limiter.init_app(app)
+    csrf.init_app(app)
     register_error_handlers(app)
     from . import api, health
     from .payments import views as payment_views
+    from .storefront import views as storefront
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(payment_views.bp)
+    app.register_blueprint(storefront.bp)
+    csrf.exempt(api.bp)
+    csrf.exempt(payment_views.bp)
 
     @app.context_processor
     def _site():

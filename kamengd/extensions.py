@@ -2,6 +2,7 @@
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -23,3 +24,7 @@ db = SQLAlchemy(model_class=Base)
 
 # Limits per client address; storage and on/off come from [ratelimit].
 limiter = Limiter(key_func=get_remote_address)
+
+# Every form posts a CSRF token; the JSON API and gateway callbacks are exempt
+# (no cookies authenticate them).
+csrf = CSRFProtect()
