@@ -77,6 +77,17 @@ class InventoryConfig:
 
 
 @dataclass(frozen=True)
+class SmtpConfig:
+    host: str = setting("", doc="SMTP server for mails to buyers (delivered keys); empty: no mail.")
+    port: int = setting(587, doc="SMTP port (587 STARTTLS, 465 TLS, 25 plain).", minimum=1, maximum=65535)
+    security: str = setting("starttls", doc="starttls, tls or none.", choices=("starttls", "tls", "none"))
+    username: str = setting("", doc="SMTP login (empty: no login).")
+    password_file: Path | None = setting(None, doc="File holding the SMTP password (mode 0600).")
+    from_address: str = setting("", doc="Sender address, e.g. shop@example.com.")
+    timeout_seconds: int = setting(20, doc="Give up on an SMTP connection after this long.", minimum=1)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting("INFO", doc="Log level.",
                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -90,6 +101,7 @@ class Config:
     server: ServerConfig
     ratelimit: RatelimitConfig
     inventory: InventoryConfig
+    smtp: SmtpConfig
     logging: LoggingConfig
     path: Path | None = None
 
@@ -102,6 +114,11 @@ class Config:
         if self.database.password_file is not None:
             url = url.set(password=_read_secret_file(self.database.password_file, "database.password_file"))
         return url.render_as_string(hide_password=False)
+
+    def smtp_password(self) -> str:
+        if self.smtp.password_file is None:
+            return ""
+        return _read_secret_file(self.smtp.password_file, "smtp.password_file")
 
     def read_secret_key(self) -> bytes:
         return _read_secret_file(self.security.secret_key_file, "security.secret_key_file").encode()

@@ -33,9 +33,27 @@ def expire_reservations(app) -> int:
     return total
 
 
+def send_emails(app) -> dict:
+    from .app import get_config, get_vault
+    from .extensions import db
+    from .notifications.email import send_due_emails
+
+    with app.app_context():
+        try:
+            return send_due_emails(db.session, get_vault(), get_config())
+        except Exception:
+            db.session.rollback()
+            log.exception("send_emails failed; retried next tick")
+            return {}
+        finally:
+            db.session.remove()
+
+
 def start_scheduler(app, interval_seconds: int = 30) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(expire_reservations, "interval", seconds=interval_seconds, args=[app],
                       id="expire_reservations", max_instances=1, coalesce=True)
+    scheduler.add_job(send_emails, "interval", seconds=15, args=[app], id="send_emails",
+                      max_instances=1, coalesce=True)
     scheduler.start()
     return scheduler

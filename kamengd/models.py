@@ -6,3 +6,4 @@ from .inventory.models import CardKey, KeyImport  # noqa: F401
 from .orders.models import Order  # noqa: F401
 from .payments.models import Payment, PaymentChannel  # noqa: F401
 from .settings.models import Setting  # noqa: F401
+from .notifications.models import EmailOutbox  # noqa: F401

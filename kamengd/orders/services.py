@@ -35,6 +35,12 @@ EMAIL_RE = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za
 MAX_QUERY_PASSWORD = 128
 
 
+def queue_delivery_email(session: Session, order: Order) -> None:
+    from ..notifications.email import queue_delivery_email as queue
+
+    queue(session, order)
+
+
 def new_order_no(now: dt.datetime) -> str:
     """Date for humans, then 20 random digits (66 bits) from the CSPRNG."""
     return f"{now:%Y%m%d}{secrets.randbelow(10**20):020d}"
@@ -144,6 +150,8 @@ def sell_reserved_keys(session: Session, order: Order, now: dt.datetime) -> bool
                            .values(status="delivered", delivered_at=now, updated_at=now)
                            .execution_options(synchronize_session=False)).rowcount
     session.refresh(order)
+    if done == 1:
+        queue_delivery_email(session, order)
     return done == 1
 
 
@@ -244,6 +252,7 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     if done != 1:
         raise Conflict(f"order {order_no} changed while delivering; nothing delivered")
     session.refresh(order)
+    queue_delivery_email(session, order)
     record(session, "order.deliver", actor=actor, target=f"order:{order.order_no}", source_ip=source_ip,
            details={"keys": len(keys), "import_id": run.id})
     return order

@@ -1,0 +1,109 @@
+"""Mail to buyers: their keys, once delivered.
+
+A delivery writes an outbox row in its own transaction; `send_due_emails`
+sends after the commit and retries with backoff. A mail that cannot be sent
+never undoes a delivery: the keys are on the order page either way.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..config import Config
+from ..database import utcnow
+from ..orders.models import Order
+from ..vault import Vault
+from .models import EmailOutbox
+
+log = logging.getLogger("kamengd.email")
+BACKOFF_SECONDS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600)
+MAX_ATTEMPTS = len(BACKOFF_SECONDS) + 1
+
+
+def queue_delivery_email(session: Session, order: Order) -> None:
+    session.add(EmailOutbox(kind="order.delivered", order_id=order.id, to_address=order.email,
+                            next_attempt_at=utcnow()))
+
+
+def render_delivery_email(session: Session, vault: Vault, config: Config, mail: EmailOutbox) -> EmailMessage:
+    from ..money import format_cents
+    from ..orders.services import order_keys
+
+    order = session.get(Order, mail.order_id)
+    keys = order_keys(session, vault, order)
+    site = config.site.name
+    msg = EmailMessage()
+    msg["Subject"] = f"[{site}] 订单 {order.order_no} 卡密 / your keys"
+    msg["From"] = config.smtp.from_address or f"kamengd@{config.smtp.host}"
+    msg["To"] = mail.to_address
+    lines = [f"您在 {site} 的订单 {order.order_no} 已发货。Your order {order.order_no} at {site} is delivered.",
+             f"金额 Amount: {format_cents(order.amount_cents)} {order.currency}", "",
+             "卡密 Keys:", *keys, "",
+             f"订单页 Order page: {config.site.url.rstrip('/')}/order/{order.order_no}"]
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def smtp_send(config: Config, msg: EmailMessage) -> None:
+    smtp = config.smtp
+    context = ssl.create_default_context()
+    if smtp.security == "tls":
+        client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout_seconds, context=context)
+    else:
+        client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout_seconds)
+    with client:
+        if smtp.security == "starttls":
+            client.starttls(context=context)
+        if smtp.username:
+            client.login(smtp.username, config.smtp_password())
+        client.send_message(msg)
+
+
+def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.datetime | None = None,
+                    limit: int = 50, send=smtp_send) -> dict[str, int]:
+    """Send what is due; commits per mail (a job, not a request)."""
+    now = now or utcnow()
+    counts = {"sent": 0, "failed": 0, "skipped": 0}
+    due = session.execute(sa.select(EmailOutbox.id, EmailOutbox.attempts).where(
+        EmailOutbox.status == "pending", EmailOutbox.next_attempt_at <= now)
+        .order_by(EmailOutbox.next_attempt_at, EmailOutbox.id).limit(limit)).all()
+    for mail_id, attempts in due:
+        if not config.smtp.host:
+            session.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail_id, EmailOutbox.status == "pending")
+                            .values(status="skipped", last_error="no SMTP server configured"))
+            session.commit()
+            counts["skipped"] += 1
+            continue
+        # Claim it (another process may run this job too), and set the next
+        # attempt first: a crash mid-send retries later, not in a loop.
+        delay = BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
+        claimed = session.execute(
+            sa.update(EmailOutbox).where(EmailOutbox.id == mail_id, EmailOutbox.status == "pending",
+                                         EmailOutbox.attempts == attempts)
+            .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
+        session.commit()
+        if not claimed:
+            continue
+        mail = session.get(EmailOutbox, mail_id)
+        try:
+            send(config, render_delivery_email(session, vault, config, mail))
+        except (OSError, smtplib.SMTPException) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"[:500]
+            mail.last_error = error
+            if attempts + 1 >= MAX_ATTEMPTS:
+                mail.status = "failed"
+            session.commit()
+            counts["failed"] += 1
+            log.warning("mail %s to order %s not sent (attempt %d): %s", mail_id, mail.order_id,
+                        attempts + 1, error)
+            continue
+        mail.status, mail.sent_at, mail.last_error = "sent", utcnow(), None
+        session.commit()
+        counts["sent"] += 1
+    return counts
