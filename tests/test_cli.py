@@ -414,3 +414,34 @@ def test_tables_are_utf8mb4_bin_on_mysql(mysql_backend, make_install):
     engine.dispose()
     assert len(rows) >= 11
     assert {(r[1], r[2]) for r in rows} == {("utf8mb4_bin", "InnoDB")}, rows
+
+
+def test_order_deliver_command(backend, shop, tmp_path):
+    """A manual-delivery order, paid, delivered by `kamengd order deliver`."""
+    from kamengd.app import create_app, get_vault
+    from kamengd.config import load_config
+    from kamengd.extensions import db
+    from kamengd.orders.services import create_order
+    from kamengd.payments.services import add_channel, handle_epay_notify
+    from test_orders import callback
+
+    pid = make_product(shop, "--delivery", "manual")["id"]
+    app = create_app(load_config(shop, env={}))
+    with app.app_context():
+        add_channel(db.session, get_vault(), channel_type="epay", code="epay", actor="t",
+                    options={"gateway": "http://g", "pid": "1001", "key": "merchant-key-123"})
+        order = create_order(db.session, product_id=pid, quantity=2, email="b@example.com", channel_code="epay").order
+        assert handle_epay_notify(db.session, get_vault(), "epay", callback(order)).recorded
+        db.session.commit()
+        order_no = order.order_no
+        db.session.remove()
+        db.engine.dispose()
+    keys = tmp_path / "manual.txt"
+    keys.write_text("MANUAL-1\n")
+    assert_one_line_error(run_cli("order", "deliver", order_no, "--file", keys, config=shop), "needs 2 keys")
+    keys.write_text("MANUAL-1\r\nMANUAL-2\r\n")
+    out = run_cli("order", "deliver", order_no, "--file", keys, "--json", config=shop, check=True).out
+    assert json.loads(out) == {"order_no": order_no, "status": "delivered", "keys": 2}
+    assert_one_line_error(run_cli("order", "deliver", order_no, "--file", keys, config=shop), "is delivered")
+    assert audit_actions(shop)[-1] == "order.deliver"
+    assert_one_line_error(run_cli("order", "deliver", "nope", "--file", keys, config=shop), "not found")

@@ -197,3 +197,28 @@ def test_manual_delivery_by_staff(backend, session, vault, make_product, channel
         deliver_manually(session, vault, order_no=second.order_no, keys=["M1"], actor="cli:staff")
     with pytest.raises(NotFound):
         deliver_manually(session, vault, order_no="nope", keys=["X"], actor="cli:staff")
+
+
+def test_expiry_job_releases_due_orders(backend, app, vault):
+    """The periodic job commits what expire_orders decides."""
+    from kamengd import jobs
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+
+    with app.app_context():
+        p = create_product(db.session, name="job", price_cents=100, actor="t")
+        import_keys(db.session, vault, product_id=p.id, fh=io.BytesIO(b"JOB-1\n"), actor="t")
+        import secrets
+        ch = add_channel(db.session, vault, channel_type="epay", code=f"j{secrets.token_hex(3)}", actor="t",
+                         options={"gateway": "http://g", "pid": "1", "key": "k"})
+        o = create_order(db.session, product_id=p.id, quantity=1, email="b@example.com", channel_code=ch.code,
+                         now=dt.datetime.utcnow() - dt.timedelta(hours=1)).order
+        db.session.commit()
+        order_id, product_id = o.id, p.id
+        db.session.remove()
+    assert jobs.expire_reservations(app) >= 1
+    with app.app_context():
+        from kamengd.orders.models import Order
+        assert db.session.get(Order, order_id).status == "expired"
+        assert db.session.scalar(sa.select(CardKey.status).where(CardKey.product_id == product_id)) == "available"
+        db.session.remove()
