@@ -16,6 +16,7 @@ from .payments.models import PaymentChannel
 from .payments.services import build_pay_url
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_BODY = 64 * 1024
 
 
 def read_only():
@@ -53,7 +54,12 @@ def _lookups_limit() -> str:
 @bp.post("/orders")
 @limiter.limit(_orders_limit)
 def new_order():
-    body = request.get_json(silent=True)
+    if (request.content_length or 0) > MAX_BODY:
+        raise InvalidRequest("the body is too large")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # absurdly nested JSON
+        body = None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     created = create_order(db.session, product_id=body.get("product_id"), quantity=body.get("quantity"),

@@ -5,6 +5,7 @@ import logging
 import threading
 
 from flask import Flask, current_app
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import Config, load_config
 from .database import configure_engine, engine_options, existing_only
@@ -35,6 +36,10 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["kamengd.config"] = config
     logging.getLogger("kamengd").setLevel(config.logging.level)
 
+    if config.server.proxy_count:
+        # Client addresses (rate limits, orders) and https:// links behind nginx.
+        n = config.server.proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)  # adds connect hooks; opens no connection

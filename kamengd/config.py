@@ -57,6 +57,9 @@ class ServerConfig:
     server: str = setting("waitress", doc="waitress or gunicorn.", choices=("waitress", "gunicorn"))
     workers: int = setting(2, doc="Gunicorn worker processes.", minimum=1)
     threads: int = setting(8, doc="Threads per process.", minimum=1)
+    proxy_count: int = setting(0, doc="Reverse proxies in front (nginx: 1): trust that many "
+                                      "X-Forwarded-For/-Proto/-Host hops for client IPs and HTTPS.",
+                               minimum=0, maximum=5)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,25 @@ def expire_reservations(app) -> int:
     return total
 
 
+def serve_waiting_orders(app) -> int:
+    """Paid orders waiting while stock is on the shelf (a payment and an import
+    that crossed on MySQL): deliver them, oldest first."""
+    from .extensions import db
+    from .orders.services import deliver_all_waiting
+
+    with app.app_context():
+        try:
+            n = deliver_all_waiting(db.session)
+            db.session.commit()
+            return n
+        except Exception:
+            db.session.rollback()
+            log.exception("serve_waiting_orders failed; retried next tick")
+            return 0
+        finally:
+            db.session.remove()
+
+
 def send_emails(app) -> dict:
     from .app import get_config, get_vault
     from .extensions import db
@@ -55,5 +74,7 @@ def start_scheduler(app, interval_seconds: int = 30) -> BackgroundScheduler:
                       id="expire_reservations", max_instances=1, coalesce=True)
     scheduler.add_job(send_emails, "interval", seconds=15, args=[app], id="send_emails",
                       max_instances=1, coalesce=True)
+    scheduler.add_job(serve_waiting_orders, "interval", seconds=interval_seconds, args=[app],
+                      id="serve_waiting_orders", max_instances=1, coalesce=True)
     scheduler.start()
     return scheduler

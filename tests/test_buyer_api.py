@@ -154,3 +154,22 @@ def test_rate_limits(make_install):
         "secret_key_file": str(cfg.security.secret_key_file), "data_key_file": str(cfg.security.data_key_file)}},
         env={"KAMENGD_RATELIMIT_ENABLED": "0"})
     assert env_cfg.ratelimit.enabled is False
+
+
+@pytest.mark.parametrize("body", [{"product_id": 2**63}, {"product_id": -2**63 - 1}, {"product_id": 10**30},
+                                  {"email": "x,victim@evil.com"}, {"email": "a\x00b@example.com"}])
+def test_odd_values_are_400(client, shop_product, body):
+    base = {"product_id": shop_product["id"], "quantity": 1, "email": "b@example.com",
+            "channel": shop_product["channel"]}
+    resp = client.post("/api/v1/orders", json={**base, **body})
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_nested_or_huge_bodies_are_400(client, shop_product):
+    for raw in ("[" * 200000, '{"a":' * 100000, '{"x": "' + "a" * 100000 + '"}'):
+        resp = client.post("/api/v1/orders", data=raw, content_type="application/json")
+        assert resp.status_code == 400, resp.status_code
+
+
+def test_huge_product_page_id_is_404(client):
+    assert client.get("/product/18446744073709551616").status_code == 404

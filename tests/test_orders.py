@@ -222,3 +222,118 @@ def test_expiry_job_releases_due_orders(backend, app, vault):
         assert db.session.get(Order, order_id).status == "expired"
         assert db.session.scalar(sa.select(CardKey.status).where(CardKey.product_id == product_id)) == "available"
         db.session.remove()
+
+
+def test_released_keys_go_to_buyers_who_already_paid(backend, session, vault, make_product, make_keys, channel):
+    """A paid order waiting for stock is served before anyone new can buy (review finding)."""
+    p = make_product()
+    make_keys(p, 1)
+    a = order_for(session, p, channel).order
+    expire_orders(session, now=a.expires_at + dt.timedelta(seconds=1))
+    b = order_for(session, p, channel).order  # takes the only key
+    assert handle_epay_notify(session, vault, channel.code, callback(a)).recorded
+    session.refresh(a)
+    assert a.status == "paid"
+    expire_orders(session, now=b.expires_at + dt.timedelta(seconds=1))  # b never paid
+    session.refresh(a)
+    assert a.status == "delivered" and key_statuses(session, p) == {"sold": 1}
+    with pytest.raises(OutOfStock):
+        order_for(session, p, channel)
+
+
+def test_newcomers_wait_behind_paid_orders(backend, session, vault, make_product, make_keys, channel):
+    p = make_product()
+    make_keys(p, 1)
+    a = order_for(session, p, channel).order
+    expire_orders(session, now=a.expires_at + dt.timedelta(seconds=1))
+    hog = order_for(session, p, channel).order
+    handle_epay_notify(session, vault, channel.code, callback(a))      # a paid, waits: hog holds the key
+    session.execute(sa.update(CardKey).where(CardKey.order_id == hog.id)
+                    .values(status="available", order_id=None))          # the key comes back some other way
+    with pytest.raises(OutOfStock):                                       # a newcomer may not jump the queue
+        order_for(session, p, channel)
+    from kamengd.orders.services import deliver_all_waiting
+    assert deliver_all_waiting(session) >= 1                              # the sweep job serves a
+    session.refresh(a)
+    assert a.status == "delivered"
+
+
+def test_lookup_by_email_always_checks_five_passwords(backend, session, make_product, make_keys, channel,
+                                                      monkeypatch):
+    from kamengd.orders import services
+
+    p = make_product()
+    make_keys(p, 2)
+    mine = order_for(session, p, channel, query_password="right-pw").order
+    calls = []
+    real = services.verify_password
+    monkeypatch.setattr(services, "verify_password", lambda h, pw: calls.append(h) or real(h, pw))
+    assert services.orders_for_email(session, "buyer@example.com", "right-pw")[0] is mine
+    assert len(calls) == services.LOOKUP_CHECKS
+    calls.clear()
+    assert services.orders_for_email(session, "nobody@example.com", "right-pw") == []
+    assert len(calls) == services.LOOKUP_CHECKS
+
+
+def test_manual_delivery_and_import_never_deliver_twice(backend, app, vault):
+    """Staff deliver an order by hand while an import would deliver it too (review finding)."""
+    import threading
+
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+    from kamengd.orders.services import deliver_manually
+    import secrets
+
+    with app.app_context():
+        p = create_product(db.session, name="race-manual", price_cents=100, actor="t")
+        ch = add_channel(db.session, vault, channel_type="epay", code=f"r{secrets.token_hex(3)}", actor="t",
+                         options={"gateway": "http://g", "pid": "1001", "key": KEY})
+        import_keys(db.session, vault, product_id=p.id, fh=io.BytesIO(b"FIRST\n"), actor="t")
+        o = create_order(db.session, product_id=p.id, quantity=1, email="b@example.com", channel_code=ch.code).order
+        expire_orders(db.session, now=o.expires_at + dt.timedelta(seconds=1))
+        db.session.execute(sa.update(CardKey).where(CardKey.product_id == p.id).values(status="void"))
+        handle_epay_notify(db.session, vault, ch.code, callback(o))   # paid late, no stock: waiting
+        assert o.status == "paid"
+        db.session.commit()
+        order_no, order_id, product_id = o.order_no, o.id, p.id
+        db.session.remove()
+
+    manual_holds_lock = threading.Event()
+    errors = []
+
+    def manual():
+        with app.app_context():
+            try:
+                deliver_manually(db.session, vault, order_no=order_no, keys=["BY-HAND"], actor="cli:staff")
+                manual_holds_lock.set()
+                threading.Event().wait(0.5)
+                db.session.commit()
+            except Exception as exc:
+                errors.append(exc)
+                manual_holds_lock.set()
+            finally:
+                db.session.remove()
+
+    def importer():
+        manual_holds_lock.wait(10)
+        with app.app_context():
+            try:
+                import_keys(db.session, vault, product_id=product_id, fh=io.BytesIO(b"FROM-IMPORT\n"), actor="t")
+                db.session.commit()
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=manual), threading.Thread(target=importer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with app.app_context():
+        sold = db.session.scalars(sa.select(CardKey.status).where(CardKey.order_id == order_id)).all()
+        assert sold == ["sold"]
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(CardKey).where(
+            CardKey.product_id == product_id, CardKey.status == "available")) == 1  # the import's key stays
+        db.session.remove()

@@ -57,6 +57,9 @@ def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
             self.cfg.set("accesslog", "-")
+            # The path without its query string or referer: order tokens and
+            # query passwords travel there and must not reach the logs.
+            self.cfg.set("access_log_format", '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss')
             self.cfg.set("proc_name", "kamengd")
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn 24+ opens a control socket under $HOME by default:

@@ -30,7 +30,7 @@ from ..settings.services import get_setting
 from ..vault import Vault
 from .models import Order
 
-EMAIL_RE = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 MAX_QUERY_PASSWORD = 128
 
@@ -57,8 +57,8 @@ class NewOrder:
 
 
 def _validate(session: Session, product_id, quantity, email, channel_code, query_password, coupon):
-    if not isinstance(product_id, int) or isinstance(product_id, bool):
-        raise InvalidRequest("product_id: an integer is required")
+    if not isinstance(product_id, int) or isinstance(product_id, bool) or not 0 < product_id < 2**31:
+        raise InvalidRequest("product_id: a positive integer is required")
     if not isinstance(quantity, int) or isinstance(quantity, bool):
         raise InvalidRequest("quantity: an integer is required")
     if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email.strip()):
@@ -112,6 +112,11 @@ def create_order(session: Session, *, product_id, quantity, email, channel_code,
                   email=email.strip(), status="pending", token_hash=token_hash(token),
                   query_password_hash=hash_password(query_password) if query_password else None,
                   client_ip=client_ip, created_at=now, updated_at=now, expires_at=now + timeout)
+    if product.delivery_mode == "auto" and session.scalar(
+            waiting_orders(session, product.id).with_only_columns(Order.id).limit(1)) is not None:
+        # Buyers who already paid come first: while one waits for this product,
+        # nobody new buys it (imports, expiries and the sweep job serve them).
+        raise OutOfStock("not enough stock for this quantity")
     session.add(order)
     session.flush()
     if product.delivery_mode == "auto":
@@ -155,13 +160,29 @@ def sell_reserved_keys(session: Session, order: Order, now: dt.datetime) -> bool
     return done == 1
 
 
-def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None = None) -> bool:
+def lock_order_status(session: Session, order_id: int) -> str | None:
+    """Lock the order's row and read its current status (MySQL: the newest
+    committed one, after waiting for any transaction that holds the row)."""
+    return session.scalar(sa.select(Order.status).where(Order.id == order_id).with_for_update())
+
+
+DELIVERED, NO_STOCK, NOT_PAID = "delivered", "no stock", "not paid"
+
+
+def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None = None) -> str:
     """Deliver a paid auto-delivery order: with its reserved keys, or newly reserved
-    ones if its reservation was released. False when stock is short (it stays paid)."""
+    ones if its reservation was released. NO_STOCK leaves it paid, waiting.
+
+    The order's row is locked first, so staff delivering it by hand, another
+    import or a sweep never deliver it a second time.
+    """
     now = now or utcnow()
+    if lock_order_status(session, order.id) != "paid":
+        session.refresh(order)
+        return NOT_PAID
     product = session.get(Product, order.product_id)
-    if order.status != "paid" or product.delivery_mode != "auto":
-        return False
+    if product.delivery_mode != "auto":
+        return NOT_PAID
     t = CardKey.__table__
     held = session.scalar(sa.select(sa.func.count()).select_from(t).where(
         t.c.order_id == order.id, t.c.status == "reserved"))
@@ -171,20 +192,35 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
                 reserve_keys(session, product_id=order.product_id, quantity=order.quantity,
                              order_id=order.id, until=now)
         except OutOfStock:
-            return False
-    return sell_reserved_keys(session, order, now)
+            return NO_STOCK
+    return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
+
+
+def waiting_orders(session: Session, product_id: int):
+    return sa.select(Order).where(Order.product_id == product_id, Order.status == "paid")
 
 
 def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000) -> int:
-    """Paid orders waiting for stock, oldest first, get keys (after an import)."""
-    waiting = session.scalars(sa.select(Order).where(Order.product_id == product_id, Order.status == "paid")
-                              .order_by(Order.paid_at, Order.id).limit(limit)).all()
+    """Paid orders waiting for stock, oldest first, get keys (after an import,
+    an expiry, or the periodic sweep)."""
+    if session.get(Product, product_id).delivery_mode != "auto":
+        return 0
+    waiting = session.scalars(waiting_orders(session, product_id).order_by(Order.paid_at, Order.id)
+                              .limit(limit)).all()
     delivered = 0
     for order in waiting:
-        if not deliver_paid_order(session, order):
+        outcome = deliver_paid_order(session, order)
+        if outcome == NO_STOCK:
             break  # oldest first: a younger order never jumps the queue
-        delivered += 1
+        delivered += outcome == DELIVERED
     return delivered
+
+
+def deliver_all_waiting(session: Session) -> int:
+    """The safety net: every product with paid orders waiting and stock on the
+    shelf (a payment and an import that crossed, keys released elsewhere)."""
+    products = session.scalars(sa.select(Order.product_id).where(Order.status == "paid").distinct()).all()
+    return sum(deliver_waiting_orders(session, product_id) for product_id in products)
 
 
 def order_keys(session: Session, vault: Vault, order: Order) -> list[str]:
@@ -209,8 +245,12 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
                               .execution_options(synchronize_session=False)).rowcount
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
+    products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")
+                               .distinct()).all()
     session.execute(t.update().where(t.c.status == "reserved", t.c.order_id.in_(really))
                     .values(status="available", order_id=None, reserved_until=None))
+    for product_id in products:  # released keys go to buyers who already paid, first
+        deliver_waiting_orders(session, product_id)
     return expired
 
 
@@ -256,3 +296,22 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     record(session, "order.deliver", actor=actor, target=f"order:{order.order_no}", source_ip=source_ip,
            details={"keys": len(keys), "import_id": run.id})
     return order
+
+
+LOOKUP_CHECKS = 5
+
+
+def orders_for_email(session: Session, email: str, query_password: str) -> list[Order]:
+    """The buyer's recent orders whose query password matches.
+
+    Always exactly LOOKUP_CHECKS password checks, real or dummy: the time
+    taken tells nothing about whether the e-mail has orders, and one request
+    costs a bounded amount of work.
+    """
+    candidates = session.scalars(sa.select(Order).where(Order.email == email.strip()[:254],
+                                                        Order.query_password_hash.is_not(None))
+                                 .order_by(Order.id.desc()).limit(LOOKUP_CHECKS)).all()
+    found = [o for o in candidates if verify_password(o.query_password_hash, query_password)]
+    for _ in range(LOOKUP_CHECKS - len(candidates)):
+        verify_password(None, query_password)
+    return found

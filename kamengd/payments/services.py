@@ -113,7 +113,7 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     from ..database import utcnow
     from ..money import parse_money
     from ..orders.models import Order
-    from ..orders.services import deliver_paid_order
+    from ..orders.services import deliver_paid_order, lock_order_status
     from . import epay
 
     now = now or utcnow()
@@ -141,6 +141,10 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     order = session.scalar(sa.select(Order).where(Order.order_no == order_no[:32]))
     if order is None or order.channel_id != channel.id:
         return PaymentOutcome(False, "unknown order for this channel")
+    # Lock the order before anything else: the expiry sweep takes order rows
+    # first too, so the two queue instead of deadlocking (MySQL).
+    lock_order_status(session, order.id)
+    session.refresh(order)
 
     existing = session.scalar(sa.select(Payment).where(Payment.channel_id == channel.id,
                                                         Payment.trade_no == trade_no))

@@ -1,7 +1,8 @@
 """Payment gateway callbacks and the buyer's return page (CONTRACT.md §3)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request, session
+from sqlalchemy.exc import OperationalError
 
 from ..app import get_vault
 from ..errors import NotFound
@@ -12,17 +13,29 @@ from .services import handle_epay_notify
 bp = Blueprint("pay", __name__, url_prefix="/pay")
 
 
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+
+
 @bp.route("/<code>/notify", methods=["GET", "POST"])
 def notify(code: str):
     params = {**request.args.to_dict(), **request.form.to_dict()}
-    outcome = handle_epay_notify(db.session, get_vault(), code, params)
-    if outcome.recorded:
-        db.session.commit()
-        return "success", 200, {"Content-Type": "text/plain; charset=utf-8"}
+    for attempt in (1, 2):
+        try:
+            outcome = handle_epay_notify(db.session, get_vault(), code, params)
+            if outcome.recorded:
+                db.session.commit()
+                return "success", 200, TEXT
+            break
+        except OperationalError as exc:  # deadlock or lock wait timeout: try once more
+            db.session.rollback()
+            current_app.logger.warning("payment callback on %s, attempt %d: %s", code, attempt,
+                                       getattr(exc, "orig", exc))
+            outcome = None
     db.session.rollback()
     current_app.logger.warning("payment callback on %s not recorded: %s (out_trade_no=%s)", code,
-                               outcome.reason, str(params.get("out_trade_no", ""))[:40])
-    return "fail", 200, {"Content-Type": "text/plain; charset=utf-8"}
+                               outcome.reason if outcome else "database busy",
+                               str(params.get("out_trade_no", ""))[:40])
+    return "fail", 200, TEXT  # anything but "success": the gateway will call again
 
 
 @bp.get("/<code>/return")
@@ -30,10 +43,10 @@ def return_page(code: str):
     from ..api import order_view, read_only
 
     read_only()
+    order_no = request.args.get("order_no") or request.args.get("out_trade_no") or ""
+    token = request.args.get("token") or session.get("orders", {}).get(order_no)
     try:
-        order = find_order_for_buyer(db.session, request.args.get("order_no") or
-                                     request.args.get("out_trade_no") or "",
-                                     token=request.args.get("token"))
+        order = find_order_for_buyer(db.session, order_no, token=token)
     except NotFound:
         return render_template("order_missing.html"), 404
     return render_template("order.html", order=order_view(order))

@@ -10,8 +10,7 @@ from ..catalog.models import Product
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
-from ..orders.models import Order
-from ..orders.services import create_order, find_order_for_buyer
+from ..orders.services import create_order, find_order_for_buyer, orders_for_email
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.services import get_setting
@@ -58,7 +57,7 @@ def index():
 @bp.get("/product/<int:product_id>")
 def product(product_id: int):
     read_only()
-    p = db.session.get(Product, product_id)
+    p = db.session.get(Product, product_id) if product_id < 2**31 else None
     if p is None or not p.is_active:
         abort(404)
     stock = stock_by_product(db.session).get(p.id, 0)
@@ -82,7 +81,7 @@ def buy(product_id: int):
     except KamengdError as exc:
         db.session.rollback()
         read_only()
-        p = db.session.get(Product, product_id)
+        p = db.session.get(Product, product_id) if product_id < 2**31 else None
         if p is None or not p.is_active:
             abort(404)
         stock = stock_by_product(db.session).get(p.id, 0)
@@ -114,21 +113,11 @@ def order_page(order_no: str):
 @bp.route("/lookup", methods=["GET", "POST"])
 @limiter.limit(lambda: get_config().ratelimit.lookups, methods=["POST"])
 def lookup():
-    """E-mail plus query password: that buyer's orders. An e-mail alone shows nothing."""
+    """E-mail plus query password: that buyer's recent orders. An e-mail alone shows nothing."""
     orders = None
     if request.method == "POST":
         read_only()
-        email = request.form.get("email", "").strip()[:254]
-        password = request.form.get("query_password", "")
-        orders = []
-        if email and password:
-            candidates = db.session.scalars(sa.select(Order).where(Order.email == email)
-                                            .order_by(Order.id.desc()).limit(20)).all()
-            for candidate in candidates:
-                try:
-                    found = find_order_for_buyer(db.session, candidate.order_no, query_password=password)
-                except NotFound:
-                    continue
-                view = order_view(found)
-                orders.append(view)
+        email, password = request.form.get("email", ""), request.form.get("query_password", "")
+        found = orders_for_email(db.session, email, password) if email and password else []
+        orders = [order_view(o) for o in found]
     return render_template("storefront/lookup.html", orders=orders)
