@@ -94,9 +94,6 @@ def main() -> None:
     {"import": bench_import, "checkout": bench_checkout}[args.what](args)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def bench_checkout(args) -> None:
     """Buyers through a real server: order, Epay callback, keys. Latency and throughput."""
@@ -179,3 +176,7 @@ def bench_checkout(args) -> None:
     print(f"order creation: p50 {pct(create, .5):.0f} ms, p95 {pct(create, .95):.0f} ms")
     print(f"callback to keys in hand: p50 {pct(deliver, .5):.0f} ms, p95 {pct(deliver, .95):.0f} ms, "
           f"max {deliver[-1] * 1000:.0f} ms (mean {statistics.mean(deliver) * 1000:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
