@@ -28,6 +28,8 @@ passwords.set_cost(time_cost=1, memory_cost=8, parallelism=1)
 def pytest_addoption(parser):
     parser.addoption("--db", default=os.environ.get("KAMENGD_TEST_DBS", "sqlite"),
                      help="comma-separated backends to test: sqlite,mysql")
+    parser.addoption("--redis", default=os.environ.get("KAMENGD_TEST_REDIS_URL", ""),
+                     help="a Redis URL: also test Redis-backed rate limits (scripts/test sets it)")
 
 
 def pytest_configure(config):
@@ -52,6 +54,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", metafunc.config.kamengd_backends, scope="session")
     if "mysql_backend" in metafunc.fixturenames:  # tests of MySQL-only behaviour
         metafunc.parametrize("mysql_backend", [b for b in metafunc.config.kamengd_backends if b == "mysql"])
+    if "redis_url" in metafunc.fixturenames:
+        redis = metafunc.config.getoption("--redis")
+        metafunc.parametrize("redis_url", [redis] if redis else [])
 
 
 class Databases:

@@ -173,3 +173,20 @@ def test_nested_or_huge_bodies_are_400(client, shop_product):
 
 def test_huge_product_page_id_is_404(client):
     assert client.get("/product/18446744073709551616").status_code == 404
+
+
+def test_rate_limits_shared_through_redis(make_install, redis_url):
+    """Two app processes' worth of limiters count together when they share Redis."""
+    import dataclasses
+
+    from kamengd.app import create_app
+
+    cfg = make_install("sqlite")
+    prefix = f"{redis_url.rstrip('/')}/15"
+    shared = dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, storage_url=prefix,
+                                                                    lookups="4/minute"))
+    first, second = create_app(shared).test_client(), create_app(shared).test_client()
+    import redis as redis_lib
+    redis_lib.Redis.from_url(prefix).flushdb()
+    answers = [c.get("/api/v1/orders/1?token=x").status_code for c in (first, second, first, second, first)]
+    assert answers == [404, 404, 404, 404, 429]
