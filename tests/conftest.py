@@ -270,3 +270,14 @@ def start_server():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def run_concurrently(*targets) -> None:
+    """Start every callable in its own thread and wait for all of them."""
+    import threading
+
+    threads = [threading.Thread(target=target) for target in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

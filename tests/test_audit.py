@@ -3,6 +3,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from conftest import run_concurrently
 from kamengd.audit.models import AuditEntry
 from kamengd.audit.services import record, verify
 
@@ -80,11 +81,7 @@ def test_concurrent_appends_keep_one_chain(backend, app):
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(*(lambda n=n: writer(n) for n in range(4)))
     assert errors == []
     with app.app_context():
         assert verify(db.session).ok

@@ -6,6 +6,7 @@ import io
 import pytest
 import sqlalchemy as sa
 
+from conftest import run_concurrently
 from kamengd.errors import InvalidRequest, NotFound, OutOfStock
 from kamengd.inventory.models import CardKey
 from kamengd.inventory.services import import_keys
@@ -325,11 +326,7 @@ def test_manual_delivery_and_import_never_deliver_twice(backend, app, vault):
             finally:
                 db.session.remove()
 
-    threads = [threading.Thread(target=manual), threading.Thread(target=importer)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(manual, importer)
     assert errors == []
     with app.app_context():
         sold = db.session.scalars(sa.select(CardKey.status).where(CardKey.order_id == order_id)).all()

@@ -54,15 +54,19 @@ def index():
                            notice=get_setting(db.session, "site.notice"), money=format_cents)
 
 
-@bp.get("/product/<int:product_id>")
-def product(product_id: int):
+def _product_page(product_id: int, *, error: str | None = None, form=None, status: int = 200):
     read_only()
     p = db.session.get(Product, product_id) if product_id < 2**31 else None
     if p is None or not p.is_active:
         abort(404)
     stock = stock_by_product(db.session).get(p.id, 0)
     return render_template("storefront/product.html", product=p, stock=stock, channels=_channels(),
-                           money=format_cents, error=None, form={})
+                           money=format_cents, error=error, form=form or {}), status
+
+
+@bp.get("/product/<int:product_id>")
+def product(product_id: int):
+    return _product_page(product_id)
 
 
 @bp.post("/product/<int:product_id>")
@@ -80,13 +84,7 @@ def buy(product_id: int):
                                client_ip=request.remote_addr)
     except KamengdError as exc:
         db.session.rollback()
-        read_only()
-        p = db.session.get(Product, product_id) if product_id < 2**31 else None
-        if p is None or not p.is_active:
-            abort(404)
-        stock = stock_by_product(db.session).get(p.id, 0)
-        return render_template("storefront/product.html", product=p, stock=stock, channels=_channels(),
-                               money=format_cents, error=exc.message, form=form), exc.http_status
+        return _product_page(product_id, error=exc.message, form=form, status=exc.http_status)
     order = created.order
     channel = db.session.get(PaymentChannel, order.channel_id)
     p = db.session.get(Product, product_id)
