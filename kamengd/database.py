@@ -28,8 +28,10 @@ UTCDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariad
 # hold millions of rows get BIGINT.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-CACHE_KIB = 8 * 1024
-BULK_CACHE_KIB = 32 * 1024
+# Fixed statements (no value in them comes from outside).
+PRAGMA_CACHE = "PRAGMA cache_size=-8192"          # 8 MiB per connection
+PRAGMA_BULK_CACHE = "PRAGMA cache_size=-32768"    # 32 MiB for a bulk import
+PRAGMA_FK = {True: "PRAGMA foreign_keys=ON", False: "PRAGMA foreign_keys=OFF"}
 
 
 
@@ -39,8 +41,8 @@ def FixedBinary(length: int):
     return sa.LargeBinary().with_variant(mysql.BINARY(length), "mysql", "mariadb")
 
 
-STRICT_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
-                   "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION")
+SET_SQL_MODE = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
+                "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'")
 
 
 def utcnow() -> dt.datetime:
@@ -86,8 +88,8 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-            cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            cur.execute(PRAGMA_FK[foreign_keys])
+            cur.execute(PRAGMA_CACHE)
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -98,8 +100,8 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
             # cache big enough for the unique index it fills at random.
             options = conn.get_execution_options()
             if options.get("kamengd_bulk"):
-                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-                conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+                conn.exec_driver_sql(PRAGMA_FK[False])
+                conn.exec_driver_sql(PRAGMA_BULK_CACHE)
             # Read-only work (health checks, listings) opts out of the write
             # lock: in WAL mode it then reads a snapshot while an import writes.
             conn.exec_driver_sql("BEGIN" if options.get("kamengd_readonly") else "BEGIN IMMEDIATE")
@@ -107,13 +109,13 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
         @event.listens_for(engine, "checkin")
         def _sqlite_checkin(dbapi_conn, _record):
             if dbapi_conn is not None:  # undo a bulk transaction's settings
-                dbapi_conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-                dbapi_conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                dbapi_conn.execute(PRAGMA_FK[foreign_keys])
+                dbapi_conn.execute(PRAGMA_CACHE)
     else:
         @event.listens_for(engine, "connect")
         def _mysql_connect(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
-            cur.execute(f"SET SESSION sql_mode = '{STRICT_SQL_MODE}'")
+            cur.execute(SET_SQL_MODE)
             cur.execute("SET SESSION time_zone = '+00:00'")
             cur.close()
     return engine
