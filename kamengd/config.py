@@ -80,6 +80,14 @@ class InventoryConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    lease_seconds: int = setting(30, doc="A leader that stops renewing is replaced after this long.",
+                                 minimum=3, maximum=600)
+    tick_seconds: int = setting(5, doc="How often each scheduler renews the lease and looks for due jobs.",
+                                minimum=1, maximum=60)
+
+
+@dataclass(frozen=True)
 class SmtpConfig:
     host: str = setting("", doc="SMTP server for mails to buyers (delivered keys); empty: no mail.")
     port: int = setting(587, doc="SMTP port (587 STARTTLS, 465 TLS, 25 plain).", minimum=1, maximum=65535)
@@ -104,6 +112,7 @@ class Config:
     server: ServerConfig
     ratelimit: RatelimitConfig
     inventory: InventoryConfig
+    scheduler: SchedulerConfig
     smtp: SmtpConfig
     logging: LoggingConfig
     path: Path | None = None

@@ -64,6 +64,7 @@ def database_checks(app) -> list[Check]:
         except KamengdError as exc:
             return checks + [Check("schema", False, exc.message)]
         checks.append(_key_check(db.session))
+        checks.append(_scheduler_check(db.session, app.extensions["kamengd.config"].scheduler.lease_seconds))
         from .app import get_vault
         try:
             vault = get_vault()
@@ -96,6 +97,20 @@ def _key_check(session) -> Check:
         except DecryptionError as exc:
             return Check("data key", False, f"card key #{row.id}: {exc.message}; is this the right key file?")
     return Check("data key", True, f"versions {vault.versions}; {len({r.id for r in sample})} sample keys decrypt")
+
+
+def _scheduler_check(session, lease_seconds: int) -> Check:
+    from .database import utcnow
+    from .scheduler.lease import leader_info
+
+    info = leader_info(session)
+    if info.heartbeat_at is None:
+        return Check("scheduler", False, "no scheduler has ever run: start `kamengd serve` or `kamengd scheduler`")
+    age = (utcnow() - info.heartbeat_at).total_seconds()
+    if age > 2 * lease_seconds:
+        return Check("scheduler", False, f"last heartbeat {age:.0f} s ago (from {info.owner or 'a stopped scheduler'}); "
+                                         "is a scheduler running?")
+    return Check("scheduler", True, f"leader {info.owner}, heartbeat {age:.0f} s ago")
 
 
 def run_checks(config: Config, app) -> list[Check]:

@@ -1,80 +1,46 @@
-"""Periodic work, for now run in-process by `kamengd serve` (K3 adds the
-single-leader scheduler). Each job is a conditional, idempotent update, so a
-second process running it at the same time changes nothing twice."""
+"""The periodic jobs. Each is a plain function of a session that commits its
+own work and returns counts; the scheduler (kamengd.scheduler.runner) decides
+who runs them (one leader per database) and records every run.
+
+Each job is also idempotent (conditional updates), so a second runner by
+mistake would change nothing twice."""
 from __future__ import annotations
 
-import logging
-
-from apscheduler.schedulers.background import BackgroundScheduler
-
-log = logging.getLogger("kamengd.jobs")
+from sqlalchemy.orm import Session
 
 
-def expire_reservations(app) -> int:
-    from .extensions import db
+def expire_reservations(session: Session) -> dict:
     from .orders.services import expire_orders
 
     total = 0
-    with app.app_context():
-        try:
-            while True:
-                n = expire_orders(db.session)
-                db.session.commit()
-                total += n
-                if n == 0:
-                    break
-        except Exception:
-            db.session.rollback()
-            log.exception("expire_reservations failed; retried next tick")
-        finally:
-            db.session.remove()
-    if total:
-        log.info("expired %d unpaid orders; their keys are back on sale", total)
-    return total
+    while True:
+        n = expire_orders(session)
+        session.commit()
+        total += n
+        if n == 0:
+            return {"expired": total}
 
 
-def serve_waiting_orders(app) -> int:
+def serve_waiting_orders(session: Session) -> dict:
     """Paid orders waiting while stock is on the shelf (a payment and an import
     that crossed on MySQL): deliver them, oldest first."""
-    from .extensions import db
     from .orders.services import deliver_all_waiting
 
-    with app.app_context():
-        try:
-            n = deliver_all_waiting(db.session)
-            db.session.commit()
-            return n
-        except Exception:
-            db.session.rollback()
-            log.exception("serve_waiting_orders failed; retried next tick")
-            return 0
-        finally:
-            db.session.remove()
+    delivered = deliver_all_waiting(session)
+    session.commit()
+    return {"delivered": delivered}
 
 
-def send_emails(app) -> dict:
+def send_emails(session: Session) -> dict:
     from .app import get_config, get_vault
-    from .extensions import db
     from .notifications.email import send_due_emails
 
-    with app.app_context():
-        try:
-            return send_due_emails(db.session, get_vault(), get_config())
-        except Exception:
-            db.session.rollback()
-            log.exception("send_emails failed; retried next tick")
-            return {}
-        finally:
-            db.session.remove()
+    return send_due_emails(session, get_vault(), get_config())
 
 
-def start_scheduler(app, interval_seconds: int = 30) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(expire_reservations, "interval", seconds=interval_seconds, args=[app],
-                      id="expire_reservations", max_instances=1, coalesce=True)
-    scheduler.add_job(send_emails, "interval", seconds=15, args=[app], id="send_emails",
-                      max_instances=1, coalesce=True)
-    scheduler.add_job(serve_waiting_orders, "interval", seconds=interval_seconds, args=[app],
-                      id="serve_waiting_orders", max_instances=1, coalesce=True)
-    scheduler.start()
-    return scheduler
+# name -> (function, interval in seconds)
+JOBS = {
+    "expire_reservations": (expire_reservations, 30),
+    "serve_waiting_orders": (serve_waiting_orders, 30),
+    "send_emails": (send_emails, 15),
+}

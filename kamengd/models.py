@@ -7,3 +7,4 @@ from .orders.models import Order  # noqa: F401
 from .payments.models import Payment, PaymentChannel  # noqa: F401
 from .settings.models import Setting  # noqa: F401
 from .notifications.models import EmailOutbox  # noqa: F401
+from .scheduler.models import JobRun, SchedulerLease  # noqa: F401

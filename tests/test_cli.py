@@ -64,6 +64,9 @@ def test_install_layout(backend, shop):
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert audit_actions(shop) == ["install", "user.create"]
     doctor = run_cli("doctor", config=shop)
+    assert doctor.returncode != 0 and "FAIL  scheduler: no scheduler has ever run" in doctor.out
+    assert "leader" in run_cli("scheduler", "--once", config=shop, check=True).out
+    doctor = run_cli("doctor", config=shop)
     assert doctor.returncode == 0, doctor.out + doctor.err
     assert "FAIL" not in doctor.out
 
@@ -296,6 +299,7 @@ def test_config_resolution(backend, shop, tmp_path):
 def test_doctor_flags_loose_permissions(backend, shop):
     key_file = shop.parent / "data.key"
     os.chmod(key_file, 0o644)
+    run_cli("scheduler", "--once", config=shop, check=True)
     proc = run_cli("doctor", config=shop)
     assert proc.returncode != 0
     assert "FAIL  data key file" in proc.out and "chmod 600" in proc.out
@@ -331,6 +335,7 @@ def test_install_with_a_relative_sqlite_url(tmp_path):
                            "--database-url", "sqlite:///shop.db"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "shop.db").exists()
+    run_cli("scheduler", "--once", config=tmp_path / "d" / "kamengd.toml", check=True)
     assert run_cli("doctor", config=tmp_path / "d" / "kamengd.toml").returncode == 0
 
 

@@ -36,14 +36,15 @@ def serve(obj, bind, server_name, workers, no_scheduler):
         import waitress
 
         if not no_scheduler:
-            from ..jobs import start_scheduler
-            start_scheduler(app)
+            from ..scheduler.runner import Scheduler
+            Scheduler(app).start_background()
         waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="kamengd")
     else:
         if not no_scheduler:
-            # In the master, not in each worker: the jobs must not run once per worker.
-            from ..jobs import start_scheduler
-            start_scheduler(obj.app)
+            # In the master, not in each worker: one scheduler per process
+            # that competes for the lease, never one per worker.
+            from ..scheduler.runner import Scheduler
+            Scheduler(obj.app).start_background()
         _run_gunicorn(obj, f"{host}:{port}", workers or config.server.workers, config.server.threads)
 
 
@@ -72,3 +73,37 @@ def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
             return create_app(obj.config)
 
     Gunicorn().run()
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One tick (heartbeat and due jobs), then exit.")
+@click.pass_obj
+def scheduler(obj, once):
+    """Run only the scheduler (one leader per database runs the jobs)."""
+    import signal
+
+    from ..extensions import db
+    from ..schema import require_current
+    from ..scheduler.runner import Scheduler
+
+    app = obj.app
+    with app.app_context():
+        require_current(db.engine)
+        db.engine.dispose()
+    runner = Scheduler(app)
+    if once:
+        ran = runner.tick()
+        click.echo(f"{'leader' if runner.is_leader else 'not leader'}; ran: {', '.join(ran) or 'nothing'}")
+        return
+
+    def stop(signum, _frame):
+        runner.stop()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    click.echo(f"kamengd scheduler {runner.owner}: lease {runner.lease_seconds} s, tick {runner.tick_seconds} s",
+               err=True)
+    try:
+        runner.run_forever()
+    except KeyboardInterrupt:
+        runner.stop()

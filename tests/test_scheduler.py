@@ -1,0 +1,141 @@
+"""One leader per database: the lease, job runs, failover; in-process and as real processes."""
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import run_cli, write_password
+from kamengd.scheduler.models import JobRun
+from kamengd.scheduler.runner import Scheduler
+
+
+class Clock:
+    def __init__(self):
+        self.now = dt.datetime(2030, 1, 1)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def fresh_app(make_install, backend):
+    from kamengd.app import create_app
+
+    return create_app(make_install(backend))
+
+
+def runs(app):
+    from kamengd.extensions import db
+
+    with app.app_context():
+        rows = db.session.execute(sa.select(JobRun.job, JobRun.owner, JobRun.outcome, JobRun.error)
+                                  .order_by(JobRun.id)).all()
+        db.session.remove()
+    return rows
+
+
+def test_only_the_leader_runs_jobs_and_a_dead_one_is_replaced(backend, fresh_app):
+    clock = Clock()
+    calls = []
+    jobs = {"count": (lambda session: calls.append(1) or {"n": len(calls)}, 10)}
+    a = Scheduler(fresh_app, jobs=jobs, clock=clock, owner="A")
+    b = Scheduler(fresh_app, jobs=jobs, clock=clock, owner="B")
+    assert a.tick() == ["count"] and b.tick() == []
+    clock.advance(5)
+    assert a.tick() == [] and b.tick() == []   # not due yet; B still not leader
+    clock.advance(6)
+    assert a.tick() == ["count"] and b.tick() == []
+    # A dies: no more heartbeats. Within the lease B is refused, after it B takes over.
+    clock.advance(fresh_app.extensions["kamengd.config"].scheduler.lease_seconds - 1)
+    assert b.tick() == [] and not b.is_leader
+    clock.advance(2)
+    assert b.tick() == ["count"] and b.is_leader
+    assert a.tick() == [] and not a.is_leader  # A comes back: it lost the lease
+    assert [(r.job, r.owner, r.outcome) for r in runs(fresh_app)] == [
+        ("count", "A", "ok"), ("count", "A", "ok"), ("count", "B", "ok")]
+
+
+def test_a_failing_job_is_recorded_and_retried(backend, fresh_app):
+    clock = Clock()
+    attempts = []
+
+    def flaky(session):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("gateway down")
+        return {"ok": 1}
+
+    s = Scheduler(fresh_app, jobs={"flaky": (flaky, 10), "steady": (lambda session: {"x": 1}, 10)},
+                  clock=clock, owner="A")
+    assert s.tick() == ["flaky", "steady"]
+    clock.advance(10)
+    s.tick()
+    recorded = runs(fresh_app)
+    assert [(r.job, r.outcome) for r in recorded] == [("flaky", "error"), ("steady", "ok"),
+                                                      ("flaky", "ok"), ("steady", "ok")]
+    assert "RuntimeError: gateway down" in recorded[0].error
+
+
+def test_real_jobs_and_the_jobs_command(backend, make_install):
+    cfg = make_install(backend)
+    out = run_cli("scheduler", "--once", config=cfg.path, check=True).out
+    assert out.startswith("leader; ran: expire_reservations, serve_waiting_orders, send_emails")
+    listed = json.loads(run_cli("jobs", "--json", config=cfg.path, check=True).out)
+    assert {r["job"] for r in listed["runs"]} == {"expire_reservations", "serve_waiting_orders", "send_emails"}
+    assert all(r["outcome"] == "ok" for r in listed["runs"]) and listed["leader"]["owner"]
+    from kamengd.app import create_app
+    health = create_app(cfg).test_client().get("/healthz").get_json()
+    assert health["scheduler"]["leader"] == listed["leader"]["owner"]
+    assert health["scheduler"]["heartbeat_age_seconds"] < 60
+
+
+def test_two_scheduler_processes_one_database(mysql_backend, make_install):
+    """Exactly one of two `kamengd scheduler` processes runs jobs; kill it, the other takes over."""
+    cfg = make_install(mysql_backend)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
+    env.update(KAMENGD_SCHEDULER_LEASE_SECONDS="3", KAMENGD_SCHEDULER_TICK_SECONDS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(cfg.path), "scheduler"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    from kamengd.database import make_engine
+    engine = make_engine(cfg.database_url, pooled=False)
+
+    def owners_since(start):
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT DISTINCT owner FROM job_runs WHERE started_at >= :s"),
+                                {"s": start}).scalars().all()
+    try:
+        time.sleep(5)
+        with engine.connect() as conn:
+            owners = conn.execute(sa.text("SELECT DISTINCT owner FROM job_runs")).scalars().all()
+        assert len(owners) == 1, owners
+        leader_pid = int(owners[0].split(":")[1])
+        leader = next(p for p in procs if p.pid == leader_pid)
+        other = next(p for p in procs if p.pid != leader_pid)
+        killed_at = dt.datetime.utcnow()
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            new = [o for o in owners_since(killed_at) if o != owners[0]]
+            if new:
+                break
+            time.sleep(0.2)
+        took_over = time.monotonic() - (deadline - 20)
+        assert new and int(new[0].split(":")[1]) == other.pid, "no takeover"
+        assert took_over < 3 + 1 + 3, f"takeover took {took_over:.1f} s"  # lease + tick + slack
+        print(f"takeover after {took_over:.1f} s (lease 3 s, tick 1 s)")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=20)
+        engine.dispose()
