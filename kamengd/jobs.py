@@ -38,9 +38,18 @@ def send_emails(session: Session) -> dict:
     return send_due_emails(session, get_vault(), get_config())
 
 
+def reconcile_payments(session: Session) -> dict:
+    """Missed callbacks (掉单): ask the gateway about unpaid orders."""
+    from .app import get_vault
+    from .payments.reconcile import reconcile_pending
+
+    return reconcile_pending(session, get_vault())
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
     "serve_waiting_orders": (serve_waiting_orders, 30),
     "send_emails": (send_emails, 15),
+    "reconcile_payments": (reconcile_payments, 30),
 }

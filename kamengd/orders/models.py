@@ -33,6 +33,8 @@ class Order(db.Model):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     paid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When reconciliation next asks the gateway about this unpaid order (掉单).
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         # Sweeps: pending orders past expiry, paid orders waiting for stock.

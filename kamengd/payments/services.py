@@ -110,13 +110,10 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     """
     from decimal import Decimal, DecimalException
 
-    from ..database import utcnow
     from ..money import parse_money
     from ..orders.models import Order
-    from ..orders.services import deliver_paid_order, lock_order_status
     from . import epay
 
-    now = now or utcnow()
     channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
     if channel is None or channel.type != "epay":
         return PaymentOutcome(False, "unknown channel")
@@ -141,6 +138,23 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     order = session.scalar(sa.select(Order).where(Order.order_no == order_no[:32]))
     if order is None or order.channel_id != channel.id:
         return PaymentOutcome(False, "unknown order for this channel")
+    raw = {k: v for k, v in params.items() if k not in ("sign",)}
+    return record_payment(session, channel, order, trade_no=trade_no, amount_cents=amount, raw=raw, now=now)
+
+
+def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no: str, amount_cents: int,
+                   raw: dict, now=None) -> PaymentOutcome:
+    """Record a verified payment once per (channel, trade_no); pay and deliver the order.
+
+    Used by the callback and by reconciliation (a payment the gateway reports
+    but whose callback never arrived), so both complete an order the same way.
+    """
+    from ..database import utcnow
+    from ..orders.models import Order
+    from ..orders.services import deliver_paid_order, lock_order_status
+
+    now = now or utcnow()
+    amount = amount_cents
     # Lock the order before anything else: the expiry sweep takes order rows
     # first too, so the two queue instead of deadlocking (MySQL).
     lock_order_status(session, order.id)
@@ -153,8 +167,7 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     right_amount = amount == order.amount_cents
     payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
                       status="received" if right_amount else "held", created_at=now,
-                      raw=json.dumps({k: v for k, v in params.items() if k not in ("sign",)},
-                                     ensure_ascii=False, sort_keys=True))
+                      raw=json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str))
     try:
         with session.begin_nested():
             session.add(payment)

@@ -1,0 +1,66 @@
+"""A local Epay gateway that speaks the merchant query API (api.php?act=order)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class FakeEpay:
+    def __init__(self, pid: str, key: str):
+        self.pid, self.key = pid, key
+        self.paid: dict[str, str] = {}      # out_trade_no -> money
+        self.mode = "normal"                # normal | error | garbage | slow
+        self.queries: list[str] = []
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                gateway.queries.append(q.get("out_trade_no", ""))
+                if gateway.mode == "slow":
+                    time.sleep(2)
+                if gateway.mode == "error":
+                    return self._send(500, b"internal error")
+                if gateway.mode == "garbage":
+                    return self._send(200, b"<html>maintenance</html>")
+                if url.path != "/api.php" or q.get("act") != "order":
+                    return self._send(404, b"not found")
+                if q.get("pid") != gateway.pid or q.get("key") != gateway.key:
+                    return self._json({"code": -1, "msg": "KEY校验失败"})
+                order_no = q.get("out_trade_no", "")
+                if order_no not in gateway.paid:
+                    return self._json({"code": -1, "msg": "订单号不存在"})
+                self._json({"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",
+                            "out_trade_no": order_no, "type": "alipay", "pid": gateway.pid,
+                            "name": "x", "money": gateway.paid[order_no], "status": 1})
+
+            def _json(self, data):
+                self._send(200, json.dumps(data, ensure_ascii=False).encode())
+
+            def _send(self, status, body):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
