@@ -51,6 +51,14 @@ def serve(obj, bind, server_name, workers, no_scheduler):
 def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
+    def _forget_parent_connections(_server, _worker):
+        # The master's scheduler holds pooled connections; a worker must never
+        # use or close them (SQLAlchemy: dispose(close=False) after a fork).
+        from ..extensions import db
+
+        with obj.app.app_context():
+            db.engine.dispose(close=False)
+
     class Gunicorn(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", bind)
@@ -62,6 +70,7 @@ def _run_gunicorn(obj, bind: str, workers: int, threads: int) -> None:
             # query passwords travel there and must not reach the logs.
             self.cfg.set("access_log_format", '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss')
             self.cfg.set("proc_name", "kamengd")
+            self.cfg.set("post_fork", _forget_parent_connections)
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn 24+ opens a control socket under $HOME by default:
                 # kamengd does not use it, and two instances would share it.

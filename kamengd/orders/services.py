@@ -103,6 +103,11 @@ def create_order(session: Session, *, product_id, quantity, email, channel_code,
                  query_password=None, coupon=None, client_ip: str | None = None,
                  now: dt.datetime | None = None) -> NewOrder:
     product, channel = _validate(session, product_id, quantity, email, channel_code, query_password, coupon)
+    if product.delivery_mode == "auto" and session.scalar(
+            waiting_orders(product.id).with_only_columns(Order.id).limit(1)) is not None:
+        # Buyers who already paid come first: while one waits for this product,
+        # nobody new buys it (imports, expiries and the sweep job serve them).
+        raise OutOfStock("not enough stock for this quantity")
     now = now or utcnow()
     timeout = dt.timedelta(minutes=get_setting(session, "orders.timeout_minutes"))
     token = secrets.token_urlsafe(24)
@@ -112,11 +117,6 @@ def create_order(session: Session, *, product_id, quantity, email, channel_code,
                   email=email.strip(), status="pending", token_hash=token_hash(token),
                   query_password_hash=hash_password(query_password) if query_password else None,
                   client_ip=client_ip, created_at=now, updated_at=now, expires_at=now + timeout)
-    if product.delivery_mode == "auto" and session.scalar(
-            waiting_orders(session, product.id).with_only_columns(Order.id).limit(1)) is not None:
-        # Buyers who already paid come first: while one waits for this product,
-        # nobody new buys it (imports, expiries and the sweep job serve them).
-        raise OutOfStock("not enough stock for this quantity")
     session.add(order)
     session.flush()
     if product.delivery_mode == "auto":
@@ -196,7 +196,7 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
     return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
 
 
-def waiting_orders(session: Session, product_id: int):
+def waiting_orders(product_id: int):
     return sa.select(Order).where(Order.product_id == product_id, Order.status == "paid")
 
 
@@ -205,7 +205,7 @@ def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000)
     an expiry, or the periodic sweep)."""
     if session.get(Product, product_id).delivery_mode != "auto":
         return 0
-    waiting = session.scalars(waiting_orders(session, product_id).order_by(Order.paid_at, Order.id)
+    waiting = session.scalars(waiting_orders(product_id).order_by(Order.paid_at, Order.id)
                               .limit(limit)).all()
     delivered = 0
     for order in waiting:
