@@ -34,6 +34,8 @@ class SiteConfig:
     name: str = setting("kamengd", doc="Shop name shown to buyers and staff.")
     url: str = setting("http://127.0.0.1:8000",
                        doc="Public base URL of the shop; payment callbacks are built from it.")
+    timezone: str = setting("Asia/Shanghai",
+                            doc="The shop's time zone (IANA name): the day of the daily settlement report.")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,24 @@ class SmtpConfig:
     timeout_seconds: int = setting(20, doc="Give up on an SMTP connection after this long.", minimum=1)
 
 
+EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
+               "reconcile.mismatch", "scheduler.failover")
+STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "reconcile.mismatch", "scheduler.failover")
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    webhook_urls: list[str] = setting((), doc="URLs that receive events as a JSON POST signed with "
+                                              "HMAC-SHA256 (X-Kamengd-Signature); empty: no webhooks.")
+    webhook_secret_file: Path | None = setting(
+        None, doc="File holding the webhook signing secret (mode 0600); required with webhook_urls.")
+    webhook_events: list[str] = setting(("*",), doc="Events sent to the webhooks; \"*\" for all.")
+    webhook_timeout_seconds: int = setting(10, doc="Give up on a webhook request after this long; "
+                                                   "it is retried with backoff.", minimum=1, maximum=120)
+    email_to: list[str] = setting((), doc="Staff addresses that receive events by mail (needs [smtp]).")
+    email_events: list[str] = setting(STAFF_EVENTS, doc="Events mailed to email_to; \"*\" for all.")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting("INFO", doc="Log level.",
@@ -114,6 +134,7 @@ class Config:
     inventory: InventoryConfig
     scheduler: SchedulerConfig
     smtp: SmtpConfig
+    notifications: NotificationsConfig
     logging: LoggingConfig
     path: Path | None = None
 
@@ -132,6 +153,12 @@ class Config:
             return ""
         return _read_secret_file(self.smtp.password_file, "smtp.password_file")
 
+    def webhook_secret(self) -> bytes:
+        if self.notifications.webhook_secret_file is None:
+            raise ConfigError("setting notifications.webhook_secret_file: required to sign webhooks")
+        return _read_secret_file(self.notifications.webhook_secret_file,
+                                 "notifications.webhook_secret_file").encode()
+
     def read_secret_key(self) -> bytes:
         return _read_secret_file(self.security.secret_key_file, "security.secret_key_file").encode()
 
@@ -144,7 +171,8 @@ class Config:
             values = dataclasses.asdict(getattr(self, name))
             if name == "database":
                 values["url"] = make_url(values["url"]).render_as_string(hide_password=True)
-            out[name] = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+            out[name] = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                         for k, v in values.items()}
         return out
 
 
@@ -192,6 +220,16 @@ def _convert(name: str, raw, hint, meta, base_dir: Path | None, from_env: bool):
             raise ConfigError(f"setting {name}: must be at least {meta['minimum']}, got {value}")
         if meta["maximum"] is not None and value > meta["maximum"]:
             raise ConfigError(f"setting {name}: must be at most {meta['maximum']}, got {value}")
+    elif typing.get_origin(target) is list:
+        if from_env:
+            raw = [part.strip() for part in str(raw).split(",") if part.strip()]
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise ConfigError(f"setting {name}: expected a list of strings, got {raw!r}")
+        value = tuple(raw)  # frozen config: immutable
+        bad = [item for item in value if meta["choices"] and item not in meta["choices"]]
+        if bad:
+            raise ConfigError(f"setting {name}: {bad[0]!r} is not one of {', '.join(meta['choices'])}")
+        return value
     elif target is Path:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"setting {name}: expected a file path, got {raw!r}")
@@ -243,7 +281,38 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
         built[section_name] = section_cls(**kwargs)
     built["database"] = dataclasses.replace(
         built["database"], url=normalize_database_url(built["database"].url, base_dir))
+    _check_site(built["site"])
+    _check_notifications(built["notifications"])
     return Config(path=path, **built)
+
+
+def _check_site(site: SiteConfig) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(site.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"setting site.timezone: unknown time zone {site.timezone!r} "
+                          "(an IANA name such as Asia/Shanghai)") from None
+
+
+def _check_notifications(n: NotificationsConfig) -> None:
+    from urllib.parse import urlsplit
+
+    for url in n.webhook_urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"setting notifications.webhook_urls: {url!r} is not an http(s) URL")
+    if n.webhook_urls and n.webhook_secret_file is None:
+        raise ConfigError("setting notifications.webhook_secret_file: required when webhook_urls is set")
+    for key in ("webhook_events", "email_events"):
+        for event in getattr(n, key):
+            if event != "*" and event not in EVENT_TYPES:
+                raise ConfigError(f"setting notifications.{key}: unknown event {event!r} "
+                                  f"(known: {', '.join(EVENT_TYPES)})")
+    for address in n.email_to:
+        if "@" not in address or any(c.isspace() for c in address) or len(address) > 254:
+            raise ConfigError(f"setting notifications.email_to: {address!r} is not an e-mail address")
 
 
 def normalize_database_url(url: str, base_dir: Path | None) -> str:
@@ -334,6 +403,8 @@ def render_config(values: dict[str, dict]) -> str:
 
 
 def _toml_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -22,13 +22,30 @@ def expire_reservations(session: Session) -> dict:
 
 
 def serve_waiting_orders(session: Session) -> dict:
-    """Paid orders waiting while stock is on the shelf (a payment and an import
-    that crossed on MySQL): deliver them, oldest first."""
-    from .orders.services import deliver_all_waiting
+    """Paid orders waiting for stock (a payment and an import that crossed, keys
+    released elsewhere): deliver them oldest first, backing off per order."""
+    from .orders.attention import retry_waiting_deliveries
 
-    delivered = deliver_all_waiting(session)
-    session.commit()
-    return {"delivered": delivered}
+    return retry_waiting_deliveries(session)
+
+
+def flag_stuck_orders(session: Session) -> dict:
+    from .orders.attention import flag_stuck_orders as flag
+
+    return flag(session)
+
+
+def check_low_stock(session: Session) -> dict:
+    from .inventory.warnings import check_low_stock as check
+
+    return check(session)
+
+
+def send_notifications(session: Session) -> dict:
+    from .app import get_config
+    from .notifications.dispatch import deliver_notifications
+
+    return deliver_notifications(session, get_config())
 
 
 def send_emails(session: Session) -> dict:
@@ -46,10 +63,29 @@ def reconcile_payments(session: Session) -> dict:
     return reconcile_pending(session, get_vault())
 
 
+def settle_payments(session: Session) -> dict:
+    """The daily settlement report (yesterday, from 02:00 local time), a chunk per run."""
+    from .app import get_config, get_vault
+    from .payments.settlement import settle_payments as settle
+
+    return settle(session, get_vault(), get_config().site.timezone)
+
+
+def prune_history(session: Session) -> dict:
+    from .history import prune
+
+    return prune(session)
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
     "serve_waiting_orders": (serve_waiting_orders, 30),
     "send_emails": (send_emails, 15),
+    "send_notifications": (send_notifications, 10),
     "reconcile_payments": (reconcile_payments, 30),
+    "check_low_stock": (check_low_stock, 60),
+    "flag_stuck_orders": (flag_stuck_orders, 60),
+    "settle_payments": (settle_payments, 60),
+    "prune_history": (prune_history, 3600),
 }

@@ -4,7 +4,7 @@ from .audit.models import AuditEntry, AuditHead  # noqa: F401
 from .catalog.models import Category, Product  # noqa: F401
 from .inventory.models import CardKey, KeyImport  # noqa: F401
 from .orders.models import Order  # noqa: F401
-from .payments.models import Payment, PaymentChannel  # noqa: F401
+from .payments.models import Payment, PaymentChannel, SettlementEntry, SettlementReport  # noqa: F401
 from .settings.models import Setting  # noqa: F401
-from .notifications.models import EmailOutbox  # noqa: F401
+from .notifications.models import EmailOutbox, Event, Notification, NotificationAttempt  # noqa: F401
 from .scheduler.models import JobRun, SchedulerLease  # noqa: F401

@@ -51,7 +51,8 @@ def test_settings(backend, session):
     assert get_setting(session, "orders.timeout_minutes") == 10
     set_setting(session, "orders.timeout_minutes", "15", actor="cli:t")
     set_setting(session, "site.notice", "今日 <b>促销</b>", actor="cli:t")
-    assert all_settings(session) == {"site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15}
+    assert all_settings(session) == {"site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
+                                     "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60}
     entry = last_audit(session)
     assert entry.action == "setting.change"
     assert json.loads(entry.details) == {"key": "site.notice", "old": "", "new": "今日 <b>促销</b>"}

@@ -34,6 +34,9 @@ class Product(db.Model):
     currency: Mapped[str] = mapped_column(sa.String(3), default="CNY")
     delivery_mode: Mapped[str] = mapped_column(sa.String(8), default="auto")
     low_stock_threshold: Mapped[int] = mapped_column(default=0)
+    # Set when stock.low was sent; cleared once stock is back at the threshold,
+    # so each crossing is notified once.
+    low_stock_alerted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     min_quantity: Mapped[int] = mapped_column(default=1)
     max_quantity: Mapped[int] = mapped_column(default=100)
     is_active: Mapped[bool] = mapped_column(default=True)

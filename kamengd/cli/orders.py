@@ -36,3 +36,20 @@ def order_deliver(order_no, keys_file, encoding, as_json):
     delivered = deliver_manually(db.session, get_vault(), order_no=order_no, keys=keys, actor=cli_actor())
     emit(as_json, {"order_no": delivered.order_no, "status": delivered.status, "keys": len(keys)},
          f"order {delivered.order_no} delivered ({len(keys)} keys)")
+
+
+@order.command("flagged")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+@with_app(readonly=True)
+def order_flagged(limit, as_json):
+    """Orders that need a person: held payments, waiting too long, past the manual SLA, mail failed."""
+    from ..money import format_cents
+    from ..orders.attention import flagged_orders
+
+    orders = [{"order_no": o.order_no, "status": o.status, "amount": format_cents(o.amount_cents),
+               "currency": o.currency, "flagged_at": o.flagged_at.isoformat(timespec="seconds") + "Z",
+               "reason": o.flag_reason} for o in flagged_orders(db.session, limit)]
+    lines = [f"{o['flagged_at']}  {o['order_no']}  {o['status']:<9} {o['amount']} {o['currency']}  {o['reason']}"
+             for o in orders] or ["no flagged orders"]
+    emit(as_json, {"orders": orders}, "\n".join(lines))

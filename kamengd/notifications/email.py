@@ -97,7 +97,12 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
             error = f"{exc.__class__.__name__}: {exc}"[:500]
             mail.last_error = error
             if attempts + 1 >= MAX_ATTEMPTS:
+                from ..orders.attention import flag_order
+
                 mail.status = "failed"
+                if mail.order_id is not None:  # the buyer may never see the keys: tell a person
+                    flag_order(session, session.get(Order, mail.order_id),
+                               f"delivery mail failed {attempts + 1} times: {error}", now)
             session.commit()
             counts["failed"] += 1
             log.warning("mail %s to order %s not sent (attempt %d): %s", mail_id, mail.order_id,

@@ -35,10 +35,18 @@ class Order(db.Model):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # When reconciliation next asks the gateway about this unpaid order (掉单).
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # A paid order waiting for stock: tries so far and when the sweep tries next.
+    delivery_attempts: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    next_delivery_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Needs a person (held payment, waiting too long, past the manual SLA, mail failed).
+    flagged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    flag_reason: Mapped[str | None] = mapped_column(sa.String(200))
 
     __table_args__ = (
         # Sweeps: pending orders past expiry, paid orders waiting for stock.
         sa.Index("ix_orders_status_expires_at", "status", "expires_at"),
+        sa.Index("ix_orders_paid_at", "paid_at"),  # the daily settlement
+        sa.Index("ix_orders_flagged_at", "flagged_at"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         sa.CheckConstraint(

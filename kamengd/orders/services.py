@@ -152,12 +152,23 @@ def sell_reserved_keys(session: Session, order: Order, now: dt.datetime) -> bool
             raise RuntimeError(f"order {order.order_no}: {sold} of {order.quantity} reserved keys")
         return False
     done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
-                           .values(status="delivered", delivered_at=now, updated_at=now)
+                           .values(status="delivered", delivered_at=now, updated_at=now, **RESOLVED)
                            .execution_options(synchronize_session=False)).rowcount
     session.refresh(order)
     if done == 1:
-        queue_delivery_email(session, order)
+        delivered(session, order, now)
     return done == 1
+
+
+# Delivering an order settles whatever it was flagged for (waiting, past the SLA).
+RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
+
+
+def delivered(session: Session, order: Order, now: dt.datetime) -> None:
+    from ..notifications.events import emit, order_payload
+
+    queue_delivery_email(session, order)
+    emit(session, "order.delivered", order_payload(session, order), now)
 
 
 def lock_order_status(session: Session, order_id: int) -> str | None:
@@ -214,13 +225,6 @@ def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000)
             break  # oldest first: a younger order never jumps the queue
         delivered += outcome == DELIVERED
     return delivered
-
-
-def deliver_all_waiting(session: Session) -> int:
-    """The safety net: every product with paid orders waiting and stock on the
-    shelf (a payment and an import that crossed, keys released elsewhere)."""
-    products = session.scalars(sa.select(Order.product_id).where(Order.status == "paid").distinct()).all()
-    return sum(deliver_waiting_orders(session, product_id) for product_id in products)
 
 
 def order_keys(session: Session, vault: Vault, order: Order) -> list[str]:
@@ -287,12 +291,12 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
                             ciphertext=ct, nonce=nonce, key_version=version, fingerprint=fp, sold_at=now))
     session.flush()
     done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
-                           .values(status="delivered", delivered_at=now, updated_at=now)
+                           .values(status="delivered", delivered_at=now, updated_at=now, **RESOLVED)
                            .execution_options(synchronize_session=False)).rowcount
     if done != 1:
         raise Conflict(f"order {order_no} changed while delivering; nothing delivered")
     session.refresh(order)
-    queue_delivery_email(session, order)
+    delivered(session, order, now)
     record(session, "order.deliver", actor=actor, target=f"order:{order.order_no}", source_ip=source_ip,
            details={"keys": len(keys), "import_id": run.id})
     return order

@@ -44,3 +44,41 @@ class Payment(db.Model):
     __table_args__ = (
         sa.UniqueConstraint("channel_id", "trade_no", name="uq_payments_channel_trade_no"),
     )
+
+
+class SettlementReport(db.Model):
+    """The daily settlement: the gateway's view of each Epay order of one day
+    (in site.timezone) against ours. Filled in chunks; `last_order_id` is how
+    far it got."""
+    __tablename__ = "settlement_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    day: Mapped[dt.date] = mapped_column(sa.Date, unique=True)
+    timezone: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16), default="running")  # running | complete
+    last_order_id: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    checked: Mapped[int] = mapped_column(default=0)
+    mismatches: Mapped[int] = mapped_column(default=0)
+    unverified: Mapped[int] = mapped_column(default=0)
+    # The gateway did not answer about the order after last_order_id: tries so far, next try.
+    failures: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class SettlementEntry(db.Model):
+    """One order whose gateway record and ours disagree, or that could not be checked."""
+    __tablename__ = "settlement_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    report_id: Mapped[int] = mapped_column(sa.ForeignKey("settlement_reports.id"), index=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    order_no: Mapped[str] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    our_status: Mapped[str] = mapped_column(sa.String(16))
+    our_amount_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    gateway_status: Mapped[str] = mapped_column(sa.String(32))
+    gateway_amount_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    detail: Mapped[str] = mapped_column(sa.String(500), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

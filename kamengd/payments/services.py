@@ -150,6 +150,7 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     but whose callback never arrived), so both complete an order the same way.
     """
     from ..database import utcnow
+    from ..money import format_cents
     from ..orders.models import Order
     from ..orders.services import deliver_paid_order, lock_order_status
 
@@ -187,6 +188,16 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         payment.status = "extra"
         session.flush()
         return PaymentOutcome(True, f"extra payment for a {order.status} order")
+    from ..notifications.events import emit, order_payload
+    from ..orders.attention import flag_order
+
     if right_amount:
+        emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)
+    else:
+        reason = (f"paid {format_cents(amount)}, the order is for {format_cents(order.amount_cents)} "
+                  f"{order.currency}")
+        flag_order(session, order, reason, now, event=None)
+        emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
+                                                  paid_amount=format_cents(amount)), now)
     return PaymentOutcome(True, new_status)

@@ -35,8 +35,20 @@ def heartbeat(session: Session, owner: str, now: dt.datetime, lease_seconds: int
                               .values(heartbeat_at=now, expires_at=expires)).rowcount
     if renewed:
         return True
+    before = session.execute(sa.select(t.c.owner, t.c.heartbeat_at).where(t.c.name == LEASE)).first()
     taken = session.execute(t.update().where(t.c.name == LEASE, sa.or_(t.c.owner.is_(None), t.c.expires_at < now))
                             .values(owner=owner, acquired_at=now, heartbeat_at=now, expires_at=expires)).rowcount
+    if taken == 1 and before is not None and before.owner is not None:
+        # The previous leader stopped renewing without releasing: it died or lost
+        # the database. (A clean stop releases the lease: no failover then.)
+        from ..notifications.events import emit
+
+        emit(session, "scheduler.failover",
+             {"owner": owner, "previous_owner": before.owner,
+              "previous_heartbeat_at": before.heartbeat_at.isoformat(timespec="seconds") + "Z"
+              if before.heartbeat_at else None,
+              "seconds_since_its_heartbeat": round((now - before.heartbeat_at).total_seconds(), 1)
+              if before.heartbeat_at else None}, now)
     return taken == 1
 
 

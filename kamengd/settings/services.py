@@ -31,6 +31,12 @@ SETTINGS: dict[str, SettingSpec] = {
     "site.notice": SettingSpec(str, "", "Notice shown at the top of the storefront.", max_length=2000),
     "orders.timeout_minutes": SettingSpec(int, 10, "Minutes an unpaid order keeps its keys reserved.",
                                           minimum=1, maximum=1440),
+    "orders.stock_wait_alert_minutes": SettingSpec(
+        int, 30, "Minutes a paid order may wait for stock before it is flagged for staff (order.stuck).",
+        minimum=1, maximum=10080),
+    "orders.manual_sla_minutes": SettingSpec(
+        int, 60, "Minutes staff have to deliver a paid manual-delivery order before it is flagged (order.stuck).",
+        minimum=1, maximum=10080),
 }
 
 

@@ -1,0 +1,58 @@
+"""Bounded history: job runs and sent notifications do not grow forever.
+
+The scheduler records a run of each job every few seconds (about 25,000 rows
+a day); events and notification attempts follow the shop's traffic. Old rows
+go in batches; audit entries, payments, orders and settlement reports are
+never pruned here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .database import utcnow
+from .notifications.models import Event, Notification, NotificationAttempt
+from .scheduler.models import JobRun
+
+JOB_RUNS_DAYS = 14
+EVENTS_DAYS = 90
+BATCH = 5000
+
+
+def _delete_ids(session: Session, model, ids) -> int:
+    if not ids:
+        return 0
+    return session.execute(sa.delete(model).where(model.id.in_(ids))
+                           .execution_options(synchronize_session=False)).rowcount
+
+
+def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
+    now = now or utcnow()
+    counts = {"job_runs": 0, "events": 0}
+    while True:
+        ids = session.scalars(sa.select(JobRun.id).where(JobRun.started_at < now - dt.timedelta(days=JOB_RUNS_DAYS))
+                              .order_by(JobRun.id).limit(BATCH)).all()
+        counts["job_runs"] += _delete_ids(session, JobRun, ids)
+        session.commit()
+        if len(ids) < BATCH:
+            break
+    while True:
+        # Only events whose every notification is finished (sent or failed).
+        unfinished = sa.select(Notification.id).where(Notification.event_id == Event.id,
+                                                      Notification.status == "pending")
+        ids = session.scalars(sa.select(Event.id).where(Event.created_at < now - dt.timedelta(days=EVENTS_DAYS),
+                                                        Event.dispatched.is_(True), ~sa.exists(unfinished))
+                              .order_by(Event.id).limit(BATCH)).all()
+        if ids:
+            notes = session.scalars(sa.select(Notification.id).where(Notification.event_id.in_(ids))).all()
+            for start in range(0, len(notes), BATCH):
+                part = notes[start:start + BATCH]
+                session.execute(sa.delete(NotificationAttempt).where(NotificationAttempt.notification_id.in_(part)))
+                _delete_ids(session, Notification, part)
+            counts["events"] += _delete_ids(session, Event, ids)
+        session.commit()
+        if len(ids) < BATCH:
+            break
+    return counts

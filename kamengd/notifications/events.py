@@ -1,0 +1,43 @@
+"""Events: what happened, written in the transaction that made it happen.
+
+`emit` only adds a row; it needs no config and sends nothing, so a business
+rule can call it without knowing who listens, and a rolled-back transaction
+leaves no event behind. The notification job (kamengd.notifications.dispatch)
+fans each event out to the webhooks and staff addresses subscribed to it.
+Payloads never hold card keys, tokens or query passwords.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sqlalchemy.orm import Session
+
+from ..config import EVENT_TYPES
+from ..database import utcnow
+from .models import Event
+
+
+def emit(session: Session, event_type: str, payload: dict, now: dt.datetime | None = None) -> Event:
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    event = Event(type=event_type, created_at=now or utcnow(),
+                  payload=json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str))
+    session.add(event)
+    return event
+
+
+def order_payload(session: Session, order, **extra) -> dict:
+    from ..catalog.models import Product
+    from ..money import format_cents
+
+    product = session.get(Product, order.product_id)
+    return {"order_no": order.order_no, "status": order.status, "product_id": order.product_id,
+            "product_name": product.name if product else None, "quantity": order.quantity,
+            "amount": format_cents(order.amount_cents), "currency": order.currency, "email": order.email,
+            "created_at": _iso(order.created_at), "paid_at": _iso(order.paid_at),
+            "delivered_at": _iso(order.delivered_at), **extra}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None

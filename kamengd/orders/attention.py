@@ -1,0 +1,98 @@
+"""Paid orders that are not delivered yet: retried with backoff, flagged for staff when stuck.
+
+A paid auto-delivery order without stock is tried again by the sweep after
+30 s, 1, 2, 5, 10, 30 minutes, then hourly (an import or a released
+reservation serves it at once, whatever the backoff). An order is flagged
+for a person, once, with `order.stuck` (or `order.held` for a wrong amount):
+- waiting for stock longer than the setting orders.stock_wait_alert_minutes;
+- a manual-delivery order not delivered within orders.manual_sla_minutes;
+- a delivered order whose mail could not be sent after every retry.
+The flag stays until the order is dealt with (delivering clears it).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..catalog.models import Product
+from ..database import utcnow
+from ..notifications.events import emit, order_payload
+from ..settings.services import get_setting
+from .models import Order
+
+log = logging.getLogger("kamengd.orders")
+DELIVERY_BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)
+
+
+def flag_order(session: Session, order: Order, reason: str, now: dt.datetime | None = None,
+               event: str | None = "order.stuck") -> bool:
+    """Flag the order for staff unless it already is; the event goes out once."""
+    now = now or utcnow()
+    reason = reason[:200]
+    flagged = session.execute(sa.update(Order).where(Order.id == order.id, Order.flagged_at.is_(None))
+                              .values(flagged_at=now, flag_reason=reason)
+                              .execution_options(synchronize_session=False)).rowcount
+    session.refresh(order)
+    if flagged and event:
+        emit(session, event, order_payload(session, order, reason=reason), now)
+    return bool(flagged)
+
+
+def _due(now: dt.datetime):
+    return sa.and_(Order.status == "paid",
+                   sa.or_(Order.next_delivery_at.is_(None), Order.next_delivery_at <= now))
+
+
+def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
+    """The sweep: deliver paid auto orders whose next try is due; back off the rest.
+    Commits per product; one product's failure does not stop the others."""
+    from .services import deliver_waiting_orders
+
+    now = now or utcnow()
+    counts = {"delivered": 0, "waiting": 0, "errors": 0}
+    products = session.scalars(sa.select(Order.product_id).join(Product, Product.id == Order.product_id)
+                               .where(_due(now), Product.delivery_mode == "auto").distinct()).all()
+    session.commit()
+    for product_id in products:
+        try:
+            counts["delivered"] += deliver_waiting_orders(session, product_id)
+            still = session.scalars(sa.select(Order).where(Order.product_id == product_id, _due(now))
+                                    .order_by(Order.id).limit(1000)).all()
+            for order in still:
+                delay = DELIVERY_BACKOFF_SECONDS[min(order.delivery_attempts, len(DELIVERY_BACKOFF_SECONDS) - 1)]
+                order.delivery_attempts += 1
+                order.next_delivery_at = now + dt.timedelta(seconds=delay)
+            counts["waiting"] += len(still)
+            session.commit()
+        except Exception:
+            session.rollback()
+            counts["errors"] += 1
+            log.exception("delivering the waiting orders of product %s failed; retried next run", product_id)
+    return counts
+
+
+def flag_stuck_orders(session: Session, now: dt.datetime | None = None, limit: int = 500) -> dict[str, int]:
+    now = now or utcnow()
+    wait = get_setting(session, "orders.stock_wait_alert_minutes")
+    sla = get_setting(session, "orders.manual_sla_minutes")
+    counts = {"waiting_for_stock": 0, "manual_past_sla": 0}
+    rules = (("waiting_for_stock", "auto", wait, f"paid and waiting for stock for over {wait} minutes"),
+             ("manual_past_sla", "manual", sla, f"manual delivery not done within {sla} minutes"))
+    for name, mode, minutes, reason in rules:
+        stuck = session.scalars(sa.select(Order).join(Product, Product.id == Order.product_id)
+                                .where(Order.status == "paid", Order.flagged_at.is_(None),
+                                       Product.delivery_mode == mode,
+                                       Order.paid_at < now - dt.timedelta(minutes=minutes))
+                                .order_by(Order.id).limit(limit)).all()
+        for order in stuck:
+            counts[name] += flag_order(session, order, reason, now)
+        session.commit()
+    return counts
+
+
+def flagged_orders(session: Session, limit: int = 100) -> list[Order]:
+    return session.scalars(sa.select(Order).where(Order.flagged_at.is_not(None))
+                           .order_by(Order.flagged_at, Order.id).limit(limit)).all()
