@@ -12,6 +12,8 @@ class FakeEpay:
     def __init__(self, pid: str, key: str):
         self.pid, self.key = pid, key
         self.paid: dict[str, str] = {}      # out_trade_no -> money
+        self.unpaid: set[str] = set()       # orders the gateway knows, not paid (status 0)
+        self.failing: set[str] = set()      # orders it answers with HTTP 500
         self.mode = "normal"                # normal | error | garbage | slow
         self.queries: list[str] = []
         gateway = self
@@ -26,7 +28,7 @@ class FakeEpay:
                 gateway.queries.append(q.get("out_trade_no", ""))
                 if gateway.mode == "slow":
                     time.sleep(2)
-                if gateway.mode == "error":
+                if gateway.mode == "error" or q.get("out_trade_no") in gateway.failing:
                     return self._send(500, b"internal error")
                 if gateway.mode == "garbage":
                     return self._send(200, b"<html>maintenance</html>")
@@ -35,6 +37,9 @@ class FakeEpay:
                 if q.get("pid") != gateway.pid or q.get("key") != gateway.key:
                     return self._json({"code": -1, "msg": "KEY校验失败"})
                 order_no = q.get("out_trade_no", "")
+                if order_no in gateway.unpaid:
+                    return self._json({"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",
+                                       "out_trade_no": order_no, "money": "0.01", "status": 0})
                 if order_no not in gateway.paid:
                     return self._json({"code": -1, "msg": "订单号不存在"})
                 self._json({"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",

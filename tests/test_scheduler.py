@@ -62,6 +62,24 @@ def test_only_the_leader_runs_jobs_and_a_dead_one_is_replaced(backend, fresh_app
     assert a.tick() == [] and not a.is_leader  # A comes back: it lost the lease
     assert [(r.job, r.owner, r.outcome) for r in runs(fresh_app)] == [
         ("count", "A", "ok"), ("count", "A", "ok"), ("count", "B", "ok")]
+    # The takeover is an event (scheduler.failover); a clean stop releases the lease and is not.
+    b.stop()
+    clock.advance(1)
+    assert a.tick() == ["count"] and a.is_leader
+    (failover,) = failovers(fresh_app)
+    assert failover["owner"] == "B" and failover["previous_owner"] == "A"
+    assert failover["seconds_since_its_heartbeat"] == fresh_app.extensions["kamengd.config"].scheduler.lease_seconds + 1
+
+
+def failovers(app):
+    from kamengd.extensions import db
+    from kamengd.notifications.models import Event
+
+    with app.app_context():
+        found = [json.loads(p) for p in db.session.scalars(
+            sa.select(Event.payload).where(Event.type == "scheduler.failover").order_by(Event.id))]
+        db.session.remove()
+    return found
 
 
 def test_a_failing_job_is_recorded_and_retried(backend, fresh_app):
@@ -134,9 +152,43 @@ def test_two_scheduler_processes_one_database(mysql_backend, make_install):
         assert new and int(new[0].split(":")[1]) == other.pid, "no takeover"
         assert took_over < 3 + 1 + 3, f"takeover took {took_over:.1f} s"  # lease + tick + slack
         print(f"takeover after {took_over:.1f} s (lease 3 s, tick 1 s)")
+        with engine.connect() as conn:
+            (payload,) = conn.execute(sa.text("SELECT payload FROM events WHERE type = 'scheduler.failover'")).scalars()
+        assert json.loads(payload)["previous_owner"] == owners[0] and json.loads(payload)["owner"] == new[0]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=20)
         engine.dispose()
+
+
+def test_old_history_is_pruned(backend, session):
+    from kamengd.history import EVENTS_DAYS, JOB_RUNS_DAYS, prune
+    from kamengd.notifications.models import Event, Notification, NotificationAttempt
+
+    now = dt.datetime.utcnow()   # rows other tests committed to the shared database are recent: kept
+    old_run = now - dt.timedelta(days=JOB_RUNS_DAYS + 1)
+    session.add_all([JobRun(job="j", owner="o", started_at=old_run, outcome="ok"),
+                     JobRun(job="j", owner="o", started_at=now - dt.timedelta(days=1), outcome="ok")])
+    old = now - dt.timedelta(days=EVENTS_DAYS + 1)
+    done, waiting, recent = (Event(type="order.paid", payload="{}", created_at=t, dispatched=True)
+                             for t in (old, old, now))
+    session.add_all([done, waiting, recent])
+    session.flush()
+    sent = Notification(event_id=done.id, channel="webhook", target="http://x", status="sent", attempts=1,
+                        next_attempt_at=old)
+    pending = Notification(event_id=waiting.id, channel="webhook", target="http://x", status="pending",
+                           attempts=3, next_attempt_at=now)
+    session.add_all([sent, pending])
+    session.flush()
+    session.add(NotificationAttempt(notification_id=sent.id, attempt=1, started_at=old, duration_ms=5, outcome="ok"))
+    session.flush()
+    before = {m: session.scalar(sa.select(sa.func.count()).select_from(m))
+              for m in (JobRun, Event, Notification, NotificationAttempt)}
+    assert prune(session, now=now) == {"job_runs": 1, "events": 1}
+    after = {m: session.scalar(sa.select(sa.func.count()).select_from(m))
+             for m in (JobRun, Event, Notification, NotificationAttempt)}
+    assert {m.__name__: before[m] - after[m] for m in before} == {
+        "JobRun": 1, "Event": 1, "Notification": 1, "NotificationAttempt": 1}
+    assert session.get(Event, waiting.id) is not None    # still being retried: kept

@@ -56,8 +56,9 @@ def targets_for(config: Config, event_type: str) -> list[tuple[str, str]]:
     return found
 
 
-def fan_out(session: Session, config: Config, *, limit: int = 500) -> int:
+def fan_out(session: Session, config: Config, *, now: dt.datetime | None = None, limit: int = 500) -> int:
     """New events -> notification rows; returns how many rows were written."""
+    now = now or utcnow()
     events = session.execute(sa.select(Event.id, Event.type).where(Event.dispatched.is_(False))
                              .order_by(Event.id).limit(limit)).all()
     written = 0
@@ -68,7 +69,7 @@ def fan_out(session: Session, config: Config, *, limit: int = 500) -> int:
             continue
         for channel, target in targets_for(config, event_type):
             session.add(Notification(event_id=event_id, channel=channel, target=target, status="pending",
-                                     attempts=0, next_attempt_at=utcnow()))
+                                     attempts=0, next_attempt_at=now, created_at=now))
             written += 1
     session.commit()
     return written
@@ -196,7 +197,9 @@ def _attempt(config: Config, note: Notification, event: Event, post, send_mail) 
         return AttemptResult(False, None, f"{exc.__class__.__name__}: {exc}"[:500])
 
 
-def deliver_notifications(session: Session, config: Config, **kwargs) -> dict[str, int]:
+def deliver_notifications(session: Session, config: Config, *, now: dt.datetime | None = None,
+                          **kwargs) -> dict[str, int]:
     """The job: fan out new events, then send what is due."""
-    queued = fan_out(session, config)
-    return {"queued": queued, **send_due(session, config, **kwargs)}
+    now = now or utcnow()
+    queued = fan_out(session, config, now=now)
+    return {"queued": queued, **send_due(session, config, now=now, **kwargs)}
