@@ -36,12 +36,15 @@ def _private_file(path: Path | None) -> tuple[bool, str]:
 def file_checks(config: Config) -> list[Check]:
     files = {"config file": config.path, "secret key file": config.security.secret_key_file,
              "data key file": config.security.data_key_file,
-             "database password file": config.database.password_file}
+             "database password file": config.database.password_file,
+             "smtp password file": config.smtp.password_file,
+             "webhook secret file": config.notifications.webhook_secret_file}
     url = make_url(config.database.url)
     if url.get_backend_name() == "sqlite" and url.database:
         files["database file"] = Path(url.database)
+    optional = ("database password file", "smtp password file", "webhook secret file")
     return [Check(name, *_private_file(path)) for name, path in files.items()
-            if path is not None or name != "database password file"]
+            if path is not None or name not in optional]
 
 
 def database_checks(app) -> list[Check]:

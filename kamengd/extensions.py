@@ -25,6 +25,15 @@ db = SQLAlchemy(model_class=Base)
 # Limits per client address; storage and on/off come from [ratelimit].
 limiter = Limiter(key_func=get_remote_address)
 
+
+@limiter.request_filter
+def _limits_off_for_this_app() -> bool:
+    # The Limiter object is shared by every app in the process and keeps the
+    # on/off switch of the last one initialised; each app's own setting wins.
+    from flask import current_app
+
+    return not current_app.config.get("RATELIMIT_ENABLED", True)
+
 # Every form posts a CSRF token; the JSON API and gateway callbacks are exempt
 # (no cookies authenticate them).
 csrf = CSRFProtect()
