@@ -69,12 +69,17 @@ def get_config() -> Config:
 
 
 def get_vault() -> Vault:
-    """The data key is read on first use, once per process."""
-    vault = current_app.extensions.get("kamengd.vault")
-    if vault is None:
+    """The data key, read on first use and again whenever the key file changes
+    (a rotation adds a key version while the shop keeps running)."""
+    from .vault import key_file_signature
+
+    path = get_config().security.data_key_file
+    signature = key_file_signature(path)
+    cached = current_app.extensions.get("kamengd.vault")
+    if cached is None or cached[1] != signature:
         with _vault_lock:
-            vault = current_app.extensions.get("kamengd.vault")
-            if vault is None:
-                vault = load_vault(get_config().security.data_key_file)
-                current_app.extensions["kamengd.vault"] = vault
-    return vault
+            cached = current_app.extensions.get("kamengd.vault")
+            if cached is None or cached[1] != signature:
+                cached = (load_vault(path), signature)
+                current_app.extensions["kamengd.vault"] = cached
+    return cached[0]

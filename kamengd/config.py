@@ -100,6 +100,16 @@ class SmtpConfig:
     timeout_seconds: int = setting(20, doc="Give up on an SMTP connection after this long.", minimum=1)
 
 
+@dataclass(frozen=True)
+class BackupConfig:
+    directory: Path | None = setting(
+        None, doc="Where the daily and pre-upgrade backups go; empty: backups/ beside the data key file.")
+    daily: bool = setting(True, doc="Take a backup every day (a scheduler job).")
+    keep: int = setting(7, doc="Daily backups kept; older ones are deleted.", minimum=1, maximum=365)
+    passphrase_file: Path | None = setting(
+        None, doc="File holding a passphrase that seals the daily and pre-upgrade backups (mode 0600).")
+
+
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
                "reconcile.mismatch", "scheduler.failover")
 STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "reconcile.mismatch", "scheduler.failover")
@@ -135,6 +145,7 @@ class Config:
     scheduler: SchedulerConfig
     smtp: SmtpConfig
     notifications: NotificationsConfig
+    backup: BackupConfig
     logging: LoggingConfig
     path: Path | None = None
 
@@ -158,6 +169,14 @@ class Config:
             raise ConfigError("setting notifications.webhook_secret_file: required to sign webhooks")
         return _read_secret_file(self.notifications.webhook_secret_file,
                                  "notifications.webhook_secret_file").encode()
+
+    def backup_dir(self) -> Path:
+        return self.backup.directory or self.security.data_key_file.parent / "backups"
+
+    def backup_passphrase(self) -> str | None:
+        if self.backup.passphrase_file is None:
+            return None
+        return _read_secret_file(self.backup.passphrase_file, "backup.passphrase_file")
 
     def read_secret_key(self) -> bytes:
         return _read_secret_file(self.security.secret_key_file, "security.secret_key_file").encode()

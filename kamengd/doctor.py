@@ -18,9 +18,10 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False   # ok, but the admin should act (no backup yet): printed WARN, exit 0
 
 
-def _private_file(path: Path | None) -> tuple[bool, str]:
+def _private_file(path: Path | None, owner: int | None = None) -> tuple[bool, str]:
     if path is None:
         return True, "not set"
     try:
@@ -30,7 +31,17 @@ def _private_file(path: Path | None) -> tuple[bool, str]:
     mode = st.st_mode & 0o777
     if mode & 0o077:
         return False, f"{path} is mode {mode:04o}; run: chmod 600 {path}"
+    if owner is not None and st.st_uid != owner:
+        return False, f"{path} is owned by uid {st.st_uid}, the data directory by uid {owner}: the service user " \
+                      "must own both (chown)"
     return True, f"{path} (mode {mode:04o})"
+
+
+def _data_dir_owner(config: Config) -> int | None:
+    try:
+        return os.stat(config.security.data_key_file.parent).st_uid
+    except OSError:
+        return None
 
 
 def file_checks(config: Config) -> list[Check]:
@@ -43,8 +54,23 @@ def file_checks(config: Config) -> list[Check]:
     if url.get_backend_name() == "sqlite" and url.database:
         files["database file"] = Path(url.database)
     optional = ("database password file", "smtp password file", "webhook secret file")
-    return [Check(name, *_private_file(path)) for name, path in files.items()
-            if path is not None or name not in optional]
+    owner = _data_dir_owner(config)
+    return [Check(name, *_private_file(path, owner)) for name, path in files.items()
+            if path is not None or name not in optional] + [_disk_check(config)]
+
+
+def _disk_check(config: Config) -> Check:
+    import shutil
+
+    where = config.security.data_key_file.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        return Check("free disk", False, f"{where}: {exc.strerror}")
+    text = f"{free / 2**30:.1f} GiB free in {where}"
+    if free < 200 * 2**20:
+        return Check("free disk", False, text + ": backups and the database need room")
+    return Check("free disk", True, text, warning=free < 2 * 2**30)
 
 
 def database_checks(app) -> list[Check]:
@@ -68,6 +94,7 @@ def database_checks(app) -> list[Check]:
             return checks + [Check("schema", False, exc.message)]
         checks.append(_key_check(db.session))
         checks.append(_scheduler_check(db.session, app.extensions["kamengd.config"].scheduler.lease_seconds))
+        checks += _backup_checks(db.session, app.extensions["kamengd.config"])
         from .app import get_vault
         try:
             vault = get_vault()
@@ -114,6 +141,36 @@ def _scheduler_check(session, lease_seconds: int) -> Check:
         return Check("scheduler", False, f"last heartbeat {age:.0f} s ago (from {info.owner or 'a stopped scheduler'}); "
                                          "is a scheduler running?")
     return Check("scheduler", True, f"leader {info.owner}, heartbeat {age:.0f} s ago")
+
+
+def _backup_checks(session, config: Config) -> list[Check]:
+    from .backup.models import read
+    from .database import utcnow
+
+    checks = []
+    last = read(session, "backup.last")
+    if last is None:
+        checks.append(Check("backup", True, "no backup yet: run `kamengd backup --output FILE`"
+                            + (" (the scheduler takes one daily)" if config.backup.daily else ""), warning=True))
+    else:
+        age = utcnow() - last[1]
+        detail = f"last {age.total_seconds() / 3600:.0f} h ago: {last[0].get('path')}"
+        checks.append(Check("backup", True, detail, warning=age.days >= 2))
+    key = read(session, "key_backup.last")
+    from .app import get_vault
+    try:
+        current = get_vault().current_version
+    except KamengdError:
+        current = None
+    if key is None:
+        checks.append(Check("key backup", True, "the data key was never backed up: without it no backup is "
+                            "readable; run `kamengd key backup --output FILE`", warning=True))
+    elif current is not None and current not in key[0].get("versions", []):
+        checks.append(Check("key backup", True, f"the last key backup lacks the current key version {current}; "
+                            "run `kamengd key backup` again", warning=True))
+    else:
+        checks.append(Check("key backup", True, f"made {key[1]:%Y-%m-%d} ({key[0].get('path')})"))
+    return checks
 
 
 def run_checks(config: Config, app) -> list[Check]:

@@ -71,6 +71,14 @@ def settle_payments(session: Session) -> dict:
     return settle(session, get_vault(), get_config().site.timezone)
 
 
+def daily_backup(session: Session) -> dict:
+    """A backup a day into backup.directory, keeping backup.keep of them."""
+    from .app import get_config
+    from .backup.services import daily_backup as backup
+
+    return backup(session, get_config())
+
+
 def prune_history(session: Session) -> dict:
     from .history import prune
 
@@ -87,5 +95,6 @@ JOBS = {
     "check_low_stock": (check_low_stock, 60),
     "flag_stuck_orders": (flag_stuck_orders, 60),
     "settle_payments": (settle_payments, 60),
+    "daily_backup": (daily_backup, 600),
     "prune_history": (prune_history, 3600),
 }

@@ -159,14 +159,41 @@ def load_vault(path: Path) -> Vault:
     return Vault(parse_key_file(text, str(path)))
 
 
-def write_secret_file(path: Path, content: str) -> None:
-    """Create a new file readable by its owner only; never overwrite one."""
+def write_secret_file(path: Path, content: str | bytes, owner_like: Path | None = None) -> None:
+    """Create a new file readable by its owner only; never overwrite one. As root,
+    give it the owner of `owner_like` (the service user keeps reading its files)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(content)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content.encode("utf-8") if isinstance(content, str) else content)
         fh.flush()
         os.fsync(fh.fileno())
+    if owner_like is not None and os.geteuid() == 0 and Path(owner_like).exists():
+        st = Path(owner_like).stat()
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def generate_key_file(path: Path) -> None:
     write_secret_file(Path(path), render_key_file({1: os.urandom(KEY_BYTES)}))
+
+
+def replace_key_file(path: Path, keys: dict[int, bytes]) -> None:
+    """Rewrite the key file atomically (a crash leaves the old or the new file,
+    never half of one), keeping its owner; running servers pick it up (get_vault)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    tmp.unlink(missing_ok=True)
+    write_secret_file(tmp, render_key_file(keys), owner_like=path)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def key_file_signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

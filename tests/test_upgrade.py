@@ -1,12 +1,13 @@
-"""`kamengd upgrade`: snapshot first, then migrate; a failed migration changes nothing."""
+"""`kamengd upgrade`: a backup first, then migrate; a failed migration changes nothing."""
 import json
 import shutil
-import sqlite3
 
 import pytest
+import sqlalchemy as sa
 
 from kamengd import schema
 from kamengd.cli import main
+from kamengd.database import make_engine
 
 PROBE_MIGRATION = '''"""probe
 
@@ -58,38 +59,46 @@ def test_nothing_to_upgrade(make_install, capsys):
     assert code == 0 and json.loads(out)["backup"] is None
 
 
-def test_upgrade_takes_a_snapshot_then_migrates(make_install, future_migrations, capsys):
-    cfg = make_install("sqlite")
+def test_upgrade_takes_a_backup_then_migrates(backend, make_install, future_migrations, capsys):
+    from kamengd.backup.archive import BackupReader
+
+    cfg = make_install(backend)
     before = future_migrations()
     code, out, err = run_main(capsys, "--config", cfg.path, "upgrade", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert (result["before"], result["after"]) == (before, "9001")
-    snap = sqlite3.connect(result["backup"])
-    assert snap.execute("SELECT version_num FROM alembic_version").fetchone() == (before,)
-    assert snap.execute("SELECT COUNT(*) FROM staff_users").fetchone() == (1,)
-    db_path = cfg.database.url.removeprefix("sqlite:///")
-    live = sqlite3.connect(db_path)
-    assert live.execute("SELECT version_num FROM alembic_version").fetchone() == ("9001",)
-    assert live.execute("SELECT action FROM audit_log ORDER BY id DESC LIMIT 1").fetchone() == ("schema.upgrade",)
+    manifest = BackupReader(result["backup"]).verify()
+    assert manifest["schema_revision"] == before
+    assert {t["name"]: t["rows"] for t in manifest["tables"]}["staff_users"] == 1
+    engine = make_engine(cfg.database_url, pooled=False)
+    with engine.connect() as live:
+        assert live.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "9001"
+        assert live.execute(sa.text("SELECT action FROM audit_log ORDER BY id DESC LIMIT 1")).scalar() == "schema.upgrade"
+    engine.dispose()
 
 
-def test_failed_migration_leaves_the_database_as_it_was(make_install, future_migrations, capsys):
-    cfg = make_install("sqlite")
+def test_failed_migration_leaves_the_database_as_it_was(backend, make_install, future_migrations, capsys):
+    cfg = make_install(backend)
     before = future_migrations(extra='raise RuntimeError("boom in migration")')
     code, _, err = run_main(capsys, "--config", cfg.path, "upgrade")
     assert code == 1
-    assert err.count("\n") == 1 and f"migration from {before} failed: boom in migration" in err and "snapshot" in err
-    live = sqlite3.connect(cfg.database.url.removeprefix("sqlite:///"))
-    assert live.execute("SELECT version_num FROM alembic_version").fetchone() == (before,)
-    assert live.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'upgrade_probe'").fetchone() == (0,)
+    assert err.count("\n") == 1 and f"migration from {before} failed: boom in migration" in err and "backup" in err
+    # MySQL committed the probe's CREATE TABLE before the failure: the backup put it back.
+    assert ("put back" in err) == (backend != "sqlite")
+    engine = make_engine(cfg.database_url, pooled=False)
+    with engine.connect() as live:
+        assert live.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == before
+        assert "upgrade_probe" not in sa.inspect(live).get_table_names()
+        assert live.execute(sa.text("SELECT COUNT(*) FROM staff_users")).scalar() == 1
+    engine.dispose()
+    code, _, err = run_main(capsys, "--config", cfg.path, "audit", "verify")
+    assert code == 0, err
 
 
-def test_mysql_upgrade_needs_an_explicit_backup(mysql_backend, make_install, future_migrations, capsys):
-    cfg = make_install(mysql_backend)
+def test_skip_backup(make_install, future_migrations, capsys):
+    cfg = make_install("sqlite")
     future_migrations()
-    code, _, err = run_main(capsys, "--config", cfg.path, "upgrade")
-    assert code == 1 and "--skip-backup" in err
     code, out, err = run_main(capsys, "--config", cfg.path, "upgrade", "--skip-backup", "--json")
     assert code == 0, err
-    assert json.loads(out)["after"] == "9001"
+    assert json.loads(out) == {"before": json.loads(out)["before"], "after": "9001", "backup": None}

@@ -134,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-from . import audit, catalog, channels, doctor, install, jobs, keys, notifications, orders, reconcile, serve, settings, upgrade, users  # noqa: E402,F401,I001
+from . import audit, backup, catalog, channels, doctor, install, jobs, keys, notifications, orders, reconcile, serve, settings, upgrade, users  # noqa: E402,F401,I001

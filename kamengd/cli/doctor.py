@@ -17,7 +17,8 @@ def doctor(obj, as_json):
     except KamengdError as exc:
         checks = [Check("config", False, exc.message)]
     ok = all(c.ok for c in checks)
-    text = "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in checks)
+    text = "\n".join(f"{('WARN' if c.warning else 'ok  ') if c.ok else 'FAIL'}  {c.name}: {c.detail}"
+                     for c in checks)
     emit(as_json, {"ok": ok, "checks": [c.__dict__ for c in checks]}, text)
     if not ok:
         bad = [c.name for c in checks if not c.ok]

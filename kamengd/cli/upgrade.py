@@ -6,20 +6,29 @@ from ..audit.services import cli_actor, record
 from ..errors import KamengdError
 from ..extensions import db
 from ..schema import current_revision, head_revision, upgrade as run_upgrade
-from ..snapshot import snapshot_sqlite, sqlite_path
+from ..snapshot import sqlite_path
 from . import cli, emit, json_option
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(getattr(exc, "message", exc)).split())
+
+
 @cli.command()
-@click.option("--skip-backup", is_flag=True,
-              help="Migrate without a snapshot (MySQL, until `kamengd backup` exists).")
+@click.option("--skip-backup", is_flag=True, help="Migrate without taking a backup first (not advised).")
 @json_option
 @click.pass_obj
 def upgrade(obj, skip_backup, as_json):
-    """Snapshot the database, then apply pending migrations."""
+    """Back the database up, then apply pending migrations; a failed migration is undone."""
+    from ..app import get_vault
+    from ..backup.archive import BackupReader
+    from ..backup.restore import restore_backup
+    from ..backup.services import backup_to_dir, record_backup
+
     config = obj.config
     with obj.app.app_context():
         before = current_revision(db.engine)
+        vault = get_vault()
         db.engine.dispose()
     head = head_revision()
     if before is None:
@@ -28,21 +37,29 @@ def upgrade(obj, skip_backup, as_json):
         emit(as_json, {"before": before, "after": head, "backup": None},
              f"schema at {head}; nothing to upgrade")
         return
-    backup = None
-    path = sqlite_path(config.database_url)
-    if path is not None:
-        backup = str(snapshot_sqlite(path, f"pre-upgrade-{before}"))
-    elif not skip_backup:
-        raise KamengdError("automatic backups of MySQL databases come with `kamengd backup`; take one "
-                           "(e.g. mysqldump --single-transaction) and run `kamengd upgrade --skip-backup`")
+    result = None if skip_backup else backup_to_dir(config, f"kamengd-pre-upgrade-{before}-")
+    backup = str(result.path) if result else None
     try:
         _, after = run_upgrade(config.database_url)
     except Exception as exc:
-        where = f"; the snapshot {backup} holds the database as it was" if backup else ""
-        raise KamengdError(f"migration from {before} failed: {' '.join(str(exc).split())}{where}") from None
+        message = f"migration from {before} failed: {_one_line(exc)}"
+        if result is None:
+            raise KamengdError(f"{message}; no backup was taken (--skip-backup)") from None
+        if sqlite_path(config.database_url) is not None:
+            # SQLite ran the migrations in one transaction: it rolled back.
+            raise KamengdError(f"{message}; the database is as it was (backup: {backup})") from None
+        try:   # MySQL commits each DDL statement: put the database back from the backup
+            restore_backup(config.database_url, BackupReader(result.path, config.backup_passphrase()), vault,
+                           force=True, lease_seconds=None, to_head=False)
+        except Exception as undo:
+            raise KamengdError(f"{message}; putting the database back failed too ({_one_line(undo)}): "
+                               f"restore it with `kamengd restore {backup} --force`") from None
+        raise KamengdError(f"{message}; the database was put back as it was from the backup {backup}") from None
     with obj.app.app_context():
+        if result is not None:
+            record_backup(db.session, result, "pre-upgrade")
         record(db.session, "schema.upgrade", actor=cli_actor(), target="database",
                details={"before": before, "after": after, "backup": backup})
         db.session.commit()
     emit(as_json, {"before": before, "after": after, "backup": backup},
-         f"schema {before} -> {after}" + (f" (snapshot: {backup})" if backup else ""))
+         f"schema {before} -> {after}" + (f" (backup: {backup})" if backup else " (no backup)"))

@@ -151,6 +151,8 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     """
     from ..database import utcnow
     from ..money import format_cents
+    from ..notifications.events import emit, order_payload
+    from ..orders.attention import flag_order
     from ..orders.models import Order
     from ..orders.services import deliver_paid_order, lock_order_status
 
@@ -188,9 +190,6 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         payment.status = "extra"
         session.flush()
         return PaymentOutcome(True, f"extra payment for a {order.status} order")
-    from ..notifications.events import emit, order_payload
-    from ..orders.attention import flag_order
-
     if right_amount:
         emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..audit.services import cli_actor, record
+from ..errors import KamengdError
+from ..extensions import db
+from . import cli, emit, json_option, with_app
+
+passphrase_option = click.option("--passphrase-file", type=click.Path(dir_okay=False), metavar="F",
+                                 help="File holding the passphrase (otherwise it is asked for).")
+
+
+def read_passphrase(path: str | None, *, confirm: bool, required: bool = True) -> str | None:
+    from ..backup.services import check_passphrase
+
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise KamengdError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise KamengdError(f"{path} is not UTF-8 text") from None
+        return check_passphrase(text.rstrip("\r\n"))
+    if not required:
+        return None
+    if not sys.stdin.isatty():
+        raise KamengdError("a passphrase is needed: give --passphrase-file F (no terminal to ask on)")
+    return check_passphrase(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
+
+
+def terminal_progress():
+    """Rows done, on the terminal only (never in a script's output)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(table: str, done: int, total: int) -> None:
+        sys.stderr.write(f"\r{table:<24} {done:>12,} / {total:,} rows")
+        sys.stderr.flush()
+    return show
+
+
+def _end_progress(progress) -> None:
+    if progress:
+        sys.stderr.write("\n")
+
+
+@cli.command()
+@click.option("--output", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The archive to write (a new file).")
+@passphrase_option
+@click.option("--encrypt", is_flag=True, help="Seal the archive with a passphrase (asked for).")
+@json_option
+@with_app
+def backup(output, passphrase_file, encrypt, as_json):
+    """One consistent archive of the whole database, while the shop keeps selling. Never the data key."""
+    from ..app import get_config
+    from ..backup.archive import write_backup
+    from ..backup.services import record_backup
+
+    passphrase = read_passphrase(passphrase_file, confirm=True, required=encrypt)
+    progress = terminal_progress()
+    result = write_backup(get_config().database_url, Path(output), passphrase=passphrase, progress=progress)
+    _end_progress(progress)
+    record_backup(db.session, result, "manual")
+    rows = {t["name"]: t["rows"] for t in result.manifest["tables"]}
+    record(db.session, "backup.create", actor=cli_actor(), target=f"file:{result.path}",
+           details={"bytes": result.bytes, "sealed": bool(passphrase), "revision": result.manifest["schema_revision"],
+                    "card_keys": rows.get("card_keys", 0)})
+    emit(as_json, {"output": str(result.path), "bytes": result.bytes, "sealed": bool(passphrase),
+                   "schema_revision": result.manifest["schema_revision"], "rows": rows},
+         f"backup written to {result.path} ({result.bytes:,} bytes, {sum(rows.values()):,} rows, "
+         f"schema {result.manifest['schema_revision']}{', sealed' if passphrase else ''})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace a database that already holds shop data.")
+@passphrase_option
+@json_option
+@click.pass_obj
+def restore(obj, file, force, passphrase_file, as_json):
+    """Restore a backup into the configured database (checked before anything changes)."""
+    from ..app import get_vault
+    from ..backup.archive import BackupReader
+    from ..backup.restore import restore_backup
+
+    config = obj.config
+    reader = BackupReader(Path(file))
+    if reader.sealed:
+        reader.passphrase = read_passphrase(passphrase_file, confirm=False)
+    manifest = reader.verify()
+    with obj.app.app_context():
+        vault = get_vault()
+        db.engine.dispose()
+    progress = terminal_progress()
+    result = restore_backup(config.database_url, reader, vault, force=force,
+                            lease_seconds=config.scheduler.lease_seconds, progress=progress)
+    _end_progress(progress)
+    with obj.app.app_context():
+        db.engine.dispose()   # connections opened before the restore may point at the old SQLite file
+        record(db.session, "backup.restore", actor=cli_actor(), target=f"file:{Path(file).resolve()}",
+               details={"created_at": manifest.get("created_at"), "source": manifest.get("source"),
+                        "revision": result.revision_before, "upgraded_to": result.revision_after,
+                        "rows": result.rows, "keys_checked": result.keys_checked, "forced": force})
+        db.session.commit()
+    emit(as_json, {"restored": str(file), "rows": result.rows, "keys_decrypted": result.keys_checked,
+                   "schema_revision_of_backup": result.revision_before, "schema_revision": result.revision_after},
+         f"restored {result.rows:,} rows from {file} (schema {result.revision_before}"
+         + (f", upgraded to {result.revision_after}" if result.revision_after != result.revision_before else "")
+         + f"); all {result.keys_checked:,} card keys decrypt with the key file")
+
+
+@cli.group()
+def key():
+    """The data-encryption key: backup, restore, rotate."""
+
+
+@key.command("backup")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), metavar="FILE")
+@passphrase_option
+@json_option
+@with_app
+def key_backup_command(output, passphrase_file, as_json):
+    """Write the data key sealed with a passphrase (scrypt + AES-256-GCM)."""
+    from ..app import get_config
+    from ..backup.services import key_backup
+
+    passphrase = read_passphrase(passphrase_file, confirm=True)
+    versions = key_backup(db.session, get_config(), Path(output), passphrase)
+    record(db.session, "key.backup", actor=cli_actor(), target=f"file:{Path(output).resolve()}",
+           details={"versions": versions})
+    emit(as_json, {"output": output, "versions": versions},
+         f"data key (versions {', '.join(map(str, versions))}) written to {output}, sealed with the passphrase; "
+         "keep it apart from the backups")
+
+
+@key.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@passphrase_option
+@json_option
+@click.pass_obj
+def key_restore_command(obj, file, passphrase_file, as_json):
+    """Install a key written by `key backup` as this installation's data key (the old file is kept aside)."""
+    from ..backup.services import key_restore
+
+    passphrase = read_passphrase(passphrase_file, confirm=False)
+    vault, aside = key_restore(obj.config, Path(file), passphrase)
+    with obj.app.app_context():
+        from ..audit.services import record as audit
+
+        try:
+            audit(db.session, "key.restore", actor=cli_actor(), target=f"file:{Path(file).resolve()}",
+                  details={"versions": vault.versions, "old_key_file": str(aside) if aside else None})
+            db.session.commit()
+        except (SQLAlchemyError, KamengdError):   # the key is installed either way; the database may not be ready
+            db.session.rollback()
+    emit(as_json, {"versions": vault.versions, "old_key_file": str(aside) if aside else None},
+         f"data key (versions {', '.join(map(str, vault.versions))}) installed"
+         + (f"; the previous key file is kept as {aside}" if aside else ""))

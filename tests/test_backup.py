@@ -1,0 +1,314 @@
+"""Backups and restores through the real CLI: SQLite <-> MariaDB round trips, sealed archives,
+key backups, and every kind of bad input refused before anything changes."""
+import base64
+import dataclasses
+import datetime as dt
+import io
+import json
+import os
+import tarfile
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import assert_one_line_error, run_cli
+from kamengd.database import make_engine
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def passphrase_file(tmp_path, text=PASSPHRASE):
+    path = tmp_path / f"pass-{len(text)}-{abs(hash(text)) % 10000}"
+    path.write_text(text + "\n")
+    return path
+
+
+def populate(cfg, n_keys=300):
+    """A small shop: a product with keys, a channel, a delivered order and a pending one."""
+    from kamengd.app import create_app, get_vault
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    from kamengd.orders.services import create_order
+    from kamengd.payments.services import add_channel, handle_epay_notify
+    from test_orders import KEY, callback
+
+    app = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))
+    with app.app_context():
+        s, vault = db.session, get_vault()
+        p = create_product(s, name="月卡 \"quoted\"", price_cents=990, actor="t")
+        keys = [f"CARD-{i:05d}-密钥" for i in range(n_keys)]
+        import_keys(s, vault, product_id=p.id, fh=io.BytesIO("\n".join(keys).encode()), actor="t")
+        add_channel(s, vault, channel_type="epay", code="epay", actor="t",
+                    options={"gateway": "http://gw.example", "pid": "1001", "key": KEY})
+        s.commit()
+        paid = create_order(s, product_id=p.id, quantity=2, email="buyer@example.com", channel_code="epay",
+                            query_password="secret-pw").order
+        s.commit()
+        assert handle_epay_notify(s, vault, "epay", callback(paid)).recorded
+        create_order(s, product_id=p.id, quantity=1, email="later@example.com", channel_code="epay")
+        s.commit()
+        order_no = paid.order_no
+        db.session.remove()
+        db.engine.dispose()
+    return keys, order_no
+
+
+def counts(cfg):
+    engine = make_engine(cfg.database_url, pooled=False)
+    with engine.connect() as conn:
+        names = [n for n in sa.inspect(conn).get_table_names() if n not in ("alembic_version", "scheduler_lease")]
+        found = {n: conn.execute(sa.text(f"SELECT COUNT(*) FROM {n}")).scalar_one() for n in names}
+    engine.dispose()
+    return found
+
+
+def delivered_keys(cfg, order_no):
+    from kamengd.app import create_app, get_vault
+    from kamengd.extensions import db
+    from kamengd.orders.services import find_order_for_buyer, order_keys
+
+    app = create_app(cfg)
+    with app.app_context():
+        order = find_order_for_buyer(db.session, order_no, query_password="secret-pw")
+        keys = order_keys(db.session, get_vault(), order)
+        db.session.remove()
+        db.engine.dispose()
+    return keys
+
+
+@pytest.fixture
+def other_backend(backend, request):
+    if "mysql" not in request.config.kamengd_backends:
+        pytest.skip("needs --db mysql")
+    return "mysql" if backend == "sqlite" else "sqlite"
+
+
+def test_round_trip_between_backends(backend, other_backend, make_install, tmp_path):
+    """SQLite -> MariaDB and MariaDB -> SQLite: identical row counts, every key decrypts, orders readable."""
+    source, target = make_install(backend), make_install(other_backend)
+    keys, order_no = populate(source)
+    archive, key_file, pw = tmp_path / "shop.tar.gz", tmp_path / "data.key.backup", passphrase_file(tmp_path)
+    made = json.loads(run_cli("backup", "--output", archive, "--json", config=source.path, check=True).out)
+    assert made["rows"]["card_keys"] == len(keys) and made["sealed"] is False and oct(archive.stat().st_mode)[-3:] == "600"
+    run_cli("key", "backup", "--output", key_file, "--passphrase-file", pw, config=source.path, check=True)
+    expected = made["rows"]   # the database as the backup saw it
+
+    # The target has its own key: the backup's card keys do not open with it, so nothing happens.
+    before = counts(target)
+    assert_one_line_error(run_cli("restore", archive, config=target.path), "kamengd key restore")
+    assert counts(target) == before
+    assert expected == {k: v for k, v in counts(source).items() if k in expected} | {
+        "audit_log": expected["audit_log"], "ops_records": 0}   # since then: the backups' own records
+    restored_key = json.loads(run_cli("key", "restore", key_file, "--passphrase-file", pw, "--json",
+                                      config=target.path, check=True).out)
+    assert restored_key["versions"] == [1] and os.path.exists(restored_key["old_key_file"])
+    out = json.loads(run_cli("restore", archive, "--json", config=target.path, check=True).out)
+    assert out["keys_decrypted"] == len(keys)
+    after = counts(target)
+    after["audit_log"] -= 1          # the restore itself is audited on the target
+    assert after == expected
+    assert delivered_keys(target, order_no) == delivered_keys(source, order_no) == keys[:2]
+    run_cli("audit", "verify", config=target.path, check=True)
+    assert json.loads(run_cli("product", "list", "--json", config=target.path, check=True).out)["products"][0][
+        "stock"] == len(keys) - 3
+
+
+def test_the_archive_holds_no_secret(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    keys, _ = populate(cfg, n_keys=50)
+    archive = tmp_path / "b.tar.gz"
+    run_cli("backup", "--output", archive, config=cfg.path, check=True)
+    raw = b""
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            raw += tar.extractfile(member).read()
+    data_key = cfg.security.data_key_file.read_text().strip().splitlines()[-1].split(":", 1)[1]
+    for secret in [data_key.encode(), base64.b64decode(data_key), b"merchant-key", *(k.encode() for k in keys)]:
+        assert secret not in raw
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert manifest["format"] == "kamengd-backup" and manifest["schema_revision"]
+    assert all(len(t["sha256"]) == 64 for t in manifest["tables"])
+
+
+def test_sealed_backup_and_bad_input_change_nothing(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    populate(cfg, n_keys=20)
+    pw, wrong = passphrase_file(tmp_path), passphrase_file(tmp_path, "not the passphrase")
+    sealed = tmp_path / "b.sealed"
+    at_backup = counts(cfg)
+    run_cli("backup", "--output", sealed, "--passphrase-file", pw, config=cfg.path, check=True)
+    assert not tarfile.is_tarfile(sealed)
+    before = counts(cfg)
+    assert_one_line_error(run_cli("restore", sealed, "--force", config=cfg.path), "passphrase")
+    assert_one_line_error(run_cli("restore", sealed, "--force", "--passphrase-file", wrong, config=cfg.path),
+                          "wrong passphrase")
+    data = sealed.read_bytes()
+    (tmp_path / "cut").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run_cli("restore", tmp_path / "cut", "--force", "--passphrase-file", pw, config=cfg.path),
+                          "truncated")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 1
+    (tmp_path / "flipped").write_bytes(bytes(flipped))
+    assert_one_line_error(run_cli("restore", tmp_path / "flipped", "--force", "--passphrase-file", pw,
+                                  config=cfg.path), "damaged")
+    assert_one_line_error(run_cli("backup", "--output", sealed, config=cfg.path), "already exists")
+    assert_one_line_error(run_cli("backup", "--output", tmp_path / "x", "--passphrase-file",
+                                  passphrase_file(tmp_path, "short"), config=cfg.path), "at least 8")
+    assert_one_line_error(run_cli("restore", tmp_path / "missing.tar.gz", config=cfg.path), "missing.tar.gz")
+    assert counts(cfg) == before
+    # The shop holds data: a restore needs --force, then works (sealed).
+    assert_one_line_error(run_cli("restore", sealed, "--passphrase-file", pw, config=cfg.path), "--force")
+    run_cli("restore", sealed, "--force", "--passphrase-file", pw, config=cfg.path, check=True)
+    after = counts(cfg)
+    after["audit_log"] -= 1
+    assert after == at_backup
+
+
+def _repack(src, dest, change):
+    """Rewrite an archive member by member; `change(name, bytes) -> bytes`."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w:gz") as tout:
+        for member in tin.getmembers():
+            body = change(member.name, tin.extractfile(member).read())
+            member.size = len(body)
+            tout.addfile(member, io.BytesIO(body))
+
+
+def test_tampered_or_newer_backups_are_refused(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    populate(cfg, n_keys=20)
+    archive = tmp_path / "b.tar.gz"
+    run_cli("backup", "--output", archive, config=cfg.path, check=True)
+    before = counts(cfg)
+
+    def altered_row(name, body):
+        return body.replace(b"later@example.com", b"LATER@example.com") if name == "tables/orders.jsonl" else body
+    _repack(archive, tmp_path / "altered.tar.gz", altered_row)
+    assert_one_line_error(run_cli("restore", tmp_path / "altered.tar.gz", "--force", config=cfg.path),
+                          "tables/orders.jsonl does not match its checksum")
+
+    def newer(name, body):
+        if name != "manifest.json":
+            return body
+        manifest = json.loads(body)
+        manifest["schema_revision"] = "9999"
+        return json.dumps(manifest).encode()
+    _repack(archive, tmp_path / "newer.tar.gz", newer)
+    assert_one_line_error(run_cli("restore", tmp_path / "newer.tar.gz", "--force", config=cfg.path),
+                          "newer than this kamengd")
+    _repack(archive, tmp_path / "no-manifest.tar.gz", lambda n, b: b if n != "manifest.json" else b"[]")
+    assert_one_line_error(run_cli("restore", tmp_path / "no-manifest.tar.gz", "--force", config=cfg.path),
+                          "not a kamengd backup")
+    (tmp_path / "junk").write_bytes(os.urandom(5000))
+    assert_one_line_error(run_cli("restore", tmp_path / "junk", "--force", config=cfg.path), "not a readable")
+    assert counts(cfg) == before
+
+
+def test_an_older_backup_restores_and_migrates_forward(backend, databases, make_install, tmp_path):
+    from kamengd import schema
+    from kamengd.backup.archive import write_backup
+
+    old_url = databases.new_url(backend)
+    if backend == "sqlite":
+        open(old_url.removeprefix("sqlite:///"), "wb").close()
+    schema.upgrade(old_url, "0003")
+    engine = make_engine(old_url, pooled=False)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO products (name, description, price_cents, currency, delivery_mode, "
+                             "low_stock_threshold, min_quantity, max_quantity, is_active, sort_order, created_at, "
+                             "updated_at) VALUES ('旧商品', '', 500, 'CNY', 'auto', 3, 1, 10, 1, 0, :t, :t)"),
+                     {"t": dt.datetime(2026, 1, 1, 12, 0, 0, 123456)})
+    engine.dispose()
+    archive = tmp_path / "old.tar.gz"
+    assert write_backup(old_url, archive).manifest["schema_revision"] == "0003"
+    target = make_install(backend)
+    out = json.loads(run_cli("restore", archive, "--json", config=target.path, check=True).out)
+    assert out["schema_revision_of_backup"] == "0003" and out["schema_revision"] == schema.head_revision()
+    engine = make_engine(target.database_url, pooled=False)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT name, price_cents, low_stock_alerted, created_at FROM products")).one()
+    engine.dispose()
+    assert (row.name, row.price_cents, bool(row.low_stock_alerted)) == ("旧商品", 500, False)
+    assert str(row.created_at) == "2026-01-01 12:00:00.123456"   # microseconds kept, on both backends
+
+
+def test_a_backup_taken_while_selling_is_consistent(backend, make_install, tmp_path):
+    """Imports (each audited, each moving the audit head) run while the backup is taken: the
+    restored audit chain still verifies, so the snapshot saw one moment of the database."""
+    cfg = make_install(backend)
+    populate(cfg, n_keys=2000)
+    stop, errors = threading.Event(), []
+
+    def keep_importing():
+        n = 0
+        while not stop.is_set():
+            f = tmp_path / f"more-{n}.txt"
+            f.write_text("\n".join(f"MORE-{n}-{i}" for i in range(200)))
+            proc = run_cli("keys", "import", "--product", "1", f, config=cfg.path)
+            if proc.returncode != 0:
+                errors.append(proc.err)
+            n += 1
+    writer = threading.Thread(target=keep_importing)
+    writer.start()
+    try:
+        archives = []
+        for i in range(3):
+            archives.append(tmp_path / f"live-{i}.tar.gz")
+            run_cli("backup", "--output", archives[-1], config=cfg.path, check=True)
+    finally:
+        stop.set()
+        writer.join()
+    assert not errors
+    target = make_install(backend)
+    shutil_key = cfg.security.data_key_file.read_bytes()
+    target.security.data_key_file.unlink()
+    target.security.data_key_file.write_bytes(shutil_key)
+    target.security.data_key_file.chmod(0o600)
+    for archive in archives:
+        run_cli("restore", archive, "--force", config=target.path, check=True)
+        run_cli("audit", "verify", config=target.path, check=True)
+
+
+def test_key_backup_bad_input(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    pw = passphrase_file(tmp_path)
+    out = tmp_path / "key.bak"
+    run_cli("key", "backup", "--output", out, "--passphrase-file", pw, config=cfg.path, check=True)
+    assert oct(out.stat().st_mode)[-3:] == "600" and cfg.security.data_key_file.read_bytes() not in out.read_bytes()
+    original = cfg.security.data_key_file.read_bytes()
+    assert_one_line_error(run_cli("key", "backup", "--output", out, "--passphrase-file", pw, config=cfg.path),
+                          "already exists")
+    assert_one_line_error(run_cli("key", "restore", out, "--passphrase-file",
+                                  passphrase_file(tmp_path, "wrong passphrase"), config=cfg.path), "wrong passphrase")
+    assert_one_line_error(run_cli("key", "restore", out, config=cfg.path), "--passphrase-file")
+    archive = tmp_path / "b.sealed"
+    run_cli("backup", "--output", archive, "--passphrase-file", pw, config=cfg.path, check=True)
+    assert_one_line_error(run_cli("key", "restore", archive, "--passphrase-file", pw, config=cfg.path),
+                          "backup archive, not a key backup")
+    assert cfg.security.data_key_file.read_bytes() == original
+    assert sorted(p.name for p in cfg.security.data_key_file.parent.iterdir() if "replaced" in p.name) == []
+
+
+def test_daily_backups_keep_the_newest(backend, make_install, tmp_path):
+    from kamengd.app import create_app
+    from kamengd.backup.services import daily_backup
+    from kamengd.extensions import db
+
+    cfg = make_install(backend)
+    cfg = dataclasses.replace(cfg, backup=dataclasses.replace(cfg.backup, directory=tmp_path / "daily", keep=2))
+    app = create_app(cfg)
+    now = dt.datetime.utcnow()
+    with app.app_context():
+        results = []
+        for day in range(4):
+            results.append(daily_backup(db.session, cfg, now=now + dt.timedelta(days=day)))
+            assert daily_backup(db.session, cfg, now=now + dt.timedelta(days=day, hours=1)) == {
+                "skipped": "recent backup"}
+            import time
+            time.sleep(1.1)   # file names carry the second
+        db.session.remove()
+    files = sorted(p.name for p in (tmp_path / "daily").iterdir())
+    assert len(files) == 2 and files == sorted(r["file"] for r in results[-2:])
+    assert oct((tmp_path / "daily").stat().st_mode)[-3:] == "700"
