@@ -79,6 +79,14 @@ def daily_backup(session: Session) -> dict:
     return backup(session, get_config())
 
 
+def retire_old_keys(session: Session) -> dict:
+    """Old data-key versions leave the key file an hour after a rotation, once unused."""
+    from .app import get_config
+    from .rotation import retire_old_keys as retire
+
+    return retire(session, get_config().security.data_key_file)
+
+
 def prune_history(session: Session) -> dict:
     from .history import prune
 
@@ -96,5 +104,6 @@ JOBS = {
     "flag_stuck_orders": (flag_stuck_orders, 60),
     "settle_payments": (settle_payments, 60),
     "daily_backup": (daily_backup, 600),
+    "retire_old_keys": (retire_old_keys, 600),
     "prune_history": (prune_history, 3600),
 }

@@ -60,16 +60,33 @@ def card_key_aad(product_id: int, fingerprint: bytes) -> bytes:
 
 
 class Vault:
-    def __init__(self, keys: dict[int, bytes]):
+    def __init__(self, keys: dict[int, bytes], source: Path | None = None):
         if not keys:
             raise VaultError("no data key")
+        self._source = source
+        self._aead, self._fp_pads, self._seal_keys = {}, {}, {}
+        self._add(keys)
+        self.current_version = max(keys)
+
+    def _add(self, keys: dict[int, bytes]) -> None:
         for version, key in keys.items():
             if len(key) != KEY_BYTES or not 0 < version < 32768:
                 raise VaultError(f"data key version {version} is invalid")
-        self.current_version = max(keys)
-        self._aead = {v: AESGCM(_derive(k, b"card-key/aes-256-gcm")) for v, k in keys.items()}
-        self._fp_pads = {v: _hmac_pads(_derive(k, b"card-key/fingerprint")) for v, k in keys.items()}
-        self._seal_keys = {v: _derive(k, b"audit/seal") for v, k in keys.items()}
+        for v, k in keys.items():
+            self._fp_pads.setdefault(v, _hmac_pads(_derive(k, b"card-key/fingerprint")))
+            self._seal_keys.setdefault(v, _derive(k, b"audit/seal"))
+            self._aead.setdefault(v, AESGCM(_derive(k, b"card-key/aes-256-gcm")))
+
+    def _ensure(self, version: int) -> None:
+        """A row written under a version this vault has not seen: a rotation added it
+        to the key file after the vault was loaded. Read the file again (reading only
+        adds versions; what this vault writes with does not change under it)."""
+        if version in self._aead or self._source is None:
+            return
+        try:
+            self._add(parse_key_file(Path(self._source).read_text(encoding="ascii"), str(self._source)))
+        except (OSError, UnicodeDecodeError, VaultError):
+            pass
 
     @property
     def versions(self) -> list[int]:
@@ -94,10 +111,13 @@ class Vault:
 
     def decrypt_card_key(self, product_id: int, fingerprint: bytes, nonce: bytes,
                          ciphertext: bytes, key_version: int) -> bytes:
+        self._ensure(key_version)
         return self._decrypt(key_version, nonce, ciphertext, card_key_aad(product_id, fingerprint))
 
     # -- the audit log's seal ------------------------------------------------
     def seal(self, message: bytes, version: int | None = None) -> str:
+        if version is not None:
+            self._ensure(version)
         key = self._seal_keys.get(self.current_version if version is None else version)
         if key is None:
             raise DecryptionError(f"data key version {version} is not in the key file")
@@ -110,6 +130,7 @@ class Vault:
         return nonce, ct, self.current_version
 
     def decrypt_secret(self, context: str, nonce: bytes, ciphertext: bytes, key_version: int) -> bytes:
+        self._ensure(key_version)
         return self._decrypt(key_version, nonce, ciphertext, b"kamengd/secret\x00" + context.encode())
 
     def _decrypt(self, version: int, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
@@ -156,7 +177,7 @@ def load_vault(path: Path) -> Vault:
         raise VaultError(f"data key file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise VaultError(f"cannot read data key file {path}: {exc}") from None
-    return Vault(parse_key_file(text, str(path)))
+    return Vault(parse_key_file(text, str(path)), source=Path(path))
 
 
 def write_secret_file(path: Path, content: str | bytes, owner_like: Path | None = None) -> None:

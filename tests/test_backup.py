@@ -238,14 +238,14 @@ def test_a_backup_taken_while_selling_is_consistent(backend, make_install, tmp_p
     """Imports (each audited, each moving the audit head) run while the backup is taken: the
     restored audit chain still verifies, so the snapshot saw one moment of the database."""
     cfg = make_install(backend)
-    populate(cfg, n_keys=2000)
+    populate(cfg, n_keys=500)
     stop, errors = threading.Event(), []
 
     def keep_importing():
         n = 0
         while not stop.is_set():
             f = tmp_path / f"more-{n}.txt"
-            f.write_text("\n".join(f"MORE-{n}-{i}" for i in range(200)))
+            f.write_text("\n".join(f"MORE-{n}-{i}" for i in range(100)))
             proc = run_cli("keys", "import", "--product", "1", f, config=cfg.path)
             if proc.returncode != 0:
                 errors.append(proc.err)
@@ -254,7 +254,7 @@ def test_a_backup_taken_while_selling_is_consistent(backend, make_install, tmp_p
     writer.start()
     try:
         archives = []
-        for i in range(3):
+        for i in range(2):
             archives.append(tmp_path / f"live-{i}.tar.gz")
             run_cli("backup", "--output", archives[-1], config=cfg.path, check=True)
     finally:

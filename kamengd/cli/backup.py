@@ -162,3 +162,49 @@ def key_restore_command(obj, file, passphrase_file, as_json):
     emit(as_json, {"versions": vault.versions, "old_key_file": str(aside) if aside else None},
          f"data key (versions {', '.join(map(str, vault.versions))}) installed"
          + (f"; the previous key file is kept as {aside}" if aside else ""))
+
+
+@key.command("rotate")
+@click.option("--prepare", is_flag=True, help="Only add the new key version (copy the key file to every "
+                                              "app server, then run `key rotate` again).")
+@click.option("--batch-size", type=click.IntRange(1, 100000), default=1000, show_default=True)
+@json_option
+@with_app
+def key_rotate_command(prepare, batch_size, as_json):
+    """A new data key; re-encrypts every card key in batches while the shop keeps selling (resumable)."""
+    from ..app import get_config
+    from ..rotation import rotate
+
+    path = get_config().security.data_key_file
+    shown = terminal_progress()
+    result = rotate(db.session, path, prepare=prepare, batch=batch_size,
+                    progress=(lambda n: shown("card_keys", n, 0)) if shown else None)
+    _end_progress(shown)
+    details = {"version": result.version, "new_version": result.started, "card_keys": result.card_keys,
+               "channels": result.channels, "audit_resealed": result.resealed, "prepare_only": prepare}
+    record(db.session, "key.rotate", actor=cli_actor(), target="data key", details=details)
+    if prepare:
+        text = (f"key version {result.version} added to {path}; copy it to every app server, then run "
+                "`kamengd key rotate`")
+    else:
+        text = (f"data key now at version {result.version}: {result.card_keys:,} card keys and {result.channels} "
+                "channel secrets re-encrypted; the old version leaves the key file in an hour (or now: "
+                "kamengd key retire); make a new key backup: kamengd key backup")
+    emit(as_json, details, text)
+
+
+@key.command("retire")
+@json_option
+@with_app
+def key_retire_command(as_json):
+    """Move key versions no row uses any more out of the key file (into a file beside it)."""
+    from ..app import get_config
+    from ..rotation import retire_unused
+
+    retired, aside = retire_unused(db.session, get_config().security.data_key_file)
+    if retired:
+        record(db.session, "key.retire", actor=cli_actor(), target="data key",
+               details={"versions": retired, "file": str(aside)})
+    emit(as_json, {"retired": retired, "file": str(aside) if aside else None},
+         f"key versions {', '.join(map(str, retired))} moved to {aside} (backups taken before the rotation "
+         "need them)" if retired else "no key version to retire")

@@ -58,6 +58,22 @@ def _insert_sql(dialect_name: str) -> str:
     return f"INSERT IGNORE INTO card_keys ({cols}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
 
 
+def _not_stored_under_older_versions(conn, vault: Vault, product_id: int, keys: list[str]) -> list[str]:
+    """During a key rotation, rows not yet re-encrypted carry fingerprints of an
+    older key version: a key already in stock is found by those too."""
+    older = [v for v in vault.versions if v != vault.current_version]
+    if not older or not keys:
+        return keys
+    t = CardKey.__table__
+    by_fp = {vault.fingerprint(product_id, k.encode("utf-8"), v): k for k in keys for v in older}
+    known = set()
+    fps = list(by_fp)
+    for start in range(0, len(fps), 2000):
+        known.update(by_fp[bytes(fp)] for fp in conn.execute(sa.select(t.c.fingerprint).where(
+            t.c.product_id == product_id, t.c.fingerprint.in_(fps[start:start + 2000]))).scalars())
+    return [k for k in keys if k not in known]
+
+
 def _encrypt_batch(vault: Vault, product_id: int, import_id: int, keys: list[str]) -> list[tuple]:
     fingerprint, encrypt = vault.fingerprint, vault.encrypt_card_key
     nonces = os.urandom(NONCE_BYTES * len(keys))
@@ -91,9 +107,10 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
 
     def write_batch():
         nonlocal attempted
-        # The statement skips duplicates; its row count is what went in.
-        result.imported += conn.exec_driver_sql(sql, _encrypt_batch(vault, product_id, run.id, batch)).rowcount
         attempted += len(batch)
+        fresh = _not_stored_under_older_versions(conn, vault, product_id, batch)
+        # The statement skips duplicates; its row count is what went in.
+        result.imported += conn.exec_driver_sql(sql, _encrypt_batch(vault, product_id, run.id, fresh)).rowcount
         batch.clear()
 
     for lineno, line in lines:

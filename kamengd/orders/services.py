@@ -283,8 +283,9 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     for key in keys:
         plaintext = key.encode("utf-8")
         fp = vault.fingerprint(order.product_id, plaintext)
+        every_version = [vault.fingerprint(order.product_id, plaintext, v) for v in vault.versions]
         if session.scalar(sa.select(CardKey.id).where(CardKey.product_id == order.product_id,
-                                                      CardKey.fingerprint == fp)) is not None:
+                                                      CardKey.fingerprint.in_(every_version))) is not None:
             raise Conflict("a key in the file is already in stock or sold for this product")
         nonce, ct, version = vault.encrypt_card_key(order.product_id, plaintext, fp)
         session.add(CardKey(product_id=order.product_id, import_id=run.id, status="sold", order_id=order.id,

@@ -1,0 +1,195 @@
+"""Data-key rotation while the shop keeps selling.
+
+1. A new key version is added to the key file (atomically; running servers
+   reload the file when it changes, so they read both versions from then on
+   and write new keys with the new one).
+2. Card keys written under older versions are re-encrypted in small batches,
+   each its own short transaction: decrypted, fingerprinted again under the
+   new version (the fingerprint key rotates too) and encrypted anew. Each
+   row's update is conditional on its old version and fingerprint, so a
+   batch never clobbers a row someone else changed, and a second run simply
+   goes on with what is left: rotation is resumable.
+3. Payment channel secrets and the audit log's seal follow.
+4. An hour after the rotation, when no row uses an old version any more, the
+   scheduler retires the old versions (`kamengd key retire` does it at once):
+   they leave the key file for a file beside it (mode 0600), as backups taken
+   before the rotation still need them. Deleting that file is the admin's
+   call. The hour lets a long import that began with the old key commit
+   first; its rows then keep the old version in use, and the next
+   `key rotate` finishes them.
+
+With several app servers, copy the key file to every server after step 1
+(`kamengd key rotate --prepare`), then run the rotation.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .audit.models import AuditHead
+from .database import utcnow
+from .errors import KamengdError
+from .inventory.models import CardKey
+from .payments.models import PaymentChannel
+from .vault import KEY_BYTES, Vault, load_vault, parse_key_file, render_key_file, replace_key_file, write_secret_file
+
+
+@dataclass
+class RotationResult:
+    version: int
+    started: bool                    # a new key version was added by this run
+    card_keys: int = 0
+    channels: int = 0
+    resealed: bool = False
+
+
+def versions_in_use(session: Session) -> dict[int, int]:
+    """Key version -> rows that still need it (card keys, channel secrets, the audit seal)."""
+    t = CardKey.__table__
+    used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
+    for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
+                                      .where(PaymentChannel.secret_key_version.is_not(None))):
+        used[version] = used.get(version, 0) + 1
+    seal = session.scalar(sa.select(AuditHead.seal_version).where(AuditHead.id == 1))
+    if seal is not None:
+        used[seal] = used.get(seal, 0) + 1
+    return used
+
+
+def _keys(path: Path) -> dict[int, bytes]:
+    return parse_key_file(Path(path).read_text(encoding="ascii"), str(path))
+
+
+def add_key_version(path: Path) -> int:
+    keys = _keys(path)
+    version = max(keys) + 1
+    replace_key_file(path, {**keys, version: os.urandom(KEY_BYTES)})
+    return version
+
+
+def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
+                        progress: Callable[[int], None] | None = None) -> int:
+    t = CardKey.__table__
+    target, done = vault.current_version, 0
+    while True:
+        rows = session.execute(sa.select(t.c.id, t.c.product_id, t.c.fingerprint, t.c.nonce, t.c.ciphertext,
+                                         t.c.key_version)
+                               .where(t.c.key_version != target).order_by(t.c.id).limit(batch)).all()
+        if not rows:
+            session.commit()
+            return done
+        for r in rows:
+            plaintext = vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
+            fp = vault.fingerprint(r.product_id, plaintext)
+            nonce, ct, version = vault.encrypt_card_key(r.product_id, plaintext, fp)
+            done += session.execute(t.update().where(t.c.id == r.id, t.c.key_version == r.key_version,
+                                                     t.c.fingerprint == r.fingerprint)
+                                    .values(fingerprint=fp, nonce=nonce, ciphertext=ct, key_version=version)).rowcount
+        session.commit()   # short transactions: buyers and imports go on between batches
+        if progress:
+            progress(done)
+
+
+def reencrypt_channels(session: Session, vault: Vault) -> int:
+    done = 0
+    for channel in session.scalars(sa.select(PaymentChannel).where(
+            PaymentChannel.secret_key_version.is_not(None),
+            PaymentChannel.secret_key_version != vault.current_version)).all():
+        context = f"channel:{channel.code}"
+        plaintext = vault.decrypt_secret(context, channel.secret_nonce, channel.secret_ciphertext,
+                                         channel.secret_key_version)
+        channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
+            context, plaintext)
+        done += 1
+    session.commit()
+    return done
+
+
+def reseal_audit_head(session: Session, vault: Vault) -> bool:
+    """Seal the audit head with the new version, after checking the old seal."""
+    import hmac
+
+    from .audit.services import seal_message
+
+    head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
+    if head is None or head.seal_version == vault.current_version:
+        session.commit()
+        return False
+    if head.seal is not None and not hmac.compare_digest(
+            vault.seal(seal_message(head.seq, head.last_hash), head.seal_version), head.seal):
+        raise KamengdError("the audit log's seal does not match: run `kamengd audit verify` before rotating")
+    head.seal, head.seal_version = vault.seal(seal_message(head.seq, head.last_hash)), vault.current_version
+    session.commit()
+    return True
+
+
+RETIRE_AFTER = dt.timedelta(hours=1)
+
+
+def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = None,
+                  min_age: dt.timedelta = dt.timedelta(0)) -> tuple[list[int], Path | None]:
+    """Move key versions no row uses out of the key file, into a file beside it,
+    once the last rotation is at least `min_age` old."""
+    from .backup.models import read
+
+    now = now or utcnow()
+    last = read(session, "key.rotation")
+    keys = _keys(path)
+    used = versions_in_use(session)
+    session.commit()
+    if min_age and (last is None or now - last[1] < min_age):
+        return [], None
+    current = max(keys)
+    old = {v: k for v, k in keys.items() if v != current and not used.get(v)}
+    if not old:
+        return [], None
+    aside = Path(path).with_name(f"{Path(path).name}.retired-{now:%Y%m%dT%H%M%SZ}")
+    write_secret_file(aside, render_key_file(old), owner_like=path)
+    replace_key_file(path, {v: k for v, k in keys.items() if v not in old})
+    return sorted(old), aside
+
+
+def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: int = 1000,
+           progress: Callable[[int], None] | None = None) -> RotationResult:
+    from .backup.models import note
+
+    keys = _keys(key_path)
+    used = versions_in_use(session)
+    session.commit()
+    current = max(keys)
+    pending = any(count for version, count in used.items() if version != current)
+    missing = sorted(v for v, count in used.items() if count and v not in keys)
+    if missing:
+        raise KamengdError(f"the key file lacks version(s) {', '.join(map(str, missing))} that rows still use: "
+                           "restore the right key file first (kamengd key restore)")
+    started = False
+    if not pending:   # nothing half done: a new rotation
+        current, started = add_key_version(key_path), True
+    result = RotationResult(current, started)
+    if prepare:
+        return result
+    vault = load_vault(key_path)
+    result.card_keys = reencrypt_card_keys(session, vault, batch=batch, progress=progress)
+    result.channels = reencrypt_channels(session, vault)
+    result.resealed = reseal_audit_head(session, vault)
+    note(session, "key.rotation", {"version": current, "card_keys": result.card_keys})
+    session.commit()
+    return result
+
+
+def retire_old_keys(session: Session, path: Path, now: dt.datetime | None = None) -> dict:
+    """The job: retire unused old versions an hour after a rotation."""
+    from .audit.services import record
+
+    retired, aside = retire_unused(session, path, now=now, min_age=RETIRE_AFTER)
+    if retired:
+        record(session, "key.retire", actor="scheduler", target="data key",
+               details={"versions": retired, "file": str(aside)})
+        session.commit()
+    return {"retired": retired, "file": aside.name if aside else None}
