@@ -312,3 +312,41 @@ def test_daily_backups_keep_the_newest(backend, make_install, tmp_path):
     files = sorted(p.name for p in (tmp_path / "daily").iterdir())
     assert len(files) == 2 and files == sorted(r["file"] for r in results[-2:])
     assert oct((tmp_path / "daily").stat().st_mode)[-3:] == "700"
+
+
+def test_doctor_wants_a_backup_and_a_key_backup(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    run_cli("scheduler", "--once", config=cfg.path, check=True)   # the heartbeat check passes
+    out = run_cli("doctor", config=cfg.path, check=True).out
+    assert "WARN  key backup: the data key was never backed up" in out
+    assert "free disk" in out
+    pw = passphrase_file(tmp_path)
+    run_cli("key", "backup", "--output", tmp_path / "k", "--passphrase-file", pw, config=cfg.path, check=True)
+    out = run_cli("doctor", config=cfg.path, check=True).out
+    assert "ok    key backup: made" in out and "ok    backup: last 0 h ago" in out   # the daily job ran
+    run_cli("key", "rotate", config=cfg.path, check=True)
+    out = run_cli("doctor", "--json", config=cfg.path, check=True).out
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["key backup"]["warning"] and "version 2" in checks["key backup"]["detail"]
+    # A key file the service user does not own is a failure, not a warning.
+    if os.geteuid() == 0:
+        os.chown(cfg.security.data_key_file, 12345, 12345)
+        proc = run_cli("doctor", config=cfg.path)
+        assert proc.returncode != 0 and "FAIL  data key file" in proc.out and "owned by uid 12345" in proc.out
+
+
+def test_a_missing_key_file_or_a_dead_database_is_one_line(backend, make_install, tmp_path):
+    cfg = make_install(backend)
+    archive = tmp_path / "b.tar.gz"
+    run_cli("backup", "--output", archive, config=cfg.path, check=True)
+    dead = {"KAMENGD_DATABASE_URL": "mysql+pymysql://root@127.0.0.1:1/nowhere"}
+    assert_one_line_error(run_cli("backup", "--output", tmp_path / "c.tar.gz", config=cfg.path, env=dead),
+                          "database")
+    assert_one_line_error(run_cli("restore", archive, "--force", config=cfg.path, env=dead), "database")
+    assert not (tmp_path / "c.tar.gz").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".kamengd")]
+    before = counts(cfg)
+    cfg.security.data_key_file.rename(tmp_path / "away")
+    assert_one_line_error(run_cli("restore", archive, "--force", config=cfg.path), "data key file")
+    assert_one_line_error(run_cli("key", "backup", "--output", tmp_path / "k", "--passphrase-file",
+                                  passphrase_file(tmp_path), config=cfg.path), "data key file")
+    assert counts(cfg) == before and not (tmp_path / "k").exists()

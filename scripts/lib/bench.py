@@ -79,6 +79,51 @@ def bench_import(args) -> None:
         print(f"peak RSS: {usage.ru_maxrss / 1024:.0f} MB")
 
 
+def _timed(*args, env) -> tuple[float, int, str]:
+    """(seconds, peak RSS in MB, stdout) of one `kamengd` command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "kamengd", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if status != 0:
+        sys.exit(f"kamengd {args[0]} failed: {err.strip()}")
+    return elapsed, usage.ru_maxrss // 1024, out
+
+
+def bench_backup(args) -> None:
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="kamengd-bench-") as tmp:
+        work = Path(tmp)
+        (work / "src").mkdir()
+        env = install(work / "src", args.database_url)
+        r = kamengd("product", "create", "--name", "bench", "--price", "1.00", "--json", env=env)
+        product_id = json.loads(r.stdout)["id"]
+        keys_file = work / "keys.txt"
+        with open(keys_file, "w") as fh:
+            for start in range(0, args.n, 10000):
+                fh.write("".join(f"{secrets.token_hex(12)}\n" for _ in range(min(10000, args.n - start))))
+        _timed("keys", "import", "--product", str(product_id), str(keys_file), env=env)
+        archive = work / "shop.tar.gz"
+        took, rss, _ = _timed("backup", "--output", str(archive), env=env)
+        print(f"machine: {machine()}")
+        print(f"source: {'SQLite' if not args.database_url else args.database_url.split(':')[0]}, "
+              f"{args.n:,} card keys")
+        print(f"backup: {took:.1f} s, archive {archive.stat().st_size / 1e6:.0f} MB, peak RSS {rss} MB")
+        (work / "dst").mkdir()
+        target = install(work / "dst", args.restore_url)
+        src_key = Path(env["KAMENGD_CONFIG"]).parent / "data.key"
+        dst_key = Path(target["KAMENGD_CONFIG"]).parent / "data.key"
+        dst_key.unlink()
+        dst_key.write_bytes(src_key.read_bytes())
+        dst_key.chmod(0o600)
+        took, rss, out = _timed("restore", str(archive), "--json", env=target)
+        print(f"restore into {'SQLite' if not args.restore_url else args.restore_url.split(':')[0]}: {took:.1f} s "
+              f"(incl. decrypting every key once), peak RSS {rss} MB: {out.strip()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -90,8 +135,12 @@ def main() -> None:
     co.add_argument("--concurrency", type=int, default=20)
     co.add_argument("--gunicorn", action="store_true", help="serve with gunicorn instead of waitress")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    bk = sub.add_parser("backup", help="time `kamengd backup` and `kamengd restore` of a shop with N keys")
+    bk.add_argument("-n", type=int, default=1_000_000)
+    bk.add_argument("--database-url", help="source; default: SQLite in a temporary directory")
+    bk.add_argument("--restore-url", help="target; default: SQLite in a temporary directory")
     args = parser.parse_args()
-    {"import": bench_import, "checkout": bench_checkout}[args.what](args)
+    {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup}[args.what](args)
 
 
 
