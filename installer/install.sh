@@ -293,8 +293,11 @@ install_units
 if [ "$MODE" = install ]; then
     "$SYSTEMCTL" enable --now "${UNITS[@]}"
 else
+    # Stopped first: a migration that fails is undone from the pre-upgrade
+    # backup, which must not erase sales made while it ran.
+    "$SYSTEMCTL" stop "${UNITS[@]}"
     as_service "$KAMENGD" --config "$CONFIG" upgrade \
-        || die "kamengd upgrade failed (see above): the services were not restarted"
+        || die "kamengd upgrade failed (see above): the services are stopped; fix it, then start them"
     "$SYSTEMCTL" enable "${UNITS[@]}"
     "$SYSTEMCTL" restart "${UNITS[@]}"
 fi

@@ -174,9 +174,18 @@ class Config:
         return self.backup.directory or self.security.data_key_file.parent / "backups"
 
     def backup_passphrase(self) -> str | None:
-        if self.backup.passphrase_file is None:
+        """Read as `--passphrase-file` reads it (only the line break is dropped),
+        so a backup sealed by the scheduler opens with the same file."""
+        path = self.backup.passphrase_file
+        if path is None:
             return None
-        return _read_secret_file(self.backup.passphrase_file, "backup.passphrase_file")
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"backup.passphrase_file: cannot read {path}: {exc}") from None
+        if len(value) < 8:
+            raise ConfigError(f"backup.passphrase_file: {path} holds fewer than 8 characters")
+        return value
 
     def read_secret_key(self) -> bytes:
         return _read_secret_file(self.security.secret_key_file, "security.secret_key_file").encode()

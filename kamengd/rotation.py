@@ -30,14 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .audit.models import AuditHead
+from .catalog.models import Product
 from .database import utcnow
 from .errors import KamengdError
 from .inventory.models import CardKey
 from .payments.models import PaymentChannel
-from .vault import KEY_BYTES, Vault, load_vault, parse_key_file, render_key_file, replace_key_file, write_secret_file
+from .vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
+                    write_secret_file)
 
 
 @dataclass
@@ -84,13 +87,24 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
         if not rows:
             session.commit()
             return done
+        if session.get_bind().dialect.name != "sqlite":
+            # An import of these products checks duplicates under the same lock.
+            session.execute(sa.select(Product.id).where(Product.id.in_(sorted({r.product_id for r in rows})))
+                            .order_by(Product.id).with_for_update())
         for r in rows:
             plaintext = vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
             fp = vault.fingerprint(r.product_id, plaintext)
             nonce, ct, version = vault.encrypt_card_key(r.product_id, plaintext, fp)
-            done += session.execute(t.update().where(t.c.id == r.id, t.c.key_version == r.key_version,
-                                                     t.c.fingerprint == r.fingerprint)
-                                    .values(fingerprint=fp, nonce=nonce, ciphertext=ct, key_version=version)).rowcount
+            try:
+                done += session.execute(t.update().where(t.c.id == r.id, t.c.key_version == r.key_version,
+                                                         t.c.fingerprint == r.fingerprint)
+                                        .values(fingerprint=fp, nonce=nonce, ciphertext=ct,
+                                                key_version=version)).rowcount
+            except IntegrityError:   # the whole batch is undone; nothing half re-encrypted stays
+                session.rollback()
+                raise KamengdError(f"card key #{r.id} of product {r.product_id} is the same key as another one "
+                                   "of that product (stored twice before this rotation); void one of them, "
+                                   "then run `kamengd key rotate` again") from None
         session.commit()   # short transactions: buyers and imports go on between batches
         if progress:
             progress(done)
@@ -140,18 +154,20 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
 
     now = now or utcnow()
     last = read(session, "key.rotation")
-    keys = _keys(path)
-    used = versions_in_use(session)
     session.commit()
     if min_age and (last is None or now - last[1] < min_age):
         return [], None
-    current = max(keys)
-    old = {v: k for v, k in keys.items() if v != current and not used.get(v)}
-    if not old:
-        return [], None
-    aside = Path(path).with_name(f"{Path(path).name}.retired-{now:%Y%m%dT%H%M%SZ}")
-    write_secret_file(aside, render_key_file(old), owner_like=path)
-    replace_key_file(path, {v: k for v, k in keys.items() if v not in old})
+    with key_file_lock(path):   # read, decide and write with no other key-file change in between
+        keys = _keys(path)
+        used = versions_in_use(session)
+        session.commit()
+        current = max(keys)
+        old = {v: k for v, k in keys.items() if v != current and not used.get(v)}
+        if not old:
+            return [], None
+        aside = Path(path).with_name(f"{Path(path).name}.retired-{now:%Y%m%dT%H%M%S%fZ}")
+        write_secret_file(aside, render_key_file(old), owner_like=path)
+        replace_key_file(path, {v: k for v, k in keys.items() if v not in old})
     return sorted(old), aside
 
 
@@ -159,18 +175,19 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
            progress: Callable[[int], None] | None = None) -> RotationResult:
     from .backup.models import note
 
-    keys = _keys(key_path)
-    used = versions_in_use(session)
-    session.commit()
-    current = max(keys)
-    pending = any(count for version, count in used.items() if version != current)
-    missing = sorted(v for v, count in used.items() if count and v not in keys)
-    if missing:
-        raise KamengdError(f"the key file lacks version(s) {', '.join(map(str, missing))} that rows still use: "
-                           "restore the right key file first (kamengd key restore)")
-    started = False
-    if not pending:   # nothing half done: a new rotation
-        current, started = add_key_version(key_path), True
+    with key_file_lock(key_path):   # two rotations (or a retire) never both decide on the same file
+        keys = _keys(key_path)
+        used = versions_in_use(session)
+        session.commit()
+        current = max(keys)
+        pending = any(count for version, count in used.items() if version != current)
+        missing = sorted(v for v, count in used.items() if count and v not in keys)
+        if missing:
+            raise KamengdError(f"the key file lacks version(s) {', '.join(map(str, missing))} that rows still use: "
+                               "restore the right key file first (kamengd key restore)")
+        started = False
+        if not pending:   # nothing half done: a new rotation
+            current, started = add_key_version(key_path), True
     result = RotationResult(current, started)
     if prepare:
         return result

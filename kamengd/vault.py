@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -77,16 +78,20 @@ class Vault:
             self._seal_keys.setdefault(v, _derive(k, b"audit/seal"))
             self._aead.setdefault(v, AESGCM(_derive(k, b"card-key/aes-256-gcm")))
 
+    def refresh(self) -> None:
+        """Learn versions a rotation added to the key file since this vault was loaded."""
+        if self._source is not None:
+            try:
+                self._add(parse_key_file(Path(self._source).read_text(encoding="ascii"), str(self._source)))
+            except (OSError, UnicodeDecodeError, VaultError):
+                pass
+
     def _ensure(self, version: int) -> None:
         """A row written under a version this vault has not seen: a rotation added it
         to the key file after the vault was loaded. Read the file again (reading only
         adds versions; what this vault writes with does not change under it)."""
-        if version in self._aead or self._source is None:
-            return
-        try:
-            self._add(parse_key_file(Path(self._source).read_text(encoding="ascii"), str(self._source)))
-        except (OSError, UnicodeDecodeError, VaultError):
-            pass
+        if version not in self._aead:
+            self.refresh()
 
     @property
     def versions(self) -> list[int]:
@@ -195,6 +200,21 @@ def write_secret_file(path: Path, content: str | bytes, owner_like: Path | None 
 
 def generate_key_file(path: Path) -> None:
     write_secret_file(Path(path), render_key_file({1: os.urandom(KEY_BYTES)}))
+
+
+@contextmanager
+def key_file_lock(path: Path):
+    """Serialise every read-modify-write of the key file (rotate, retire, restore):
+    without it two of them could each drop the version the other just added."""
+    import fcntl
+
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def replace_key_file(path: Path, keys: dict[int, bytes]) -> None:

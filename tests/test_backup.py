@@ -350,3 +350,80 @@ def test_a_missing_key_file_or_a_dead_database_is_one_line(backend, make_install
     assert_one_line_error(run_cli("key", "backup", "--output", tmp_path / "k", "--passphrase-file",
                                   passphrase_file(tmp_path), config=cfg.path), "data key file")
     assert counts(cfg) == before and not (tmp_path / "k").exists()
+
+
+def test_a_backup_whose_keys_the_key_file_cannot_all_open_is_refused_first(backend, make_install, tmp_path):
+    """Taken mid-rotation (versions 1 and 2), restored after version 1 was retired: refused before
+    anything changes, not after the tables were replaced."""
+    from kamengd.app import create_app
+    from kamengd.extensions import db
+    from kamengd.rotation import reencrypt_card_keys
+    from kamengd.vault import load_vault
+
+    cfg = make_install(backend)
+    populate(cfg, n_keys=120)
+    run_cli("key", "rotate", "--prepare", config=cfg.path, check=True)
+
+    class Crash(Exception):
+        pass
+
+    def crash(done):
+        raise Crash
+    app = create_app(cfg)
+    with app.app_context():
+        with pytest.raises(Crash):
+            reencrypt_card_keys(db.session, load_vault(cfg.security.data_key_file), batch=50, progress=crash)
+        db.session.remove()
+        db.engine.dispose()
+    archive = tmp_path / "mid.tar.gz"
+    run_cli("backup", "--output", archive, config=cfg.path, check=True)
+    run_cli("key", "rotate", config=cfg.path, check=True)
+    run_cli("key", "retire", config=cfg.path, check=True)
+    before = counts(cfg)
+    assert_one_line_error(run_cli("restore", archive, "--force", config=cfg.path), "does not open this backup")
+    assert counts(cfg) == before
+
+
+def test_a_channel_secret_the_key_cannot_open_is_refused(backend, make_install, tmp_path):
+    source, target = make_install(backend), make_install(backend)
+    run_cli("channel", "add", "--type", "epay", "--code", "epay", "--option", "gateway=http://g", "--option",
+            "pid=1", "--option", "key=k", config=source.path, check=True)
+    archive = tmp_path / "ch.tar.gz"
+    run_cli("backup", "--output", archive, config=source.path, check=True)
+    assert_one_line_error(run_cli("restore", archive, config=target.path), "does not open this backup")
+
+
+def test_a_forged_sealed_header_is_refused_at_once(backend, make_install, tmp_path):
+    import time
+
+    cfg = make_install(backend)
+    pw = passphrase_file(tmp_path)
+    sealed = tmp_path / "s.sealed"
+    run_cli("backup", "--output", sealed, "--passphrase-file", pw, config=cfg.path, check=True)
+    data = bytearray(sealed.read_bytes())
+    data[16:19] = bytes([22, 32, 16])      # scrypt log2(N), r, p: gigabytes of memory if believed
+    (tmp_path / "forged").write_bytes(bytes(data))
+    started = time.monotonic()
+    assert_one_line_error(run_cli("restore", tmp_path / "forged", "--force", "--passphrase-file", pw,
+                                  config=cfg.path), "damaged")
+    assert time.monotonic() - started < 20
+
+
+def test_scheduled_sealed_backups_open_with_the_same_passphrase_file(backend, make_install, tmp_path):
+    from kamengd.app import create_app
+    from kamengd.backup.services import daily_backup
+    from kamengd.extensions import db
+
+    cfg = make_install(backend)
+    pw = tmp_path / "pw"
+    pw.write_text(" spaces around it \n")
+    cfg = dataclasses.replace(cfg, backup=dataclasses.replace(cfg.backup, directory=tmp_path / "d",
+                                                              passphrase_file=pw))
+    app = create_app(cfg)
+    with app.app_context():
+        made = daily_backup(db.session, cfg)
+        db.session.remove()
+        db.engine.dispose()
+    archive = tmp_path / "d" / made["file"]
+    assert archive.name.endswith(".sealed")
+    run_cli("restore", archive, "--force", "--passphrase-file", pw, config=cfg.path, check=True)

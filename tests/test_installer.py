@@ -206,7 +206,8 @@ def test_rerun_upgrades_and_keeps_config_and_keys(installed, upgraded):
     assert "upgrading" in upgraded.result.stdout
     assert "ignored" not in upgraded.result.stdout  # --nginx alone asks for no config change
     assert upgraded.calls[0] == "daemon-reload"
-    assert "restart kamengd.service kamengd-scheduler.service" in upgraded.calls
+    stop = upgraded.calls.index("stop kamengd.service kamengd-scheduler.service")
+    assert stop < upgraded.calls.index("restart kamengd.service kamengd-scheduler.service")
     assert not any(c.startswith("enable --now") for c in upgraded.calls)
     for rel, content in installed.secrets.items():
         assert installed.path(rel).read_bytes() == content, rel

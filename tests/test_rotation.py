@@ -156,3 +156,43 @@ def test_the_scheduler_retires_old_versions_an_hour_after_the_rotation(backend, 
         db.engine.dispose()
     assert sorted(parse_key_file(cfg.security.data_key_file.read_text())) == [2]
     run_cli("audit", "verify", config=cfg.path, check=True)
+
+
+def test_an_import_with_a_vault_from_before_the_rotation_still_finds_duplicates(backend, make_install):
+    import io
+
+    from kamengd.app import create_app
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    from kamengd.vault import load_vault
+
+    cfg = make_install(backend)
+    keys, _ = populate(cfg, n_keys=40)
+    stale = load_vault(cfg.security.data_key_file)      # loaded before the rotation, knows version 1 only
+    run_cli("key", "rotate", config=cfg.path, check=True)
+    assert set(key_versions(cfg)) == {2}
+    application = create_app(cfg)
+    with application.app_context():
+        result = import_keys(db.session, stale, product_id=1, fh=io.BytesIO("\n".join(keys).encode()), actor="t")
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    assert (result.imported, result.duplicates) == (0, len(keys))
+
+
+def test_two_rotations_at_once_lose_no_key(backend, make_install, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = make_install(backend)
+    keys, _ = populate(cfg, n_keys=300)
+    procs = [subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(cfg.path), "key", "rotate",
+                               "--batch-size", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        p.communicate(timeout=120)
+    run_cli("key", "retire", config=cfg.path, check=True)
+    export = tmp_path / "all.txt"
+    run_cli("keys", "export", "--product", "1", "--status", "all", "--output", export, config=cfg.path, check=True)
+    assert sorted(export.read_text(encoding="utf-8").split()) == sorted(keys)
+    run_cli("audit", "verify", config=cfg.path, check=True)

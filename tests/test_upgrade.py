@@ -102,3 +102,13 @@ def test_skip_backup(make_install, future_migrations, capsys):
     code, out, err = run_main(capsys, "--config", cfg.path, "upgrade", "--skip-backup", "--json")
     assert code == 0, err
     assert json.loads(out) == {"before": json.loads(out)["before"], "after": "9001", "backup": None}
+
+
+def test_upgrade_refuses_while_kamengd_runs(backend, make_install, future_migrations, capsys):
+    from conftest import run_cli
+
+    cfg = make_install(backend)
+    run_cli("scheduler", "--once", config=cfg.path, check=True)   # a fresh heartbeat: the shop is running
+    future_migrations()
+    code, _, err = run_main(capsys, "--config", cfg.path, "upgrade")
+    assert code == 1 and err.count("\n") == 1 and "kamengd is running on this database" in err

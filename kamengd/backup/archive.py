@@ -114,6 +114,22 @@ def _tables(conn) -> list[sa.Table]:
     return [t for t in meta.sorted_tables if t.name not in SKIPPED_TABLES]
 
 
+WORKDIR_PREFIX = ".kamengd-backup-"
+
+
+def _remove_stale_workdirs(directory: Path, older_than: float = 6 * 3600) -> None:
+    """A backup killed outright (SIGKILL, out of memory) leaves its work directory
+    (mode 0700) behind; the next backup in the same place removes it."""
+    import time
+
+    for path in directory.glob(WORKDIR_PREFIX + "*"):
+        try:
+            if path.is_dir() and time.time() - path.stat().st_mtime > older_than:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 @dataclass
 class BackupResult:
     path: Path
@@ -131,7 +147,8 @@ def write_backup(url: str, output: Path, *, passphrase: str | None = None,
         raise BackupError(f"{output} already exists; choose a new file name")
     if not output.parent.is_dir():
         raise BackupError(f"{output.parent} is not a directory")
-    workdir = Path(tempfile.mkdtemp(prefix=".kamengd-backup-", dir=output.parent))
+    _remove_stale_workdirs(output.parent)
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=output.parent))
     partial = workdir / "archive.part"
     try:
         with snapshot_connection(url, workdir) as conn:

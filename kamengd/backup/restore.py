@@ -56,30 +56,38 @@ def check_revision(manifest: dict) -> None:
                           f"({__version__}, schema {order[-1]}): upgrade kamengd first")
 
 
-def _card_key_rows(rows, columns):
-    idx = {name: columns.index(name) for name in ("product_id", "fingerprint", "nonce", "ciphertext", "key_version")}
-    for row in rows:
-        yield {name: decode(row[i]) for name, i in idx.items()}
+def check_keys(reader: BackupReader, vault: Vault, per_version: int = 5) -> int:
+    """Before anything changes: the key file must hold every key version the backup
+    uses and open a sample of each (card keys), every channel secret and the audit
+    seal. The wrong key file is refused here, not after the tables were replaced."""
+    import hmac
 
+    from ..audit.services import seal_message
 
-def check_key_sample(reader: BackupReader, vault: Vault, sample: int = 20) -> int:
-    """Decrypt the backup's first card keys: the wrong key file is refused before anything changes."""
-    checked = 0
+    checked, tried = 0, {}
     for table, columns, rows in reader.rows():
-        if table != "card_keys":
-            for _ in rows:
-                pass
-            continue
-        for r in _card_key_rows(rows, columns):
-            if checked >= sample:
-                break
-            try:
-                vault.decrypt_card_key(r["product_id"], r["fingerprint"], r["nonce"], r["ciphertext"], r["key_version"])
-            except DecryptionError as exc:
-                raise BackupError(f"the data key file does not open this backup's card keys ({exc.message}); "
-                                  "install the matching key first: kamengd key restore KEYBACKUP") from None
-            checked += 1
-        break
+        col = {name: i for i, name in enumerate(columns)}
+        try:
+            for row in rows:
+                value = {name: decode(row[i]) for name, i in col.items()}
+                if table == "card_keys":
+                    version = value["key_version"]
+                    if tried.get(version, 0) >= per_version:
+                        continue
+                    tried[version] = tried.get(version, 0) + 1
+                    vault.decrypt_card_key(value["product_id"], value["fingerprint"], value["nonce"],
+                                           value["ciphertext"], version)
+                    checked += 1
+                elif table == "payment_channels" and value.get("secret_ciphertext") is not None:
+                    vault.decrypt_secret(f"channel:{value['code']}", value["secret_nonce"],
+                                         value["secret_ciphertext"], value["secret_key_version"])
+                elif table == "audit_head" and value.get("seal"):
+                    expected = vault.seal(seal_message(value["seq"], value["last_hash"]), value["seal_version"])
+                    if not hmac.compare_digest(expected, value["seal"]):
+                        raise DecryptionError("the audit log's seal does not match this key")
+        except DecryptionError as exc:
+            raise BackupError(f"the data key file does not open this backup ({table}: {exc.message}); install "
+                              "the matching key first: kamengd key restore KEYBACKUP") from None
     return checked
 
 
@@ -97,6 +105,15 @@ def _running_scheduler(conn, lease_seconds: int) -> str | None:
     beat = row.heartbeat_at if isinstance(row.heartbeat_at, dt.datetime) else dt.datetime.fromisoformat(
         str(row.heartbeat_at))
     return row.owner if (utcnow() - beat).total_seconds() < 2 * lease_seconds else None
+
+
+def running_scheduler(url: str, lease_seconds: int) -> str | None:
+    engine = make_engine(url, pooled=False)
+    try:
+        with engine.connect() as conn:
+            return _running_scheduler(conn, lease_seconds)
+    finally:
+        engine.dispose()
 
 
 def check_target(url: str, *, force: bool, lease_seconds: int | None) -> None:
@@ -189,7 +206,7 @@ def restore_backup(url: str, reader: BackupReader, vault: Vault, *, force: bool,
 
     manifest = reader.manifest or reader.verify()
     check_revision(manifest)
-    check_key_sample(reader, vault)
+    check_keys(reader, vault)
     check_target(url, force=force, lease_seconds=lease_seconds)
     revision = manifest["schema_revision"]
     db_path = sqlite_path(url)
@@ -214,7 +231,7 @@ def restore_backup(url: str, reader: BackupReader, vault: Vault, *, force: bool,
         good, bad = count_decryptable(target, vault)
         if bad:
             raise BackupError(f"{bad} of {good + bad} card keys do not decrypt with this key file")
-    except BackupError:
+    except (BackupError, KeyboardInterrupt):
         if db_path is not None:
             building.unlink(missing_ok=True)
         raise

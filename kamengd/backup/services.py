@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ..config import Config
 from ..database import utcnow
 from ..errors import KamengdError
-from ..vault import Vault, load_vault, parse_key_file, render_key_file, write_secret_file
+from ..vault import Vault, key_file_lock, load_vault, parse_key_file, render_key_file, write_secret_file
 from .archive import BackupResult, Progress, write_backup
 from .models import note, read
 from .sealed import SealedError, open_bytes, seal_bytes
@@ -37,11 +37,26 @@ def record_backup(session: Session, result: BackupResult, kind: str, now: dt.dat
 
 
 def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None) -> BackupResult:
+    """A backup in backup.directory. Run as root (`kamengd upgrade`), the directory and
+    the archive get the data directory's owner: the service's daily job writes there too."""
     directory = config.backup_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = config.security.data_key_file
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        _give_to_owner_of(directory, owner)
     passphrase = config.backup_passphrase()
-    return write_backup(config.database_url, directory / backup_name(prefix, utcnow(), bool(passphrase)),
-                        passphrase=passphrase, progress=progress)
+    result = write_backup(config.database_url, directory / backup_name(prefix, utcnow(), bool(passphrase)),
+                          passphrase=passphrase, progress=progress)
+    _give_to_owner_of(result.path, owner)
+    return result
+
+
+def _give_to_owner_of(path: Path, like: Path) -> None:
+    import os
+
+    if os.geteuid() == 0 and Path(like).exists():
+        st = Path(like).stat()
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def prune_daily(directory: Path, keep: int) -> list[Path]:
@@ -104,6 +119,11 @@ def key_restore(config: Config, path: Path, passphrase: str) -> tuple[Vault, Pat
     """Install the backed-up key as the data key; the old key file is kept beside it."""
     keys = open_key_backup(path, passphrase)
     target = Path(config.security.data_key_file)
+    with key_file_lock(target):
+        return _install_key(target, keys)
+
+
+def _install_key(target: Path, keys: dict[int, bytes]) -> tuple[Vault, Path | None]:
     aside = None
     if target.exists():
         aside = target.with_name(f"{target.name}.replaced-{utcnow():%Y%m%dT%H%M%SZ}")

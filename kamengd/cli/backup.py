@@ -25,12 +25,22 @@ def read_passphrase(path: str | None, *, confirm: bool, required: bool = True) -
             raise KamengdError(f"cannot read {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise KamengdError(f"{path} is not UTF-8 text") from None
-        return check_passphrase(text.rstrip("\r\n"))
+        text = text.rstrip("\r\n")   # as backup.passphrase_file is read
+        return check_passphrase(text) if confirm else text
     if not required:
         return None
     if not sys.stdin.isatty():
         raise KamengdError("a passphrase is needed: give --passphrase-file F (no terminal to ask on)")
     return check_passphrase(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the clean-up of temporary files runs."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
 
 
 def terminal_progress():
@@ -63,6 +73,7 @@ def backup(output, passphrase_file, encrypt, as_json):
     from ..backup.services import record_backup
 
     passphrase = read_passphrase(passphrase_file, confirm=True, required=encrypt)
+    interrupt_on_sigterm()
     progress = terminal_progress()
     result = write_backup(get_config().database_url, Path(output), passphrase=passphrase, progress=progress)
     _end_progress(progress)
@@ -97,6 +108,7 @@ def restore(obj, file, force, passphrase_file, as_json):
     with obj.app.app_context():
         vault = get_vault()
         db.engine.dispose()
+    interrupt_on_sigterm()
     progress = terminal_progress()
     result = restore_backup(config.database_url, reader, vault, force=force,
                             lease_seconds=config.scheduler.lease_seconds, progress=progress)

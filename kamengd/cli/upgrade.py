@@ -37,6 +37,14 @@ def upgrade(obj, skip_backup, as_json):
         emit(as_json, {"before": before, "after": head, "backup": None},
              f"schema at {head}; nothing to upgrade")
         return
+    from ..backup.restore import running_scheduler
+
+    owner = running_scheduler(config.database_url, config.scheduler.lease_seconds)
+    if owner:
+        # A failed migration is undone from the backup taken now: sales made
+        # meanwhile would be lost. (The web servers must be stopped too.)
+        raise KamengdError(f"kamengd is running on this database (scheduler {owner}): stop every "
+                           "`kamengd serve` and `kamengd scheduler` first")
     result = None if skip_backup else backup_to_dir(config, f"kamengd-pre-upgrade-{before}-")
     backup = str(result.path) if result else None
     try:

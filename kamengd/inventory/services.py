@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from ..audit.services import record
+from ..catalog.models import Product
 from ..catalog.services import get_product
 from ..errors import InvalidRequest
 from ..vault import NONCE_BYTES, Vault
@@ -59,8 +60,8 @@ def _insert_sql(dialect_name: str) -> str:
 
 
 def _not_stored_under_older_versions(conn, vault: Vault, product_id: int, keys: list[str]) -> list[str]:
-    """During a key rotation, rows not yet re-encrypted carry fingerprints of an
-    older key version: a key already in stock is found by those too."""
+    """During a key rotation rows carry fingerprints of another key version than
+    the one this import writes with: a key already in stock is found by those too."""
     older = [v for v in vault.versions if v != vault.current_version]
     if not older or not keys:
         return keys
@@ -96,6 +97,11 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
     fresh = not real.in_transaction() and not isinstance(real.get_bind(), sa.engine.Connection)
     conn = real.connection(execution_options={"kamengd_bulk": True} if fresh else None)
     get_product(session, product_id)
+    if conn.dialect.name != "sqlite":
+        # A key rotation re-fingerprints this product's keys under the same lock:
+        # the duplicate checks below never see a half-rotated product (SQLite's
+        # write lock already serialises the two).
+        session.execute(sa.select(Product.id).where(Product.id == product_id).with_for_update())
     result = ImportResult()
     result.encoding, lines = iter_lines(fh, encoding)
     run = KeyImport(product_id=product_id, actor=actor, encoding=result.encoding)
@@ -108,9 +114,11 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
     def write_batch():
         nonlocal attempted
         attempted += len(batch)
+        vault.refresh()   # a rotation may have added a key version since the import began
         fresh = _not_stored_under_older_versions(conn, vault, product_id, batch)
         # The statement skips duplicates; its row count is what went in.
-        result.imported += conn.exec_driver_sql(sql, _encrypt_batch(vault, product_id, run.id, fresh)).rowcount
+        if fresh:
+            result.imported += conn.exec_driver_sql(sql, _encrypt_batch(vault, product_id, run.id, fresh)).rowcount
         batch.clear()
 
     for lineno, line in lines:
