@@ -9,3 +9,4 @@ from .settings.models import Setting  # noqa: F401
 from .notifications.models import EmailOutbox, Event, Notification, NotificationAttempt  # noqa: F401
 from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401
+from .processes import ServerProcess  # noqa: F401

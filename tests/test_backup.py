@@ -58,7 +58,8 @@ def populate(cfg, n_keys=300):
 def counts(cfg):
     engine = make_engine(cfg.database_url, pooled=False)
     with engine.connect() as conn:
-        names = [n for n in sa.inspect(conn).get_table_names() if n not in ("alembic_version", "scheduler_lease")]
+        names = [n for n in sa.inspect(conn).get_table_names()
+                 if n not in ("alembic_version", "scheduler_lease", "server_processes")]
         found = {n: conn.execute(sa.text(f"SELECT COUNT(*) FROM {n}")).scalar_one() for n in names}
     engine.dispose()
     return found
@@ -427,3 +428,12 @@ def test_scheduled_sealed_backups_open_with_the_same_passphrase_file(backend, ma
     archive = tmp_path / "d" / made["file"]
     assert archive.name.endswith(".sealed")
     run_cli("restore", archive, "--force", "--passphrase-file", pw, config=cfg.path, check=True)
+
+
+def test_restore_and_upgrade_refuse_while_a_web_server_runs(backend, make_install, start_server, tmp_path):
+    cfg = make_install(backend)
+    archive = tmp_path / "b.tar.gz"
+    run_cli("backup", "--output", archive, config=cfg.path, check=True)
+    start_server(cfg.path, "--no-scheduler")
+    assert_one_line_error(run_cli("restore", archive, "--force", config=cfg.path), "`kamengd serve`")
+    assert json.loads(run_cli("upgrade", "--json", config=cfg.path, check=True).out)["backup"] is None  # at head

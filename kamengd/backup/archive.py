@@ -42,8 +42,9 @@ from ..snapshot import sqlite_path
 from .sealed import OpeningReader, SealedError, SealingWriter, is_sealed
 
 FORMAT, FORMAT_VERSION = "kamengd-backup", 1
-# Runtime state, not data: the leader lease is recreated by the migrations.
-SKIPPED_TABLES = {"alembic_version", "scheduler_lease"}
+# Runtime state, not data: the leader lease is recreated by the migrations,
+# running servers register themselves.
+SKIPPED_TABLES = {"alembic_version", "scheduler_lease", "server_processes"}
 Progress = Callable[[str, int, int], None]   # (table, rows done, rows in all)
 
 

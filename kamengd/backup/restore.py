@@ -107,24 +107,36 @@ def _running_scheduler(conn, lease_seconds: int) -> str | None:
     return row.owner if (utcnow() - beat).total_seconds() < 2 * lease_seconds else None
 
 
-def running_scheduler(url: str, lease_seconds: int) -> str | None:
+def running_kamengd(conn, lease_seconds: int | None) -> str | None:
+    """A scheduler or `kamengd serve` that is alive on this database, described; else None."""
+    from ..processes import live_servers
+
+    servers = live_servers(conn)
+    if servers:
+        return f"`kamengd serve` {servers[0]}"
+    owner = _running_scheduler(conn, lease_seconds) if lease_seconds else None
+    return f"scheduler {owner}" if owner else None
+
+
+def running_on(url: str, lease_seconds: int | None) -> str | None:
     engine = make_engine(url, pooled=False)
     try:
         with engine.connect() as conn:
-            return _running_scheduler(conn, lease_seconds)
+            return running_kamengd(conn, lease_seconds)
     finally:
         engine.dispose()
 
 
 def check_target(url: str, *, force: bool, lease_seconds: int | None) -> None:
     """Refuse a database kamengd is running on (lease_seconds=None skips that check:
-    `kamengd upgrade` puts its own backup back) or one with shop data, unless forced."""
+    `kamengd upgrade` checked it and puts its own backup back) or one with shop
+    data, unless forced."""
     engine = make_engine(url, pooled=False)
     try:
         with engine.connect() as conn:
-            owner = _running_scheduler(conn, lease_seconds) if lease_seconds else None
-            if owner:
-                raise BackupError(f"kamengd is running on this database (scheduler {owner}); stop every "
+            running = running_kamengd(conn, lease_seconds) if lease_seconds else None
+            if running:
+                raise BackupError(f"kamengd is running on this database ({running}); stop every "
                                   "`kamengd serve` and `kamengd scheduler` first")
             if not force and _business_rows(conn):
                 raise BackupError("the database already holds shop data; restoring replaces all of it: "

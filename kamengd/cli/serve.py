@@ -32,13 +32,25 @@ def serve(obj, bind, server_name, workers, no_scheduler):
         revision = require_current(db.engine)
         db.engine.dispose()  # no connection is inherited by forked workers
     click.echo(f"kamengd serving on http://{host}:{port} ({server_name}, schema {revision})", err=True)
+    from ..processes import register
+
+    register(app)   # restore and upgrade refuse while this process beats
     if server_name == "waitress":
+        import signal
+
         import waitress
 
         if not no_scheduler:
             from ..scheduler.runner import Scheduler
             Scheduler(app).start_background()
-        waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="kamengd")
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop)   # unwind, so this server's registration is removed
+        try:
+            waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="kamengd")
+        except KeyboardInterrupt:
+            pass
     else:
         if not no_scheduler:
             # In the master, not in each worker: one scheduler per process

@@ -37,13 +37,13 @@ def upgrade(obj, skip_backup, as_json):
         emit(as_json, {"before": before, "after": head, "backup": None},
              f"schema at {head}; nothing to upgrade")
         return
-    from ..backup.restore import running_scheduler
+    from ..backup.restore import running_on
 
-    owner = running_scheduler(config.database_url, config.scheduler.lease_seconds)
-    if owner:
+    running = running_on(config.database_url, config.scheduler.lease_seconds)
+    if running:
         # A failed migration is undone from the backup taken now: sales made
-        # meanwhile would be lost. (The web servers must be stopped too.)
-        raise KamengdError(f"kamengd is running on this database (scheduler {owner}): stop every "
+        # meanwhile would be lost.
+        raise KamengdError(f"kamengd is running on this database ({running}): stop every "
                            "`kamengd serve` and `kamengd scheduler` first")
     result = None if skip_backup else backup_to_dir(config, f"kamengd-pre-upgrade-{before}-")
     backup = str(result.path) if result else None
