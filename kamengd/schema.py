@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from .database import make_engine
 from .errors import KamengdError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# Alembic is imported where it is used: every `kamengd` command and /healthz
+# import this module, and Alembic alone costs a third of a second to import.
 
 
 class SchemaError(KamengdError):
@@ -27,6 +30,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -35,6 +40,8 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise SchemaError(f"migrations have {len(heads)} heads; expected one")
@@ -42,6 +49,8 @@ def head_revision() -> str:
 
 
 def current_revision(bind: Engine | Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
@@ -55,6 +64,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     try:
         with engine.begin() as conn:
             before = current_revision(conn)
+            from alembic import command
+
             command.upgrade(alembic_config(conn), revision)
             after = current_revision(conn)
         return before, after
@@ -68,6 +79,8 @@ def require_current(bind: Engine | Connection) -> str:
     if current is None:
         raise SchemaError("the database has no kamengd schema: run `kamengd install` first")
     if current != head:
+        from alembic.script import ScriptDirectory
+
         script = ScriptDirectory.from_config(alembic_config())
         known = {rev.revision for rev in script.walk_revisions()}
         if current not in known:
