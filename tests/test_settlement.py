@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import assert_one_line_error, run_cli
-from fake_epay import FakeEpay
 from kamengd.notifications.models import Event
 from kamengd.orders.services import create_order, expire_orders
 from kamengd.payments.models import SettlementReport
@@ -19,8 +18,8 @@ from kamengd.payments.services import add_channel, handle_epay_notify
 from kamengd.payments.settlement import (JOB_GIVE_UP_AFTER, GatewayDown, day_bounds, day_to_settle, report_entries,
                                          run_settlement, settle_payments)
 from test_orders import callback
+from test_reconcile import KEY, PID, gateway  # noqa: F401 (the fake gateway fixture)
 
-PID, KEY = "1001", "merchant-key-123"
 TZ = "Asia/Shanghai"
 DAY = dt.date(2026, 11, 20)
 query = functools.partial(query_epay_order, timeout=1)
@@ -30,12 +29,6 @@ def utc(local: str) -> dt.datetime:
     """'2026-11-20 10:00' in Shanghai -> naive UTC, as stored."""
     return (dt.datetime.fromisoformat(local).replace(tzinfo=zoneinfo.ZoneInfo(TZ))
             .astimezone(dt.UTC).replace(tzinfo=None))
-
-
-@pytest.fixture
-def gateway():
-    with FakeEpay(PID, KEY) as gw:
-        yield gw
 
 
 @pytest.fixture

@@ -19,13 +19,9 @@ def read_passphrase(path: str | None, *, confirm: bool, required: bool = True) -
     from ..backup.services import check_passphrase
 
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise KamengdError(f"cannot read {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise KamengdError(f"{path} is not UTF-8 text") from None
-        text = text.rstrip("\r\n")   # as backup.passphrase_file is read
+        from .install import read_password_file
+
+        text = read_password_file(path)   # only the line break is dropped, as for backup.passphrase_file
         return check_passphrase(text) if confirm else text
     if not required:
         return None

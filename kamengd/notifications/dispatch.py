@@ -36,7 +36,7 @@ from .. import __version__
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError
-from .email import BACKOFF_SECONDS, MAX_ATTEMPTS, smtp_send
+from .email import MAX_ATTEMPTS, claim_attempt, smtp_send
 from .models import Event, Notification, NotificationAttempt
 
 log = logging.getLogger("kamengd.notifications")
@@ -149,13 +149,7 @@ def send_due(session: Session, config: Config, *, now: dt.datetime | None = None
         Notification.status == "pending", Notification.next_attempt_at <= now)
         .order_by(Notification.next_attempt_at, Notification.id).limit(limit)).all()
     for notification_id, attempts in due:
-        delay = BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
-        claimed = session.execute(
-            sa.update(Notification).where(Notification.id == notification_id, Notification.status == "pending",
-                                          Notification.attempts == attempts)
-            .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
-        session.commit()
-        if not claimed:
+        if not claim_attempt(session, Notification, notification_id, attempts, now):
             continue
         note = session.get(Notification, notification_id)
         event = session.get(Event, note.event_id)

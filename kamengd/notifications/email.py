@@ -26,6 +26,18 @@ BACKOFF_SECONDS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600)
 MAX_ATTEMPTS = len(BACKOFF_SECONDS) + 1
 
 
+def claim_attempt(session: Session, model, row_id: int, attempts: int, now: dt.datetime) -> bool:
+    """Claim the next attempt of a pending outbox row (mail or notification) and
+    set the one after it first: another runner skips it, and a crash mid-send
+    retries later, not in a loop. Commits; False when someone else claimed it."""
+    delay = BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
+    claimed = session.execute(
+        sa.update(model).where(model.id == row_id, model.status == "pending", model.attempts == attempts)
+        .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
+    session.commit()
+    return bool(claimed)
+
+
 def queue_delivery_email(session: Session, order: Order) -> None:
     session.add(EmailOutbox(kind="order.delivered", order_id=order.id, to_address=order.email,
                             next_attempt_at=utcnow()))
@@ -80,15 +92,7 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
             session.commit()
             counts["skipped"] += 1
             continue
-        # Claim it (another process may run this job too), and set the next
-        # attempt first: a crash mid-send retries later, not in a loop.
-        delay = BACKOFF_SECONDS[min(attempts, len(BACKOFF_SECONDS) - 1)]
-        claimed = session.execute(
-            sa.update(EmailOutbox).where(EmailOutbox.id == mail_id, EmailOutbox.status == "pending",
-                                         EmailOutbox.attempts == attempts)
-            .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
-        session.commit()
-        if not claimed:
+        if not claim_attempt(session, EmailOutbox, mail_id, attempts, now):
             continue
         mail = session.get(EmailOutbox, mail_id)
         try:
