@@ -20,8 +20,12 @@ MAX_BODY = 64 * 1024
 
 
 def read_only():
-    """GET views read a snapshot and never wait for SQLite's write lock."""
-    db.session.connection(execution_options={"kamengd_readonly": True})
+    """GET views read a snapshot and never wait for SQLite's write lock.
+
+    Only the first call of a request counts (the panel's guard makes it before
+    the view does)."""
+    if not db.session().in_transaction():
+        db.session.connection(execution_options={"kamengd_readonly": True})
 
 
 def stock_by_product(session) -> dict[int, int]:

@@ -110,6 +110,14 @@ class BackupConfig:
         None, doc="File holding a passphrase that seals the daily and pre-upgrade backups (mode 0600).")
 
 
+@dataclass(frozen=True)
+class PanelConfig:
+    session_idle_minutes: int = setting(30, doc="A staff session ends after this long without a request.",
+                                        minimum=1, maximum=1440)
+    session_max_hours: int = setting(12, doc="A staff session ends this long after sign-in, used or not.",
+                                     minimum=1, maximum=720)
+
+
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
                "reconcile.mismatch", "scheduler.failover")
 STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "reconcile.mismatch", "scheduler.failover")
@@ -146,6 +154,7 @@ class Config:
     smtp: SmtpConfig
     notifications: NotificationsConfig
     backup: BackupConfig
+    panel: PanelConfig
     logging: LoggingConfig
     path: Path | None = None
 

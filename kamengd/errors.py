@@ -60,6 +60,13 @@ def _wants_json() -> bool:
 def error_response(code: str, message: str, status: int):
     if _wants_json():
         return jsonify({"error": {"code": code, "message": message}}), status
+    if request.path.startswith("/admin"):
+        from flask import render_template
+
+        try:
+            return render_template("panel/error.html", status=status, message=message), status
+        except Exception:   # the error page itself must never fail
+            pass
     return message, status, {"Content-Type": "text/plain; charset=utf-8"}
 
 

@@ -9,7 +9,7 @@
    row's update is conditional on its old version and fingerprint, so a
    batch never clobbers a row someone else changed, and a second run simply
    goes on with what is left: rotation is resumable.
-3. Payment channel secrets and the audit log's seal follow.
+3. Payment channel secrets, staff 2FA secrets and the audit log's seal follow.
 4. An hour after the rotation, when no row uses an old version any more, the
    scheduler retires the old versions (`kamengd key retire` does it at once):
    they leave the key file for a file beside it (mode 0600), as backups taken
@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .accounts.models import StaffUser
 from .audit.models import AuditHead
 from .catalog.models import Product
 from .database import utcnow
@@ -58,6 +59,9 @@ def versions_in_use(session: Session) -> dict[int, int]:
     used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
     for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
                                       .where(PaymentChannel.secret_key_version.is_not(None))):
+        used[version] = used.get(version, 0) + 1
+    for (version,) in session.execute(sa.select(StaffUser.totp_key_version)
+                                      .where(StaffUser.totp_key_version.is_not(None))):
         used[version] = used.get(version, 0) + 1
     seal = session.scalar(sa.select(AuditHead.seal_version).where(AuditHead.id == 1))
     if seal is not None:
@@ -120,6 +124,20 @@ def reencrypt_channels(session: Session, vault: Vault) -> int:
                                          channel.secret_key_version)
         channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
             context, plaintext)
+        done += 1
+    session.commit()
+    return done
+
+
+def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
+    """Staff 2FA secrets follow the data key like channel secrets."""
+    done = 0
+    for user in session.scalars(sa.select(StaffUser).where(
+            StaffUser.totp_key_version.is_not(None),
+            StaffUser.totp_key_version != vault.current_version)).all():
+        context = f"staff-totp:{user.id}"
+        plaintext = vault.decrypt_secret(context, user.totp_nonce, user.totp_ciphertext, user.totp_key_version)
+        user.totp_nonce, user.totp_ciphertext, user.totp_key_version = vault.encrypt_secret(context, plaintext)
         done += 1
     session.commit()
     return done
@@ -194,6 +212,7 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     vault = load_vault(key_path)
     result.card_keys = reencrypt_card_keys(session, vault, batch=batch, progress=progress)
     result.channels = reencrypt_channels(session, vault)
+    reencrypt_totp_secrets(session, vault)
     result.resealed = reseal_audit_head(session, vault)
     note(session, "key.rotation", {"version": current, "card_keys": result.card_keys})
     session.commit()

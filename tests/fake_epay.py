@@ -1,4 +1,5 @@
-"""A local Epay gateway that speaks the merchant query API (api.php?act=order)."""
+"""A local Epay gateway that speaks the merchant query API (api.php?act=order)
+and the merchant info query (api.php?act=query)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ class FakeEpay:
         self.failing: set[str] = set()      # orders it answers with HTTP 500
         self.mode = "normal"                # normal | error | garbage | slow
         self.queries: list[str] = []
+        self.active = 1                     # the merchant account, as act=query reports it
+        self.merchant_queries = 0           # act=query requests received
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,6 +28,8 @@ class FakeEpay:
             def do_GET(self):
                 url = urlsplit(self.path)
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/api.php" and q.get("act") == "query":
+                    return self._merchant(q)
                 gateway.queries.append(q.get("out_trade_no", ""))
                 if gateway.mode == "slow":
                     time.sleep(2)
@@ -45,6 +50,20 @@ class FakeEpay:
                 self._json({"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",
                             "out_trade_no": order_no, "type": "alipay", "pid": gateway.pid,
                             "name": "x", "money": gateway.paid[order_no], "status": 1})
+
+            def _merchant(self, q):
+                gateway.merchant_queries += 1
+                if gateway.mode == "slow":
+                    time.sleep(2)
+                if gateway.mode == "error":
+                    return self._send(500, b"internal error")
+                if gateway.mode == "garbage":
+                    return self._send(200, b"<html>maintenance</html>")
+                if q.get("pid") != gateway.pid or q.get("key") != gateway.key:
+                    return self._json({"code": -1, "msg": "KEY校验失败"})
+                # Like real gateways, the answer echoes the key: the client must never show it.
+                self._json({"code": 1, "pid": gateway.pid, "key": gateway.key, "type": 1, "active": gateway.active,
+                            "money": "12.34", "account": "merchant@example.com", "username": "merchant"})
 
             def _json(self, data):
                 self._send(200, json.dumps(data, ensure_ascii=False).encode())

@@ -196,3 +196,34 @@ def test_two_rotations_at_once_lose_no_key(backend, make_install, tmp_path):
     run_cli("keys", "export", "--product", "1", "--status", "all", "--output", export, config=cfg.path, check=True)
     assert sorted(export.read_text(encoding="utf-8").split()) == sorted(keys)
     run_cli("audit", "verify", config=cfg.path, check=True)
+
+
+def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
+    """A TOTP secret under the old version keeps the old version in use, is
+    re-encrypted by the rotation, and still gives the same codes after retirement."""
+    import pyotp
+
+    from kamengd.accounts import auth
+    from kamengd.accounts.models import StaffUser
+    from kamengd.app import create_app, get_vault
+    from kamengd.extensions import db
+    from kamengd.rotation import versions_in_use
+    from panel_support import make_staff
+
+    cfg = make_install(backend)
+    application = create_app(cfg)
+    owner = make_staff(application, "owner")
+    with application.app_context():
+        assert versions_in_use(db.session)[1] >= 2   # the audit seal and the secret
+        db.session.remove()
+        db.engine.dispose()
+    run_cli("key", "rotate", config=cfg.path, check=True)
+    run_cli("key", "retire", config=cfg.path, check=True)
+    assert sorted(parse_key_file(cfg.security.data_key_file.read_text())) == [2]
+    with application.app_context():
+        user = db.session.get(StaffUser, owner.id)
+        assert user.totp_key_version == 2
+        assert auth.totp_secret(get_vault(), user) == owner.secret
+        assert pyotp.TOTP(owner.secret).now() == owner.code()
+        db.session.remove()
+        db.engine.dispose()

@@ -110,3 +110,82 @@ def test_search(client, item):
     html = client.get("/", query_string={"q": "月卡"}).get_data(as_text=True)
     assert f"/product/{item['id']}" in html
     assert f"/product/{item['id']}" not in client.get("/", query_string={"q": "zzz-none"}).get_data(as_text=True)
+
+
+@pytest.fixture
+def catalog(app, backend):
+    """Two categories (one hidden), a product in each, and one without a category."""
+    from kamengd.catalog.services import create_category, create_product
+    from kamengd.extensions import db
+
+    tag = secrets.token_hex(3)
+    with app.app_context():
+        shown = create_category(db.session, name=f"shown {tag}", actor="t", sort_order=1)
+        hidden = create_category(db.session, name=f"hidden {tag}", actor="t", is_active=False)
+        ids = {"tag": tag, "shown": shown.id, "hidden": hidden.id}
+        for key, category in (("in_shown", shown.id), ("in_hidden", hidden.id), ("loose", None)):
+            ids[key] = create_product(db.session, name=f"{key} {tag}", price_cents=100, actor="t",
+                                      category_id=category).id
+        db.session.commit()
+        db.session.remove()
+    return ids
+
+
+def test_categories_on_the_index(client, catalog):
+    tag = catalog["tag"]
+    html = client.get("/").get_data(as_text=True)
+    assert f"/?category={catalog['shown']}" in html and f"<h2>shown {tag}</h2>" in html
+    assert f"in_shown {tag}" in html and f"loose {tag}" in html
+    # A hidden category hides its products (the product page still answers a direct link).
+    assert f"hidden {tag}" not in html and f"in_hidden {tag}" not in html
+    assert client.get(f"/product/{catalog['in_hidden']}").status_code == 200
+    # One category: only its products, the link marked; a search stays inside it.
+    html = client.get("/", query_string={"category": catalog["shown"]}).get_data(as_text=True)
+    assert f"in_shown {tag}" in html and f"loose {tag}" not in html
+    assert f'aria-current="page">shown {tag}</a>' in html
+    html = client.get("/", query_string={"category": catalog["shown"], "q": "loose"}).get_data(as_text=True)
+    assert f"loose {tag}" not in html and 'name="category"' in html
+    # A hidden, unknown or malformed category shows everything.
+    for bad in (catalog["hidden"], 2**40, "x", "-1", "9" * 5000):
+        html = client.get("/", query_string={"category": bad}).get_data(as_text=True)
+        assert f"in_shown {tag}" in html and f"loose {tag}" in html
+
+
+def test_language_link_keeps_the_page_and_its_query(client, catalog):
+    html = client.get("/", query_string={"category": catalog["shown"], "q": "in"}).get_data(as_text=True)
+    link = re.search(r'href="([^"]*)" hreflang="en"', html).group(1)
+    assert link.startswith("/?") and f"category={catalog['shown']}" in link and "q=in" in link and "lang=en" in link
+    html = client.get(f"/product/{catalog['loose']}").get_data(as_text=True)
+    assert f'href="/product/{catalog["loose"]}?lang=en"' in html
+    assert client.get("/favicon.ico").status_code == 301
+
+
+def test_product_page_explains_limits_and_marks_the_bad_field(client, item):
+    page = client.get(f"/product/{item['id']}").get_data(as_text=True)
+    assert 'max="2"' in page                      # no more than in stock
+    resp = client.post(f"/product/{item['id']}", data={"csrf_token": csrf_of(page), "quantity": "1",
+                                                        "email": "nope", "channel": item["channel"]})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "请填写有效的邮箱地址" in html and "(email: " in html
+    assert re.search(r'<input id="email"[^>]*value="nope"[^>]*aria-invalid="true"', html)
+    resp = client.post(f"/product/{item['id']}?lang=en", data={"csrf_token": csrf_of(page), "quantity": "0",
+                                                                 "email": "b@example.com", "channel": item["channel"]})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "Choose a quantity from 1 to 100" in html
+    assert re.search(r'<input id="quantity"[^>]*aria-invalid="true"', html)
+    assert client.post(f"/product/{2**40}", data={"csrf_token": csrf_of(page)}).status_code == 404
+
+
+def test_pending_order_offers_the_payment_page_again(client, item):
+    page = client.get(f"/product/{item['id']}").get_data(as_text=True)
+    resp = client.post(f"/product/{item['id']}", data={"csrf_token": csrf_of(page), "quantity": "1",
+                                                        "email": "b@example.com", "channel": item["channel"]})
+    order_no = re.search(r"out_trade_no=(\d+)", resp.headers["Location"]).group(1)
+    html = client.get(f"/order/{order_no}").get_data(as_text=True)
+    link = re.search(r'<a class="button" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert link.startswith("https://pay.example.com/submit.php?") and f"out_trade_no={order_no}" in link
+    assert client.get(f"/pay/{item['channel']}/notify", query_string=paid(order_no, "5.00")).get_data(
+        as_text=True) == "success"
+    html = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert "submit.php" not in html and 'class="copy copy-all"' not in html   # one key: no "copy all"
+    assert html.count('class="copy"') == 1

@@ -60,3 +60,61 @@ def set_role(session: Session, *, username: str, role: str, actor: str,
     record(session, "user.role", actor=actor, target=f"user:{user.id}", source_ip=source_ip,
            details={"username": username, "old": old, "new": role})
     return user
+
+
+def get_user(session: Session, user_id: int) -> StaffUser:
+    user = session.get(StaffUser, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+def _lock_active_owners(session: Session) -> set[int]:
+    """Every active owner's row, locked in id order (see set_role): their ids."""
+    return set(session.scalars(sa.select(StaffUser.id).where(
+        StaffUser.role == "owner", StaffUser.is_active.is_(True)).order_by(StaffUser.id).with_for_update()).all())
+
+
+def set_active(session: Session, *, user_id: int, active: bool, actor: str, by_user_id: int | None = None,
+               source_ip: str | None = None) -> bool:
+    """Activate or deactivate an account; False when it already was.
+
+    Deactivating ends the user's sessions at once (a new session epoch);
+    nobody deactivates themselves (`by_user_id`), and the last active owner
+    stays active, also when two owners deactivate each other at once.
+    """
+    owners = _lock_active_owners(session)
+    user = session.scalars(sa.select(StaffUser).where(StaffUser.id == user_id).with_for_update()).first()
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    if user.is_active == active:
+        return False
+    if not active:
+        if user.id == by_user_id:
+            raise Conflict("you cannot deactivate your own account")
+        if user.id in owners and not owners - {user.id}:
+            raise Conflict(f"{user.username} is the last active owner; make someone else owner first")
+        user.session_epoch = (user.session_epoch or 0) + 1
+    user.is_active = active
+    session.flush()
+    record(session, "user.activate" if active else "user.deactivate", actor=actor, target=f"user:{user.id}",
+           source_ip=source_ip, details={"username": user.username, "role": user.role})
+    return True
+
+
+def reset_2fa(session: Session, *, user_id: int, actor: str, by_user_id: int | None = None,
+              source_ip: str | None = None) -> StaffUser:
+    """Turn off a staff member's 2FA (a lost phone) and end their sessions.
+
+    An owner or admin is asked to set it up again at the next sign-in. Your
+    own 2FA is changed on your account page, with a code.
+    """
+    from .auth import disable_totp
+
+    user = get_user(session, user_id)
+    if user.id == by_user_id:
+        raise Conflict("you cannot reset your own two-factor sign-in here; use your account page")
+    disable_totp(session, user, actor=actor, ip=source_ip)
+    user.session_epoch = (user.session_epoch or 0) + 1
+    session.flush()
+    return user

@@ -133,3 +133,27 @@ def verify(session: Session, vault=None) -> VerifyResult:
             return VerifyResult(False, count, last_id,
                                 "the head's seal does not match: the log was rewritten (or another data key is in use)")
     return VerifyResult(True, count)
+
+
+def find_entries(session: Session, *, actor: str = "", action: str = "", target: str = "",
+                 since=None, until=None, limit: int = 50, offset: int = 0) -> list[AuditEntry]:
+    """Entries newest first. `actor` and `target` match anywhere in the field; `action`
+    exactly, or as a prefix when it ends with '.' or '*' ("auth." or "auth.*");
+    `since`/`until` (naive UTC) bound the time, `until` excluded."""
+    query = sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+    if actor:
+        query = query.where(AuditEntry.actor.contains(actor, autoescape=True))
+    if target:
+        query = query.where(AuditEntry.target.contains(target, autoescape=True))
+    action = action.strip()
+    if action.endswith("*") or action.endswith("."):
+        prefix = action.rstrip("*")
+        if prefix:
+            query = query.where(AuditEntry.action.startswith(prefix, autoescape=True))
+    elif action:
+        query = query.where(AuditEntry.action == action)
+    if since is not None:
+        query = query.where(AuditEntry.created_at >= since)
+    if until is not None:
+        query = query.where(AuditEntry.created_at < until)
+    return list(session.scalars(query))

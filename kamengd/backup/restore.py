@@ -81,6 +81,9 @@ def check_keys(reader: BackupReader, vault: Vault, per_version: int = 5) -> int:
                 elif table == "payment_channels" and value.get("secret_ciphertext") is not None:
                     vault.decrypt_secret(f"channel:{value['code']}", value["secret_nonce"],
                                          value["secret_ciphertext"], value["secret_key_version"])
+                elif table == "staff_users" and value.get("totp_ciphertext") is not None:
+                    vault.decrypt_secret(f"staff-totp:{value['id']}", value["totp_nonce"],
+                                         value["totp_ciphertext"], value["totp_key_version"])
                 elif table == "audit_head" and value.get("seal"):
                     expected = vault.seal(seal_message(value["seq"], value["last_hash"]), value["seal_version"])
                     if not hmac.compare_digest(expected, value["seal"]):

@@ -1,50 +1,184 @@
+"""Products and categories: every rule about them, every change audited.
+
+The CLI and the panel both come here. Forms arrive as text: parse_product_form
+turns the panel's fields into typed values (money through parse_money), and
+create_product / update_product check the ranges, so a bad value gets one
+clear message naming the field whichever way it came in.
+"""
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
-from ..money import format_cents
+from ..money import MAX_CENTS, format_cents, parse_money
 from .models import DELIVERY_MODES, Category, Product
 
 MAX_NAME = 200
+MAX_CATEGORY_NAME = 100
+MAX_DESCRIPTION = 20_000
+MAX_QUANTITY = 100_000           # per order
+MAX_THRESHOLD = 100_000_000      # low-stock warning level
+SORT_ORDER_RANGE = (0, 9999)     # as payment channels: lower first
+AUDIT_TEXT = 200                 # a long description is audited by its start
+MAX_SEARCH = 100
+
+# Product fields staff may set, and their names in audit details.
+PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "description",
+                  "price_cents": "price", "cost_price_cents": "cost_price", "delivery_mode": "delivery",
+                  "min_quantity": "min_quantity", "max_quantity": "max_quantity",
+                  "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible"}
+
+
+def whole_number(raw: str | int, field: str) -> int:
+    """A form's (or the CLI's) whole number; the caller checks its range."""
+    if isinstance(raw, bool):
+        raise InvalidRequest(f"{field}: a whole number")
+    if isinstance(raw, int):
+        return raw
+    text = (raw or "").strip()
+    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 12):
+        raise InvalidRequest(f"{field}: {text[:20]!r} is not a whole number" if text else f"{field}: required")
+    return int(text)
+
+
+def _in_range(value: int, field: str, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"{field}: a whole number from {low} to {high}")
+
+
+def parse_product_form(form: Mapping[str, str]) -> dict:
+    """The panel's product form (every value text) -> create_product/update_product arguments."""
+    price = (form.get("price") or "").strip()
+    if not price:
+        raise InvalidRequest("price: required, e.g. 9.90")
+    cost = (form.get("cost_price") or "").strip()
+    category = (form.get("category_id") or "").strip()
+    return {
+        "name": form.get("name") or "",
+        "category_id": whole_number(category, "category") if category else None,
+        "description": (form.get("description") or "").replace("\r\n", "\n"),
+        "price_cents": parse_money(price, field="price"),
+        "cost_price_cents": parse_money(cost, field="cost price", allow_zero=True) if cost else None,
+        "delivery_mode": form.get("delivery_mode") or "",
+        "min_quantity": whole_number(form.get("min_quantity") or "", "minimum quantity"),
+        "max_quantity": whole_number(form.get("max_quantity") or "", "maximum quantity"),
+        "low_stock_threshold": whole_number(form.get("low_stock_threshold") or "0", "low-stock threshold"),
+        "sort_order": whole_number(form.get("sort_order") or "0", "sort order"),
+        "is_active": form.get("is_active") == "1",
+    }
+
+
+def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dict:
+    """Check (and normalise) `fields` of `values`, a complete set of product fields."""
+    fields = set(fields)
+    if "name" in fields:
+        values["name"] = name = (values["name"] or "").strip()
+        if not name:
+            raise InvalidRequest("name: must not be empty")
+        if len(name) > MAX_NAME:
+            raise InvalidRequest(f"name: at most {MAX_NAME} characters")
+    if "description" in fields and len(values["description"] or "") > MAX_DESCRIPTION:
+        raise InvalidRequest(f"description: at most {MAX_DESCRIPTION} characters")
+    if "price_cents" in fields:
+        price = values["price_cents"]
+        if not isinstance(price, int) or isinstance(price, bool) or not 1 <= price < MAX_CENTS:
+            raise InvalidRequest("price: must be more than zero and less than 100 billion")
+    if "cost_price_cents" in fields:
+        cost = values["cost_price_cents"]
+        if cost is not None and (not isinstance(cost, int) or isinstance(cost, bool)
+                                 or not 0 <= cost < MAX_CENTS):
+            raise InvalidRequest("cost price: must be zero or more and less than 100 billion")
+    if "delivery_mode" in fields and values["delivery_mode"] not in DELIVERY_MODES:
+        raise InvalidRequest(f"delivery: must be one of {', '.join(DELIVERY_MODES)}")
+    if "low_stock_threshold" in fields:
+        _in_range(values["low_stock_threshold"], "low-stock threshold", 0, MAX_THRESHOLD)
+    if fields & {"min_quantity", "max_quantity"}:
+        low, high = values["min_quantity"], values["max_quantity"]
+        _in_range(low, "minimum quantity", 1, MAX_QUANTITY)
+        _in_range(high, "maximum quantity", 1, MAX_QUANTITY)
+        if high < low:
+            raise InvalidRequest("quantity limits: need 1 <= min <= max")
+    if "sort_order" in fields:
+        _in_range(values["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    if "category_id" in fields and values["category_id"] is not None:
+        category_id = values["category_id"]
+        if (not isinstance(category_id, int) or not 1 <= category_id < 2**31
+                or session.get(Category, category_id) is None):
+            raise InvalidRequest(f"category: category {category_id} does not exist")
+    return values
 
 
 def create_product(session: Session, *, name: str, price_cents: int, actor: str,
                    delivery_mode: str = "auto", low_stock_threshold: int = 0,
                    cost_price_cents: int | None = None, currency: str = "CNY",
                    min_quantity: int = 1, max_quantity: int = 100, description: str = "",
-                   category_id: int | None = None) -> Product:
-    name = name.strip()
-    if not name:
-        raise InvalidRequest("name: must not be empty")
-    if len(name) > MAX_NAME:
-        raise InvalidRequest(f"name: at most {MAX_NAME} characters")
-    if delivery_mode not in DELIVERY_MODES:
-        raise InvalidRequest(f"delivery: must be one of {', '.join(DELIVERY_MODES)}")
-    if low_stock_threshold < 0:
-        raise InvalidRequest("low-stock: must not be negative")
+                   category_id: int | None = None, sort_order: int = 0, is_active: bool = True,
+                   source_ip: str | None = None) -> Product:
     if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
         raise InvalidRequest("currency: a three-letter ISO code such as CNY")
-    if min_quantity < 1 or max_quantity < min_quantity:
-        raise InvalidRequest("quantity limits: need 1 <= min <= max")
-    if category_id is not None and session.get(Category, category_id) is None:
-        raise NotFound(f"category {category_id} not found")
-    product = Product(name=name, price_cents=price_cents, cost_price_cents=cost_price_cents,
-                      currency=currency.upper(), delivery_mode=delivery_mode,
-                      low_stock_threshold=low_stock_threshold, min_quantity=min_quantity,
-                      max_quantity=max_quantity, description=description, category_id=category_id)
+    values = _check_product(session, {
+        "name": name, "category_id": category_id, "description": description or "",
+        "price_cents": price_cents, "cost_price_cents": cost_price_cents, "delivery_mode": delivery_mode,
+        "min_quantity": min_quantity, "max_quantity": max_quantity,
+        "low_stock_threshold": low_stock_threshold, "sort_order": sort_order, "is_active": bool(is_active),
+    }, PRODUCT_FIELDS)
+    product = Product(currency=currency.upper(), **values)
     session.add(product)
     session.flush()
-    record(session, "product.create", actor=actor, target=f"product:{product.id}",
-           details={"name": name, "price": format_cents(price_cents), "delivery": delivery_mode})
+    record(session, "product.create", actor=actor, target=f"product:{product.id}", source_ip=source_ip,
+           details={"name": product.name, "price": format_cents(price_cents), "delivery": delivery_mode,
+                    "category": category_id, "visible": product.is_active})
     return product
 
 
+def _audit_value(field: str, value):
+    if field in ("price_cents", "cost_price_cents") and value is not None:
+        return format_cents(value)
+    if field == "description" and len(value or "") > AUDIT_TEXT:
+        return value[:AUDIT_TEXT] + "…"
+    return value
+
+
+def update_product(session: Session, product: Product, *, actor: str, source_ip: str | None = None,
+                   **changes) -> dict:
+    """Set some of PRODUCT_FIELDS; returns {audit name: {old, new}} of what changed (audited).
+
+    Only changed fields are checked, so hiding a product never fails on an
+    older value that today's rules would refuse.
+    """
+    unknown = set(changes) - set(PRODUCT_FIELDS)
+    if unknown:
+        raise TypeError(f"update_product: unknown fields {sorted(unknown)}")
+    current = {field: getattr(product, field) for field in PRODUCT_FIELDS}
+    if "is_active" in changes:
+        changes["is_active"] = bool(changes["is_active"])
+    values = _check_product(session, {**current, **changes}, changes)
+    changed = [field for field in PRODUCT_FIELDS if values[field] != current[field]]
+    if not changed:
+        return {}
+    for field in changed:
+        setattr(product, field, values[field])
+    session.flush()
+    details = {PRODUCT_FIELDS[f]: {"old": _audit_value(f, current[f]), "new": _audit_value(f, values[f])}
+               for f in changed}
+    record(session, "product.update", actor=actor, target=f"product:{product.id}", source_ip=source_ip,
+           details={"name": product.name, "changes": details})
+    return details
+
+
+def set_product_visible(session: Session, product: Product, visible: bool, *, actor: str,
+                        source_ip: str | None = None) -> bool:
+    """Show or hide a product in the shop (a product.update entry); False if it already was."""
+    return bool(update_product(session, product, actor=actor, source_ip=source_ip, is_active=visible))
+
+
 def get_product(session: Session, product_id: int) -> Product:
-    product = session.get(Product, product_id)
+    product = session.get(Product, product_id) if 0 < product_id < 2**63 else None
     if product is None:
         raise NotFound(f"product {product_id} not found")
     return product
@@ -55,8 +189,109 @@ def available_stock(session: Session, product_id: int) -> int:
         CardKey.product_id == product_id, CardKey.status == "available"))
 
 
+def available_by_product(session: Session, product_ids: Iterable[int]) -> dict[int, int]:
+    """{product id: available keys} for these products, in one grouped query."""
+    ids = list(product_ids)
+    if not ids:
+        return {}
+    t = CardKey.__table__
+    return dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(
+        t.c.product_id.in_(ids), t.c.status == "available").group_by(t.c.product_id)).all())
+
+
+def list_products(session: Session, *, query: str = "", page: int = 1,
+                  page_size: int = 50) -> tuple[list[tuple[Product, str | None]], int]:
+    """Products whose name contains `query`, as (product, category name), and how many there are."""
+    select = sa.select(Product, Category.name).outerjoin(Category, Product.category_id == Category.id)
+    query = query.strip()[:MAX_SEARCH]
+    if query:
+        select = select.where(Product.name.contains(query, autoescape=True))
+    total = session.scalar(sa.select(sa.func.count()).select_from(select.subquery()))
+    rows = session.execute(select.order_by(Product.sort_order, Product.id)
+                           .limit(page_size).offset((page - 1) * page_size)).all()
+    return [(p, category) for p, category in rows], total
+
+
 def product_summary(session: Session, product: Product) -> dict:
     return {"id": product.id, "name": product.name, "price": format_cents(product.price_cents),
             "currency": product.currency, "delivery": product.delivery_mode,
             "low_stock": product.low_stock_threshold, "active": product.is_active,
             "stock": available_stock(session, product.id)}
+
+
+# --- categories -----------------------------------------------------------
+
+def get_category(session: Session, category_id: int) -> Category:
+    category = session.get(Category, category_id) if 0 < category_id < 2**31 else None
+    if category is None:
+        raise NotFound(f"category {category_id} not found")
+    return category
+
+
+def list_categories(session: Session) -> list[tuple[Category, int]]:
+    """Every category with how many products it holds."""
+    counts = (sa.select(Product.category_id, sa.func.count().label("n"))
+              .group_by(Product.category_id).subquery())
+    rows = session.execute(sa.select(Category, sa.func.coalesce(counts.c.n, 0))
+                           .outerjoin(counts, counts.c.category_id == Category.id)
+                           .order_by(Category.sort_order, Category.id)).all()
+    return [(c, n) for c, n in rows]
+
+
+def _category_name(session: Session, name: str, exclude_id: int | None = None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidRequest("name: must not be empty")
+    if len(name) > MAX_CATEGORY_NAME:
+        raise InvalidRequest(f"name: at most {MAX_CATEGORY_NAME} characters")
+    # Case-insensitive, as MySQL's unique index compares: the same answer on every database.
+    clash = sa.select(Category.id).where(sa.func.lower(Category.name) == name.lower())
+    if exclude_id is not None:
+        clash = clash.where(Category.id != exclude_id)
+    if session.scalar(clash.limit(1)) is not None:
+        raise Conflict(f"name: a category named {name!r} already exists")
+    return name
+
+
+def _flush_category(session: Session, name: str) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except sa.exc.IntegrityError:   # created by someone else since the check
+        raise Conflict(f"name: a category named {name!r} already exists") from None
+
+
+def create_category(session: Session, *, name: str, actor: str, sort_order: int | str = 0,
+                    is_active: bool = True, source_ip: str | None = None) -> Category:
+    name = _category_name(session, name)
+    sort_order = whole_number(sort_order, "sort order")
+    _in_range(sort_order, "sort order", *SORT_ORDER_RANGE)
+    category = Category(name=name, sort_order=sort_order, is_active=bool(is_active))
+    session.add(category)
+    _flush_category(session, name)
+    record(session, "category.create", actor=actor, target=f"category:{category.id}", source_ip=source_ip,
+           details={"name": name, "sort_order": sort_order, "visible": category.is_active})
+    return category
+
+
+def update_category(session: Session, category: Category, *, actor: str, name: str | None = None,
+                    sort_order: int | str | None = None, is_active: bool | None = None,
+                    source_ip: str | None = None) -> dict:
+    """Rename, reorder, hide or show; returns {field: {old, new}} of what changed (audited)."""
+    new = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}
+    if name is not None:
+        new["name"] = _category_name(session, name, exclude_id=category.id)
+    if sort_order is not None:
+        new["sort_order"] = whole_number(sort_order, "sort order")
+        _in_range(new["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    if is_active is not None:
+        new["visible"] = bool(is_active)
+    old = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}
+    changes = {k: {"old": old[k], "new": new[k]} for k in old if old[k] != new[k]}
+    if not changes:
+        return {}
+    category.name, category.sort_order, category.is_active = new["name"], new["sort_order"], new["visible"]
+    _flush_category(session, new["name"])
+    record(session, "category.update", actor=actor, target=f"category:{category.id}", source_ip=source_ip,
+           details={"name": category.name, "changes": changes})
+    return changes

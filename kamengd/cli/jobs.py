@@ -3,11 +3,10 @@ from __future__ import annotations
 import json
 
 import click
-import sqlalchemy as sa
 
 from ..extensions import db
+from ..reports import job_runs, run_seconds
 from ..scheduler.lease import leader_info
-from ..scheduler.models import JobRun
 from . import cli, emit, json_option, with_app
 
 
@@ -18,13 +17,9 @@ from . import cli, emit, json_option, with_app
 @with_app(readonly=True)
 def jobs(limit, job, as_json):
     """Recent job runs, newest first, and the scheduler's leader."""
-    query = sa.select(JobRun).order_by(JobRun.id.desc()).limit(limit)
-    if job:
-        query = query.where(JobRun.job == job)
     runs = [{"job": r.job, "owner": r.owner, "started_at": r.started_at.isoformat(timespec="seconds") + "Z",
-             "seconds": round((r.finished_at - r.started_at).total_seconds(), 3) if r.finished_at else None,
-             "outcome": r.outcome, "counts": json.loads(r.counts), "error": r.error}
-            for r in db.session.scalars(query)]
+             "seconds": run_seconds(r), "outcome": r.outcome, "counts": json.loads(r.counts), "error": r.error}
+            for r in job_runs(db.session, job=job, limit=limit)]
     lead = leader_info(db.session)
     leader = {"owner": lead.owner,
               "heartbeat_at": lead.heartbeat_at.isoformat(timespec="seconds") + "Z" if lead.heartbeat_at else None}

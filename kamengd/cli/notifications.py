@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import click
-import sqlalchemy as sa
 
 from ..extensions import db
-from ..notifications.models import Event, Notification, NotificationAttempt
+from ..reports import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
 from . import cli, emit, json_option, with_app
 
 
@@ -14,23 +13,15 @@ def _iso(value):
 
 @cli.command()
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--status", type=click.Choice(("pending", "sent", "failed")), help="Only these.")
+@click.option("--status", type=click.Choice(NOTIFICATION_STATUSES), help="Only these.")
 @json_option
 @with_app(readonly=True)
 def notifications(limit, status, as_json):
     """Recent webhook and staff-mail notifications, newest first, with every attempt."""
-    query = (sa.select(Notification, Event.type).join(Event, Event.id == Notification.event_id)
-             .order_by(Notification.id.desc()).limit(limit))
-    if status:
-        query = query.where(Notification.status == status)
-    rows = db.session.execute(query).all()
-    attempts = {}
-    if rows:
-        for a in db.session.scalars(sa.select(NotificationAttempt).where(
-                NotificationAttempt.notification_id.in_([n.id for n, _ in rows])).order_by(NotificationAttempt.id)):
-            attempts.setdefault(a.notification_id, []).append(
-                {"attempt": a.attempt, "at": _iso(a.started_at), "ms": a.duration_ms, "outcome": a.outcome,
-                 "status_code": a.status_code, "error": a.error})
+    rows = recent_notifications(db.session, status=status, limit=limit)
+    attempts = {note_id: [{"attempt": a.attempt, "at": _iso(a.started_at), "ms": a.duration_ms, "outcome": a.outcome,
+                           "status_code": a.status_code, "error": a.error} for a in found]
+                for note_id, found in notification_attempts(db.session, [n.id for n, _ in rows]).items()}
     items = [{"id": n.id, "event": event, "channel": n.channel, "target": n.target, "status": n.status,
               "attempts": attempts.get(n.id, []), "next_attempt_at": _iso(n.next_attempt_at) if n.status == "pending"
               else None, "last_error": n.last_error} for n, event in rows]

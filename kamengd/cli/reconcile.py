@@ -4,7 +4,6 @@ import datetime as dt
 import zoneinfo
 
 import click
-import sqlalchemy as sa
 
 from ..app import get_config, get_vault
 from ..audit.services import cli_actor, record
@@ -13,6 +12,7 @@ from ..extensions import db
 from ..money import format_cents
 from ..payments.models import SettlementReport
 from ..payments.settlement import day_to_settle, report_entries, run_settlement
+from ..reports import settlement_report
 from . import cli, emit, fail, json_option, with_app
 
 
@@ -57,7 +57,7 @@ def _show(report: SettlementReport, as_json: bool) -> None:
 def reconcile_report(day, as_json):
     """Print a day's settlement report: every order where the gateway and the shop disagree."""
     day = _day(day)
-    report = db.session.scalar(sa.select(SettlementReport).where(SettlementReport.day == day))
+    report = settlement_report(db.session, day)
     if report is None:
         fail(f"no settlement report for {day} yet (the scheduler settles each day after 02:00 the next "
              f"day; `kamengd reconcile run --date {day}` runs it now)")

@@ -38,3 +38,45 @@ def user_set_role(username, role, as_json):
     """Change a staff member's role (audited)."""
     u = set_role(db.session, username=username, role=role, actor=cli_actor())
     emit(as_json, {"id": u.id, "username": u.username, "role": u.role}, f"{u.username} is now {u.role}")
+
+
+def _user(username: str):
+    import sqlalchemy as sa
+
+    from ..accounts.models import StaffUser
+    from ..errors import NotFound
+
+    found = db.session.scalars(sa.select(StaffUser).where(StaffUser.username == username)).first()
+    if found is None:
+        raise NotFound(f"user {username!r} not found")
+    return found
+
+
+@user.command("reset-2fa")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def user_reset_2fa(username, as_json):
+    """Turn a lost authenticator off and end that user's sessions (audited);
+    an owner or admin sets 2FA up again at the next sign-in."""
+    from ..accounts.auth import disable_totp, end_all_sessions
+
+    u = _user(username)
+    disable_totp(db.session, u, actor=cli_actor(), ip=None)
+    end_all_sessions(db.session, u, actor=cli_actor(), ip=None)
+    emit(as_json, {"id": u.id, "username": u.username, "totp_enabled": False},
+         f"two-factor sign-in of {u.username} is off; their sessions are ended")
+
+
+@user.command("set-password")
+@click.option("--username", required=True)
+@click.option("--password-file", required=True, metavar="FILE")
+@json_option
+@with_app
+def user_set_password(username, password_file, as_json):
+    """Set a staff member's password (a forgotten one) and end their sessions (audited)."""
+    from ..accounts.auth import reset_password
+
+    u = _user(username)
+    reset_password(db.session, u, read_password_file(password_file), actor=cli_actor(), ip=None)
+    emit(as_json, {"id": u.id, "username": u.username}, f"password of {u.username} is set; their sessions are ended")

@@ -5,6 +5,12 @@ cannot be read or is too long) nothing does. Keys stream through in batches
 written with one executemany each; the database's unique (product,
 fingerprint) index drops duplicates, both those already in stock and those
 repeated in the file, and the batch's row count tells how many went in.
+
+The panel imports big uploads with import_keys_in_chunks: the whole file is
+checked first (so a bad file still imports nothing), then written in parts,
+each its own transaction. Its downloads are audited (with the reason staff
+gave) before the first key is sent: start_key_export, then
+iter_plaintext_keys.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,12 +28,20 @@ from sqlalchemy.orm import Session, scoped_session
 from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import get_product
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, KamengdError
 from ..vault import NONCE_BYTES, Vault
-from .importer import check_key, iter_lines
+from .importer import ImportFileError, check_key, iter_lines
 from .models import CardKey, KeyImport
 
 EXPORT_STATUSES = ("available", "sold", "all")
+CHUNK_LINES = 50_000          # lines per committed part of a web import
+EXPORT_REASON = (5, 500)      # characters a download's reason needs, at least and at most
+
+
+class ImportInterrupted(KamengdError):
+    """A chunked import failed after some of its parts were committed."""
+    code = "internal_error"
+    http_status = 500
 
 
 @dataclass
@@ -36,6 +51,7 @@ class ImportResult:
     blank: int = 0
     encoding: str = ""
     delivered: int = 0  # waiting paid orders delivered from this import
+    chunks: int = 1     # committed parts (import_keys_in_chunks)
 
     def as_dict(self) -> dict:
         return {"imported": self.imported, "duplicates": self.duplicates, "blank": self.blank}
@@ -87,10 +103,8 @@ def _encrypt_batch(vault: Vault, product_id: int, import_id: int, keys: list[str
     return rows
 
 
-def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO, actor: str,
-                encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
-                source_ip: str | None = None) -> ImportResult:
-    """Import one key per line from a seekable binary file. Flushes; the caller commits."""
+def _begin_import(session: Session, product_id: int):
+    """The import's connection, its product checked (and locked off SQLite)."""
     # As the transaction's first statement: on SQLite, per-row FK checks off
     # (the product is checked below, the import row is ours), a bigger cache.
     real = session() if isinstance(session, scoped_session) else session
@@ -102,8 +116,24 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
         # the duplicate checks below never see a half-rotated product (SQLite's
         # write lock already serialises the two).
         session.execute(sa.select(Product.id).where(Product.id == product_id).with_for_update())
-    result = ImportResult()
-    result.encoding, lines = iter_lines(fh, encoding)
+    return conn
+
+
+def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO, actor: str,
+                encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
+                source_ip: str | None = None) -> ImportResult:
+    """Import one key per line from a seekable binary file. Flushes; the caller commits."""
+    conn = _begin_import(session, product_id)
+    used, lines = iter_lines(fh, encoding)
+    return _write_keys(session, vault, conn, product_id=product_id, lines=lines, encoding=used, actor=actor,
+                       max_key_length=max_key_length, batch_size=batch_size, source_ip=source_ip)
+
+
+def _write_keys(session: Session, vault: Vault, conn, *, product_id: int, lines: Iterable[tuple[int, str]],
+                encoding: str, actor: str, max_key_length: int, batch_size: int, source_ip: str | None,
+                details: dict | None = None) -> ImportResult:
+    """One import run (a key_imports row, one keys.import entry) of these numbered lines."""
+    result = ImportResult(encoding=encoding)
     run = KeyImport(product_id=product_id, actor=actor, encoding=result.encoding)
     session.add(run)
     session.flush()
@@ -140,8 +170,87 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
         result.delivered = deliver_waiting_orders(session, product_id)
     record(session, "keys.import", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
            details={**result.as_dict(), "encoding": result.encoding, "import_id": run.id,
-                    "orders_delivered": result.delivered})
+                    "orders_delivered": result.delivered, **(details or {})})
     return result
+
+
+@dataclass
+class ImportCheck:
+    """What the reading pass found: the file is importable as it stands."""
+    encoding: str
+    lines: int
+    keys: int
+    blank: int
+
+
+def check_import_file(fh: BinaryIO, *, encoding: str | None = None, max_key_length: int = 512) -> ImportCheck:
+    """Read the whole file once, as an import would, without touching the database.
+
+    Raises ImportFileError for a line that does not decode, a key too long or
+    with control characters, or a file without a single key. Leaves ``fh``
+    where it found it.
+    """
+    start = fh.tell()
+    used, lines = iter_lines(fh, encoding)
+    count = keys = blank = 0
+    for count, line in lines:
+        key = line.strip()
+        if not key:
+            blank += 1
+            continue
+        check_key(count, key, max_key_length)
+        keys += 1
+    if not keys:
+        raise ImportFileError("the file holds no keys (it is empty or every line is blank); nothing imported")
+    fh.seek(start)
+    return ImportCheck(encoding=used, lines=count, keys=keys, blank=blank)
+
+
+def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO, actor: str,
+                          encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
+                          chunk_lines: int = CHUNK_LINES, source_ip: str | None = None) -> ImportResult:
+    """Check the whole file, then import it `chunk_lines` lines at a time, COMMITTING after each chunk.
+
+    For big uploads in the web panel: SQLite's write lock is held for one
+    chunk (about half a second for 50,000 keys), not the whole file, so the
+    shop keeps selling during the import. A file that cannot be imported is
+    refused by the checking pass before anything is written: all or nothing
+    as for import_keys. Should the database fail half-way, the chunks already
+    committed stay (each with its key_imports row and its keys.import audit
+    entry, which names the chunk: {"chunk": 2, "chunks": 5}); importing the
+    same file again adds the rest and counts the others as duplicates.
+
+    Call it outside a transaction (it commits). Returns the totals.
+    """
+    if chunk_lines < 1:
+        raise ValueError("chunk_lines must be at least 1")
+    check = check_import_file(fh, encoding=encoding, max_key_length=max_key_length)
+    _, lines = iter_lines(fh, check.encoding)   # the encoding the check found: no second detection
+    chunks = -(-check.lines // chunk_lines)
+    total = ImportResult(encoding=check.encoding)
+    for number in range(1, chunks + 1):
+        try:
+            conn = _begin_import(session, product_id)
+            part = _write_keys(session, vault, conn, product_id=product_id, lines=islice(lines, chunk_lines),
+                               encoding=check.encoding, actor=actor, max_key_length=max_key_length,
+                               batch_size=batch_size, source_ip=source_ip,
+                               details={"chunk": number, "chunks": chunks})
+            session.commit()
+        except sa.exc.SQLAlchemyError:
+            session.rollback()
+            if number == 1:
+                raise
+            raise ImportInterrupted(
+                f"the import stopped at part {number} of {chunks} (a database error); {total.imported} keys "
+                f"of the parts before it are in stock. Import the same file again: those count as "
+                f"duplicates, the rest goes in") from None
+        total.imported += part.imported
+        total.duplicates += part.duplicates
+        total.blank += part.blank
+        total.delivered += part.delivered
+    next(lines, None)   # ends the reader (it lets go of fh)
+    total.chunks = chunks
+    return total
 
 
 def iter_plaintext_keys(session: Session, vault: Vault, product_id: int,
@@ -154,6 +263,54 @@ def iter_plaintext_keys(session: Session, vault: Vault, product_id: int,
     for row in session.execute(query.execution_options(yield_per=2000)):
         yield vault.decrypt_card_key(row.product_id, row.fingerprint, row.nonce, row.ciphertext,
                                      row.key_version).decode("utf-8")
+
+
+def key_counts(session: Session, product_ids: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+    """{product id: {status: keys}} in one grouped query (every product, or these)."""
+    t = CardKey.__table__
+    query = sa.select(t.c.product_id, t.c.status, sa.func.count()).group_by(t.c.product_id, t.c.status)
+    if product_ids is not None:
+        ids = list(product_ids)
+        if not ids:
+            return {}
+        query = query.where(t.c.product_id.in_(ids))
+    counts: dict[int, dict[str, int]] = {}
+    for product_id, status, n in session.execute(query):
+        counts.setdefault(product_id, {})[status] = n
+    return counts
+
+
+def export_statuses(status: str) -> list[str] | None:
+    """The key statuses an export of `status` holds (None: every key)."""
+    if status not in EXPORT_STATUSES:
+        raise InvalidRequest(f"status: must be one of {', '.join(EXPORT_STATUSES)}")
+    return None if status == "all" else [status]
+
+
+def start_key_export(session: Session, *, product_id: int, status: str, reason: str, actor: str,
+                     source_ip: str | None = None) -> int:
+    """Audit a download of plaintext keys before it starts; returns how many keys it holds.
+
+    The caller commits, and only then streams iter_plaintext_keys: no key
+    leaves unless the entry naming who took them, and why, is stored. The
+    count is the one at this moment (a key sold meanwhile may still change
+    status before the stream reaches it).
+    """
+    statuses = export_statuses(status)
+    reason = " ".join((reason or "").split())
+    low, high = EXPORT_REASON
+    if len(reason) < low:
+        raise InvalidRequest(f"reason: say why the keys are downloaded (at least {low} characters)")
+    if len(reason) > high:
+        raise InvalidRequest(f"reason: at most {high} characters")
+    get_product(session, product_id)
+    query = sa.select(sa.func.count()).select_from(CardKey).where(CardKey.product_id == product_id)
+    if statuses is not None:
+        query = query.where(CardKey.status.in_(statuses))
+    count = session.scalar(query)
+    record(session, "keys.export", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
+           details={"status": status, "count": count, "reason": reason, "via": "panel download"})
+    return count
 
 
 @dataclass
@@ -181,8 +338,7 @@ def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path
     The caller commits, then calls ``finish()``: no key file appears unless
     the audit entry recording it was committed.
     """
-    if status not in EXPORT_STATUSES:
-        raise InvalidRequest(f"status: must be one of {', '.join(EXPORT_STATUSES)}")
+    statuses = export_statuses(status)
     get_product(session, product_id)
     output = Path(output).absolute()
     if output.is_dir():
@@ -197,8 +353,7 @@ def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for key in iter_plaintext_keys(session, vault, product_id,
-                                           None if status == "all" else [status]):
+            for key in iter_plaintext_keys(session, vault, product_id, statuses):
                 fh.write(key)
                 fh.write("\n")
                 count += 1

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Config
 from ..database import utcnow
+from ..errors import ConfigError, InvalidRequest
 from ..orders.models import Order
 from ..vault import Vault
 from .models import EmailOutbox
@@ -48,8 +49,10 @@ def render_delivery_email(session: Session, vault: Vault, config: Config, mail: 
     from ..orders.services import order_keys
 
     order = session.get(Order, mail.order_id)
+    from ..settings.services import site_name
+
     keys = order_keys(session, vault, order)
-    site = config.site.name
+    site = site_name(session, config.site.name)
     msg = EmailMessage()
     msg["Subject"] = f"[{site}] 订单 {order.order_no} 卡密 / your keys"
     msg["From"] = config.smtp.from_address or f"kamengd@{config.smtp.host}"
@@ -75,6 +78,35 @@ def smtp_send(config: Config, msg: EmailMessage) -> None:
         if smtp.username:
             client.login(smtp.username, config.smtp_password())
         client.send_message(msg)
+
+
+def check_mail_address(text: str) -> str:
+    """The recipient a staff member typed for a test mail, checked like a buyer's address."""
+    from ..orders.services import EMAIL_RE
+
+    address = text.strip()
+    if not address or len(address) > 254 or not EMAIL_RE.match(address):
+        raise InvalidRequest("recipient: a valid e-mail address is required")
+    return address
+
+
+def send_test_mail(config: Config, to: str, *, site_name: str | None = None, send=smtp_send) -> str | None:
+    """One short mail through the configured server: None when it was accepted,
+    else what went wrong, on one line (never the password)."""
+    if not config.smtp.host:
+        raise InvalidRequest("no SMTP server is configured: set [smtp] host in the config file")
+    site = site_name or config.site.name
+    msg = EmailMessage()
+    msg["Subject"] = f"[{site}] 测试邮件 / test mail"
+    msg["From"] = config.smtp.from_address or f"kamengd@{config.smtp.host}"
+    msg["To"] = check_mail_address(to)
+    msg.set_content(f"这是 {site} 的测试邮件，邮件设置可用。\n"
+                    f"This is a test mail from {site}: the mail settings work.\n")
+    try:
+        send(config, msg)
+    except (OSError, smtplib.SMTPException, ConfigError) as exc:
+        return " ".join(f"{exc.__class__.__name__}: {exc}".split())[:300]
+    return None
 
 
 def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.datetime | None = None,

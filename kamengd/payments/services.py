@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import Conflict, InvalidRequest, KamengdError
-from ..vault import Vault
+from ..database import utcnow
+from ..errors import Conflict, InvalidRequest, KamengdError, NotFound
+from ..vault import Vault, VaultError
 from .models import Payment, PaymentChannel
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -24,12 +25,19 @@ CHANNEL_TYPES = {
 }
 
 
+MAX_OPTION_LENGTH = 500
+MAX_NAME_LENGTH = 100
+SORT_ORDER_RANGE = (0, 9999)
+
+
 def _validate_options(channel_type: str, options: dict[str, str]) -> None:
     spec = CHANNEL_TYPES[channel_type]
-    for name in options:
+    for name, value in options.items():
         if name not in spec["options"]:
             raise InvalidRequest(f"option {name}: not an option of {channel_type} "
                                  f"(takes {', '.join(spec['options'])})")
+        if len(value) > MAX_OPTION_LENGTH:
+            raise InvalidRequest(f"option {name}: at most {MAX_OPTION_LENGTH} characters")
     for name in spec["required"]:
         if not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.
@@ -48,31 +56,196 @@ def channel_secrets(vault: Vault, channel: PaymentChannel) -> dict[str, str]:
     return json.loads(plaintext)
 
 
+def _clean_name(name: str | None, code: str) -> str:
+    name = (name or "").strip() or code
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"name: at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def parse_sort_order(raw) -> int:
+    """A form's or the CLI's sort order: a whole number, lower first."""
+    low, high = SORT_ORDER_RANGE
+    try:
+        value = int(raw.strip() or "0") if isinstance(raw, str) else raw
+    except ValueError:
+        value = None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidRequest(f"sort order: a whole number from {low} to {high}")
+    return value
+
+
+def _store_secrets(vault: Vault, channel: PaymentChannel, secrets: dict[str, str]) -> None:
+    channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
+        f"channel:{channel.code}", json.dumps(secrets, sort_keys=True).encode())
+
+
 def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str, actor: str,
-                name: str | None = None, options: dict[str, str] | None = None,
+                name: str | None = None, options: dict[str, str] | None = None, sort_order=0,
                 source_ip: str | None = None) -> PaymentChannel:
     options = {k: v.strip() for k, v in (options or {}).items()}
     if channel_type not in CHANNEL_TYPES:
         raise InvalidRequest(f"type: must be one of {', '.join(CHANNEL_TYPES)}")
     if not CODE_RE.match(code):
         raise InvalidRequest("code: 1-32 lower-case letters, digits, '_' or '-'")
+    name = _clean_name(name, code)
+    sort_order = parse_sort_order(sort_order)
     _validate_options(channel_type, options)
     if session.scalar(sa.select(PaymentChannel.id).where(PaymentChannel.code == code)) is not None:
         raise Conflict(f"channel {code!r} already exists")
     secret_names = CHANNEL_TYPES[channel_type]["secret"]
     public = {k: v for k, v in options.items() if k not in secret_names}
     secrets = {k: v for k, v in options.items() if k in secret_names}
-    channel = PaymentChannel(code=code, type=channel_type, name=(name or code).strip()[:100],
+    channel = PaymentChannel(code=code, type=channel_type, name=name, sort_order=sort_order,
                              options=json.dumps(public, sort_keys=True))
     if secrets:
-        channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
-            f"channel:{code}", json.dumps(secrets, sort_keys=True).encode())
-    session.add(channel)
-    session.flush()
+        _store_secrets(vault, channel, secrets)
+    try:
+        with session.begin_nested():
+            session.add(channel)
+    except IntegrityError:   # the same code, added by a concurrent request
+        raise Conflict(f"channel {code!r} already exists") from None
     record(session, "channel.add", actor=actor, target=f"channel:{code}", source_ip=source_ip,
-           details={"type": channel_type, "name": channel.name, **public,
+           details={"type": channel_type, "name": channel.name, "sort_order": sort_order, **public,
                     "secret_options": sorted(secrets)})
     return channel
+
+
+def get_channel(session: Session, channel_id: int) -> PaymentChannel:
+    channel = session.get(PaymentChannel, channel_id)
+    if channel is None:
+        raise NotFound(f"channel {channel_id} not found")
+    return channel
+
+
+def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, name: str | None,
+                   options: dict[str, str], sort_order, actor: str, source_ip: str | None = None) -> dict:
+    """Edit a channel's name, sort order and options; returns what changed (audited, secrets by name only).
+
+    `options` holds every public option (an empty one is unset); an empty or
+    missing secret option keeps the stored one. The code and the type never
+    change: callbacks, orders and the secret's encryption are tied to them.
+    """
+    spec = CHANNEL_TYPES[channel.type]
+    options = {k: v.strip() for k, v in options.items()}
+    name = _clean_name(name, channel.code)
+    sort_order = parse_sort_order(sort_order)
+    public = {k: v for k, v in options.items() if k not in spec["secret"] and v}
+    given = {k: v for k, v in options.items() if k in spec["secret"] and v}
+    try:
+        stored = channel_secrets(vault, channel)
+    except VaultError:
+        stored = None   # a key that no longer decrypts: it must be entered again
+    if stored is None and not given:
+        raise InvalidRequest("option key: the stored key cannot be decrypted with the data key; enter it again")
+    secrets = {**(stored or {}), **given}
+    _validate_options(channel.type, {**public, **secrets})
+
+    old_public = json.loads(channel.options)
+    changes = {field: {"old": old, "new": new} for field, old, new in
+               [("name", channel.name, name), ("sort_order", channel.sort_order, sort_order)] if old != new}
+    for option in sorted(set(old_public) | set(public)):
+        if old_public.get(option, "") != public.get(option, ""):
+            changes[option] = {"old": old_public.get(option, ""), "new": public.get(option, "")}
+    changed_secrets = sorted(k for k in secrets if stored is None or stored.get(k) != secrets[k])
+    if not changes and not changed_secrets:
+        return {}
+    channel.name, channel.sort_order = name, sort_order
+    channel.options = json.dumps(public, sort_keys=True)
+    if changed_secrets:
+        _store_secrets(vault, channel, secrets)
+    session.flush()
+    details = {"changed": changes, "secret_options_changed": changed_secrets}
+    record(session, "channel.update", actor=actor, target=f"channel:{channel.code}", source_ip=source_ip,
+           details=details)
+    return details
+
+
+def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool, *, actor: str,
+                        source_ip: str | None = None) -> bool:
+    """Enable or disable; False (and no audit entry) when it already was."""
+    t = PaymentChannel.__table__
+    changed = session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(not enabled))
+                              .values(is_enabled=enabled, updated_at=utcnow())).rowcount
+    session.refresh(channel)
+    if changed:
+        record(session, "channel.enable" if enabled else "channel.disable", actor=actor,
+               target=f"channel:{channel.code}", source_ip=source_ip, details={"name": channel.name})
+    return bool(changed)
+
+
+# --- checking a channel's set-up -------------------------------------------------
+
+@dataclass
+class ChannelCheck:
+    ok: bool
+    stage: str      # "signature" (our side) or "gateway" (the merchant API)
+    message: str
+
+
+def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]:
+    """Sign a sample request with the stored key and verify it with our own verifier.
+
+    Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
+    when the stored key is missing, does not decrypt or does not verify.
+    """
+    from . import epay
+
+    if channel.type != "epay":
+        raise InvalidRequest(f"channel type {channel.type!r} cannot be tested")
+    try:
+        key = channel_secrets(vault, channel).get("key", "")
+    except VaultError:
+        raise InvalidRequest("the stored key cannot be decrypted with the data key; enter it again") from None
+    if not key:
+        raise InvalidRequest("no key is stored; enter the merchant key")
+    pid = channel_option(channel, "pid")
+    sample = {"pid": pid, "type": channel_option(channel, "pay_type", "alipay"), "out_trade_no": "TEST0001",
+              "notify_url": "https://example.com/notify", "return_url": "https://example.com/return",
+              "name": "测试 test", "money": "0.01"}
+    signed = {**sample, "sign": epay.sign(sample, key), "sign_type": "MD5"}
+    tampered = {**signed, "money": "100.00"}
+    if not epay.verify(signed, key) or epay.verify(tampered, key):
+        raise InvalidRequest("a request signed with the stored key does not verify; enter the key again")
+    return channel_option(channel, "gateway"), pid, key
+
+
+def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) -> ChannelCheck:
+    """Ask the gateway's merchant API (api.php?act=query) whether it accepts pid and key.
+
+    The answer echoes the key on some gateways: only `code`, `msg` and
+    `active` are looked at, and the key never appears in the message. The
+    URL holds the key too: it is never logged or shown.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = f"{gateway.rstrip('/')}/api.php?" + urlencode({"act": "query", "pid": pid, "key": key})
+
+    def plain(text) -> str:
+        text = " ".join(str(text).split())[:200]
+        return text.replace(key, "***") if key else text
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        return ChannelCheck(False, "gateway", f"the gateway answered HTTP {exc.code}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return ChannelCheck(False, "gateway", f"gateway unreachable: {plain(getattr(exc, 'reason', exc))}")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return ChannelCheck(False, "gateway", "the gateway answered something that is not JSON; "
+                                              "is the gateway URL right?")
+    if str(data.get("code")) != "1":
+        return ChannelCheck(False, "gateway", f"the gateway refused: {plain(data.get('msg') or 'no message')}")
+    if str(data.get("active", "1")) == "0":
+        return ChannelCheck(False, "gateway", "the gateway accepts the key but reports the merchant account "
+                                              "as disabled")
+    return ChannelCheck(True, "gateway", "the gateway accepts the merchant ID and key")
 
 
 def channel_option(channel: PaymentChannel, name: str, default: str = "") -> str:

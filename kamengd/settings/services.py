@@ -25,9 +25,12 @@ class SettingSpec:
     minimum: int | None = None
     maximum: int | None = None
     max_length: int | None = None
+    single_line: bool = False   # text: surrounding spaces dropped, no line breaks or control characters
 
 
 SETTINGS: dict[str, SettingSpec] = {
+    "site.name": SettingSpec(str, "", "Shop name shown to buyers and staff; empty: site.name of the config file.",
+                             max_length=100, single_line=True),
     "site.notice": SettingSpec(str, "", "Notice shown at the top of the storefront.", max_length=2000),
     "orders.timeout_minutes": SettingSpec(int, 10, "Minutes an unpaid order keeps its keys reserved.",
                                           minimum=1, maximum=1440),
@@ -64,6 +67,10 @@ def parse_value(key: str, raw) -> object:
         return value
     if not isinstance(raw, str):
         raise InvalidRequest(f"{key}: expected text")
+    if spec.single_line:
+        raw = raw.strip()
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            raise InvalidRequest(f"{key}: one line of text, without control characters")
     if spec.max_length is not None and len(raw) > spec.max_length:
         raise InvalidRequest(f"{key}: at most {spec.max_length} characters")
     return raw
@@ -93,3 +100,26 @@ def set_setting(session: Session, key: str, raw, *, actor: str, source_ip: str |
     record(session, "setting.change", actor=actor, target=f"setting:{key}", source_ip=source_ip,
            details={"key": key, "old": old, "new": value})
     return value
+
+
+def update_settings(session: Session, raw: dict, *, actor: str, source_ip: str | None = None) -> list[str]:
+    """Change several settings at once, all or nothing: every value is checked
+    before any is written. Returns the keys that changed (each audited)."""
+    errors, parsed = [], {}
+    for key, value in raw.items():
+        try:
+            parsed[key] = parse_value(key, value)
+        except InvalidRequest as exc:
+            errors.append(exc.message)
+    if errors:
+        raise InvalidRequest("; ".join(errors))
+    current = all_settings(session)
+    changed = [key for key, value in parsed.items() if current[key] != value]
+    for key in changed:
+        set_setting(session, key, parsed[key], actor=actor, source_ip=source_ip)
+    return changed
+
+
+def site_name(session: Session, default: str) -> str:
+    """The shop's name: the run-time setting, or `default` (the config file's) when it is empty."""
+    return get_setting(session, "site.name") or default

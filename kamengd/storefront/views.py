@@ -1,16 +1,19 @@
 """The storefront: server-rendered pages that work without JavaScript."""
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
 import sqlalchemy as sa
-from flask import Blueprint, abort, redirect, render_template, request, session
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from ..api import order_view, read_only, stock_by_product
 from ..app import get_config, get_vault
-from ..catalog.models import Product
+from ..catalog.models import Category, Product
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
-from ..orders.services import create_order, find_order_for_buyer, orders_for_email
+from ..orders.services import MAX_QUERY_PASSWORD, create_order, find_order_for_buyer, orders_for_email
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.services import get_setting
@@ -18,14 +21,31 @@ from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
 MAX_REMEMBERED = 20
+MAX_QUERY = 100
 
 
 @bp.app_context_processor
 def _helpers():
-    return {"t": t, "lang": current_lang}
+    return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url}
 
 
 bp.after_app_request(remember_lang)
+
+
+def shop_time(value: dt.datetime | None) -> str:
+    """A naive UTC time from the database, in the shop's time zone."""
+    if value is None:
+        return ""
+    local = value.replace(tzinfo=dt.timezone.utc).astimezone(ZoneInfo(get_config().site.timezone))
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def lang_url(code: str) -> str:
+    """This page in the other language: the same address and query, plus ?lang=."""
+    if request.method != "GET" or request.endpoint is None or request.endpoint == "static":
+        return f"?lang={code}"
+    args = {k: v for k, v in request.args.items() if not k.startswith("_")}  # _external & co. are url_for's
+    return url_for(request.endpoint, **{**args, **(request.view_args or {}), "lang": code})
 
 
 def _channels():
@@ -41,27 +61,92 @@ def _remember(order_no: str, token: str) -> None:
     session.permanent = True
 
 
+def _int_arg(name: str) -> int | None:
+    raw = request.args.get(name, "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) > 0 else None
+
+
+def _listed_products():
+    """Active products the index shows: none of a hidden category."""
+    return (sa.select(Product).outerjoin(Category, Product.category_id == Category.id)
+            .where(Product.is_active.is_(True), sa.or_(Product.category_id.is_(None), Category.is_active.is_(True)))
+            .order_by(Category.sort_order, Category.id, Product.sort_order, Product.id))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico on every page, the panel's too."""
+    return redirect(url_for("static", filename="favicon.svg"), code=301)
+
+
 @bp.get("/")
 def index():
+    """Every product (grouped by category), one category, or what a search finds."""
     read_only()
     stock = stock_by_product(db.session)
-    query = request.args.get("q", "").strip()[:100]
-    select = sa.select(Product).where(Product.is_active.is_(True)).order_by(Product.sort_order, Product.id)
+    query = request.args.get("q", "").strip()[:MAX_QUERY]
+    listed = _listed_products()
+    categories = db.session.scalars(
+        sa.select(Category).where(Category.is_active.is_(True),
+                                  Category.id.in_(listed.with_only_columns(Product.category_id)))
+        .order_by(Category.sort_order, Category.id)).all()
+    category = next((c for c in categories if c.id == _int_arg("category")), None)
+    select = listed
+    if category is not None:
+        select = select.where(Product.category_id == category.id)
     if query:
         select = select.where(Product.name.contains(query, autoescape=True))
     products = db.session.scalars(select).all()
-    return render_template("storefront/index.html", products=products, stock=stock, query=query,
+    names = {c.id: c.name for c in categories}
+    groups: dict[int | None, list[Product]] = {}
+    for p in products:
+        groups.setdefault(p.category_id, []).append(p)
+    # Products of no category come last, under "Other" once there are categories.
+    sections = sorted(((names.get(cid), items) for cid, items in groups.items()), key=lambda s: s[0] is None)
+    return render_template("storefront/index.html", sections=sections, categories=categories,
+                           category=category, stock=stock, query=query, count=len(products),
                            notice=get_setting(db.session, "site.notice"), money=format_cents)
 
 
-def _product_page(product_id: int, *, error: str | None = None, form=None, status: int = 200):
+# A service error names its field first ("email: ..."): the form marks that field.
+FIELDS = ("quantity", "email", "query_password", "channel")
+
+
+def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
+    """(what the buyer reads, the field at fault); the service's own words stay in brackets."""
+    field = exc.message.split(":", 1)[0] if ":" in exc.message else None
+    field = field if field in FIELDS else None
+    texts = {
+        "quantity": t(f"数量须在 {product.min_quantity} 到 {product.max_quantity} 之间。",
+                      f"Choose a quantity from {product.min_quantity} to {product.max_quantity}."),
+        "email": t("请填写有效的邮箱地址，卡密和订单信息会发到这里。",
+                   "Enter a valid e-mail address: the order and the keys are sent there."),
+        "query_password": t(f"查询密码须为 4 到 {MAX_QUERY_PASSWORD} 个字符，或留空。",
+                            f"The query password needs 4 to {MAX_QUERY_PASSWORD} characters, or leave it empty."),
+        "channel": t("请选择一种可用的支付方式。", "Choose one of the payment methods offered."),
+    }
+    if exc.code == "out_of_stock":
+        text = t("库存不足：请减少数量或稍后再来。", "Not enough stock: choose fewer or come back later.")
+    else:
+        text = texts.get(field, "")
+    return (f"{text} ({exc.message})" if text else exc.message), field
+
+
+def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None):
     read_only()
     p = db.session.get(Product, product_id) if product_id < 2**31 else None
     if p is None or not p.is_active:
         abort(404)
+    error, error_field = _error_text(exc, p) if exc is not None else (None, None)
     stock = stock_by_product(db.session).get(p.id, 0)
+    category = db.session.get(Category, p.category_id) if p.category_id else None
+    if category is not None and not category.is_active:
+        category = None
+    most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     return render_template("storefront/product.html", product=p, stock=stock, channels=_channels(),
-                           money=format_cents, error=error, form=form or {}), status
+                           category=category, most=most, money=format_cents, error=error,
+                           error_field=error_field, form=form or {},
+                           query_password_max=MAX_QUERY_PASSWORD), (exc.http_status if exc else 200)
 
 
 @bp.get("/product/<int:product_id>")
@@ -73,18 +158,20 @@ def product(product_id: int):
 @limiter.limit(lambda: get_config().ratelimit.orders)
 def buy(product_id: int):
     form = request.form
-    try:
-        quantity = int(form.get("quantity", "1"))
-    except ValueError:
-        quantity = -1
+    raw_quantity = form.get("quantity", "1").strip()
+    quantity = int(raw_quantity) if raw_quantity.isascii() and raw_quantity.isdigit() and len(raw_quantity) < 10 else -1
     try:
         created = create_order(db.session, product_id=product_id, quantity=quantity,
-                               email=form.get("email", ""), channel_code=form.get("channel", ""),
+                               email=form.get("email", "")[:1000], channel_code=form.get("channel", "")[:100],
                                query_password=form.get("query_password") or None,
                                client_ip=request.remote_addr)
     except KamengdError as exc:
         db.session.rollback()
-        return _product_page(product_id, error=exc.message, form=form, status=exc.http_status)
+        if isinstance(exc, NotFound):
+            abort(404)
+        kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
+                "channel": form.get("channel", "")[:32]}
+        return _product_page(product_id, exc=exc, form=kept)
     order = created.order
     channel = db.session.get(PaymentChannel, order.channel_id)
     p = db.session.get(Product, product_id)
@@ -93,6 +180,19 @@ def buy(product_id: int):
     db.session.commit()
     _remember(order.order_no, created.token)
     return redirect(url, code=303)
+
+
+def _order_page(order, token: str):
+    """The buyer's order: keys once delivered; a way back to the gateway while unpaid."""
+    product = db.session.get(Product, order.product_id)
+    pay_url = None
+    if order.status == "pending":
+        channel = db.session.get(PaymentChannel, order.channel_id)
+        if channel is not None and channel.is_enabled:
+            pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
+                                    product_name=product.name, token=token)
+    return render_template("order.html", order=order_view(order), product=product, pay_url=pay_url,
+                           expires_at=shop_time(order.expires_at))
 
 
 @bp.get("/order/<order_no>")
@@ -105,17 +205,21 @@ def order_page(order_no: str):
         return render_template("order_missing.html"), 404
     if request.args.get("token"):
         _remember(order_no, token)
-    return render_template("order.html", order=order_view(order))
+    return _order_page(order, token)
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
 @limiter.limit(lambda: get_config().ratelimit.lookups, methods=["POST"])
 def lookup():
     """E-mail plus query password: that buyer's recent orders. An e-mail alone shows nothing."""
-    orders = None
+    orders, email = None, ""
     if request.method == "POST":
         read_only()
-        email, password = request.form.get("email", ""), request.form.get("query_password", "")
+        email = request.form.get("email", "")[:254]
+        password = request.form.get("query_password", "")[:MAX_QUERY_PASSWORD]
         found = orders_for_email(db.session, email, password) if email and password else []
-        orders = [order_view(o) for o in found]
-    return render_template("storefront/lookup.html", orders=orders)
+        names = {p.id: p.name for p in db.session.scalars(
+            sa.select(Product).where(Product.id.in_({o.product_id for o in found})))}
+        orders = [{**order_view(o), "product_name": names.get(o.product_id, ""),
+                   "created": shop_time(o.created_at)} for o in found]
+    return render_template("storefront/lookup.html", orders=orders, email=email)

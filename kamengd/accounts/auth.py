@@ -1,0 +1,327 @@
+"""Staff sign-in: passwords, lockout with backoff, TOTP two-factor, recovery codes.
+
+Plain functions over a session, so the panel, the CLI and the tests share
+one set of rules. Every sign-in, failure, lockout and 2FA change is audited
+here, in the transaction that makes it.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+import pyotp
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..audit.services import record
+from ..database import utcnow
+from ..errors import InvalidRequest, KamengdError
+from ..vault import Vault
+from .models import LoginThrottle, RecoveryCode, StaffUser
+from .passwords import hash_password, verify_password
+from .services import validate_password
+
+# Roles that hold the shop's money and staff: they cannot work without 2FA.
+ROLES_REQUIRING_2FA = ("owner", "admin")
+
+# Failures before a lockout, per account name and per client address (an
+# office behind one address gets more room), and how the lock grows.
+LOCK_AFTER = {"user": 5, "ip": 20}
+FIRST_LOCK = dt.timedelta(minutes=1)
+MAX_LOCK = dt.timedelta(hours=1)
+# Failures older than this are forgotten: a typo a day does not add up.
+FORGET_AFTER = dt.timedelta(hours=24)
+
+TOTP_STEP = 30
+RECOVERY_CODES = 10
+
+
+class LoginFailed(KamengdError):
+    code = "login_failed"
+    http_status = 401
+
+
+class LoginLocked(KamengdError):
+    code = "login_locked"
+    http_status = 429
+
+    def __init__(self, seconds: int):
+        super().__init__(f"too many failed sign-ins; try again in {max(1, seconds)} seconds")
+        self.seconds = max(1, seconds)
+
+
+def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, str]]:
+    keys = [("user", username.strip().lower()[:128])]
+    if ip:
+        keys.append(("ip", ip[:128]))
+    return keys
+
+
+def lock_remaining(session: Session, username: str, ip: str | None, now: dt.datetime | None = None) -> int:
+    """Seconds until the name or the address may try again (0: now)."""
+    now = now or utcnow()
+    remaining = 0
+    for scope, key in _throttle_keys(username, ip):
+        row = session.get(LoginThrottle, (scope, key))
+        if row is not None and row.locked_until is not None and row.locked_until > now:
+            remaining = max(remaining, int((row.locked_until - now).total_seconds() + 0.999))
+    return remaining
+
+
+def lock_duration(failures: int, threshold: int) -> dt.timedelta | None:
+    """1 minute at the threshold, doubling with each further failure, at most an hour."""
+    if failures < threshold:
+        return None
+    return min(FIRST_LOCK * (2 ** (failures - threshold)), MAX_LOCK)
+
+
+def _count_failure(session: Session, scope: str, key: str, now: dt.datetime) -> LoginThrottle:
+    row = session.scalars(sa.select(LoginThrottle).where(LoginThrottle.scope == scope, LoginThrottle.key == key)
+                          .with_for_update()).first()
+    if row is None:
+        try:
+            with session.begin_nested():
+                row = LoginThrottle(scope=scope, key=key, failures=0, last_failure_at=now)
+                session.add(row)
+        except IntegrityError:   # another process counted this key's first failure meanwhile
+            row = session.scalars(sa.select(LoginThrottle).where(
+                LoginThrottle.scope == scope, LoginThrottle.key == key).with_for_update()).one()
+    if now - row.last_failure_at > FORGET_AFTER:
+        row.failures = 0
+    row.failures += 1
+    row.last_failure_at = now
+    lock = lock_duration(row.failures, LOCK_AFTER[scope])
+    row.locked_until = now + lock if lock else None
+    return row
+
+
+def record_failure(session: Session, username: str, ip: str | None, reason: str,
+                   now: dt.datetime | None = None) -> None:
+    now = now or utcnow()
+    record(session, "auth.login_failed", actor=f"anonymous@{ip or '-'}", target=f"login:{username[:64]}",
+           source_ip=ip, details={"username": username[:64], "reason": reason})
+    for scope, key in _throttle_keys(username, ip):
+        row = _count_failure(session, scope, key, now)
+        if row.locked_until is not None:
+            record(session, "auth.lockout", actor="system", target=f"{scope}:{key}", source_ip=ip,
+                   details={"scope": scope, "failures": row.failures,
+                            "seconds": int((row.locked_until - now).total_seconds())})
+
+
+def _clear_failures(session: Session, username: str) -> None:
+    session.execute(sa.delete(LoginThrottle).where(LoginThrottle.scope == "user",
+                                                   LoginThrottle.key == username.strip().lower()[:128]))
+
+
+def check_password(session: Session, username: str, password: str, ip: str | None,
+                   now: dt.datetime | None = None) -> StaffUser:
+    """The first factor. Raises LoginLocked before looking at the password.
+
+    The caller commits either way: a failure must be counted and audited.
+    """
+    now = now or utcnow()
+    seconds = lock_remaining(session, username, ip, now)
+    if seconds:
+        raise LoginLocked(seconds)
+    user = session.scalars(sa.select(StaffUser).where(StaffUser.username == username.strip())).first()
+    ok = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or not user.is_active:
+        record_failure(session, username, ip, "password" if ok is False or user is None else "inactive", now)
+        raise LoginFailed("wrong username or password")
+    return user
+
+
+def complete_login(session: Session, user: StaffUser, ip: str | None, method: str,
+                   now: dt.datetime | None = None) -> None:
+    _clear_failures(session, user.username)
+    user.last_login_at = now or utcnow()
+    record(session, "auth.login", actor=f"staff:{user.username}", target=f"user:{user.id}", source_ip=ip,
+           details={"method": method})
+
+
+# --- TOTP ---------------------------------------------------------------------
+
+def _totp_context(user: StaffUser) -> str:
+    return f"staff-totp:{user.id}"
+
+
+def totp_secret(vault: Vault, user: StaffUser) -> str | None:
+    if user.totp_ciphertext is None:
+        return None
+    return vault.decrypt_secret(_totp_context(user), user.totp_nonce, user.totp_ciphertext,
+                                user.totp_key_version).decode("ascii")
+
+
+def start_enrolment(session: Session, vault: Vault, user: StaffUser) -> str:
+    """A new secret for a user without 2FA; shown once as a QR code, confirmed by a code."""
+    if user.totp_enabled:
+        raise InvalidRequest("two-factor sign-in is already on; turn it off first")
+    secret = pyotp.random_base32()
+    user.totp_nonce, user.totp_ciphertext, user.totp_key_version = vault.encrypt_secret(
+        _totp_context(user), secret.encode("ascii"))
+    session.flush()
+    return secret
+
+
+def provisioning_uri(secret: str, user: StaffUser, issuer: str) -> str:
+    return pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=issuer)
+
+
+def _matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
+    code = "".join(code.split())
+    if len(code) != 6 or not code.isdigit():
+        return None
+    totp = pyotp.TOTP(secret)
+    step = int(now.replace(tzinfo=dt.timezone.utc).timestamp()) // TOTP_STEP
+    found = None
+    for candidate in (step - 1, step, step + 1):   # one step of clock drift either way
+        if hmac.compare_digest(totp.generate_otp(candidate), code):
+            found = candidate
+    return found
+
+
+def check_totp(session: Session, vault: Vault, user: StaffUser, code: str, now: dt.datetime | None = None) -> bool:
+    """True once per code: the step is remembered so a seen code is refused."""
+    now = now or utcnow()
+    secret = totp_secret(vault, user)
+    if secret is None:
+        return False
+    step = _matching_step(secret, code, now)
+    if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
+        return False
+    # Conditional: two sign-ins racing with the same code, one wins.
+    t = StaffUser.__table__
+    won = session.execute(t.update().where(t.c.id == user.id, sa.or_(
+        t.c.totp_last_step.is_(None), t.c.totp_last_step < step)).values(totp_last_step=step)).rowcount
+    session.expire(user, ["totp_last_step"])
+    return won == 1
+
+
+def confirm_enrolment(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+                      now: dt.datetime | None = None) -> list[str]:
+    """Turn 2FA on with a code from the new secret; returns fresh recovery codes."""
+    if user.totp_enabled:
+        raise InvalidRequest("two-factor sign-in is already on")
+    if user.totp_ciphertext is None:
+        raise InvalidRequest("start the set-up first")
+    if not check_totp(session, vault, user, code, now):
+        raise InvalidRequest("that code is not right; check the phone's clock and try the next code")
+    user.totp_enabled = True
+    codes = _new_recovery_codes(session, user)
+    record(session, "auth.2fa_enable", actor=f"staff:{user.username}", target=f"user:{user.id}", source_ip=ip)
+    return codes
+
+
+def disable_totp(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> None:
+    """Off, for the user (with a code, checked by the caller) or reset by the owner."""
+    user.totp_enabled = False
+    user.totp_ciphertext = user.totp_nonce = user.totp_key_version = None
+    user.totp_last_step = None
+    session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    record(session, "auth.2fa_disable", actor=actor, target=f"user:{user.id}", source_ip=ip,
+           details={"username": user.username})
+
+
+# --- recovery codes -------------------------------------------------------------
+
+def _code_hash(code: str) -> bytes:
+    return hashlib.sha256(code.replace("-", "").strip().lower().encode()).digest()
+
+
+def _new_recovery_codes(session: Session, user: StaffUser) -> list[str]:
+    session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    codes = []
+    for _ in range(RECOVERY_CODES):
+        raw = base64.b32encode(os.urandom(10)).decode().lower()[:12]   # 60 bits
+        codes.append(f"{raw[:4]}-{raw[4:8]}-{raw[8:]}")
+        session.add(RecoveryCode(user_id=user.id, code_hash=_code_hash(codes[-1])))
+    session.flush()
+    return codes
+
+
+def regenerate_recovery_codes(session: Session, user: StaffUser, *, ip: str | None) -> list[str]:
+    if not user.totp_enabled:
+        raise InvalidRequest("turn on two-factor sign-in first")
+    codes = _new_recovery_codes(session, user)
+    record(session, "auth.recovery_codes", actor=f"staff:{user.username}", target=f"user:{user.id}",
+           source_ip=ip)
+    return codes
+
+
+def remaining_recovery_codes(session: Session, user: StaffUser) -> int:
+    return session.scalar(sa.select(sa.func.count()).select_from(RecoveryCode).where(
+        RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None)))
+
+
+def use_recovery_code(session: Session, user: StaffUser, code: str, *, ip: str | None,
+                      now: dt.datetime | None = None) -> bool:
+    t = RecoveryCode.__table__
+    used = session.execute(t.update().where(t.c.user_id == user.id, t.c.code_hash == _code_hash(code),
+                                            t.c.used_at.is_(None)).values(used_at=now or utcnow())).rowcount
+    if used:
+        record(session, "auth.recovery_used", actor=f"staff:{user.username}", target=f"user:{user.id}",
+               source_ip=ip, details={"remaining": remaining_recovery_codes(session, user)})
+    return used == 1
+
+
+@dataclass
+class SecondFactor:
+    ok: bool
+    method: str = ""
+
+
+def check_second_factor(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+                        now: dt.datetime | None = None) -> SecondFactor:
+    """A TOTP code or a recovery code; a wrong one counts as a failed sign-in."""
+    now = now or utcnow()
+    seconds = lock_remaining(session, user.username, ip, now)
+    if seconds:
+        raise LoginLocked(seconds)
+    cleaned = code.strip()
+    if check_totp(session, vault, user, cleaned, now):
+        return SecondFactor(True, "password+totp")
+    if len(cleaned) > 6 and use_recovery_code(session, user, cleaned, ip=ip, now=now):
+        return SecondFactor(True, "password+recovery_code")
+    record_failure(session, user.username, ip, "second_factor", now)
+    return SecondFactor(False)
+
+
+# --- sessions and passwords -------------------------------------------------------
+
+def end_all_sessions(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> int:
+    user.session_epoch = (user.session_epoch or 0) + 1
+    session.flush()
+    record(session, "auth.logout_everywhere", actor=actor, target=f"user:{user.id}", source_ip=ip)
+    return user.session_epoch
+
+
+def change_password(session: Session, user: StaffUser, *, current: str, new: str, ip: str | None) -> int:
+    """Needs the current password; ends the user's other sessions. Returns the new epoch."""
+    if not verify_password(user.password_hash, current):
+        record_failure(session, user.username, ip, "password_change")
+        raise LoginFailed("the current password is not right")   # the caller commits the count
+    validate_password(new)
+    if new == current:
+        raise InvalidRequest("the new password is the same as the current one")
+    user.password_hash = hash_password(new)
+    user.password_changed_at = utcnow()
+    user.session_epoch = (user.session_epoch or 0) + 1
+    record(session, "auth.password_change", actor=f"staff:{user.username}", target=f"user:{user.id}",
+           source_ip=ip)
+    return user.session_epoch
+
+
+def reset_password(session: Session, user: StaffUser, new: str, *, actor: str, ip: str | None) -> None:
+    """Set by someone else (the owner, the CLI): no current password; sessions end."""
+    validate_password(new)
+    user.password_hash = hash_password(new)
+    user.password_changed_at = utcnow()
+    user.session_epoch = (user.session_epoch or 0) + 1
+    _clear_failures(session, user.username)
+    record(session, "auth.password_reset", actor=actor, target=f"user:{user.id}", source_ip=ip,
+           details={"username": user.username})

@@ -1,0 +1,320 @@
+"""What staff do with orders: find them, look at one, and act on it.
+
+Each action takes (session, ..., actor, source_ip), changes the order with a
+conditional UPDATE on its status (two staff acting at once: one wins, the
+other gets Conflict), records an audit entry in the same transaction and
+only flushes; the caller commits once. An action refused halfway raises,
+and the caller's rollback leaves nothing done.
+
+Money never moves here: a refund marks the order refunded, the merchant
+returns the money at the gateway.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..audit.models import AuditEntry
+from ..audit.services import record
+from ..catalog.models import Product
+from ..database import utcnow
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..inventory.models import CardKey
+from ..money import format_cents
+from ..notifications.events import emit, order_payload
+from ..notifications.models import EmailOutbox, Event
+from ..payments.models import Payment, PaymentChannel
+from ..vault import Vault
+from .models import ORDER_STATUSES, Order
+from .services import (DELIVERED, RESOLVED, deliver_manually, deliver_paid_order,
+                       deliver_waiting_orders, lock_order_status, order_keys, queue_delivery_email)
+
+MAX_REASON = 500
+MAX_PASTE = 1_000_000          # characters of pasted keys
+REFUNDABLE = ("paid", "held", "delivered")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")   # as the importer: a tab may stay
+
+
+def target(order: Order) -> str:
+    return f"order:{order.order_no}"
+
+
+def find_order(session: Session, order_no) -> Order:
+    if not isinstance(order_no, str) or not 0 < len(order_no) <= 32:
+        raise NotFound("order not found")
+    order = session.scalar(sa.select(Order).where(Order.order_no == order_no))
+    if order is None:
+        raise NotFound(f"order {order_no} not found")
+    return order
+
+
+def _text(value, name: str, *, required: bool) -> str:
+    value = (value if isinstance(value, str) else "").strip()
+    if required and not value:
+        raise InvalidRequest(f"{name}: required")
+    if len(value) > MAX_REASON:
+        raise InvalidRequest(f"{name}: at most {MAX_REASON} characters")
+    return value
+
+
+def _claim(session: Session, order: Order, expected: tuple[str, ...], **values) -> bool:
+    """Conditional UPDATE on the order's status; True when this transaction changed it."""
+    done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status.in_(expected))
+                           .values(**values).execution_options(synchronize_session=False)).rowcount
+    session.refresh(order)
+    return done == 1
+
+
+def _release_reserved(session: Session, order: Order) -> int:
+    """The order's reserved keys go back on sale; buyers who already paid get them first."""
+    t = CardKey.__table__
+    released = session.execute(t.update().where(t.c.order_id == order.id, t.c.status == "reserved")
+                               .values(status="available", order_id=None, reserved_until=None)).rowcount
+    if released:
+        deliver_waiting_orders(session, order.product_id)
+    return released
+
+
+def key_counts(session: Session, order: Order) -> dict[str, int]:
+    t = CardKey.__table__
+    return dict(session.execute(sa.select(t.c.status, sa.func.count()).where(t.c.order_id == order.id)
+                                .group_by(t.c.status)).all())
+
+
+# --- finding orders -------------------------------------------------------
+
+@dataclass
+class OrderSearch:
+    order_no: str = ""                  # exact or prefix
+    email: str = ""                     # exact, any letter case
+    status: str = ""                    # one of ORDER_STATUSES, or "" for all
+    created_from: dt.datetime | None = None   # naive UTC, inclusive
+    created_to: dt.datetime | None = None     # naive UTC, exclusive
+    flagged: bool = False
+
+    def conditions(self) -> list:
+        where = []
+        if self.order_no:
+            where.append(Order.order_no.startswith(self.order_no[:32], autoescape=True))
+        if self.email:   # phones capitalise the first letter: any letter case matches
+            where.append(sa.func.lower(Order.email) == self.email[:254].lower())
+        if self.status in ORDER_STATUSES:
+            where.append(Order.status == self.status)
+        if self.created_from is not None:
+            where.append(Order.created_at >= self.created_from)
+        if self.created_to is not None:
+            where.append(Order.created_at < self.created_to)
+        if self.flagged:
+            where.append(Order.flagged_at.is_not(None))
+        return where
+
+
+def search_orders(session: Session, search: OrderSearch, *, page: int = 1,
+                  page_size: int = 50) -> tuple[list, int]:
+    """One page of (Order, product name), newest first, and how many match in all."""
+    where = search.conditions()
+    total = session.scalar(sa.select(sa.func.count()).select_from(Order).where(*where))
+    rows = session.execute(sa.select(Order, Product.name.label("product_name"))
+                           .join(Product, Product.id == Order.product_id).where(*where)
+                           .order_by(Order.created_at.desc(), Order.id.desc())
+                           .limit(page_size).offset((max(page, 1) - 1) * page_size)).all()
+    return rows, total
+
+
+# --- one order ------------------------------------------------------------
+
+@dataclass
+class OrderDetail:
+    order: Order
+    product: Product
+    channel: PaymentChannel | None
+    payments: list = field(default_factory=list)    # (Payment, channel code)
+    mails: list = field(default_factory=list)       # EmailOutbox rows
+    events: list = field(default_factory=list)      # (Event, payload dict)
+    audit: list = field(default_factory=list)       # AuditEntry rows
+    keys: dict = field(default_factory=dict)        # key status -> count
+
+
+def order_detail(session: Session, order_no, limit: int = 200) -> OrderDetail:
+    order = find_order(session, order_no)
+    payments = session.execute(sa.select(Payment, PaymentChannel.code)
+                               .join(PaymentChannel, PaymentChannel.id == Payment.channel_id)
+                               .where(Payment.order_id == order.id).order_by(Payment.id)).all()
+    mails = session.scalars(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id)
+                            .order_by(EmailOutbox.id).limit(limit)).all()
+    # Events and audit entries name the order in their text; none predates it (an hour
+    # of margin for servers whose clocks differ) and the time index bounds the search.
+    since = order.created_at - dt.timedelta(hours=1)
+    events = session.scalars(sa.select(Event).where(
+        Event.created_at >= since,
+        Event.payload.contains(json.dumps({"order_no": order.order_no})[1:-1], autoescape=True))
+        .order_by(Event.id).limit(limit)).all()
+    audit = session.scalars(sa.select(AuditEntry).where(AuditEntry.created_at >= since,
+                                                        AuditEntry.target == target(order))
+                            .order_by(AuditEntry.id).limit(limit)).all()
+    return OrderDetail(order=order, product=session.get(Product, order.product_id),
+                       channel=session.get(PaymentChannel, order.channel_id) if order.channel_id else None,
+                       payments=[tuple(p) for p in payments], mails=list(mails),
+                       events=[(e, json.loads(e.payload)) for e in events], audit=list(audit),
+                       keys=key_counts(session, order))
+
+
+# --- actions --------------------------------------------------------------
+
+def reveal_keys(session: Session, vault: Vault, *, order_no, actor: str,
+                source_ip: str | None = None) -> tuple[Order, list[str]]:
+    """The keys a delivered order's buyer received; every look is audited."""
+    order = find_order(session, order_no)
+    if order.delivered_at is None:
+        raise Conflict(f"order {order.order_no} is {order.status}; it has no delivered keys")
+    keys = order_keys(session, vault, order)
+    record(session, "order.keys_view", actor=actor, target=target(order), source_ip=source_ip,
+           details={"keys": len(keys)})
+    return order, keys
+
+
+def parse_pasted_keys(text, max_length: int) -> list[str]:
+    """One key a line; blank lines and surrounding spaces are dropped."""
+    if not isinstance(text, str) or len(text) > MAX_PASTE:
+        raise InvalidRequest(f"keys: at most {MAX_PASTE} characters")
+    keys = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key:
+            continue
+        if len(key) > max_length:
+            raise InvalidRequest(f"line {lineno}: the key is {len(key)} characters, longer than the "
+                                 f"limit of {max_length}; nothing delivered")
+        if _CONTROL.search(key):
+            raise InvalidRequest(f"line {lineno}: the key contains control characters; nothing delivered")
+        keys.append(key)
+    if not keys:
+        raise InvalidRequest("keys: paste the order's keys, one per line")
+    return keys
+
+
+def deliver_pasted_keys(session: Session, vault: Vault, *, order_no, text, max_key_length: int,
+                        actor: str, source_ip: str | None = None) -> Order:
+    """Staff deliver a paid order with keys they paste (audited order.deliver)."""
+    keys = parse_pasted_keys(text, max_key_length)
+    order = find_order(session, order_no)
+    if order.status != "paid":
+        raise Conflict(f"order {order.order_no} is {order.status}; only paid orders can be delivered")
+    if len(keys) != order.quantity:
+        raise InvalidRequest(f"order {order.order_no} needs {order.quantity} key{'s' * (order.quantity != 1)}, "
+                             f"{len(keys)} pasted")
+    order = deliver_manually(session, vault, order_no=order.order_no, keys=keys, actor=actor,
+                             source_ip=source_ip)
+    _release_reserved(session, order)   # an auto order delivered by hand keeps no reservation
+    return order
+
+
+RELEASED_DELIVERED, RELEASED_WAITING, RELEASED_MANUAL = "delivered", "waiting for stock", "manual delivery"
+
+
+def release_held(session: Session, *, order_no, reason, actor: str, source_ip: str | None = None,
+                 now: dt.datetime | None = None) -> str:
+    """Accept a held payment (the wrong amount): the order goes on as paid and is
+    delivered from its reserved keys, or waits for stock or for staff as any paid
+    order does. Returns what became of it."""
+    reason = _text(reason, "reason", required=True)
+    now = now or utcnow()
+    order = find_order(session, order_no)
+    if not _claim(session, order, ("held",), status="paid", updated_at=now, **RESOLVED):
+        status = lock_order_status(session, order.id)
+        raise Conflict(f"order {order.order_no} is {status}; only a held order can be released")
+    payment = session.scalar(sa.select(Payment).where(Payment.order_id == order.id, Payment.status == "held")
+                             .order_by(Payment.id).limit(1))
+    paid = payment.amount_cents if payment else None
+    emit(session, "order.paid", order_payload(session, order, trade_no=payment.trade_no if payment else None,
+                                              paid_amount=None if paid is None else format_cents(paid),
+                                              released_by=actor), now)
+    outcome = RELEASED_MANUAL
+    if session.get(Product, order.product_id).delivery_mode == "auto":
+        delivered = deliver_paid_order(session, order, now)   # NO_STOCK: it waits, like any paid order
+        outcome = RELEASED_DELIVERED if delivered == DELIVERED else RELEASED_WAITING
+    record(session, "order.release", actor=actor, target=target(order), source_ip=source_ip,
+           details={"reason": reason, "paid": None if paid is None else format_cents(paid),
+                    "amount": format_cents(order.amount_cents), "currency": order.currency,
+                    "outcome": outcome})
+    return outcome
+
+
+@dataclass
+class Refund:
+    order: Order
+    previous_status: str
+    keys_released: int
+    keys_sold: int
+
+
+def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: str | None = None,
+                 now: dt.datetime | None = None) -> Refund:
+    """Mark a paid, held or delivered order refunded. Its reserved keys go back on
+    sale; keys already delivered stay sold (the buyer has seen them)."""
+    reason = _text(reason, "reason", required=True)
+    now = now or utcnow()
+    order = find_order(session, order_no)
+    previous = lock_order_status(session, order.id)
+    if previous not in REFUNDABLE or not _claim(session, order, (previous,), status="refunded",
+                                                 updated_at=now, **RESOLVED):
+        status = lock_order_status(session, order.id)
+        raise Conflict(f"order {order.order_no} is {status}; only paid, held or delivered orders "
+                       "can be refunded")
+    released = _release_reserved(session, order)
+    sold = key_counts(session, order).get("sold", 0)
+    record(session, "order.refund", actor=actor, target=target(order), source_ip=source_ip,
+           details={"reason": reason, "previous_status": previous,
+                    "amount": format_cents(order.amount_cents), "currency": order.currency,
+                    "keys_released": released, "keys_kept_sold": sold})
+    return Refund(order, previous, released, sold)
+
+
+def resend_delivery_email(session: Session, *, order_no, smtp_configured: bool, actor: str,
+                          source_ip: str | None = None) -> EmailOutbox:
+    """Queue the delivery mail of a delivered order again (the buyer lost it)."""
+    if not smtp_configured:
+        raise Conflict("no SMTP server is configured ([smtp] host in the config file); no mail can be sent")
+    order = find_order(session, order_no)
+    status = lock_order_status(session, order.id)
+    if status != "delivered":
+        raise Conflict(f"order {order.order_no} is {status}; only a delivered order's mail can be sent again")
+    waiting = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id,
+                                                          EmailOutbox.status == "pending").limit(1))
+    if waiting is not None:
+        raise Conflict(f"a delivery mail for order {order.order_no} is already waiting to be sent "
+                       f"(attempts so far: {waiting.attempts})")
+    queue_delivery_email(session, order)
+    session.flush()
+    mail = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id)
+                          .order_by(EmailOutbox.id.desc()).limit(1))
+    record(session, "order.resend_email", actor=actor, target=target(order), source_ip=source_ip,
+           details={"mail_id": mail.id, "to": mail.to_address})
+    return mail
+
+
+def acknowledge_flag(session: Session, *, order_no, note="", actor: str,
+                     source_ip: str | None = None) -> str:
+    """Clear the order's flag (a person has looked at it); returns the old reason."""
+    note = _text(note, "note", required=False)
+    order = find_order(session, order_no)
+    flagged_at, reason = session.execute(sa.select(Order.flagged_at, Order.flag_reason)
+                                         .where(Order.id == order.id).with_for_update()).one()
+    cleared = flagged_at is not None and session.execute(
+        sa.update(Order).where(Order.id == order.id, Order.flagged_at.is_not(None))
+        .values(flagged_at=None, flag_reason=None)
+        .execution_options(synchronize_session=False)).rowcount == 1
+    session.refresh(order)
+    if not cleared:
+        raise Conflict(f"order {order.order_no} is not flagged")
+    details = {"reason": reason}
+    if note:
+        details["note"] = note
+    record(session, "order.acknowledge", actor=actor, target=target(order), source_ip=source_ip,
+           details=details)
+    return reason or ""

@@ -1,0 +1,178 @@
+"""Products and categories: list, add, edit, show or hide (kamengd.catalog.services does the work)."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from ..api import read_only
+from ..catalog import services as catalog
+from ..catalog.models import DELIVERY_MODES, Product
+from ..errors import KamengdError
+from ..extensions import db
+from ..money import format_cents
+from . import bp
+from .helpers import PAGE_SIZE, page_number
+from .session import actor, client_ip
+
+PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
+                "max_quantity", "low_stock_threshold", "sort_order", "is_active")
+MAX_FIELD = 200                  # longer than any valid value: the service names the limit
+MAX_TEXT = catalog.MAX_DESCRIPTION + 1
+
+
+def _product_form() -> dict[str, str]:
+    return {name: request.form.get(name, "")[:MAX_TEXT if name == "description" else MAX_FIELD]
+            for name in PRODUCT_FORM}
+
+
+def _values(product: Product) -> dict[str, str]:
+    return {"name": product.name, "category_id": str(product.category_id or ""),
+            "description": product.description or "", "price": format_cents(product.price_cents),
+            "cost_price": "" if product.cost_price_cents is None else format_cents(product.cost_price_cents),
+            "delivery_mode": product.delivery_mode, "min_quantity": str(product.min_quantity),
+            "max_quantity": str(product.max_quantity), "low_stock_threshold": str(product.low_stock_threshold),
+            "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else ""}
+
+
+NEW_PRODUCT = {"delivery_mode": "auto", "min_quantity": "1", "max_quantity": "100", "low_stock_threshold": "0",
+               "sort_order": "0", "is_active": "1"}
+
+
+def _render_form(product: Product | None, values: dict[str, str], status: int = 200):
+    categories = [c for c, _n in catalog.list_categories(db.session)]
+    return render_template("panel/catalog_product_form.html", product=product, values=values,
+                           categories=categories, modes=DELIVERY_MODES,
+                           limits={"quantity": catalog.MAX_QUANTITY, "threshold": catalog.MAX_THRESHOLD,
+                                   "sort": catalog.SORT_ORDER_RANGE, "name": catalog.MAX_NAME,
+                                   "description": catalog.MAX_DESCRIPTION}), status
+
+
+@bp.get("/products")
+def products():
+    read_only()
+    query = request.args.get("q", "").strip()[:catalog.MAX_SEARCH]
+    page = page_number()
+    rows, total = catalog.list_products(db.session, query=query, page=page, page_size=PAGE_SIZE)
+    stock = catalog.available_by_product(db.session, [p.id for p, _c in rows])
+    return render_template("panel/catalog_products.html", rows=rows, stock=stock, total=total, page=page,
+                           pages=max(1, -(-total // PAGE_SIZE)), query=query)
+
+
+@bp.route("/products/new", methods=["GET", "POST"])
+def product_new():
+    if request.method == "GET":
+        read_only()
+        return _render_form(None, NEW_PRODUCT)
+    form = _product_form()
+    try:
+        product = catalog.create_product(db.session, **catalog.parse_product_form(form), actor=actor(),
+                                         source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        read_only()
+        return _render_form(None, form, exc.http_status)
+    db.session.commit()
+    flash(_("Product %(name)s created.", name=product.name), "success")
+    return redirect(url_for("panel.products"), code=303)
+
+
+@bp.route("/products/<int:product_id>", methods=["GET", "POST"])
+def product_edit(product_id: int):
+    if request.method == "GET":
+        read_only()
+        product = catalog.get_product(db.session, product_id)
+        return _render_form(product, _values(product))
+    product = catalog.get_product(db.session, product_id)
+    form = _product_form()
+    try:
+        changes = catalog.update_product(db.session, product, **catalog.parse_product_form(form),
+                                         actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        read_only()
+        return _render_form(catalog.get_product(db.session, product_id), form, exc.http_status)
+    db.session.commit()
+    if changes:
+        flash(_("Product %(name)s saved.", name=product.name), "success")
+    else:
+        flash(_("Nothing changed."), "info")
+    return redirect(url_for("panel.products"), code=303)
+
+
+@bp.post("/products/<int:product_id>/visibility")
+def product_visibility(product_id: int):
+    product = catalog.get_product(db.session, product_id)
+    if request.form.get("visible") not in ("0", "1"):
+        flash(_("Choose whether to show or hide the product."), "error")
+        return redirect(url_for("panel.products"), code=303)
+    visible = request.form["visible"] == "1"
+    changed = catalog.set_product_visible(db.session, product, visible, actor=actor(), source_ip=client_ip())
+    db.session.commit()
+    if not changed:
+        flash(_("Product %(name)s was already in that state.", name=product.name), "info")
+    elif visible:
+        flash(_("Product %(name)s is shown in the shop.", name=product.name), "success")
+    else:
+        flash(_("Product %(name)s is hidden: buyers no longer see it.", name=product.name), "success")
+    return redirect(request.referrer if _same_page(request.referrer) else url_for("panel.products"), code=303)
+
+
+def _same_page(url: str | None) -> bool:
+    """Back to the list the button was on (its search and page), never elsewhere."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return parts.netloc in ("", request.host) and parts.path == url_for("panel.products")
+
+
+def _categories_page(new: dict[str, str], status: int = 200):
+    return render_template("panel/catalog_categories.html", rows=catalog.list_categories(db.session),
+                           sort_range=catalog.SORT_ORDER_RANGE, max_name=catalog.MAX_CATEGORY_NAME,
+                           new=new), status
+
+
+@bp.get("/categories")
+def categories():
+    read_only()
+    return _categories_page({"name": "", "sort_order": "0", "is_active": "1"})
+
+
+@bp.post("/categories/new")
+def category_new():
+    form = {name: request.form.get(name, "")[:MAX_FIELD] for name in ("name", "sort_order", "is_active")}
+    try:
+        category = catalog.create_category(db.session, name=form["name"], sort_order=form["sort_order"],
+                                           is_active=form["is_active"] == "1", actor=actor(),
+                                           source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        read_only()
+        return _categories_page(form, exc.http_status)
+    db.session.commit()
+    flash(_("Category %(name)s created.", name=category.name), "success")
+    return redirect(url_for("panel.categories"), code=303)
+
+
+@bp.post("/categories/<int:category_id>")
+def category_edit(category_id: int):
+    category = catalog.get_category(db.session, category_id)
+    try:
+        changes = catalog.update_category(db.session, category, name=request.form.get("name", "")[:MAX_FIELD],
+                                          sort_order=request.form.get("sort_order", "0")[:MAX_FIELD],
+                                          is_active=request.form.get("is_active") == "1",
+                                          actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return redirect(url_for("panel.categories"), code=303)
+    db.session.commit()
+    if changes:
+        flash(_("Category %(name)s saved.", name=category.name), "success")
+    else:
+        flash(_("Nothing changed."), "info")
+    return redirect(url_for("panel.categories"), code=303)

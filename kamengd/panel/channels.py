@@ -1,0 +1,138 @@
+"""Payment channels: list, add, edit, enable or disable, test the signing set-up.
+
+The merchant key is write-only here: a page shows whether one is stored,
+never the key itself, and an empty key field keeps the stored one.
+"""
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from flask import flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from ..api import read_only
+from ..app import get_vault
+from ..audit.services import record
+from ..errors import KamengdError
+from ..extensions import db
+from ..payments import services as payments
+from ..payments.models import PaymentChannel
+from . import bp
+from .session import actor, client_ip
+
+FIELDS = ("code", "name", "gateway", "pid", "key", "pay_type", "sort_order")
+OPTION_FIELDS = ("gateway", "pid", "key", "pay_type")
+MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
+
+
+def _form() -> dict[str, str]:
+    return {name: request.form.get(name, "")[:MAX_FIELD] for name in FIELDS}
+
+
+def _values(channel: PaymentChannel) -> dict[str, str]:
+    options = json.loads(channel.options)
+    return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
+            **{name: options.get(name, "") for name in OPTION_FIELDS if name != "key"}}
+
+
+def _render_form(channel: PaymentChannel | None, values: dict[str, str], status: int = 200):
+    values = {k: v for k, v in values.items() if k != "key"}   # a key typed in is never sent back
+    return render_template("panel/channels_form.html", channel=channel, values=values,
+                           key_set=channel is not None and channel.secret_ciphertext is not None), status
+
+
+@bp.get("/channels")
+def channels():
+    read_only()
+    rows = db.session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.sort_order,
+                                                                 PaymentChannel.id)).all()
+    return render_template("panel/channels_list.html",
+                           channels=[(c, json.loads(c.options)) for c in rows])
+
+
+@bp.route("/channels/new", methods=["GET", "POST"])
+def channel_new():
+    if request.method == "GET":
+        return _render_form(None, {"sort_order": "0"})
+    form = _form()
+    try:
+        channel = payments.add_channel(
+            db.session, get_vault(), channel_type="epay", code=form["code"].strip(), name=form["name"],
+            options={name: form[name] for name in OPTION_FIELDS if form[name].strip()},
+            sort_order=form["sort_order"], actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return _render_form(None, form, exc.http_status)
+    db.session.commit()
+    flash(_("Payment channel %(code)s added.", code=channel.code), "success")
+    return redirect(url_for("panel.channels"), code=303)
+
+
+@bp.route("/channels/<int:channel_id>", methods=["GET", "POST"])
+def channel_edit(channel_id: int):
+    if request.method == "GET":
+        read_only()
+        channel = payments.get_channel(db.session, channel_id)
+        return _render_form(channel, _values(channel))
+    channel = payments.get_channel(db.session, channel_id)
+    form = _form()
+    try:
+        changes = payments.update_channel(
+            db.session, get_vault(), channel, name=form["name"],
+            options={name: form[name] for name in OPTION_FIELDS}, sort_order=form["sort_order"],
+            actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        channel = payments.get_channel(db.session, channel_id)
+        return _render_form(channel, {**form, "code": channel.code}, exc.http_status)
+    db.session.commit()
+    flash(_("Payment channel %(code)s saved.", code=channel.code) if changes else _("Nothing changed."),
+          "success" if changes else "info")
+    return redirect(url_for("panel.channels"), code=303)
+
+
+@bp.post("/channels/<int:channel_id>/toggle")
+def channel_toggle(channel_id: int):
+    channel = payments.get_channel(db.session, channel_id)
+    if request.form.get("enabled") not in ("0", "1"):
+        flash(_("Choose whether to enable or disable the channel."), "error")
+        return redirect(url_for("panel.channels"), code=303)
+    enable = request.form["enabled"] == "1"
+    changed = payments.set_channel_enabled(db.session, channel, enable, actor=actor(), source_ip=client_ip())
+    db.session.commit()
+    if not changed:
+        flash(_("Payment channel %(code)s was already in that state.", code=channel.code), "info")
+    elif enable:
+        flash(_("Payment channel %(code)s is enabled: buyers can pay with it.", code=channel.code), "success")
+    else:
+        flash(_("Payment channel %(code)s is disabled: new orders cannot use it.", code=channel.code), "success")
+    return redirect(url_for("panel.channels"), code=303)
+
+
+@bp.post("/channels/<int:channel_id>/test")
+def channel_test(channel_id: int):
+    channel = payments.get_channel(db.session, channel_id)
+    code = channel.code
+    try:
+        gateway, pid, key = payments.check_signing(get_vault(), channel)
+    except KamengdError as exc:
+        result = payments.ChannelCheck(False, "signature", exc.message)
+    else:
+        db.session.commit()   # no transaction (SQLite's write lock) is held while the gateway answers
+        result = payments.query_epay_merchant(gateway, pid, key)
+    record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
+           details={"ok": result.ok, "stage": result.stage, "message": result.message})
+    db.session.commit()
+    if result.ok:
+        flash(_("Channel %(code)s works: the key signs and verifies, and %(message)s.", code=code,
+                message=result.message), "success")
+    elif result.stage == "signature":
+        flash(_("Channel %(code)s: the signature check failed: %(message)s", code=code, message=result.message),
+              "error")
+    else:
+        flash(_("Channel %(code)s: the key signs and verifies, but %(message)s", code=code,
+                message=result.message), "error")
+    return redirect(url_for("panel.channels"), code=303)

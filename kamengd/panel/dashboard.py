@@ -1,0 +1,43 @@
+"""The dashboard: today's sales and the week, orders by status, low stock, what needs a person,
+the scheduler and its jobs. Every figure comes from kamengd.reports."""
+from __future__ import annotations
+
+from flask import current_app, render_template, url_for
+from werkzeug.routing import BuildError
+
+from .. import reports
+from ..api import read_only
+from ..app import get_config
+from ..database import utcnow
+from ..extensions import db
+from ..jobs import JOBS
+from . import bp, staff_can
+from .permissions import ENDPOINTS
+
+
+@bp.app_template_global()
+def panel_link(endpoint: str, **values) -> str | None:
+    """The URL of a panel page when it exists and the signed-in staff member may open it; else None
+    (the page shows plain text instead of a link)."""
+    if endpoint not in current_app.view_functions or not staff_can(ENDPOINTS.get(endpoint, "")):
+        return None
+    try:
+        return url_for(endpoint, **values)
+    except BuildError:
+        return None
+
+
+@bp.get("/dashboard")
+def dashboard():
+    read_only()
+    config, now = get_config(), utcnow()
+    tz = config.site.timezone
+    week = reports.daily_sales(db.session, now, tz, days=7)
+    attention_count, attention = reports.orders_needing_attention(db.session, limit=10)
+    return render_template(
+        "panel/dashboard.html", today=week[0], week=week, timezone=tz,
+        by_status=reports.orders_by_status(db.session),
+        low_stock=reports.low_stock_products(db.session),
+        attention_count=attention_count, attention=attention,
+        scheduler=reports.scheduler_status(db.session, now, config.scheduler.lease_seconds),
+        runs=reports.last_runs(db.session, JOBS))

@@ -1,0 +1,94 @@
+"""What every panel page uses: names, times, money, paging, the navigation."""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from flask import current_app, request
+from flask_babel import gettext as _
+
+from ..app import get_config
+from ..money import format_cents
+from . import bp
+
+PAGE_SIZE = 50
+
+
+def role_names() -> dict[str, str]:
+    return {"owner": _("Owner"), "admin": _("Admin"), "operator": _("Operator"), "support": _("Support"),
+            "finance": _("Finance"), "auditor": _("Auditor"), "verifier": _("Verifier")}
+
+
+@bp.app_template_global()
+def role_name(role: str) -> str:
+    return role_names().get(role, role)
+
+
+def order_status_names() -> dict[str, str]:
+    return {"pending": _("Unpaid"), "paid": _("Paid, not delivered"), "delivered": _("Delivered"),
+            "expired": _("Expired"), "cancelled": _("Cancelled"), "refunded": _("Refunded"),
+            "held": _("Held")}
+
+
+@bp.app_template_global()
+def order_status_name(status: str) -> str:
+    return order_status_names().get(status, status)
+
+
+def shop_zone() -> ZoneInfo:
+    return ZoneInfo(get_config().site.timezone)
+
+
+@bp.app_template_global()
+def when(value: dt.datetime | None, seconds: bool = False) -> str:
+    """A UTC time from the database, in the shop's time zone."""
+    if value is None:
+        return "—"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(shop_zone()).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+@bp.app_template_global()
+def money(cents: int | None, currency: str = "CNY") -> str:
+    return "—" if cents is None else format_cents(cents)
+
+
+@bp.app_template_global()
+def nav_items() -> list[tuple[str, str, str]]:
+    """(permission, endpoint, label) in menu order; the menu shows what the role may open."""
+    items = [
+        ("dashboard.view", "panel.dashboard", _("Dashboard")),
+        ("orders.view", "panel.orders", _("Orders")),
+        ("catalog.view", "panel.products", _("Products")),
+        ("catalog.view", "panel.categories", _("Categories")),
+        ("stock.view", "panel.stock", _("Stock")),
+        ("channels.manage", "panel.channels", _("Payment channels")),
+        ("ops.view", "panel.reconcile", _("Reconciliation")),
+        ("ops.view", "panel.jobs", _("Jobs")),
+        ("ops.view", "panel.notifications", _("Notifications")),
+        ("staff.manage", "panel.staff", _("Staff")),
+        ("settings.manage", "panel.settings", _("Settings")),
+        ("audit.view", "panel.audit", _("Audit log")),
+    ]
+    return [item for item in items if item[1] in current_app.view_functions]
+
+
+def page_number() -> int:
+    try:
+        return max(1, min(int(request.args.get("page", "1")), 100000))
+    except ValueError:
+        return 1
+
+
+def local_day_start(value: str) -> dt.datetime | None:
+    """'YYYY-MM-DD' in the shop's zone -> naive UTC start of that day; None if blank or bad."""
+    try:
+        day = dt.date.fromisoformat(value.strip())
+    except (ValueError, AttributeError):
+        return None
+    start = dt.datetime.combine(day, dt.time(), tzinfo=shop_zone())
+    try:
+        return start.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:   # 0001-01-01 east of UTC
+        return None

@@ -1,0 +1,160 @@
+"""Orders for staff: find them, look at one, act on it (kamengd.orders.staff does the work)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from ..api import read_only
+from ..app import get_config, get_vault
+from ..errors import KamengdError, NotFound
+from ..extensions import db
+from ..orders import staff as order_staff
+from ..orders.models import ORDER_STATUSES
+from . import bp
+from .helpers import PAGE_SIZE, local_day_start, page_number
+from .session import actor, client_ip
+
+
+def _day(value: str) -> dt.date | None:
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+    return day if 1970 <= day.year <= 9998 else None   # clear of the calendar's ends in any zone
+
+
+def _search() -> tuple[dict, order_staff.OrderSearch, list[str]]:
+    """The list's filters from the query string; what could not be read is said, then ignored."""
+    args = request.args
+    status = args.get("status", "")
+    filters = {"q": args.get("q", "").strip()[:32], "email": args.get("email", "").strip()[:254],
+               "status": status if status in ORDER_STATUSES else "",
+               "from": args.get("from", "").strip()[:10], "to": args.get("to", "").strip()[:10],
+               "flagged": "1" if args.get("flagged") else ""}
+    problems, start, end = [], None, None
+    if filters["from"]:
+        day = _day(filters["from"])
+        start = local_day_start(day.isoformat()) if day else None
+        if start is None:
+            problems.append(_("“From” is not a date (YYYY-MM-DD); it is ignored."))
+    if filters["to"]:
+        day = _day(filters["to"])
+        end = local_day_start((day + dt.timedelta(days=1)).isoformat()) if day else None
+        if end is None:
+            problems.append(_("“To” is not a date (YYYY-MM-DD); it is ignored."))
+    search = order_staff.OrderSearch(order_no=filters["q"], email=filters["email"], status=filters["status"],
+                                     created_from=start, created_to=end, flagged=bool(filters["flagged"]))
+    return {k: v for k, v in filters.items() if v}, search, problems
+
+
+@bp.get("/orders")
+def orders():
+    read_only()
+    filters, search, problems = _search()
+    page = page_number()
+    rows, total = order_staff.search_orders(db.session, search, page=page, page_size=PAGE_SIZE)
+    return render_template("panel/orders_list.html", rows=rows, total=total, page=page,
+                           pages=max(1, -(-total // PAGE_SIZE)), filters=filters, problems=problems,
+                           statuses=ORDER_STATUSES)
+
+
+def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = None):
+    try:
+        detail = order_staff.order_detail(db.session, order_no)
+    except NotFound:
+        abort(404)
+    return render_template("panel/orders_detail.html", d=detail, keys=keys,
+                           smtp_configured=bool(get_config().smtp.host), form=request.form), status
+
+
+@bp.get("/orders/<order_no>")
+def order_detail(order_no):
+    read_only()
+    return _detail_page(order_no)
+
+
+def _attempt(order_no: str, action):
+    """Run one staff action: (result, None) when it is done and committed, else
+    (None, the order's page saying why) with nothing done."""
+    try:
+        result = action()
+    except NotFound:
+        db.session.rollback()
+        abort(404)
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        read_only()
+        return None, _detail_page(order_no, status=exc.http_status)
+    db.session.commit()
+    return result, None
+
+
+def _act(order_no: str, action, message):
+    """A staff action, then back to the order's page (PRG)."""
+    result, refused = _attempt(order_no, action)
+    if refused:
+        return refused
+    flash(message(result), "success")
+    return redirect(url_for("panel.order_detail", order_no=order_no), code=303)
+
+
+@bp.post("/orders/<order_no>/keys")
+def order_keys(order_no):
+    """The delivered keys of this one order, on this answer only (never a GET, never cached)."""
+    result, refused = _attempt(order_no, lambda: order_staff.reveal_keys(
+        db.session, get_vault(), order_no=order_no, actor=actor(), source_ip=client_ip()))
+    if refused:
+        return refused
+    order, keys = result
+    read_only()
+    return _detail_page(order.order_no, keys=keys)
+
+
+@bp.post("/orders/<order_no>/deliver")
+def order_deliver(order_no):
+    return _act(order_no, lambda: order_staff.deliver_pasted_keys(
+        db.session, get_vault(), order_no=order_no, text=request.form.get("keys", ""),
+        max_key_length=get_config().inventory.max_key_length, actor=actor(), source_ip=client_ip()),
+        lambda order: _("Order delivered (keys: %(n)s); the mail to the buyer is queued.", n=order.quantity))
+
+
+def _released(outcome: str) -> str:
+    return {order_staff.RELEASED_DELIVERED: _("Payment accepted; the order is delivered."),
+            order_staff.RELEASED_WAITING: _("Payment accepted; the order waits for stock and is delivered "
+                                            "as soon as keys come in."),
+            order_staff.RELEASED_MANUAL: _("Payment accepted; the order now waits for manual delivery.")}[outcome]
+
+
+@bp.post("/orders/<order_no>/release")
+def order_release(order_no):
+    return _act(order_no, lambda: order_staff.release_held(
+        db.session, order_no=order_no, reason=request.form.get("release_reason", ""), actor=actor(),
+        source_ip=client_ip()), _released)
+
+
+@bp.post("/orders/<order_no>/refund")
+def order_refund(order_no):
+    return _act(order_no, lambda: order_staff.refund_order(
+        db.session, order_no=order_no, reason=request.form.get("refund_reason", ""), actor=actor(),
+        source_ip=client_ip()),
+        lambda refund: _("Order marked refunded (%(n)s reserved keys back on sale). Return the money at the "
+                         "payment gateway: kamengd does not move money.", n=refund.keys_released))
+
+
+@bp.post("/orders/<order_no>/resend")
+def order_resend(order_no):
+    return _act(order_no, lambda: order_staff.resend_delivery_email(
+        db.session, order_no=order_no, smtp_configured=bool(get_config().smtp.host), actor=actor(),
+        source_ip=client_ip()),
+        lambda mail: _("The delivery e-mail to %(to)s is queued again.", to=mail.to_address))
+
+
+@bp.post("/orders/<order_no>/acknowledge")
+def order_acknowledge(order_no):
+    return _act(order_no, lambda: order_staff.acknowledge_flag(
+        db.session, order_no=order_no, note=request.form.get("note", ""), actor=actor(),
+        source_ip=client_ip()),
+        lambda reason: _("Flag cleared."))

@@ -1,0 +1,117 @@
+"""Who may do what in the panel: the only place permissions are decided.
+
+Every panel endpoint is listed in ENDPOINTS with the permission it needs;
+the panel's before-request guard looks it up, and an endpoint missing here
+is refused to everyone (tests/test_panel_permissions.py fails on it first).
+"""
+from __future__ import annotations
+
+from ..accounts.models import ROLES
+
+# Pages anyone may open (sign-in itself).
+PUBLIC = "public"
+# Any signed-in staff member, whatever the role: their own account.
+SELF = "self"
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "dashboard.view": frozenset({"owner", "admin", "operator", "support", "finance"}),
+    "catalog.view": frozenset({"owner", "admin", "operator", "support", "finance"}),
+    "catalog.edit": frozenset({"owner", "admin", "operator"}),
+    "stock.view": frozenset({"owner", "admin", "operator"}),
+    "stock.import": frozenset({"owner", "admin", "operator"}),
+    # Plaintext keys in bulk: never the operator, who only loads them.
+    "stock.export": frozenset({"owner", "admin"}),
+    "orders.view": frozenset({"owner", "admin", "support", "finance"}),
+    # One delivered order's keys, each view audited.
+    "orders.keys": frozenset({"owner", "admin", "support"}),
+    "orders.deliver": frozenset({"owner", "admin", "support"}),
+    "orders.resend": frozenset({"owner", "admin", "support"}),
+    "orders.acknowledge": frozenset({"owner", "admin", "support", "finance"}),
+    # A held order was paid the wrong amount: money decides.
+    "orders.release": frozenset({"owner", "admin", "finance"}),
+    "orders.refund": frozenset({"owner", "admin", "finance"}),
+    "channels.manage": frozenset({"owner", "admin"}),
+    "staff.manage": frozenset({"owner"}),
+    "settings.manage": frozenset({"owner", "admin"}),
+    "audit.view": frozenset({"owner", "admin", "auditor"}),
+    "ops.view": frozenset({"owner", "admin", "finance"}),
+}
+
+ENDPOINTS: dict[str, str] = {
+    # account.py
+    "panel.login": PUBLIC,
+    "panel.login_2fa": PUBLIC,
+    "panel.logout": SELF,
+    "panel.home": SELF,
+    "panel.account": SELF,
+    "panel.password": SELF,
+    "panel.logout_everywhere": SELF,
+    "panel.totp_enrol": SELF,
+    "panel.totp_qr": SELF,
+    "panel.totp_disable": SELF,
+    "panel.recovery_codes": SELF,
+    # dashboard.py
+    "panel.dashboard": "dashboard.view",
+    # catalog.py
+    "panel.products": "catalog.view",
+    "panel.product_new": "catalog.edit",
+    "panel.product_edit": "catalog.edit",
+    "panel.product_visibility": "catalog.edit",
+    "panel.categories": "catalog.view",
+    "panel.category_new": "catalog.edit",
+    "panel.category_edit": "catalog.edit",
+    # stock.py
+    "panel.stock": "stock.view",
+    "panel.stock_import": "stock.import",
+    "panel.stock_export": "stock.export",
+    # orders.py
+    "panel.orders": "orders.view",
+    "panel.order_detail": "orders.view",
+    "panel.order_keys": "orders.keys",
+    "panel.order_deliver": "orders.deliver",
+    "panel.order_resend": "orders.resend",
+    "panel.order_acknowledge": "orders.acknowledge",
+    "panel.order_release": "orders.release",
+    "panel.order_refund": "orders.refund",
+    # channels.py
+    "panel.channels": "channels.manage",
+    "panel.channel_new": "channels.manage",
+    "panel.channel_edit": "channels.manage",
+    "panel.channel_toggle": "channels.manage",
+    "panel.channel_test": "channels.manage",
+    # staff.py
+    "panel.staff": "staff.manage",
+    "panel.staff_new": "staff.manage",
+    "panel.staff_edit": "staff.manage",
+    "panel.staff_reset_2fa": "staff.manage",
+    # settings.py
+    "panel.settings": "settings.manage",
+    "panel.settings_test_mail": "settings.manage",
+    # audit.py
+    "panel.audit": "audit.view",
+    "panel.audit_verify": "audit.view",
+    # ops.py
+    "panel.jobs": "ops.view",
+    "panel.reconcile": "ops.view",
+    "panel.reconcile_report": "ops.view",
+    "panel.notifications": "ops.view",
+}
+
+# What a signed-in owner or admin without 2FA may still open: setting it up.
+ENROL_ENDPOINTS = frozenset({"panel.logout", "panel.account", "panel.totp_enrol", "panel.totp_qr",
+                             "panel.password"})
+
+assert all(rule in (PUBLIC, SELF) or rule in PERMISSIONS for rule in ENDPOINTS.values())
+assert all(roles <= set(ROLES) for roles in PERMISSIONS.values())
+
+
+def can(role: str | None, permission: str) -> bool:
+    if role is None:
+        return False
+    if permission == SELF:
+        return True
+    return role in PERMISSIONS.get(permission, ())
+
+
+def endpoint_rule(endpoint: str | None) -> str | None:
+    return ENDPOINTS.get(endpoint or "")

@@ -1,0 +1,199 @@
+"""The staff panel in real headless Chromium against a real server: 2FA sign-in, a
+10,000-key upload, what a support user may not see, and every page screenshotted."""
+import datetime as dt
+import re
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from browser_support import Tab, chromium, sign_in, start_shop, tab  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+
+# Panel GET endpoints the page sweep does not open by address: sign-in (its own
+# test) and the bare /admin/ (a redirect to the dashboard).
+NOT_SWEPT = {"panel.login", "panel.login_2fa", "panel.home"}
+
+
+@pytest.fixture(scope="module")
+def shop(backend, databases, tmp_path_factory):
+    yield from start_shop(backend, databases, tmp_path_factory, "panel")
+
+
+@pytest.fixture(scope="module")
+def data(shop):
+    """Something on every page: products, keys, orders in several states, staff of every role."""
+    from kamengd.payments.models import PaymentChannel
+
+    games = shop.category("游戏点卡")
+    month, _ = shop.product("月卡 Monthly pass", 1990, keys=20, category_id=games, low_stock_threshold=5)
+    manual, _ = shop.product("代充服务 Top-up by hand", 5000, delivery_mode="manual")
+    delivered, _ = shop.paid_order(month, 2, email="buyer@example.com")
+    waiting, _ = shop.paid_order(manual, 1, email="vip@example.com")
+    shop.order(month, 1, email="later@example.com")
+    held_no, _, _ = shop.order(month, 1, email="short@example.com")
+    assert shop.notify(held_no, "0.01") == "success"        # paid the wrong amount: held
+    shop.setting("site.notice", "春节期间正常发货。")
+    settle_today(shop, {delivered: "39.80", waiting: "49.00", held_no: "0.01"})   # one amount differs
+    staff = {role: shop.staff(role) for role in ("admin", "operator", "support", "finance", "auditor")}
+    channel_ids = shop.run(lambda s, v: {c.code: c.id for c in s.query(PaymentChannel)})
+    return {"category": games, "product": month, "manual": manual, "delivered": delivered,
+            "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]]}
+
+
+def today(shop) -> dt.date:
+    return dt.datetime.now(ZoneInfo(shop.config.site.timezone)).date()
+
+
+def settle_today(shop, paid_at_gateway: dict[str, str]) -> None:
+    """Today's settlement report, against what the gateway says was paid."""
+    from kamengd.payments.settlement import run_settlement
+
+    def query(_gateway, _pid, _key, order_no):
+        if order_no in paid_at_gateway:
+            return {"code": 1, "status": 1, "money": paid_at_gateway[order_no], "out_trade_no": order_no,
+                    "trade_no": f"GW{order_no}"}
+        return {"code": 1, "status": 0, "out_trade_no": order_no}
+    shop.run(lambda s, v: run_settlement(s, v, today(shop), shop.config.site.timezone, query=query))
+
+
+@pytest.fixture(scope="module")
+def owner_state(shop, chromium):
+    """An owner signed in once (TOTP codes are single-use); later tabs reuse the cookies."""
+    owner = shop.staff("owner")
+    context = chromium.new_context()
+    try:
+        t = Tab(context, shop, None)
+        sign_in(t, owner)
+        return context.storage_state()
+    finally:
+        context.close()
+
+
+def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
+    """Real objects for a panel address's parts."""
+    known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
+             "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat()}
+    unknown = arguments - known.keys()
+    assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
+    return {name: known[name] for name in arguments}
+
+
+def panel_pages(shop, data) -> list[tuple[str, str]]:
+    """(screenshot name, path) of every panel page a GET opens, from the app's own routes."""
+    from flask import url_for
+
+    pages = []
+    with shop.app.test_request_context():
+        for rule in shop.app.url_map.iter_rules():
+            if not rule.endpoint.startswith("panel.") or "GET" not in rule.methods or rule.endpoint in NOT_SWEPT:
+                continue
+            path = url_for(rule.endpoint, **route_args(rule.endpoint, set(rule.arguments), data, shop))
+            pages.append(("panel-" + rule.endpoint.removeprefix("panel.").replace("_", "-"), path))
+    return sorted(pages)
+
+
+def test_owner_signs_in_with_2fa_and_imports_10000_keys(shop, data, tab, tmp_path):
+    owner = shop.staff("owner")
+    pid, _ = shop.product("点卡 10000 张 Bulk", 100)
+    t = tab()
+    page = t.page
+    t.open("/admin/dashboard")                     # not signed in: the sign-in page
+    assert "/admin/login" in page.url
+    page.fill("#username", owner.username)
+    page.fill("#password", owner.password)
+    t.shot("panel-login")
+    with page.expect_navigation():
+        page.click("form button[type=submit]")
+    assert page.url.endswith("/admin/login/2fa")
+    page.fill("#code", owner.code())
+    t.shot("panel-login-2fa")
+    with page.expect_navigation():
+        page.click("form button[type=submit]")
+    assert page.url.endswith("/admin/dashboard"), page.url
+
+    # Stock, from the menu; then the product's import page.
+    with page.expect_navigation():
+        page.click("nav.sidenav a[href='/admin/stock']")
+    t.shot("panel-stock-before-import")
+    t.open(f"/admin/stock/{pid}/import")
+    keys = tmp_path / "keys.txt"
+    keys.write_text("".join(f"BULK-{i:05d}-{pid}\n" for i in range(10_000)))
+    form = page.locator("form[data-upload-progress]")
+    form.locator("input[type=file][name=file]").set_input_files(str(keys))
+    t.shot("panel-stock-import-file-chosen")
+    page.evaluate("document.documentElement.dataset.beforeUpload = '1'")
+    form.locator("button[type=submit]").click()
+    # panel.js sends the file with XHR and then shows the page the server answers.
+    page.wait_for_function("() => !document.documentElement.dataset.beforeUpload && !!document.querySelector('h1')",
+                           timeout=180_000)
+    result = t.text()
+    assert re.search(r"10[,\s]?000", result), result
+    t.shot("panel-stock-import-result")
+
+    t.open("/admin/stock")
+    row = page.locator("tr", has_text="点卡 10000 张 Bulk")
+    assert re.search(r"\b10[,\s]?000\b", row.inner_text()), row.inner_text()
+    t.shot("panel-stock-after-import")
+    t.assert_clean()
+
+
+def test_support_sees_no_stock_and_cannot_export(shop, data, tab):
+    t = tab()
+    page = t.page
+    sign_in(t, data["staff"]["support"])
+    t.open("/admin/orders")
+    nav = page.locator("nav.sidenav")
+    assert nav.locator("a[href='/admin/orders']").count() == 1
+    assert nav.locator("a[href^='/admin/stock']").count() == 0
+    t.shot("panel-support-orders")
+    for path in (f"/admin/stock/{data['product']}/export", "/admin/stock"):
+        t.open(path, status=403)
+        assert page.locator("h1").count() == 1
+        assert "BULK-" not in page.content() and "K-" not in t.text()
+    t.shot("panel-support-stock-export-403")
+    t.assert_clean(allow_status=(403,))
+
+
+def test_every_panel_page_renders(shop, data, tab, owner_state):
+    t = tab(storage_state=owner_state)
+    page = t.page
+    pages = panel_pages(shop, data)
+    assert len(pages) >= 15, pages
+    failures = []
+    for name, path in pages:
+        response = page.request.get(t.url(path), max_redirects=0)
+        if response.status in (302, 303):
+            continue      # e.g. 2FA enrolment for an owner who has it: not a page of its own
+        if response.status != 200:
+            failures.append(f"{path}: {response.status}")
+            continue
+        if not response.headers.get("content-type", "").startswith("text/html"):
+            continue      # the 2FA QR code image and other files: answered, nothing to look at
+        t.open(path)
+        assert page.locator("main h1").count() == 1, path
+        t.shot(name)
+    assert not failures, failures
+    nav = page.locator("nav.sidenav")
+    if "panel.stock" in shop.app.view_functions:
+        assert nav.locator("a[href='/admin/stock']").count() == 1
+    # A few filtered lists, as staff use them.
+    for name, path in (("panel-orders-held", "/admin/orders?status=held"),
+                       ("panel-orders-search", f"/admin/orders?q={data['delivered']}"),
+                       ("panel-audit-filtered", "/admin/audit?action=product.create"),
+                       ("panel-order-held", f"/admin/orders/{data['held']}"),
+                       ("panel-order-waiting", f"/admin/orders/{data['waiting']}")):
+        t.open(path)
+        t.shot(name)
+    t.open("/admin/dashboard?lang=en")
+    t.shot("panel-dashboard-en")
+    t.assert_clean()
+
+
+def test_mobile_dashboard(shop, data, tab, owner_state):
+    t = tab(viewport=(390, 844), mobile=True, storage_state=owner_state)
+    t.open("/admin/dashboard")
+    t.shot("panel-dashboard-mobile")
+    t.open("/admin/orders")
+    t.shot("panel-orders-mobile")
+    t.assert_clean()

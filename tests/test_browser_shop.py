@@ -1,0 +1,217 @@
+"""The storefront in real headless Chromium against a real server: buy, pay, copy the keys."""
+import re
+import urllib.parse
+
+import pytest
+
+from browser_support import chromium, start_shop, tab  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+
+HOSTILE = '"><img src=x onerror=alert(1)><script>alert(2)</script>{{7*7}}'
+
+
+@pytest.fixture(scope="module")
+def shop(backend, databases, tmp_path_factory):
+    yield from start_shop(backend, databases, tmp_path_factory, "storefront")
+
+
+@pytest.fixture(scope="module")
+def goods(shop):
+    """Two categories, products in stock, low, out of stock, by hand, and one with no category."""
+    games = shop.category("游戏点卡", sort_order=1)
+    members = shop.category("会员", sort_order=2)
+    shop.setting("site.notice", "春节期间正常发货。\nOrders are delivered as usual over the holidays.")
+    month, month_keys = shop.product("月卡 Monthly pass", 1990, keys=6, category_id=games, max_quantity=5,
+                                     description="30 天会员。\n兑换后立即生效。", low_stock_threshold=3)
+    week, _ = shop.product("周卡 Weekly pass", 590, keys=2, category_id=games, low_stock_threshold=5)
+    vip, _ = shop.product("年度会员 VIP", 19900, keys=0, category_id=members)
+    manual, _ = shop.product("代充服务 Top-up by hand", 5000, category_id=members, delivery_mode="manual")
+    misc, _ = shop.product("测试商品 Other", 100, keys=3)
+    return {"games": games, "members": members, "month": month, "month_keys": month_keys, "week": week,
+            "vip": vip, "manual": manual, "misc": misc}
+
+
+def test_buyer_buys_pays_and_copies_the_keys(shop, goods, tab):
+    t = tab()
+    page = t.page
+    t.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=shop.base)
+    t.open("/")
+    assert "春节期间正常发货" in t.text(".notice")
+    t.shot("shop-index")
+    with page.expect_navigation():
+        page.get_by_role("link", name="月卡 Monthly pass").click()
+    assert page.url == f"{shop.base}/product/{goods['month']}"
+    assert "19.90 CNY" in t.text() and page.inner_text("#stock") == "6"
+    assert page.get_attribute("#quantity", "max") == "5"
+    t.shot("shop-product")
+
+    page.fill("#quantity", "2")
+    page.fill("#email", "buyer@example.com")
+    page.fill("#query_password", "my-lookup-pw")
+    page.get_by_label("微信支付").check()
+    with page.expect_navigation(url=re.compile(re.escape(shop.gateway.url))):
+        page.get_by_role("button", name="立即购买").click()
+    pay = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    assert pay["money"] == "39.80" and pay["type"] == "wxpay" and pay["notify_url"] == f"{shop.base}/pay/wxpay/notify"
+    order_no = pay["out_trade_no"]
+
+    # Before the callback: the order waits for the payment, and offers the way back to the gateway.
+    t.open(f"/order/{order_no}")
+    assert page.get_attribute("#status", "data-status") == "pending"
+    assert page.get_by_role("link", name="去付款").get_attribute("href").startswith(shop.gateway.url)
+    t.shot("shop-order-pending")
+
+    # The gateway calls back (signed); the buyer comes back through the return URL.
+    assert shop.notify(order_no, "39.80", channel="wxpay") == "success"
+    t.open(pay["return_url"])
+    assert page.get_attribute("#status", "data-status") == "delivered"
+    t.open(f"/order/{order_no}")
+    page.reload()
+    keys = page.locator("#keys code").all_inner_texts()
+    assert len(keys) == 2 and set(keys) <= set(goods["month_keys"])
+    t.shot("shop-order-delivered")
+
+    # Copy buttons: shown by copy.js (no inline script), and they copy.
+    buttons = page.locator("#keys button.copy")
+    assert buttons.count() == 2 and buttons.first.is_visible()
+    buttons.nth(1).click()
+    page.wait_for_selector("#keys li:nth-child(2) button.copied")
+    assert page.evaluate("navigator.clipboard.readText()") == keys[1]
+    assert "已复制" in t.text(".copy-status")
+    page.get_by_role("button", name="复制全部卡密").click()
+    page.wait_for_selector("button.copy-all.copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "\n".join(keys)
+    t.shot("shop-order-copied")
+
+    # Another browser finds it with the e-mail and the query password.
+    other = tab()
+    other.open("/lookup")
+    other.shot("shop-lookup")
+    other.page.fill("#email", "buyer@example.com")
+    other.page.fill("#query_password", "my-lookup-pw")
+    with other.page.expect_navigation():
+        other.page.get_by_role("button", name="查询").click()
+    found = other.text()
+    assert order_no in found and all(k in found for k in keys) and "月卡 Monthly pass" in found
+    other.shot("shop-lookup-found")
+    for each in (t, other):
+        each.assert_clean()
+
+
+def test_categories_search_and_stock_badges(shop, goods, tab):
+    t = tab()
+    page = t.page
+    t.open("/")
+    headings = page.locator("section.category h2").all_inner_texts()
+    assert headings == ["游戏点卡", "会员", "其他"]
+    badges = {li.locator("a.name").inner_text(): li.locator(".badge").inner_text()
+              for li in page.locator("li.product").all()}
+    assert badges["周卡 Weekly pass"] == "库存紧张: 2" and badges["年度会员 VIP"] == "缺货"
+    assert badges["代充服务 Top-up by hand"] == "人工发货" and re.fullmatch(r"库存: \d+", badges["月卡 Monthly pass"])
+
+    with page.expect_navigation():
+        page.locator("nav.categories").get_by_role("link", name="会员").click()
+    assert f"category={goods['members']}" in page.url
+    names = page.locator("li.product a.name").all_inner_texts()
+    assert names == ["年度会员 VIP", "代充服务 Top-up by hand"]
+    assert page.locator("nav.categories a[aria-current=page]").inner_text() == "会员"
+    t.shot("shop-category")
+
+    # A search stays inside the chosen category; clearing it keeps the category.
+    page.fill("#q", "VIP")
+    with page.expect_navigation():
+        page.get_by_role("button", name="搜索").click()
+    assert page.locator("li.product a.name").all_inner_texts() == ["年度会员 VIP"]
+    t.shot("shop-search")
+    page.fill("#q", "不存在的商品")
+    with page.expect_navigation():
+        page.get_by_role("button", name="搜索").click()
+    assert "没有找到匹配的商品" in t.text()
+    t.shot("shop-search-empty")
+
+    # Out of stock: no form; by hand: a form without a stock count.
+    t.open(f"/product/{goods['vip']}")
+    assert page.locator("form.buy").count() == 0 and "缺货" in t.text()
+    t.shot("shop-product-out-of-stock")
+    t.open(f"/product/{goods['manual']}")
+    assert page.locator("form.buy").count() == 1 and "人工发货" in t.text()
+    t.shot("shop-product-manual")
+
+    t.open("/?lang=en")
+    assert page.locator("section.category h2").last.inner_text() == "Other"
+    assert page.get_attribute("html", "lang") == "en"
+    t.shot("shop-index-en")
+    t.open(f"/product/{goods['month']}")          # English is remembered
+    assert "Buy now" in t.text()
+    t.shot("shop-product-en")
+    t.assert_clean()
+
+
+def test_bad_purchase_shows_a_clear_error(shop, goods, tab):
+    t = tab()
+    page = t.page
+    t.open(f"/product/{goods['week']}")
+    # The browser's own checks (min/max, type=email) come first; past them, the server's.
+    page.eval_on_selector("form.buy", "form => { form.noValidate = true; }")
+    page.fill("#quantity", "101")
+    page.fill("#email", "buyer@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="立即购买").click()
+    assert "数量须在 1 到 100 之间" in t.text("#form-error")
+    assert page.get_attribute("#quantity", "aria-invalid") == "true"
+    assert page.input_value("#email") == "buyer@example.com"     # what the buyer typed stays
+    t.shot("shop-product-error")
+
+    page.eval_on_selector("form.buy", "form => { form.noValidate = true; }")
+    page.fill("#quantity", "1")
+    page.fill("#email", "not-an-address")
+    with page.expect_navigation():
+        page.get_by_role("button", name="立即购买").click()
+    assert "请填写有效的邮箱地址" in t.text("#form-error")
+    assert page.get_attribute("#email", "aria-invalid") == "true"
+
+    page.eval_on_selector("form.buy", "form => { form.noValidate = true; }")
+    page.fill("#quantity", "3")
+    page.fill("#email", "buyer@example.com")
+    with page.expect_navigation():
+        page.get_by_role("button", name="立即购买").click()
+    assert "库存不足" in t.text("#form-error")
+
+    t.open("/order/K000000000000", status=404)
+    assert "订单不存在" in t.text()
+    t.shot("shop-order-missing")
+    t.assert_clean(allow_status=(400, 404, 409))
+
+
+def test_mobile_layout(shop, goods, tab):
+    order_no, token = shop.paid_order(goods["misc"], quantity=2)
+    t = tab(viewport=(390, 844), mobile=True)
+    page = t.page
+    for path, name in (("/", "shop-index-mobile"), (f"/product/{goods['month']}", "shop-product-mobile"),
+                       (f"/order/{order_no}?token={token}", "shop-order-mobile"), ("/lookup", "shop-lookup-mobile")):
+        t.open(path)
+        # Nothing wider than the phone: no sideways scrolling.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+        t.shot(name)
+    t.open(f"/product/{goods['month']}")
+    button = page.get_by_role("button", name="立即购买").bounding_box()
+    assert button["width"] > 300      # full width, easy to tap
+    t.assert_clean()
+
+
+def test_hostile_product_name_does_not_run(shop, tab):
+    # Last in the module: it leaves a hostile product and notice in this shop.
+    pid, _ = shop.product(HOSTILE, 100, keys=1, description=HOSTILE)
+    shop.setting("site.notice", HOSTILE)
+    t = tab()
+    page = t.page
+    for path in ("/", f"/product/{pid}", "/?" + urllib.parse.urlencode({"q": HOSTILE[:60]})):
+        t.open(path)
+        assert HOSTILE in t.text()                      # shown as text...
+        assert page.locator("main img, main script").count() == 0   # ...not as markup
+    assert t.text(".notice") == HOSTILE                 # the notice too; {{7*7}} not evaluated
+    t.shot("shop-hostile-product")
+    page.wait_for_timeout(300)
+    assert t.dialogs == []
+    t.assert_clean()

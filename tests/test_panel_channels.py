@@ -1,0 +1,300 @@
+"""Payment channels in the panel: add, edit, enable/disable, test against a local Epay gateway.
+
+The merchant key must never appear in a page or an audit entry.
+"""
+import json
+import secrets
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import free_port
+from fake_epay import FakeEpay
+from kamengd.audit.models import AuditEntry
+from kamengd.errors import InvalidRequest, NotFound
+from kamengd.payments import services as payments
+from kamengd.payments.models import PaymentChannel
+from panel_support import login, make_staff, post
+
+PID = "1001"
+
+
+@pytest.fixture
+def admin_client(app, client):
+    staff = make_staff(app, "admin")
+    client.set_cookie("lang", "en")
+    assert login(client, staff).status_code == 302
+    return client
+
+
+@pytest.fixture
+def gateway():
+    with FakeEpay(PID, f"gw-key-{secrets.token_hex(8)}") as gw:
+        yield gw
+
+
+def new_key() -> str:
+    return f"mk-{secrets.token_hex(12)}"
+
+
+def channel_by_code(app, code):
+    from kamengd.extensions import db
+
+    with app.app_context():
+        channel = db.session.scalars(sa.select(PaymentChannel).where(PaymentChannel.code == code)).first()
+        db.session.expunge_all()
+        return channel
+
+
+def stored_key(app, code):
+    from kamengd.app import get_vault
+    from kamengd.extensions import db
+
+    with app.app_context():
+        channel = db.session.scalars(sa.select(PaymentChannel).where(PaymentChannel.code == code)).one()
+        return payments.channel_secrets(get_vault(), channel).get("key")
+
+
+def audit_of(app, code):
+    from kamengd.extensions import db
+
+    with app.app_context():
+        rows = db.session.scalars(sa.select(AuditEntry).where(AuditEntry.target == f"channel:{code}")
+                                  .order_by(AuditEntry.seq)).all()
+        return [(r.action, r.actor, json.loads(r.details)) for r in rows]
+
+
+def channel_count(app):
+    from kamengd.extensions import db
+
+    with app.app_context():
+        return db.session.scalar(sa.select(sa.func.count()).select_from(PaymentChannel))
+
+
+def add(client, code, key, gateway="https://pay.example.com", **extra):
+    data = {"code": code, "name": f"Pay {code}", "gateway": gateway, "pid": PID, "key": key, "sort_order": "5"}
+    data.update(extra)
+    return post(client, "/admin/channels/new", data, page_url="/admin/channels/new")
+
+
+def page(client, url="/admin/channels"):
+    resp = client.get(url)
+    assert resp.status_code == 200
+    return resp.get_data(as_text=True)
+
+
+def test_add_a_channel_the_key_is_never_shown(backend, app, admin_client):
+    code, key = f"ep{secrets.token_hex(3)}", new_key()
+    assert "Add a payment channel" in page(admin_client, "/admin/channels/new")
+    resp = add(admin_client, code, key, pay_type="wxpay")
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/channels")
+    listing = page(admin_client)
+    assert f"Payment channel {code} added." in listing
+    assert code in listing and "https://pay.example.com" in listing
+    assert key not in listing
+    channel = channel_by_code(app, code)
+    assert channel.type == "epay" and channel.is_enabled and channel.sort_order == 5
+    assert json.loads(channel.options) == {"gateway": "https://pay.example.com", "pid": PID, "pay_type": "wxpay"}
+    assert key.encode() not in channel.secret_ciphertext and stored_key(app, code) == key
+    assert key not in page(admin_client, f"/admin/channels/{channel.id}")
+    [(action, actor, details)] = audit_of(app, code)
+    assert action == "channel.add" and actor.startswith("staff:admin-")
+    assert details["secret_options"] == ["key"] and key not in json.dumps(details)
+
+
+@pytest.mark.parametrize("field, value, message, status", [
+    ("gateway", "ftp://pay.example.com", "option gateway: an http(s) base URL", 400),
+    ("gateway", "not a url", "option gateway: an http(s) base URL", 400),
+    ("code", "Bad Code!", "code: 1-32 lower-case letters", 400),
+    ("key", "", "option key: required", 400),
+    ("pid", "", "option pid: required", 400),
+    ("sort_order", "first", "sort order: a whole number", 400),
+    ("sort_order", "99999999999999999999999", "sort order: a whole number", 400),
+    ("name", "n" * 101, "name: at most 100 characters", 400),
+])
+def test_bad_input_gives_a_message_and_adds_nothing(backend, app, admin_client, field, value, message, status):
+    code, key = f"ep{secrets.token_hex(3)}", new_key()
+    before = channel_count(app)
+    resp = add(admin_client, **{"code": code, "key": key, field: value})
+    assert resp.status_code == status
+    html = resp.get_data(as_text=True)
+    assert message in html
+    assert key not in html   # a typed key is never sent back
+    assert channel_count(app) == before
+
+
+def test_duplicate_code_is_refused(backend, app, admin_client):
+    code = f"ep{secrets.token_hex(3)}"
+    assert add(admin_client, code, new_key()).status_code == 303
+    resp = add(admin_client, code, new_key(), gateway="https://other.example.com")
+    assert resp.status_code == 409 and f"channel &#39;{code}&#39; already exists" in resp.get_data(as_text=True)
+    assert json.loads(channel_by_code(app, code).options)["gateway"] == "https://pay.example.com"
+
+
+def test_edit_keeps_an_empty_key_and_encrypts_a_new_one(backend, app, admin_client):
+    code, key = f"ep{secrets.token_hex(3)}", new_key()
+    add(admin_client, code, key)
+    channel = channel_by_code(app, code)
+    url = f"/admin/channels/{channel.id}"
+    form = {"name": "Alipay", "gateway": "https://pay2.example.com/", "pid": "2002", "key": "", "pay_type": "",
+            "sort_order": "1"}
+    resp = post(admin_client, url, form, page_url=url)
+    assert resp.status_code == 303
+    assert "Payment channel" in page(admin_client) and stored_key(app, code) == key
+    edited = channel_by_code(app, code)
+    assert (edited.name, edited.sort_order) == ("Alipay", 1)
+    assert json.loads(edited.options) == {"gateway": "https://pay2.example.com/", "pid": "2002"}
+    action, _, details = audit_of(app, code)[-1]
+    assert action == "channel.update" and details["secret_options_changed"] == []
+    assert details["changed"]["pid"] == {"old": PID, "new": "2002"}
+
+    # the same form again: nothing changed, nothing audited
+    assert post(admin_client, url, form, page_url=url).status_code == 303
+    assert "Nothing changed." in page(admin_client) and len(audit_of(app, code)) == 2
+
+    newer = new_key()
+    assert post(admin_client, url, {**form, "key": newer}, page_url=url).status_code == 303
+    assert stored_key(app, code) == newer
+    action, _, details = audit_of(app, code)[-1]
+    assert action == "channel.update" and details == {"changed": {}, "secret_options_changed": ["key"]}
+    assert not any(k in json.dumps(audit_of(app, code)) for k in (key, newer))
+    assert newer not in page(admin_client, url) and newer not in page(admin_client)
+
+
+def test_bad_edit_changes_nothing(backend, app, admin_client):
+    code, key = f"ep{secrets.token_hex(3)}", new_key()
+    add(admin_client, code, key)
+    channel = channel_by_code(app, code)
+    url = f"/admin/channels/{channel.id}"
+    newer = new_key()
+    resp = post(admin_client, url, {"name": "x", "gateway": "javascript:alert(1)", "pid": PID, "key": newer,
+                                    "sort_order": "0"}, page_url=url)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "option gateway" in html and newer not in html
+    assert stored_key(app, code) == key
+    assert json.loads(channel_by_code(app, code).options)["gateway"] == "https://pay.example.com"
+    assert [a for a, _, _ in audit_of(app, code)] == ["channel.add"]
+    assert admin_client.get("/admin/channels/999999999").status_code == 404
+
+
+def test_enable_and_disable(backend, app, admin_client):
+    code = f"ep{secrets.token_hex(3)}"
+    add(admin_client, code, new_key())
+    channel = channel_by_code(app, code)
+    url = f"/admin/channels/{channel.id}/toggle"
+    assert post(admin_client, url, {"enabled": "0"}, page_url="/admin/channels").status_code == 303
+    assert "is disabled" in page(admin_client) and not channel_by_code(app, code).is_enabled
+    post(admin_client, url, {"enabled": "0"}, page_url="/admin/channels")
+    assert "already" in page(admin_client)
+    post(admin_client, url, {"enabled": "banana"}, page_url="/admin/channels")
+    assert "Choose whether" in page(admin_client) and not channel_by_code(app, code).is_enabled
+    post(admin_client, url, {"enabled": "1"}, page_url="/admin/channels")
+    assert channel_by_code(app, code).is_enabled
+    assert [a for a, _, _ in audit_of(app, code)] == ["channel.add", "channel.disable", "channel.enable"]
+
+
+def run_test(app, client, code):
+    channel = channel_by_code(app, code)
+    resp = post(client, f"/admin/channels/{channel.id}/test", page_url="/admin/channels")
+    assert resp.status_code == 303
+    html = page(client)
+    action, _, details = audit_of(app, code)[-1]
+    assert action == "channel.test"
+    return html, details
+
+
+def test_channel_test_against_a_local_gateway(backend, app, admin_client, gateway):
+    code = f"ep{secrets.token_hex(3)}"
+    add(admin_client, code, gateway.key, gateway=gateway.url)
+    html, details = run_test(app, admin_client, code)
+    assert f"Channel {code} works" in html and details["ok"] is True
+    assert gateway.merchant_queries == 1
+    # the gateway echoes the key in its answer: it never reaches a page or the audit log
+    assert gateway.key not in html and gateway.key not in json.dumps(audit_of(app, code))
+
+    gateway.active = 0
+    html, details = run_test(app, admin_client, code)
+    assert "disabled" in html and details["ok"] is False
+
+    gateway.mode = "garbage"
+    html, details = run_test(app, admin_client, code)
+    assert "not JSON" in html and details == {"ok": False, "stage": "gateway", "message": details["message"]}
+
+    gateway.mode = "error"
+    html, _ = run_test(app, admin_client, code)
+    assert "HTTP 500" in html
+
+
+def test_channel_test_reports_a_wrong_key_and_an_unreachable_gateway(backend, app, admin_client, gateway):
+    wrong, key = f"ep{secrets.token_hex(3)}", new_key()
+    add(admin_client, wrong, key, gateway=gateway.url)
+    html, details = run_test(app, admin_client, wrong)
+    assert "the gateway refused: KEY校验失败" in html and details["stage"] == "gateway" and not details["ok"]
+    assert key not in html and key not in json.dumps(details)
+
+    down = f"ep{secrets.token_hex(3)}"
+    add(admin_client, down, key, gateway=f"http://127.0.0.1:{free_port()}")
+    html, details = run_test(app, admin_client, down)
+    assert "gateway unreachable" in html and not details["ok"]
+
+
+def test_channel_test_catches_a_broken_stored_key(backend, app, admin_client, gateway):
+    from kamengd.extensions import db
+
+    code = f"ep{secrets.token_hex(3)}"
+    add(admin_client, code, gateway.key, gateway=gateway.url)
+    with app.app_context():
+        channel = db.session.scalars(sa.select(PaymentChannel).where(PaymentChannel.code == code)).one()
+        channel.secret_ciphertext = bytes(b ^ 1 for b in channel.secret_ciphertext)   # damaged at rest
+        db.session.commit()
+    html, details = run_test(app, admin_client, code)
+    assert "signature check failed" in html and "cannot be decrypted" in html
+    assert details["stage"] == "signature" and gateway.merchant_queries == 0   # the gateway is not asked
+    # editing without a key is refused until the key is entered again
+    url = f"/admin/channels/{channel_by_code(app, code).id}"
+    form = {"name": "x", "gateway": gateway.url, "pid": PID, "key": "", "sort_order": "0"}
+    resp = post(admin_client, url, form, page_url="/admin/channels")
+    assert resp.status_code == 400 and "enter it again" in resp.get_data(as_text=True)
+    assert post(admin_client, url, {**form, "key": gateway.key}, page_url="/admin/channels").status_code == 303
+    html, details = run_test(app, admin_client, code)
+    assert details["ok"] is True
+
+
+def test_only_owners_and_admins_manage_channels(backend, app, client):
+    support = make_staff(app, "support")
+    login(client, support)
+    assert client.get("/admin/channels").status_code == 403
+    assert client.get("/admin/channels/new").status_code == 403
+    assert post(client, "/admin/channels/new", {"code": "x", "key": "k"}).status_code == 403
+
+
+# --- services -------------------------------------------------------------------
+
+def test_update_channel_service(backend, session, vault):
+    key = new_key()
+    channel = payments.add_channel(session, vault, channel_type="epay", code=f"sv{secrets.token_hex(3)}",
+                                   actor="t", options={"gateway": "https://g.example.com", "pid": PID, "key": key})
+    with pytest.raises(InvalidRequest, match="option pid: required"):
+        payments.update_channel(session, vault, channel, name="", sort_order="0", actor="t",
+                                options={"gateway": "https://g.example.com", "pid": " "})
+    with pytest.raises(InvalidRequest, match="at most 500"):
+        payments.update_channel(session, vault, channel, name="", sort_order="0", actor="t",
+                                options={"gateway": "https://g.example.com/" + "x" * 500, "pid": PID})
+    changes = payments.update_channel(session, vault, channel, name="", sort_order=3, actor="t",
+                                      options={"gateway": "https://g.example.com", "pid": PID, "key": ""})
+    assert changes == {"changed": {"sort_order": {"old": 0, "new": 3}}, "secret_options_changed": []}
+    assert channel.name == channel.code and payments.channel_secrets(vault, channel) == {"key": key}
+    gateway, pid, checked_key = payments.check_signing(vault, channel)
+    assert (gateway, pid, checked_key) == ("https://g.example.com", PID, key)
+    with pytest.raises(NotFound):
+        payments.get_channel(session, 2**30)
+
+
+def test_query_merchant_service(gateway):
+    ok = payments.query_epay_merchant(gateway.url, PID, gateway.key, timeout=2)
+    assert ok.ok and gateway.key not in ok.message
+    refused = payments.query_epay_merchant(gateway.url, PID, "wrong", timeout=2)
+    assert not refused.ok and "KEY校验失败" in refused.message
+    gateway.mode = "slow"
+    slow = payments.query_epay_merchant(gateway.url, PID, gateway.key, timeout=0.5)
+    assert not slow.ok and "unreachable" in slow.message

@@ -1,0 +1,301 @@
+"""The orders pages of the staff panel, through HTTP: search, one order, and the staff actions."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import secrets
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from panel_support import login, make_staff, post
+from test_order_staff import quiet
+from test_orders import KEY, callback
+
+
+def make_shop(app):
+    """Committed: an auto product with keys, a manual one, a channel, and orders in several states."""
+    from kamengd.app import get_vault
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    from kamengd.orders.services import create_order
+    from kamengd.payments.services import add_channel, handle_epay_notify
+
+    tag = secrets.token_hex(4)
+    with app.app_context():
+        s, vault = db.session, get_vault()
+        auto = create_product(s, name=f"Auto {tag}", price_cents=990, actor="t")
+        manual = create_product(s, name=f"Manual {tag}", price_cents=500, actor="t", delivery_mode="manual")
+        keys = [f"KEY-{tag}-{i}" for i in range(4)]
+        import_keys(s, vault, product_id=auto.id, fh=io.BytesIO("\n".join(keys).encode()), actor="t")
+        channel = add_channel(s, vault, channel_type="epay", code=f"p{tag}", actor="t",
+                              options={"gateway": "http://127.0.0.1:9", "pid": "1001", "key": KEY})
+        email = f"Buyer.{tag}@example.com"
+
+        def order(product, money="", to=email):
+            o = create_order(s, product_id=product.id, quantity=1, email=to, channel_code=channel.code).order
+            if money is not None:
+                assert handle_epay_notify(s, vault, channel.code, callback(o, money=money or None)).recorded
+            return o.order_no
+
+        shop = SimpleNamespace(tag=tag, email=email, keys=keys, auto_id=auto.id, manual_id=manual.id,
+                               delivered=order(auto), held=order(auto, money="0.01"),
+                               manual=order(manual), pending=order(auto, money=None, to=f"other.{tag}@example.com"))
+        s.commit()
+    return shop
+
+
+@pytest.fixture
+def shop(app):
+    """The shop's committed orders; afterwards nothing of them is left for another test's sweep
+    (mail sender, stuck-order flags, expiry) to find in the worker's shared database."""
+    shop = make_shop(app)
+    yield shop
+    quiet(app, shop.auto_id, shop.manual_id)
+
+
+def db_order(app, order_no):
+    from kamengd.extensions import db
+    from kamengd.orders.models import Order
+
+    with app.app_context():
+        order = db.session.scalar(sa.select(Order).where(Order.order_no == order_no))
+        db.session.expunge(order)
+        return order
+
+
+def audit(app, order_no, action=None):
+    from kamengd.audit.models import AuditEntry
+    from kamengd.extensions import db
+
+    with app.app_context():
+        q = sa.select(AuditEntry).where(AuditEntry.target == f"order:{order_no}")
+        if action:
+            q = q.where(AuditEntry.action == action)
+        return [(a.action, a.actor, a.source_ip, json.loads(a.details))
+                for a in db.session.scalars(q.order_by(AuditEntry.seq))]
+
+
+def key_statuses(app, product_id):
+    from kamengd.extensions import db
+    from kamengd.inventory.models import CardKey
+
+    with app.app_context():
+        return dict(db.session.execute(sa.select(CardKey.status, sa.func.count())
+                                       .where(CardKey.product_id == product_id).group_by(CardKey.status)).all())
+
+
+def signed_in(app, client, role):
+    client.set_cookie("lang", "en")   # the assertions below read the English texts
+    staff = make_staff(app, role)
+    assert login(client, staff).status_code == 302
+    return staff
+
+
+def listed(client, **args) -> str:
+    resp = client.get("/admin/orders", query_string=args)
+    assert resp.status_code == 200
+    return resp.get_data(as_text=True)
+
+
+def shop_today(app) -> dt.date:
+    from kamengd.app import get_config
+
+    with app.app_context():
+        return dt.datetime.now(ZoneInfo(get_config().site.timezone)).date()
+
+
+def test_search_filters_work_and_combine(app, client, shop):
+    signed_in(app, client, "support")
+    ours = {shop.delivered, shop.held, shop.manual, shop.pending}
+
+    def found(**args):
+        return {no for no in ours if no in listed(client, **args)}
+
+    assert found(email=shop.email.lower()) == {shop.delivered, shop.held, shop.manual}   # any letter case
+    assert found(email=shop.email, status="held") == {shop.held}
+    assert found(email=shop.email, flagged="1") == {shop.held}
+    assert found(q=shop.delivered) == {shop.delivered}
+    assert found(q=shop.pending[:-3], status="pending") == {shop.pending}
+    assert found(q=shop.delivered[:8], email=shop.email, status="delivered") == {shop.delivered}
+    today = shop_today(app)
+    assert found(email=shop.email, **{"from": today.isoformat(), "to": today.isoformat()}) == \
+        {shop.delivered, shop.held, shop.manual}
+    assert found(email=shop.email, **{"from": (today + dt.timedelta(days=1)).isoformat()}) == set()
+    assert found(email=shop.email, to=(today - dt.timedelta(days=1)).isoformat()) == set()
+    page = listed(client, email=shop.email, status="held")
+    assert f"Auto {shop.tag}" in page and "9.90" in page and "paid 0.01" in page   # product, amount, flag
+
+    # What cannot be read is said and ignored, never a server error.
+    for bad in ({"from": "2026-13-45"}, {"from": "0001-01-01"}, {"to": "9999-12-31"}, {"page": "abc"},
+                {"page": "-5"}, {"status": "nonsense"}, {"q": "%_" * 40}, {"email": "x" * 500}):
+        assert client.get("/admin/orders", query_string=bad).status_code == 200
+    assert "is not a date" in listed(client, **{"from": "2026-13-45"})
+
+
+def test_order_page_shows_payment_and_history(app, client, shop):
+    signed_in(app, client, "support")
+    resp = client.get(f"/admin/orders/{shop.delivered}")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert f"T{shop.delivered}" in page and f"p{shop.tag}" in page            # the payment and its channel
+    assert "order.paid" in page and "order.delivered" in page                 # events
+    assert "Delivery e-mails" in page and "pending" in page                   # the queued mail
+    assert shop.keys[0] not in page and shop.keys[1] not in page              # keys only after a POST
+    held = client.get(f"/admin/orders/{shop.held}").get_data(as_text=True)
+    assert "order.held" in held and "paid 0.01" in held and "0.01" in held
+    assert f"/admin/orders/{shop.held}/acknowledge" in held
+    # Support sees no money actions; a held order's page shows none of them to support.
+    assert f"/admin/orders/{shop.held}/release" not in held and f"/admin/orders/{shop.held}/refund" not in held
+
+
+@pytest.mark.parametrize("role", ["support", "owner"])
+def test_keys_are_shown_only_after_a_post_and_each_view_is_audited(app, client, shop, role):
+    staff = signed_in(app, client, role)
+    url = f"/admin/orders/{shop.delivered}"
+    assert client.get(url + "/keys").status_code == 405
+    resp = post(client, url + "/keys", page_url=url)
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    [key] = [k for k in shop.keys if k in page]
+    assert audit(app, shop.delivered) == [("order.keys_view", f"staff:{staff.username}", "127.0.0.1",
+                                           {"keys": 1})]
+    assert key not in client.get(url).get_data(as_text=True)
+    post(client, url + "/keys", page_url=url)
+    assert len(audit(app, shop.delivered, "order.keys_view")) == 2
+    # An order with nothing delivered: refused, not audited.
+    resp = post(client, f"/admin/orders/{shop.pending}/keys", page_url=url)
+    assert resp.status_code == 409 and "no delivered keys" in resp.get_data(as_text=True)
+    assert audit(app, shop.pending) == []
+
+
+def test_finance_cannot_reveal_keys(app, client, shop):
+    signed_in(app, client, "finance")
+    url = f"/admin/orders/{shop.delivered}"
+    page = client.get(url).get_data(as_text=True)
+    assert url + "/keys" not in page and url + "/refund" in page
+    assert post(client, url + "/keys", page_url=url).status_code == 403
+    assert audit(app, shop.delivered) == []
+
+
+def test_support_cannot_refund_or_release(app, client, shop):
+    signed_in(app, client, "support")
+    for order_no, action in ((shop.delivered, "refund"), (shop.held, "refund"), (shop.held, "release")):
+        resp = post(client, f"/admin/orders/{order_no}/{action}", {"refund_reason": "x", "release_reason": "x"},
+                    page_url="/admin/orders")
+        assert resp.status_code == 403
+    assert db_order(app, shop.delivered).status == "delivered" and db_order(app, shop.held).status == "held"
+    assert audit(app, shop.held) == []
+
+
+def test_finance_refunds_with_a_reason(app, client, shop):
+    staff = signed_in(app, client, "finance")
+    url = f"/admin/orders/{shop.held}"
+    resp = post(client, url + "/refund", {"refund_reason": "  "}, page_url=url)
+    assert resp.status_code == 400 and "reason: required" in resp.get_data(as_text=True)
+    assert db_order(app, shop.held).status == "held" and key_statuses(app, shop.auto_id)["reserved"] == 2
+
+    resp = post(client, url + "/refund", {"refund_reason": "buyer cancelled"}, page_url=url)
+    assert resp.status_code == 303 and resp.headers["Location"] == url
+    page = client.get(url).get_data(as_text=True)
+    assert "does not move money" in page and "order.refund" in page
+    order = db_order(app, shop.held)
+    assert order.status == "refunded" and order.flagged_at is None
+    assert key_statuses(app, shop.auto_id) == {"sold": 1, "reserved": 1, "available": 2}   # held key back
+    [(action, who, ip, details)] = audit(app, shop.held)
+    assert (action, who, ip) == ("order.refund", f"staff:{staff.username}", "127.0.0.1")
+    assert details["reason"] == "buyer cancelled" and details["previous_status"] == "held"
+
+    resp = post(client, url + "/refund", {"refund_reason": "again"}, page_url=url)
+    assert resp.status_code == 409 and "is refunded" in resp.get_data(as_text=True)
+    resp = post(client, f"/admin/orders/{shop.pending}/refund", {"refund_reason": "x"}, page_url=url)
+    assert resp.status_code == 409 and db_order(app, shop.pending).status == "pending"
+    # A delivered order: its key stays sold.
+    resp = post(client, f"/admin/orders/{shop.delivered}/refund", {"refund_reason": "x"}, page_url=url)
+    assert resp.status_code == 303 and key_statuses(app, shop.auto_id)["sold"] == 1
+
+
+def test_finance_releases_a_held_order(app, client, shop):
+    signed_in(app, client, "finance")
+    url = f"/admin/orders/{shop.held}"
+    assert url + "/release" in client.get(url).get_data(as_text=True)
+    assert post(client, url + "/release", {"release_reason": ""}, page_url=url).status_code == 400
+    resp = post(client, url + "/release", {"release_reason": "the buyer topped up by bank"}, page_url=url)
+    assert resp.status_code == 303
+    assert "the order is delivered" in client.get(url).get_data(as_text=True)
+    order = db_order(app, shop.held)
+    assert order.status == "delivered" and order.flagged_at is None
+    assert audit(app, shop.held)[0][3]["reason"] == "the buyer topped up by bank"
+    resp = post(client, url + "/release", {"release_reason": "again"}, page_url=url)
+    assert resp.status_code == 409 and "only a held order" in resp.get_data(as_text=True)
+    assert len(audit(app, shop.held)) == 1
+
+
+def test_support_delivers_a_manual_order_by_hand(app, client, shop):
+    signed_in(app, client, "support")
+    url = f"/admin/orders/{shop.manual}"
+    assert url + "/deliver" in client.get(url).get_data(as_text=True)
+    resp = post(client, url + "/deliver", {"keys": "ONE\nTWO"}, page_url=url)
+    assert resp.status_code == 400 and "needs 1 key, 2 pasted" in resp.get_data(as_text=True)
+    assert db_order(app, shop.manual).status == "paid"
+    resp = post(client, url + "/deliver", {"keys": f"\n  MANUAL-{shop.tag}  \n"}, page_url=url)
+    assert resp.status_code == 303 and db_order(app, shop.manual).status == "delivered"
+    assert f"MANUAL-{shop.tag}" in post(client, url + "/keys", page_url=url).get_data(as_text=True)
+    assert [a[0] for a in audit(app, shop.manual)] == ["order.deliver", "order.keys_view"]
+    assert post(client, url + "/deliver", {"keys": "X"}, page_url=url).status_code == 409
+
+
+def test_resend_the_delivery_mail(app, client, shop, monkeypatch):
+    from kamengd.app import get_config
+    from kamengd.extensions import db
+    from kamengd.notifications.models import EmailOutbox
+
+    signed_in(app, client, "support")
+    url = f"/admin/orders/{shop.delivered}"
+    resp = post(client, url + "/resend", page_url=url)
+    assert resp.status_code == 409 and "no SMTP server" in resp.get_data(as_text=True)
+    with app.app_context():
+        real = get_config()
+    monkeypatch.setattr("kamengd.panel.orders.get_config", lambda: dataclasses.replace(
+        real, smtp=dataclasses.replace(real.smtp, host="smtp.example.invalid")))
+    resp = post(client, url + "/resend", page_url=url)
+    assert resp.status_code == 409 and "already waiting to be sent" in resp.get_data(as_text=True)
+    order_id = db_order(app, shop.delivered).id
+    with app.app_context():
+        db.session.execute(sa.update(EmailOutbox).where(EmailOutbox.order_id == order_id).values(status="sent"))
+        db.session.commit()
+    resp = post(client, url + "/resend", page_url=url)
+    assert resp.status_code == 303
+    with app.app_context():
+        assert db.session.scalars(sa.select(EmailOutbox.status).where(EmailOutbox.order_id == order_id)
+                                  .order_by(EmailOutbox.id)).all() == ["sent", "pending"]
+    assert [a[0] for a in audit(app, shop.delivered)] == ["order.resend_email"]
+    assert post(client, f"/admin/orders/{shop.manual}/resend", page_url=url).status_code == 409
+
+
+def test_acknowledge_a_flag(app, client, shop):
+    signed_in(app, client, "support")
+    url = f"/admin/orders/{shop.held}"
+    reason = db_order(app, shop.held).flag_reason
+    resp = post(client, url + "/acknowledge", {"note": "asked the buyer"}, page_url=url)
+    assert resp.status_code == 303
+    order = db_order(app, shop.held)
+    assert order.flagged_at is None and order.status == "held"
+    assert audit(app, shop.held)[0][3] == {"reason": reason, "note": "asked the buyer"}
+    assert shop.held not in listed(client, flagged="1", email=shop.email)
+    assert post(client, url + "/acknowledge", page_url=url).status_code == 409
+
+
+def test_bad_order_numbers_are_404_pages(app, client):
+    signed_in(app, client, "owner")
+    for order_no in ("nope", "9" * 28, "x" * 200, "%25", "a b"):
+        assert client.get(f"/admin/orders/{order_no}").status_code == 404
+        for action in ("keys", "deliver", "release", "refund", "resend", "acknowledge"):
+            resp = post(client, f"/admin/orders/{order_no}/{action}",
+                        {"refund_reason": "r", "release_reason": "r", "keys": "K"}, page_url="/admin/orders")
+            assert resp.status_code == 404, (order_no, action)
