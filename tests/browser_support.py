@@ -274,6 +274,38 @@ def start_shop(backend, databases, tmp_path_factory, name: str):
 
 # --- pages ---------------------------------------------------------------------
 
+# What a screen reader or a keyboard user would miss on the page shown: a form
+# control without a label, a button or link without a name, an image without
+# alt text, two elements with one id (a label's `for` would hit the wrong one),
+# a page without a language.
+A11Y_PROBLEMS = """() => {
+  const problems = [];
+  const shown = el => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+  const named = el => !!((el.getAttribute('aria-label') || '').trim() || el.getAttribute('aria-labelledby')
+                         || (el.getAttribute('title') || '').trim());
+  const tag = el => el.outerHTML.slice(0, 160);
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.type === 'hidden' || !shown(el)) continue;
+    if (['submit', 'button', 'reset'].includes(el.type) && (el.value || '').trim()) continue;
+    if (!(el.labels && el.labels.length) && !named(el)) problems.push('control without a label: ' + tag(el));
+  }
+  for (const el of document.querySelectorAll('button, a[href], [role=button]')) {
+    if (!shown(el)) continue;
+    const text = (el.innerText || '').trim() || [...el.querySelectorAll('img[alt]')].map(i => i.alt).join('');
+    if (!text && !named(el)) problems.push('button or link without a name: ' + tag(el));
+  }
+  for (const el of document.querySelectorAll('img')) {
+    if (!el.hasAttribute('alt')) problems.push('image without alt: ' + tag(el));
+  }
+  const seen = new Set();
+  for (const el of document.querySelectorAll('[id]')) {
+    if (seen.has(el.id)) problems.push('duplicate id: ' + el.id);
+    seen.add(el.id);
+  }
+  if (!document.documentElement.lang) problems.push('no lang on <html>');
+  return problems;
+}"""
+
 class Tab:
     """One browser page on the shop that records what went wrong while it was open:
     CSP violations and other console errors, uncaught script errors, 5xx answers, dialogs."""
@@ -285,6 +317,7 @@ class Tab:
         self.script_errors: list[str] = []
         self.server_errors: list[str] = []
         self.dialogs: list[str] = []
+        self.a11y: list[str] = []      # accessibility problems of the pages screenshotted
         self.page.on("console", lambda msg: self.console.append((msg.type, msg.text, msg.location.get("url", ""))))
         self.page.on("pageerror", lambda exc: self.script_errors.append(str(exc)))
         self.page.on("response", self._response)
@@ -310,7 +343,25 @@ class Tab:
         assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name), name
         path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
+        # Every page worth a screenshot is checked for labels and names too.
+        self.a11y += [f"{name}: {problem}" for problem in self.page.evaluate(A11Y_PROBLEMS)]
         return path
+
+    def press_until_focused(self, selector: str, key: str = "Tab", limit: int = 40) -> None:
+        """Press Tab (or `key`) until `selector` has the focus, as a keyboard user would get there."""
+        target = self.page.locator(selector)
+        for _ in range(limit):
+            if target.evaluate("el => el === document.activeElement"):
+                return
+            self.page.keyboard.press(key)
+        raise AssertionError(f"{selector} never got the focus after {limit} presses of {key}")
+
+    def focus_is_visible(self) -> bool:
+        """The focused element shows a focus ring (an outline or a box shadow)."""
+        return self.page.evaluate("""() => {
+          const s = getComputedStyle(document.activeElement);
+          return (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
+        }""")
 
     def csp_violations(self) -> list[str]:
         return [f"{text} ({url})" for _type, text, url in self.console
@@ -325,6 +376,7 @@ class Tab:
         assert not errors, errors
         assert not self.script_errors, self.script_errors
         assert not self.server_errors, self.server_errors
+        assert not self.a11y, self.a11y
 
     def text(self, selector: str = "main") -> str:
         return self.page.inner_text(selector)

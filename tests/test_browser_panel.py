@@ -197,3 +197,46 @@ def test_mobile_dashboard(shop, data, tab, owner_state):
     t.open("/admin/orders")
     t.shot("panel-orders-mobile")
     t.assert_clean()
+
+
+def test_staff_work_the_panel_from_the_keyboard(shop, data, tab):
+    """Sign in with 2FA, skip the menu, open a page from the menu and search orders: keys only, no mouse."""
+    admin = shop.staff("admin")
+    t = tab()
+    page = t.page
+    t.open("/admin/login")
+    assert page.evaluate("document.activeElement.id") == "username"    # autofocus: type at once
+    page.keyboard.type(admin.username)
+    t.press_until_focused("#password")
+    assert t.focus_is_visible()
+    page.keyboard.type(admin.password)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url.endswith("/admin/login/2fa")
+    assert page.evaluate("document.activeElement.id") == "code"
+    page.keyboard.type(admin.code())
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url.endswith("/admin/dashboard"), page.url
+
+    # The first Tab reaches "skip to content", which moves the focus past the menu.
+    page.keyboard.press("Tab")
+    skip = page.locator("a.skip")
+    assert skip.evaluate("el => el === document.activeElement") and skip.is_visible()
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
+
+    # The menu, by Tab, then Enter.
+    t.open("/admin/dashboard")
+    t.press_until_focused("nav.sidenav a[href='/admin/orders']")
+    assert t.focus_is_visible()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url.endswith("/admin/orders")
+    t.press_until_focused("input[name=q]")
+    page.keyboard.type(data["delivered"])
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert data["delivered"] in t.text("main table")
+    t.shot("panel-orders-keyboard")
+    t.assert_clean()

@@ -215,3 +215,34 @@ def test_hostile_product_name_does_not_run(shop, tab):
     page.wait_for_timeout(300)
     assert t.dialogs == []
     t.assert_clean()
+
+
+def test_buyer_buys_with_the_keyboard_only(shop, goods, tab):
+    """From the shop's front page to the gateway with Tab, arrows, typing and Enter."""
+    item, _ = shop.product("键盘 Keyboard pass", 100, keys=2)   # its own stock: other tests buy the rest
+    t = tab()
+    page = t.page
+    t.open("/")
+    t.press_until_focused(f"a.name[href='/product/{item}']")
+    assert t.focus_is_visible()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url == f"{shop.base}/product/{item}"
+    t.press_until_focused("#quantity")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    t.press_until_focused("#email")
+    page.keyboard.type("keys@example.com")
+    # The payment choice is a radio group: Tab enters it, the arrow keys move in it.
+    radios = page.locator("input[type=radio][name=channel]")
+    assert radios.count() == 2
+    t.press_until_focused("input[type=radio][name=channel]:checked")
+    page.keyboard.press("ArrowDown")
+    assert page.locator("input[type=radio][name=channel]:checked").get_attribute("value") == "wxpay"
+    t.press_until_focused("button[type=submit]")
+    assert t.focus_is_visible()
+    with page.expect_navigation(url=re.compile(re.escape(shop.gateway.url))):
+        page.keyboard.press("Enter")
+    pay = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    assert pay["money"] == "2.00" and pay["type"] == "wxpay"
+    t.assert_clean()
