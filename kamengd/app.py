@@ -100,6 +100,14 @@ def get_config() -> Config:
     return current_app.extensions["kamengd.config"]
 
 
+def get_sending_config() -> Config:
+    """The config as mail and webhooks use it: the panel's [smtp] and [notifications]
+    settings laid over the file's (kamengd.settings.messaging)."""
+    from .settings.messaging import effective_config
+
+    return effective_config(db.session, get_vault(), get_config())
+
+
 def shop_name() -> str:
     """The name staff set in the panel, else the config file's."""
     from sqlalchemy.exc import SQLAlchemyError

@@ -42,17 +42,24 @@ def check_low_stock(session: Session) -> dict:
 
 
 def send_notifications(session: Session) -> dict:
-    from .app import get_config
+    from .app import get_config, get_vault
     from .notifications.dispatch import deliver_notifications
+    from .settings.messaging import effective_config
 
-    return deliver_notifications(session, get_config())
+    config = effective_config(session, get_vault(), get_config())
+    session.commit()   # read at the start of the run; no transaction held while sending
+    return deliver_notifications(session, config)
 
 
 def send_emails(session: Session) -> dict:
     from .app import get_config, get_vault
     from .notifications.email import send_due_emails
+    from .settings.messaging import effective_config
 
-    return send_due_emails(session, get_vault(), get_config())
+    vault = get_vault()
+    config = effective_config(session, vault, get_config())
+    session.commit()
+    return send_due_emails(session, vault, config)
 
 
 def reconcile_payments(session: Session) -> dict:

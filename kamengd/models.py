@@ -5,7 +5,7 @@ from .catalog.models import Category, Product  # noqa: F401
 from .inventory.models import CardKey, KeyImport  # noqa: F401
 from .orders.models import Order  # noqa: F401
 from .payments.models import Payment, PaymentChannel, SettlementEntry, SettlementReport  # noqa: F401
-from .settings.models import Setting  # noqa: F401
+from .settings.models import Setting, SettingSecret  # noqa: F401
 from .notifications.models import EmailOutbox, Event, Notification, NotificationAttempt  # noqa: F401
 from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401

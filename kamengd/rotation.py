@@ -9,7 +9,7 @@
    row's update is conditional on its old version and fingerprint, so a
    batch never clobbers a row someone else changed, and a second run simply
    goes on with what is left: rotation is resumable.
-3. Payment channel secrets, staff 2FA secrets and the audit log's seal follow.
+3. Payment channel secrets, staff 2FA secrets, secret settings and the audit log's seal follow.
 4. An hour after the rotation, when no row uses an old version any more, the
    scheduler retires the old versions (`kamengd key retire` does it at once):
    they leave the key file for a file beside it (mode 0600), as backups taken
@@ -40,6 +40,8 @@ from .database import utcnow
 from .errors import KamengdError
 from .inventory.models import CardKey
 from .payments.models import PaymentChannel
+from .settings.models import SettingSecret
+from .settings.services import reencrypt_secrets
 from .vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
                     write_secret_file)
 
@@ -54,7 +56,8 @@ class RotationResult:
 
 
 def versions_in_use(session: Session) -> dict[int, int]:
-    """Key version -> rows that still need it (card keys, channel secrets, the audit seal)."""
+    """Key version -> rows that still need it (card keys, channel and 2FA secrets, secret settings,
+    the audit seal)."""
     t = CardKey.__table__
     used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
     for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
@@ -63,6 +66,9 @@ def versions_in_use(session: Session) -> dict[int, int]:
     for (version,) in session.execute(sa.select(StaffUser.totp_key_version)
                                       .where(StaffUser.totp_key_version.is_not(None))):
         used[version] = used.get(version, 0) + 1
+    for version, count in session.execute(sa.select(SettingSecret.key_version, sa.func.count())
+                                          .group_by(SettingSecret.key_version)):
+        used[version] = used.get(version, 0) + count
     seal = session.scalar(sa.select(AuditHead.seal_version).where(AuditHead.id == 1))
     if seal is not None:
         used[seal] = used.get(seal, 0) + 1
@@ -213,6 +219,8 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     result.card_keys = reencrypt_card_keys(session, vault, batch=batch, progress=progress)
     result.channels = reencrypt_channels(session, vault)
     reencrypt_totp_secrets(session, vault)
+    reencrypt_secrets(session, vault)
+    session.commit()
     result.resealed = reseal_audit_head(session, vault)
     note(session, "key.rotation", {"version": current, "card_keys": result.card_keys})
     session.commit()

@@ -56,8 +56,11 @@ def test_settings(backend, session):
     assert get_setting(session, "orders.timeout_minutes") == 10
     set_setting(session, "orders.timeout_minutes", "15", actor="cli:t")
     set_setting(session, "site.notice", "今日 <b>促销</b>", actor="cli:t")
-    assert all_settings(session) == {"site.name": "", "site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
-                                     "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60}
+    values = all_settings(session)
+    assert {k: v for k, v in values.items() if k.split(".")[0] in ("site", "orders")} == {
+        "site.name": "", "site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
+        "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60}
+    assert values["smtp.source"] == "file" and values["notifications.webhook_events"] == ["*"]
     entry = last_audit(session)
     assert entry.action == "setting.change"
     assert json.loads(entry.details) == {"key": "site.notice", "old": "", "new": "今日 <b>促销</b>"}
@@ -79,6 +82,26 @@ def test_settings_and_roles_from_the_cli(tmp_path):
     listed = json.loads(run_cli("setting", "list", "--json", config=cfg, check=True).out)["settings"]
     assert listed["orders.timeout_minutes"] == 20
     assert_one_line_error(run_cli("setting", "set", "orders.timeout_minutes", "0", config=cfg), "at least 1")
+    # Mail and notifications from the command line: lists comma-separated, secrets from a file.
+    out = run_cli("setting", "set", "notifications.email_to", "a@example.com, b@example.com", "--json", config=cfg,
+                  check=True).out
+    assert json.loads(out)["value"] == ["a@example.com", "b@example.com"]
+    secret = tmp_path / "hook.secret"
+    secret.write_text("cli-webhook-secret-0123456789\n")
+    assert json.loads(run_cli("setting", "secret", "notifications.webhook_secret", "--file", secret, "--json",
+                              config=cfg, check=True).out) == {"key": "notifications.webhook_secret", "set": True}
+    listed = run_cli("setting", "list", "--json", config=cfg, check=True)
+    assert json.loads(listed.out)["secrets"] == {"smtp.password": False, "notifications.webhook_secret": True}
+    assert "cli-webhook-secret" not in listed.out
+    assert "cli-webhook-secret" not in (tmp_path / "d" / "kamengd.db").read_bytes().decode("latin-1")
+    assert_one_line_error(run_cli("setting", "secret", "notifications.webhook_secret", config=cfg), "--file")
+    assert_one_line_error(run_cli("setting", "secret", "smtp.host", "--clear", config=cfg), "smtp.host")
+    (tmp_path / "short").write_text("short")
+    assert_one_line_error(run_cli("setting", "secret", "notifications.webhook_secret", "--file", tmp_path / "short",
+                                  config=cfg), "16 to 1024 characters")
+    run_cli("setting", "secret", "notifications.webhook_secret", "--clear", config=cfg, check=True)
+    assert json.loads(run_cli("setting", "list", "--json", config=cfg, check=True).out)["secrets"][
+        "notifications.webhook_secret"] is False
     assert_one_line_error(run_cli("user", "set-role", "--username", "admin", "--role", "support", config=cfg),
                           "last owner")
     assert run_cli("audit", "verify", config=cfg).returncode == 0

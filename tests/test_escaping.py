@@ -334,8 +334,12 @@ def test_panel_settings(app, client, owner):
     from kamengd.extensions import db
     from kamengd.settings.services import all_settings, update_settings
 
+    import sqlalchemy as sa
+
+    from kamengd.settings.models import SettingSecret
+
     with app.app_context():
-        before = {k: v for k, v in all_settings(db.session).items() if isinstance(v, str)}
+        before = all_settings(db.session)
     try:
         resp = submit(client, "/admin/settings", "/admin/settings", COMBINED, follow_redirects=True)
         assert_inert(resp, shown=COMBINED)
@@ -343,9 +347,18 @@ def test_panel_settings(app, client, owner):
             assert_inert(client.get(url))
         assert ESCAPED_SCRIPT in client.get("/").get_data(as_text=True)       # the notice, as text
         assert_inert(submit(client, "/admin/settings", "/admin/settings", LONG, follow_redirects=True))
+        # The mail server and notification forms: refused or stored, shown as text either way.
+        for action in ("/admin/settings/mail", "/admin/settings/notifications"):
+            for payload in (COMBINED, LONG):
+                assert_inert(submit(client, "/admin/settings", action, payload, follow_redirects=True))
+        assert_inert(submit(client, "/admin/settings", "/admin/settings/mail", COMBINED,
+                            {"smtp.host": "mail.example.com", "smtp.password": "", "smtp.from_address": "",
+                             "smtp.port": "25"}, follow_redirects=True), shown=COMBINED)   # the username, stored
+        assert_inert(client.get("/admin/settings"))
     finally:
         with app.app_context():
             update_settings(db.session, before, actor="t")
+            db.session.execute(sa.delete(SettingSecret))
             db.session.commit()
 
 

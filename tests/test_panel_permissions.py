@@ -61,6 +61,8 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.staff_edit": frozenset({"owner"}),
     "panel.staff_reset_2fa": frozenset({"owner"}),
     "panel.settings": MANAGERS,
+    "panel.settings_mail": MANAGERS,
+    "panel.settings_notifications": MANAGERS,
     "panel.settings_test_mail": MANAGERS,
     "panel.audit": MANAGERS | {"auditor"},
     "panel.audit_verify": MANAGERS | {"auditor"},

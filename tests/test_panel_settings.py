@@ -1,5 +1,6 @@
-"""Settings in the panel: the run-time settings form, mail and webhooks read-only, a test mail
-through a real local SMTP server."""
+"""Settings in the panel: the run-time settings form, mail and webhooks of the config file
+shown without their secrets, a test mail through a real local SMTP server. (Mail and
+webhooks set in the panel: tests/test_panel_messaging.py.)"""
 import dataclasses
 import email
 import json
@@ -128,7 +129,7 @@ def test_the_page_shows_settings_and_no_secret(backend, mail_app, smtp_server):
         assert f'name="{key}"' in html
     assert "Unpaid order timeout" in html
     assert "127.0.0.1" in html and str(smtp_server[0]) in html and "shop@example.com" in html
-    assert "in a file (not shown)" in html and "Set in the config file" in html
+    assert "in a file (not shown)" in html and "The config file ([smtp] in" in html
     assert "https://hooks.example.com/k5" in html and "https://bot:***@hooks.example.net/x" in html
     assert "order.paid" in html
     for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, HOOK_PASSWORD):
@@ -191,7 +192,7 @@ def test_a_test_mail_arrives(backend, mail_app, smtp_server):
     rcpts, msg = inbox.messages[-1]
     assert rcpts == ["owner@example.com"] and "test mail" in msg["Subject"] and msg["From"] == "shop@example.com"
     assert audit_since(mail_app, seq) == [("settings.test_mail", "mail:owner@example.com",
-                                           {"to": "owner@example.com", "result": "sent"})]
+                                           {"to": "owner@example.com", "server": "127.0.0.1", "result": "sent"})]
 
 
 def test_a_refused_test_mail_reports_the_smtp_error(backend, mail_app, smtp_server):
@@ -231,7 +232,7 @@ def test_test_mail_needs_smtp_and_an_address(backend, app, mail_app):
     html = page(client)
     assert "No SMTP server is configured" in html and 'name="to"' not in html
     post(client, "/admin/settings/test-mail", {"to": "owner@example.com"}, page_url="/admin/settings")
-    assert "No SMTP server is configured: set [smtp] host" in page(client)
+    assert "No SMTP server is configured: set one below" in page(client)
     client = signed_in(mail_app)
     for bad in ("", "not an address", "a@b.c\r\nBcc: x@y.z"):
         post(client, "/admin/settings/test-mail", {"to": bad}, page_url="/admin/settings")

@@ -227,3 +227,33 @@ def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
         assert pyotp.TOTP(owner.secret).now() == owner.code()
         db.session.remove()
         db.engine.dispose()
+
+
+def test_secret_settings_follow_the_rotation(backend, make_install):
+    """The SMTP password and webhook secret set in the panel keep their key version in use,
+    are re-encrypted by the rotation and read the same afterwards."""
+    from kamengd.app import create_app, get_vault
+    from kamengd.extensions import db
+    from kamengd.rotation import versions_in_use
+    from kamengd.settings.models import SettingSecret
+    from kamengd.settings.services import get_secret, set_secret
+
+    cfg = make_install(backend)
+    application = create_app(cfg)
+    with application.app_context():
+        set_secret(db.session, get_vault(), "smtp.password", "mail-pw-rotated", actor="t")
+        set_secret(db.session, get_vault(), "notifications.webhook_secret", "w" * 32, actor="t")
+        db.session.commit()
+        assert versions_in_use(db.session)[1] >= 3   # the audit seal and the two secrets
+        db.session.remove()
+        db.engine.dispose()
+    run_cli("key", "rotate", config=cfg.path, check=True)
+    run_cli("key", "retire", config=cfg.path, check=True)
+    assert sorted(parse_key_file(cfg.security.data_key_file.read_text())) == [2]
+    with application.app_context():
+        assert {r.key_version for r in db.session.scalars(sa.select(SettingSecret))} == {2}
+        assert get_secret(db.session, get_vault(), "smtp.password") == "mail-pw-rotated"
+        assert get_secret(db.session, get_vault(), "notifications.webhook_secret") == "w" * 32
+        db.session.remove()
+        db.engine.dispose()
+

@@ -58,7 +58,7 @@ def check_revision(manifest: dict) -> None:
 
 def check_keys(reader: BackupReader, vault: Vault, per_version: int = 5) -> int:
     """Before anything changes: the key file must hold every key version the backup
-    uses and open a sample of each (card keys), every channel secret and the audit
+    uses and open a sample of each (card keys), every channel, 2FA and setting secret and the audit
     seal. The wrong key file is refused here, not after the tables were replaced."""
     import hmac
 
@@ -84,6 +84,9 @@ def check_keys(reader: BackupReader, vault: Vault, per_version: int = 5) -> int:
                 elif table == "staff_users" and value.get("totp_ciphertext") is not None:
                     vault.decrypt_secret(f"staff-totp:{value['id']}", value["totp_nonce"],
                                          value["totp_ciphertext"], value["totp_key_version"])
+                elif table == "setting_secrets":
+                    vault.decrypt_secret(f"setting:{value['key']}", value["nonce"], value["ciphertext"],
+                                         value["key_version"])
                 elif table == "audit_head" and value.get("seal"):
                     expected = vault.seal(seal_message(value["seq"], value["last_hash"]), value["seal_version"])
                     if not hmac.compare_digest(expected, value["seal"]):

@@ -4,8 +4,9 @@ import click
 
 from ..audit.services import cli_actor
 from ..extensions import db
-from ..settings.services import SETTINGS, all_settings, set_setting
+from ..settings.services import SECRETS, SETTINGS, all_settings, clear_secret, secrets_set, set_secret, set_setting
 from . import cli, emit, json_option, with_app
+from .install import read_password_file
 
 
 @cli.group()
@@ -19,8 +20,10 @@ def setting():
 def setting_list(as_json):
     """Show every run-time setting and its value."""
     values = all_settings(db.session)
-    emit(as_json, {"settings": values},
-         "\n".join(f"{k} = {v!r}\t# {SETTINGS[k].doc}" for k, v in values.items()))
+    stored = secrets_set(db.session)
+    emit(as_json, {"settings": values, "secrets": stored},
+         "\n".join([f"{k} = {v!r}\t# {SETTINGS[k].doc}" for k, v in values.items()]
+                   + [f"{k} = {'(set)' if stored[k] else '(not set)'}\t# {SECRETS[k][0]}" for k in SECRETS]))
 
 
 @setting.command("set")
@@ -32,3 +35,24 @@ def setting_set(key, value, as_json):
     """Change a setting."""
     new = set_setting(db.session, key, value, actor=cli_actor())
     emit(as_json, {"key": key, "value": new}, f"{key} = {new!r}")
+
+
+@setting.command("secret")
+@click.argument("key", type=click.Choice(sorted(SECRETS)))
+@click.option("--file", "path", metavar="FILE", help="File holding the value (its first line).")
+@click.option("--clear", is_flag=True, help="Remove the stored value.")
+@json_option
+@with_app
+def setting_secret(key, path, clear, as_json):
+    """Store a secret setting (encrypted with the data key) or remove it; never printed."""
+    from ..app import get_vault
+    from ..errors import InvalidRequest
+
+    if bool(path) == clear:
+        raise InvalidRequest("give --file FILE or --clear")
+    if clear:
+        removed = clear_secret(db.session, key, actor=cli_actor())
+        emit(as_json, {"key": key, "set": False}, f"{key} removed" if removed else f"{key} was not set")
+        return
+    set_secret(db.session, get_vault(), key, read_password_file(path), actor=cli_actor())
+    emit(as_json, {"key": key, "set": True}, f"{key} stored (encrypted)")

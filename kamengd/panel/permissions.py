@@ -86,6 +86,8 @@ ENDPOINTS: dict[str, str] = {
     "panel.staff_reset_2fa": "staff.manage",
     # settings.py
     "panel.settings": "settings.manage",
+    "panel.settings_mail": "settings.manage",
+    "panel.settings_notifications": "settings.manage",
     "panel.settings_test_mail": "settings.manage",
     # audit.py
     "panel.audit": "audit.view",

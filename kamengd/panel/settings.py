@@ -1,4 +1,5 @@
-"""Settings: the run-time settings in one form; mail and webhooks shown read-only, a test mail."""
+"""Settings: the shop's run-time settings, the mail server and the notifications
+(each from the config file or set here), and a test mail."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
@@ -8,14 +9,15 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..api import read_only
-from ..app import get_config
+from ..app import get_config, get_sending_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..notifications.email import check_mail_address, send_test_mail
 from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
-from ..settings.services import SETTINGS
+from ..settings.messaging import save_group
+from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
 from . import bp
 from .session import actor, client_ip
 
@@ -38,10 +40,12 @@ def setting_texts() -> dict[str, tuple[str, str]]:
 
 
 def form_fields() -> list[dict]:
-    """One entry per setting: how the form shows it."""
+    """One entry per shop setting: how the form shows it (mail and notifications have forms of their own)."""
     texts = setting_texts()
     fields = []
     for key, spec in SETTINGS.items():
+        if spec.group != "shop":
+            continue
         label, help_text = texts.get(key, (key, spec.doc))
         kind = "number" if spec.type is int else "line" if spec.single_line else "text"
         fields.append({"key": key, "id": "setting-" + key.replace(".", "-"), "kind": kind, "label": label,
@@ -51,6 +55,8 @@ def form_fields() -> list[dict]:
 
 def _field_limit(key: str) -> int:
     spec = SETTINGS[key]
+    if spec.type is list:
+        return spec.max_items * 2100   # a form's list: one entry per line, each checked by the service
     return (spec.max_length or 32) + 1   # one more than allowed: the service says what the limit is
 
 
@@ -76,10 +82,29 @@ def recent_attempts():
 def _render(values: dict, status: int = 200):
     config = get_config()
     return render_template("panel/settings_page.html", fields=form_fields(), values=values,
-                           smtp=config.smtp, smtp_password_set=config.smtp.password_file is not None,
-                           notifications=config.notifications, config_path=config.path,
-                           webhook_urls=[masked_url(u) for u in config.notifications.webhook_urls],
-                           attempts=recent_attempts(), masked_url=masked_url), status
+                           file_smtp=config.smtp, file_smtp_password=config.smtp.password_file is not None,
+                           file_notifications=config.notifications, config_path=config.path,
+                           file_webhook_urls=[masked_url(u) for u in config.notifications.webhook_urls],
+                           sending=get_sending_config(), secrets=secrets_set(db.session),
+                           event_types=EVENT_CHOICES, attempts=recent_attempts(),
+                           masked_url=masked_url), status
+
+
+def _submitted(group: str) -> dict:
+    """The group's settings as the form sent them: lists as several values or one per line."""
+    out = {}
+    for key, spec in SETTINGS.items():
+        if spec.group != group:
+            continue
+        if spec.type is list:
+            # Check boxes: the form also sends an empty value, so "none ticked" is told from "not sent".
+            if spec.choices and key in request.form:
+                out[key] = [v[:64] for v in request.form.getlist(key)[:spec.max_items + 2]]
+            elif key in request.form:
+                out[key] = request.form[key][:_field_limit(key)]
+        elif key in request.form:   # browsers send a textarea's line breaks as CRLF
+            out[key] = request.form[key][:_field_limit(key)].replace("\r\n", "\n")
+    return out
 
 
 @bp.route("/settings", methods=["GET", "POST"])
@@ -87,11 +112,15 @@ def settings():
     if request.method == "GET":
         read_only()
         return _render(settings_services.all_settings(db.session))
-    # Browsers send a textarea's line breaks as CRLF: stored as plain newlines.
-    submitted = {key: request.form[key][:_field_limit(key)].replace("\r\n", "\n")
-                 for key in SETTINGS if key in request.form}
+    return _save("shop", lambda submitted: settings_services.update_settings(
+        db.session, submitted, actor=actor(), source_ip=client_ip()))
+
+
+def _save(group: str, save, anchor: str | None = None):
+    """Save one form of the page, all or nothing; on a mistake the page comes back as it was typed."""
+    submitted = _submitted(group)
     try:
-        changed = settings_services.update_settings(db.session, submitted, actor=actor(), source_ip=client_ip())
+        changed = save(submitted)
     except KamengdError as exc:
         db.session.rollback()
         flash(exc.message, "error")
@@ -101,28 +130,45 @@ def settings():
         flash(_("Saved: %(keys)s.", keys=", ".join(changed)), "success")
     else:
         flash(_("Nothing changed."), "info")
-    return redirect(url_for("panel.settings"), code=303)
+    return redirect(url_for("panel.settings", _anchor=anchor), code=303)
+
+
+def _save_group(group: str, secret_field: str, anchor: str):
+    return _save(group, lambda submitted: save_group(
+        db.session, get_vault(), group, submitted, secret=request.form.get(secret_field, "")[:2000],
+        clear_secret=request.form.get(secret_field + "-clear") == "1", actor=actor(), source_ip=client_ip()),
+        anchor)
+
+
+@bp.post("/settings/mail")
+def settings_mail():
+    return _save_group("smtp", "smtp.password", "mail")
+
+
+@bp.post("/settings/notifications")
+def settings_notifications():
+    return _save_group("notifications", "notifications.webhook_secret", "notifications")
 
 
 @bp.post("/settings/test-mail")
 def settings_test_mail():
-    config = get_config()
+    config = get_sending_config()
     if not config.smtp.host:
-        flash(_("No SMTP server is configured: set [smtp] host in the config file, then restart."), "error")
-        return redirect(url_for("panel.settings"), code=303)
+        flash(_("No SMTP server is configured: set one below (or [smtp] host in the config file)."), "error")
+        return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     try:
         to = check_mail_address(request.form.get("to", "")[:300])
     except KamengdError as exc:
         flash(exc.message, "error")
-        return redirect(url_for("panel.settings"), code=303)
+        return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     site = settings_services.site_name(db.session, config.site.name)
     db.session.commit()   # no transaction (SQLite's write lock) is held while the mail server answers
     error = send_test_mail(config, to, site_name=site)
     record(db.session, "settings.test_mail", actor=actor(), target=f"mail:{to}", source_ip=client_ip(),
-           details={"to": to, "result": "sent" if error is None else error})
+           details={"to": to, "server": config.smtp.host, "result": "sent" if error is None else error})
     db.session.commit()
     if error is None:
         flash(_("Test mail to %(to)s accepted by %(host)s.", to=to, host=config.smtp.host), "success")
     else:
         flash(_("Test mail to %(to)s failed: %(error)s", to=to, error=error), "error")
-    return redirect(url_for("panel.settings"), code=303)
+    return redirect(url_for("panel.settings", _anchor="mail"), code=303)

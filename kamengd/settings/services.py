@@ -2,19 +2,41 @@
 
 Each setting is declared once below with its type, default and limits; an
 unknown key or a bad value is refused with the key's name, and every change
-is audited with the old and the new value.
+is audited with the old and the new value. Secret settings (the SMTP
+password, the webhook signing secret) are stored apart, encrypted with the
+data key, and audited without their value.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
+from ..config import EVENT_TYPES, STAFF_EVENTS
 from ..errors import InvalidRequest
-from .models import Setting
+from ..vault import Vault
+from .models import Setting, SettingSecret
+
+
+def _mail_address(text: str) -> str:
+    from ..orders.services import EMAIL_RE
+
+    if len(text) > 254 or not EMAIL_RE.match(text):
+        raise ValueError(f"{text!r} is not an e-mail address")
+    return text
+
+
+def _webhook_url(text: str) -> str:
+    parts = urlsplit(text)
+    if len(text) > 2000 or parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() or ord(c) < 32 for c in text):
+        raise ValueError(f"{text[:200]!r} is not an http(s) URL")
+    return text
 
 
 @dataclass(frozen=True)
@@ -26,7 +48,15 @@ class SettingSpec:
     maximum: int | None = None
     max_length: int | None = None
     single_line: bool = False   # text: surrounding spaces dropped, no line breaks or control characters
+    choices: tuple[str, ...] = ()   # text: the value; lists: each item
+    # Text: checks a non-empty value; lists: each item. Raises ValueError with the reason.
+    check: Callable[[str], str] | None = None
+    max_items: int = 20
+    group: str = "shop"         # which form of the panel's settings page shows it
 
+
+SOURCES = ("file", "panel")
+EVENT_CHOICES = ("*",) + EVENT_TYPES
 
 SETTINGS: dict[str, SettingSpec] = {
     "site.name": SettingSpec(str, "", "Shop name shown to buyers and staff; empty: site.name of the config file.",
@@ -40,6 +70,39 @@ SETTINGS: dict[str, SettingSpec] = {
     "orders.manual_sla_minutes": SettingSpec(
         int, 60, "Minutes staff have to deliver a paid manual-delivery order before it is flagged (order.stuck).",
         minimum=1, maximum=10080),
+    # The mail server: [smtp] of the config file, or these (and the secret smtp.password).
+    "smtp.source": SettingSpec(str, "file", "file: the mail server of the config file ([smtp]); panel: the "
+                               "smtp.* settings here.", choices=SOURCES, group="smtp"),
+    "smtp.host": SettingSpec(str, "", "SMTP server (with smtp.source = panel); empty: no mail.", max_length=253,
+                             single_line=True, group="smtp"),
+    "smtp.port": SettingSpec(int, 587, "SMTP port (587 STARTTLS, 465 TLS, 25 plain).", minimum=1, maximum=65535,
+                             group="smtp"),
+    "smtp.security": SettingSpec(str, "starttls", "starttls, tls or none.", choices=("starttls", "tls", "none"),
+                                 group="smtp"),
+    "smtp.username": SettingSpec(str, "", "SMTP login (empty: no login).", max_length=254, single_line=True,
+                                 group="smtp"),
+    "smtp.from_address": SettingSpec(str, "", "Sender address, e.g. shop@example.com.", max_length=254,
+                                     single_line=True, check=_mail_address, group="smtp"),
+    # Webhooks and staff mail: [notifications] of the config file, or these.
+    "notifications.source": SettingSpec(str, "file", "file: webhooks and staff mail of the config file "
+                                        "([notifications]); panel: the notifications.* settings here.",
+                                        choices=SOURCES, group="notifications"),
+    "notifications.webhook_urls": SettingSpec(list, [], "URLs that receive events as signed JSON POSTs.",
+                                              check=_webhook_url, max_items=10, group="notifications"),
+    "notifications.webhook_events": SettingSpec(list, ["*"], "Events sent to the webhooks; * for all.",
+                                                choices=EVENT_CHOICES, max_items=len(EVENT_CHOICES),
+                                                group="notifications"),
+    "notifications.email_to": SettingSpec(list, [], "Staff addresses that receive events by mail.",
+                                          check=_mail_address, max_items=20, group="notifications"),
+    "notifications.email_events": SettingSpec(list, list(STAFF_EVENTS), "Events mailed to email_to; * for all.",
+                                              choices=EVENT_CHOICES, max_items=len(EVENT_CHOICES),
+                                              group="notifications"),
+}
+
+# Secret settings: key -> (doc, shortest, longest). Never shown back, never in the audit log.
+SECRETS: dict[str, tuple[str, int, int]] = {
+    "smtp.password": ("SMTP password (with smtp.source = panel).", 1, 1024),
+    "notifications.webhook_secret": ("Webhook signing secret (HMAC-SHA256), at least 16 characters.", 16, 1024),
 }
 
 
@@ -65,6 +128,8 @@ def parse_value(key: str, raw) -> object:
         if spec.maximum is not None and value > spec.maximum:
             raise InvalidRequest(f"{key}: must be at most {spec.maximum}")
         return value
+    if spec.type is list:
+        return _parse_list(key, spec, raw)
     if not isinstance(raw, str):
         raise InvalidRequest(f"{key}: expected text")
     if spec.single_line:
@@ -73,18 +138,49 @@ def parse_value(key: str, raw) -> object:
             raise InvalidRequest(f"{key}: one line of text, without control characters")
     if spec.max_length is not None and len(raw) > spec.max_length:
         raise InvalidRequest(f"{key}: at most {spec.max_length} characters")
+    if spec.choices and raw not in spec.choices:
+        raise InvalidRequest(f"{key}: one of {', '.join(spec.choices)}, got {raw[:50]!r}")
+    if spec.check is not None and raw:
+        try:
+            raw = spec.check(raw)
+        except ValueError as exc:
+            raise InvalidRequest(f"{key}: {exc}") from None
     return raw
+
+
+def _parse_list(key: str, spec: SettingSpec, raw) -> list[str]:
+    """A list from a form or the CLI: one item per line (or comma-separated); blanks and repeats dropped."""
+    if isinstance(raw, str):
+        raw = raw.replace(",", "\n").splitlines()
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(item, str) for item in raw):
+        raise InvalidRequest(f"{key}: expected a list of text")
+    items = list(dict.fromkeys(item.strip() for item in raw if item.strip()))
+    if len(items) > spec.max_items:
+        raise InvalidRequest(f"{key}: at most {spec.max_items} entries")
+    checked = []
+    for item in items:
+        if spec.choices and item not in spec.choices:
+            raise InvalidRequest(f"{key}: unknown entry {item[:64]!r} (known: {', '.join(spec.choices)})")
+        try:
+            checked.append(spec.check(item) if spec.check else item)
+        except ValueError as exc:
+            raise InvalidRequest(f"{key}: {exc}") from None
+    return checked
 
 
 def get_setting(session: Session, key: str):
     spec = _spec(key)
     stored = session.scalar(sa.select(Setting.value).where(Setting.key == key))
-    return spec.default if stored is None else json.loads(stored)
+    return _default(spec) if stored is None else json.loads(stored)
 
 
 def all_settings(session: Session) -> dict:
     stored = {row.key: json.loads(row.value) for row in session.scalars(sa.select(Setting))}
-    return {key: stored.get(key, spec.default) for key, spec in SETTINGS.items()}
+    return {key: stored[key] if key in stored else _default(spec) for key, spec in SETTINGS.items()}
+
+
+def _default(spec: SettingSpec):
+    return list(spec.default) if isinstance(spec.default, list) else spec.default   # never the shared list
 
 
 def set_setting(session: Session, key: str, raw, *, actor: str, source_ip: str | None = None):
@@ -123,3 +219,78 @@ def update_settings(session: Session, raw: dict, *, actor: str, source_ip: str |
 def site_name(session: Session, default: str) -> str:
     """The shop's name: the run-time setting, or `default` (the config file's) when it is empty."""
     return get_setting(session, "site.name") or default
+
+
+# --- secret settings ---------------------------------------------------------
+
+def _secret_spec(key: str) -> tuple[str, int, int]:
+    try:
+        return SECRETS[key]
+    except KeyError:
+        raise InvalidRequest(f"unknown secret setting {key!r} (known: {', '.join(sorted(SECRETS))})") from None
+
+
+def _secret_context(key: str) -> str:
+    return f"setting:{key}"
+
+
+def check_secret(key: str, value) -> None:
+    _doc, shortest, longest = _secret_spec(key)
+    if not isinstance(value, str) or not shortest <= len(value) <= longest:
+        raise InvalidRequest(f"{key}: {shortest} to {longest} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidRequest(f"{key}: no line breaks or control characters")
+
+
+def set_secret(session: Session, vault: Vault, key: str, value: str, *, actor: str,
+               source_ip: str | None = None) -> None:
+    """Store a secret setting, encrypted; the audit entry says that it changed, never the value."""
+    check_secret(key, value)
+    nonce, ciphertext, version = vault.encrypt_secret(_secret_context(key), value.encode("utf-8"))
+    row = session.get(SettingSecret, key)
+    if row is None:
+        session.add(SettingSecret(key=key, nonce=nonce, ciphertext=ciphertext, key_version=version,
+                                  updated_by=actor))
+    else:
+        row.nonce, row.ciphertext, row.key_version, row.updated_by = nonce, ciphertext, version, actor
+    session.flush()
+    record(session, "setting.secret_set", actor=actor, target=f"setting:{key}", source_ip=source_ip,
+           details={"key": key})
+
+
+def clear_secret(session: Session, key: str, *, actor: str, source_ip: str | None = None) -> bool:
+    _secret_spec(key)
+    row = session.get(SettingSecret, key)
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    record(session, "setting.secret_clear", actor=actor, target=f"setting:{key}", source_ip=source_ip,
+           details={"key": key})
+    return True
+
+
+def get_secret(session: Session, vault: Vault, key: str) -> str | None:
+    _secret_spec(key)
+    row = session.get(SettingSecret, key)
+    if row is None:
+        return None
+    return vault.decrypt_secret(_secret_context(key), row.nonce, row.ciphertext, row.key_version).decode("utf-8")
+
+
+def secrets_set(session: Session) -> dict[str, bool]:
+    """Which secret settings hold a value (without decrypting any)."""
+    stored = set(session.scalars(sa.select(SettingSecret.key)))
+    return {key: key in stored for key in SECRETS}
+
+
+def reencrypt_secrets(session: Session, vault: Vault) -> int:
+    """Key rotation: secret settings follow the data key like channel secrets."""
+    done = 0
+    for row in session.scalars(sa.select(SettingSecret).where(SettingSecret.key_version != vault.current_version)).all():
+        context = _secret_context(row.key)
+        plaintext = vault.decrypt_secret(context, row.nonce, row.ciphertext, row.key_version)
+        row.nonce, row.ciphertext, row.key_version = vault.encrypt_secret(context, plaintext)
+        done += 1
+    session.flush()
+    return done
