@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from kamengd.errors import InvalidRequest
 from panel_support import login, make_staff, post
 from test_notifications import Receiver, verify
-from test_panel_settings import Inbox, audit_since, last_seq, page, smtp_server  # noqa: F401 (fixture)
+from test_panel_settings import audit_since, last_seq, page, smtp_server  # noqa: F401 (fixture)
 
 PASSWORD = "panel-smtp-pw-never-shown"
 SECRET = "panel-webhook-secret-0123456789"

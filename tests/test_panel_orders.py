@@ -1,7 +1,6 @@
 """The orders pages of the staff panel, through HTTP: search, one order, and the staff actions."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import io
 import json
@@ -250,8 +249,26 @@ def test_support_delivers_a_manual_order_by_hand(app, client, shop):
     assert post(client, url + "/deliver", {"keys": "X"}, page_url=url).status_code == 409
 
 
-def test_resend_the_delivery_mail(app, client, shop, monkeypatch):
-    from kamengd.app import get_config
+@pytest.fixture
+def panel_smtp(app):
+    """A mail server set in the panel's settings, removed afterwards (the database is shared)."""
+    from kamengd.app import get_vault
+    from kamengd.extensions import db
+    from kamengd.settings.messaging import save_group
+    from kamengd.settings.models import Setting
+
+    def set_it():
+        with app.app_context():
+            save_group(db.session, get_vault(), "smtp", {"smtp.source": "panel", "smtp.host": "smtp.example.invalid"},
+                       actor="t")
+            db.session.commit()
+    yield set_it
+    with app.app_context():
+        db.session.execute(sa.delete(Setting).where(Setting.key.like("smtp.%")))
+        db.session.commit()
+
+
+def test_resend_the_delivery_mail(app, client, shop, panel_smtp):
     from kamengd.extensions import db
     from kamengd.notifications.models import EmailOutbox
 
@@ -259,10 +276,7 @@ def test_resend_the_delivery_mail(app, client, shop, monkeypatch):
     url = f"/admin/orders/{shop.delivered}"
     resp = post(client, url + "/resend", page_url=url)
     assert resp.status_code == 409 and "no SMTP server" in resp.get_data(as_text=True)
-    with app.app_context():
-        real = get_config()
-    monkeypatch.setattr("kamengd.panel.orders.get_config", lambda: dataclasses.replace(
-        real, smtp=dataclasses.replace(real.smtp, host="smtp.example.invalid")))
+    panel_smtp()
     resp = post(client, url + "/resend", page_url=url)
     assert resp.status_code == 409 and "already waiting to be sent" in resp.get_data(as_text=True)
     order_id = db_order(app, shop.delivered).id

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from ..database import make_engine, utcnow
-from ..errors import KamengdError
 from ..snapshot import sqlite_path
 from ..vault import DecryptionError, Vault
 from .archive import SKIPPED_TABLES, BackupError, BackupReader, Progress, decode

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import click
-
 from ..app import get_vault
 from ..audit.services import verify
 from ..errors import KamengdError
