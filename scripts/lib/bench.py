@@ -135,12 +135,18 @@ def main() -> None:
     co.add_argument("--concurrency", type=int, default=20)
     co.add_argument("--gunicorn", action="store_true", help="serve with gunicorn instead of waitress")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    pn = sub.add_parser("panel", help="the staff panel through a real server: 2FA sign-in, an upload of "
+                                      "N keys, page times")
+    pn.add_argument("-n", type=int, default=10_000, help="keys in the upload")
+    pn.add_argument("--requests", type=int, default=30, help="requests per page for the page times")
+    pn.add_argument("--database-url", help="default: SQLite in a temporary directory")
     bk = sub.add_parser("backup", help="time `kamengd backup` and `kamengd restore` of a shop with N keys")
     bk.add_argument("-n", type=int, default=1_000_000)
     bk.add_argument("--database-url", help="source; default: SQLite in a temporary directory")
     bk.add_argument("--restore-url", help="target; default: SQLite in a temporary directory")
     args = parser.parse_args()
-    {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup}[args.what](args)
+    {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
+     "panel": bench_panel}[args.what](args)
 
 
 
@@ -225,6 +231,152 @@ def bench_checkout(args) -> None:
     print(f"order creation: p50 {pct(create, .5):.0f} ms, p95 {pct(create, .95):.0f} ms")
     print(f"callback to keys in hand: p50 {pct(deliver, .5):.0f} ms, p95 {pct(deliver, .95):.0f} ms, "
           f"max {deliver[-1] * 1000:.0f} ms (mean {statistics.mean(deliver) * 1000:.0f} ms)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(env, port):
+    import urllib.request
+
+    server = subprocess.Popen([sys.executable, "-m", "kamengd", "serve", "--bind", f"127.0.0.1:{port}",
+                               "--no-scheduler"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    sys.exit("the server did not come up")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_panel(args) -> None:
+    """A staff member in the panel: sign-in with 2FA, upload N keys as a file, then page times."""
+    import http.cookiejar
+    import json as jsonlib
+    import re
+    import urllib.parse
+    import urllib.request
+
+    import pyotp
+
+    with tempfile.TemporaryDirectory(prefix="kamengd-bench-") as tmp:
+        work = Path(tmp)
+        env = install(work, args.database_url)
+        pid = jsonlib.loads(kamengd("product", "create", "--name", "bench", "--price", "1.00", "--json",
+                                    env=env).stdout)["id"]
+        secret = _enrol(env["KAMENGD_CONFIG"], "admin")
+        keys = work / "keys.txt"
+        keys.write_text("".join(f"PANEL-{secrets.token_hex(10)}\n" for _ in range(args.n)))
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = _serve(env, port)
+        try:
+            jar = http.cookiejar.CookieJar()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+            def get(path):
+                with opener.open(base + path, timeout=120) as resp:
+                    return resp.read().decode()
+
+            def post(path, fields, files=None):
+                boundary = secrets.token_hex(16)
+                parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                         for k, v in fields.items()]
+                for name, path_ in (files or {}).items():
+                    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                                 f'filename="{path_.name}"\r\nContent-Type: text/plain\r\n\r\n'.encode()
+                                 + path_.read_bytes() + b"\r\n")
+                body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+                req = urllib.request.Request(base + path, data=body, method="POST", headers={
+                    "Content-Type": f"multipart/form-data; boundary={boundary}"})
+                with opener.open(req, timeout=600) as resp:
+                    return resp.read().decode()
+
+            def csrf(html):
+                return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+            t0 = time.perf_counter()
+            post("/admin/login", {"csrf_token": csrf(get("/admin/login")), "username": "admin",
+                                  "password": "bench-password"})
+            page = post("/admin/login/2fa", {"csrf_token": csrf(get("/admin/login/2fa")),
+                                             "code": pyotp.TOTP(secret).now()})
+            signed_in = time.perf_counter() - t0
+            if "/admin/logout" not in page:
+                sys.exit("sign-in failed")
+            form = get(f"/admin/stock/{pid}/import")
+            t0 = time.perf_counter()
+            result = post(f"/admin/stock/{pid}/import", {"csrf_token": csrf(form), "encoding": ""}, {"file": keys})
+            upload = time.perf_counter() - t0
+            if not re.search(rf"{args.n:,}|{args.n}", result.replace("\u00a0", "")):
+                sys.exit("the upload did not report the keys imported")
+            stock = jsonlib.loads(kamengd("product", "list", "--json", env=env).stdout)["products"][0]["stock"]
+            if stock != args.n:
+                sys.exit(f"{stock} keys in stock after the upload, not {args.n}")
+            pages = ["/admin/dashboard", "/admin/orders", "/admin/products", "/admin/stock", "/admin/audit",
+                     "/admin/settings", "/admin/jobs"]
+            timings = {}
+            for path in pages:
+                get(path)
+                found = []
+                for _ in range(args.requests):
+                    t0 = time.perf_counter()
+                    get(path)
+                    found.append(time.perf_counter() - t0)
+                timings[path] = sorted(found)
+            rss = _peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    size = args.n * 26 / 1e6
+    db = "SQLite" if not args.database_url else args.database_url.split(":")[0]
+    print(f"machine: {machine()}")
+    print(f"database: {db}; server: waitress")
+    print(f"sign-in (password + TOTP, argon2): {signed_in * 1000:.0f} ms")
+    print(f"upload of {args.n:,} keys ({size:.1f} MB) through /admin/stock/<id>/import: {upload:.2f} s "
+          f"({args.n / upload:,.0f} keys/s); server peak RSS {rss:.0f} MB")
+    for path, found in timings.items():
+        print(f"GET {path}: p50 {found[len(found) // 2] * 1000:.0f} ms, "
+              f"p95 {found[min(len(found) - 1, int(len(found) * .95))] * 1000:.0f} ms")
+
+
+def _enrol(config_path: str, username: str) -> str:
+    """Turn on 2FA for a staff account in-process; returns the TOTP secret."""
+    import datetime as dt
+
+    import pyotp
+    import sqlalchemy as sa
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from kamengd.accounts import auth
+    from kamengd.accounts.models import StaffUser
+    from kamengd.app import create_app, get_vault
+    from kamengd.config import load_config
+    from kamengd.extensions import db
+
+    app = create_app(load_config(config_path, env={}))
+    with app.app_context():
+        user = db.session.scalar(sa.select(StaffUser).where(StaffUser.username == username))
+        secret = auth.start_enrolment(db.session, get_vault(), user)
+        past = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=5)   # keeps now's code unused
+        auth.confirm_enrolment(db.session, get_vault(), user, pyotp.TOTP(secret).at(past.replace(tzinfo=dt.UTC)),
+                               ip=None, now=past)
+        db.session.commit()
+        db.engine.dispose()
+    return secret
 
 
 if __name__ == "__main__":
