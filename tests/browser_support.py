@@ -318,6 +318,7 @@ class Tab:
         self.server_errors: list[str] = []
         self.dialogs: list[str] = []
         self.a11y: list[str] = []      # accessibility problems of the pages screenshotted
+        self.accept_dialogs = False
         self.page.on("console", lambda msg: self.console.append((msg.type, msg.text, msg.location.get("url", ""))))
         self.page.on("pageerror", lambda exc: self.script_errors.append(str(exc)))
         self.page.on("response", self._response)
@@ -329,7 +330,10 @@ class Tab:
 
     def _dialog(self, dialog):
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
+        if self.accept_dialogs:   # a staff member who answers "OK" to the panel's confirmations
+            dialog.accept()
+        else:
+            dialog.dismiss()
 
     def url(self, path: str) -> str:
         return path if path.startswith("http") else self.shop.base + path
