@@ -240,3 +240,49 @@ def test_staff_work_the_panel_from_the_keyboard(shop, data, tab):
     assert data["delivered"] in t.text("main table")
     t.shot("panel-orders-keyboard")
     t.assert_clean()
+
+
+def test_an_admin_without_2fa_must_enrol_then_signs_in_with_a_recovery_code(shop, data, tab):
+    """The QR code shows, the typed-in key works, the recovery codes are shown once and sign in once."""
+    import pyotp
+
+    admin = shop.staff("admin", totp=False)
+    t = tab()
+    page = t.page
+    t.open("/admin/login")
+    page.fill("#username", admin.username)
+    page.fill("#password", admin.password)
+    with page.expect_navigation():
+        page.click("form button[type=submit]")
+    t.open("/admin/orders")                                  # anything else: sent to the set-up first
+    assert page.url.endswith("/admin/account/2fa"), page.url
+    qr = page.locator("img.qr")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=qr.element_handle())
+    secret = page.inner_text("#totp-secret").strip()
+    t.shot("panel-totp-enrol")
+    page.fill("#code", pyotp.TOTP(secret).now())
+    with page.expect_navigation():
+        page.click("main form button[type=submit]")
+    codes = [c.strip() for c in page.locator("main code").all_inner_texts() if c.strip()]
+    assert len(codes) == 10 and len(set(codes)) == 10, codes
+    t.shot("panel-recovery-codes")
+    with page.expect_navigation():
+        page.locator("header form button[type=submit]").click()   # sign out
+
+    # A lost phone: one recovery code signs in, once.
+    for attempt in ("first", "again"):
+        t.open("/admin/login")
+        page.fill("#username", admin.username)
+        page.fill("#password", admin.password)
+        with page.expect_navigation():
+            page.click("form button[type=submit]")
+        page.fill("#code", codes[0])
+        with page.expect_navigation():
+            page.click("form button[type=submit]")
+        if attempt == "first":
+            assert page.url.endswith("/admin/dashboard"), page.url
+            with page.expect_navigation():
+                page.locator("header form button[type=submit]").click()
+        else:
+            assert "/admin/login" in page.url and page.locator(".flash.error").count() == 1
+    t.assert_clean(allow_status=(401,))
