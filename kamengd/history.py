@@ -1,4 +1,4 @@
-"""Bounded history: job runs and sent notifications do not grow forever.
+"""Bounded history: job runs, sent notifications and sign-in throttles do not grow forever.
 
 The scheduler records a run of each job every few seconds (about 25,000 rows
 a day); events and notification attempts follow the shop's traffic. Old rows
@@ -12,6 +12,8 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from .accounts.auth import FORGET_AFTER
+from .accounts.models import LoginThrottle
 from .database import utcnow
 from .notifications.models import Event, Notification, NotificationAttempt
 from .scheduler.models import JobRun
@@ -30,7 +32,7 @@ def _delete_ids(session: Session, model, ids) -> int:
 
 def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
     now = now or utcnow()
-    counts = {"job_runs": 0, "events": 0}
+    counts = {"job_runs": 0, "events": 0, "login_throttles": 0}
     while True:
         ids = session.scalars(sa.select(JobRun.id).where(JobRun.started_at < now - dt.timedelta(days=JOB_RUNS_DAYS))
                               .order_by(JobRun.id).limit(BATCH)).all()
@@ -55,4 +57,9 @@ def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
         session.commit()
         if len(ids) < BATCH:
             break
+    # A sign-in throttle with no failure for a day and no lock counts for nothing any more.
+    counts["login_throttles"] = session.execute(sa.delete(LoginThrottle).where(
+        LoginThrottle.last_failure_at < now - FORGET_AFTER,
+        sa.or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now))).rowcount
+    session.commit()
     return counts

@@ -100,6 +100,105 @@ def test_account_lockout_with_backoff(app, session):
     assert auth.lock_remaining(session, user.username, None, done) == 0
 
 
+def test_guessing_from_one_address_leaves_the_others_alone(app, session):
+    """Five failures lock this name from this address; the owner signs in from another at once."""
+    from kamengd.accounts import auth
+    from kamengd.accounts.services import create_user
+
+    user = create_user(session, username="pair-" + str(time.time_ns())[-8:], role="support", password=PASSWORD,
+                       actor="test")
+    now = dt.datetime(2026, 11, 22, 12, 0)
+    for _ in range(auth.LOCK_AFTER["pair"]):
+        with pytest.raises(auth.LoginFailed):
+            auth.check_password(session, user.username, "wrong password", "198.51.100.9", now)
+    with pytest.raises(auth.LoginLocked):
+        auth.check_password(session, user.username, PASSWORD, "198.51.100.9", now)
+    assert auth.check_password(session, user.username, PASSWORD, "192.0.2.10", now).id == user.id
+
+
+def test_a_stranger_cannot_keep_an_account_locked_for_long():
+    """The lock on a name from everywhere grows to 15 minutes at most; the pair and address locks to an hour."""
+    from kamengd.accounts.auth import LOCK_AFTER, MAX_LOCK, lock_duration
+
+    assert LOCK_AFTER["user"] > LOCK_AFTER["ip"] > LOCK_AFTER["pair"]
+    assert lock_duration(10_000, LOCK_AFTER["user"], MAX_LOCK["user"]) == dt.timedelta(minutes=15)
+    assert lock_duration(10_000, LOCK_AFTER["pair"], MAX_LOCK["pair"]) == dt.timedelta(hours=1)
+
+
+def test_parallel_guesses_are_all_counted(backend, app):
+    """Ten wrong passwords sent at once from one address: no more than the lock's five reach the check."""
+    import threading
+
+    from kamengd.accounts import auth
+    from kamengd.accounts.models import LoginThrottle
+    from kamengd.extensions import db
+
+    support = make_staff(app, "support")
+    clients = [app.test_client() for _ in range(10)]
+    tokens = [csrf_of(c.get("/admin/login").get_data(as_text=True)) for c in clients]
+    barrier, statuses = threading.Barrier(len(clients)), []
+
+    def guess(client, token):
+        barrier.wait()
+        statuses.append(client.post("/admin/login", data={"csrf_token": token, "username": support.username,
+                                                          "password": "a wrong guess"}).status_code)
+    threads = [threading.Thread(target=guess, args=pair) for pair in zip(clients, tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(set(statuses)) == [401, 429], statuses
+    assert statuses.count(401) == auth.LOCK_AFTER["pair"], statuses
+    with app.app_context():
+        row = db.session.get(LoginThrottle, ("pair", f"{support.username.lower()}|127.0.0.1"))
+        assert row.failures == auth.LOCK_AFTER["pair"] and row.locked_until is not None
+
+
+def test_password_change_and_code_checks_are_locked_like_sign_ins(app, client):
+    """A borrowed session cannot guess the current password or try every 2FA code."""
+    from kamengd.accounts import auth
+
+    support = make_staff(app, "support", totp=True)
+    assert login(client, support).status_code == 302
+    for _ in range(auth.LOCK_AFTER["pair"]):
+        post(client, "/admin/account/password", {"current_password": "a guess", "new_password": "x" * 12,
+                                                 "new_password_repeat": "x" * 12})
+    resp = post(client, "/admin/account/password", {"current_password": PASSWORD, "new_password": "y" * 12,
+                                                    "new_password_repeat": "y" * 12}, follow_redirects=True)
+    assert re.search(r"Too many failed sign-ins|失败次数过多", resp.get_data(as_text=True))
+    resp = post(client, "/admin/account/2fa/recovery-codes", {"code": support.code()}, follow_redirects=True)
+    assert re.search(r"Too many failed sign-ins|失败次数过多", resp.get_data(as_text=True))
+    failures = audit_actions(app, f"login:{support.username}")
+    assert failures.count("auth.login_failed") == auth.LOCK_AFTER["pair"]
+
+
+def test_a_wrong_code_for_new_recovery_codes_is_counted(app, client):
+    support = make_staff(app, "support", totp=True)
+    assert login(client, support).status_code == 302
+    post(client, "/admin/account/2fa/recovery-codes", {"code": "000000" if support.code() != "000000" else "111111"})
+    assert audit_actions(app, f"login:{support.username}") == ["auth.login_failed"]
+
+
+def test_cli_unlocks_an_account(backend, make_install):
+    from kamengd.accounts import auth
+    from kamengd.app import create_app
+
+    config = make_install(backend)
+    config = dataclasses.replace(config, ratelimit=dataclasses.replace(config.ratelimit, enabled=False))
+    application = create_app(config)
+    support = make_staff(application, "support")
+    client = application.test_client()
+    for _ in range(auth.LOCK_AFTER["pair"]):
+        login(client, dataclasses.replace(support, password="wrong password"))
+    assert login(client, support).status_code == 429
+    result = run_cli("user", "unlock", "--username", support.username, "--json", config=config.path)
+    assert result.returncode == 0, result.stderr
+    assert login(client, support).status_code == 302
+    assert "auth.unlock" in audit_actions(application, f"login:{support.username.lower()}")
+    bad = run_cli("user", "unlock", "--username", "no-such-user", config=config.path)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_address_lockout_covers_every_name(app, session):
     from kamengd.accounts import auth
 
@@ -121,7 +220,7 @@ def test_lockout_over_http(app, client):
 
     support = make_staff(app, "support")
     wrong = dataclasses.replace(support, password="wrong password")
-    for _ in range(auth.LOCK_AFTER["user"]):
+    for _ in range(auth.LOCK_AFTER["pair"]):
         assert login(client, wrong).status_code == 401
     resp = login(client, support)
     assert resp.status_code == 429
@@ -326,12 +425,12 @@ def test_https_behind_a_proxy(backend, make_install):
     from kamengd.extensions import db
 
     token = csrf_of(resp.get_data(as_text=True))
-    for _ in range(LOCK_AFTER["user"] - 1):
+    for _ in range(LOCK_AFTER["pair"] - 1):
         client.post("/admin/login", headers=headers, base_url="https://shop.example",
                     data={"csrf_token": token, "username": support.username, "password": "nope"})
     with app.app_context():
         row = db.session.get(LoginThrottle, ("ip", "203.0.113.5"))
-        assert row is not None and row.failures == LOCK_AFTER["user"] - 1
+        assert row is not None and row.failures == LOCK_AFTER["pair"] - 1
 
 
 def test_cli_reset_2fa_and_set_password(tmp_path, backend, make_install):

@@ -55,6 +55,8 @@ def test_parse_product_form_reads_yuan_as_cents():
     ("min_quantity", "one", "minimum quantity: 'one' is not a whole number"),
     ("max_quantity", "", "maximum quantity: required"),
     ("sort_order", "1.5", "sort order: '1.5' is not a whole number"),
+    ("sort_order", "--5", "sort order: '--5' is not a whole number"),
+    ("min_quantity", "-", "minimum quantity: '-' is not a whole number"),
     ("low_stock_threshold", "9" * 30, "not a whole number"),
     ("category_id", "x", "category: 'x' is not a whole number"),
 ])

@@ -105,6 +105,7 @@ def test_add_a_channel_the_key_is_never_shown(backend, app, admin_client):
 @pytest.mark.parametrize("field, value, message, status", [
     ("gateway", "ftp://pay.example.com", "option gateway: an http(s) base URL", 400),
     ("gateway", "not a url", "option gateway: an http(s) base URL", 400),
+    ("gateway", "https://pay.example.com/a b", "option gateway: an http(s) base URL", 400),
     ("code", "Bad Code!", "code: 1-32 lower-case letters", 400),
     ("key", "", "option key: required", 400),
     ("pid", "", "option pid: required", 400),
@@ -298,3 +299,35 @@ def test_query_merchant_service(gateway):
     gateway.mode = "slow"
     slow = payments.query_epay_merchant(gateway.url, PID, gateway.key, timeout=0.5)
     assert not slow.ok and "unreachable" in slow.message
+
+
+def test_a_gateway_that_speaks_no_http_is_reported_without_the_key():
+    """A garbled answer (http.client errors are not OSErrors) is a message, never a 500 or a leaked key."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer():
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(b"HELLO THERE\r\n\r\n")
+            conn.close()
+    threading.Thread(target=answer, daemon=True).start()
+    key = "k+y/with=odd&chars" + secrets.token_hex(8)
+    try:
+        result = payments.query_epay_merchant(f"http://127.0.0.1:{server.getsockname()[1]}", PID, key, timeout=2)
+    finally:
+        server.close()
+    assert not result.ok and "unreachable" in result.message and "BadStatusLine" in result.message
+    from urllib.parse import quote_plus
+
+    assert key not in result.message and quote_plus(key) not in result.message
+
+
+def test_out_of_range_channel_ids_are_not_found(backend, app, admin_client):
+    for path in ("/admin/channels/99999999999999999999", "/admin/channels/0"):
+        assert admin_client.get(path).status_code == 404

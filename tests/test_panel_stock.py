@@ -94,6 +94,20 @@ def test_chunked_import_says_what_a_failure_half_way_left(backend, session, vaul
         inventory.import_keys_in_chunks(session, vault, product_id=p.id, fh=io.BytesIO("\n".join(batch).encode()),
                                         actor=ACTOR, chunk_lines=2)
     assert sorted(inventory.iter_plaintext_keys(session, vault, p.id, None)) == sorted(batch[:2])
+    assert entries(session, p.id, "keys.import_incomplete") == [
+        {"part": 2, "parts": 3, "imported": 2, "reason": "a database error"}]
+    # Any other failure after the first part is told the same way, never a bare error.
+    calls.clear()
+
+    def crashing_second_part(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real_write(*args, **kwargs)
+    monkeypatch.setattr(inventory, "_write_keys", crashing_second_part)
+    with pytest.raises(inventory.ImportInterrupted, match=r"stopped at part 2 of 2 \(RuntimeError\)"):
+        inventory.import_keys_in_chunks(session, vault, product_id=p.id, fh=io.BytesIO(
+            "\n".join(keys(4)).encode()), actor=ACTOR, chunk_lines=2)
     # The same file again adds the rest.
     monkeypatch.setattr(inventory, "_write_keys", real_write)
     result = inventory.import_keys_in_chunks(session, vault, product_id=p.id,

@@ -186,7 +186,15 @@ def test_old_history_is_pruned(backend, session):
     session.flush()
     before = {m: session.scalar(sa.select(sa.func.count()).select_from(m))
               for m in (JobRun, Event, Notification, NotificationAttempt)}
-    assert prune(session, now=now) == {"job_runs": 1, "events": 1}
+    from kamengd.accounts.models import LoginThrottle
+
+    session.add_all([LoginThrottle(scope="ip", key="198.51.100.1", failures=3, last_failure_at=now - dt.timedelta(days=2)),
+                     LoginThrottle(scope="ip", key="198.51.100.2", failures=3, last_failure_at=now)])
+    session.flush()
+    counts = prune(session, now=now)
+    assert counts["job_runs"] == 1 and counts["events"] == 1 and counts["login_throttles"] >= 1
+    assert session.get(LoginThrottle, ("ip", "198.51.100.1")) is None      # a day without failures: forgotten
+    assert session.get(LoginThrottle, ("ip", "198.51.100.2")) is not None
     after = {m: session.scalar(sa.select(sa.func.count()).select_from(m))
              for m in (JobRun, Event, Notification, NotificationAttempt)}
     assert {m.__name__: before[m] - after[m] for m in before} == {

@@ -29,11 +29,16 @@ from .services import validate_password
 # Roles that hold the shop's money and staff: they cannot work without 2FA.
 ROLES_REQUIRING_2FA = ("owner", "admin")
 
-# Failures before a lockout, per account name and per client address (an
-# office behind one address gets more room), and how the lock grows.
-LOCK_AFTER = {"user": 5, "ip": 20}
+# Failures before a lockout, and the longest lock, per scope:
+# - "pair": one account name from one client address, the main brake on guessing;
+# - "ip": one address, whatever the names (an office behind one address gets room);
+# - "user": one account name from anywhere, against guessing spread over many
+#   addresses. It refuses the right password too, so it takes many more failures
+#   and never locks for long: a stranger cannot keep the owner out for hours,
+#   and `kamengd user unlock` lifts it at once.
+LOCK_AFTER = {"pair": 5, "ip": 20, "user": 30}
+MAX_LOCK = {"pair": dt.timedelta(hours=1), "ip": dt.timedelta(hours=1), "user": dt.timedelta(minutes=15)}
 FIRST_LOCK = dt.timedelta(minutes=1)
-MAX_LOCK = dt.timedelta(hours=1)
 # Failures older than this are forgotten: a typo a day does not add up.
 FORGET_AFTER = dt.timedelta(hours=24)
 
@@ -55,47 +60,62 @@ class LoginLocked(KamengdError):
         self.seconds = max(1, seconds)
 
 
+def _name_key(username: str) -> str:
+    return username.strip().lower()[:64]
+
+
 def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, str]]:
-    keys = [("user", username.strip().lower()[:128])]
+    name = _name_key(username)
+    keys = [("pair", f"{name}|{(ip or '-')[:63]}"), ("user", name)]
     if ip:
         keys.append(("ip", ip[:128]))
     return keys
 
 
-def lock_remaining(session: Session, username: str, ip: str | None, now: dt.datetime | None = None) -> int:
-    """Seconds until the name or the address may try again (0: now)."""
-    now = now or utcnow()
-    remaining = 0
-    for scope, key in _throttle_keys(username, ip):
-        row = session.get(LoginThrottle, (scope, key))
-        if row is not None and row.locked_until is not None and row.locked_until > now:
-            remaining = max(remaining, int((row.locked_until - now).total_seconds() + 0.999))
-    return remaining
-
-
-def lock_duration(failures: int, threshold: int) -> dt.timedelta | None:
-    """1 minute at the threshold, doubling with each further failure, at most an hour."""
-    if failures < threshold:
-        return None
-    return min(FIRST_LOCK * (2 ** (failures - threshold)), MAX_LOCK)
-
-
-def _count_failure(session: Session, scope: str, key: str, now: dt.datetime) -> LoginThrottle:
-    row = session.scalars(sa.select(LoginThrottle).where(LoginThrottle.scope == scope, LoginThrottle.key == key)
-                          .with_for_update()).first()
+def _throttle_row(session: Session, scope: str, key: str, now: dt.datetime) -> LoginThrottle:
+    """The row, locked until the end of the transaction (created when new): two
+    guesses at once wait for each other, so the second sees the first one's failure."""
+    query = sa.select(LoginThrottle).where(LoginThrottle.scope == scope, LoginThrottle.key == key).with_for_update()
+    row = session.scalars(query).first()
     if row is None:
         try:
             with session.begin_nested():
                 row = LoginThrottle(scope=scope, key=key, failures=0, last_failure_at=now)
                 session.add(row)
-        except IntegrityError:   # another process counted this key's first failure meanwhile
-            row = session.scalars(sa.select(LoginThrottle).where(
-                LoginThrottle.scope == scope, LoginThrottle.key == key).with_for_update()).one()
+        except IntegrityError:   # another process wrote this key's row meanwhile
+            row = session.scalars(query).one()
+    return row
+
+
+def _remaining(rows: list[LoginThrottle], now: dt.datetime) -> int:
+    remaining = 0
+    for row in rows:
+        if row.locked_until is not None and row.locked_until > now:
+            remaining = max(remaining, int((row.locked_until - now).total_seconds() + 0.999))
+    return remaining
+
+
+def lock_remaining(session: Session, username: str, ip: str | None, now: dt.datetime | None = None) -> int:
+    """Seconds until this name from this address may try again (0: now); locks the rows."""
+    now = now or utcnow()
+    return _remaining([_throttle_row(session, scope, key, now) for scope, key in _throttle_keys(username, ip)],
+                      now)
+
+
+def lock_duration(failures: int, threshold: int, longest: dt.timedelta = MAX_LOCK["pair"]) -> dt.timedelta | None:
+    """1 minute at the threshold, doubling with each further failure, at most `longest`."""
+    if failures < threshold:
+        return None
+    return min(FIRST_LOCK * (2 ** min(failures - threshold, 20)), longest)
+
+
+def _count_failure(session: Session, scope: str, key: str, now: dt.datetime) -> LoginThrottle:
+    row = _throttle_row(session, scope, key, now)
     if now - row.last_failure_at > FORGET_AFTER:
         row.failures = 0
     row.failures += 1
     row.last_failure_at = now
-    lock = lock_duration(row.failures, LOCK_AFTER[scope])
+    lock = lock_duration(row.failures, LOCK_AFTER[scope], MAX_LOCK[scope])
     row.locked_until = now + lock if lock else None
     return row
 
@@ -113,9 +133,29 @@ def record_failure(session: Session, username: str, ip: str | None, reason: str,
                             "seconds": int((row.locked_until - now).total_seconds())})
 
 
-def _clear_failures(session: Session, username: str) -> None:
-    session.execute(sa.delete(LoginThrottle).where(LoginThrottle.scope == "user",
-                                                   LoginThrottle.key == username.strip().lower()[:128]))
+def _rows_of_name(name: str):
+    """The throttle rows of one account name: its own and its (name, address) pairs."""
+    return sa.or_(sa.and_(LoginThrottle.scope == "user", LoginThrottle.key == name),
+                  sa.and_(LoginThrottle.scope == "pair",
+                          sa.func.substr(LoginThrottle.key, 1, len(name) + 1) == name + "|"))
+
+
+def _clear_failures(session: Session, username: str, ip: str | None = None) -> None:
+    """A success forgets the name's failures, and its address's: an office's typos do not
+    add up to a lock for everyone there. (Guessing another name from an address that
+    also signs in stays bounded by that pair's own lock.)"""
+    rows = _rows_of_name(_name_key(username))
+    if ip:
+        rows = sa.or_(rows, sa.and_(LoginThrottle.scope == "ip", LoginThrottle.key == ip[:128]))
+    session.execute(sa.delete(LoginThrottle).where(rows))
+
+
+def unlock(session: Session, username: str, *, actor: str) -> int:
+    """Lift every lock on an account name (kamengd user unlock); returns the rows removed."""
+    name = _name_key(username)
+    removed = session.execute(sa.delete(LoginThrottle).where(_rows_of_name(name))).rowcount
+    record(session, "auth.unlock", actor=actor, target=f"login:{name}", details={"rows": removed})
+    return removed
 
 
 def check_password(session: Session, username: str, password: str, ip: str | None,
@@ -138,7 +178,7 @@ def check_password(session: Session, username: str, password: str, ip: str | Non
 
 def complete_login(session: Session, user: StaffUser, ip: str | None, method: str,
                    now: dt.datetime | None = None) -> None:
-    _clear_failures(session, user.username)
+    _clear_failures(session, user.username, ip)
     user.last_login_at = now or utcnow()
     record(session, "auth.login", actor=f"staff:{user.username}", target=f"user:{user.id}", source_ip=ip,
            details={"method": method})
@@ -291,6 +331,21 @@ def check_second_factor(session: Session, vault: Vault, user: StaffUser, code: s
     return SecondFactor(False)
 
 
+def check_code(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+               now: dt.datetime | None = None) -> bool:
+    """A TOTP code asked for again while signed in (turning 2FA off, new recovery
+    codes): locked, counted and audited like a sign-in's, so a borrowed session
+    cannot try every code."""
+    now = now or utcnow()
+    seconds = lock_remaining(session, user.username, ip, now)
+    if seconds:
+        raise LoginLocked(seconds)
+    if check_totp(session, vault, user, code.strip(), now):
+        return True
+    record_failure(session, user.username, ip, "code", now)
+    return False
+
+
 # --- sessions and passwords -------------------------------------------------------
 
 def end_all_sessions(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> int:
@@ -301,7 +356,11 @@ def end_all_sessions(session: Session, user: StaffUser, *, actor: str, ip: str |
 
 
 def change_password(session: Session, user: StaffUser, *, current: str, new: str, ip: str | None) -> int:
-    """Needs the current password; ends the user's other sessions. Returns the new epoch."""
+    """Needs the current password (guesses locked and counted like sign-ins); ends the
+    user's other sessions. Returns the new epoch."""
+    seconds = lock_remaining(session, user.username, ip)
+    if seconds:
+        raise LoginLocked(seconds)
     if not verify_password(user.password_hash, current):
         record_failure(session, user.username, ip, "password_change")
         raise LoginFailed("the current password is not right")   # the caller commits the count

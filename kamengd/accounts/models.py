@@ -56,17 +56,18 @@ class RecoveryCode(db.Model):
 
 
 class LoginThrottle(db.Model):
-    """Failed logins per account name and per client address, for lockout with backoff.
+    """Failed logins per account name, per client address and per (name, address) pair,
+    for lockout with backoff.
 
     Keyed by the name typed, known or not, so a lockout says nothing about
     which accounts exist.
     """
     __tablename__ = "login_throttles"
 
-    scope: Mapped[str] = mapped_column(sa.String(8), primary_key=True)   # "user" or "ip"
+    scope: Mapped[str] = mapped_column(sa.String(8), primary_key=True)   # "user", "ip" or "pair"
     key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     failures: Mapped[int] = mapped_column(default=0)
     last_failure_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = (sa.CheckConstraint("scope IN ('user', 'ip')", name="scope_known"),)
+    __table_args__ = (sa.CheckConstraint("scope IN ('user', 'ip', 'pair')", name="scope_known"),)

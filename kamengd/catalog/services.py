@@ -7,6 +7,7 @@ clear message naming the field whichever way it came in.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import sqlalchemy as sa
@@ -41,7 +42,7 @@ def whole_number(raw: str | int, field: str) -> int:
     if isinstance(raw, int):
         return raw
     text = (raw or "").strip()
-    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 12):
+    if not re.fullmatch(r"-?[0-9]{1,12}", text):
         raise InvalidRequest(f"{field}: {text[:20]!r} is not a whole number" if text else f"{field}: required")
     return int(text)
 

@@ -80,3 +80,17 @@ def user_set_password(username, password_file, as_json):
     u = _user(username)
     reset_password(db.session, u, read_password_file(password_file), actor=cli_actor(), ip=None)
     emit(as_json, {"id": u.id, "username": u.username}, f"password of {u.username} is set; their sessions are ended")
+
+
+@user.command("unlock")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def user_unlock(username, as_json):
+    """Lift the sign-in locks on an account name (after failed sign-ins), from every address (audited)."""
+    from ..accounts.auth import unlock
+
+    u = _user(username)
+    removed = unlock(db.session, u.username, actor=cli_actor())
+    emit(as_json, {"id": u.id, "username": u.username, "cleared": removed},
+         f"sign-in locks of {u.username} lifted" if removed else f"{u.username} was not locked")

@@ -236,12 +236,20 @@ def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh
                                batch_size=batch_size, source_ip=source_ip,
                                details={"chunk": number, "chunks": chunks})
             session.commit()
-        except sa.exc.SQLAlchemyError:
+        except Exception as exc:
             session.rollback()
             if number == 1:
-                raise
+                raise   # nothing was written
+            # Parts before this one are committed and on sale: say so, in the audit log too.
+            from ..audit.services import record
+
+            reason = "a database error" if isinstance(exc, sa.exc.SQLAlchemyError) else exc.__class__.__name__
+            record(session, "keys.import_incomplete", actor=actor, target=f"product:{product_id}",
+                   source_ip=source_ip, details={"part": number, "parts": chunks, "imported": total.imported,
+                                                 "reason": reason})
+            session.commit()
             raise ImportInterrupted(
-                f"the import stopped at part {number} of {chunks} (a database error); {total.imported} keys "
+                f"the import stopped at part {number} of {chunks} ({reason}); {total.imported} keys "
                 f"of the parts before it are in stock. Import the same file again: those count as "
                 f"duplicates, the rest goes in") from None
         total.imported += part.imported

@@ -266,7 +266,9 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     from ..errors import Conflict
     from ..inventory.models import KeyImport
 
-    order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()).first()
+    # populate_existing: the row as locked now, not as this request loaded it before.
+    order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()
+                            .execution_options(populate_existing=True)).first()
     if order is None:
         raise NotFound(f"order {order_no} not found")
     if order.status != "paid":
@@ -290,7 +292,11 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
         nonce, ct, version = vault.encrypt_card_key(order.product_id, plaintext, fp)
         session.add(CardKey(product_id=order.product_id, import_id=run.id, status="sold", order_id=order.id,
                             ciphertext=ct, nonce=nonce, key_version=version, fingerprint=fp, sold_at=now))
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.flush()
+    except sa.exc.IntegrityError:   # the same key, stored meanwhile by someone else's delivery or import
+        raise Conflict("a key in the file is already in stock or sold for this product") from None
     done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
                            .values(status="delivered", delivered_at=now, updated_at=now, **RESOLVED)
                            .execution_options(synchronize_session=False)).rowcount

@@ -118,6 +118,7 @@ def account():
 
 
 @bp.post("/account/password")
+@limiter.limit("30/minute")
 def password():
     user = current_staff()
     new, repeat = request.form.get("new_password", ""), request.form.get("new_password_repeat", "")
@@ -127,6 +128,10 @@ def password():
     try:
         auth.change_password(db.session, user, current=request.form.get("current_password", ""), new=new,
                              ip=client_ip())
+    except LoginLocked as exc:
+        db.session.rollback()
+        flash(_locked_message(exc), "error")
+        return redirect(url_for("panel.account"))
     except LoginFailed:
         db.session.commit()
         flash(_("The current password is not right."), "error")
@@ -188,15 +193,28 @@ def totp_qr():
     return out.getvalue(), 200, {"Content-Type": "image/svg+xml"}
 
 
+def _code_ok(user) -> bool:
+    """The TOTP code of the form, throttled like a sign-in; flashes why not."""
+    try:
+        ok = auth.check_code(db.session, get_vault(), user, request.form.get("code", "")[:64], ip=client_ip())
+    except LoginLocked as exc:
+        db.session.rollback()
+        flash(_locked_message(exc), "error")
+        return False
+    if not ok:
+        db.session.commit()   # the failure is counted and audited
+        flash(_("That code is not right."), "error")
+    return ok
+
+
 @bp.post("/account/2fa/disable")
+@limiter.limit("30/minute")
 def totp_disable():
     user = current_staff()
     if user.role in auth.ROLES_REQUIRING_2FA:
         flash(_("Your role needs two-factor sign-in; it cannot be turned off."), "error")
         return redirect(url_for("panel.account"))
-    if not auth.check_totp(db.session, get_vault(), user, request.form.get("code", "")[:64]):
-        db.session.commit()
-        flash(_("That code is not right."), "error")
+    if not _code_ok(user):
         return redirect(url_for("panel.account"))
     auth.disable_totp(db.session, user, actor=actor(), ip=client_ip())
     db.session.commit()
@@ -205,11 +223,10 @@ def totp_disable():
 
 
 @bp.post("/account/2fa/recovery-codes")
+@limiter.limit("30/minute")
 def recovery_codes():
     user = current_staff()
-    if not auth.check_totp(db.session, get_vault(), user, request.form.get("code", "")[:64]):
-        db.session.commit()
-        flash(_("That code is not right."), "error")
+    if not _code_ok(user):
         return redirect(url_for("panel.account"))
     try:
         codes = auth.regenerate_recovery_codes(db.session, user, ip=client_ip())

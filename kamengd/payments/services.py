@@ -44,7 +44,8 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
             raise InvalidRequest(f"option {name}: required for a {channel_type} channel")
     if channel_type == "epay":
         gateway = urlsplit(options["gateway"])
-        if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query:
+        if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
+                any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in options["gateway"]):
             raise InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com")
 
 
@@ -112,6 +113,8 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
 
 
 def get_channel(session: Session, channel_id: int) -> PaymentChannel:
+    if not 0 < channel_id < 2 ** 31:   # an id from the address bar: bigger than any row, and than SQLite's
+        raise NotFound(f"channel {channel_id} not found")
     channel = session.get(PaymentChannel, channel_id)
     if channel is None:
         raise NotFound(f"channel {channel_id} not found")
@@ -217,22 +220,29 @@ def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) ->
     `active` are looked at, and the key never appears in the message. The
     URL holds the key too: it is never logged or shown.
     """
+    import http.client
     import urllib.error
     import urllib.request
+    from urllib.parse import quote, quote_plus
 
     url = f"{gateway.rstrip('/')}/api.php?" + urlencode({"act": "query", "pid": pid, "key": key})
 
     def plain(text) -> str:
-        text = " ".join(str(text).split())[:200]
-        return text.replace(key, "***") if key else text
+        text = " ".join(str(text).split())
+        for form in {key, quote_plus(key), quote(key, safe="")} - {""}:   # as typed and as in the URL
+            text = text.replace(form, "***")
+        return text[:200]
 
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read(64 * 1024)
     except urllib.error.HTTPError as exc:
         return ChannelCheck(False, "gateway", f"the gateway answered HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return ChannelCheck(False, "gateway", f"gateway unreachable: {plain(getattr(exc, 'reason', exc))}")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # Some of these name the URL, which holds the key: never shown unmasked.
+        reason = getattr(exc, "reason", None) or exc
+        return ChannelCheck(False, "gateway",
+                            f"gateway unreachable: {exc.__class__.__name__}: {plain(reason)}")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
