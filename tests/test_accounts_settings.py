@@ -99,6 +99,15 @@ def test_settings_and_roles_from_the_cli(tmp_path):
     (tmp_path / "short").write_text("short")
     assert_one_line_error(run_cli("setting", "secret", "notifications.webhook_secret", "--file", tmp_path / "short",
                                   config=cfg), "16 to 1024 characters")
+    # The CLI checks the mail server and notifications as a whole, as the panel does.
+    assert_one_line_error(run_cli("setting", "set", "smtp.source", "panel", config=cfg),
+                          "smtp.host: required when the mail server is set here")
+    run_cli("setting", "set", "notifications.webhook_urls", "https://hooks.example.com/k?a=1,2", config=cfg,
+            check=True)
+    run_cli("setting", "set", "notifications.source", "panel", config=cfg, check=True)
+    assert_one_line_error(run_cli("setting", "secret", "notifications.webhook_secret", "--clear", config=cfg),
+                          "notifications.webhook_secret: required with webhook URLs")
+    run_cli("setting", "set", "notifications.source", "file", config=cfg, check=True)
     run_cli("setting", "secret", "notifications.webhook_secret", "--clear", config=cfg, check=True)
     assert json.loads(run_cli("setting", "list", "--json", config=cfg, check=True).out)["secrets"][
         "notifications.webhook_secret"] is False

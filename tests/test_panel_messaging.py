@@ -223,6 +223,9 @@ def test_webhooks_set_here_are_signed_with_the_panel_secret(backend, shop, clean
         html = page(client)
         assert SECRET not in html and receiver.url in html
         assert SECRET not in database_dump(shop)
+        # The audit log names the receiver's site, never the rest of the URL (often its token).
+        [(_action, _target, details)] = [e for e in audit_since(shop, 0) if e[1] == "setting:notifications.webhook_urls"]
+        assert details["new"][0].startswith("http://127.0.0.1:") and "/hook" not in json.dumps(details)
         with shop.app_context():
             emit(db.session, "stock.low", {"product_name": "panel hook", "available": 1, "threshold": 5})
             emit(db.session, "order.paid", {"order_no": "not subscribed"})
@@ -238,6 +241,8 @@ def test_webhooks_set_here_are_signed_with_the_panel_secret(backend, shop, clean
 
 @pytest.mark.parametrize("bad, message", [
     ({"notifications.webhook_urls": "ftp://hooks.example.com/x"}, "is not an http(s) URL"),
+    ({"notifications.webhook_urls": "http://hooks.example.com:abc/x"}, "has a port that is not a number"),
+    ({"notifications.webhook_urls": "http://hooks.example.com/\x7f"}, "is not an http(s) URL"),
     ({"notifications.webhook_urls": "https://hooks.example.com/x"},
      "notifications.webhook_secret: required with webhook URLs"),
     ({"notifications.webhook_urls": "https://h.example.com/x", "notifications.webhook_secret": "short"},
@@ -283,6 +288,10 @@ def test_list_settings_from_the_command_line_and_forms(backend, session):
     assert services.parse_value("notifications.email_to", "a@example.com, b@example.com\nA@example.com\n\n") == \
         ["a@example.com", "b@example.com", "A@example.com"]
     assert services.parse_value("notifications.webhook_events", ["*", "", "*"]) == ["*"]
+    # A URL may hold commas: URLs are split by line breaks and spaces only.
+    assert services.parse_value("notifications.webhook_urls", "https://h.example.com/x?tags=a,b\r\n"
+                                                              "https://i.example.com/y https://h.example.com/x?tags=a,b") == [
+        "https://h.example.com/x?tags=a,b", "https://i.example.com/y"]
     assert services.get_setting(session, "notifications.email_events") == \
         ["stock.low", "order.held", "order.stuck", "reconcile.mismatch", "scheduler.failover"]
     services.get_setting(session, "notifications.email_events").append("x")   # a copy, never the default

@@ -4,7 +4,7 @@ import click
 
 from ..audit.services import cli_actor
 from ..extensions import db
-from ..settings.services import SECRETS, SETTINGS, all_settings, clear_secret, secrets_set, set_secret, set_setting
+from ..settings.services import SECRETS, SETTINGS, all_settings, secrets_set, set_setting
 from . import cli, emit, json_option, with_app
 from .install import read_password_file
 
@@ -32,14 +32,24 @@ def setting_list(as_json):
 @json_option
 @with_app
 def setting_set(key, value, as_json):
-    """Change a setting."""
-    new = set_setting(db.session, key, value, actor=cli_actor())
+    """Change a setting. Lists: items separated by commas or spaces (webhook URLs: spaces)."""
+    spec = SETTINGS.get(key)
+    if spec is not None and spec.group != "shop":
+        # The mail server and notifications are checked as a whole, as in the panel.
+        from ..app import get_vault
+        from ..settings.messaging import save_group
+
+        save_group(db.session, get_vault(), spec.group, {key: value}, actor=cli_actor())
+        new = all_settings(db.session)[key]
+    else:
+        new = set_setting(db.session, key, value, actor=cli_actor())
     emit(as_json, {"key": key, "value": new}, f"{key} = {new!r}")
 
 
 @setting.command("secret")
 @click.argument("key", type=click.Choice(sorted(SECRETS)))
-@click.option("--file", "path", metavar="FILE", help="File holding the value (its first line).")
+@click.option("--file", "path", metavar="FILE",
+              help="File holding the value on one line (a line break at its end is dropped).")
 @click.option("--clear", is_flag=True, help="Remove the stored value.")
 @json_option
 @with_app
@@ -47,12 +57,14 @@ def setting_secret(key, path, clear, as_json):
     """Store a secret setting (encrypted with the data key) or remove it; never printed."""
     from ..app import get_vault
     from ..errors import InvalidRequest
+    from ..settings.messaging import SECRET_OF_GROUP, save_group
 
     if bool(path) == clear:
         raise InvalidRequest("give --file FILE or --clear")
+    group = next(g for g, k in SECRET_OF_GROUP.items() if k == key)
+    changed = save_group(db.session, get_vault(), group, {}, secret="" if clear else read_password_file(path),
+                         clear_secret=clear, actor=cli_actor())
     if clear:
-        removed = clear_secret(db.session, key, actor=cli_actor())
-        emit(as_json, {"key": key, "set": False}, f"{key} removed" if removed else f"{key} was not set")
-        return
-    set_secret(db.session, get_vault(), key, read_password_file(path), actor=cli_actor())
-    emit(as_json, {"key": key, "set": True}, f"{key} stored (encrypted)")
+        emit(as_json, {"key": key, "set": False}, f"{key} removed" if changed else f"{key} was not set")
+    else:
+        emit(as_json, {"key": key, "set": True}, f"{key} stored (encrypted)")

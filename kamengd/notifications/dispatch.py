@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import smtplib
@@ -108,7 +109,7 @@ def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout: float)
                                  None if 200 <= resp.status < 300 else f"HTTP {resp.status}")
     except urllib.error.HTTPError as exc:
         return AttemptResult(False, exc.code, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return AttemptResult(False, None, f"{exc.__class__.__name__}: {reason}"[:500])
 

@@ -7,11 +7,12 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..api import read_only
-from ..app import get_config, get_sending_config, get_vault
+from ..app import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
+from ..settings.messaging import mail_server
 from . import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number
 from .session import actor, client_ip
@@ -66,7 +67,7 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
     except NotFound:
         abort(404)
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
-                           smtp_configured=bool(get_sending_config().smtp.host), form=request.form), status
+                           smtp_configured=bool(mail_server(db.session, get_config())), form=request.form), status
 
 
 @bp.get("/orders/<order_no>")
@@ -147,7 +148,7 @@ def order_refund(order_no):
 @bp.post("/orders/<order_no>/resend")
 def order_resend(order_no):
     return _act(order_no, lambda: order_staff.resend_delivery_email(
-        db.session, order_no=order_no, smtp_configured=bool(get_sending_config().smtp.host), actor=actor(),
+        db.session, order_no=order_no, smtp_configured=bool(mail_server(db.session, get_config())), actor=actor(),
         source_ip=client_ip()),
         lambda mail: _("The delivery e-mail to %(to)s is queued again.", to=mail.to_address))
 

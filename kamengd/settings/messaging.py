@@ -60,13 +60,23 @@ def effective_config(session: Session, vault: Vault, config: Config) -> RuntimeC
     return RuntimeConfig(**base, **extra)
 
 
+SECRET_OF_GROUP = {"smtp": "smtp.password", "notifications": "notifications.webhook_secret"}
+
+
+def mail_server(session: Session, config: Config) -> str:
+    """The SMTP host mail goes to now ("" for none), without decrypting anything."""
+    if services.get_setting(session, "smtp.source") == "panel":
+        return services.get_setting(session, "smtp.host")
+    return config.smtp.host
+
+
 def save_group(session: Session, vault: Vault, group: str, raw: dict, *, secret: str = "",
                clear_secret: bool = False, actor: str, source_ip: str | None = None) -> list[str]:
     """One form of the settings page (group "smtp" or "notifications"), all or nothing.
 
     `secret` (the SMTP password or the webhook secret) is kept when left empty,
     removed with `clear_secret`. Returns what changed (each change audited)."""
-    secret_key = {"smtp": "smtp.password", "notifications": "notifications.webhook_secret"}[group]
+    secret_key = SECRET_OF_GROUP[group]
     keys = [key for key, spec in services.SETTINGS.items() if spec.group == group]
     unknown = set(raw) - set(keys)
     if unknown:

@@ -8,7 +8,9 @@ data key, and audited without their value.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -33,10 +35,27 @@ def _mail_address(text: str) -> str:
 
 def _webhook_url(text: str) -> str:
     parts = urlsplit(text)
+    try:
+        parts.port   # a port that is not a number raises here, not at the first send
+    except ValueError:
+        raise ValueError(f"{text[:200]!r} has a port that is not a number") from None
     if len(text) > 2000 or parts.scheme not in ("http", "https") or not parts.hostname or \
-            any(c.isspace() or ord(c) < 32 for c in text):
+            any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
         raise ValueError(f"{text[:200]!r} is not an http(s) URL")
     return text
+
+
+def mask_url(url: str) -> str:
+    """A webhook URL for the audit log: its site, and a fingerprint instead of the rest,
+    which often is the receiver's token (user:password@, /hook/<token>, ?access_token=)."""
+    parts = urlsplit(url)
+    site = parts.hostname or ""
+    try:
+        if parts.port:
+            site += f":{parts.port}"
+    except ValueError:
+        pass
+    return f"{parts.scheme}://{site}/… (sha256 {hashlib.sha256(url.encode()).hexdigest()[:12]})"
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,8 @@ class SettingSpec:
     check: Callable[[str], str] | None = None
     max_items: int = 20
     group: str = "shop"         # which form of the panel's settings page shows it
+    separators: str = r"[\s,]+"  # lists given as one text: what separates the items
+    audit_as: Callable | None = None   # how a value is written in the audit log (None: as it is)
 
 
 SOURCES = ("file", "panel")
@@ -87,8 +108,11 @@ SETTINGS: dict[str, SettingSpec] = {
     "notifications.source": SettingSpec(str, "file", "file: webhooks and staff mail of the config file "
                                         "([notifications]); panel: the notifications.* settings here.",
                                         choices=SOURCES, group="notifications"),
-    "notifications.webhook_urls": SettingSpec(list, [], "URLs that receive events as signed JSON POSTs.",
-                                              check=_webhook_url, max_items=10, group="notifications"),
+    "notifications.webhook_urls": SettingSpec(list, [], "URLs that receive events as signed JSON POSTs "
+                                              "(one per line, or separated by spaces).",
+                                              check=_webhook_url, max_items=10, group="notifications",
+                                              separators=r"\s+",   # a URL may hold commas, never spaces
+                                              audit_as=lambda urls: [mask_url(u) for u in urls]),
     "notifications.webhook_events": SettingSpec(list, ["*"], "Events sent to the webhooks; * for all.",
                                                 choices=EVENT_CHOICES, max_items=len(EVENT_CHOICES),
                                                 group="notifications"),
@@ -149,9 +173,9 @@ def parse_value(key: str, raw) -> object:
 
 
 def _parse_list(key: str, spec: SettingSpec, raw) -> list[str]:
-    """A list from a form or the CLI: one item per line (or comma-separated); blanks and repeats dropped."""
+    """A list from a form or the CLI: items split by the spec's separators; blanks and repeats dropped."""
     if isinstance(raw, str):
-        raw = raw.replace(",", "\n").splitlines()
+        raw = re.split(spec.separators, raw)
     if not isinstance(raw, (list, tuple)) or not all(isinstance(item, str) for item in raw):
         raise InvalidRequest(f"{key}: expected a list of text")
     items = list(dict.fromkeys(item.strip() for item in raw if item.strip()))
@@ -193,8 +217,9 @@ def set_setting(session: Session, key: str, raw, *, actor: str, source_ip: str |
     else:
         row.value, row.updated_by = json.dumps(value, ensure_ascii=False), actor
     session.flush()
+    shown = SETTINGS[key].audit_as or (lambda v: v)
     record(session, "setting.change", actor=actor, target=f"setting:{key}", source_ip=source_ip,
-           details={"key": key, "old": old, "new": value})
+           details={"key": key, "old": shown(old), "new": shown(value)})
     return value
 
 
