@@ -375,3 +375,16 @@ def test_ops_pages_by_role(shop):
     for url in ("/admin/jobs", "/admin/reconcile", f"/admin/reconcile/{DAY}", "/admin/notifications",
                 "/admin/dashboard", "/admin/audit"):
         assert owner.get(url).status_code == 200, url
+
+
+def test_one_pager_for_every_list(app):
+    """The lists share one pager: page N of M when the total is known, Newer/Older when newest first."""
+    with app.test_request_context("/admin/orders?lang=en"):
+        pager = app.jinja_env.get_template("panel/macros.html").module.pager
+        middle = str(pager("panel.orders", 2, True, pages=3, newest_first=True, args={"status": "held", "q": None}))
+        assert 'href="/admin/orders?page=1&amp;status=held" rel="prev">Newer</a>' in middle
+        assert 'href="/admin/orders?page=3&amp;status=held" rel="next">Older</a>' in middle
+        assert "Page 2 of 3" in middle
+        last = str(pager("panel.products", 4, False))
+        assert 'rel="prev">Previous</a>' in last and 'rel="next"' not in last and "Page 4" in last
+        assert str(pager("panel.stock", 1, False)).strip() == ""   # one page: no pager at all
