@@ -13,12 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .accounts.auth import FORGET_AFTER
-from .accounts.models import LoginThrottle
+from .accounts.models import LoginThrottle, StaffSession
 from .database import utcnow
 from .notifications.models import Event, Notification, NotificationAttempt
 from .scheduler.models import JobRun
 
 JOB_RUNS_DAYS = 14
+# Longer than the longest panel session may last (panel.session_max_hours is at most 720).
+STAFF_SESSIONS_DAYS = 31
 EVENTS_DAYS = 90
 BATCH = 5000
 
@@ -32,7 +34,7 @@ def _delete_ids(session: Session, model, ids) -> int:
 
 def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
     now = now or utcnow()
-    counts = {"job_runs": 0, "events": 0, "login_throttles": 0}
+    counts = {"job_runs": 0, "events": 0, "login_throttles": 0, "staff_sessions": 0}
     while True:
         ids = session.scalars(sa.select(JobRun.id).where(JobRun.started_at < now - dt.timedelta(days=JOB_RUNS_DAYS))
                               .order_by(JobRun.id).limit(BATCH)).all()
@@ -61,5 +63,7 @@ def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
     counts["login_throttles"] = session.execute(sa.delete(LoginThrottle).where(
         LoginThrottle.last_failure_at < now - FORGET_AFTER,
         sa.or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now))).rowcount
+    counts["staff_sessions"] = session.execute(sa.delete(StaffSession).where(
+        StaffSession.created_at < now - dt.timedelta(days=STAFF_SESSIONS_DAYS))).rowcount
     session.commit()
     return counts

@@ -1,5 +1,5 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
-from .accounts.models import LoginThrottle, RecoveryCode, StaffUser  # noqa: F401
+from .accounts.models import LoginThrottle, RecoveryCode, StaffSession, StaffUser  # noqa: F401
 from .audit.models import AuditEntry, AuditHead  # noqa: F401
 from .catalog.models import Category, Product  # noqa: F401
 from .inventory.models import CardKey, KeyImport  # noqa: F401

@@ -342,6 +342,47 @@ def test_idle_and_absolute_session_expiry(app):
     assert signed_in(fresh)
 
 
+def test_signing_out_ends_every_copy_of_the_cookie(app):
+    """A cookie copied before signing out (another browser, a stolen backup) is worth nothing after."""
+    support = make_staff(app, "support")
+    browser = app.test_client()
+    login(browser, support)
+    copy = browser.get_cookie("session").value
+    thief = app.test_client()
+    thief.set_cookie("session", copy)
+    assert signed_in(thief)
+    post(browser, "/admin/logout")
+    thief.set_cookie("session", copy)
+    assert not signed_in(thief)
+    # The other sessions of the same person go on.
+    laptop = app.test_client()
+    login(laptop, support)
+    other = app.test_client()
+    login(other, support)
+    post(other, "/admin/logout")
+    assert signed_in(laptop)
+
+
+def test_a_cookie_without_its_session_row_signs_nobody_in(app):
+    """Only the server's rows open sessions: a well-formed cookie with a made-up token does not."""
+    import time
+
+    support = make_staff(app, "support")
+    client = app.test_client()
+    from kamengd.accounts.models import StaffUser
+    from kamengd.extensions import db
+
+    with app.app_context():
+        epoch = db.session.get(StaffUser, support.id).session_epoch
+    now = int(time.time())
+    for forged in ({"id": support.id, "epoch": epoch, "since": now, "seen": now},
+                   {"id": support.id, "sid": "made-up", "epoch": epoch, "since": now, "seen": now},
+                   {"id": support.id, "sid": ["x"], "epoch": epoch, "since": now, "seen": now}):
+        with client.session_transaction() as s:
+            s["staff"] = forged
+        assert not signed_in(client)
+
+
 def test_log_out_everywhere(app):
     support = make_staff(app, "support")
     phone, laptop = app.test_client(), app.test_client()

@@ -136,11 +136,15 @@ def _sign_in(client, app, user_id):
     from kamengd.accounts.models import StaffUser
     from kamengd.extensions import db
 
+    from kamengd.accounts.auth import open_session
+
     with app.app_context():
-        epoch = db.session.get(StaffUser, user_id).session_epoch
+        user = db.session.get(StaffUser, user_id)
+        epoch, token = user.session_epoch, open_session(db.session, user, ip="127.0.0.1", user_agent="test")
+        db.session.commit()
     with client.session_transaction() as s:
         now = int(time.time())
-        s["staff"] = {"id": user_id, "epoch": epoch, "since": now, "seen": now}
+        s["staff"] = {"id": user_id, "sid": token, "epoch": epoch, "since": now, "seen": now}
 
 
 def test_every_route_is_listed(app):

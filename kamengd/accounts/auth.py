@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+import secrets
 from dataclasses import dataclass
 
 import pyotp
@@ -22,7 +23,7 @@ from ..audit.services import record
 from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..vault import Vault
-from .models import LoginThrottle, RecoveryCode, StaffUser
+from .models import LoginThrottle, RecoveryCode, StaffSession, StaffUser
 from .passwords import hash_password, verify_password
 from .services import validate_password
 
@@ -348,8 +349,38 @@ def check_code(session: Session, vault: Vault, user: StaffUser, code: str, *, ip
 
 # --- sessions and passwords -------------------------------------------------------
 
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def open_session(session: Session, user: StaffUser, *, ip: str | None, user_agent: str | None) -> str:
+    """A new panel session; returns the token for the cookie (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    session.add(StaffSession(user_id=user.id, token_hash=_token_hash(token), ip=(ip or "")[:64] or None,
+                             user_agent=(user_agent or "")[:200] or None))
+    session.flush()
+    return token
+
+
+def session_is_open(session: Session, user_id: int, token) -> bool:
+    if not isinstance(token, str) or len(token) > 100:
+        return False
+    return session.scalar(sa.select(StaffSession.id).where(
+        StaffSession.token_hash == _token_hash(token), StaffSession.user_id == user_id,
+        StaffSession.ended_at.is_(None))) is not None
+
+
+def close_session(session: Session, token) -> None:
+    """Signing out: this session's row ends, whoever holds a copy of the cookie."""
+    if isinstance(token, str):
+        session.execute(sa.update(StaffSession).where(StaffSession.token_hash == _token_hash(token),
+                                                      StaffSession.ended_at.is_(None)).values(ended_at=utcnow()))
+
+
 def end_all_sessions(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> int:
-    user.session_epoch = (user.session_epoch or 0) + 1
+    user.session_epoch = (user.session_epoch or 0) + 1   # the epoch ends them; the rows follow
+    session.execute(sa.update(StaffSession).where(StaffSession.user_id == user.id, StaffSession.ended_at.is_(None))
+                    .values(ended_at=utcnow()))
     session.flush()
     record(session, "auth.logout_everywhere", actor=actor, target=f"user:{user.id}", source_ip=ip)
     return user.session_epoch

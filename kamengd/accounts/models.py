@@ -71,3 +71,18 @@ class LoginThrottle(db.Model):
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (sa.CheckConstraint("scope IN ('user', 'ip', 'pair')", name="scope_known"),)
+
+
+class StaffSession(db.Model):
+    """One signed-in panel session. The cookie holds a random token; only its
+    SHA-256 is here. Signing out ends this row, so a copy of the cookie taken
+    before is worth nothing afterwards."""
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("staff_users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[bytes] = mapped_column(FixedBinary(32), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip: Mapped[str | None] = mapped_column(sa.String(64))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(200))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

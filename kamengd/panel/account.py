@@ -51,8 +51,9 @@ def login():
         panel_session.set_pending(user, next_url)
         return redirect(url_for("panel.login_2fa"))
     auth.complete_login(db.session, user, client_ip(), "password")
+    token = panel_session.open_for(user)
     db.session.commit()
-    panel_session.start(user)
+    panel_session.start(user, token)
     return redirect(next_url or url_for("panel.home"))
 
 
@@ -78,8 +79,9 @@ def login_2fa():
         flash(_("That code is not right."), "error")
         return render_template("panel/login_2fa.html"), 401
     auth.complete_login(db.session, user, client_ip(), result.method)
+    token = panel_session.open_for(user)
     db.session.commit()
-    panel_session.start(user)
+    panel_session.start(user, token)
     if result.method == "password+recovery_code":
         flash(_("You signed in with a recovery code; %(n)s are left.",
                 n=auth.remaining_recovery_codes(db.session, user)), "warning")
@@ -90,6 +92,7 @@ def login_2fa():
 def logout():
     user = current_staff()
     record(db.session, "auth.logout", actor=actor(), target=f"user:{user.id}", source_ip=client_ip())
+    auth.close_session(db.session, panel_session.token())
     db.session.commit()
     panel_session.end()
     flash(_("You are signed out."), "info")
@@ -140,8 +143,10 @@ def password():
         db.session.rollback()
         flash(exc.message, "error")
         return redirect(url_for("panel.account"))
+    auth.close_session(db.session, panel_session.token())
+    token = panel_session.open_for(user)   # this browser goes on under the new epoch; the others end
     db.session.commit()
-    panel_session.start(user)   # this session goes on under the new epoch; the others end
+    panel_session.start(user, token)
     flash(_("Password changed. Your other sessions are signed out."), "success")
     return redirect(url_for("panel.account"))
 

@@ -1,9 +1,10 @@
 """The signed-in staff member, kept in Flask's signed session cookie.
 
-The cookie holds the user id, the user's session epoch at sign-in and two
-times; the database decides the rest on every request: a deactivated user,
-a changed password or "log out everywhere" (a new epoch) ends the session
-at once, on every server.
+The cookie holds the user id, a session token, the user's session epoch at
+sign-in and two times; the database decides the rest on every request:
+signing out (the token's row ends), a deactivated user, a changed password
+or "log out everywhere" (a new epoch) ends the session at once, on every
+server, for every copy of the cookie.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 from flask import g, request, session
 
+from ..accounts import auth
 from ..accounts.auth import ROLES_REQUIRING_2FA
 from ..accounts.models import StaffUser
 from ..app import get_config
@@ -25,11 +27,16 @@ def _now() -> float:
     return time.time()
 
 
-def start(user: StaffUser) -> None:
-    """A fresh panel session (the pending sign-in step is dropped)."""
+def open_for(user: StaffUser) -> str:
+    """The database side of a new session, in the caller's transaction; pass the token to start()."""
+    return auth.open_session(db.session, user, ip=request.remote_addr, user_agent=request.user_agent.string)
+
+
+def start(user: StaffUser, token: str) -> None:
+    """A fresh panel session in the cookie (the pending sign-in step is dropped)."""
     session.pop(PENDING, None)
     now = int(_now())
-    session[KEY] = {"id": user.id, "epoch": user.session_epoch, "since": now, "seen": now}
+    session[KEY] = {"id": user.id, "sid": token, "epoch": user.session_epoch, "since": now, "seen": now}
     session.permanent = True
 
 
@@ -55,6 +62,11 @@ def end() -> None:
     session.pop(PENDING, None)
 
 
+def token() -> str | None:
+    data = session.get(KEY)
+    return data.get("sid") if isinstance(data, dict) else None
+
+
 def current_staff() -> StaffUser | None:
     if "staff" in g:
         return g.staff
@@ -73,7 +85,8 @@ def _load() -> StaffUser | None:
         end()
         return None
     user = db.session.get(StaffUser, data.get("id"))
-    if user is None or not user.is_active or user.session_epoch != data.get("epoch"):
+    if user is None or not user.is_active or user.session_epoch != data.get("epoch") or \
+            not auth.session_is_open(db.session, user.id, data.get("sid")):
         end()
         return None
     if now - data["seen"] > 30:   # the cookie is rewritten at most every 30 s
