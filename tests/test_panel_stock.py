@@ -184,6 +184,14 @@ def product_id(app):
         return p.id
 
 
+def product_name(app, product_id: int) -> str:
+    from kamengd.catalog.models import Product
+    from kamengd.extensions import db
+
+    with app.app_context():
+        return db.session.get(Product, product_id).name
+
+
 def stored(app, product_id: int) -> dict[str, int]:
     from kamengd.extensions import db
 
@@ -220,7 +228,8 @@ def upload(client, product_id, data: bytes, filename="keys.txt", **fields):
 def test_stock_page_counts_and_links(app, operator, product_id):
     client, _staff = operator
     post(client, import_page(product_id), {"keys": "A-1\nA-2\nA-3"}, page_url=import_page(product_id))
-    page = client.get("/admin/stock")
+    name = product_name(app, product_id)
+    page = client.get("/admin/stock", query_string={"q": name})   # the shared database has pages of products
     html = page.get_data(as_text=True)
     assert page.status_code == 200
     assert f"/admin/stock/{product_id}/import" in html

@@ -81,7 +81,7 @@ def save_group(session: Session, vault: Vault, group: str, raw: dict, *, secret:
     unknown = set(raw) - set(keys)
     if unknown:
         raise InvalidRequest(f"not a {group} setting: {', '.join(sorted(unknown))}")
-    merged = {**{key: value for key, value in all_settings(session).items() if key in keys}}
+    merged = {key: value for key, value in all_settings(session).items() if key in keys}
     errors = []
     for key, value in raw.items():
         try:
