@@ -139,9 +139,10 @@ def record_failure(session: Session, username: str, ip: str | None, reason: str,
 
 def _rows_of_name(name: str):
     """The throttle rows of one account name: its own and its (name, address) pairs."""
+    # A prefix match (LIKE 'name|%', wildcards escaped) is a range of the primary key:
+    # deleting them locks those rows only, not every row the scan passes.
     return sa.or_(sa.and_(LoginThrottle.scope == "user", LoginThrottle.key == name),
-                  sa.and_(LoginThrottle.scope == "pair",
-                          sa.func.substr(LoginThrottle.key, 1, len(name) + 1) == name + "|"))
+                  sa.and_(LoginThrottle.scope == "pair", LoginThrottle.key.startswith(name + "|", autoescape=True)))
 
 
 def _clear_failures(session: Session, username: str, ip: str | None = None) -> None:
