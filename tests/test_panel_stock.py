@@ -284,41 +284,54 @@ def test_chunked_upload_commits_each_part(app, operator, product_id, monkeypatch
     assert chunks == [(1, 3, 3), (2, 3, 3), (3, 3, 2)]
 
 
-def test_upload_leaves_sqlite_free_to_write_while_checking_and_between_chunks(app, operator, product_id,
-                                                                            monkeypatch):
-    """The shop keeps selling during a big import: no write lock while the file is
-    read through, and each chunk's lock is let go before the next one's."""
+def writer_is_free(engine, product_id: int) -> bool:
+    """Could another writer go ahead now? SQLite: take the database's write lock.
+    MariaDB: lock the product row (the lock an import chunk and a key rotation take)."""
     import sqlite3
 
+    raw = engine.raw_connection()
+    conn = raw.driver_connection
+    if engine.dialect.name != "sqlite":
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT id FROM products WHERE id = %s FOR UPDATE NOWAIT", (product_id,))
+            return True
+        except Exception as exc:   # NOWAIT: someone holds it
+            assert "lock" in str(exc).lower(), exc
+            return False
+        finally:
+            conn.rollback()
+            raw.close()
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        conn.execute("ROLLBACK")
+        return True
+    finally:
+        conn.execute("PRAGMA busy_timeout=30000")
+        raw.close()
+
+
+def test_upload_holds_no_lock_while_checking_and_between_chunks(app, operator, product_id, monkeypatch):
+    """The shop keeps selling during a big import: no lock while the file is read through,
+    and each chunk's lock is let go before the next one's. SQLite: another writer can
+    take the database's write lock. MariaDB: another connection can lock the product row
+    (the lock an import chunk and a key rotation take) without waiting."""
     from kamengd.extensions import db
     from kamengd.panel import stock
 
     with app.app_context():
         engine = db.engine
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's database-wide write lock")
-
-    def another_writer_can_start() -> bool:
-        raw = engine.raw_connection()
-        conn = raw.driver_connection
-        try:
-            conn.execute("PRAGMA busy_timeout=0")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return False
-            conn.execute("ROLLBACK")
-            return True
-        finally:
-            conn.execute("PRAGMA busy_timeout=30000")
-            raw.close()
 
     probes = []
     real_check, real_begin = inventory.check_import_file, inventory._begin_import
     monkeypatch.setattr(inventory, "check_import_file",
-                        lambda *a, **kw: probes.append(another_writer_can_start()) or real_check(*a, **kw))
+                        lambda *a, **kw: probes.append(writer_is_free(engine, product_id)) or real_check(*a, **kw))
     monkeypatch.setattr(inventory, "_begin_import",
-                        lambda *a, **kw: probes.append(another_writer_can_start()) or real_begin(*a, **kw))
+                        lambda *a, **kw: probes.append(writer_is_free(engine, product_id)) or real_begin(*a, **kw))
     monkeypatch.setattr(stock, "IMPORT_CHUNK_LINES", 2)
     client, _staff = operator
     resp = upload(client, product_id, "\n".join(keys(5)).encode())
@@ -408,6 +421,18 @@ def test_export_with_reason_streams_the_keys_after_auditing(app, owner, product_
     assert details == {"status": "available", "count": 5, "reason": "Moving stock to the new shop",
                        "via": "panel download"}
     assert not any(k in json.dumps(details) for k in batch)
+    # While a (slow) client is still taking the file, the shop can write: the stream
+    # reads a snapshot. (It used to hold SQLite's write lock until the last byte.)
+    from kamengd.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+    slow = post(client, export, {"status": "available", "reason": "Moving stock to the new shop"},
+                page_url=export, buffered=False)
+    first = next(iter(slow.response))
+    assert first.decode().splitlines()[0] == batch[0]
+    assert writer_is_free(engine, product_id)
+    slow.close()
     # Nothing sold yet: a download of the sold keys is empty (and audited).
     resp = post(client, export, {"status": "sold", "reason": "checking sales"}, page_url=export)
     assert resp.status_code == 200 and resp.get_data() == b""

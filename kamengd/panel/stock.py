@@ -136,6 +136,9 @@ def _export_page(product_id: int, status: int = 200, form: dict | None = None):
 
 
 def _key_text(product_id: int, statuses: list[str] | None):
+    # The download reads a snapshot: no write lock while a slow client takes the file.
+    # (Here, in the stream: the request's own transaction ends before the first piece.)
+    read_only()
     vault, piece = get_vault(), []
     size = 0
     for key in inventory.iter_plaintext_keys(db.session, vault, product_id, statuses):
@@ -164,7 +167,6 @@ def stock_export(product_id: int):
         read_only()
         return _export_page(product_id, exc.http_status, form)
     db.session.commit()   # the entry is stored before the first key is sent
-    read_only()           # the download reads a snapshot: no write lock while it streams
     statuses = inventory.export_statuses(form["status"])
     filename = f"keys-product{product_id}-{form['status']}-{utcnow():%Y%m%d-%H%M%S}.txt"
     response = Response(stream_with_context(_key_text(product_id, statuses)), mimetype="text/plain")
