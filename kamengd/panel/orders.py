@@ -67,7 +67,7 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
     except NotFound:
         abort(404)
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
-                           smtp_configured=bool(mail_server(db.session, get_config())), form=request.form), status
+                           smtp_configured=bool(mail_server(db.session, get_config())[0]), form=request.form), status
 
 
 @bp.get("/orders/<order_no>")
@@ -148,7 +148,7 @@ def order_refund(order_no):
 @bp.post("/orders/<order_no>/resend")
 def order_resend(order_no):
     return _act(order_no, lambda: order_staff.resend_delivery_email(
-        db.session, order_no=order_no, smtp_configured=bool(mail_server(db.session, get_config())), actor=actor(),
+        db.session, order_no=order_no, smtp_configured=bool(mail_server(db.session, get_config())[0]), actor=actor(),
         source_ip=client_ip()),
         lambda mail: _("The delivery e-mail to %(to)s is queued again.", to=mail.to_address))
 

@@ -16,7 +16,7 @@ from ..extensions import db
 from ..notifications.email import check_mail_address, send_test_mail
 from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
-from ..settings.messaging import save_group
+from ..settings.messaging import mail_server, save_group
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
 from . import bp
 from .session import actor, client_ip
@@ -85,7 +85,7 @@ def _render(values: dict, status: int = 200):
                            file_smtp=config.smtp, file_smtp_password=config.smtp.password_file is not None,
                            file_notifications=config.notifications, config_path=config.path,
                            file_webhook_urls=[masked_url(u) for u in config.notifications.webhook_urls],
-                           sending=get_sending_config(), secrets=secrets_set(db.session),
+                           sending=mail_server(db.session, config), secrets=secrets_set(db.session),
                            event_types=EVENT_CHOICES, attempts=recent_attempts(),
                            masked_url=masked_url), status
 

@@ -63,11 +63,11 @@ def effective_config(session: Session, vault: Vault, config: Config) -> RuntimeC
 SECRET_OF_GROUP = {"smtp": "smtp.password", "notifications": "notifications.webhook_secret"}
 
 
-def mail_server(session: Session, config: Config) -> str:
-    """The SMTP host mail goes to now ("" for none), without decrypting anything."""
+def mail_server(session: Session, config: Config) -> tuple[str, int]:
+    """(host, port) mail goes to now (host "" for none), without decrypting anything."""
     if services.get_setting(session, "smtp.source") == "panel":
-        return services.get_setting(session, "smtp.host")
-    return config.smtp.host
+        return services.get_setting(session, "smtp.host"), services.get_setting(session, "smtp.port")
+    return config.smtp.host, config.smtp.port
 
 
 def save_group(session: Session, vault: Vault, group: str, raw: dict, *, secret: str = "",
