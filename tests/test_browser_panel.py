@@ -205,7 +205,8 @@ def test_staff_work_the_panel_from_the_keyboard(shop, data, tab):
     t = tab()
     page = t.page
     t.open("/admin/login")
-    assert page.evaluate("document.activeElement.id") == "username"    # autofocus: type at once
+    # autofocus: type at once (Chromium applies it just after the load, hence the wait)
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'username'")
     page.keyboard.type(admin.username)
     t.press_until_focused("#password")
     assert t.focus_is_visible()
@@ -213,7 +214,7 @@ def test_staff_work_the_panel_from_the_keyboard(shop, data, tab):
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.url.endswith("/admin/login/2fa")
-    assert page.evaluate("document.activeElement.id") == "code"
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'code'")
     page.keyboard.type(admin.code())
     with page.expect_navigation():
         page.keyboard.press("Enter")
