@@ -32,7 +32,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.config.update(
         SECRET_KEY=config.read_secret_key(),
         SQLALCHEMY_DATABASE_URI=existing_only(config.database_url),
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(config.database.url, config.database.pool_size),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(config.database.url, config.database.pool_size,
+                                                 config.database.lock_timeout_seconds),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=64 * 1024 * 1024,
@@ -55,7 +56,8 @@ def create_app(config: Config | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
     db.init_app(app)
     with app.app_context():
-        configure_engine(db.engine)  # adds connect hooks; opens no connection
+        # Adds connect hooks; opens no connection.
+        configure_engine(db.engine, lock_timeout=config.database.lock_timeout_seconds)
 
     limiter.init_app(app)
     csrf.init_app(app)

@@ -44,6 +44,10 @@ class DatabaseConfig:
     password_file: Path | None = setting(
         None, doc="File holding the database password, kept out of the URL (optional).")
     pool_size: int = setting(5, doc="Connections per process (MySQL).", minimum=1)
+    lock_timeout_seconds: int = setting(
+        30, doc="How long a request waits for a lock another holds (SQLite's busy timeout, MySQL's "
+                "innodb_lock_wait_timeout) before it is answered 503 busy and changes nothing.",
+        minimum=1, maximum=600)
 
 
 @dataclass(frozen=True)

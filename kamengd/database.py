@@ -65,9 +65,9 @@ def existing_only(url: str) -> str:
         hide_password=False)
 
 
-def engine_options(url: str, pool_size: int = 5) -> dict:
+def engine_options(url: str, pool_size: int = 5, lock_timeout: int = 30) -> dict:
     if is_sqlite(url):
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        return {"connect_args": {"timeout": lock_timeout, "check_same_thread": False}}
     return {
         "isolation_level": "READ COMMITTED",
         "pool_pre_ping": True,
@@ -78,7 +78,7 @@ def engine_options(url: str, pool_size: int = 5) -> dict:
     }
 
 
-def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
+def configure_engine(engine: Engine, *, foreign_keys: bool = True, lock_timeout: int = 30) -> Engine:
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):
@@ -87,7 +87,7 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(lock_timeout) * 1000}")
             cur.execute(PRAGMA_FK[foreign_keys])
             cur.execute(PRAGMA_CACHE)
             cur.close()
@@ -117,6 +117,7 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute(SET_SQL_MODE)
             cur.execute("SET SESSION time_zone = '+00:00'")
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_timeout)}")
             cur.close()
     return engine
 
@@ -129,6 +130,29 @@ def make_engine(url: str, *, foreign_keys: bool = True, pooled: bool = True) -> 
             options.pop(key, None)
         options["poolclass"] = NullPool
     return configure_engine(sa.create_engine(url, **options), foreign_keys=foreign_keys)
+
+
+# MySQL/MariaDB error numbers that mean "not now, try again": lock wait
+# timeout, deadlock, too many connections, server shutting down or gone.
+_MYSQL_BUSY = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013}
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for a database error that a retry a moment later may not get: a
+    lock wait that ran out, a deadlock, a full pool, a server that is away."""
+    if isinstance(exc, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _MYSQL_BUSY
+    message = str(orig).lower()
+    return any(fragment in message for fragment in _SQLITE_BUSY)
 
 
 def readonly_connection(engine: Engine):

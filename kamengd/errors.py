@@ -7,7 +7,10 @@ plain page elsewhere.
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
+
+from .database import is_busy
 
 
 class KamengdError(Exception):
@@ -48,6 +51,14 @@ class RateLimited(KamengdError):
     http_status = 429
 
 
+class Busy(KamengdError):
+    """The database could not take the request now (a lock wait ran out, the
+    server is away): nothing was changed, the client should try again."""
+    code = "busy"
+    http_status = 503
+    retry_after = 2
+
+
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "invalid_request",
                409: "out_of_stock", 413: "invalid_request", 415: "invalid_request",
                429: "rate_limited"}
@@ -70,16 +81,36 @@ def error_response(code: str, message: str, status: int):
     return message, status, {"Content-Type": "text/plain; charset=utf-8"}
 
 
+def _with_retry_after(response, seconds: int):
+    from flask import make_response
+
+    response = make_response(response)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KamengdError)
     def _domain(exc: KamengdError):
-        return error_response(exc.code, exc.message, exc.http_status)
+        response = error_response(exc.code, exc.message, exc.http_status)
+        retry_after = getattr(exc, "retry_after", None)
+        return _with_retry_after(response, retry_after) if retry_after else response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
         return error_response(code, exc.description or exc.name, status)
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database(exc: SQLAlchemyError):
+        if not is_busy(exc):
+            return _unexpected(exc)
+        app.logger.warning("database busy on %s %s: %s", request.method, request.path,
+                           getattr(exc, "orig", None) or exc.__class__.__name__)
+        response = error_response(Busy.code, "the shop is busy; nothing was changed, please try again",
+                                  Busy.http_status)
+        return _with_retry_after(response, Busy.retry_after)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

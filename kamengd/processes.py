@@ -18,7 +18,7 @@ import threading
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .database import UTCDateTime, utcnow
+from .database import UTCDateTime, is_busy, utcnow
 from .extensions import db
 
 log = logging.getLogger("kamengd.processes")
@@ -44,9 +44,9 @@ def _beat(app, process_id: str, role: str, started: dt.datetime) -> None:
             else:
                 row.heartbeat_at = utcnow()
             db.session.commit()
-        except Exception:   # a database that is briefly away must not stop the server
+        except Exception as exc:   # a database that is briefly away must not stop the server
             db.session.rollback()
-            log.warning("could not record this server's heartbeat", exc_info=True)
+            log.warning("could not record this server's heartbeat", exc_info=not is_busy(exc))
         finally:
             db.session.remove()
 

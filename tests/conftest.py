@@ -230,24 +230,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def start_server():
-    """start_server(config, *extra_args) -> base URL of a real `kamengd serve` process."""
-    import time
-    import urllib.error
-    import urllib.request
+def _kamengd_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
+    env["KAMENGD_RATELIMIT_ENABLED"] = "0"
+    env.update(extra or {})
+    return env
 
-    procs = []
 
-    def start(config: Path, *extra: str) -> str:
+class Servers:
+    """Real `kamengd serve` and `kamengd scheduler` processes, stopped at the test's end."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.by_base: dict[str, subprocess.Popen] = {}
+        self._logs: dict[subprocess.Popen, object] = {}
+
+    def _popen(self, argv: list[str], env: dict | None) -> subprocess.Popen:
+        import tempfile
+
+        # A file, not a pipe: a chatty server must never block on a full pipe.
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(argv, env=_kamengd_env(env), stdout=subprocess.DEVNULL, stderr=log)
+        self.procs.append(proc)
+        self._logs[proc] = log
+        return proc
+
+    def log(self, proc: subprocess.Popen) -> str:
+        """What the process wrote to stderr so far."""
+        fh = self._logs[proc]
+        fh.seek(0)
+        return fh.read().decode(errors="replace")
+
+    def __call__(self, config: Path, *extra: str, env: dict | None = None) -> str:
+        """A server on a free port; returns its base URL once /healthz answers."""
+        import time
+        import urllib.error
+        import urllib.request
+
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
-        env["KAMENGD_RATELIMIT_ENABLED"] = "0"
-        proc = subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(config), "serve",
-                                 "--bind", f"127.0.0.1:{port}", *extra], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append(proc)
+        proc = self._popen([sys.executable, "-m", "kamengd", "--config", str(config), "serve",
+                            "--bind", f"127.0.0.1:{port}", *extra], env)
         base = f"http://127.0.0.1:{port}"
+        self.by_base[base] = proc
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -257,19 +281,41 @@ def start_server():
             except (urllib.error.URLError, ConnectionError):
                 pass
             if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stderr.read().decode()}")
+                raise AssertionError(f"server exited: {self.log(proc)}")
             if time.monotonic() > deadline:
                 raise AssertionError("server did not come up in 30 s")
             time.sleep(0.2)
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    def scheduler(self, config: Path, env: dict | None = None) -> subprocess.Popen:
+        return self._popen([sys.executable, "-m", "kamengd", "--config", str(config), "scheduler"], env)
+
+    def stop_all(self) -> dict[subprocess.Popen, str]:
+        """Stop every process; returns what each wrote to stderr."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        logs = {}
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            logs[proc] = self.log(proc)
+            self._logs.pop(proc).close()
+        self.procs = []
+        return logs
+
+
+@pytest.fixture
+def start_server():
+    """start_server(config, *extra_args, env=None) -> base URL of a real `kamengd serve` process.
+
+    start_server.scheduler(config) starts a `kamengd scheduler`; start_server.stop_all()
+    stops them all and returns their stderr."""
+    servers = Servers()
+    yield servers
+    servers.stop_all()
 
 
 def run_concurrently(*targets) -> None:

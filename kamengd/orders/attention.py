@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..catalog.models import Product
-from ..database import utcnow
+from ..database import is_busy, utcnow
 from ..notifications.events import emit, order_payload
 from ..settings.services import get_setting
 from .models import Order
@@ -67,10 +67,11 @@ def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -
                 order.next_delivery_at = now + dt.timedelta(seconds=delay)
             counts["waiting"] += len(still)
             session.commit()
-        except Exception:
+        except Exception as exc:
             session.rollback()
             counts["errors"] += 1
-            log.exception("delivering the waiting orders of product %s failed; retried next run", product_id)
+            log.warning("delivering the waiting orders of product %s failed; retried next run", product_id,
+                        exc_info=not is_busy(exc))
     return counts
 
 

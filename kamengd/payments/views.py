@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, session
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..app import get_vault
+from ..database import is_busy
 from ..errors import NotFound
 from ..extensions import db
 from ..orders.services import find_order_for_buyer
@@ -26,8 +27,10 @@ def notify(code: str):
                 db.session.commit()
                 return "success", 200, TEXT
             break
-        except OperationalError as exc:  # deadlock or lock wait timeout: try once more
+        except SQLAlchemyError as exc:  # deadlock or lock wait timeout: try once more
             db.session.rollback()
+            if not is_busy(exc):
+                raise
             current_app.logger.warning("payment callback on %s, attempt %d: %s", code, attempt,
                                        getattr(exc, "orig", exc))
             outcome = None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from ..database import utcnow
+from ..database import is_busy, utcnow
 from ..extensions import db
 from .lease import heartbeat, new_owner_id, release
 from .models import JobRun
@@ -46,9 +46,13 @@ class Scheduler:
                 now = self.clock()
                 leader = heartbeat(db.session, self.owner, now, self.lease_seconds)
                 db.session.commit()
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.exception("scheduler heartbeat failed; not running jobs this tick")
+                if is_busy(exc):   # the database is away or locked: no traceback for that
+                    log.warning("scheduler heartbeat: database busy (%s); not running jobs this tick",
+                                getattr(exc, "orig", None) or exc.__class__.__name__)
+                else:
+                    log.exception("scheduler heartbeat failed; not running jobs this tick")
                 leader = False
             finally:
                 db.session.remove()
@@ -76,14 +80,18 @@ class Scheduler:
         except Exception as exc:
             db.session.rollback()
             outcome, error = "error", f"{exc.__class__.__name__}: {exc}"[:1000]
-            log.exception("job %s failed; it runs again at its next turn", name)
+            if is_busy(exc):
+                log.warning("job %s: database busy (%s); it runs again at its next turn", name,
+                            getattr(exc, "orig", None) or exc.__class__.__name__)
+            else:
+                log.exception("job %s failed; it runs again at its next turn", name)
         try:
             db.session.add(JobRun(job=name, owner=self.owner, started_at=started, finished_at=self.clock(),
                                   outcome=outcome, counts=json.dumps(counts, default=str), error=error))
             db.session.commit()
-        except Exception:
+        except Exception as exc:
             db.session.rollback()
-            log.exception("could not record the run of job %s", name)
+            log.warning("could not record the run of job %s", name, exc_info=not is_busy(exc))
         finally:
             db.session.remove()
 

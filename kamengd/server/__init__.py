@@ -1,0 +1,1 @@
+"""Running the web app: the gunicorn layout and the processes it supervises."""

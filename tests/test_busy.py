@@ -1,0 +1,97 @@
+"""A lock wait that runs out is a 503 `busy` with Retry-After, never a 500, and changes nothing.
+
+A real server with a one-second lock timeout; the test itself holds the lock
+the server needs (SQLite's write lock; on MariaDB the order's row).
+"""
+import json
+import sqlite3
+import time
+from urllib.parse import urlencode
+
+import pytest
+import sqlalchemy as sa
+
+from test_concurrency import BUSY_SCHEDULER, callback_params, http, setup_shop
+
+# The scheduler ticks every second, so it meets the held lock too.
+FAST_TIMEOUT = {"KAMENGD_DATABASE_LOCK_TIMEOUT_SECONDS": "1", **BUSY_SCHEDULER}
+
+
+def http_headers(method, url, body=None):
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode(), resp.headers
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(), err.headers
+
+
+def order(base, pid, i=0):
+    return http_headers("POST", f"{base}/api/v1/orders",
+                        {"product_id": pid, "quantity": 1, "email": f"busy{i}@example.com", "channel": "epay"})
+
+
+@pytest.mark.slow
+def test_sqlite_write_lock_held(tmp_path, databases, start_server):
+    config, pid, _ = setup_shop("sqlite", databases, tmp_path)
+    base = start_server(config, env=FAST_TIMEOUT)
+    status, body, _ = order(base, pid)
+    assert status == 201
+    pending = json.loads(body)
+
+    holder = sqlite3.connect(tmp_path / "data" / "kamengd.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        status, body, headers = order(base, pid, 1)
+        assert status == 503, body
+        assert json.loads(body)["error"]["code"] == "busy"
+        assert headers["Retry-After"] and int(headers["Retry-After"]) >= 1
+        assert time.monotonic() - started < 10
+        # A callback that cannot be recorded asks the gateway to come again.
+        answer = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(pending['order_no']))}")
+        assert answer == (200, "fail")
+        time.sleep(1.5)   # the scheduler's tick waits out the lock too
+    finally:
+        holder.rollback()
+        holder.close()
+
+    with sqlite3.connect(tmp_path / "data" / "kamengd.db") as conn:   # the busy order left nothing
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM card_keys WHERE status != 'available'").fetchone()[0] == 1
+    assert http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(pending['order_no']))}") \
+        == (200, "success")
+    status, body, _ = order(base, pid, 2)
+    assert status == 201
+    logs = start_server.stop_all()
+    assert not any("Traceback" in log for log in logs.values()), list(logs.values())
+
+
+@pytest.mark.slow
+def test_mysql_order_row_locked(mysql_backend, tmp_path, databases, start_server):
+    config, pid, _ = setup_shop(mysql_backend, databases, tmp_path)
+    base = start_server(config, env=FAST_TIMEOUT)
+    status, body, _ = order(base, pid)
+    assert status == 201
+    pending = json.loads(body)
+    from kamengd.config import load_config
+
+    engine = sa.create_engine(load_config(config, env={}).database_url)
+    with engine.connect() as conn:
+        trans = conn.begin()
+        conn.execute(sa.text("SELECT id FROM orders WHERE order_no = :n FOR UPDATE"), {"n": pending["order_no"]})
+        answer = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(pending['order_no']))}")
+        assert answer == (200, "fail")
+        trans.rollback()
+    engine.dispose()
+    view = json.loads(http("GET", f"{base}/api/v1/orders/{pending['order_no']}?token={pending['token']}")[1])
+    assert view["status"] == "pending"   # nothing changed
+    assert http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(pending['order_no']))}") \
+        == (200, "success")
+    logs = start_server.stop_all()
+    assert not any("Traceback" in log for log in logs.values()), list(logs.values())
