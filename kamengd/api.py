@@ -11,9 +11,8 @@ from .extensions import db, limiter
 from .inventory.models import CardKey
 from .money import format_cents
 from .orders.models import Order
-from .orders.services import create_order, find_order_for_buyer, order_keys
-from .payments.models import PaymentChannel
-from .payments.services import build_pay_url
+from .orders.checkout import place_order
+from .orders.services import find_order_for_buyer, order_keys
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_BODY = 64 * 1024
@@ -66,20 +65,13 @@ def new_order():
         body = None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    created = create_order(db.session, product_id=body.get("product_id"), quantity=body.get("quantity"),
-                           email=body.get("email"), channel_code=body.get("channel"),
-                           query_password=body.get("query_password"), coupon=body.get("coupon"),
-                           client_ip=request.remote_addr)
-    order = created.order
-    channel = db.session.get(PaymentChannel, order.channel_id)
-    product = db.session.get(Product, order.product_id)
-    url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
-                        product_name=product.name, token=created.token)
+    placed = place_order(db.session, get_vault(), product_id=body.get("product_id"),
+                         quantity=body.get("quantity"), email=body.get("email"), channel_code=body.get("channel"),
+                         query_password=body.get("query_password"), coupon=body.get("coupon"),
+                         client_ip=request.remote_addr, site_url=get_config().site.url)
+    response = jsonify(placed.as_api())
     db.session.commit()
-    return jsonify({"order_no": order.order_no, "token": created.token, "status": order.status,
-                    "amount": format_cents(order.amount_cents), "currency": order.currency,
-                    "pay_url": url, "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z",
-                    "quantity": order.quantity, "product_id": order.product_id}), 201
+    return response, 201
 
 
 def order_view(order: Order) -> dict:

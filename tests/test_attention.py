@@ -14,7 +14,8 @@ from kamengd.notifications.models import Event
 from kamengd.orders.attention import DELIVERY_BACKOFF_SECONDS, flag_stuck_orders, retry_waiting_deliveries
 from kamengd.orders.models import Order
 from kamengd.orders.services import create_order, deliver_manually, expire_orders
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from kamengd.settings.services import set_setting
 from test_orders import KEY, callback
 

@@ -31,7 +31,8 @@ def populate(cfg, n_keys=300):
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
     from kamengd.orders.services import create_order
-    from kamengd.payments.services import add_channel, handle_epay_notify
+    from kamengd.payments.callbacks import handle_epay_notify
+    from kamengd.payments.services import add_channel
     from test_orders import KEY, callback
 
     app = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))

@@ -427,7 +427,8 @@ def test_order_deliver_command(backend, shop, tmp_path):
     from kamengd.config import load_config
     from kamengd.extensions import db
     from kamengd.orders.services import create_order
-    from kamengd.payments.services import add_channel, handle_epay_notify
+    from kamengd.payments.callbacks import handle_epay_notify
+    from kamengd.payments.services import add_channel
     from test_orders import callback
 
     pid = make_product(shop, "--delivery", "manual")["id"]

@@ -13,7 +13,8 @@ from conftest import free_port
 from kamengd.notifications.email import MAX_ATTEMPTS, send_due_emails
 from kamengd.notifications.models import EmailOutbox
 from kamengd.orders.services import create_order
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from test_orders import KEY, callback
 
 

@@ -21,7 +21,8 @@ from kamengd.notifications.email import BACKOFF_SECONDS, MAX_ATTEMPTS
 from kamengd.notifications.events import emit
 from kamengd.notifications.models import Event, Notification, NotificationAttempt
 from kamengd.orders.services import create_order
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from test_config import MINIMAL
 from test_email import smtp_server, with_smtp  # noqa: F401 (fixture)
 from test_orders import KEY, callback

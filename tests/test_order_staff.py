@@ -14,7 +14,8 @@ from kamengd.orders import staff
 from kamengd.orders.models import Order
 from kamengd.orders.services import create_order, expire_orders, order_keys
 from kamengd.payments.models import Payment
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from test_orders import KEY, callback, key_statuses
 
 ACTOR = "staff:tester"

@@ -13,7 +13,8 @@ from kamengd.inventory.services import import_keys
 from kamengd.orders.services import (create_order, expire_orders, find_order_for_buyer, order_keys)
 from kamengd.payments import epay
 from kamengd.payments.models import Payment
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 
 KEY = "merchant-key-123"
 

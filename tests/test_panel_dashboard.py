@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from kamengd import reports
 from kamengd.orders.models import Order
 from kamengd.orders.services import create_order
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from kamengd.scheduler.lease import heartbeat, release
 from kamengd.scheduler.models import JobRun
 from panel_support import login, make_staff

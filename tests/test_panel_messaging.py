@@ -125,7 +125,8 @@ def test_delivery_mails_use_the_panel_server(backend, shop, clean, smtp_server):
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
     from kamengd.orders.services import create_order
-    from kamengd.payments.services import add_channel, handle_epay_notify
+    from kamengd.payments.callbacks import handle_epay_notify
+    from kamengd.payments.services import add_channel
     from test_orders import KEY, callback
 
     port, inbox = smtp_server

@@ -23,7 +23,8 @@ def make_shop(app):
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
     from kamengd.orders.services import create_order
-    from kamengd.payments.services import add_channel, handle_epay_notify
+    from kamengd.payments.callbacks import handle_epay_notify
+    from kamengd.payments.services import add_channel
 
     tag = secrets.token_hex(4)
     with app.app_context():

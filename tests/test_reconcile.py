@@ -11,7 +11,8 @@ from kamengd.inventory.models import CardKey
 from kamengd.orders.services import create_order, order_keys
 from kamengd.payments.models import Payment
 from kamengd.payments.reconcile import query_epay_order, reconcile_pending
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from test_orders import callback
 
 PID, KEY = "1001", "merchant-key-123"

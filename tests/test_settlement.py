@@ -14,7 +14,8 @@ from kamengd.notifications.models import Event
 from kamengd.orders.services import create_order, expire_orders
 from kamengd.payments.models import SettlementReport
 from kamengd.payments.reconcile import query_epay_order
-from kamengd.payments.services import add_channel, handle_epay_notify
+from kamengd.payments.callbacks import handle_epay_notify
+from kamengd.payments.services import add_channel
 from kamengd.payments.settlement import (JOB_GIVE_UP_AFTER, GatewayDown, day_bounds, day_to_settle, report_entries,
                                          run_settlement, settle_payments)
 from test_orders import callback

@@ -40,8 +40,14 @@ def claim_attempt(session: Session, model, row_id: int, attempts: int, now: dt.d
 
 
 def queue_delivery_email(session: Session, order: Order) -> None:
-    session.add(EmailOutbox(kind="order.delivered", order_id=order.id, to_address=order.email,
-                            next_attempt_at=utcnow()))
+    queue_delivery_email_for(session, order.id, order.email)
+
+
+def queue_delivery_email_for(session: Session, order_id: int, address: str, now=None) -> None:
+    now = now or utcnow()
+    session.execute(EmailOutbox.__table__.insert(), {
+        "kind": "order.delivered", "order_id": order_id, "to_address": address, "status": "pending",
+        "attempts": 0, "next_attempt_at": now, "created_at": now})
 
 
 def render_delivery_email(session: Session, vault: Vault, config: Config, mail: EmailOutbox) -> EmailMessage:

@@ -11,43 +11,26 @@ same rows; on SQLite the transaction holds the write lock from its start.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
-import re
-import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..accounts.passwords import hash_password, verify_password
+from ..accounts.passwords import verify_password
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
-from ..payments.models import PaymentChannel
-from ..settings.services import get_setting
 from ..vault import Vault
+from .checkout import new_order_no, place_order, reserve_keys, token_hash  # noqa: F401 (re-exported)
 from .models import Order
-
-EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
-MAX_QUERY_PASSWORD = 128
-
+from .validation import EMAIL_RE, MAX_QUERY_PASSWORD  # noqa: F401 (re-exported)
 
 def queue_delivery_email(session: Session, order: Order) -> None:
     from ..notifications.email import queue_delivery_email as queue
 
     queue(session, order)
-
-
-def new_order_no(now: dt.datetime) -> str:
-    """Date for humans, then 20 random digits (66 bits) from the CSPRNG."""
-    return f"{now:%Y%m%d}{secrets.randbelow(10**20):020d}"
-
-
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 @dataclass
@@ -56,73 +39,14 @@ class NewOrder:
     token: str
 
 
-def _validate(session: Session, product_id, quantity, email, channel_code, query_password, coupon):
-    if not isinstance(product_id, int) or isinstance(product_id, bool) or not 0 < product_id < 2**31:
-        raise InvalidRequest("product_id: a positive integer is required")
-    if not isinstance(quantity, int) or isinstance(quantity, bool):
-        raise InvalidRequest("quantity: an integer is required")
-    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email.strip()):
-        raise InvalidRequest("email: a valid e-mail address is required")
-    if not isinstance(channel_code, str) or not channel_code:
-        raise InvalidRequest("channel: a payment channel code is required")
-    if query_password is not None and (not isinstance(query_password, str)
-                                       or not 4 <= len(query_password) <= MAX_QUERY_PASSWORD):
-        raise InvalidRequest(f"query_password: 4 to {MAX_QUERY_PASSWORD} characters")
-    if coupon not in (None, ""):
-        raise InvalidRequest("coupon: unknown coupon")
-    product = session.get(Product, product_id)
-    if product is None or not product.is_active:
-        raise NotFound(f"product {product_id} not found")
-    if not product.min_quantity <= quantity <= product.max_quantity:
-        raise InvalidRequest(f"quantity: between {product.min_quantity} and {product.max_quantity}")
-    channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == channel_code))
-    if channel is None or not channel.is_enabled:
-        raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
-    return product, channel
-
-
-def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
-                 until: dt.datetime) -> int:
-    """Claim `quantity` available keys for the order, or raise OutOfStock and claim none."""
-    t = CardKey.__table__
-    pick = (sa.select(t.c.id).where(t.c.product_id == product_id, t.c.status == "available")
-            .order_by(t.c.id).limit(quantity))
-    if session.get_bind().dialect.name != "sqlite":
-        pick = pick.with_for_update(skip_locked=True)
-    ids = session.scalars(pick).all()
-    if len(ids) < quantity:
-        raise OutOfStock("not enough stock for this quantity")
-    claimed = session.execute(t.update().where(t.c.id.in_(ids), t.c.status == "available")
-                              .values(status="reserved", order_id=order_id, reserved_until=until))
-    if claimed.rowcount != quantity:  # cannot happen under the locks above; never sell on a doubt
-        raise OutOfStock("stock changed while reserving; try again")
-    return quantity
-
-
 def create_order(session: Session, *, product_id, quantity, email, channel_code,
                  query_password=None, coupon=None, client_ip: str | None = None,
                  now: dt.datetime | None = None) -> NewOrder:
-    product, channel = _validate(session, product_id, quantity, email, channel_code, query_password, coupon)
-    if product.delivery_mode == "auto" and session.scalar(
-            waiting_orders(product.id).with_only_columns(Order.id).limit(1)) is not None:
-        # Buyers who already paid come first: while one waits for this product,
-        # nobody new buys it (imports, expiries and the sweep job serve them).
-        raise OutOfStock("not enough stock for this quantity")
-    now = now or utcnow()
-    timeout = dt.timedelta(minutes=get_setting(session, "orders.timeout_minutes"))
-    token = secrets.token_urlsafe(24)
-    order = Order(order_no=new_order_no(now), product_id=product.id, channel_id=channel.id,
-                  quantity=quantity, unit_price_cents=product.price_cents,
-                  amount_cents=product.price_cents * quantity, currency=product.currency,
-                  email=email.strip(), status="pending", token_hash=token_hash(token),
-                  query_password_hash=hash_password(query_password) if query_password else None,
-                  client_ip=client_ip, created_at=now, updated_at=now, expires_at=now + timeout)
-    session.add(order)
-    session.flush()
-    if product.delivery_mode == "auto":
-        reserve_keys(session, product_id=product.id, quantity=quantity, order_id=order.id,
-                     until=order.expires_at)
-    return NewOrder(order, token)
+    """place_order for callers that want the Order row (and no pay URL)."""
+    placed = place_order(session, None, product_id=product_id, quantity=quantity, email=email,
+                         channel_code=channel_code, query_password=query_password, coupon=coupon,
+                         client_ip=client_ip, now=now)
+    return NewOrder(session.get(Order, placed.order_id), placed.token)
 
 
 def find_order_for_buyer(session: Session, order_no: str, *, token: str | None = None,

@@ -283,48 +283,6 @@ class PaymentOutcome:
     reason: str = ""
 
 
-def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[str, str],
-                       now=None) -> PaymentOutcome:
-    """A gateway callback: verify it, record the payment once, pay and deliver the order.
-
-    Nothing changes unless the signature, the pid, the channel and the order all
-    check out. A repeated callback for a recorded trade is answered "success"
-    again and changes nothing.
-    """
-    from decimal import Decimal, DecimalException
-
-    from ..money import parse_money
-    from ..orders.models import Order
-    from . import epay
-
-    channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
-    if channel is None or channel.type != "epay":
-        return PaymentOutcome(False, "unknown channel")
-    key = channel_secrets(vault, channel).get("key", "")
-    if not epay.verify(params, key):
-        return PaymentOutcome(False, "bad signature")
-    if not hmac.compare_digest(str(params.get("pid", "")).encode("utf-8", "replace"),
-                               channel_option(channel, "pid").encode()):
-        return PaymentOutcome(False, "foreign pid")
-    if params.get("trade_status") != "TRADE_SUCCESS":
-        return PaymentOutcome(False, f"trade_status {params.get('trade_status')!r} is not a payment")
-    trade_no, order_no = str(params.get("trade_no", "")), str(params.get("out_trade_no", ""))
-    if not trade_no or len(trade_no) > 64:
-        return PaymentOutcome(False, "bad trade_no")
-    try:
-        money = Decimal(str(params.get("money", "")))
-        amount = parse_money(money, field="money") if money.is_finite() else None
-    except (DecimalException, KamengdError):
-        amount = None
-    if amount is None:
-        return PaymentOutcome(False, "bad money")
-    order = session.scalar(sa.select(Order).where(Order.order_no == order_no[:32]))
-    if order is None or order.channel_id != channel.id:
-        return PaymentOutcome(False, "unknown order for this channel")
-    raw = {k: v for k, v in params.items() if k not in ("sign",)}
-    return record_payment(session, channel, order, trade_no=trade_no, amount_cents=amount, raw=raw, now=now)
-
-
 def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no: str, amount_cents: int,
                    raw: dict, now=None) -> PaymentOutcome:
     """Record a verified payment once per (channel, trade_no); pay and deliver the order.

@@ -9,7 +9,7 @@ from ..database import is_busy
 from ..errors import NotFound
 from ..extensions import db
 from ..orders.services import find_order_for_buyer
-from .services import handle_epay_notify
+from .callbacks import handle_epay_notify
 
 bp = Blueprint("pay", __name__, url_prefix="/pay")
 

@@ -193,9 +193,19 @@ def _parse_list(key: str, spec: SettingSpec, raw) -> list[str]:
 
 
 def get_setting(session: Session, key: str):
-    spec = _spec(key)
-    stored = session.scalar(sa.select(Setting.value).where(Setting.key == key))
-    return _default(spec) if stored is None else json.loads(stored)
+    return decode_setting(key, session.scalar(sa.select(Setting.value).where(Setting.key == key)))
+
+
+def decode_setting(key: str, stored: str | None):
+    """A setting's value from its stored JSON (None: not set, the default)."""
+    return _default(_spec(key)) if stored is None else json.loads(stored)
+
+
+def setting_value_query(key: str):
+    """The stored JSON of one setting as a scalar subquery, for a statement that reads it
+    along with other rows (decode_setting turns it into the value)."""
+    _spec(key)
+    return sa.select(Setting.value).where(Setting.key == key).scalar_subquery()
 
 
 def all_settings(session: Session) -> dict:

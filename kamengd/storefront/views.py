@@ -13,7 +13,8 @@ from ..catalog.models import Category, Product
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
-from ..orders.services import MAX_QUERY_PASSWORD, create_order, find_order_for_buyer, orders_for_email
+from ..orders.checkout import place_order
+from ..orders.services import MAX_QUERY_PASSWORD, find_order_for_buyer, orders_for_email
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.services import get_setting
@@ -161,10 +162,10 @@ def buy(product_id: int):
     raw_quantity = form.get("quantity", "1").strip()
     quantity = int(raw_quantity) if raw_quantity.isascii() and raw_quantity.isdigit() and len(raw_quantity) < 10 else -1
     try:
-        created = create_order(db.session, product_id=product_id, quantity=quantity,
-                               email=form.get("email", "")[:1000], channel_code=form.get("channel", "")[:100],
-                               query_password=form.get("query_password") or None,
-                               client_ip=request.remote_addr)
+        placed = place_order(db.session, get_vault(), product_id=product_id, quantity=quantity,
+                             email=form.get("email", "")[:1000], channel_code=form.get("channel", "")[:100],
+                             query_password=form.get("query_password") or None,
+                             client_ip=request.remote_addr, site_url=get_config().site.url)
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):
@@ -172,14 +173,10 @@ def buy(product_id: int):
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
                 "channel": form.get("channel", "")[:32]}
         return _product_page(product_id, exc=exc, form=kept)
-    order = created.order
-    channel = db.session.get(PaymentChannel, order.channel_id)
-    p = db.session.get(Product, product_id)
-    url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url, product_name=p.name,
-                        token=created.token)
+    response = redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
     db.session.commit()
-    _remember(order.order_no, created.token)
-    return redirect(url, code=303)
+    _remember(placed.order_no, placed.token)
+    return response
 
 
 def _order_page(order, token: str):

@@ -1,0 +1,28 @@
+"""What a buyer's order must look like before anything is read or written."""
+from __future__ import annotations
+
+import re
+
+from ..errors import InvalidRequest
+
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+MAX_QUERY_PASSWORD = 128
+
+
+def check_order_input(product_id, quantity, email, channel_code, query_password, coupon) -> str:
+    """Raise InvalidRequest for a malformed order; returns the e-mail address, stripped."""
+    if not isinstance(product_id, int) or isinstance(product_id, bool) or not 0 < product_id < 2**31:
+        raise InvalidRequest("product_id: a positive integer is required")
+    if not isinstance(quantity, int) or isinstance(quantity, bool):
+        raise InvalidRequest("quantity: an integer is required")
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email.strip()):
+        raise InvalidRequest("email: a valid e-mail address is required")
+    if not isinstance(channel_code, str) or not channel_code or len(channel_code) > 32:
+        raise InvalidRequest("channel: a payment channel code is required")
+    if query_password is not None and (not isinstance(query_password, str)
+                                       or not 4 <= len(query_password) <= MAX_QUERY_PASSWORD):
+        raise InvalidRequest(f"query_password: 4 to {MAX_QUERY_PASSWORD} characters")
+    if coupon not in (None, ""):
+        raise InvalidRequest("coupon: unknown coupon")
+    return email.strip()

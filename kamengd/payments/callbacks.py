@@ -1,0 +1,236 @@
+"""A payment callback, checked before it may write and recorded in one short transaction.
+
+Everything that can turn a callback away happens before the write
+transaction: the channel comes from a per-process cache (its merchant key
+decrypted once), then the signature, the pid, the trade status and the
+amount are checked. A forged callback never queues for the write lock.
+
+The common case — a pending order paid the right amount, its keys reserved —
+is then six statements on SQLite: lock and load the order with its channel's
+secret nonce, its product and any payment of this trade (one SELECT), sell
+the keys, insert the payment, mark the order delivered, insert both events,
+queue the mail. Any other case (a wrong amount, an order already paid, an
+expired order whose keys went back on sale, a manual product) goes through
+record_payment in kamengd.payments.services, which reconciliation uses too.
+
+The cached channel is checked against the row read in the transaction: if
+its secret changed since (a new key, a rotation), the cache entry is dropped
+and the callback is checked again with the new key.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import threading
+from dataclasses import dataclass
+from decimal import Decimal, DecimalException
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm.util import identity_key
+
+from ..catalog.models import Product
+from ..database import utcnow
+from ..errors import KamengdError
+from ..money import parse_money
+from ..notifications.email import queue_delivery_email_for
+from ..notifications.events import emit_many, payload_of
+from ..orders.models import Order
+from ..inventory.models import CardKey
+from ..vault import Vault
+from . import epay
+from .keycache import channel_secrets_cached
+from .models import Payment, PaymentChannel
+from .services import PaymentOutcome, record_payment
+
+_o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__table__, Payment.__table__,
+                        CardKey.__table__)
+_ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
+                  _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at)
+_EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam("cid"),
+                                              _pay.c.trade_no == sa.bindparam("trade_no"))
+             .scalar_subquery())
+_CONTEXT = (_c.c.id.label("current_channel_id"), _c.c.secret_nonce, _p.c.name.label("product_name"),
+            _p.c.delivery_mode, _EXISTING.label("existing_order_id"))
+# SQLite: the transaction holds the write lock, one SELECT reads it all.
+_LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
+                .join_from(_o, _p, _p.c.id == _o.c.product_id).outerjoin(_c, _c.c.code == sa.bindparam("code"))
+                .where(_o.c.order_no == sa.bindparam("order_no")))
+# MySQL: lock the order's row only (a FOR UPDATE over a join would lock the
+# channel's and the product's rows too, and queue every callback on them).
+_LOCK_MYSQL = sa.select(*_ORDER_COLUMNS).where(_o.c.order_no == sa.bindparam("order_no")).with_for_update()
+_CONTEXT_MYSQL = (sa.select(*_CONTEXT).select_from(_p).outerjoin(_c, _c.c.code == sa.bindparam("code"))
+                  .where(_p.c.id == sa.bindparam("pid")))
+_SELL = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status == "reserved")
+         .values(status="sold", sold_at=sa.bindparam("now"), reserved_until=None))
+_INSERT_PAYMENT = _pay.insert()
+_DELIVER = (_o.update().where(_o.c.id == sa.bindparam("oid"), _o.c.status == "pending")
+            .values(status="delivered", paid_at=sa.bindparam("now"), delivered_at=sa.bindparam("now"),
+                    updated_at=sa.bindparam("now"), flagged_at=None, flag_reason=None, next_delivery_at=None))
+
+
+@dataclass(frozen=True)
+class CachedChannel:
+    id: int
+    code: str
+    type: str
+    pid: str
+    key: str
+    nonce: bytes | None
+
+
+_channels: dict[str, CachedChannel] = {}
+_lock = threading.Lock()
+
+
+def _in_transaction(session) -> bool:
+    real = session() if isinstance(session, scoped_session) else session   # Flask-SQLAlchemy's db.session
+    return real.in_transaction()
+
+
+class _StaleChannel(Exception):
+    """The channel's secret changed after this process cached it."""
+
+
+def _channel(session: Session, vault: Vault, code: str) -> CachedChannel | None:
+    found = _channels.get(code)
+    if found is not None:
+        return found
+    query = sa.select(_c.c.id, _c.c.type, _c.c.options, _c.c.secret_nonce, _c.c.secret_ciphertext,
+                      _c.c.secret_key_version).where(_c.c.code == code)
+    if _in_transaction(session):   # a caller's transaction (a test, a job): read in it
+        row = session.execute(query).first()
+    else:
+        # A read that takes no write lock, ended before the callback may write.
+        row = session.connection(execution_options={"kamengd_readonly": True}).execute(query).first()
+        session.rollback()
+    if row is None:
+        return None
+    secrets = channel_secrets_cached(vault, row.id, code, row.secret_nonce, row.secret_ciphertext,
+                                     row.secret_key_version)
+    found = CachedChannel(row.id, code, row.type, str(json.loads(row.options).get("pid", "")),
+                          secrets.get("key", ""), bytes(row.secret_nonce) if row.secret_nonce else None)
+    with _lock:
+        if len(_channels) > 256:
+            _channels.clear()
+        _channels[code] = found
+    return found
+
+
+def forget_channel(code: str) -> None:
+    _channels.pop(code, None)
+
+
+def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[str, str],
+                       now: dt.datetime | None = None) -> PaymentOutcome:
+    """A gateway callback: verify it, record the payment once, pay and deliver the order.
+
+    Nothing changes unless the signature, the pid, the channel and the order all
+    check out. A repeated callback for a recorded trade is answered "success"
+    again and changes nothing.
+    """
+    own_transaction = not _in_transaction(session)
+    for _ in range(2):
+        channel = _channel(session, vault, code)
+        if channel is None or channel.type != "epay":
+            return PaymentOutcome(False, "unknown channel")
+        checked = _check(channel, params)
+        if isinstance(checked, PaymentOutcome):
+            return checked
+        order_no, trade_no, amount = checked
+        raw = {k: v for k, v in params.items() if k != "sign"}
+        try:
+            return settle(session, channel, order_no=order_no, trade_no=trade_no, amount_cents=amount, raw=raw,
+                          now=now)
+        except _StaleChannel:   # nothing was written: read the channel again, check again
+            if own_transaction:
+                session.rollback()
+            forget_channel(code)
+        except IntegrityError:   # the same trade, recorded meanwhile for another order
+            if not own_transaction:
+                raise
+            session.rollback()
+            return PaymentOutcome(False, "trade recorded concurrently")
+    return PaymentOutcome(False, "the channel's key keeps changing")
+
+
+def _check(channel: CachedChannel, params: dict[str, str]):
+    """(order_no, trade_no, amount in cents) of a genuine payment callback, else the refusal."""
+    if not epay.verify(params, channel.key):
+        return PaymentOutcome(False, "bad signature")
+    if not hmac.compare_digest(str(params.get("pid", "")).encode("utf-8", "replace"), channel.pid.encode()):
+        return PaymentOutcome(False, "foreign pid")
+    if params.get("trade_status") != "TRADE_SUCCESS":
+        return PaymentOutcome(False, f"trade_status {params.get('trade_status')!r} is not a payment")
+    trade_no, order_no = str(params.get("trade_no", "")), str(params.get("out_trade_no", ""))
+    if not trade_no or len(trade_no) > 64:
+        return PaymentOutcome(False, "bad trade_no")
+    try:
+        money = Decimal(str(params.get("money", "")))
+        amount = parse_money(money, field="money") if money.is_finite() else None
+    except (DecimalException, KamengdError):
+        amount = None
+    if amount is None:
+        return PaymentOutcome(False, "bad money")
+    return order_no[:32], trade_no, amount
+
+
+def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no: str, amount_cents: int,
+           raw: dict, now: dt.datetime | None = None) -> PaymentOutcome:
+    """Record a verified payment in the caller's transaction (see the module's docstring)."""
+    now = now or utcnow()
+    params = {"order_no": order_no, "cid": channel.id, "code": channel.code, "trade_no": trade_no}
+    if session.get_bind().dialect.name == "sqlite":
+        row = session.execute(_LOAD_SQLITE, params).first()
+        context = row
+    else:
+        row = session.execute(_LOCK_MYSQL, params).first()
+        context = row and session.execute(_CONTEXT_MYSQL, {**params, "pid": row.product_id}).first()
+    if row is None:
+        return PaymentOutcome(False, "unknown order for this channel")
+    nonce = bytes(context.secret_nonce) if context.secret_nonce is not None else None
+    if context.current_channel_id != channel.id or nonce != channel.nonce:
+        raise _StaleChannel()
+    if row.channel_id != channel.id:
+        return PaymentOutcome(False, "unknown order for this channel")
+    if context.existing_order_id is not None:
+        return PaymentOutcome(context.existing_order_id == row.id, "already recorded")
+    if row.status == "pending" and amount_cents == row.amount_cents and context.delivery_mode == "auto":
+        sold = session.execute(_SELL, {"oid": row.id, "now": now}).rowcount
+        if sold == row.quantity:
+            return _delivered(session, row, context.product_name, trade_no, amount_cents, raw, now)
+        if sold:
+            raise RuntimeError(f"order {row.order_no}: {sold} of {row.quantity} reserved keys")
+    # Anything else, the careful way (nothing was written above).
+    order = session.get(Order, row.id)
+    return record_payment(session, session.get(PaymentChannel, channel.id), order, trade_no=trade_no,
+                          amount_cents=amount_cents, raw=raw, now=now)
+
+
+def _delivered(session: Session, row, product_name: str, trade_no: str, amount_cents: int, raw: dict,
+               now: dt.datetime) -> PaymentOutcome:
+    session.execute(_INSERT_PAYMENT, {
+        "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
+        "status": "received", "created_at": now,
+        "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)})
+    if session.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:   # the row is locked: cannot be
+        raise RuntimeError(f"order {row.order_no} changed under its lock")
+    fields = dict(row._mapping)
+    paid = payload_of(_Fields({**fields, "status": "paid", "paid_at": now, "delivered_at": None}), product_name,
+                      trade_no=trade_no)
+    done = payload_of(_Fields({**fields, "status": "delivered", "paid_at": now, "delivered_at": now}),
+                      product_name)
+    emit_many(session, [("order.paid", paid), ("order.delivered", done)], now)
+    queue_delivery_email_for(session, row.id, row.email, now)
+    # A caller holding the Order (a job, a test) sees what the statements did.
+    real = session() if isinstance(session, scoped_session) else session
+    loaded = real.identity_map.get(identity_key(Order, row.id))
+    if loaded is not None:
+        real.expire(loaded)
+    return PaymentOutcome(True, "delivered")
+
+
+class _Fields(dict):
+    __getattr__ = dict.__getitem__
