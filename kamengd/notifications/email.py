@@ -45,7 +45,7 @@ def queue_delivery_email(session: Session, order: Order) -> None:
 
 def queue_delivery_email_for(session: Session, order_id: int, address: str, now=None) -> None:
     now = now or utcnow()
-    session.execute(EmailOutbox.__table__.insert(), {
+    session.connection().execute(EmailOutbox.__table__.insert(), {
         "kind": "order.delivered", "order_id": order_id, "to_address": address, "status": "pending",
         "attempts": 0, "next_attempt_at": now, "created_at": now})
 

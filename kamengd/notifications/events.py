@@ -36,7 +36,7 @@ def emit_many(session: Session, events: list[tuple[str, dict]], now: dt.datetime
             raise ValueError(f"unknown event type {event_type!r}")
         rows.append({"type": event_type, "created_at": now, "dispatched": False,
                      "payload": json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str)})
-    session.execute(Event.__table__.insert(), rows)
+    session.connection().execute(Event.__table__.insert(), rows)
 
 
 def order_payload(session: Session, order, **extra) -> dict:

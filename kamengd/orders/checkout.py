@@ -106,16 +106,17 @@ def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: 
     """Claim `quantity` available keys for the order, or raise OutOfStock and claim none
     (the caller's transaction, or savepoint, is rolled back)."""
     params = {"pid": product_id, "n": quantity, "oid": order_id, "until": until}
-    if session.get_bind().dialect.name == "sqlite":
-        claimed = session.execute(_RESERVE_SQLITE, params).rowcount
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        claimed = conn.execute(_RESERVE_SQLITE, params).rowcount
     else:
-        ids = session.scalars(_PICK_MYSQL, params).all()
+        ids = conn.execute(_PICK_MYSQL, params).scalars().all()
         if len(ids) < quantity:
             raise OutOfStock("not enough stock for this quantity")
-        claimed = session.execute(_CLAIM_MYSQL, {**params, "ids": ids}).rowcount
+        claimed = conn.execute(_CLAIM_MYSQL, {**params, "ids": ids}).rowcount
     if claimed != quantity:
         if claimed:   # SQLite claimed what there was: give it back (the caller rolls back the rest)
-            session.execute(_UNRESERVE, {"oid": order_id})
+            conn.execute(_UNRESERVE, {"oid": order_id})
         raise OutOfStock("not enough stock for this quantity")
     return quantity
 
@@ -130,7 +131,10 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     email = check_order_input(product_id, quantity, email, channel_code, query_password, coupon)
     password_hash = hash_password(query_password) if query_password else None   # before any lock
     for _ in range(3):
-        row = session.execute(_CHECK, {"product_id": product_id, "code": channel_code}).first()
+        # Core on the session's connection: the ORM's statement handling costs
+        # as much as SQLite itself here.
+        conn = session.connection()
+        row = conn.execute(_CHECK, {"product_id": product_id, "code": channel_code}).first()
         if row is None or not row.is_active:
             raise NotFound(f"product {product_id} not found")
         if not row.min_quantity <= quantity <= row.max_quantity:
@@ -151,7 +155,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     token = secrets.token_urlsafe(24)
     order_no = new_order_no(now)
     amount = row.price_cents * quantity
-    order_id = session.execute(_INSERT, {
+    order_id = conn.execute(_INSERT, {
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,

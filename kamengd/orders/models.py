@@ -46,6 +46,9 @@ class Order(db.Model):
         # Sweeps: pending orders past expiry, paid orders waiting for stock.
         sa.Index("ix_orders_status_expires_at", "status", "expires_at"),
         sa.Index("ix_orders_paid_at", "paid_at"),  # the daily settlement
+        # "Does a paid buyer wait for this product?" on every order, and the
+        # waiting queue oldest first: paid orders are few, so status leads.
+        sa.Index("ix_orders_status_product_paid_at", "status", "product_id", "paid_at"),
         sa.Index("ix_orders_flagged_at", "flagged_at"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),

@@ -182,12 +182,13 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     """Record a verified payment in the caller's transaction (see the module's docstring)."""
     now = now or utcnow()
     params = {"order_no": order_no, "cid": channel.id, "code": channel.code, "trade_no": trade_no}
-    if session.get_bind().dialect.name == "sqlite":
-        row = session.execute(_LOAD_SQLITE, params).first()
+    conn = session.connection()   # Core, not the ORM: see kamengd.orders.checkout
+    if conn.dialect.name == "sqlite":
+        row = conn.execute(_LOAD_SQLITE, params).first()
         context = row
     else:
-        row = session.execute(_LOCK_MYSQL, params).first()
-        context = row and session.execute(_CONTEXT_MYSQL, {**params, "pid": row.product_id}).first()
+        row = conn.execute(_LOCK_MYSQL, params).first()
+        context = row and conn.execute(_CONTEXT_MYSQL, {**params, "pid": row.product_id}).first()
     if row is None:
         return PaymentOutcome(False, "unknown order for this channel")
     nonce = bytes(context.secret_nonce) if context.secret_nonce is not None else None
@@ -198,7 +199,7 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     if context.existing_order_id is not None:
         return PaymentOutcome(context.existing_order_id == row.id, "already recorded")
     if row.status == "pending" and amount_cents == row.amount_cents and context.delivery_mode == "auto":
-        sold = session.execute(_SELL, {"oid": row.id, "now": now}).rowcount
+        sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
         if sold == row.quantity:
             return _delivered(session, row, context.product_name, trade_no, amount_cents, raw, now)
         if sold:
@@ -211,11 +212,12 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
 
 def _delivered(session: Session, row, product_name: str, trade_no: str, amount_cents: int, raw: dict,
                now: dt.datetime) -> PaymentOutcome:
-    session.execute(_INSERT_PAYMENT, {
+    conn = session.connection()
+    conn.execute(_INSERT_PAYMENT, {
         "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
         "status": "received", "created_at": now,
         "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)})
-    if session.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:   # the row is locked: cannot be
+    if conn.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:   # the row is locked: cannot be
         raise RuntimeError(f"order {row.order_no} changed under its lock")
     fields = dict(row._mapping)
     paid = payload_of(_Fields({**fields, "status": "paid", "paid_at": now, "delivered_at": None}), product_name,

@@ -130,10 +130,14 @@ def main() -> None:
     imp = sub.add_parser("import", help="time `kamengd keys import` of N random keys")
     imp.add_argument("-n", type=int, default=1_000_000)
     imp.add_argument("--database-url", help="default: SQLite in a temporary directory")
-    co = sub.add_parser("checkout", help="buyers through a real server: order, callback, keys")
-    co.add_argument("-n", type=int, default=500, help="buyers (and keys in stock)")
-    co.add_argument("--concurrency", type=int, default=20)
-    co.add_argument("--gunicorn", action="store_true", help="serve with gunicorn instead of waitress")
+    co = sub.add_parser("checkout", help="kamengd's purchase path beside a bare reserve endpoint, one run")
+    co.add_argument("-n", type=int, default=3000, help="operations per phase")
+    co.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    co.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
+    co.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
+    co.add_argument("--threads", type=int, default=8, help="threads per worker (both servers)")
+    co.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
+    co.add_argument("--show-errors", action="store_true", help="kamengd's stderr to the terminal")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
     pn = sub.add_parser("panel", help="the staff panel through a real server: 2FA sign-in, an upload of "
                                       "N keys, page times")
@@ -151,86 +155,10 @@ def main() -> None:
 
 
 def bench_checkout(args) -> None:
-    """Buyers through a real server: order, Epay callback, keys. Latency and throughput."""
-    import hashlib
-    import json as jsonlib
-    import socket
-    import statistics
-    import urllib.parse
-    import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_checkout import bench_checkout as run
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from kamengd.payments import epay
-
-    key = "bench-merchant-key"
-    with tempfile.TemporaryDirectory(prefix="kamengd-bench-") as tmp:
-        work = Path(tmp)
-        env = install(work, args.database_url)
-        pid = jsonlib.loads(kamengd("product", "create", "--name", "bench", "--price", "1.00", "--json",
-                                    env=env).stdout)["id"]
-        keys = "\n".join(f"BENCH-{secrets.token_hex(8)}" for _ in range(args.n)).encode()
-        subprocess.run([sys.executable, "-m", "kamengd", "keys", "import", "--product", str(pid), "-"],
-                       input=keys, env=env, check=True, capture_output=True)
-        kamengd("channel", "add", "--type", "epay", "--code", "epay", "--option", "gateway=http://127.0.0.1:9",
-                "--option", "pid=1", "--option", f"key={key}", env=env)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "kamengd", "serve", "--bind", f"127.0.0.1:{port}",
-                                   "--no-scheduler", *(["--server", "gunicorn"] if args.gunicorn else [])],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(150):
-                try:
-                    urllib.request.urlopen(base + "/healthz", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-
-            def call(method, url, body=None):
-                data = jsonlib.dumps(body).encode() if body else None
-                req = urllib.request.Request(url, data=data, method=method,
-                                             headers={"Content-Type": "application/json"} if data else {})
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    return resp.read().decode()
-
-            def buyer(i):
-                t0 = time.perf_counter()
-                order = jsonlib.loads(call("POST", base + "/api/v1/orders", {
-                    "product_id": pid, "quantity": 1, "email": f"b{i}@example.com", "channel": "epay"}))
-                t1 = time.perf_counter()
-                params = {"pid": "1", "trade_no": f"T{i}", "out_trade_no": order["order_no"], "type": "alipay",
-                          "name": "bench", "money": order["amount"], "trade_status": "TRADE_SUCCESS"}
-                params["sign"] = hashlib.md5((epay.signing_string(params) + key).encode()).hexdigest()
-                assert call("GET", f"{base}/pay/epay/notify?{urllib.parse.urlencode(params)}") == "success"
-                view = jsonlib.loads(call("GET", f"{base}/api/v1/orders/{order['order_no']}?token={order['token']}"))
-                t2 = time.perf_counter()
-                assert view["status"] == "delivered" and len(view["keys"]) == 1
-                return t1 - t0, t2 - t1
-
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                timings = list(pool.map(buyer, range(args.n)))
-            elapsed = time.perf_counter() - start
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
-    create = sorted(t[0] for t in timings)
-    deliver = sorted(t[1] for t in timings)
-
-    def pct(values, p):
-        return values[min(len(values) - 1, int(len(values) * p))] * 1000
-
-    db = "SQLite" if not args.database_url else args.database_url.split(":")[0]
-    print(f"machine: {machine()}")
-    print(f"database: {db}; server: {'gunicorn' if args.gunicorn else 'waitress'}; "
-          f"{args.n} buyers, {args.concurrency} at a time")
-    print(f"checkouts: {args.n / elapsed:,.0f}/s (order + callback + keys, {elapsed:.1f} s in all)")
-    print(f"order creation: p50 {pct(create, .5):.0f} ms, p95 {pct(create, .95):.0f} ms")
-    print(f"callback to keys in hand: p50 {pct(deliver, .5):.0f} ms, p95 {pct(deliver, .95):.0f} ms, "
-          f"max {deliver[-1] * 1000:.0f} ms (mean {statistics.mean(deliver) * 1000:.0f} ms)")
+    run(args, kamengd=kamengd, install=install, machine=machine)
 
 
 def _free_port() -> int:
