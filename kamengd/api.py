@@ -12,6 +12,7 @@ from .inventory.models import CardKey
 from .money import format_cents
 from .orders.models import Order
 from .orders.checkout import place_order
+from .orders.lookup import buyer_order_view
 from .orders.services import find_order_for_buyer, order_keys
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -88,6 +89,5 @@ def order_view(order: Order) -> dict:
 @limiter.limit(_lookups_limit)
 def get_order(order_no: str):
     read_only()
-    order = find_order_for_buyer(db.session, order_no, token=request.args.get("token"),
-                                 query_password=request.args.get("query_password"))
-    return jsonify(order_view(order))
+    return jsonify(buyer_order_view(db.session, get_vault(), order_no, token=request.args.get("token"),
+                                    query_password=request.args.get("query_password")))

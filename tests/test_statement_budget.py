@@ -23,8 +23,8 @@ ORDER_BUDGET = {"sqlite": 4, "mysql": 4}
 # SQLite: BEGIN IMMEDIATE, SELECT (order, channel nonce, product, payment of the trade), sell the
 # keys, INSERT payment, UPDATE order, INSERT events, INSERT mail. MySQL: the SELECT is two.
 CALLBACK_BUDGET = {"sqlite": 7, "mysql": 7}
-# BEGIN (a snapshot, no write lock), SELECT the order, SELECT its keys.
-LOOKUP_BUDGET = {"sqlite": 3, "mysql": 2}
+# BEGIN (a snapshot, no write lock), SELECT the order with its keys.
+LOOKUP_BUDGET = {"sqlite": 2, "mysql": 1}
 
 
 @pytest.fixture
