@@ -14,6 +14,7 @@ iter_plaintext_keys.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterable
@@ -29,9 +30,11 @@ from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import get_product
 from ..errors import InvalidRequest, KamengdError
-from ..vault import NONCE_BYTES, Vault
+from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
 from .importer import ImportFileError, check_key, iter_lines
 from .models import CardKey, KeyImport
+from .sealer import Sealers, parallel_readers
+from .sealing import HEAD, SealedBatch, seal_lines
 
 EXPORT_STATUSES = ("available", "sold", "all")
 CHUNK_LINES = 50_000          # lines per committed part of a web import
@@ -58,49 +61,96 @@ class ImportResult:
 
 
 _COLUMNS = ("product_id", "import_id", "status", "ciphertext", "nonce", "key_version", "fingerprint")
+# Files this big (bytes left to read) are read and sealed by a child process
+# while this one writes (kamengd.inventory.sealer): its start-up costs less
+# than the time it saves from about this size on.
+SEALER_MIN_BYTES = 4 << 20
+
+# SQLite: batches go into a temporary table first, each with one statement that
+# cuts the records apart in the database; at the end one INSERT … SELECT moves
+# them in fingerprint order. The unique (product, fingerprint) index is then
+# filled from left to right instead of at random, which is most of an import's
+# time. (So within one import keys are sold in fingerprint order, not the
+# file's; imports are still sold oldest first.)
+_STAGE = "kamengd_import_stage"
+_STAGE_CREATE = f"CREATE TEMP TABLE {_STAGE} (nonce BLOB NOT NULL, fingerprint BLOB NOT NULL, ciphertext BLOB NOT NULL)"
+_STAGE_DROP = f"DROP TABLE IF EXISTS temp.{_STAGE}"
+_STAGE_BATCH = (f"INSERT INTO temp.{_STAGE} (nonce, fingerprint, ciphertext) "
+                f"SELECT substr(:records, (j.value >> 32) + 1, {NONCE_BYTES}), "
+                f"substr(:records, (j.value >> 32) + {NONCE_BYTES + 1}, {FINGERPRINT_BYTES}), "
+                f"substr(:records, (j.value >> 32) + {HEAD + 1}, j.value & 4294967295) "
+                "FROM json_each(:offsets) AS j")
+# The sort before the move may use helper threads (SQLite's sorter): the
+# sealer processes are done by then, the cores are free.
+_SORT_THREADS = "PRAGMA threads={}"
+_STAGE_ROWS = f"INSERT INTO temp.{_STAGE} (nonce, fingerprint, ciphertext) VALUES (?, ?, ?)"
+_STAGE_MOVE = (f"INSERT INTO card_keys ({', '.join(_COLUMNS)}) "
+               f"SELECT :product_id, :import_id, 'available', ciphertext, nonce, :key_version, fingerprint "
+               f"FROM temp.{_STAGE} WHERE true ORDER BY fingerprint "
+               "ON CONFLICT (product_id, fingerprint) DO NOTHING")
+# MySQL/MariaDB: rows bound by the driver. Values are generated here
+# (fixed-size binaries, bounded ciphertext), so under strict mode the only
+# error IGNORE can swallow is the duplicate.
+_INSERT_MYSQL = f"INSERT IGNORE INTO card_keys ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
 
 
-def _insert_sql(dialect_name: str) -> str:
-    """One parameterised INSERT that skips rows whose (product, fingerprint) exists.
+def _known_under_older_versions(conn, product_id: int, batch: SealedBatch, versions: int) -> set[int]:
+    """Positions in the batch of keys already in stock under an older key version.
 
-    Written for the driver directly: at a million rows SQLAlchemy's per-row
-    parameter processing costs more than the insert itself.
+    During a key rotation rows carry fingerprints of another key version than
+    the one this import writes with: a key already in stock is found by those too.
     """
-    cols = ", ".join(_COLUMNS)
-    if dialect_name == "sqlite":
-        return (f"INSERT INTO card_keys ({cols}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-                "ON CONFLICT (product_id, fingerprint) DO NOTHING")
-    # Values are generated here (fixed-size binaries, bounded ciphertext), so
-    # under strict mode the only error IGNORE can swallow is the duplicate.
-    return f"INSERT IGNORE INTO card_keys ({cols}) VALUES ({', '.join(['%s'] * len(_COLUMNS))})"
-
-
-def _not_stored_under_older_versions(conn, vault: Vault, product_id: int, keys: list[str]) -> list[str]:
-    """During a key rotation rows carry fingerprints of another key version than
-    the one this import writes with: a key already in stock is found by those too."""
-    older = [v for v in vault.versions if v != vault.current_version]
-    if not older or not keys:
-        return keys
     t = CardKey.__table__
-    by_fp = {vault.fingerprint(product_id, k.encode("utf-8"), v): k for k in keys for v in older}
-    known = set()
-    fps = list(by_fp)
+    per_key = batch.older_fingerprints(versions)
+    where = {fp: i for i, fps in enumerate(per_key) for fp in fps}
+    known: set[int] = set()
+    fps = list(where)
     for start in range(0, len(fps), 2000):
-        known.update(by_fp[bytes(fp)] for fp in conn.execute(sa.select(t.c.fingerprint).where(
+        known.update(where[bytes(fp)] for fp in conn.execute(sa.select(t.c.fingerprint).where(
             t.c.product_id == product_id, t.c.fingerprint.in_(fps[start:start + 2000]))).scalars())
-    return [k for k in keys if k not in known]
+    return known
 
 
-def _encrypt_batch(vault: Vault, product_id: int, import_id: int, keys: list[str]) -> list[tuple]:
-    fingerprint, encrypt = vault.fingerprint, vault.encrypt_card_key
-    nonces = os.urandom(NONCE_BYTES * len(keys))
-    rows = []
-    for i, key in enumerate(keys):
-        plaintext = key.encode("utf-8")
-        fp = fingerprint(product_id, plaintext)
-        nonce, ct, version = encrypt(product_id, plaintext, fp, nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES])
-        rows.append((product_id, import_id, "available", ct, nonce, version, fp))
-    return rows
+class _SqliteWriter:
+    def __init__(self, conn, product_id: int, import_id: int, key_version: int):
+        self._conn, self._params = conn, {"product_id": product_id, "import_id": import_id,
+                                          "key_version": key_version}
+        conn.exec_driver_sql(_STAGE_DROP)
+        conn.exec_driver_sql(_STAGE_CREATE)
+
+    def add(self, batch: SealedBatch, skip: set[int]) -> None:
+        if not skip:
+            self._conn.exec_driver_sql(_STAGE_BATCH, {"records": batch.records, "offsets": batch.offsets})
+        else:
+            rows = [row for i, row in enumerate(batch.rows()) if i not in skip]
+            if rows:
+                self._conn.exec_driver_sql(_STAGE_ROWS, rows)
+
+    def finish(self) -> int:
+        self._conn.exec_driver_sql(_SORT_THREADS.format(min(4, os.cpu_count() or 1)))
+        try:
+            imported = self._conn.exec_driver_sql(_STAGE_MOVE, self._params).rowcount
+        finally:
+            self._conn.exec_driver_sql(_SORT_THREADS.format(0))
+        self._conn.exec_driver_sql(_STAGE_DROP)
+        return imported
+
+
+class _MysqlWriter:
+    def __init__(self, conn, product_id: int, import_id: int, key_version: int):
+        self._conn, self._fixed, self._imported = conn, (product_id, import_id, "available"), 0
+        self._version = key_version
+
+    def add(self, batch: SealedBatch, skip: set[int]) -> None:
+        product_id, import_id, status = self._fixed
+        rows = [(product_id, import_id, status, ct, nonce, self._version, fp)
+                for i, (nonce, fp, ct) in enumerate(batch.rows()) if i not in skip]
+        if rows:
+            # The statement skips duplicates; its row count is what went in.
+            self._imported += self._conn.exec_driver_sql(_INSERT_MYSQL, rows).rowcount
+
+    def finish(self) -> int:
+        return self._imported
 
 
 def _begin_import(session: Session, product_id: int):
@@ -119,49 +169,58 @@ def _begin_import(session: Session, product_id: int):
     return conn
 
 
+def _remaining_bytes(fh: BinaryIO) -> int | None:
+    """Bytes from here to the end of a real file; None for anything else."""
+    try:
+        return os.fstat(fh.fileno()).st_size - fh.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO, actor: str,
                 encoding: str | None = None, max_key_length: int = 512, batch_size: int = 5000,
-                source_ip: str | None = None) -> ImportResult:
-    """Import one key per line from a seekable binary file. Flushes; the caller commits."""
+                source_ip: str | None = None, sealer_min_bytes: int = SEALER_MIN_BYTES) -> ImportResult:
+    """Import one key per line from a seekable binary file. Flushes; the caller commits.
+
+    A big file is read and sealed by child processes (kamengd.inventory.sealer),
+    one per core, while this one writes; a smaller one here.
+    """
+    remaining = _remaining_bytes(fh)
+    readers = parallel_readers()
+    if remaining is not None and remaining >= sealer_min_bytes and vault.source is not None and readers > 1:
+        vault.refresh()
+        # Started before the transaction: their start-up overlaps ours.
+        with Sealers(vault, fh, count=readers, product_id=product_id, encoding=encoding,
+                     max_key_length=max_key_length, batch_size=batch_size) as sealers:
+            conn = _begin_import(session, product_id)
+            used = sealers.start()
+            return _write_keys(session, vault, conn, product_id=product_id, batches=sealers.batches(),
+                               encoding=used, actor=actor, source_ip=source_ip)
     conn = _begin_import(session, product_id)
+    vault.refresh()   # a rotation may have added a key version since the vault was loaded
     used, lines = iter_lines(fh, encoding)
-    return _write_keys(session, vault, conn, product_id=product_id, lines=lines, encoding=used, actor=actor,
-                       max_key_length=max_key_length, batch_size=batch_size, source_ip=source_ip)
+    batches = seal_lines(vault, product_id, lines, max_key_length=max_key_length, batch_size=batch_size)
+    return _write_keys(session, vault, conn, product_id=product_id, batches=batches, encoding=used, actor=actor,
+                       source_ip=source_ip)
 
 
-def _write_keys(session: Session, vault: Vault, conn, *, product_id: int, lines: Iterable[tuple[int, str]],
-                encoding: str, actor: str, max_key_length: int, batch_size: int, source_ip: str | None,
-                details: dict | None = None) -> ImportResult:
-    """One import run (a key_imports row, one keys.import entry) of these numbered lines."""
+def _write_keys(session: Session, vault: Vault, conn, *, product_id: int, batches: Iterable[SealedBatch],
+                encoding: str, actor: str, source_ip: str | None, details: dict | None = None) -> ImportResult:
+    """One import run (a key_imports row, one keys.import entry) of these sealed batches."""
     result = ImportResult(encoding=encoding)
     run = KeyImport(product_id=product_id, actor=actor, encoding=result.encoding)
     session.add(run)
     session.flush()
-    sql = _insert_sql(conn.dialect.name)
+    older = len([v for v in vault.versions if v != vault.current_version])
+    writer = (_SqliteWriter if conn.dialect.name == "sqlite" else _MysqlWriter)(
+        conn, product_id, run.id, vault.current_version)
     attempted = 0
-    batch: list[str] = []
-
-    def write_batch():
-        nonlocal attempted
-        attempted += len(batch)
-        vault.refresh()   # a rotation may have added a key version since the import began
-        fresh = _not_stored_under_older_versions(conn, vault, product_id, batch)
-        # The statement skips duplicates; its row count is what went in.
-        if fresh:
-            result.imported += conn.exec_driver_sql(sql, _encrypt_batch(vault, product_id, run.id, fresh)).rowcount
-        batch.clear()
-
-    for lineno, line in lines:
-        key = line.strip()
-        if not key:
-            result.blank += 1
-            continue
-        check_key(lineno, key, max_key_length)
-        batch.append(key)
-        if len(batch) >= batch_size:
-            write_batch()
-    if batch:
-        write_batch()
+    for batch in batches:
+        result.blank += batch.blank
+        attempted += batch.keys
+        if batch.keys:
+            writer.add(batch, _known_under_older_versions(conn, product_id, batch, older) if older else set())
+    result.imported = writer.finish()
     result.duplicates = attempted - result.imported
     run.imported, run.duplicates, run.blank = result.imported, result.duplicates, result.blank
     if result.imported:
@@ -231,9 +290,11 @@ def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh
     for number in range(1, chunks + 1):
         try:
             conn = _begin_import(session, product_id)
-            part = _write_keys(session, vault, conn, product_id=product_id, lines=islice(lines, chunk_lines),
-                               encoding=check.encoding, actor=actor, max_key_length=max_key_length,
-                               batch_size=batch_size, source_ip=source_ip,
+            vault.refresh()
+            batches = seal_lines(vault, product_id, islice(lines, chunk_lines), max_key_length=max_key_length,
+                                 batch_size=batch_size)
+            part = _write_keys(session, vault, conn, product_id=product_id, batches=batches,
+                               encoding=check.encoding, actor=actor, source_ip=source_ip,
                                details={"chunk": number, "chunks": chunks})
             session.commit()
         except Exception as exc:

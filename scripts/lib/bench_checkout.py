@@ -113,6 +113,13 @@ def _wait_up(port: int, path: str, proc: subprocess.Popen) -> None:
     sys.exit("the server did not come up")
 
 
+def _show_cpu(pid):
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        stat = Path(f"/proc/{child}/stat").read_text().split()
+        print(f"  child {child}: cpu {(int(stat[13]) + int(stat[14])) / os.sysconf('SC_CLK_TCK'):.1f} s",
+              file=sys.stderr)
+
+
 # --- the client ---------------------------------------------------------------
 
 def _client_process(base_port, plan, start_at, count, threads, results, barrier):
@@ -281,12 +288,15 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         port = _free_port()
         bare_env = {**env, "BARE_DATABASE": database_url, "BARE_PRODUCT": str(bare_product)}
         bare = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(work), "-b", f"127.0.0.1:{port}",
-                                 "-w", str(args.workers), "--threads", str(args.threads), "-k", "gthread",
+                                 "-w", str(args.workers), "--threads", str(args.threads),
+                                 "-k", "gthread" if args.threads > 1 else "sync",
                                  *gunicorn_log, "bare_app:app"], env=bare_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_up(port, "/nothing", bare)
             bare_result = drive(port, _bare_plan, args.n, args.clients, args.processes)
+            if os.environ.get("BENCH_SHOW_CPU"):
+                _show_cpu(bare.pid)
         finally:
             bare.terminate()
             bare.wait(timeout=30)
@@ -300,6 +310,8 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         try:
             _wait_up(port, "/healthz", server)
             orders = drive(port, _kamengd_order_plan(shop_product), args.n, args.clients, args.processes)
+            if os.environ.get("BENCH_SHOW_CPU"):
+                _show_cpu(server.pid)
             purchases = drive(port, _kamengd_purchase_plan(shop_product), args.n, args.clients, args.processes)
             health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
         finally:
@@ -312,7 +324,8 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         purchase_rate = args.n / purchases["elapsed"]
         db = "SQLite" if database_url.startswith("sqlite") else "MariaDB/MySQL"
         print(f"machine: {machine()}")
-        print(f"database: {db}; server: gunicorn gthread, {args.workers} workers x {args.threads} threads, "
+        kind = "gthread" if args.threads > 1 else "sync"
+        print(f"database: {db}; server: gunicorn {kind}, {args.workers} workers x {args.threads} threads, "
               f"access log on; kamengd with its scheduler (leader: {health['scheduler']['leader']})")
         print(f"client: {args.clients} clients in {args.processes} processes, keep-alive; {args.n} operations a phase")
         print(f"bare reserve: {bare_rate:,.0f}/s; {steps_line(bare_result)}")
