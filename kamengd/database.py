@@ -104,6 +104,7 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True, lock_timeout:
             if options.get("kamengd_bulk"):
                 conn.exec_driver_sql(PRAGMA_FK[False])
                 conn.exec_driver_sql(PRAGMA_BULK_CACHE)
+                conn.connection.info["kamengd_bulk"] = True
             # Read-only work (health checks, listings) opts out of the write
             # lock: in WAL mode it then reads a snapshot while an import writes.
             if options.get("kamengd_readonly"):
@@ -117,8 +118,10 @@ def configure_engine(engine: Engine, *, foreign_keys: bool = True, lock_timeout:
                 raise
 
         @event.listens_for(engine, "checkin")
-        def _sqlite_checkin(dbapi_conn, _record):
-            if dbapi_conn is not None:  # undo a bulk transaction's settings
+        def _sqlite_checkin(dbapi_conn, record):
+            # Undo a bulk transaction's settings (only then: two statements on
+            # every request's check-in would be a tenth of a small request).
+            if dbapi_conn is not None and record.info.pop("kamengd_bulk", False):
                 dbapi_conn.execute(PRAGMA_FK[foreign_keys])
                 dbapi_conn.execute(PRAGMA_CACHE)
     else:

@@ -430,7 +430,7 @@ def test_export_with_reason_streams_the_keys_after_auditing(app, owner, product_
     slow = post(client, export, {"status": "available", "reason": "Moving stock to the new shop"},
                 page_url=export, buffered=False)
     first = next(iter(slow.response))
-    assert first.decode().splitlines()[0] == batch[0]
+    assert first.decode().splitlines()[0] in batch
     assert writer_is_free(engine, product_id)
     slow.close()
     # Nothing sold yet: a download of the sold keys is empty (and audited).
