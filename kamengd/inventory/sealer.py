@@ -27,8 +27,8 @@ from typing import BinaryIO
 
 from ..errors import KamengdError
 from ..vault import Vault, load_vault
-from .importer import ImportFileError, iter_lines
-from .sealing import SealedBatch, seal_lines
+from .importer import ImportFileError, iter_line_blocks
+from .sealing import SealedBatch, seal_blocks
 
 CHECK_PLAINTEXT = b"kamengd/sealer-check"
 
@@ -69,10 +69,10 @@ def main() -> None:
         vault.current_version = job["version"]   # the parent's: one import writes with one version
         with _own_reader(job["fd"]) as fh:
             fh.seek(job["start"])
-            encoding, lines = iter_lines(fh, job["encoding"])
+            encoding, blocks = iter_line_blocks(fh, job["encoding"])
             pickle.dump(("hello", encoding, vault.versions, check_fingerprint(vault, job["product_id"])),
                         out, protocol=pickle.HIGHEST_PROTOCOL)
-            for batch in seal_lines(vault, job["product_id"], lines, max_key_length=job["max_key_length"],
+            for batch in seal_blocks(vault, job["product_id"], blocks, max_key_length=job["max_key_length"],
                                     batch_size=job["batch_size"], share=tuple(job["share"])):
                 pickle.dump(("batch", batch), out, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.dump(("done",), out)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
-from .importer import check_key
+from .importer import check_key, has_control_characters
 
 HEAD = NONCE_BYTES + FINGERPRINT_BYTES
 # A batch also ends at this many characters of keys: its records stay far
@@ -50,11 +50,21 @@ class SealedBatch:
 
 def seal_lines(vault: Vault, product_id: int, lines: Iterable[tuple[int, str]], *, max_key_length: int,
                batch_size: int, share: tuple[int, int] = (0, 1)) -> Iterator[SealedBatch]:
+    """seal_blocks of numbered lines one at a time."""
+    return seal_blocks(vault, product_id, ((lineno, [line]) for lineno, line in lines),
+                       max_key_length=max_key_length, batch_size=batch_size, share=share)
+
+
+def seal_blocks(vault: Vault, product_id: int, blocks: Iterable[tuple[int, list[str]]], *, max_key_length: int,
+                batch_size: int, share: tuple[int, int] = (0, 1)) -> Iterator[SealedBatch]:
     """Check each line (ImportFileError names the first bad one) and seal its key.
 
+    Blocks come from kamengd.inventory.importer.iter_line_blocks: a block is
+    checked as a whole, and line by line only when something in it is wrong.
     share=(k, n): of the batches, seal only every n-th from the k-th on (the
     others are read and checked all the same, so every reader finds the same
-    first bad line): n processes then seal one file together.
+    first bad line): n processes then seal one file together. A batch's
+    blank lines are those of the blocks that ended while it was being filled.
     """
     older = [v for v in vault.versions if v != vault.current_version]
     mine, of = share
@@ -73,18 +83,22 @@ def seal_lines(vault: Vault, product_id: int, lines: Iterable[tuple[int, str]], 
         return SealedBatch(len(keys), blank, b"".join(parts), json.dumps(offsets, separators=(",", ":")),
                            b"".join(older_fps))
 
-    for lineno, line in lines:
-        key = line.strip()
-        if not key:
-            blank += 1
-            continue
-        check_key(lineno, key, max_key_length)
-        keys.append(key)
-        characters += len(key)
-        if len(keys) >= batch_size or characters >= BATCH_CHARACTERS:
-            if number % of == mine:
-                yield seal()
-            number += 1
-            keys, blank, characters = [], 0, 0
+    for first, block in blocks:
+        stripped = [line.strip() for line in block]
+        found = [key for key in stripped if key]
+        if found and (max(map(len, found)) > max_key_length or has_control_characters(" ".join(found))):
+            for lineno, key in enumerate(stripped, first):   # name the first bad line
+                check_key(lineno, key, max_key_length)
+        blank += len(stripped) - len(found)
+        while found:
+            room = min(batch_size - len(keys), 1024)   # and BATCH_CHARACTERS checked often
+            taken, found = found[:room], found[room:]
+            keys += taken
+            characters += sum(map(len, taken))
+            if len(keys) >= batch_size or characters >= BATCH_CHARACTERS:
+                if number % of == mine:
+                    yield seal()
+                number += 1
+                keys, blank, characters = [], 0, 0
     if (keys or blank) and number % of == mine:
         yield seal()

@@ -31,10 +31,10 @@ from ..catalog.models import Product
 from ..catalog.services import get_product
 from ..errors import InvalidRequest, KamengdError
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
-from .importer import ImportFileError, check_key, iter_lines
+from .importer import ImportFileError, check_key, iter_line_blocks, iter_lines
 from .models import CardKey, KeyImport
 from .sealer import Sealers, parallel_readers
-from .sealing import HEAD, SealedBatch, seal_lines
+from .sealing import HEAD, SealedBatch, seal_blocks, seal_lines
 
 EXPORT_STATUSES = ("available", "sold", "all")
 CHUNK_LINES = 50_000          # lines per committed part of a web import
@@ -127,7 +127,7 @@ class _SqliteWriter:
                 self._conn.exec_driver_sql(_STAGE_ROWS, rows)
 
     def finish(self) -> int:
-        self._conn.exec_driver_sql(_SORT_THREADS.format(min(4, os.cpu_count() or 1)))
+        self._conn.exec_driver_sql(_SORT_THREADS.format(4))
         try:
             imported = self._conn.exec_driver_sql(_STAGE_MOVE, self._params).rowcount
         finally:
@@ -198,8 +198,8 @@ def import_keys(session: Session, vault: Vault, *, product_id: int, fh: BinaryIO
                                encoding=used, actor=actor, source_ip=source_ip)
     conn = _begin_import(session, product_id)
     vault.refresh()   # a rotation may have added a key version since the vault was loaded
-    used, lines = iter_lines(fh, encoding)
-    batches = seal_lines(vault, product_id, lines, max_key_length=max_key_length, batch_size=batch_size)
+    used, blocks = iter_line_blocks(fh, encoding)
+    batches = seal_blocks(vault, product_id, blocks, max_key_length=max_key_length, batch_size=batch_size)
     return _write_keys(session, vault, conn, product_id=product_id, batches=batches, encoding=used, actor=actor,
                        source_ip=source_ip)
 
