@@ -35,7 +35,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .. import __version__
+from ..version import __version__
 from ..database import make_engine, utcnow
 from ..errors import KamengdError
 from ..snapshot import sqlite_path

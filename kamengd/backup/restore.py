@@ -47,7 +47,7 @@ def revision_order() -> list[str]:
 
 
 def check_revision(manifest: dict) -> None:
-    from .. import __version__
+    from ..version import __version__
 
     order = revision_order()
     if manifest["schema_revision"] not in order:

@@ -13,7 +13,7 @@ from functools import cached_property
 import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import __version__
+from ..version import __version__
 from ..config import Config, load_config
 from ..errors import KamengdError
 

@@ -33,7 +33,7 @@ from email.message import EmailMessage
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import __version__
+from ..version import __version__
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError
