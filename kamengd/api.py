@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
-from .app import get_config, get_vault
+from .context import get_config, get_vault
 from .catalog.models import Product
 from .errors import InvalidRequest
 from .extensions import db, limiter

@@ -95,7 +95,7 @@ def database_checks(app) -> list[Check]:
         checks.append(_key_check(db.session))
         checks.append(_scheduler_check(db.session, app.extensions["kamengd.config"].scheduler.lease_seconds))
         checks += _backup_checks(db.session, app.extensions["kamengd.config"])
-        from .app import get_vault
+        from .context import get_vault
         try:
             vault = get_vault()
         except KamengdError:
@@ -109,7 +109,7 @@ def database_checks(app) -> list[Check]:
 
 def _key_check(session) -> Check:
     """The key file must open the keys in this database: decrypt a sample."""
-    from .app import get_vault
+    from .context import get_vault
     from .inventory.models import CardKey
     from .vault import DecryptionError
 
@@ -157,7 +157,7 @@ def _backup_checks(session, config: Config) -> list[Check]:
         detail = f"last {age.total_seconds() / 3600:.0f} h ago: {last[0].get('path')}"
         checks.append(Check("backup", True, detail, warning=age.days >= 2))
     key = read(session, "key_backup.last")
-    from .app import get_vault
+    from .context import get_vault
     try:
         current = get_vault().current_version
     except KamengdError:

@@ -42,7 +42,7 @@ def check_low_stock(session: Session) -> dict:
 
 
 def send_notifications(session: Session) -> dict:
-    from .app import get_config, get_vault
+    from .context import get_config, get_vault
     from .notifications.dispatch import deliver_notifications
     from .settings.messaging import effective_config
 
@@ -52,7 +52,7 @@ def send_notifications(session: Session) -> dict:
 
 
 def send_emails(session: Session) -> dict:
-    from .app import get_config, get_vault
+    from .context import get_config, get_vault
     from .notifications.email import send_due_emails
     from .settings.messaging import effective_config
 
@@ -64,7 +64,7 @@ def send_emails(session: Session) -> dict:
 
 def reconcile_payments(session: Session) -> dict:
     """Missed callbacks (掉单): ask the gateway about unpaid orders."""
-    from .app import get_vault
+    from .context import get_vault
     from .payments.reconcile import reconcile_pending
 
     return reconcile_pending(session, get_vault())
@@ -72,7 +72,7 @@ def reconcile_payments(session: Session) -> dict:
 
 def settle_payments(session: Session) -> dict:
     """The daily settlement report (yesterday, from 02:00 local time), a chunk per run."""
-    from .app import get_config, get_vault
+    from .context import get_config, get_vault
     from .payments.settlement import settle_payments as settle
 
     return settle(session, get_vault(), get_config().site.timezone)
@@ -80,7 +80,7 @@ def settle_payments(session: Session) -> dict:
 
 def daily_backup(session: Session) -> dict:
     """A backup a day into backup.directory, keeping backup.keep of them."""
-    from .app import get_config
+    from .context import get_config
     from .backup.services import daily_backup as backup
 
     return backup(session, get_config())
@@ -88,7 +88,7 @@ def daily_backup(session: Session) -> dict:
 
 def retire_old_keys(session: Session) -> dict:
     """Old data-key versions leave the key file an hour after a rotation, once unused."""
-    from .app import get_config
+    from .context import get_config
     from .rotation import retire_old_keys as retire
 
     return retire(session, get_config().security.data_key_file)

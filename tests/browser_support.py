@@ -183,7 +183,7 @@ class LiveShop:
     # Data, set up the way staff would (through the services) ------------
     def run(self, fn):
         """fn(session, vault) inside the app, committed; returns what fn returns."""
-        from kamengd.app import get_vault
+        from kamengd.context import get_vault
         from kamengd.extensions import db
 
         with self.app.app_context():

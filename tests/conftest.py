@@ -148,7 +148,7 @@ def client(app):
 
 @pytest.fixture
 def vault(app):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
 
     with app.app_context():
         return get_vault()

@@ -26,7 +26,8 @@ def passphrase_file(tmp_path, text=PASSPHRASE):
 
 def populate(cfg, n_keys=300):
     """A small shop: a product with keys, a channel, a delivered order and a pending one."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
@@ -67,7 +68,8 @@ def counts(cfg):
 
 
 def delivered_keys(cfg, order_no):
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.orders.services import find_order_for_buyer, order_keys
 

@@ -80,7 +80,7 @@ def database_dump(application) -> str:
 
 
 def sending(application):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.settings.messaging import effective_config
 
@@ -120,7 +120,7 @@ def test_delivery_mails_use_the_panel_server(backend, shop, clean, smtp_server):
     import secrets
 
     from kamengd import jobs
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys

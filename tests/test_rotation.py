@@ -205,7 +205,8 @@ def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
 
     from kamengd.accounts import auth
     from kamengd.accounts.models import StaffUser
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.rotation import versions_in_use
     from panel_support import make_staff
@@ -232,7 +233,8 @@ def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
 def test_secret_settings_follow_the_rotation(backend, make_install):
     """The SMTP password and webhook secret set in the panel keep their key version in use,
     are re-encrypted by the rotation and read the same afterwards."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.rotation import versions_in_use
     from kamengd.settings.models import SettingSecret

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import verify
 from ..errors import KamengdError
 from ..extensions import db

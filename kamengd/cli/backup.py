@@ -64,7 +64,7 @@ def _end_progress(progress) -> None:
 @with_app
 def backup(output, passphrase_file, encrypt, as_json):
     """One consistent archive of the whole database, while the shop keeps selling. Never the data key."""
-    from ..app import get_config
+    from ..context import get_config
     from ..backup.archive import write_backup
     from ..backup.services import record_backup
 
@@ -92,7 +92,7 @@ def backup(output, passphrase_file, encrypt, as_json):
 @click.pass_obj
 def restore(obj, file, force, passphrase_file, as_json):
     """Restore a backup into the configured database (checked before anything changes)."""
-    from ..app import get_vault
+    from ..context import get_vault
     from ..backup.archive import BackupReader
     from ..backup.restore import restore_backup
 
@@ -135,7 +135,7 @@ def key():
 @with_app
 def key_backup_command(output, passphrase_file, as_json):
     """Write the data key sealed with a passphrase (scrypt + AES-256-GCM)."""
-    from ..app import get_config
+    from ..context import get_config
     from ..backup.services import key_backup
 
     passphrase = read_passphrase(passphrase_file, confirm=True)
@@ -180,7 +180,7 @@ def key_restore_command(obj, file, passphrase_file, as_json):
 @with_app
 def key_rotate_command(prepare, batch_size, as_json):
     """A new data key; re-encrypts every card key in batches while the shop keeps selling (resumable)."""
-    from ..app import get_config
+    from ..context import get_config
     from ..rotation import rotate
 
     path = get_config().security.data_key_file
@@ -206,7 +206,7 @@ def key_rotate_command(prepare, batch_size, as_json):
 @with_app
 def key_retire_command(as_json):
     """Move key versions no row uses any more out of the key file (into a file beside it)."""
-    from ..app import get_config
+    from ..context import get_config
     from ..rotation import retire_unused
 
     retired, aside = retire_unused(db.session, get_config().security.data_key_file)

@@ -5,7 +5,7 @@ import json
 import click
 import sqlalchemy as sa
 
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import cli_actor
 from ..errors import InvalidRequest
 from ..extensions import db

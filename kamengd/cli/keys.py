@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor
 from ..errors import KamengdError
 from ..extensions import db

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor
 from ..extensions import db
 from ..inventory.importer import check_key, iter_lines

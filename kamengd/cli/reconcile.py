@@ -5,7 +5,7 @@ import zoneinfo
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor, record
 from ..database import utcnow
 from ..extensions import db

@@ -36,7 +36,7 @@ def setting_set(key, value, as_json):
     spec = SETTINGS.get(key)
     if spec is not None and spec.group != "shop":
         # The mail server and notifications are checked as a whole, as in the panel.
-        from ..app import get_vault
+        from ..context import get_vault
         from ..settings.messaging import save_group
 
         save_group(db.session, get_vault(), spec.group, {key: value}, actor=cli_actor())
@@ -55,7 +55,7 @@ def setting_set(key, value, as_json):
 @with_app
 def setting_secret(key, path, clear, as_json):
     """Store a secret setting (encrypted with the data key) or remove it; never printed."""
-    from ..app import get_vault
+    from ..context import get_vault
     from ..errors import InvalidRequest
     from ..settings.messaging import SECRET_OF_GROUP, save_group
 

@@ -20,7 +20,7 @@ def _one_line(exc: Exception) -> str:
 @click.pass_obj
 def upgrade(obj, skip_backup, as_json):
     """Back the database up, then apply pending migrations; a failed migration is undone."""
-    from ..app import get_vault
+    from ..context import get_vault
     from ..backup.archive import BackupReader
     from ..backup.restore import restore_backup
     from ..backup.services import backup_to_dir, record_backup

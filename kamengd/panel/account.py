@@ -9,10 +9,11 @@ from flask_babel import gettext as _
 
 from ..accounts import auth
 from ..accounts.auth import LoginFailed, LoginLocked
-from ..app import get_vault, shop_name
+from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db, limiter
+from ..settings.services import shop_name
 from . import bp, session as panel_session
 from .permissions import PERMISSIONS, can
 from .session import actor, client_ip, current_staff, needs_enrolment, safe_next

@@ -12,7 +12,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..api import read_only
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db

@@ -7,7 +7,7 @@ from werkzeug.routing import BuildError
 
 from .. import reports
 from ..api import read_only
-from ..app import get_config
+from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
 from ..jobs import JOBS

@@ -8,7 +8,7 @@ from flask import abort, render_template, request
 
 from .. import reports
 from ..api import read_only
-from ..app import get_config
+from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
 from ..jobs import JOBS

@@ -7,7 +7,7 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..api import read_only
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..orders import staff as order_staff

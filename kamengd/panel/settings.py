@@ -9,14 +9,14 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..api import read_only
-from ..app import get_config, get_sending_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..notifications.email import check_mail_address, send_test_mail
 from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
-from ..settings.messaging import mail_server, save_group
+from ..settings.messaging import mail_server, save_group, sending_config
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
 from . import bp
 from .session import actor, client_ip
@@ -152,7 +152,7 @@ def settings_notifications():
 
 @bp.post("/settings/test-mail")
 def settings_test_mail():
-    config = get_sending_config()
+    config = sending_config()
     if not config.smtp.host:
         flash(_("No SMTP server is configured: set one below (or [smtp] host in the config file)."), "error")
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)

@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..api import read_only
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..catalog import services as catalog
 from ..database import utcnow
 from ..errors import KamengdError, error_response

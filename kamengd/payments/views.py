@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, request, session
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..app import get_vault
+from ..context import get_vault
 from ..database import is_busy
 from ..errors import NotFound
 from ..extensions import db

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..config import EVENT_TYPES, STAFF_EVENTS
+from ..context import get_config
 from ..errors import InvalidRequest
+from ..extensions import db
 from ..vault import Vault
 from .models import Setting, SettingSecret
 
@@ -254,6 +257,15 @@ def update_settings(session: Session, raw: dict, *, actor: str, source_ip: str |
 def site_name(session: Session, default: str) -> str:
     """The shop's name: the run-time setting, or `default` (the config file's) when it is empty."""
     return get_setting(session, "site.name") or default
+
+
+def shop_name() -> str:
+    """The name staff set in the panel, else the config file's (in an app context: pages, mail)."""
+    try:
+        return site_name(db.session, get_config().site.name)
+    except SQLAlchemyError:   # an error page (database down) still renders
+        db.session.rollback()
+        return get_config().site.name
 
 
 # --- secret settings ---------------------------------------------------------

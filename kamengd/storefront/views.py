@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from ..api import order_view, read_only, stock_by_product
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..catalog.models import Category, Product
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
