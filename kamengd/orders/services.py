@@ -23,9 +23,8 @@ from ..database import utcnow
 from ..errors import InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
 from ..vault import Vault
-from .checkout import new_order_no, place_order, reserve_keys, token_hash  # noqa: F401 (re-exported)
+from .checkout import place_order, reserve_keys, token_hash
 from .models import Order
-from .validation import EMAIL_RE, MAX_QUERY_PASSWORD  # noqa: F401 (re-exported)
 
 def queue_delivery_email(session: Session, order: Order) -> None:
     from ..notifications.email import queue_delivery_email as queue

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, KamengdError, NotFound
+from ..validation import has_control_characters
 from ..vault import Vault, VaultError
 from .models import Payment, PaymentChannel
 
@@ -45,7 +46,7 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
     if channel_type == "epay":
         gateway = urlsplit(options["gateway"])
         if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
-                any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in options["gateway"]):
+                any(c.isspace() for c in options["gateway"]) or has_control_characters(options["gateway"]):
             raise InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com")
 
 

@@ -14,7 +14,8 @@ from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
 from ..orders.checkout import place_order
-from ..orders.services import MAX_QUERY_PASSWORD, find_order_for_buyer, orders_for_email
+from ..orders.services import find_order_for_buyer, orders_for_email
+from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.services import get_setting
