@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .accounts.services import USERNAME_RE, validate_password
+from .accounts.passwords import validate_password
+from .accounts.services import USERNAME_RE
 from .config import build_config, normalize_database_url, render_config
 from .database import is_sqlite, make_engine
 from .errors import ConfigError, Conflict, InvalidRequest, KamengdError

@@ -23,8 +23,7 @@ from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..vault import Vault
 from .models import LoginThrottle, RecoveryCode, StaffSession, StaffUser
-from .passwords import hash_password, verify_password
-from .services import validate_password
+from .passwords import hash_password, validate_password, verify_password
 
 # Roles that hold the shop's money and staff: they cannot work without 2FA.
 ROLES_REQUIRING_2FA = ("owner", "admin")
