@@ -1,8 +1,9 @@
 """Mail to buyers: their keys, once delivered.
 
-A delivery writes an outbox row in its own transaction; `send_due_emails`
-sends after the commit and retries with backoff. A mail that cannot be sent
-never undoes a delivery: the keys are on the order page either way.
+A delivery writes an outbox row in its own transaction
+(kamengd.notifications.outbox); `send_due_emails` sends after the commit and
+retries with backoff. A mail that cannot be sent never undoes a delivery:
+the keys are on the order page either way.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from sqlalchemy.orm import Session
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError, InvalidRequest
+from ..money import format_cents
+from ..orders.attention import flag_order
 from ..orders.models import Order
+from ..orders.services import order_keys
+from ..settings.services import site_name
 from ..validation import is_email_address
 from ..vault import Vault
 from .models import EmailOutbox
@@ -40,24 +45,8 @@ def claim_attempt(session: Session, model, row_id: int, attempts: int, now: dt.d
     return bool(claimed)
 
 
-def queue_delivery_email(session: Session, order: Order) -> None:
-    queue_delivery_email_for(session, order.id, order.email)
-
-
-def queue_delivery_email_for(session: Session, order_id: int, address: str, now=None) -> None:
-    now = now or utcnow()
-    session.connection().execute(EmailOutbox.__table__.insert(), {
-        "kind": "order.delivered", "order_id": order_id, "to_address": address, "status": "pending",
-        "attempts": 0, "next_attempt_at": now, "created_at": now})
-
-
 def render_delivery_email(session: Session, vault: Vault, config: Config, mail: EmailOutbox) -> EmailMessage:
-    from ..money import format_cents
-    from ..orders.services import order_keys
-
     order = session.get(Order, mail.order_id)
-    from ..settings.services import site_name
-
     keys = order_keys(session, vault, order)
     site = site_name(session, config.site.name)
     msg = EmailMessage()
@@ -138,8 +127,6 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
             error = f"{exc.__class__.__name__}: {exc}"[:500]
             mail.last_error = error
             if attempts + 1 >= MAX_ATTEMPTS:
-                from ..orders.attention import flag_order
-
                 mail.status = "failed"
                 if mail.order_id is not None:  # the buyer may never see the keys: tell a person
                     flag_order(session, session.get(Order, mail.order_id),

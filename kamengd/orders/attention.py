@@ -22,6 +22,7 @@ from ..database import is_busy, utcnow
 from ..notifications.events import emit, order_payload
 from ..settings.services import get_setting
 from .models import Order
+from .services import deliver_waiting_orders
 
 log = logging.getLogger("kamengd.orders")
 DELIVERY_BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)
@@ -49,8 +50,6 @@ def _due(now: dt.datetime):
 def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
     """The sweep: deliver paid auto orders whose next try is due; back off the rest.
     Commits per product; one product's failure does not stop the others."""
-    from .services import deliver_waiting_orders
-
     now = now or utcnow()
     counts = {"delivered": 0, "waiting": 0, "errors": 0}
     products = session.scalars(sa.select(Order.product_id).join(Product, Product.id == Order.product_id)

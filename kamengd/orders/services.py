@@ -22,15 +22,11 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
+from ..notifications.events import emit, order_payload
+from ..notifications.outbox import queue_delivery_email
 from ..vault import Vault
 from .checkout import place_order, reserve_keys, token_hash
 from .models import Order
-
-def queue_delivery_email(session: Session, order: Order) -> None:
-    from ..notifications.email import queue_delivery_email as queue
-
-    queue(session, order)
-
 
 @dataclass
 class NewOrder:
@@ -88,8 +84,6 @@ RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
 
 
 def delivered(session: Session, order: Order, now: dt.datetime) -> None:
-    from ..notifications.events import emit, order_payload
-
     queue_delivery_email(session, order)
     emit(session, "order.delivered", order_payload(session, order), now)
 
