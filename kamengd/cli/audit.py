@@ -4,7 +4,7 @@ from ..context import get_vault
 from ..audit.services import verify
 from ..errors import KamengdError
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.group()

@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..audit.services import cli_actor, record
 from ..errors import KamengdError
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 passphrase_option = click.option("--passphrase-file", type=click.Path(dir_okay=False), metavar="F",
                                  help="File holding the passphrase (otherwise it is asked for).")

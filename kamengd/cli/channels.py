@@ -11,7 +11,7 @@ from ..errors import InvalidRequest
 from ..extensions import db
 from ..payments.models import PaymentChannel
 from ..payments.services import CHANNEL_TYPES, add_channel
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.group()

@@ -4,7 +4,7 @@ import click
 
 from ..doctor import Check, run_checks
 from ..errors import KamengdError
-from . import cli, emit, json_option
+from .group import cli, emit, json_option
 
 
 @cli.command()

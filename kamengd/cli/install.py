@@ -6,7 +6,7 @@ import click
 
 from ..errors import KamengdError
 from ..installation import install as do_install
-from . import cli, emit, json_option
+from .group import cli, emit, json_option
 
 
 def read_password_file(path: str) -> str:

@@ -14,7 +14,7 @@ from ..audit.services import cli_actor
 from ..errors import KamengdError
 from ..extensions import db
 from ..inventory.services import EXPORT_STATUSES, export_keys, import_keys
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 PRODUCT_ID = click.IntRange(min=1, max=2**31 - 1)

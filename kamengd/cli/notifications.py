@@ -4,7 +4,7 @@ import click
 
 from ..extensions import db
 from ..reports import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 def _iso(value):

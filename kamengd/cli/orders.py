@@ -7,7 +7,7 @@ from ..audit.services import cli_actor
 from ..extensions import db
 from ..inventory.importer import check_key, iter_lines
 from ..orders.services import deliver_manually
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .keys import open_seekable
 
 

@@ -13,7 +13,7 @@ from ..money import format_cents
 from ..payments.models import SettlementReport
 from ..payments.settlement import day_to_settle, report_entries, run_settlement
 from ..reports import settlement_report
-from . import cli, emit, fail, json_option, with_app
+from .group import cli, emit, fail, json_option, with_app
 
 
 @cli.group()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InvalidRequest
-from . import cli
+from .group import cli
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -5,7 +5,7 @@ import click
 from ..audit.services import cli_actor
 from ..extensions import db
 from ..settings.services import SECRETS, SETTINGS, all_settings, secrets_set, set_setting
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .install import read_password_file
 
 

@@ -7,7 +7,7 @@ from ..errors import KamengdError
 from ..extensions import db
 from ..schema import current_revision, head_revision, upgrade as run_upgrade
 from ..snapshot import sqlite_path
-from . import cli, emit, json_option
+from .group import cli, emit, json_option
 
 
 def _one_line(exc: Exception) -> str:

@@ -6,7 +6,7 @@ from ..accounts.models import ROLES
 from ..accounts.services import create_user, set_role
 from ..audit.services import cli_actor
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .install import read_password_file
 
 

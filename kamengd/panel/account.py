@@ -14,7 +14,8 @@ from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db, limiter
 from ..settings.services import shop_name
-from . import bp, session as panel_session
+from . import session as panel_session
+from .blueprint import bp
 from .permissions import PERMISSIONS, can
 from .session import actor, client_ip, current_staff, needs_enrolment, safe_next
 

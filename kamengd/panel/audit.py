@@ -7,11 +7,11 @@ import json
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..context import get_vault
 from ..audit.services import find_entries, record, verify
 from ..extensions import db
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number
 from .session import actor, client_ip
 

@@ -6,13 +6,13 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..catalog import services as catalog
 from ..catalog.models import DELIVERY_MODES, Product
 from ..errors import KamengdError
 from ..extensions import db
 from ..money import format_cents
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, page_number
 from .session import actor, client_ip
 

@@ -11,14 +11,14 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..payments import services as payments
 from ..payments.models import PaymentChannel
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .session import actor, client_ip
 
 FIELDS = ("code", "name", "gateway", "pid", "key", "pay_type", "sort_order")

@@ -6,12 +6,12 @@ from flask import current_app, render_template, url_for
 from werkzeug.routing import BuildError
 
 from .. import reports
-from ..api import read_only
 from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
 from ..jobs import JOBS
-from . import bp, staff_can
+from ..transaction import read_only
+from .blueprint import bp, staff_can
 from .permissions import ENDPOINTS
 
 

@@ -9,7 +9,7 @@ from flask_babel import gettext as _
 
 from ..context import get_config
 from ..money import format_cents
-from . import bp
+from .blueprint import bp
 
 PAGE_SIZE = 50
 

@@ -7,13 +7,13 @@ import re
 from flask import abort, render_template, request
 
 from .. import reports
-from ..api import read_only
 from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
 from ..jobs import JOBS
 from ..payments.settlement import KINDS, report_entries
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .audit import compact_details
 from .helpers import PAGE_SIZE, page_number
 

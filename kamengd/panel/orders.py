@@ -6,14 +6,14 @@ import datetime as dt
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
 from ..settings.messaging import mail_server
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number
 from .session import actor, client_ip
 

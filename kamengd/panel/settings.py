@@ -8,7 +8,6 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
@@ -18,7 +17,8 @@ from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
 from ..settings.messaging import mail_server, save_group, sending_config
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .session import actor, client_ip
 
 RECENT_ATTEMPTS = 20

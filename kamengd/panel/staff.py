@@ -8,10 +8,10 @@ from flask_babel import gettext as _
 from ..accounts import services as accounts
 from ..accounts.auth import ROLES_REQUIRING_2FA
 from ..accounts.models import ROLES, StaffUser
-from ..api import read_only
 from ..errors import KamengdError
 from ..extensions import db
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import role_name
 from .session import actor, client_ip, current_staff
 

@@ -16,7 +16,6 @@ from flask import (Response, current_app, flash, redirect, render_template, requ
 from flask_babel import gettext as _
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..api import read_only
 from ..context import get_config, get_vault
 from ..catalog import services as catalog
 from ..database import utcnow
@@ -24,7 +23,8 @@ from ..errors import KamengdError, error_response
 from ..extensions import db
 from ..inventory import services as inventory
 from ..inventory.models import KEY_STATUSES
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, page_number
 from .session import actor, client_ip
 
