@@ -7,7 +7,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .version import __version__
 from .database import readonly_connection, utcnow
 from .extensions import db
-from .schema import current_revision
+from .operations.schema import current_revision
 
 bp = Blueprint("health", __name__)
 

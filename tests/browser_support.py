@@ -119,7 +119,7 @@ class LiveShop:
     def __init__(self, backend: str, databases, tmp_path_factory, name: str):
         from kamengd.app import create_app
         from kamengd.config import load_config
-        from kamengd.installation import install
+        from kamengd.operations.installation import install
 
         self.backend, self.name = backend, name
         self.port = free_port()

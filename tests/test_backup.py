@@ -211,7 +211,7 @@ def test_tampered_or_newer_backups_are_refused(backend, make_install, tmp_path):
 
 
 def test_an_older_backup_restores_and_migrates_forward(backend, databases, make_install, tmp_path):
-    from kamengd import schema
+    from kamengd.operations import schema
     from kamengd.backup.archive import write_backup
 
     old_url = databases.new_url(backend)
@@ -361,7 +361,7 @@ def test_a_backup_whose_keys_the_key_file_cannot_all_open_is_refused_first(backe
     anything changes, not after the tables were replaced."""
     from kamengd.app import create_app
     from kamengd.extensions import db
-    from kamengd.rotation import reencrypt_card_keys
+    from kamengd.operations.rotation import reencrypt_card_keys
     from kamengd.vault import load_vault
 
     cfg = make_install(backend)

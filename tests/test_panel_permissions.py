@@ -92,7 +92,7 @@ def world(backend, databases, tmp_path_factory):
     from kamengd.catalog.services import create_product
     from kamengd.config import load_config
     from kamengd.extensions import db
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
     from kamengd.inventory.services import import_keys
     from kamengd.orders.services import create_order
     from kamengd.payments.services import add_channel

@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from ..version import __version__
 from ..database import make_engine, utcnow
 from ..errors import KamengdError
-from ..snapshot import sqlite_path
+from ..operations.snapshot import sqlite_path
 from .sealed import OpeningReader, SealedError, SealingWriter, is_sealed
 
 FORMAT, FORMAT_VERSION = "kamengd-backup", 1
@@ -141,7 +141,7 @@ class BackupResult:
 def write_backup(url: str, output: Path, *, passphrase: str | None = None,
                  progress: Progress | None = None) -> BackupResult:
     """Write the archive to `output` (a new file, mode 0600); never a partial file on failure."""
-    from ..schema import current_revision
+    from ..operations.schema import current_revision
 
     output = Path(output)
     if output.exists():

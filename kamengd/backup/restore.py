@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from ..database import make_engine, utcnow
-from ..snapshot import sqlite_path
+from ..operations.snapshot import sqlite_path
 from ..vault import DecryptionError, Vault
 from .archive import SKIPPED_TABLES, BackupError, BackupReader, Progress, decode
 
@@ -40,7 +40,7 @@ class RestoreResult:
 
 
 def revision_order() -> list[str]:
-    from ..schema import alembic_config
+    from ..operations.schema import alembic_config
 
     script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
@@ -114,7 +114,7 @@ def _running_scheduler(conn, lease_seconds: int) -> str | None:
 
 def running_kamengd(conn, lease_seconds: int | None) -> str | None:
     """A scheduler or `kamengd serve` that is alive on this database, described; else None."""
-    from ..processes import live_servers
+    from ..operations.processes import live_servers
 
     servers = live_servers(conn)
     if servers:
@@ -219,7 +219,7 @@ def count_decryptable(url: str, vault: Vault) -> tuple[int, int]:
 def restore_backup(url: str, reader: BackupReader, vault: Vault, *, force: bool, lease_seconds: int | None,
                    progress: Progress | None = None, to_head: bool = True) -> RestoreResult:
     """Restore, then migrate to head (`to_head=False` keeps the backup's schema: undoing a failed upgrade)."""
-    from ..schema import upgrade
+    from ..operations.schema import upgrade
 
     manifest = reader.manifest or reader.verify()
     check_revision(manifest)

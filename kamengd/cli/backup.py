@@ -181,7 +181,7 @@ def key_restore_command(obj, file, passphrase_file, as_json):
 def key_rotate_command(prepare, batch_size, as_json):
     """A new data key; re-encrypts every card key in batches while the shop keeps selling (resumable)."""
     from ..context import get_config
-    from ..rotation import rotate
+    from ..operations.rotation import rotate
 
     path = get_config().security.data_key_file
     shown = terminal_progress()
@@ -207,7 +207,7 @@ def key_rotate_command(prepare, batch_size, as_json):
 def key_retire_command(as_json):
     """Move key versions no row uses any more out of the key file (into a file beside it)."""
     from ..context import get_config
-    from ..rotation import retire_unused
+    from ..operations.rotation import retire_unused
 
     retired, aside = retire_unused(db.session, get_config().security.data_key_file)
     if retired:

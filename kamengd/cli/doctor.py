@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import click
 
-from ..doctor import Check, run_checks
+from ..operations.doctor import Check, run_checks
 from ..errors import KamengdError
 from .group import cli, emit, json_option
 

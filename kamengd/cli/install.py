@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from ..errors import KamengdError
-from ..installation import install as do_install
+from ..operations.installation import install as do_install
 from .group import cli, emit, json_option
 
 

@@ -5,7 +5,7 @@ import json
 import click
 
 from ..extensions import db
-from ..reports import job_runs, run_seconds
+from ..reports.scheduler import job_runs, run_seconds
 from ..scheduler.lease import leader_info
 from .group import cli, emit, json_option, with_app
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..extensions import db
-from ..reports import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
+from ..reports.events import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
 from .group import cli, emit, json_option, with_app
 
 

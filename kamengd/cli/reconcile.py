@@ -12,7 +12,7 @@ from ..extensions import db
 from ..money import format_cents
 from ..payments.models import SettlementReport
 from ..payments.settlement import day_to_settle, report_entries, run_settlement
-from ..reports import settlement_report
+from ..reports.settlements import settlement_report
 from .group import cli, emit, fail, json_option, with_app
 
 

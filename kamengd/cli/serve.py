@@ -23,7 +23,7 @@ def parse_bind(bind: str) -> tuple[str, int]:
 def serve(obj, bind, server_name, workers, threads, no_scheduler):
     """Run the shop, panel, API and payment callbacks."""
     from ..extensions import db
-    from ..schema import require_current
+    from ..operations.schema import require_current
 
     config = obj.config
     host, port = parse_bind(bind or config.server.bind)
@@ -48,7 +48,7 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
 
     import waitress
 
-    from ..processes import register
+    from ..operations.processes import register
 
     register(app)   # restore and upgrade refuse while this process beats
     if scheduler:
@@ -75,7 +75,7 @@ def scheduler(obj, once, parent_pid):
     import signal
 
     from ..extensions import db
-    from ..schema import require_current
+    from ..operations.schema import require_current
     from ..scheduler.runner import Scheduler
 
     app = obj.app

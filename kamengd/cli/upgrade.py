@@ -5,8 +5,8 @@ import click
 from ..audit.services import cli_actor, record
 from ..errors import KamengdError
 from ..extensions import db
-from ..schema import current_revision, head_revision, upgrade as run_upgrade
-from ..snapshot import sqlite_path
+from ..operations.schema import current_revision, head_revision, upgrade as run_upgrade
+from ..operations.snapshot import sqlite_path
 from .group import cli, emit, json_option
 
 

@@ -18,6 +18,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from ..database import is_busy, utcnow
 from ..extensions import db
+from .jobs import JOBS
 from .lease import heartbeat, new_owner_id, release
 from .models import JobRun
 
@@ -27,8 +28,6 @@ log = logging.getLogger("kamengd.scheduler")
 class Scheduler:
     def __init__(self, app, *, jobs: dict | None = None, clock: Callable[[], dt.datetime] = utcnow,
                  owner: str | None = None):
-        from ..jobs import JOBS
-
         config = app.extensions["kamengd.config"].scheduler
         self.app, self.clock = app, clock
         self.jobs = JOBS if jobs is None else jobs

@@ -51,7 +51,7 @@ def run_gunicorn(config: Config, bind: str, workers: int, threads: int, *, sched
         def load(self):
             # In the worker, after the fork: its own app, engine and heartbeat.
             from ..app import create_app
-            from ..processes import register
+            from ..operations.processes import register
 
             app = create_app(config)
             register(app)   # restore and upgrade refuse while this worker beats

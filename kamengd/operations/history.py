@@ -12,11 +12,11 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .accounts.auth import FORGET_AFTER
-from .accounts.models import LoginThrottle, StaffSession
-from .database import utcnow
-from .notifications.models import Event, Notification, NotificationAttempt
-from .scheduler.models import JobRun
+from ..accounts.auth import FORGET_AFTER
+from ..accounts.models import LoginThrottle, StaffSession
+from ..database import utcnow
+from ..notifications.models import Event, Notification, NotificationAttempt
+from ..scheduler.models import JobRun
 
 JOB_RUNS_DAYS = 14
 # Longer than the longest panel session may last (panel.session_max_hours is at most 720).

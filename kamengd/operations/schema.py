@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection, Engine
 
-from .database import make_engine
-from .errors import KamengdError
+from ..database import make_engine
+from ..errors import KamengdError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -22,8 +22,8 @@ class SchemaError(KamengdError):
 
 def migrations_dir() -> Path:
     """kamengd/migrations when installed; the repository's migrations/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise SchemaError("the migrations folder is missing from this installation")

@@ -16,23 +16,14 @@ import socket
 import threading
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
 
-from .database import UTCDateTime, is_busy, utcnow
-from .extensions import db
+from ..database import is_busy, utcnow
+from ..extensions import db
+from .models import ServerProcess
 
 log = logging.getLogger("kamengd.processes")
 HEARTBEAT_SECONDS = 10
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
-
-
-class ServerProcess(db.Model):
-    __tablename__ = "server_processes"
-
-    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
-    role: Mapped[str] = mapped_column(sa.String(16))
-    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 def _beat(app, process_id: str, role: str, started: dt.datetime) -> None:

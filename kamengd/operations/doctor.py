@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import Config
-from .errors import KamengdError
+from ..config import Config
+from ..errors import KamengdError
 
 
 @dataclass
@@ -74,8 +74,8 @@ def _disk_check(config: Config) -> Check:
 
 
 def database_checks(app) -> list[Check]:
-    from .audit.services import verify
-    from .extensions import db
+    from ..audit.services import verify
+    from ..extensions import db
     from .schema import require_current
 
     checks = []
@@ -95,7 +95,7 @@ def database_checks(app) -> list[Check]:
         checks.append(_key_check(db.session))
         checks.append(_scheduler_check(db.session, app.extensions["kamengd.config"].scheduler.lease_seconds))
         checks += _backup_checks(db.session, app.extensions["kamengd.config"])
-        from .context import get_vault
+        from ..context import get_vault
         try:
             vault = get_vault()
         except KamengdError:
@@ -109,9 +109,9 @@ def database_checks(app) -> list[Check]:
 
 def _key_check(session) -> Check:
     """The key file must open the keys in this database: decrypt a sample."""
-    from .context import get_vault
-    from .inventory.models import CardKey
-    from .vault import DecryptionError
+    from ..context import get_vault
+    from ..inventory.models import CardKey
+    from ..vault import DecryptionError
 
     try:
         vault = get_vault()
@@ -130,8 +130,8 @@ def _key_check(session) -> Check:
 
 
 def _scheduler_check(session, lease_seconds: int) -> Check:
-    from .database import utcnow
-    from .scheduler.lease import leader_info
+    from ..database import utcnow
+    from ..scheduler.lease import leader_info
 
     info = leader_info(session)
     if info.heartbeat_at is None:
@@ -144,8 +144,8 @@ def _scheduler_check(session, lease_seconds: int) -> Check:
 
 
 def _backup_checks(session, config: Config) -> list[Check]:
-    from .backup.models import read
-    from .database import utcnow
+    from ..backup.models import read
+    from ..database import utcnow
 
     checks = []
     last = read(session, "backup.last")
@@ -157,7 +157,7 @@ def _backup_checks(session, config: Config) -> list[Check]:
         detail = f"last {age.total_seconds() / 3600:.0f} h ago: {last[0].get('path')}"
         checks.append(Check("backup", True, detail, warning=age.days >= 2))
     key = read(session, "key_backup.last")
-    from .context import get_vault
+    from ..context import get_vault
     try:
         current = get_vault().current_version
     except KamengdError:

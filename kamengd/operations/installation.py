@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .accounts.passwords import validate_password
-from .accounts.services import USERNAME_RE
-from .config import build_config, normalize_database_url, render_config
-from .database import is_sqlite, make_engine
-from .errors import ConfigError, Conflict, InvalidRequest, KamengdError
-from .extensions import db
-from .vault import generate_key_file, write_secret_file
+from ..accounts.passwords import validate_password
+from ..accounts.services import USERNAME_RE
+from ..config import build_config, normalize_database_url, render_config
+from ..database import is_sqlite, make_engine
+from ..errors import ConfigError, Conflict, InvalidRequest, KamengdError
+from ..extensions import db
+from ..vault import generate_key_file, write_secret_file
 
 CONFIG_NAME = "kamengd.toml"
 SECRET_KEY_NAME = "secret_key"
@@ -65,9 +65,9 @@ def _existing_files(data_dir: Path) -> list[str]:
 def install(data_dir: Path, *, admin_password: str | None = None, database_url: str | None = None,
             admin_user: str = "admin", site_name: str = "kamengd",
             site_url: str = "http://127.0.0.1:8000") -> InstallResult:
-    from .accounts.services import create_user
-    from .app import create_app
-    from .audit.services import cli_actor, record
+    from ..accounts.services import create_user
+    from ..app import create_app
+    from ..audit.services import cli_actor, record
     from .schema import upgrade
 
     data_dir = Path(data_dir).expanduser().absolute()

@@ -33,16 +33,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .accounts.models import StaffUser
-from .audit.models import AuditHead
-from .catalog.models import Product
-from .database import utcnow
-from .errors import KamengdError
-from .inventory.models import CardKey
-from .payments.models import PaymentChannel
-from .settings.models import SettingSecret
-from .settings.services import reencrypt_secrets
-from .vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
+from ..accounts.models import StaffUser
+from ..audit.models import AuditHead
+from ..catalog.models import Product
+from ..database import utcnow
+from ..errors import KamengdError
+from ..inventory.models import CardKey
+from ..payments.models import PaymentChannel
+from ..settings.models import SettingSecret
+from ..settings.services import reencrypt_secrets
+from ..vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
                     write_secret_file)
 
 
@@ -153,7 +153,7 @@ def reseal_audit_head(session: Session, vault: Vault) -> bool:
     """Seal the audit head with the new version, after checking the old seal."""
     import hmac
 
-    from .audit.services import seal_message
+    from ..audit.services import seal_message
 
     head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
     if head is None or head.seal_version == vault.current_version:
@@ -174,7 +174,7 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
                   min_age: dt.timedelta = dt.timedelta(0)) -> tuple[list[int], Path | None]:
     """Move key versions no row uses out of the key file, into a file beside it,
     once the last rotation is at least `min_age` old."""
-    from .backup.models import read
+    from ..backup.models import read
 
     now = now or utcnow()
     last = read(session, "key.rotation")
@@ -197,7 +197,7 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
 
 def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: int = 1000,
            progress: Callable[[int], None] | None = None) -> RotationResult:
-    from .backup.models import note
+    from ..backup.models import note
 
     with key_file_lock(key_path):   # two rotations (or a retire) never both decide on the same file
         keys = _keys(key_path)
@@ -229,7 +229,7 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
 
 def retire_old_keys(session: Session, path: Path, now: dt.datetime | None = None) -> dict:
     """The job: retire unused old versions an hour after a rotation."""
-    from .audit.services import record
+    from ..audit.services import record
 
     retired, aside = retire_unused(session, path, now=now, min_age=RETIRE_AFTER)
     if retired:
