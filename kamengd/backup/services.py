@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None)
 
 
 def _give_to_owner_of(path: Path, like: Path) -> None:
-    import os
-
     if os.geteuid() == 0 and Path(like).exists():
         st = Path(like).stat()
         os.chown(path, st.st_uid, st.st_gid)

@@ -11,6 +11,7 @@ from functools import cached_property
 
 import click
 
+from ..app import create_app
 from ..config import Config, load_config
 from ..errors import KamengdError
 from ..extensions import db
@@ -28,8 +29,6 @@ class CliContext:
 
     @cached_property
     def app(self):
-        from ..app import create_app
-
         return create_app(self.config)
 
 

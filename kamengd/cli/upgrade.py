@@ -3,6 +3,10 @@ from __future__ import annotations
 import click
 
 from ..audit.services import cli_actor, record
+from ..backup.archive import BackupReader
+from ..backup.restore import restore_backup, running_on
+from ..backup.services import backup_to_dir, record_backup
+from ..context import get_vault
 from ..errors import KamengdError
 from ..extensions import db
 from ..operations.schema import current_revision, head_revision, upgrade as run_upgrade
@@ -20,11 +24,6 @@ def _one_line(exc: Exception) -> str:
 @click.pass_obj
 def upgrade(obj, skip_backup, as_json):
     """Back the database up, then apply pending migrations; a failed migration is undone."""
-    from ..context import get_vault
-    from ..backup.archive import BackupReader
-    from ..backup.restore import restore_backup
-    from ..backup.services import backup_to_dir, record_backup
-
     config = obj.config
     with obj.app.app_context():
         before = current_revision(db.engine)
@@ -37,7 +36,6 @@ def upgrade(obj, skip_backup, as_json):
         emit(as_json, {"before": before, "after": head, "backup": None},
              f"schema at {head}; nothing to upgrade")
         return
-    from ..backup.restore import running_on
 
     running = running_on(config.database_url, config.scheduler.lease_seconds)
     if running:

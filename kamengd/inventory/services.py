@@ -29,6 +29,7 @@ from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import get_product
 from ..errors import InvalidRequest, KamengdError
+from ..orders.services import deliver_waiting_orders
 from ..vault import NONCE_BYTES, Vault
 from .importer import ImportFileError, check_key, iter_lines
 from .models import CardKey, KeyImport
@@ -166,7 +167,6 @@ def _write_keys(session: Session, vault: Vault, conn, *, product_id: int, lines:
     run.imported, run.duplicates, run.blank = result.imported, result.duplicates, result.blank
     if result.imported:
         # Paid orders waiting for this product's stock get their keys now.
-        from ..orders.services import deliver_waiting_orders
         result.delivered = deliver_waiting_orders(session, product_id)
     record(session, "keys.import", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
            details={**result.as_dict(), "encoding": result.encoding, "import_id": run.id,
@@ -241,8 +241,6 @@ def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh
             if number == 1:
                 raise   # nothing was written
             # Parts before this one are committed and on sale: say so, in the audit log too.
-            from ..audit.services import record
-
             reason = "a database error" if isinstance(exc, sa.exc.SQLAlchemyError) else exc.__class__.__name__
             record(session, "keys.import_incomplete", actor=actor, target=f"product:{product_id}",
                    source_ip=source_ip, details={"part": number, "parts": chunks, "imported": total.imported,

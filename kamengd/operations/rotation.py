@@ -24,6 +24,7 @@ With several app servers, copy the key file to every server after step 1
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from sqlalchemy.orm import Session
 
 from ..accounts.models import StaffUser
 from ..audit.models import AuditHead
+from ..audit.services import record, seal_message
+from ..backup.models import note, read
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import KamengdError
@@ -151,10 +154,6 @@ def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
 
 def reseal_audit_head(session: Session, vault: Vault) -> bool:
     """Seal the audit head with the new version, after checking the old seal."""
-    import hmac
-
-    from ..audit.services import seal_message
-
     head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
     if head is None or head.seal_version == vault.current_version:
         session.commit()
@@ -174,8 +173,6 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
                   min_age: dt.timedelta = dt.timedelta(0)) -> tuple[list[int], Path | None]:
     """Move key versions no row uses out of the key file, into a file beside it,
     once the last rotation is at least `min_age` old."""
-    from ..backup.models import read
-
     now = now or utcnow()
     last = read(session, "key.rotation")
     session.commit()
@@ -197,8 +194,6 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
 
 def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: int = 1000,
            progress: Callable[[int], None] | None = None) -> RotationResult:
-    from ..backup.models import note
-
     with key_file_lock(key_path):   # two rotations (or a retire) never both decide on the same file
         keys = _keys(key_path)
         used = versions_in_use(session)
@@ -229,8 +224,6 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
 
 def retire_old_keys(session: Session, path: Path, now: dt.datetime | None = None) -> dict:
     """The job: retire unused old versions an hour after a rotation."""
-    from ..audit.services import record
-
     retired, aside = retire_unused(session, path, now=now, min_age=RETIRE_AFTER)
     if retired:
         record(session, "key.retire", actor="scheduler", target="data key",

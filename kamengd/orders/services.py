@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..accounts.passwords import verify_password
+from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
-from ..errors import InvalidRequest, NotFound, OutOfStock
-from ..inventory.models import CardKey
+from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
+from ..inventory.models import CardKey, KeyImport
 from ..notifications.events import emit, order_payload
 from ..notifications.outbox import queue_delivery_email
 from ..vault import Vault
@@ -179,10 +180,6 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
                      source_ip: str | None = None) -> Order:
     """Staff deliver a paid order with keys they supply (manual-delivery products,
     or an auto order waiting for stock). The keys are stored like imported ones."""
-    from ..audit.services import record
-    from ..errors import Conflict
-    from ..inventory.models import KeyImport
-
     # populate_existing: the row as locked now, not as this request loaded it before.
     order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()
                             .execution_options(populate_existing=True)).first()
