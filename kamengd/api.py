@@ -53,9 +53,7 @@ def new_order():
                          quantity=body.get("quantity"), email=body.get("email"), channel_code=body.get("channel"),
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
                          client_ip=request.remote_addr, site_url=get_config().site.url)
-    response = jsonify(placed.as_api())
-    db.session.commit()
-    return response, 201
+    return jsonify(placed.as_api()), 201
 
 
 @bp.get("/orders/<order_no>")

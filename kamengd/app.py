@@ -18,6 +18,7 @@ from .payments import views as payment_views
 from .settings.services import shop_name
 from .storefront import views as storefront
 from .storefront.i18n import current_lang
+from .transaction import TransactionalFlask
 
 # No inline script or style anywhere: an injected <script> does not run.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -30,7 +31,7 @@ TRANSLATIONS = Path(__file__).parent / "translations"
 
 def create_app(config: Config | None = None) -> Flask:
     config = config or load_config()
-    app = Flask("kamengd")
+    app = TransactionalFlask("kamengd")   # each request commits once: kamengd.transaction
     app.config.update(
         SECRET_KEY=config.read_secret_key(),
         SQLALCHEMY_DATABASE_URI=existing_only(config.database_url),

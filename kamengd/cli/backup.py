@@ -108,7 +108,7 @@ def restore(obj, file, force, passphrase_file, as_json):
                details={"created_at": manifest.get("created_at"), "source": manifest.get("source"),
                         "revision": result.revision_before, "upgraded_to": result.revision_after,
                         "rows": result.rows, "keys_checked": result.keys_checked, "forced": force})
-        db.session.commit()
+        db.session.commit()   # restore's one commit, in the restored database (no app context before it)
     emit(as_json, {"restored": str(file), "rows": result.rows, "keys_decrypted": result.keys_checked,
                    "schema_revision_of_backup": result.revision_before, "schema_revision": result.revision_after},
          f"restored {result.rows:,} rows from {file} (schema {result.revision_before}"
@@ -149,8 +149,8 @@ def key_restore_command(obj, file, passphrase_file, as_json):
     with obj.app.app_context():
         try:
             record(db.session, "key.restore", actor=cli_actor(), target=f"file:{Path(file).resolve()}",
-                  details={"versions": vault.versions, "old_key_file": str(aside) if aside else None})
-            db.session.commit()
+                   details={"versions": vault.versions, "old_key_file": str(aside) if aside else None})
+            db.session.commit()   # the command's one commit: the key is installed first, outside any app
         except (SQLAlchemyError, KamengdError):   # the key is installed either way; the database may not be ready
             db.session.rollback()
     emit(as_json, {"versions": vault.versions, "old_key_file": str(aside) if aside else None},

@@ -51,7 +51,7 @@ def with_app(fn=None, *, readonly: bool = False):
                 if readonly:
                     db.session.connection(execution_options={"kamengd_readonly": True})
                 result = fn(*args, **kwargs)
-                db.session.commit()
+                db.session.commit()   # the command's one commit
             except BaseException:
                 db.session.rollback()
                 raise

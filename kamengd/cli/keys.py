@@ -80,7 +80,7 @@ def keys_export(obj, product_id, output, status, as_json):
             db.session.rollback()
             raise
         try:
-            db.session.commit()
+            db.session.commit()   # the export's one commit: the file appears only once its audit entry is stored
         except BaseException:
             result.discard()
             raise

@@ -77,5 +77,5 @@ def reconcile_run(day, restart, as_json):
         fail(f"--date: {day} is not over yet in {tz}")
     record(db.session, "reconcile.run", actor=cli_actor(), target=f"settlement:{day}",
            details={"restart": restart})
-    db.session.commit()
+    db.session.commit()   # the run is recorded before it asks the gateways; the settlement commits per chunk
     _show(run_settlement(db.session, get_vault(), day, tz, restart=restart), as_json)

@@ -66,6 +66,6 @@ def upgrade(obj, skip_backup, as_json):
             record_backup(db.session, result, "pre-upgrade")
         record(db.session, "schema.upgrade", actor=cli_actor(), target="database",
                details={"before": before, "after": after, "backup": backup})
-        db.session.commit()
+        db.session.commit()   # upgrade's one commit, after the migration (no app context around it)
     emit(as_json, {"before": before, "after": after, "backup": backup},
          f"schema {before} -> {after}" + (f" (backup: {backup})" if backup else " (no backup)"))

@@ -41,7 +41,7 @@ def claim_attempt(session: Session, model, row_id: int, attempts: int, now: dt.d
     claimed = session.execute(
         sa.update(model).where(model.id == row_id, model.status == "pending", model.attempts == attempts)
         .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
-    session.commit()
+    session.commit()   # the claim is stored before the network call it guards
     return bool(claimed)
 
 
@@ -115,7 +115,7 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
         if not config.smtp.host:
             session.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail_id, EmailOutbox.status == "pending")
                             .values(status="skipped", last_error="no SMTP server configured"))
-            session.commit()
+            session.commit()   # each mail's outcome is stored before the next mail is sent
             counts["skipped"] += 1
             continue
         if not claim_attempt(session, EmailOutbox, mail_id, attempts, now):
@@ -131,12 +131,12 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
                 if mail.order_id is not None:  # the buyer may never see the keys: tell a person
                     flag_order(session, session.get(Order, mail.order_id),
                                f"delivery mail failed {attempts + 1} times: {error}", now)
-            session.commit()
+            session.commit()   # each mail's outcome is stored before the next mail is sent
             counts["failed"] += 1
             log.warning("mail %s to order %s not sent (attempt %d): %s", mail_id, mail.order_id,
                         attempts + 1, error)
             continue
         mail.status, mail.sent_at, mail.last_error = "sent", utcnow(), None
-        session.commit()
+        session.commit()   # each mail's outcome is stored before the next mail is sent
         counts["sent"] += 1
     return counts

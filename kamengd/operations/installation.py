@@ -136,7 +136,7 @@ def install(data_dir: Path, *, admin_password: str | None = None, database_url: 
                        details={"database": parsed.get_backend_name(), "data_dir": str(data_dir)})
                 create_user(db.session, username=admin_user, role="owner", password=admin_password,
                             actor=actor)
-                db.session.commit()
+                db.session.commit()   # install's one commit: it runs outside the CLI's app context
             finally:
                 db.session.remove()
                 db.engine.dispose()

@@ -34,7 +34,7 @@ def _beat(app, process_id: str, role: str, started: dt.datetime) -> None:
                 db.session.add(ServerProcess(id=process_id, role=role, started_at=started, heartbeat_at=utcnow()))
             else:
                 row.heartbeat_at = utcnow()
-            db.session.commit()
+            db.session.commit()   # a heartbeat is a transaction of its own, in its own thread
         except Exception as exc:   # a database that is briefly away must not stop the server
             db.session.rollback()
             log.warning("could not record this server's heartbeat", exc_info=not is_busy(exc))
@@ -46,7 +46,7 @@ def _forget(app, process_id: str) -> None:
     with app.app_context():
         try:
             db.session.execute(sa.delete(ServerProcess).where(ServerProcess.id == process_id))
-            db.session.commit()
+            db.session.commit()   # the last act of a stopping server
         except Exception:
             db.session.rollback()
         finally:

@@ -98,7 +98,7 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
                                          t.c.key_version)
                                .where(t.c.key_version != target).order_by(t.c.id).limit(batch)).all()
         if not rows:
-            session.commit()
+            session.commit()   # ends the last batch's read
             return done
         if session.get_bind().dialect.name != "sqlite":
             # An import of these products checks duplicates under the same lock.
@@ -118,7 +118,7 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
                 raise KamengdError(f"card key #{r.id} of product {r.product_id} is the same key as another one "
                                    "of that product (stored twice before this rotation); void one of them, "
                                    "then run `kamengd key rotate` again") from None
-        session.commit()   # short transactions: buyers and imports go on between batches
+        session.commit()   # a batch at a time: buyers and imports go on between batches (resumable)
         if progress:
             progress(done)
 
@@ -134,7 +134,7 @@ def reencrypt_channels(session: Session, vault: Vault) -> int:
         channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
             context, plaintext)
         done += 1
-    session.commit()
+    session.flush()
     return done
 
 
@@ -148,7 +148,7 @@ def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
         plaintext = vault.decrypt_secret(context, user.totp_nonce, user.totp_ciphertext, user.totp_key_version)
         user.totp_nonce, user.totp_ciphertext, user.totp_key_version = vault.encrypt_secret(context, plaintext)
         done += 1
-    session.commit()
+    session.flush()
     return done
 
 
@@ -156,13 +156,12 @@ def reseal_audit_head(session: Session, vault: Vault) -> bool:
     """Seal the audit head with the new version, after checking the old seal."""
     head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
     if head is None or head.seal_version == vault.current_version:
-        session.commit()
         return False
     if head.seal is not None and not hmac.compare_digest(
             vault.seal(seal_message(head.seq, head.last_hash), head.seal_version), head.seal):
         raise KamengdError("the audit log's seal does not match: run `kamengd audit verify` before rotating")
     head.seal, head.seal_version = vault.seal(seal_message(head.seq, head.last_hash)), vault.current_version
-    session.commit()
+    session.flush()
     return True
 
 
@@ -175,13 +174,13 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
     once the last rotation is at least `min_age` old."""
     now = now or utcnow()
     last = read(session, "key.rotation")
-    session.commit()
+    session.commit()   # ends the read: no transaction is held while waiting for the key file's lock
     if min_age and (last is None or now - last[1] < min_age):
         return [], None
     with key_file_lock(path):   # read, decide and write with no other key-file change in between
         keys = _keys(path)
         used = versions_in_use(session)
-        session.commit()
+        session.commit()   # ends the read: no database lock is held while the key file is rewritten
         current = max(keys)
         old = {v: k for v, k in keys.items() if v != current and not used.get(v)}
         if not old:
@@ -197,7 +196,7 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     with key_file_lock(key_path):   # two rotations (or a retire) never both decide on the same file
         keys = _keys(key_path)
         used = versions_in_use(session)
-        session.commit()
+        session.commit()   # ends the read: no database lock is held while the key file is rewritten
         current = max(keys)
         pending = any(count for version, count in used.items() if version != current)
         missing = sorted(v for v, count in used.items() if count and v not in keys)
@@ -215,10 +214,9 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     result.channels = reencrypt_channels(session, vault)
     reencrypt_totp_secrets(session, vault)
     reencrypt_secrets(session, vault)
-    session.commit()
+    session.commit()   # the re-encrypted secrets stay even if the audit seal below does not check out
     result.resealed = reseal_audit_head(session, vault)
     note(session, "key.rotation", {"version": current, "card_keys": result.card_keys})
-    session.commit()
     return result
 
 
@@ -228,5 +226,4 @@ def retire_old_keys(session: Session, path: Path, now: dt.datetime | None = None
     if retired:
         record(session, "key.retire", actor="scheduler", target="data key",
                details={"versions": retired, "file": str(aside)})
-        session.commit()
     return {"retired": retired, "file": aside.name if aside else None}

@@ -77,7 +77,7 @@ def order_detail(order_no):
 
 
 def _attempt(order_no: str, action):
-    """Run one staff action: (result, None) when it is done and committed, else
+    """Run one staff action: (result, None) when it is done (the request commits it), else
     (None, the order's page saying why) with nothing done."""
     try:
         result = action()
@@ -89,7 +89,6 @@ def _attempt(order_no: str, action):
         flash(exc.message, "error")
         read_only()
         return None, _detail_page(order_no, status=exc.http_status)
-    db.session.commit()
     return result, None
 
 

@@ -125,7 +125,6 @@ def _save(group: str, save, anchor: str | None = None):
         db.session.rollback()
         flash(exc.message, "error")
         return _render({**settings_services.all_settings(db.session), **submitted}, exc.http_status)
-    db.session.commit()
     if changed:
         flash(_("Saved: %(keys)s.", keys=", ".join(changed)), "success")
     else:
@@ -162,11 +161,10 @@ def settings_test_mail():
         flash(exc.message, "error")
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     site = settings_services.site_name(db.session, config.site.name)
-    db.session.commit()   # no transaction (SQLite's write lock) is held while the mail server answers
+    db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the mail server answers
     error = send_test_mail(config, to, site_name=site)
     record(db.session, "settings.test_mail", actor=actor(), target=f"mail:{to}", source_ip=client_ip(),
            details={"to": to, "server": config.smtp.host, "result": "sent" if error is None else error})
-    db.session.commit()
     if error is None:
         flash(_("Test mail to %(to)s accepted by %(host)s.", to=to, host=config.smtp.host), "success")
     else:

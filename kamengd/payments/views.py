@@ -26,6 +26,7 @@ def notify(code: str):
         try:
             outcome = handle_epay_notify(db.session, get_vault(), code, params)
             if outcome.recorded:
+                # Committed here, inside the retry: only a stored payment is "success".
                 db.session.commit()
                 return "success", 200, TEXT
             break

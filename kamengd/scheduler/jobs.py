@@ -25,7 +25,7 @@ def expire_reservations(session: Session) -> dict:
     total = 0
     while True:
         n = expire_orders(session)
-        session.commit()
+        session.commit()   # a batch at a time: buyers get the write lock between batches
         total += n
         if n == 0:
             return {"expired": total}
@@ -54,7 +54,7 @@ def send_notifications(session: Session) -> dict:
 def send_emails(session: Session) -> dict:
     vault = get_vault()
     config = effective_config(session, vault, get_config())
-    session.commit()
+    session.commit()   # read at the start of the run; no transaction held while sending
     return send_due_emails(session, vault, config)
 
 

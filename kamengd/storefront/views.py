@@ -176,10 +176,8 @@ def buy(product_id: int):
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
                 "channel": form.get("channel", "")[:32]}
         return _product_page(product_id, exc=exc, form=kept)
-    response = redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
-    db.session.commit()
     _remember(placed.order_no, placed.token)
-    return response
+    return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
 
 
 def _order_page(order, token: str):
@@ -191,8 +189,8 @@ def _order_page(order, token: str):
         if channel is not None and channel.is_enabled:
             pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
                                     product_name=product.name, token=token)
-    return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product, pay_url=pay_url,
-                           expires_at=shop_time(order.expires_at))
+    return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
+                           pay_url=pay_url, expires_at=shop_time(order.expires_at))
 
 
 @bp.get("/order/<order_no>")
