@@ -54,7 +54,7 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
     register(app)   # restore and upgrade refuse while this process beats
     if scheduler:
         # One process, never forked: the scheduler's thread can share it.
-        from ..scheduler.runner import Scheduler   # APScheduler and every job load only where jobs run
+        from ..scheduler.runner import Scheduler   # APScheduler loads only where the scheduler runs
         Scheduler(app).start_background()
 
     def stop(signum, frame):
@@ -73,7 +73,7 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
 @click.pass_obj
 def scheduler(obj, once, parent_pid):
     """Run only the scheduler (one leader per database runs the jobs)."""
-    from ..scheduler.runner import Scheduler   # APScheduler and every job load only where jobs run
+    from ..scheduler.runner import Scheduler   # APScheduler loads only where the scheduler runs
 
     app = obj.app
     with app.app_context():
