@@ -1,8 +1,4 @@
 """kamengd: a self-hosted card-key shop appliance."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
-
-def create_app(config=None):
-    from .app import create_app as _create_app
-
-    return _create_app(config)
+__all__ = ["__version__"]

@@ -4,35 +4,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
-from .app import get_config, get_vault
 from .catalog.models import Product
+from .catalog.services import stock_by_product
+from .context import get_config, get_vault
 from .errors import InvalidRequest
 from .extensions import db, limiter
-from .inventory.models import CardKey
 from .money import format_cents
-from .orders.models import Order
 from .orders.checkout import place_order
 from .orders.lookup import buyer_order_view
-from .orders.services import find_order_for_buyer, order_keys
+from .transaction import read_only
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_BODY = 64 * 1024
-
-
-def read_only():
-    """GET views read a snapshot and never wait for SQLite's write lock.
-
-    Only the first call of a request counts (the panel's guard makes it before
-    the view does)."""
-    if not db.session().in_transaction():
-        db.session.connection(execution_options={"kamengd_readonly": True})
-
-
-def stock_by_product(session) -> dict[int, int]:
-    t = CardKey.__table__
-    rows = session.execute(sa.select(t.c.product_id, sa.func.count()).where(t.c.status == "available")
-                           .group_by(t.c.product_id)).all()
-    return dict(rows)
 
 
 @bp.get("/products")
@@ -70,19 +53,7 @@ def new_order():
                          quantity=body.get("quantity"), email=body.get("email"), channel_code=body.get("channel"),
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
                          client_ip=request.remote_addr, site_url=get_config().site.url)
-    response = jsonify(placed.as_api())
-    db.session.commit()
-    return response, 201
-
-
-def order_view(order: Order) -> dict:
-    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
-            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
-            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
-            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
-    if order.status == "delivered":
-        data["keys"] = order_keys(db.session, get_vault(), order)
-    return data
+    return jsonify(placed.as_api()), 201
 
 
 @bp.get("/orders/<order_no>")

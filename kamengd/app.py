@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 from flask_babel import Babel
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import api, health, panel
 from .config import Config, load_config
+from .context import CONFIG_KEY
 from .database import configure_engine, engine_options, existing_only
 from .errors import register_error_handlers
 from .extensions import csrf, db, limiter
-from .vault import Vault, load_vault
-
-_vault_lock = threading.Lock()
+from .payments import views as payment_views
+from .settings.services import shop_name
+from .storefront import views as storefront
+from .storefront.i18n import current_lang
+from .transaction import TransactionalFlask
 
 # No inline script or style anywhere: an injected <script> does not run.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -28,7 +31,7 @@ TRANSLATIONS = Path(__file__).parent / "translations"
 
 def create_app(config: Config | None = None) -> Flask:
     config = config or load_config()
-    app = Flask("kamengd")
+    app = TransactionalFlask("kamengd")   # each request commits once: kamengd.transaction
     app.config.update(
         SECRET_KEY=config.read_secret_key(),
         SQLALCHEMY_DATABASE_URI=existing_only(config.database_url),
@@ -47,7 +50,7 @@ def create_app(config: Config | None = None) -> Flask:
         BABEL_DEFAULT_LOCALE="zh",
         BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
     )
-    app.extensions["kamengd.config"] = config
+    app.extensions[CONFIG_KEY] = config
     logging.getLogger("kamengd").setLevel(config.logging.level)
 
     if config.server.proxy_count:
@@ -62,12 +65,6 @@ def create_app(config: Config | None = None) -> Flask:
     limiter.init_app(app)
     csrf.init_app(app)
     register_error_handlers(app)
-    from . import api, health
-    from . import panel
-    from .payments import views as payment_views
-    from .storefront import views as storefront
-    from .storefront.i18n import current_lang
-
     Babel(app, locale_selector=current_lang)
 
     app.register_blueprint(health.bp)
@@ -97,44 +94,3 @@ def security_headers(response):
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response
 
-
-def get_config() -> Config:
-    return current_app.extensions["kamengd.config"]
-
-
-def get_sending_config() -> Config:
-    """The config as mail and webhooks use it: the panel's [smtp] and [notifications]
-    settings laid over the file's (kamengd.settings.messaging)."""
-    from .settings.messaging import effective_config
-
-    return effective_config(db.session, get_vault(), get_config())
-
-
-def shop_name() -> str:
-    """The name staff set in the panel, else the config file's."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from .settings.services import site_name
-
-    try:
-        return site_name(db.session, get_config().site.name)
-    except SQLAlchemyError:   # an error page (database down) still renders
-        db.session.rollback()
-        return get_config().site.name
-
-
-def get_vault() -> Vault:
-    """The data key, read on first use and again whenever the key file changes
-    (a rotation adds a key version while the shop keeps running)."""
-    from .vault import key_file_signature
-
-    path = get_config().security.data_key_file
-    signature = key_file_signature(path)
-    cached = current_app.extensions.get("kamengd.vault")
-    if cached is None or cached[1] != signature:
-        with _vault_lock:
-            cached = current_app.extensions.get("kamengd.vault")
-            if cached is None or cached[1] != signature:
-                cached = (load_vault(path), signature)
-                current_app.extensions["kamengd.vault"] = cached
-    return cached[0]

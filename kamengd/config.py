@@ -11,8 +11,13 @@ import os
 import tomllib
 import types
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
 
@@ -165,8 +170,6 @@ class Config:
     @property
     def database_url(self) -> str:
         """The URL with the password from ``password_file`` filled in (never log this)."""
-        from sqlalchemy.engine import make_url
-
         url = make_url(self.database.url)
         if self.database.password_file is not None:
             url = url.set(password=_read_secret_file(self.database.password_file, "database.password_file"))
@@ -205,8 +208,6 @@ class Config:
 
     def describe(self) -> dict:
         """Every setting with its value, secrets masked: safe to print."""
-        from sqlalchemy.engine import make_url
-
         out = {}
         for name, section in _sections():
             values = dataclasses.asdict(getattr(self, name))
@@ -328,8 +329,6 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
 
 
 def _check_site(site: SiteConfig) -> None:
-    import zoneinfo
-
     try:
         zoneinfo.ZoneInfo(site.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -338,8 +337,6 @@ def _check_site(site: SiteConfig) -> None:
 
 
 def _check_notifications(n: NotificationsConfig) -> None:
-    from urllib.parse import urlsplit
-
     for url in n.webhook_urls:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -363,9 +360,6 @@ def normalize_database_url(url: str, base_dir: Path | None) -> str:
     (its instance folder) and Alembic (the working directory): one database
     would become two. It is taken relative to the config file, like every path.
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -13,6 +13,11 @@ utf8mb4, and pre-ping so a connection dropped by the server is replaced.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
+import sqlite3
+import threading
+import time
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -152,9 +157,6 @@ class _WriterGate:
     POLL_SECONDS = 0.0005
 
     def __init__(self, engine: Engine, timeout: int):
-        import os
-        import threading
-
         self._lock = threading.Lock()
         self._timeout = timeout
         database = engine.url.database or ""
@@ -178,8 +180,6 @@ class _WriterGate:
         dialect.do_commit, dialect.do_rollback = do_commit, do_rollback   # this engine's dialect only
 
     def _lock_file(self) -> int | None:
-        import os
-
         if self._path is None:
             return None
         if self._fd is None or self._pid != os.getpid():   # opened lazily: never shared with a forked child
@@ -192,9 +192,6 @@ class _WriterGate:
         return self._fd
 
     def enter(self, proxied_conn) -> None:
-        import fcntl
-        import time
-
         if proxied_conn.info.get("kamengd_writer"):
             return
         deadline = time.monotonic() + self._timeout
@@ -216,8 +213,6 @@ class _WriterGate:
         proxied_conn.info["kamengd_writer"] = True
 
     def leave(self, proxied_conn) -> None:
-        import fcntl
-
         try:
             info = proxied_conn.info
         except (AttributeError, NotImplementedError):   # a raw connection (the pool's first connect)
@@ -231,8 +226,6 @@ class _WriterGate:
 
 
 def _busy():
-    import sqlite3
-
     # What SQLite itself says when its busy timeout runs out: handled as `busy`.
     return sa.exc.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError(
         "database is locked (waited for the other writers)"))

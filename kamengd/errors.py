@@ -6,7 +6,7 @@ plain page elsewhere.
 """
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, make_response, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -72,8 +72,6 @@ def error_response(code: str, message: str, status: int):
     if _wants_json():
         return jsonify({"error": {"code": code, "message": message}}), status
     if request.path.startswith("/admin"):
-        from flask import render_template
-
         try:
             return render_template("panel/error.html", status=status, message=message), status
         except Exception:   # the error page itself must never fail
@@ -82,8 +80,6 @@ def error_response(code: str, message: str, status: int):
 
 
 def _with_retry_after(response, seconds: int):
-    from flask import make_response
-
     response = make_response(response)
     response.headers["Retry-After"] = str(seconds)
     return response

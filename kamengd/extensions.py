@@ -1,4 +1,5 @@
 """The Flask-SQLAlchemy object and the declarative base every model uses."""
+from flask import current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_sqlalchemy import SQLAlchemy
@@ -30,7 +31,6 @@ limiter = Limiter(key_func=get_remote_address)
 def _limits_off_for_this_app() -> bool:
     # The Limiter object is shared by every app in the process and keeps the
     # on/off switch of the last one initialised; each app's own setting wins.
-    from flask import current_app
 
     return not current_app.config.get("RATELIMIT_ENABLED", True)
 

@@ -4,10 +4,10 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__
+from .version import __version__
 from .database import readonly_connection, utcnow
 from .extensions import db
-from .schema import current_revision
+from .operations.schema import current_revision
 
 bp = Blueprint("health", __name__)
 

@@ -9,4 +9,4 @@ from .settings.models import Setting, SettingSecret  # noqa: F401
 from .notifications.models import EmailOutbox, Event, Notification, NotificationAttempt  # noqa: F401
 from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401
-from .processes import ServerProcess  # noqa: F401
+from .operations.models import ServerProcess  # noqa: F401

@@ -13,6 +13,7 @@ row: copied to another row (or product) it no longer decrypts.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import os
@@ -229,8 +230,6 @@ def generate_key_file(path: Path) -> None:
 def key_file_lock(path: Path):
     """Serialise every read-modify-write of the key file (rotate, retire, restore):
     without it two of them could each drop the version the other just added."""
-    import fcntl
-
     lock = Path(path).with_name(f".{Path(path).name}.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:

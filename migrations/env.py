@@ -1,4 +1,4 @@
-"""Alembic environment. kamengd passes the connection in (kamengd.schema);
+"""Alembic environment. kamengd passes the connection in (kamengd.operations.schema);
 `alembic -x url=...` works too for developers."""
 from alembic import context
 from alembic.operations import ops

@@ -119,7 +119,7 @@ class LiveShop:
     def __init__(self, backend: str, databases, tmp_path_factory, name: str):
         from kamengd.app import create_app
         from kamengd.config import load_config
-        from kamengd.installation import install
+        from kamengd.operations.installation import install
 
         self.backend, self.name = backend, name
         self.port = free_port()
@@ -183,7 +183,7 @@ class LiveShop:
     # Data, set up the way staff would (through the services) ------------
     def run(self, fn):
         """fn(session, vault) inside the app, committed; returns what fn returns."""
-        from kamengd.app import get_vault
+        from kamengd.context import get_vault
         from kamengd.extensions import db
 
         with self.app.app_context():

@@ -105,7 +105,7 @@ def write_password(directory: Path, password: str = PASSWORD) -> Path:
 def make_install(databases, tmp_path_factory):
     """make_install(backend) -> Config of a brand-new installation (in-process)."""
     from kamengd.config import load_config
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
 
     def factory(backend: str, **kwargs):
         root = tmp_path_factory.mktemp("install")
@@ -120,7 +120,7 @@ def make_install(databases, tmp_path_factory):
 def installed(backend, databases, tmp_path_factory):
     """One installation per backend, shared by the service tests."""
     from kamengd.config import load_config
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
 
     data_dir = tmp_path_factory.mktemp(f"shared-{backend}") / "data"
     url = None if backend == "sqlite" else databases.new_url(backend)
@@ -148,7 +148,7 @@ def client(app):
 
 @pytest.fixture
 def vault(app):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
 
     with app.app_context():
         return get_vault()

@@ -34,7 +34,7 @@ def make_staff(app, role: str, *, totp: bool | None = None, username: str | None
     """A committed staff user; owners and admins get 2FA unless totp=False."""
     from kamengd.accounts import auth
     from kamengd.accounts.services import create_user
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
 
     if totp is None:

@@ -88,7 +88,7 @@ def test_the_sweep_delivers_when_stock_appears_without_an_import(backend, sessio
 
 def test_one_failing_product_does_not_stop_the_sweep(backend, session, vault, make_product, make_keys, channel,
                                                      monkeypatch):
-    import kamengd.orders.services as services
+    import kamengd.orders.attention as attention
 
     broken, fine = make_product(name="broken"), make_product(name="fine")
     make_keys(broken, 1)
@@ -98,13 +98,13 @@ def test_one_failing_product_does_not_stop_the_sweep(backend, session, vault, ma
     b = paid_and_waiting(session, vault, fine, channel, now)
     session.execute(sa.text("UPDATE card_keys SET status = 'available' WHERE product_id IN (:a, :b) "
                             "AND status = 'void'"), {"a": broken.id, "b": fine.id})
-    real = services.deliver_waiting_orders
+    real = attention.deliver_waiting_orders
 
     def deliver(session_, product_id, limit=1000):   # fault injection: one product's delivery raises
         if product_id == broken.id:
             raise RuntimeError("disk on fire")
         return real(session_, product_id, limit)
-    monkeypatch.setattr(services, "deliver_waiting_orders", deliver)
+    monkeypatch.setattr(attention, "deliver_waiting_orders", deliver)
     counts = retry_waiting_deliveries(session, now=now)
     assert counts["errors"] == 1 and counts["delivered"] == 1
     session.refresh(a)

@@ -26,7 +26,8 @@ def passphrase_file(tmp_path, text=PASSPHRASE):
 
 def populate(cfg, n_keys=300):
     """A small shop: a product with keys, a channel, a delivered order and a pending one."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
@@ -67,7 +68,8 @@ def counts(cfg):
 
 
 def delivered_keys(cfg, order_no):
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.orders.services import find_order_for_buyer, order_keys
 
@@ -209,7 +211,7 @@ def test_tampered_or_newer_backups_are_refused(backend, make_install, tmp_path):
 
 
 def test_an_older_backup_restores_and_migrates_forward(backend, databases, make_install, tmp_path):
-    from kamengd import schema
+    from kamengd.operations import schema
     from kamengd.backup.archive import write_backup
 
     old_url = databases.new_url(backend)
@@ -359,7 +361,7 @@ def test_a_backup_whose_keys_the_key_file_cannot_all_open_is_refused_first(backe
     anything changes, not after the tables were replaced."""
     from kamengd.app import create_app
     from kamengd.extensions import db
-    from kamengd.rotation import reencrypt_card_keys
+    from kamengd.operations.rotation import reencrypt_card_keys
     from kamengd.vault import load_vault
 
     cfg = make_install(backend)

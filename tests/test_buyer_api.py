@@ -14,7 +14,7 @@ KEY = "api-merchant-key"
 @pytest.fixture
 def shop_product(app, backend):
     """A product with 3 keys and an Epay channel, committed to the shared database."""
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys

@@ -423,7 +423,8 @@ def test_tables_are_utf8mb4_bin_on_mysql(mysql_backend, make_install):
 
 def test_order_deliver_command(backend, shop, tmp_path):
     """A manual-delivery order, paid, delivered by `kamengd order deliver`."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.config import load_config
     from kamengd.extensions import db
     from kamengd.orders.services import create_order

@@ -166,7 +166,7 @@ def submit(client, page_url: str, action: str, payload: str, valid: dict | None 
 @pytest.fixture
 def shop_item(app):
     """A product in a category, with stock, and an enabled channel."""
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_category, create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
@@ -272,7 +272,7 @@ def owner(app, client):
 @pytest.fixture
 def orders(app):
     """Committed: a manual product with a paid order waiting for its keys, a held order, a delivered one."""
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.database import utcnow
     from kamengd.extensions import db

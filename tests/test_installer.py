@@ -91,7 +91,7 @@ class Install:
 
     def revision(self) -> str:
         return self.venv_python(
-            "import sys; from kamengd.database import make_engine; from kamengd.schema import current_revision;"
+            "import sys; from kamengd.database import make_engine; from kamengd.operations.schema import current_revision;"
             "print(current_revision(make_engine(sys.argv[1], pooled=False)))", self.database_url())
 
     def database_url(self) -> str:
@@ -131,7 +131,7 @@ def upgraded(installed) -> Upgrade:
     head = installed.revision()
     installed.venv_python(
         "import sys; from alembic import command; from kamengd.database import make_engine;"
-        "from kamengd.schema import alembic_config\n"
+        "from kamengd.operations.schema import alembic_config\n"
         "with make_engine(sys.argv[1], foreign_keys=False, pooled=False).begin() as conn:\n"
         "    command.downgrade(alembic_config(conn), '-1')", installed.database_url())
     behind = installed.revision()

@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import mysql
 
 from kamengd.database import make_engine
-from kamengd.schema import alembic_config, head_revision, upgrade
+from kamengd.operations.schema import alembic_config, head_revision, upgrade
 
 ROWS_PER_TABLE = 3
 NULLS_ROW = 1  # this row stores NULL in every nullable column; the others store values

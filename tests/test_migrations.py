@@ -8,7 +8,7 @@ from alembic.script import ScriptDirectory
 from kamengd import models  # noqa: F401
 from kamengd.database import make_engine
 from kamengd.extensions import db
-from kamengd.schema import alembic_config, current_revision, head_revision, upgrade
+from kamengd.operations.schema import alembic_config, current_revision, head_revision, upgrade
 
 
 def test_one_head():

@@ -203,7 +203,7 @@ def test_manual_delivery_by_staff(backend, session, vault, make_product, channel
 
 def test_expiry_job_releases_due_orders(backend, app, vault):
     """The periodic job commits what expire_orders decides."""
-    from kamengd import jobs
+    from kamengd.scheduler import jobs
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
 

@@ -10,7 +10,7 @@ import secrets
 import pytest
 import sqlalchemy as sa
 
-from kamengd import reports
+from kamengd.reports import events, settlements
 from kamengd.audit.models import AuditEntry
 from kamengd.audit.services import find_entries, record
 from kamengd.notifications.models import Event, Notification
@@ -48,7 +48,7 @@ def shop(backend, databases, tmp_path_factory):
     from kamengd.catalog.services import create_product
     from kamengd.config import load_config
     from kamengd.extensions import db
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
 
     data_dir = tmp_path_factory.mktemp(f"ops-{backend}") / "data"
     url = None if backend == "sqlite" else databases.new_url(backend)
@@ -147,11 +147,11 @@ def test_settlement_reports_count_entries_by_kind(backend, session, make_product
                                     our_status="delivered", our_amount_cents=1, gateway_status="paid",
                                     gateway_amount_cents=2, detail=""))
     session.flush()
-    found = {s.report.day: s.kinds for s in reports.settlement_reports(session, limit=1000)}
+    found = {s.report.day: s.kinds for s in settlements.settlement_reports(session, limit=1000)}
     assert found[dt.date(2032, 1, 1)] == {"paid_at_gateway_only": 0, "amount_differs": 2, "missing_at_gateway": 0,
                                           "unverified": 0}
-    assert reports.settlement_report(session, dt.date(2032, 1, 1)).id == report.id
-    assert reports.settlement_report(session, dt.date(1999, 1, 1)) is None
+    assert settlements.settlement_report(session, dt.date(2032, 1, 1)).id == report.id
+    assert settlements.settlement_report(session, dt.date(1999, 1, 1)) is None
 
 
 def test_recent_events_with_their_notifications(backend, session):
@@ -166,12 +166,12 @@ def test_recent_events_with_their_notifications(backend, session):
                      Notification(event_id=event.id, channel="webhook", target=mark + "b", status="failed",
                                   attempts=3, next_attempt_at=now, created_at=now)])
     session.flush()
-    rows = {r.event.id: r for r in reports.recent_events(session, limit=1000)}
+    rows = {r.event.id: r for r in events.recent_events(session, limit=1000)}
     assert [n.target for n in rows[event.id].notifications] == [mark + "a", mark + "b"]
     assert rows[lonely.id].notifications == []
-    failed = {r.event.id: r for r in reports.recent_events(session, status="failed", limit=1000)}
+    failed = {r.event.id: r for r in events.recent_events(session, status="failed", limit=1000)}
     assert [n.target for n in failed[event.id].notifications] == [mark + "b"] and lonely.id not in failed
-    listed = reports.recent_notifications(session, status="failed", limit=1000)
+    listed = events.recent_notifications(session, status="failed", limit=1000)
     assert (listed[0][0].target, listed[0][1]) == (mark + "b", "order.paid")
 
 
@@ -293,7 +293,7 @@ def test_jobs_page(shop):
     resp = client.get("/admin/jobs")
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
-    from kamengd.jobs import JOBS
+    from kamengd.scheduler.jobs import JOBS
     for name, (_fn, interval) in JOBS.items():
         assert f'data-job="{name}"' in html
     row = html[html.index('data-job="send_emails"'):]

@@ -47,7 +47,7 @@ def channel_by_code(app, code):
 
 
 def stored_key(app, code):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
 
     with app.app_context():

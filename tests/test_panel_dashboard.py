@@ -10,7 +10,7 @@ import zoneinfo
 import pytest
 import sqlalchemy as sa
 
-from kamengd import reports
+from kamengd.reports import scheduler, shop
 from kamengd.orders.models import Order
 from kamengd.orders.services import create_order
 from kamengd.payments.callbacks import handle_epay_notify
@@ -64,7 +64,7 @@ def test_sales_by_shop_day(backend, session, vault, make_product, make_keys, cha
     sell(session, vault, p, channel, "2033-05-14 23:59")                 # eight days before: out of the week
     sell(session, vault, p, channel, "2033-05-15 00:00")                 # the first day of the week
 
-    week = reports.daily_sales(session, utc("2033-05-21 12:00"), TZ, days=7)
+    week = shop.daily_sales(session, utc("2033-05-21 12:00"), TZ, days=7)
     assert [d.day for d in week] == [dt.date(2033, 5, 21) - dt.timedelta(days=i) for i in range(7)]
     today, yesterday = week[0], week[1]
     assert (today.orders, today.amounts) == (3, {"CNY": 1980, "USD": 250})
@@ -73,8 +73,8 @@ def test_sales_by_shop_day(backend, session, vault, make_product, make_keys, cha
     assert (week[6].day, week[6].orders) == (dt.date(2033, 5, 15), 1)
     assert sum(d.orders for d in week) == 5
     # Just before local midnight "today" is still the 20th; one minute later it is the 21st.
-    assert reports.daily_sales(session, utc("2033-05-20 23:59"), TZ, days=1)[0].day == dt.date(2033, 5, 20)
-    assert reports.daily_sales(session, utc("2033-05-21 00:00"), TZ, days=1)[0].orders == 3
+    assert shop.daily_sales(session, utc("2033-05-20 23:59"), TZ, days=1)[0].day == dt.date(2033, 5, 20)
+    assert shop.daily_sales(session, utc("2033-05-21 00:00"), TZ, days=1)[0].orders == 3
 
 
 def test_a_day_across_a_clock_change(backend, session, vault, make_product, make_keys, channel):
@@ -85,19 +85,19 @@ def test_a_day_across_a_clock_change(backend, session, vault, make_product, make
     sell(session, vault, p, channel, "2033-03-13 00:10", tz=ny)
     sell(session, vault, p, channel, "2033-03-13 23:50", tz=ny)   # 03:50 UTC on the 14th
     sell(session, vault, p, channel, "2033-03-12 23:55", tz=ny)
-    week = reports.daily_sales(session, utc("2033-03-14 08:00", ny), ny, days=3)
+    week = shop.daily_sales(session, utc("2033-03-14 08:00", ny), ny, days=3)
     assert [(d.day.day, d.orders) for d in week] == [(14, 0), (13, 2), (12, 1)]
 
 
 def test_orders_by_status_counts_every_status(backend, session, vault, make_product, make_keys, channel):
-    before = reports.orders_by_status(session)
+    before = shop.orders_by_status(session)
     assert list(before) == ["pending", "paid", "delivered", "expired", "cancelled", "refunded", "held"]
     p = make_product()
     make_keys(p, 5)
     sell(session, vault, p, channel, "2033-06-01 10:00")
     sell(session, vault, p, channel, "2033-06-01 10:05", money="0.01")
     create_order(session, product_id=p.id, quantity=1, email="b@example.com", channel_code=channel.code)
-    after = reports.orders_by_status(session)
+    after = shop.orders_by_status(session)
     assert {s: after[s] - before[s] for s in after} == {"pending": 1, "paid": 0, "delivered": 1, "expired": 0,
                                                         "cancelled": 0, "refunded": 0, "held": 1}
 
@@ -113,16 +113,16 @@ def test_low_stock_products(backend, session, make_product, make_keys):
     hidden.is_active = False
     manual = make_product(name=f"manual {secrets.token_hex(3)}", low_stock_threshold=5, delivery_mode="manual")
     session.flush()
-    found = {s.product_id: s for s in reports.low_stock_products(session, limit=10000)}
+    found = {s.product_id: s for s in shop.low_stock_products(session, limit=10000)}
     assert (found[low.id].available, found[low.id].threshold, found[low.id].name) == (2, 5, low.name)
     assert found[empty.id].available == 0
     assert not {at.id, never.id, hidden.id, manual.id} & set(found)
-    ordered = [s.available for s in reports.low_stock_products(session, limit=10000)]
+    ordered = [s.available for s in shop.low_stock_products(session, limit=10000)]
     assert ordered == sorted(ordered)                          # emptiest first
 
 
 def test_orders_needing_attention(backend, session, vault, make_product, make_keys, channel):
-    count_before, _ = reports.orders_needing_attention(session)
+    count_before, _ = shop.orders_needing_attention(session)
     p = make_product()
     make_keys(p, 5)
     held = sell(session, vault, p, channel, "2033-07-01 10:00", money="0.01")
@@ -130,22 +130,22 @@ def test_orders_needing_attention(backend, session, vault, make_product, make_ke
     stuck = sell(session, vault, p, channel, "2033-07-01 10:10")
     session.execute(sa.update(Order).where(Order.id == stuck.id)
                     .values(flagged_at=dt.datetime(2000, 1, 1), flag_reason="waiting for stock"))
-    count, first = reports.orders_needing_attention(session, limit=10)
+    count, first = shop.orders_needing_attention(session, limit=10)
     assert count == count_before + 2
     assert first[0].id == stuck.id                             # the longest waiting first
-    assert held.id in {o.id for o in reports.orders_needing_attention(session, limit=10000)[1]}
-    assert fine.id not in {o.id for o in reports.orders_needing_attention(session, limit=10000)[1]}
-    assert len(reports.orders_needing_attention(session, limit=1)[1]) == 1
+    assert held.id in {o.id for o in shop.orders_needing_attention(session, limit=10000)[1]}
+    assert fine.id not in {o.id for o in shop.orders_needing_attention(session, limit=10000)[1]}
+    assert len(shop.orders_needing_attention(session, limit=1)[1]) == 1
 
 
 def test_scheduler_status_is_stale_after_two_lease_periods(backend, session):
     now = dt.datetime(2033, 8, 1, 12, 0)
     assert heartbeat(session, "host:1:ab", now, 30)
-    fresh = reports.scheduler_status(session, now + dt.timedelta(seconds=60), lease_seconds=30)
+    fresh = scheduler.scheduler_status(session, now + dt.timedelta(seconds=60), lease_seconds=30)
     assert (fresh.owner, fresh.heartbeat_at, fresh.age_seconds, fresh.stale) == ("host:1:ab", now, 60.0, False)
-    assert reports.scheduler_status(session, now + dt.timedelta(seconds=61), lease_seconds=30).stale
+    assert scheduler.scheduler_status(session, now + dt.timedelta(seconds=61), lease_seconds=30).stale
     release(session, "host:1:ab")
-    gone = reports.scheduler_status(session, now, lease_seconds=30)
+    gone = scheduler.scheduler_status(session, now, lease_seconds=30)
     assert gone.owner is None and gone.stale
 
 
@@ -158,13 +158,13 @@ def test_last_run_of_each_job(backend, session):
                             finished_at=t0 + dt.timedelta(seconds=30.25), outcome="error", counts="{}",
                             error="RuntimeError: down")])
     session.flush()
-    last = reports.last_runs(session, [job, "never-ran"])
+    last = scheduler.last_runs(session, [job, "never-ran"])
     assert last["never-ran"] is None
-    assert (last[job].outcome, last[job].error, reports.run_seconds(last[job])) == ("error", "RuntimeError: down",
+    assert (last[job].outcome, last[job].error, scheduler.run_seconds(last[job])) == ("error", "RuntimeError: down",
                                                                                     0.25)
-    runs = reports.job_runs(session, job=job, limit=1)
+    runs = scheduler.job_runs(session, job=job, limit=1)
     assert [r.outcome for r in runs] == ["error"]
-    assert [r.outcome for r in reports.job_runs(session, job=job, limit=5, offset=1)] == ["ok"]
+    assert [r.outcome for r in scheduler.job_runs(session, job=job, limit=5, offset=1)] == ["ok"]
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -219,8 +219,8 @@ def test_dashboard_page(app, dashboard_data, monkeypatch):
     assert "2035-09-04" in html and "2035-09-03" not in html             # seven days
     from kamengd.extensions import db
     with app.app_context():
-        by_status = reports.orders_by_status(db.session)
-        attention_count, _ = reports.orders_needing_attention(db.session)
+        by_status = shop.orders_by_status(db.session)
+        attention_count, _ = shop.orders_needing_attention(db.session)
     for status, n in by_status.items():
         assert f'data-status="{status}">{n}<' in html
     assert by_status["held"] >= 1 and _cell(html, "attention-count") == str(attention_count)

@@ -27,7 +27,7 @@ def shop(backend, databases, tmp_path_factory):
     """An installation of its own: its jobs send only this module's events."""
     from kamengd.app import create_app
     from kamengd.config import load_config
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
 
     data_dir = tmp_path_factory.mktemp(f"messaging-{backend}") / "data"
     url = None if backend == "sqlite" else databases.new_url(backend)
@@ -80,7 +80,7 @@ def database_dump(application) -> str:
 
 
 def sending(application):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.settings.messaging import effective_config
 
@@ -119,8 +119,8 @@ def test_delivery_mails_use_the_panel_server(backend, shop, clean, smtp_server):
     import io
     import secrets
 
-    from kamengd import jobs
-    from kamengd.app import get_vault
+    from kamengd.scheduler import jobs
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
@@ -210,7 +210,7 @@ def test_bad_mail_settings_change_nothing(backend, shop, clean, bad, message):
 
 
 def test_webhooks_set_here_are_signed_with_the_panel_secret(backend, shop, clean):
-    from kamengd import jobs
+    from kamengd.scheduler import jobs
     from kamengd.extensions import db
     from kamengd.notifications.events import emit
 

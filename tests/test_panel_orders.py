@@ -18,7 +18,7 @@ from test_orders import KEY, callback
 
 def make_shop(app):
     """Committed: an auto product with keys, a manual one, a channel, and orders in several states."""
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys
@@ -104,7 +104,7 @@ def listed(client, **args) -> str:
 
 
 def shop_today(app) -> dt.date:
-    from kamengd.app import get_config
+    from kamengd.context import get_config
 
     with app.app_context():
         return dt.datetime.now(ZoneInfo(get_config().site.timezone)).date()
@@ -253,7 +253,7 @@ def test_support_delivers_a_manual_order_by_hand(app, client, shop):
 @pytest.fixture
 def panel_smtp(app):
     """A mail server set in the panel's settings, removed afterwards (the database is shared)."""
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
     from kamengd.settings.messaging import save_group
     from kamengd.settings.models import Setting

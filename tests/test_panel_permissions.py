@@ -86,12 +86,13 @@ PUBLIC_ELSEWHERE = {
 @pytest.fixture(scope="module")
 def world(backend, databases, tmp_path_factory):
     """Its own installation (the allowed POSTs really run) with one of everything."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.catalog.models import Category
     from kamengd.catalog.services import create_product
     from kamengd.config import load_config
     from kamengd.extensions import db
-    from kamengd.installation import install
+    from kamengd.operations.installation import install
     from kamengd.inventory.services import import_keys
     from kamengd.orders.services import create_order
     from kamengd.payments.services import add_channel

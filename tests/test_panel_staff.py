@@ -210,7 +210,8 @@ def test_staff_pages_are_for_the_owner_only(backend, app, client):
 def own_shop(backend, make_install):
     """A fresh installation whose only owner is `admin` (with 2FA), and its app."""
     from kamengd.accounts import auth
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
 
     config = make_install(backend)

@@ -200,7 +200,7 @@ def stored(app, product_id: int) -> dict[str, int]:
 
 
 def plaintext(app, product_id: int, statuses=None) -> list[str]:
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.extensions import db
 
     with app.app_context():

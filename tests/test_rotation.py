@@ -93,7 +93,7 @@ def test_rotation_while_selling(backend, make_install, start_server, tmp_path):
 def test_an_interrupted_rotation_resumes(backend, make_install, tmp_path):
     from kamengd.app import create_app
     from kamengd.extensions import db
-    from kamengd.rotation import reencrypt_card_keys
+    from kamengd.operations.rotation import reencrypt_card_keys
     from kamengd.vault import load_vault
 
     cfg = make_install(backend)
@@ -140,7 +140,7 @@ def test_the_scheduler_retires_old_versions_an_hour_after_the_rotation(backend, 
 
     from kamengd.app import create_app
     from kamengd.extensions import db
-    from kamengd.rotation import retire_old_keys
+    from kamengd.operations.rotation import retire_old_keys
 
     cfg = make_install(backend)
     populate(cfg, n_keys=10)
@@ -205,9 +205,10 @@ def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
 
     from kamengd.accounts import auth
     from kamengd.accounts.models import StaffUser
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
-    from kamengd.rotation import versions_in_use
+    from kamengd.operations.rotation import versions_in_use
     from panel_support import make_staff
 
     cfg = make_install(backend)
@@ -232,9 +233,10 @@ def test_staff_2fa_secrets_follow_the_rotation(backend, make_install):
 def test_secret_settings_follow_the_rotation(backend, make_install):
     """The SMTP password and webhook secret set in the panel keep their key version in use,
     are re-encrypted by the rotation and read the same afterwards."""
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.extensions import db
-    from kamengd.rotation import versions_in_use
+    from kamengd.operations.rotation import versions_in_use
     from kamengd.settings.models import SettingSecret
     from kamengd.settings.services import get_secret, set_secret
 

@@ -106,7 +106,7 @@ def test_a_failing_job_is_recorded_and_retried(backend, fresh_app):
 def test_real_jobs_and_the_jobs_command(backend, make_install):
     cfg = make_install(backend)
     out = run_cli("scheduler", "--once", config=cfg.path, check=True).out
-    from kamengd.jobs import JOBS
+    from kamengd.scheduler.jobs import JOBS
     assert out.strip() == "leader; ran: " + ", ".join(JOBS)
     listed = json.loads(run_cli("jobs", "--json", "--limit", "50", config=cfg.path, check=True).out)
     assert {r["job"] for r in listed["runs"]} == set(JOBS)
@@ -164,7 +164,7 @@ def test_two_scheduler_processes_one_database(mysql_backend, make_install):
 
 
 def test_old_history_is_pruned(backend, session):
-    from kamengd.history import EVENTS_DAYS, JOB_RUNS_DAYS, prune
+    from kamengd.operations.history import EVENTS_DAYS, JOB_RUNS_DAYS, prune
     from kamengd.notifications.models import Event, Notification, NotificationAttempt
 
     now = dt.datetime.utcnow()   # rows other tests committed to the shared database are recent: kept

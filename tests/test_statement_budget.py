@@ -29,7 +29,7 @@ LOOKUP_BUDGET = {"sqlite": 2, "mysql": 1}
 
 @pytest.fixture
 def shop(app):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys

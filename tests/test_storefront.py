@@ -14,7 +14,7 @@ HOSTILE = '<script>alert("x")</script>&"\''
 
 @pytest.fixture
 def item(app, backend):
-    from kamengd.app import get_vault
+    from kamengd.context import get_vault
     from kamengd.catalog.services import create_product
     from kamengd.extensions import db
     from kamengd.inventory.services import import_keys

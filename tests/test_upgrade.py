@@ -5,7 +5,7 @@ import shutil
 import pytest
 import sqlalchemy as sa
 
-from kamengd import schema
+from kamengd.operations import schema
 from kamengd.cli import main
 from kamengd.database import make_engine
 

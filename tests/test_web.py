@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import assert_one_line_error, free_port, run_cli, write_password
-from kamengd import schema
+from kamengd.operations import schema
 from kamengd.errors import KamengdError
-from kamengd.schema import head_revision
+from kamengd.operations.schema import head_revision
 
 
 def test_healthz(client):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pyotp
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
@@ -23,8 +25,7 @@ from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..vault import Vault
 from .models import LoginThrottle, RecoveryCode, StaffSession, StaffUser
-from .passwords import hash_password, verify_password
-from .services import validate_password
+from .passwords import hash_password, validate_password, verify_password
 
 # Roles that hold the shop's money and staff: they cannot work without 2FA.
 ROLES_REQUIRING_2FA = ("owner", "admin")
@@ -77,16 +78,12 @@ def _throttle_row(session: Session, scope: str, key: str, now: dt.datetime) -> L
     guesses at once wait for each other, so the second sees the first one's failure."""
     values = {"scope": scope, "key": key, "failures": 0, "last_failure_at": now}
     if session.get_bind().dialect.name in ("mysql", "mariadb"):
-        from sqlalchemy.dialects.mysql import insert
-
         # On a duplicate this takes the row's exclusive lock at once; a SELECT ... FOR
         # UPDATE of a missing row followed by an INSERT deadlocks when two guesses race.
-        stmt = insert(LoginThrottle).values(**values)
+        stmt = mysql_insert(LoginThrottle).values(**values)
         session.execute(stmt.on_duplicate_key_update(scope=stmt.inserted.scope))
     else:   # SQLite: the request's BEGIN IMMEDIATE already holds the database's write lock
-        from sqlalchemy.dialects.sqlite import insert
-
-        session.execute(insert(LoginThrottle).values(**values).on_conflict_do_nothing())
+        session.execute(sqlite_insert(LoginThrottle).values(**values).on_conflict_do_nothing())
     return session.scalars(sa.select(LoginThrottle).where(LoginThrottle.scope == scope, LoginThrottle.key == key)
                            .with_for_update().execution_options(populate_existing=True)).one()
 

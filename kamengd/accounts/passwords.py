@@ -1,8 +1,14 @@
-"""Argon2id password hashing (argon2-cffi's RFC 9106 low-memory profile)."""
+"""Staff passwords: how long they may be, and Argon2id hashing (argon2-cffi's RFC 9106
+low-memory profile)."""
 from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from ..errors import InvalidRequest
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
 
 _hasher = PasswordHasher()
 
@@ -15,6 +21,13 @@ def _dummy() -> str:
     if _dummy_hash is None:
         _dummy_hash = _hasher.hash("kamengd-dummy-password")
     return _dummy_hash
+
+
+def validate_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
 def hash_password(password: str) -> str:

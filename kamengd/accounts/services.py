@@ -7,19 +7,11 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..errors import Conflict, InvalidRequest, NotFound
+from .auth import disable_totp
 from .models import ROLES, StaffUser
-from .passwords import hash_password
+from .passwords import hash_password, validate_password
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024
-
-
-def validate_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidRequest(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
 def create_user(session: Session, *, username: str, role: str, password: str, actor: str,
@@ -109,8 +101,6 @@ def reset_2fa(session: Session, *, user_id: int, actor: str, by_user_id: int | N
     An owner or admin is asked to set it up again at the next sign-in. Your
     own 2FA is changed on your account page, with a code.
     """
-    from .auth import disable_totp
-
     user = get_user(session, user_id)
     if user.id == by_user_id:
         raise Conflict("you cannot reset your own two-factor sign-in here; use your account page")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..context import get_vault
 from ..database import utcnow
 from ..errors import KamengdError
 from .models import AuditEntry, AuditHead
@@ -51,12 +52,6 @@ def seal_message(seq: int, last_hash: str) -> bytes:
     return f"kamengd-audit-head:{seq}:{last_hash}".encode()
 
 
-def _current_vault():
-    from ..app import get_vault
-
-    return get_vault()
-
-
 def record(session: Session, action: str, *, actor: str, target: str = "",
            source_ip: str | None = None, details: dict | None = None) -> AuditEntry:
     """Append an entry in the caller's transaction (it commits with the change it records).
@@ -65,7 +60,7 @@ def record(session: Session, action: str, *, actor: str, target: str = "",
     so concurrent writers append one after another, never both after the same
     predecessor. Needs an app context (the seal is made with the data key).
     """
-    vault = _current_vault()
+    vault = get_vault()
     head = AuditHead.__table__
     claimed = session.execute(head.update().where(head.c.id == 1).values(seq=head.c.seq + 1))
     if claimed.rowcount != 1:

@@ -22,12 +22,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import shutil
 import sqlite3
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,10 +37,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .. import __version__
+from ..version import __version__
 from ..database import make_engine, utcnow
 from ..errors import KamengdError
-from ..snapshot import sqlite_path
+from ..operations.schema import current_revision
+from ..operations.snapshot import sqlite_path
 from .sealed import OpeningReader, SealedError, SealingWriter, is_sealed
 
 FORMAT, FORMAT_VERSION = "kamengd-backup", 1
@@ -121,8 +124,6 @@ WORKDIR_PREFIX = ".kamengd-backup-"
 def _remove_stale_workdirs(directory: Path, older_than: float = 6 * 3600) -> None:
     """A backup killed outright (SIGKILL, out of memory) leaves its work directory
     (mode 0700) behind; the next backup in the same place removes it."""
-    import time
-
     for path in directory.glob(WORKDIR_PREFIX + "*"):
         try:
             if path.is_dir() and time.time() - path.stat().st_mtime > older_than:
@@ -141,8 +142,6 @@ class BackupResult:
 def write_backup(url: str, output: Path, *, passphrase: str | None = None,
                  progress: Progress | None = None) -> BackupResult:
     """Write the archive to `output` (a new file, mode 0600); never a partial file on failure."""
-    from ..schema import current_revision
-
     output = Path(output)
     if output.exists():
         raise BackupError(f"{output} already exists; choose a new file name")
@@ -212,8 +211,6 @@ def write_backup(url: str, output: Path, *, passphrase: str | None = None,
 
 
 def _add(tar: tarfile.TarFile, name: str, body: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(body), 0o600, int(utcnow().timestamp())
     tar.addfile(info, io.BytesIO(body))

@@ -13,6 +13,7 @@ decrypted once, and the count is reported.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,13 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
+from ..audit.services import seal_message
 from ..database import make_engine, utcnow
-from ..snapshot import sqlite_path
+from ..operations.processes import live_servers
+from ..operations.schema import alembic_config, upgrade
+from ..operations.snapshot import sqlite_path
 from ..vault import DecryptionError, Vault
+from ..version import __version__
 from .archive import SKIPPED_TABLES, BackupError, BackupReader, Progress, decode
 
 # Tables whose rows make a database "not empty": a fresh `kamengd install` has none.
@@ -40,15 +45,11 @@ class RestoreResult:
 
 
 def revision_order() -> list[str]:
-    from ..schema import alembic_config
-
     script = ScriptDirectory.from_config(alembic_config())
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
 def check_revision(manifest: dict) -> None:
-    from .. import __version__
-
     order = revision_order()
     if manifest["schema_revision"] not in order:
         raise BackupError(f"the backup's schema {manifest['schema_revision']} is newer than this kamengd "
@@ -59,10 +60,6 @@ def check_keys(reader: BackupReader, vault: Vault, per_version: int = 5) -> int:
     """Before anything changes: the key file must hold every key version the backup
     uses and open a sample of each (card keys), every channel, 2FA and setting secret and the audit
     seal. The wrong key file is refused here, not after the tables were replaced."""
-    import hmac
-
-    from ..audit.services import seal_message
-
     checked, tried = 0, {}
     for table, columns, rows in reader.rows():
         col = {name: i for i, name in enumerate(columns)}
@@ -114,8 +111,6 @@ def _running_scheduler(conn, lease_seconds: int) -> str | None:
 
 def running_kamengd(conn, lease_seconds: int | None) -> str | None:
     """A scheduler or `kamengd serve` that is alive on this database, described; else None."""
-    from ..processes import live_servers
-
     servers = live_servers(conn)
     if servers:
         return f"`kamengd serve` {servers[0]}"
@@ -219,8 +214,6 @@ def count_decryptable(url: str, vault: Vault) -> tuple[int, int]:
 def restore_backup(url: str, reader: BackupReader, vault: Vault, *, force: bool, lease_seconds: int | None,
                    progress: Progress | None = None, to_head: bool = True) -> RestoreResult:
     """Restore, then migrate to head (`to_head=False` keeps the backup's schema: undoing a failed upgrade)."""
-    from ..schema import upgrade
-
     manifest = reader.manifest or reader.verify()
     check_revision(manifest)
     check_keys(reader, vault)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -52,8 +53,6 @@ def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None)
 
 
 def _give_to_owner_of(path: Path, like: Path) -> None:
-    import os
-
     if os.geteuid() == 0 and Path(like).exists():
         st = Path(like).stat()
         os.chown(path, st.st_uid, st.st_gid)
@@ -74,12 +73,12 @@ def daily_backup(session: Session, config: Config, now: dt.datetime | None = Non
     if not config.backup.daily:
         return {"skipped": "backup.daily is off"}
     last = read(session, "backup.last")
-    session.commit()
+    session.commit()   # ends the read: no transaction is held through the backup
     if last is not None and now - last[1] < dt.timedelta(hours=23, minutes=30):
         return {"skipped": "recent backup"}
     result = backup_to_dir(config, DAILY_PREFIX)
     record_backup(session, result, "daily", now)
-    session.commit()
+    session.commit()   # the new backup is recorded before older ones are removed
     removed = prune_daily(config.backup_dir(), config.backup.keep)
     return {"file": result.path.name, "bytes": result.bytes, "removed": len(removed)}
 

@@ -190,6 +190,13 @@ def available_stock(session: Session, product_id: int) -> int:
         CardKey.product_id == product_id, CardKey.status == "available"))
 
 
+def stock_by_product(session: Session) -> dict[int, int]:
+    """{product id: available keys} for every product with any."""
+    t = CardKey.__table__
+    return dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(t.c.status == "available")
+                                .group_by(t.c.product_id)).all())
+
+
 def available_by_product(session: Session, product_ids: Iterable[int]) -> dict[int, int]:
     """{product id: available keys} for these products, in one grouped query."""
     ids = list(product_ids)

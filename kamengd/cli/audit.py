@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import verify
 from ..errors import KamengdError
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.group()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -7,20 +8,22 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..audit.services import cli_actor, record
+from ..backup.archive import BackupReader, write_backup
+from ..backup.restore import restore_backup
+from ..backup.services import check_passphrase, key_backup, key_restore, record_backup
+from ..context import get_config, get_vault
 from ..errors import KamengdError
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from ..operations.rotation import retire_unused, rotate
+from .group import cli, emit, json_option, with_app
+from .install import read_password_file
 
 passphrase_option = click.option("--passphrase-file", type=click.Path(dir_okay=False), metavar="F",
                                  help="File holding the passphrase (otherwise it is asked for).")
 
 
 def read_passphrase(path: str | None, *, confirm: bool, required: bool = True) -> str | None:
-    from ..backup.services import check_passphrase
-
     if path is not None:
-        from .install import read_password_file
-
         text = read_password_file(path)   # only the line break is dropped, as for backup.passphrase_file
         return check_passphrase(text) if confirm else text
     if not required:
@@ -32,8 +35,6 @@ def read_passphrase(path: str | None, *, confirm: bool, required: bool = True) -
 
 def interrupt_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so the clean-up of temporary files runs."""
-    import signal
-
     def stop(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
@@ -64,10 +65,6 @@ def _end_progress(progress) -> None:
 @with_app
 def backup(output, passphrase_file, encrypt, as_json):
     """One consistent archive of the whole database, while the shop keeps selling. Never the data key."""
-    from ..app import get_config
-    from ..backup.archive import write_backup
-    from ..backup.services import record_backup
-
     passphrase = read_passphrase(passphrase_file, confirm=True, required=encrypt)
     interrupt_on_sigterm()
     progress = terminal_progress()
@@ -92,10 +89,6 @@ def backup(output, passphrase_file, encrypt, as_json):
 @click.pass_obj
 def restore(obj, file, force, passphrase_file, as_json):
     """Restore a backup into the configured database (checked before anything changes)."""
-    from ..app import get_vault
-    from ..backup.archive import BackupReader
-    from ..backup.restore import restore_backup
-
     config = obj.config
     reader = BackupReader(Path(file))
     if reader.sealed:
@@ -115,7 +108,7 @@ def restore(obj, file, force, passphrase_file, as_json):
                details={"created_at": manifest.get("created_at"), "source": manifest.get("source"),
                         "revision": result.revision_before, "upgraded_to": result.revision_after,
                         "rows": result.rows, "keys_checked": result.keys_checked, "forced": force})
-        db.session.commit()
+        db.session.commit()   # restore's one commit, in the restored database (no app context before it)
     emit(as_json, {"restored": str(file), "rows": result.rows, "keys_decrypted": result.keys_checked,
                    "schema_revision_of_backup": result.revision_before, "schema_revision": result.revision_after},
          f"restored {result.rows:,} rows from {file} (schema {result.revision_before}"
@@ -135,9 +128,6 @@ def key():
 @with_app
 def key_backup_command(output, passphrase_file, as_json):
     """Write the data key sealed with a passphrase (scrypt + AES-256-GCM)."""
-    from ..app import get_config
-    from ..backup.services import key_backup
-
     passphrase = read_passphrase(passphrase_file, confirm=True)
     versions = key_backup(db.session, get_config(), Path(output), passphrase)
     record(db.session, "key.backup", actor=cli_actor(), target=f"file:{Path(output).resolve()}",
@@ -154,17 +144,13 @@ def key_backup_command(output, passphrase_file, as_json):
 @click.pass_obj
 def key_restore_command(obj, file, passphrase_file, as_json):
     """Install a key written by `key backup` as this installation's data key (the old file is kept aside)."""
-    from ..backup.services import key_restore
-
     passphrase = read_passphrase(passphrase_file, confirm=False)
     vault, aside = key_restore(obj.config, Path(file), passphrase)
     with obj.app.app_context():
-        from ..audit.services import record as audit
-
         try:
-            audit(db.session, "key.restore", actor=cli_actor(), target=f"file:{Path(file).resolve()}",
-                  details={"versions": vault.versions, "old_key_file": str(aside) if aside else None})
-            db.session.commit()
+            record(db.session, "key.restore", actor=cli_actor(), target=f"file:{Path(file).resolve()}",
+                   details={"versions": vault.versions, "old_key_file": str(aside) if aside else None})
+            db.session.commit()   # the command's one commit: the key is installed first, outside any app
         except (SQLAlchemyError, KamengdError):   # the key is installed either way; the database may not be ready
             db.session.rollback()
     emit(as_json, {"versions": vault.versions, "old_key_file": str(aside) if aside else None},
@@ -180,9 +166,6 @@ def key_restore_command(obj, file, passphrase_file, as_json):
 @with_app
 def key_rotate_command(prepare, batch_size, as_json):
     """A new data key; re-encrypts every card key in batches while the shop keeps selling (resumable)."""
-    from ..app import get_config
-    from ..rotation import rotate
-
     path = get_config().security.data_key_file
     shown = terminal_progress()
     result = rotate(db.session, path, prepare=prepare, batch=batch_size,
@@ -206,9 +189,6 @@ def key_rotate_command(prepare, batch_size, as_json):
 @with_app
 def key_retire_command(as_json):
     """Move key versions no row uses any more out of the key file (into a file beside it)."""
-    from ..app import get_config
-    from ..rotation import retire_unused
-
     retired, aside = retire_unused(db.session, get_config().security.data_key_file)
     if retired:
         record(db.session, "key.retire", actor=cli_actor(), target="data key",

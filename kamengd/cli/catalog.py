@@ -8,7 +8,7 @@ from ..catalog.models import DELIVERY_MODES, Product
 from ..catalog.services import create_product, product_summary
 from ..extensions import db
 from ..money import parse_money
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.group()

@@ -5,13 +5,13 @@ import json
 import click
 import sqlalchemy as sa
 
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import cli_actor
 from ..errors import InvalidRequest
 from ..extensions import db
 from ..payments.models import PaymentChannel
 from ..payments.services import CHANNEL_TYPES, add_channel
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.group()

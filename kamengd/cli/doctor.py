@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import click
 
-from ..doctor import Check, run_checks
+from ..operations.doctor import Check, run_checks
 from ..errors import KamengdError
-from . import cli, emit, json_option
+from .group import cli, emit, json_option
 
 
 @cli.command()

@@ -5,8 +5,8 @@ from pathlib import Path
 import click
 
 from ..errors import KamengdError
-from ..installation import install as do_install
-from . import cli, emit, json_option
+from ..operations.installation import install as do_install
+from .group import cli, emit, json_option
 
 
 def read_password_file(path: str) -> str:

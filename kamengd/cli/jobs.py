@@ -5,9 +5,9 @@ import json
 import click
 
 from ..extensions import db
-from ..reports import job_runs, run_seconds
+from ..reports.scheduler import job_runs, run_seconds
 from ..scheduler.lease import leader_info
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 @cli.command()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor
 from ..errors import KamengdError
 from ..extensions import db
 from ..inventory.services import EXPORT_STATUSES, export_keys, import_keys
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 
 
 PRODUCT_ID = click.IntRange(min=1, max=2**31 - 1)
@@ -80,7 +80,7 @@ def keys_export(obj, product_id, output, status, as_json):
             db.session.rollback()
             raise
         try:
-            db.session.commit()
+            db.session.commit()   # the export's one commit: the file appears only once its audit entry is stored
         except BaseException:
             result.discard()
             raise

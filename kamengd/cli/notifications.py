@@ -3,8 +3,8 @@ from __future__ import annotations
 import click
 
 from ..extensions import db
-from ..reports import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
-from . import cli, emit, json_option, with_app
+from ..reports.events import NOTIFICATION_STATUSES, notification_attempts, recent_notifications
+from .group import cli, emit, json_option, with_app
 
 
 def _iso(value):

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor
 from ..extensions import db
 from ..inventory.importer import check_key, iter_lines
+from ..money import format_cents
+from ..orders.attention import flagged_orders
 from ..orders.services import deliver_manually
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .keys import open_seekable
 
 
@@ -44,9 +46,6 @@ def order_deliver(order_no, keys_file, encoding, as_json):
 @with_app(readonly=True)
 def order_flagged(limit, as_json):
     """Orders that need a person: held payments, waiting too long, past the manual SLA, mail failed."""
-    from ..money import format_cents
-    from ..orders.attention import flagged_orders
-
     orders = [{"order_no": o.order_no, "status": o.status, "amount": format_cents(o.amount_cents),
                "currency": o.currency, "flagged_at": o.flagged_at.isoformat(timespec="seconds") + "Z",
                "reason": o.flag_reason} for o in flagged_orders(db.session, limit)]

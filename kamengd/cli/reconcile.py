@@ -5,15 +5,15 @@ import zoneinfo
 
 import click
 
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import cli_actor, record
 from ..database import utcnow
 from ..extensions import db
 from ..money import format_cents
 from ..payments.models import SettlementReport
 from ..payments.settlement import day_to_settle, report_entries, run_settlement
-from ..reports import settlement_report
-from . import cli, emit, fail, json_option, with_app
+from ..reports.settlements import settlement_report
+from .group import cli, emit, fail, json_option, with_app
 
 
 @cli.group()
@@ -77,5 +77,5 @@ def reconcile_run(day, restart, as_json):
         fail(f"--date: {day} is not over yet in {tz}")
     record(db.session, "reconcile.run", actor=cli_actor(), target=f"settlement:{day}",
            details={"restart": restart})
-    db.session.commit()
+    db.session.commit()   # the run is recorded before it asks the gateways; the settlement commits per chunk
     _show(run_settlement(db.session, get_vault(), day, tz, restart=restart), as_json)

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import click
 
 from ..errors import InvalidRequest
-from . import cli
+from ..extensions import db
+from ..operations.processes import register
+from ..operations.schema import require_current
+from .group import cli
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -22,9 +30,6 @@ def parse_bind(bind: str) -> tuple[str, int]:
 @click.pass_obj
 def serve(obj, bind, server_name, workers, threads, no_scheduler):
     """Run the shop, panel, API and payment callbacks."""
-    from ..extensions import db
-    from ..schema import require_current
-
     config = obj.config
     host, port = parse_bind(bind or config.server.bind)
     server_name = server_name or config.server.server
@@ -37,23 +42,19 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
     if server_name == "waitress":
         _run_waitress(app, host, port, threads, scheduler=not no_scheduler)
     else:
-        from ..server.gunicorn import run_gunicorn
+        from ..server.gunicorn import run_gunicorn   # gunicorn loads only to serve with it
 
         run_gunicorn(config, f"{host}:{port}", workers or config.server.workers, threads,
                      scheduler=not no_scheduler)
 
 
 def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -> None:
-    import signal
-
-    import waitress
-
-    from ..processes import register
+    import waitress   # loads only to serve with it, not for every `kamengd` command
 
     register(app)   # restore and upgrade refuse while this process beats
     if scheduler:
         # One process, never forked: the scheduler's thread can share it.
-        from ..scheduler.runner import Scheduler
+        from ..scheduler.runner import Scheduler   # APScheduler loads only where the scheduler runs
         Scheduler(app).start_background()
 
     def stop(signum, frame):
@@ -72,11 +73,7 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
 @click.pass_obj
 def scheduler(obj, once, parent_pid):
     """Run only the scheduler (one leader per database runs the jobs)."""
-    import signal
-
-    from ..extensions import db
-    from ..schema import require_current
-    from ..scheduler.runner import Scheduler
+    from ..scheduler.runner import Scheduler   # APScheduler loads only where the scheduler runs
 
     app = obj.app
     with app.app_context():
@@ -105,11 +102,6 @@ def scheduler(obj, once, parent_pid):
 
 def _exit_with_parent(parent_pid: int) -> None:
     """A master killed with SIGKILL cannot stop us: notice that we were orphaned."""
-    import os
-    import signal
-    import threading
-    import time
-
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(1)

@@ -3,9 +3,12 @@ from __future__ import annotations
 import click
 
 from ..audit.services import cli_actor
+from ..context import get_vault
+from ..errors import InvalidRequest
 from ..extensions import db
+from ..settings.messaging import SECRET_OF_GROUP, save_group
 from ..settings.services import SECRETS, SETTINGS, all_settings, secrets_set, set_setting
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .install import read_password_file
 
 
@@ -36,9 +39,6 @@ def setting_set(key, value, as_json):
     spec = SETTINGS.get(key)
     if spec is not None and spec.group != "shop":
         # The mail server and notifications are checked as a whole, as in the panel.
-        from ..app import get_vault
-        from ..settings.messaging import save_group
-
         save_group(db.session, get_vault(), spec.group, {key: value}, actor=cli_actor())
         new = all_settings(db.session)[key]
     else:
@@ -55,10 +55,6 @@ def setting_set(key, value, as_json):
 @with_app
 def setting_secret(key, path, clear, as_json):
     """Store a secret setting (encrypted with the data key) or remove it; never printed."""
-    from ..app import get_vault
-    from ..errors import InvalidRequest
-    from ..settings.messaging import SECRET_OF_GROUP, save_group
-
     if bool(path) == clear:
         raise InvalidRequest("give --file FILE or --clear")
     group = next(g for g, k in SECRET_OF_GROUP.items() if k == key)

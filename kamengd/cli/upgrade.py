@@ -3,11 +3,15 @@ from __future__ import annotations
 import click
 
 from ..audit.services import cli_actor, record
+from ..backup.archive import BackupReader
+from ..backup.restore import restore_backup, running_on
+from ..backup.services import backup_to_dir, record_backup
+from ..context import get_vault
 from ..errors import KamengdError
 from ..extensions import db
-from ..schema import current_revision, head_revision, upgrade as run_upgrade
-from ..snapshot import sqlite_path
-from . import cli, emit, json_option
+from ..operations.schema import current_revision, head_revision, upgrade as run_upgrade
+from ..operations.snapshot import sqlite_path
+from .group import cli, emit, json_option
 
 
 def _one_line(exc: Exception) -> str:
@@ -20,11 +24,6 @@ def _one_line(exc: Exception) -> str:
 @click.pass_obj
 def upgrade(obj, skip_backup, as_json):
     """Back the database up, then apply pending migrations; a failed migration is undone."""
-    from ..app import get_vault
-    from ..backup.archive import BackupReader
-    from ..backup.restore import restore_backup
-    from ..backup.services import backup_to_dir, record_backup
-
     config = obj.config
     with obj.app.app_context():
         before = current_revision(db.engine)
@@ -37,7 +36,6 @@ def upgrade(obj, skip_backup, as_json):
         emit(as_json, {"before": before, "after": head, "backup": None},
              f"schema at {head}; nothing to upgrade")
         return
-    from ..backup.restore import running_on
 
     running = running_on(config.database_url, config.scheduler.lease_seconds)
     if running:
@@ -68,6 +66,6 @@ def upgrade(obj, skip_backup, as_json):
             record_backup(db.session, result, "pre-upgrade")
         record(db.session, "schema.upgrade", actor=cli_actor(), target="database",
                details={"before": before, "after": after, "backup": backup})
-        db.session.commit()
+        db.session.commit()   # upgrade's one commit, after the migration (no app context around it)
     emit(as_json, {"before": before, "after": after, "backup": backup},
          f"schema {before} -> {after}" + (f" (backup: {backup})" if backup else " (no backup)"))

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import click
+import sqlalchemy as sa
 
-from ..accounts.models import ROLES
+from ..accounts.auth import disable_totp, end_all_sessions, reset_password, unlock
+from ..accounts.models import ROLES, StaffUser
 from ..accounts.services import create_user, set_role
 from ..audit.services import cli_actor
+from ..errors import NotFound
 from ..extensions import db
-from . import cli, emit, json_option, with_app
+from .group import cli, emit, json_option, with_app
 from .install import read_password_file
 
 
@@ -41,11 +44,6 @@ def user_set_role(username, role, as_json):
 
 
 def _user(username: str):
-    import sqlalchemy as sa
-
-    from ..accounts.models import StaffUser
-    from ..errors import NotFound
-
     found = db.session.scalars(sa.select(StaffUser).where(StaffUser.username == username)).first()
     if found is None:
         raise NotFound(f"user {username!r} not found")
@@ -59,8 +57,6 @@ def _user(username: str):
 def user_reset_2fa(username, as_json):
     """Turn a lost authenticator off and end that user's sessions (audited);
     an owner or admin sets 2FA up again at the next sign-in."""
-    from ..accounts.auth import disable_totp, end_all_sessions
-
     u = _user(username)
     disable_totp(db.session, u, actor=cli_actor(), ip=None)
     end_all_sessions(db.session, u, actor=cli_actor(), ip=None)
@@ -75,8 +71,6 @@ def user_reset_2fa(username, as_json):
 @with_app
 def user_set_password(username, password_file, as_json):
     """Set a staff member's password (a forgotten one) and end their sessions (audited)."""
-    from ..accounts.auth import reset_password
-
     u = _user(username)
     reset_password(db.session, u, read_password_file(password_file), actor=cli_actor(), ip=None)
     emit(as_json, {"id": u.id, "username": u.username}, f"password of {u.username} is set; their sessions are ended")
@@ -88,8 +82,6 @@ def user_set_password(username, password_file, as_json):
 @with_app
 def user_unlock(username, as_json):
     """Lift the sign-in locks on an account name (after failed sign-ins), from every address (audited)."""
-    from ..accounts.auth import unlock
-
     u = _user(username)
     removed = unlock(db.session, u.username, actor=cli_actor())
     emit(as_json, {"id": u.id, "username": u.username, "cleared": removed},

@@ -129,7 +129,7 @@ def _blocks(fh: BinaryIO, encoding: str, auto: bool) -> Iterator[tuple[int, list
     text.detach()
 
 
-def has_control_characters(text: str) -> bool:
+def key_has_control_characters(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 

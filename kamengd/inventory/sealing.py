@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
-from .importer import check_key, has_control_characters
+from .importer import check_key, key_has_control_characters
 
 HEAD = NONCE_BYTES + FINGERPRINT_BYTES
 # A batch also ends at this many characters of keys: its records stay far
@@ -86,7 +86,7 @@ def seal_blocks(vault: Vault, product_id: int, blocks: Iterable[tuple[int, list[
     for first, block in blocks:
         stripped = [line.strip() for line in block]
         found = [key for key in stripped if key]
-        if found and (max(map(len, found)) > max_key_length or has_control_characters(" ".join(found))):
+        if found and (max(map(len, found)) > max_key_length or key_has_control_characters(" ".join(found))):
             for lineno, key in enumerate(stripped, first):   # name the first bad line
                 check_key(lineno, key, max_key_length)
         blank += len(stripped) - len(found)

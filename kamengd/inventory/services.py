@@ -30,6 +30,7 @@ from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import get_product
 from ..errors import InvalidRequest, KamengdError
+from ..orders.services import deliver_waiting_orders
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
 from .importer import ImportFileError, check_key, iter_line_blocks, iter_lines
 from .models import CardKey, KeyImport
@@ -225,7 +226,6 @@ def _write_keys(session: Session, vault: Vault, conn, *, product_id: int, batche
     run.imported, run.duplicates, run.blank = result.imported, result.duplicates, result.blank
     if result.imported:
         # Paid orders waiting for this product's stock get their keys now.
-        from ..orders.services import deliver_waiting_orders
         result.delivered = deliver_waiting_orders(session, product_id)
     record(session, "keys.import", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
            details={**result.as_dict(), "encoding": result.encoding, "import_id": run.id,
@@ -296,19 +296,17 @@ def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh
             part = _write_keys(session, vault, conn, product_id=product_id, batches=batches,
                                encoding=check.encoding, actor=actor, source_ip=source_ip,
                                details={"chunk": number, "chunks": chunks})
-            session.commit()
+            session.commit()   # one part at a time: the write lock is let go between parts
         except Exception as exc:
             session.rollback()
             if number == 1:
                 raise   # nothing was written
             # Parts before this one are committed and on sale: say so, in the audit log too.
-            from ..audit.services import record
-
             reason = "a database error" if isinstance(exc, sa.exc.SQLAlchemyError) else exc.__class__.__name__
             record(session, "keys.import_incomplete", actor=actor, target=f"product:{product_id}",
                    source_ip=source_ip, details={"part": number, "parts": chunks, "imported": total.imported,
                                                  "reason": reason})
-            session.commit()
+            session.commit()   # the note stays, whatever the request's answer
             raise ImportInterrupted(
                 f"the import stopped at part {number} of {chunks} ({reason}); {total.imported} keys "
                 f"of the parts before it are in stock. Import the same file again: those count as "

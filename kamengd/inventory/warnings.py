@@ -48,5 +48,4 @@ def check_low_stock(session: Session, now: dt.datetime | None = None) -> dict[st
                  {"product_id": p.id, "product_name": p.name, "available": stock,
                   "threshold": p.low_stock_threshold}, now)
             counts["low" if low else "restocked"] += 1
-    session.commit()
     return counts

@@ -33,7 +33,7 @@ from email.message import EmailMessage
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .. import __version__
+from ..version import __version__
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError
@@ -72,7 +72,7 @@ def fan_out(session: Session, config: Config, *, now: dt.datetime | None = None,
             session.add(Notification(event_id=event_id, channel=channel, target=target, status="pending",
                                      attempts=0, next_attempt_at=now, created_at=now))
             written += 1
-    session.commit()
+    session.commit()   # the fan-out is stored before anything is sent
     return written
 
 
@@ -170,7 +170,7 @@ def send_due(session: Session, config: Config, *, now: dt.datetime | None = None
             counts["failed"] += 1
             log.warning("notification %s (%s to %s, attempt %d) failed: %s", note.id, event.type, note.target,
                         attempts + 1, result.error)
-        session.commit()
+        session.commit()   # each attempt is stored before the next notification is sent
     return counts
 
 

@@ -1,8 +1,9 @@
 """Mail to buyers: their keys, once delivered.
 
-A delivery writes an outbox row in its own transaction; `send_due_emails`
-sends after the commit and retries with backoff. A mail that cannot be sent
-never undoes a delivery: the keys are on the order page either way.
+A delivery writes an outbox row in its own transaction
+(kamengd.notifications.outbox); `send_due_emails` sends after the commit and
+retries with backoff. A mail that cannot be sent never undoes a delivery:
+the keys are on the order page either way.
 """
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from sqlalchemy.orm import Session
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError, InvalidRequest
+from ..money import format_cents
+from ..orders.attention import flag_order
 from ..orders.models import Order
+from ..orders.services import order_keys
+from ..settings.services import site_name
+from ..validation import is_email_address
 from ..vault import Vault
 from .models import EmailOutbox
 
@@ -35,28 +41,12 @@ def claim_attempt(session: Session, model, row_id: int, attempts: int, now: dt.d
     claimed = session.execute(
         sa.update(model).where(model.id == row_id, model.status == "pending", model.attempts == attempts)
         .values(attempts=attempts + 1, next_attempt_at=now + dt.timedelta(seconds=delay))).rowcount
-    session.commit()
+    session.commit()   # the claim is stored before the network call it guards
     return bool(claimed)
 
 
-def queue_delivery_email(session: Session, order: Order) -> None:
-    queue_delivery_email_for(session, order.id, order.email)
-
-
-def queue_delivery_email_for(session: Session, order_id: int, address: str, now=None) -> None:
-    now = now or utcnow()
-    session.connection().execute(EmailOutbox.__table__.insert(), {
-        "kind": "order.delivered", "order_id": order_id, "to_address": address, "status": "pending",
-        "attempts": 0, "next_attempt_at": now, "created_at": now})
-
-
 def render_delivery_email(session: Session, vault: Vault, config: Config, mail: EmailOutbox) -> EmailMessage:
-    from ..money import format_cents
-    from ..orders.services import order_keys
-
     order = session.get(Order, mail.order_id)
-    from ..settings.services import site_name
-
     keys = order_keys(session, vault, order)
     site = site_name(session, config.site.name)
     msg = EmailMessage()
@@ -88,10 +78,8 @@ def smtp_send(config: Config, msg: EmailMessage) -> None:
 
 def check_mail_address(text: str) -> str:
     """The recipient a staff member typed for a test mail, checked like a buyer's address."""
-    from ..orders.services import EMAIL_RE
-
     address = text.strip()
-    if not address or len(address) > 254 or not EMAIL_RE.match(address):
+    if not is_email_address(address):
         raise InvalidRequest("recipient: a valid e-mail address is required")
     return address
 
@@ -127,7 +115,7 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
         if not config.smtp.host:
             session.execute(sa.update(EmailOutbox).where(EmailOutbox.id == mail_id, EmailOutbox.status == "pending")
                             .values(status="skipped", last_error="no SMTP server configured"))
-            session.commit()
+            session.commit()   # each mail's outcome is stored before the next mail is sent
             counts["skipped"] += 1
             continue
         if not claim_attempt(session, EmailOutbox, mail_id, attempts, now):
@@ -139,18 +127,16 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
             error = f"{exc.__class__.__name__}: {exc}"[:500]
             mail.last_error = error
             if attempts + 1 >= MAX_ATTEMPTS:
-                from ..orders.attention import flag_order
-
                 mail.status = "failed"
                 if mail.order_id is not None:  # the buyer may never see the keys: tell a person
                     flag_order(session, session.get(Order, mail.order_id),
                                f"delivery mail failed {attempts + 1} times: {error}", now)
-            session.commit()
+            session.commit()   # each mail's outcome is stored before the next mail is sent
             counts["failed"] += 1
             log.warning("mail %s to order %s not sent (attempt %d): %s", mail_id, mail.order_id,
                         attempts + 1, error)
             continue
         mail.status, mail.sent_at, mail.last_error = "sent", utcnow(), None
-        session.commit()
+        session.commit()   # each mail's outcome is stored before the next mail is sent
         counts["sent"] += 1
     return counts

@@ -2,7 +2,9 @@
 
 `emit` only adds a row; it needs no config and sends nothing, so a business
 rule can call it without knowing who listens, and a rolled-back transaction
-leaves no event behind. The notification job (kamengd.notifications.dispatch)
+leaves no event behind. Like kamengd.notifications.outbox, this is the low
+half of notifications: orders, payments and stock write here, and nothing here
+imports them. The notification job (kamengd.notifications.dispatch)
 fans each event out to the webhooks and staff addresses subscribed to it.
 Payloads never hold card keys, tokens or query passwords.
 """
@@ -13,8 +15,10 @@ import json
 
 from sqlalchemy.orm import Session
 
+from ..catalog.models import Product
 from ..config import EVENT_TYPES
 from ..database import utcnow
+from ..money import format_cents
 from .models import Event
 
 
@@ -40,16 +44,12 @@ def emit_many(session: Session, events: list[tuple[str, dict]], now: dt.datetime
 
 
 def order_payload(session: Session, order, **extra) -> dict:
-    from ..catalog.models import Product
-
     product = session.get(Product, order.product_id)
     return payload_of(order, product.name if product else None, **extra)
 
 
 def payload_of(order, product_name: str | None, **extra) -> dict:
     """An order's event payload from anything with the order's attributes (a row, an Order)."""
-    from ..money import format_cents
-
     return {"order_no": order.order_no, "status": order.status, "product_id": order.product_id,
             "product_name": product_name, "quantity": order.quantity,
             "amount": format_cents(order.amount_cents), "currency": order.currency, "email": order.email,

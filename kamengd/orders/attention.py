@@ -22,6 +22,7 @@ from ..database import is_busy, utcnow
 from ..notifications.events import emit, order_payload
 from ..settings.services import get_setting
 from .models import Order
+from .services import deliver_waiting_orders
 
 log = logging.getLogger("kamengd.orders")
 DELIVERY_BACKOFF_SECONDS = (30, 60, 120, 300, 600, 1800, 3600)
@@ -48,14 +49,12 @@ def _due(now: dt.datetime):
 
 def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
     """The sweep: deliver paid auto orders whose next try is due; back off the rest.
-    Commits per product; one product's failure does not stop the others."""
-    from .services import deliver_waiting_orders
-
+    Commits per product: one product's failure does not undo or stop the others."""
     now = now or utcnow()
     counts = {"delivered": 0, "waiting": 0, "errors": 0}
     products = session.scalars(sa.select(Order.product_id).join(Product, Product.id == Order.product_id)
                                .where(_due(now), Product.delivery_mode == "auto").distinct()).all()
-    session.commit()
+    session.commit()   # ends the read: a failing product below rolls back only its own work
     for product_id in products:
         try:
             counts["delivered"] += deliver_waiting_orders(session, product_id)
@@ -66,7 +65,7 @@ def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -
                 order.delivery_attempts += 1
                 order.next_delivery_at = now + dt.timedelta(seconds=delay)
             counts["waiting"] += len(still)
-            session.commit()
+            session.commit()   # this product's deliveries stay, whatever the next product does
         except Exception as exc:
             session.rollback()
             counts["errors"] += 1
@@ -90,7 +89,6 @@ def flag_stuck_orders(session: Session, now: dt.datetime | None = None, limit: i
                                 .order_by(Order.id).limit(limit)).all()
         for order in stuck:
             counts[name] += flag_order(session, order, reason, now)
-        session.commit()
     return counts
 
 

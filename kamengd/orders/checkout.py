@@ -13,6 +13,7 @@ request boundary commits.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -75,8 +76,6 @@ def new_order_no(now: dt.datetime) -> str:
 
 
 def token_hash(token: str) -> bytes:
-    import hashlib
-
     return hashlib.sha256(token.encode()).digest()
 
 

@@ -18,6 +18,7 @@ from ..money import format_cents
 from ..vault import Vault
 from .checkout import token_hash
 from .models import Order
+from .services import order_keys
 
 _o, _k = Order.__table__, CardKey.__table__
 _LOOKUP = (
@@ -53,4 +54,15 @@ def buyer_order_view(session: Session, vault: Vault, order_no: str, *, token: st
         data["keys"] = [vault.decrypt_card_key(order.product_id, r.fingerprint, r.nonce, r.ciphertext,
                                                r.key_version).decode("utf-8")
                         for r in rows if r.ciphertext is not None]
+    return data
+
+
+def order_view(session: Session, vault: Vault, order: Order) -> dict:
+    """The same view of an Order its buyer already proved to own (the storefront's pages)."""
+    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
+            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
+            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
+            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
+    if order.status == "delivered":
+        data["keys"] = order_keys(session, vault, order)
     return data

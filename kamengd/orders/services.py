@@ -18,20 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..accounts.passwords import verify_password
+from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
-from ..errors import InvalidRequest, NotFound, OutOfStock
-from ..inventory.models import CardKey
+from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
+from ..inventory.models import CardKey, KeyImport
+from ..notifications.events import emit, order_payload
+from ..notifications.outbox import queue_delivery_email
 from ..vault import Vault
-from .checkout import new_order_no, place_order, reserve_keys, token_hash  # noqa: F401 (re-exported)
+from .checkout import place_order, reserve_keys, token_hash
 from .models import Order
-from .validation import EMAIL_RE, MAX_QUERY_PASSWORD  # noqa: F401 (re-exported)
-
-def queue_delivery_email(session: Session, order: Order) -> None:
-    from ..notifications.email import queue_delivery_email as queue
-
-    queue(session, order)
-
 
 @dataclass
 class NewOrder:
@@ -89,8 +85,6 @@ RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
 
 
 def delivered(session: Session, order: Order, now: dt.datetime) -> None:
-    from ..notifications.events import emit, order_payload
-
     queue_delivery_email(session, order)
     emit(session, "order.delivered", order_payload(session, order), now)
 
@@ -186,10 +180,6 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
                      source_ip: str | None = None) -> Order:
     """Staff deliver a paid order with keys they supply (manual-delivery products,
     or an auto order waiting for stock). The keys are stored like imported ones."""
-    from ..audit.services import record
-    from ..errors import Conflict
-    from ..inventory.models import KeyImport
-
     # populate_existing: the row as locked now, not as this request loaded it before.
     order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()
                             .execution_options(populate_existing=True)).first()

@@ -28,11 +28,12 @@ from ..inventory.models import CardKey
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..notifications.models import EmailOutbox, Event
+from ..notifications.outbox import queue_delivery_email
 from ..payments.models import Payment, PaymentChannel
 from ..vault import Vault
 from .models import ORDER_STATUSES, Order
 from .services import (DELIVERED, RESOLVED, deliver_manually, deliver_paid_order,
-                       deliver_waiting_orders, lock_order_status, order_keys, queue_delivery_email)
+                       deliver_waiting_orders, lock_order_status, order_keys)
 
 MAX_REASON = 500
 MAX_PASTE = 1_000_000          # characters of pasted keys

@@ -1,12 +1,9 @@
 """What a buyer's order must look like before anything is read or written."""
 from __future__ import annotations
 
-import re
-
 from ..errors import InvalidRequest
+from ..validation import MAX_EMAIL, is_email_address
 
-EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
 MAX_QUERY_PASSWORD = 128
 
 
@@ -16,7 +13,7 @@ def check_order_input(product_id, quantity, email, channel_code, query_password,
         raise InvalidRequest("product_id: a positive integer is required")
     if not isinstance(quantity, int) or isinstance(quantity, bool):
         raise InvalidRequest("quantity: an integer is required")
-    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email.strip()):
+    if not isinstance(email, str) or len(email) > MAX_EMAIL or not is_email_address(email.strip()):
         raise InvalidRequest("email: a valid e-mail address is required")
     if not isinstance(channel_code, str) or not channel_code or len(channel_code) > 32:
         raise InvalidRequest("channel: a payment channel code is required")

@@ -9,11 +9,13 @@ from flask_babel import gettext as _
 
 from ..accounts import auth
 from ..accounts.auth import LoginFailed, LoginLocked
-from ..app import get_vault, shop_name
+from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db, limiter
-from . import bp, session as panel_session
+from ..settings.services import shop_name
+from . import session as panel_session
+from .blueprint import bp
 from .permissions import PERMISSIONS, can
 from .session import actor, client_ip, current_staff, needs_enrolment, safe_next
 
@@ -43,17 +45,16 @@ def login():
         flash(_locked_message(exc), "error")
         return render_template("panel/login.html", next=next_url, username=username), 429
     except LoginFailed:
-        db.session.commit()   # the failure is counted and audited
+        # The answer is an error, which the request does not commit: the throttle
+        # must count (and the audit log keep) this failure all the same.
+        db.session.commit()
         flash(_("Wrong username or password."), "error")
         return render_template("panel/login.html", next=next_url, username=username), 401
     if user.totp_enabled:
-        db.session.commit()
         panel_session.set_pending(user, next_url)
         return redirect(url_for("panel.login_2fa"))
     auth.complete_login(db.session, user, client_ip(), "password")
-    token = panel_session.open_for(user)
-    db.session.commit()
-    panel_session.start(user, token)
+    panel_session.start(user, panel_session.open_for(user))
     return redirect(next_url or url_for("panel.home"))
 
 
@@ -75,13 +76,11 @@ def login_2fa():
         flash(_locked_message(exc), "error")
         return redirect(url_for("panel.login"))
     if not result.ok:
-        db.session.commit()
+        db.session.commit()   # an error answer, yet the throttle counts this failure (see login)
         flash(_("That code is not right."), "error")
         return render_template("panel/login_2fa.html"), 401
     auth.complete_login(db.session, user, client_ip(), result.method)
-    token = panel_session.open_for(user)
-    db.session.commit()
-    panel_session.start(user, token)
+    panel_session.start(user, panel_session.open_for(user))
     if result.method == "password+recovery_code":
         flash(_("You signed in with a recovery code; %(n)s are left.",
                 n=auth.remaining_recovery_codes(db.session, user)), "warning")
@@ -93,7 +92,6 @@ def logout():
     user = current_staff()
     record(db.session, "auth.logout", actor=actor(), target=f"user:{user.id}", source_ip=client_ip())
     auth.close_session(db.session, panel_session.token())
-    db.session.commit()
     panel_session.end()
     flash(_("You are signed out."), "info")
     return redirect(url_for("panel.login"))
@@ -135,8 +133,7 @@ def password():
         db.session.rollback()
         flash(_locked_message(exc), "error")
         return redirect(url_for("panel.account"))
-    except LoginFailed:
-        db.session.commit()
+    except LoginFailed:   # counted by the throttle: the request commits it with this redirect
         flash(_("The current password is not right."), "error")
         return redirect(url_for("panel.account"))
     except KamengdError as exc:
@@ -144,9 +141,8 @@ def password():
         flash(exc.message, "error")
         return redirect(url_for("panel.account"))
     auth.close_session(db.session, panel_session.token())
-    token = panel_session.open_for(user)   # this browser goes on under the new epoch; the others end
-    db.session.commit()
-    panel_session.start(user, token)
+    # This browser goes on under the new epoch; the others end.
+    panel_session.start(user, panel_session.open_for(user))
     flash(_("Password changed. Your other sessions are signed out."), "success")
     return redirect(url_for("panel.account"))
 
@@ -155,7 +151,6 @@ def password():
 def logout_everywhere():
     user = current_staff()
     auth.end_all_sessions(db.session, user, actor=actor(), ip=client_ip())
-    db.session.commit()
     panel_session.end()
     flash(_("Every session of yours is signed out, this one too."), "info")
     return redirect(url_for("panel.login"))
@@ -170,17 +165,14 @@ def totp_enrol():
         try:
             codes = auth.confirm_enrolment(db.session, get_vault(), user, request.form.get("code", "")[:64],
                                            ip=client_ip())
-        except KamengdError as exc:
-            db.session.commit()   # the code's step stays used
+        except KamengdError as exc:   # the code's step stays used: the request commits it with this redirect
             flash(_("That code is not right; check the phone's clock and try the next code.")
                   if "code" in exc.message else exc.message, "error")
             return redirect(url_for("panel.totp_enrol"))
-        db.session.commit()
         flash(_("Two-factor sign-in is on."), "success")
         return render_template("panel/recovery_codes.html", codes=codes)
     if user.totp_ciphertext is None:
         secret = auth.start_enrolment(db.session, get_vault(), user)
-        db.session.commit()
     else:
         secret = auth.totp_secret(get_vault(), user)
     return render_template("panel/totp_enrol.html", secret=secret, must_enrol=needs_enrolment(user))
@@ -206,8 +198,7 @@ def _code_ok(user) -> bool:
         db.session.rollback()
         flash(_locked_message(exc), "error")
         return False
-    if not ok:
-        db.session.commit()   # the failure is counted and audited
+    if not ok:   # counted and audited: the callers redirect, and the request commits
         flash(_("That code is not right."), "error")
     return ok
 
@@ -222,7 +213,6 @@ def totp_disable():
     if not _code_ok(user):
         return redirect(url_for("panel.account"))
     auth.disable_totp(db.session, user, actor=actor(), ip=client_ip())
-    db.session.commit()
     flash(_("Two-factor sign-in is off."), "info")
     return redirect(url_for("panel.account"))
 
@@ -239,5 +229,4 @@ def recovery_codes():
         db.session.rollback()
         flash(exc.message, "error")
         return redirect(url_for("panel.account"))
-    db.session.commit()
     return render_template("panel/recovery_codes.html", codes=codes)

@@ -7,11 +7,11 @@ import json
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import find_entries, record, verify
 from ..extensions import db
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number
 from .session import actor, client_ip
 
@@ -71,14 +71,13 @@ def audit_verify():
     # Read the whole chain in a snapshot of its own (SQLite: no write lock held while it
     # runs, whatever the sign-in check began), then record the check.
     who = actor()
-    db.session.commit()
+    db.session.commit()   # ends the sign-in check's transaction: the chain is read in a snapshot
     read_only()
     result = verify(db.session, get_vault())
-    db.session.commit()
+    db.session.commit()   # ends the snapshot: the record below takes the write lock (the request commits it)
     record(db.session, "audit.verify", actor=who, target="audit_log", source_ip=client_ip(),
            details={"ok": result.ok, "entries": result.entries, "bad_entry": result.bad_entry_id,
                     "problem": result.problem})
-    db.session.commit()
     if result.ok:
         flash(_("The audit log is intact: %(n)s entries checked.", n=result.entries), "success")
     else:

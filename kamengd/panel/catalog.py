@@ -6,13 +6,13 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
 from ..catalog import services as catalog
 from ..catalog.models import DELIVERY_MODES, Product
 from ..errors import KamengdError
 from ..extensions import db
 from ..money import format_cents
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, page_number
 from .session import actor, client_ip
 
@@ -74,7 +74,6 @@ def product_new():
         flash(exc.message, "error")
         read_only()
         return _render_form(None, form, exc.http_status)
-    db.session.commit()
     flash(_("Product %(name)s created.", name=product.name), "success")
     return redirect(url_for("panel.products"), code=303)
 
@@ -95,7 +94,6 @@ def product_edit(product_id: int):
         flash(exc.message, "error")
         read_only()
         return _render_form(catalog.get_product(db.session, product_id), form, exc.http_status)
-    db.session.commit()
     if changes:
         flash(_("Product %(name)s saved.", name=product.name), "success")
     else:
@@ -111,7 +109,6 @@ def product_visibility(product_id: int):
         return redirect(url_for("panel.products"), code=303)
     visible = request.form["visible"] == "1"
     changed = catalog.set_product_visible(db.session, product, visible, actor=actor(), source_ip=client_ip())
-    db.session.commit()
     if not changed:
         flash(_("Product %(name)s was already in that state.", name=product.name), "info")
     elif visible:
@@ -153,7 +150,6 @@ def category_new():
         flash(exc.message, "error")
         read_only()
         return _categories_page(form, exc.http_status)
-    db.session.commit()
     flash(_("Category %(name)s created.", name=category.name), "success")
     return redirect(url_for("panel.categories"), code=303)
 
@@ -170,7 +166,6 @@ def category_edit(category_id: int):
         db.session.rollback()
         flash(exc.message, "error")
         return redirect(url_for("panel.categories"), code=303)
-    db.session.commit()
     if changes:
         flash(_("Category %(name)s saved.", name=category.name), "success")
     else:

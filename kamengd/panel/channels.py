@@ -11,14 +11,14 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
-from ..app import get_vault
+from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..payments import services as payments
 from ..payments.models import PaymentChannel
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .session import actor, client_ip
 
 FIELDS = ("code", "name", "gateway", "pid", "key", "pay_type", "sort_order")
@@ -65,7 +65,6 @@ def channel_new():
         db.session.rollback()
         flash(exc.message, "error")
         return _render_form(None, form, exc.http_status)
-    db.session.commit()
     flash(_("Payment channel %(code)s added.", code=channel.code), "success")
     return redirect(url_for("panel.channels"), code=303)
 
@@ -88,7 +87,6 @@ def channel_edit(channel_id: int):
         flash(exc.message, "error")
         channel = payments.get_channel(db.session, channel_id)
         return _render_form(channel, {**form, "code": channel.code}, exc.http_status)
-    db.session.commit()
     flash(_("Payment channel %(code)s saved.", code=channel.code) if changes else _("Nothing changed."),
           "success" if changes else "info")
     return redirect(url_for("panel.channels"), code=303)
@@ -102,7 +100,6 @@ def channel_toggle(channel_id: int):
         return redirect(url_for("panel.channels"), code=303)
     enable = request.form["enabled"] == "1"
     changed = payments.set_channel_enabled(db.session, channel, enable, actor=actor(), source_ip=client_ip())
-    db.session.commit()
     if not changed:
         flash(_("Payment channel %(code)s was already in that state.", code=channel.code), "info")
     elif enable:
@@ -121,11 +118,10 @@ def channel_test(channel_id: int):
     except KamengdError as exc:
         result = payments.ChannelCheck(False, "signature", exc.message)
     else:
-        db.session.commit()   # no transaction (SQLite's write lock) is held while the gateway answers
+        db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
         result = payments.query_epay_merchant(gateway, pid, key)
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
-    db.session.commit()
     if result.ok:
         flash(_("Channel %(code)s works: the key signs and verifies, and %(message)s.", code=code,
                 message=result.message), "success")

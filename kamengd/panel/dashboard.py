@@ -5,13 +5,13 @@ from __future__ import annotations
 from flask import current_app, render_template, url_for
 from werkzeug.routing import BuildError
 
-from .. import reports
-from ..api import read_only
-from ..app import get_config
+from ..reports import scheduler, shop
+from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
-from ..jobs import JOBS
-from . import bp, staff_can
+from ..scheduler.jobs import JOBS
+from ..transaction import read_only
+from .blueprint import bp, staff_can
 from .permissions import ENDPOINTS
 
 
@@ -32,12 +32,12 @@ def dashboard():
     read_only()
     config, now = get_config(), utcnow()
     tz = config.site.timezone
-    week = reports.daily_sales(db.session, now, tz, days=7)
-    attention_count, attention = reports.orders_needing_attention(db.session, limit=10)
+    week = shop.daily_sales(db.session, now, tz, days=7)
+    attention_count, attention = shop.orders_needing_attention(db.session, limit=10)
     return render_template(
         "panel/dashboard.html", today=week[0], week=week, timezone=tz,
-        by_status=reports.orders_by_status(db.session),
-        low_stock=reports.low_stock_products(db.session),
+        by_status=shop.orders_by_status(db.session),
+        low_stock=shop.low_stock_products(db.session),
         attention_count=attention_count, attention=attention,
-        scheduler=reports.scheduler_status(db.session, now, config.scheduler.lease_seconds),
-        runs=reports.last_runs(db.session, JOBS))
+        scheduler=scheduler.scheduler_status(db.session, now, config.scheduler.lease_seconds),
+        runs=scheduler.last_runs(db.session, JOBS))

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 from flask import current_app, request
 from flask_babel import gettext as _
 
-from ..app import get_config
+from ..context import get_config
 from ..money import format_cents
-from . import bp
+from .blueprint import bp
 
 PAGE_SIZE = 50
 

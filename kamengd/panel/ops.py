@@ -6,14 +6,14 @@ import re
 
 from flask import abort, render_template, request
 
-from .. import reports
-from ..api import read_only
-from ..app import get_config
+from ..reports import events, scheduler, settlements
+from ..context import get_config
 from ..database import utcnow
 from ..extensions import db
-from ..jobs import JOBS
+from ..scheduler.jobs import JOBS
 from ..payments.settlement import KINDS, report_entries
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .audit import compact_details
 from .helpers import PAGE_SIZE, page_number
 
@@ -32,20 +32,20 @@ def jobs():
     read_only()
     job = request.args.get("job", "")
     job = job if job in JOBS else ""
-    runs, page, has_next = _page(lambda limit, offset: reports.job_runs(db.session, job=job or None, limit=limit,
-                                                                          offset=offset))
+    runs, page, has_next = _page(lambda limit, offset: scheduler.job_runs(db.session, job=job or None,
+                                                                           limit=limit, offset=offset))
     config = get_config()
     return render_template("panel/ops_jobs.html", jobs={name: interval for name, (_fn, interval) in JOBS.items()},
-                           last=reports.last_runs(db.session, JOBS), runs=runs, page=page, has_next=has_next,
-                           job=job, seconds=reports.run_seconds,
-                           scheduler=reports.scheduler_status(db.session, utcnow(),
-                                                              config.scheduler.lease_seconds))
+                           last=scheduler.last_runs(db.session, JOBS), runs=runs, page=page, has_next=has_next,
+                           job=job, seconds=scheduler.run_seconds,
+                           scheduler=scheduler.scheduler_status(db.session, utcnow(),
+                                                                config.scheduler.lease_seconds))
 
 
 @bp.get("/reconcile")
 def reconcile():
     read_only()
-    items, page, has_next = _page(lambda limit, offset: reports.settlement_reports(db.session, limit=limit,
+    items, page, has_next = _page(lambda limit, offset: settlements.settlement_reports(db.session, limit=limit,
                                                                                    offset=offset))
     return render_template("panel/ops_reconcile.html", items=items, kinds=KINDS, page=page, has_next=has_next)
 
@@ -57,7 +57,7 @@ def reconcile_report(day: str):
         parsed = dt.date.fromisoformat(day) if DAY_RE.match(day) else None
     except ValueError:
         parsed = None
-    report = reports.settlement_report(db.session, parsed) if parsed else None
+    report = settlements.settlement_report(db.session, parsed) if parsed else None
     if report is None:
         abort(404)
     return render_template("panel/ops_reconcile_report.html", report=report,
@@ -68,8 +68,8 @@ def reconcile_report(day: str):
 def notifications():
     read_only()
     status = request.args.get("status", "")
-    status = status if status in reports.NOTIFICATION_STATUSES else ""
-    events, page, has_next = _page(lambda limit, offset: reports.recent_events(db.session, status=status or None,
-                                                                               limit=limit, offset=offset))
-    return render_template("panel/ops_notifications.html", events=events, page=page, has_next=has_next,
-                           status=status, statuses=reports.NOTIFICATION_STATUSES, payload=compact_details)
+    status = status if status in events.NOTIFICATION_STATUSES else ""
+    rows, page, has_next = _page(lambda limit, offset: events.recent_events(db.session, status=status or None,
+                                                                             limit=limit, offset=offset))
+    return render_template("panel/ops_notifications.html", events=rows, page=page, has_next=has_next,
+                           status=status, statuses=events.NOTIFICATION_STATUSES, payload=compact_details)

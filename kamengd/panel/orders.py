@@ -6,14 +6,14 @@ import datetime as dt
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
 from ..settings.messaging import mail_server
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number
 from .session import actor, client_ip
 
@@ -77,7 +77,7 @@ def order_detail(order_no):
 
 
 def _attempt(order_no: str, action):
-    """Run one staff action: (result, None) when it is done and committed, else
+    """Run one staff action: (result, None) when it is done (the request commits it), else
     (None, the order's page saying why) with nothing done."""
     try:
         result = action()
@@ -89,7 +89,6 @@ def _attempt(order_no: str, action):
         flash(exc.message, "error")
         read_only()
         return None, _detail_page(order_no, status=exc.http_status)
-    db.session.commit()
     return result, None
 
 

@@ -15,7 +15,7 @@ from flask import g, request, session
 from ..accounts import auth
 from ..accounts.auth import ROLES_REQUIRING_2FA
 from ..accounts.models import StaffUser
-from ..app import get_config
+from ..context import get_config
 from ..extensions import db
 
 KEY = "staff"

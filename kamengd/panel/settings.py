@@ -8,17 +8,17 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..api import read_only
-from ..app import get_config, get_sending_config, get_vault
+from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..notifications.email import check_mail_address, send_test_mail
 from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
-from ..settings.messaging import mail_server, save_group
+from ..settings.messaging import mail_server, save_group, sending_config
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .session import actor, client_ip
 
 RECENT_ATTEMPTS = 20
@@ -125,7 +125,6 @@ def _save(group: str, save, anchor: str | None = None):
         db.session.rollback()
         flash(exc.message, "error")
         return _render({**settings_services.all_settings(db.session), **submitted}, exc.http_status)
-    db.session.commit()
     if changed:
         flash(_("Saved: %(keys)s.", keys=", ".join(changed)), "success")
     else:
@@ -152,7 +151,7 @@ def settings_notifications():
 
 @bp.post("/settings/test-mail")
 def settings_test_mail():
-    config = get_sending_config()
+    config = sending_config()
     if not config.smtp.host:
         flash(_("No SMTP server is configured: set one below (or [smtp] host in the config file)."), "error")
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)
@@ -162,11 +161,10 @@ def settings_test_mail():
         flash(exc.message, "error")
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     site = settings_services.site_name(db.session, config.site.name)
-    db.session.commit()   # no transaction (SQLite's write lock) is held while the mail server answers
+    db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the mail server answers
     error = send_test_mail(config, to, site_name=site)
     record(db.session, "settings.test_mail", actor=actor(), target=f"mail:{to}", source_ip=client_ip(),
            details={"to": to, "server": config.smtp.host, "result": "sent" if error is None else error})
-    db.session.commit()
     if error is None:
         flash(_("Test mail to %(to)s accepted by %(host)s.", to=to, host=config.smtp.host), "success")
     else:

@@ -8,10 +8,10 @@ from flask_babel import gettext as _
 from ..accounts import services as accounts
 from ..accounts.auth import ROLES_REQUIRING_2FA
 from ..accounts.models import ROLES, StaffUser
-from ..api import read_only
 from ..errors import KamengdError
 from ..extensions import db
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import role_name
 from .session import actor, client_ip, current_staff
 
@@ -45,7 +45,6 @@ def staff_new():
         db.session.rollback()
         flash(exc.message, "error")
         return _render_new(values, exc.http_status)
-    db.session.commit()
     flash(_("%(name)s can now sign in as %(role)s; give them the password in a safe way.", name=user.username,
             role=role_name(user.role)), "success")
     return redirect(url_for("panel.staff"), code=303)
@@ -75,7 +74,6 @@ def staff_edit(user_id: int):
         db.session.rollback()
         flash(exc.message, "error")
         return redirect(url_for("panel.staff"), code=303)
-    db.session.commit()
     flash(" ".join(done) if done else _("Nothing changed."), "success" if done else "info")
     return redirect(url_for("panel.staff"), code=303)
 
@@ -89,7 +87,6 @@ def staff_reset_2fa(user_id: int):
         db.session.rollback()
         flash(exc.message, "error")
         return redirect(url_for("panel.staff"), code=303)
-    db.session.commit()
     flash(_("Two-factor sign-in of %(name)s is off and their sessions have ended.", name=user.username)
           + (" " + _("They set it up again at their next sign-in.") if user.role in ROLES_REQUIRING_2FA else ""),
           "success")

@@ -16,15 +16,15 @@ from flask import (Response, current_app, flash, redirect, render_template, requ
 from flask_babel import gettext as _
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..api import read_only
-from ..app import get_config, get_vault
+from ..context import get_config, get_vault
 from ..catalog import services as catalog
 from ..database import utcnow
 from ..errors import KamengdError, error_response
 from ..extensions import db
 from ..inventory import services as inventory
 from ..inventory.models import KEY_STATUSES
-from . import bp
+from ..transaction import read_only
+from .blueprint import bp
 from .helpers import PAGE_SIZE, page_number
 from .session import actor, client_ip
 
@@ -98,7 +98,7 @@ def stock_import(product_id: int):
             raise KamengdError(_("Choose an encoding from the list."))
         fh, encoding_used = _import_source(encoding)
         # End the transaction the sign-in check opened: no lock is held while
-        # the file is read through; each part of the import takes its own.
+        # the file is read through; each part of the import takes its own (and commits it).
         db.session.commit()
         result = inventory.import_keys_in_chunks(
             db.session, get_vault(), product_id=product_id, fh=fh, actor=who, encoding=encoding_used,
@@ -166,7 +166,7 @@ def stock_export(product_id: int):
         flash(exc.message, "error")
         read_only()
         return _export_page(product_id, exc.http_status, form)
-    db.session.commit()   # the entry is stored before the first key is sent
+    # The request commits the entry before the answer, so before the first key is sent.
     statuses = inventory.export_statuses(form["status"])
     filename = f"keys-product{product_id}-{form['status']}-{utcnow():%Y%m%d-%H%M%S}.txt"
     response = Response(stream_with_context(_key_text(product_id, statuses)), mimetype="text/plain")

@@ -35,8 +35,8 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import KamengdError
 from ..money import parse_money
-from ..notifications.email import queue_delivery_email_for
 from ..notifications.events import emit_many, payload_of
+from ..notifications.outbox import queue_delivery_email_for
 from ..orders.models import Order
 from ..inventory.models import CardKey
 from ..vault import Vault

@@ -91,7 +91,7 @@ def reconcile_pending(session: Session, vault: Vault, *, now: dt.datetime | None
         order = session.get(Order, order_id)
         if order.status in ("pending", "expired"):
             order.next_check_at = _next_check(order, now)
-        session.commit()
+        session.commit()   # each order's outcome is stored before the next gateway call
     return counts
 
 

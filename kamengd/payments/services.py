@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-import hmac
+import http.client
 import json
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -12,8 +14,15 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..database import utcnow
-from ..errors import Conflict, InvalidRequest, KamengdError, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..money import format_cents
+from ..notifications.events import emit, order_payload
+from ..orders.attention import flag_order
+from ..orders.models import Order
+from ..orders.services import deliver_paid_order, lock_order_status
+from ..validation import has_control_characters
 from ..vault import Vault, VaultError
+from . import epay
 from .models import Payment, PaymentChannel
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -45,7 +54,7 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
     if channel_type == "epay":
         gateway = urlsplit(options["gateway"])
         if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
-                any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in options["gateway"]):
+                any(c.isspace() for c in options["gateway"]) or has_control_characters(options["gateway"]):
             raise InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com")
 
 
@@ -192,8 +201,6 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
     when the stored key is missing, does not decrypt or does not verify.
     """
-    from . import epay
-
     if channel.type != "epay":
         raise InvalidRequest(f"channel type {channel.type!r} cannot be tested")
     try:
@@ -220,11 +227,6 @@ def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) ->
     `active` are looked at, and the key never appears in the message. The
     URL holds the key too: it is never logged or shown.
     """
-    import http.client
-    import urllib.error
-    import urllib.request
-    from urllib.parse import quote, quote_plus
-
     url = f"{gateway.rstrip('/')}/api.php?" + urlencode({"act": "query", "pid": pid, "key": key})
 
     def plain(text) -> str:
@@ -264,9 +266,6 @@ def channel_option(channel: PaymentChannel, name: str, default: str = "") -> str
 
 def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str, product_name: str,
                   token: str) -> str:
-    from ..money import format_cents
-    from . import epay
-
     site = site_url.rstrip("/")
     return epay.pay_url(
         gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
@@ -290,13 +289,6 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     Used by the callback and by reconciliation (a payment the gateway reports
     but whose callback never arrived), so both complete an order the same way.
     """
-    from ..database import utcnow
-    from ..money import format_cents
-    from ..notifications.events import emit, order_payload
-    from ..orders.attention import flag_order
-    from ..orders.models import Order
-    from ..orders.services import deliver_paid_order, lock_order_status
-
     now = now or utcnow()
     amount = amount_cents
     # Lock the order before anything else: the expiry sweep takes order rows

@@ -82,7 +82,7 @@ def open_report(session: Session, day: dt.date, tz: str, *, restart: bool = Fals
         report.timezone, report.status, report.last_order_id, report.started_at = tz, "running", 0, now
         report.checked = report.mismatches = report.unverified = report.failures = 0
         report.finished_at = report.next_attempt_at = None
-    session.commit()
+    session.commit()   # the report exists before its first chunk asks a gateway
     return report
 
 
@@ -166,7 +166,7 @@ def settle_chunk(session: Session, vault: Vault, report: SettlementReport, *, qu
         channel = session.get(PaymentChannel, channel_id)
         gateways[channel_id] = (channel_option(channel, "gateway"), channel_option(channel, "pid"),
                                 channel_secrets(vault, channel).get("key", ""))
-    session.commit()  # no transaction (SQLite write lock) is held while gateways answer
+    session.commit()  # ends the read: no transaction (SQLite write lock) is held while gateways answer
     done, result = [], ChunkResult("more" if rows else "done")
     for row in rows:
         try:
@@ -215,7 +215,7 @@ def _record(session: Session, report: SettlementReport, start_id: int, done: lis
               "our_amount": format_cents(r.paid_cents) if r.paid_cents is not None else None,
               "gateway_amount": format_cents(r.entry["gateway_amount_cents"])
               if r.entry["gateway_amount_cents"] is not None else None}, now)
-    session.commit()
+    session.commit()   # a chunk at a time: the report goes on from here next run
     session.refresh(report)
     return outcome
 

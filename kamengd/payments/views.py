@@ -4,11 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, request, session
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..app import get_vault
+from ..context import get_vault
 from ..database import is_busy
 from ..errors import NotFound
 from ..extensions import db
+from ..orders.lookup import order_view
 from ..orders.services import find_order_for_buyer
+from ..transaction import read_only
 from .callbacks import handle_epay_notify
 
 bp = Blueprint("pay", __name__, url_prefix="/pay")
@@ -24,6 +26,7 @@ def notify(code: str):
         try:
             outcome = handle_epay_notify(db.session, get_vault(), code, params)
             if outcome.recorded:
+                # Committed here, inside the retry: only a stored payment is "success".
                 db.session.commit()
                 return "success", 200, TEXT
             break
@@ -43,8 +46,6 @@ def notify(code: str):
 
 @bp.get("/<code>/return")
 def return_page(code: str):
-    from ..api import order_view, read_only
-
     read_only()
     order_no = request.args.get("order_no") or request.args.get("out_trade_no") or ""
     token = request.args.get("token") or session.get("orders", {}).get(order_no)
@@ -52,4 +53,4 @@ def return_page(code: str):
         order = find_order_for_buyer(db.session, order_no, token=token)
     except NotFound:
         return render_template("order_missing.html"), 404
-    return render_template("order.html", order=order_view(order))
+    return render_template("order.html", order=order_view(db.session, get_vault(), order))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..notifications.events import emit
 from .models import SchedulerLease
 
 LEASE = "main"
@@ -41,7 +42,6 @@ def heartbeat(session: Session, owner: str, now: dt.datetime, lease_seconds: int
     if taken == 1 and before is not None and before.owner is not None:
         # The previous leader stopped renewing without releasing: it died or lost
         # the database. (A clean stop releases the lease: no failover then.)
-        from ..notifications.events import emit
 
         emit(session, "scheduler.failover",
              {"owner": owner, "previous_owner": before.owner,

@@ -1,9 +1,10 @@
 """The scheduler: APScheduler ticks, the lease decides, every job run is recorded.
 
 One tick every `scheduler.tick_seconds`: renew (or try to take) the lease;
-if this instance is the leader, run each job whose interval has passed. A job
-that raises is logged and recorded, and runs again at its next turn; it never
-stops the scheduler. The clock is injected, so tests move time by hand.
+if this instance is the leader, run each job whose interval has passed. A run
+commits once, here, with its record; a job that raises is rolled back, logged
+and recorded, and runs again at its next turn; it never stops the scheduler.
+The clock is injected, so tests move time by hand.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from ..database import is_busy, utcnow
 from ..extensions import db
+from .jobs import JOBS
 from .lease import heartbeat, new_owner_id, release
 from .models import JobRun
 
@@ -27,8 +29,6 @@ log = logging.getLogger("kamengd.scheduler")
 class Scheduler:
     def __init__(self, app, *, jobs: dict | None = None, clock: Callable[[], dt.datetime] = utcnow,
                  owner: str | None = None):
-        from ..jobs import JOBS
-
         config = app.extensions["kamengd.config"].scheduler
         self.app, self.clock = app, clock
         self.jobs = JOBS if jobs is None else jobs
@@ -45,7 +45,7 @@ class Scheduler:
             try:
                 now = self.clock()
                 leader = heartbeat(db.session, self.owner, now, self.lease_seconds)
-                db.session.commit()
+                db.session.commit()   # the lease, in a transaction of its own before any job runs
             except Exception as exc:
                 db.session.rollback()
                 if is_busy(exc):   # the database is away or locked: no traceback for that
@@ -74,26 +74,29 @@ class Scheduler:
 
     def _run(self, name: str, fn) -> None:
         started = self.clock()
-        outcome, counts, error = "ok", {}, None
         try:
             counts = fn(db.session) or {}
+            self._record(name, started, "ok", counts)
+            db.session.commit()   # the run's work and its record, together
         except Exception as exc:
             db.session.rollback()
-            outcome, error = "error", f"{exc.__class__.__name__}: {exc}"[:1000]
             if is_busy(exc):
                 log.warning("job %s: database busy (%s); it runs again at its next turn", name,
                             getattr(exc, "orig", None) or exc.__class__.__name__)
             else:
                 log.exception("job %s failed; it runs again at its next turn", name)
-        try:
-            db.session.add(JobRun(job=name, owner=self.owner, started_at=started, finished_at=self.clock(),
-                                  outcome=outcome, counts=json.dumps(counts, default=str), error=error))
-            db.session.commit()
-        except Exception as exc:
-            db.session.rollback()
-            log.warning("could not record the run of job %s", name, exc_info=not is_busy(exc))
+            try:
+                self._record(name, started, "error", {}, f"{exc.__class__.__name__}: {exc}"[:1000])
+                db.session.commit()   # the failed run's record alone: its work was rolled back
+            except Exception as again:
+                db.session.rollback()
+                log.warning("could not record the run of job %s", name, exc_info=not is_busy(again))
         finally:
             db.session.remove()
+
+    def _record(self, name: str, started: dt.datetime, outcome: str, counts: dict, error: str | None = None):
+        db.session.add(JobRun(job=name, owner=self.owner, started_at=started, finished_at=self.clock(),
+                              outcome=outcome, counts=json.dumps(counts, default=str), error=error))
 
     def stop(self) -> None:
         if self._aps is not None and self._aps.running:
@@ -101,7 +104,7 @@ class Scheduler:
         with self.app.app_context():
             try:
                 release(db.session, self.owner)
-                db.session.commit()
+                db.session.commit()   # a clean stop hands the lease over at once
             except Exception:
                 db.session.rollback()
             finally:

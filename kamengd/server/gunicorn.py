@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 
+from gunicorn.app.base import BaseApplication
+
+from ..app import create_app
 from ..config import Config
+from ..operations.processes import register
+from .companion import Companion, scheduler_argv
 
 log = logging.getLogger("kamengd.server")
 
 
 def run_gunicorn(config: Config, bind: str, workers: int, threads: int, *, scheduler: bool) -> None:
-    from gunicorn.app.base import BaseApplication
 
-    from .companion import Companion, scheduler_argv
 
     companion = Companion(scheduler_argv(config.path), "scheduler") if scheduler else None
 
@@ -50,9 +53,6 @@ def run_gunicorn(config: Config, bind: str, workers: int, threads: int, *, sched
 
         def load(self):
             # In the worker, after the fork: its own app, engine and heartbeat.
-            from ..app import create_app
-            from ..processes import register
-
             app = create_app(config)
             register(app)   # restore and upgrade refuse while this worker beats
             return app

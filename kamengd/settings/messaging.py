@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from ..config import Config
+from ..context import get_config, get_vault
 from ..errors import ConfigError, InvalidRequest
+from ..extensions import db
 from ..vault import Vault
 from . import services
 from .services import all_settings, get_secret, secrets_set
@@ -58,6 +60,11 @@ def effective_config(session: Session, vault: Vault, config: Config) -> RuntimeC
             email_events=tuple(values["notifications.email_events"]))
         extra["panel_webhook_secret"] = get_secret(session, vault, "notifications.webhook_secret")
     return RuntimeConfig(**base, **extra)
+
+
+def sending_config() -> RuntimeConfig:
+    """The config as mail and webhooks use it now, in an app context (the panel's test mail)."""
+    return effective_config(db.session, get_vault(), get_config())
 
 
 SECRET_OF_GROUP = {"smtp": "smtp.password", "notifications": "notifications.webhook_secret"}

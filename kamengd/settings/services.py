@@ -16,19 +16,21 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..config import EVENT_TYPES, STAFF_EVENTS
+from ..context import get_config
 from ..errors import InvalidRequest
+from ..extensions import db
+from ..validation import has_control_characters, is_email_address
 from ..vault import Vault
 from .models import Setting, SettingSecret
 
 
 def _mail_address(text: str) -> str:
-    from ..orders.services import EMAIL_RE
-
-    if len(text) > 254 or not EMAIL_RE.match(text):
+    if not is_email_address(text):
         raise ValueError(f"{text!r} is not an e-mail address")
     return text
 
@@ -40,7 +42,7 @@ def _webhook_url(text: str) -> str:
     except ValueError:
         raise ValueError(f"{text[:200]!r} has a port that is not a number") from None
     if len(text) > 2000 or parts.scheme not in ("http", "https") or not parts.hostname or \
-            any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+            any(c.isspace() for c in text) or has_control_characters(text):
         raise ValueError(f"{text[:200]!r} is not an http(s) URL")
     return text
 
@@ -158,7 +160,7 @@ def parse_value(key: str, raw) -> object:
         raise InvalidRequest(f"{key}: expected text")
     if spec.single_line:
         raw = raw.strip()
-        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        if has_control_characters(raw):
             raise InvalidRequest(f"{key}: one line of text, without control characters")
     if spec.max_length is not None and len(raw) > spec.max_length:
         raise InvalidRequest(f"{key}: at most {spec.max_length} characters")
@@ -256,6 +258,15 @@ def site_name(session: Session, default: str) -> str:
     return get_setting(session, "site.name") or default
 
 
+def shop_name() -> str:
+    """The name staff set in the panel, else the config file's (in an app context: pages, mail)."""
+    try:
+        return site_name(db.session, get_config().site.name)
+    except SQLAlchemyError:   # an error page (database down) still renders
+        db.session.rollback()
+        return get_config().site.name
+
+
 # --- secret settings ---------------------------------------------------------
 
 def _secret_spec(key: str) -> tuple[str, int, int]:
@@ -273,7 +284,7 @@ def check_secret(key: str, value) -> None:
     _doc, shortest, longest = _secret_spec(key)
     if not isinstance(value, str) or not shortest <= len(value) <= longest:
         raise InvalidRequest(f"{key}: {shortest} to {longest} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if has_control_characters(value):
         raise InvalidRequest(f"{key}: no line breaks or control characters")
 
 

@@ -7,17 +7,20 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from ..api import order_view, read_only, stock_by_product
-from ..app import get_config, get_vault
 from ..catalog.models import Category, Product
+from ..catalog.services import stock_by_product
+from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
 from ..orders.checkout import place_order
-from ..orders.services import MAX_QUERY_PASSWORD, find_order_for_buyer, orders_for_email
+from ..orders.lookup import order_view
+from ..orders.services import find_order_for_buyer, orders_for_email
+from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.services import get_setting
+from ..transaction import read_only
 from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
@@ -173,10 +176,8 @@ def buy(product_id: int):
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
                 "channel": form.get("channel", "")[:32]}
         return _product_page(product_id, exc=exc, form=kept)
-    response = redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
-    db.session.commit()
     _remember(placed.order_no, placed.token)
-    return response
+    return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
 
 
 def _order_page(order, token: str):
@@ -188,8 +189,8 @@ def _order_page(order, token: str):
         if channel is not None and channel.is_enabled:
             pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
                                     product_name=product.name, token=token)
-    return render_template("order.html", order=order_view(order), product=product, pay_url=pay_url,
-                           expires_at=shop_time(order.expires_at))
+    return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
+                           pay_url=pay_url, expires_at=shop_time(order.expires_at))
 
 
 @bp.get("/order/<order_no>")
@@ -217,6 +218,6 @@ def lookup():
         found = orders_for_email(db.session, email, password) if email and password else []
         names = {p.id: p.name for p in db.session.scalars(
             sa.select(Product).where(Product.id.in_({o.product_id for o in found})))}
-        orders = [{**order_view(o), "product_name": names.get(o.product_id, ""),
+        orders = [{**order_view(db.session, get_vault(), o), "product_name": names.get(o.product_id, ""),
                    "created": shop_time(o.created_at)} for o in found]
     return render_template("storefront/lookup.html", orders=orders, email=email)

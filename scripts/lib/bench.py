@@ -291,7 +291,8 @@ def _enrol(config_path: str, username: str) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from kamengd.accounts import auth
     from kamengd.accounts.models import StaffUser
-    from kamengd.app import create_app, get_vault
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
     from kamengd.config import load_config
     from kamengd.extensions import db
 

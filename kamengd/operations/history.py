@@ -12,11 +12,11 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .accounts.auth import FORGET_AFTER
-from .accounts.models import LoginThrottle, StaffSession
-from .database import utcnow
-from .notifications.models import Event, Notification, NotificationAttempt
-from .scheduler.models import JobRun
+from ..accounts.auth import FORGET_AFTER
+from ..accounts.models import LoginThrottle, StaffSession
+from ..database import utcnow
+from ..notifications.models import Event, Notification, NotificationAttempt
+from ..scheduler.models import JobRun
 
 JOB_RUNS_DAYS = 14
 # Longer than the longest panel session may last (panel.session_max_hours is at most 720).
@@ -39,7 +39,7 @@ def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
         ids = session.scalars(sa.select(JobRun.id).where(JobRun.started_at < now - dt.timedelta(days=JOB_RUNS_DAYS))
                               .order_by(JobRun.id).limit(BATCH)).all()
         counts["job_runs"] += _delete_ids(session, JobRun, ids)
-        session.commit()
+        session.commit()   # a batch at a time: the write lock is let go between batches
         if len(ids) < BATCH:
             break
     while True:
@@ -56,7 +56,7 @@ def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
                 session.execute(sa.delete(NotificationAttempt).where(NotificationAttempt.notification_id.in_(part)))
                 _delete_ids(session, Notification, part)
             counts["events"] += _delete_ids(session, Event, ids)
-        session.commit()
+        session.commit()   # a batch at a time, as above
         if len(ids) < BATCH:
             break
     # A sign-in throttle with no failure for a day and no lock counts for nothing any more.
@@ -65,5 +65,4 @@ def prune(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
         sa.or_(LoginThrottle.locked_until.is_(None), LoginThrottle.locked_until < now))).rowcount
     counts["staff_sessions"] = session.execute(sa.delete(StaffSession).where(
         StaffSession.created_at < now - dt.timedelta(days=STAFF_SESSIONS_DAYS))).rowcount
-    session.commit()
     return counts

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection, Engine
 
-from .database import make_engine
-from .errors import KamengdError
+from ..database import make_engine
+from ..errors import KamengdError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -22,15 +22,15 @@ class SchemaError(KamengdError):
 
 def migrations_dir() -> Path:
     """kamengd/migrations when installed; the repository's migrations/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
     raise SchemaError("the migrations folder is missing from this installation")
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
-    from alembic.config import Config as AlembicConfig
+    from alembic.config import Config as AlembicConfig   # see above: imported where used
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -40,7 +40,7 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory   # see above: imported where used
 
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
@@ -49,7 +49,7 @@ def head_revision() -> str:
 
 
 def current_revision(bind: Engine | Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext   # see above: imported where used
 
     if isinstance(bind, Engine):
         with bind.connect() as conn:
@@ -64,7 +64,7 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     try:
         with engine.begin() as conn:
             before = current_revision(conn)
-            from alembic import command
+            from alembic import command   # see above: imported where used
 
             command.upgrade(alembic_config(conn), revision)
             after = current_revision(conn)
@@ -79,7 +79,7 @@ def require_current(bind: Engine | Connection) -> str:
     if current is None:
         raise SchemaError("the database has no kamengd schema: run `kamengd install` first")
     if current != head:
-        from alembic.script import ScriptDirectory
+        from alembic.script import ScriptDirectory   # see above: imported where used
 
         script = ScriptDirectory.from_config(alembic_config())
         known = {rev.revision for rev in script.walk_revisions()}

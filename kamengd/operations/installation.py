@@ -16,12 +16,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .accounts.services import USERNAME_RE, validate_password
-from .config import build_config, normalize_database_url, render_config
-from .database import is_sqlite, make_engine
-from .errors import ConfigError, Conflict, InvalidRequest, KamengdError
-from .extensions import db
-from .vault import generate_key_file, write_secret_file
+from ..accounts.passwords import validate_password
+from ..accounts.services import USERNAME_RE, create_user
+from ..app import create_app
+from ..audit.services import cli_actor, record
+from ..config import build_config, normalize_database_url, render_config
+from ..database import is_sqlite, make_engine
+from ..errors import ConfigError, Conflict, InvalidRequest, KamengdError
+from ..extensions import db
+from ..vault import generate_key_file, write_secret_file
+from .schema import alembic_config, upgrade
 
 CONFIG_NAME = "kamengd.toml"
 SECRET_KEY_NAME = "secret_key"
@@ -64,11 +68,6 @@ def _existing_files(data_dir: Path) -> list[str]:
 def install(data_dir: Path, *, admin_password: str | None = None, database_url: str | None = None,
             admin_user: str = "admin", site_name: str = "kamengd",
             site_url: str = "http://127.0.0.1:8000") -> InstallResult:
-    from .accounts.services import create_user
-    from .app import create_app
-    from .audit.services import cli_actor, record
-    from .schema import upgrade
-
     data_dir = Path(data_dir).expanduser().absolute()
     if data_dir.exists() and not data_dir.is_dir():
         raise InvalidRequest(f"{data_dir} exists and is not a directory")
@@ -137,7 +136,7 @@ def install(data_dir: Path, *, admin_password: str | None = None, database_url: 
                        details={"database": parsed.get_backend_name(), "data_dir": str(data_dir)})
                 create_user(db.session, username=admin_user, role="owner", password=admin_password,
                             actor=actor)
-                db.session.commit()
+                db.session.commit()   # install's one commit: it runs outside the CLI's app context
             finally:
                 db.session.remove()
                 db.engine.dispose()
@@ -151,9 +150,7 @@ def install(data_dir: Path, *, admin_password: str | None = None, database_url: 
 def _undo(created: list[Path], created_dir: Path | None, mysql_url: str | None) -> None:
     if mysql_url is not None:
         try:
-            from alembic import command
-
-            from .schema import alembic_config
+            from alembic import command   # Alembic costs a third of a second to import: only an undo needs it here
 
             engine = make_engine(mysql_url, pooled=False)
             with engine.begin() as conn:

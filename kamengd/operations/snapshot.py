@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .database import utcnow
+from ..database import utcnow
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -16,23 +16,14 @@ import socket
 import threading
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
 
-from .database import UTCDateTime, is_busy, utcnow
-from .extensions import db
+from ..database import is_busy, utcnow
+from ..extensions import db
+from .models import ServerProcess
 
 log = logging.getLogger("kamengd.processes")
 HEARTBEAT_SECONDS = 10
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
-
-
-class ServerProcess(db.Model):
-    __tablename__ = "server_processes"
-
-    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
-    role: Mapped[str] = mapped_column(sa.String(16))
-    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 def _beat(app, process_id: str, role: str, started: dt.datetime) -> None:
@@ -43,7 +34,7 @@ def _beat(app, process_id: str, role: str, started: dt.datetime) -> None:
                 db.session.add(ServerProcess(id=process_id, role=role, started_at=started, heartbeat_at=utcnow()))
             else:
                 row.heartbeat_at = utcnow()
-            db.session.commit()
+            db.session.commit()   # a heartbeat is a transaction of its own, in its own thread
         except Exception as exc:   # a database that is briefly away must not stop the server
             db.session.rollback()
             log.warning("could not record this server's heartbeat", exc_info=not is_busy(exc))
@@ -55,7 +46,7 @@ def _forget(app, process_id: str) -> None:
     with app.app_context():
         try:
             db.session.execute(sa.delete(ServerProcess).where(ServerProcess.id == process_id))
-            db.session.commit()
+            db.session.commit()   # the last act of a stopping server
         except Exception:
             db.session.rollback()
         finally:

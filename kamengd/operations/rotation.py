@@ -24,6 +24,7 @@ With several app servers, copy the key file to every server after step 1
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,16 +34,18 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .accounts.models import StaffUser
-from .audit.models import AuditHead
-from .catalog.models import Product
-from .database import utcnow
-from .errors import KamengdError
-from .inventory.models import CardKey
-from .payments.models import PaymentChannel
-from .settings.models import SettingSecret
-from .settings.services import reencrypt_secrets
-from .vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
+from ..accounts.models import StaffUser
+from ..audit.models import AuditHead
+from ..audit.services import record, seal_message
+from ..backup.models import note, read
+from ..catalog.models import Product
+from ..database import utcnow
+from ..errors import KamengdError
+from ..inventory.models import CardKey
+from ..payments.models import PaymentChannel
+from ..settings.models import SettingSecret
+from ..settings.services import reencrypt_secrets
+from ..vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
                     write_secret_file)
 
 
@@ -95,7 +98,7 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
                                          t.c.key_version)
                                .where(t.c.key_version != target).order_by(t.c.id).limit(batch)).all()
         if not rows:
-            session.commit()
+            session.commit()   # ends the last batch's read
             return done
         if session.get_bind().dialect.name != "sqlite":
             # An import of these products checks duplicates under the same lock.
@@ -115,7 +118,7 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
                 raise KamengdError(f"card key #{r.id} of product {r.product_id} is the same key as another one "
                                    "of that product (stored twice before this rotation); void one of them, "
                                    "then run `kamengd key rotate` again") from None
-        session.commit()   # short transactions: buyers and imports go on between batches
+        session.commit()   # a batch at a time: buyers and imports go on between batches (resumable)
         if progress:
             progress(done)
 
@@ -131,7 +134,7 @@ def reencrypt_channels(session: Session, vault: Vault) -> int:
         channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
             context, plaintext)
         done += 1
-    session.commit()
+    session.flush()
     return done
 
 
@@ -145,25 +148,20 @@ def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
         plaintext = vault.decrypt_secret(context, user.totp_nonce, user.totp_ciphertext, user.totp_key_version)
         user.totp_nonce, user.totp_ciphertext, user.totp_key_version = vault.encrypt_secret(context, plaintext)
         done += 1
-    session.commit()
+    session.flush()
     return done
 
 
 def reseal_audit_head(session: Session, vault: Vault) -> bool:
     """Seal the audit head with the new version, after checking the old seal."""
-    import hmac
-
-    from .audit.services import seal_message
-
     head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
     if head is None or head.seal_version == vault.current_version:
-        session.commit()
         return False
     if head.seal is not None and not hmac.compare_digest(
             vault.seal(seal_message(head.seq, head.last_hash), head.seal_version), head.seal):
         raise KamengdError("the audit log's seal does not match: run `kamengd audit verify` before rotating")
     head.seal, head.seal_version = vault.seal(seal_message(head.seq, head.last_hash)), vault.current_version
-    session.commit()
+    session.flush()
     return True
 
 
@@ -174,17 +172,15 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
                   min_age: dt.timedelta = dt.timedelta(0)) -> tuple[list[int], Path | None]:
     """Move key versions no row uses out of the key file, into a file beside it,
     once the last rotation is at least `min_age` old."""
-    from .backup.models import read
-
     now = now or utcnow()
     last = read(session, "key.rotation")
-    session.commit()
+    session.commit()   # ends the read: no transaction is held while waiting for the key file's lock
     if min_age and (last is None or now - last[1] < min_age):
         return [], None
     with key_file_lock(path):   # read, decide and write with no other key-file change in between
         keys = _keys(path)
         used = versions_in_use(session)
-        session.commit()
+        session.commit()   # ends the read: no database lock is held while the key file is rewritten
         current = max(keys)
         old = {v: k for v, k in keys.items() if v != current and not used.get(v)}
         if not old:
@@ -197,12 +193,10 @@ def retire_unused(session: Session, path: Path, *, now: dt.datetime | None = Non
 
 def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: int = 1000,
            progress: Callable[[int], None] | None = None) -> RotationResult:
-    from .backup.models import note
-
     with key_file_lock(key_path):   # two rotations (or a retire) never both decide on the same file
         keys = _keys(key_path)
         used = versions_in_use(session)
-        session.commit()
+        session.commit()   # ends the read: no database lock is held while the key file is rewritten
         current = max(keys)
         pending = any(count for version, count in used.items() if version != current)
         missing = sorted(v for v, count in used.items() if count and v not in keys)
@@ -220,20 +214,16 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     result.channels = reencrypt_channels(session, vault)
     reencrypt_totp_secrets(session, vault)
     reencrypt_secrets(session, vault)
-    session.commit()
+    session.commit()   # the re-encrypted secrets stay even if the audit seal below does not check out
     result.resealed = reseal_audit_head(session, vault)
     note(session, "key.rotation", {"version": current, "card_keys": result.card_keys})
-    session.commit()
     return result
 
 
 def retire_old_keys(session: Session, path: Path, now: dt.datetime | None = None) -> dict:
     """The job: retire unused old versions an hour after a rotation."""
-    from .audit.services import record
-
     retired, aside = retire_unused(session, path, now=now, min_age=RETIRE_AFTER)
     if retired:
         record(session, "key.retire", actor="scheduler", target="data key",
                details={"versions": retired, "file": str(aside)})
-        session.commit()
     return {"retired": retired, "file": aside.name if aside else None}

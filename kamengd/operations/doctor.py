@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import Config
-from .errors import KamengdError
+from ..audit.services import verify
+from ..backup.models import read
+from ..config import Config
+from ..context import get_config, get_vault
+from ..database import utcnow
+from ..errors import KamengdError
+from ..extensions import db
+from ..inventory.models import CardKey
+from ..scheduler.lease import leader_info
+from ..vault import DecryptionError
+from .schema import require_current
 
 
 @dataclass
@@ -60,8 +70,6 @@ def file_checks(config: Config) -> list[Check]:
 
 
 def _disk_check(config: Config) -> Check:
-    import shutil
-
     where = config.security.data_key_file.parent
     try:
         free = shutil.disk_usage(where).free
@@ -74,16 +82,12 @@ def _disk_check(config: Config) -> Check:
 
 
 def database_checks(app) -> list[Check]:
-    from .audit.services import verify
-    from .extensions import db
-    from .schema import require_current
-
     checks = []
     with app.app_context():
         try:
             db.session.connection(execution_options={"kamengd_readonly": True})
             db.session.execute(sa.text("SELECT 1"))
-            checks.append(Check("database", True, make_url(app.extensions["kamengd.config"].database.url)
+            checks.append(Check("database", True, make_url(get_config().database.url)
                                 .render_as_string(hide_password=True)))
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
@@ -93,9 +97,8 @@ def database_checks(app) -> list[Check]:
         except KamengdError as exc:
             return checks + [Check("schema", False, exc.message)]
         checks.append(_key_check(db.session))
-        checks.append(_scheduler_check(db.session, app.extensions["kamengd.config"].scheduler.lease_seconds))
-        checks += _backup_checks(db.session, app.extensions["kamengd.config"])
-        from .app import get_vault
+        checks.append(_scheduler_check(db.session, get_config().scheduler.lease_seconds))
+        checks += _backup_checks(db.session, get_config())
         try:
             vault = get_vault()
         except KamengdError:
@@ -109,10 +112,6 @@ def database_checks(app) -> list[Check]:
 
 def _key_check(session) -> Check:
     """The key file must open the keys in this database: decrypt a sample."""
-    from .app import get_vault
-    from .inventory.models import CardKey
-    from .vault import DecryptionError
-
     try:
         vault = get_vault()
     except KamengdError as exc:
@@ -130,9 +129,6 @@ def _key_check(session) -> Check:
 
 
 def _scheduler_check(session, lease_seconds: int) -> Check:
-    from .database import utcnow
-    from .scheduler.lease import leader_info
-
     info = leader_info(session)
     if info.heartbeat_at is None:
         return Check("scheduler", False, "no scheduler has ever run: start `kamengd serve` or `kamengd scheduler`")
@@ -144,9 +140,6 @@ def _scheduler_check(session, lease_seconds: int) -> Check:
 
 
 def _backup_checks(session, config: Config) -> list[Check]:
-    from .backup.models import read
-    from .database import utcnow
-
     checks = []
     last = read(session, "backup.last")
     if last is None:
@@ -157,7 +150,6 @@ def _backup_checks(session, config: Config) -> list[Check]:
         detail = f"last {age.total_seconds() / 3600:.0f} h ago: {last[0].get('path')}"
         checks.append(Check("backup", True, detail, warning=age.days >= 2))
     key = read(session, "key_backup.last")
-    from .app import get_vault
     try:
         current = get_vault().current_version
     except KamengdError:

@@ -1,0 +1,22 @@
+"""Input rules more than one feature checks: e-mail addresses, control characters.
+
+A leaf (it imports nothing of kamengd), so orders, settings and the mail
+code check an address the same way without importing each other.
+"""
+from __future__ import annotations
+
+import re
+
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
+MAX_EMAIL = 254
+
+
+def is_email_address(text: str) -> bool:
+    """One plain mailbox, as a buyer or staff member would type it (already stripped)."""
+    return len(text) <= MAX_EMAIL and EMAIL_RE.match(text) is not None
+
+
+def has_control_characters(text: str) -> bool:
+    """Line breaks, tabs, DEL and the like: never in a one-line value."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
