@@ -12,7 +12,7 @@ from . import api, health, panel
 from .config import Config, load_config
 from .context import CONFIG_KEY
 from .database import configure_engine, engine_options, existing_only
-from .errors import register_error_handlers
+from .http_errors import register_error_handlers
 from .extensions import csrf, db, limiter
 from .payments import views as payment_views
 from .settings.services import shop_name

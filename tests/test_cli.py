@@ -452,3 +452,24 @@ def test_order_deliver_command(backend, shop, tmp_path):
     assert_one_line_error(run_cli("order", "deliver", order_no, "--file", keys, config=shop), "is delivered")
     assert audit_actions(shop)[-1] == "order.deliver"
     assert_one_line_error(run_cli("order", "deliver", "nope", "--file", keys, config=shop), "not found")
+
+
+def test_every_command_is_found_where_the_lazy_group_looks():
+    """The group imports a command's module when the command runs: the map must name every
+    command, each in the module that defines it, and every command module must be in it."""
+    import pathlib
+
+    import click
+
+    import kamengd.cli
+    from kamengd.cli.group import COMMAND_MODULES, cli
+
+    ctx = click.Context(cli)
+    for name, module in COMMAND_MODULES.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert command.callback.__module__ == f"kamengd.cli.{module}", name
+    assert set(cli.commands) == set(COMMAND_MODULES)   # no module adds a command the map lacks
+    here = pathlib.Path(kamengd.cli.__file__).parent
+    modules = {p.stem for p in here.glob("*.py")} - {"__init__", "group"}
+    assert modules == set(COMMAND_MODULES.values())

@@ -54,6 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.operations.doctor", "kamengd.operations.history", "kamengd.operations.rotation",
         "kamengd.reports.*")),
     ("the scheduler's jobs", ("kamengd.scheduler.jobs", "kamengd.scheduler.runner")),
+    ("HTTP answers for errors", ("kamengd.http_errors",)),
     ("views", (
         "kamengd.api", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views", "kamengd.panel",
         "kamengd.panel.*")),

@@ -14,6 +14,7 @@ from kamengd.inventory import sealer as sealer_module
 from kamengd.inventory.importer import ImportFileError
 from kamengd.inventory.models import CardKey, KeyImport
 from kamengd.inventory.sealer import SealerFailed, Sealers, parallel_readers
+from kamengd.inventory import services
 from kamengd.inventory.services import import_keys, iter_plaintext_keys
 from kamengd.inventory.sealing import seal_lines
 
@@ -39,7 +40,11 @@ def test_this_machine_runs_several_sealers():
     assert parallel_readers() >= 2
 
 
-def test_sealers_import_counts_duplicates_and_blanks(backend, session, vault, make_product, tmp_path):
+@pytest.mark.parametrize("sorted_move", [False, True], ids=["file-order", "fingerprint-order"])
+def test_sealers_import_counts_duplicates_and_blanks(backend, session, vault, make_product, tmp_path,
+                                                      monkeypatch, sorted_move):
+    if sorted_move:   # as a big import is moved into stock
+        monkeypatch.setattr(services, "SORTED_MOVE_MIN", 0)
     p = make_product()
     keys = [f"KEY-{i:04d}" for i in range(40)]
     lines = keys[:10] + ["", "  "] + keys[10:] + ["KEY-0003", "KEY-0039", "", "卡密一"]
@@ -56,6 +61,13 @@ def test_sealers_import_counts_duplicates_and_blanks(backend, session, vault, ma
     assert bytes(row.fingerprint) == vault.fingerprint(p.id, vault.decrypt_card_key(
         p.id, bytes(row.fingerprint), bytes(row.nonce), bytes(row.ciphertext), row.key_version))
     assert row.key_version == vault.current_version and b"KEY-" not in bytes(row.ciphertext)
+
+
+def test_a_small_import_is_sold_in_the_files_order(backend, session, vault, make_product, tmp_path):
+    p = make_product()
+    keys = [f"ORDERED-{i:03d}-{(i * 7919) % 1000:03d}" for i in range(200)]
+    import_file(session, vault, p, tmp_path, "\n".join(keys).encode())
+    assert list(iter_plaintext_keys(session, vault, p.id, None)) == keys
 
 
 def test_sealers_read_other_encodings(backend, session, vault, make_product, tmp_path):

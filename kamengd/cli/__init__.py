@@ -11,10 +11,7 @@ import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import KamengdError
-# Each command module adds its commands to the group when imported.
-from . import (audit, backup, catalog, channels, doctor, install, jobs, keys, notifications,  # noqa: F401
-               orders, reconcile, serve, settings, upgrade, users)
-from .group import cli
+from .group import cli   # it loads each command's module when the command runs
 
 
 def _one_line(text: str) -> str:

@@ -1,11 +1,13 @@
 """The `kamengd` command group and what its commands share: the app, one commit, held output.
 
-The commands live in the modules beside this one; kamengd.cli imports them all
-and runs the group.
+The commands live in the modules beside this one. The group imports a
+command's module only when that command runs (or help lists them all):
+`kamengd keys import` does not pay for loading backup, restore and Alembic.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from functools import cached_property
 
@@ -80,7 +82,26 @@ def fail(message: str) -> None:
     raise KamengdError(message)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each top-level command, and the module beside this one that adds it to the group.
+COMMAND_MODULES = {
+    "audit": "audit", "backup": "backup", "restore": "backup", "key": "backup", "product": "catalog",
+    "channel": "channels", "doctor": "doctor", "install": "install", "jobs": "jobs", "keys": "keys",
+    "notifications": "notifications", "order": "orders", "reconcile": "reconcile", "serve": "serve",
+    "scheduler": "serve", "setting": "settings", "upgrade": "upgrade", "user": "users",
+}
+
+
+class LazyGroup(click.Group):
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{COMMAND_MODULES[name]}")   # it adds its commands
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx):
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH",
               help="Config file (default: $KAMENGD_CONFIG, then /etc/kamengd/kamengd.toml).")
 @click.version_option(__version__, prog_name="kamengd")

@@ -69,10 +69,12 @@ SEALER_MIN_BYTES = 4 << 20
 
 # SQLite: batches go into a temporary table first, each with one statement that
 # cuts the records apart in the database; at the end one INSERT … SELECT moves
-# them in fingerprint order. The unique (product, fingerprint) index is then
-# filled from left to right instead of at random, which is most of an import's
-# time. (So within one import keys are sold in fingerprint order, not the
-# file's; imports are still sold oldest first.)
+# them into stock. A big import moves them in fingerprint order: the unique
+# (product, fingerprint) index is then filled from left to right instead of at
+# random, which was most of a million-key import's time. So within an import
+# of SORTED_MOVE_MIN keys or more, keys are sold in that order rather than the
+# file's; smaller imports keep the file's order; imports are sold oldest first.
+SORTED_MOVE_MIN = 100_000
 _STAGE = "kamengd_import_stage"
 _STAGE_CREATE = f"CREATE TEMP TABLE {_STAGE} (nonce BLOB NOT NULL, fingerprint BLOB NOT NULL, ciphertext BLOB NOT NULL)"
 _STAGE_DROP = f"DROP TABLE IF EXISTS temp.{_STAGE}"
@@ -87,7 +89,7 @@ _SORT_THREADS = "PRAGMA threads={}"
 _STAGE_ROWS = f"INSERT INTO temp.{_STAGE} (nonce, fingerprint, ciphertext) VALUES (?, ?, ?)"
 _STAGE_MOVE = (f"INSERT INTO card_keys ({', '.join(_COLUMNS)}) "
                f"SELECT :product_id, :import_id, 'available', ciphertext, nonce, :key_version, fingerprint "
-               f"FROM temp.{_STAGE} WHERE true ORDER BY fingerprint "
+               f"FROM temp.{_STAGE} WHERE true ORDER BY {{}} "
                "ON CONFLICT (product_id, fingerprint) DO NOTHING")
 # MySQL/MariaDB: rows bound by the driver. Values are generated here
 # (fixed-size binaries, bounded ciphertext), so under strict mode the only
@@ -118,21 +120,27 @@ class _SqliteWriter:
                                           "key_version": key_version}
         conn.exec_driver_sql(_STAGE_DROP)
         conn.exec_driver_sql(_STAGE_CREATE)
+        self._staged = 0
 
     def add(self, batch: SealedBatch, skip: set[int]) -> None:
         if not skip:
             self._conn.exec_driver_sql(_STAGE_BATCH, {"records": batch.records, "offsets": batch.offsets})
+            self._staged += batch.keys
         else:
             rows = [row for i, row in enumerate(batch.rows()) if i not in skip]
             if rows:
                 self._conn.exec_driver_sql(_STAGE_ROWS, rows)
+                self._staged += len(rows)
 
     def finish(self) -> int:
-        self._conn.exec_driver_sql(_SORT_THREADS.format(4))
-        try:
-            imported = self._conn.exec_driver_sql(_STAGE_MOVE, self._params).rowcount
-        finally:
-            self._conn.exec_driver_sql(_SORT_THREADS.format(0))
+        if self._staged < SORTED_MOVE_MIN:
+            imported = self._conn.exec_driver_sql(_STAGE_MOVE.format("rowid"), self._params).rowcount
+        else:
+            self._conn.exec_driver_sql(_SORT_THREADS.format(4))
+            try:
+                imported = self._conn.exec_driver_sql(_STAGE_MOVE.format("fingerprint"), self._params).rowcount
+            finally:
+                self._conn.exec_driver_sql(_SORT_THREADS.format(0))
         self._conn.exec_driver_sql(_STAGE_DROP)
         return imported
 

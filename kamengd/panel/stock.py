@@ -19,7 +19,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..context import get_config, get_vault
 from ..catalog import services as catalog
 from ..database import utcnow
-from ..errors import KamengdError, error_response
+from ..errors import KamengdError
+from ..http_errors import error_response
 from ..extensions import db
 from ..inventory import services as inventory
 from ..inventory.models import KEY_STATUSES
