@@ -170,3 +170,33 @@ def test_sealers_find_duplicates_under_an_older_key_version(backend, make_instal
         db.engine.dispose()
     assert (result.imported, result.duplicates) == (2, 25)
     assert versions == {1: 30, 2: 2}
+
+
+def test_the_cli_imports_a_big_file_and_a_big_pipe_with_readers(backend, make_install, tmp_path):
+    """Over SEALER_MIN_BYTES, as a merchant's script runs it: from a file, and from
+    stdin (spooled to a deleted temporary file the readers open through /proc)."""
+    import json
+    import secrets
+
+    from conftest import assert_one_line_error, run_cli
+
+    cfg = make_install(backend)
+    product = json.loads(run_cli("product", "create", "--name", "big", "--price", "1.00", "--json",
+                                 config=cfg.path, check=True).out)["id"]
+    keys = [f"BIG-{secrets.token_hex(10)}" for _ in range(200_000)]
+    data = ("\n".join(keys) + "\n").encode()
+    assert len(data) > services.SEALER_MIN_BYTES
+    path = tmp_path / "big.txt"
+    path.write_bytes(data[:len(data) // 2])
+    first = json.loads(run_cli("keys", "import", "--product", product, path, "--json", config=cfg.path,
+                               check=True).out)
+    assert first == {"imported": 100_000, "duplicates": 0, "blank": 0}
+    piped = json.loads(run_cli("keys", "import", "--product", product, "-", "--json", input=data,
+                               config=cfg.path, check=True).out)
+    assert piped == {"imported": 100_000, "duplicates": 100_000, "blank": 0}
+    bad = data + b"\x01BAD\n"
+    assert_one_line_error(run_cli("keys", "import", "--product", product, "-", input=bad, config=cfg.path),
+                          "line 200001", "control characters", "nothing imported")
+    out = tmp_path / "all.txt"
+    run_cli("keys", "export", "--product", product, "--output", out, config=cfg.path, check=True)
+    assert sorted(out.read_text().split()) == sorted(keys)
