@@ -5,7 +5,7 @@ The request commits once, after the view has built its answer and before a
 byte of it is sent: an answer below 400 commits, an error answer rolls back,
 and an exception never reaches the commit. A commit that fails (a lock wait
 ran out, the database went away) is answered like any database error
-(kamengd.errors: 503 busy), and the cookie goes back as the request brought
+(kamengd.http_errors: 503 busy), and the cookie goes back as the request brought
 it: no flash message, remembered order or sign-in claims what was not saved.
 
 GET views call `read_only()` first: on SQLite they then read a snapshot and

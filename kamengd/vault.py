@@ -130,10 +130,9 @@ class Vault:
             nonce = nonces[i * NONCE_BYTES:(i + 1) * NONCE_BYTES]
             yield nonce, fp, encrypt(nonce, plaintext, aad_prefix + fp)
 
-    def encrypt_card_key(self, product_id: int, plaintext: bytes,
-                         fingerprint: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes, int]:
-        """Returns (nonce, ciphertext, key_version). Pass a nonce only from os.urandom."""
-        nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    def encrypt_card_key(self, product_id: int, plaintext: bytes, fingerprint: bytes) -> tuple[bytes, bytes, int]:
+        """Returns (nonce, ciphertext, key_version)."""
+        nonce = os.urandom(NONCE_BYTES)
         ct = self._aead[self.current_version].encrypt(nonce, plaintext,
                                                       card_key_aad(product_id, fingerprint))
         return nonce, ct, self.current_version

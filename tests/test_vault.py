@@ -21,6 +21,14 @@ def test_round_trip_and_fresh_nonces(v):
     assert v.decrypt_card_key(7, fp, n1, c1, ver) == "卡密-ÄÖ".encode()
 
 
+def test_sealing_many_keys_gives_what_one_at_a_time_gives(v):
+    plaintexts = [b"K-1", "卡密-二".encode(), b"K-1"]
+    sealed = list(v.seal_card_keys(9, plaintexts))
+    assert [fp for _, fp, _ in sealed] == [v.fingerprint(9, p) for p in plaintexts]
+    assert [v.decrypt_card_key(9, fp, nonce, ct, v.current_version) for nonce, fp, ct in sealed] == plaintexts
+    assert len({nonce for nonce, _, _ in sealed}) == 3   # a fresh nonce for every key, repeats included
+
+
 def test_ciphertext_is_bound_to_product_and_row(v):
     fp_a, fp_b = v.fingerprint(1, b"A"), v.fingerprint(1, b"B")
     nonce, ct, ver = v.encrypt_card_key(1, b"A", fp_a)

@@ -27,7 +27,7 @@ BATCH_CHARACTERS = 1 << 24
 @dataclass
 class SealedBatch:
     keys: int           # records in this batch
-    blank: int          # blank lines read since the batch before
+    blank: int          # blank lines of the blocks that ended while this batch was filled
     records: bytes      # nonce ‖ fingerprint ‖ ciphertext, per key
     offsets: str        # JSON: (offset of the record << 32) | length of its ciphertext
     older: bytes = b""  # per key, its fingerprint under each older key version (rotation)

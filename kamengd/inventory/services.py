@@ -147,12 +147,11 @@ class _SqliteWriter:
 
 class _MysqlWriter:
     def __init__(self, conn, product_id: int, import_id: int, key_version: int):
-        self._conn, self._fixed, self._imported = conn, (product_id, import_id, "available"), 0
-        self._version = key_version
+        self._conn, self._imported = conn, 0
+        self._product_id, self._import_id, self._version = product_id, import_id, key_version
 
     def add(self, batch: SealedBatch, skip: set[int]) -> None:
-        product_id, import_id, status = self._fixed
-        rows = [(product_id, import_id, status, ct, nonce, self._version, fp)
+        rows = [(self._product_id, self._import_id, "available", ct, nonce, self._version, fp)
                 for i, (nonce, fp, ct) in enumerate(batch.rows()) if i not in skip]
         if rows:
             # The statement skips duplicates; its row count is what went in.

@@ -123,33 +123,30 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
             progress(done)
 
 
-def reencrypt_channels(session: Session, vault: Vault) -> int:
-    done = 0
-    for channel in session.scalars(sa.select(PaymentChannel).where(
-            PaymentChannel.secret_key_version.is_not(None),
-            PaymentChannel.secret_key_version != vault.current_version)).all():
-        context = f"channel:{channel.code}"
-        plaintext = vault.decrypt_secret(context, channel.secret_nonce, channel.secret_ciphertext,
-                                         channel.secret_key_version)
-        channel.secret_nonce, channel.secret_ciphertext, channel.secret_key_version = vault.encrypt_secret(
-            context, plaintext)
-        done += 1
+def _reencrypt_columns(session: Session, vault: Vault, model, prefix: str, context_of) -> int:
+    """Re-encrypt the `<prefix>_nonce/_ciphertext/_key_version` secret of every row of
+    `model` still under an older key version, each under its own context."""
+    version = getattr(model, f"{prefix}_key_version")
+    rows = session.scalars(sa.select(model).where(version.is_not(None), version != vault.current_version)).all()
+    for row in rows:
+        context = context_of(row)
+        plaintext = vault.decrypt_secret(context, getattr(row, f"{prefix}_nonce"),
+                                         getattr(row, f"{prefix}_ciphertext"), getattr(row, f"{prefix}_key_version"))
+        nonce, ciphertext, new_version = vault.encrypt_secret(context, plaintext)
+        setattr(row, f"{prefix}_nonce", nonce)
+        setattr(row, f"{prefix}_ciphertext", ciphertext)
+        setattr(row, f"{prefix}_key_version", new_version)
     session.flush()
-    return done
+    return len(rows)
+
+
+def reencrypt_channels(session: Session, vault: Vault) -> int:
+    return _reencrypt_columns(session, vault, PaymentChannel, "secret", lambda channel: f"channel:{channel.code}")
 
 
 def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
     """Staff 2FA secrets follow the data key like channel secrets."""
-    done = 0
-    for user in session.scalars(sa.select(StaffUser).where(
-            StaffUser.totp_key_version.is_not(None),
-            StaffUser.totp_key_version != vault.current_version)).all():
-        context = f"staff-totp:{user.id}"
-        plaintext = vault.decrypt_secret(context, user.totp_nonce, user.totp_ciphertext, user.totp_key_version)
-        user.totp_nonce, user.totp_ciphertext, user.totp_key_version = vault.encrypt_secret(context, plaintext)
-        done += 1
-    session.flush()
-    return done
+    return _reencrypt_columns(session, vault, StaffUser, "totp", lambda user: f"staff-totp:{user.id}")
 
 
 def reseal_audit_head(session: Session, vault: Vault) -> bool:
