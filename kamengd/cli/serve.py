@@ -52,10 +52,12 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
     import waitress   # loads only to serve with it, not for every `kamengd` command
 
     register(app)   # restore and upgrade refuse while this process beats
+    runner = None
     if scheduler:
         # One process, never forked: the scheduler's thread can share it.
         from ..scheduler.runner import Scheduler   # APScheduler loads only where the scheduler runs
-        Scheduler(app).start_background()
+        runner = Scheduler(app)
+        runner.start_background()
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -64,6 +66,11 @@ def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -
         waitress.serve(app, host=host, port=port, threads=threads, ident="kamengd")
     except KeyboardInterrupt:
         pass
+    finally:
+        # Before the interpreter shuts the thread pools down under a tick that is
+        # still being submitted; and the lease goes to another server at once.
+        if runner is not None:
+            runner.stop()
 
 
 @cli.command()
