@@ -66,8 +66,14 @@ class SecurityConfig:
 class ServerConfig:
     bind: str = setting("127.0.0.1:8000", doc="HOST:PORT that `kamengd serve` listens on.")
     server: str = setting("waitress", doc="waitress or gunicorn.", choices=("waitress", "gunicorn"))
-    workers: int = setting(2, doc="Gunicorn worker processes.", minimum=1)
-    threads: int = setting(8, doc="Threads per process.", minimum=1)
+    workers: int = setting(3, doc="Gunicorn worker processes (about one per core plus one: "
+                                  "`scripts/bench checkout` measured 3 fastest on 2 cores).", minimum=1)
+    threads: int = setting(8, doc="Waitress threads.", minimum=1)
+    gunicorn_threads: int = setting(1, doc="Gunicorn threads per worker: 1 runs sync workers (measured "
+                                           "fastest, with the shortest tails; nginx in front buffers slow "
+                                           "clients), more runs gthread workers.", minimum=1)
+    gunicorn_timeout: int = setting(120, doc="Seconds a gunicorn worker may spend on one request (a large "
+                                             "upload or export) before it is restarted.", minimum=10)
     proxy_count: int = setting(0, doc="Reverse proxies in front (nginx: 1): trust that many "
                                       "X-Forwarded-For/-Proto/-Host hops for client IPs and HTTPS.",
                                minimum=0, maximum=5)

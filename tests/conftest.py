@@ -196,6 +196,29 @@ def make_keys(session, vault):
     return factory
 
 
+def epay_shop(app, *, name: str, price_cents: int, keys: list[str], pid: str, key: str, prefix: str) -> dict:
+    """A product with `keys` in stock and an Epay channel, committed in the shared app's database."""
+    import io
+    import secrets
+
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    from kamengd.payments.services import add_channel
+
+    with app.app_context():
+        p = create_product(db.session, name=name, price_cents=price_cents, actor="t")
+        import_keys(db.session, get_vault(), product_id=p.id, fh=io.BytesIO("\n".join(keys).encode()), actor="t")
+        code = f"{prefix}{secrets.token_hex(3)}"
+        add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": pid, "key": key})
+        db.session.commit()
+        product_id = p.id
+        db.session.remove()
+    return {"id": product_id, "keys": keys, "channel": code}
+
+
 def run_cli(*args, config: Path | None = None, env: dict | None = None, input: bytes | None = None,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the installed `kamengd` in a real process, as a merchant's script would."""

@@ -1,11 +1,11 @@
 """The buyer API and the Epay callback through HTTP (Flask's test client)."""
 import hashlib
-import io
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from conftest import epay_shop
 from kamengd.payments import epay
 
 KEY = "api-merchant-key"
@@ -14,23 +14,8 @@ KEY = "api-merchant-key"
 @pytest.fixture
 def shop_product(app, backend):
     """A product with 3 keys and an Epay channel, committed to the shared database."""
-    from kamengd.context import get_vault
-    from kamengd.catalog.services import create_product
-    from kamengd.extensions import db
-    from kamengd.inventory.services import import_keys
-    from kamengd.payments.services import add_channel
-
-    with app.app_context():
-        p = create_product(db.session, name="<script>alert(1)</script> 月卡", price_cents=990, actor="t")
-        keys = [f"API-{secrets.token_hex(6)}" for _ in range(3)]
-        import_keys(db.session, get_vault(), product_id=p.id, fh=io.BytesIO("\n".join(keys).encode()), actor="t")
-        code = f"api{secrets.token_hex(3)}"
-        add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
-                    options={"gateway": "https://pay.example.com", "pid": "2002", "key": KEY})
-        db.session.commit()
-        product_id = p.id
-        db.session.remove()
-    return {"id": product_id, "keys": keys, "channel": code}
+    return epay_shop(app, name="<script>alert(1)</script> 月卡", price_cents=990, pid="2002", key=KEY, prefix="api",
+                     keys=[f"API-{secrets.token_hex(6)}" for _ in range(3)])
 
 
 def order(client, shop_product, **extra):

@@ -6,7 +6,8 @@ runs in each supported layout, with the scheduler running (ticking every
 second), as it is deployed:
 
 - waitress, the scheduler in the same process;
-- gunicorn, `serve` running the scheduler (a supervised child process);
+- gunicorn (sync workers, the default), `serve` running the scheduler (a
+  supervised child process); the same with gthread workers (--threads 4);
 - gunicorn --no-scheduler beside a separate `kamengd scheduler`;
 - two servers (waitress and gunicorn, each with its scheduler) on one MariaDB.
 """
@@ -31,7 +32,7 @@ KEY = "concurrency-merchant-key"
 BUYERS, STOCK = 200, 100
 # The scheduler works hard during the race: a tick a second, a short lease.
 BUSY_SCHEDULER = {"KAMENGD_SCHEDULER_TICK_SECONDS": "1", "KAMENGD_SCHEDULER_LEASE_SECONDS": "3"}
-LAYOUTS = ("waitress", "gunicorn", "gunicorn+scheduler")
+LAYOUTS = ("waitress", "gunicorn", "gunicorn-gthread", "gunicorn+scheduler")
 
 
 def http(method, url, body=None):
@@ -66,6 +67,8 @@ def start_layout(layout, start_server, config):
         return [start_server(config, env=BUSY_SCHEDULER)]
     if layout == "gunicorn":
         return [start_server(config, "--server", "gunicorn", env=BUSY_SCHEDULER)]
+    if layout == "gunicorn-gthread":
+        return [start_server(config, "--server", "gunicorn", "--threads", "4", env=BUSY_SCHEDULER)]
     if layout == "gunicorn+scheduler":
         start_server.scheduler(config, env=BUSY_SCHEDULER)
         return [start_server(config, "--server", "gunicorn", "--no-scheduler", env=BUSY_SCHEDULER)]

@@ -6,7 +6,6 @@ that makes the hot path read a row twice, or slips the ORM's reload back in,
 fails here — not in a timed test.
 """
 import hashlib
-import io
 import secrets
 from contextlib import contextmanager
 from urllib.parse import urlencode
@@ -14,38 +13,26 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import event
 
+from conftest import epay_shop
 from kamengd.payments import epay
 
 KEY = "budget-merchant-key-0123456789"
-# SQLite: BEGIN IMMEDIATE, SELECT (product, channel, timeout, waiting buyers), INSERT, UPDATE.
-# MySQL: no BEGIN statement; SELECT, INSERT, SELECT ... FOR UPDATE SKIP LOCKED, UPDATE.
-ORDER_BUDGET = {"sqlite": 4, "mysql": 4}
-# SQLite: BEGIN IMMEDIATE, SELECT (order, channel nonce, product, payment of the trade), sell the
-# keys, INSERT payment, UPDATE order, INSERT events, INSERT mail. MySQL: the SELECT is two.
-CALLBACK_BUDGET = {"sqlite": 7, "mysql": 7}
+# The product and channel are read once per process (the offer), then checked by the INSERT itself.
+# SQLite: BEGIN IMMEDIATE, INSERT ... SELECT, UPDATE. MySQL: no BEGIN statement; INSERT ... SELECT,
+# SELECT ... FOR UPDATE SKIP LOCKED, UPDATE.
+ORDER_BUDGET = {"sqlite": 3, "mysql": 3}
+# SQLite: BEGIN and SELECT (order, channel nonce, product, payment of the trade) in a snapshot; then
+# BEGIN IMMEDIATE, sell the keys, UPDATE order, INSERT payment, INSERT events, INSERT mail.
+# MySQL: SELECT ... FOR UPDATE (the order), SELECT (the rest), the same five writes.
+CALLBACK_BUDGET = {"sqlite": 8, "mysql": 7}
 # BEGIN (a snapshot, no write lock), SELECT the order with its keys.
 LOOKUP_BUDGET = {"sqlite": 2, "mysql": 1}
 
 
 @pytest.fixture
 def shop(app):
-    from kamengd.context import get_vault
-    from kamengd.catalog.services import create_product
-    from kamengd.extensions import db
-    from kamengd.inventory.services import import_keys
-    from kamengd.payments.services import add_channel
-
-    with app.app_context():
-        p = create_product(db.session, name="budget", price_cents=500, actor="t")
-        import_keys(db.session, get_vault(), product_id=p.id,
-                    fh=io.BytesIO("\n".join(f"B-{secrets.token_hex(8)}" for _ in range(10)).encode()), actor="t")
-        code = f"bud{secrets.token_hex(3)}"
-        add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
-                    options={"gateway": "https://pay.example.com", "pid": "4004", "key": KEY})
-        db.session.commit()
-        product_id = p.id
-        db.session.remove()
-    return {"id": product_id, "channel": code}
+    return epay_shop(app, name="budget", price_cents=500, keys=[f"B-{secrets.token_hex(8)}" for _ in range(10)],
+                     pid="4004", key=KEY, prefix="bud")
 
 
 @contextmanager
@@ -80,6 +67,14 @@ def purchase(client, shop, i):
     return order.get_json()
 
 
+def assert_writes_only_under_the_lock(statements, backend):
+    """SQLite: the write lock is held for writes alone, every read came before BEGIN IMMEDIATE."""
+    if backend != "sqlite":
+        return
+    begin = next(i for i, s in enumerate(statements) if "BEGIN IMMEDIATE" in s)
+    assert not [s for s in statements[begin:] if s.split()[0] == "SELECT"], statements
+
+
 def test_purchase_path_statement_budgets(app, client, shop, backend):
     # The first purchase of a process fills its caches (the channel's key): not counted.
     first = purchase(client, shop, 0)
@@ -88,11 +83,14 @@ def test_purchase_path_statement_budgets(app, client, shop, backend):
     with counted(app) as statements:
         order = purchase(client, shop, 1)
     assert len(statements) <= ORDER_BUDGET[backend], statements
+    assert_writes_only_under_the_lock(statements, backend)
 
     with counted(app) as statements:
         answer = client.get(f"/pay/{shop['channel']}/notify?{urlencode(callback(order))}")
     assert answer.data == b"success"
     assert len(statements) <= CALLBACK_BUDGET[backend], statements
+
+    assert_writes_only_under_the_lock(statements, backend)
 
     with counted(app) as statements:
         view = client.get(f"/api/v1/orders/{order['order_no']}?token={order['token']}").get_json()

@@ -25,7 +25,9 @@ def parse_bind(bind: str) -> tuple[str, int]:
 @click.option("--bind", metavar="HOST:PORT", help="Default: server.bind (127.0.0.1:8000).")
 @click.option("--server", "server_name", type=click.Choice(["waitress", "gunicorn"]))
 @click.option("--workers", type=click.IntRange(min=1), help="Gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per process (default: server.threads).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads per process (default: server.threads for waitress, server.gunicorn_threads "
+                   "for gunicorn: 1 runs sync workers).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the scheduler with this server.")
 @click.pass_obj
 def serve(obj, bind, server_name, workers, threads, no_scheduler):
@@ -33,19 +35,18 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
     config = obj.config
     host, port = parse_bind(bind or config.server.bind)
     server_name = server_name or config.server.server
-    threads = threads or config.server.threads
     app = obj.app
     with app.app_context():
         revision = require_current(db.engine)
         db.engine.dispose()  # no connection is left open in this process
     click.echo(f"kamengd serving on http://{host}:{port} ({server_name}, schema {revision})", err=True)
     if server_name == "waitress":
-        _run_waitress(app, host, port, threads, scheduler=not no_scheduler)
+        _run_waitress(app, host, port, threads or config.server.threads, scheduler=not no_scheduler)
     else:
         from ..server.gunicorn import run_gunicorn   # gunicorn loads only to serve with it
 
-        run_gunicorn(config, f"{host}:{port}", workers or config.server.workers, threads,
-                     scheduler=not no_scheduler)
+        run_gunicorn(config, f"{host}:{port}", workers or config.server.workers,
+                     threads or config.server.gunicorn_threads, scheduler=not no_scheduler)
 
 
 def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -> None:

@@ -1,14 +1,16 @@
 """Placing an order: the hot path of the shop, shared by the API and the storefront.
 
 Everything slow happens before the write transaction: the input is checked,
-the query password hashed (argon2, ~100 ms) and the channel's merchant key
-decrypted (cached per process, keyed by the secret's nonce, so a changed key
-is never used stale). The transaction itself is three statements on SQLite
-(four on MySQL): one SELECT reads the product, the channel, the order
-timeout and whether paid buyers wait for this product; one INSERT writes the
-order; one UPDATE reserves its keys (MySQL: SELECT … FOR UPDATE SKIP LOCKED,
-then UPDATE). The pay URL and the answer are built before the commit; the
-request boundary commits.
+the query password hashed (argon2, ~100 ms), the product and the channel
+read (kept per process: the offer), the merchant key decrypted (cached per
+process, keyed by the secret's nonce), the pay URL and the answer built.
+The write lock is then held for two statements on SQLite (three on MySQL):
+one INSERT … SELECT writes the order only if the product, the channel and
+the order timeout are still what the answer was built from, and nobody who
+paid waits for this product; one UPDATE reserves its keys (MySQL: SELECT …
+FOR UPDATE SKIP LOCKED, then UPDATE). An offer that no longer holds (a staff
+edit, another process's) is read again and the order tried once more; an
+error is only ever answered from a fresh read. The request boundary commits.
 """
 from __future__ import annotations
 
@@ -16,20 +18,21 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ..accounts.passwords import hash_password
 from ..catalog.models import Product
 from ..database import utcnow
-from ..errors import InvalidRequest, NotFound, OutOfStock
+from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
 from ..money import format_cents
 from ..payments import epay
-from ..payments.keycache import channel_secrets_cached, has_cached
+from ..payments.keycache import channel_secrets_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
 from ..vault import Vault
@@ -38,9 +41,10 @@ from .validation import check_order_input
 
 _p, _c, _o, _k = Product.__table__, PaymentChannel.__table__, Order.__table__, CardKey.__table__
 
-# One statement for everything an order needs to know. The channel is a LEFT
-# JOIN: a missing channel is an input error, a missing product a 404.
-_CHECK = (
+# Everything an order needs to know about its product and channel. The
+# channel is a LEFT JOIN: a missing channel is an input error, a missing
+# product a 404.
+_OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
               _p.c.min_quantity, _p.c.max_quantity,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
@@ -52,7 +56,31 @@ _CHECK = (
     .select_from(_p.outerjoin(_c, _c.c.code == sa.bindparam("code")))
     .where(_p.c.id == sa.bindparam("product_id")))
 
-_INSERT = _o.insert()
+
+def _bind(column):
+    return sa.bindparam(column.name, type_=column.type)
+
+
+_ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
+                 "currency", "email", "status", "token_hash", "query_password_hash", "client_ip", "created_at",
+                 "updated_at", "expires_at", "delivery_attempts")
+# The order is written only if what its answer was built from still holds,
+# checked in the write lock by the INSERT itself (no row read there).
+_INSERT = _o.insert().from_select(
+    list(_ORDER_FIELDS),
+    sa.select(*(_bind(_o.c[name]) for name in _ORDER_FIELDS))
+    .select_from(_p.join(_c, _c.c.id == sa.bindparam("channel_id")))
+    .where(_p.c.id == sa.bindparam("product_id"), _p.c.is_active.is_(True),
+           _p.c.name == sa.bindparam("name"), _p.c.price_cents == sa.bindparam("unit_price_cents"),
+           _p.c.currency == sa.bindparam("currency"), _p.c.delivery_mode == sa.bindparam("delivery_mode"),
+           _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
+           _c.c.code == sa.bindparam("code"), _c.c.is_enabled.is_(True), _c.c.type == sa.bindparam("channel_type"),
+           _c.c.options == sa.bindparam("options"),
+           _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
+           setting_value_query("orders.timeout_minutes").is_not_distinct_from(
+               sa.bindparam("timeout", type_=sa.Text())),
+           sa.or_(_p.c.delivery_mode != "auto",
+                  ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id))))
 
 # SQLite holds the write lock for the whole transaction: one UPDATE picks and claims.
 _RESERVE_SQLITE = (
@@ -120,6 +148,33 @@ def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: 
     return quantity
 
 
+_offers: dict[tuple[int, str], object] = {}
+_offers_lock = threading.Lock()
+MAX_OFFERS = 1024
+
+
+def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool):
+    """The product and channel row for an order: from this process's cache unless `fresh`,
+    else read outside any write lock (in the caller's transaction if it has one)."""
+    key = (product_id, channel_code)
+    if not fresh and (found := _offers.get(key)) is not None:
+        return found
+    params = {"product_id": product_id, "code": channel_code}
+    if session.in_transaction():
+        row = session.connection().execute(_OFFER, params).first()
+    else:
+        row = session.connection(execution_options={"kamengd_readonly": True}).execute(_OFFER, params).first()
+        session.rollback()
+    if row is not None and row.is_active and row.channel_id is not None:   # only what exists is kept
+        with _offers_lock:
+            if len(_offers) >= MAX_OFFERS:
+                _offers.clear()
+            _offers[key] = row
+    else:
+        _offers.pop(key, None)
+    return row
+
+
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 now: dt.datetime | None = None) -> PlacedOrder:
@@ -129,47 +184,77 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     """
     email = check_order_input(product_id, quantity, email, channel_code, query_password, coupon)
     password_hash = hash_password(query_password) if query_password else None   # before any lock
+    session = session() if isinstance(session, scoped_session) else session
+    ours = not session.in_transaction()   # else the caller's transaction: read and write in it
+    fresh = False
     for _ in range(3):
+        row = _offer(session, product_id, channel_code, fresh=fresh)
+        placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
+                                  email=email, channel_code=channel_code, password_hash=password_hash,
+                                  client_ip=client_ip, site_url=site_url, now=now or utcnow())
+        if placed is None:   # the cached offer said no: never answered without a fresh read
+            fresh = True
+            continue
         # Core on the session's connection: the ORM's statement handling costs
-        # as much as SQLite itself here.
+        # as much as SQLite itself here. This begins the write transaction.
         conn = session.connection()
-        row = conn.execute(_CHECK, {"product_id": product_id, "code": channel_code}).first()
-        if row is None or not row.is_active:
-            raise NotFound(f"product {product_id} not found")
-        if not row.min_quantity <= quantity <= row.max_quantity:
-            raise InvalidRequest(f"quantity: between {row.min_quantity} and {row.max_quantity}")
-        if row.channel_id is None or not row.is_enabled:
-            raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
-        if vault is None or row.secret_nonce is None or has_cached(row.channel_id, row.secret_nonce):
-            break
-        # The merchant key is not decrypted in this process yet: never while
-        # holding the write lock. Let go, decrypt, start again.
-        session.rollback()
-        channel_secrets_cached(vault, row.channel_id, channel_code, row.secret_nonce, row.secret_ciphertext,
-                               row.secret_key_version)
-    if row.delivery_mode == "auto" and row.waiting:
-        raise OutOfStock("not enough stock for this quantity")
-    now = now or utcnow()
+        inserted = conn.execute(_INSERT, values)
+        if inserted.rowcount == 1:
+            placed.order_id = inserted.lastrowid
+            if row.delivery_mode == "auto":
+                reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
+                             until=placed.expires_at)
+            return placed
+        # What the answer was built from changed since it was read. Nothing was
+        # written: let go of the write lock (a new merchant key is decrypted
+        # outside it), read again.
+        if ours:
+            session.rollback()
+        fresh = True
+    raise Busy("the product or its payment channel is being changed: try again")
+
+
+def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
+             channel_code: str, password_hash: str | None, client_ip: str | None, site_url: str,
+             now: dt.datetime):
+    """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
+    cached offer refuses it (a fresh one raises the error instead)."""
+    problem = None
+    if row is None or not row.is_active:
+        problem = NotFound(f"product {product_id} not found")
+    elif not row.min_quantity <= quantity <= row.max_quantity:
+        problem = InvalidRequest(f"quantity: between {row.min_quantity} and {row.max_quantity}")
+    elif row.channel_id is None or not row.is_enabled:
+        problem = InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
+    elif row.delivery_mode == "auto" and row.waiting:
+        problem = OutOfStock("not enough stock for this quantity")
+    if problem is not None:
+        if fresh:
+            raise problem
+        return None, None
     expires = now + dt.timedelta(minutes=decode_setting("orders.timeout_minutes", row.timeout))
     token = secrets.token_urlsafe(24)
     order_no = new_order_no(now)
     amount = row.price_cents * quantity
-    order_id = conn.execute(_INSERT, {
-        "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
-        "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
-        "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
-        "client_ip": client_ip, "created_at": now, "updated_at": now, "expires_at": expires,
-        "delivery_attempts": 0}).inserted_primary_key[0]
-    if row.delivery_mode == "auto":
-        reserve_keys(session, product_id=product_id, quantity=quantity, order_id=order_id, until=expires)
     url = None
     if vault is not None and row.secret_nonce is not None:
+        # Decrypted at most once per process and secret, never under the write lock.
         secrets_ = channel_secrets_cached(vault, row.channel_id, channel_code, row.secret_nonce,
                                           row.secret_ciphertext, row.secret_key_version)
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site_url)
-    return PlacedOrder(order_id, order_no, token, "pending", amount, row.currency, quantity, product_id,
-                       expires, url)
+    placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url)
+    values = {
+        "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
+        "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
+        "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
+        "client_ip": client_ip, "created_at": now, "updated_at": now, "expires_at": expires,
+        "delivery_attempts": 0,
+        # What the answer was built from, checked again by the INSERT:
+        "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
+        "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
+        "timeout": row.timeout}
+    return placed, values
 
 
 def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amount_cents: int, token: str,

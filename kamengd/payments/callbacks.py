@@ -6,16 +6,20 @@ decrypted once), then the signature, the pid, the trade status and the
 amount are checked. A forged callback never queues for the write lock.
 
 The common case — a pending order paid the right amount, its keys reserved —
-is then six statements on SQLite: lock and load the order with its channel's
-secret nonce, its product and any payment of this trade (one SELECT), sell
-the keys, insert the payment, mark the order delivered, insert both events,
-queue the mail. Any other case (a wrong amount, an order already paid, an
-expired order whose keys went back on sale, a manual product) goes through
-record_payment in kamengd.payments.services, which reconciliation uses too.
+then reads the order with its channel's secret nonce, its product and any
+payment of this trade in one SELECT: on SQLite in a snapshot, before the
+write lock, so the lock is held for the writes alone (sell the keys while
+the order is still pending, mark it delivered, insert the payment, both
+events and the mail); on MySQL the SELECT locks the order's row (FOR UPDATE)
+in the write transaction, as the expiry sweep does first too. Any other
+case (a wrong amount, an order already paid, an expired order whose keys
+went back on sale, a manual product, an order that changed since the
+snapshot) goes through record_payment in kamengd.payments.services, which
+reconciliation uses too.
 
-The cached channel is checked against the row read in the transaction: if
-its secret changed since (a new key, a rotation), the cache entry is dropped
-and the callback is checked again with the new key.
+The cached channel is checked against the row read: if its secret changed
+since (a new key, a rotation), the cache entry is dropped and the callback
+is checked again with the new key.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam(
              .scalar_subquery())
 _CONTEXT = (_c.c.id.label("current_channel_id"), _c.c.secret_nonce, _p.c.name.label("product_name"),
             _p.c.delivery_mode, _EXISTING.label("existing_order_id"))
-# SQLite: the transaction holds the write lock, one SELECT reads it all.
+# SQLite: one SELECT reads it all, in a snapshot before the write lock.
 _LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
                 .join_from(_o, _p, _p.c.id == _o.c.product_id).outerjoin(_c, _c.c.code == sa.bindparam("code"))
                 .where(_o.c.order_no == sa.bindparam("order_no")))
@@ -63,7 +67,10 @@ _LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
 _LOCK_MYSQL = sa.select(*_ORDER_COLUMNS).where(_o.c.order_no == sa.bindparam("order_no")).with_for_update()
 _CONTEXT_MYSQL = (sa.select(*_CONTEXT).select_from(_p).outerjoin(_c, _c.c.code == sa.bindparam("code"))
                   .where(_p.c.id == sa.bindparam("pid")))
-_SELL = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status == "reserved")
+# The snapshot may be old by the time the write lock is ours: the keys are
+# sold only while their order is still pending.
+_SELL = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status == "reserved",
+                           sa.exists().where(_o.c.id == sa.bindparam("oid"), _o.c.status == "pending"))
          .values(status="sold", sold_at=sa.bindparam("now"), reserved_until=None))
 _INSERT_PAYMENT = _pay.insert()
 _DELIVER = (_o.update().where(_o.c.id == sa.bindparam("oid"), _o.c.status == "pending")
@@ -179,14 +186,21 @@ def _check(channel: CachedChannel, params: dict[str, str]):
 
 def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no: str, amount_cents: int,
            raw: dict, now: dt.datetime | None = None) -> PaymentOutcome:
-    """Record a verified payment in the caller's transaction (see the module's docstring)."""
+    """Record a verified payment (see the module's docstring); the write transaction is left
+    open for the caller to commit."""
     now = now or utcnow()
     params = {"order_no": order_no, "cid": channel.id, "code": channel.code, "trade_no": trade_no}
-    conn = session.connection()   # Core, not the ORM: see kamengd.orders.checkout
-    if conn.dialect.name == "sqlite":
-        row = conn.execute(_LOAD_SQLITE, params).first()
+    ours = not _in_transaction(session)
+    if session.get_bind().dialect.name == "sqlite":
+        if ours:
+            row = session.connection(execution_options={"kamengd_readonly": True}).execute(
+                _LOAD_SQLITE, params).first()
+            session.rollback()   # the snapshot ends; the write lock is taken below, for the writes
+        else:   # a caller's transaction (a job, a test): read in it
+            row = session.connection().execute(_LOAD_SQLITE, params).first()
         context = row
     else:
+        conn = session.connection()   # Core, not the ORM: see kamengd.orders.checkout
         row = conn.execute(_LOCK_MYSQL, params).first()
         context = row and conn.execute(_CONTEXT_MYSQL, {**params, "pid": row.product_id}).first()
     if row is None:
@@ -199,39 +213,51 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     if context.existing_order_id is not None:
         return PaymentOutcome(context.existing_order_id == row.id, "already recorded")
     if row.status == "pending" and amount_cents == row.amount_cents and context.delivery_mode == "auto":
+        delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now)   # built unlocked
+        conn = session.connection()   # SQLite: BEGIN IMMEDIATE
         sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
         if sold == row.quantity:
-            return _delivered(session, row, context.product_name, trade_no, amount_cents, raw, now)
+            return delivery.write(session)
         if sold:
             raise RuntimeError(f"order {row.order_no}: {sold} of {row.quantity} reserved keys")
-    # Anything else, the careful way (nothing was written above).
-    order = session.get(Order, row.id)
+    # Anything else, the careful way, in the write transaction (nothing was written above).
+    order = session.get(Order, row.id, populate_existing=True)
     return record_payment(session, session.get(PaymentChannel, channel.id), order, trade_no=trade_no,
                           amount_cents=amount_cents, raw=raw, now=now)
 
 
-def _delivered(session: Session, row, product_name: str, trade_no: str, amount_cents: int, raw: dict,
-               now: dt.datetime) -> PaymentOutcome:
-    conn = session.connection()
-    conn.execute(_INSERT_PAYMENT, {
-        "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
-        "status": "received", "created_at": now,
-        "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)})
-    if conn.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:   # the row is locked: cannot be
-        raise RuntimeError(f"order {row.order_no} changed under its lock")
-    fields = dict(row._mapping)
-    paid = payload_of(_Fields({**fields, "status": "paid", "paid_at": now, "delivered_at": None}), product_name,
-                      trade_no=trade_no)
-    done = payload_of(_Fields({**fields, "status": "delivered", "paid_at": now, "delivered_at": now}),
-                      product_name)
-    emit_many(session, [("order.paid", paid), ("order.delivered", done)], now)
-    queue_delivery_email_for(session, row.id, row.email, now)
-    # A caller holding the Order (a job, a test) sees what the statements did.
-    real = session() if isinstance(session, scoped_session) else session
-    loaded = real.identity_map.get(identity_key(Order, row.id))
-    if loaded is not None:
-        real.expire(loaded)
-    return PaymentOutcome(True, "delivered")
+class _Delivery:
+    """The writes of a delivered callback, their values built before the write lock."""
+
+    def __init__(self, row, product_name: str, trade_no: str, amount_cents: int, raw: dict, now: dt.datetime):
+        self.row, self.now = row, now
+        self.payment = {
+            "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
+            "status": "received", "created_at": now,
+            "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)}
+        fields = dict(row._mapping)
+        paid = payload_of(_Fields({**fields, "status": "paid", "paid_at": now, "delivered_at": None}),
+                          product_name, trade_no=trade_no)
+        done = payload_of(_Fields({**fields, "status": "delivered", "paid_at": now, "delivered_at": now}),
+                          product_name)
+        self.events = [("order.paid", paid), ("order.delivered", done)]
+
+    def write(self, session: Session) -> PaymentOutcome:
+        """In the write transaction, once the order's keys are sold."""
+        row, now = self.row, self.now
+        conn = session.connection()
+        # Pending when its keys were sold, in the same transaction: cannot fail.
+        if conn.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:
+            raise RuntimeError(f"order {row.order_no} changed under its lock")
+        conn.execute(_INSERT_PAYMENT, self.payment)
+        emit_many(session, self.events, now)
+        queue_delivery_email_for(session, row.id, row.email, now)
+        # A caller holding the Order (a job, a test) sees what the statements did.
+        real = session() if isinstance(session, scoped_session) else session
+        loaded = real.identity_map.get(identity_key(Order, row.id))
+        if loaded is not None:
+            real.expire(loaded)
+        return PaymentOutcome(True, "delivered")
 
 
 class _Fields(dict):

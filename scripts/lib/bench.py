@@ -134,8 +134,9 @@ def main() -> None:
     co.add_argument("-n", type=int, default=3000, help="operations per phase")
     co.add_argument("--clients", type=int, default=32, help="concurrent clients")
     co.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
-    co.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
-    co.add_argument("--threads", type=int, default=8, help="threads per worker (both servers)")
+    co.add_argument("--workers", type=int, default=3, help="gunicorn workers (both servers; kamengd's default)")
+    co.add_argument("--threads", type=int, default=1,
+                    help="threads per worker (both servers; 1: sync workers, kamengd's default; more: gthread)")
     co.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
     co.add_argument("--show-errors", action="store_true", help="kamengd's stderr to the terminal")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")

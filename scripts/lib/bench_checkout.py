@@ -1,7 +1,8 @@
 """scripts/bench checkout: kamengd's purchase path beside a bare reserve endpoint, in one run.
 
-Same machine, same server settings (gunicorn gthread, the same workers and
-threads, the same access log), the same client: several client processes,
+Same machine, same server settings (gunicorn: kamengd's default layout,
+sync workers, unless --threads asks for gthread; the same workers, threads,
+timeout and access log), the same client: several client processes,
 each with threads on keep-alive connections, so the client is not the limit.
 
 1. bare: a Flask endpoint that only runs the reserve transaction with the
@@ -256,7 +257,7 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         work = Path(tmp)
         env = install(work, args.database_url)
         env["KAMENGD_SERVER_WORKERS"] = str(args.workers)
-        env["KAMENGD_SERVER_THREADS"] = str(args.threads)
+        env["KAMENGD_SERVER_GUNICORN_THREADS"] = str(args.threads)
         config_path = env["KAMENGD_CONFIG"]
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from kamengd.config import load_config
@@ -287,7 +288,7 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         bare_env = {**env, "BARE_DATABASE": database_url, "BARE_PRODUCT": str(bare_product)}
         bare = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(work), "-b", f"127.0.0.1:{port}",
                                  "-w", str(args.workers), "--threads", str(args.threads),
-                                 "-k", "gthread" if args.threads > 1 else "sync",
+                                 "-k", "gthread" if args.threads > 1 else "sync", "--timeout", "120",
                                  *gunicorn_log, "bare_app:app"], env=bare_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
