@@ -210,9 +210,10 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
         raise _StaleChannel()
     if row.channel_id != channel.id:
         return PaymentOutcome(False, "unknown order for this channel")
-    if context.existing_order_id is not None:
-        return PaymentOutcome(context.existing_order_id == row.id, "already recorded")
-    if row.status == "pending" and amount_cents == row.amount_cents and context.delivery_mode == "auto":
+    if context.existing_order_id == row.id:
+        return PaymentOutcome(True, "already recorded")
+    if (context.existing_order_id is None and row.status == "pending" and amount_cents == row.amount_cents
+            and context.delivery_mode == "auto"):
         delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now)   # built unlocked
         conn = session.connection()   # SQLite: BEGIN IMMEDIATE
         sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
@@ -220,7 +221,8 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
             return delivery.write(session)
         if sold:
             raise RuntimeError(f"order {row.order_no}: {sold} of {row.quantity} reserved keys")
-    # Anything else, the careful way, in the write transaction (nothing was written above).
+    # Anything else (a trade recorded for another order too), the careful way, in
+    # the write transaction (nothing was written above).
     order = session.get(Order, row.id, populate_existing=True)
     return record_payment(session, session.get(PaymentChannel, channel.id), order, trade_no=trade_no,
                           amount_cents=amount_cents, raw=raw, now=now)

@@ -282,6 +282,19 @@ class PaymentOutcome:
     reason: str = ""
 
 
+def _already_recorded(session: Session, order, existing: Payment, now) -> PaymentOutcome:
+    """A callback for a trade already recorded: "success" again for its own order. For
+    another order the gateway reports one trade twice (its error, or a replay): nothing
+    more can be recorded, so the order is flagged for a person once (order.held) and the
+    gateway answered "success" — a "fail" would bring it back forever, and nobody would hear."""
+    if existing.order_id == order.id:
+        return PaymentOutcome(True, "already recorded")
+    other = session.scalar(sa.select(Order.order_no).where(Order.id == existing.order_id))
+    reason = f"the gateway reported trade {existing.trade_no}, already recorded for order {other}"
+    flag_order(session, order, reason, now, event="order.held")
+    return PaymentOutcome(True, "trade recorded for another order: flagged")
+
+
 def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no: str, amount_cents: int,
                    raw: dict, now=None) -> PaymentOutcome:
     """Record a verified payment once per (channel, trade_no); pay and deliver the order.
@@ -299,7 +312,7 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     existing = session.scalar(sa.select(Payment).where(Payment.channel_id == channel.id,
                                                         Payment.trade_no == trade_no))
     if existing is not None:
-        return PaymentOutcome(existing.order_id == order.id, "already recorded")
+        return _already_recorded(session, order, existing, now)
     right_amount = amount == order.amount_cents
     payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
                       status="received" if right_amount else "held", created_at=now,
@@ -310,7 +323,9 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     except IntegrityError:  # the same callback, recorded by a concurrent request
         existing = session.scalar(sa.select(Payment).where(Payment.channel_id == channel.id,
                                                             Payment.trade_no == trade_no))
-        return PaymentOutcome(existing is not None and existing.order_id == order.id, "already recorded")
+        if existing is None:
+            return PaymentOutcome(False, "trade recorded concurrently")
+        return _already_recorded(session, order, existing, now)
 
     new_status = "paid" if right_amount else "held"
     claimed = session.execute(sa.update(Order).where(Order.id == order.id,
