@@ -30,19 +30,15 @@ class NotFound(KamengdError):
 
 
 class Conflict(KamengdError):
-    """The request is valid but the current state forbids it (e.g. already exists)."""
-    code = "invalid_request"
+    """The request is valid but the current state forbids it (e.g. already exists).
+    Never a buyer's order: a shop without enough stock says OutOfStock."""
+    code = "conflict"
     http_status = 409
 
 
 class OutOfStock(KamengdError):
     code = "out_of_stock"
     http_status = 409
-
-
-class RateLimited(KamengdError):
-    code = "rate_limited"
-    http_status = 429
 
 
 class Busy(KamengdError):

@@ -9,9 +9,10 @@ from werkzeug.exceptions import HTTPException
 from .database import is_busy
 from .errors import Busy, KamengdError
 
-_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "invalid_request",
-               409: "out_of_stock", 413: "invalid_request", 415: "invalid_request",
-               429: "rate_limited"}
+# The codes of CONTRACT.md (§2, §4) for statuses that no domain error set: a
+# 409 from werkzeug is a conflict; only OutOfStock says out_of_stock.
+_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "invalid_request",
+               409: "conflict", 413: "invalid_request", 415: "invalid_request", 429: "rate_limited"}
 
 
 def _wants_json() -> bool:

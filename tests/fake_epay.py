@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +15,9 @@ class FakeEpay:
         self.unpaid: set[str] = set()       # orders the gateway knows, not paid (status 0)
         self.failing: set[str] = set()      # orders it answers with HTTP 500
         self.mode = "normal"                # normal | error | garbage | slow
+        # "slow" answers only once released (the test ends): the client's own
+        # timeout decides how long a test waits, not a sleep here.
+        self.released = threading.Event()
         self.queries: list[str] = []
         self.active = 1                     # the merchant account, as act=query reports it
         self.merchant_queries = 0           # act=query requests received
@@ -32,7 +34,7 @@ class FakeEpay:
                     return self._merchant(q)
                 gateway.queries.append(q.get("out_trade_no", ""))
                 if gateway.mode == "slow":
-                    time.sleep(2)
+                    gateway.released.wait(30)
                 if gateway.mode == "error" or q.get("out_trade_no") in gateway.failing:
                     return self._send(500, b"internal error")
                 if gateway.mode == "garbage":
@@ -54,7 +56,7 @@ class FakeEpay:
             def _merchant(self, q):
                 gateway.merchant_queries += 1
                 if gateway.mode == "slow":
-                    time.sleep(2)
+                    gateway.released.wait(30)
                 if gateway.mode == "error":
                     return self._send(500, b"internal error")
                 if gateway.mode == "garbage":
@@ -86,5 +88,6 @@ class FakeEpay:
         return self
 
     def __exit__(self, *exc):
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()

@@ -310,11 +310,25 @@ def test_daily_backups_keep_the_newest(backend, make_install, tmp_path):
             results.append(daily_backup(db.session, cfg, now=now + dt.timedelta(days=day)))
             assert daily_backup(db.session, cfg, now=now + dt.timedelta(days=day, hours=1)) == {
                 "skipped": "recent backup"}
-            import time
-            time.sleep(1.1)   # file names carry the second
         db.session.remove()
     files = sorted(p.name for p in (tmp_path / "daily").iterdir())
     assert len(files) == 2 and files == sorted(r["file"] for r in results[-2:])
+    # Named after the job's clock, not the wall clock.
+    assert files[-1] == f"kamengd-daily-{now + dt.timedelta(days=3):%Y%m%dT%H%M%SZ}.tar.gz"
+
+
+def test_backups_in_one_second_all_land_and_prune_in_order(backend, make_install, tmp_path):
+    from kamengd.backup.services import DAILY_PREFIX, backup_to_dir, prune_daily
+
+    cfg = make_install(backend)
+    cfg = dataclasses.replace(cfg, backup=dataclasses.replace(cfg.backup, directory=tmp_path / "daily"))
+    now = dt.datetime(2026, 12, 4, 21, 0, 0)
+    made = [backup_to_dir(cfg, DAILY_PREFIX, now=now).path.name for _ in range(3)]
+    stamp = f"{DAILY_PREFIX}20261204T210000Z"
+    assert made == [f"{stamp}.tar.gz", f"{stamp}_2.tar.gz", f"{stamp}_3.tar.gz"]
+    gone = prune_daily(tmp_path / "daily", keep=1)
+    assert [p.name for p in gone] == made[:2]
+    assert sorted(p.name for p in (tmp_path / "daily").iterdir()) == made[2:]
     assert oct((tmp_path / "daily").stat().st_mode)[-3:] == "700"
 
 

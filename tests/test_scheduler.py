@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from conftest import run_cli, write_password
+from conftest import run_cli
 from kamengd.scheduler.models import JobRun
 from kamengd.scheduler.runner import Scheduler
 
@@ -132,7 +132,17 @@ def test_two_scheduler_processes_one_database(mysql_backend, make_install):
             return conn.execute(sa.text("SELECT DISTINCT owner FROM job_runs WHERE started_at >= :s"),
                                 {"s": start}).scalars().all()
     try:
-        time.sleep(5)
+        # Both processes started together with a 1 s tick: once the leader has
+        # renewed its lease for 3 s, the other has asked for it as often, and
+        # must have run nothing.
+        deadline, held = time.monotonic() + 30, 0.0
+        while time.monotonic() < deadline and held < 3:
+            time.sleep(0.1)
+            with engine.connect() as conn:
+                lease = conn.execute(sa.text("SELECT acquired_at, heartbeat_at FROM scheduler_lease")).first()
+            if lease is not None and lease.acquired_at is not None and lease.heartbeat_at is not None:
+                held = (lease.heartbeat_at - lease.acquired_at).total_seconds()
+        assert held >= 3, "no scheduler kept the lease"
         with engine.connect() as conn:
             owners = conn.execute(sa.text("SELECT DISTINCT owner FROM job_runs")).scalars().all()
         assert len(owners) == 1, owners

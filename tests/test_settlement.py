@@ -130,7 +130,7 @@ def test_the_job_waits_out_a_gateway_that_does_not_answer(backend, session, vaul
 def test_a_run_by_hand_stops_when_the_gateway_is_down(backend, session, vault, shop, gateway):
     a = order(session, vault, shop, "2026-11-20 09:00", paid="2026-11-20 09:01")
     gateway.paid[a.order_no] = "9.90"
-    gateway.mode = "slow"    # answers after 2 s; we give up after 1 s
+    gateway.mode = "slow"    # answers only when the test ends; we give up after 1 s
     with pytest.raises(GatewayDown, match="incomplete"):
         run_settlement(session, vault, DAY, TZ, query=query)
     report = session.scalar(sa.select(SettlementReport).where(SettlementReport.day == DAY))

@@ -27,8 +27,17 @@ def check_passphrase(passphrase: str) -> str:
     return passphrase
 
 
-def backup_name(prefix: str, now: dt.datetime, sealed: bool) -> str:
-    return f"{prefix}{now:%Y%m%dT%H%M%SZ}.tar.gz" + (".sealed" if sealed else "")
+def backup_name(prefix: str, now: dt.datetime, sealed: bool, n: int = 1) -> str:
+    """The n-th backup of this second sorts after the first ("_2" > ".")."""
+    return f"{prefix}{now:%Y%m%dT%H%M%SZ}" + (f"_{n}" if n > 1 else "") + ".tar.gz" + (".sealed" if sealed else "")
+
+
+def free_backup_path(directory: Path, prefix: str, now: dt.datetime, sealed: bool) -> Path:
+    """A name no backup in `directory` has yet: two backups in one second both land."""
+    n = 1
+    while (path := directory / backup_name(prefix, now, sealed, n)).exists():
+        n += 1
+    return path
 
 
 def record_backup(session: Session, result: BackupResult, kind: str, now: dt.datetime | None = None) -> None:
@@ -37,7 +46,8 @@ def record_backup(session: Session, result: BackupResult, kind: str, now: dt.dat
                                   "rows": sum(t["rows"] for t in result.manifest["tables"])}, now)
 
 
-def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None) -> BackupResult:
+def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None,
+                  now: dt.datetime | None = None) -> BackupResult:
     """A backup in backup.directory. Run as root (`kamengd upgrade`), the directory and
     the archive get the data directory's owner: the service's daily job writes there too."""
     directory = config.backup_dir()
@@ -46,8 +56,8 @@ def backup_to_dir(config: Config, prefix: str, progress: Progress | None = None)
         directory.mkdir(mode=0o700, parents=True)
         _give_to_owner_of(directory, owner)
     passphrase = config.backup_passphrase()
-    result = write_backup(config.database_url, directory / backup_name(prefix, utcnow(), bool(passphrase)),
-                          passphrase=passphrase, progress=progress)
+    path = free_backup_path(directory, prefix, now or utcnow(), bool(passphrase))
+    result = write_backup(config.database_url, path, passphrase=passphrase, progress=progress)
     _give_to_owner_of(result.path, owner)
     return result
 
@@ -59,8 +69,9 @@ def _give_to_owner_of(path: Path, like: Path) -> None:
 
 
 def prune_daily(directory: Path, keep: int) -> list[Path]:
-    pattern = re.compile(re.escape(DAILY_PREFIX) + r"\d{8}T\d{6}Z\.tar\.gz(\.sealed)?$")
-    daily = sorted(p for p in directory.iterdir() if pattern.match(p.name))
+    pattern = re.compile(re.escape(DAILY_PREFIX) + r"(\d{8}T\d{6})Z(?:_(\d+))?\.tar\.gz(\.sealed)?$")
+    found = [(m.group(1), int(m.group(2) or 1), p) for p in directory.iterdir() if (m := pattern.match(p.name))]
+    daily = [p for _, _, p in sorted(found)]   # by time, then by the n-th of that second
     gone = daily[:-keep] if len(daily) > keep else []
     for path in gone:
         path.unlink(missing_ok=True)
@@ -76,7 +87,7 @@ def daily_backup(session: Session, config: Config, now: dt.datetime | None = Non
     session.commit()   # ends the read: no transaction is held through the backup
     if last is not None and now - last[1] < dt.timedelta(hours=23, minutes=30):
         return {"skipped": "recent backup"}
-    result = backup_to_dir(config, DAILY_PREFIX)
+    result = backup_to_dir(config, DAILY_PREFIX, now=now)
     record_backup(session, result, "daily", now)
     session.commit()   # the new backup is recorded before older ones are removed
     removed = prune_daily(config.backup_dir(), config.backup.keep)

@@ -172,5 +172,3 @@ def generate_password() -> str:
     return secrets.token_urlsafe(15)
 
 
-def mode_of(path: Path) -> int:
-    return os.stat(path).st_mode & 0o777
