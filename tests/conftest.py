@@ -273,7 +273,10 @@ class Servers:
 
         # A file, not a pipe: a chatty server must never block on a full pipe.
         log = tempfile.TemporaryFile()
-        proc = subprocess.Popen(argv, env=_kamengd_env(env), stdout=subprocess.DEVNULL, stderr=log)
+        # A process group of its own: kill9() takes a server with its workers
+        # and its scheduler child, as the kernel's OOM killer or a crash would.
+        proc = subprocess.Popen(argv, env=_kamengd_env(env), stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
         self.procs.append(proc)
         self._logs[proc] = log
         return proc
@@ -311,6 +314,16 @@ class Servers:
 
     def scheduler(self, config: Path, env: dict | None = None) -> subprocess.Popen:
         return self._popen([sys.executable, "-m", "kamengd", "--config", str(config), "scheduler"], env)
+
+    def kill9(self, proc: subprocess.Popen) -> None:
+        """SIGKILL to the process and every process it started (its group)."""
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def stop_all(self) -> dict[subprocess.Popen, str]:
         """Stop every process; returns what each wrote to stderr."""
