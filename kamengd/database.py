@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -271,11 +272,22 @@ _SQLITE_BUSY = ("database is locked", "database table is locked", "database is b
 
 def is_busy(exc: BaseException) -> bool:
     """True for a database error that a retry a moment later may not get: a
-    lock wait that ran out, a deadlock, a full pool, a server that is away."""
+    lock wait that ran out, a deadlock, a full pool, a server that is away —
+    or an error raised while handling one (a connection lost mid-query makes
+    the next statement on it fail differently)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if _busy_itself(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _busy_itself(exc: BaseException) -> bool:
     if isinstance(exc, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
         return True
     if not isinstance(exc, sa.exc.DBAPIError):
-        return False
+        return _driver_busy(exc)
     if exc.connection_invalidated:
         return True
     orig = exc.orig
@@ -284,6 +296,35 @@ def is_busy(exc: BaseException) -> bool:
         return args[0] in _MYSQL_BUSY
     message = str(orig).lower()
     return any(fragment in message for fragment in _SQLITE_BUSY)
+
+
+def _driver_busy(exc: BaseException) -> bool:
+    """The same test for a driver's own error, before SQLAlchemy wrapped it (its pool's)."""
+    args = getattr(exc, "args", ())
+    if type(exc).__module__.startswith("pymysql") and args and isinstance(args[0], int):
+        return args[0] in _MYSQL_BUSY
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(fragment in str(exc).lower() for fragment in _SQLITE_BUSY)
+    return False
+
+
+class _OneLineWhenAway(logging.Filter):
+    """SQLAlchemy's pool logs a traceback when it cannot roll back a connection the
+    server dropped (a database restart): one line is what that deserves, as for
+    every other busy answer. Anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_busy(exc):
+            record.msg = f"{record.getMessage()}: {exc}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# Filters are not inherited: each pool class logs under its own name.
+for _pool in (sa.pool.QueuePool, sa.pool.NullPool, sa.pool.SingletonThreadPool, sa.pool.StaticPool):
+    logging.getLogger(f"{_pool.__module__}.{_pool.__name__}").addFilter(_OneLineWhenAway())
 
 
 def readonly_connection(engine: Engine):

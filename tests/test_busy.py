@@ -95,3 +95,27 @@ def test_mysql_order_row_locked(mysql_backend, tmp_path, databases, start_server
         == (200, "success")
     logs = start_server.stop_all()
     assert not any("Traceback" in log for log in logs.values()), list(logs.values())
+
+
+def test_an_error_raised_because_the_database_went_away_counts_as_busy():
+    """A connection lost mid-query makes the next statement fail with another error: still busy
+    (503, a warning without traceback), not a crash."""
+    import pymysql
+
+    from kamengd.database import is_busy
+
+    lost = sa.exc.OperationalError("SELECT 1", None, pymysql.err.OperationalError(2013, "Lost connection"))
+
+    def after(first, second):
+        try:
+            raise first
+        except Exception:
+            try:
+                raise second
+            except Exception as exc:
+                return exc
+
+    assert is_busy(lost)
+    assert is_busy(after(lost, sa.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")))
+    assert is_busy(after(ValueError("x"), RuntimeError("y"))) is False
+    assert is_busy(sa.exc.IntegrityError("INSERT", None, Exception("UNIQUE constraint failed"))) is False

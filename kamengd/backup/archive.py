@@ -107,7 +107,8 @@ def snapshot_connection(url: str, workdir: Path):
             try:
                 yield conn
             finally:
-                conn.exec_driver_sql("COMMIT")
+                if not conn.invalidated:   # a lost connection has nothing to end; its error goes up
+                    conn.exec_driver_sql("COMMIT")
     finally:
         engine.dispose()
 

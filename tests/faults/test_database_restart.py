@@ -1,0 +1,139 @@
+"""MariaDB restarted under a purchase load: busy answers while it is away, then it heals itself.
+
+A private MariaDB server (its own data directory and port, started by the
+test; never the shared one) serves a shop in each layout. When a third of the
+purchases are done, the database is stopped, left down for two seconds and
+started again, while 16 clients go on buying. While it is away every answer
+is the JSON `busy` error with 503 and Retry-After (a callback answers "fail",
+so the gateway calls again), never a 500 or a traceback; afterwards the shop
+serves again without a restart of its own, and the promises of
+test_kill9 hold (reported the same way).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import free_port, run_cli, write_password
+from test_concurrency import BUSY_SCHEDULER, KEY, wait_for_leader
+from test_kill9 import PURCHASES, CLIENTS, Load, Shop, check, invariants, keep_report, start
+
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+
+
+class PrivateMariaDB:
+    """A MariaDB server of the test's own: a fresh data directory on a free port."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, free_port()
+        self.proc = None
+        subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={directory / 'data'}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=120)
+        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        d = self.directory
+        self.log = open(d / "mariadb.log", "ab")
+        self.proc = subprocess.Popen(
+            [MARIADBD, "--no-defaults", f"--datadir={d / 'data'}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             f"--socket={d / 'sock'}", f"--pid-file={d / 'pid'}", "--user=root", "--skip-log-bin",
+             "--innodb-buffer-pool-size=64M", "--max-connections=200"],
+            stdout=self.log, stderr=self.log, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                engine = sa.create_engine(self.url + "/", connect_args={"connect_timeout": 2})
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                engine.dispose()
+                return
+            except sa.exc.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the private MariaDB did not start: "
+                                         + (d / "mariadb.log").read_text(errors="replace")[-2000:])
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+@pytest.fixture
+def private_mariadb(tmp_path):
+    if not (os.path.exists(MARIADBD) and INSTALL_DB):
+        reason = "MariaDB's server binaries (mariadbd, mariadb-install-db) are not installed"
+        if os.environ.get("KAMENGD_REQUIRE_MYSQL") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PrivateMariaDB(tmp_path / "mariadb")
+    server.start()
+    yield server
+    server.stop()
+
+
+def install_shop(server, tmp_path):
+    engine = sa.create_engine(server.url + "/")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE DATABASE kamengd_fault CHARACTER SET utf8mb4")
+    engine.dispose()
+    url = server.url + "/kamengd_fault"
+    run_cli("install", "--data-dir", tmp_path / "data", "--admin-password-file", write_password(tmp_path),
+            "--database-url", url, "--yes", check=True)
+    config = tmp_path / "data" / "kamengd.toml"
+    import json
+    import random
+    pid = json.loads(run_cli("product", "create", "--name", "restart", "--price", "1.00", "--json",
+                             config=config, check=True).out)["id"]
+    keys = [f"RESTART-{i:04d}-{random.getrandbits(48):012x}" for i in range(100)]
+    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    run_cli("channel", "add", "--type", "epay", "--code", "epay", "--option", "gateway=http://127.0.0.1:9",
+            "--option", "pid=3003", "--option", f"key={KEY}", config=config, check=True)
+    return config, pid, url
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+@pytest.mark.parametrize("layout", ["waitress", "gunicorn", "gunicorn+scheduler"])
+def test_a_database_restart_under_load_heals_itself(layout, private_mariadb, tmp_path, start_server, capsys):
+    config, pid, url = install_shop(private_mariadb, tmp_path)
+    env = {**BUSY_SCHEDULER, "KAMENGD_DATABASE_LOCK_TIMEOUT_SECONDS": "5"}
+    bases, _ = start(layout, start_server, config, env=env)
+    wait_for_leader(bases[0])
+    load = Load(Shop(bases), pid)
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        futures = [pool.submit(load.purchase, i) for i in range(PURCHASES)]
+        while load.done < PURCHASES // 3:
+            time.sleep(0.05)
+        stopped_at = load.done
+        private_mariadb.stop()
+        time.sleep(2)
+        private_mariadb.start()
+        for future in futures:
+            future.result()
+    logs = start_server.stop_all()
+    tracebacks = [log[log.index("Traceback") - 300:][:3000] for log in logs.values() if "Traceback" in log]
+    assert not tracebacks, tracebacks[0]
+    run_cli("scheduler", "--once", config=config, env=BUSY_SCHEDULER, check=True)
+    report = {"database restarted after": f"{stopped_at} of {PURCHASES} purchases",
+              "busy answers while it was away": load.busy, **invariants(config, url, load)}
+    with capsys.disabled():
+        keep_report(f"db-restart-{layout}", report)
+    check(report, killed=False)
+    assert load.busy > 0, report                    # the outage was seen, and answered as busy
+    assert not load.bad_busy, load.bad_busy[:3]     # every 503 was the JSON busy error with Retry-After
