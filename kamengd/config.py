@@ -7,6 +7,7 @@ missing required setting stops start-up with the setting's name.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -86,6 +87,10 @@ class RatelimitConfig:
                                doc="memory:// for one process; redis://host:6379 for several.")
     orders: str = setting("20/minute", doc="Orders one client may create (Flask-Limiter syntax).")
     lookups: str = setting("30/minute", doc="Order lookups one client may make (token or query password).")
+    callbacks: str = setting("600/minute", doc="Payment callbacks one address may send (/pay/*/notify); "
+                                               "the addresses in gateway_addresses are never limited.")
+    gateway_addresses: list[str] = setting((), doc="The payment gateways' server addresses or networks "
+                                                   "(CIDR), whose callbacks are never rate-limited.")
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,17 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
         built["database"], url=normalize_database_url(built["database"].url, base_dir))
     _check_site(built["site"])
     _check_notifications(built["notifications"])
+    _check_ratelimit(built["ratelimit"])
     return Config(path=path, **built)
+
+
+def _check_ratelimit(r: RatelimitConfig) -> None:
+    for network in r.gateway_addresses:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"setting ratelimit.gateway_addresses: {network!r} is not an address or "
+                              "a network (e.g. 203.0.113.7 or 203.0.113.0/24)") from None
 
 
 def _check_site(site: SiteConfig) -> None:

@@ -83,3 +83,46 @@ def test_a_forged_conflict_changes_nothing(app, client, shop):
               "name": "c", "money": "3.00", "trade_status": "TRADE_SUCCESS", "sign": "0" * 32, "sign_type": "MD5"}
     assert client.get(f"/pay/{shop['channel']}/notify?{urlencode(params)}").data != b"success"
     assert state(app, second["order_no"])[1:] == (None, 0, 0)
+
+
+def limited_app(make_install, **ratelimit):
+    import dataclasses
+
+    from kamengd.app import create_app
+
+    cfg = make_install("sqlite")
+    return create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=True,
+                                                                              **ratelimit)))
+
+
+def forged(i):
+    return urlencode({"pid": "6006", "trade_no": f"F{i}", "out_trade_no": f"2026{i:020d}", "money": "3.00",
+                      "trade_status": "TRADE_SUCCESS", "sign": "0" * 32, "sign_type": "MD5"})
+
+
+def test_callbacks_are_rate_limited_per_address_but_never_for_a_gateway(make_install):
+    app = limited_app(make_install, callbacks="10/minute")
+    client = app.test_client()
+    answers = [client.get(f"/pay/epay/notify?{forged(i)}").status_code for i in range(12)]
+    assert answers[:10] == [200] * 10 and answers[10:] == [429, 429]   # "fail" x 10, then limited
+    # Another address is not held back by the first one's flood.
+    other = client.get(f"/pay/epay/notify?{forged(99)}", environ_base={"REMOTE_ADDR": "198.51.100.9"})
+    assert other.status_code == 200
+
+    gateway_app = limited_app(make_install, callbacks="10/minute", gateway_addresses=["127.0.0.0/8"])
+    gateway = gateway_app.test_client()
+    assert {gateway.get(f"/pay/epay/notify?{forged(i)}").status_code for i in range(30)} == {200}
+
+
+def test_an_oversized_callback_is_refused_unread(app, client, shop):
+    first = order(client, shop)
+    padding = "x" * 9000
+    params = {"pid": "6006", "trade_no": "T-big", "out_trade_no": first["order_no"], "money": "3.00",
+              "trade_status": "TRADE_SUCCESS", "name": padding}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + KEY).encode()).hexdigest()
+    params["sign_type"] = "MD5"
+    answer = client.get(f"/pay/{shop['channel']}/notify?{urlencode(params)}")
+    assert answer.status_code == 413 and answer.data != b"success"
+    posted = client.post(f"/pay/{shop['channel']}/notify", data=params)
+    assert posted.status_code == 413 and posted.data != b"success"
+    assert state(app, first["order_no"])[0] == "pending"

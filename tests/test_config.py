@@ -28,6 +28,8 @@ def test_defaults_and_relative_paths(tmp_path):
     ({**MINIMAL, "server": {"workers": "two"}}, "setting server.workers: expected an integer"),
     ({**MINIMAL, "server": {"workers": 0}}, "setting server.workers: must be at least 1"),
     ({**MINIMAL, "ratelimit": {"enabled": "yes"}}, "setting ratelimit.enabled: expected true or false"),
+    ({**MINIMAL, "ratelimit": {"gateway_addresses": ["203.0.113.0/24", "pay.example.com"]}},
+     "setting ratelimit.gateway_addresses: 'pay.example.com' is not an address or a network"),
     ({**MINIMAL, "server": {"server": "uwsgi"}}, "setting server.server: must be one of waitress, gunicorn"),
     ({**MINIMAL, "inventory": {"max_key_length": 4097}}, "setting inventory.max_key_length: must be at most 4096"),
     ({**MINIMAL, "database": {"url": "postgresql://x/y"}}, "setting database.url: postgresql is not supported"),

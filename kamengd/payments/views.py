@@ -1,13 +1,15 @@
 """Payment gateway callbacks and the buyer's return page (CONTRACT.md §3)."""
 from __future__ import annotations
 
+import ipaddress
+
 from flask import Blueprint, current_app, render_template, request, session
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..context import get_vault
+from ..context import get_config, get_vault
 from ..database import is_busy
 from ..errors import NotFound
-from ..extensions import db
+from ..extensions import db, limiter
 from ..orders.lookup import order_view
 from ..orders.services import find_order_for_buyer
 from ..transaction import read_only
@@ -17,10 +19,34 @@ bp = Blueprint("pay", __name__, url_prefix="/pay")
 
 
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+# A genuine callback is a few hundred bytes; nothing larger is even parsed.
+MAX_CALLBACK_BYTES = 8192
+
+
+def _callbacks_limit() -> str:
+    return get_config().ratelimit.callbacks
+
+
+def _from_a_gateway() -> bool:
+    """A caller in ratelimit.gateway_addresses: its retries are never limited."""
+    networks = get_config().ratelimit.gateway_addresses
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 @bp.route("/<code>/notify", methods=["GET", "POST"])
+@limiter.limit(_callbacks_limit, exempt_when=_from_a_gateway)
 def notify(code: str):
+    request.max_content_length = MAX_CALLBACK_BYTES   # a chunked body too: 413 once it grows past it
+    size = len(request.query_string) + (request.content_length or 0)
+    if size > MAX_CALLBACK_BYTES:
+        current_app.logger.warning("payment callback on %s refused: %d bytes", code[:32], size)
+        return "fail: too large", 413, TEXT
     params = {**request.args.to_dict(), **request.form.to_dict()}
     for attempt in (1, 2):
         try:
