@@ -265,9 +265,10 @@ def make_engine(url: str, *, foreign_keys: bool = True, pooled: bool = True) -> 
 
 
 # MySQL/MariaDB error numbers that mean "not now, try again": lock wait
-# timeout, deadlock, too many connections, server shutting down or gone.
-_MYSQL_BUSY = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013}
-_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+# timeout, deadlock, too many connections, server shutting down or gone, a
+# full disk or table (until the admin makes room: the log says which).
+_MYSQL_BUSY = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 1021, 1114}
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy", "database or disk is full")
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import hashlib
 import io
 import json
@@ -207,8 +208,18 @@ def write_backup(url: str, output: Path, *, passphrase: str | None = None,
         except FileExistsError:
             raise BackupError(f"{output} already exists; choose a new file name") from None
         return BackupResult(output, manifest, output.stat().st_size)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _out_of_space(exc):
+            raise
+        raise BackupError(f"no space left in {output.parent} for the backup; nothing was written") from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)   # SQLite writing the snapshot copy
 
 
 def _add(tar: tarfile.TarFile, name: str, body: bytes) -> None:

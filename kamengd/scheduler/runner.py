@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from ..database import is_busy, utcnow
+from ..errors import KamengdError
 from ..extensions import db
 from .jobs import JOBS
 from .lease import heartbeat, new_owner_id, release
@@ -83,6 +84,8 @@ class Scheduler:
             if is_busy(exc):
                 log.warning("job %s: database busy (%s); it runs again at its next turn", name,
                             getattr(exc, "orig", None) or exc.__class__.__name__)
+            elif isinstance(exc, KamengdError):   # says what went wrong itself (a full disk, a gateway away)
+                log.error("job %s failed: %s; it runs again at its next turn", name, exc.message)
             else:
                 log.exception("job %s failed; it runs again at its next turn", name)
             try:
