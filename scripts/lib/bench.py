@@ -138,6 +138,8 @@ def main() -> None:
     co.add_argument("--threads", type=int, default=1,
                     help="threads per worker (both servers; 1: sync workers, kamengd's default; more: gthread)")
     co.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
+    co.add_argument("--forged-flood", type=int, default=0, metavar="N",
+                    help="then the purchases again while N forged callbacks (bad signatures) pour in")
     co.add_argument("--show-errors", action="store_true", help="kamengd's stderr to the terminal")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
     pn = sub.add_parser("panel", help="the staff panel through a real server: 2FA sign-in, an upload of "

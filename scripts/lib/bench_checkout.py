@@ -10,7 +10,10 @@ each with threads on keep-alive connections, so the client is not the limit.
    UPDATE SKIP LOCKED); take one available key; UPDATE; COMMIT.
 2. kamengd `serve --server gunicorn` with its scheduler running: order
    creations alone, then complete purchases (order → signed Epay callback →
-   lookup with the keys).
+   lookup with the keys). With --forged-flood N, the purchases once more while
+   another process sends N forged callbacks (bad signatures, real-looking
+   order numbers) as fast as 8 connections go: every real purchase must
+   complete, and the p99 of each step is compared with the quiet run.
 Then the database is checked: no key in two orders, every key handed out
 once, every purchase delivered.
 """
@@ -212,6 +215,42 @@ def _kamengd_purchase_plan(product_id):
     return plan
 
 
+def _flood(port, count, threads, done):
+    """count forged callbacks over `threads` keep-alive connections; the answers counted."""
+    import http.client
+    import threading
+
+    answers, lock, left = {}, threading.Lock(), [count]
+
+    def run():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+                i = left[0]
+            params = {"pid": "1001", "trade_no": f"FORGED{i}", "out_trade_no": f"20261204{i:020d}",
+                      "type": "alipay", "name": "x", "money": "1.00", "trade_status": "TRADE_SUCCESS",
+                      "sign": secrets.token_hex(16), "sign_type": "MD5"}
+            try:
+                conn.request("GET", f"/pay/epay/notify?{urllib.parse.urlencode(params)}")
+                resp = conn.getresponse()
+                body = resp.read()
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()
+                continue
+            key = f"{resp.status} {body.decode(errors='replace')[:20]}"
+            with lock:
+                answers[key] = answers.get(key, 0) + 1
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    done.put(answers)
+
+
 def drive(port, plan, n, clients, processes) -> dict:
     """n operations by `clients` client threads spread over `processes` processes."""
     ctx = mp.get_context("fork")
@@ -275,7 +314,7 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
 
         bare_product, shop_product = product("bare"), product("bench")
         stock(bare_product, args.n)
-        stock(shop_product, 2 * args.n)
+        stock(shop_product, (3 if args.forged_flood else 2) * args.n)
         r = kamengd("channel", "add", "--type", "epay", "--code", "epay", "--option", "gateway=http://127.0.0.1:9",
                     "--option", "pid=1001", "--option", f"key={MERCHANT_KEY}", env=env)
         if r.returncode:
@@ -312,12 +351,21 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
             if os.environ.get("BENCH_SHOW_CPU"):
                 _show_cpu(server.pid)
             purchases = drive(port, _kamengd_purchase_plan(shop_product), args.n, args.clients, args.processes)
+            flooded = flood_answers = None
+            if args.forged_flood:
+                ctx = mp.get_context("fork")
+                done = ctx.Queue()
+                flooder = ctx.Process(target=_flood, args=(port, args.forged_flood, 8, done))
+                flooder.start()
+                flooded = drive(port, _kamengd_purchase_plan(shop_product), args.n, args.clients, args.processes)
+                flood_answers = done.get()
+                flooder.join()
             health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
 
-        problems = check_database(database_url, shop_product, purchases)
+        problems = check_database(database_url, shop_product, purchases, flooded)
         bare_rate = args.n / bare_result["elapsed"]
         order_rate = args.n / orders["elapsed"]
         purchase_rate = args.n / purchases["elapsed"]
@@ -332,7 +380,15 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
               f"{steps_line(orders)}")
         print(f"kamengd complete purchases: {purchase_rate:,.0f}/s = {purchase_rate / bare_rate:.2f} x bare; "
               f"{steps_line(purchases)}")
-        errors = bare_result["errors"] + orders["errors"] + purchases["errors"]
+        if flooded is not None:
+            rate = args.n / flooded["elapsed"]
+            print(f"kamengd purchases under a flood of {args.forged_flood} forged callbacks: {rate:,.0f}/s; "
+                  f"{steps_line(flooded)}")
+            print("  p99 under the flood / quiet: " + "; ".join(
+                f"{step} {pct(flooded['latencies'][step], .99) / pct(purchases['latencies'][step], .99):.2f}x"
+                for step in flooded["latencies"]))
+            print(f"  the forged callbacks were answered: {flood_answers}")
+        errors = bare_result["errors"] + orders["errors"] + purchases["errors"] + (flooded or {}).get("errors", [])
         print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
         print("oversell check: " + ("OK, every key in at most one order, every purchase delivered once"
                                     if not problems else "FAILED: " + "; ".join(problems)))
@@ -340,7 +396,7 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
             sys.exit(1)
 
 
-def check_database(url: str, product_id: int, purchases: dict) -> list[str]:
+def check_database(url: str, product_id: int, purchases: dict, flooded: dict | None = None) -> list[str]:
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
@@ -364,9 +420,10 @@ def check_database(url: str, product_id: int, purchases: dict) -> list[str]:
         problems.append(f"{reserved} keys reserved for {pending} pending")
     if mismatched:
         problems.append(f"{mismatched} orders whose key count is not their quantity")
-    if delivered[0] != purchases["n"]:
-        problems.append(f"{delivered[0]} orders delivered of {purchases['n']} purchases")
-    keys = purchases["keys"]
-    if len(keys) != len(set(keys)) or len(keys) != purchases["n"]:
-        problems.append(f"{len(keys)} keys handed out, {len(set(keys))} distinct, for {purchases['n']} purchases")
+    bought = purchases["n"] + (flooded["n"] if flooded else 0)
+    if delivered[0] != bought:
+        problems.append(f"{delivered[0]} orders delivered of {bought} purchases")
+    keys = purchases["keys"] + (flooded["keys"] if flooded else [])
+    if len(keys) != len(set(keys)) or len(keys) != bought:
+        problems.append(f"{len(keys)} keys handed out, {len(set(keys))} distinct, for {bought} purchases")
     return problems
