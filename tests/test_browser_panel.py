@@ -287,3 +287,28 @@ def test_an_admin_without_2fa_must_enrol_then_signs_in_with_a_recovery_code(shop
         else:
             assert "/admin/login" in page.url and page.locator(".flash.error").count() == 1
     t.assert_clean(allow_status=(401,))
+
+
+HOSTILE = '"><img src=x onerror=alert(1)><script>alert(2)</script>{{7*7}}'
+
+
+def test_hostile_names_stored_by_staff_do_not_run_in_the_panel(shop, data, tab, owner_state):
+    # Last in the module: it leaves hostile names in this shop.
+    category = shop.category(HOSTILE[:50])
+    pid, _ = shop.product(HOSTILE, 100, keys=2, category_id=category, description=HOSTILE)
+    order_no, _ = shop.paid_order(pid, 1, email="hostile@example.com")
+    shop.setting("site.notice", HOSTILE)
+    shop.setting("site.name", HOSTILE[:40])
+    t = tab(storage_state=owner_state)
+    page = t.page
+    for path in ("/admin/dashboard", "/admin/products", f"/admin/products/{pid}", "/admin/categories",
+                 "/admin/orders", f"/admin/orders/{order_no}", "/admin/stock", "/admin/audit",
+                 "/admin/settings"):
+        t.open(path)
+        assert page.locator("main img:not(.qr), main script").count() == 0, path   # shown as text, never markup
+    t.open("/admin/products")
+    assert HOSTILE in t.text()
+    t.shot("panel-hostile-names")
+    page.wait_for_timeout(300)
+    assert t.dialogs == []
+    t.assert_clean()
