@@ -1,7 +1,8 @@
 """MariaDB restarted under a purchase load: busy answers while it is away, then it heals itself.
 
 A private MariaDB server (its own data directory and port, started by the
-test; never the shared one) serves a shop in each layout. When a third of the
+test; never the shared one) serves a shop in each layout, two servers on it
+included. When a third of the
 purchases are done, the database is stopped, left down for two seconds and
 started again, while 16 clients go on buying. While it is away every answer
 is the JSON `busy` error with 503 and Retry-After (a callback answers "fail",
@@ -109,7 +110,7 @@ def install_shop(server, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mysql
-@pytest.mark.parametrize("layout", ["waitress", "gunicorn", "gunicorn+scheduler"])
+@pytest.mark.parametrize("layout", ["waitress", "gunicorn", "gunicorn+scheduler", "two-servers"])
 def test_a_database_restart_under_load_heals_itself(layout, private_mariadb, tmp_path, start_server, capsys):
     config, pid, url = install_shop(private_mariadb, tmp_path)
     env = {**BUSY_SCHEDULER, "KAMENGD_DATABASE_LOCK_TIMEOUT_SECONDS": "5"}
