@@ -67,7 +67,7 @@ class Vault:
         if not keys:
             raise VaultError("no data key")
         self._source = source
-        self._aead, self._fp_pads, self._seal_keys = {}, {}, {}
+        self._aead, self._fp_pads, self._seal_keys, self._lookup_pads = {}, {}, {}, {}
         self._add(keys)
         self.current_version = max(keys)
 
@@ -78,6 +78,7 @@ class Vault:
         for v, k in keys.items():
             self._fp_pads.setdefault(v, _hmac_pads(_derive(k, b"card-key/fingerprint")))
             self._seal_keys.setdefault(v, _derive(k, b"audit/seal"))
+            self._lookup_pads.setdefault(v, _hmac_pads(_derive(k, b"order/lookup")))
             self._aead.setdefault(v, AESGCM(_derive(k, b"card-key/aes-256-gcm")))
 
     def refresh(self) -> None:
@@ -103,6 +104,23 @@ class Vault:
     @property
     def versions(self) -> list[int]:
         return sorted(self._aead)
+
+    # -- buyers' lookups -----------------------------------------------------
+    def lookup_tags(self, email: str, password: str) -> list[bytes]:
+        """HMAC-SHA256 of a buyer's e-mail (case-folded) and query password, under each
+        key version this vault holds, the current one first: what an order stores to be
+        found by them with one indexed query. Keyed by the data key, never in the
+        database: the tags alone let nobody guess passwords."""
+        message = email.strip().casefold().encode() + b"\x00" + password.encode()
+        tags = []
+        for version in sorted(self._lookup_pads, key=lambda v: v != self.current_version):
+            inner_pad, outer_pad = self._lookup_pads[version]
+            inner = inner_pad.copy()
+            inner.update(message)
+            outer = outer_pad.copy()
+            outer.update(inner.digest())
+            tags.append(outer.digest())
+        return tags
 
     # -- card keys ---------------------------------------------------------
     def fingerprint(self, product_id: int, plaintext: bytes, version: int | None = None) -> bytes:

@@ -262,21 +262,41 @@ def test_newcomers_wait_behind_paid_orders(backend, session, vault, make_product
     assert a.status == "delivered"
 
 
-def test_lookup_by_email_always_checks_five_passwords(backend, session, make_product, make_keys, channel,
-                                                      monkeypatch):
+def test_lookup_by_email_costs_one_password_check_whoever_asks(backend, session, vault, make_product, make_keys,
+                                                               channel, monkeypatch):
+    """One indexed query for the lookup tags and exactly one argon2 check, whether the e-mail has
+    orders or not (the time tells nothing); an order placed before tags is still found."""
     from kamengd.orders import services
+    from kamengd.orders.checkout import place_order
+
+    import secrets
 
     p = make_product()
-    make_keys(p, 2)
-    mine = order_for(session, p, channel, query_password="right-pw").order
+    make_keys(p, 8)
+    name = f"buyer-{secrets.token_hex(4)}"
+    tagged = [place_order(session, vault, product_id=p.id, quantity=1, email=f"{name.title()}@Example.com",
+                          channel_code=channel.code, query_password="right-pw").order_id for _ in range(6)]
+    other = place_order(session, vault, product_id=p.id, quantity=1, email=f"{name}@example.com",
+                        channel_code=channel.code, query_password="another-pw").order_id
+    legacy = services.create_order(session, product_id=p.id, quantity=1, email=f"{name}@example.com",
+                                   channel_code=channel.code, query_password="right-pw").order   # no vault: no tag
+    assert legacy.lookup_tag is None and session.get(services.Order, tagged[0]).lookup_tag is not None
     calls = []
     real = services.verify_password
     monkeypatch.setattr(services, "verify_password", lambda h, pw: calls.append(h) or real(h, pw))
-    assert services.orders_for_email(session, "buyer@example.com", "right-pw")[0] is mine
-    assert len(calls) == services.LOOKUP_CHECKS
+    found = services.orders_for_email(session, vault, f" {name}@example.com ", "right-pw")
+    assert [o.id for o in found] == sorted([*tagged, legacy.id], reverse=True)   # all six and the old one
+    assert other not in [o.id for o in found] and len(calls) == 1
     calls.clear()
-    assert services.orders_for_email(session, "nobody@example.com", "right-pw") == []
-    assert len(calls) == services.LOOKUP_CHECKS
+    # Tags ignore the e-mail's case (the old orders' exact match does not change).
+    found = services.orders_for_email(session, vault, f"{name.upper()}@EXAMPLE.COM", "right-pw")
+    assert [o.id for o in found] == sorted(tagged, reverse=True) and len(calls) == 1
+    calls.clear()
+    assert services.orders_for_email(session, vault, "nobody@example.com", "right-pw") == []
+    assert len(calls) == 1
+    calls.clear()
+    assert services.orders_for_email(session, vault, f"{name}@example.com", "wrong-pw") == []
+    assert len(calls) == 1
 
 
 def test_manual_delivery_and_import_never_deliver_twice(backend, app, vault):

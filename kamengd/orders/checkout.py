@@ -62,8 +62,8 @@ def _bind(column):
 
 
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
-                 "currency", "email", "status", "token_hash", "query_password_hash", "client_ip", "created_at",
-                 "updated_at", "expires_at", "delivery_attempts")
+                 "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
+                 "created_at", "updated_at", "expires_at", "delivery_attempts")
 # The order is written only if what its answer was built from still holds,
 # checked in the write lock by the INSERT itself (no row read there).
 _INSERT = _o.insert().from_select(
@@ -184,6 +184,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     """
     email = check_order_input(product_id, quantity, email, channel_code, query_password, coupon)
     password_hash = hash_password(query_password) if query_password else None   # before any lock
+    # The e-mail + query password lookup finds the order by this tag (no vault: no tag,
+    # the argon2 hash alone, as for orders placed before tags).
+    lookup_tag = vault.lookup_tags(email, query_password)[0] if query_password and vault is not None else None
     session = session() if isinstance(session, scoped_session) else session
     ours = not session.in_transaction()   # else the caller's transaction: read and write in it
     fresh = False
@@ -191,7 +194,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         row = _offer(session, product_id, channel_code, fresh=fresh)
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
-                                  client_ip=client_ip, site_url=site_url, now=now or utcnow())
+                                  lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow())
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
@@ -215,8 +218,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
-             channel_code: str, password_hash: str | None, client_ip: str | None, site_url: str,
-             now: dt.datetime):
+             channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
+             site_url: str, now: dt.datetime):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -248,8 +251,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
-        "client_ip": client_ip, "created_at": now, "updated_at": now, "expires_at": expires,
-        "delivery_attempts": 0,
+        "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
+        "expires_at": expires, "delivery_attempts": 0,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,

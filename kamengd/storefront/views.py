@@ -215,7 +215,7 @@ def lookup():
         read_only()
         email = request.form.get("email", "")[:254]
         password = request.form.get("query_password", "")[:MAX_QUERY_PASSWORD]
-        found = orders_for_email(db.session, email, password) if email and password else []
+        found = orders_for_email(db.session, get_vault(), email, password) if email and password else []
         names = {p.id: p.name for p in db.session.scalars(
             sa.select(Product).where(Product.id.in_({o.product_id for o in found})))}
         orders = [{**order_view(db.session, get_vault(), o), "product_name": names.get(o.product_id, ""),
