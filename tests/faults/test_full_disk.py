@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -132,21 +133,49 @@ def test_a_backup_to_a_full_disk_leaves_no_file_behind(small_disk, tmp_path, bac
     run_cli("backup", "--output", output, config=cfg.path, check=True)   # and it works once there is room
 
 
+def payments_of(db: Path, order_no: str) -> int:
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id "
+                                 "WHERE o.order_no = :n"), {"n": order_no}).scalar()
+    engine.dispose()
+    return n
+
+
 def test_a_delivery_on_a_full_disk_is_answered_busy_and_retried(small_disk, tmp_path, start_server):
+    from urllib.parse import urlencode
+
     disk = small_disk("shop")
     config, pid, db = shop_on(disk, tmp_path)
     base = start_server(config, env={"KAMENGD_DATABASE_LOCK_TIMEOUT_SECONDS": "2"})
-    order = buy(base, pid)
-    disk.fill(left=0)
-    from urllib.parse import urlencode
-    status, text = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(order['order_no']))}")
-    assert status == 200 and text != "success"          # the gateway will call again
+    refused = None
+    for attempt in range(5):
+        order = buy(base, pid, attempt)
+        # The WAL keeps the file space its checkpointed frames used, and a write
+        # would reuse it: truncate it first, so the next write needs new space.
+        conn = sqlite3.connect(db, timeout=10)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.close()
+        disk.fill(left=0)
+        status, text = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(order['order_no']))}")
+        assert status == 200, (status, text)                # never a 500
+        if text != "success":                               # the gateway will call again
+            refused = order
+            break
+        disk.unfill()   # a write of the scheduler's left the WAL room for this one: again
+    assert refused is not None, "the full disk never stopped a delivery"
+    # Nothing half-written: no payment, no key sold, the order still pending.
+    assert payments_of(db, refused["order_no"]) == 0
+    status, body = http("GET", f"{base}/api/v1/orders/{refused['order_no']}?token={refused['token']}")
+    assert status in (200, 503) and (status == 503 or json.loads(body)["status"] == "pending")
     status, body = http("POST", f"{base}/api/v1/orders", {"product_id": pid, "quantity": 1,
                                                           "email": "full@example.com", "channel": "epay"})
-    assert status == 503 and json.loads(body)["error"]["code"] == "busy"
-    assert stock(db, pid).get("sold", 0) == 0
+    assert status in (201, 503) and (status == 201 or json.loads(body)["error"]["code"] == "busy")
     disk.unfill()
-    status, text = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(order['order_no']))}")
+    status, text = http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(refused['order_no']))}")
     assert (status, text) == (200, "success")
+    status, body = http("GET", f"{base}/api/v1/orders/{refused['order_no']}?token={refused['token']}")
+    assert status == 200 and json.loads(body)["status"] == "delivered"
+    assert payments_of(db, refused["order_no"]) == 1
     logs = start_server.stop_all()
     assert not [log for log in logs.values() if "Traceback" in log], list(logs.values())[0][-3000:]
