@@ -1,6 +1,7 @@
 """Payment gateway callbacks and the buyer's return page (CONTRACT.md §3)."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from flask import Blueprint, current_app, render_template, request, session
@@ -27,16 +28,22 @@ def _callbacks_limit() -> str:
     return get_config().ratelimit.callbacks
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(configured: tuple[str, ...]) -> tuple:
+    """Parsed once per process (the config checked them when it loaded)."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in configured)
+
+
 def _from_a_gateway() -> bool:
     """A caller in ratelimit.gateway_addresses: its retries are never limited."""
-    networks = get_config().ratelimit.gateway_addresses
+    networks = _networks(tuple(get_config().ratelimit.gateway_addresses))
     if not networks:
         return False
     try:
         address = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
+    return any(address in network for network in networks)
 
 
 @bp.route("/<code>/notify", methods=["GET", "POST"])
@@ -45,7 +52,7 @@ def notify(code: str):
     request.max_content_length = MAX_CALLBACK_BYTES   # a chunked body too: 413 once it grows past it
     size = len(request.query_string) + (request.content_length or 0)
     if size > MAX_CALLBACK_BYTES:
-        current_app.logger.warning("payment callback on %s refused: %d bytes", code[:32], size)
+        current_app.logger.warning("payment callback on %r refused: %d bytes", code[:32], size)
         return "fail: too large", 413, TEXT
     params = {**request.args.to_dict(), **request.form.to_dict()}
     for attempt in (1, 2):

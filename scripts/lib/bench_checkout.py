@@ -124,6 +124,17 @@ def _show_cpu(pid):
 
 # --- the client ---------------------------------------------------------------
 
+def _in_threads(target, count: int) -> None:
+    """Run `target` in `count` threads and wait for them all."""
+    import threading
+
+    workers = [threading.Thread(target=target) for _ in range(count)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+
 def _client_process(base_port, plan, start_at, count, threads, results, barrier):
     """One client process: `threads` threads, each on its own keep-alive connection."""
     import http.client
@@ -171,11 +182,7 @@ def _client_process(base_port, plan, start_at, count, threads, results, barrier)
                 out["latencies"].setdefault(step, []).extend(values)
 
     barrier.wait()
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    _in_threads(run, threads)
     results.put(out)
 
 
@@ -243,11 +250,7 @@ def _flood(port, count, threads, done):
             key = f"{resp.status} {body.decode(errors='replace')[:20]}"
             with lock:
                 answers[key] = answers.get(key, 0) + 1
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    _in_threads(run, threads)
     done.put(answers)
 
 

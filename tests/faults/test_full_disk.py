@@ -4,7 +4,7 @@ and the shop goes on selling from what it had.
 The shop's data directory (and so its SQLite database) or the backup
 directory lives on a small tmpfs mounted by the test, filled up to the brim
 with a filler file. Mounting needs root: CI runs as root, so these run
-there; elsewhere they are skipped with the reason.
+there (and fail if the mount does); elsewhere they are skipped with the reason.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ class SmallDisk:
         path.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
                               capture_output=True, text=True)
-        if proc.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        if proc.returncode:   # as root it must work: a failure is the test's, never a silent skip
+            pytest.fail(f"cannot mount a tmpfs as root: {proc.stderr.strip()}")
 
     def free(self) -> int:
         st = os.statvfs(self.path)
