@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import limits
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -89,6 +90,9 @@ class RatelimitConfig:
     lookups: str = setting("30/minute", doc="Order lookups one client may make (token or query password).")
     callbacks: str = setting("600/minute", doc="Payment callbacks one address may send (/pay/*/notify); "
                                                "the addresses in gateway_addresses are never limited.")
+    bad_callbacks: str = setting("20/minute", doc="Refused callbacks (a wrong signature, a foreign pid, an "
+                                                  "unknown channel) one address may send before all its "
+                                                  "callbacks get 429; genuine ones never count.")
     gateway_addresses: list[str] = setting((), doc="The payment gateways' server addresses or networks "
                                                    "(CIDR), whose callbacks are never rate-limited.")
 
@@ -139,8 +143,9 @@ class PanelConfig:
 
 
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
-               "reconcile.mismatch", "scheduler.failover")
-STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "reconcile.mismatch", "scheduler.failover")
+               "payment.extra", "reconcile.mismatch", "scheduler.failover")
+STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "payment.extra", "reconcile.mismatch",
+                "scheduler.failover")
 
 
 @dataclass(frozen=True)
@@ -341,6 +346,13 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
 
 
 def _check_ratelimit(r: RatelimitConfig) -> None:
+    for name in ("orders", "lookups", "callbacks", "bad_callbacks"):
+        value = getattr(r, name)
+        try:
+            limits.parse_many(value)
+        except ValueError:
+            raise ConfigError(f"setting ratelimit.{name}: {value!r} is not a rate limit "
+                              "(e.g. \"20/minute\" or \"100/hour;20/minute\")") from None
     for network in r.gateway_addresses:
         try:
             ipaddress.ip_network(network, strict=False)

@@ -309,15 +309,54 @@ def _driver_busy(exc: BaseException) -> bool:
     return False
 
 
+class BusyReports:
+    """One log line per outage, not one per request: the first busy answer of a
+    process is logged, then at most one line every `every` seconds while they go
+    on, saying how many were not. A database that is away for two seconds under
+    a hundred buyers leaves a line, not a hundred."""
+
+    def __init__(self, every: float = 60.0):
+        self.every = every
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._quiet = 0
+
+    def allow(self) -> int | None:
+        """None: stay quiet (counted). Else: log now; the count of those kept quiet since."""
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.every:
+                self._quiet += 1
+                return None
+            quiet, self._quiet, self._last = self._quiet, 0, now
+            return quiet
+
+    def warning(self, logger: logging.Logger, message: str, *args) -> None:
+        quiet = self.allow()
+        if quiet is None:
+            return
+        if quiet:
+            message += f" ({quiet} more busy answers since the last such line)"
+        logger.warning(message, *args)
+
+
+busy_reports = BusyReports()
+
+
 class _OneLineWhenAway(logging.Filter):
     """SQLAlchemy's pool logs a traceback when it cannot roll back a connection the
     server dropped (a database restart): one line is what that deserves, as for
-    every other busy answer. Anything else keeps its traceback."""
+    every other busy answer, and only as often (busy_reports). Anything else
+    keeps its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and is_busy(exc):
-            record.msg = f"{record.getMessage()}: {exc}"
+            quiet = busy_reports.allow()
+            if quiet is None:
+                return False
+            record.msg = f"{record.getMessage()}: {exc}" + (
+                f" ({quiet} more busy answers since the last such line)" if quiet else "")
             record.args, record.exc_info, record.exc_text = None, None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

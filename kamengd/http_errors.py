@@ -6,7 +6,7 @@ from flask import Flask, jsonify, make_response, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from .database import is_busy
+from .database import busy_reports, is_busy
 from .errors import Busy, KamengdError
 
 # The codes of CONTRACT.md (§2, §4) for statuses that no domain error set: a
@@ -53,8 +53,8 @@ def register_error_handlers(app: Flask) -> None:
     def _database(exc: SQLAlchemyError):
         if not is_busy(exc):
             return _unexpected(exc)
-        app.logger.warning("database busy on %s %s: %s", request.method, request.path,
-                           getattr(exc, "orig", None) or exc.__class__.__name__)
+        busy_reports.warning(app.logger, "database busy on %s %s: %s", request.method, request.path,
+                             getattr(exc, "orig", None) or exc.__class__.__name__)
         response = error_response(Busy.code, "the shop is busy; nothing was changed, please try again",
                                   Busy.http_status)
         return _with_retry_after(response, Busy.retry_after)

@@ -1,11 +1,15 @@
 """Exact money: integer cents inside, two-place decimal strings outside."""
 from __future__ import annotations
 
+import re
 from decimal import Decimal, DecimalException
 
 from .errors import InvalidRequest
 
 MAX_CENTS = 10**13  # 100 billion: far beyond any card, well inside BIGINT
+# What a gateway sends: ASCII digits, an optional point and one or two places.
+# Not Decimal's grammar: it takes '٩.٩٠', '９.９０', '0.99e1', '+9.90' and spaces.
+_GATEWAY_MONEY = re.compile(r"[0-9]{1,13}(?:\.[0-9]{1,2})?")
 
 
 def parse_money(text: str | Decimal, *, field: str = "price", allow_zero: bool = False) -> int:
@@ -35,3 +39,13 @@ def format_cents(cents: int) -> str:
     sign = "-" if cents < 0 else ""
     cents = abs(cents)
     return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def parse_gateway_money(text) -> int | None:
+    """A gateway's amount ('9.9', '9.90', '10') in cents; None for anything else,
+    which a callback or a query answer is then refused for."""
+    if not isinstance(text, str) or not _GATEWAY_MONEY.fullmatch(text):
+        return None
+    whole, _, fraction = text.partition(".")
+    cents = int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
+    return cents if 0 < cents < MAX_CENTS else None

@@ -405,7 +405,7 @@ def test_a_backup_whose_keys_the_key_file_cannot_all_open_is_refused_first(backe
 def test_a_channel_secret_the_key_cannot_open_is_refused(backend, make_install, tmp_path):
     source, target = make_install(backend), make_install(backend)
     run_cli("channel", "add", "--type", "epay", "--code", "epay", "--option", "gateway=http://g", "--option",
-            "pid=1", "--option", "key=k", config=source.path, check=True)
+            "pid=1", "--option", "key=k3y-0123456789abcdef", config=source.path, check=True)
     archive = tmp_path / "ch.tar.gz"
     run_cli("backup", "--output", archive, config=source.path, check=True)
     assert_one_line_error(run_cli("restore", archive, config=target.path), "does not open this backup")

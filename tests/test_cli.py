@@ -217,7 +217,7 @@ def test_keys_cli_bad_input(backend, shop, tmp_path):
 def test_channel_add(backend, shop):
     run_cli("channel", "add", "--type", "epay", "--code", "epay1", "--name", "易支付",
             "--option", "gateway=https://pay.example.com", "--option", "pid=1001",
-            "--option", "key=MERCHANTKEY123", config=shop, check=True)
+            "--option", "key=MERCHANTKEY1234567890", config=shop, check=True)
     listed = json.loads(run_cli("channel", "list", "--json", config=shop, check=True).out)["channels"]
     assert listed == [{"id": 1, "code": "epay1", "type": "epay", "name": "易支付", "enabled": True,
                        "gateway": "https://pay.example.com", "pid": "1001"}]
@@ -230,15 +230,24 @@ def test_channel_add(backend, shop):
         row = conn.execute(sa.text("SELECT * FROM payment_channels")).one()
         audit = conn.execute(sa.text("SELECT details FROM audit_log")).scalars().all()
     engine.dispose()
-    assert b"MERCHANTKEY123" not in repr(tuple(row)).encode() and "MERCHANTKEY123" not in "".join(audit)
+    assert b"MERCHANTKEY1234567890" not in repr(tuple(row)).encode() and "MERCHANTKEY1234567890" not in "".join(audit)
 
 
 @pytest.mark.parametrize("options, fragment", [
     (["gateway=https://p.example", "pid=1"], "option key: required"),
     (["gateway=https://p.example", "pid=1", "key="], "option key: required"),
-    (["gateway=ftp://p.example", "pid=1", "key=k"], "option gateway"),
-    (["gateway=https://p.example", "pid=1", "key=k", "colour=red"], "option colour"),
+    (["gateway=ftp://p.example", "pid=1", "key=k3y-0123456789abcdef"], "option gateway"),
+    (["gateway=https://p.example", "pid=1", "key=k3y-0123456789abcdef", "colour=red"], "option colour"),
     (["gateway"], "expected KEY=VALUE"),
+    # Keys anyone could guess, then forge callbacks with (W9): refused, nothing stored.
+    (["gateway=https://p.example", "pid=1", "key=x"], "at least 16 characters"),
+    (["gateway=https://p.example", "pid=1", "key=\u200b"], "invisible characters (U+200B)"),
+    (["gateway=https://p.example", "pid=1", "key=Abcdef0123456789\u200b"], "invisible characters (U+200B)"),
+    (["gateway=https://p.example", "pid=1", "key=ab\u00adcdefgh0123456789"], "invisible characters (U+00AD)"),
+    (["gateway=https://p.example", "pid=1", "key=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"], "too simple"),
+    (["gateway=https://p.example", "pid=1", "key=abcdefghijklmnopqrstuvwxyzabcdef"], "too simple"),
+    (["gateway=https://p.example", "pid=1", "key=12121212121212121212aa"], "too simple"),
+    (["gateway=https://p.example", "pid=1", "key=商户密钥商户密钥商户密钥商户密钥a1"], "only letters, digits and ASCII"),
 ])
 def test_channel_add_bad_input(backend, shop, options, fragment):
     args = [a for o in options for a in ("--option", o)]
@@ -249,7 +258,7 @@ def test_channel_add_bad_input(backend, shop, options, fragment):
 
 def test_channel_code_unique(backend, shop):
     args = ["channel", "add", "--type", "epay", "--code", "dup", "--option", "gateway=http://g",
-            "--option", "pid=1", "--option", "key=k"]
+            "--option", "pid=1", "--option", "key=k3y-0123456789abcdef"]
     run_cli(*args, config=shop, check=True)
     assert_one_line_error(run_cli(*args, config=shop), "already exists")
 

@@ -212,7 +212,7 @@ def test_expiry_job_releases_due_orders(backend, app, vault):
         import_keys(db.session, vault, product_id=p.id, fh=io.BytesIO(b"JOB-1\n"), actor="t")
         import secrets
         ch = add_channel(db.session, vault, channel_type="epay", code=f"j{secrets.token_hex(3)}", actor="t",
-                         options={"gateway": "http://g", "pid": "1", "key": "k"})
+                         options={"gateway": "http://g", "pid": "1", "key": "k3y-0123456789abcdef"})
         o = create_order(db.session, product_id=p.id, quantity=1, email="b@example.com", channel_code=ch.code,
                          now=dt.datetime.utcnow() - dt.timedelta(hours=1)).order
         db.session.commit()

@@ -51,6 +51,7 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.order_acknowledge": MANAGERS | {"support", "finance"},
     "panel.order_release": MANAGERS | {"finance"},
     "panel.order_refund": MANAGERS | {"finance"},
+    "panel.order_refund_extra": MANAGERS | {"finance"},
     "panel.channels": MANAGERS,
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,
@@ -111,12 +112,12 @@ def world(backend, databases, tmp_path_factory):
         import_keys(db.session, get_vault(), product_id=product.id, fh=io.BytesIO(b"K-1\nK-2\nK-3\n"), actor="test")
         channel = add_channel(db.session, get_vault(), channel_type="epay", code="permpay", actor="test",
                               name="Perm pay", options={"gateway": "http://127.0.0.1:9/", "pid": "1001",
-                                                        "key": "k" * 32})
+                                                        "key": "perm-merchant-key-0123456789"})
         order = create_order(db.session, product_id=product.id, quantity=1, email="b@example.com",
                              channel_code="permpay", query_password=None, coupon=None).order
         db.session.commit()
         ids = {"product_id": product.id, "category_id": category.id, "channel_id": channel.id,
-               "order_no": order.order_no, "day": "2026-01-01"}
+               "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
     ids["user_id"] = make_staff(app, "support").id   # the target of staff edits
     return app, ids, staff
@@ -226,7 +227,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01"}
+           "day": "2026-01-01", "payment_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     posts = [r for r in _panel_rules(app) if "POST" in r.methods]

@@ -101,7 +101,8 @@ def test_skip_backup(make_install, future_migrations, capsys):
     future_migrations()
     code, out, err = run_main(capsys, "--config", cfg.path, "upgrade", "--skip-backup", "--json")
     assert code == 0, err
-    assert json.loads(out) == {"before": json.loads(out)["before"], "after": "9001", "backup": None}
+    assert json.loads(out) == {"before": json.loads(out)["before"], "after": "9001", "backup": None,
+                               "disabled_channels": []}
 
 
 def test_upgrade_refuses_while_kamengd_runs(backend, make_install, future_migrations, capsys):

@@ -8,6 +8,7 @@ from ..extensions import db
 from ..inventory.importer import check_key, iter_lines
 from ..money import format_cents
 from ..orders.attention import flagged_orders
+from ..orders.staff import extra_payments_to_refund, refund_extra_payment
 from ..orders.services import deliver_manually
 from .group import cli, emit, json_option, with_app
 from .keys import open_seekable
@@ -52,3 +53,34 @@ def order_flagged(limit, as_json):
     lines = [f"{o['flagged_at']}  {o['order_no']}  {o['status']:<9} {o['amount']} {o['currency']}  {o['reason']}"
              for o in orders] or ["no flagged orders"]
     emit(as_json, {"orders": orders}, "\n".join(lines))
+
+
+@order.command("extra-payments")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+@with_app(readonly=True)
+def order_extra_payments(limit, as_json):
+    """Second payments for orders already paid (buyers charged twice): money to give back."""
+    count, rows = extra_payments_to_refund(db.session, limit)
+    payments = [{"id": p.id, "order_no": order_no, "channel": code, "trade_no": p.trade_no,
+                 "amount": format_cents(p.amount_cents), "received_at": p.created_at.isoformat(timespec="seconds") + "Z"}
+                for p, order_no, code in rows]
+    lines = [f"{p['received_at']}  #{p['id']}  {p['order_no']}  {p['channel']}  {p['trade_no']}  {p['amount']}"
+             for p in payments] or ["no extra payments to refund"]
+    emit(as_json, {"count": count, "payments": payments}, "\n".join(lines))
+
+
+@order.command("refund-extra")
+@click.argument("order_no")
+@click.argument("payment_id", type=int)
+@click.option("--note", default="", help="How it was given back (the gateway's refund number, say).")
+@json_option
+@with_app
+def order_refund_extra(order_no, payment_id, note, as_json):
+    """Record that an extra payment was given back at the gateway; audited."""
+    payment = refund_extra_payment(db.session, order_no=order_no, payment_id=payment_id, note=note,
+                                   actor=cli_actor())
+    emit(as_json, {"id": payment.id, "order_no": order_no, "trade_no": payment.trade_no, "status": payment.status,
+                   "amount": format_cents(payment.amount_cents)},
+         f"payment #{payment.id} ({payment.trade_no}, {format_cents(payment.amount_cents)}) of order {order_no} "
+         "recorded as refunded")

@@ -7,6 +7,7 @@ from ..backup.archive import BackupReader
 from ..backup.restore import restore_backup, running_on
 from ..backup.services import backup_to_dir, record_backup
 from ..context import get_vault
+from ..payments.services import disable_weak_channels
 from ..errors import KamengdError
 from ..extensions import db
 from ..operations.schema import current_revision, head_revision, upgrade as run_upgrade
@@ -66,6 +67,10 @@ def upgrade(obj, skip_backup, as_json):
             record_backup(db.session, result, "pre-upgrade")
         record(db.session, "schema.upgrade", actor=cli_actor(), target="database",
                details={"before": before, "after": after, "backup": backup})
+        # Keys accepted by older versions that anyone could guess: no longer trusted.
+        disabled = disable_weak_channels(db.session, vault, actor=cli_actor())
         db.session.commit()   # upgrade's one commit, after the migration (no app context around it)
-    emit(as_json, {"before": before, "after": after, "backup": backup},
-         f"schema {before} -> {after}" + (f" (backup: {backup})" if backup else " (no backup)"))
+    emit(as_json, {"before": before, "after": after, "backup": backup, "disabled_channels": disabled},
+         f"schema {before} -> {after}" + (f" (backup: {backup})" if backup else " (no backup)")
+         + (f"; disabled channels with a weak key: {', '.join(disabled)} (enter a new key in the panel)"
+            if disabled else ""))

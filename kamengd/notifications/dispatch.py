@@ -135,6 +135,8 @@ SUMMARIES = {
     "order.delivered": lambda d: f"订单已发货 order {d.get('order_no')} delivered",
     "order.held": lambda d: f"订单待处理 order {d.get('order_no')} held: {d.get('reason')}",
     "order.stuck": lambda d: f"订单需处理 order {d.get('order_no')} needs a person: {d.get('reason')}",
+    "payment.extra": lambda d: f"重复付款待退款 order {d.get('order_no')} paid twice: refund "
+                               f"{d.get('paid_amount')} {d.get('currency')} (trade {d.get('trade_no')})",
     "reconcile.mismatch": lambda d: f"对账不符 settlement {d.get('day')}: order {d.get('order_no')} {d.get('kind')}",
     "scheduler.failover": lambda d: f"调度切换 scheduler taken over by {d.get('owner')} "
                                     f"(was {d.get('previous_owner')})",

@@ -18,6 +18,7 @@ from ..database import utcnow
 from ..errors import KamengdError
 from ..extensions import db
 from ..inventory.models import CardKey
+from ..payments.services import weak_channels
 from ..scheduler.lease import leader_info
 from ..vault import DecryptionError
 from .schema import require_current
@@ -103,6 +104,8 @@ def database_checks(app) -> list[Check]:
             vault = get_vault()
         except KamengdError:
             vault = None  # reported by the data key check
+        if vault is not None:
+            checks.append(_channel_check(db.session, vault))
         result = verify(db.session, vault)
         checks.append(Check("audit log", result.ok,
                             f"{result.entries} entries intact" if result.ok else result.problem))
@@ -126,6 +129,18 @@ def _key_check(session) -> Check:
         except DecryptionError as exc:
             return Check("data key", False, f"card key #{row.id}: {exc.message}; is this the right key file?")
     return Check("data key", True, f"versions {vault.versions}; {len({r.id for r in sample})} sample keys decrypt")
+
+
+def _channel_check(session, vault) -> Check:
+    """A channel key anyone could guess lets anyone forge its payments: enabled, it fails
+    the check; disabled (by the scheduler or the upgrade), it still wants a new key."""
+    weak = weak_channels(session, vault)
+    if not weak:
+        return Check("channel keys", True, "every payment channel's key is strong enough")
+    detail = "; ".join(f"{c.code} ({'enabled' if c.is_enabled else 'disabled'}): {problem}"
+                       for c, problem in weak)
+    detail += " — enter the gateway's real merchant key in the panel (Payment channels, Edit)"
+    return Check("channel keys", not any(c.is_enabled for c, _ in weak), detail, warning=True)
 
 
 def _scheduler_check(session, lease_seconds: int) -> Check:

@@ -33,6 +33,7 @@ from ..inventory.models import CardKey
 from ..money import format_cents
 from ..payments import epay
 from ..payments.keycache import channel_secrets_cached
+from ..payments.strength import secrets_problem
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
 from ..vault import Vault
@@ -244,6 +245,11 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         # Decrypted at most once per process and secret, never under the write lock.
         secrets_ = channel_secrets_cached(vault, row.channel_id, channel_code, row.secret_nonce,
                                           row.secret_ciphertext, row.secret_key_version)
+        if secrets_problem(row.channel_type, secrets_):
+            # A key anyone could guess signs nothing (the scheduler disables the channel too).
+            if fresh:
+                raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
+            return None, None
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site_url)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url)

@@ -29,7 +29,7 @@ from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..notifications.models import EmailOutbox, Event
 from ..notifications.outbox import queue_delivery_email
-from ..payments.models import Payment, PaymentChannel
+from ..payments.models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel
 from ..vault import Vault
 from .models import ORDER_STATUSES, Order
 from .services import (DELIVERED, RESOLVED, deliver_manually, deliver_paid_order,
@@ -274,6 +274,56 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
                     "amount": format_cents(order.amount_cents), "currency": order.currency,
                     "keys_released": released, "keys_kept_sold": sold})
     return Refund(order, previous, released, sold)
+
+
+def refund_extra_payment(session: Session, *, order_no, payment_id, note="", actor: str,
+                         source_ip: str | None = None, now: dt.datetime | None = None) -> Payment:
+    """Record that a buyer charged twice got the extra payment back (audited
+    payment.refund). The order keeps its first payment and its keys. Once no extra
+    payment is left to refund, the order's "paid twice" flag clears itself.
+
+    The money goes back at the gateway, by hand, for now: the channels of W4 that
+    can refund will do it from here."""
+    note = _text(note, "note", required=False)
+    now = now or utcnow()
+    order = find_order(session, order_no)
+    try:
+        payment_id = int(payment_id)
+    except (TypeError, ValueError):
+        raise NotFound("payment not found") from None
+    lock_order_status(session, order.id)   # one refund at a time per order (and the flag below)
+    t = Payment.__table__
+    done = session.execute(t.update().where(t.c.id == payment_id, t.c.order_id == order.id, t.c.status == "extra")
+                           .values(status="refunded", refunded_at=now)).rowcount
+    payment = session.scalar(sa.select(Payment).where(Payment.id == payment_id, Payment.order_id == order.id)
+                             .execution_options(populate_existing=True))
+    if payment is None:
+        raise NotFound(f"order {order.order_no} has no payment {payment_id}")
+    if not done:
+        raise Conflict(f"payment {payment.trade_no} is {payment.status}; only an extra payment is refunded here")
+    channel = session.get(PaymentChannel, payment.channel_id)
+    record(session, "payment.refund", actor=actor, target=target(order), source_ip=source_ip,
+           details={"trade_no": payment.trade_no, "channel": channel.code if channel else None,
+                    "amount": format_cents(payment.amount_cents), "currency": order.currency,
+                    "how": "by hand at the gateway", **({"note": note} if note else {})})
+    left = session.scalar(sa.select(sa.func.count()).select_from(Payment)
+                          .where(Payment.order_id == order.id, Payment.status == "extra"))
+    if not left:
+        session.execute(sa.update(Order).where(Order.id == order.id, Order.flag_reason.startswith(EXTRA_PAYMENT_FLAG))
+                        .values(flagged_at=None, flag_reason=None).execution_options(synchronize_session=False))
+        session.refresh(order)
+    return payment
+
+
+def extra_payments_to_refund(session: Session, limit: int = 100) -> tuple[int, list]:
+    """Payments to give back (buyers charged twice): how many, and the oldest `limit`
+    as (Payment, order_no, channel code)."""
+    count = session.scalar(sa.select(sa.func.count()).select_from(Payment).where(Payment.status == "extra"))
+    rows = session.execute(sa.select(Payment, Order.order_no, PaymentChannel.code)
+                           .join(Order, Order.id == Payment.order_id)
+                           .join(PaymentChannel, PaymentChannel.id == Payment.channel_id)
+                           .where(Payment.status == "extra").order_by(Payment.id).limit(limit)).all()
+    return count, [tuple(r) for r in rows]
 
 
 def resend_delivery_email(session: Session, *, order_no, smtp_configured: bool, actor: str,

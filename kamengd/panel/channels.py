@@ -47,7 +47,8 @@ def channels():
     read_only()
     rows = db.session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.sort_order,
                                                                  PaymentChannel.id)).all()
-    return render_template("panel/channels_list.html",
+    weak = {channel.id: problem for channel, problem in payments.weak_channels(db.session, get_vault())}
+    return render_template("panel/channels_list.html", weak=weak,
                            channels=[(c, json.loads(c.options)) for c in rows])
 
 
@@ -99,7 +100,13 @@ def channel_toggle(channel_id: int):
         flash(_("Choose whether to enable or disable the channel."), "error")
         return redirect(url_for("panel.channels"), code=303)
     enable = request.form["enabled"] == "1"
-    changed = payments.set_channel_enabled(db.session, channel, enable, actor=actor(), source_ip=client_ip())
+    try:
+        changed = payments.set_channel_enabled(db.session, channel, enable, vault=get_vault(), actor=actor(),
+                                               source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+        return redirect(url_for("panel.channels"), code=303)
     if not changed:
         flash(_("Payment channel %(code)s was already in that state.", code=channel.code), "info")
     elif enable:

@@ -6,9 +6,11 @@ from flask import current_app, render_template, url_for
 from werkzeug.routing import BuildError
 
 from ..reports import scheduler, shop
-from ..context import get_config
+from ..context import get_config, get_vault
 from ..database import utcnow
 from ..extensions import db
+from ..orders.staff import extra_payments_to_refund
+from ..payments.services import weak_channels
 from ..scheduler.jobs import JOBS
 from ..transaction import read_only
 from .blueprint import bp, staff_can
@@ -34,8 +36,11 @@ def dashboard():
     tz = config.site.timezone
     week = shop.daily_sales(db.session, now, tz, days=7)
     attention_count, attention = shop.orders_needing_attention(db.session, limit=10)
+    extra_count, extra = extra_payments_to_refund(db.session, limit=10)
+    weak = [(channel.code, problem) for channel, problem in weak_channels(db.session, get_vault())]
     return render_template(
-        "panel/dashboard.html", today=week[0], week=week, timezone=tz,
+        "panel/dashboard.html", today=week[0], week=week, timezone=tz, extra_count=extra_count, extra=extra,
+        weak_channels=weak,
         by_status=shop.orders_by_status(db.session),
         low_stock=shop.low_stock_products(db.session),
         attention_count=attention_count, attention=attention,

@@ -35,6 +35,16 @@ def order_status_name(status: str) -> str:
     return order_status_names().get(status, status)
 
 
+def payment_status_names() -> dict[str, str]:
+    return {"received": _("Received"), "held": _("Held: wrong amount"), "extra": _("Extra: to refund"),
+            "refunded": _("Extra: refunded")}
+
+
+@bp.app_template_global()
+def payment_status_name(status: str) -> str:
+    return payment_status_names().get(status, status)
+
+
 def shop_zone() -> ZoneInfo:
     return ZoneInfo(get_config().site.timezone)
 

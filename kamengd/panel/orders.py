@@ -158,3 +158,11 @@ def order_acknowledge(order_no):
         db.session, order_no=order_no, note=request.form.get("note", ""), actor=actor(),
         source_ip=client_ip()),
         lambda reason: _("Flag cleared."))
+
+
+@bp.post("/orders/<order_no>/payments/<int:payment_id>/refund")
+def order_refund_extra(order_no, payment_id):
+    return _act(order_no, lambda: order_staff.refund_extra_payment(
+        db.session, order_no=order_no, payment_id=payment_id, note=request.form.get("note", ""), actor=actor(),
+        source_ip=client_ip()),
+        lambda payment: _("The extra payment %(trade)s is recorded as given back.", trade=payment.trade_no))

@@ -73,6 +73,7 @@ ENDPOINTS: dict[str, str] = {
     "panel.order_acknowledge": "orders.acknowledge",
     "panel.order_release": "orders.release",
     "panel.order_refund": "orders.refund",
+    "panel.order_refund_extra": "orders.refund",
     # channels.py
     "panel.channels": "channels.manage",
     "panel.channel_new": "channels.manage",

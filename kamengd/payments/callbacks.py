@@ -28,7 +28,6 @@ import hmac
 import json
 import threading
 from dataclasses import dataclass
-from decimal import Decimal, DecimalException
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -37,8 +36,7 @@ from sqlalchemy.orm.util import identity_key
 
 from ..catalog.models import Product
 from ..database import utcnow
-from ..errors import KamengdError
-from ..money import parse_money
+from ..money import parse_gateway_money
 from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
 from ..orders.models import Order
@@ -46,8 +44,10 @@ from ..inventory.models import CardKey
 from ..vault import Vault
 from . import epay
 from .keycache import channel_secrets_cached
-from .models import Payment, PaymentChannel
+from ..validation import has_control_characters
+from .models import MAX_TRADE_NO, Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
+from .strength import secrets_problem
 
 _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__table__, Payment.__table__,
                         CardKey.__table__)
@@ -86,6 +86,7 @@ class CachedChannel:
     pid: str
     key: str
     nonce: bytes | None
+    weak: str | None = None   # why the key is too weak to trust a signature made with it
 
 
 _channels: dict[str, CachedChannel] = {}
@@ -118,7 +119,8 @@ def _channel(session: Session, vault: Vault, code: str) -> CachedChannel | None:
     secrets = channel_secrets_cached(vault, row.id, code, row.secret_nonce, row.secret_ciphertext,
                                      row.secret_key_version)
     found = CachedChannel(row.id, code, row.type, str(json.loads(row.options).get("pid", "")),
-                          secrets.get("key", ""), bytes(row.secret_nonce) if row.secret_nonce else None)
+                          secrets.get("key", ""), bytes(row.secret_nonce) if row.secret_nonce else None,
+                          secrets_problem(row.type, secrets))
     with _lock:
         if len(_channels) > 256:
             _channels.clear()
@@ -142,7 +144,11 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     for _ in range(2):
         channel = _channel(session, vault, code)
         if channel is None or channel.type != "epay":
-            return PaymentOutcome(False, "unknown channel")
+            return PaymentOutcome(False, "unknown channel", forged=True)
+        if channel.weak:
+            # Anyone could have made this signature. A real payment still arrives
+            # through reconciliation, which asks the gateway itself.
+            return PaymentOutcome(False, "the channel's key is too weak to trust; enter a new one")
         checked = _check(channel, params)
         if isinstance(checked, PaymentOutcome):
             return checked
@@ -166,21 +172,17 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
 def _check(channel: CachedChannel, params: dict[str, str]):
     """(order_no, trade_no, amount in cents) of a genuine payment callback, else the refusal."""
     if not epay.verify(params, channel.key):
-        return PaymentOutcome(False, "bad signature")
+        return PaymentOutcome(False, "bad signature", forged=True)
     if not hmac.compare_digest(str(params.get("pid", "")).encode("utf-8", "replace"), channel.pid.encode()):
-        return PaymentOutcome(False, "foreign pid")
+        return PaymentOutcome(False, "foreign pid", forged=True)
     if params.get("trade_status") != "TRADE_SUCCESS":
         return PaymentOutcome(False, f"trade_status {params.get('trade_status')!r} is not a payment")
     trade_no, order_no = str(params.get("trade_no", "")), str(params.get("out_trade_no", ""))
-    if not trade_no or len(trade_no) > 64:
+    if not trade_no or len(trade_no) > MAX_TRADE_NO or has_control_characters(trade_no):
         return PaymentOutcome(False, "bad trade_no")
-    try:
-        money = Decimal(str(params.get("money", "")))
-        amount = parse_money(money, field="money") if money.is_finite() else None
-    except (DecimalException, KamengdError):
-        amount = None
+    amount = parse_gateway_money(params.get("money"))
     if amount is None:
-        return PaymentOutcome(False, "bad money")
+        return PaymentOutcome(False, f"money {str(params.get('money'))[:20]!r} is not a gateway amount")
     return order_no[:32], trade_no, amount
 
 

@@ -28,6 +28,22 @@ class PaymentChannel(db.Model):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+# The longest trade number kept, from a callback or a query answer alike.
+MAX_TRADE_NO = 128
+# Payment.status: received (paid its order), held (the wrong amount: a person
+# decides), extra (a second payment for an order already paid: to be given
+# back), refunded (an extra payment given back).
+PAYMENT_STATUSES = ("received", "held", "extra", "refunded")
+# How an order charged twice is flagged; the flag clears once every extra payment is refunded.
+EXTRA_PAYMENT_FLAG = "paid twice"
+
+
+def placeholder_trade_no(order_no: str) -> str:
+    """The trade number of a payment found by reconciliation when the gateway's answer
+    named none; its callback, when it comes, fills in the real one."""
+    return f"reconciled-{order_no}"
+
+
 class Payment(db.Model):
     """A payment reported by a channel; (channel, trade_no) makes callbacks idempotent."""
     __tablename__ = "payments"
@@ -35,11 +51,14 @@ class Payment(db.Model):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     channel_id: Mapped[int] = mapped_column(sa.ForeignKey("payment_channels.id"))
-    trade_no: Mapped[str] = mapped_column(sa.String(64))
+    trade_no: Mapped[str] = mapped_column(sa.String(MAX_TRADE_NO))
     amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
-    status: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)   # the panel lists the extra ones
+    # callback | reconciliation: how it became known.
+    source: Mapped[str] = mapped_column(sa.String(16), default="callback", server_default="callback")
     raw: Mapped[str] = mapped_column(sa.Text, default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    refunded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         sa.UniqueConstraint("channel_id", "trade_no", name="uq_payments_channel_trade_no"),

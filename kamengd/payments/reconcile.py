@@ -14,18 +14,17 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from decimal import Decimal, DecimalException
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..database import utcnow
-from ..errors import KamengdError
-from ..money import parse_money
+from ..money import parse_gateway_money
 from ..orders.models import Order
 from ..vault import Vault
-from .models import PaymentChannel
+from ..validation import has_control_characters
+from .models import MAX_TRADE_NO, PaymentChannel, placeholder_trade_no
 from .services import channel_option, channel_secrets, record_payment
 
 log = logging.getLogger("kamengd.reconcile")
@@ -46,7 +45,8 @@ def query_epay_order(gateway: str, pid: str, key: str, order_no: str, timeout: f
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise GatewayError(f"gateway unreachable: {exc.__class__.__name__}") from None
     try:
-        data = json.loads(body)
+        # Numbers kept as written: "money": 9.90 is read as the text 9.90, never a float.
+        data = json.loads(body, parse_float=str, parse_int=str)
     except (ValueError, UnicodeDecodeError):
         raise GatewayError("gateway answered something that is not JSON") from None
     if not isinstance(data, dict):
@@ -101,10 +101,9 @@ def _complete(session: Session, channel: PaymentChannel, order_id: int, order_no
         return "unpaid"
     if str(data.get("out_trade_no", order_no)) != order_no:
         raise GatewayError("gateway answered about another order")
-    try:
-        amount = parse_money(Decimal(str(data.get("money", ""))), field="money")
-    except (DecimalException, KamengdError):
-        raise GatewayError("gateway reported no usable amount") from None
+    amount = parse_gateway_money(data.get("money"))
+    if amount is None:
+        raise GatewayError("gateway reported no usable amount")
     order = session.get(Order, order_id)
     if amount != order.amount_cents:
         # Only an exact match completes an order here; a wrong amount waits for
@@ -112,7 +111,16 @@ def _complete(session: Session, channel: PaymentChannel, order_id: int, order_no
         log.warning("reconcile %s: gateway says %s paid, the order is for %s cents", order_no, amount,
                     order.amount_cents)
         return "unpaid"
-    trade_no = str(data.get("trade_no") or f"reconciled-{order_no}")[:64]
+    # One rule with the callback's: a trade number the callback would refuse is not
+    # cut to fit (a cut one would never match its callback); the stand-in is used.
+    given = data.get("trade_no")
+    given = given if isinstance(given, str) else ""
+    if len(given) > MAX_TRADE_NO or has_control_characters(given):
+        log.warning("reconcile %s: the gateway's trade number is unusable (%d characters); recorded "
+                    "under %s", order_no, len(given), placeholder_trade_no(order_no))
+        given = ""
+    trade_no = given or placeholder_trade_no(order_no)
     result = record_payment(session, channel, order, trade_no=trade_no, amount_cents=amount,
-                            raw={**{k: str(v) for k, v in data.items()}, "source": "reconciliation"}, now=now)
+                            raw={**{k: str(v) for k, v in data.items()}, "source": "reconciliation"}, now=now,
+                            source="reconciliation")
     return "completed" if result.recorded else "errors"

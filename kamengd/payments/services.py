@@ -23,7 +23,8 @@ from ..orders.services import deliver_paid_order, lock_order_status
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
 from . import epay
-from .models import Payment, PaymentChannel
+from .models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel, placeholder_trade_no
+from .strength import secret_problem, secrets_problem
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -51,6 +52,10 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
         if not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.
             raise InvalidRequest(f"option {name}: required for a {channel_type} channel")
+    for name in spec["secret"]:
+        problem = secret_problem(channel_type, name, options.get(name, ""))
+        if problem:
+            raise InvalidRequest(problem)
     if channel_type == "epay":
         gateway = urlsplit(options["gateway"])
         if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
@@ -173,9 +178,14 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
     return details
 
 
-def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool, *, actor: str,
+def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool, *, vault: Vault, actor: str,
                         source_ip: str | None = None) -> bool:
-    """Enable or disable; False (and no audit entry) when it already was."""
+    """Enable or disable; False (and no audit entry) when it already was. A channel whose
+    key is too weak (or no longer decrypts) is not enabled until a new key is entered."""
+    if enabled:
+        problem = channel_key_problem(vault, channel)
+        if problem:
+            raise InvalidRequest(f"channel {channel.code} stays disabled: {problem}")
     t = PaymentChannel.__table__
     changed = session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(not enabled))
                               .values(is_enabled=enabled, updated_at=utcnow())).rowcount
@@ -184,6 +194,41 @@ def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool
         record(session, "channel.enable" if enabled else "channel.disable", actor=actor,
                target=f"channel:{channel.code}", source_ip=source_ip, details={"name": channel.name})
     return bool(changed)
+
+
+def channel_key_problem(vault: Vault, channel: PaymentChannel) -> str | None:
+    """Why the channel's stored secret cannot be trusted to sign, or None."""
+    try:
+        secrets = channel_secrets(vault, channel)
+    except VaultError:
+        return "the stored key cannot be decrypted with the data key; enter it again"
+    return secrets_problem(channel.type, secrets)
+
+
+def weak_channels(session: Session, vault: Vault) -> list[tuple[PaymentChannel, str]]:
+    """Every channel whose key would let anyone forge its callbacks (kept from before the
+    rule, or typed into the database by hand), with the reason."""
+    found = []
+    for channel in session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.id)):
+        problem = channel_key_problem(vault, channel)
+        if problem:
+            found.append((channel, problem))
+    return found
+
+
+def disable_weak_channels(session: Session, vault: Vault, *, actor: str = "system") -> list[str]:
+    """Disable the enabled channels with a weak key, each audited with its reason; their
+    codes. Until a new key is entered they take no orders, and their callbacks are refused
+    (reconciliation still asks the gateway about orders already placed)."""
+    t = PaymentChannel.__table__
+    disabled = []
+    for channel, problem in weak_channels(session, vault):
+        if session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(True))
+                           .values(is_enabled=False, updated_at=utcnow())).rowcount:
+            record(session, "channel.disable", actor=actor, target=f"channel:{channel.code}",
+                   details={"name": channel.name, "reason": problem})
+            disabled.append(channel.code)
+    return disabled
 
 
 # --- checking a channel's set-up -------------------------------------------------
@@ -280,6 +325,7 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
 class PaymentOutcome:
     recorded: bool          # answer the gateway "success"
     reason: str = ""
+    forged: bool = False    # not from the gateway (signature, pid, channel): counted per address
 
 
 def _already_recorded(session: Session, order, existing: Payment, now) -> PaymentOutcome:
@@ -296,11 +342,13 @@ def _already_recorded(session: Session, order, existing: Payment, now) -> Paymen
 
 
 def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no: str, amount_cents: int,
-                   raw: dict, now=None) -> PaymentOutcome:
+                   raw: dict, now=None, source: str = "callback") -> PaymentOutcome:
     """Record a verified payment once per (channel, trade_no); pay and deliver the order.
 
     Used by the callback and by reconciliation (a payment the gateway reports
     but whose callback never arrived), so both complete an order the same way.
+    A callback for the payment reconciliation found without a trade number
+    fills that number in: one payment, one row.
     """
     now = now or utcnow()
     amount = amount_cents
@@ -313,9 +361,11 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
                                                         Payment.trade_no == trade_no))
     if existing is not None:
         return _already_recorded(session, order, existing, now)
+    if source == "callback" and _fill_in_reconciled(session, channel, order, trade_no, amount, raw):
+        return PaymentOutcome(True, "the payment reconciliation found: its trade number filled in")
     right_amount = amount == order.amount_cents
     payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
-                      status="received" if right_amount else "held", created_at=now,
+                      status="received" if right_amount else "held", created_at=now, source=source,
                       raw=json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str))
     try:
         with session.begin_nested():
@@ -334,10 +384,7 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
                               .execution_options(synchronize_session=False)).rowcount
     session.refresh(order)
     if not claimed:
-        # A second, different payment for an order already paid: keep it for a person.
-        payment.status = "extra"
-        session.flush()
-        return PaymentOutcome(True, f"extra payment for a {order.status} order")
+        return _extra_payment(session, channel, order, payment, now)
     if right_amount:
         emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)
@@ -348,3 +395,35 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
                                                   paid_amount=format_cents(amount)), now)
     return PaymentOutcome(True, new_status)
+
+
+def _fill_in_reconciled(session: Session, channel: PaymentChannel, order, trade_no: str, amount: int,
+                        raw: dict) -> bool:
+    """The callback of a payment reconciliation recorded under a stand-in trade number
+    (the gateway's query answer named none): the same order, channel and amount. The
+    order's row is locked: two callbacks cannot both claim it."""
+    found = session.scalar(sa.select(Payment).where(
+        Payment.order_id == order.id, Payment.channel_id == channel.id, Payment.source == "reconciliation",
+        Payment.trade_no == placeholder_trade_no(order.order_no), Payment.amount_cents == amount))
+    if found is None:
+        return False
+    kept = json.loads(found.raw or "{}")
+    found.trade_no = trade_no
+    found.raw = json.dumps({**kept, "callback": raw}, ensure_ascii=False, sort_keys=True, default=str)
+    session.flush()
+    return True
+
+
+def _extra_payment(session: Session, channel: PaymentChannel, order, payment: Payment, now) -> PaymentOutcome:
+    """A second, different payment for an order already paid: the buyer was charged
+    twice. Kept as `extra`, the order flagged, and `payment.extra` sent to staff, each
+    time: every such payment is money to give back (refund_extra_payment)."""
+    payment.status = "extra"
+    session.flush()
+    reason = (f"{EXTRA_PAYMENT_FLAG}: an extra payment of {format_cents(payment.amount_cents)} {order.currency} "
+              f"(trade {payment.trade_no}) to refund")
+    flag_order(session, order, reason, now, event=None)
+    emit(session, "payment.extra", order_payload(session, order, trade_no=payment.trade_no, channel=channel.code,
+                                                 paid_amount=format_cents(payment.amount_cents), reason=reason),
+         now)
+    return PaymentOutcome(True, f"extra payment for a {order.status} order")

@@ -23,7 +23,6 @@ import datetime as dt
 import logging
 import zoneinfo
 from dataclasses import dataclass
-from decimal import Decimal, DecimalException
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from ..database import utcnow
 from ..errors import KamengdError
-from ..money import format_cents, parse_money
+from ..money import format_cents, parse_gateway_money
 from ..notifications.events import emit
 from ..orders.models import Order
 from ..vault import Vault
@@ -122,10 +121,9 @@ def compare(row: _Row, data: dict) -> dict | None:
     gateway_paid = str(data.get("code")) == "1" and str(data.get("status")) == "1"
     gateway_amount = None
     if gateway_paid:
-        try:
-            gateway_amount = parse_money(Decimal(str(data.get("money", ""))), field="money")
-        except (DecimalException, KamengdError):
-            raise GatewayError("gateway reported a payment without a usable amount") from None
+        gateway_amount = parse_gateway_money(data.get("money"))
+        if gateway_amount is None:
+            raise GatewayError("gateway reported a payment without a usable amount")
         if str(data.get("out_trade_no", row.order_no)) != row.order_no:
             raise GatewayError("gateway answered about another order")
     gateway_status = "paid" if gateway_paid else ("unpaid" if str(data.get("code")) == "1" else "no record")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 
-from flask import Blueprint, current_app, render_template, request, session
+from flask import Blueprint, current_app, g, render_template, request, session
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..context import get_config, get_vault
-from ..database import is_busy
+from ..database import busy_reports, is_busy
 from ..errors import NotFound
 from ..extensions import db, limiter
 from ..orders.lookup import order_view
@@ -46,34 +46,50 @@ def _from_a_gateway() -> bool:
     return any(address in network for network in networks)
 
 
+def _bad_callbacks_limit() -> str:
+    return get_config().ratelimit.bad_callbacks
+
+
+def _was_forged(_response) -> bool:
+    return g.get("forged_callback", False)
+
+
 @bp.route("/<code>/notify", methods=["GET", "POST"])
 @limiter.limit(_callbacks_limit, exempt_when=_from_a_gateway)
+# Checked on every callback, counted only for refused ones: guessing a key costs
+# an address its callbacks, a genuine gateway never hits it.
+@limiter.limit(_bad_callbacks_limit, exempt_when=_from_a_gateway, deduct_when=_was_forged,
+               scope="pay-notify-refused")
 def notify(code: str):
     request.max_content_length = MAX_CALLBACK_BYTES   # a chunked body too: 413 once it grows past it
     size = len(request.query_string) + (request.content_length or 0)
     if size > MAX_CALLBACK_BYTES:
         current_app.logger.warning("payment callback on %r refused: %d bytes", code[:32], size)
+        g.forged_callback = True   # no gateway sends this much
         return "fail: too large", 413, TEXT
     params = {**request.args.to_dict(), **request.form.to_dict()}
-    for attempt in (1, 2):
+    for _ in range(2):
         try:
             outcome = handle_epay_notify(db.session, get_vault(), code, params)
             if outcome.recorded:
                 # Committed here, inside the retry: only a stored payment is "success".
                 db.session.commit()
                 return "success", 200, TEXT
+            g.forged_callback = outcome.forged
             break
         except SQLAlchemyError as exc:  # deadlock or lock wait timeout: try once more
             db.session.rollback()
             if not is_busy(exc):
                 raise
-            current_app.logger.warning("payment callback on %s, attempt %d: %s", code, attempt,
-                                       getattr(exc, "orig", exc))
             outcome = None
+            last_error = getattr(exc, "orig", exc)
     db.session.rollback()
-    current_app.logger.warning("payment callback on %s not recorded: %s (out_trade_no=%s)", code,
-                               outcome.reason if outcome else "database busy",
-                               str(params.get("out_trade_no", ""))[:40])
+    if outcome is None:
+        busy_reports.warning(current_app.logger, "payment callback on %r not recorded, the database is busy "
+                             "(the gateway calls again): %s", code[:32], last_error)
+    else:
+        current_app.logger.warning("payment callback on %r not recorded: %s (out_trade_no=%r)", code[:32],
+                                   outcome.reason, str(params.get("out_trade_no", ""))[:40])
     return "fail", 200, TEXT  # anything but "success": the gateway will call again
 
 

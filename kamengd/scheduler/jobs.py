@@ -18,6 +18,7 @@ from ..orders import attention
 from ..orders.services import expire_orders
 from ..payments import settlement
 from ..payments.reconcile import reconcile_pending
+from ..payments.services import disable_weak_channels
 from ..settings.messaging import effective_config
 
 
@@ -63,6 +64,12 @@ def reconcile_payments(session: Session) -> dict:
     return reconcile_pending(session, get_vault())
 
 
+def check_channel_keys(session: Session) -> dict:
+    """Channels whose key anyone could guess (kept from an older version) are disabled."""
+    disabled = disable_weak_channels(session, get_vault())
+    return {"disabled": len(disabled)}
+
+
 def settle_payments(session: Session) -> dict:
     """The daily settlement report (yesterday, from 02:00 local time), a chunk per run."""
     return settlement.settle_payments(session, get_vault(), get_config().site.timezone)
@@ -91,6 +98,7 @@ JOBS = {
     "reconcile_payments": (reconcile_payments, 30),
     "check_low_stock": (check_low_stock, 60),
     "flag_stuck_orders": (flag_stuck_orders, 60),
+    "check_channel_keys": (check_channel_keys, 60),
     "settle_payments": (settle_payments, 60),
     "daily_backup": (daily_backup, 600),
     "retire_old_keys": (retire_old_keys, 600),

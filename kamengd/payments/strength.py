@@ -1,0 +1,71 @@
+"""What a channel's secret must be before kamengd signs and checks with it.
+
+An Epay signature is MD5(parameters + key): whoever knows the key can forge a
+payment callback. The key also signs every pay URL a buyer sees, so a short
+key falls to an offline search in hours; a key of one (invisible) character
+falls to the first guess. Gateways hand out random keys of 32 characters;
+the floor here refuses typos and test values, never a real gateway's key.
+
+Invisible characters (format, control, spaces) are refused outright rather
+than discounted: they are pasting accidents, and a key that looks like "a"
+but holds a zero-width space cannot be checked by eye.
+"""
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+_INVISIBLE = ("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp", "Zs")
+
+
+@dataclass(frozen=True)
+class SecretRule:
+    min_length: int
+    min_classes: int          # of: lower-case letters, capitals, digits, symbols
+    min_distinct: int         # different characters
+    ascii_only: bool = True
+
+
+# (channel type, option) -> its rule. The channels of W4 add theirs here.
+RULES = {
+    ("epay", "key"): SecretRule(min_length=16, min_classes=2, min_distinct=8),
+}
+
+
+def _classes(value: str) -> int:
+    return sum((any(c.islower() for c in value), any(c.isupper() for c in value),
+                any(c.isdigit() for c in value), any(not c.isalnum() for c in value)))
+
+
+def secret_problem(channel_type: str, option: str, value: str) -> str | None:
+    """Why `value` cannot be this option's secret, or None. Never quotes the value."""
+    rule = RULES.get((channel_type, option))
+    if rule is None:
+        return None
+    where = f"option {option}"
+    if not value:
+        return f"{where}: required for a {channel_type} channel"
+    hidden = sorted({c for c in value if c.isspace() or unicodedata.category(c) in _INVISIBLE})
+    if hidden:
+        names = ", ".join(f"U+{ord(c):04X}" for c in hidden[:3])
+        return (f"{where}: contains spaces, control or invisible characters ({names}); "
+                "copy the key again from the gateway's merchant page")
+    if rule.ascii_only and not value.isascii():
+        return f"{where}: only letters, digits and ASCII symbols (the gateway's key is plain ASCII)"
+    if len(value) < rule.min_length:
+        return (f"{where}: at least {rule.min_length} characters (gateways issue keys of 32); "
+                f"this one has {len(value)}: anyone could guess it and forge payments")
+    if _classes(value) < rule.min_classes or len(set(value)) < rule.min_distinct:
+        return (f"{where}: too simple to be a gateway's key: mix at least {rule.min_classes} of lower-case "
+                f"letters, capitals, digits and symbols, with at least {rule.min_distinct} different characters")
+    return None
+
+
+def secrets_problem(channel_type: str, secrets: dict[str, str]) -> str | None:
+    """The first problem among a channel's stored secrets (a missing one counts)."""
+    for (kind, option) in RULES:
+        if kind == channel_type:
+            problem = secret_problem(kind, option, secrets.get(option, ""))
+            if problem:
+                return problem
+    return None
