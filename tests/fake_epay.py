@@ -19,6 +19,9 @@ class FakeEpay:
         # timeout decides how long a test waits, not a sleep here.
         self.released = threading.Event()
         self.queries: list[str] = []
+        # out_trade_no -> the trade_no its act=order answer names; None: the answer names none
+        # (some gateways), a value: that one (by default GW<order_no>).
+        self.trade_no_for: dict[str, str | None] = {}
         self.active = 1                     # the merchant account, as act=query reports it
         self.merchant_queries = 0           # act=query requests received
         gateway = self
@@ -49,9 +52,14 @@ class FakeEpay:
                                        "out_trade_no": order_no, "money": "0.01", "status": 0})
                 if order_no not in gateway.paid:
                     return self._json({"code": -1, "msg": "订单号不存在"})
-                self._json({"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",
-                            "out_trade_no": order_no, "type": "alipay", "pid": gateway.pid,
-                            "name": "x", "money": gateway.paid[order_no], "status": 1})
+                answer = {"code": 1, "msg": "查询订单号成功！", "trade_no": f"GW{order_no}",
+                          "out_trade_no": order_no, "type": "alipay", "pid": gateway.pid,
+                          "name": "x", "money": gateway.paid[order_no], "status": 1}
+                if order_no in gateway.trade_no_for:
+                    answer["trade_no"] = gateway.trade_no_for[order_no]
+                    if answer["trade_no"] is None:
+                        del answer["trade_no"]
+                self._json(answer)
 
             def _merchant(self, q):
                 gateway.merchant_queries += 1

@@ -180,7 +180,7 @@ def shop_item(app):
                     actor="t")
         code = f"e{tag}"
         add_channel(db.session, get_vault(), channel_type="epay", code=code, name=f"pay {tag}", actor="t",
-                    options={"gateway": "https://pay.example.com", "pid": "1001", "key": "k"})
+                    options={"gateway": "https://pay.example.com", "pid": "1001", "key": "k3y-0123456789abcdef"})
         db.session.commit()
         ids = {"product": p.id, "category": category.id, "channel": code, "tag": tag}
         db.session.remove()
@@ -289,7 +289,7 @@ def orders(app):
         manual = create_product(s, name=f"manual {tag}", price_cents=100, actor="t", delivery_mode="manual")
         import_keys(s, vault, product_id=auto.id, fh=io.BytesIO(f"A-{tag}-1\nA-{tag}-2".encode()), actor="t")
         channel = add_channel(s, vault, channel_type="epay", code=f"o{tag}", actor="t",
-                              options={"gateway": "http://127.0.0.1:9", "pid": "1001", "key": "k"})
+                              options={"gateway": "http://127.0.0.1:9", "pid": "1001", "key": "k3y-0123456789abcdef"})
         made = {}
         for name, product, money in (("manual", manual, "1.00"), ("held", auto, "0.01"), ("delivered", auto, "1.00")):
             created = create_order(s, product_id=product.id, quantity=1, email=f"{name}.{tag}@example.com",
@@ -297,7 +297,7 @@ def orders(app):
             params = {"pid": "1001", "trade_no": f"T{created.order.order_no}",
                       "out_trade_no": created.order.order_no, "type": "alipay", "name": "x", "money": money,
                       "trade_status": "TRADE_SUCCESS"}
-            params["sign"] = epay.sign(params, "k")
+            params["sign"] = epay.sign(params, "k3y-0123456789abcdef")
             assert handle_epay_notify(s, vault, channel.code, params).recorded
             made[name] = (created.order.order_no, created.token)
             if name == "held":
@@ -368,7 +368,7 @@ def test_panel_channel_name(app, client, owner):
     from kamengd.payments.models import PaymentChannel
 
     code = f"x{secrets.token_hex(4)}"
-    valid = {"code": code, "gateway": "https://pay.example.com", "pid": "1001", "key": "merchant-key",
+    valid = {"code": code, "gateway": "https://pay.example.com", "pid": "1001", "key": "merchant-key-0123456789",
              "pay_type": "alipay"}
     resp = submit(client, "/admin/channels/new", "/admin/channels/new", COMBINED, valid, follow_redirects=True)
     assert_inert(resp)

@@ -108,6 +108,10 @@ def test_add_a_channel_the_key_is_never_shown(backend, app, admin_client):
     ("gateway", "https://pay.example.com/a b", "option gateway: an http(s) base URL", 400),
     ("code", "Bad Code!", "code: 1-32 lower-case letters", 400),
     ("key", "", "option key: required", 400),
+    # Keys anyone could guess (W9): refused with the reason, never echoed.
+    ("key", "a", "option key: at least 16 characters", 400),
+    ("key", "\u200b", "invisible characters (U+200B)", 400),
+    ("key", "aaaaaaaaaaaaaaaaaaaaaaaa", "too simple", 400),
     ("pid", "", "option pid: required", 400),
     ("sort_order", "first", "sort order: a whole number", 400),
     ("sort_order", "99999999999999999999999", "sort order: a whole number", 400),

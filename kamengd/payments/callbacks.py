@@ -41,10 +41,10 @@ from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
 from ..orders.models import Order
 from ..inventory.models import CardKey
+from ..validation import has_control_characters
 from ..vault import Vault
 from . import epay
 from .keycache import channel_secrets_cached
-from ..validation import has_control_characters
 from .models import MAX_TRADE_NO, Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
 from .strength import secrets_problem

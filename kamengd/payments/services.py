@@ -38,6 +38,7 @@ CHANNEL_TYPES = {
 MAX_OPTION_LENGTH = 500
 MAX_NAME_LENGTH = 100
 SORT_ORDER_RANGE = (0, 9999)
+UNDECRYPTABLE = "the stored key cannot be decrypted with the data key; enter it again"
 
 
 def _validate_options(channel_type: str, options: dict[str, str]) -> None:
@@ -154,7 +155,7 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
     except VaultError:
         stored = None   # a key that no longer decrypts: it must be entered again
     if stored is None and not given:
-        raise InvalidRequest("option key: the stored key cannot be decrypted with the data key; enter it again")
+        raise InvalidRequest(f"option key: {UNDECRYPTABLE}")
     secrets = {**(stored or {}), **given}
     _validate_options(channel.type, {**public, **secrets})
 
@@ -201,13 +202,13 @@ def channel_key_problem(vault: Vault, channel: PaymentChannel) -> str | None:
     try:
         secrets = channel_secrets(vault, channel)
     except VaultError:
-        return "the stored key cannot be decrypted with the data key; enter it again"
+        return UNDECRYPTABLE
     return secrets_problem(channel.type, secrets)
 
 
 def weak_channels(session: Session, vault: Vault) -> list[tuple[PaymentChannel, str]]:
     """Every channel whose key would let anyone forge its callbacks (kept from before the
-    rule, or typed into the database by hand), with the reason."""
+    rule, or typed into the database by hand) or no longer decrypts, with the reason."""
     found = []
     for channel in session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.id)):
         problem = channel_key_problem(vault, channel)
@@ -219,10 +220,14 @@ def weak_channels(session: Session, vault: Vault) -> list[tuple[PaymentChannel, 
 def disable_weak_channels(session: Session, vault: Vault, *, actor: str = "system") -> list[str]:
     """Disable the enabled channels with a weak key, each audited with its reason; their
     codes. Until a new key is entered they take no orders, and their callbacks are refused
-    (reconciliation still asks the gateway about orders already placed)."""
+    (reconciliation still asks the gateway about orders already placed). A key that does
+    not decrypt is the data key's problem (doctor's "data key" check), not the channel's:
+    it is reported, not acted on."""
     t = PaymentChannel.__table__
     disabled = []
     for channel, problem in weak_channels(session, vault):
+        if problem == UNDECRYPTABLE:
+            continue
         if session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(True))
                            .values(is_enabled=False, updated_at=utcnow())).rowcount:
             record(session, "channel.disable", actor=actor, target=f"channel:{channel.code}",
@@ -251,7 +256,7 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     try:
         key = channel_secrets(vault, channel).get("key", "")
     except VaultError:
-        raise InvalidRequest("the stored key cannot be decrypted with the data key; enter it again") from None
+        raise InvalidRequest(UNDECRYPTABLE) from None
     if not key:
         raise InvalidRequest("no key is stored; enter the merchant key")
     pid = channel_option(channel, "pid")
