@@ -251,11 +251,11 @@ class LiveShop:
         return order_no, token
 
     # The gateway ---------------------------------------------------------
-    def notify(self, order_no: str, money: str, channel: str | None = None) -> str:
+    def notify(self, order_no: str, money: str, channel: str | None = None, trade_no: str | None = None) -> str:
         """The gateway's signed callback for a paid order; returns kamengd's answer."""
         from kamengd.payments import epay
 
-        params = {"pid": EPAY_PID, "trade_no": f"GW{order_no}", "out_trade_no": order_no, "type": "alipay",
+        params = {"pid": EPAY_PID, "trade_no": trade_no or f"GW{order_no}", "out_trade_no": order_no, "type": "alipay",
                   "name": "x", "money": money, "trade_status": "TRADE_SUCCESS"}
         params["sign"], params["sign_type"] = epay.sign(params, EPAY_KEY), "MD5"
         url = f"{self.base}/pay/{channel or self.channels[0]}/notify?{urllib.parse.urlencode(params)}"

@@ -190,6 +190,34 @@ def test_every_panel_page_renders(shop, data, tab, owner_state):
     t.assert_clean()
 
 
+def test_finance_gives_back_a_double_payment_in_one_click(shop, data, tab):
+    """A buyer charged twice (W9): the dashboard names it, the order's page records the
+    refund with one click and a confirmation, and the dashboard is clear again."""
+    order_no, _ = shop.paid_order(data["product"], 1, email="twice@example.com")
+    assert shop.notify(order_no, "19.90", trade_no=f"GW2-{order_no}") == "success"
+    t = tab()
+    sign_in(t, data["staff"]["finance"])
+    page = t.page
+    t.open("/admin/dashboard?lang=en")
+    row = page.locator("#extra-payments tbody tr", has_text=order_no)
+    assert row.count() == 1 and f"GW2-{order_no}" in row.inner_text()
+    with page.expect_navigation():
+        row.locator("a").click()
+    t.shot("panel-order-paid-twice")
+    form = page.locator("form.inline-form")
+    assert form.count() == 1
+    form.locator("input[name=note]").fill("ALIPAY-RF-1")
+    t.accept_dialogs = True
+    with page.expect_navigation():
+        form.locator("button").click()
+    assert t.dialogs and "19.90" in t.dialogs[-1]
+    assert f"GW2-{order_no} is recorded as given back" in t.text(".flashes")
+    assert page.locator("form.inline-form").count() == 0
+    t.open("/admin/dashboard?lang=en")
+    assert page.locator("#extra-payments tbody tr", has_text=order_no).count() == 0
+    t.assert_clean()
+
+
 def test_mobile_dashboard(shop, data, tab, owner_state):
     t = tab(viewport=(390, 844), mobile=True, storage_state=owner_state)
     t.open("/admin/dashboard")

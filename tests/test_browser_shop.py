@@ -99,6 +99,72 @@ def test_buyer_buys_pays_and_copies_the_keys(shop, goods, tab):
         each.assert_clean()
 
 
+@pytest.fixture(scope="module")
+def points(shop, goods):
+    """A product of its own for the return-page tests (each buys one)."""
+    product, _ = shop.product("点数卡 Points", 300, keys=6, category_id=goods["games"])
+    return product
+
+
+def buy_and_come_back(shop, product, page, t, email):
+    """Buy one through the storefront and come back from the (fake) gateway before
+    its callback, as gateways often return the buyer: the pay URL's parameters."""
+    t.open(f"/product/{product}")
+    page.fill("#email", email)
+    with page.expect_navigation(url=re.compile(re.escape(shop.gateway.url))):
+        page.get_by_role("button", name="立即购买").click()
+    pay = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    t.open(pay["return_url"])
+    return pay
+
+
+def callback_later(shop, pay, seconds=3.0):
+    import threading
+
+    timer = threading.Timer(seconds, shop.notify, args=(pay["out_trade_no"], pay["money"], "alipay"))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("viewport", [(390, 844), (1280, 900)], ids=["phone", "desktop"])
+def test_back_from_the_gateway_before_its_callback_the_keys_appear_by_themselves(shop, points, tab, viewport):
+    """W10 §1: "正在确认支付…", then the keys without a tap when the callback comes 3 s later."""
+    t = tab(viewport=viewport, mobile=viewport[0] < 500)
+    page = t.page
+    pay = buy_and_come_back(shop, points, page, t, "return@example.com")
+    assert page.get_attribute("#status", "data-status") == "pending"
+    assert "正在确认支付" in t.text(".confirming")
+    facts = t.text("dl.facts")
+    assert "点数卡 Points" in facts and "付款期限" in facts
+    assert page.get_by_role("link", name="去付款").get_attribute("href").startswith(shop.gateway.url)
+    t.shot(f"shop-return-confirming-{'phone' if viewport[0] < 500 else 'desktop'}")
+    timer = callback_later(shop, pay)
+    page.wait_for_selector("#keys code", timeout=15_000)      # no reload by the test
+    timer.join()
+    assert page.get_attribute("#status", "data-status") == "delivered"
+    assert page.locator("#keys code").count() == 1
+    t.shot(f"shop-return-delivered-{'phone' if viewport[0] < 500 else 'desktop'}")
+    t.assert_clean()
+
+
+def test_without_javascript_the_return_page_refreshes_itself(shop, points, chromium):
+    from browser_support import Tab, screenshot_dir
+
+    context = chromium.new_context(java_script_enabled=False, viewport={"width": 390, "height": 844},
+                                   locale="zh-CN")
+    try:
+        t = Tab(context, shop, screenshot_dir(shop.backend))
+        page = t.page
+        pay = buy_and_come_back(shop, points, page, t, "nojs@example.com")
+        assert "正在确认支付" in t.text(".confirming")
+        timer = callback_later(shop, pay)
+        page.wait_for_selector("#keys code", timeout=20_000)   # the <noscript> refresh, every 5 s
+        timer.join()
+        t.shot("shop-return-delivered-nojs")
+    finally:
+        context.close()
+
+
 def test_categories_search_and_stock_badges(shop, goods, tab):
     t = tab()
     page = t.page

@@ -80,7 +80,7 @@ PUBLIC_ELSEWHERE = {
     "static", "health.healthz",
     "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
     "api.products", "api.new_order", "api.get_order",
-    "pay.notify", "pay.return_page",
+    "pay.notify", "shop.payment_return", "shop.order_status",
 }
 
 

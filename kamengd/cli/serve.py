@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from urllib.parse import urlsplit
 
 import click
 
@@ -40,6 +41,9 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
         revision = require_current(db.engine)
         db.engine.dispose()  # no connection is left open in this process
     click.echo(f"kamengd serving on http://{host}:{port} ({server_name}, schema {revision})", err=True)
+    mismatch = site_url_mismatch(config.site.url, host, port)
+    if mismatch:
+        click.echo(f"warning: {mismatch}", err=True)
     if server_name == "waitress":
         _run_waitress(app, host, port, threads or config.server.threads, scheduler=not no_scheduler)
     else:
@@ -47,6 +51,20 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
 
         run_gunicorn(config, f"{host}:{port}", workers or config.server.workers,
                      threads or config.server.gunicorn_threads, scheduler=not no_scheduler)
+
+
+def site_url_mismatch(site_url: str, host: str, port: int) -> str | None:
+    """On a trial install (site.url on this machine) the pay URLs' notify_url and return_url
+    must point where this server listens; say so when they do not."""
+    parts = urlsplit(site_url)
+    if (parts.hostname or "") not in ("127.0.0.1", "localhost", "::1"):
+        return None   # behind a proxy or a public name: the proxy decides where it goes
+    their_port = parts.port or (443 if parts.scheme == "https" else 80)
+    if their_port == port:
+        return None
+    return (f"site.url is {site_url}, but this server listens on {host}:{port}: pay URLs send the "
+            f"gateway's callbacks and the buyer back to {site_url}. Set site.url "
+            f"(KAMENGD_SITE_URL=http://127.0.0.1:{port}) or --bind 127.0.0.1:{their_port}")
 
 
 def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -> None:

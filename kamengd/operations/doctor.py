@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..audit.services import verify
 from ..backup.models import read
-from ..config import Config
+from ..config import Config, callback_url_problem
 from ..context import get_config, get_vault
 from ..database import utcnow
 from ..errors import KamengdError
@@ -67,7 +67,13 @@ def file_checks(config: Config) -> list[Check]:
     optional = ("database password file", "smtp password file", "webhook secret file")
     owner = _data_dir_owner(config)
     return [Check(name, *_private_file(path, owner)) for name, path in files.items()
-            if path is not None or name not in optional] + [_disk_check(config)]
+            if path is not None or name not in optional] + [_disk_check(config), _site_url_check(config)]
+
+
+def _site_url_check(config: Config) -> Check:
+    problem = callback_url_problem(config.site.url)
+    return Check("site url", True, problem or f"{config.site.url} (gateways call /pay/<code>/notify there)",
+                 warning=problem is not None)
 
 
 def _disk_check(config: Config) -> Check:

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..context import get_vault
+from ..config import callback_url_problem
+from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
@@ -129,6 +130,9 @@ def channel_test(channel_id: int):
         result = payments.query_epay_merchant(gateway, pid, key)
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
+    unreachable = callback_url_problem(get_config().site.url)
+    if unreachable:
+        flash(_("Callbacks cannot reach this shop: %(problem)s", problem=unreachable), "warning")
     if result.ok:
         flash(_("Channel %(code)s works: the key signs and verifies, and %(message)s.", code=code,
                 message=result.message), "success")

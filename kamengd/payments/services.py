@@ -52,7 +52,7 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
     for name in spec["required"]:
         if not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.
-            raise InvalidRequest(f"option {name}: required for a {channel_type} channel")
+            raise InvalidRequest(f"option {name}: required (channel type {channel_type})")
     for name in spec["secret"]:
         problem = secret_problem(channel_type, name, options.get(name, ""))
         if problem:

@@ -44,7 +44,7 @@ def secret_problem(channel_type: str, option: str, value: str) -> str | None:
         return None
     where = f"option {option}"
     if not value:
-        return f"{where}: required for a {channel_type} channel"
+        return f"{where}: required (channel type {channel_type})"
     hidden = sorted({c for c in value if c.isspace() or unicodedata.category(c) in _INVISIBLE})
     if hidden:
         names = ", ".join(f"U+{ord(c):04X}" for c in hidden[:3])

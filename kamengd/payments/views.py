@@ -1,19 +1,15 @@
-"""Payment gateway callbacks and the buyer's return page (CONTRACT.md §3)."""
+"""Payment gateway callbacks (CONTRACT.md §3); the buyer's return page is the storefront's order page."""
 from __future__ import annotations
 
 import functools
 import ipaddress
 
-from flask import Blueprint, current_app, g, render_template, request, session
+from flask import Blueprint, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..context import get_config, get_vault
 from ..database import busy_reports, is_busy
-from ..errors import NotFound
 from ..extensions import db, limiter
-from ..orders.lookup import order_view
-from ..orders.services import find_order_for_buyer
-from ..transaction import read_only
 from .callbacks import handle_epay_notify
 
 bp = Blueprint("pay", __name__, url_prefix="/pay")
@@ -91,15 +87,3 @@ def notify(code: str):
         current_app.logger.warning("payment callback on %r not recorded: %s (out_trade_no=%r)", code[:32],
                                    outcome.reason, str(params.get("out_trade_no", ""))[:40])
     return "fail", 200, TEXT  # anything but "success": the gateway will call again
-
-
-@bp.get("/<code>/return")
-def return_page(code: str):
-    read_only()
-    order_no = request.args.get("order_no") or request.args.get("out_trade_no") or ""
-    token = request.args.get("token") or session.get("orders", {}).get(order_no)
-    try:
-        order = find_order_for_buyer(db.session, order_no, token=token)
-    except NotFound:
-        return render_template("order_missing.html"), 404
-    return render_template("order.html", order=order_view(db.session, get_vault(), order))

@@ -5,7 +5,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, jsonify, redirect, render_template, request, session, url_for
 
 from ..catalog.models import Category, Product
 from ..catalog.services import stock_by_product
@@ -25,6 +25,8 @@ from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
 MAX_REMEMBERED = 20
+# Statuses an order leaves by itself (the callback, the delivery, the expiry): its page watches them.
+WATCHED = ("pending", "paid")
 MAX_QUERY = 100
 
 
@@ -180,8 +182,15 @@ def buy(product_id: int):
     return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
 
 
-def _order_page(order, token: str):
-    """The buyer's order: keys once delivered; a way back to the gateway while unpaid."""
+def _order_page(order, token: str, *, returned: bool = False):
+    """The buyer's order: keys once delivered; a way back to the gateway while unpaid.
+
+    While the order may still change by itself (unpaid, or paid and being
+    delivered) the page watches it: a small script asks /order/<no>/status and
+    reloads the page when the status moves; without JavaScript the page
+    refreshes itself. Coming back from the gateway (`returned`), an unpaid
+    order says the payment is being confirmed: the buyer is often back
+    before the gateway's callback."""
     product = db.session.get(Product, order.product_id)
     pay_url = None
     if order.status == "pending":
@@ -189,21 +198,58 @@ def _order_page(order, token: str):
         if channel is not None and channel.is_enabled:
             pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
                                     product_name=product.name, token=token)
+    watch = order.status in WATCHED
     return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
-                           pay_url=pay_url, expires_at=shop_time(order.expires_at))
+                           pay_url=pay_url, expires_at=shop_time(order.expires_at), returned=returned,
+                           watch=watch, refresh=watch and (returned or order.status == "paid"),
+                           status_url=url_for("shop.order_status", order_no=order.order_no))
+
+
+def _buyers_order(order_no: str):
+    """(the order, its token) when this browser (or the address's token) proves to be its buyer."""
+    token = request.args.get("token") or session.get("orders", {}).get(order_no)
+    order = find_order_for_buyer(db.session, order_no, token=token)
+    if request.args.get("token"):
+        _remember(order_no, token)
+    return order, token
 
 
 @bp.get("/order/<order_no>")
 def order_page(order_no: str):
     read_only()
+    try:
+        order, token = _buyers_order(order_no)
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    return _order_page(order, token, returned=request.args.get("returned") == "1")
+
+
+@bp.get("/pay/<code>/return")
+def payment_return(code: str):
+    """Where the gateway sends the buyer back (CONTRACT.md §3): the order's own page."""
+    read_only()
+    order_no = request.args.get("order_no") or request.args.get("out_trade_no") or ""
+    try:
+        order, token = _buyers_order(order_no)
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    return _order_page(order, token, returned=True)
+
+
+@bp.get("/order/<order_no>/status")
+def order_status(order_no: str):
+    """The order's status for the page watching it, to this browser's orders only."""
+    read_only()
     token = request.args.get("token") or session.get("orders", {}).get(order_no)
     try:
         order = find_order_for_buyer(db.session, order_no, token=token)
     except NotFound:
-        return render_template("order_missing.html"), 404
-    if request.args.get("token"):
-        _remember(order_no, token)
-    return _order_page(order, token)
+        response = jsonify({"error": {"code": "not_found", "message": "order not found"}})
+        response.status_code = 404
+    else:
+        response = jsonify({"status": order.status})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.route("/lookup", methods=["GET", "POST"])

@@ -1,0 +1,82 @@
+"""The buyer's order page and the gateway's return page (W10 §1), both backends.
+
+The gateway often sends the buyer back before its callback: the return page
+is the order's own page, says the payment is being confirmed, and watches
+the order (a script polls /order/<no>/status; without JavaScript a
+<noscript> refresh) until the keys are there. The browser side, with a
+callback 3 s after the return, is in test_browser_shop.py.
+"""
+import hashlib
+import secrets
+from urllib.parse import urlencode
+
+import pytest
+
+from conftest import epay_shop
+from kamengd.payments import epay
+
+PID, KEY = "4004", "order-page-merchant-key-0123"
+REFRESH = '<noscript><meta http-equiv="refresh" content="5"></noscript>'
+
+
+@pytest.fixture
+def shop(app):
+    return epay_shop(app, name="返回页 return page", price_cents=250,
+                     keys=[f"R-{secrets.token_hex(8)}" for _ in range(3)], pid=PID, key=KEY, prefix="rp")
+
+
+def order(client, shop):
+    answer = client.post("/api/v1/orders", json={"product_id": shop["id"], "quantity": 1,
+                                                "email": "r@example.com", "channel": shop["channel"]})
+    assert answer.status_code == 201
+    return answer.get_json()
+
+
+def pay(client, shop, order_no):
+    params = {"pid": PID, "trade_no": f"GW{order_no}", "out_trade_no": order_no, "type": "alipay", "name": "x",
+              "money": "2.50", "trade_status": "TRADE_SUCCESS"}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + KEY).encode()).hexdigest()
+    assert client.get(f"/pay/{shop['channel']}/notify?{urlencode(params)}").data == b"success"
+
+
+def test_back_from_the_gateway_before_the_callback(backend, app, shop):
+    buyer = app.test_client()
+    placed = order(buyer, shop)
+    no = placed["order_no"]
+    page = buyer.get(f"/pay/{shop['channel']}/return", query_string={"order_no": no, "token": placed["token"]})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "正在确认支付" in html and "返回页 return page" in html and "付款期限" in html and "去付款" in html
+    assert REFRESH in html and 'id="watch"' in html and "order.js" in html
+    assert 'data-status="pending"' in html
+
+    # The return page remembered the order in this browser: the status needs no token.
+    status = buyer.get(f"/order/{no}/status")
+    assert status.get_json() == {"status": "pending"} and status.headers["Cache-Control"] == "no-store"
+    # The order's own page watches too, without the refresh (the buyer has not been to pay yet).
+    plain = buyer.get(f"/order/{no}").get_data(as_text=True)
+    assert 'id="watch"' in plain and REFRESH not in plain and "正在确认支付" not in plain
+    # Another browser learns nothing.
+    stranger = app.test_client()
+    missing = stranger.get(f"/order/{no}/status")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+
+    pay(app.test_client(), shop, no)
+    assert buyer.get(f"/order/{no}/status").get_json() == {"status": "delivered"}
+    done = buyer.get(f"/pay/{shop['channel']}/return", query_string={"order_no": no}).get_data(as_text=True)
+    assert 'id="keys"' in done and 'id="watch"' not in done and REFRESH not in done
+    assert "正在确认支付" not in done
+
+
+def test_the_return_page_in_english(backend, app, shop):
+    buyer = app.test_client()
+    placed = order(buyer, shop)
+    html = buyer.get(f"/pay/{shop['channel']}/return", query_string={
+        "order_no": placed["order_no"], "token": placed["token"], "lang": "en"}).get_data(as_text=True)
+    assert "Confirming your payment" in html and "Pay before" in html
+
+
+def test_a_status_with_a_wrong_token_is_404(backend, app, shop):
+    placed = order(app.test_client(), shop)
+    answer = app.test_client().get(f"/order/{placed['order_no']}/status", query_string={"token": "x" * 32})
+    assert answer.status_code == 404
