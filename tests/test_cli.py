@@ -482,3 +482,14 @@ def test_every_command_is_found_where_the_lazy_group_looks():
     here = pathlib.Path(kamengd.cli.__file__).parent
     modules = {p.stem for p in here.glob("*.py")} - {"__init__", "group"}
     assert modules == set(COMMAND_MODULES.values())
+
+
+def test_channel_enable_and_disable(backend, shop):
+    run_cli("channel", "add", "--type", "epay", "--code", "sw", "--option", "gateway=https://pay.example.com",
+            "--option", "pid=1", "--option", "key=k3y-0123456789abcdef", config=shop, check=True)
+    out = json.loads(run_cli("channel", "disable", "--code", "sw", "--json", config=shop, check=True).out)
+    assert out == {"code": "sw", "enabled": False, "changed": True}
+    assert "already disabled" in run_cli("channel", "disable", "--code", "sw", config=shop, check=True).out
+    assert audit_actions(shop)[-1] == "channel.disable"
+    assert json.loads(run_cli("channel", "enable", "--code", "sw", "--json", config=shop, check=True).out)["enabled"]
+    assert_one_line_error(run_cli("channel", "enable", "--code", "nope", config=shop), "channel 'nope' not found")

@@ -80,3 +80,36 @@ def test_a_status_with_a_wrong_token_is_404(backend, app, shop):
     placed = order(app.test_client(), shop)
     answer = app.test_client().get(f"/order/{placed['order_no']}/status", query_string={"token": "x" * 32})
     assert answer.status_code == 404
+
+
+def test_the_pages_promise_mail_only_when_it_can_be_sent(backend, make_install):
+    """W10 §2: with no SMTP server every delivery mail is skipped, so no page promises one."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    import io
+
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    from kamengd.payments.services import add_channel
+
+    cfg = make_install(backend)
+    cfg = dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False))
+    quiet = create_app(cfg)
+    with quiet.app_context():
+        product_id = create_product(db.session, name="mail test", price_cents=100, actor="t").id
+        import_keys(db.session, get_vault(), product_id=product_id, fh=io.BytesIO(b"MAIL-1\nMAIL-2"), actor="t")
+        add_channel(db.session, get_vault(), channel_type="epay", code="mail", actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": PID, "key": KEY})
+        db.session.commit()
+    for path in ("/", f"/product/{product_id}"):
+        html = quiet.test_client().get(path).get_data(as_text=True)
+        assert "发送到邮箱" not in html and "接收订单和卡密" not in html, path
+    assert "请收藏订单页地址" in quiet.test_client().get("/").get_data(as_text=True)
+    assert "用于查询订单" in quiet.test_client().get(f"/product/{product_id}").get_data(as_text=True)
+
+    mailing = create_app(dataclasses.replace(cfg, smtp=dataclasses.replace(cfg.smtp, host="smtp.example.com")))
+    assert "发送到邮箱" in mailing.test_client().get("/").get_data(as_text=True)
+    assert "接收订单和卡密" in mailing.test_client().get(f"/product/{product_id}").get_data(as_text=True)

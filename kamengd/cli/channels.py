@@ -7,10 +7,10 @@ import sqlalchemy as sa
 
 from ..context import get_vault
 from ..audit.services import cli_actor
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..extensions import db
 from ..payments.models import PaymentChannel
-from ..payments.services import CHANNEL_TYPES, add_channel
+from ..payments.services import CHANNEL_TYPES, add_channel, set_channel_enabled
 from .group import cli, emit, json_option, with_app
 
 
@@ -58,3 +58,36 @@ def channel_list(as_json):
     emit(as_json, {"channels": rows},
          "\n".join(f"{r['code']}\t{r['type']}\t{'enabled' if r['enabled'] else 'disabled'}\t{r['name']}"
                    for r in rows) or "no channels")
+
+
+def _by_code(code: str) -> PaymentChannel:
+    channel = db.session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
+    if channel is None:
+        raise NotFound(f"channel {code!r} not found")
+    return channel
+
+
+def _switch(code: str, enabled: bool, as_json: bool) -> None:
+    channel = _by_code(code)
+    changed = set_channel_enabled(db.session, channel, enabled, vault=get_vault(), actor=cli_actor())
+    state = "enabled" if enabled else "disabled"
+    emit(as_json, {"code": channel.code, "enabled": channel.is_enabled, "changed": changed},
+         f"channel {channel.code} {state}" if changed else f"channel {channel.code} was already {state}")
+
+
+@channel.command("enable")
+@click.option("--code", required=True)
+@json_option
+@with_app
+def channel_enable(code, as_json):
+    """Let buyers pay with a channel again (refused while its key is too weak); audited."""
+    _switch(code, True, as_json)
+
+
+@channel.command("disable")
+@click.option("--code", required=True)
+@json_option
+@with_app
+def channel_disable(code, as_json):
+    """Stop offering a channel to new orders; callbacks for its orders still arrive. Audited."""
+    _switch(code, False, as_json)

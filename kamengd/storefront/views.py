@@ -5,7 +5,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 
 from ..catalog.models import Category, Product
 from ..catalog.services import stock_by_product
@@ -19,6 +19,7 @@ from ..orders.services import find_order_for_buyer, orders_for_email
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
+from ..settings.messaging import mail_server
 from ..settings.services import get_setting
 from ..transaction import read_only
 from .i18n import current_lang, remember_lang, t
@@ -32,7 +33,15 @@ MAX_QUERY = 100
 
 @bp.app_context_processor
 def _helpers():
-    return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url}
+    return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail}
+
+
+def sends_mail() -> bool:
+    """Whether delivery mail can go out (an SMTP server is configured): what the pages
+    promise about e-mail follows it. Asked once per request, only by pages that say it."""
+    if "kamengd_sends_mail" not in g:
+        g.kamengd_sends_mail = bool(mail_server(db.session, get_config())[0])
+    return g.kamengd_sends_mail
 
 
 bp.after_app_request(remember_lang)
@@ -126,7 +135,9 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
         "quantity": t(f"数量须在 {product.min_quantity} 到 {product.max_quantity} 之间。",
                       f"Choose a quantity from {product.min_quantity} to {product.max_quantity}."),
         "email": t("请填写有效的邮箱地址，卡密和订单信息会发到这里。",
-                   "Enter a valid e-mail address: the order and the keys are sent there."),
+                   "Enter a valid e-mail address: the order and the keys are sent there.") if sends_mail() else
+                 t("请填写有效的邮箱地址，之后凭它和查询密码查找订单。",
+                   "Enter a valid e-mail address: with the query password it finds the order later."),
         "query_password": t(f"查询密码须为 4 到 {MAX_QUERY_PASSWORD} 个字符，或留空。",
                             f"The query password needs 4 to {MAX_QUERY_PASSWORD} characters, or leave it empty."),
         "channel": t("请选择一种可用的支付方式。", "Choose one of the payment methods offered."),
@@ -135,7 +146,8 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
         text = t("库存不足：请减少数量或稍后再来。", "Not enough stock: choose fewer or come back later.")
     else:
         text = texts.get(field, "")
-    return (f"{text} ({exc.message})" if text else exc.message), field
+    # The buyer reads their own language; the service's words (English) only when nothing better is known.
+    return (text or exc.message), field
 
 
 def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None):
