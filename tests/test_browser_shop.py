@@ -144,6 +144,10 @@ def test_back_from_the_gateway_before_its_callback_the_keys_appear_by_themselves
     assert page.get_attribute("#status", "data-status") == "delivered"
     assert page.locator("#keys code").count() == 1
     t.shot(f"shop-return-delivered-{'phone' if viewport[0] < 500 else 'desktop'}")
+    # The lookup page lists this browser's orders (W10 §2).
+    t.open("/lookup")
+    assert pay["out_trade_no"] in t.text("#this-browser")
+    t.shot(f"shop-lookup-this-browser-{'phone' if viewport[0] < 500 else 'desktop'}")
     t.assert_clean()
 
 
@@ -245,7 +249,7 @@ def test_bad_purchase_shows_a_clear_error(shop, goods, tab):
     assert "库存不足" in t.text("#form-error")
 
     t.open("/order/K000000000000", status=404)
-    assert "订单不存在" in t.text()
+    assert "无法在此验证订单" in t.text()
     t.shot("shop-order-missing")
     t.assert_clean(allow_status=(400, 404, 409))
 

@@ -113,3 +113,61 @@ def test_the_pages_promise_mail_only_when_it_can_be_sent(backend, make_install):
     mailing = create_app(dataclasses.replace(cfg, smtp=dataclasses.replace(cfg.smtp, host="smtp.example.com")))
     assert "发送到邮箱" in mailing.test_client().get("/").get_data(as_text=True)
     assert "接收订单和卡密" in mailing.test_client().get(f"/product/{product_id}").get_data(as_text=True)
+
+
+def csrf(client) -> str:
+    import re
+
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/lookup").get_data(as_text=True)).group(1)
+
+
+@pytest.fixture
+def big_shop(app):
+    return epay_shop(app, name="查询 lookup", price_cents=250, keys=[f"L-{secrets.token_hex(8)}" for _ in range(12)],
+                     pid=PID, key=KEY, prefix="lk")
+
+
+def test_lookup_this_browser_pages_and_one_order_by_number(backend, app, big_shop):
+    """W10 §2: the browser's own orders; an e-mail + password lookup paged beyond the first
+    page; one order by its number and e-mail (its status; its keys with the password)."""
+    buyer = app.test_client()
+    email = f"pages{secrets.token_hex(3)}@example.com"
+    placed = []
+    for _ in range(12):      # more than a page (10)
+        answer = buyer.post("/api/v1/orders", json={"product_id": big_shop["id"], "quantity": 1, "email": email,
+                                                    "channel": big_shop["channel"], "query_password": "pw-1234"})
+        assert answer.status_code == 201, answer.get_json()
+        placed.append(answer.get_json())
+    # The API hands out tokens; the storefront's browser remembers what it opened.
+    for p in placed[:2]:
+        buyer.get(f"/order/{p['order_no']}", query_string={"token": p["token"]})
+    page = buyer.get("/lookup").get_data(as_text=True)
+    assert "本浏览器的订单" in page and all(p["order_no"] in page for p in placed[:2])
+    assert placed[2]["order_no"] not in page
+    assert "本浏览器的订单" not in app.test_client().get("/lookup").get_data(as_text=True)
+
+    first = buyer.post("/lookup", data={"csrf_token": csrf(buyer), "email": email, "query_password": "pw-1234"})
+    html = first.get_data(as_text=True)
+    shown = [p["order_no"] for p in placed if p["order_no"] in html.split('id="this-browser"')[-1].split("</section>", 1)[-1]]
+    assert len(shown) == 10 and "第 1 / 2 页" in html
+    second = buyer.get("/lookup", query_string={"page": 2}).get_data(as_text=True)
+    rest = [p["order_no"] for p in placed if f'class="order-no">{p["order_no"]}</a></h3>' in second]
+    assert len(rest) == 2 and not set(rest) & set(shown) and "pw-1234" not in second
+    # Another browser has no lookup to page through.
+    assert "找到的订单" not in app.test_client().get("/lookup?page=2").get_data(as_text=True)
+
+    # One order by number + e-mail: its status; with the password, its keys.
+    target = placed[0]["order_no"]
+    pay(app.test_client(), big_shop, target)
+    stranger = app.test_client()
+    status_only = stranger.post("/lookup", data={"csrf_token": csrf(stranger), "email": email.upper(),
+                                                 "order_no": target}).get_data(as_text=True)
+    assert target in status_only and "只显示订单状态" in status_only and 'id="keys-1"' not in status_only
+    with_keys = stranger.post("/lookup", data={"csrf_token": csrf(stranger), "email": email, "order_no": target,
+                                               "query_password": "pw-1234"}).get_data(as_text=True)
+    assert 'id="keys-1"' in with_keys and "只显示订单状态" not in with_keys
+    wrong = stranger.post("/lookup", data={"csrf_token": csrf(stranger), "email": "other@example.com",
+                                           "order_no": target}).get_data(as_text=True)
+    assert f'class="order-no">{target}</a></h3>' not in wrong and "没有找到订单" in wrong
+    missing = stranger.get(f"/order/{target}")
+    assert missing.status_code == 404 and "无法在此验证订单" in missing.get_data(as_text=True)

@@ -225,6 +225,7 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
 
 # Orders shown for one e-mail + query password, newest first.
 LOOKUP_LIMIT = 20
+LOOKUP_PAGE = 10
 
 
 def orders_for_email(session: Session, vault: Vault, email: str, query_password: str) -> list[Order]:
@@ -244,3 +245,28 @@ def orders_for_email(session: Session, vault: Vault, email: str, query_password:
     if verify_password(legacy.query_password_hash if legacy else None, query_password) and legacy:
         tagged = sorted({o.id: o for o in [*tagged, legacy]}.values(), key=lambda o: o.id, reverse=True)
     return list(tagged)
+
+
+def orders_by_tags(session: Session, tags: list[bytes], *, page: int = 1,
+                   page_size: int = LOOKUP_PAGE) -> tuple[list[Order], int]:
+    """A page of the orders found by lookup tags (newest first) and how many there are: the
+    later pages of an e-mail + query password lookup, whose tags the browser's session keeps
+    (signed; the password itself is never kept)."""
+    if not tags:
+        return [], 0
+    where = Order.lookup_tag.in_(tags)
+    total = session.scalar(sa.select(sa.func.count()).select_from(Order).where(where))
+    orders = session.scalars(sa.select(Order).where(where).order_by(Order.id.desc())
+                             .limit(page_size).offset((max(page, 1) - 1) * page_size)).all()
+    return list(orders), total
+
+
+def orders_of_this_browser(session: Session, tokens: dict) -> list[Order]:
+    """The orders whose tokens this browser keeps, newest first; a token that does not
+    match is skipped (never an error: the cookie is the buyer's own)."""
+    if not isinstance(tokens, dict) or not tokens:
+        return []
+    wanted = {str(no)[:32]: tok for no, tok in list(tokens.items())[-50:] if isinstance(tok, str)}
+    found = session.scalars(sa.select(Order).where(Order.order_no.in_(wanted))).all()
+    mine = [o for o in found if hmac.compare_digest(bytes(o.token_hash), token_hash(wanted[o.order_no]))]
+    return sorted(mine, key=lambda o: o.id, reverse=True)

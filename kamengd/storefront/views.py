@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 
+from ..accounts.passwords import verify_password
 from ..catalog.models import Category, Product
 from ..catalog.services import stock_by_product
 from ..context import get_config, get_vault
@@ -15,7 +16,9 @@ from ..extensions import db, limiter
 from ..money import format_cents
 from ..orders.checkout import place_order
 from ..orders.lookup import order_view
-from ..orders.services import find_order_for_buyer, orders_for_email
+from ..orders.models import Order
+from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags, orders_for_email,
+                               orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
@@ -267,15 +270,61 @@ def order_status(order_no: str):
 @bp.route("/lookup", methods=["GET", "POST"])
 @limiter.limit(lambda: get_config().ratelimit.lookups, methods=["POST"])
 def lookup():
-    """E-mail plus query password: that buyer's recent orders. An e-mail alone shows nothing."""
-    orders, email = None, ""
+    """Find orders: this browser's own (the tokens its cookie keeps); by e-mail plus query
+    password, page by page; or one order by its number and e-mail (keys with the query
+    password, its status without). An e-mail alone shows nothing."""
+    read_only()
+    found, email, order_no, page, total, partial = None, "", "", 1, 0, False
     if request.method == "POST":
-        read_only()
-        email = request.form.get("email", "")[:254]
+        email = request.form.get("email", "").strip()[:254]
+        order_no = request.form.get("order_no", "").strip()[:32]
         password = request.form.get("query_password", "")[:MAX_QUERY_PASSWORD]
-        found = orders_for_email(db.session, get_vault(), email, password) if email and password else []
-        names = {p.id: p.name for p in db.session.scalars(
-            sa.select(Product).where(Product.id.in_({o.product_id for o in found})))}
-        orders = [{**order_view(db.session, get_vault(), o), "product_name": names.get(o.product_id, ""),
-                   "created": shop_time(o.created_at)} for o in found]
-    return render_template("storefront/lookup.html", orders=orders, email=email)
+        if order_no and email:
+            found, partial = _one_order(order_no, email, password)
+            total = len(found)
+        elif email and password:
+            every = orders_for_email(db.session, get_vault(), email, password)
+            tags = get_vault().lookup_tags(email, password)
+            total = max(orders_by_tags(db.session, tags, page_size=1)[1], len(every))
+            found = every[:LOOKUP_PAGE]
+            # Later pages find the orders again by their tags, kept in the signed session
+            # cookie: never the password.
+            session["lookup"] = {"email": email, "tags": [tag.hex() for tag in tags]}
+        else:
+            found = []
+    elif _int_arg("page") and isinstance(session.get("lookup"), dict):
+        page = _int_arg("page")
+        kept = session["lookup"]
+        email = str(kept.get("email", ""))
+        try:
+            tags = [bytes.fromhex(tag) for tag in kept.get("tags", [])][:4]
+        except (TypeError, ValueError):
+            tags = []
+        found, total = orders_by_tags(db.session, tags, page=page)
+    views = _order_views(found or [], keys=not partial) if found is not None else None
+    mine = _order_views(orders_of_this_browser(db.session, session.get("orders", {})), keys=False)
+    return render_template("storefront/lookup.html", orders=views, email=email, order_no=order_no, page=page,
+                           pages=max(1, -(-total // LOOKUP_PAGE)), partial=partial, mine=mine)
+
+
+def _one_order(order_no: str, email: str, password: str) -> tuple[list, bool]:
+    """([the order] or [], whether only its status may be shown). The e-mail must be the
+    order's; the keys need its query password too. Same work whether or not it exists."""
+    order = db.session.scalar(sa.select(Order).where(Order.order_no == order_no))
+    hashed = order.query_password_hash if order is not None else None
+    password_ok = verify_password(hashed, password) if password else False
+    if order is None or order.email.strip().casefold() != email.casefold():
+        return [], False
+    return [order], not password_ok
+
+
+def _order_views(orders, *, keys: bool) -> list[dict]:
+    names = {p.id: p.name for p in db.session.scalars(
+        sa.select(Product).where(Product.id.in_({o.product_id for o in orders})))} if orders else {}
+    views = []
+    for order in orders:
+        view = order_view(db.session, get_vault(), order) if keys else {
+            "order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
+            "currency": order.currency, "quantity": order.quantity}
+        views.append({**view, "product_name": names.get(order.product_id, ""), "created": shop_time(order.created_at)})
+    return views
