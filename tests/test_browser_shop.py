@@ -175,16 +175,21 @@ def test_categories_search_and_stock_badges(shop, goods, tab):
     t.open("/")
     headings = page.locator("section.category h2").all_inner_texts()
     assert headings == ["游戏点卡", "会员", "其他"]
+    # Sold out is hidden by default, and one tap away (W10 §6).
+    assert "年度会员 VIP" not in t.text("main") and "1 个缺货商品已隐藏" in t.text(".sold-out-toggle")
+    with page.expect_navigation():
+        page.locator(".sold-out-toggle a").click()
     badges = {li.locator("a.name").inner_text(): li.locator(".badge").inner_text()
               for li in page.locator("li.product").all()}
     assert badges["周卡 Weekly pass"] == "库存紧张: 2" and badges["年度会员 VIP"] == "缺货"
+    t.shot("shop-index-with-sold-out")
     assert badges["代充服务 Top-up by hand"] == "人工发货" and re.fullmatch(r"库存: \d+", badges["月卡 Monthly pass"])
 
     with page.expect_navigation():
         page.locator("nav.categories").get_by_role("link", name="会员").click()
-    assert f"category={goods['members']}" in page.url
+    assert f"category={goods['members']}" in page.url and "all=1" not in page.url
     names = page.locator("li.product a.name").all_inner_texts()
-    assert names == ["年度会员 VIP", "代充服务 Top-up by hand"]
+    assert names == ["代充服务 Top-up by hand"]       # the VIP pass is sold out
     assert page.locator("nav.categories a[aria-current=page]").inner_text() == "会员"
     t.shot("shop-category")
 
@@ -316,3 +321,38 @@ def test_buyer_buys_with_the_keyboard_only(shop, goods, tab):
     pay = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
     assert pay["money"] == "2.00" and pay["type"] == "wxpay"
     t.assert_clean()
+
+
+CONTRAST = """sel => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const bg = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+                     if (!c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return rgb(c); } return [255, 255, 255]; };
+  return [...document.querySelectorAll(sel)].filter(el => el.offsetWidth).map(el => {
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(bg(el));
+    return [el.tagName + '.' + el.className, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  });
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_storefront_follows_the_systems_colour_scheme(shop, goods, chromium, scheme):
+    """W10 §10: dark mode by prefers-color-scheme, every text readable (WCAG AA, 4.5:1)."""
+    from browser_support import Tab, screenshot_dir
+
+    context = chromium.new_context(color_scheme=scheme, viewport={"width": 390, "height": 844}, locale="zh-CN")
+    try:
+        t = Tab(context, shop, screenshot_dir(shop.backend))
+        for path, name in (("/?all=1", "index"), (f"/product/{goods['month']}", "product"), ("/lookup", "lookup")):
+            t.open(path)
+            background = t.page.evaluate("getComputedStyle(document.querySelector('main')).backgroundColor")
+            assert (background == "rgb(27, 33, 41)") == (scheme == "dark"), background
+            low = [(what, round(ratio, 2)) for what, ratio in t.page.evaluate(
+                CONTRAST, "main p, main a, main label, main dt, main dd, main .price, main .badge, main h1, main h2, "
+                          "main button, footer p") if ratio < 4.5]
+            assert not low, (path, low)
+            t.shot(f"shop-{name}-{scheme}")
+        t.assert_clean()
+    finally:
+        context.close()

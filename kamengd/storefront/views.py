@@ -32,6 +32,7 @@ MAX_REMEMBERED = 20
 # Statuses an order leaves by itself (the callback, the delivery, the expiry): its page watches them.
 WATCHED = ("pending", "paid")
 MAX_QUERY = 100
+INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few screens, not ninety)
 
 
 @bp.app_context_processor
@@ -115,14 +116,22 @@ def index():
     if query:
         select = select.where(Product.name.contains(query, autoescape=True))
     products = db.session.scalars(select).all()
+    # Sold out (automatic delivery, no key left) is hidden unless asked for: a buyer
+    # scrolling a phone wants what can be bought now.
+    show_all = request.args.get("all") == "1" or bool(query)   # a search names what it wants: sold out or not
+    sold_out = [p for p in products if p.delivery_mode == "auto" and not stock.get(p.id)]
+    shown = products if show_all else [p for p in products if p.delivery_mode != "auto" or stock.get(p.id)]
+    pages = max(1, -(-len(shown) // INDEX_PAGE))
+    page = min(_int_arg("page") or 1, pages)
     names = {c.id: c.name for c in categories}
     groups: dict[int | None, list[Product]] = {}
-    for p in products:
+    for p in shown[(page - 1) * INDEX_PAGE:page * INDEX_PAGE]:
         groups.setdefault(p.category_id, []).append(p)
     # Products of no category come last, under "Other" once there are categories.
     sections = sorted(((names.get(cid), items) for cid, items in groups.items()), key=lambda s: s[0] is None)
     return render_template("storefront/index.html", sections=sections, categories=categories,
-                           category=category, stock=stock, query=query, count=len(products),
+                           category=category, stock=stock, query=query, count=len(shown), page=page, pages=pages,
+                           show_all=show_all, sold_out=len(sold_out),
                            notice=get_setting(db.session, "site.notice"), money=format_cents)
 
 
