@@ -46,7 +46,9 @@ def test_buyer_buys_pays_and_copies_the_keys(shop, goods, tab):
     assert page.get_attribute("#quantity", "max") == "5"
     t.shot("shop-product")
 
+    assert page.inner_text("#total") == "19.90"
     page.fill("#quantity", "2")
+    assert page.inner_text("#total") == "39.80"        # the total follows the quantity (W10 §4)
     page.fill("#email", "buyer@example.com")
     page.fill("#query_password", "my-lookup-pw")
     page.get_by_label("微信支付").check()

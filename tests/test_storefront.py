@@ -192,3 +192,20 @@ def test_pending_order_offers_the_payment_page_again(client, item):
     html = client.get(f"/order/{order_no}").get_data(as_text=True)
     assert "submit.php" not in html and 'class="copy copy-all"' not in html   # one key: no "copy all"
     assert html.count('class="copy"') == 1
+
+
+def test_product_page_states_one_quantity_limit_and_a_total(client, item):
+    """W10 §4: the limit beside the field is the one the field takes; the total is shown."""
+    html = client.get(f"/product/{item['id']}").get_data(as_text=True)
+    assert 'max="2"' in html and re.search(r'id="per-order">1 – 2 ', html) and "受库存限制" in html
+    assert re.search(r'<output id="total"[^>]*>\d+\.\d\d</output>', html)
+    assert 'autocomplete="new-password"' not in html
+
+
+def test_wechat_and_qq_browsers_are_told_to_open_the_system_browser(client, item):
+    wechat = "Mozilla/5.0 (iPhone) AppleWebKit/605.1.15 Mobile/15E148 MicroMessenger/8.0.47(0x18002f2c)"
+    qq = "Mozilla/5.0 (Linux; Android 13) Mobile Safari/537.36 V1_AND_SQ_8.9.0 QQ/8.9.0.9450"
+    for agent in (wechat, qq):
+        html = client.get(f"/product/{item['id']}", headers={"User-Agent": agent}).get_data(as_text=True)
+        assert "在浏览器打开" in html, agent
+    assert "在浏览器打开" not in client.get("/", headers={"User-Agent": "Mozilla/5.0 Chrome/120"}).get_data(as_text=True)

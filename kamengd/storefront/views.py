@@ -37,7 +37,14 @@ INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few sc
 
 @bp.app_context_processor
 def _helpers():
-    return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail}
+    return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail,
+            "in_app_browser": in_app_browser}
+
+
+def in_app_browser() -> bool:
+    """WeChat's and QQ's built-in browsers: pay pages and saved keys work badly there."""
+    agent = request.headers.get("User-Agent", "")
+    return "MicroMessenger" in agent or " QQ/" in agent
 
 
 def sends_mail() -> bool:
