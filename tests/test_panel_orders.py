@@ -314,3 +314,75 @@ def test_bad_order_numbers_are_404_pages(app, client):
             resp = post(client, f"/admin/orders/{order_no}/{action}",
                         {"refund_reason": "r", "release_reason": "r", "keys": "K"}, page_url="/admin/orders")
             assert resp.status_code == 404, (order_no, action)
+
+
+def test_product_channel_and_key_filters_and_the_csv_export(app, client, shop):
+    """W10 §7: filters by product and channel, an order found by the key its buyer says
+    does not work (by fingerprint: nothing decrypted, the key not kept), and the CSV."""
+    import csv
+
+    from kamengd.extensions import db
+    from kamengd.orders.models import Order
+
+    with app.app_context():
+        channel_id = db.session.scalar(sa.select(Order.channel_id).where(Order.order_no == shop.delivered))
+        db.session.remove()
+    signed_in(app, client, "finance")
+    ours = {shop.delivered, shop.held, shop.manual, shop.pending}
+
+    def found(**args):
+        return {no for no in ours if no in listed(client, **args)}
+
+    assert found(product=shop.manual_id) == {shop.manual}
+    assert found(product=shop.auto_id, channel=channel_id) == {shop.delivered, shop.held, shop.pending}
+    assert found(product=shop.auto_id, channel=999999) == set()
+    for bad in ("x", "-1", "9" * 30):
+        assert client.get("/admin/orders", query_string={"product": bad, "channel": bad}).status_code == 200
+
+    # The delivered order's key (imported first, so sold first).
+    with app.app_context():
+        from kamengd.context import get_vault
+        from kamengd.orders.services import order_keys
+
+        delivered = db.session.scalar(sa.select(Order).where(Order.order_no == shop.delivered))
+        [key] = order_keys(db.session, get_vault(), delivered)
+        db.session.remove()
+    page = listed(client, key=f"  {key} ")
+    assert shop.delivered in page and shop.held not in page and "it is not kept" in page
+    assert key not in page          # not in the form, not in a link
+    assert found(key="NO-SUCH-KEY") == set()
+
+    answer = client.get("/admin/orders/export.csv", query_string={"product": shop.auto_id})
+    assert answer.status_code == 200 and answer.mimetype == "text/csv"
+    assert "attachment" in answer.headers["Content-Disposition"]
+    text = answer.get_data(as_text=True)
+    assert text.startswith("\ufeff")
+    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    mine = {r["order_no"]: r for r in rows}
+    assert set(mine) == {shop.delivered, shop.held, shop.pending}
+    assert mine[shop.delivered]["amount"] == "9.90" and mine[shop.delivered]["status"] == "delivered"
+    assert mine[shop.held]["flag"].startswith("paid 0.01")
+    from kamengd.audit.models import AuditEntry
+
+    with app.app_context():
+        last = db.session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "orders.export")
+                                  .order_by(AuditEntry.seq.desc())).first()
+        assert json.loads(last.details)["filters"] == {"product": str(shop.auto_id)}
+        db.session.remove()
+
+
+def test_support_may_not_export_orders(app, client, shop):
+    signed_in(app, client, "support")
+    assert client.get("/admin/orders/export.csv").status_code == 403
+    assert "export.csv" not in listed(client)
+
+
+def test_pager_numbers_its_pages(app):
+    import re
+
+    with app.test_request_context("/admin/orders"):
+        macro = app.jinja_env.get_template("panel/macros.html").module.pager
+        html = str(macro("panel.orders", 6, True, pages=12, newest_first=True, args={"status": "paid"}))
+    numbers = re.findall(r">(\d+)</(?:a|strong)>", html)
+    assert numbers == ["1", "2", "4", "5", "6", "7", "8", "11", "12"] and html.count("…") == 2
+    assert 'aria-current="page">6</strong>' in html and "page=12" in html and "status=paid" in html

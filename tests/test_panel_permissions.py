@@ -52,6 +52,7 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.order_release": MANAGERS | {"finance"},
     "panel.order_refund": MANAGERS | {"finance"},
     "panel.order_refund_extra": MANAGERS | {"finance"},
+    "panel.orders_export": MANAGERS | {"finance"},
     "panel.channels": MANAGERS,
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,

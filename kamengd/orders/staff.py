@@ -97,9 +97,21 @@ class OrderSearch:
     created_from: dt.datetime | None = None   # naive UTC, inclusive
     created_to: dt.datetime | None = None     # naive UTC, exclusive
     flagged: bool = False
+    product_id: int | None = None
+    channel_id: int | None = None
+    extra_payment: bool = False               # an extra payment still to refund
+    order_ids: list[int] | None = None        # found by a delivered key (orders_with_key)
 
     def conditions(self) -> list:
         where = []
+        if self.product_id is not None:
+            where.append(Order.product_id == self.product_id)
+        if self.channel_id is not None:
+            where.append(Order.channel_id == self.channel_id)
+        if self.extra_payment:
+            where.append(sa.exists().where(Payment.order_id == Order.id, Payment.status == "extra"))
+        if self.order_ids is not None:
+            where.append(Order.id.in_(self.order_ids or [-1]))
         if self.order_no:
             where.append(Order.order_no.startswith(self.order_no[:32], autoescape=True))
         if self.email:   # phones capitalise the first letter: any letter case matches
@@ -113,6 +125,24 @@ class OrderSearch:
         if self.flagged:
             where.append(Order.flagged_at.is_not(None))
         return where
+
+
+def orders_with_key(session: Session, vault: Vault, key: str, limit: int = 100) -> list[int]:
+    """The orders a card key went to ("this key doesn't work"), found by its fingerprint
+    under each product and data-key version: one indexed query, nothing decrypted, the
+    key itself never stored or logged."""
+    plaintext = key.strip().encode()
+    if not plaintext:
+        return []
+    t = CardKey.__table__
+    product_ids = session.scalars(sa.select(Product.id)).all()
+    pairs = [(pid, vault.fingerprint(pid, plaintext, version)) for pid in product_ids for version in vault.versions]
+    ids: set[int] = set()
+    for start in range(0, len(pairs), 500):   # bounded statements for a big catalogue
+        chunk = pairs[start:start + 500]
+        ids.update(session.scalars(sa.select(t.c.order_id).where(
+            sa.tuple_(t.c.product_id, t.c.fingerprint).in_(chunk), t.c.order_id.is_not(None))).all())
+    return sorted(ids, reverse=True)[:limit]
 
 
 def search_orders(session: Session, search: OrderSearch, *, page: int = 1,

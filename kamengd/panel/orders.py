@@ -1,20 +1,28 @@
 """Orders for staff: find them, look at one, act on it (kamengd.orders.staff does the work)."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 
-from flask import abort, flash, redirect, render_template, request, url_for
+import sqlalchemy as sa
+from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
 
 from ..context import get_config, get_vault
+from ..audit.services import record
+from ..catalog.models import Product
+from ..database import utcnow
 from ..errors import KamengdError, NotFound
 from ..extensions import db
+from ..money import format_cents
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
+from ..payments.models import PaymentChannel
 from ..settings.messaging import mail_server
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, local_day_start, page_number
+from .helpers import PAGE_SIZE, local_day_start, page_number, shop_zone
 from .session import actor, client_ip
 
 
@@ -33,7 +41,9 @@ def _search() -> tuple[dict, order_staff.OrderSearch, list[str]]:
     filters = {"q": args.get("q", "").strip()[:32], "email": args.get("email", "").strip()[:254],
                "status": status if status in ORDER_STATUSES else "",
                "from": args.get("from", "").strip()[:10], "to": args.get("to", "").strip()[:10],
-               "flagged": "1" if args.get("flagged") else ""}
+               "flagged": "1" if args.get("flagged") else "", "extra": "1" if args.get("extra") else "",
+               "product": _id_arg("product"), "channel": _id_arg("channel")}
+    key = args.get("key", "").strip()[:get_config().inventory.max_key_length]
     problems, start, end = [], None, None
     if filters["from"]:
         day = _day(filters["from"])
@@ -46,8 +56,26 @@ def _search() -> tuple[dict, order_staff.OrderSearch, list[str]]:
         if end is None:
             problems.append(_("“To” is not a date (YYYY-MM-DD); it is ignored."))
     search = order_staff.OrderSearch(order_no=filters["q"], email=filters["email"], status=filters["status"],
-                                     created_from=start, created_to=end, flagged=bool(filters["flagged"]))
+                                     created_from=start, created_to=end, flagged=bool(filters["flagged"]),
+                                     extra_payment=bool(filters["extra"]),
+                                     product_id=int(filters["product"]) if filters["product"] else None,
+                                     channel_id=int(filters["channel"]) if filters["channel"] else None)
+    if key:
+        # The key is searched by its fingerprint; it never goes back into a link or a log.
+        search.order_ids = order_staff.orders_with_key(db.session, get_vault(), key)
     return {k: v for k, v in filters.items() if v}, search, problems
+
+
+def _id_arg(name: str) -> str:
+    raw = request.args.get(name, "").strip()
+    return raw if raw.isascii() and raw.isdigit() and 0 < len(raw) < 10 else ""
+
+
+def _choices():
+    products = db.session.execute(sa.select(Product.id, Product.name).order_by(Product.name, Product.id)).all()
+    channels = db.session.execute(sa.select(PaymentChannel.id, PaymentChannel.code, PaymentChannel.name)
+                                  .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
+    return products, channels
 
 
 @bp.get("/orders")
@@ -56,9 +84,58 @@ def orders():
     filters, search, problems = _search()
     page = page_number()
     rows, total = order_staff.search_orders(db.session, search, page=page, page_size=PAGE_SIZE)
+    products, channels = _choices()
     return render_template("panel/orders_list.html", rows=rows, total=total, page=page,
                            pages=max(1, -(-total // PAGE_SIZE)), filters=filters, problems=problems,
-                           statuses=ORDER_STATUSES)
+                           statuses=ORDER_STATUSES, products=products, channels=channels,
+                           key_searched=bool(request.args.get("key", "").strip()))
+
+
+EXPORT_LIMIT = 100_000
+
+
+@bp.get("/orders/export.csv")
+def orders_export():
+    """The orders the filters find, as CSV (UTF-8 with a BOM, so Excel reads Chinese),
+    streamed; buyer e-mails are personal data: exporting is its own permission, audited."""
+    filters, search, _problems = _search()
+    zone = shop_zone()
+    record(db.session, "orders.export", actor=actor(), target="orders", source_ip=client_ip(),
+           details={"filters": {k: v for k, v in filters.items()}, "by_key": search.order_ids is not None})
+    db.session.commit()   # the audit entry stays even if the download is cut
+
+    def local(value):
+        return value.replace(tzinfo=dt.timezone.utc).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+    def rows():
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["order_no", "created", "product", "quantity", "amount", "currency", "email", "status",
+                         "channel", "paid", "delivered", "flag"])
+        yield "\ufeff" + out.getvalue()
+        codes = dict(db.session.execute(sa.select(PaymentChannel.id, PaymentChannel.code)).all())
+        for page in range(1, EXPORT_LIMIT // 1000 + 1):
+            found, _total = order_staff.search_orders(db.session, search, page=page, page_size=1000)
+            for order, product_name in found:
+                out.seek(0)
+                out.truncate()
+                writer.writerow([order.order_no, local(order.created_at), _cell(product_name), order.quantity,
+                                 format_cents(order.amount_cents), order.currency, _cell(order.email), order.status,
+                                 codes.get(order.channel_id, ""), local(order.paid_at), local(order.delivered_at),
+                                 _cell(order.flag_reason or "")])
+                yield out.getvalue()
+            if len(found) < 1000:
+                break
+        db.session.rollback()
+
+    name = f"orders-{utcnow():%Y%m%d-%H%M%S}.csv"
+    return Response(stream_with_context(rows()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
+
+def _cell(text: str) -> str:
+    """No formula in a spreadsheet cell: a value starting =, +, - or @ is quoted as text."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = None):

@@ -22,6 +22,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Plaintext keys in bulk: never the operator, who only loads them.
     "stock.export": frozenset({"owner", "admin"}),
     "orders.view": frozenset({"owner", "admin", "support", "finance"}),
+    # Every order's buyer e-mail in one file: personal data leaves the shop.
+    "orders.export": frozenset({"owner", "admin", "finance"}),
     # One delivered order's keys, each view audited.
     "orders.keys": frozenset({"owner", "admin", "support"}),
     "orders.deliver": frozenset({"owner", "admin", "support"}),
@@ -67,6 +69,7 @@ ENDPOINTS: dict[str, str] = {
     # orders.py
     "panel.orders": "orders.view",
     "panel.order_detail": "orders.view",
+    "panel.orders_export": "orders.export",
     "panel.order_keys": "orders.keys",
     "panel.order_deliver": "orders.deliver",
     "panel.order_resend": "orders.resend",
