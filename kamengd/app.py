@@ -6,14 +6,16 @@ from pathlib import Path
 
 from flask import Flask, request
 from flask_babel import Babel
+from flask_wtf.csrf import CSRFError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, health, panel
 from .config import Config, load_config
 from .context import CONFIG_KEY
 from .database import configure_engine, engine_options, existing_only
-from .http_errors import register_error_handlers
+from .http_errors import error_response, register_error_handlers
 from .extensions import csrf, db, limiter
+from .panel.session import form_expired
 from .payments import views as payment_views
 from .settings.services import shop_name
 from .storefront import views as storefront
@@ -65,6 +67,14 @@ def create_app(config: Config | None = None) -> Flask:
     limiter.init_app(app)
     csrf.init_app(app)
     register_error_handlers(app)
+
+    @app.errorhandler(CSRFError)
+    def _form_expired(exc: CSRFError):
+        # A panel form keeps the staff member's work (kamengd.panel.session.form_expired);
+        # anywhere else, a page in the visitor's language says what to do.
+        if request.path.startswith("/admin"):
+            return form_expired()
+        return error_response("invalid_request", "form expired", 400, kind="expired")
     Babel(app, locale_selector=current_lang)
 
     app.register_blueprint(health.bp)

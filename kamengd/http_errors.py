@@ -19,13 +19,21 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/healthz"
 
 
-def error_response(code: str, message: str, status: int):
+def error_response(code: str, message: str, status: int, *, kind: str | None = None):
+    """`kind` picks the buyer's page's wording where the status alone does not say it
+    ("expired": a form sent after its token ran out)."""
     if _wants_json():
         return jsonify({"error": {"code": code, "message": message}}), status
     if request.path.startswith("/admin"):
         try:
             return render_template("panel/error.html", status=status, message=message), status
         except Exception:   # the error page itself must never fail
+            pass
+    elif not request.path.startswith("/pay/") or request.path.endswith("/return"):
+        # Buyers get a page in their language; gateways (callbacks) keep plain text.
+        try:
+            return render_template("error.html", status=status, kind=kind or str(status)), status
+        except Exception:
             pass
     return message, status, {"Content-Type": "text/plain; charset=utf-8"}
 

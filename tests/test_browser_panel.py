@@ -218,6 +218,36 @@ def test_finance_gives_back_a_double_payment_in_one_click(shop, data, tab):
     t.assert_clean()
 
 
+def test_a_form_sent_after_the_session_ended_is_not_lost(shop, data, tab):
+    """W10 §8: the session ends while an operator types a new product; sending it leads
+    through sign-in back to the form, filled in as it was, and it can be sent."""
+    operator = data["staff"]["operator"]
+    t = tab()
+    page = t.page
+    sign_in(t, operator)
+    t.open("/admin/products/new")
+    page.fill("#name", "草稿商品 Draft kept")
+    page.fill("#description", "写了很久的说明。\nA long description.")
+    page.fill("#price", "12.34")
+    t.context.clear_cookies()            # the session ends (idle timeout, a restart of the browser)
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile("添加商品|Add product")).click()
+    assert "/admin/login" in page.url and "restore" in page.url
+    assert "请重新登录" in t.text() or "Sign in again" in t.text()
+    page.fill("#username", operator.username)
+    page.fill("#password", operator.password)
+    with page.expect_navigation():
+        page.click("form button[type=submit]")
+    assert page.url.endswith("/admin/products/new?restore=1"), page.url
+    assert page.input_value("#name") == "草稿商品 Draft kept"
+    assert page.input_value("#price") == "12.34" and "A long description." in page.input_value("#description")
+    t.shot("panel-form-restored")
+    with page.expect_navigation():
+        page.get_by_role("button", name=re.compile("添加商品|Add product")).click()
+    assert "草稿商品 Draft kept" in t.text()
+    t.assert_clean(allow_status=(400,))
+
+
 def test_mobile_dashboard(shop, data, tab, owner_state):
     t = tab(viewport=(390, 844), mobile=True, storage_state=owner_state)
     t.open("/admin/dashboard")

@@ -465,3 +465,62 @@ def test_operator_may_not_export(app, operator, product_id):
     resp = post(client, export, {"status": "available", "reason": "I would like them"}, page_url="/admin/stock")
     assert resp.status_code == 403 and b"SECRET-OP" not in resp.get_data()
     assert audit_of(app, product_id, "keys.export") == []
+
+
+def test_a_products_keys_masked_and_a_wrong_batch_voided(backend, app, operator, product_id):
+    """W10 §7: the keys of a product, masked, by status and batch; a wrongly imported batch
+    taken off sale (its available keys void; reserved and sold ones left), audited."""
+    from kamengd.extensions import db
+    from kamengd.inventory.models import KeyImport
+    from kamengd.orders.services import create_order
+    from kamengd.payments.services import add_channel
+    from kamengd.context import get_vault
+
+    client, staff = operator
+    good, wrong = keys(3, "GOOD"), keys(4, "WRONG")
+    for batch in (good, wrong):
+        assert upload(client, product_id, "\n".join(batch).encode()).status_code == 303
+    with app.app_context():
+        first, second = db.session.scalars(sa.select(KeyImport.id).where(KeyImport.product_id == product_id)
+                                           .order_by(KeyImport.id)).all()
+        code = f"v{secrets.token_hex(3)}"
+        add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": "1", "key": "k3y-0123456789abcdef"})
+        db.session.commit()
+        # An order reserves one key (the oldest available: from the good batch).
+        create_order(db.session, product_id=product_id, quantity=1, email="v@example.com", channel_code=code)
+        db.session.commit()
+
+    page = client.get(f"/admin/stock/{product_id}/keys").get_data(as_text=True)
+    assert "Keys found: 7" in page and not any(k in page for k in good + wrong)
+    assert page.count("••••") >= 7 and f'id="batch-{second}"' in page
+    only = client.get(f"/admin/stock/{product_id}/keys", query_string={"batch": second}).get_data(as_text=True)
+    assert "Keys found: 4" in only
+    reserved = client.get(f"/admin/stock/{product_id}/keys", query_string={"status": "reserved"}).get_data(as_text=True)
+    assert "Keys found: 1" in reserved
+
+    url = f"/admin/stock/{product_id}/batches/{second}/void"
+    refused = post(client, url, {"reason": " "}, page_url=f"/admin/stock/{product_id}/keys", follow_redirects=True)
+    assert "reason: required" in refused.get_data(as_text=True) and stored(app, product_id).get("void", 0) == 0
+    done = post(client, url, {"reason": "wrong supplier file"}, page_url=f"/admin/stock/{product_id}/keys",
+                follow_redirects=True)
+    assert "4 available keys taken off sale" in done.get_data(as_text=True)
+    assert stored(app, product_id) == {"available": 2, "reserved": 1, "void": 4}
+    assert sorted(plaintext(app, product_id, ["available"])) == sorted(good)[1:] or \
+        len(plaintext(app, product_id, ["available"])) == 2
+    [(who, details)] = audit_of(app, product_id, "keys.void")
+    assert who == f"staff:{staff.username}" and details == {"import_id": second, "reason": "wrong supplier file",
+                                                            "voided": 4, "reserved": 0, "sold": 0}
+    # The first batch's reserved key stays reserved if that batch is voided too.
+    post(client, f"/admin/stock/{product_id}/batches/{first}/void", {"reason": "test"},
+         page_url=f"/admin/stock/{product_id}/keys")
+    assert stored(app, product_id) == {"reserved": 1, "void": 6}
+    # Another product's batch number is not this product's.
+    other = post(client, f"/admin/stock/{product_id}/batches/999999/void", {"reason": "x"},
+                 page_url=f"/admin/stock/{product_id}/keys", follow_redirects=True)
+    assert "not found" in other.get_data(as_text=True)
+
+
+def test_support_cannot_see_or_void_keys(app, product_id):
+    client, _staff = signed_in(app, "support")
+    assert client.get(f"/admin/stock/{product_id}/keys").status_code == 403

@@ -29,11 +29,11 @@ from sqlalchemy.orm import Session, scoped_session
 from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import get_product
-from ..errors import InvalidRequest, KamengdError
+from ..errors import InvalidRequest, KamengdError, NotFound
 from ..orders.services import deliver_waiting_orders
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
 from .importer import ImportFileError, check_key, iter_line_blocks, iter_lines
-from .models import CardKey, KeyImport
+from .models import KEY_STATUSES, CardKey, KeyImport
 from .sealer import Sealers, parallel_readers
 from .sealing import HEAD, SealedBatch, seal_blocks, seal_lines
 
@@ -439,3 +439,77 @@ def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path
         tmp.unlink(missing_ok=True)
         raise
     return ExportResult(count=count, output=output, _tmp=tmp)
+
+
+# --- looking at keys and taking a batch back -----------------------------------
+
+KEYS_PAGE = 50
+
+
+def mask_key(key: str) -> str:
+    """Enough of a key to recognise it by, never enough to use it: at most a fifth at
+    each end, at most four characters, the rest dots."""
+    keep = min(4, len(key) // 5)
+    return key[:keep] + "•" * max(4, len(key) - 2 * keep) + (key[-keep:] if keep else "")
+
+
+def list_keys(session: Session, vault: Vault, product_id: int, *, status: str = "", import_id: int | None = None,
+              page: int = 1, page_size: int = KEYS_PAGE) -> tuple[list[dict], int]:
+    """One page of a product's keys, masked (decrypted in memory for the mask only), newest
+    first, with status, batch and order; and how many match."""
+    t = CardKey.__table__
+    where = [t.c.product_id == product_id]
+    if status in KEY_STATUSES:
+        where.append(t.c.status == status)
+    if import_id is not None:
+        where.append(t.c.import_id == import_id)
+    total = session.scalar(sa.select(sa.func.count()).select_from(t).where(*where))
+    rows = session.execute(sa.select(t.c.id, t.c.status, t.c.import_id, t.c.order_id, t.c.sold_at, t.c.fingerprint,
+                                     t.c.nonce, t.c.ciphertext, t.c.key_version).where(*where)
+                           .order_by(t.c.id.desc()).limit(page_size).offset((max(page, 1) - 1) * page_size)).all()
+    keys = []
+    for row in rows:
+        plain = vault.decrypt_card_key(product_id, row.fingerprint, row.nonce, row.ciphertext, row.key_version)
+        keys.append({"id": row.id, "masked": mask_key(plain.decode("utf-8", "replace")), "status": row.status,
+                     "import_id": row.import_id, "order_id": row.order_id, "sold_at": row.sold_at})
+    return keys, total
+
+
+def import_batches(session: Session, product_id: int, limit: int = 200) -> list[tuple[KeyImport, dict[str, int]]]:
+    """The product's import runs, newest first, each with its keys counted by status."""
+    runs = session.scalars(sa.select(KeyImport).where(KeyImport.product_id == product_id)
+                           .order_by(KeyImport.id.desc()).limit(limit)).all()
+    t = CardKey.__table__
+    counts: dict[int, dict[str, int]] = {}
+    if runs:
+        for import_id, status, n in session.execute(
+                sa.select(t.c.import_id, t.c.status, sa.func.count())
+                .where(t.c.product_id == product_id, t.c.import_id.in_([r.id for r in runs]))
+                .group_by(t.c.import_id, t.c.status)):
+            counts.setdefault(import_id, {})[status] = n
+    return [(run, counts.get(run.id, {})) for run in runs]
+
+
+def void_batch(session: Session, *, product_id: int, import_id: int, reason: str, actor: str,
+               source_ip: str | None = None) -> dict[str, int]:
+    """Take a wrongly imported batch off sale: its available keys become `void` (never
+    sold, never exported as available). Keys already reserved or sold are left as they
+    are (a buyer has or is paying for them): counted, for the staff to see. Audited."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidRequest("reason: required")
+    if len(reason) > 500:
+        raise InvalidRequest("reason: at most 500 characters")
+    run = session.get(KeyImport, import_id) if 0 < import_id < 2 ** 31 else None
+    if run is None or run.product_id != product_id:
+        raise NotFound(f"import {import_id} of product {product_id} not found")
+    t = CardKey.__table__
+    voided = session.execute(t.update().where(t.c.product_id == product_id, t.c.status == "available",
+                                              t.c.import_id == import_id).values(status="void")).rowcount
+    left = dict(session.execute(sa.select(t.c.status, sa.func.count()).where(
+        t.c.product_id == product_id, t.c.import_id == import_id, t.c.status.in_(("reserved", "sold")))
+        .group_by(t.c.status)).all())
+    result = {"voided": voided, "reserved": left.get("reserved", 0), "sold": left.get("sold", 0)}
+    record(session, "keys.void", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
+           details={"import_id": import_id, "reason": reason, **result})
+    return result

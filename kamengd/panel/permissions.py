@@ -66,6 +66,8 @@ ENDPOINTS: dict[str, str] = {
     "panel.stock": "stock.view",
     "panel.stock_import": "stock.import",
     "panel.stock_export": "stock.export",
+    "panel.stock_keys": "stock.view",
+    "panel.stock_void_batch": "stock.import",
     # orders.py
     "panel.orders": "orders.view",
     "panel.order_detail": "orders.view",

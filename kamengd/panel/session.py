@@ -9,8 +9,10 @@ server, for every copy of the cookie.
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
-from flask import g, request, session
+from flask import flash, g, redirect, request, session, url_for
+from flask_babel import gettext as _
 
 from ..accounts import auth
 from ..accounts.auth import ROLES_REQUIRING_2FA
@@ -112,3 +114,20 @@ def safe_next(url: str | None) -> str | None:
     if url and url.startswith("/admin") and not url.startswith("//") and "\\" not in url:
         return url
     return None
+
+
+def form_expired():
+    """A panel form sent without a valid CSRF token: the staff member's session ended (or
+    the form was open too long). Nothing was done; they sign in again if they must and
+    land on the same form, which panel.js fills in again from the draft it kept."""
+    referrer = urlsplit(request.referrer or "")
+    back = referrer.path if referrer.netloc in ("", request.host) else ""
+    back = safe_next(back) or url_for("panel.home")
+    back += ("&" if "?" in back else "?") + "restore=1"
+    if current_staff() is None:
+        flash(_("Your session had ended, so nothing was saved. Sign in again: what you typed is filled in again."),
+              "warning")
+        return redirect(url_for("panel.login", next=back), code=303)
+    flash(_("The form had been open too long, so nothing was saved. It is filled in again: check it and "
+            "send it once more."), "warning")
+    return redirect(back, code=303)

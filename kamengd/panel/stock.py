@@ -174,3 +174,36 @@ def stock_export(product_id: int):
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@bp.get("/stock/<int:product_id>/keys")
+def stock_keys(product_id: int):
+    """A product's keys, masked, by status and batch; its import batches, each of which can
+    be taken off sale (void)."""
+    read_only()
+    product = catalog.get_product(db.session, product_id)
+    status = request.args.get("status", "")
+    status = status if status in KEY_STATUSES else ""
+    raw_batch = request.args.get("batch", "")
+    batch = int(raw_batch) if raw_batch.isascii() and raw_batch.isdigit() and len(raw_batch) < 10 else None
+    page = page_number()
+    keys, total = inventory.list_keys(db.session, get_vault(), product.id, status=status, import_id=batch, page=page)
+    filters = {k: v for k, v in (("status", status), ("batch", batch)) if v}
+    return render_template("panel/stock_keys.html", product=product, keys=keys, total=total, page=page,
+                           pages=max(1, -(-total // inventory.KEYS_PAGE)), filters=filters, names=status_names(),
+                           batches=inventory.import_batches(db.session, product.id), statuses=KEY_STATUSES)
+
+
+@bp.post("/stock/<int:product_id>/batches/<int:import_id>/void")
+def stock_void_batch(product_id: int, import_id: int):
+    try:
+        result = inventory.void_batch(db.session, product_id=product_id, import_id=import_id,
+                                      reason=request.form.get("reason", ""), actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        flash(_("Batch #%(batch)s: %(n)s available keys taken off sale (void); %(reserved)s reserved and "
+                "%(sold)s sold keys left as they are.", batch=import_id, n=result["voided"],
+                reserved=result["reserved"], sold=result["sold"]), "success")
+    return redirect(url_for("panel.stock_keys", product_id=product_id), code=303)

@@ -60,4 +60,67 @@
     });
     xhr.send(new FormData(form));
   });
+
+  // Drafts: what a staff member types into a panel form is kept in this tab
+  // (sessionStorage) until the form is sent. When the server refuses the form
+  // because the session ended, it sends them back (after signing in) with
+  // ?restore=1 and the draft is filled in again: no edit is lost. Secrets
+  // (passwords, merchant keys, card keys, codes) are never kept.
+  var SECRET = /^(csrf_token|password|new_password|current_password|key|keys|code|secret|query_password)$/;
+  var DRAFT_MS = 2 * 60 * 60 * 1000;
+
+  function draftKey(form) {
+    return "kamengd-draft:" + window.location.pathname + ":" + (form.getAttribute("action") || "");
+  }
+
+  function keptFields(form) {
+    var data = {};
+    Array.prototype.forEach.call(form.elements, function (el) {
+      if (!el.name || SECRET.test(el.name) || el.hasAttribute("data-no-draft")) return;
+      if (["password", "hidden", "file", "submit", "button"].indexOf(el.type) >= 0) return;
+      if (el.type === "checkbox" || el.type === "radio") {
+        if (el.checked) data[el.name + "=" + el.value] = true;
+      } else {
+        data[el.name] = el.value;
+      }
+    });
+    return data;
+  }
+
+  function store(form) {
+    try {
+      window.sessionStorage.setItem(draftKey(form), JSON.stringify({at: Date.now(), fields: keptFields(form)}));
+    } catch (e) { /* storage full or off: the form still works */ }
+  }
+
+  document.addEventListener("input", function (event) {
+    var form = event.target.form;
+    if (form && (form.method || "").toLowerCase() === "post") store(form);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    if (!window.sessionStorage) return;
+    var restore = /[?&]restore=1(&|$)/.test(window.location.search);
+    Array.prototype.forEach.call(document.querySelectorAll("form[method=post]"), function (form) {
+      var raw = window.sessionStorage.getItem(draftKey(form));
+      if (!raw) return;
+      var draft;
+      try { draft = JSON.parse(raw); } catch (e) { draft = null; }
+      if (!restore || !draft || Date.now() - draft.at > DRAFT_MS) {
+        // A draft not asked for is one whose form was sent (or left): forget it.
+        window.sessionStorage.removeItem(draftKey(form));
+        return;
+      }
+      Array.prototype.forEach.call(form.elements, function (el) {
+        if (!el.name || SECRET.test(el.name)) return;
+        if (el.type === "checkbox" || el.type === "radio") {
+          el.checked = !!draft.fields[el.name + "=" + el.value];
+        } else if (Object.prototype.hasOwnProperty.call(draft.fields, el.name) && el.type !== "password" &&
+                   el.type !== "hidden" && el.type !== "file") {
+          el.value = draft.fields[el.name];
+        }
+      });
+      form.classList.add("restored");
+    });
+  });
 })();
