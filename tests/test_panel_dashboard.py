@@ -138,6 +138,17 @@ def test_orders_needing_attention(backend, session, vault, make_product, make_ke
     assert len(shop.orders_needing_attention(session, limit=1)[1]) == 1
 
 
+def test_a_paid_manual_order_needs_a_person_at_once(backend, session, vault, make_product, channel):
+    """W10 §3: not only after orders.manual_sla_minutes: from the moment it is paid."""
+    count_before, _ = shop.orders_needing_attention(session)
+    manual = make_product(delivery_mode="manual")
+    paid = sell(session, vault, manual, channel, "2033-07-02 10:00")
+    assert paid.status == "paid" and paid.flagged_at is None
+    count, _ = shop.orders_needing_attention(session)
+    assert count == count_before + 1
+    assert paid.id in {o.id for o in shop.orders_needing_attention(session, limit=10000)[1]}
+
+
 def test_scheduler_status_is_stale_after_two_lease_periods(backend, session):
     now = dt.datetime(2033, 8, 1, 12, 0)
     assert heartbeat(session, "host:1:ab", now, 30)

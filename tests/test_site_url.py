@@ -36,3 +36,17 @@ def test_serve_says_when_site_url_names_another_port(make_install, start_server)
     port = base.rsplit(":", 1)[1]
     assert f"warning: site.url is http://127.0.0.1:8000, but this server listens on 127.0.0.1:{port}" in log
     assert f"KAMENGD_SITE_URL=http://127.0.0.1:{port}" in log
+
+
+def test_serve_on_a_busy_port_says_so_first(make_install):
+    import socket
+
+    cfg = make_install("sqlite")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--bind", f"127.0.0.1:{port}", "--no-scheduler", config=cfg.path)
+    assert proc.returncode != 0
+    assert proc.err.strip().splitlines() == [f"kamengd: cannot listen on 127.0.0.1:{port}: Address already in use "
+                                             "(another server there? choose another with --bind HOST:PORT)"]

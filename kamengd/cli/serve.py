@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from urllib.parse import urlsplit
 
 import click
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, KamengdError
 from ..extensions import db
 from ..operations.processes import register
 from ..operations.schema import require_current
@@ -37,6 +38,7 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
     host, port = parse_bind(bind or config.server.bind)
     server_name = server_name or config.server.server
     app = obj.app
+    _check_address(host, port)   # before the scheduler's lease and "serving on": a busy port says so first
     with app.app_context():
         revision = require_current(db.engine)
         db.engine.dispose()  # no connection is left open in this process
@@ -51,6 +53,20 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
 
         run_gunicorn(config, f"{host}:{port}", workers or config.server.workers,
                      threads or config.server.gunicorn_threads, scheduler=not no_scheduler)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse at once, naming the address, when nothing could listen there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers do
+        probe.bind((host, port))
+    except OSError as exc:
+        raise KamengdError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                           "(another server there? choose another with --bind HOST:PORT)") from None
+    finally:
+        probe.close()
 
 
 def site_url_mismatch(site_url: str, host: str, port: int) -> str | None:

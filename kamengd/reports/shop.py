@@ -89,11 +89,15 @@ def low_stock_products(session: Session, limit: int = 50) -> list[LowStock]:
 
 
 def _needs_attention():
-    return sa.or_(Order.status == "held", Order.flagged_at.is_not(None))
+    """Held or flagged orders, and paid orders of manual delivery: those wait for a person
+    from the moment they are paid, not only once orders.manual_sla_minutes has passed."""
+    manual = sa.select(Product.id).where(Product.delivery_mode == "manual")
+    return sa.or_(Order.status == "held", Order.flagged_at.is_not(None),
+                  sa.and_(Order.status == "paid", Order.product_id.in_(manual)))
 
 
 def orders_needing_attention(session: Session, limit: int = 10) -> tuple[int, list[Order]]:
-    """Held and flagged orders: how many, and the `limit` waiting longest."""
+    """Orders waiting for a person (see _needs_attention): how many, and the `limit` waiting longest."""
     count = session.scalar(sa.select(sa.func.count()).select_from(Order).where(_needs_attention()))
     orders = session.scalars(sa.select(Order).where(_needs_attention())
                              .order_by(sa.func.coalesce(Order.flagged_at, Order.updated_at), Order.id)

@@ -58,7 +58,9 @@ class Scheduler:
             finally:
                 db.session.remove()
             if leader != self.is_leader:
-                log.warning("scheduler %s %s the lease", self.owner, "took" if leader else "lost")
+                # Taking the lease is what every start does (info); losing it is news (warning).
+                log.log(logging.INFO if leader else logging.WARNING, "scheduler %s %s the lease", self.owner,
+                        "took" if leader else "lost")
                 self.is_leader = leader
                 self.last_run.clear()  # a new leader runs every job at once
             if not leader:
