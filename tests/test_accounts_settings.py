@@ -59,7 +59,8 @@ def test_settings(backend, session):
     values = all_settings(session)
     assert {k: v for k, v in values.items() if k.split(".")[0] in ("site", "orders")} == {
         "site.name": "", "site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
-        "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60}
+        "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60, "site.footer": "",
+        "site.contact_qq": "", "site.contact_wechat": "", "site.contact_telegram": "", "site.contact_email": ""}
     assert values["smtp.source"] == "file" and values["notifications.webhook_events"] == ["*"]
     entry = last_audit(session)
     assert entry.action == "setting.change"
@@ -67,7 +68,10 @@ def test_settings(backend, session):
     for key, value, message in [("orders.timeout_minutes", "0", "at least 1"),
                                 ("orders.timeout_minutes", "ten", "whole number"),
                                 ("site.notice", "x" * 2001, "at most 2000"),
-                                ("no.such", "1", "unknown setting")]:
+                                ("no.such", "1", "unknown setting"),
+                                ("site.contact_qq", "12ab", "not a QQ number"),
+                                ("site.contact_telegram", "@a b", "not a Telegram username"),
+                                ("site.contact_email", "not-mail", "not an e-mail address")]:
         with pytest.raises(InvalidRequest, match=message):
             set_setting(session, key, value, actor="t")
     assert get_setting(session, "orders.timeout_minutes") == 15

@@ -171,3 +171,28 @@ def test_lookup_this_browser_pages_and_one_order_by_number(backend, app, big_sho
     assert f'class="order-no">{target}</a></h3>' not in wrong and "没有找到订单" in wrong
     missing = stranger.get(f"/order/{target}")
     assert missing.status_code == 404 and "无法在此验证订单" in missing.get_data(as_text=True)
+
+
+def test_customer_service_and_footer_on_every_page(backend, make_install):
+    """W10 §10: the shop's contact and footer, set by staff, on every storefront page."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    from kamengd.extensions import db
+    from kamengd.settings.services import set_setting
+
+    cfg = make_install(backend)
+    app = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))
+    client = app.test_client()
+    assert 'id="contact"' not in client.get("/").get_data(as_text=True)      # nothing set: nothing shown
+    with app.app_context():
+        for key, value in (("site.contact_qq", "123456789"), ("site.contact_wechat", "kami_kefu"),
+                           ("site.contact_telegram", "@kami_help"), ("site.contact_email", "help@example.com"),
+                           ("site.footer", "客服时间 9:00–23:00 <b>x</b>")):
+            set_setting(db.session, key, value, actor="t")
+        db.session.commit()
+    for path in ("/", "/lookup", "/order/nope"):
+        html = client.get(path).get_data(as_text=True)
+        assert 'id="contact"' in html and "uin=123456789" in html and "kami_kefu" in html, path
+        assert 'href="https://t.me/kami_help"' in html and "mailto:help@example.com" in html, path
+        assert "客服时间 9:00–23:00 &lt;b&gt;x&lt;/b&gt;" in html, path        # text, never markup

@@ -35,6 +35,31 @@ def _mail_address(text: str) -> str:
     return text
 
 
+def _digits(text: str, what: str) -> str:
+    if not (text.isascii() and text.isdigit() and 5 <= len(text) <= 12):
+        raise ValueError(f"{text!r} is not {what} (5 to 12 digits)")
+    return text
+
+
+def _telegram(text: str) -> str:
+    name = text.removeprefix("@")
+    if not (5 <= len(name) <= 32 and name.isascii() and all(c.isalnum() or c == "_" for c in name)):
+        raise ValueError(f"{text!r} is not a Telegram username (5 to 32 letters, digits or _)")
+    return name
+
+
+def shop_look() -> dict:
+    """What every storefront page shows around its content (footer, customer service),
+    in one query; nothing (the defaults) when the database cannot answer."""
+    keys = ("site.footer", "site.contact_qq", "site.contact_wechat", "site.contact_telegram", "site.contact_email")
+    try:
+        stored = dict(db.session.execute(sa.select(Setting.key, Setting.value).where(Setting.key.in_(keys))).all())
+    except SQLAlchemyError:
+        db.session.rollback()
+        stored = {}
+    return {key.removeprefix("site."): decode_setting(key, stored.get(key)) for key in keys}
+
+
 def _webhook_url(text: str) -> str:
     parts = urlsplit(text)
     try:
@@ -85,6 +110,16 @@ SETTINGS: dict[str, SettingSpec] = {
     "site.name": SettingSpec(str, "", "Shop name shown to buyers and staff; empty: site.name of the config file.",
                              max_length=100, single_line=True),
     "site.notice": SettingSpec(str, "", "Notice shown at the top of the storefront.", max_length=2000),
+    "site.footer": SettingSpec(str, "", "Text at the foot of every storefront page (hours, terms).", max_length=500),
+    # Customer service, on every storefront page and the order page; empty: not shown.
+    "site.contact_qq": SettingSpec(str, "", "Customer-service QQ number.", max_length=20, single_line=True,
+                                   check=lambda v: _digits(v, "a QQ number")),
+    "site.contact_wechat": SettingSpec(str, "", "Customer-service WeChat ID.", max_length=64, single_line=True),
+    "site.contact_telegram": SettingSpec(str, "", "Customer-service Telegram username (without @).",
+                                         max_length=64, single_line=True,
+                                         check=_telegram),
+    "site.contact_email": SettingSpec(str, "", "Customer-service e-mail address.", max_length=254,
+                                      single_line=True, check=_mail_address),
     "orders.timeout_minutes": SettingSpec(int, 10, "Minutes an unpaid order keeps its keys reserved.",
                                           minimum=1, maximum=1440),
     "orders.stock_wait_alert_minutes": SettingSpec(

@@ -23,7 +23,7 @@ from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
 from ..payments.services import build_pay_url
 from ..settings.messaging import mail_server
-from ..settings.services import get_setting
+from ..settings.services import get_setting, shop_look
 from ..transaction import read_only
 from .i18n import current_lang, remember_lang, t
 
@@ -38,7 +38,7 @@ INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few sc
 @bp.app_context_processor
 def _helpers():
     return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail,
-            "in_app_browser": in_app_browser}
+            "in_app_browser": in_app_browser, "shop_look": shop_look}
 
 
 def in_app_browser() -> bool:
