@@ -52,6 +52,7 @@ def new_order():
     placed = place_order(db.session, get_vault(), product_id=body.get("product_id"),
                          quantity=body.get("quantity"), email=body.get("email"), channel_code=body.get("channel"),
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
+                         buyer_input=body.get("input"),   # the product's input fields (kamengd.catalog.inputs)
                          client_ip=request.remote_addr, site_url=get_config().site.url)
     return jsonify(placed.as_api()), 201
 

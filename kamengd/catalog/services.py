@@ -17,6 +17,7 @@ from ..audit.services import record
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
 from ..money import MAX_CENTS, format_cents, parse_money
+from . import inputs
 from .models import DELIVERY_MODES, Category, Product
 
 MAX_NAME = 200
@@ -32,7 +33,8 @@ MAX_SEARCH = 100
 PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "description",
                   "price_cents": "price", "cost_price_cents": "cost_price", "delivery_mode": "delivery",
                   "min_quantity": "min_quantity", "max_quantity": "max_quantity",
-                  "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible"}
+                  "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible",
+                  "input_fields": "input_fields"}
 
 
 def whole_number(raw: str | int, field: str) -> int:
@@ -71,6 +73,7 @@ def parse_product_form(form: Mapping[str, str]) -> dict:
         "low_stock_threshold": whole_number(form.get("low_stock_threshold") or "0", "low-stock threshold"),
         "sort_order": whole_number(form.get("sort_order") or "0", "sort order"),
         "is_active": form.get("is_active") == "1",
+        "input_fields": form.get("input_fields") or "",
     }
 
 
@@ -106,6 +109,11 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
             raise InvalidRequest("quantity limits: need 1 <= min <= max")
     if "sort_order" in fields:
         _in_range(values["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    if "input_fields" in fields:
+        given = values["input_fields"]
+        if isinstance(given, list):       # stored or from a caller: checked the same way as typed text
+            given = inputs.fields_text(given)
+        values["input_fields"] = inputs.dump(inputs.parse_fields(given or ""))
     if "category_id" in fields and values["category_id"] is not None:
         category_id = values["category_id"]
         if (not isinstance(category_id, int) or not 1 <= category_id < 2**31
@@ -119,7 +127,7 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
                    cost_price_cents: int | None = None, currency: str = "CNY",
                    min_quantity: int = 1, max_quantity: int = 100, description: str = "",
                    category_id: int | None = None, sort_order: int = 0, is_active: bool = True,
-                   source_ip: str | None = None) -> Product:
+                   input_fields: str | list | None = None, source_ip: str | None = None) -> Product:
     if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
         raise InvalidRequest("currency: a three-letter ISO code such as CNY")
     values = _check_product(session, {
@@ -127,6 +135,7 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
         "price_cents": price_cents, "cost_price_cents": cost_price_cents, "delivery_mode": delivery_mode,
         "min_quantity": min_quantity, "max_quantity": max_quantity,
         "low_stock_threshold": low_stock_threshold, "sort_order": sort_order, "is_active": bool(is_active),
+        "input_fields": input_fields or "",
     }, PRODUCT_FIELDS)
     product = Product(currency=currency.upper(), **values)
     session.add(product)

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from ..accounts.passwords import hash_password
+from ..catalog import inputs
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
@@ -47,7 +48,7 @@ _p, _c, _o, _k = Product.__table__, PaymentChannel.__table__, Order.__table__, C
 # product a 404.
 _OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-              _p.c.min_quantity, _p.c.max_quantity,
+              _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               setting_value_query("orders.timeout_minutes").label("timeout"),
@@ -64,7 +65,7 @@ def _bind(column):
 
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
-                 "created_at", "updated_at", "expires_at", "delivery_attempts")
+                 "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input")
 # The order is written only if what its answer was built from still holds,
 # checked in the write lock by the INSERT itself (no row read there).
 _INSERT = _o.insert().from_select(
@@ -77,6 +78,7 @@ _INSERT = _o.insert().from_select(
            _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
            _c.c.code == sa.bindparam("code"), _c.c.is_enabled.is_(True), _c.c.type == sa.bindparam("channel_type"),
            _c.c.options == sa.bindparam("options"),
+           _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
            _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
            setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                sa.bindparam("timeout", type_=sa.Text())),
@@ -178,7 +180,7 @@ def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool)
 
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
-                now: dt.datetime | None = None) -> PlacedOrder:
+                buyer_input=None, now: dt.datetime | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
 
     Raises InvalidRequest, NotFound or OutOfStock, having written nothing.
@@ -195,7 +197,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         row = _offer(session, product_id, channel_code, fresh=fresh)
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
-                                  lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow())
+                                  lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
+                                  buyer_input=buyer_input)
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
@@ -220,7 +223,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
-             site_url: str, now: dt.datetime):
+             site_url: str, now: dt.datetime, buyer_input=None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -232,6 +235,12 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         problem = InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
     elif row.delivery_mode == "auto" and row.waiting:
         problem = OutOfStock("not enough stock for this quantity")
+    filled = None
+    if problem is None and (row.input_fields or buyer_input):
+        try:
+            filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
+        except InvalidRequest as exc:
+            problem = exc
     if problem is not None:
         if fresh:
             raise problem
@@ -258,11 +267,11 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
         "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
-        "expires_at": expires, "delivery_attempts": 0,
+        "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
-        "timeout": row.timeout}
+        "timeout": row.timeout, "input_fields": row.input_fields}
     return placed, values
 
 

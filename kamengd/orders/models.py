@@ -29,6 +29,8 @@ class Order(db.Model):
     query_password_hash: Mapped[str | None] = mapped_column(sa.String(255))
     # The e-mail + query password lookup finds the order by this (Vault.lookup_tags).
     lookup_tag: Mapped[bytes | None] = mapped_column(FixedBinary(32), index=True)
+    # What the buyer filled in for the product ([{"label", "value"}] as JSON), kept as placed.
+    buyer_input: Mapped[str | None] = mapped_column(sa.Text)
     client_ip: Mapped[str | None] = mapped_column(sa.String(45))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

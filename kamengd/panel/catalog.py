@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..catalog import services as catalog
+from ..catalog import inputs, services as catalog
 from ..catalog.models import DELIVERY_MODES, Product
 from ..errors import KamengdError
 from ..extensions import db
@@ -17,13 +17,13 @@ from .helpers import PAGE_SIZE, page_number
 from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
-                "max_quantity", "low_stock_threshold", "sort_order", "is_active")
+                "max_quantity", "low_stock_threshold", "sort_order", "is_active", "input_fields")
 MAX_FIELD = 200                  # longer than any valid value: the service names the limit
 MAX_TEXT = catalog.MAX_DESCRIPTION + 1
 
 
 def _product_form() -> dict[str, str]:
-    return {name: request.form.get(name, "")[:MAX_TEXT if name == "description" else MAX_FIELD]
+    return {name: request.form.get(name, "")[:MAX_TEXT if name in ("description", "input_fields") else MAX_FIELD]
             for name in PRODUCT_FORM}
 
 
@@ -33,7 +33,8 @@ def _values(product: Product) -> dict[str, str]:
             "cost_price": "" if product.cost_price_cents is None else format_cents(product.cost_price_cents),
             "delivery_mode": product.delivery_mode, "min_quantity": str(product.min_quantity),
             "max_quantity": str(product.max_quantity), "low_stock_threshold": str(product.low_stock_threshold),
-            "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else ""}
+            "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else "",
+            "input_fields": inputs.fields_text(inputs.load(product.input_fields))}
 
 
 NEW_PRODUCT = {"delivery_mode": "auto", "min_quantity": "1", "max_quantity": "100", "low_stock_threshold": "0",

@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 
 from ..context import get_config, get_vault
 from ..audit.services import record
+from ..catalog import inputs
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import KamengdError, NotFound
@@ -144,6 +145,7 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
     except NotFound:
         abort(404)
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
+                           buyer_input=inputs.load(detail.order.buyer_input),
                            smtp_configured=bool(mail_server(db.session, get_config())[0]), form=request.form), status
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 
 from ..accounts.passwords import verify_password
+from ..catalog import inputs
 from ..catalog.models import Category, Product
 from ..catalog.services import stock_by_product
 from ..context import get_config, get_vault
@@ -161,6 +162,9 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
                             f"The query password needs 4 to {MAX_QUERY_PASSWORD} characters, or leave it empty."),
         "channel": t("请选择一种可用的支付方式。", "Choose one of the payment methods offered."),
     }
+    if exc.message.startswith("input: "):
+        label = exc.message.removeprefix("input: ").split(":", 1)[0]
+        return t(f"请正确填写“{label}”。", f"Fill in “{label}” correctly."), "input"
     if exc.code == "out_of_stock":
         text = t("库存不足：请减少数量或稍后再来。", "Not enough stock: choose fewer or come back later.")
     else:
@@ -181,6 +185,8 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     return render_template("storefront/product.html", product=p, stock=stock, channels=_channels(),
+                           input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
+                           html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
                            error_field=error_field, form=form or {},
                            query_password_max=MAX_QUERY_PASSWORD), (exc.http_status if exc else 200)
@@ -201,6 +207,8 @@ def buy(product_id: int):
         placed = place_order(db.session, get_vault(), product_id=product_id, quantity=quantity,
                              email=form.get("email", "")[:1000], channel_code=form.get("channel", "")[:100],
                              query_password=form.get("query_password") or None,
+                             buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
+                                          if k.startswith("input_")} or None,
                              client_ip=request.remote_addr, site_url=get_config().site.url)
     except KamengdError as exc:
         db.session.rollback()
@@ -231,6 +239,7 @@ def _order_page(order, token: str, *, returned: bool = False):
                                     product_name=product.name, token=token)
     watch = order.status in WATCHED
     return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
+                           buyer_input=inputs.load(order.buyer_input),
                            pay_url=pay_url, expires_at=shop_time(order.expires_at), returned=returned,
                            watch=watch, refresh=watch and (returned or order.status == "paid"),
                            status_url=url_for("shop.order_status", order_no=order.order_no))
