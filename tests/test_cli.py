@@ -493,3 +493,37 @@ def test_channel_enable_and_disable(backend, shop):
     assert audit_actions(shop)[-1] == "channel.disable"
     assert json.loads(run_cli("channel", "enable", "--code", "sw", "--json", config=shop, check=True).out)["enabled"]
     assert_one_line_error(run_cli("channel", "enable", "--code", "nope", config=shop), "channel 'nope' not found")
+
+
+def test_order_list_show_and_audit_list(backend, shop):
+    """W10 §11: what an admin scripting the shop expects: orders listed and shown (never
+    their keys), the audit log listed with filters."""
+    pid = json.loads(run_cli("product", "create", "--name", "列表 list", "--price", "2.00", "--json",
+                             config=shop, check=True).out)["id"]
+    run_cli("channel", "add", "--type", "epay", "--code", "ls", "--option", "gateway=https://pay.example.com",
+            "--option", "pid=1", "--option", "key=k3y-0123456789abcdef", config=shop, check=True)
+    run_cli("keys", "import", "--product", pid, "-", config=shop, input=b"LIST-KEY-1", check=True)
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from kamengd.extensions import db
+    from kamengd.orders.services import create_order
+
+    app = create_app(load_config(shop, env={}))
+    with app.app_context():
+        no = create_order(db.session, product_id=pid, quantity=1, email="List@Example.com",
+                          channel_code="ls").order.order_no
+        db.session.commit()
+        db.engine.dispose()
+    listed = json.loads(run_cli("order", "list", "--email", "list@example.com", "--json", config=shop, check=True).out)
+    assert listed["total"] == 1 and listed["orders"][0]["order_no"] == no and listed["orders"][0]["status"] == "pending"
+    assert json.loads(run_cli("order", "list", "--status", "delivered", "--json", config=shop, check=True).out)[
+        "total"] == 0
+    shown = json.loads(run_cli("order", "show", no, "--json", config=shop, check=True).out)
+    assert shown["product"] == "列表 list" and shown["keys"] == {"reserved": 1} and shown["payments"] == []
+    assert "LIST-KEY-1" not in run_cli("order", "show", no, config=shop, check=True).out
+    assert_one_line_error(run_cli("order", "show", "NOPE", config=shop), "not found")
+    entries = json.loads(run_cli("audit", "list", "--action", "channel.*", "--json", config=shop, check=True).out)
+    assert [e["action"] for e in entries["entries"]] == ["channel.add"]
+    assert entries["entries"][0]["target"] == "channel:ls"
+    assert "k3y-0123456789abcdef" not in json.dumps(entries["entries"][0]["details"])   # secrets by name only
+    assert "product.create" in run_cli("audit", "list", "--limit", "5", config=shop, check=True).out

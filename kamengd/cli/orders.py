@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import click
 
 from ..context import get_config, get_vault
@@ -8,6 +10,8 @@ from ..extensions import db
 from ..inventory.importer import check_key, iter_lines
 from ..money import format_cents
 from ..orders.attention import flagged_orders
+from ..orders import staff as order_staff
+from ..orders.models import ORDER_STATUSES
 from ..orders.staff import extra_payments_to_refund, refund_extra_payment
 from ..orders.services import deliver_manually
 from .group import cli, emit, json_option, with_app
@@ -84,3 +88,52 @@ def order_refund_extra(order_no, payment_id, note, as_json):
                    "amount": format_cents(payment.amount_cents)},
          f"payment #{payment.id} ({payment.trade_no}, {format_cents(payment.amount_cents)}) of order {order_no} "
          "recorded as refunded")
+
+
+def _order_row(order, product_name) -> dict:
+    def iso(value):
+        return value.isoformat(timespec="seconds") + "Z" if value else None
+    return {"order_no": order.order_no, "status": order.status, "product_id": order.product_id,
+            "product": product_name, "quantity": order.quantity, "amount": format_cents(order.amount_cents),
+            "currency": order.currency, "email": order.email, "created_at": iso(order.created_at),
+            "paid_at": iso(order.paid_at), "delivered_at": iso(order.delivered_at), "flag": order.flag_reason}
+
+
+@order.command("list")
+@click.option("--status", type=click.Choice(ORDER_STATUSES))
+@click.option("--email", default="", help="The buyer's e-mail (any letter case).")
+@click.option("--product", "product_id", type=click.IntRange(1, 2**31 - 1))
+@click.option("--flagged", is_flag=True, help="Only orders that need a person.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@with_app(readonly=True)
+def order_list(status, email, product_id, flagged, limit, as_json):
+    """Orders, newest first (never their keys)."""
+    search = order_staff.OrderSearch(status=status or "", email=email.strip()[:254], product_id=product_id,
+                                     flagged=flagged)
+    rows, total = order_staff.search_orders(db.session, search, page=1, page_size=limit)
+    orders = [_order_row(o, name) for o, name in rows]
+    lines = [f"{o['created_at']}  {o['order_no']}  {o['status']:<9} {o['amount']} {o['currency']}  {o['email']}  "
+             f"{o['product']}" for o in orders]
+    emit(as_json, {"total": total, "orders": orders}, "\n".join(lines) or "no orders match")
+
+
+@order.command("show")
+@click.argument("order_no")
+@json_option
+@with_app(readonly=True)
+def order_show(order_no, as_json):
+    """One order: its facts, payments and what the buyer filled in (never its keys)."""
+    detail = order_staff.order_detail(db.session, order_no)
+    row = _order_row(detail.order, detail.product.name)
+    row["payments"] = [{"id": p.id, "channel": code, "trade_no": p.trade_no, "amount": format_cents(p.amount_cents),
+                        "status": p.status} for p, code in detail.payments]
+    row["input"] = json.loads(detail.order.buyer_input) if detail.order.buyer_input else []
+    row["keys"] = detail.keys
+    text = "\n".join([f"{row['order_no']}  {row['status']}  {row['amount']} {row['currency']}  {row['email']}",
+                      f"product: {row['product']} (#{row['product_id']}) x{row['quantity']}",
+                      *(f"{i['label']}: {i['value']}" for i in row["input"]),
+                      *(f"payment #{p['id']} {p['channel']} {p['trade_no']} {p['amount']} {p['status']}"
+                        for p in row["payments"]),
+                      *([f"flag: {row['flag']}"] if row["flag"] else [])])
+    emit(as_json, row, text)
