@@ -26,7 +26,9 @@
             window.location.reload();
             return;
           }
-          delay = EVERY_MS;
+          // Quick while a payment is usually confirmed; then every 15 s (a manual
+          // delivery can take hours: no need to ask every few seconds).
+          delay = Date.now() - started > 2 * 60 * 1000 ? 15000 : EVERY_MS;
           again();
         }, function () {
           delay = Math.min(delay * 2, 30000);   // offline or the shop busy: back off

@@ -241,7 +241,9 @@ def _order_page(order, token: str, *, returned: bool = False):
     return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
                            buyer_input=inputs.load(order.buyer_input),
                            pay_url=pay_url, expires_at=shop_time(order.expires_at), returned=returned,
-                           watch=watch, refresh=watch and (returned or order.status == "paid"),
+                           # No-JS refresh: only while a payment or an automatic delivery is moments away.
+                           watch=watch, refresh=watch and (returned or (order.status == "paid"
+                                                                        and product.delivery_mode == "auto")),
                            status_url=url_for("shop.order_status", order_no=order.order_no))
 
 
