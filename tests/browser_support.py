@@ -145,7 +145,7 @@ class LiveShop:
         env["KAMENGD_RATELIMIT_ENABLED"] = "0"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(self.config_path), "serve",
-                                      "--bind", f"127.0.0.1:{self.port}", "--no-scheduler"],
+                                      "--bind", f"127.0.0.1:{self.port}"],   # with its scheduler, as deployed
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:

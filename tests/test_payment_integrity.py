@@ -10,7 +10,6 @@ on SQLite and MariaDB (the real-server brute force is in test_forged_callbacks.p
 4. Only the gateway's decimal format is money.
 """
 import datetime as dt
-import functools
 import hashlib
 import json
 import secrets
@@ -20,7 +19,6 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import epay_shop, run_cli
-from fake_epay import FakeEpay
 from kamengd.audit.models import AuditEntry
 from kamengd.errors import Conflict, InvalidRequest
 from kamengd.notifications.models import Event
@@ -30,9 +28,9 @@ from kamengd.orders.services import create_order
 from kamengd.payments import epay
 from kamengd.payments.callbacks import forget_channel, handle_epay_notify
 from kamengd.payments.models import Payment, PaymentChannel
-from kamengd.payments.reconcile import query_epay_order, reconcile_pending
 from kamengd.payments import services as payments
 from panel_support import login, make_staff, post
+from test_reconcile import KEY as GW_KEY, PID as GW_PID, gateway, reconcile  # noqa: F401 (fixture)
 
 PID = "9009"
 KEY = "integrity-merchant-key-0123456789"
@@ -267,23 +265,18 @@ def test_a_refund_is_recorded_once(backend, session, vault, shop):
 # --- 3. a reconciled payment and its late callback -------------------------------------
 
 @pytest.fixture
-def gateway():
-    with FakeEpay(PID, KEY) as gw:
-        yield gw
-
-
-@pytest.fixture
 def gw_shop(session, vault, make_product, make_keys, gateway):
+    """test_reconcile's local gateway, with a product of five keys behind it."""
     product = make_product(price_cents=990)
     make_keys(product, 5)
     channel = payments.add_channel(session, vault, channel_type="epay", code=f"gw{secrets.token_hex(3)}", actor="t",
-                                   options={"gateway": gateway.url, "pid": PID, "key": KEY})
+                                   options={"gateway": gateway.url, "pid": GW_PID, "key": GW_KEY})
     yield product, channel
     forget_channel(channel.code)
 
 
-def reconcile(session, vault):
-    return reconcile_pending(session, vault, query=functools.partial(query_epay_order, timeout=2))
+def gw_signed(order_no: str, *, trade_no: str, money: str = "9.90") -> dict:
+    return signed(order_no, money=money, trade_no=trade_no, key=GW_KEY, pid=GW_PID)
 
 
 def test_the_late_callback_of_a_reconciled_payment_fills_in_its_trade_number(backend, session, vault, gw_shop,
@@ -299,14 +292,14 @@ def test_the_late_callback_of_a_reconciled_payment_fills_in_its_trade_number(bac
     real = f"GW{secrets.token_hex(8)}"
     for _ in range(2):      # the callback, and its retry
         outcome = handle_epay_notify(session, vault, gw_shop[1].code,
-                                     signed(order.order_no, money="9.90", trade_no=real))
+                                     gw_signed(order.order_no, money="9.90", trade_no=real))
         assert outcome.recorded
     assert payments_of(session, order) == [(real, "received", "reconciliation")]
     session.refresh(order)
     assert order.flagged_at is None
     # A genuinely second payment is still a second payment.
     assert handle_epay_notify(session, vault, gw_shop[1].code,
-                              signed(order.order_no, money="9.90", trade_no="GW-second")).recorded
+                              gw_signed(order.order_no, money="9.90", trade_no="GW-second")).recorded
     assert [s for _, s, _ in payments_of(session, order)] == ["received", "extra"]
 
 
@@ -317,7 +310,7 @@ def test_a_callback_of_another_amount_is_not_taken_for_the_reconciled_payment(ba
     gateway.trade_no_for[order.order_no] = None
     reconcile(session, vault)
     assert handle_epay_notify(session, vault, gw_shop[1].code,
-                              signed(order.order_no, money="1.00", trade_no="GW-other")).recorded
+                              gw_signed(order.order_no, money="1.00", trade_no="GW-other")).recorded
     assert payments_of(session, order) == [(f"reconciled-{order.order_no}", "received", "reconciliation"),
                                            ("GW-other", "extra", "callback")]
 
@@ -332,17 +325,17 @@ def test_one_trade_number_rule_for_callbacks_and_reconciliation(backend, session
     assert payments_of(session, reconciled) == [(trade, "received", "reconciliation")]      # kept whole
     # Its callback is the same payment; another order's callback with as long a number is taken.
     assert handle_epay_notify(session, vault, gw_shop[1].code,
-                              signed(reconciled.order_no, money="9.90", trade_no=trade)).reason == "already recorded"
+                              gw_signed(reconciled.order_no, money="9.90", trade_no=trade)).reason == "already recorded"
     other = "U" * length
     assert handle_epay_notify(session, vault, gw_shop[1].code,
-                              signed(called.order_no, money="9.90", trade_no=other)).recorded
+                              gw_signed(called.order_no, money="9.90", trade_no=other)).recorded
     assert payments_of(session, called) == [(other, "received", "callback")]
 
 
 def test_a_trade_number_over_the_rule_is_refused_by_both(backend, session, vault, gw_shop, gateway):
     trade = "T" * 129
     order = place(session, gw_shop, minutes_ago=3)
-    outcome = handle_epay_notify(session, vault, gw_shop[1].code, signed(order.order_no, money="9.90", trade_no=trade))
+    outcome = handle_epay_notify(session, vault, gw_shop[1].code, gw_signed(order.order_no, trade_no=trade))
     assert not outcome.recorded and outcome.reason == "bad trade_no"
     gateway.paid[order.order_no] = "9.90"
     gateway.trade_no_for[order.order_no] = trade

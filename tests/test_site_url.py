@@ -31,7 +31,7 @@ def test_serve_says_when_site_url_names_another_port(make_install, start_server)
     assert site_url_mismatch("http://127.0.0.1:8000", "127.0.0.1", 8000) is None
     assert site_url_mismatch("https://shop.example.com", "127.0.0.1", 9000) is None   # a proxy in front
     cfg = make_install("sqlite")
-    base = start_server(cfg.path, "--no-scheduler")
+    base = start_server(cfg.path)
     log = start_server.log(start_server.by_base[base])
     port = base.rsplit(":", 1)[1]
     assert f"warning: site.url is http://127.0.0.1:8000, but this server listens on 127.0.0.1:{port}" in log
@@ -46,7 +46,7 @@ def test_serve_on_a_busy_port_says_so_first(make_install):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = run_cli("serve", "--bind", f"127.0.0.1:{port}", "--no-scheduler", config=cfg.path)
+        proc = run_cli("serve", "--bind", f"127.0.0.1:{port}", config=cfg.path)   # refused before the lease
     assert proc.returncode != 0
     assert proc.err.strip().splitlines() == [f"kamengd: cannot listen on 127.0.0.1:{port}: Address already in use "
                                              "(another server there? choose another with --bind HOST:PORT)"]

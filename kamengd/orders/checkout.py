@@ -33,8 +33,7 @@ from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
 from ..money import format_cents
 from ..payments import epay
-from ..payments.keycache import channel_secrets_cached
-from ..payments.strength import secrets_problem
+from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
 from ..vault import Vault
@@ -254,7 +253,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         # Decrypted at most once per process and secret, never under the write lock.
         secrets_ = channel_secrets_cached(vault, row.channel_id, channel_code, row.secret_nonce,
                                           row.secret_ciphertext, row.secret_key_version)
-        if secrets_problem(row.channel_type, secrets_):
+        if secrets_problem_cached(row.channel_type, row.channel_id, row.secret_nonce, secrets_):
             # A key anyone could guess signs nothing (the scheduler disables the channel too).
             if fresh:
                 raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")

@@ -23,7 +23,7 @@ from ..payments.models import PaymentChannel
 from ..settings.messaging import mail_server
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, local_day_start, page_number, shop_zone
+from .helpers import PAGE_SIZE, local_day_start, page_number, when
 from .session import actor, client_ip
 
 
@@ -100,13 +100,12 @@ def orders_export():
     """The orders the filters find, as CSV (UTF-8 with a BOM, so Excel reads Chinese),
     streamed; buyer e-mails are personal data: exporting is its own permission, audited."""
     filters, search, _problems = _search()
-    zone = shop_zone()
     record(db.session, "orders.export", actor=actor(), target="orders", source_ip=client_ip(),
            details={"filters": {k: v for k, v in filters.items()}, "by_key": search.order_ids is not None})
     db.session.commit()   # the audit entry stays even if the download is cut
 
     def local(value):
-        return value.replace(tzinfo=dt.timezone.utc).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+        return when(value, seconds=True) if value else ""
 
     def rows():
         out = io.StringIO()

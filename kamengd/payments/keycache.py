@@ -11,8 +11,10 @@ import json
 import threading
 
 from ..vault import Vault
+from .strength import secrets_problem
 
 _cache: dict[tuple[int, bytes], dict[str, str]] = {}
+_problems: dict[tuple[int, bytes], str | None] = {}
 _lock = threading.Lock()
 MAX_ENTRIES = 256
 
@@ -34,3 +36,15 @@ def channel_secrets_cached(vault: Vault, channel_id: int, code: str, nonce: byte
                 _cache.clear()
             _cache[entry] = found
     return found
+
+
+def secrets_problem_cached(channel_type: str, channel_id: int, nonce: bytes, secrets: dict[str, str]) -> str | None:
+    """kamengd.payments.strength's verdict on these secrets, worked out once per secret
+    (checkout asks on every order)."""
+    entry = (channel_id, bytes(nonce))
+    if entry not in _problems:
+        with _lock:
+            if len(_problems) >= MAX_ENTRIES:
+                _problems.clear()
+            _problems[entry] = secrets_problem(channel_type, secrets)
+    return _problems[entry]
