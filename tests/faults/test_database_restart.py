@@ -135,7 +135,11 @@ def test_a_database_restart_under_load_heals_itself(layout, how, private_mariadb
             time.sleep(0.05)
         stopped_at = load.done
         private_mariadb.kill() if how == "killed" else private_mariadb.stop()
-        time.sleep(2)
+        # Away until a buyer has been answered "busy" (at least 2 s, at most 15 s):
+        # a fixed pause let every request of one run fall on either side of it.
+        away = time.monotonic()
+        while time.monotonic() - away < 2 or (load.busy == 0 and time.monotonic() - away < 15):
+            time.sleep(0.1)
         private_mariadb.start()
         for future in futures:
             future.result()
