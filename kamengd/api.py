@@ -12,6 +12,8 @@ from .extensions import db, limiter
 from .money import format_cents
 from .orders.checkout import place_order
 from .orders.lookup import buyer_order_view
+from .payments import methods
+from .payments import services as payments
 from .transaction import read_only
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -28,6 +30,17 @@ def products():
                                   "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
                                   "max_quantity": p.max_quantity} for p in items]})
+
+
+@bp.get("/payment-methods")
+def payment_methods():
+    """What POST /orders takes as `channel` and `pay_type`, with the names buyers know."""
+    read_only()
+    lang = "en" if request.args.get("lang") == "en" else "zh"
+    return jsonify({"methods": [{"channel": m.channel, "pay_type": m.pay_type,
+                                 "name": methods.label(m.pay_type, lang) or m.channel_name,
+                                 "channel_name": m.channel_name}
+                                for m in payments.payment_methods(db.session)]})
 
 
 def _orders_limit() -> str:
@@ -53,6 +66,7 @@ def new_order():
                          quantity=body.get("quantity"), email=body.get("email"), channel_code=body.get("channel"),
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
                          buyer_input=body.get("input"),   # the product's input fields (kamengd.catalog.inputs)
+                         pay_type=body.get("pay_type"),   # one of the channel's (GET /api/v1/payment-methods)
                          client_ip=request.remote_addr, site_url=get_config().site.url)
     return jsonify(placed.as_api()), 201
 

@@ -150,7 +150,7 @@ def test_channel_staff_settings_audit_and_export(shop, owner_tab, smtp_server, t
     page.fill("#gateway", shop.gateway.url)
     page.fill("#pid", "1001")
     page.fill("#key", "a-new-merchant-key-0123")
-    page.fill("#pay_type", "qqpay")
+    page.check("input[name=pay_types][value=qqpay]")
     submit(t, "main form.form")
     assert f"Payment channel {code} added." in flash(t)
     row = page.locator("tr", has_text=code)

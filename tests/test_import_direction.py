@@ -31,12 +31,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
     # Pieces of a feature that other features use and that need no other feature:
-    # password rules, the key-file parser, the Epay protocol, its key cache and
-    # key rules, sealed files, Alembic, SQLite snapshots, the registry of running servers.
+    # password rules, the key-file parser, the Epay protocol, its key cache,
+    # key rules and pay types, sealed files, Alembic, SQLite snapshots, the registry of
+    # running servers.
     ("feature basics", (
         "kamengd.accounts.passwords", "kamengd.inventory.importer", "kamengd.payments.epay",
-        "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.backup.sealed", "kamengd.operations.schema",
-        "kamengd.operations.snapshot", "kamengd.operations.processes")),
+        "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
+        "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
+        "kamengd.operations.processes")),
     # Then the features' services, in the order they use each other.
     ("audit", ("kamengd.audit.*",)),
     ("accounts and settings", ("kamengd.accounts.*", "kamengd.settings.*")),

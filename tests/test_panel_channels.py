@@ -86,7 +86,7 @@ def page(client, url="/admin/channels"):
 def test_add_a_channel_the_key_is_never_shown(backend, app, admin_client):
     code, key = f"ep{secrets.token_hex(3)}", new_key()
     assert "Add a payment channel" in page(admin_client, "/admin/channels/new")
-    resp = add(admin_client, code, key, pay_type="wxpay")
+    resp = add(admin_client, code, key, pay_types=["qqpay", "wxpay"], other_pay_types="tenpay")
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/channels")
     listing = page(admin_client)
     assert f"Payment channel {code} added." in listing
@@ -94,7 +94,9 @@ def test_add_a_channel_the_key_is_never_shown(backend, app, admin_client):
     assert key not in listing
     channel = channel_by_code(app, code)
     assert channel.type == "epay" and channel.is_enabled and channel.sort_order == 5
-    assert json.loads(channel.options) == {"gateway": "https://pay.example.com", "pid": PID, "pay_type": "wxpay"}
+    # ticked in the panel's order, then the ones typed in
+    assert json.loads(channel.options) == {"gateway": "https://pay.example.com", "pid": PID,
+                                           "pay_types": "wxpay,qqpay,tenpay"}
     assert key.encode() not in channel.secret_ciphertext and stored_key(app, code) == key
     assert key not in page(admin_client, f"/admin/channels/{channel.id}")
     [(action, actor, details)] = audit_of(app, code)

@@ -32,7 +32,7 @@ from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey
 from ..money import format_cents
-from ..payments import epay
+from ..payments import epay, methods
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
@@ -64,7 +64,7 @@ def _bind(column):
 
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
-                 "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input")
+                 "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type")
 # The order is written only if what its answer was built from still holds,
 # checked in the write lock by the INSERT itself (no row read there).
 _INSERT = _o.insert().from_select(
@@ -121,13 +121,15 @@ class PlacedOrder:
     product_id: int
     expires_at: dt.datetime
     pay_url: str | None
+    pay_type: str | None = None
 
     def as_api(self) -> dict:
         """The answer of POST /api/v1/orders (CONTRACT.md §2)."""
         return {"order_no": self.order_no, "token": self.token, "status": self.status,
                 "amount": format_cents(self.amount_cents), "currency": self.currency, "pay_url": self.pay_url,
                 "expires_at": self.expires_at.isoformat(timespec="seconds") + "Z",
-                "quantity": self.quantity, "product_id": self.product_id}
+                "quantity": self.quantity, "product_id": self.product_id,
+                **({"pay_type": self.pay_type} if self.pay_type else {})}
 
 
 def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
@@ -179,12 +181,14 @@ def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool)
 
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
-                buyer_input=None, now: dt.datetime | None = None) -> PlacedOrder:
+                buyer_input=None, pay_type=None, now: dt.datetime | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
 
     Raises InvalidRequest, NotFound or OutOfStock, having written nothing.
     """
     email = check_order_input(product_id, quantity, email, channel_code, query_password, coupon)
+    if pay_type is not None and (not isinstance(pay_type, str) or not methods.TYPE_RE.match(pay_type)):
+        raise InvalidRequest("pay_type: a pay type of the channel such as alipay or wxpay, or leave it out")
     password_hash = hash_password(query_password) if query_password else None   # before any lock
     # The e-mail + query password lookup finds the order by this tag (no vault: no tag,
     # the argon2 hash alone, as for orders placed before tags).
@@ -197,7 +201,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
                                   lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
-                                  buyer_input=buyer_input)
+                                  buyer_input=buyer_input, pay_type=pay_type)
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
@@ -222,7 +226,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
-             site_url: str, now: dt.datetime, buyer_input=None):
+             site_url: str, now: dt.datetime, buyer_input=None, pay_type=None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -234,7 +238,13 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         problem = InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
     elif row.delivery_mode == "auto" and row.waiting:
         problem = OutOfStock("not enough stock for this quantity")
-    filled = None
+    filled = chosen = None
+    if problem is None:
+        options = json.loads(row.options)
+        try:
+            chosen = methods.choose(row.channel_type, options, pay_type)
+        except ValueError as exc:
+            problem = InvalidRequest(str(exc))
     if problem is None and (row.input_fields or buyer_input):
         try:
             filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
@@ -259,14 +269,15 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
                 raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
             return None, None
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
-                      site_url=site_url)
-    placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url)
+                      site_url=site_url, options=options, pay_type=chosen)
+    placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
+                         chosen)
     values = {
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
         "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
-        "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled,
+        "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
@@ -275,14 +286,13 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
 
 
 def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amount_cents: int, token: str,
-            site_url: str) -> str | None:
+            site_url: str, options: dict, pay_type: str | None) -> str | None:
     if row.channel_type != "epay":
         return None
-    options = json.loads(row.options)
     site = site_url.rstrip("/")
     return epay.pay_url(
         gateway=options.get("gateway", ""), pid=options.get("pid", ""), key=channel_secrets["key"],
-        pay_type=options.get("pay_type", "alipay"), order_no=order_no, name=row.name[:100],
+        pay_type=pay_type or methods.DEFAULT, order_no=order_no, name=row.name[:100],
         money=format_cents(amount_cents), notify_url=f"{site}/pay/{channel_code}/notify",
         # The buyer comes back to their keys: the token rides in the return URL.
         return_url=f"{site}/pay/{channel_code}/return?{urlencode({'order_no': order_no, 'token': token})}")

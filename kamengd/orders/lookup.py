@@ -23,7 +23,7 @@ from .services import order_keys
 _o, _k = Order.__table__, CardKey.__table__
 _LOOKUP = (
     sa.select(_o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
-              _o.c.created_at, _o.c.expires_at, _o.c.token_hash, _o.c.query_password_hash,
+              _o.c.created_at, _o.c.expires_at, _o.c.token_hash, _o.c.query_password_hash, _o.c.pay_type,
               _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
     .select_from(_o.outerjoin(_k, sa.and_(_k.c.order_id == _o.c.id, _k.c.status == "sold",
                                           _o.c.status == "delivered")))
@@ -50,6 +50,8 @@ def buyer_order_view(session: Session, vault: Vault, order_no: str, *, token: st
             "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
             "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
             "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
+    if order.pay_type:
+        data["pay_type"] = order.pay_type
     if order.status == "delivered":
         data["keys"] = [vault.decrypt_card_key(order.product_id, r.fingerprint, r.nonce, r.ciphertext,
                                                r.key_version).decode("utf-8")
@@ -63,6 +65,8 @@ def order_view(session: Session, vault: Vault, order: Order) -> dict:
             "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
             "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
             "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
+    if order.pay_type:
+        data["pay_type"] = order.pay_type
     if order.status == "delivered":
         data["keys"] = order_keys(session, vault, order)
     return data

@@ -31,6 +31,8 @@ class Order(db.Model):
     lookup_tag: Mapped[bytes | None] = mapped_column(FixedBinary(32), index=True)
     # What the buyer filled in for the product ([{"label", "value"}] as JSON), kept as placed.
     buyer_input: Mapped[str | None] = mapped_column(sa.Text)
+    # The Epay pay type chosen (alipay, wxpay, …; kamengd.payments.methods); NULL: the channel's own.
+    pay_type: Mapped[str | None] = mapped_column(sa.String(16))
     client_ip: Mapped[str | None] = mapped_column(sa.String(45))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

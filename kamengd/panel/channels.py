@@ -16,30 +16,42 @@ from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
+from ..payments import methods
 from ..payments import services as payments
 from ..payments.models import PaymentChannel
 from ..transaction import read_only
 from .blueprint import bp
 from .session import actor, client_ip
 
-FIELDS = ("code", "name", "gateway", "pid", "key", "pay_type", "sort_order")
-OPTION_FIELDS = ("gateway", "pid", "key", "pay_type")
+FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_order")
+# The single pay_type of older channels is folded into pay_types when one is saved.
+OPTION_FIELDS = ("gateway", "pid", "key", "pay_types", "pay_type")
 MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
 
 
 def _form() -> dict[str, str]:
-    return {name: request.form.get(name, "")[:MAX_FIELD] for name in FIELDS}
+    form = {name: request.form.get(name, "")[:MAX_FIELD] for name in FIELDS}
+    # Ticked well-known types first, in the panel's order, then any the merchant typed.
+    ticked = [t for t in methods.KNOWN if t in request.form.getlist("pay_types")]
+    form["pay_types"] = ",".join(ticked + ([form["other_pay_types"]] if form["other_pay_types"].strip() else []))
+    form["pay_type"] = ""
+    return form
 
 
 def _values(channel: PaymentChannel) -> dict[str, str]:
     options = json.loads(channel.options)
+    # Nothing set: nothing ticked (the form says alipay is then used), so saving changes nothing.
+    types = methods.pay_types(channel.type, options) if options.get("pay_types") or options.get("pay_type") else []
     return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
-            **{name: options.get(name, "") for name in OPTION_FIELDS if name != "key"}}
+            "gateway": options.get("gateway", ""), "pid": options.get("pid", ""), "pay_types": ",".join(types),
+            "other_pay_types": ",".join(t for t in types if t not in methods.KNOWN)}
 
 
 def _render_form(channel: PaymentChannel | None, values: dict[str, str], status: int = 200):
     values = {k: v for k, v in values.items() if k != "key"}   # a key typed in is never sent back
+    ticked = values.get("pay_types", "").split(",")
     return render_template("panel/channels_form.html", channel=channel, values=values,
+                           known_types=[(t, labels[1], t in ticked) for t, labels in methods.KNOWN.items()],
                            key_set=channel is not None and channel.secret_ciphertext is not None), status
 
 
@@ -49,7 +61,7 @@ def channels():
     rows = db.session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.sort_order,
                                                                  PaymentChannel.id)).all()
     weak = {channel.id: problem for channel, problem in payments.weak_channels(db.session, get_vault())}
-    return render_template("panel/channels_list.html", weak=weak,
+    return render_template("panel/channels_list.html", weak=weak, pay_types=methods.pay_types,
                            channels=[(c, json.loads(c.options)) for c in rows])
 
 

@@ -22,7 +22,7 @@ from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
-from . import epay
+from . import epay, methods
 from .models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel, placeholder_trade_no
 from .strength import secret_problem, secrets_problem
 
@@ -30,7 +30,8 @@ CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 # Per channel type: the options it takes, which are required, which are secret.
 CHANNEL_TYPES = {
-    "epay": {"options": ("gateway", "pid", "key", "pay_type"), "required": ("gateway", "pid", "key"),
+    "epay": {"options": ("gateway", "pid", "key", "pay_type", "pay_types"),
+             "required": ("gateway", "pid", "key"),
              "secret": ("key",)},
 }
 
@@ -62,6 +63,13 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
         if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
                 any(c.isspace() for c in options["gateway"]) or has_control_characters(options["gateway"]):
             raise InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com")
+        for name in ("pay_type", "pay_types"):
+            try:
+                types = methods.parse_pay_types(options.get(name, ""))
+            except ValueError as exc:
+                raise InvalidRequest(f"option {name}: {exc}") from None
+            if name == "pay_type" and len(types) > 1:
+                raise InvalidRequest("option pay_type: one pay type; several go in pay_types")
 
 
 def channel_secrets(vault: Vault, channel: PaymentChannel) -> dict[str, str]:
@@ -260,7 +268,8 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     if not key:
         raise InvalidRequest("no key is stored; enter the merchant key")
     pid = channel_option(channel, "pid")
-    sample = {"pid": pid, "type": channel_option(channel, "pay_type", "alipay"), "out_trade_no": "TEST0001",
+    pay_type = methods.pay_types(channel.type, json.loads(channel.options))[0]
+    sample = {"pid": pid, "type": pay_type, "out_trade_no": "TEST0001",
               "notify_url": "https://example.com/notify", "return_url": "https://example.com/return",
               "name": "测试 test", "money": "0.01"}
     signed = {**sample, "sign": epay.sign(sample, key), "sign_type": "MD5"}
@@ -310,6 +319,38 @@ def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) ->
     return ChannelCheck(True, "gateway", "the gateway accepts the merchant ID and key")
 
 
+@dataclass(frozen=True)
+class PaymentMethod:
+    """One choice a buyer sees: a channel, and for Epay the pay type it is asked for."""
+    channel: str            # the channel's code
+    channel_name: str
+    pay_type: str | None    # None: the channel is the method (W4's types)
+
+    @property
+    def value(self) -> str:
+        """The form's value: `code` or `code:pay_type`."""
+        return f"{self.channel}:{self.pay_type}" if self.pay_type else self.channel
+
+
+def payment_methods(session: Session) -> list[PaymentMethod]:
+    """Every enabled channel's methods, in the channels' order."""
+    rows = session.execute(sa.select(PaymentChannel.code, PaymentChannel.name, PaymentChannel.type,
+                                     PaymentChannel.options)
+                           .where(PaymentChannel.is_enabled.is_(True))
+                           .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
+    found = []
+    for code, name, channel_type, options in rows:
+        types = methods.pay_types(channel_type, json.loads(options)) or [None]
+        found.extend(PaymentMethod(code, name, pay_type) for pay_type in types)
+    return found
+
+
+def split_method(value: str) -> tuple[str, str | None]:
+    """A form's `code:pay_type` (or plain `code`) -> (channel code, pay type or None)."""
+    code, _, pay_type = value.partition(":")
+    return code, (pay_type or None)
+
+
 def channel_option(channel: PaymentChannel, name: str, default: str = "") -> str:
     return json.loads(channel.options).get(name, default)
 
@@ -319,7 +360,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
     site = site_url.rstrip("/")
     return epay.pay_url(
         gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
-        key=channel_secrets(vault, channel)["key"], pay_type=channel_option(channel, "pay_type", "alipay"),
+        key=channel_secrets(vault, channel)["key"],
+        pay_type=order.pay_type or methods.pay_types(channel.type, json.loads(channel.options))[0],
         order_no=order.order_no, name=product_name[:100], money=format_cents(order.amount_cents),
         notify_url=f"{site}/pay/{channel.code}/notify",
         # The buyer comes back to their keys: the token rides in the return URL.

@@ -22,6 +22,8 @@ from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.models import PaymentChannel
+from ..payments import methods
+from ..payments import services as payments
 from ..payments.services import build_pay_url
 from ..settings.messaging import mail_server
 from ..settings.services import get_setting, shop_look
@@ -75,9 +77,17 @@ def lang_url(code: str) -> str:
     return url_for(request.endpoint, **{**args, **(request.view_args or {}), "lang": code})
 
 
-def _channels():
-    return db.session.scalars(sa.select(PaymentChannel).where(PaymentChannel.is_enabled.is_(True))
-                              .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
+def _methods() -> list[dict]:
+    """The payment methods as the buyer knows them (支付宝, 微信支付 …, with an icon); a
+    method offered by two channels is told apart by the channel's name."""
+    lang = current_lang()
+    found = [{"value": m.value, "label": methods.label(m.pay_type, lang) or m.channel_name,
+              "icon": methods.icon(m.pay_type), "channel_name": m.channel_name}
+             for m in payments.payment_methods(db.session)]
+    labels = [m["label"] for m in found]
+    for m in found:
+        m["detail"] = m["channel_name"] if labels.count(m["label"]) > 1 and m["channel_name"] != m["label"] else ""
+    return found
 
 
 def _remember(order_no: str, token: str) -> None:
@@ -144,13 +154,14 @@ def index():
 
 
 # A service error names its field first ("email: ..."): the form marks that field.
-FIELDS = ("quantity", "email", "query_password", "channel")
+FIELDS = ("quantity", "email", "query_password", "channel", "pay_type")
 
 
 def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
     """(what the buyer reads, the field at fault); the service's own words stay in brackets."""
     field = exc.message.split(":", 1)[0] if ":" in exc.message else None
     field = field if field in FIELDS else None
+    field = "channel" if field == "pay_type" else field   # one choice on the page: the method
     texts = {
         "quantity": t(f"数量须在 {product.min_quantity} 到 {product.max_quantity} 之间。",
                       f"Choose a quantity from {product.min_quantity} to {product.max_quantity}."),
@@ -184,7 +195,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
     if category is not None and not category.is_active:
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
-    return render_template("storefront/product.html", product=p, stock=stock, channels=_channels(),
+    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
@@ -203,9 +214,10 @@ def buy(product_id: int):
     form = request.form
     raw_quantity = form.get("quantity", "1").strip()
     quantity = int(raw_quantity) if raw_quantity.isascii() and raw_quantity.isdigit() and len(raw_quantity) < 10 else -1
+    channel_code, pay_type = payments.split_method(form.get("channel", "")[:100])
     try:
         placed = place_order(db.session, get_vault(), product_id=product_id, quantity=quantity,
-                             email=form.get("email", "")[:1000], channel_code=form.get("channel", "")[:100],
+                             email=form.get("email", "")[:1000], channel_code=channel_code, pay_type=pay_type,
                              query_password=form.get("query_password") or None,
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
@@ -215,7 +227,7 @@ def buy(product_id: int):
         if isinstance(exc, NotFound):
             abort(404)
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
-                "channel": form.get("channel", "")[:32]}
+                "channel": form.get("channel", "")[:50]}
         return _product_page(product_id, exc=exc, form=kept)
     _remember(placed.order_no, placed.token)
     return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
@@ -238,9 +250,12 @@ def _order_page(order, token: str, *, returned: bool = False):
             pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
                                     product_name=product.name, token=token)
     watch = order.status in WATCHED
+    label = methods.label(order.pay_type, current_lang())
+    pay_method = {"icon": methods.icon(order.pay_type), "label": label} if label else None
     return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
                            buyer_input=inputs.load(order.buyer_input),
                            pay_url=pay_url, expires_at=shop_time(order.expires_at), returned=returned,
+                           pay_method=pay_method,
                            # No-JS refresh: only while a payment or an automatic delivery is moments away.
                            watch=watch, refresh=watch and (returned or (order.status == "paid"
                                                                         and product.delivery_mode == "auto")),

@@ -1,0 +1,80 @@
+"""Payment methods as a buyer knows them: 支付宝, 微信, QQ, USDT — not channel codes.
+
+One Epay channel offers several pay types (its `pay_types` option, e.g.
+`alipay,wxpay,qqpay`): the buyer picks the method, the order keeps the type
+it will be paid with, and its pay URL says that type to the gateway. A
+channel without the option offers its one `pay_type` (default alipay), as
+before. A leaf module: checkout, the storefront, the panel and the CLI all
+read a channel's methods here.
+"""
+from __future__ import annotations
+
+import re
+
+# Epay `type` values most gateways take -> (zh, en, icon). The icon is a
+# glyph on the method's colour (static/shop.css), never a trademark image.
+KNOWN = {
+    "alipay": ("支付宝", "Alipay", "alipay"),
+    "wxpay": ("微信支付", "WeChat Pay", "wxpay"),
+    "qqpay": ("QQ 钱包", "QQ Wallet", "qqpay"),
+    "usdt": ("USDT", "USDT", "usdt"),
+    "bank": ("网银", "Online banking", "bank"),
+    "jdpay": ("京东支付", "JD Pay", "jdpay"),
+}
+DEFAULT = "alipay"
+TYPE_RE = re.compile(r"^[a-z0-9_]{1,16}$")
+MAX_TYPES = 8
+
+
+def parse_pay_types(text: str) -> list[str]:
+    """`alipay, wxpay` -> ["alipay", "wxpay"]; ValueError names what is wrong."""
+    types = [part.strip().lower() for part in text.replace("，", ",").split(",") if part.strip()]
+    for value in types:
+        if not TYPE_RE.match(value):
+            raise ValueError(f"{value[:20]!r} is not a pay type (lower-case letters, digits or _, "
+                             f"e.g. {', '.join(KNOWN)})")
+    if len(set(types)) != len(types):
+        raise ValueError("a pay type is listed twice")
+    if len(types) > MAX_TYPES:
+        raise ValueError(f"at most {MAX_TYPES} pay types")
+    return types
+
+
+def pay_types(channel_type: str, options: dict) -> list[str]:
+    """The pay types a channel offers, first = the default; [] for a channel that has none."""
+    if channel_type != "epay":
+        return []
+    listed = options.get("pay_types", "")
+    if listed:
+        try:
+            found = parse_pay_types(listed)
+        except ValueError:   # refused when stored; an older row falls back to its single type
+            found = []
+        if found:
+            return found
+    return [options.get("pay_type") or DEFAULT]
+
+
+def choose(channel_type: str, options: dict, wanted: str | None) -> str | None:
+    """The pay type an order will use: the buyer's choice when the channel offers it,
+    else the channel's first; ValueError when the buyer asked for one it does not offer."""
+    offered = pay_types(channel_type, options)
+    if not wanted:
+        return offered[0] if offered else None
+    if wanted not in offered:
+        raise ValueError(f"pay_type: {wanted[:20]!r} is not offered by this channel "
+                         f"(offered: {', '.join(offered) or 'none'})")
+    return wanted
+
+
+def label(pay_type: str | None, lang: str) -> str | None:
+    """What a buyer calls the method; None for a type we do not know (the channel's name serves)."""
+    known = KNOWN.get(pay_type or "")
+    if known is None:
+        return None
+    return known[1] if lang == "en" else known[0]
+
+
+def icon(pay_type: str | None) -> str:
+    known = KNOWN.get(pay_type or "")
+    return known[2] if known else "other"
