@@ -361,25 +361,35 @@ def _check_ratelimit(r: RatelimitConfig) -> None:
                               "a network (e.g. 203.0.113.7 or 203.0.113.0/24)") from None
 
 
-def callback_url_problem(site_url: str) -> str | None:
-    """Why a payment gateway (a server on the internet) could not call this shop back at
-    site.url, or None. The default http://127.0.0.1:8000 is fine for a trial and no good
-    for a real gateway: its callbacks would never arrive, and no order would be paid."""
+def callback_url_kind(site_url: str) -> str | None:
+    """What is wrong with site.url as the address gateways call back: "no_host",
+    "unreachable" (loopback, a private range, a local name), "plain_http" (http on a
+    public host), or None."""
     parts = urlsplit(site_url)
     host = (parts.hostname or "").lower()
     if not host:
-        return f"site.url {site_url!r} names no host"
+        return "no_host"
     local = host == "localhost" or host.endswith((".localhost", ".local", ".internal", ".lan"))
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if address is not None and not address.is_global:
-        local = True
-    if local:
+    if local or (address is not None and not address.is_global):
+        return "unreachable"
+    return "plain_http" if parts.scheme != "https" else None
+
+
+def callback_url_problem(site_url: str) -> str | None:
+    """Why a payment gateway (a server on the internet) could not call this shop back at
+    site.url, or None. The default http://127.0.0.1:8000 is fine for a trial and no good
+    for a real gateway: its callbacks would never arrive, and no order would be paid."""
+    kind = callback_url_kind(site_url)
+    if kind == "no_host":
+        return f"site.url {site_url!r} names no host"
+    if kind == "unreachable":
         return (f"site.url is {site_url}, which a payment gateway cannot reach: its callbacks "
                 "(/pay/<code>/notify) would never arrive. Set site.url to the shop's public https address")
-    if parts.scheme != "https":
+    if kind == "plain_http":
         return (f"site.url is {site_url}: plain http on a public host; buyers' keys and the gateway's "
                 "callbacks travel unencrypted. Serve the shop over https (see config/nginx.conf.example)")
     return None

@@ -27,7 +27,8 @@ def read_password_file(path: str) -> str:
 @click.option("--database-url", metavar="URL", help="Default: SQLite at DIR/kamengd.db; or mysql+pymysql://...")
 @click.option("--admin-user", default="admin", show_default=True, help="Owner account to create.")
 @click.option("--admin-password-file", metavar="FILE", help="File holding the owner's password.")
-@click.option("--site-name", default="kamengd", show_default=True)
+@click.option("--site-name", metavar="NAME", help="The shop's name, shown to buyers (asked when not given; "
+              "with --yes: kamengd).")
 @click.option("--site-url", default="http://127.0.0.1:8000", show_default=True,
               help="Public base URL (payment callbacks are built from it).")
 @click.option("--yes", is_flag=True, help="Do not ask; generate the owner's password if no file is given.")
@@ -40,6 +41,8 @@ def install(data_dir, database_url, admin_user, admin_password_file, site_name, 
         password = None  # generated, written to DIR/initial-admin-password
     else:
         password = click.prompt(f"Password for {admin_user}", hide_input=True, confirmation_prompt=True)
+    if site_name is None:
+        site_name = "kamengd" if yes else click.prompt("Shop name, shown to buyers", err=True).strip() or "kamengd"
     if not yes:
         click.confirm(f"Install kamengd into {data_dir}?", abort=True, err=True)
     result = do_install(Path(data_dir), admin_password=password, database_url=database_url,

@@ -23,7 +23,7 @@ from ..money import format_cents
 from ..orders.attention import flag_order
 from ..orders.models import Order
 from ..orders.services import order_keys
-from ..settings.services import site_name
+from ..settings.services import site_name, site_url
 from ..validation import is_email_address
 from ..vault import Vault
 from .models import EmailOutbox
@@ -56,7 +56,7 @@ def render_delivery_email(session: Session, vault: Vault, config: Config, mail: 
     lines = [f"您在 {site} 的订单 {order.order_no} 已发货。Your order {order.order_no} at {site} is delivered.",
              f"金额 Amount: {format_cents(order.amount_cents)} {order.currency}", "",
              "卡密 Keys:", *keys, "",
-             f"订单页 Order page: {config.site.url.rstrip('/')}/order/{order.order_no}"]
+             f"订单页 Order page: {site_url(session, config.site.url).rstrip('/')}/order/{order.order_no}"]
     msg.set_content("\n".join(lines))
     return msg
 

@@ -19,6 +19,7 @@ from ..errors import KamengdError
 from ..extensions import db
 from ..inventory.models import CardKey
 from ..payments.services import weak_channels
+from ..settings.services import shop_url
 from ..scheduler.lease import leader_info
 from ..vault import DecryptionError
 from .schema import require_current
@@ -67,13 +68,16 @@ def file_checks(config: Config) -> list[Check]:
     optional = ("database password file", "smtp password file", "webhook secret file")
     owner = _data_dir_owner(config)
     return [Check(name, *_private_file(path, owner)) for name, path in files.items()
-            if path is not None or name not in optional] + [_disk_check(config), _site_url_check(config)]
+            if path is not None or name not in optional] + [_disk_check(config)]
 
 
 def _site_url_check(config: Config) -> Check:
-    problem = callback_url_problem(config.site.url)
-    return Check("site url", True, problem or f"{config.site.url} (gateways call /pay/<code>/notify there)",
-                 warning=problem is not None)
+    """The address pay URLs name: the panel's site.url, else the config file's."""
+    url = shop_url()
+    where = "" if url == config.site.url else " (set in the panel)"
+    problem = callback_url_problem(url)
+    return Check("site url", True, (problem + where) if problem else
+                 f"{url}{where} (gateways call /pay/<code>/notify there)", warning=problem is not None)
 
 
 def _disk_check(config: Config) -> Check:
@@ -187,4 +191,7 @@ def _backup_checks(session, config: Config) -> list[Check]:
 
 
 def run_checks(config: Config, app) -> list[Check]:
-    return file_checks(config) + database_checks(app)
+    checks = file_checks(config) + database_checks(app)
+    with app.app_context():
+        checks.append(_site_url_check(config))
+    return checks

@@ -6,7 +6,7 @@ read (kept per process: the offer), the merchant key decrypted (cached per
 process, keyed by the secret's nonce), the pay URL and the answer built.
 The write lock is then held for two statements on SQLite (three on MySQL):
 one INSERT … SELECT writes the order only if the product, the channel and
-the order timeout are still what the answer was built from, and nobody who
+the order timeout and site.url are still what the answer was built from, and nobody who
 paid waits for this product; one UPDATE reserves its keys (MySQL: SELECT …
 FOR UPDATE SKIP LOCKED, then UPDATE). An offer that no longer holds (a staff
 edit, another process's) is read again and the order tried once more; an
@@ -51,6 +51,7 @@ _OFFER = (
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               setting_value_query("orders.timeout_minutes").label("timeout"),
+              setting_value_query("site.url").label("site_url"),
               # Buyers who already paid come first: while one waits for this
               # product, nobody new buys it (imports, expiries and the sweep serve them).
               sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id).label("waiting"))
@@ -81,6 +82,7 @@ _INSERT = _o.insert().from_select(
            _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
            setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                sa.bindparam("timeout", type_=sa.Text())),
+           setting_value_query("site.url").is_not_distinct_from(sa.bindparam("site_url_setting", type_=sa.Text())),
            sa.or_(_p.c.delivery_mode != "auto",
                   ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id))))
 
@@ -268,8 +270,10 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             if fresh:
                 raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
             return None, None
+        # The panel's site.url, else the config file's (the caller's).
+        site = decode_setting("site.url", row.site_url) or site_url
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
-                      site_url=site_url, options=options, pay_type=chosen)
+                      site_url=site, options=options, pay_type=chosen)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
                          chosen)
     values = {
@@ -281,7 +285,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
-        "timeout": row.timeout, "input_fields": row.input_fields}
+        "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields}
     return placed, values
 
 

@@ -12,13 +12,14 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..config import callback_url_problem
-from ..context import get_config, get_vault
+from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..payments import methods
 from ..payments import services as payments
 from ..payments.models import PaymentChannel
+from ..settings.services import shop_url
 from ..transaction import read_only
 from .blueprint import bp
 from .session import actor, client_ip
@@ -142,7 +143,7 @@ def channel_test(channel_id: int):
         result = payments.query_epay_merchant(gateway, pid, key)
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
-    unreachable = callback_url_problem(get_config().site.url)
+    unreachable = callback_url_problem(shop_url())
     if unreachable:
         flash(_("Callbacks cannot reach this shop: %(problem)s", problem=unreachable), "warning")
     if result.ok:

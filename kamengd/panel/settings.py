@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
+from ..config import callback_url_kind
 from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
@@ -16,7 +17,7 @@ from ..notifications.email import check_mail_address, send_test_mail
 from ..notifications.models import Event, Notification, NotificationAttempt
 from ..settings import services as settings_services
 from ..settings.messaging import mail_server, save_group, sending_config
-from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set
+from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set, shop_url
 from ..transaction import read_only
 from .blueprint import bp
 from .session import actor, client_ip
@@ -29,6 +30,9 @@ def setting_texts() -> dict[str, tuple[str, str]]:
     return {
         "site.name": (_("Shop name"), _("Shown to buyers and staff. Empty: the name from the config file (%(name)s).",
                                         name=get_config().site.name)),
+        "site.url": (_("Shop address (site.url)"),
+                     _("The public https address of the shop: payment gateways call it back and send buyers there. "
+                       "Empty: the address from the config file (%(url)s).", url=get_config().site.url)),
         "site.notice": (_("Storefront notice"), _("Shown at the top of the storefront; empty: no notice.")),
         "site.footer": (_("Storefront footer"), _("At the foot of every storefront page: opening hours, terms.")),
         "site.contact_qq": (_("Customer service: QQ"), _("A QQ number buyers can write to; empty: not shown.")),
@@ -92,7 +96,20 @@ def _render(values: dict, status: int = 200):
                            file_webhook_urls=[masked_url(u) for u in config.notifications.webhook_urls],
                            sending=mail_server(db.session, config), secrets=secrets_set(db.session),
                            event_types=EVENT_CHOICES, attempts=recent_attempts(),
-                           masked_url=masked_url), status
+                           masked_url=masked_url, site_url_problem=_site_url_problem()), status
+
+
+def _site_url_problem() -> str | None:
+    """Why gateways could not call this shop back at the address pay URLs name."""
+    url = shop_url()
+    kind = callback_url_kind(url)
+    if kind == "plain_http":
+        return _("%(url)s is plain http on a public host: buyers' keys and the gateway's callbacks travel "
+                 "unencrypted. Serve the shop over https and enter its https address.", url=url)
+    if kind is not None:
+        return _("%(url)s is on this machine or a private network: a payment gateway cannot reach it, so no "
+                 "payment would ever be confirmed. Enter the shop's public https address.", url=url)
+    return None
 
 
 def _submitted(group: str) -> dict:

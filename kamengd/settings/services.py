@@ -60,6 +60,19 @@ def shop_look() -> dict:
     return {key.removeprefix("site."): decode_setting(key, stored.get(key)) for key in keys}
 
 
+def _site_url(text: str) -> str:
+    """The shop's public base address: scheme and host (a path prefix allowed), nothing else."""
+    parts = urlsplit(text)
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{text[:200]!r} has a port that is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or \
+            parts.username or any(c.isspace() for c in text):
+        raise ValueError(f"{text[:200]!r} is not the shop's address such as https://shop.example.com")
+    return text.rstrip("/")
+
+
 def _webhook_url(text: str) -> str:
     parts = urlsplit(text)
     try:
@@ -109,6 +122,9 @@ EVENT_CHOICES = ("*",) + EVENT_TYPES
 SETTINGS: dict[str, SettingSpec] = {
     "site.name": SettingSpec(str, "", "Shop name shown to buyers and staff; empty: site.name of the config file.",
                              max_length=100, single_line=True),
+    "site.url": SettingSpec(str, "", "The shop's public address: pay URLs send gateways' callbacks and buyers "
+                            "there; empty: site.url of the config file.", max_length=200, single_line=True,
+                            check=_site_url),
     "site.notice": SettingSpec(str, "", "Notice shown at the top of the storefront.", max_length=2000),
     "site.footer": SettingSpec(str, "", "Text at the foot of every storefront page (hours, terms).", max_length=500),
     # Customer service, on every storefront page and the order page; empty: not shown.
@@ -291,6 +307,20 @@ def update_settings(session: Session, raw: dict, *, actor: str, source_ip: str |
 def site_name(session: Session, default: str) -> str:
     """The shop's name: the run-time setting, or `default` (the config file's) when it is empty."""
     return get_setting(session, "site.name") or default
+
+
+def site_url(session: Session, default: str) -> str:
+    """The shop's public address: the run-time setting, or `default` (the config file's)."""
+    return get_setting(session, "site.url") or default
+
+
+def shop_url() -> str:
+    """site.url as staff set it in the panel, else the config file's (in an app context)."""
+    try:
+        return site_url(db.session, get_config().site.url)
+    except SQLAlchemyError:
+        db.session.rollback()
+        return get_config().site.url
 
 
 def shop_name() -> str:

@@ -26,7 +26,7 @@ from ..payments import methods
 from ..payments import services as payments
 from ..payments.services import build_pay_url
 from ..settings.messaging import mail_server
-from ..settings.services import get_setting, shop_look
+from ..settings.services import get_setting, shop_look, shop_url
 from ..transaction import read_only
 from .i18n import current_lang, remember_lang, t
 
@@ -247,7 +247,7 @@ def _order_page(order, token: str, *, returned: bool = False):
     if order.status == "pending":
         channel = db.session.get(PaymentChannel, order.channel_id)
         if channel is not None and channel.is_enabled:
-            pay_url = build_pay_url(get_vault(), channel, order, site_url=get_config().site.url,
+            pay_url = build_pay_url(get_vault(), channel, order, site_url=shop_url(),
                                     product_name=product.name, token=token)
     watch = order.status in WATCHED
     label = methods.label(order.pay_type, current_lang())
