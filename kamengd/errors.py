@@ -7,13 +7,35 @@ a key-sealing process loads it without Flask or SQLAlchemy.
 from __future__ import annotations
 
 
+def N_(text: str) -> str:
+    """Marks text for the translation catalogue (scripts/translations); translated where shown."""
+    return text
+
+
+# The names services put before an error ("price: ..."): the panel shows them translated.
+FIELD_NAMES = (N_("price"), N_("cost price"), N_("category"), N_("low-stock threshold"), N_("minimum quantity"),
+               N_("maximum quantity"), N_("sort order"), N_("reason"), N_("note"), N_("name"))
+TRANSLATED_PARAMS = ("field", "name")
+
+
 class KamengdError(Exception):
     code = "invalid_request"
     http_status = 400
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, /, **params):
+        """`message` is English; with `params` it is a template (`%(name)s`) they fill in,
+        which the panel translates as a whole (Babel extracts these calls)."""
+        text = message % params if params else message
+        super().__init__(text)
+        self.message = text          # the CLI's and the JSON API's words
+        self.template, self.params = message, params
+
+    def localized(self, gettext) -> str:
+        """The error in a reader's language: gettext(template, **params) (flask_babel's)."""
+        if not self.params:
+            return gettext(self.template)
+        params = {k: gettext(v) if k in TRANSLATED_PARAMS and v in FIELD_NAMES else v for k, v in self.params.items()}
+        return gettext(self.template, **params)
 
 
 class ConfigError(KamengdError):

@@ -20,18 +20,20 @@ def parse_money(text: str | Decimal, *, field: str = "price", allow_zero: bool =
     try:
         value = Decimal(raw)
     except DecimalException:
-        raise InvalidRequest(f"{field}: {raw[:40]!r} is not a decimal amount") from None
+        raise InvalidRequest("%(field)s: %(raw)r is not a decimal amount", field=field, raw=raw[:40]) from None
     if not value.is_finite():
-        raise InvalidRequest(f"{field}: {raw[:40]!r} is not a decimal amount")
+        raise InvalidRequest("%(field)s: %(raw)r is not a decimal amount", field=field, raw=raw[:40])
     if value.adjusted() >= 13:  # before any arithmetic: 1e1000000 must not overflow
-        raise InvalidRequest(f"{field}: {raw[:40]!r} is too large")
+        raise InvalidRequest("%(field)s: %(raw)r is too large", field=field, raw=raw[:40])
     if value.as_tuple().exponent < -2 and value != value.quantize(Decimal("0.01")):
-        raise InvalidRequest(f"{field}: {raw[:40]!r} has more than two decimal places")
+        raise InvalidRequest("%(field)s: %(raw)r has more than two decimal places", field=field, raw=raw[:40])
     cents = int(value * 100)
-    if cents < 0 or (cents == 0 and not allow_zero):
-        raise InvalidRequest(f"{field}: must be {'zero or ' if allow_zero else ''}more than zero")
+    if cents < 0 and allow_zero:
+        raise InvalidRequest("%(field)s: must be zero or more", field=field)
+    if cents <= 0 and not allow_zero:
+        raise InvalidRequest("%(field)s: must be more than zero", field=field)
     if cents >= MAX_CENTS:
-        raise InvalidRequest(f"{field}: {raw[:40]!r} is too large")
+        raise InvalidRequest("%(field)s: %(raw)r is too large", field=field, raw=raw[:40])
     return cents
 
 

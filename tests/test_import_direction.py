@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("feature basics", (
         "kamengd.accounts.passwords", "kamengd.inventory.importer", "kamengd.payments.epay",
         "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
+        "kamengd.orders.reasons",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
         "kamengd.operations.processes")),
     # Then the features' services, in the order they use each other.

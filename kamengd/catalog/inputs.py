@@ -43,16 +43,18 @@ def parse_fields(text: str) -> list[dict]:
         kind = (parts[1] if len(parts) > 1 and parts[1] else "text").lower()
         flag = (parts[2] if len(parts) > 2 and parts[2] else "optional").lower()
         if not label or len(label) > MAX_LABEL or has_control_characters(label):
-            raise InvalidRequest(f"input fields, line {number}: a label of 1 to {MAX_LABEL} characters first")
+            raise InvalidRequest("input fields, line %(number)s: a label of 1 to %(MAX_LABEL)s "
+                                 "characters first", number=number, MAX_LABEL=MAX_LABEL)
         if kind not in KINDS:
-            raise InvalidRequest(f"input fields, line {number}: kind {kind[:20]!r} is not one of "
-                                 f"{', '.join(KINDS)}")
+            raise InvalidRequest("input fields, line %(number)s: kind %(kind)r is not one of %(kinds)s",
+                                 number=number, kind=kind[:20], kinds=", ".join(KINDS))
         if flag not in ("required", "optional", "必填", "选填"):
-            raise InvalidRequest(f"input fields, line {number}: say required or optional, not {flag[:20]!r}")
+            raise InvalidRequest("input fields, line %(number)s: say required or optional, not %(flag)r",
+                                 number=number, flag=flag[:20])
         fields.append({"key": f"f{len(fields) + 1}", "label": label, "kind": kind,
                        "required": flag in ("required", "必填")})
         if len(fields) > MAX_FIELDS:
-            raise InvalidRequest(f"input fields: at most {MAX_FIELDS}")
+            raise InvalidRequest("input fields: at most %(MAX_FIELDS)s", MAX_FIELDS=MAX_FIELDS)
     if len({f["label"] for f in fields}) != len(fields):
         raise InvalidRequest("input fields: two fields have the same label")
     return fields
@@ -86,22 +88,23 @@ def check_values(fields: list[dict], given) -> list[dict]:
     known = {f["key"] for f in fields}
     unknown = [k for k in given if k not in known]
     if unknown:
-        raise InvalidRequest(f"input: {str(unknown[0])[:20]!r} is not a field of this product")
+        raise InvalidRequest("input: %(unknown)r is not a field of this product", unknown=str(unknown[0])[:20])
     values = []
     for field in fields:
         value = given.get(field["key"], "")
         if not isinstance(value, str):
-            raise InvalidRequest(f"input: {field['label']}: text is required")
+            raise InvalidRequest("input: %(field)s: text is required", field=field['label'])
         value = value.strip()
         if not value:
             if field["required"]:
-                raise InvalidRequest(f"input: {field['label']}: required")
+                raise InvalidRequest("input: %(field)s: required", field=field['label'])
             continue
         pattern, _mode, description = KINDS[field["kind"]]
         bad = (len(value) > MAX_VALUE or has_control_characters(value)
                or (pattern is not None and not pattern.fullmatch(value))
                or (field["kind"] == "email" and not is_email_address(value)))
         if bad:
-            raise InvalidRequest(f"input: {field['label']}: {description} is required")
+            raise InvalidRequest("input: %(field)s: %(description)s is required",
+                                 field=field['label'], description=description)
         values.append({"label": field["label"], "value": value})
     return values

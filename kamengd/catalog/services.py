@@ -40,18 +40,20 @@ PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "des
 def whole_number(raw: str | int, field: str) -> int:
     """A form's (or the CLI's) whole number; the caller checks its range."""
     if isinstance(raw, bool):
-        raise InvalidRequest(f"{field}: a whole number")
+        raise InvalidRequest("%(field)s: a whole number", field=field)
     if isinstance(raw, int):
         return raw
     text = (raw or "").strip()
+    if not text:
+        raise InvalidRequest("%(field)s: required", field=field)
     if not re.fullmatch(r"-?[0-9]{1,12}", text):
-        raise InvalidRequest(f"{field}: {text[:20]!r} is not a whole number" if text else f"{field}: required")
+        raise InvalidRequest("%(field)s: %(text)r is not a whole number", field=field, text=text[:20])
     return int(text)
 
 
 def _in_range(value: int, field: str, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidRequest(f"{field}: a whole number from {low} to {high}")
+        raise InvalidRequest("%(field)s: a whole number from %(low)s to %(high)s", field=field, low=low, high=high)
 
 
 def parse_product_form(form: Mapping[str, str]) -> dict:
@@ -85,9 +87,9 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
         if not name:
             raise InvalidRequest("name: must not be empty")
         if len(name) > MAX_NAME:
-            raise InvalidRequest(f"name: at most {MAX_NAME} characters")
+            raise InvalidRequest("name: at most %(MAX_NAME)s characters", MAX_NAME=MAX_NAME)
     if "description" in fields and len(values["description"] or "") > MAX_DESCRIPTION:
-        raise InvalidRequest(f"description: at most {MAX_DESCRIPTION} characters")
+        raise InvalidRequest("description: at most %(MAX_DESCRIPTION)s characters", MAX_DESCRIPTION=MAX_DESCRIPTION)
     if "price_cents" in fields:
         price = values["price_cents"]
         if not isinstance(price, int) or isinstance(price, bool) or not 1 <= price < MAX_CENTS:
@@ -98,7 +100,7 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
                                  or not 0 <= cost < MAX_CENTS):
             raise InvalidRequest("cost price: must be zero or more and less than 100 billion")
     if "delivery_mode" in fields and values["delivery_mode"] not in DELIVERY_MODES:
-        raise InvalidRequest(f"delivery: must be one of {', '.join(DELIVERY_MODES)}")
+        raise InvalidRequest("delivery: must be one of %(modes)s", modes=", ".join(DELIVERY_MODES))
     if "low_stock_threshold" in fields:
         _in_range(values["low_stock_threshold"], "low-stock threshold", 0, MAX_THRESHOLD)
     if fields & {"min_quantity", "max_quantity"}:
@@ -118,7 +120,7 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
         category_id = values["category_id"]
         if (not isinstance(category_id, int) or not 1 <= category_id < 2**31
                 or session.get(Category, category_id) is None):
-            raise InvalidRequest(f"category: category {category_id} does not exist")
+            raise InvalidRequest("category: category %(category_id)s does not exist", category_id=category_id)
     return values
 
 
@@ -190,7 +192,7 @@ def set_product_visible(session: Session, product: Product, visible: bool, *, ac
 def get_product(session: Session, product_id: int) -> Product:
     product = session.get(Product, product_id) if 0 < product_id < 2**63 else None
     if product is None:
-        raise NotFound(f"product {product_id} not found")
+        raise NotFound("product %(product_id)s not found", product_id=product_id)
     return product
 
 
@@ -241,7 +243,7 @@ def product_summary(session: Session, product: Product) -> dict:
 def get_category(session: Session, category_id: int) -> Category:
     category = session.get(Category, category_id) if 0 < category_id < 2**31 else None
     if category is None:
-        raise NotFound(f"category {category_id} not found")
+        raise NotFound("category %(category_id)s not found", category_id=category_id)
     return category
 
 
@@ -260,13 +262,13 @@ def _category_name(session: Session, name: str, exclude_id: int | None = None) -
     if not name:
         raise InvalidRequest("name: must not be empty")
     if len(name) > MAX_CATEGORY_NAME:
-        raise InvalidRequest(f"name: at most {MAX_CATEGORY_NAME} characters")
+        raise InvalidRequest("name: at most %(MAX_CATEGORY_NAME)s characters", MAX_CATEGORY_NAME=MAX_CATEGORY_NAME)
     # Case-insensitive, as MySQL's unique index compares: the same answer on every database.
     clash = sa.select(Category.id).where(sa.func.lower(Category.name) == name.lower())
     if exclude_id is not None:
         clash = clash.where(Category.id != exclude_id)
     if session.scalar(clash.limit(1)) is not None:
-        raise Conflict(f"name: a category named {name!r} already exists")
+        raise Conflict("name: a category named %(name)r already exists", name=name)
     return name
 
 
@@ -275,7 +277,7 @@ def _flush_category(session: Session, name: str) -> None:
         with session.begin_nested():
             session.flush()
     except sa.exc.IntegrityError:   # created by someone else since the check
-        raise Conflict(f"name: a category named {name!r} already exists") from None
+        raise Conflict("name: a category named %(name)r already exists", name=name) from None
 
 
 def create_category(session: Session, *, name: str, actor: str, sort_order: int | str = 0,

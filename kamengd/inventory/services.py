@@ -357,7 +357,7 @@ def key_counts(session: Session, product_ids: Iterable[int] | None = None) -> di
 def export_statuses(status: str) -> list[str] | None:
     """The key statuses an export of `status` holds (None: every key)."""
     if status not in EXPORT_STATUSES:
-        raise InvalidRequest(f"status: must be one of {', '.join(EXPORT_STATUSES)}")
+        raise InvalidRequest("status: must be one of %(statuses)s", statuses=", ".join(EXPORT_STATUSES))
     return None if status == "all" else [status]
 
 
@@ -374,9 +374,9 @@ def start_key_export(session: Session, *, product_id: int, status: str, reason: 
     reason = " ".join((reason or "").split())
     low, high = EXPORT_REASON
     if len(reason) < low:
-        raise InvalidRequest(f"reason: say why the keys are downloaded (at least {low} characters)")
+        raise InvalidRequest("reason: say why the keys are downloaded (at least %(low)s characters)", low=low)
     if len(reason) > high:
-        raise InvalidRequest(f"reason: at most {high} characters")
+        raise InvalidRequest("reason: at most %(high)s characters", high=high)
     get_product(session, product_id)
     query = sa.select(sa.func.count()).select_from(CardKey).where(CardKey.product_id == product_id)
     if statuses is not None:
@@ -416,13 +416,14 @@ def export_keys(session: Session, vault: Vault, *, product_id: int, output: Path
     get_product(session, product_id)
     output = Path(output).absolute()
     if output.is_dir():
-        raise InvalidRequest(f"output: {output} is a directory")
+        raise InvalidRequest("output: %(output)s is a directory", output=output)
     if not output.parent.is_dir():
-        raise InvalidRequest(f"output: directory {output.parent} does not exist")
+        raise InvalidRequest("output: directory %(parent)s does not exist", parent=output.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=".kamengd-export-", dir=output.parent)  # mode 0600
     except OSError as exc:
-        raise InvalidRequest(f"output: cannot write in {output.parent}: {exc.strerror}") from None
+        raise InvalidRequest("output: cannot write in %(parent)s: %(strerror)s",
+                             parent=output.parent, strerror=exc.strerror) from None
     tmp = Path(tmp_name)
     count = 0
     try:
@@ -502,7 +503,8 @@ def void_batch(session: Session, *, product_id: int, import_id: int, reason: str
         raise InvalidRequest("reason: at most 500 characters")
     run = session.get(KeyImport, import_id) if 0 < import_id < 2 ** 31 else None
     if run is None or run.product_id != product_id:
-        raise NotFound(f"import {import_id} of product {product_id} not found")
+        raise NotFound("import %(import_id)s of product %(product_id)s not found",
+                       import_id=import_id, product_id=product_id)
     t = CardKey.__table__
     voided = session.execute(t.update().where(t.c.product_id == product_id, t.c.status == "available",
                                               t.c.import_id == import_id).values(status="void")).rowcount

@@ -21,6 +21,7 @@ from ..database import utcnow
 from ..errors import ConfigError, InvalidRequest
 from ..money import format_cents
 from ..orders.attention import flag_order
+from ..orders import reasons
 from ..orders.models import Order
 from ..orders.services import order_keys
 from ..settings.services import site_name, site_url
@@ -130,7 +131,7 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
                 mail.status = "failed"
                 if mail.order_id is not None:  # the buyer may never see the keys: tell a person
                     flag_order(session, session.get(Order, mail.order_id),
-                               f"delivery mail failed {attempts + 1} times: {error}", now)
+                               reasons.reason(reasons.MAIL_FAILED, attempts=attempts + 1, error=error), now)
             session.commit()   # each mail's outcome is stored before the next mail is sent
             counts["failed"] += 1
             log.warning("mail %s to order %s not sent (attempt %d): %s", mail_id, mail.order_id,

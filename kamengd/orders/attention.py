@@ -21,6 +21,7 @@ from ..catalog.models import Product
 from ..database import is_busy, utcnow
 from ..notifications.events import emit, order_payload
 from ..settings.services import get_setting
+from . import reasons
 from .models import Order
 from .services import deliver_waiting_orders
 
@@ -79,8 +80,8 @@ def flag_stuck_orders(session: Session, now: dt.datetime | None = None, limit: i
     wait = get_setting(session, "orders.stock_wait_alert_minutes")
     sla = get_setting(session, "orders.manual_sla_minutes")
     counts = {"waiting_for_stock": 0, "manual_past_sla": 0}
-    rules = (("waiting_for_stock", "auto", wait, f"paid and waiting for stock for over {wait} minutes"),
-             ("manual_past_sla", "manual", sla, f"manual delivery not done within {sla} minutes"))
+    rules = (("waiting_for_stock", "auto", wait, reasons.reason(reasons.WAITING_FOR_STOCK, minutes=wait)),
+             ("manual_past_sla", "manual", sla, reasons.reason(reasons.MANUAL_PAST_SLA, minutes=sla)))
     for name, mode, minutes, reason in rules:
         stuck = session.scalars(sa.select(Order).join(Product, Product.id == Order.product_id)
                                 .where(Order.status == "paid", Order.flagged_at.is_(None),

@@ -50,16 +50,16 @@ def find_order(session: Session, order_no) -> Order:
         raise NotFound("order not found")
     order = session.scalar(sa.select(Order).where(Order.order_no == order_no))
     if order is None:
-        raise NotFound(f"order {order_no} not found")
+        raise NotFound("order %(order_no)s not found", order_no=order_no)
     return order
 
 
 def _text(value, name: str, *, required: bool) -> str:
     value = (value if isinstance(value, str) else "").strip()
     if required and not value:
-        raise InvalidRequest(f"{name}: required")
+        raise InvalidRequest("%(name)s: required", name=name)
     if len(value) > MAX_REASON:
-        raise InvalidRequest(f"{name}: at most {MAX_REASON} characters")
+        raise InvalidRequest("%(name)s: at most %(MAX_REASON)s characters", name=name, MAX_REASON=MAX_REASON)
     return value
 
 
@@ -202,7 +202,8 @@ def reveal_keys(session: Session, vault: Vault, *, order_no, actor: str,
     """The keys a delivered order's buyer received; every look is audited."""
     order = find_order(session, order_no)
     if order.delivered_at is None:
-        raise Conflict(f"order {order.order_no} is {order.status}; it has no delivered keys")
+        raise Conflict("order %(order_no)s is %(status)s; it has no delivered keys",
+                       order_no=order.order_no, status=order.status)
     keys = order_keys(session, vault, order)
     record(session, "order.keys_view", actor=actor, target=target(order), source_ip=source_ip,
            details={"keys": len(keys)})
@@ -212,17 +213,19 @@ def reveal_keys(session: Session, vault: Vault, *, order_no, actor: str,
 def parse_pasted_keys(text, max_length: int) -> list[str]:
     """One key a line; blank lines and surrounding spaces are dropped."""
     if not isinstance(text, str) or len(text) > MAX_PASTE:
-        raise InvalidRequest(f"keys: at most {MAX_PASTE} characters")
+        raise InvalidRequest("keys: at most %(MAX_PASTE)s characters", MAX_PASTE=MAX_PASTE)
     keys = []
     for lineno, line in enumerate(text.splitlines(), 1):
         key = line.strip()
         if not key:
             continue
         if len(key) > max_length:
-            raise InvalidRequest(f"line {lineno}: the key is {len(key)} characters, longer than the "
-                                 f"limit of {max_length}; nothing delivered")
+            raise InvalidRequest("line %(lineno)s: the key is %(key)s characters, longer than the limit "
+                                 "of %(max_length)s; nothing delivered",
+                                 lineno=lineno, key=len(key), max_length=max_length)
         if _CONTROL.search(key):
-            raise InvalidRequest(f"line {lineno}: the key contains control characters; nothing delivered")
+            raise InvalidRequest("line %(lineno)s: the key contains control characters; nothing "
+                                 "delivered", lineno=lineno)
         keys.append(key)
     if not keys:
         raise InvalidRequest("keys: paste the order's keys, one per line")
@@ -235,10 +238,14 @@ def deliver_pasted_keys(session: Session, vault: Vault, *, order_no, text, max_k
     keys = parse_pasted_keys(text, max_key_length)
     order = find_order(session, order_no)
     if order.status != "paid":
-        raise Conflict(f"order {order.order_no} is {order.status}; only paid orders can be delivered")
+        raise Conflict("order %(order_no)s is %(status)s; only paid orders can be delivered",
+                       order_no=order.order_no, status=order.status)
     if len(keys) != order.quantity:
-        raise InvalidRequest(f"order {order.order_no} needs {order.quantity} key{'s' * (order.quantity != 1)}, "
-                             f"{len(keys)} pasted")
+        if order.quantity == 1:
+            raise InvalidRequest("order %(order_no)s needs 1 key, %(keys)s pasted",
+                                 order_no=order.order_no, keys=len(keys))
+        raise InvalidRequest("order %(order_no)s needs %(quantity)s keys, %(keys)s pasted",
+                             order_no=order.order_no, quantity=order.quantity, keys=len(keys))
     order = deliver_manually(session, vault, order_no=order.order_no, keys=keys, actor=actor,
                              source_ip=source_ip)
     _release_reserved(session, order)   # an auto order delivered by hand keeps no reservation
@@ -258,7 +265,8 @@ def release_held(session: Session, *, order_no, reason, actor: str, source_ip: s
     order = find_order(session, order_no)
     if not _claim(session, order, ("held",), status="paid", updated_at=now, **RESOLVED):
         status = lock_order_status(session, order.id)
-        raise Conflict(f"order {order.order_no} is {status}; only a held order can be released")
+        raise Conflict("order %(order_no)s is %(status)s; only a held order can be released",
+                       order_no=order.order_no, status=status)
     payment = session.scalar(sa.select(Payment).where(Payment.order_id == order.id, Payment.status == "held")
                              .order_by(Payment.id).limit(1))
     paid = payment.amount_cents if payment else None
@@ -295,8 +303,8 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
     if previous not in REFUNDABLE or not _claim(session, order, (previous,), status="refunded",
                                                  updated_at=now, **RESOLVED):
         status = lock_order_status(session, order.id)
-        raise Conflict(f"order {order.order_no} is {status}; only paid, held or delivered orders "
-                       "can be refunded")
+        raise Conflict("order %(order_no)s is %(status)s; only paid, held or delivered orders "
+                       "can be refunded", order_no=order.order_no, status=status)
     released = _release_reserved(session, order)
     sold = key_counts(session, order).get("sold", 0)
     record(session, "order.refund", actor=actor, target=target(order), source_ip=source_ip,
@@ -328,9 +336,11 @@ def refund_extra_payment(session: Session, *, order_no, payment_id, note="", act
     payment = session.scalar(sa.select(Payment).where(Payment.id == payment_id, Payment.order_id == order.id)
                              .execution_options(populate_existing=True))
     if payment is None:
-        raise NotFound(f"order {order.order_no} has no payment {payment_id}")
+        raise NotFound("order %(order_no)s has no payment %(payment_id)s",
+                       order_no=order.order_no, payment_id=payment_id)
     if not done:
-        raise Conflict(f"payment {payment.trade_no} is {payment.status}; only an extra payment is refunded here")
+        raise Conflict("payment %(trade_no)s is %(status)s; only an extra payment is refunded "
+                       "here", trade_no=payment.trade_no, status=payment.status)
     channel = session.get(PaymentChannel, payment.channel_id)
     record(session, "payment.refund", actor=actor, target=target(order), source_ip=source_ip,
            details={"trade_no": payment.trade_no, "channel": channel.code if channel else None,
@@ -364,12 +374,13 @@ def resend_delivery_email(session: Session, *, order_no, smtp_configured: bool, 
     order = find_order(session, order_no)
     status = lock_order_status(session, order.id)
     if status != "delivered":
-        raise Conflict(f"order {order.order_no} is {status}; only a delivered order's mail can be sent again")
+        raise Conflict("order %(order_no)s is %(status)s; only a delivered order's mail can "
+                       "be sent again", order_no=order.order_no, status=status)
     waiting = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id,
                                                           EmailOutbox.status == "pending").limit(1))
     if waiting is not None:
-        raise Conflict(f"a delivery mail for order {order.order_no} is already waiting to be sent "
-                       f"(attempts so far: {waiting.attempts})")
+        raise Conflict("a delivery mail for order %(order_no)s is already waiting to be sent "
+                       "(attempts so far: %(attempts)s)", order_no=order.order_no, attempts=waiting.attempts)
     queue_delivery_email(session, order)
     session.flush()
     mail = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id)
@@ -392,7 +403,7 @@ def acknowledge_flag(session: Session, *, order_no, note="", actor: str,
         .execution_options(synchronize_session=False)).rowcount == 1
     session.refresh(order)
     if not cleared:
-        raise Conflict(f"order {order.order_no} is not flagged")
+        raise Conflict("order %(order_no)s is not flagged", order_no=order.order_no)
     details = {"reason": reason}
     if note:
         details["note"] = note

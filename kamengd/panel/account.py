@@ -16,6 +16,7 @@ from ..extensions import db, limiter
 from ..settings.services import shop_name
 from . import session as panel_session
 from .blueprint import bp
+from .helpers import error_text
 from .permissions import PERMISSIONS, can
 from .session import actor, client_ip, current_staff, needs_enrolment, safe_next
 
@@ -138,7 +139,7 @@ def password():
         return redirect(url_for("panel.account"))
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.account"))
     auth.close_session(db.session, panel_session.token())
     # This browser goes on under the new epoch; the others end.
@@ -227,6 +228,6 @@ def recovery_codes():
         codes = auth.regenerate_recovery_codes(db.session, user, ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.account"))
     return render_template("panel/recovery_codes.html", codes=codes)

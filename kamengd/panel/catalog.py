@@ -13,7 +13,7 @@ from ..extensions import db
 from ..money import format_cents
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, page_number
+from .helpers import PAGE_SIZE, page_number, error_text
 from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
@@ -72,7 +72,7 @@ def product_new():
                                          source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         read_only()
         return _render_form(None, form, exc.http_status)
     flash(_("Product %(name)s created.", name=product.name), "success")
@@ -92,7 +92,7 @@ def product_edit(product_id: int):
                                          actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         read_only()
         return _render_form(catalog.get_product(db.session, product_id), form, exc.http_status)
     if changes:
@@ -148,7 +148,7 @@ def category_new():
                                            source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         read_only()
         return _categories_page(form, exc.http_status)
     flash(_("Category %(name)s created.", name=category.name), "success")
@@ -165,7 +165,7 @@ def category_edit(category_id: int):
                                           actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.categories"), code=303)
     if changes:
         flash(_("Category %(name)s saved.", name=category.name), "success")

@@ -22,6 +22,7 @@ from ..payments.models import PaymentChannel
 from ..settings.services import shop_url
 from ..transaction import read_only
 from .blueprint import bp
+from .helpers import error_text
 from .session import actor, client_ip
 
 FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_order")
@@ -78,7 +79,7 @@ def channel_new():
             sort_order=form["sort_order"], actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return _render_form(None, form, exc.http_status)
     flash(_("Payment channel %(code)s added.", code=channel.code), "success")
     return redirect(url_for("panel.channels"), code=303)
@@ -99,7 +100,7 @@ def channel_edit(channel_id: int):
             actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         channel = payments.get_channel(db.session, channel_id)
         return _render_form(channel, {**form, "code": channel.code}, exc.http_status)
     flash(_("Payment channel %(code)s saved.", code=channel.code) if changes else _("Nothing changed."),
@@ -119,7 +120,7 @@ def channel_toggle(channel_id: int):
                                                source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.channels"), code=303)
     if not changed:
         flash(_("Payment channel %(code)s was already in that state.", code=channel.code), "info")

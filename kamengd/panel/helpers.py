@@ -8,7 +8,9 @@ from flask import current_app, request
 from flask_babel import gettext as _
 
 from ..context import get_config
+from ..errors import KamengdError
 from ..money import format_cents
+from ..orders import reasons
 from .blueprint import bp
 
 PAGE_SIZE = 50
@@ -102,3 +104,39 @@ def local_day_start(value: str) -> dt.datetime | None:
         return start.astimezone(dt.timezone.utc).replace(tzinfo=None)
     except OverflowError:   # 0001-01-01 east of UTC
         return None
+
+
+@bp.app_template_global()
+def event_name(event_type: str) -> str:
+    """What an event means, in the staff member's language (its code stays visible beside it)."""
+    return {
+        "*": _("all events"), "stock.low": _("Stock running low"), "stock.restocked": _("Stock refilled"),
+        "order.paid": _("Order paid"), "order.delivered": _("Order delivered"),
+        "order.held": _("Payment held for a check"), "order.stuck": _("Order needs a person"),
+        "payment.extra": _("Order paid twice"), "reconcile.mismatch": _("Reconciliation mismatch"),
+        "scheduler.failover": _("Scheduler moved to another server"),
+    }.get(event_type, event_type)
+
+
+@bp.app_template_global()
+def job_name(job: str) -> str:
+    """What a scheduler job does, in the staff member's language (its name stays visible beside it)."""
+    return {
+        "expire_reservations": _("Cancel unpaid orders"), "serve_waiting_orders": _("Deliver orders waiting for stock"),
+        "send_emails": _("Send delivery mails"), "send_notifications": _("Send notifications"),
+        "reconcile_payments": _("Ask gateways about missed payments"), "check_low_stock": _("Check low stock"),
+        "flag_stuck_orders": _("Flag orders that need a person"), "check_channel_keys": _("Check channel keys"),
+        "settle_payments": _("Daily settlement"), "daily_backup": _("Daily backup"),
+        "retire_old_keys": _("Retire old data keys"), "prune_history": _("Prune old history"),
+    }.get(job, job)
+
+
+@bp.app_template_global()
+def flag_reason(text: str | None) -> str:
+    """A stored flag reason in the staff member's language."""
+    return reasons.localized(text, _)
+
+
+def error_text(exc: KamengdError) -> str:
+    """A service's error in the staff member's language, with its values."""
+    return exc.localized(_)

@@ -20,6 +20,7 @@ from ..settings.messaging import mail_server, save_group, sending_config
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set, shop_url
 from ..transaction import read_only
 from .blueprint import bp
+from .helpers import error_text
 from .session import actor, client_ip
 
 RECENT_ATTEMPTS = 20
@@ -145,7 +146,7 @@ def _save(group: str, save, anchor: str | None = None):
         changed = save(submitted)
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return _render({**settings_services.all_settings(db.session), **submitted}, exc.http_status)
     if changed:
         flash(_("Saved: %(keys)s.", keys=", ".join(changed)), "success")
@@ -180,7 +181,7 @@ def settings_test_mail():
     try:
         to = check_mail_address(request.form.get("to", "")[:300])
     except KamengdError as exc:
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     site = settings_services.site_name(db.session, config.site.name)
     db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the mail server answers

@@ -12,7 +12,7 @@ from ..errors import KamengdError
 from ..extensions import db
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import role_name
+from .helpers import role_name, error_text
 from .session import actor, client_ip, current_staff
 
 
@@ -43,7 +43,7 @@ def staff_new():
                                     source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return _render_new(values, exc.http_status)
     flash(_("%(name)s can now sign in as %(role)s; give them the password in a safe way.", name=user.username,
             role=role_name(user.role)), "success")
@@ -72,7 +72,7 @@ def staff_edit(user_id: int):
                         _("%(name)s is deactivated; their sessions have ended.", name=name))
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.staff"), code=303)
     flash(" ".join(done) if done else _("Nothing changed."), "success" if done else "info")
     return redirect(url_for("panel.staff"), code=303)
@@ -85,7 +85,7 @@ def staff_reset_2fa(user_id: int):
                                   source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         return redirect(url_for("panel.staff"), code=303)
     flash(_("Two-factor sign-in of %(name)s is off and their sessions have ended.", name=user.username)
           + (" " + _("They set it up again at their next sign-in.") if user.role in ROLES_REQUIRING_2FA else ""),

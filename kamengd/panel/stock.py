@@ -26,7 +26,7 @@ from ..inventory import services as inventory
 from ..inventory.models import KEY_STATUSES
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, page_number
+from .helpers import PAGE_SIZE, page_number, error_text
 from .session import actor, client_ip
 
 IMPORT_CHUNK_LINES = inventory.CHUNK_LINES   # tests make it small
@@ -164,7 +164,7 @@ def stock_export(product_id: int):
                                            reason=form["reason"], actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
         read_only()
         return _export_page(product_id, exc.http_status, form)
     # The request commits the entry before the answer, so before the first key is sent.
@@ -201,7 +201,7 @@ def stock_void_batch(product_id: int, import_id: int):
                                       reason=request.form.get("reason", ""), actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(exc.message, "error")
+        flash(error_text(exc), "error")
     else:
         flash(_("Batch #%(batch)s: %(n)s available keys taken off sale (void); %(reserved)s reserved and "
                 "%(sold)s sold keys left as they are.", batch=import_id, n=result["voided"],

@@ -18,6 +18,7 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..orders.attention import flag_order
+from ..orders import reasons
 from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
 from ..validation import has_control_characters
@@ -383,7 +384,7 @@ def _already_recorded(session: Session, order, existing: Payment, now) -> Paymen
     if existing.order_id == order.id:
         return PaymentOutcome(True, "already recorded")
     other = session.scalar(sa.select(Order.order_no).where(Order.id == existing.order_id))
-    reason = f"the gateway reported trade {existing.trade_no}, already recorded for order {other}"
+    reason = reasons.reason(reasons.TRADE_TWICE, trade_no=existing.trade_no, other=other)
     flag_order(session, order, reason, now, event="order.held")
     return PaymentOutcome(True, "trade recorded for another order: flagged")
 
@@ -436,8 +437,8 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)
     else:
-        reason = (f"paid {format_cents(amount)}, the order is for {format_cents(order.amount_cents)} "
-                  f"{order.currency}")
+        reason = reasons.reason(reasons.WRONG_AMOUNT, paid=format_cents(amount),
+                                amount=format_cents(order.amount_cents), currency=order.currency)
         flag_order(session, order, reason, now, event=None)
         emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
                                                   paid_amount=format_cents(amount)), now)
@@ -467,8 +468,9 @@ def _extra_payment(session: Session, channel: PaymentChannel, order, payment: Pa
     time: every such payment is money to give back (refund_extra_payment)."""
     payment.status = "extra"
     session.flush()
-    reason = (f"{EXTRA_PAYMENT_FLAG}: an extra payment of {format_cents(payment.amount_cents)} {order.currency} "
-              f"(trade {payment.trade_no}) to refund")
+    reason = reasons.reason(reasons.EXTRA_PAYMENT, amount=format_cents(payment.amount_cents),
+                            currency=order.currency, trade_no=payment.trade_no)
+    assert reason.startswith(EXTRA_PAYMENT_FLAG)   # the refund finds the flag by it
     flag_order(session, order, reason, now, event=None)
     emit(session, "payment.extra", order_payload(session, order, trade_no=payment.trade_no, channel=channel.code,
                                                  paid_amount=format_cents(payment.amount_cents), reason=reason),
