@@ -60,7 +60,8 @@ def test_settings(backend, session):
     assert {k: v for k, v in values.items() if k.split(".")[0] in ("site", "orders")} == {
         "site.name": "", "site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
         "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60, "site.footer": "",
-        "site.contact_qq": "", "site.contact_wechat": "", "site.contact_telegram": "", "site.contact_email": ""}
+        "site.contact_qq": "", "site.contact_wechat": "", "site.contact_telegram": "", "site.contact_email": "",
+        "site.url": ""}
     assert values["smtp.source"] == "file" and values["notifications.webhook_events"] == ["*"]
     entry = last_audit(session)
     assert entry.action == "setting.change"

@@ -315,7 +315,7 @@ def test_buyer_buys_with_the_keyboard_only(shop, goods, tab):
     assert radios.count() == 2
     t.press_until_focused("input[type=radio][name=channel]:checked")
     page.keyboard.press("ArrowDown")
-    assert page.locator("input[type=radio][name=channel]:checked").get_attribute("value") == "wxpay"
+    assert page.locator("input[type=radio][name=channel]:checked").get_attribute("value") == "wxpay:wxpay"
     t.press_until_focused("button[type=submit]")
     assert t.focus_is_visible()
     with page.expect_navigation(url=re.compile(re.escape(shop.gateway.url))):

@@ -345,7 +345,7 @@ def test_panel_settings(app, client, owner):
         # The fields with a format of their own (QQ number, Telegram name, e-mail) refuse the
         # payload (a test of its own below); every free-text field takes it.
         formatted = {"site.contact_qq": "", "site.contact_telegram": "", "site.contact_email": "",
-                     "site.contact_wechat": ""}   # (WeChat IDs are short: at most 64 characters)
+                     "site.contact_wechat": "", "site.url": ""}   # (WeChat IDs: at most 64 characters)
         refused = submit(client, "/admin/settings", "/admin/settings", COMBINED, follow_redirects=True)
         assert_inert(refused)
         resp = submit(client, "/admin/settings", "/admin/settings", COMBINED, formatted, follow_redirects=True)
@@ -375,7 +375,7 @@ def test_panel_channel_name(app, client, owner):
 
     code = f"x{secrets.token_hex(4)}"
     valid = {"code": code, "gateway": "https://pay.example.com", "pid": "1001", "key": "merchant-key-0123456789",
-             "pay_type": "alipay"}
+             "other_pay_types": ""}
     resp = submit(client, "/admin/channels/new", "/admin/channels/new", COMBINED, valid, follow_redirects=True)
     assert_inert(resp)
     with app.app_context():

@@ -82,7 +82,7 @@ SIGN_OUT = {"panel.logout", "panel.logout_everywhere"}   # they end on the sign-
 PUBLIC_ELSEWHERE = {
     "static", "health.healthz",
     "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
-    "api.products", "api.new_order", "api.get_order",
+    "api.products", "api.new_order", "api.get_order", "api.payment_methods",
     "pay.notify", "shop.payment_return", "shop.order_status",
 }
 
