@@ -30,12 +30,25 @@ class KamengdError(Exception):
         self.message = text          # the CLI's and the JSON API's words
         self.template, self.params = message, params
 
-    def localized(self, gettext) -> str:
-        """The error in a reader's language: gettext(template, **params) (flask_babel's)."""
+    @property
+    def errors(self) -> list[KamengdError]:
+        """Each error this one reports (FormErrors: several)."""
+        return [self]
+
+    def localized(self, gettext, shown=None) -> str:
+        """The error in a reader's language: gettext(template, **params) (flask_babel's).
+        A value that is itself an error (a check's reason under a field's name) is translated
+        too; `shown(name, value)`, when given, says other values (a status) in words."""
         if not self.params:
             return gettext(self.template)
-        params = {k: gettext(v) if k in TRANSLATED_PARAMS and v in FIELD_NAMES else v for k, v in self.params.items()}
-        return gettext(self.template, **params)
+
+        def say(name, value):
+            if isinstance(value, KamengdError):
+                return value.localized(gettext, shown)
+            if name in TRANSLATED_PARAMS and value in FIELD_NAMES:
+                return gettext(value)
+            return shown(name, value) if shown is not None else value
+        return gettext(self.template, **{name: say(name, value) for name, value in self.params.items()})
 
 
 class ConfigError(KamengdError):
@@ -69,3 +82,54 @@ class Busy(KamengdError):
     code = "busy"
     http_status = 503
     retry_after = 2
+
+
+class FormErrors(InvalidRequest):
+    """Every mistake of a form with several fields, found at once. The CLI and the
+    API read them on one line ("; "); the panel shows each (`errors`). Raised by
+    Collector.check() only when there are two or more: one error is raised as itself."""
+
+    def __init__(self, errors: list[KamengdError]):
+        super().__init__("; ".join(e.message for e in errors))
+        self._errors = list(errors)
+        self.code, self.http_status = errors[0].code, errors[0].http_status
+
+    @property
+    def errors(self) -> list[KamengdError]:
+        return list(self._errors)
+
+    def localized(self, gettext, shown=None) -> str:
+        return "; ".join(e.localized(gettext, shown) for e in self._errors)
+
+
+class Collector:
+    """Checks a form's fields one by one and keeps going after a mistake:
+
+        found = Collector()
+        with found:
+            price = parse_money(...)
+        with found:
+            ...
+        found.check()      # raises the error, or FormErrors for several
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[KamengdError] = []
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, (InvalidRequest, Conflict)):
+            self.errors.extend(exc.errors)
+            return True
+        return False
+
+    def add(self, error: KamengdError) -> None:
+        self.errors.append(error)
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise FormErrors(self.errors)

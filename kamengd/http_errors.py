@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, make_response, render_template, request
+from flask_babel import gettext
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -38,6 +39,17 @@ def error_response(code: str, message: str, status: int, *, kind: str | None = N
     return message, status, {"Content-Type": "text/plain; charset=utf-8"}
 
 
+def _said(exc: KamengdError) -> str:
+    """The error's words: the staff panel's in the staff member's language; JSON, gateways and
+    plain answers keep the English (CONTRACT.md)."""
+    if request.path.startswith("/admin") and not _wants_json():
+        try:
+            return exc.localized(gettext)
+        except Exception:   # never fail an error answer over its wording
+            pass
+    return exc.message
+
+
 def _with_retry_after(response, seconds: int):
     response = make_response(response)
     response.headers["Retry-After"] = str(seconds)
@@ -47,7 +59,7 @@ def _with_retry_after(response, seconds: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KamengdError)
     def _domain(exc: KamengdError):
-        response = error_response(exc.code, exc.message, exc.http_status)
+        response = error_response(exc.code, _said(exc), exc.http_status)
         retry_after = getattr(exc, "retry_after", None)
         return _with_retry_after(response, retry_after) if retry_after else response
 
@@ -63,8 +75,8 @@ def register_error_handlers(app: Flask) -> None:
             return _unexpected(exc)
         busy_reports.warning(app.logger, "database busy on %s %s: %s", request.method, request.path,
                              getattr(exc, "orig", None) or exc.__class__.__name__)
-        response = error_response(Busy.code, "the shop is busy; nothing was changed, please try again",
-                                  Busy.http_status)
+        busy = Busy("the shop is busy; nothing was changed, please try again")
+        response = error_response(busy.code, _said(busy), busy.http_status)
         return _with_retry_after(response, Busy.retry_after)
 
     @app.errorhandler(Exception)

@@ -25,9 +25,9 @@ def _dummy() -> str:
 
 def validate_password(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidRequest(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidRequest("password must be at least %(length)s characters", length=MIN_PASSWORD_LENGTH)
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+        raise InvalidRequest("password must be at most %(length)s characters", length=MAX_PASSWORD_LENGTH)
 
 
 def hash_password(password: str) -> str:

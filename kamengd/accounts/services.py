@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from .auth import disable_totp
 from .models import ROLES, StaffUser
 from .passwords import hash_password, validate_password
@@ -14,15 +14,27 @@ from .passwords import hash_password, validate_password
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
 
 
+def check_new_user(session: Session, *, username: str, role: str, password: str,
+                   found: Collector | None = None) -> None:
+    """What create_user refuses, every mistake at once (into `found` when given, else raised)."""
+    own = found is None
+    found = Collector() if own else found
+    valid_name = USERNAME_RE.match(username)
+    if not valid_name:
+        found.add(InvalidRequest("username: 2-64 letters, digits, '.', '_' or '-', starting with a letter or digit"))
+    if role not in ROLES:
+        found.add(InvalidRequest("role: must be one of %(roles)s", roles=", ".join(ROLES)))
+    with found:
+        validate_password(password)
+    if valid_name and session.scalar(sa.select(StaffUser.id).where(StaffUser.username == username)) is not None:
+        found.add(Conflict("user %(username)r already exists", username=username))
+    if own:
+        found.check()
+
+
 def create_user(session: Session, *, username: str, role: str, password: str, actor: str,
                 source_ip: str | None = None) -> StaffUser:
-    if not USERNAME_RE.match(username):
-        raise InvalidRequest("username: 2-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    if role not in ROLES:
-        raise InvalidRequest(f"role: must be one of {', '.join(ROLES)}")
-    validate_password(password)
-    if session.scalar(sa.select(StaffUser.id).where(StaffUser.username == username)) is not None:
-        raise Conflict(f"user {username!r} already exists")
+    check_new_user(session, username=username, role=role, password=password)
     user = StaffUser(username=username, role=role, password_hash=hash_password(password))
     session.add(user)
     session.flush()
@@ -35,7 +47,7 @@ def set_role(session: Session, *, username: str, role: str, actor: str,
              source_ip: str | None = None) -> StaffUser:
     """Change a staff member's role; the last active owner cannot be demoted (lock-out)."""
     if role not in ROLES:
-        raise InvalidRequest(f"role: must be one of {', '.join(ROLES)}")
+        raise InvalidRequest("role: must be one of %(roles)s", roles=", ".join(ROLES))
     # Lock every owner row first, always in id order: two demotions of two
     # owners then run one after the other (no deadlock), and the second sees
     # that only its own target is left.
@@ -43,10 +55,10 @@ def set_role(session: Session, *, username: str, role: str, actor: str,
         StaffUser.role == "owner", StaffUser.is_active.is_(True)).order_by(StaffUser.id).with_for_update()).all()
     user = session.scalars(sa.select(StaffUser).where(StaffUser.username == username).with_for_update()).first()
     if user is None:
-        raise NotFound(f"user {username!r} not found")
+        raise NotFound("user %(username)r not found", username=username)
     old = user.role
     if old == "owner" and role != "owner" and not set(owners) - {user.id}:
-        raise Conflict(f"{username} is the last owner; make someone else owner first")
+        raise Conflict("%(username)s is the last owner; make someone else owner first", username=username)
     user.role = role
     session.flush()
     record(session, "user.role", actor=actor, target=f"user:{user.id}", source_ip=source_ip,
@@ -57,7 +69,7 @@ def set_role(session: Session, *, username: str, role: str, actor: str,
 def get_user(session: Session, user_id: int) -> StaffUser:
     user = session.get(StaffUser, user_id)
     if user is None:
-        raise NotFound(f"user {user_id} not found")
+        raise NotFound("user %(user_id)s not found", user_id=user_id)
     return user
 
 
@@ -78,14 +90,15 @@ def set_active(session: Session, *, user_id: int, active: bool, actor: str, by_u
     owners = _lock_active_owners(session)
     user = session.scalars(sa.select(StaffUser).where(StaffUser.id == user_id).with_for_update()).first()
     if user is None:
-        raise NotFound(f"user {user_id} not found")
+        raise NotFound("user %(user_id)s not found", user_id=user_id)
     if user.is_active == active:
         return False
     if not active:
         if user.id == by_user_id:
             raise Conflict("you cannot deactivate your own account")
         if user.id in owners and not owners - {user.id}:
-            raise Conflict(f"{user.username} is the last active owner; make someone else owner first")
+            raise Conflict("%(username)s is the last active owner; make someone else owner first",
+                           username=user.username)
         user.session_epoch = (user.session_epoch or 0) + 1
     user.is_active = active
     session.flush()

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
 from ..money import MAX_CENTS, format_cents, parse_money
 from . import inputs
@@ -56,71 +56,100 @@ def _in_range(value: int, field: str, low: int, high: int) -> None:
         raise InvalidRequest("%(field)s: a whole number from %(low)s to %(high)s", field=field, low=low, high=high)
 
 
-def parse_product_form(form: Mapping[str, str]) -> dict:
-    """The panel's product form (every value text) -> create_product/update_product arguments."""
+UNREADABLE = object()   # a form's field that did not parse: its error is said already, its checks skipped
+
+
+def parse_product_form(form: Mapping[str, str], session: Session | None = None) -> dict:
+    """The panel's product form (every value text) -> create_product/update_product arguments.
+
+    Every field is read even after a mistake; with `session`, the fields that
+    could be read are checked as create_product would, so one answer names every
+    wrong field (FormErrors when there are several)."""
+    found = Collector()
+
+    def read(parse, *args, **kwargs):
+        with found:
+            return parse(*args, **kwargs)
+        return UNREADABLE
+
     price = (form.get("price") or "").strip()
-    if not price:
-        raise InvalidRequest("price: required, e.g. 9.90")
     cost = (form.get("cost_price") or "").strip()
     category = (form.get("category_id") or "").strip()
-    return {
+    values = {
         "name": form.get("name") or "",
-        "category_id": whole_number(category, "category") if category else None,
+        "category_id": read(whole_number, category, "category") if category else None,
         "description": (form.get("description") or "").replace("\r\n", "\n"),
-        "price_cents": parse_money(price, field="price"),
-        "cost_price_cents": parse_money(cost, field="cost price", allow_zero=True) if cost else None,
+        "price_cents": read(parse_money, price, field="price") if price else UNREADABLE,
+        "cost_price_cents": read(parse_money, cost, field="cost price", allow_zero=True) if cost else None,
         "delivery_mode": form.get("delivery_mode") or "",
-        "min_quantity": whole_number(form.get("min_quantity") or "", "minimum quantity"),
-        "max_quantity": whole_number(form.get("max_quantity") or "", "maximum quantity"),
-        "low_stock_threshold": whole_number(form.get("low_stock_threshold") or "0", "low-stock threshold"),
-        "sort_order": whole_number(form.get("sort_order") or "0", "sort order"),
+        "min_quantity": read(whole_number, form.get("min_quantity") or "", "minimum quantity"),
+        "max_quantity": read(whole_number, form.get("max_quantity") or "", "maximum quantity"),
+        "low_stock_threshold": read(whole_number, form.get("low_stock_threshold") or "0", "low-stock threshold"),
+        "sort_order": read(whole_number, form.get("sort_order") or "0", "sort order"),
         "is_active": form.get("is_active") == "1",
         "input_fields": form.get("input_fields") or "",
     }
+    if not price:
+        found.errors.insert(0, InvalidRequest("price: required, e.g. 9.90"))
+    if found.errors and session is not None:
+        with found:
+            _check_product(session, values, PRODUCT_FIELDS)
+    found.check()
+    return values
 
 
 def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dict:
-    """Check (and normalise) `fields` of `values`, a complete set of product fields."""
-    fields = set(fields)
+    """Check (and normalise) `fields` of `values`, a complete set of product fields.
+    Every field is checked; FormErrors names them all when several are wrong."""
+    fields = {f for f in fields if values[f] is not UNREADABLE}
+    found = Collector()
     if "name" in fields:
         values["name"] = name = (values["name"] or "").strip()
         if not name:
-            raise InvalidRequest("name: must not be empty")
-        if len(name) > MAX_NAME:
-            raise InvalidRequest("name: at most %(MAX_NAME)s characters", MAX_NAME=MAX_NAME)
+            found.add(InvalidRequest("name: must not be empty"))
+        elif len(name) > MAX_NAME:
+            found.add(InvalidRequest("name: at most %(MAX_NAME)s characters", MAX_NAME=MAX_NAME))
     if "description" in fields and len(values["description"] or "") > MAX_DESCRIPTION:
-        raise InvalidRequest("description: at most %(MAX_DESCRIPTION)s characters", MAX_DESCRIPTION=MAX_DESCRIPTION)
+        found.add(InvalidRequest("description: at most %(MAX_DESCRIPTION)s characters",
+                                 MAX_DESCRIPTION=MAX_DESCRIPTION))
     if "price_cents" in fields:
         price = values["price_cents"]
         if not isinstance(price, int) or isinstance(price, bool) or not 1 <= price < MAX_CENTS:
-            raise InvalidRequest("price: must be more than zero and less than 100 billion")
+            found.add(InvalidRequest("price: must be more than zero and less than 100 billion"))
     if "cost_price_cents" in fields:
         cost = values["cost_price_cents"]
         if cost is not None and (not isinstance(cost, int) or isinstance(cost, bool)
                                  or not 0 <= cost < MAX_CENTS):
-            raise InvalidRequest("cost price: must be zero or more and less than 100 billion")
+            found.add(InvalidRequest("cost price: must be zero or more and less than 100 billion"))
     if "delivery_mode" in fields and values["delivery_mode"] not in DELIVERY_MODES:
-        raise InvalidRequest("delivery: must be one of %(modes)s", modes=", ".join(DELIVERY_MODES))
+        found.add(InvalidRequest("delivery: must be one of %(modes)s", modes=", ".join(DELIVERY_MODES)))
     if "low_stock_threshold" in fields:
-        _in_range(values["low_stock_threshold"], "low-stock threshold", 0, MAX_THRESHOLD)
+        with found:
+            _in_range(values["low_stock_threshold"], "low-stock threshold", 0, MAX_THRESHOLD)
     if fields & {"min_quantity", "max_quantity"}:
         low, high = values["min_quantity"], values["max_quantity"]
-        _in_range(low, "minimum quantity", 1, MAX_QUANTITY)
-        _in_range(high, "maximum quantity", 1, MAX_QUANTITY)
-        if high < low:
-            raise InvalidRequest("quantity limits: need 1 <= min <= max")
+        before = len(found.errors)
+        for value, field in ((low, "minimum quantity"), (high, "maximum quantity")):
+            if value is not UNREADABLE:
+                with found:
+                    _in_range(value, field, 1, MAX_QUANTITY)
+        if len(found.errors) == before and UNREADABLE not in (low, high) and high < low:
+            found.add(InvalidRequest("quantity limits: need 1 <= min <= max"))
     if "sort_order" in fields:
-        _in_range(values["sort_order"], "sort order", *SORT_ORDER_RANGE)
+        with found:
+            _in_range(values["sort_order"], "sort order", *SORT_ORDER_RANGE)
     if "input_fields" in fields:
         given = values["input_fields"]
         if isinstance(given, list):       # stored or from a caller: checked the same way as typed text
             given = inputs.fields_text(given)
-        values["input_fields"] = inputs.dump(inputs.parse_fields(given or ""))
+        with found:
+            values["input_fields"] = inputs.dump(inputs.parse_fields(given or ""))
     if "category_id" in fields and values["category_id"] is not None:
         category_id = values["category_id"]
         if (not isinstance(category_id, int) or not 1 <= category_id < 2**31
                 or session.get(Category, category_id) is None):
-            raise InvalidRequest("category: category %(category_id)s does not exist", category_id=category_id)
+            found.add(InvalidRequest("category: category %(category_id)s does not exist", category_id=category_id))
+    found.check()
     return values
 
 
@@ -282,9 +311,13 @@ def _flush_category(session: Session, name: str) -> None:
 
 def create_category(session: Session, *, name: str, actor: str, sort_order: int | str = 0,
                     is_active: bool = True, source_ip: str | None = None) -> Category:
-    name = _category_name(session, name)
-    sort_order = whole_number(sort_order, "sort order")
-    _in_range(sort_order, "sort order", *SORT_ORDER_RANGE)
+    found = Collector()
+    with found:
+        name = _category_name(session, name)
+    with found:
+        sort_order = whole_number(sort_order, "sort order")
+        _in_range(sort_order, "sort order", *SORT_ORDER_RANGE)
+    found.check()
     category = Category(name=name, sort_order=sort_order, is_active=bool(is_active))
     session.add(category)
     _flush_category(session, name)
@@ -298,11 +331,15 @@ def update_category(session: Session, category: Category, *, actor: str, name: s
                     source_ip: str | None = None) -> dict:
     """Rename, reorder, hide or show; returns {field: {old, new}} of what changed (audited)."""
     new = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}
+    found = Collector()
     if name is not None:
-        new["name"] = _category_name(session, name, exclude_id=category.id)
+        with found:
+            new["name"] = _category_name(session, name, exclude_id=category.id)
     if sort_order is not None:
-        new["sort_order"] = whole_number(sort_order, "sort order")
-        _in_range(new["sort_order"], "sort order", *SORT_ORDER_RANGE)
+        with found:
+            new["sort_order"] = whole_number(sort_order, "sort order")
+            _in_range(new["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    found.check()
     if is_active is not None:
         new["visible"] = bool(is_active)
     old = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}

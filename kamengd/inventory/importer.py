@@ -25,11 +25,20 @@ class ImportFileError(InvalidRequest):
     """The file cannot be imported; nothing was imported."""
 
 
+# The messages that name the CLI's --encoding: the panel says them with its form's words instead.
+UNDECODABLE = "line %(line)s: the file does not decode as %(encoding)s; nothing imported " \
+              "(use --encoding to name the file's encoding)"
+UNDECODABLE_AUTO = "line %(line)s: the file does not decode as UTF-8 or GB18030; nothing imported " \
+                   "(use --encoding to name the file's encoding)"
+CONTROL_CHARACTERS = "line %(line)s: key contains control characters (wrong encoding? a UTF-16 file needs " \
+                     "a BOM or --encoding utf-16-le); nothing imported"
+
+
 def _codec_name(name: str) -> str:
     try:
         return codecs.lookup(name).name
     except LookupError:
-        raise ImportFileError(f"unknown encoding {name!r}") from None
+        raise ImportFileError("unknown encoding %(name)r", name=name) from None
 
 
 def detect_encoding(fh: BinaryIO) -> str:
@@ -123,9 +132,9 @@ def _blocks(fh: BinaryIO, encoding: str, auto: bool) -> Iterator[tuple[int, list
     except UnicodeDecodeError:
         text.detach()
         bad = _line_of_decode_error(fh, encoding)
-        tried = "UTF-8 or GB18030" if auto else encoding
-        raise ImportFileError(f"line {bad}: the file does not decode as {tried}; nothing imported "
-                              "(use --encoding to name the file's encoding)") from None
+        if auto:
+            raise ImportFileError(UNDECODABLE_AUTO, line=bad) from None
+        raise ImportFileError(UNDECODABLE, line=bad, encoding=encoding) from None
     text.detach()
 
 
@@ -135,8 +144,7 @@ def key_has_control_characters(text: str) -> bool:
 
 def check_key(lineno: int, key: str, max_length: int) -> None:
     if len(key) > max_length:
-        raise ImportFileError(f"line {lineno}: key is {len(key)} characters, longer than the "
-                              f"limit of {max_length}; nothing imported")
+        raise ImportFileError("line %(line)s: key is %(length)s characters, longer than the limit of "
+                              "%(limit)s; nothing imported", line=lineno, length=len(key), limit=max_length)
     if _CONTROL.search(key):
-        raise ImportFileError(f"line {lineno}: key contains control characters (wrong encoding? "
-                              "a UTF-16 file needs a BOM or --encoding utf-16-le); nothing imported")
+        raise ImportFileError(CONTROL_CHARACTERS, line=lineno)

@@ -10,7 +10,7 @@ stream of pickled frames on its stdout:
 
     ("hello", encoding, key versions, check fingerprint)
     ("batch", SealedBatch) ...
-    ("error", message)        an ImportFileError: nothing is imported
+    ("error", template, values) an ImportFileError: nothing is imported
     ("failed", exception class name)
     ("done",)
 
@@ -77,7 +77,7 @@ def main() -> None:
                 pickle.dump(("batch", batch), out, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.dump(("done",), out)
     except ImportFileError as exc:
-        pickle.dump(("error", exc.message), out)
+        pickle.dump(("error", exc.template, exc.params), out)
     except BrokenPipeError:   # the parent gave up (its transaction failed): nothing to say
         os._exit(1)
     except BaseException as exc:   # never a traceback: it could quote a line of the file
@@ -125,9 +125,9 @@ class SealerProcess:
         """Wait for the child's hello; returns the encoding it reads the file with."""
         frame = self._frame()
         if frame[0] == "error":
-            raise ImportFileError(frame[1])
+            raise ImportFileError(frame[1], **frame[2])
         if frame[0] != "hello":
-            raise SealerFailed(f"the import's reader failed ({frame[-1]}); nothing imported")
+            raise SealerFailed("the import's reader failed (%(error)s); nothing imported", error=frame[-1])
         _, self.encoding, versions, check = frame
         if versions != self._vault.versions or check != check_fingerprint(self._vault, self._product_id):
             raise SealerFailed("the data key file changed while the import started; nothing imported, "
@@ -143,9 +143,9 @@ class SealerProcess:
             elif kind == "done":
                 return
             elif kind == "error":
-                raise ImportFileError(frame[1])
+                raise ImportFileError(frame[1], **frame[2])
             else:
-                raise SealerFailed(f"the import's reader failed ({frame[-1]}); nothing imported")
+                raise SealerFailed("the import's reader failed (%(error)s); nothing imported", error=frame[-1])
 
 
 class Sealers:

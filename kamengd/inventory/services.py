@@ -314,10 +314,15 @@ def import_keys_in_chunks(session: Session, vault: Vault, *, product_id: int, fh
                    source_ip=source_ip, details={"part": number, "parts": chunks, "imported": total.imported,
                                                  "reason": reason})
             session.commit()   # the note stays, whatever the request's answer
+            if isinstance(exc, sa.exc.SQLAlchemyError):
+                raise ImportInterrupted(
+                    "the import stopped at part %(part)s of %(parts)s (a database error); %(imported)s keys of "
+                    "the parts before it are in stock. Import the same file again: those count as duplicates, "
+                    "the rest goes in", part=number, parts=chunks, imported=total.imported) from None
             raise ImportInterrupted(
-                f"the import stopped at part {number} of {chunks} ({reason}); {total.imported} keys "
-                f"of the parts before it are in stock. Import the same file again: those count as "
-                f"duplicates, the rest goes in") from None
+                "the import stopped at part %(part)s of %(parts)s (%(reason)s); %(imported)s keys of the parts "
+                "before it are in stock. Import the same file again: those count as duplicates, the rest goes in",
+                part=number, parts=chunks, reason=reason, imported=total.imported) from None
         total.imported += part.imported
         total.duplicates += part.duplicates
         total.blank += part.blank

@@ -184,11 +184,13 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     order = session.scalars(sa.select(Order).where(Order.order_no == order_no[:32]).with_for_update()
                             .execution_options(populate_existing=True)).first()
     if order is None:
-        raise NotFound(f"order {order_no} not found")
+        raise NotFound("order %(order_no)s not found", order_no=order_no)
     if order.status != "paid":
-        raise Conflict(f"order {order_no} is {order.status}; only paid orders can be delivered")
+        raise Conflict("order %(order_no)s is %(status)s; only paid orders can be delivered", order_no=order_no,
+                       status=order.status)
     if len(keys) != order.quantity:
-        raise InvalidRequest(f"order {order_no} needs {order.quantity} keys, the file has {len(keys)}")
+        raise InvalidRequest("order %(order_no)s needs %(quantity)s keys, the file has %(given)s", order_no=order_no,
+                             quantity=order.quantity, given=len(keys))
     if len(set(keys)) != len(keys):
         raise InvalidRequest("the same key is in the file twice")
     now = utcnow()
@@ -215,7 +217,7 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
                            .values(status="delivered", delivered_at=now, updated_at=now, **RESOLVED)
                            .execution_options(synchronize_session=False)).rowcount
     if done != 1:
-        raise Conflict(f"order {order_no} changed while delivering; nothing delivered")
+        raise Conflict("order %(order_no)s changed while delivering; nothing delivered", order_no=order_no)
     session.refresh(order)
     delivered(session, order, now)
     record(session, "order.deliver", actor=actor, target=f"order:{order.order_no}", source_ip=source_ip,

@@ -339,8 +339,8 @@ def refund_extra_payment(session: Session, *, order_no, payment_id, note="", act
         raise NotFound("order %(order_no)s has no payment %(payment_id)s",
                        order_no=order.order_no, payment_id=payment_id)
     if not done:
-        raise Conflict("payment %(trade_no)s is %(status)s; only an extra payment is refunded "
-                       "here", trade_no=payment.trade_no, status=payment.status)
+        raise Conflict("payment %(trade_no)s is %(payment_status)s; only an extra payment is refunded "
+                       "here", trade_no=payment.trade_no, payment_status=payment.status)
     channel = session.get(PaymentChannel, payment.channel_id)
     record(session, "payment.refund", actor=actor, target=target(order), source_ip=source_ip,
            details={"trade_no": payment.trade_no, "channel": channel.code if channel else None,

@@ -19,7 +19,7 @@ def check_order_input(product_id, quantity, email, channel_code, query_password,
         raise InvalidRequest("channel: a payment channel code is required")
     if query_password is not None and (not isinstance(query_password, str)
                                        or not 4 <= len(query_password) <= MAX_QUERY_PASSWORD):
-        raise InvalidRequest(f"query_password: 4 to {MAX_QUERY_PASSWORD} characters")
+        raise InvalidRequest("query_password: 4 to %(longest)s characters", longest=MAX_QUERY_PASSWORD)
     if coupon not in (None, ""):
         raise InvalidRequest("coupon: unknown coupon")
     return email.strip()

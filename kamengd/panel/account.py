@@ -16,7 +16,7 @@ from ..extensions import db, limiter
 from ..settings.services import shop_name
 from . import session as panel_session
 from .blueprint import bp
-from .helpers import error_text
+from .helpers import flash_errors
 from .permissions import PERMISSIONS, can
 from .session import actor, client_ip, current_staff, needs_enrolment, safe_next
 
@@ -139,7 +139,7 @@ def password():
         return redirect(url_for("panel.account"))
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.account"))
     auth.close_session(db.session, panel_session.token())
     # This browser goes on under the new epoch; the others end.
@@ -167,8 +167,7 @@ def totp_enrol():
             codes = auth.confirm_enrolment(db.session, get_vault(), user, request.form.get("code", "")[:64],
                                            ip=client_ip())
         except KamengdError as exc:   # the code's step stays used: the request commits it with this redirect
-            flash(_("That code is not right; check the phone's clock and try the next code.")
-                  if "code" in exc.message else exc.message, "error")
+            flash_errors(exc)
             return redirect(url_for("panel.totp_enrol"))
         flash(_("Two-factor sign-in is on."), "success")
         return render_template("panel/recovery_codes.html", codes=codes)
@@ -228,6 +227,6 @@ def recovery_codes():
         codes = auth.regenerate_recovery_codes(db.session, user, ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.account"))
     return render_template("panel/recovery_codes.html", codes=codes)

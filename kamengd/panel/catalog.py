@@ -13,7 +13,7 @@ from ..extensions import db
 from ..money import format_cents
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, page_number, error_text
+from .helpers import PAGE_SIZE, page_number, flash_errors
 from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
@@ -68,11 +68,11 @@ def product_new():
         return _render_form(None, NEW_PRODUCT)
     form = _product_form()
     try:
-        product = catalog.create_product(db.session, **catalog.parse_product_form(form), actor=actor(),
+        product = catalog.create_product(db.session, **catalog.parse_product_form(form, db.session), actor=actor(),
                                          source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         read_only()
         return _render_form(None, form, exc.http_status)
     flash(_("Product %(name)s created.", name=product.name), "success")
@@ -88,11 +88,11 @@ def product_edit(product_id: int):
     product = catalog.get_product(db.session, product_id)
     form = _product_form()
     try:
-        changes = catalog.update_product(db.session, product, **catalog.parse_product_form(form),
+        changes = catalog.update_product(db.session, product, **catalog.parse_product_form(form, db.session),
                                          actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         read_only()
         return _render_form(catalog.get_product(db.session, product_id), form, exc.http_status)
     if changes:
@@ -148,7 +148,7 @@ def category_new():
                                            source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         read_only()
         return _categories_page(form, exc.http_status)
     flash(_("Category %(name)s created.", name=category.name), "success")
@@ -165,7 +165,7 @@ def category_edit(category_id: int):
                                           actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.categories"), code=303)
     if changes:
         flash(_("Category %(name)s saved.", name=category.name), "success")

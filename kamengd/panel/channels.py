@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..config import callback_url_problem
 from ..context import get_vault
 from ..audit.services import record
 from ..errors import KamengdError
@@ -19,11 +18,11 @@ from ..extensions import db
 from ..payments import methods
 from ..payments import services as payments
 from ..payments.models import PaymentChannel
-from ..settings.services import shop_url
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import error_text
+from .helpers import error_text, flash_errors
 from .session import actor, client_ip
+from .settings import site_url_problem
 
 FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_order")
 # The single pay_type of older channels is folded into pay_types when one is saved.
@@ -79,7 +78,7 @@ def channel_new():
             sort_order=form["sort_order"], actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return _render_form(None, form, exc.http_status)
     flash(_("Payment channel %(code)s added.", code=channel.code), "success")
     return redirect(url_for("panel.channels"), code=303)
@@ -100,7 +99,7 @@ def channel_edit(channel_id: int):
             actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         channel = payments.get_channel(db.session, channel_id)
         return _render_form(channel, {**form, "code": channel.code}, exc.http_status)
     flash(_("Payment channel %(code)s saved.", code=channel.code) if changes else _("Nothing changed."),
@@ -120,7 +119,7 @@ def channel_toggle(channel_id: int):
                                                source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.channels"), code=303)
     if not changed:
         flash(_("Payment channel %(code)s was already in that state.", code=channel.code), "info")
@@ -138,20 +137,22 @@ def channel_test(channel_id: int):
     try:
         gateway, pid, key = payments.check_signing(get_vault(), channel)
     except KamengdError as exc:
-        result = payments.ChannelCheck(False, "signature", exc.message)
+        result = payments.ChannelCheck(False, "signature", exc.message)   # the audit log keeps the English
+        shown = error_text(exc)
     else:
         db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
         result = payments.query_epay_merchant(gateway, pid, key)
+        shown = result.message
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
-    unreachable = callback_url_problem(shop_url())
+    unreachable = site_url_problem()   # in the staff member's language (the settings page's words)
     if unreachable:
         flash(_("Callbacks cannot reach this shop: %(problem)s", problem=unreachable), "warning")
     if result.ok:
         flash(_("Channel %(code)s works: the key signs and verifies, and %(message)s.", code=code,
                 message=result.message), "success")
     elif result.stage == "signature":
-        flash(_("Channel %(code)s: the signature check failed: %(message)s", code=code, message=result.message),
+        flash(_("Channel %(code)s: the signature check failed: %(message)s", code=code, message=shown),
               "error")
     else:
         flash(_("Channel %(code)s: the key signs and verifies, but %(message)s", code=code,

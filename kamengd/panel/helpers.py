@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from flask import current_app, request
-from flask_babel import gettext as _
+from flask import current_app, flash, request
+from flask_babel import gettext as _, pgettext
 
 from ..context import get_config
 from ..errors import KamengdError
@@ -137,6 +137,33 @@ def flag_reason(text: str | None) -> str:
     return reasons.localized(text, _)
 
 
+def status_words() -> dict[str, str]:
+    """An order's or a payment's status inside a sentence ("order … is refunded"): the
+    English keeps the code's word; Chinese says it."""
+    return {"pending": pgettext("status", "pending"), "paid": pgettext("status", "paid"),
+            "delivered": pgettext("status", "delivered"), "expired": pgettext("status", "expired"),
+            "cancelled": pgettext("status", "cancelled"), "refunded": pgettext("status", "refunded"),
+            "held": pgettext("status", "held"), "received": pgettext("status", "received"),
+            "extra": pgettext("status", "extra")}
+
+
+def _shown_value(name: str, value):
+    """An error's value in words where it is a code: an order's or a payment's status.
+    (A setting's key stays as it is: the settings page shows each field's key.)"""
+    if name in ("status", "payment_status") and isinstance(value, str):
+        return status_words().get(value, value)
+    if name == "roles" and isinstance(value, str):   # "owner, admin, …": what may be chosen
+        return ", ".join(role_name(role) for role in value.split(", "))
+    return value
+
+
 def error_text(exc: KamengdError) -> str:
     """A service's error in the staff member's language, with its values."""
-    return exc.localized(_)
+    return exc.localized(_, _shown_value)
+
+
+def flash_errors(exc: KamengdError) -> None:
+    """A service's error(s) in the staff member's language: one message per mistake
+    (a form's FormErrors names every wrong field at once)."""
+    for error in exc.errors:
+        flash(error_text(error), "error")

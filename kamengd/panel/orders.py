@@ -23,7 +23,7 @@ from ..payments.models import PaymentChannel
 from ..settings.messaging import mail_server
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, local_day_start, page_number, when, error_text
+from .helpers import PAGE_SIZE, local_day_start, page_number, when, flash_errors
 from .session import actor, client_ip
 
 
@@ -164,7 +164,7 @@ def _attempt(order_no: str, action):
         abort(404)
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         read_only()
         return None, _detail_page(order_no, status=exc.http_status)
     return result, None

@@ -20,7 +20,7 @@ from ..settings.messaging import mail_server, save_group, sending_config
 from ..settings.services import EVENT_CHOICES, SETTINGS, secrets_set, shop_url
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import error_text
+from .helpers import flash_errors
 from .session import actor, client_ip
 
 RECENT_ATTEMPTS = 20
@@ -97,10 +97,10 @@ def _render(values: dict, status: int = 200):
                            file_webhook_urls=[masked_url(u) for u in config.notifications.webhook_urls],
                            sending=mail_server(db.session, config), secrets=secrets_set(db.session),
                            event_types=EVENT_CHOICES, attempts=recent_attempts(),
-                           masked_url=masked_url, site_url_problem=_site_url_problem()), status
+                           masked_url=masked_url, site_url_problem=site_url_problem()), status
 
 
-def _site_url_problem() -> str | None:
+def site_url_problem() -> str | None:
     """Why gateways could not call this shop back at the address pay URLs name."""
     url = shop_url()
     kind = callback_url_kind(url)
@@ -146,7 +146,7 @@ def _save(group: str, save, anchor: str | None = None):
         changed = save(submitted)
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return _render({**settings_services.all_settings(db.session), **submitted}, exc.http_status)
     if changed:
         flash(_("Saved: %(keys)s.", keys=", ".join(changed)), "success")
@@ -181,7 +181,7 @@ def settings_test_mail():
     try:
         to = check_mail_address(request.form.get("to", "")[:300])
     except KamengdError as exc:
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.settings", _anchor="mail"), code=303)
     site = settings_services.site_name(db.session, config.site.name)
     db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the mail server answers

@@ -8,11 +8,11 @@ from flask_babel import gettext as _
 from ..accounts import services as accounts
 from ..accounts.auth import ROLES_REQUIRING_2FA
 from ..accounts.models import ROLES, StaffUser
-from ..errors import KamengdError
+from ..errors import Collector, InvalidRequest, KamengdError
 from ..extensions import db
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import role_name, error_text
+from .helpers import role_name, flash_errors
 from .session import actor, client_ip, current_staff
 
 
@@ -35,15 +35,17 @@ def staff_new():
     role = request.form.get("role", "")[:32]
     password = request.form.get("password", "")[:2048]
     values = {"username": username, "role": role}
-    if password != request.form.get("password_repeat", "")[:2048]:
-        flash(_("The two passwords differ."), "error")
-        return _render_new(values, 400)
     try:
+        found = Collector()   # every mistake of the form at once
+        accounts.check_new_user(db.session, username=username, role=role, password=password, found=found)
+        if password != request.form.get("password_repeat", "")[:2048]:
+            found.add(InvalidRequest("The two passwords differ."))
+        found.check()
         user = accounts.create_user(db.session, username=username, role=role, password=password, actor=actor(),
                                     source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return _render_new(values, exc.http_status)
     flash(_("%(name)s can now sign in as %(role)s; give them the password in a safe way.", name=user.username,
             role=role_name(user.role)), "success")
@@ -72,7 +74,7 @@ def staff_edit(user_id: int):
                         _("%(name)s is deactivated; their sessions have ended.", name=name))
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.staff"), code=303)
     flash(" ".join(done) if done else _("Nothing changed."), "success" if done else "info")
     return redirect(url_for("panel.staff"), code=303)
@@ -85,7 +87,7 @@ def staff_reset_2fa(user_id: int):
                                   source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         return redirect(url_for("panel.staff"), code=303)
     flash(_("Two-factor sign-in of %(name)s is off and their sessions have ended.", name=user.username)
           + (" " + _("They set it up again at their next sign-in.") if user.role in ROLES_REQUIRING_2FA else ""),

@@ -19,14 +19,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..context import get_config, get_vault
 from ..catalog import services as catalog
 from ..database import utcnow
-from ..errors import KamengdError
+from ..errors import InvalidRequest, KamengdError, N_
 from ..http_errors import error_response
 from ..extensions import db
-from ..inventory import services as inventory
+from ..inventory import importer, services as inventory
 from ..inventory.models import KEY_STATUSES
 from ..transaction import read_only
 from .blueprint import bp
-from .helpers import PAGE_SIZE, page_number, error_text
+from .helpers import PAGE_SIZE, page_number, flash_errors
 from .session import actor, client_ip
 
 IMPORT_CHUNK_LINES = inventory.CHUNK_LINES   # tests make it small
@@ -70,19 +70,30 @@ def _import_source(encoding: str) -> tuple[io.IOBase, str | None]:
     pasted = request.form.get("keys", "")
     has_file = upload is not None and bool(upload.filename)
     if has_file and pasted.strip():
-        raise KamengdError(_("Paste keys or choose a file, not both; nothing was imported."))
+        raise InvalidRequest("Paste keys or choose a file, not both; nothing was imported.")
     if has_file:
         return upload.stream, encoding or None
     if not pasted.strip():
-        raise KamengdError(_("Paste keys (one per line) or choose a file; nothing was imported."))
+        raise InvalidRequest("Paste keys (one per line) or choose a file; nothing was imported.")
     # A browser sends the text in the page's encoding, UTF-8.
     return io.BytesIO(pasted.encode("utf-8")), "utf-8"
 
 
-def _web_hint(message: str) -> str:
-    """The importer's hints name the CLI's --encoding; here it is the form's field."""
-    return (message.replace("use --encoding to name the file's encoding", "choose the file's encoding")
-            .replace("--encoding ", "the file encoding "))
+# The importer's hints name the CLI's --encoding; here it is the form's field.
+WEB_HINTS = {
+    importer.UNDECODABLE: N_("line %(line)s: the file does not decode as %(encoding)s; nothing imported "
+                             "(choose the file's encoding)"),
+    importer.UNDECODABLE_AUTO: N_("line %(line)s: the file does not decode as UTF-8 or GB18030; nothing imported "
+                                  "(choose the file's encoding)"),
+    importer.CONTROL_CHARACTERS: N_("line %(line)s: key contains control characters (wrong encoding? a UTF-16 "
+                                    "file needs a BOM or the file encoding utf-16-le); nothing imported"),
+}
+
+
+def _web_hint(exc: KamengdError) -> KamengdError:
+    if exc.template in WEB_HINTS:
+        return InvalidRequest(WEB_HINTS[exc.template], **exc.params)
+    return exc
 
 
 @bp.route("/stock/<int:product_id>/import", methods=["GET", "POST"])
@@ -96,7 +107,7 @@ def stock_import(product_id: int):
     encoding = request.form.get("encoding", "")
     try:
         if encoding not in ENCODINGS:
-            raise KamengdError(_("Choose an encoding from the list."))
+            raise InvalidRequest("Choose an encoding from the list.")
         fh, encoding_used = _import_source(encoding)
         # End the transaction the sign-in check opened: no lock is held while
         # the file is read through; each part of the import takes its own (and commits it).
@@ -107,7 +118,7 @@ def stock_import(product_id: int):
             chunk_lines=IMPORT_CHUNK_LINES, source_ip=ip)
     except KamengdError as exc:
         db.session.rollback()
-        flash(_web_hint(exc.message), "error")
+        flash_errors(_web_hint(exc))
         read_only()
         return _import_page(product_id, exc.http_status, encoding if encoding in ENCODINGS else "")
     flash(_("%(name)s: imported %(imported)s keys; %(duplicates)s duplicates skipped, %(blank)s blank lines; "
@@ -164,7 +175,7 @@ def stock_export(product_id: int):
                                            reason=form["reason"], actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
         read_only()
         return _export_page(product_id, exc.http_status, form)
     # The request commits the entry before the answer, so before the first key is sent.
@@ -201,7 +212,7 @@ def stock_void_batch(product_id: int, import_id: int):
                                       reason=request.form.get("reason", ""), actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
-        flash(error_text(exc), "error")
+        flash_errors(exc)
     else:
         flash(_("Batch #%(batch)s: %(n)s available keys taken off sale (void); %(reserved)s reserved and "
                 "%(sold)s sold keys left as they are.", batch=import_id, n=result["voided"],

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Config
 from ..context import get_config, get_vault
-from ..errors import ConfigError, InvalidRequest
+from ..errors import Collector, ConfigError, InvalidRequest
 from ..extensions import db
 from ..vault import Vault
 from . import services
@@ -87,31 +87,26 @@ def save_group(session: Session, vault: Vault, group: str, raw: dict, *, secret:
     keys = [key for key, spec in services.SETTINGS.items() if spec.group == group]
     unknown = set(raw) - set(keys)
     if unknown:
-        raise InvalidRequest(f"not a {group} setting: {', '.join(sorted(unknown))}")
+        raise InvalidRequest("not a %(group)s setting: %(keys)s", group=group, keys=", ".join(sorted(unknown)))
     merged = {key: value for key, value in all_settings(session).items() if key in keys}
-    errors = []
+    found = Collector()
     for key, value in raw.items():
-        try:
+        with found:
             merged[key] = services.parse_value(key, value)
-        except InvalidRequest as exc:
-            errors.append(exc.message)
     if secret and clear_secret:
-        errors.append(f"{secret_key}: enter a new value or remove it, not both")
+        found.add(InvalidRequest("%(key)s: enter a new value or remove it, not both", key=secret_key))
     elif secret:
-        try:
+        with found:
             services.check_secret(secret_key, secret)
-        except InvalidRequest as exc:
-            errors.append(exc.message)
     will_have_secret = bool(secret) or (secrets_set(session)[secret_key] and not clear_secret)
     if merged[f"{group}.source"] == "panel":
         if group == "smtp" and not merged["smtp.host"]:
-            errors.append("smtp.host: required when the mail server is set here")
+            found.add(InvalidRequest("smtp.host: required when the mail server is set here"))
         if group == "smtp" and merged["smtp.username"] and not will_have_secret:
-            errors.append("smtp.password: required with a login")
+            found.add(InvalidRequest("smtp.password: required with a login"))
         if group == "notifications" and merged["notifications.webhook_urls"] and not will_have_secret:
-            errors.append("notifications.webhook_secret: required with webhook URLs")
-    if errors:
-        raise InvalidRequest("; ".join(errors))
+            found.add(InvalidRequest("notifications.webhook_secret: required with webhook URLs"))
+    found.check()
     changed = services.update_settings(session, {key: merged[key] for key in raw}, actor=actor,
                                        source_ip=source_ip)
     if secret:

@@ -22,29 +22,31 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..config import EVENT_TYPES, STAFF_EVENTS
 from ..context import get_config
-from ..errors import InvalidRequest
+from ..errors import Collector, InvalidRequest
 from ..extensions import db
 from ..validation import has_control_characters, is_email_address
 from ..vault import Vault
 from .models import Setting, SettingSecret
 
 
+# A spec's check raises InvalidRequest with the reason; parse_value puts the key before it.
+
 def _mail_address(text: str) -> str:
     if not is_email_address(text):
-        raise ValueError(f"{text!r} is not an e-mail address")
+        raise InvalidRequest("%(value)r is not an e-mail address", value=text)
     return text
 
 
-def _digits(text: str, what: str) -> str:
+def _qq_number(text: str) -> str:
     if not (text.isascii() and text.isdigit() and 5 <= len(text) <= 12):
-        raise ValueError(f"{text!r} is not {what} (5 to 12 digits)")
+        raise InvalidRequest("%(value)r is not a QQ number (5 to 12 digits)", value=text)
     return text
 
 
 def _telegram(text: str) -> str:
     name = text.removeprefix("@")
     if not (5 <= len(name) <= 32 and name.isascii() and all(c.isalnum() or c == "_" for c in name)):
-        raise ValueError(f"{text!r} is not a Telegram username (5 to 32 letters, digits or _)")
+        raise InvalidRequest("%(value)r is not a Telegram username (5 to 32 letters, digits or _)", value=text)
     return name
 
 
@@ -66,10 +68,10 @@ def _site_url(text: str) -> str:
     try:
         parts.port
     except ValueError:
-        raise ValueError(f"{text[:200]!r} has a port that is not a number") from None
+        raise InvalidRequest("%(value)r has a port that is not a number", value=text[:200]) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or \
             parts.username or any(c.isspace() for c in text):
-        raise ValueError(f"{text[:200]!r} is not the shop's address such as https://shop.example.com")
+        raise InvalidRequest("%(value)r is not the shop's address such as https://shop.example.com", value=text[:200])
     return text.rstrip("/")
 
 
@@ -78,10 +80,10 @@ def _webhook_url(text: str) -> str:
     try:
         parts.port   # a port that is not a number raises here, not at the first send
     except ValueError:
-        raise ValueError(f"{text[:200]!r} has a port that is not a number") from None
+        raise InvalidRequest("%(value)r has a port that is not a number", value=text[:200]) from None
     if len(text) > 2000 or parts.scheme not in ("http", "https") or not parts.hostname or \
             any(c.isspace() for c in text) or has_control_characters(text):
-        raise ValueError(f"{text[:200]!r} is not an http(s) URL")
+        raise InvalidRequest("%(value)r is not an http(s) URL", value=text[:200])
     return text
 
 
@@ -108,7 +110,7 @@ class SettingSpec:
     max_length: int | None = None
     single_line: bool = False   # text: surrounding spaces dropped, no line breaks or control characters
     choices: tuple[str, ...] = ()   # text: the value; lists: each item
-    # Text: checks a non-empty value; lists: each item. Raises ValueError with the reason.
+    # Text: checks a non-empty value; lists: each item. Raises InvalidRequest with the reason.
     check: Callable[[str], str] | None = None
     max_items: int = 20
     group: str = "shop"         # which form of the panel's settings page shows it
@@ -129,7 +131,7 @@ SETTINGS: dict[str, SettingSpec] = {
     "site.footer": SettingSpec(str, "", "Text at the foot of every storefront page (hours, terms).", max_length=500),
     # Customer service, on every storefront page and the order page; empty: not shown.
     "site.contact_qq": SettingSpec(str, "", "Customer-service QQ number.", max_length=20, single_line=True,
-                                   check=lambda v: _digits(v, "a QQ number")),
+                                   check=_qq_number),
     "site.contact_wechat": SettingSpec(str, "", "Customer-service WeChat ID.", max_length=64, single_line=True),
     "site.contact_telegram": SettingSpec(str, "", "Customer-service Telegram username (without @).",
                                          max_length=64, single_line=True,
@@ -187,7 +189,8 @@ def _spec(key: str) -> SettingSpec:
     try:
         return SETTINGS[key]
     except KeyError:
-        raise InvalidRequest(f"unknown setting {key!r} (known: {', '.join(sorted(SETTINGS))})") from None
+        raise InvalidRequest("unknown setting %(key)r (known: %(known)s)", key=key,
+                             known=", ".join(sorted(SETTINGS))) from None
 
 
 def parse_value(key: str, raw) -> object:
@@ -197,31 +200,32 @@ def parse_value(key: str, raw) -> object:
         try:
             value = int(raw) if isinstance(raw, str) else raw
         except ValueError:
-            raise InvalidRequest(f"{key}: expected a whole number, got {raw!r}") from None
+            raise InvalidRequest("%(key)s: expected a whole number, got %(raw)r", key=key, raw=raw) from None
         if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidRequest(f"{key}: expected a whole number, got {raw!r}")
+            raise InvalidRequest("%(key)s: expected a whole number, got %(raw)r", key=key, raw=raw)
         if spec.minimum is not None and value < spec.minimum:
-            raise InvalidRequest(f"{key}: must be at least {spec.minimum}")
+            raise InvalidRequest("%(key)s: must be at least %(minimum)s", key=key, minimum=spec.minimum)
         if spec.maximum is not None and value > spec.maximum:
-            raise InvalidRequest(f"{key}: must be at most {spec.maximum}")
+            raise InvalidRequest("%(key)s: must be at most %(maximum)s", key=key, maximum=spec.maximum)
         return value
     if spec.type is list:
         return _parse_list(key, spec, raw)
     if not isinstance(raw, str):
-        raise InvalidRequest(f"{key}: expected text")
+        raise InvalidRequest("%(key)s: expected text", key=key)
     if spec.single_line:
         raw = raw.strip()
         if has_control_characters(raw):
-            raise InvalidRequest(f"{key}: one line of text, without control characters")
+            raise InvalidRequest("%(key)s: one line of text, without control characters", key=key)
     if spec.max_length is not None and len(raw) > spec.max_length:
-        raise InvalidRequest(f"{key}: at most {spec.max_length} characters")
+        raise InvalidRequest("%(key)s: at most %(max_length)s characters", key=key, max_length=spec.max_length)
     if spec.choices and raw not in spec.choices:
-        raise InvalidRequest(f"{key}: one of {', '.join(spec.choices)}, got {raw[:50]!r}")
+        raise InvalidRequest("%(key)s: one of %(choices)s, got %(raw)r", key=key, choices=", ".join(spec.choices),
+                             raw=raw[:50])
     if spec.check is not None and raw:
         try:
             raw = spec.check(raw)
-        except ValueError as exc:
-            raise InvalidRequest(f"{key}: {exc}") from None
+        except InvalidRequest as exc:
+            raise InvalidRequest("%(key)s: %(error)s", key=key, error=exc) from None
     return raw
 
 
@@ -230,18 +234,19 @@ def _parse_list(key: str, spec: SettingSpec, raw) -> list[str]:
     if isinstance(raw, str):
         raw = re.split(spec.separators, raw)
     if not isinstance(raw, (list, tuple)) or not all(isinstance(item, str) for item in raw):
-        raise InvalidRequest(f"{key}: expected a list of text")
+        raise InvalidRequest("%(key)s: expected a list of text", key=key)
     items = list(dict.fromkeys(item.strip() for item in raw if item.strip()))
     if len(items) > spec.max_items:
-        raise InvalidRequest(f"{key}: at most {spec.max_items} entries")
+        raise InvalidRequest("%(key)s: at most %(max_items)s entries", key=key, max_items=spec.max_items)
     checked = []
     for item in items:
         if spec.choices and item not in spec.choices:
-            raise InvalidRequest(f"{key}: unknown entry {item[:64]!r} (known: {', '.join(spec.choices)})")
+            raise InvalidRequest("%(key)s: unknown entry %(item)r (known: %(known)s)", key=key, item=item[:64],
+                                 known=", ".join(spec.choices))
         try:
             checked.append(spec.check(item) if spec.check else item)
-        except ValueError as exc:
-            raise InvalidRequest(f"{key}: {exc}") from None
+        except InvalidRequest as exc:
+            raise InvalidRequest("%(key)s: %(error)s", key=key, error=exc) from None
     return checked
 
 
@@ -289,14 +294,11 @@ def set_setting(session: Session, key: str, raw, *, actor: str, source_ip: str |
 def update_settings(session: Session, raw: dict, *, actor: str, source_ip: str | None = None) -> list[str]:
     """Change several settings at once, all or nothing: every value is checked
     before any is written. Returns the keys that changed (each audited)."""
-    errors, parsed = [], {}
+    found, parsed = Collector(), {}
     for key, value in raw.items():
-        try:
+        with found:
             parsed[key] = parse_value(key, value)
-        except InvalidRequest as exc:
-            errors.append(exc.message)
-    if errors:
-        raise InvalidRequest("; ".join(errors))
+    found.check()
     current = all_settings(session)
     changed = [key for key, value in parsed.items() if current[key] != value]
     for key in changed:
@@ -338,7 +340,8 @@ def _secret_spec(key: str) -> tuple[str, int, int]:
     try:
         return SECRETS[key]
     except KeyError:
-        raise InvalidRequest(f"unknown secret setting {key!r} (known: {', '.join(sorted(SECRETS))})") from None
+        raise InvalidRequest("unknown secret setting %(key)r (known: %(known)s)", key=key,
+                             known=", ".join(sorted(SECRETS))) from None
 
 
 def _secret_context(key: str) -> str:
@@ -348,9 +351,10 @@ def _secret_context(key: str) -> str:
 def check_secret(key: str, value) -> None:
     _doc, shortest, longest = _secret_spec(key)
     if not isinstance(value, str) or not shortest <= len(value) <= longest:
-        raise InvalidRequest(f"{key}: {shortest} to {longest} characters")
+        raise InvalidRequest("%(key)s: %(shortest)s to %(longest)s characters", key=key, shortest=shortest,
+                             longest=longest)
     if has_control_characters(value):
-        raise InvalidRequest(f"{key}: no line breaks or control characters")
+        raise InvalidRequest("%(key)s: no line breaks or control characters", key=key)
 
 
 def set_secret(session: Session, vault: Vault, key: str, value: str, *, actor: str,
