@@ -2,11 +2,14 @@
 
 The backends come from --db (or KAMENGD_TEST_DBS): "sqlite", "mysql" or
 "sqlite,mysql". Tests that take the `backend` fixture run once per backend.
-MySQL databases are created fresh for the run and dropped at its end.
+MySQL databases are created fresh for the run and dropped at its end; their
+names start with KAMENGD_TEST_MYSQL_PREFIX (default "kamengd_test_"), so a
+test account may be granted exactly those (scripts/test does).
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -19,6 +22,9 @@ from sqlalchemy.orm import Session
 from kamengd.accounts import passwords
 
 MYSQL_SERVER_URL = os.environ.get("KAMENGD_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+# Every MariaDB database a test creates is named MYSQL_PREFIX + something (checked in pytest_configure).
+MYSQL_PREFIX = os.environ.get("KAMENGD_TEST_MYSQL_PREFIX", "kamengd_test_")
+MYSQL_PREFIX_RE = r"[A-Za-z0-9_]{1,40}"
 PASSWORD = "correct horse battery"
 
 # Cheap argon2 in this process (CLI subprocesses keep the real cost).
@@ -37,6 +43,9 @@ def pytest_configure(config):
     unknown = set(backends) - {"sqlite", "mysql"}
     if unknown or not backends:
         raise pytest.UsageError(f"--db: unknown backend(s) {sorted(unknown)}")
+    if not re.fullmatch(MYSQL_PREFIX_RE, MYSQL_PREFIX):
+        # Names go into CREATE/DROP DATABASE unquoted: letters, digits and _ only.
+        raise pytest.UsageError(f"KAMENGD_TEST_MYSQL_PREFIX={MYSQL_PREFIX!r}: expected 1-40 letters, digits or _")
     if "mysql" in backends:
         try:
             engine = sa.create_engine(MYSQL_SERVER_URL + "/")
@@ -59,6 +68,11 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("redis_url", [redis] if redis else [])
 
 
+def mysql_database_name(suffix: str) -> str:
+    """The name of a MariaDB database a test creates (on the shared server or its own)."""
+    return f"{MYSQL_PREFIX}{suffix}"
+
+
 class Databases:
     """Hands out empty databases: SQLite files or fresh MySQL schemas."""
 
@@ -70,7 +84,7 @@ class Databases:
         if backend == "sqlite":
             directory = directory or self.tmp_root
             return f"sqlite:///{directory / f'db-{secrets.token_hex(4)}.db'}"
-        name = f"kamengd_test_{secrets.token_hex(5)}"
+        name = mysql_database_name(secrets.token_hex(5))
         engine = sa.create_engine(MYSQL_SERVER_URL + "/")
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")

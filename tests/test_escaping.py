@@ -446,7 +446,9 @@ def test_panel_catalog(app, client, owner):
     with app.app_context():
         product_id = db.session.scalar(sa.select(Product.id).where(Product.name == name))
     assert product_id is not None, resp.get_data(as_text=True)[:3000]
-    for url in ("/admin/products", "/admin/categories", f"/admin/products/{product_id}", "/admin/stock",
+    # (the lists by a search for this product: other tests' products may fill their first page)
+    for url in (f"/admin/products?q={tag}", "/admin/categories", f"/admin/products/{product_id}",
+                f"/admin/stock?q={tag}",
                 f"/admin/stock/{product_id}/import", f"/admin/stock/{product_id}/export", "/admin/audit",
                 f"/?category={category_id}", f"/product/{product_id}"):
         resp = client.get(url)

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 
+from kamengd.errors import InvalidRequest
 from kamengd.payments import methods
 from panel_support import csrf_of
 
@@ -22,7 +23,7 @@ def test_pay_types_are_parsed_and_chosen():
     assert methods.parse_pay_types("") == []
     for bad, message in (("alipay,alipay", "twice"), ("Ali Pay", "not a pay type"), ("x" * 17, "not a pay type"),
                          (",".join(f"t{i}" for i in range(9)), "at most 8")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InvalidRequest, match=message):
             methods.parse_pay_types(bad)
     assert methods.pay_types("epay", {}) == ["alipay"]                       # as before: the default
     assert methods.pay_types("epay", {"pay_type": "wxpay"}) == ["wxpay"]     # an older channel's one type
@@ -31,7 +32,7 @@ def test_pay_types_are_parsed_and_chosen():
     options = {"pay_types": "alipay,wxpay"}
     assert methods.choose("epay", options, None) == "alipay"
     assert methods.choose("epay", options, "wxpay") == "wxpay"
-    with pytest.raises(ValueError, match="not offered"):
+    with pytest.raises(InvalidRequest, match="not offered"):
         methods.choose("epay", options, "qqpay")
     assert (methods.label("wxpay", "zh"), methods.label("wxpay", "en"), methods.label("tenpay", "zh")) == \
         ("微信支付", "WeChat Pay", None)

@@ -233,11 +233,11 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
     if row is None or not row.is_active:
-        problem = NotFound(f"product {product_id} not found")
+        problem = NotFound("product %(product_id)s not found", product_id=product_id)
     elif not row.min_quantity <= quantity <= row.max_quantity:
-        problem = InvalidRequest(f"quantity: between {row.min_quantity} and {row.max_quantity}")
+        problem = InvalidRequest("quantity: between %(low)s and %(high)s", low=row.min_quantity, high=row.max_quantity)
     elif row.channel_id is None or not row.is_enabled:
-        problem = InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
+        problem = InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
     elif row.delivery_mode == "auto" and row.waiting:
         problem = OutOfStock("not enough stock for this quantity")
     filled = chosen = None
@@ -245,8 +245,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         options = json.loads(row.options)
         try:
             chosen = methods.choose(row.channel_type, options, pay_type)
-        except ValueError as exc:
-            problem = InvalidRequest(str(exc))
+        except InvalidRequest as exc:
+            problem = exc
     if problem is None and (row.input_fields or buyer_input):
         try:
             filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
@@ -268,7 +268,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         if secrets_problem_cached(row.channel_type, row.channel_id, row.secret_nonce, secrets_):
             # A key anyone could guess signs nothing (the scheduler disables the channel too).
             if fresh:
-                raise InvalidRequest(f"channel: {channel_code!r} is not an enabled payment channel")
+                raise InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
             return None, None
         # The panel's site.url, else the config file's (the caller's).
         site = decode_setting("site.url", row.site_url) or site_url

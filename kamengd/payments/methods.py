@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import InvalidRequest
+
 # Epay `type` values most gateways take -> (zh, en, icon). The icon is a
 # glyph on the method's colour (static/shop.css), never a trademark image.
 KNOWN = {
@@ -27,16 +29,16 @@ MAX_TYPES = 8
 
 
 def parse_pay_types(text: str) -> list[str]:
-    """`alipay, wxpay` -> ["alipay", "wxpay"]; ValueError names what is wrong."""
+    """`alipay, wxpay` -> ["alipay", "wxpay"]; InvalidRequest names what is wrong."""
     types = [part.strip().lower() for part in text.replace("，", ",").split(",") if part.strip()]
     for value in types:
         if not TYPE_RE.match(value):
-            raise ValueError(f"{value[:20]!r} is not a pay type (lower-case letters, digits or _, "
-                             f"e.g. {', '.join(KNOWN)})")
+            raise InvalidRequest("%(value)r is not a pay type (lower-case letters, digits or _, e.g. %(known)s)",
+                                 value=value[:20], known=", ".join(KNOWN))
     if len(set(types)) != len(types):
-        raise ValueError("a pay type is listed twice")
+        raise InvalidRequest("a pay type is listed twice")
     if len(types) > MAX_TYPES:
-        raise ValueError(f"at most {MAX_TYPES} pay types")
+        raise InvalidRequest("at most %(limit)s pay types", limit=MAX_TYPES)
     return types
 
 
@@ -48,7 +50,7 @@ def pay_types(channel_type: str, options: dict) -> list[str]:
     if listed:
         try:
             found = parse_pay_types(listed)
-        except ValueError:   # refused when stored; an older row falls back to its single type
+        except InvalidRequest:   # refused when stored; an older row falls back to its single type
             found = []
         if found:
             return found
@@ -57,13 +59,13 @@ def pay_types(channel_type: str, options: dict) -> list[str]:
 
 def choose(channel_type: str, options: dict, wanted: str | None) -> str | None:
     """The pay type an order will use: the buyer's choice when the channel offers it,
-    else the channel's first; ValueError when the buyer asked for one it does not offer."""
+    else the channel's first; InvalidRequest when the buyer asked for one it does not offer."""
     offered = pay_types(channel_type, options)
     if not wanted:
         return offered[0] if offered else None
     if wanted not in offered:
-        raise ValueError(f"pay_type: {wanted[:20]!r} is not offered by this channel "
-                         f"(offered: {', '.join(offered) or 'none'})")
+        raise InvalidRequest("pay_type: %(wanted)r is not offered by this channel (offered: %(offered)s)",
+                             wanted=wanted[:20], offered=", ".join(offered) or "none")
     return wanted
 
 

@@ -47,14 +47,15 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
     spec = CHANNEL_TYPES[channel_type]
     for name, value in options.items():
         if name not in spec["options"]:
-            raise InvalidRequest(f"option {name}: not an option of {channel_type} "
-                                 f"(takes {', '.join(spec['options'])})")
+            raise InvalidRequest("option %(name)s: not an option of %(channel_type)s (takes %(options)s)",
+                                 name=name, channel_type=channel_type, options=", ".join(spec["options"]))
         if len(value) > MAX_OPTION_LENGTH:
-            raise InvalidRequest(f"option {name}: at most {MAX_OPTION_LENGTH} characters")
+            raise InvalidRequest("option %(name)s: at most %(limit)s characters", name=name, limit=MAX_OPTION_LENGTH)
     for name in spec["required"]:
         if not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.
-            raise InvalidRequest(f"option {name}: required (channel type {channel_type})")
+            raise InvalidRequest("option %(name)s: required (channel type %(channel_type)s)",
+                                 name=name, channel_type=channel_type)
     for name in spec["secret"]:
         problem = secret_problem(channel_type, name, options.get(name, ""))
         if problem:
@@ -67,8 +68,8 @@ def _validate_options(channel_type: str, options: dict[str, str]) -> None:
         for name in ("pay_type", "pay_types"):
             try:
                 types = methods.parse_pay_types(options.get(name, ""))
-            except ValueError as exc:
-                raise InvalidRequest(f"option {name}: {exc}") from None
+            except InvalidRequest as exc:   # the value's own words, under the option's name
+                raise InvalidRequest("option %(name)s: %(error)s", name=name, error=exc) from None
             if name == "pay_type" and len(types) > 1:
                 raise InvalidRequest("option pay_type: one pay type; several go in pay_types")
 
@@ -84,7 +85,7 @@ def channel_secrets(vault: Vault, channel: PaymentChannel) -> dict[str, str]:
 def _clean_name(name: str | None, code: str) -> str:
     name = (name or "").strip() or code
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidRequest(f"name: at most {MAX_NAME_LENGTH} characters")
+        raise InvalidRequest("name: at most %(limit)s characters", limit=MAX_NAME_LENGTH)
     return name
 
 
@@ -96,7 +97,7 @@ def parse_sort_order(raw) -> int:
     except ValueError:
         value = None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidRequest(f"sort order: a whole number from {low} to {high}")
+        raise InvalidRequest("sort order: a whole number from %(low)s to %(high)s", low=low, high=high)
     return value
 
 
@@ -110,14 +111,14 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
                 source_ip: str | None = None) -> PaymentChannel:
     options = {k: v.strip() for k, v in (options or {}).items()}
     if channel_type not in CHANNEL_TYPES:
-        raise InvalidRequest(f"type: must be one of {', '.join(CHANNEL_TYPES)}")
+        raise InvalidRequest("type: must be one of %(types)s", types=", ".join(CHANNEL_TYPES))
     if not CODE_RE.match(code):
         raise InvalidRequest("code: 1-32 lower-case letters, digits, '_' or '-'")
     name = _clean_name(name, code)
     sort_order = parse_sort_order(sort_order)
     _validate_options(channel_type, options)
     if session.scalar(sa.select(PaymentChannel.id).where(PaymentChannel.code == code)) is not None:
-        raise Conflict(f"channel {code!r} already exists")
+        raise Conflict("channel %(code)r already exists", code=code)
     secret_names = CHANNEL_TYPES[channel_type]["secret"]
     public = {k: v for k, v in options.items() if k not in secret_names}
     secrets = {k: v for k, v in options.items() if k in secret_names}
@@ -129,7 +130,7 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
         with session.begin_nested():
             session.add(channel)
     except IntegrityError:   # the same code, added by a concurrent request
-        raise Conflict(f"channel {code!r} already exists") from None
+        raise Conflict("channel %(code)r already exists", code=code) from None
     record(session, "channel.add", actor=actor, target=f"channel:{code}", source_ip=source_ip,
            details={"type": channel_type, "name": channel.name, "sort_order": sort_order, **public,
                     "secret_options": sorted(secrets)})
@@ -138,10 +139,10 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
 
 def get_channel(session: Session, channel_id: int) -> PaymentChannel:
     if not 0 < channel_id < 2 ** 31:   # an id from the address bar: bigger than any row, and than SQLite's
-        raise NotFound(f"channel {channel_id} not found")
+        raise NotFound("channel %(channel_id)s not found", channel_id=channel_id)
     channel = session.get(PaymentChannel, channel_id)
     if channel is None:
-        raise NotFound(f"channel {channel_id} not found")
+        raise NotFound("channel %(channel_id)s not found", channel_id=channel_id)
     return channel
 
 
@@ -164,7 +165,7 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
     except VaultError:
         stored = None   # a key that no longer decrypts: it must be entered again
     if stored is None and not given:
-        raise InvalidRequest(f"option key: {UNDECRYPTABLE}")
+        raise InvalidRequest("option key: the stored key cannot be decrypted with the data key; enter it again")
     secrets = {**(stored or {}), **given}
     _validate_options(channel.type, {**public, **secrets})
 
@@ -195,7 +196,7 @@ def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool
     if enabled:
         problem = channel_key_problem(vault, channel)
         if problem:
-            raise InvalidRequest(f"channel {channel.code} stays disabled: {problem}")
+            raise InvalidRequest("channel %(code)s stays disabled: %(problem)s", code=channel.code, problem=problem)
     t = PaymentChannel.__table__
     changed = session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(not enabled))
                               .values(is_enabled=enabled, updated_at=utcnow())).rowcount
@@ -261,11 +262,11 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     when the stored key is missing, does not decrypt or does not verify.
     """
     if channel.type != "epay":
-        raise InvalidRequest(f"channel type {channel.type!r} cannot be tested")
+        raise InvalidRequest("channel type %(type)r cannot be tested", type=channel.type)
     try:
         key = channel_secrets(vault, channel).get("key", "")
     except VaultError:
-        raise InvalidRequest(UNDECRYPTABLE) from None
+        raise InvalidRequest("the stored key cannot be decrypted with the data key; enter it again") from None
     if not key:
         raise InvalidRequest("no key is stored; enter the merchant key")
     pid = channel_option(channel, "pid")

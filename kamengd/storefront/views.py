@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
 from ..catalog import inputs
@@ -180,8 +181,8 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
         text = t("库存不足：请减少数量或稍后再来。", "Not enough stock: choose fewer or come back later.")
     else:
         text = texts.get(field, "")
-    # The buyer reads their own language; the service's words (English) only when nothing better is known.
-    return (text or exc.message), field
+    # The buyer reads their own language: the page's words for a field, else the service's, translated.
+    return (text or exc.localized(gettext)), field
 
 
 def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import free_port, run_cli, write_password
+from conftest import free_port, mysql_database_name, run_cli, write_password
 from test_concurrency import BUSY_SCHEDULER, KEY, wait_for_leader
 from test_kill9 import PURCHASES, CLIENTS, Load, Shop, check, invariants, keep_report, start
 
@@ -95,11 +95,12 @@ def private_mariadb(tmp_path):
 
 
 def install_shop(server, tmp_path):
+    name = mysql_database_name("fault")
     engine = sa.create_engine(server.url + "/")
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE DATABASE kamengd_fault CHARACTER SET utf8mb4")
+        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
     engine.dispose()
-    url = server.url + "/kamengd_fault"
+    url = f"{server.url}/{name}"
     run_cli("install", "--data-dir", tmp_path / "data", "--admin-password-file", write_password(tmp_path),
             "--database-url", url, "--yes", check=True)
     config = tmp_path / "data" / "kamengd.toml"
