@@ -88,12 +88,15 @@ KAMENGD="$VENV/bin/kamengd"
 DATA_DIR="$PREFIX/var/lib/kamengd"
 UNIT_DIR="$PREFIX/etc/systemd/system"
 NGINX_DIR="$PREFIX/etc/nginx"
+WRAPPER="$PREFIX/usr/local/bin/kamengd"
+WRAPPER_MARK="# kamengd's command, written by installer/install.sh"
 UNITS=(kamengd.service kamengd-scheduler.service)
 BUILD_DIR=""
 trap '[ -z "$BUILD_DIR" ] || rm -rf "$BUILD_DIR"' EXIT
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-for f in setup.cfg kamengd/__init__.py migrations systemd/kamengd.service config/nginx.conf.example; do
+for f in setup.cfg kamengd/__init__.py migrations systemd/kamengd.service config/nginx.conf.example \
+    config/kamengd.example.toml; do
     [ -e "$SRC/$f" ] || die "$SRC/$f is missing: run this script from a kamengd checkout"
 done
 
@@ -175,7 +178,7 @@ install_package() {
     # would otherwise end up in the installed package.
     BUILD_DIR="$(mktemp -d)"
     local p
-    for p in setup.cfg setup.py pyproject.toml MANIFEST.in README.md LICENSE kamengd migrations; do
+    for p in setup.cfg setup.py pyproject.toml MANIFEST.in README.md LICENSE kamengd migrations config; do
         [ ! -e "$SRC/$p" ] || cp -R "$SRC/$p" "$BUILD_DIR/"
     done
     find "$BUILD_DIR" -name __pycache__ -prune -exec rm -rf {} +
@@ -206,6 +209,32 @@ place_config() {
     say "moving the config to $CONFIG"
     mv -n "$DATA_DIR/kamengd.toml" "$CONFIG"
     [ -e "$CONFIG" ] || die "could not move $DATA_DIR/kamengd.toml to $CONFIG"
+}
+
+# The venv's kamengd is not on PATH: a small wrapper in /usr/local/bin runs
+# it, with this installation's config unless --config or KAMENGD_CONFIG names
+# another. Every run rewrites it (a link to the venv's kamengd, as made by
+# hand, becomes the wrapper); a kamengd there that is not ours is left alone.
+install_wrapper() {
+    local ours=""
+    if [ -L "$WRAPPER" ]; then
+        [ "$(readlink -f "$WRAPPER")" != "$(readlink -f "$KAMENGD")" ] || ours=1
+    elif [ ! -e "$WRAPPER" ] || grep -qxF "$WRAPPER_MARK" "$WRAPPER"; then
+        ours=1
+    fi
+    if [ -z "$ours" ]; then
+        say "keeping $WRAPPER, which is not kamengd's wrapper: run $KAMENGD (or remove it and run this again)"
+        return 0
+    fi
+    say "writing $WRAPPER (runs $KAMENGD)"
+    mkdir -p "$(dirname "$WRAPPER")"
+    printf '%s\n' '#!/bin/sh' "$WRAPPER_MARK" \
+        "# (rewritten by every run of the installer; remove it together with $VENV)." \
+        ": \"\${KAMENGD_CONFIG:=$CONFIG}\"" \
+        'export KAMENGD_CONFIG' \
+        "exec '$KAMENGD' \"\$@\"" >"$WRAPPER.tmp"
+    chmod 0755 "$WRAPPER.tmp"
+    mv -f "$WRAPPER.tmp" "$WRAPPER"
 }
 
 # The units name the real paths and user; a relocated or differently-owned
@@ -286,6 +315,7 @@ else
     place_config
 fi
 
+install_wrapper
 install_units
 [ -z "$NGINX_DOMAIN" ] || install_nginx_site
 "$SYSTEMCTL" daemon-reload
@@ -305,7 +335,7 @@ fi
 
 run_doctor
 
-say "done ($MODE): config $CONFIG, data $DATA_DIR, web server on 127.0.0.1:8000"
+say "done ($MODE): config $CONFIG, data $DATA_DIR, web server on 127.0.0.1:8000, command $WRAPPER"
 if [ "$MODE" = install ] && [ -f "$DATA_DIR/initial-admin-password" ]; then
     say "the owner's password is in $DATA_DIR/initial-admin-password: read it, then delete the file"
 fi

@@ -27,6 +27,12 @@ MYSQL_PREFIX = os.environ.get("KAMENGD_TEST_MYSQL_PREFIX", "kamengd_test_")
 MYSQL_PREFIX_RE = r"[A-Za-z0-9_]{1,40}"
 PASSWORD = "correct horse battery"
 
+# The tests start `python -m kamengd` (the CLI, servers, their scheduler child) from
+# the repository, pytest's working directory: Python would put that directory first
+# on sys.path and run the checkout's kamengd/, not the installed package under test
+# (whose package data, such as the example config, is what users get).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 # Cheap argon2 in this process (CLI subprocesses keep the real cost).
 passwords.set_cost(time_cost=1, memory_cost=8, parallelism=1)
 

@@ -4,11 +4,15 @@ import os
 import stat
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from conftest import PASSWORD, assert_one_line_error, run_cli, write_password
+from conftest import MYSQL_PREFIX, assert_one_line_error, run_cli, write_password
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -527,3 +531,156 @@ def test_order_list_show_and_audit_list(backend, shop):
     assert entries["entries"][0]["target"] == "channel:ls"
     assert "k3y-0123456789abcdef" not in json.dumps(entries["entries"][0]["details"])   # secrets by name only
     assert "product.create" in run_cli("audit", "list", "--limit", "5", config=shop, check=True).out
+
+
+def products(config):
+    return {p["id"]: p for p in json.loads(run_cli("product", "list", "--json", config=config, check=True).out)[
+        "products"]}
+
+
+def product_row(config, product_id):
+    """Every column of a product, straight from the database."""
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+
+    engine = make_engine(load_config(config, env={}).database_url, pooled=False)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM products WHERE id = :id"), {"id": product_id}).mappings().one()
+    engine.dispose()
+    return {k: v for k, v in row.items() if k != "updated_at"}
+
+
+def make_category(config, name):
+    from kamengd.app import create_app
+    from kamengd.catalog.services import create_category
+    from kamengd.config import load_config
+    from kamengd.extensions import db
+
+    app = create_app(load_config(config, env={}))
+    with app.app_context():
+        category_id = create_category(db.session, name=name, actor="test").id
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return category_id
+
+
+def test_product_edit(backend, shop):
+    """W10 §11: `product edit ID` changes only what it is given, prints the product as create does
+    and is audited as product.update with the old and new values."""
+    pid = make_product(shop)["id"]
+    games = make_category(shop, "游戏 Games")
+    out = json.loads(run_cli("product", "edit", pid, "--name", "季卡", "--price", "25", "--cost", "18.5",
+                             "--description", "三个月", "--category", "游戏 games", "--min-quantity", "2",
+                             "--max-quantity", "5", "--delivery", "manual", "--low-stock", "3", "--hidden",
+                             "--json", config=shop, check=True).out)
+    assert {k: out[k] for k in ("id", "name", "price", "delivery", "low_stock", "active")} == {
+        "id": pid, "name": "季卡", "price": "25.00", "delivery": "manual", "low_stock": 3, "active": False}
+    assert out["changed"]["price"] == {"old": "9.90", "new": "25.00"}
+    assert out["changed"]["category"] == {"old": None, "new": games}
+    row = product_row(shop, pid)
+    assert (row["cost_price_cents"], row["description"], row["category_id"], row["min_quantity"],
+            row["max_quantity"]) == (1850, "三个月", games, 2, 5)
+    assert audit_actions(shop)[-1] == "product.update"
+
+    text = run_cli("product", "edit", pid, "--shown", "--no-category", "--no-cost-price", "--sort-order", "7",
+                   config=shop, check=True).out
+    assert text.startswith(f"updated product {pid}: ") and "visible" in text and "category" in text
+    row = product_row(shop, pid)
+    assert (row["is_active"], row["category_id"], row["cost_price_cents"], row["sort_order"]) == (True, None, None, 7)
+    # The same values again: nothing changes, nothing is audited.
+    before = audit_actions(shop)
+    out = json.loads(run_cli("product", "edit", pid, "--price", "25.00", "--shown", "--json", config=shop,
+                             check=True).out)
+    assert out["changed"] == {} and out["price"] == "25.00"
+    assert "unchanged" in run_cli("product", "edit", pid, "--name", "季卡", config=shop, check=True).out
+    assert audit_actions(shop) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--price", "0"], "price: must be more than zero"),
+    (["--price", "9.999"], "more than two decimal places"),
+    (["--cost-price", "-1"], "cost price"),
+    (["--name", "  "], "name: must not be empty"),
+    (["--min-quantity", "5", "--max-quantity", "3"], "quantity limits"),
+    (["--max-quantity", "0"], "--max-quantity"),
+    (["--delivery", "drone"], "Invalid value for '--delivery'"),
+    (["--category", "999"], "category 999 does not exist"),
+    (["--category", "no such"], "no category named 'no such'"),
+    (["--cost", "1", "--no-cost-price"], "not both"),
+    (["--sort-order", "10000"], "--sort-order"),
+    ([], "nothing to change"),
+    (["--description", "x" * 20_001], "description: at most"),
+])
+def test_product_edit_bad_input_changes_nothing(backend, shop, args, fragment):
+    pid = make_product(shop, "--cost-price", "5")["id"]
+    before, audited = product_row(shop, pid), audit_actions(shop)
+    assert_one_line_error(run_cli("product", "edit", pid, *args, config=shop), fragment)
+    assert product_row(shop, pid) == before
+    assert audit_actions(shop) == audited
+
+
+def test_product_edit_unknown_product(backend, shop):
+    assert_one_line_error(run_cli("product", "edit", "42", "--name", "x", config=shop), "product 42 not found")
+    assert_one_line_error(run_cli("product", "edit", "0", "--name", "x", config=shop), "ID")
+    assert_one_line_error(run_cli("product", "edit", "abc", "--name", "x", config=shop), "ID")
+    assert products(shop) == {}
+
+
+def test_product_create_category_sort_order_and_hidden(backend, shop):
+    games = make_category(shop, "Games")
+    out = make_product(shop, "--category", str(games), "--sort-order", "3", "--hidden")
+    assert out["active"] is False
+    row = product_row(shop, out["id"])
+    assert (row["category_id"], row["sort_order"], row["is_active"]) == (games, 3, False)
+    assert_one_line_error(run_cli("product", "create", "--name", "y", "--price", "1", "--category", "Nope",
+                                  config=shop), "no category named 'Nope'")
+    assert list(products(shop)) == [out["id"]]
+
+
+def test_config_example_is_shipped_with_the_package(sqlite_shop, tmp_path):
+    """W10 §11: the installed (non-editable) package prints the annotated example, the
+    repository's config/kamengd.example.toml itself; with the required settings added
+    (here from the environment) the real loader accepts every line of it."""
+    proc = run_cli("config", "example", check=True)
+    source = (REPO / "config" / "kamengd.example.toml").read_text(encoding="utf-8")
+    assert proc.out == source
+    example = tomllib.loads(proc.out)
+    assert {"site", "database", "security", "server"} <= set(example)
+    assert json.loads(run_cli("config", "example", "--json", check=True).out) == {"example": source}
+
+    written = tmp_path / "from-example.toml"
+    out = json.loads(run_cli("config", "example", "--output", written, "--json", check=True).out)
+    assert out == {"output": str(written), "bytes": len(source.encode())}
+    assert written.read_text(encoding="utf-8") == source
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    from kamengd.config import load_config
+    real = load_config(sqlite_shop, env={})
+    required = {"KAMENGD_DATABASE_URL": real.database.url,
+                "KAMENGD_SECURITY_SECRET_KEY_FILE": str(real.security.secret_key_file),
+                "KAMENGD_SECURITY_DATA_KEY_FILE": str(real.security.data_key_file)}
+    listed = run_cli("--config", written, "product", "list", "--json", env=required)
+    assert listed.returncode == 0, listed.err
+    assert json.loads(listed.out) == {"products": []}
+    # The config `kamengd install` writes names the command.
+    assert "`kamengd config example`" in sqlite_shop.read_text()
+
+
+def test_config_example_output_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "kamengd.toml"
+    target.write_text("mine\n")
+    assert_one_line_error(run_cli("config", "example", "--output", target), "already exists", "--force")
+    assert target.read_text() == "mine\n"
+    assert "wrote" in run_cli("config", "example", "--output", target, "--force", check=True).out
+    assert target.read_text(encoding="utf-8") == (REPO / "config" / "kamengd.example.toml").read_text(encoding="utf-8")
+    assert_one_line_error(run_cli("config", "example", "--output", tmp_path / "no" / "x.toml"), "No such file")
+    assert_one_line_error(run_cli("config", "example", "--output", tmp_path), "is a directory")
+    assert_one_line_error(run_cli("config", "example", "--force"), "--force goes with --output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kamengd.toml"]
+
+
+def test_mysql_test_databases_carry_the_prefix(mysql_backend, databases):
+    """KAMENGD_TEST_MYSQL_PREFIX names every database the tests make (scripts/test grants on it)."""
+    url = databases.new_url(mysql_backend)
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    assert name.startswith(MYSQL_PREFIX) and name in databases.mysql_names

@@ -78,6 +78,17 @@ class Install:
     def config(self) -> Path:
         return self.path("etc/kamengd/kamengd.toml")
 
+    @property
+    def wrapper(self) -> Path:
+        """The `kamengd` on PATH (/usr/local/bin under the prefix)."""
+        return self.path("usr/local/bin/kamengd")
+
+    def wrapper_run(self, *args: str, env: dict | None = None):
+        """The wrapper as an admin runs it: no --config, no KAMENGD_* in the environment."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
+        return subprocess.run([str(self.wrapper), *args], env={**base, **(env or {})},
+                              capture_output=True, text=True, timeout=120)
+
     def kamengd_run(self, *args: str):
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
         return subprocess.run([str(self.kamengd), "--config", str(self.config), *args], env=env,
@@ -136,6 +147,9 @@ def upgraded(installed) -> Upgrade:
         "    command.downgrade(alembic_config(conn), '-1')", installed.database_url())
     behind = installed.revision()
     assert behind != head
+    # A link to the venv's kamengd, as an admin might have made by hand: the rerun makes it the wrapper.
+    installed.wrapper.unlink()
+    installed.wrapper.symlink_to(installed.kamengd)
     done = len(installed.log.read_text().splitlines())
     result = run_installer(installed.root, "--yes", "--nginx", "shop.test",
                            systemctl=installed.log.parent / "systemctl")
@@ -191,6 +205,48 @@ def test_installed_units_are_the_repository_units_relocated(installed):
         original = text.replace(str(installed.root), "").replace(f"\nUser={USER}\n", "\nUser=kamengd\n") \
             .replace(f"\nGroup={group}\n", "\nGroup=kamengd\n")
         assert original == (REPO / "systemd" / unit).read_text()
+
+
+def test_kamengd_is_on_path(installed):
+    """W10 §11: README's bare `kamengd` works after the installer: a wrapper in /usr/local/bin
+    runs the venv's kamengd with the installation's config."""
+    wrapper = installed.wrapper
+    assert wrapper.is_file() and not wrapper.is_symlink() and mode(wrapper) == 0o755
+    assert f"exec '{installed.kamengd}' \"$@\"" in wrapper.read_text()
+    assert "writing" in installed.stdout and str(wrapper) in installed.stdout
+    result = installed.wrapper_run("product", "list", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"products": []}, result.stderr
+    result = installed.wrapper_run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("kamengd")
+    # --config and KAMENGD_CONFIG still choose another config, and errors stay one line.
+    for args, env, name in ((["--config", "/nonexistent/a.toml"], None, "a.toml"),
+                            ([], {"KAMENGD_CONFIG": "/nonexistent/b.toml"}, "b.toml")):
+        result = installed.wrapper_run(*args, "product", "list", env=env)
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1 and f"/nonexistent/{name}" in result.stderr
+
+
+def test_rerun_rewrites_the_wrapper(installed, upgraded):
+    """The second run found a link to the venv's kamengd there (`upgraded`): now the wrapper again."""
+    wrapper = installed.wrapper
+    assert wrapper.is_file() and not wrapper.is_symlink() and mode(wrapper) == 0o755
+    assert not wrapper.with_name("kamengd.tmp").exists()
+    assert sorted(p.name for p in wrapper.parent.iterdir()) == ["kamengd"]
+    result = installed.wrapper_run("product", "list", "--json")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_foreign_kamengd_on_path_is_kept(installed, upgraded):
+    """A third run finds a `kamengd` in /usr/local/bin that is not the installer's: it stays."""
+    ours = installed.wrapper.read_text()
+    installed.wrapper.write_text("#!/bin/sh\necho mine\n")
+    try:
+        result = run_installer(installed.root, "--yes", systemctl=installed.log.parent / "systemctl")
+        assert result.returncode == 0, f"rerun failed:\n{result.stdout}\n{result.stderr}"
+        assert f"keeping {installed.wrapper}, which is not kamengd's wrapper" in result.stdout
+        assert installed.wrapper.read_text() == "#!/bin/sh\necho mine\n"
+    finally:   # the wrapper again, for the tests that run after this one
+        installed.wrapper.write_text(ours)
 
 
 def test_doctor_passes_but_for_the_scheduler(installed):

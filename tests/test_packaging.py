@@ -1,4 +1,4 @@
-"""`pip install .` must give a working kamengd, migrations included."""
+"""`pip install .` must give a working kamengd, migrations and the example config included."""
 import configparser
 import subprocess
 import sys
@@ -16,7 +16,7 @@ def declared_packages():
 
 def test_every_package_is_declared():
     found = {".".join(p.relative_to(REPO).parts[:-1]) for p in (REPO / "kamengd").rglob("__init__.py")}
-    found |= {"kamengd.migrations", "kamengd.migrations.versions"}
+    found |= {"kamengd.migrations", "kamengd.migrations.versions", "kamengd.config_example"}
     assert found == declared_packages()
 
 
@@ -28,5 +28,9 @@ def test_wheel_carries_the_migrations(tmp_path):
     for version in (REPO / "migrations" / "versions").glob("*.py"):
         assert f"kamengd/migrations/versions/{version.name}" in names
     assert {"kamengd/migrations/env.py", "kamengd/migrations/script.py.mako"} <= names
+    # `kamengd config example` prints the repository's example, shipped as package data.
+    example = zipfile.ZipFile(wheel).read("kamengd/config_example/kamengd.example.toml")
+    assert example == (REPO / "config" / "kamengd.example.toml").read_bytes()
+    assert not any(n.startswith("kamengd/config_example/") and n.endswith(".example") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kamengd = kamengd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -5,7 +5,9 @@ import sqlalchemy as sa
 
 from ..audit.services import cli_actor
 from ..catalog.models import DELIVERY_MODES, Product
-from ..catalog.services import create_product, product_summary
+from ..catalog.services import (SORT_ORDER_RANGE, create_product, get_product, list_categories, product_summary,
+                                update_product)
+from ..errors import InvalidRequest
 from ..extensions import db
 from ..money import parse_money
 from .group import cli, emit, json_option, with_app
@@ -14,6 +16,26 @@ from .group import cli, emit, json_option, with_app
 @cli.group()
 def product():
     """Products."""
+
+
+def category_id(given: str) -> int:
+    """--category: a category's id, or its name (as the panel shows it, any case)."""
+    text = given.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)   # create_product / update_product say when there is no such category
+    for category, _count in list_categories(db.session):
+        if category.name.lower() == text.lower():
+            return category.id
+    raise InvalidRequest("category: no category named %(name)r", name=text)
+
+
+def cost_cents(given: str) -> int:
+    return parse_money(given, field="cost price", allow_zero=True)
+
+
+category_option = click.option("--category", metavar="ID|NAME", help="The product's category, by id or name.")
+sort_order_option = click.option("--sort-order", type=click.IntRange(*SORT_ORDER_RANGE),
+                                  help="Lower first in the shop.")
 
 
 @product.command("create")
@@ -27,19 +49,72 @@ def product():
 @click.option("--min-quantity", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-quantity", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--description", default="")
+@category_option
+@sort_order_option
+@click.option("--hidden", is_flag=True, help="Create it hidden from the shop (show it with `product edit --shown`).")
 @json_option
 @with_app
 def product_create(name, price, delivery, low_stock, cost_price, currency, min_quantity,
-                   max_quantity, description, as_json):
+                   max_quantity, description, category, sort_order, hidden, as_json):
     """Create a product."""
     p = create_product(db.session, name=name, price_cents=parse_money(price), actor=cli_actor(),
                        delivery_mode=delivery, low_stock_threshold=low_stock,
-                       cost_price_cents=parse_money(cost_price, field="cost price", allow_zero=True)
-                       if cost_price is not None else None,
+                       cost_price_cents=cost_cents(cost_price) if cost_price is not None else None,
                        currency=currency, min_quantity=min_quantity, max_quantity=max_quantity,
-                       description=description)
+                       description=description, category_id=category_id(category) if category else None,
+                       sort_order=sort_order or 0, is_active=not hidden)
     summary = product_summary(db.session, p)
     emit(as_json, summary, f"created product {p.id}: {p.name} ({summary['price']} {p.currency})")
+
+
+@product.command("edit")
+@click.argument("product_id", metavar="ID", type=click.IntRange(min=1))
+@click.option("--name")
+@click.option("--price", metavar="DECIMAL", help="e.g. 9.90")
+@click.option("--delivery", type=click.Choice(DELIVERY_MODES))
+@click.option("--low-stock", type=click.IntRange(min=0), help="Warn when available stock falls below this.")
+@click.option("--cost-price", "--cost", "cost_price", metavar="DECIMAL", help="What a key costs you.")
+@click.option("--no-cost-price", is_flag=True, help="Forget the cost price.")
+@click.option("--min-quantity", type=click.IntRange(min=1))
+@click.option("--max-quantity", type=click.IntRange(min=1))
+@click.option("--description")
+@category_option
+@click.option("--no-category", is_flag=True, help="Take the product out of its category.")
+@sort_order_option
+@click.option("--hidden/--shown", "hidden", default=None, help="Hide it from the shop, or show it again.")
+@json_option
+@with_app
+def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_cost_price, min_quantity,
+                 max_quantity, description, category, no_category, sort_order, hidden, as_json):
+    """Change a product: only the options given (audited as product.update, with old and new values)."""
+    if cost_price is not None and no_cost_price:
+        raise click.UsageError("give --cost-price or --no-cost-price, not both")
+    if category is not None and no_category:
+        raise click.UsageError("give --category or --no-category, not both")
+    p = get_product(db.session, product_id)
+    changes = {field: value for field, value in (
+        ("name", name), ("description", description), ("delivery_mode", delivery),
+        ("low_stock_threshold", low_stock), ("min_quantity", min_quantity), ("max_quantity", max_quantity),
+        ("sort_order", sort_order)) if value is not None}
+    if price is not None:
+        changes["price_cents"] = parse_money(price)
+    if cost_price is not None:
+        changes["cost_price_cents"] = cost_cents(cost_price)
+    elif no_cost_price:
+        changes["cost_price_cents"] = None
+    if category is not None:
+        changes["category_id"] = category_id(category)
+    elif no_category:
+        changes["category_id"] = None
+    if hidden is not None:
+        changes["is_active"] = not hidden
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option (see --help)")
+    changed = update_product(db.session, p, actor=cli_actor(), **changes)
+    summary = product_summary(db.session, p)
+    text = (f"updated product {p.id}: {', '.join(changed)}" if changed
+            else f"product {p.id} unchanged") + f" ({p.name}, {summary['price']} {p.currency})"
+    emit(as_json, {**summary, "changed": changed}, text)
 
 
 @product.command("list")

@@ -85,9 +85,9 @@ def fail(message: str) -> None:
 # Each top-level command, and the module beside this one that adds it to the group.
 COMMAND_MODULES = {
     "audit": "audit", "backup": "backup", "restore": "backup", "key": "backup", "product": "catalog",
-    "channel": "channels", "doctor": "doctor", "install": "install", "jobs": "jobs", "keys": "keys",
-    "notifications": "notifications", "order": "orders", "reconcile": "reconcile", "serve": "serve",
-    "scheduler": "serve", "setting": "settings", "upgrade": "upgrade", "user": "users",
+    "channel": "channels", "config": "config", "doctor": "doctor", "install": "install", "jobs": "jobs",
+    "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
+    "serve": "serve", "scheduler": "serve", "setting": "settings", "upgrade": "upgrade", "user": "users",
 }
 
 

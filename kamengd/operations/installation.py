@@ -118,7 +118,7 @@ def install(data_dir: Path, *, admin_password: str | None = None, database_url: 
         }
         config_path = data_dir / CONFIG_NAME
         header = "# kamengd configuration, written by `kamengd install`.\n" \
-                 "# Every setting is described in config/kamengd.example.toml.\n\n"
+                 "# Every setting is described in `kamengd config example` (config/kamengd.example.toml).\n\n"
         write_secret_file(config_path, header + render_config(values))
         created.append(config_path)
         config = build_config(values, env={}, path=config_path)

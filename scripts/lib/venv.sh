@@ -16,7 +16,7 @@
 #   build/ or *.egg-info in the checkout can leak into the installed files.
 #   The install is skipped when a stamp file in the venv says the same
 #   sources (setup.cfg, pyproject.toml, README.md, LICENSE, kamengd/,
-#   migrations/, tracked or not) were already installed.
+#   migrations/, config/, tracked or not) were already installed.
 #
 #   Python: $KAMENGD_PYTHON, else the first of python3, python3.13, python3.12,
 #   python3.11 that is 3.11+ and can create a venv. If there is none, and we
@@ -31,7 +31,7 @@ _kamengd_venv_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Files and directories of the checkout that make up the installed package.
 _kamengd_source_paths() {
     local p
-    for p in setup.cfg setup.py pyproject.toml MANIFEST.in README.md LICENSE kamengd migrations; do
+    for p in setup.cfg setup.py pyproject.toml MANIFEST.in README.md LICENSE kamengd migrations config; do
         if [ -e "$ROOT/$p" ]; then
             printf '%s\n' "$p"
         fi
