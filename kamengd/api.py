@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
+from .catalog import inputs
 from .catalog.models import Product
 from .catalog.services import stock_by_product
 from .context import get_config, get_vault
@@ -29,7 +30,14 @@ def products():
     return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(p.price_cents),
                                   "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
-                                  "max_quantity": p.max_quantity} for p in items]})
+                                  "max_quantity": p.max_quantity, **_input_fields(p)} for p in items]})
+
+
+def _input_fields(product: Product) -> dict:
+    """What POST /orders takes as `input` for this product (代充: the account to top up)."""
+    fields = inputs.load(product.input_fields)
+    return {"input_fields": [{"key": f["key"], "label": f["label"], "kind": f["kind"],
+                              "required": f["required"]} for f in fields]} if fields else {}
 
 
 @bp.get("/payment-methods")

@@ -67,6 +67,10 @@ def test_the_api_takes_the_products_input_and_staff_see_it(backend, app, client,
     from kamengd.orders.models import Order
     from panel_support import login, make_staff
 
+    listed = next(p for p in client.get("/api/v1/products").get_json()["products"] if p["id"] == manual["id"])
+    assert listed["input_fields"] == [{"key": "f1", "label": "充值QQ号", "kind": "qq", "required": True},
+                                      {"key": "f2", "label": "游戏账号", "kind": "account", "required": False},
+                                      {"key": "f3", "label": "手机", "kind": "phone", "required": False}]
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(Order))
     for bad, message in (({}, "input: 充值QQ号: required"), ({"input": {"f1": "abc"}}, "a QQ number"),

@@ -32,5 +32,7 @@ def test_wheel_carries_the_migrations(tmp_path):
     example = zipfile.ZipFile(wheel).read("kamengd/config_example/kamengd.example.toml")
     assert example == (REPO / "config" / "kamengd.example.toml").read_bytes()
     assert not any(n.startswith("kamengd/config_example/") and n.endswith(".example") for n in names)
+    # The public interface's description travels with the version it describes.
+    assert {f"kamengd/docs/{p.name}" for p in (REPO / "kamengd" / "docs").glob("*.md")} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kamengd = kamengd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
