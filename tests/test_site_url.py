@@ -39,7 +39,12 @@ def test_serve_says_when_site_url_names_another_port(make_install, start_server)
     log = start_server.log(start_server.by_base[base])
     port = base.rsplit(":", 1)[1]
     assert f"warning: site.url is http://127.0.0.1:8000, but this server listens on 127.0.0.1:{port}" in log
-    assert f"KAMENGD_SITE_URL=http://127.0.0.1:{port}" in log
+    assert f"`kamengd setting set site.url http://127.0.0.1:{port}`" in log
+    # The address staff set at run time (the panel, `setting set`) is the one pay URLs use: it is checked.
+    run_cli("setting", "set", "site.url", "http://localhost:8765", config=cfg.path, check=True)
+    base = start_server(cfg.path)
+    log = start_server.log(start_server.by_base[base])
+    assert "warning: site.url is http://localhost:8765, but this server listens on" in log
 
 
 def test_serve_on_a_busy_port_says_so_first(make_install):

@@ -13,6 +13,7 @@ from ..errors import InvalidRequest, KamengdError
 from ..extensions import db
 from ..operations.processes import register
 from ..operations.schema import require_current
+from ..settings.services import site_url
 from .group import cli
 
 
@@ -41,9 +42,11 @@ def serve(obj, bind, server_name, workers, threads, no_scheduler):
     _check_address(host, port)   # before the scheduler's lease and "serving on": a busy port says so first
     with app.app_context():
         revision = require_current(db.engine)
+        public = site_url(db.session, config.site.url)   # the panel's setting, else the file's
+        db.session.remove()
         db.engine.dispose()  # no connection is left open in this process
     click.echo(f"kamengd serving on http://{host}:{port} ({server_name}, schema {revision})", err=True)
-    mismatch = site_url_mismatch(config.site.url, host, port)
+    mismatch = site_url_mismatch(public, host, port)
     if mismatch:
         click.echo(f"warning: {mismatch}", err=True)
     if server_name == "waitress":
@@ -80,7 +83,8 @@ def site_url_mismatch(site_url: str, host: str, port: int) -> str | None:
         return None
     return (f"site.url is {site_url}, but this server listens on {host}:{port}: pay URLs send the "
             f"gateway's callbacks and the buyer back to {site_url}. Set site.url "
-            f"(KAMENGD_SITE_URL=http://127.0.0.1:{port}) or --bind 127.0.0.1:{their_port}")
+            f"(`kamengd setting set site.url http://127.0.0.1:{port}`, or the panel's settings) "
+            f"or --bind 127.0.0.1:{their_port}")
 
 
 def _run_waitress(app, host: str, port: int, threads: int, *, scheduler: bool) -> None:
