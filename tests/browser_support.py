@@ -111,19 +111,30 @@ class GatewayPage:
         self.server.server_close()
 
 
-# --- a shop in a real server process ----------------------------------------
+# --- a shop in real server processes ------------------------------------------
+
+# The supported layouts: the processes each runs (`kamengd ARGS...`), servers first.
+LAYOUTS = {
+    "waitress": [["serve"]],                                             # the scheduler in the process
+    "gunicorn": [["serve", "--server", "gunicorn"]],                    # ... in gunicorn's master
+    "gunicorn+scheduler": [["serve", "--server", "gunicorn", "--no-scheduler"], ["scheduler"]],
+    "two-servers": [["serve"], ["serve", "--server", "gunicorn"]],       # one database (MariaDB), two servers
+}
 
 class LiveShop:
     """A fresh installation served by `kamengd serve`, plus an in-process app to set up data."""
 
-    def __init__(self, backend: str, databases, tmp_path_factory, name: str):
+    def __init__(self, backend: str, databases, tmp_path_factory, name: str, layout: str = "waitress"):
         from kamengd.app import create_app
         from kamengd.config import load_config
         from kamengd.operations.installation import install
 
-        self.backend, self.name = backend, name
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        assert layout in LAYOUTS, layout
+        self.backend, self.name, self.layout = backend, name, layout
+        self.ports = [free_port() for argv in LAYOUTS[layout] if argv[0] == "serve"]
+        self.bases = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.base = self.bases[0]              # where the buyer's browser goes
+        self.callback_base = self.bases[-1]    # where the gateway calls (the other server, with two)
         root = tmp_path_factory.mktemp(f"browser-{name}")
         url = None if backend == "sqlite" else databases.new_url(backend)
         result = install(root / "data", admin_password=PASSWORD, database_url=url, site_name=SITE_NAME,
@@ -131,53 +142,70 @@ class LiveShop:
         self.config_path = result.config_path
         self.config = load_config(result.config_path, env={})
         self.app = create_app(self.config)
-        logs = artifacts_dir() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.log_path = logs / f"server-{name}-{backend}.log"
-        self.proc = None
+        self.logs_dir = artifacts_dir() / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        suffix = "" if layout == "waitress" else f"-{layout.replace('+', '-')}"
+        self.log_path = self.logs_dir / f"server-{name}{suffix}-{backend}.log"
+        self.procs: list[tuple[subprocess.Popen, object]] = []
         self.gateway = GatewayPage()
         self.channels = [self.add_channel("alipay", "支付宝", "alipay"),
                          self.add_channel("wxpay", "微信支付", "wxpay")]
 
     # The server --------------------------------------------------------
     def start(self) -> "LiveShop":
+        """The layout's processes, as deployed (each server with its scheduler unless the
+        layout runs `kamengd scheduler` beside it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
         env["KAMENGD_RATELIMIT_ENABLED"] = "0"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(self.config_path), "serve",
-                                      "--bind", f"127.0.0.1:{self.port}"],   # with its scheduler, as deployed
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        ports = iter(self.ports)
+        for number, argv in enumerate(LAYOUTS[self.layout]):
+            if argv[0] == "serve":
+                argv = [*argv, "--bind", f"127.0.0.1:{next(ports)}"]
+            path = self.log_path if number == 0 else self.log_path.with_name(f"{self.log_path.stem}-{number}.log")
+            log = open(path, "wb")
+            proc = subprocess.Popen([sys.executable, "-m", "kamengd", "--config", str(self.config_path), *argv],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.append((proc, log))
+        for base in self.bases:
+            self._wait_for(base)
+        return self
+
+    def _wait_for(self, base: str) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=5) as resp:
+                with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
                     if resp.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, ConnectionError):
                 pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text(errors='replace')[-3000:]}")
+            for proc, log in self.procs:
+                if proc.poll() is not None:
+                    raise AssertionError(f"server exited: {Path(log.name).read_text(errors='replace')[-3000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError("server did not come up in 30 s")
+                raise AssertionError(f"server {base} did not come up in 30 s")
             time.sleep(0.2)
 
     def stop(self) -> None:
         self.gateway.close()
-        if self.proc is not None:
-            self.proc.terminate()
+        for proc, _log in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, log in self.procs:
             try:
-                self.proc.wait(timeout=20)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self._log.close()
+                proc.kill()
+                proc.wait()
+            log.close()
         from kamengd.extensions import db
 
         with self.app.app_context():
             db.engine.dispose()
 
     def server_errors(self) -> list[str]:
-        """Unhandled errors the server logged (each with a traceback)."""
-        text = self.log_path.read_text(errors="replace")
+        """Unhandled errors the servers (and a separate scheduler) logged (each with a traceback)."""
+        text = "".join(Path(log.name).read_text(errors="replace") for _proc, log in self.procs)
         return [line for line in text.splitlines() if "Traceback" in line or "unhandled error" in line]
 
     # Data, set up the way staff would (through the services) ------------
@@ -258,14 +286,14 @@ class LiveShop:
         params = {"pid": EPAY_PID, "trade_no": trade_no or f"GW{order_no}", "out_trade_no": order_no, "type": "alipay",
                   "name": "x", "money": money, "trade_status": "TRADE_SUCCESS"}
         params["sign"], params["sign_type"] = epay.sign(params, EPAY_KEY), "MD5"
-        url = f"{self.base}/pay/{channel or self.channels[0]}/notify?{urllib.parse.urlencode(params)}"
+        url = f"{self.callback_base}/pay/{channel or self.channels[0]}/notify?{urllib.parse.urlencode(params)}"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.read().decode()
 
 
-def start_shop(backend, databases, tmp_path_factory, name: str):
+def start_shop(backend, databases, tmp_path_factory, name: str, layout: str = "waitress"):
     require_browser()   # before installing anything
-    shop = LiveShop(backend, databases, tmp_path_factory, name)
+    shop = LiveShop(backend, databases, tmp_path_factory, name, layout)
     try:
         yield shop.start()
     finally:
