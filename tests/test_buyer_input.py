@@ -1,6 +1,8 @@
 """What a buyer fills in for manual goods (W10 §3): a product declares fields (label, kind,
 required), the buyer fills them on the product page or in the API's `input`, staff see
 them on the order; bad values are refused and nothing is written."""
+import csv
+import io
 import json
 import re
 import secrets
@@ -91,6 +93,11 @@ def test_the_api_takes_the_products_input_and_staff_see_it(backend, app, client,
     login(staff, make_staff(app, "support"))
     detail = staff.get(f"/admin/orders/{no}").get_data(as_text=True)
     assert re.search(r'class="buyer-input">充值QQ号</dt><dd class="buyer-input"><code>987654321</code>', detail)
+    boss = app.test_client()
+    login(boss, make_staff(app, "admin"))
+    exported = boss.get("/admin/orders/export.csv", query_string={"product": manual["id"]}).get_data(as_text=True)
+    row = next(r for r in csv.DictReader(io.StringIO(exported.lstrip("\ufeff"))) if r["order_no"] == no)
+    assert row["input"] == "充值QQ号: 987654321; 游戏账号: hero_01"
 
 
 def test_the_product_page_asks_for_the_fields(backend, client, manual):

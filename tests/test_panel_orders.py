@@ -362,6 +362,12 @@ def test_product_channel_and_key_filters_and_the_csv_export(app, client, shop):
     assert set(mine) == {shop.delivered, shop.held, shop.pending}
     assert mine[shop.delivered]["amount"] == "9.90" and mine[shop.delivered]["status"] == "delivered"
     assert mine[shop.held]["flag"].startswith("paid 0.01")
+    with app.app_context():
+        kinds = dict(db.session.execute(sa.select(Order.order_no, Order.pay_type)
+                                        .where(Order.order_no.in_(list(mine)))).all())
+        db.session.remove()
+    assert {no: row["pay_type"] for no, row in mine.items()} == {no: kind or "" for no, kind in kinds.items()}
+    assert all(row["input"] == "" for row in rows)   # no input fields on these products
     from kamengd.audit.models import AuditEntry
 
     with app.app_context():

@@ -111,7 +111,7 @@ def orders_export():
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["order_no", "created", "product", "quantity", "amount", "currency", "email", "status",
-                         "channel", "paid", "delivered", "flag"])
+                         "channel", "pay_type", "paid", "delivered", "flag", "input"])
         yield "\ufeff" + out.getvalue()
         codes = dict(db.session.execute(sa.select(PaymentChannel.id, PaymentChannel.code)).all())
         for page in range(1, EXPORT_LIMIT // 1000 + 1):
@@ -121,8 +121,9 @@ def orders_export():
                 out.truncate()
                 writer.writerow([order.order_no, local(order.created_at), _cell(product_name), order.quantity,
                                  format_cents(order.amount_cents), order.currency, _cell(order.email), order.status,
-                                 codes.get(order.channel_id, ""), local(order.paid_at), local(order.delivered_at),
-                                 _cell(order.flag_reason or "")])
+                                 codes.get(order.channel_id, ""), order.pay_type or "", local(order.paid_at),
+                                 local(order.delivered_at), _cell(order.flag_reason or ""),
+                                 _cell("; ".join(f"{v['label']}: {v['value']}" for v in inputs.load(order.buyer_input)))])
                 yield out.getvalue()
             if len(found) < 1000:
                 break
