@@ -76,6 +76,12 @@ class OutOfStock(KamengdError):
     http_status = 409
 
 
+class InsufficientBalance(KamengdError):
+    """A debit the balance does not cover: nothing was booked."""
+    code = "insufficient_balance"
+    http_status = 402
+
+
 class Busy(KamengdError):
     """The database could not take the request now (a lock wait ran out, the
     server is away): nothing was changed, the client should try again."""

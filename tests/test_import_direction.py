@@ -25,8 +25,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd", "kamengd.version", "kamengd.database", "kamengd.errors", "kamengd.money", "kamengd.config",
         "kamengd.vault", "kamengd.extensions", "kamengd.context", "kamengd.validation", "kamengd.transaction",
         # The feature folders' (empty) packages: anything they imported would run before every module of theirs.
-        "kamengd.accounts", "kamengd.audit", "kamengd.backup", "kamengd.catalog", "kamengd.inventory",
-        "kamengd.notifications", "kamengd.operations", "kamengd.orders", "kamengd.payments", "kamengd.reports",
+        "kamengd.accounts", "kamengd.agents", "kamengd.audit", "kamengd.backup", "kamengd.catalog",
+        "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",
+        "kamengd.payments", "kamengd.reports",
         "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront")),
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
@@ -43,6 +44,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Then the features' services, in the order they use each other.
     ("audit", ("kamengd.audit.*",)),
     ("accounts and settings", ("kamengd.accounts.*", "kamengd.settings.*")),
+    # Money first, then who owns it: agents open their ledger accounts and are credited through it.
+    ("the ledger", ("kamengd.ledger.*",)),
+    ("agents", ("kamengd.agents.*",)),
     # The low half of notifications: events and queued mail are written in the
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (

@@ -84,7 +84,8 @@ def fail(message: str) -> None:
 
 # Each top-level command, and the module beside this one that adds it to the group.
 COMMAND_MODULES = {
-    "audit": "audit", "backup": "backup", "restore": "backup", "key": "backup", "product": "catalog",
+    "agent": "agents", "audit": "audit", "backup": "backup", "balance": "agents", "ledger": "agents",
+    "restore": "backup", "key": "backup", "product": "catalog",
     "channel": "channels", "config": "config", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
     "serve": "serve", "scheduler": "serve", "setting": "settings", "upgrade": "upgrade", "user": "users",

@@ -1,0 +1,238 @@
+"""Agents, their levels and API keys; an agent's balance moved by staff.
+
+Prices: an agent pays the product's price less its level's discount, rounded
+half up to the cent (kamengd.agents.services.agent_price: the one place).
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from decimal import ROUND_HALF_UP, Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..accounts.passwords import hash_password, validate_password
+from ..audit.services import record
+from ..errors import Collector, Conflict, InvalidRequest, NotFound
+from ..ledger import services as ledger
+from ..money import MAX_CENTS, format_cents
+from ..validation import has_control_characters
+from ..vault import Vault
+from .models import Agent, AgentApiKey, AgentLevel
+
+# How many levels of agents may sit below the shop (1: agents directly under it).
+MAX_DEPTH = 3
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
+LEVEL_NAME_MAX = 32
+_DISCOUNT_RE = re.compile(r"([0-9]{1,3})(?:\.([0-9]{1,2}))?")
+_AMOUNT_RE = re.compile(r"(-?)([0-9]{1,11})(?:\.([0-9]{1,2}))?")
+REFERENCE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def parse_discount(text) -> int:
+    """'12.5' (percent, 0-100, at most two decimals) -> 1250 hundredths of a percent."""
+    raw = str(text).strip()
+    found = _DISCOUNT_RE.fullmatch(raw)
+    if not found:
+        raise InvalidRequest("discount: %(raw)r is not a percentage such as 12.5", raw=raw[:40])
+    value = int(found.group(1)) * 100 + int((found.group(2) or "").ljust(2, "0"))
+    if value > 10000:
+        raise InvalidRequest("discount: %(raw)r is more than 100", raw=raw[:40])
+    return value
+
+
+def format_discount(bp: int) -> str:
+    return f"{bp // 100}.{bp % 100:02d}"
+
+
+def parse_amount(text, *, field: str = "amount") -> int:
+    """A signed amount of money, written plainly ('12.34', '-5'): cents, never zero.
+    Exponents, signs other than one leading '-', more than two decimals are refused."""
+    raw = str(text).strip()
+    found = _AMOUNT_RE.fullmatch(raw)
+    if not found:
+        raise InvalidRequest("%(field)s: %(raw)r is not an amount such as 12.34 or -5", field=field, raw=raw[:40])
+    cents = int(found.group(2)) * 100 + int((found.group(3) or "").ljust(2, "0"))
+    if cents == 0:
+        raise InvalidRequest("%(field)s: must not be zero", field=field)
+    if cents >= MAX_CENTS:
+        raise InvalidRequest("%(field)s: %(raw)r is too large", field=field, raw=raw[:40])
+    return -cents if found.group(1) else cents
+
+
+def agent_price(price_cents: int, discount_bp: int) -> int:
+    """The product's price less the discount, to the cent (half up)."""
+    exact = Decimal(price_cents) * (10000 - discount_bp) / Decimal(10000)
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+# -- levels -------------------------------------------------------------------
+
+def _level_name(name) -> str:
+    text = str(name or "").strip()
+    if not text or len(text) > LEVEL_NAME_MAX or has_control_characters(text):
+        raise InvalidRequest("level: a name of 1 to %(longest)s characters is required", longest=LEVEL_NAME_MAX)
+    return text
+
+
+def set_level(session: Session, *, name: str, discount, actor: str,
+              source_ip: str | None = None) -> tuple[AgentLevel, bool]:
+    """Create the level, or change its discount: (level, created). Audited."""
+    found = Collector()
+    with found:
+        name = _level_name(name)
+    with found:
+        bp = parse_discount(discount)
+    found.check()
+    level = session.scalars(sa.select(AgentLevel).where(AgentLevel.name == name).with_for_update()).first()
+    created = level is None
+    old = None if created else level.discount_bp
+    if created:
+        level = AgentLevel(name=name, discount_bp=bp)
+        session.add(level)
+    else:
+        level.discount_bp = bp
+    session.flush()
+    if created or old != bp:
+        record(session, "agent.level.set", actor=actor, target=f"agent_level:{level.id}", source_ip=source_ip,
+               details={"name": name, "discount": format_discount(bp),
+                        **({} if created else {"old_discount": format_discount(old)})})
+    return level, created
+
+
+def get_level(session: Session, name: str) -> AgentLevel:
+    level = session.scalar(sa.select(AgentLevel).where(AgentLevel.name == str(name).strip()))
+    if level is None:
+        raise NotFound("no agent level named %(name)r (create it with `kamengd agent level set`)", name=str(name))
+    return level
+
+
+def list_levels(session: Session) -> list[tuple[AgentLevel, int]]:
+    """(level, agents at it), by discount."""
+    counts = dict(session.execute(sa.select(Agent.level_id, sa.func.count()).group_by(Agent.level_id)).all())
+    levels = session.scalars(sa.select(AgentLevel).order_by(AgentLevel.discount_bp, AgentLevel.id)).all()
+    return [(level, counts.get(level.id, 0)) for level in levels]
+
+
+# -- agents -------------------------------------------------------------------
+
+def normal_username(username) -> str:
+    return str(username or "").strip().lower()
+
+
+def get_agent(session: Session, username, *, for_update: bool = False) -> Agent:
+    query = sa.select(Agent).where(Agent.username == normal_username(username))
+    if for_update:
+        query = query.with_for_update()
+    agent = session.scalars(query).first()
+    if agent is None:
+        raise NotFound("no agent named %(username)r", username=str(username)[:64])
+    return agent
+
+
+def create_agent(session: Session, *, username: str, level: str, actor: str, parent: str | None = None,
+                 password: str | None = None, source_ip: str | None = None) -> Agent:
+    """A new agent under the shop or under `parent`, with its ledger accounts. Audited."""
+    name = normal_username(username)
+    found = Collector()
+    if not USERNAME_RE.fullmatch(name):
+        found.add(InvalidRequest("username: 2-32 letters, digits, '_' or '-', starting with a letter or digit"))
+    the_level = parent_agent = None
+    try:
+        the_level = get_level(session, level)
+    except NotFound as exc:
+        found.add(exc)
+    if parent:
+        try:
+            parent_agent = get_agent(session, parent)
+        except NotFound as exc:
+            found.add(exc)
+    if password is not None:
+        with found:
+            validate_password(password)
+    found.check()
+    if parent_agent is not None:
+        if not parent_agent.is_active:
+            raise InvalidRequest("parent: agent %(username)r is disabled", username=parent_agent.username)
+        if parent_agent.depth >= MAX_DEPTH:
+            raise InvalidRequest("parent: agent %(username)r is %(depth)s levels below the shop, the most "
+                                 "there may be", username=parent_agent.username, depth=parent_agent.depth)
+    if session.scalar(sa.select(Agent.id).where(Agent.username == name)) is not None:
+        raise Conflict("agent %(username)r already exists", username=name)
+    agent = Agent(username=name, level_id=the_level.id, parent_id=parent_agent.id if parent_agent else None,
+                  depth=parent_agent.depth + 1 if parent_agent else 1,
+                  password_hash=hash_password(password) if password is not None else None)
+    session.add(agent)
+    session.flush()
+    ledger.open_agent_accounts(session, agent.id)
+    record(session, "agent.create", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
+           details={"username": name, "level": the_level.name,
+                    "parent": parent_agent.username if parent_agent else None})
+    return agent
+
+
+def agent_summary(session: Session, agent: Agent) -> dict:
+    level = session.get(AgentLevel, agent.level_id)
+    parent = session.get(Agent, agent.parent_id) if agent.parent_id else None
+    money = ledger.balances(session, agent.id)
+    return {"id": agent.id, "username": agent.username, "level": level.name,
+            "discount": format_discount(level.discount_bp), "parent": parent.username if parent else None,
+            "depth": agent.depth, "active": agent.is_active,
+            "balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
+            "held": format_cents(money["held"]), "currency": ledger.DEFAULT_CURRENCY,
+            "created_at": agent.created_at.isoformat(timespec="seconds") + "Z"}
+
+
+def list_agents(session: Session) -> list[Agent]:
+    return session.scalars(sa.select(Agent).order_by(Agent.id)).all()
+
+
+# -- API keys -----------------------------------------------------------------
+
+def secret_context(key_id: str) -> str:
+    return f"agent-api:{key_id}"
+
+
+def issue_api_key(session: Session, vault: Vault, agent: Agent, *, actor: str,
+                  source_ip: str | None = None) -> tuple[str, str]:
+    """A new key pair: (key_id, secret). The secret is returned this once; the database
+    keeps it sealed with the data key. Audited (without the secret)."""
+    if not agent.is_active:
+        raise InvalidRequest("agent %(username)r is disabled", username=agent.username)
+    key_id = "ak_" + secrets.token_hex(12)
+    secret = secrets.token_urlsafe(32)
+    nonce, ciphertext, version = vault.encrypt_secret(secret_context(key_id), secret.encode())
+    session.add(AgentApiKey(agent_id=agent.id, key_id=key_id, secret_nonce=nonce, secret_ciphertext=ciphertext,
+                            secret_key_version=version))
+    session.flush()
+    record(session, "agent.apikey.issue", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
+           details={"key_id": key_id})
+    return key_id, secret
+
+
+# -- money moved by staff -------------------------------------------------------
+
+def credit_balance(session: Session, agent: Agent, amount_cents: int, *, reason: str, actor: str,
+                   reference: str | None = None, source_ip: str | None = None) -> ledger.Booking:
+    """Credit (or, negative, debit) an agent's available balance; never below zero.
+
+    `reference` names the credit: given again, the same credit is not booked twice (a
+    script may retry); without one each call is a credit of its own. Audited."""
+    reason = str(reason or "").strip()
+    if not reason or len(reason) > 200 or has_control_characters(reason):
+        raise InvalidRequest("reason: 1 to 200 characters on one line are required")
+    if reference is not None and not REFERENCE_RE.fullmatch(reference):
+        raise InvalidRequest("reference: 1 to 64 letters, digits or _ . : -")
+    cause = f"credit:{reference}" if reference is not None else f"credit:{secrets.token_hex(12)}"
+    mine = ledger.account_by_name(session, ledger.agent_account_name(agent.id, "available"))
+    shop = ledger.shop_account(session, "shop:adjustments", mine.currency)
+    booking = ledger.post(session, cause=cause, kind="credit" if amount_cents > 0 else "debit",
+                          legs=[(mine, amount_cents), (shop, -amount_cents)], actor=actor, memo=reason)
+    if booking.booked:
+        record(session, "balance.credit", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
+               details={"username": agent.username, "amount": format_cents(amount_cents), "reason": reason,
+                        "cause": cause})
+    elif booking.amounts.get(mine.id) is None:
+        raise Conflict("reference %(reference)s was used for another agent", reference=reference)
+    return booking

@@ -1,0 +1,153 @@
+"""`kamengd agent …`, `kamengd balance …` and `kamengd ledger verify`: the 卡盟 network's money."""
+from __future__ import annotations
+
+import click
+
+from ..agents import services as agents
+from ..audit.services import cli_actor
+from ..context import get_vault
+from ..errors import KamengdError
+from ..extensions import db
+from ..ledger import services as ledger
+from ..money import format_cents
+from .group import cli, emit, json_option, with_app
+from .install import read_password_file
+
+
+@cli.group()
+def agent():
+    """Agents (代理): accounts that buy at their level's price and resell."""
+
+
+@agent.command("create")
+@click.option("--username", required=True, help="2-32 letters, digits, _ or - (kept in lower case).")
+@click.option("--level", required=True, metavar="LEVEL", help="An agent level (`kamengd agent level set`).")
+@click.option("--parent", metavar="NAME", help="The agent it sits under (default: the shop).")
+@click.option("--password-file", metavar="F", help="Its portal password (without: no portal sign-in yet).")
+@json_option
+@with_app
+def agent_create(username, level, parent, password_file, as_json):
+    """Create an agent under the shop or under another agent (audited)."""
+    made = agents.create_agent(db.session, username=username, level=level, parent=parent, actor=cli_actor(),
+                               password=read_password_file(password_file) if password_file else None)
+    summary = agents.agent_summary(db.session, made)
+    emit(as_json, summary, f"created agent {made.username} (id {made.id}, level {summary['level']}"
+                           + (f", under {summary['parent']})" if summary["parent"] else ")"))
+
+
+@agent.command("list")
+@json_option
+@with_app(readonly=True)
+def agent_list(as_json):
+    """Every agent with its level, parent and balances."""
+    rows = [agents.agent_summary(db.session, a) for a in agents.list_agents(db.session)]
+    if as_json:
+        emit(True, {"agents": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>5}  {r['username']:<32} {r['level']:<12} {r['parent'] or '-':<20} "
+                   f"{r['balance']:>12} {'' if r['active'] else 'disabled'}".rstrip())
+
+
+@agent.group("level")
+def agent_level():
+    """Agent levels: the discount off the shop's price their agents pay."""
+
+
+@agent_level.command("set")
+@click.option("--name", required=True, metavar="LEVEL")
+@click.option("--discount", required=True, metavar="PERCENT", help="0-100, at most two decimals (12.5).")
+@json_option
+@with_app
+def agent_level_set(name, discount, as_json):
+    """Create a level, or change its discount (audited)."""
+    level, created = agents.set_level(db.session, name=name, discount=discount, actor=cli_actor())
+    said = agents.format_discount(level.discount_bp)
+    emit(as_json, {"id": level.id, "name": level.name, "discount": said, "created": created},
+         f"{'created' if created else 'set'} level {level.name}: {said} % off")
+
+
+@agent_level.command("list")
+@json_option
+@with_app(readonly=True)
+def agent_level_list(as_json):
+    """The levels, by discount, with how many agents each has."""
+    rows = [{"id": lv.id, "name": lv.name, "discount": agents.format_discount(lv.discount_bp), "agents": n}
+            for lv, n in agents.list_levels(db.session)]
+    if as_json:
+        emit(True, {"levels": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['id']:>4}  {r['name']:<32} {r['discount']:>6} %  {r['agents']} agents")
+
+
+@agent.command("apikey")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_apikey(username, as_json):
+    """Issue a new API key pair; the secret is printed this once (audited)."""
+    key_id, secret = agents.issue_api_key(db.session, get_vault(), agents.get_agent(db.session, username),
+                                          actor=cli_actor())
+    emit(as_json, {"key_id": key_id, "secret": secret},
+         f"key id: {key_id}\nsecret: {secret}\n(the secret is shown this once: store it now)")
+
+
+@cli.group()
+def balance():
+    """Agents' balances (each movement a ledger entry)."""
+
+
+@balance.command("credit")
+@click.option("--username", required=True)
+@click.option("--amount", required=True, metavar="DECIMAL", help="12.34 credits, -12.34 debits.")
+@click.option("--reason", required=True, help="Why (kept in the ledger and the audit log).")
+@click.option("--reference", metavar="REF", help="Names this credit: run again with it, it is not booked twice.")
+@json_option
+@with_app
+def balance_credit(username, amount, reason, reference, as_json):
+    """Credit (or, negative, debit) an agent's balance; a debit below zero is refused (audited)."""
+    the_agent = agents.get_agent(db.session, username)
+    cents = agents.parse_amount(amount)
+    booking = agents.credit_balance(db.session, the_agent, cents, reason=reason, reference=reference,
+                                    actor=cli_actor())
+    money = ledger.balances(db.session, the_agent.id)
+    emit(as_json, {"username": the_agent.username, "amount": format_cents(cents),
+                   "balance": format_cents(money["available"]), "currency": ledger.DEFAULT_CURRENCY,
+                   "booked": booking.booked, "transaction": booking.transaction_id},
+         f"{'credited' if cents > 0 else 'debited'} {format_cents(abs(cents))} "
+         f"{'to' if cents > 0 else 'from'} {the_agent.username}: balance {format_cents(money['available'])}"
+         + ("" if booking.booked else " (this reference was booked before: nothing changed)"))
+
+
+@balance.command("show")
+@click.option("--username", required=True)
+@json_option
+@with_app(readonly=True)
+def balance_show(username, as_json):
+    """An agent's balance, commission still on hold and money held for withdrawals."""
+    the_agent = agents.get_agent(db.session, username)
+    money = ledger.balances(db.session, the_agent.id)
+    emit(as_json, {"username": the_agent.username, "balance": format_cents(money["available"]),
+                   "pending": format_cents(money["pending"]), "held": format_cents(money["held"]),
+                   "currency": ledger.DEFAULT_CURRENCY},
+         f"{the_agent.username}: balance {format_cents(money['available'])} {ledger.DEFAULT_CURRENCY}, "
+         f"pending {format_cents(money['pending'])}, held {format_cents(money['held'])}")
+
+
+@cli.group("ledger")
+def ledger_group():
+    """The ledger of agents' money."""
+
+
+@ledger_group.command("verify")
+@json_option
+@with_app(readonly=True)
+def ledger_verify(as_json):
+    """Check every cached balance against its entries; non-zero naming each difference."""
+    checked, problems = ledger.verify(db.session)
+    if problems:
+        raise KamengdError(f"the ledger does not add up: {problems[0]}"
+                                   + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    emit(as_json, {"ok": True, "accounts": checked, "problems": []},
+         f"the ledger adds up: {checked} accounts, every balance the sum of its entries")

@@ -1,0 +1,71 @@
+"""The ledger: every movement of an agent's (or a member's) money, double-entry.
+
+A transaction is one movement, named by its cause (`cause`, unique): the same
+cause can never be booked twice, however often a callback, a retry or a
+second server tries. Its entries move amounts between accounts and sum to
+zero. An account's balance is the sum of its entries, kept on the account by
+a conditional UPDATE in the same transaction; a CHECK keeps it from going
+below zero unless the account may (the shop's own counter-accounts).
+Entries are only ever inserted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..database import UTCDateTime, utcnow
+from ..extensions import db
+
+# What an agent's money is in: spendable, commission not yet released, held for a withdrawal.
+AGENT_KINDS = ("available", "pending", "held")
+# The shop's side of every movement (these may go negative: they are the shop's books).
+SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts")
+
+
+class LedgerAccount(db.Model):
+    __tablename__ = "ledger_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # "agent:<id>:<kind>" or one of SHOP_ACCOUNTS: one account per name.
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    agent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agents.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    balance_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    may_go_negative: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint("may_go_negative OR balance_cents >= 0", name="not_negative"),
+    )
+
+
+class LedgerTransaction(db.Model):
+    __tablename__ = "ledger_transactions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # What caused it, e.g. "credit:<reference>", "order:<order_no>:paid": booked once.
+    cause: Mapped[str] = mapped_column(sa.String(96), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    memo: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
+    actor: Mapped[str] = mapped_column(sa.String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class LedgerEntry(db.Model):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_transactions.id"), index=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_accounts.id"))
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    # The account's balance right after this entry: a statement reads it, verify checks it.
+    balance_after_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        sa.Index("ix_ledger_entries_account", "account_id", "id"),
+        sa.CheckConstraint("amount_cents <> 0", name="not_zero"),
+    )

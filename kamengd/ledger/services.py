@@ -1,0 +1,172 @@
+"""Booking money: one function (`post`) writes every movement, `verify` checks the books.
+
+`post` books a movement once per cause. It claims the cause first (a unique
+row: a second server booking the same cause waits for the first, then finds
+it), moves each account's cached balance with a conditional UPDATE that
+cannot take a protected account below zero, then appends the entries, all
+inside a savepoint: a refused movement leaves nothing behind and the caller's
+transaction goes on. The caller commits (one commit per request or job).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..database import utcnow
+from ..errors import Conflict, InsufficientBalance, InvalidRequest
+from ..money import format_cents
+from .models import AGENT_KINDS, SHOP_ACCOUNTS, LedgerAccount, LedgerEntry, LedgerTransaction
+
+DEFAULT_CURRENCY = "CNY"
+MAX_CAUSE = 96
+_CAUSE_RE = re.compile(r"[a-z_]+:[\x21-\x7e]{1,90}")
+
+_accounts = LedgerAccount.__table__
+_entries = LedgerEntry.__table__
+_transactions = LedgerTransaction.__table__
+
+
+def agent_account_name(agent_id: int, kind: str) -> str:
+    assert kind in AGENT_KINDS, kind
+    return f"agent:{agent_id}:{kind}"
+
+
+def open_agent_accounts(session: Session, agent_id: int, currency: str = DEFAULT_CURRENCY) -> None:
+    """An agent's accounts, made with the agent (in its transaction)."""
+    for kind in AGENT_KINDS:
+        session.add(LedgerAccount(name=agent_account_name(agent_id, kind), agent_id=agent_id, kind=kind,
+                                  currency=currency, balance_cents=0, may_go_negative=False))
+    session.flush()
+
+
+def shop_account(session: Session, name: str, currency: str = DEFAULT_CURRENCY) -> LedgerAccount:
+    """One of the shop's counter-accounts, made on first use (two first uses at once: one
+    makes it, the other finds it)."""
+    assert name in SHOP_ACCOUNTS, name
+    found = session.scalar(sa.select(LedgerAccount).where(LedgerAccount.name == name))
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.execute(_accounts.insert().values(name=name, agent_id=None, kind="shop", currency=currency,
+                                                      balance_cents=0, may_go_negative=True, created_at=utcnow()))
+    except IntegrityError:
+        pass
+    return session.scalars(sa.select(LedgerAccount).where(LedgerAccount.name == name)).one()
+
+
+def account_by_name(session: Session, name: str) -> LedgerAccount:
+    found = session.scalar(sa.select(LedgerAccount).where(LedgerAccount.name == name))
+    if found is None:
+        raise InvalidRequest("no ledger account %(name)s", name=name)
+    return found
+
+
+@dataclass
+class Booking:
+    transaction_id: int
+    cause: str
+    booked: bool             # False: the cause was booked before; nothing was written now
+    amounts: dict[int, int]  # account id -> amount (as booked, then or now)
+
+
+def post(session: Session, *, cause: str, kind: str, legs: list[tuple[LedgerAccount, int]], actor: str,
+         memo: str = "") -> Booking:
+    """Book `legs` (account, signed amount in cents; they sum to zero) once for `cause`.
+
+    A cause booked before returns that booking (booked=False) when its amounts are the
+    same, and raises Conflict when they differ. A leg that would take a protected
+    account below zero raises InsufficientBalance; nothing is written then."""
+    if not _CAUSE_RE.fullmatch(cause):
+        raise ValueError(f"bad ledger cause {cause!r}")
+    amounts: dict[int, int] = {}
+    for account, amount in legs:
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError("ledger amounts are integer cents")
+        amounts[account.id] = amounts.get(account.id, 0) + amount
+    amounts = {a: v for a, v in amounts.items() if v}
+    if not amounts or sum(amounts.values()) != 0:
+        raise ValueError(f"ledger legs of {cause} must move money and sum to zero: {amounts}")
+    currencies = {account.currency for account, _ in legs}
+    if len(currencies) != 1:
+        raise ValueError(f"ledger legs of {cause} mix currencies {sorted(currencies)}")
+    now = utcnow()
+    try:
+        with session.begin_nested():
+            txn_id = session.execute(_transactions.insert().values(
+                cause=cause, kind=kind, memo=memo[:200], actor=actor[:80], created_at=now)).inserted_primary_key[0]
+            # Lowest id first: two movements over the same accounts lock them in one order (no deadlock).
+            for account_id in sorted(amounts):
+                amount = amounts[account_id]
+                moved = session.execute(
+                    _accounts.update()
+                    .where(_accounts.c.id == account_id,
+                           sa.or_(_accounts.c.may_go_negative.is_(True), _accounts.c.balance_cents + amount >= 0))
+                    .values(balance_cents=_accounts.c.balance_cents + amount)).rowcount
+                if moved != 1:
+                    raise InsufficientBalance("the balance does not cover %(amount)s", amount=format_cents(-amount))
+                after = session.execute(sa.select(_accounts.c.balance_cents)
+                                        .where(_accounts.c.id == account_id)).scalar_one()
+                session.execute(_entries.insert().values(transaction_id=txn_id, account_id=account_id,
+                                                         amount_cents=amount, balance_after_cents=after,
+                                                         created_at=now))
+    except IntegrityError:
+        earlier = session.execute(sa.select(_transactions.c.id).where(_transactions.c.cause == cause)).scalar()
+        if earlier is None:
+            raise
+        booked = dict(session.execute(sa.select(_entries.c.account_id, _entries.c.amount_cents)
+                                      .where(_entries.c.transaction_id == earlier)).all())
+        if booked != amounts:
+            raise Conflict("%(cause)s was booked before with other amounts", cause=cause) from None
+        return Booking(earlier, cause, False, booked)
+    # The ORM's copies of these accounts are stale now: read them again when next used.
+    for account, _amount in legs:
+        session.expire(account, ["balance_cents"])
+    return Booking(txn_id, cause, True, amounts)
+
+
+def balances(session: Session, agent_id: int) -> dict[str, int]:
+    """{kind: cents} of an agent's accounts."""
+    rows = session.execute(sa.select(LedgerAccount.kind, LedgerAccount.balance_cents)
+                           .where(LedgerAccount.agent_id == agent_id)).all()
+    found = dict(rows)
+    return {kind: found.get(kind, 0) for kind in AGENT_KINDS}
+
+
+def verify(session: Session) -> tuple[int, list[str]]:
+    """(accounts checked, problems): every cached balance is the sum of its entries and the
+    last entry's balance-after; every movement sums to zero; no protected account is negative."""
+    sums = dict(session.execute(sa.select(_entries.c.account_id, sa.func.sum(_entries.c.amount_cents))
+                                .group_by(_entries.c.account_id)).all())
+    last_ids = sa.select(sa.func.max(_entries.c.id)).group_by(_entries.c.account_id)
+    lasts = dict(session.execute(sa.select(_entries.c.account_id, _entries.c.balance_after_cents)
+                                 .where(_entries.c.id.in_(last_ids))).all())
+    problems = []
+    accounts = session.execute(sa.select(_accounts.c.id, _accounts.c.name, _accounts.c.balance_cents,
+                                         _accounts.c.may_go_negative).order_by(_accounts.c.id)).all()
+    for account in accounts:
+        total = int(sums.get(account.id) or 0)
+        if total != account.balance_cents:
+            problems.append(f"{account.name}: balance {format_cents(account.balance_cents)}, "
+                            f"its entries sum to {format_cents(total)}")
+        if account.id in lasts and lasts[account.id] != account.balance_cents:
+            problems.append(f"{account.name}: balance {format_cents(account.balance_cents)}, "
+                            f"its last entry says {format_cents(lasts[account.id])}")
+        if account.balance_cents < 0 and not account.may_go_negative:
+            problems.append(f"{account.name}: negative balance {format_cents(account.balance_cents)}")
+    unbalanced = session.execute(
+        sa.select(_transactions.c.cause, sa.func.sum(_entries.c.amount_cents))
+        .join(_entries, _entries.c.transaction_id == _transactions.c.id)
+        .group_by(_transactions.c.id, _transactions.c.cause)
+        .having(sa.func.sum(_entries.c.amount_cents) != 0)).all()
+    for cause, total in unbalanced:
+        problems.append(f"{cause}: its entries sum to {format_cents(int(total))}, not 0")
+    empty = session.execute(sa.select(_transactions.c.cause).where(
+        ~sa.exists().where(_entries.c.transaction_id == _transactions.c.id))).scalars().all()
+    for cause in empty:
+        problems.append(f"{cause}: a movement without entries")
+    return len(accounts), problems
