@@ -484,7 +484,7 @@ def test_every_command_is_found_where_the_lazy_group_looks():
         assert command.callback.__module__ == f"kamengd.cli.{module}", name
     assert set(cli.commands) == set(COMMAND_MODULES)   # no module adds a command the map lacks
     here = pathlib.Path(kamengd.cli.__file__).parent
-    modules = {p.stem for p in here.glob("*.py")} - {"__init__", "group"}
+    modules = {p.stem for p in here.glob("*.py")} - {"__init__", "group", "reference"}   # reference: the docs
     assert modules == set(COMMAND_MODULES.values())
 
 
@@ -497,6 +497,52 @@ def test_channel_enable_and_disable(backend, shop):
     assert audit_actions(shop)[-1] == "channel.disable"
     assert json.loads(run_cli("channel", "enable", "--code", "sw", "--json", config=shop, check=True).out)["enabled"]
     assert_one_line_error(run_cli("channel", "enable", "--code", "nope", config=shop), "channel 'nope' not found")
+
+
+def test_channel_remove(backend, shop):
+    """A channel no order used is deleted with its stored key, audited; one an order used is
+    refused, and nothing changes: its orders' callbacks and reconciliation still need it."""
+    options = ["--option", "gateway=https://pay.example.com", "--option", "pid=1",
+               "--option", "key=k3y-0123456789abcdef"]
+    for code in ("spare", "used", "other"):
+        run_cli("channel", "add", "--type", "epay", "--code", code, *options, config=shop, check=True)
+    pid = make_product(shop)["id"]
+    run_cli("keys", "import", "--product", pid, "-", config=shop, input=b"RM-KEY-1", check=True)
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from kamengd.database import make_engine
+    from kamengd.extensions import db
+    from kamengd.orders.services import create_order
+
+    app = create_app(load_config(shop, env={}))
+    with app.app_context():
+        create_order(db.session, product_id=pid, quantity=1, email="rm@example.com", channel_code="used")
+        db.session.commit()
+        db.engine.dispose()
+
+    out = json.loads(run_cli("channel", "remove", "--code", "spare", "--json", config=shop, check=True).out)
+    assert out == {"code": "spare", "removed": True}
+    listed = json.loads(run_cli("channel", "list", "--json", config=shop, check=True).out)["channels"]
+    assert [c["code"] for c in listed] == ["used", "other"]
+    [entry] = json.loads(run_cli("audit", "list", "--action", "channel.remove", "--json", config=shop,
+                                 check=True).out)["entries"]
+    assert entry["target"] == "channel:spare" and entry["actor"].startswith("cli")
+    assert entry["details"]["secret_deleted"] is True and "k3y-0123456789abcdef" not in json.dumps(entry)
+    engine = make_engine(load_config(shop, env={}).database_url, pooled=False)
+    with engine.connect() as conn:   # the row, and the encrypted key in it, are gone
+        assert conn.execute(sa.text("SELECT code FROM payment_channels ORDER BY id")).scalars().all() == [
+            "used", "other"]
+    engine.dispose()
+
+    before = audit_actions(shop)
+    assert_one_line_error(run_cli("channel", "remove", "--code", "used", config=shop),
+                          "channel used cannot be removed: 1 order(s) used it", "Disable it instead")
+    assert audit_actions(shop) == before
+    listed = json.loads(run_cli("channel", "list", "--json", config=shop, check=True).out)["channels"]
+    assert [(c["code"], c["enabled"]) for c in listed] == [("used", True), ("other", True)]
+    assert_one_line_error(run_cli("channel", "remove", "--code", "spare", config=shop), "channel 'spare' not found")
+    assert run_cli("channel", "remove", "--code", "other", config=shop, check=True).out.strip() == "removed channel other"
+    assert audit_actions(shop)[-1] == "channel.remove"
 
 
 def test_order_list_show_and_audit_list(backend, shop):

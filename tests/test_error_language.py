@@ -200,6 +200,67 @@ def test_categories_staff_and_settings_say_every_mistake_in_chinese(backend, app
     assert_chinese(flashes(resp))
 
 
+def flashes_of(resp, category: str) -> list[str]:
+    return [html.unescape(re.sub(r"<[^>]+>", "", m)) for m in
+            re.findall(rf'<p class="flash {category}">(.*?)</p>', resp.get_data(as_text=True), re.S)]
+
+
+def test_the_channel_form_says_every_mistake_in_chinese(backend, app, owner_zh):
+    page = "/admin/channels/new"
+    resp = post(owner_zh, page, {"code": "Bad Code!", "name": "n" * 101, "gateway": "ftp://pay.example.com",
+                                 "pid": "1", "key": "short-key", "sort_order": "x"}, page_url=page)
+    assert resp.status_code == 400 and len(flashes(resp)) == 5, flashes(resp)
+    assert_chinese(flashes(resp), "代码：", "名称：最多 100 个字符", "排序：", "选项 gateway：",
+                   "选项 key：至少需要 16 个字符（网关发放的密钥为 32 位）；这个只有 9 个")
+
+
+def test_a_weak_key_and_the_channel_test_are_said_in_chinese(backend, app, owner_zh):
+    """The reason a stored key is too weak (the channel list, the dashboard) and what the
+    gateway answered the "test" button, in the staff member's language."""
+    from fake_epay import FakeEpay
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.payments import services as payments
+    from kamengd.payments.models import PaymentChannel
+
+    weak, tested = f"wk{secrets.token_hex(3)}", f"ts{secrets.token_hex(3)}"
+    with FakeEpay("1001", f"gw-key-{secrets.token_hex(8)}") as gateway:
+        with app.app_context():
+            ids = {}
+            for code, url in ((weak, "https://pay.example.com"), (tested, gateway.url)):
+                channel = payments.add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
+                                               sort_order=9999, options={"gateway": url, "pid": "1001",
+                                                                         "key": gateway.key})
+                db.session.flush()
+                ids[code] = channel.id
+            # a key an older version took (written past today's rule)
+            payments._store_secrets(get_vault(), db.session.get(PaymentChannel, ids[weak]), {"key": "x\u200b"})
+            db.session.commit()
+        try:
+            for url in ("/admin/channels", "/admin/dashboard"):
+                text = html.unescape(owner_zh.get(url).get_data(as_text=True))
+                [reason] = re.findall(rf"<code>{weak}</code>: ([^<]*)</li>", text)
+                assert_chinese([reason], "选项 key：包含空格、控制字符或不可见字符（U+200B）")
+
+            def run_test():
+                resp = post(owner_zh, f"/admin/channels/{ids[tested]}/test", page_url="/admin/channels",
+                            follow_redirects=True)
+                return flashes_of(resp, "success") + flashes(resp)
+            assert_chinese(run_test(), f"通道 {tested} 可用", "网关接受该商户 ID 和密钥")
+            gateway.active = 0
+            assert_chinese(run_test(), "网关接受该密钥，但报告商户账户已被停用")
+            gateway.mode = "garbage"
+            assert_chinese(run_test(), "网关返回的内容不是 JSON")
+            gateway.mode = "error"
+            assert_chinese(run_test(), "网关返回了 HTTP 500")
+        finally:
+            for code in (weak, tested):   # unused: removed, as staff would
+                url = f"/admin/channels/{ids[code]}"
+                assert "删除此通道" in owner_zh.get(url).get_data(as_text=True)
+                resp = post(owner_zh, f"{url}/remove", page_url=url, follow_redirects=True)
+                assert_chinese(flashes_of(resp, "success"), f"支付通道 {code} 已删除")
+
+
 def _product_with_a_batch(app):
     import io
 
@@ -345,7 +406,7 @@ def test_every_service_module_the_panel_shows_is_extracted():
     for module in ("catalog/services.py", "catalog/inputs.py", "inventory/services.py", "inventory/importer.py",
                    "orders/staff.py", "orders/services.py", "orders/reasons.py", "settings/services.py",
                    "settings/messaging.py", "accounts/services.py", "accounts/passwords.py", "accounts/auth.py",
-                   "notifications/email.py", "money.py"):
+                   "notifications/email.py", "money.py", "payments/services.py", "payments/strength.py"):
         assert f"[python: kamengd/{module}]" in text, module
 
 

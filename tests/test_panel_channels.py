@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from conftest import free_port
 from fake_epay import FakeEpay
 from kamengd.audit.models import AuditEntry
-from kamengd.errors import InvalidRequest, NotFound
+from kamengd.errors import Conflict, FormErrors, InvalidRequest, NotFound
 from kamengd.payments import services as payments
 from kamengd.payments.models import PaymentChannel
 from panel_support import login, make_staff, post
@@ -130,6 +130,33 @@ def test_bad_input_gives_a_message_and_adds_nothing(backend, app, admin_client, 
     assert channel_count(app) == before
 
 
+def test_the_form_names_every_wrong_field_at_once(backend, app, admin_client):
+    before = channel_count(app)
+    resp = add(admin_client, "Bad Code!", "short-key", gateway="ftp://pay.example.com", sort_order="first",
+               name="n" * 101, other_pay_types="bad type!")
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    shown = ["code: 1-32 lower-case letters", "name: at most 100 characters", "sort order: a whole number",
+             "option key: at least 16 characters", "option gateway: an http(s) base URL", "option pay_types:"]
+    assert all(words in html for words in shown), html
+    assert html.count('class="flash error"') == len(shown) and "short-key" not in html
+    assert channel_count(app) == before
+
+
+def test_the_command_line_reads_every_mistake_on_one_line(backend, session, vault):
+    with pytest.raises(FormErrors) as caught:
+        payments.add_channel(session, vault, channel_type="epay", code="ok", name="n" * 101, sort_order="x",
+                             actor="t", options={"gateway": "https://g.example.com", "pid": PID, "key": "x"})
+    assert caught.value.message == ("name: at most 100 characters; sort order: a whole number from 0 to 9999; "
+                                    "option key: at least 16 characters (gateways issue keys of 32); this one has "
+                                    "1: anyone could guess it and forge payments")
+    # one mistake is raised as itself, as before
+    with pytest.raises(InvalidRequest, match="^option pid: required") as single:
+        payments.add_channel(session, vault, channel_type="epay", code="ok", actor="t",
+                             options={"gateway": "https://g.example.com", "key": new_key()})
+    assert type(single.value) is InvalidRequest
+
+
 def test_duplicate_code_is_refused(backend, app, admin_client):
     code = f"ep{secrets.token_hex(3)}"
     assert add(admin_client, code, new_key()).status_code == 303
@@ -198,6 +225,83 @@ def test_enable_and_disable(backend, app, admin_client):
     post(admin_client, url, {"enabled": "1"}, page_url="/admin/channels")
     assert channel_by_code(app, code).is_enabled
     assert [a for a, _, _ in audit_of(app, code)] == ["channel.add", "channel.disable", "channel.enable"]
+
+
+def place_an_order(app, code):
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+    from kamengd.orders.checkout import place_order
+
+    with app.app_context():
+        product = create_product(db.session, name=f"rm {secrets.token_hex(3)}", price_cents=100, actor="t",
+                                 delivery_mode="manual", sort_order=9999)
+        db.session.commit()
+        place_order(db.session, None, product_id=product.id, quantity=1, email="rm@example.com", channel_code=code)
+        product.is_active = False   # out of the shop again: other tests' pages stay as they were
+        db.session.commit()
+
+
+def test_remove_a_channel_no_order_used(backend, app, admin_client):
+    code, key = f"ep{secrets.token_hex(3)}", new_key()
+    add(admin_client, code, key)
+    url = f"/admin/channels/{channel_by_code(app, code).id}"
+    edit = page(admin_client, url)
+    assert "Remove this channel" in edit and f"{url}/remove" in edit and "data-confirm" in edit
+    resp = post(admin_client, f"{url}/remove", page_url=url)
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/admin/channels")
+    assert f"Payment channel {code} removed" in page(admin_client)
+    assert channel_by_code(app, code) is None
+    action, actor, details = audit_of(app, code)[-1]
+    assert action == "channel.remove" and actor.startswith("staff:admin-")
+    assert details["secret_deleted"] is True and details["gateway"] == "https://pay.example.com"
+    assert key not in json.dumps(details)
+    assert post(admin_client, f"{url}/remove", page_url="/admin/channels").status_code == 404
+
+
+def test_a_channel_an_order_used_is_kept(backend, app, admin_client):
+    code = f"ep{secrets.token_hex(3)}"
+    add(admin_client, code, new_key())
+    place_an_order(app, code)
+    url = f"/admin/channels/{channel_by_code(app, code).id}"
+    edit = page(admin_client, url)
+    assert "1 order(s) used this channel" in edit and f"{url}/remove" not in edit
+    resp = post(admin_client, f"{url}/remove", page_url=url)   # a form left open, or a script
+    assert resp.status_code == 303 and resp.headers["Location"].endswith(url)
+    assert f"channel {code} cannot be removed: 1 order(s) used it" in page(admin_client, url)
+    assert channel_by_code(app, code).is_enabled
+    assert [a for a, _, _ in audit_of(app, code)] == ["channel.add"]
+
+
+def test_remove_channel_service(backend, session, vault, make_product, monkeypatch):
+    """A channel only a payment used (a callback through it, for another channel's order) is
+    kept too; an order placed between the count and the delete is caught by the foreign key."""
+    from kamengd.orders.services import create_order
+
+    options = {"gateway": "https://g.example.com", "pid": PID}
+    first, second, third = (payments.add_channel(session, vault, channel_type="epay", code=f"rm{secrets.token_hex(3)}",
+                                                 actor="t", options={**options, "key": new_key()}) for _ in range(3))
+    product = make_product(delivery_mode="manual")
+    order = create_order(session, product_id=product.id, quantity=1, email="b@example.com",
+                         channel_code=first.code).order
+    payments.record_payment(session, second, order, trade_no=f"T{secrets.token_hex(4)}",
+                            amount_cents=order.amount_cents, raw={})
+    for channel in (first, second):
+        with pytest.raises(Conflict, match=f"channel {channel.code} cannot be removed: 1 order"):
+            payments.remove_channel(session, channel, actor="t")
+    # the race: the count said none, the order came before the delete
+    real, calls = payments.channel_use_count, []
+
+    def late_count(session_, channel):   # the first count misses the order
+        calls.append(channel)
+        return 0 if len(calls) == 1 else real(session_, channel)
+    monkeypatch.setattr(payments, "channel_use_count", late_count)
+    with pytest.raises(Conflict, match="cannot be removed: 1 order"):
+        payments.remove_channel(session, first, actor="t")
+    assert len(calls) == 2 and session.get(PaymentChannel, first.id) is not None
+    payments.remove_channel(session, third, actor="t")
+    assert session.get(PaymentChannel, third.id) is None
+    assert session.scalar(sa.select(AuditEntry.action).where(AuditEntry.target == f"channel:{third.code}")
+                          .order_by(AuditEntry.seq.desc())) == "channel.remove"
 
 
 def run_test(app, client, code):

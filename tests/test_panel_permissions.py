@@ -59,6 +59,7 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,
     "panel.channel_toggle": MANAGERS,
+    "panel.channel_remove": MANAGERS,
     "panel.channel_test": MANAGERS,
     "panel.staff": frozenset({"owner"}),
     "panel.staff_new": frozenset({"owner"}),

@@ -10,7 +10,7 @@ from ..audit.services import cli_actor
 from ..errors import InvalidRequest, NotFound
 from ..extensions import db
 from ..payments.models import PaymentChannel
-from ..payments.services import CHANNEL_TYPES, add_channel, set_channel_enabled
+from ..payments.services import CHANNEL_TYPES, add_channel, remove_channel, set_channel_enabled
 from .group import cli, emit, json_option, with_app
 
 
@@ -91,3 +91,15 @@ def channel_enable(code, as_json):
 def channel_disable(code, as_json):
     """Stop offering a channel to new orders; callbacks for its orders still arrive. Audited."""
     _switch(code, False, as_json)
+
+
+@channel.command("remove")
+@click.option("--code", required=True, help="The channel's code.")
+@json_option
+@with_app
+def channel_remove(code, as_json):
+    """Delete a channel no order ever used, with its stored key; audited. A used one is
+    refused: disable it instead (its orders' callbacks and reconciliation need it)."""
+    channel = _by_code(code)
+    remove_channel(db.session, channel, actor=cli_actor())
+    emit(as_json, {"code": code, "removed": True}, f"removed channel {code}")

@@ -1,4 +1,4 @@
-"""Payment channels: list, add, edit, enable or disable, test the signing set-up.
+"""Payment channels: list, add, edit, enable or disable, remove an unused one, test the signing set-up.
 
 The merchant key is write-only here: a page shows whether one is stored,
 never the key itself, and an empty key field keeps the stored one.
@@ -53,7 +53,9 @@ def _render_form(channel: PaymentChannel | None, values: dict[str, str], status:
     ticked = values.get("pay_types", "").split(",")
     return render_template("panel/channels_form.html", channel=channel, values=values,
                            known_types=[(t, labels[1], t in ticked) for t, labels in methods.KNOWN.items()],
-                           key_set=channel is not None and channel.secret_ciphertext is not None), status
+                           key_set=channel is not None and channel.secret_ciphertext is not None,
+                           # a used channel is kept (only disabled): the page says so instead of offering removal
+                           used_by=payments.channel_use_count(db.session, channel) if channel else 0), status
 
 
 @bp.get("/channels")
@@ -61,7 +63,7 @@ def channels():
     read_only()
     rows = db.session.scalars(sa.select(PaymentChannel).order_by(PaymentChannel.sort_order,
                                                                  PaymentChannel.id)).all()
-    weak = {channel.id: problem for channel, problem in payments.weak_channels(db.session, get_vault())}
+    weak = {channel.id: error_text(problem) for channel, problem in payments.weak_channels(db.session, get_vault())}
     return render_template("panel/channels_list.html", weak=weak, pay_types=methods.pay_types,
                            channels=[(c, json.loads(c.options)) for c in rows])
 
@@ -130,6 +132,20 @@ def channel_toggle(channel_id: int):
     return redirect(url_for("panel.channels"), code=303)
 
 
+@bp.post("/channels/<int:channel_id>/remove")
+def channel_remove(channel_id: int):
+    channel = payments.get_channel(db.session, channel_id)
+    code = channel.code
+    try:
+        payments.remove_channel(db.session, channel, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.channel_edit", channel_id=channel_id), code=303)
+    flash(_("Payment channel %(code)s removed, with its stored merchant key.", code=code), "success")
+    return redirect(url_for("panel.channels"), code=303)
+
+
 @bp.post("/channels/<int:channel_id>/test")
 def channel_test(channel_id: int):
     channel = payments.get_channel(db.session, channel_id)
@@ -142,7 +158,7 @@ def channel_test(channel_id: int):
     else:
         db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
         result = payments.query_epay_merchant(gateway, pid, key)
-        shown = result.message
+        shown = result.localized(_)
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
     unreachable = site_url_problem()   # in the staff member's language (the settings page's words)
@@ -150,11 +166,11 @@ def channel_test(channel_id: int):
         flash(_("Callbacks cannot reach this shop: %(problem)s", problem=unreachable), "warning")
     if result.ok:
         flash(_("Channel %(code)s works: the key signs and verifies, and %(message)s.", code=code,
-                message=result.message), "success")
+                message=shown), "success")
     elif result.stage == "signature":
         flash(_("Channel %(code)s: the signature check failed: %(message)s", code=code, message=shown),
               "error")
     else:
         flash(_("Channel %(code)s: the key signs and verifies, but %(message)s", code=code,
-                message=result.message), "error")
+                message=shown), "error")
     return redirect(url_for("panel.channels"), code=303)

@@ -14,6 +14,7 @@ from ..payments.services import weak_channels
 from ..scheduler.jobs import JOBS
 from ..transaction import read_only
 from .blueprint import bp, staff_can
+from .helpers import error_text
 from .permissions import ENDPOINTS
 
 
@@ -37,7 +38,7 @@ def dashboard():
     week = shop.daily_sales(db.session, now, tz, days=7)
     attention_count, attention = shop.orders_needing_attention(db.session, limit=10)
     extra_count, extra = extra_payments_to_refund(db.session, limit=10)
-    weak = [(channel.code, problem) for channel, problem in weak_channels(db.session, get_vault())]
+    weak = [(channel.code, error_text(problem)) for channel, problem in weak_channels(db.session, get_vault())]
     return render_template(
         "panel/dashboard.html", today=week[0], week=week, timezone=tz, extra_count=extra_count, extra=extra,
         weak_channels=weak,

@@ -84,6 +84,7 @@ ENDPOINTS: dict[str, str] = {
     "panel.channel_new": "channels.manage",
     "panel.channel_edit": "channels.manage",
     "panel.channel_toggle": "channels.manage",
+    "panel.channel_remove": "channels.manage",
     "panel.channel_test": "channels.manage",
     # staff.py
     "panel.staff": "staff.manage",

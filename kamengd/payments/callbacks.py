@@ -36,6 +36,7 @@ from sqlalchemy.orm.util import identity_key
 
 from ..catalog.models import Product
 from ..database import utcnow
+from ..errors import InvalidRequest
 from ..money import parse_gateway_money
 from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
@@ -86,7 +87,7 @@ class CachedChannel:
     pid: str
     key: str
     nonce: bytes | None
-    weak: str | None = None   # why the key is too weak to trust a signature made with it
+    weak: InvalidRequest | None = None   # why the key is too weak to trust a signature made with it
 
 
 _channels: dict[str, CachedChannel] = {}

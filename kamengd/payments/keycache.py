@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import threading
 
+from ..errors import InvalidRequest
 from ..vault import Vault
 from .strength import secrets_problem
 
 _cache: dict[tuple[int, bytes], dict[str, str]] = {}
-_problems: dict[tuple[int, bytes], str | None] = {}
+_problems: dict[tuple[int, bytes], InvalidRequest | None] = {}
 _lock = threading.Lock()
 MAX_ENTRIES = 256
 
@@ -38,7 +39,8 @@ def channel_secrets_cached(vault: Vault, channel_id: int, code: str, nonce: byte
     return found
 
 
-def secrets_problem_cached(channel_type: str, channel_id: int, nonce: bytes, secrets: dict[str, str]) -> str | None:
+def secrets_problem_cached(channel_type: str, channel_id: int, nonce: bytes,
+                           secrets: dict[str, str]) -> InvalidRequest | None:
     """kamengd.payments.strength's verdict on these secrets, worked out once per secret
     (checkout asks on every order)."""
     entry = (channel_id, bytes(nonce))

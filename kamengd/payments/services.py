@@ -5,7 +5,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus, urlencode, urlsplit
 
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..database import utcnow
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Collector, Conflict, InvalidRequest, N_, NotFound
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..orders.attention import flag_order
@@ -40,38 +40,51 @@ CHANNEL_TYPES = {
 MAX_OPTION_LENGTH = 500
 MAX_NAME_LENGTH = 100
 SORT_ORDER_RANGE = (0, 9999)
-UNDECRYPTABLE = "the stored key cannot be decrypted with the data key; enter it again"
+UNDECRYPTABLE = N_("the stored key cannot be decrypted with the data key; enter it again")
 
 
-def _validate_options(channel_type: str, options: dict[str, str]) -> None:
+def _check_options(channel_type: str, options: dict[str, str], found: Collector, unchecked=()) -> None:
+    """Every mistake among a channel's options, into `found` (a form names them all at once;
+    one mistake per option). Options named in `unchecked` are left to the caller."""
     spec = CHANNEL_TYPES[channel_type]
+    wrong = set(unchecked)
+
+    def add(name, error):
+        wrong.add(name)
+        found.add(error)
+
     for name, value in options.items():
         if name not in spec["options"]:
-            raise InvalidRequest("option %(name)s: not an option of %(channel_type)s (takes %(options)s)",
-                                 name=name, channel_type=channel_type, options=", ".join(spec["options"]))
-        if len(value) > MAX_OPTION_LENGTH:
-            raise InvalidRequest("option %(name)s: at most %(limit)s characters", name=name, limit=MAX_OPTION_LENGTH)
+            add(name, InvalidRequest("option %(name)s: not an option of %(channel_type)s (takes %(options)s)",
+                                     name=name, channel_type=channel_type, options=", ".join(spec["options"])))
+        elif len(value) > MAX_OPTION_LENGTH:
+            add(name, InvalidRequest("option %(name)s: at most %(limit)s characters",
+                                     name=name, limit=MAX_OPTION_LENGTH))
     for name in spec["required"]:
-        if not options.get(name, "").strip():
+        if name not in wrong and not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.
-            raise InvalidRequest("option %(name)s: required (channel type %(channel_type)s)",
-                                 name=name, channel_type=channel_type)
+            add(name, InvalidRequest("option %(name)s: required (channel type %(channel_type)s)",
+                                     name=name, channel_type=channel_type))
     for name in spec["secret"]:
-        problem = secret_problem(channel_type, name, options.get(name, ""))
+        problem = None if name in wrong else secret_problem(channel_type, name, options.get(name, ""))
         if problem:
-            raise InvalidRequest(problem)
+            add(name, problem)
     if channel_type == "epay":
-        gateway = urlsplit(options["gateway"])
-        if gateway.scheme not in ("http", "https") or not gateway.netloc or gateway.query or \
-                any(c.isspace() for c in options["gateway"]) or has_control_characters(options["gateway"]):
-            raise InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com")
+        gateway = options.get("gateway", "")
+        parts = urlsplit(gateway)
+        if "gateway" not in wrong and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
+                                       or any(c.isspace() for c in gateway) or has_control_characters(gateway)):
+            add("gateway", InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com"))
         for name in ("pay_type", "pay_types"):
+            if name in wrong:
+                continue
             try:
                 types = methods.parse_pay_types(options.get(name, ""))
             except InvalidRequest as exc:   # the value's own words, under the option's name
-                raise InvalidRequest("option %(name)s: %(error)s", name=name, error=exc) from None
+                add(name, InvalidRequest("option %(name)s: %(error)s", name=name, error=exc))
+                continue
             if name == "pay_type" and len(types) > 1:
-                raise InvalidRequest("option pay_type: one pay type; several go in pay_types")
+                add(name, InvalidRequest("option pay_type: one pay type; several go in pay_types"))
 
 
 def channel_secrets(vault: Vault, channel: PaymentChannel) -> dict[str, str]:
@@ -109,16 +122,22 @@ def _store_secrets(vault: Vault, channel: PaymentChannel, secrets: dict[str, str
 def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str, actor: str,
                 name: str | None = None, options: dict[str, str] | None = None, sort_order=0,
                 source_ip: str | None = None) -> PaymentChannel:
+    """Add a channel; every wrong field is named at once (FormErrors when there are several)."""
     options = {k: v.strip() for k, v in (options or {}).items()}
     if channel_type not in CHANNEL_TYPES:
         raise InvalidRequest("type: must be one of %(types)s", types=", ".join(CHANNEL_TYPES))
-    if not CODE_RE.match(code):
-        raise InvalidRequest("code: 1-32 lower-case letters, digits, '_' or '-'")
-    name = _clean_name(name, code)
-    sort_order = parse_sort_order(sort_order)
-    _validate_options(channel_type, options)
-    if session.scalar(sa.select(PaymentChannel.id).where(PaymentChannel.code == code)) is not None:
-        raise Conflict("channel %(code)r already exists", code=code)
+    found = Collector()
+    code_ok = bool(CODE_RE.match(code))
+    if not code_ok:
+        found.add(InvalidRequest("code: 1-32 lower-case letters, digits, '_' or '-'"))
+    with found:
+        name = _clean_name(name, code if code_ok else "")   # a blank name is the code: said once, as the code
+    with found:
+        sort_order = parse_sort_order(sort_order)
+    _check_options(channel_type, options, found)
+    if code_ok and session.scalar(sa.select(PaymentChannel.id).where(PaymentChannel.code == code)) is not None:
+        found.add(Conflict("channel %(code)r already exists", code=code))
+    found.check()
     secret_names = CHANNEL_TYPES[channel_type]["secret"]
     public = {k: v for k, v in options.items() if k not in secret_names}
     secrets = {k: v for k, v in options.items() if k in secret_names}
@@ -156,18 +175,24 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
     """
     spec = CHANNEL_TYPES[channel.type]
     options = {k: v.strip() for k, v in options.items()}
-    name = _clean_name(name, channel.code)
-    sort_order = parse_sort_order(sort_order)
+    found = Collector()
+    with found:
+        name = _clean_name(name, channel.code)
+    with found:
+        sort_order = parse_sort_order(sort_order)
     public = {k: v for k, v in options.items() if k not in spec["secret"] and v}
     given = {k: v for k, v in options.items() if k in spec["secret"] and v}
     try:
         stored = channel_secrets(vault, channel)
     except VaultError:
         stored = None   # a key that no longer decrypts: it must be entered again
-    if stored is None and not given:
-        raise InvalidRequest("option key: the stored key cannot be decrypted with the data key; enter it again")
+    lost = stored is None and not given
+    if lost:
+        found.add(InvalidRequest("option key: the stored key cannot be decrypted with the data key; "
+                                 "enter it again"))
     secrets = {**(stored or {}), **given}
-    _validate_options(channel.type, {**public, **secrets})
+    _check_options(channel.type, {**public, **secrets}, found, unchecked=spec["secret"] if lost else ())
+    found.check()
 
     old_public = json.loads(channel.options)
     changes = {field: {"old": old, "new": new} for field, old, new in
@@ -207,16 +232,51 @@ def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool
     return bool(changed)
 
 
-def channel_key_problem(vault: Vault, channel: PaymentChannel) -> str | None:
-    """Why the channel's stored secret cannot be trusted to sign, or None."""
+def channel_use_count(session: Session, channel: PaymentChannel) -> int:
+    """How many orders used the channel: placed with it, or paid through it."""
+    return session.scalar(sa.select(sa.func.count()).select_from(Order).where(sa.or_(
+        Order.channel_id == channel.id,
+        Order.id.in_(sa.select(Payment.order_id).where(Payment.channel_id == channel.id)))))
+
+
+def _used(channel: PaymentChannel, count: int) -> Conflict:
+    return Conflict("channel %(code)s cannot be removed: %(count)s order(s) used it. Disable it instead: "
+                    "it is kept so their callbacks and reconciliation still work", code=channel.code, count=count)
+
+
+def remove_channel(session: Session, channel: PaymentChannel, *, actor: str, source_ip: str | None = None) -> None:
+    """Delete a channel no order or payment ever used, with its stored (encrypted) secrets; audited.
+
+    A channel that was used is refused (Conflict), never deleted: its orders'
+    callbacks, reconciliation and settlement find their channel by it. An
+    order placed with it meanwhile is caught by the foreign key, and refused
+    the same way; an order placed after the removal finds no channel.
+    """
+    count = channel_use_count(session, channel)
+    if count:
+        raise _used(channel, count)
+    details = {"type": channel.type, "name": channel.name, "enabled": channel.is_enabled,
+               **json.loads(channel.options), "secret_deleted": channel.secret_ciphertext is not None}
+    try:
+        with session.begin_nested():
+            session.delete(channel)
+    except IntegrityError:   # an order placed with it since the count
+        raise _used(channel, max(1, channel_use_count(session, channel))) from None
+    record(session, "channel.remove", actor=actor, target=f"channel:{channel.code}", source_ip=source_ip,
+           details=details)
+
+
+def channel_key_problem(vault: Vault, channel: PaymentChannel) -> InvalidRequest | None:
+    """Why the channel's stored secret cannot be trusted to sign, or None. An error
+    to raise or show: its message is English, the panel says it translated."""
     try:
         secrets = channel_secrets(vault, channel)
     except VaultError:
-        return UNDECRYPTABLE
+        return InvalidRequest(UNDECRYPTABLE)
     return secrets_problem(channel.type, secrets)
 
 
-def weak_channels(session: Session, vault: Vault) -> list[tuple[PaymentChannel, str]]:
+def weak_channels(session: Session, vault: Vault) -> list[tuple[PaymentChannel, InvalidRequest]]:
     """Every channel whose key would let anyone forge its callbacks (kept from before the
     rule, or typed into the database by hand) or no longer decrypts, with the reason."""
     found = []
@@ -236,12 +296,12 @@ def disable_weak_channels(session: Session, vault: Vault, *, actor: str = "syste
     t = PaymentChannel.__table__
     disabled = []
     for channel, problem in weak_channels(session, vault):
-        if problem == UNDECRYPTABLE:
+        if problem.template == UNDECRYPTABLE:
             continue
         if session.execute(t.update().where(t.c.id == channel.id, t.c.is_enabled.is_(True))
                            .values(is_enabled=False, updated_at=utcnow())).rowcount:
             record(session, "channel.disable", actor=actor, target=f"channel:{channel.code}",
-                   details={"name": channel.name, "reason": problem})
+                   details={"name": channel.name, "reason": problem.message})
             disabled.append(channel.code)
     return disabled
 
@@ -252,7 +312,16 @@ def disable_weak_channels(session: Session, vault: Vault, *, actor: str = "syste
 class ChannelCheck:
     ok: bool
     stage: str      # "signature" (our side) or "gateway" (the merchant API)
-    message: str
+    template: str   # English with %(name)s values (marked N_): the panel says it translated
+    params: dict = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        """The English words: the audit log's, the command line's."""
+        return self.template % self.params if self.params else self.template
+
+    def localized(self, gettext) -> str:
+        return gettext(self.template, **self.params) if self.params else gettext(self.template)
 
 
 def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]:
@@ -266,7 +335,7 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     try:
         key = channel_secrets(vault, channel).get("key", "")
     except VaultError:
-        raise InvalidRequest("the stored key cannot be decrypted with the data key; enter it again") from None
+        raise InvalidRequest(UNDECRYPTABLE) from None
     if not key:
         raise InvalidRequest("no key is stored; enter the merchant key")
     pid = channel_option(channel, "pid")
@@ -300,25 +369,27 @@ def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) ->
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read(64 * 1024)
     except urllib.error.HTTPError as exc:
-        return ChannelCheck(False, "gateway", f"the gateway answered HTTP {exc.code}")
+        return ChannelCheck(False, "gateway", N_("the gateway answered HTTP %(status)s"), {"status": exc.code})
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         # Some of these name the URL, which holds the key: never shown unmasked.
         reason = getattr(exc, "reason", None) or exc
-        return ChannelCheck(False, "gateway",
-                            f"gateway unreachable: {exc.__class__.__name__}: {plain(reason)}")
+        return ChannelCheck(False, "gateway", N_("gateway unreachable: %(error)s"),
+                            {"error": f"{exc.__class__.__name__}: {plain(reason)}"})
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        return ChannelCheck(False, "gateway", "the gateway answered something that is not JSON; "
-                                              "is the gateway URL right?")
+        return ChannelCheck(False, "gateway", N_("the gateway answered something that is not JSON; "
+                                                 "is the gateway URL right?"))
     if str(data.get("code")) != "1":
-        return ChannelCheck(False, "gateway", f"the gateway refused: {plain(data.get('msg') or 'no message')}")
+        if not data.get("msg"):
+            return ChannelCheck(False, "gateway", N_("the gateway refused: no message"))
+        return ChannelCheck(False, "gateway", N_("the gateway refused: %(answer)s"), {"answer": plain(data["msg"])})
     if str(data.get("active", "1")) == "0":
-        return ChannelCheck(False, "gateway", "the gateway accepts the key but reports the merchant account "
-                                              "as disabled")
-    return ChannelCheck(True, "gateway", "the gateway accepts the merchant ID and key")
+        return ChannelCheck(False, "gateway", N_("the gateway accepts the key but reports the merchant account "
+                                                 "as disabled"))
+    return ChannelCheck(True, "gateway", N_("the gateway accepts the merchant ID and key"))
 
 
 @dataclass(frozen=True)

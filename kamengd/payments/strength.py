@@ -15,6 +15,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from ..errors import InvalidRequest
+
 _INVISIBLE = ("Cc", "Cf", "Cn", "Co", "Cs", "Zl", "Zp", "Zs")
 
 
@@ -37,31 +39,36 @@ def _classes(value: str) -> int:
                 any(c.isdigit() for c in value), any(not c.isalnum() for c in value)))
 
 
-def secret_problem(channel_type: str, option: str, value: str) -> str | None:
-    """Why `value` cannot be this option's secret, or None. Never quotes the value."""
+def secret_problem(channel_type: str, option: str, value: str) -> InvalidRequest | None:
+    """Why `value` cannot be this option's secret, or None. Never quotes the value.
+    The reason is an error to raise or show (the panel translates it; its message is English)."""
     rule = RULES.get((channel_type, option))
     if rule is None:
         return None
-    where = f"option {option}"
     if not value:
-        return f"{where}: required (channel type {channel_type})"
+        return InvalidRequest("option %(name)s: required (channel type %(channel_type)s)",
+                              name=option, channel_type=channel_type)
     hidden = sorted({c for c in value if c.isspace() or unicodedata.category(c) in _INVISIBLE})
     if hidden:
-        names = ", ".join(f"U+{ord(c):04X}" for c in hidden[:3])
-        return (f"{where}: contains spaces, control or invisible characters ({names}); "
-                "copy the key again from the gateway's merchant page")
+        return InvalidRequest("option %(name)s: contains spaces, control or invisible characters (%(characters)s); "
+                              "copy the key again from the gateway's merchant page",
+                              name=option, characters=", ".join(f"U+{ord(c):04X}" for c in hidden[:3]))
     if rule.ascii_only and not value.isascii():
-        return f"{where}: only letters, digits and ASCII symbols (the gateway's key is plain ASCII)"
+        return InvalidRequest("option %(name)s: only letters, digits and ASCII symbols "
+                              "(the gateway's key is plain ASCII)", name=option)
     if len(value) < rule.min_length:
-        return (f"{where}: at least {rule.min_length} characters (gateways issue keys of 32); "
-                f"this one has {len(value)}: anyone could guess it and forge payments")
+        return InvalidRequest("option %(name)s: at least %(min_length)s characters (gateways issue keys of 32); "
+                              "this one has %(length)s: anyone could guess it and forge payments",
+                              name=option, min_length=rule.min_length, length=len(value))
     if _classes(value) < rule.min_classes or len(set(value)) < rule.min_distinct:
-        return (f"{where}: too simple to be a gateway's key: mix at least {rule.min_classes} of lower-case "
-                f"letters, capitals, digits and symbols, with at least {rule.min_distinct} different characters")
+        return InvalidRequest("option %(name)s: too simple to be a gateway's key: mix at least %(min_classes)s of "
+                              "lower-case letters, capitals, digits and symbols, with at least %(min_distinct)s "
+                              "different characters",
+                              name=option, min_classes=rule.min_classes, min_distinct=rule.min_distinct)
     return None
 
 
-def secrets_problem(channel_type: str, secrets: dict[str, str]) -> str | None:
+def secrets_problem(channel_type: str, secrets: dict[str, str]) -> InvalidRequest | None:
     """The first problem among a channel's stored secrets (a missing one counts)."""
     for (kind, option) in RULES:
         if kind == channel_type:
