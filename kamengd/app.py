@@ -10,6 +10,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, health, panel
+from .agents import views as agent_views
 from .config import Config, load_config
 from .context import CONFIG_KEY
 from .database import configure_engine, engine_options, existing_only
@@ -79,10 +80,12 @@ def create_app(config: Config | None = None) -> Flask:
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(agent_views.bp)
     app.register_blueprint(payment_views.bp)
     app.register_blueprint(storefront.bp)
     app.register_blueprint(panel.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(agent_views.bp)   # signed by the agent's key, no cookie
     csrf.exempt(payment_views.bp)
 
     @app.context_processor

@@ -76,6 +76,12 @@ class OutOfStock(KamengdError):
     http_status = 409
 
 
+class Unauthorized(KamengdError):
+    """A signed request that does not prove who sent it (the agent API): nothing changed."""
+    code = "unauthorized"
+    http_status = 401
+
+
 class InsufficientBalance(KamengdError):
     """A debit the balance does not cover: nothing was booked."""
     code = "insufficient_balance"

@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("feature basics", (
         "kamengd.accounts.passwords", "kamengd.inventory.importer", "kamengd.payments.epay",
         "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
-        "kamengd.orders.reasons",
+        "kamengd.orders.reasons", "kamengd.agents.signing",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
         "kamengd.operations.processes")),
     # Then the features' services, in the order they use each other.
@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("accounts and settings", ("kamengd.accounts.*", "kamengd.settings.*")),
     # Money first, then who owns it: agents open their ledger accounts and are credited through it.
     ("the ledger", ("kamengd.ledger.*",)),
-    ("agents", ("kamengd.agents.*",)),
+    ("agents", ("kamengd.agents.services", "kamengd.agents.auth")),
     # The low half of notifications: events and queued mail are written in the
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (
@@ -54,7 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
-        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*")),
+        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*",
+        "kamengd.agents.checkout")),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (
@@ -63,7 +64,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("the scheduler's jobs", ("kamengd.scheduler.jobs", "kamengd.scheduler.runner")),
     ("HTTP answers for errors", ("kamengd.http_errors",)),
     ("views", (
-        "kamengd.api", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views", "kamengd.panel",
+        "kamengd.api", "kamengd.agents.views", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views",
+        "kamengd.panel",
         "kamengd.panel.*")),
     ("the app factory", ("kamengd.app",)),
     # These build an app: installing writes the first rows through it, gunicorn loads one per worker.

@@ -10,7 +10,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..database import FixedBinary, UTCDateTime, utcnow
+from ..database import BigId, FixedBinary, UTCDateTime, utcnow
 from ..extensions import db
 
 
@@ -60,3 +60,16 @@ class AgentApiKey(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiNonce(db.Model):
+    """Nonces of signed agent API requests seen within the time window: a request replayed
+    (captured and sent again) finds its nonce here and is refused."""
+    __tablename__ = "agent_api_nonces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key_id: Mapped[str] = mapped_column(sa.String(32))
+    nonce: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    __table_args__ = (sa.UniqueConstraint("key_id", "nonce", name="uq_agent_api_nonces_key_nonce"),)

@@ -34,6 +34,12 @@ class Order(db.Model):
     # The Epay pay type chosen (alipay, wxpay, …; kamengd.payments.methods); NULL: the channel's own.
     pay_type: Mapped[str | None] = mapped_column(sa.String(16))
     client_ip: Mapped[str | None] = mapped_column(sa.String(45))
+    # An agent's order (the agent API, paid from its balance): the agent, the request's
+    # Idempotency-Key and a hash of its body (the same key with another body is refused).
+    # No foreign key: SQLite could add one only by copying the whole orders table.
+    agent_id: Mapped[int | None] = mapped_column(sa.Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(64))
+    request_hash: Mapped[bytes | None] = mapped_column(FixedBinary(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -56,6 +62,9 @@ class Order(db.Model):
         # waiting queue oldest first: paid orders are few, so status leads.
         sa.Index("ix_orders_status_product_paid_at", "status", "product_id", "paid_at"),
         sa.Index("ix_orders_flagged_at", "flagged_at"),
+        # One order per agent and Idempotency-Key; an agent's orders newest first.
+        sa.Index("uq_orders_agent_idempotency", "agent_id", "idempotency_key", unique=True),
+        sa.Index("ix_orders_agent_created", "agent_id", "created_at"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         sa.CheckConstraint(

@@ -372,6 +372,9 @@ def resend_delivery_email(session: Session, *, order_no, smtp_configured: bool, 
     if not smtp_configured:
         raise Conflict("no SMTP server is configured ([smtp] host in the config file); no mail can be sent")
     order = find_order(session, order_no)
+    if not order.email:
+        raise Conflict("order %(order_no)s was bought by an agent through the API: it has no e-mail address "
+                       "(the agent reads its keys from the API)", order_no=order.order_no)
     status = lock_order_status(session, order.id)
     if status != "delivered":
         raise Conflict("order %(order_no)s is %(status)s; only a delivered order's mail can "

@@ -128,6 +128,7 @@ def job_name(job: str) -> str:
         "flag_stuck_orders": _("Flag orders that need a person"), "check_channel_keys": _("Check channel keys"),
         "settle_payments": _("Daily settlement"), "daily_backup": _("Daily backup"),
         "retire_old_keys": _("Retire old data keys"), "prune_history": _("Prune old history"),
+        "prune_api_nonces": _("Forget old agent API nonces"),
     }.get(job, job)
 
 

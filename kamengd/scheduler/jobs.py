@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from ..agents.auth import prune_nonces
 from ..backup import services as backup
 from ..context import get_config, get_vault
 from ..inventory import warnings
@@ -89,6 +90,11 @@ def prune_history(session: Session) -> dict:
     return history.prune(session)
 
 
+def prune_api_nonces(session: Session) -> dict:
+    """Agent API nonces past their window (a request that old is refused by its timestamp)."""
+    return {"nonces": prune_nonces(session)}
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -103,4 +109,5 @@ JOBS = {
     "daily_backup": (daily_backup, 600),
     "retire_old_keys": (retire_old_keys, 600),
     "prune_history": (prune_history, 3600),
+    "prune_api_nonces": (prune_api_nonces, 300),
 }

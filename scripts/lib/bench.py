@@ -142,6 +142,15 @@ def main() -> None:
                     help="then the purchases again while N forged callbacks (bad signatures) pour in")
     co.add_argument("--show-errors", action="store_true", help="kamengd's stderr to the terminal")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    ag = sub.add_parser("agents", help="orders paid from balances through the signed agent API by many "
+                                       "agents, beside the buyers' order creation of the same run")
+    ag.add_argument("-n", type=int, default=3000, help="orders a phase")
+    ag.add_argument("--agents", type=int, default=32, help="agents (each with its key and balance)")
+    ag.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    ag.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
+    ag.add_argument("--workers", type=int, default=3, help="gunicorn workers (kamengd's default)")
+    ag.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
+    ag.add_argument("--database-url", help="default: SQLite in a temporary directory")
     pn = sub.add_parser("panel", help="the staff panel through a real server: 2FA sign-in, an upload of "
                                       "N keys, page times")
     pn.add_argument("-n", type=int, default=10_000, help="keys in the upload")
@@ -153,13 +162,20 @@ def main() -> None:
     bk.add_argument("--restore-url", help="target; default: SQLite in a temporary directory")
     args = parser.parse_args()
     {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
-     "panel": bench_panel}[args.what](args)
+     "panel": bench_panel, "agents": bench_agents}[args.what](args)
 
 
 
 def bench_checkout(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_checkout import bench_checkout as run
+
+    run(args, kamengd=kamengd, install=install, machine=machine)
+
+
+def bench_agents(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_agents import bench_agents as run
 
     run(args, kamengd=kamengd, install=install, machine=machine)
 

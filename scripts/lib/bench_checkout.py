@@ -155,13 +155,14 @@ def _client_process(base_port, plan, start_at, count, threads, results, barrier)
     def run():
         conn = http.client.HTTPConnection("127.0.0.1", base_port, timeout=120)
 
-        def call(method, path, body=None):
-            headers = {"Content-Type": "application/json"} if body is not None else {}
+        def call(method, path, body=None, headers=None):
+            """`body`: JSON to send, or bytes sent as they are (a signed request's)."""
+            headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+            payload = body if isinstance(body, bytes) or body is None else json.dumps(body)
             for attempt in range(3):
                 try:
                     t0 = time.perf_counter()
-                    conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                                 headers=headers)
+                    conn.request(method, path, body=payload, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
                     return resp.status, data, time.perf_counter() - t0
@@ -173,7 +174,7 @@ def _client_process(base_port, plan, start_at, count, threads, results, barrier)
         while (i := take()) is not None:
             for step, status, data, took in plan(call, i):
                 local.setdefault(step, []).append(took)
-                if step == "lookup" and status == 200:
+                if (step, status) in (("lookup", 200), ("agent order", 201)):
                     out["keys"].extend(json.loads(data).get("keys", []))
                 if status >= 500 or status in (400, 404):
                     out["errors"].append(f"{step}: {status} {data[:200]!r}")

@@ -1,0 +1,232 @@
+"""The signed agent API (kamengd/docs/agent-api.md) through HTTP, on both databases.
+
+Signatures, timestamps and nonces; products at the agent's price; orders paid
+from the balance with their keys in the answer, once per Idempotency-Key;
+402 and 409 that reserve and charge nothing; the caller's own orders only.
+"""
+import io
+import json
+import secrets
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from kamengd.agents import services as agents
+from kamengd.agents import signing
+from kamengd.ledger import services as ledger
+
+
+def signed(client, agent, method, path, body=None, *, idempotency_key=None, timestamp=None, nonce=None,
+           secret=None, key_id=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    nonce = nonce or secrets.token_hex(16)
+    headers = {"X-Kamengd-Key": key_id or agent["key_id"], "X-Kamengd-Timestamp": timestamp,
+               "X-Kamengd-Nonce": nonce,
+               "X-Kamengd-Signature": signing.sign(secret or agent["secret"], method, path, timestamp, nonce, data),
+               "Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return client.open(path, method=method, data=data, headers=headers)
+
+
+@pytest.fixture
+def network(app):
+    """A product (9.90, 10 keys, at most 5 an order), a level of 10 % off, two agents with keys;
+    alice holds 30.00."""
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+
+    tag = secrets.token_hex(3)
+    with app.app_context():
+        product = create_product(db.session, name=f"点卡 {tag}", price_cents=990, actor="t", max_quantity=5)
+        keys = [f"AG-{tag}-{i:02d}-{secrets.token_hex(4)}" for i in range(10)]
+        import_keys(db.session, get_vault(), product_id=product.id, fh=io.BytesIO("\n".join(keys).encode()),
+                    actor="t")
+        level, _ = agents.set_level(db.session, name=f"银牌-{tag}", discount="10", actor="t")
+        made = {}
+        for name in ("alice", "bob"):
+            agent = agents.create_agent(db.session, username=f"{name}-{tag}", level=level.name, actor="t")
+            key_id, secret = agents.issue_api_key(db.session, get_vault(), agent, actor="t")
+            made[name] = {"id": agent.id, "username": agent.username, "key_id": key_id, "secret": secret}
+        agents.credit_balance(db.session, db.session.get(type(agent), made["alice"]["id"]), 3000, reason="t",
+                              actor="t")
+        db.session.commit()
+        made["product"], made["keys"] = product.id, keys
+        db.session.remove()
+    return made
+
+
+def balance_of(app, agent_id):
+    from kamengd.extensions import db
+
+    with app.app_context():
+        try:
+            return ledger.balances(db.session, agent_id)["available"]
+        finally:
+            db.session.remove()
+
+
+def test_products_and_balance_at_the_agents_price(backend, client, network):
+    alice = network["alice"]
+    answer = signed(client, alice, "GET", "/api/v1/agent/products")
+    assert answer.status_code == 200, answer.get_json()
+    mine = next(p for p in answer.get_json()["products"] if p["id"] == network["product"])
+    assert (mine["price"], mine["shop_price"], mine["stock"]) == ("8.91", "9.90", 10)
+    assert signed(client, alice, "GET", "/api/v1/agent/balance").get_json() == {
+        "balance": "30.00", "pending": "0.00", "held": "0.00", "currency": "CNY"}
+
+
+def test_an_order_paid_from_the_balance_delivers_its_keys_once(backend, app, client, network):
+    alice = network["alice"]
+    body = {"product_id": network["product"], "quantity": 2}
+    first = signed(client, alice, "POST", "/api/v1/agent/orders", body, idempotency_key="order-1")
+    assert first.status_code == 201, first.get_json()
+    order = first.get_json()
+    assert (order["status"], order["amount"], len(order["keys"])) == ("delivered", "17.82", 2)
+    assert set(order["keys"]) <= set(network["keys"])
+    assert balance_of(app, alice["id"]) == 3000 - 1782
+    # The same key again: the same order, nothing charged twice.
+    again = signed(client, alice, "POST", "/api/v1/agent/orders", body, idempotency_key="order-1")
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == order
+    assert balance_of(app, alice["id"]) == 3000 - 1782
+    # The same key with another request: refused.
+    other = signed(client, alice, "POST", "/api/v1/agent/orders", {**body, "quantity": 1}, idempotency_key="order-1")
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "conflict"
+    # Read back: its own order; another agent's 404, as a missing one.
+    path = f"/api/v1/agent/orders/{order['order_no']}"
+    assert signed(client, alice, "GET", path).get_json() == order
+    stranger = signed(client, network["bob"], "GET", path)
+    assert stranger.status_code == 404 and stranger.get_json()["error"]["code"] == "not_found"
+    from kamengd.extensions import db
+
+    with app.app_context():
+        assert ledger.verify(db.session)[1] == []
+        # No buyer's mail: none was queued, and staff cannot send one again.
+        from kamengd.errors import Conflict
+        from kamengd.notifications.models import EmailOutbox
+        from kamengd.orders import staff as order_staff
+        from kamengd.orders.models import Order
+
+        stored = db.session.scalars(sa.select(Order).where(Order.order_no == order["order_no"])).one()
+        assert (stored.agent_id, stored.idempotency_key, stored.channel_id) == (alice["id"], "order-1", None)
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(EmailOutbox)
+                                 .where(EmailOutbox.order_id == stored.id)) == 0
+        with pytest.raises(Conflict, match="bought by an agent"):
+            order_staff.resend_delivery_email(db.session, order_no=order["order_no"], smtp_configured=True,
+                                              actor="t")
+        db.session.rollback()
+        db.session.remove()
+
+
+def test_not_enough_balance_or_stock_changes_nothing(backend, app, client, network):
+    from kamengd.catalog.services import stock_by_product
+    from kamengd.extensions import db
+
+    alice, bob = network["alice"], network["bob"]
+    body = {"product_id": network["product"], "quantity": 1}
+    poor = signed(client, bob, "POST", "/api/v1/agent/orders", body, idempotency_key="poor-1")
+    assert poor.status_code == 402 and poor.get_json()["error"]["code"] == "insufficient_balance"
+    too_many = signed(client, alice, "POST", "/api/v1/agent/orders", {**body, "quantity": 5}, idempotency_key="x-1")
+    assert too_many.status_code == 402             # 5 × 8.91 = 44.55 > 30.00
+    with app.app_context():
+        assert stock_by_product(db.session)[network["product"]] == 10   # nothing reserved
+        db.session.remove()
+    assert balance_of(app, bob["id"]) == 0 and balance_of(app, alice["id"]) == 3000
+    # A failed key can be used again once the request can succeed.
+    with app.app_context():
+        from kamengd.agents.models import Agent
+
+        agents.credit_balance(db.session, db.session.get(Agent, bob["id"]), 1000, reason="t", actor="t")
+        db.session.commit()
+        db.session.remove()
+    retry = signed(client, bob, "POST", "/api/v1/agent/orders", body, idempotency_key="poor-1")
+    assert retry.status_code == 201 and retry.get_json()["status"] == "delivered"
+    # Out of stock: 409, nothing charged.
+    with app.app_context():
+        keys = db.session.execute(sa.text("UPDATE card_keys SET status = 'void' WHERE product_id = :p "
+                                          "AND status = 'available'"), {"p": network["product"]})
+        assert keys.rowcount == 9
+        db.session.commit()
+        db.session.remove()
+    gone = signed(client, alice, "POST", "/api/v1/agent/orders", body, idempotency_key="gone-1")
+    assert gone.status_code == 409 and gone.get_json()["error"]["code"] == "out_of_stock"
+    assert balance_of(app, alice["id"]) == 3000
+
+
+@pytest.mark.parametrize("body, key, message", [
+    ({"product_id": "1", "quantity": 1}, "k", "product_id"),
+    ({"product_id": 1, "quantity": 0}, "k", "quantity"),
+    ({"product_id": 1, "quantity": True}, "k", "quantity"),
+    ({"product_id": 1, "quantity": 1.5}, "k", "quantity"),
+    ({"product_id": 1, "quantity": 1}, None, "Idempotency-Key"),
+    ({"product_id": 1, "quantity": 1}, "x" * 65, "Idempotency-Key"),
+    ({"product_id": 1, "quantity": 1}, "a b", "Idempotency-Key"),
+    ([1, 2], "k", "JSON object"),
+])
+def test_bad_requests_are_400(backend, client, network, body, key, message):
+    answer = signed(client, network["alice"], "POST", "/api/v1/agent/orders", body, idempotency_key=key)
+    assert answer.status_code == 400 and message in answer.get_json()["error"]["message"], answer.get_json()
+
+
+def test_an_unknown_product_is_404(backend, client, network):
+    answer = signed(client, network["alice"], "POST", "/api/v1/agent/orders",
+                    {"product_id": 2**31 - 1, "quantity": 1}, idempotency_key="k")
+    assert answer.status_code == 404
+
+
+def test_requests_that_do_not_prove_their_key_are_401(backend, app, client, network):
+    alice = network["alice"]
+    path = "/api/v1/agent/balance"
+    stale = str(int(time.time()) - 301)
+    nonce = secrets.token_hex(16)
+    assert signed(client, alice, "GET", path, nonce=nonce).status_code == 200
+    cases = {
+        "replayed nonce": signed(client, alice, "GET", path, nonce=nonce),
+        "old timestamp": signed(client, alice, "GET", path, timestamp=stale),
+        "future timestamp": signed(client, alice, "GET", path, timestamp=str(int(time.time()) + 301)),
+        "wrong secret": signed(client, alice, "GET", path, secret="not-the-secret"),
+        "unknown key": signed(client, alice, "GET", path, key_id="ak_" + "0" * 24),
+        "short nonce": signed(client, alice, "GET", path, nonce="short"),
+        "other path signed": client.get(path, headers={
+            "X-Kamengd-Key": alice["key_id"], "X-Kamengd-Timestamp": str(int(time.time())),
+            "X-Kamengd-Nonce": secrets.token_hex(16),
+            "X-Kamengd-Signature": signing.sign(alice["secret"], "GET", "/api/v1/agent/products",
+                                                str(int(time.time())), "n" * 32, b"")}),
+        "no headers": client.get(path),
+    }
+    for what, answer in cases.items():
+        assert answer.status_code == 401, what
+        assert answer.get_json()["error"]["code"] == "unauthorized", what
+    # A body changed after signing: 401, and no order.
+    body = json.dumps({"product_id": network["product"], "quantity": 1}).encode()
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+    tampered = client.post("/api/v1/agent/orders", data=body.replace(b"1}", b"5}"), headers={
+        "X-Kamengd-Key": alice["key_id"], "X-Kamengd-Timestamp": timestamp, "X-Kamengd-Nonce": nonce,
+        "Idempotency-Key": "tamper", "Content-Type": "application/json",
+        "X-Kamengd-Signature": signing.sign(alice["secret"], "POST", "/api/v1/agent/orders", timestamp, nonce, body)})
+    assert tampered.status_code == 401
+    assert balance_of(app, alice["id"]) == 3000
+
+
+def test_old_nonces_are_pruned(backend, app, network):
+    import datetime as dt
+
+    from kamengd.agents.auth import prune_nonces
+    from kamengd.agents.models import ApiNonce
+    from kamengd.database import utcnow
+    from kamengd.extensions import db
+
+    with app.app_context():
+        now = utcnow()
+        db.session.add_all([ApiNonce(key_id="ak_prune", nonce=f"old-nonce-{i:08d}", created_at=now - dt.timedelta(
+            seconds=601)) for i in range(3)] + [ApiNonce(key_id="ak_prune", nonce="fresh-nonce-0000", created_at=now)])
+        db.session.commit()
+        assert prune_nonces(db.session, now) >= 3
+        left = db.session.scalars(sa.select(ApiNonce.nonce).where(ApiNonce.key_id == "ak_prune")).all()
+        assert left == ["fresh-nonce-0000"]
+        db.session.remove()
