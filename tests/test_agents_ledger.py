@@ -101,6 +101,11 @@ def test_credits_and_debits_are_ledger_entries(backend, session, agent):
     legs = session.execute(sa.select(LedgerEntry.amount_cents).where(
         LedgerEntry.transaction_id == first.transaction_id)).scalars().all()
     assert sorted(legs) == [-1000, 1000]
+    # The shop's side keeps no running balance (every agent's order would queue on its row).
+    shop = ledger.shop_account(session, "shop:adjustments")
+    shop_after = session.scalars(sa.select(LedgerEntry.balance_after_cents)
+                                 .where(LedgerEntry.account_id == shop.id)).all()
+    assert shop.balance_cents == 0 and shop_after and set(shop_after) == {None}
     with pytest.raises(InsufficientBalance):
         agents.credit_balance(session, agent, -751, reason="too much", actor="t")
     assert ledger.balances(session, agent.id)["available"] == 750

@@ -3,12 +3,15 @@
 Checked in this order, each refusal a 401 that changes nothing: the headers
 are well-formed; the timestamp is within the window; the key is known, not
 revoked, and its agent active; the signature matches (constant time); the
-nonce is new. Only a request that proved its key stores its nonce (in the
-request's transaction), so junk cannot fill the table.
+nonce is new. `verify_request` only reads (outside the write lock: on SQLite
+a snapshot); the nonce is spent by `spend_nonce` in the request's write
+transaction, so only a request that proved its key stores one, and a replay
+finds it there.
 """
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -18,15 +21,42 @@ from ..database import utcnow
 from ..errors import Unauthorized
 from ..vault import Vault, VaultError
 from . import signing
-from .models import Agent, AgentApiKey, ApiNonce
+from ..ledger.models import LedgerAccount
+from .models import Agent, AgentApiKey, AgentLevel, ApiNonce
 from .services import secret_context
 
 HEADERS = ("X-Kamengd-Key", "X-Kamengd-Timestamp", "X-Kamengd-Nonce", "X-Kamengd-Signature")
 KEY_ID_MAX = 32
 
+_keys, _agents, _levels, _nonces, _accounts = (AgentApiKey.__table__, Agent.__table__, AgentLevel.__table__,
+                                               ApiNonce.__table__, LedgerAccount.__table__)
+# The key, its agent, the agent's level and spendable account, in one read.
+_CALLER = (sa.select(_keys.c.secret_nonce, _keys.c.secret_ciphertext, _keys.c.secret_key_version, _keys.c.revoked_at,
+                     _agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
+                     _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency)
+           .select_from(_keys.join(_agents, _agents.c.id == _keys.c.agent_id)
+                        .join(_levels, _levels.c.id == _agents.c.level_id)
+                        .join(_accounts, sa.and_(_accounts.c.agent_id == _agents.c.id,
+                                                 _accounts.c.kind == "available")))
+           .where(_keys.c.key_id == sa.bindparam("key_id")))
+_SPEND = _nonces.insert()
 
-def authenticate(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
-                 now: dt.datetime | None = None) -> Agent:
+
+@dataclass(frozen=True)
+class Caller:
+    """The agent a request proved to come from, as read when it was checked."""
+    agent_id: int
+    username: str
+    level_id: int
+    discount_bp: int
+    key_id: str
+    nonce: str
+    account_id: int        # its spendable ledger account
+    currency: str
+
+
+def verify_request(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
+                   now: dt.datetime | None = None) -> Caller:
     now = now or utcnow()
     key_id, timestamp, nonce, signature = (str(headers.get(name, "")) for name in HEADERS)
     if not (0 < len(key_id) <= KEY_ID_MAX and signing.TIMESTAMP_RE.fullmatch(timestamp)
@@ -37,11 +67,7 @@ def authenticate(session: Session, vault: Vault, *, headers, method: str, path_w
     if abs(epoch - int(timestamp)) > signing.WINDOW_SECONDS:
         raise Unauthorized("the timestamp is more than %(window)s s from the server's clock",
                            window=signing.WINDOW_SECONDS)
-    row = session.execute(
-        sa.select(AgentApiKey.id, AgentApiKey.secret_nonce, AgentApiKey.secret_ciphertext,
-                  AgentApiKey.secret_key_version, AgentApiKey.revoked_at, Agent.id.label("agent_id"),
-                  Agent.is_active)
-        .join(Agent, Agent.id == AgentApiKey.agent_id).where(AgentApiKey.key_id == key_id)).first()
+    row = session.connection().execute(_CALLER, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None or not row.is_active:
         raise Unauthorized("unknown or revoked key")
     try:
@@ -51,12 +77,17 @@ def authenticate(session: Session, vault: Vault, *, headers, method: str, path_w
         raise Unauthorized("this key cannot be checked: issue a new one") from None
     if not signing.signature_matches(secret, signature, method, path_with_query, timestamp, nonce, body):
         raise Unauthorized("wrong signature")
+    return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, key_id, nonce, row.account_id,
+                  row.currency)
+
+
+def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:
+    """Record the request's nonce in the write transaction; seen before: 401."""
     try:
-        with session.begin_nested():
-            session.execute(sa.insert(ApiNonce).values(key_id=key_id, nonce=nonce, created_at=now))
+        session.connection().execute(_SPEND, {"key_id": caller.key_id, "nonce": caller.nonce,
+                                              "created_at": now or utcnow()})
     except IntegrityError:
         raise Unauthorized("this nonce was used before") from None
-    return session.get(Agent, row.agent_id)
 
 
 def prune_nonces(session: Session, now: dt.datetime | None = None, batch: int = 5000) -> int:

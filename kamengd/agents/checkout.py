@@ -1,10 +1,14 @@
 """An agent buys through the API, paying from its balance, in one transaction.
 
-The order row (one per agent and Idempotency-Key: a unique index), the keys'
-reservation, the ledger's debit of the balance and the delivery are written
-together; any refusal (no stock, not enough balance) leaves none of them.
-The same Idempotency-Key again finds the first order and charges nothing;
-with another request behind it, it is refused.
+Read first, outside the write lock (on SQLite a snapshot): an earlier order
+for the same Idempotency-Key, the product, the agent's account. Then, in one
+write transaction: the request's nonce, the order row (written only if the
+product, its price and the agent's level still are what the answer was built
+from: the INSERT checks them itself), the keys' reservation, the ledger's
+debit of the balance, the keys sold and the order delivered. Any refusal (no
+stock, not enough balance) leaves none of them. The same Idempotency-Key
+again finds the first order and charges nothing; with another request behind
+it, it is refused. Core statements built once: this is the agents' hot path.
 """
 from __future__ import annotations
 
@@ -16,24 +20,54 @@ import secrets
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from ..catalog.models import Product
 from ..catalog.services import stock_by_product
 from ..database import utcnow
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Busy, Conflict, InvalidRequest, NotFound
+from ..inventory.models import CardKey
 from ..ledger import services as ledger
 from ..money import format_cents
-from ..notifications.events import emit, order_payload
+from ..notifications.events import emit_many, payload_of
 from ..orders.checkout import new_order_no, reserve_keys, token_hash
 from ..orders.models import Order
-from ..orders.services import order_keys, sell_reserved_keys
+from ..orders.services import RESOLVED
 from ..vault import Vault
+from .auth import Caller, spend_nonce
 from .models import Agent, AgentLevel
 from .services import agent_price
 
 IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 MAX_ID = 2**31 - 1
+
+_p, _o, _k, _a, _l = Product.__table__, Order.__table__, CardKey.__table__, Agent.__table__, AgentLevel.__table__
+_VIEW = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
+         _o.c.created_at, _o.c.request_hash)
+_EARLIER = sa.select(*_VIEW).where(_o.c.agent_id == sa.bindparam("agent_id"),
+                                   _o.c.idempotency_key == sa.bindparam("key"))
+_BY_NO = sa.select(*_VIEW).where(_o.c.order_no == sa.bindparam("order_no"), _o.c.agent_id == sa.bindparam("agent_id"))
+_PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
+                     _p.c.min_quantity, _p.c.max_quantity).where(_p.c.id == sa.bindparam("product_id"))
+_FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
+           "token_hash", "agent_id", "idempotency_key", "request_hash", "created_at", "updated_at", "expires_at",
+           "paid_at", "delivery_attempts")
+_INSERT = _o.insert().from_select(
+    list(_FIELDS),
+    sa.select(*(sa.bindparam(name, type_=_o.c[name].type) for name in _FIELDS))
+    .select_from(_p)
+    .where(_p.c.id == sa.bindparam("product_id"), _p.c.is_active.is_(True),
+           _p.c.price_cents == sa.bindparam("shop_price"), _p.c.currency == sa.bindparam("currency"),
+           _p.c.delivery_mode == sa.bindparam("delivery_mode"),
+           _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
+           sa.exists().where(_a.c.id == sa.bindparam("agent_id"), _a.c.is_active.is_(True),
+                             _a.c.level_id == _l.c.id, _l.c.discount_bp == sa.bindparam("discount_bp"))))
+_SELL = (_k.update().where(_k.c.order_id == sa.bindparam("for_order"), _k.c.status == "reserved")
+         .values(status="sold", sold_at=sa.bindparam("now"), reserved_until=None))
+_DELIVER = (_o.update().where(_o.c.id == sa.bindparam("for_order"), _o.c.status == "paid")
+            .values(status="delivered", delivered_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), **RESOLVED))
+_KEYS = (sa.select(_k.c.product_id, _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
+         .where(_k.c.order_id == sa.bindparam("order_id"), _k.c.status == "sold").order_by(_k.c.id))
 
 
 def _integer(value, field: str, low: int = 1) -> int:
@@ -47,91 +81,129 @@ def _digest(product_id: int, quantity: int) -> bytes:
                                      sort_keys=True).encode()).digest()
 
 
-def _earlier(session: Session, agent_id: int, key: str, digest: bytes) -> Order | None:
-    order = session.scalars(sa.select(Order).where(Order.agent_id == agent_id,
-                                                   Order.idempotency_key == key)).first()
-    if order is not None and order.request_hash != digest:
+def _same_request(row, digest: bytes):
+    if row is not None and bytes(row.request_hash) != digest:
         raise Conflict("this Idempotency-Key was used for another request")
-    return order
+    return row
 
 
-def place_agent_order(session: Session, agent: Agent, *, product_id, quantity, idempotency_key,
-                      now: dt.datetime | None = None) -> tuple[Order, bool]:
-    """(the order, placed now). Raises InvalidRequest, NotFound, OutOfStock,
-    InsufficientBalance or Conflict; the caller's transaction is then rolled back."""
+def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product_id, quantity, idempotency_key,
+                      now: dt.datetime | None = None) -> tuple[dict, bool]:
+    """(the order as the API shows it, placed now). Raises InvalidRequest, NotFound,
+    OutOfStock, InsufficientBalance, Conflict or Unauthorized (a replayed nonce); the
+    request's transaction is then rolled back."""
     if not isinstance(idempotency_key, str) or not IDEMPOTENCY_RE.fullmatch(idempotency_key):
         raise InvalidRequest("Idempotency-Key: a header of 1 to 64 printable characters is required")
     product_id = _integer(product_id, "product_id")
     quantity = _integer(quantity, "quantity")
     digest = _digest(product_id, quantity)
-    earlier = _earlier(session, agent.id, idempotency_key, digest)
-    if earlier is not None:
-        return earlier, False
-    now = now or utcnow()
-    product = session.get(Product, product_id)
-    if product is None or not product.is_active:
-        raise NotFound("product not found")
-    if not product.min_quantity <= quantity <= product.max_quantity:
-        raise InvalidRequest("quantity: %(low)s to %(high)s for this product", low=product.min_quantity,
-                             high=product.max_quantity)
-    mine = ledger.account_by_name(session, ledger.agent_account_name(agent.id, "available"))
-    if product.currency != mine.currency:
-        raise InvalidRequest("this product is priced in %(currency)s, the balance is in %(balance)s",
-                             currency=product.currency, balance=mine.currency)
-    unit = agent_price(product.price_cents, session.get(AgentLevel, agent.level_id).discount_bp)
-    order = Order(order_no=new_order_no(now), product_id=product.id, channel_id=None, quantity=quantity,
-                  unit_price_cents=unit, amount_cents=unit * quantity, currency=product.currency, email="",
-                  status="paid", token_hash=token_hash(secrets.token_urlsafe(24)), agent_id=agent.id,
-                  idempotency_key=idempotency_key, request_hash=digest, created_at=now, updated_at=now,
-                  expires_at=now, paid_at=now, delivery_attempts=0)
-    try:
-        with session.begin_nested():
-            session.add(order)
-            session.flush()
-    except IntegrityError:   # the same key, placed meanwhile by a retry on another connection
-        earlier = _earlier(session, agent.id, idempotency_key, digest)
-        if earlier is None:
-            raise
-        return earlier, False
-    if product.delivery_mode == "auto":
-        reserve_keys(session, product_id=product.id, quantity=quantity, order_id=order.id, until=now)
-    if order.amount_cents:
-        sales = ledger.shop_account(session, "shop:sales", mine.currency)
-        ledger.post(session, cause=f"order:{order.order_no}:paid", kind="order",
-                    legs=[(mine, -order.amount_cents), (sales, order.amount_cents)],
-                    actor=f"agent:{agent.username}", memo=f"{quantity} × {product.name}"[:200])
-    if product.delivery_mode == "auto":
-        if not sell_reserved_keys(session, order, now):
-            raise RuntimeError(f"order {order.order_no}: its reserved keys could not be sold")
-    else:   # staff deliver it (代充): they hear of it as of any paid order
-        emit(session, "order.paid", order_payload(session, order), now)
-    return order, True
+    account = ledger.AccountRef(caller.account_id, caller.currency)
+    session = session() if isinstance(session, scoped_session) else session
+    for _attempt in range(3):
+        now = now or utcnow()
+        # Read, outside the write lock (in the snapshot the request's signature was checked in).
+        reading = session.connection() if session.in_transaction() else \
+            session.connection(execution_options={"kamengd_readonly": True})
+        earlier = _same_request(reading.execute(_EARLIER, {"agent_id": caller.agent_id, "key": idempotency_key})
+                                .first(), digest)
+        product = None if earlier is not None else reading.execute(_PRODUCT, {"product_id": product_id}).first()
+        session.rollback()
+        spend_nonce(session, caller, now)   # the write transaction begins here
+        if earlier is not None:
+            return _view(session, vault, earlier), False
+        if product is None or not product.is_active:
+            raise NotFound("product not found")
+        if not product.min_quantity <= quantity <= product.max_quantity:
+            raise InvalidRequest("quantity: %(low)s to %(high)s for this product", low=product.min_quantity,
+                                 high=product.max_quantity)
+        if product.currency != account.currency:
+            raise InvalidRequest("this product is priced in %(currency)s, the balance is in %(balance)s",
+                                 currency=product.currency, balance=account.currency)
+        unit = agent_price(product.price_cents, caller.discount_bp)
+        values = {"order_no": new_order_no(now), "product_id": product_id, "quantity": quantity,
+                  "unit_price_cents": unit, "amount_cents": unit * quantity, "currency": product.currency,
+                  "email": "", "status": "paid", "token_hash": token_hash(secrets.token_urlsafe(24)),
+                  "agent_id": caller.agent_id, "idempotency_key": idempotency_key, "request_hash": digest,
+                  "created_at": now, "updated_at": now, "expires_at": now, "paid_at": now, "delivery_attempts": 0,
+                  "shop_price": product.price_cents, "delivery_mode": product.delivery_mode,
+                  "discount_bp": caller.discount_bp}
+        conn = session.connection()
+        try:
+            inserted = conn.execute(_INSERT, values)
+        except IntegrityError:   # the same key, placed meanwhile by a retry on another connection
+            session.rollback()
+            earlier = _same_request(session.connection().execute(
+                _EARLIER, {"agent_id": caller.agent_id, "key": idempotency_key}).first(), digest)
+            if earlier is None:
+                raise
+            return _view(session, vault, earlier), False
+        if inserted.rowcount == 1:
+            return _pay_and_deliver(session, vault, caller, values, inserted.lastrowid, product, account, now), True
+        session.rollback()   # the product, its price or the agent's level changed since it was read
+        now = None
+    raise Busy("the product or the agent's level is being changed: try again")
 
 
-def agent_order_view(session: Session, vault: Vault, order: Order) -> dict:
+def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dict, order_id: int, product,
+                     account, now: dt.datetime) -> dict:
+    conn = session.connection()
+    auto = product.delivery_mode == "auto"
+    if auto:
+        reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"], order_id=order_id,
+                     until=now)
+    amount = values["amount_cents"]
+    if amount:
+        sales = ledger.shop_ref(session, "shop:sales", account.currency)
+        ledger.post(session, cause=f"order:{values['order_no']}:paid", kind="order",
+                    legs=[(account, -amount), (sales, amount)], actor=f"agent:{caller.username}",
+                    memo=f"{values['quantity']} × {product.name}"[:200], savepoint=False)
+    status = "paid"
+    if auto:
+        sold = conn.execute(_SELL, {"for_order": order_id, "now": now}).rowcount
+        if sold != values["quantity"] or conn.execute(_DELIVER, {"for_order": order_id, "now": now}).rowcount != 1:
+            raise RuntimeError(f"order {values['order_no']}: {sold} of {values['quantity']} keys sold")
+        status = "delivered"
+    order = _Placed(order_id, values, status, now)
+    # An auto order's buyer is the agent (no mail); staff hear of a manual one as of any paid order.
+    emit_many(session, [("order.delivered" if auto else "order.paid", payload_of(order, product.name))], now)
+    return _view(session, vault, order)
+
+
+class _Placed:
+    """The order just written, with the attributes its view and its event read."""
+
+    def __init__(self, order_id: int, values: dict, status: str, now: dt.datetime):
+        self.id, self.status = order_id, status
+        for name in ("order_no", "product_id", "quantity", "amount_cents", "currency", "email", "created_at",
+                     "paid_at"):
+            setattr(self, name, values[name])
+        self.delivered_at = now if status == "delivered" else None
+
+
+def _view(session: Session, vault: Vault, order) -> dict:
     data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
             "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
             "created_at": order.created_at.isoformat(timespec="seconds") + "Z"}
     if order.status == "delivered":
-        data["keys"] = order_keys(session, vault, order)
+        data["keys"] = [vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
+                        .decode("utf-8")
+                        for r in session.connection().execute(_KEYS, {"order_id": order.id})]
     return data
 
 
-def find_agent_order(session: Session, agent: Agent, order_no) -> Order:
-    """The agent's own order; another's, or none, is NotFound alike."""
-    order = session.scalars(sa.select(Order).where(Order.order_no == str(order_no)[:32],
-                                                   Order.agent_id == agent.id)).first()
-    if order is None:
+def agent_order(session: Session, vault: Vault, caller: Caller, order_no) -> dict:
+    """The agent's own order as the API shows it; another's, or none, is NotFound alike."""
+    row = session.connection().execute(_BY_NO, {"order_no": str(order_no)[:32], "agent_id": caller.agent_id}).first()
+    if row is None:
         raise NotFound("order not found")
-    return order
+    return _view(session, vault, row)
 
 
-def agent_products(session: Session, agent: Agent) -> list[dict]:
-    discount = session.get(AgentLevel, agent.level_id).discount_bp
+def agent_products(session: Session, caller: Caller) -> list[dict]:
     stock = stock_by_product(session)
     products = session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()
-    return [{"id": p.id, "name": p.name, "price": format_cents(agent_price(p.price_cents, discount)),
+    return [{"id": p.id, "name": p.name, "price": format_cents(agent_price(p.price_cents, caller.discount_bp)),
              "shop_price": format_cents(p.price_cents), "currency": p.currency, "stock": stock.get(p.id, 0),
              "delivery": p.delivery_mode, "min_quantity": p.min_quantity, "max_quantity": p.max_quantity}
             for p in products]

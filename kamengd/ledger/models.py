@@ -6,7 +6,9 @@ second server tries. Its entries move amounts between accounts and sum to
 zero. An account's balance is the sum of its entries, kept on the account by
 a conditional UPDATE in the same transaction; a CHECK keeps it from going
 below zero unless the account may (the shop's own counter-accounts).
-Entries are only ever inserted.
+Entries are only ever inserted. The shop's own counter-accounts keep no
+cached balance (every agent's order would wait on that one row): theirs is
+the sum of their entries.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class LedgerAccount(db.Model):
     agent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agents.id"), index=True)
     kind: Mapped[str] = mapped_column(sa.String(16))
     currency: Mapped[str] = mapped_column(sa.String(3))
+    # Kept for agents' accounts (a conditional UPDATE in each movement). The shop's own
+    # accounts (kind "shop") are on the other side of every agent's order: one row all of
+    # them would queue on. Theirs is not kept (it stays 0); it is the sum of their entries.
     balance_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     may_go_negative: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -62,7 +67,8 @@ class LedgerEntry(db.Model):
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_accounts.id"))
     amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
     # The account's balance right after this entry: a statement reads it, verify checks it.
-    balance_after_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    # NULL on the shop's own accounts, whose balance is not kept (see LedgerAccount).
+    balance_after_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

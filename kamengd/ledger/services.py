@@ -74,47 +74,63 @@ class Booking:
     amounts: dict[int, int]  # account id -> amount (as booked, then or now)
 
 
-def post(session: Session, *, cause: str, kind: str, legs: list[tuple[LedgerAccount, int]], actor: str,
-         memo: str = "") -> Booking:
+@dataclass(frozen=True)
+class AccountRef:
+    """An account as `post` needs it (a LedgerAccount will do too)."""
+    id: int
+    currency: str
+    kind: str = "available"
+
+
+def _cached(account) -> bool:
+    """Whether the account's balance is kept on its row (not for the shop's own accounts)."""
+    return account.kind != "shop"
+
+
+_MOVE = (_accounts.update()
+         .where(_accounts.c.id == sa.bindparam("account_id"),
+                sa.or_(_accounts.c.may_go_negative.is_(True),
+                       _accounts.c.balance_cents + sa.bindparam("amount") >= 0))
+         .values(balance_cents=_accounts.c.balance_cents + sa.bindparam("amount")))
+_BALANCE = sa.select(_accounts.c.balance_cents).where(_accounts.c.id == sa.bindparam("account_id"))
+_NEW_TRANSACTION = _transactions.insert()
+_NEW_ENTRY = _entries.insert()
+
+
+def post(session: Session, *, cause: str, kind: str, legs: list, actor: str, memo: str = "",
+         savepoint: bool = True) -> Booking:
     """Book `legs` (account, signed amount in cents; they sum to zero) once for `cause`.
 
     A cause booked before returns that booking (booked=False) when its amounts are the
     same, and raises Conflict when they differ. A leg that would take a protected
-    account below zero raises InsufficientBalance; nothing is written then."""
+    account below zero raises InsufficientBalance. With `savepoint` (the default)
+    nothing of a refused booking stays and the caller's transaction goes on; without,
+    the caller rolls its transaction back on any error (a request's hot path)."""
     if not _CAUSE_RE.fullmatch(cause):
         raise ValueError(f"bad ledger cause {cause!r}")
     amounts: dict[int, int] = {}
+    uncached = set()
     for account, amount in legs:
         if not isinstance(amount, int) or isinstance(amount, bool):
             raise TypeError("ledger amounts are integer cents")
         amounts[account.id] = amounts.get(account.id, 0) + amount
+        if not _cached(account):
+            uncached.add(account.id)
     amounts = {a: v for a, v in amounts.items() if v}
     if not amounts or sum(amounts.values()) != 0:
         raise ValueError(f"ledger legs of {cause} must move money and sum to zero: {amounts}")
     currencies = {account.currency for account, _ in legs}
     if len(currencies) != 1:
         raise ValueError(f"ledger legs of {cause} mix currencies {sorted(currencies)}")
-    now = utcnow()
     try:
-        with session.begin_nested():
-            txn_id = session.execute(_transactions.insert().values(
-                cause=cause, kind=kind, memo=memo[:200], actor=actor[:80], created_at=now)).inserted_primary_key[0]
-            # Lowest id first: two movements over the same accounts lock them in one order (no deadlock).
-            for account_id in sorted(amounts):
-                amount = amounts[account_id]
-                moved = session.execute(
-                    _accounts.update()
-                    .where(_accounts.c.id == account_id,
-                           sa.or_(_accounts.c.may_go_negative.is_(True), _accounts.c.balance_cents + amount >= 0))
-                    .values(balance_cents=_accounts.c.balance_cents + amount)).rowcount
-                if moved != 1:
-                    raise InsufficientBalance("the balance does not cover %(amount)s", amount=format_cents(-amount))
-                after = session.execute(sa.select(_accounts.c.balance_cents)
-                                        .where(_accounts.c.id == account_id)).scalar_one()
-                session.execute(_entries.insert().values(transaction_id=txn_id, account_id=account_id,
-                                                         amount_cents=amount, balance_after_cents=after,
-                                                         created_at=now))
+        if savepoint:
+            with session.begin_nested():
+                txn_id = _write(session, cause, kind, amounts, uncached, actor, memo)
+        else:
+            txn_id = _write(session, cause, kind, amounts, uncached, actor, memo)
     except IntegrityError:
+        if not savepoint:
+            raise
         earlier = session.execute(sa.select(_transactions.c.id).where(_transactions.c.cause == cause)).scalar()
         if earlier is None:
             raise
@@ -125,8 +141,43 @@ def post(session: Session, *, cause: str, kind: str, legs: list[tuple[LedgerAcco
         return Booking(earlier, cause, False, booked)
     # The ORM's copies of these accounts are stale now: read them again when next used.
     for account, _amount in legs:
-        session.expire(account, ["balance_cents"])
+        if isinstance(account, LedgerAccount):
+            session.expire(account, ["balance_cents"])
     return Booking(txn_id, cause, True, amounts)
+
+
+def _write(session: Session, cause: str, kind: str, amounts: dict[int, int], uncached: set[int], actor: str,
+           memo: str) -> int:
+    conn = session.connection()
+    now = utcnow()
+    txn_id = conn.execute(_NEW_TRANSACTION, {"cause": cause, "kind": kind, "memo": memo[:200], "actor": actor[:80],
+                                             "created_at": now}).inserted_primary_key[0]
+    entries = []
+    # Lowest id first: two movements over the same accounts lock them in one order (no deadlock).
+    for account_id in sorted(amounts):
+        amount = amounts[account_id]
+        after = None
+        if account_id not in uncached:
+            if conn.execute(_MOVE, {"account_id": account_id, "amount": amount}).rowcount != 1:
+                raise InsufficientBalance("the balance does not cover %(amount)s", amount=format_cents(-amount))
+            after = conn.execute(_BALANCE, {"account_id": account_id}).scalar_one()
+        entries.append({"transaction_id": txn_id, "account_id": account_id, "amount_cents": amount,
+                        "balance_after_cents": after, "created_at": now})
+    conn.execute(_NEW_ENTRY, entries)
+    return txn_id
+
+
+_SHOP_IDS: dict[tuple[str, str], AccountRef] = {}
+
+
+def shop_ref(session: Session, name: str, currency: str = DEFAULT_CURRENCY) -> AccountRef:
+    """The shop's account `name` by id, remembered per database (accounts are never removed)."""
+    key = (str(session.get_bind().url), name)
+    found = _SHOP_IDS.get(key)
+    if found is None or found.currency != currency:
+        account = shop_account(session, name, currency)
+        found = _SHOP_IDS[key] = AccountRef(account.id, account.currency, account.kind)
+    return found
 
 
 def balances(session: Session, agent_id: int) -> dict[str, int]:
@@ -139,7 +190,8 @@ def balances(session: Session, agent_id: int) -> dict[str, int]:
 
 def verify(session: Session) -> tuple[int, list[str]]:
     """(accounts checked, problems): every cached balance is the sum of its entries and the
-    last entry's balance-after; every movement sums to zero; no protected account is negative."""
+    last entry's balance-after; every movement sums to zero; no protected account is negative;
+    the shop's accounts keep no balance."""
     sums = dict(session.execute(sa.select(_entries.c.account_id, sa.func.sum(_entries.c.amount_cents))
                                 .group_by(_entries.c.account_id)).all())
     last_ids = sa.select(sa.func.max(_entries.c.id)).group_by(_entries.c.account_id)
@@ -147,8 +199,13 @@ def verify(session: Session) -> tuple[int, list[str]]:
                                  .where(_entries.c.id.in_(last_ids))).all())
     problems = []
     accounts = session.execute(sa.select(_accounts.c.id, _accounts.c.name, _accounts.c.balance_cents,
-                                         _accounts.c.may_go_negative).order_by(_accounts.c.id)).all()
+                                         _accounts.c.may_go_negative, _accounts.c.kind)
+                               .order_by(_accounts.c.id)).all()
     for account in accounts:
+        if not _cached(account):   # the shop's: no balance kept, its entries carry none
+            if account.balance_cents != 0 or lasts.get(account.id) is not None:
+                problems.append(f"{account.name}: a balance is kept on a shop account")
+            continue
         total = int(sums.get(account.id) or 0)
         if total != account.balance_cents:
             problems.append(f"{account.name}: balance {format_cents(account.balance_cents)}, "
