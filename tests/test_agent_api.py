@@ -230,3 +230,37 @@ def test_old_nonces_are_pruned(backend, app, network):
         left = db.session.scalars(sa.select(ApiNonce.nonce).where(ApiNonce.key_id == "ak_prune")).all()
         assert left == ["fresh-nonce-0000"]
         db.session.remove()
+
+
+def test_a_revoked_key_or_a_disabled_agent_is_refused(backend, app, client, network):
+    from kamengd.agents.models import Agent
+    from kamengd.context import get_vault
+    from kamengd.errors import Conflict
+    from kamengd.extensions import db
+
+    alice = network["alice"]
+    with app.app_context():
+        second_id, second_secret = agents.issue_api_key(db.session, get_vault(), db.session.get(Agent, alice["id"]),
+                                                        actor="t")
+        agents.revoke_api_key(db.session, alice["key_id"], actor="t")
+        with pytest.raises(Conflict):
+            agents.revoke_api_key(db.session, alice["key_id"], actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert signed(client, alice, "GET", "/api/v1/agent/balance").status_code == 401
+    fresh = {**alice, "key_id": second_id, "secret": second_secret}
+    assert signed(client, fresh, "GET", "/api/v1/agent/balance").status_code == 200
+
+    with app.app_context():
+        assert agents.set_agent_active(db.session, db.session.get(Agent, alice["id"]), False, actor="t")
+        db.session.commit()
+        db.session.remove()
+    refused = signed(client, fresh, "POST", "/api/v1/agent/orders", {"product_id": network["product"], "quantity": 1},
+                     idempotency_key="disabled-1")
+    assert refused.status_code == 401 and balance_of(app, alice["id"]) == 3000
+    with app.app_context():
+        assert agents.set_agent_active(db.session, db.session.get(Agent, alice["id"]), True, actor="t")
+        assert not agents.set_agent_active(db.session, db.session.get(Agent, alice["id"]), True, actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert signed(client, fresh, "GET", "/api/v1/agent/balance").status_code == 200

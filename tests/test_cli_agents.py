@@ -116,3 +116,24 @@ def test_verify_fails_naming_the_account(backend, shop):
     engine.dispose()
     proc = run_cli("ledger", "verify", config=shop.path)
     assert_one_line_error(proc, f"agent:{made['id']}:available", "4.00", "3.00")
+
+
+def test_keys_listed_revoked_and_agents_disabled(backend, shop):
+    cli_json(shop, "agent", "level", "set", "--name", "普通", "--discount", "0")
+    cli_json(shop, "agent", "create", "--username", "gina", "--level", "普通")
+    first = cli_json(shop, "agent", "apikey", "--username", "gina")
+    cli_json(shop, "agent", "apikey", "--username", "gina")
+    assert cli_json(shop, "agent", "revoke-key", "--key-id", first["key_id"]) == {"key_id": first["key_id"],
+                                                                                  "revoked": True}
+    assert_one_line_error(run_cli("agent", "revoke-key", "--key-id", first["key_id"], config=shop.path),
+                          "revoked before")
+    assert_one_line_error(run_cli("agent", "revoke-key", "--key-id", "ak_nothing", config=shop.path), "no API key")
+    listed = cli_json(shop, "agent", "apikeys", "--username", "gina")["keys"]
+    assert [bool(k["revoked_at"]) for k in listed] == [True, False]
+    assert first["secret"] not in run_cli("agent", "apikeys", "--username", "gina", config=shop.path).out
+    assert cli_json(shop, "agent", "disable", "--username", "gina")["changed"] is True
+    assert cli_json(shop, "agent", "disable", "--username", "gina")["changed"] is False
+    assert cli_json(shop, "agent", "list")["agents"][0]["active"] is False
+    assert cli_json(shop, "agent", "enable", "--username", "gina")["changed"] is True
+    actions = [e["action"] for e in cli_json(shop, "audit", "list", "--action", "agent.*")["entries"]]
+    assert {"agent.apikey.revoke", "agent.disable", "agent.enable"} <= set(actions)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..accounts.passwords import hash_password, validate_password
 from ..audit.services import record
+from ..database import utcnow
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..ledger import services as ledger
 from ..money import MAX_CENTS, format_cents
@@ -209,6 +210,39 @@ def issue_api_key(session: Session, vault: Vault, agent: Agent, *, actor: str,
     record(session, "agent.apikey.issue", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
            details={"key_id": key_id})
     return key_id, secret
+
+
+def list_api_keys(session: Session, agent: Agent) -> list[AgentApiKey]:
+    return session.scalars(sa.select(AgentApiKey).where(AgentApiKey.agent_id == agent.id)
+                           .order_by(AgentApiKey.id)).all()
+
+
+def revoke_api_key(session: Session, key_id: str, *, actor: str, source_ip: str | None = None) -> AgentApiKey:
+    """The key stops working at once (its next request: 401). Audited; revoking twice is refused."""
+    key = session.scalars(sa.select(AgentApiKey).where(AgentApiKey.key_id == str(key_id)[:32])
+                          .with_for_update()).first()
+    if key is None:
+        raise NotFound("no API key %(key_id)r", key_id=str(key_id)[:32])
+    if key.revoked_at is not None:
+        raise Conflict("API key %(key_id)s was revoked before", key_id=key.key_id)
+    key.revoked_at = utcnow()
+    session.flush()
+    record(session, "agent.apikey.revoke", actor=actor, target=f"agent:{key.agent_id}", source_ip=source_ip,
+           details={"key_id": key.key_id})
+    return key
+
+
+def set_agent_active(session: Session, agent: Agent, active: bool, *, actor: str,
+                     source_ip: str | None = None) -> bool:
+    """Disable an agent (its keys stop working, its money stays) or enable it again: whether
+    anything changed. Audited."""
+    if agent.is_active == active:
+        return False
+    agent.is_active = active
+    session.flush()
+    record(session, "agent.enable" if active else "agent.disable", actor=actor, target=f"agent:{agent.id}",
+           source_ip=source_ip, details={"username": agent.username})
+    return True
 
 
 # -- money moved by staff -------------------------------------------------------

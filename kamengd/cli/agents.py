@@ -93,6 +93,59 @@ def agent_apikey(username, as_json):
          f"key id: {key_id}\nsecret: {secret}\n(the secret is shown this once: store it now)")
 
 
+@agent.command("apikeys")
+@click.option("--username", required=True)
+@json_option
+@with_app(readonly=True)
+def agent_apikeys(username, as_json):
+    """An agent's API keys (never their secrets), revoked ones too."""
+    keys = agents.list_api_keys(db.session, agents.get_agent(db.session, username))
+    rows = [{"key_id": k.key_id, "created_at": k.created_at.isoformat(timespec="seconds") + "Z",
+             "revoked_at": k.revoked_at.isoformat(timespec="seconds") + "Z" if k.revoked_at else None}
+            for k in keys]
+    if as_json:
+        emit(True, {"keys": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['key_id']}  created {r['created_at']}" + (f"  revoked {r['revoked_at']}"
+                                                                  if r["revoked_at"] else ""))
+
+
+@agent.command("revoke-key")
+@click.option("--key-id", required=True, metavar="KEY_ID")
+@json_option
+@with_app
+def agent_revoke_key(key_id, as_json):
+    """Revoke an API key: its next request is refused (401). Audited."""
+    key = agents.revoke_api_key(db.session, key_id, actor=cli_actor())
+    emit(as_json, {"key_id": key.key_id, "revoked": True}, f"revoked {key.key_id}")
+
+
+def _switch(username: str, active: bool, as_json: bool) -> None:
+    the_agent = agents.get_agent(db.session, username)
+    changed = agents.set_agent_active(db.session, the_agent, active, actor=cli_actor())
+    emit(as_json, {"username": the_agent.username, "active": active, "changed": changed},
+         f"{the_agent.username} is {'enabled' if active else 'disabled'}" + ("" if changed else " (already)"))
+
+
+@agent.command("disable")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_disable(username, as_json):
+    """Disable an agent: its API keys stop working; its balance and orders stay. Audited."""
+    _switch(username, False, as_json)
+
+
+@agent.command("enable")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_enable(username, as_json):
+    """Enable a disabled agent again. Audited."""
+    _switch(username, True, as_json)
+
+
 @cli.group()
 def balance():
     """Agents' balances (each movement a ledger entry)."""
