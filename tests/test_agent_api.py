@@ -264,3 +264,28 @@ def test_a_revoked_key_or_a_disabled_agent_is_refused(backend, app, client, netw
         db.session.commit()
         db.session.remove()
     assert signed(client, fresh, "GET", "/api/v1/agent/balance").status_code == 200
+
+
+def test_staff_see_the_agent_and_a_refund_goes_back_to_the_balance(backend, app, client, network):
+    from kamengd.extensions import db
+    from kamengd.orders import staff as order_staff
+    from panel_support import login, make_staff
+
+    alice = network["alice"]
+    placed = signed(client, alice, "POST", "/api/v1/agent/orders", {"product_id": network["product"], "quantity": 1},
+                    idempotency_key="refund-1").get_json()
+    assert balance_of(app, alice["id"]) == 3000 - 891
+    staff = app.test_client()
+    login(staff, make_staff(app, "admin"))
+    page = staff.get(f"/admin/orders/{placed['order_no']}").get_data(as_text=True)
+    assert alice["username"] in page and "refund-1" in page
+    assert f"/admin/orders/{placed['order_no']}/resend" not in page   # no buyer's address to mail
+    with app.app_context():
+        refund = order_staff.refund_order(db.session, order_no=placed["order_no"], reason="wrong product",
+                                          actor="staff:t")
+        assert refund.previous_status == "delivered"
+        db.session.commit()
+        assert ledger.verify(db.session)[1] == []
+        db.session.remove()
+    assert balance_of(app, alice["id"]) == 3000
+    assert signed(client, alice, "GET", f"/api/v1/agent/orders/{placed['order_no']}").get_json()["status"] == "refunded"

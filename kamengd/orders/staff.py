@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..agents.models import Agent
 from ..audit.models import AuditEntry
 from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
+from ..ledger import services as ledger
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..notifications.models import EmailOutbox, Event
@@ -169,6 +171,7 @@ class OrderDetail:
     events: list = field(default_factory=list)      # (Event, payload dict)
     audit: list = field(default_factory=list)       # AuditEntry rows
     keys: dict = field(default_factory=dict)        # key status -> count
+    agent: Agent | None = None                      # an agent's order (the agent API)
 
 
 def order_detail(session: Session, order_no, limit: int = 200) -> OrderDetail:
@@ -192,7 +195,8 @@ def order_detail(session: Session, order_no, limit: int = 200) -> OrderDetail:
                        channel=session.get(PaymentChannel, order.channel_id) if order.channel_id else None,
                        payments=[tuple(p) for p in payments], mails=list(mails),
                        events=[(e, json.loads(e.payload)) for e in events], audit=list(audit),
-                       keys=key_counts(session, order))
+                       keys=key_counts(session, order),
+                       agent=session.get(Agent, order.agent_id) if order.agent_id else None)
 
 
 # --- actions --------------------------------------------------------------
@@ -307,11 +311,26 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
                        "can be refunded", order_no=order.order_no, status=status)
     released = _release_reserved(session, order)
     sold = key_counts(session, order).get("sold", 0)
+    to_balance = _refund_to_balance(session, order, actor)
     record(session, "order.refund", actor=actor, target=target(order), source_ip=source_ip,
            details={"reason": reason, "previous_status": previous,
                     "amount": format_cents(order.amount_cents), "currency": order.currency,
-                    "keys_released": released, "keys_kept_sold": sold})
+                    "keys_released": released, "keys_kept_sold": sold,
+                    **({"refunded_to_balance": format_cents(to_balance)} if to_balance else {})})
     return Refund(order, previous, released, sold)
+
+
+def _refund_to_balance(session: Session, order: Order, actor: str) -> int:
+    """An agent's order was paid from its balance: the refund goes back there (once: the
+    cause names the order). The cents credited."""
+    if not order.agent_id or not order.amount_cents:
+        return 0
+    mine = ledger.account_by_name(session, ledger.agent_account_name(order.agent_id, "available"))
+    sales = ledger.shop_account(session, "shop:sales", mine.currency)
+    ledger.post(session, cause=f"order:{order.order_no}:refund", kind="refund",
+                legs=[(mine, order.amount_cents), (sales, -order.amount_cents)], actor=actor,
+                memo=f"refund of order {order.order_no}")
+    return order.amount_cents
 
 
 def refund_extra_payment(session: Session, *, order_no, payment_id, note="", actor: str,
