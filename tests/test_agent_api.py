@@ -289,3 +289,38 @@ def test_staff_see_the_agent_and_a_refund_goes_back_to_the_balance(backend, app,
         db.session.remove()
     assert balance_of(app, alice["id"]) == 3000
     assert signed(client, alice, "GET", f"/api/v1/agent/orders/{placed['order_no']}").get_json()["status"] == "refunded"
+
+
+def test_an_agent_disabled_or_its_level_changed_while_it_orders(backend, app, network):
+    """Between the request's check and its write: a disabled agent is refused (401, nothing
+    written); a new discount is the one charged."""
+    import dataclasses
+
+    from kamengd.agents.auth import Caller
+    from kamengd.agents.checkout import place_agent_order
+    from kamengd.agents.models import Agent, AgentLevel
+    from kamengd.context import get_vault
+    from kamengd.errors import Unauthorized
+    from kamengd.extensions import db
+
+    alice = network["alice"]
+    with app.app_context():
+        agent = db.session.get(Agent, alice["id"])
+        account = ledger.account_by_name(db.session, ledger.agent_account_name(agent.id, "available"))
+        caller = Caller(agent.id, agent.username, agent.level_id, 1000, alice["key_id"], secrets.token_hex(16),
+                        account.id, account.currency)
+        db.session.get(AgentLevel, agent.level_id).discount_bp = 2000   # 20 % off since the check
+        db.session.commit()
+        order, placed = place_agent_order(db.session, get_vault(), caller, product_id=network["product"],
+                                          quantity=1, idempotency_key="level-changed")
+        db.session.commit()
+        assert placed and order["amount"] == "7.92"
+        db.session.get(Agent, alice["id"]).is_active = False
+        db.session.commit()
+        with pytest.raises(Unauthorized, match="disabled"):
+            place_agent_order(db.session, get_vault(), dataclasses.replace(caller, nonce=secrets.token_hex(16),
+                                                                            discount_bp=2000),
+                              product_id=network["product"], quantity=1, idempotency_key="disabled-2")
+        db.session.rollback()
+        db.session.remove()
+    assert balance_of(app, alice["id"]) == 3000 - 792

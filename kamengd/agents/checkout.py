@@ -12,6 +12,7 @@ it, it is refused. Core statements built once: this is the agents' hot path.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session, scoped_session
 from ..catalog.models import Product
 from ..catalog.services import stock_by_product
 from ..database import utcnow
-from ..errors import Busy, Conflict, InvalidRequest, NotFound
+from ..errors import Busy, Conflict, InvalidRequest, NotFound, Unauthorized
 from ..inventory.models import CardKey
 from ..ledger import services as ledger
 from ..money import format_cents
@@ -47,6 +48,8 @@ _VIEW = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, 
 _EARLIER = sa.select(*_VIEW).where(_o.c.agent_id == sa.bindparam("agent_id"),
                                    _o.c.idempotency_key == sa.bindparam("key"))
 _BY_NO = sa.select(*_VIEW).where(_o.c.order_no == sa.bindparam("order_no"), _o.c.agent_id == sa.bindparam("agent_id"))
+_AGENT = (sa.select(_a.c.is_active, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
+          .where(_a.c.id == sa.bindparam("agent_id")))
 _PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
                      _p.c.min_quantity, _p.c.max_quantity).where(_p.c.id == sa.bindparam("product_id"))
 _FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
@@ -139,7 +142,14 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
             return _view(session, vault, earlier), False
         if inserted.rowcount == 1:
             return _pay_and_deliver(session, vault, caller, values, inserted.lastrowid, product, account, now), True
-        session.rollback()   # the product, its price or the agent's level changed since it was read
+        # The product, its price or the agent changed since it was read: read the agent again too.
+        session.rollback()
+        agent = session.connection(execution_options={"kamengd_readonly": True}).execute(
+            _AGENT, {"agent_id": caller.agent_id}).first()
+        session.rollback()
+        if agent is None or not agent.is_active:
+            raise Unauthorized("agent %(username)s is disabled", username=caller.username)
+        caller = dataclasses.replace(caller, discount_bp=agent.discount_bp)
         now = None
     raise Busy("the product or the agent's level is being changed: try again")
 
