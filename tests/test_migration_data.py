@@ -33,9 +33,13 @@ ROWS_PER_TABLE = 3
 NULLS_ROW = 1  # this row stores NULL in every nullable column; the others store values
 
 # (table, column) -> fn(row_index, values_so_far) for a column whose
-# constraint the generic filler cannot satisfy. Empty while every CHECK in the
-# migrations has one of the shapes parse_check() understands.
-OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {}
+# constraint the generic filler cannot satisfy (shapes parse_check() does not
+# read: BETWEEN, OR, <>).
+OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {
+    ("agent_levels", "discount_bp"): lambda i, _values: 1250 * i,              # BETWEEN 0 AND 10000
+    ("ledger_accounts", "balance_cents"): lambda i, _values: 1234 * i,         # may_go_negative OR >= 0
+    ("ledger_entries", "amount_cents"): lambda i, _values: (-1) ** i * 1234,   # <> 0
+}
 
 
 def revisions_base_to_head() -> list[str]:

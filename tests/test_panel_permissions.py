@@ -85,6 +85,8 @@ PUBLIC_ELSEWHERE = {
     "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
     "api.products", "api.new_order", "api.get_order", "api.payment_methods",
     "pay.notify", "shop.payment_return", "shop.order_status",
+    # The agent API: signed by the agent's key (kamengd.agents.auth), never a staff session.
+    "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",
 }
 
 
