@@ -89,6 +89,7 @@ class Load:
         self.answers = []           # every HTTP status received
         self.unanswered = 0         # requests the dead server never answered (tried again)
         self.busy = 0               # 503 answers (the database away or locked)
+        self.callbacks_not_recorded = 0   # callbacks answered "fail" (not stored: the gateway calls again)
         self.bad_busy = []          # 503 answers that were not the JSON busy error with Retry-After
         self.done = 0
         self.lock = threading.Lock()
@@ -130,6 +131,8 @@ class Load:
                 with self.lock:
                     self.paid.add(order["order_no"])
                 break
+            with self.lock:
+                self.callbacks_not_recorded += 1
             time.sleep(0.1)
         status, text = self._until_answered(i, "GET", f"/api/v1/orders/{order['order_no']}?token={order['token']}")
         assert status == 200, (status, text)
