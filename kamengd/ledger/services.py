@@ -167,17 +167,11 @@ def _write(session: Session, cause: str, kind: str, amounts: dict[int, int], unc
     return txn_id
 
 
-_SHOP_IDS: dict[tuple[str, str], AccountRef] = {}
-
-
 def shop_ref(session: Session, name: str, currency: str = DEFAULT_CURRENCY) -> AccountRef:
-    """The shop's account `name` by id, remembered per database (accounts are never removed)."""
-    key = (str(session.get_bind().url), name)
-    found = _SHOP_IDS.get(key)
-    if found is None or found.currency != currency:
-        account = shop_account(session, name, currency)
-        found = _SHOP_IDS[key] = AccountRef(account.id, account.currency, account.kind)
-    return found
+    """The shop's account `name` as `post` needs it. Read in the caller's transaction every
+    time: an id remembered across transactions could name a row a rolled-back one made."""
+    account = shop_account(session, name, currency)
+    return AccountRef(account.id, account.currency, account.kind)
 
 
 def balances(session: Session, agent_id: int) -> dict[str, int]:
