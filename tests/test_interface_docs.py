@@ -68,14 +68,19 @@ def _stable_rows(text: str):
         yield " ".join(path), set(re.findall(r"--[a-z][a-z-]*", cell)), cell
 
 
-def test_the_stable_commands_exist_with_their_options():
+def assert_commands_exist(page: str, heading: str, at_least: int) -> None:
+    """Every command of the page's `| command | ... |` table exists, with every option it names."""
     known = commands()
-    rows = list(_stable_rows(section(read("cli.md"), "The stable commands")))
-    assert len(rows) >= 15
+    rows = list(_stable_rows(section(read(page), heading)))
+    assert len(rows) >= at_least
     for path, options, cell in rows:
         assert path in known, f"{cell}: no such command"
         offered = {opt for p in known[path].params for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
         assert options <= offered, f"{cell}: {sorted(options - offered)} not offered"
+
+
+def test_the_stable_commands_exist_with_their_options():
+    assert_commands_exist("cli.md", "The stable commands", 15)
 
 
 def _app_rules(app):
@@ -99,13 +104,7 @@ def test_every_agent_api_route_is_described_and_nothing_more(backend, app):
 
 
 def test_the_agents_commands_exist_with_their_options():
-    known = commands()
-    rows = list(_stable_rows(section(read("agent-api.md"), "Commands")))
-    assert len(rows) >= 5
-    for path, options, cell in rows:
-        assert path in known, f"{cell}: no such command"
-        offered = {opt for p in known[path].params for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
-        assert options <= offered, f"{cell}: {sorted(options - offered)} not offered"
+    assert_commands_exist("agent-api.md", "Commands", 5)
 
 
 def test_every_error_code_is_in_the_table():

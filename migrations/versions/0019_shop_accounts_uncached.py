@@ -31,8 +31,8 @@ def upgrade() -> None:
         batch_op.alter_column('balance_after_cents',
                existing_type=sa.BIGINT(),
                nullable=True)
-    shop = "SELECT id FROM ledger_accounts WHERE kind = 'shop'"
-    op.execute(f"UPDATE ledger_entries SET balance_after_cents = NULL WHERE account_id IN ({shop})")
+    op.execute("UPDATE ledger_entries SET balance_after_cents = NULL "
+               "WHERE account_id IN (SELECT id FROM ledger_accounts WHERE kind = 'shop')")
     op.execute("UPDATE ledger_accounts SET balance_cents = 0 WHERE kind = 'shop'")
     # ### end Alembic commands ###
 
