@@ -51,3 +51,19 @@ def parse_gateway_money(text) -> int | None:
     whole, _, fraction = text.partition(".")
     cents = int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
     return cents if 0 < cents < MAX_CENTS else None
+
+
+def parse_plain_money(text, *, field: str = "amount", allow_zero: bool = False) -> int:
+    """An amount a person typed ('12', '12.3', '12.34'): cents. Only ASCII digits and one
+    point with at most two places: no sign, exponent, spaces inside or other digits."""
+    raw = text.strip() if isinstance(text, str) else text
+    if not isinstance(raw, str) or not _GATEWAY_MONEY.fullmatch(raw):
+        shown = raw[:40] if isinstance(raw, str) else raw
+        raise InvalidRequest("%(field)s: %(raw)r is not an amount such as 12.34", field=field, raw=shown)
+    whole, _, fraction = raw.partition(".")
+    cents = int(whole) * 100 + int(fraction.ljust(2, "0") or 0)
+    if cents == 0 and not allow_zero:
+        raise InvalidRequest("%(field)s: must be more than zero", field=field)
+    if cents >= MAX_CENTS:
+        raise InvalidRequest("%(field)s: %(raw)r is too large", field=field, raw=raw[:40])
+    return cents

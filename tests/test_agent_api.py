@@ -77,7 +77,7 @@ def test_products_and_balance_at_the_agents_price(backend, client, network):
     mine = next(p for p in answer.get_json()["products"] if p["id"] == network["product"])
     assert (mine["price"], mine["shop_price"], mine["stock"]) == ("8.91", "9.90", 10)
     assert signed(client, alice, "GET", "/api/v1/agent/balance").get_json() == {
-        "balance": "30.00", "pending": "0.00", "held": "0.00", "currency": "CNY"}
+        "balance": "30.00", "pending": "0.00", "held": "0.00", "debt": "0.00", "currency": "CNY"}
 
 
 def test_an_order_paid_from_the_balance_delivers_its_keys_once(backend, app, client, network):

@@ -77,7 +77,7 @@ def test_a_tree_of_agents_three_levels_deep(backend, session):
     assert summary["parent"] == mid.username and summary["balance"] == "0.00" and summary["discount"] == "15.00"
     # Each agent has its three accounts, at zero.
     kinds = session.scalars(sa.select(LedgerAccount.kind).where(LedgerAccount.agent_id == low.id)).all()
-    assert sorted(kinds) == ["available", "held", "pending"]
+    assert sorted(kinds) == ["available", "debt", "held", "pending"]
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_a_reference_books_once(backend, session, agent):
     again = agents.credit_balance(session, agent, 500, reason="promo", actor="t", reference=ref)
     assert first.booked and not again.booked and again.transaction_id == first.transaction_id
     assert ledger.balances(session, agent.id)["available"] == 500
-    with pytest.raises(Conflict, match="other amounts"):
+    with pytest.raises(Conflict, match="another credit"):
         agents.credit_balance(session, agent, 600, reason="promo", actor="t", reference=ref)
     for bad in ("", "a b", "x" * 65, "中文"):
         with pytest.raises(InvalidRequest, match="reference"):

@@ -33,6 +33,7 @@ _keys, _agents, _levels, _nonces, _accounts = (AgentApiKey.__table__, Agent.__ta
 # The key, its agent, the agent's level and spendable account, in one read.
 _CALLER = (sa.select(_keys.c.secret_nonce, _keys.c.secret_ciphertext, _keys.c.secret_key_version, _keys.c.revoked_at,
                      _agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
+                     _agents.c.parent_id,
                      _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency)
            .select_from(_keys.join(_agents, _agents.c.id == _keys.c.agent_id)
                         .join(_levels, _levels.c.id == _agents.c.level_id)
@@ -53,6 +54,7 @@ class Caller:
     nonce: str
     account_id: int        # its spendable ledger account
     currency: str
+    parent_id: int | None = None   # None: nobody above it earns commission on its orders
 
 
 def verify_request(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
@@ -78,7 +80,7 @@ def verify_request(session: Session, vault: Vault, *, headers, method: str, path
     if not signing.signature_matches(secret, signature, method, path_with_query, timestamp, nonce, body):
         raise Unauthorized("wrong signature")
     return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, key_id, nonce, row.account_id,
-                  row.currency)
+                  row.currency, row.parent_id)
 
 
 def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:

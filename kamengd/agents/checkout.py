@@ -35,6 +35,7 @@ from ..orders.checkout import new_order_no, reserve_keys, token_hash
 from ..orders.models import Order
 from ..orders.services import RESOLVED
 from ..vault import Vault
+from . import commission
 from .auth import Caller, spend_nonce
 from .models import Agent, AgentLevel
 from .services import agent_price
@@ -173,6 +174,11 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
         if sold != values["quantity"] or conn.execute(_DELIVER, {"for_order": order_id, "now": now}).rowcount != 1:
             raise RuntimeError(f"order {values['order_no']}: {sold} of {values['quantity']} keys sold")
         status = "delivered"
+        if caller.parent_id is not None:
+            commission.book_commission(session, order_id=order_id, order_no=values["order_no"],
+                                       agent_id=caller.agent_id, paid_unit_cents=values["unit_price_cents"],
+                                       price_cents=product.price_cents, quantity=values["quantity"],
+                                       currency=account.currency, now=now, savepoint=False)
     order = _Placed(order_id, values, status, now)
     # An auto order's buyer is the agent (no mail); staff hear of a manual one as of any paid order.
     emit_many(session, [("order.delivered" if auto else "order.paid", payload_of(order, product.name))], now)

@@ -73,3 +73,73 @@ class ApiNonce(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     __table_args__ = (sa.UniqueConstraint("key_id", "nonce", name="uq_agent_api_nonces_key_nonce"),)
+
+
+class Commission(db.Model):
+    """What one ancestor earned on one delivered order: booked pending with the delivery,
+    available after the hold, reversed if the order is refunded. One row per order and
+    agent (the unique key is what makes it once, whatever delivers the order again)."""
+    __tablename__ = "commissions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"))
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"))
+    # From which agent's price this one's margin was taken (None: the buyer's price).
+    below_agent_id: Mapped[int | None] = mapped_column(sa.Integer)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[str] = mapped_column(sa.String(16))   # pending, available, reversed
+    booked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    release_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reversed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Of a reversal after the hold: the part the agent's available balance did not cover.
+    debt_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+
+    __table_args__ = (
+        sa.UniqueConstraint("order_id", "agent_id", name="uq_commissions_order_agent"),
+        sa.Index("ix_commissions_status_release", "status", "release_at"),
+        sa.Index("ix_commissions_agent", "agent_id", "id"),
+        sa.CheckConstraint("amount_cents > 0", name="positive"),
+    )
+
+
+class PayoutAccount(db.Model):
+    """Where an agent's withdrawals are paid: an Alipay account, a bank card or a USDT address."""
+    __tablename__ = "payout_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    account: Mapped[str] = mapped_column(sa.String(128))
+    holder: Mapped[str] = mapped_column(sa.String(64))
+    bank: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Removed accounts stay: the withdrawals paid to them name them.
+    removed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Withdrawal(db.Model):
+    """An agent's request to be paid out. The amount is held in the agent's ledger at once;
+    finance pays it (a reference) or rejects it (the amount goes back)."""
+    __tablename__ = "withdrawals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"))
+    payout_account_id: Mapped[int] = mapped_column(sa.ForeignKey("payout_accounts.id"))
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)    # held, taken from the balance
+    fee_cents: Mapped[int] = mapped_column(sa.BigInteger)       # kept by the shop on payment
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[str] = mapped_column(sa.String(16))          # requested, paid, rejected
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reviewed_by: Mapped[str | None] = mapped_column(sa.String(80))
+    reference: Mapped[str | None] = mapped_column(sa.String(128))
+    reason: Mapped[str | None] = mapped_column(sa.String(200))
+
+    __table_args__ = (
+        sa.Index("ix_withdrawals_agent", "agent_id", "requested_at"),
+        sa.Index("ix_withdrawals_status", "status", "id"),
+        sa.CheckConstraint("amount_cents > 0", name="positive"),
+        sa.CheckConstraint("fee_cents >= 0 AND fee_cents < amount_cents", name="fee_range"),
+    )

@@ -259,14 +259,22 @@ def credit_balance(session: Session, agent: Agent, amount_cents: int, *, reason:
     if reference is not None and not REFERENCE_RE.fullmatch(reference):
         raise InvalidRequest("reference: 1 to 64 letters, digits or _ . : -")
     cause = f"credit:{reference}" if reference is not None else f"credit:{secrets.token_hex(12)}"
-    mine = ledger.account_by_name(session, ledger.agent_account_name(agent.id, "available"))
-    shop = ledger.shop_account(session, "shop:adjustments", mine.currency)
+    mine = ledger.agent_refs(session, agent.id)
+    earlier = ledger.booked_before(session, cause) if reference is not None else None
+    if earlier is not None:   # a retry: the same credit, once (however its debt was repaid then)
+        if sum(earlier.amounts.get(a.id, 0) for a in mine.values()) != amount_cents:
+            raise Conflict("reference %(reference)s was used for another credit", reference=reference)
+        return earlier
+    shop = ledger.shop_ref(session, "shop:adjustments", mine["available"].currency)
+    # A credit repays what the agent owes first; a debit takes only from the spendable balance.
+    legs = ledger.agent_credit_legs(session, agent.id, amount_cents) if amount_cents > 0 else \
+        [(mine["available"], amount_cents)]
     booking = ledger.post(session, cause=cause, kind="credit" if amount_cents > 0 else "debit",
-                          legs=[(mine, amount_cents), (shop, -amount_cents)], actor=actor, memo=reason)
+                          legs=[*legs, (shop, -amount_cents)], actor=actor, memo=reason)
     if booking.booked:
         record(session, "balance.credit", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
                details={"username": agent.username, "amount": format_cents(amount_cents), "reason": reason,
                         "cause": cause})
-    elif booking.amounts.get(mine.id) is None:
-        raise Conflict("reference %(reference)s was used for another agent", reference=reference)
+    elif sum(booking.amounts.get(a.id, 0) for a in mine.values()) != amount_cents:
+        raise Conflict("reference %(reference)s was used for another credit", reference=reference)
     return booking

@@ -1,6 +1,7 @@
 """The agent API (kamengd/docs/agent-api.md): signed JSON under /api/v1/agent, thin views."""
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
 from ..context import get_vault
@@ -8,8 +9,11 @@ from ..errors import InvalidRequest
 from ..extensions import db
 from ..ledger import services as ledger
 from ..money import format_cents
+from ..orders.models import Order
 from .auth import Caller, spend_nonce, verify_request
+from . import withdrawals
 from .checkout import agent_order, agent_products, place_agent_order
+from .models import Agent, Commission
 
 bp = Blueprint("agent_api", __name__, url_prefix="/api/v1/agent")
 MAX_BODY = 64 * 1024
@@ -49,18 +53,84 @@ def balance():
     caller = _spent(signed_caller())
     money = ledger.balances(db.session, caller.agent_id)
     return jsonify({"balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
-                    "held": format_cents(money["held"]), "currency": ledger.DEFAULT_CURRENCY})
+                    "held": format_cents(money["held"]), "debt": format_cents(-money["debt"]),
+                    "currency": ledger.DEFAULT_CURRENCY})
 
 
-@bp.post("/orders")
-def new_order():
-    caller = signed_caller(end_read=False)   # the order reads on, then spends the nonce as it writes
+def _json_body() -> dict:
     try:
         body = request.get_json(silent=True)
     except RecursionError:
         body = None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def _actor(caller: Caller) -> str:
+    return f"agent:{caller.username}"
+
+
+@bp.get("/payout-accounts")
+def list_payout_accounts():
+    caller = _spent(signed_caller())
+    return jsonify({"accounts": [{"id": a.id, "kind": a.kind, "account": a.account, "holder": a.holder,
+                                  "bank": a.bank} for a in withdrawals.payout_accounts(db.session, caller.agent_id)]})
+
+
+@bp.post("/payout-accounts")
+def add_payout_account():
+    caller = _spent(signed_caller())
+    body = _json_body()
+    row = withdrawals.add_payout_account(db.session, db.session.get(Agent, caller.agent_id), kind=body.get("kind"),
+                                         account=body.get("account"), holder=body.get("holder"),
+                                         bank=body.get("bank", ""), actor=_actor(caller),
+                                         source_ip=request.remote_addr)
+    response = jsonify({"id": row.id, "kind": row.kind, "account": row.account, "holder": row.holder,
+                        "bank": row.bank})
+    response.status_code = 201
+    return response
+
+
+@bp.get("/withdrawals")
+def list_withdrawals():
+    caller = _spent(signed_caller())
+    rows = withdrawals.list_withdrawals(db.session, agent_id=caller.agent_id, limit=100)
+    return jsonify({"withdrawals": [withdrawals.withdrawal_view(r) for r in rows]})
+
+
+@bp.post("/withdrawals")
+def request_withdrawal():
+    caller = _spent(signed_caller())
+    body = _json_body()
+    row = withdrawals.request_withdrawal(db.session, db.session.get(Agent, caller.agent_id),
+                                         payout_account_id=body.get("payout_account_id"), amount=body.get("amount"),
+                                         actor=_actor(caller), source_ip=request.remote_addr)
+    response = jsonify(withdrawals.withdrawal_view(row))
+    response.status_code = 201
+    return response
+
+
+@bp.get("/commissions")
+def list_commissions():
+    caller = _spent(signed_caller())
+    rows = db.session.scalars(sa.select(Commission).where(Commission.agent_id == caller.agent_id)
+                              .order_by(Commission.id.desc()).limit(100)).all()
+    return jsonify({"commissions": [commission_view(db.session, c) for c in rows]})
+
+
+def commission_view(session, row: Commission) -> dict:
+    order_no = session.scalar(sa.select(Order.order_no).where(Order.id == row.order_id))
+    return {"id": row.id, "order_no": order_no, "amount": format_cents(row.amount_cents), "currency": row.currency,
+            "status": row.status, "booked_at": row.booked_at.isoformat(timespec="seconds") + "Z",
+            "release_at": row.release_at.isoformat(timespec="seconds") + "Z",
+            "debt": format_cents(row.debt_cents)}
+
+
+@bp.post("/orders")
+def new_order():
+    caller = signed_caller(end_read=False)   # the order reads on, then spends the nonce as it writes
+    body = _json_body()
     order, placed = place_agent_order(db.session, get_vault(), caller, product_id=body.get("product_id"),
                                       quantity=body.get("quantity"),
                                       idempotency_key=request.headers.get("Idempotency-Key"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..agents import services as agents
+from ..agents import withdrawals
 from ..audit.services import cli_actor
 from ..context import get_vault
 from ..errors import KamengdError
@@ -183,9 +184,10 @@ def balance_show(username, as_json):
     money = ledger.balances(db.session, the_agent.id)
     emit(as_json, {"username": the_agent.username, "balance": format_cents(money["available"]),
                    "pending": format_cents(money["pending"]), "held": format_cents(money["held"]),
-                   "currency": ledger.DEFAULT_CURRENCY},
+                   "debt": format_cents(-money["debt"]), "currency": ledger.DEFAULT_CURRENCY},
          f"{the_agent.username}: balance {format_cents(money['available'])} {ledger.DEFAULT_CURRENCY}, "
-         f"pending {format_cents(money['pending'])}, held {format_cents(money['held'])}")
+         f"pending {format_cents(money['pending'])}, held {format_cents(money['held'])}"
+         + (f", owes {format_cents(-money['debt'])}" if money["debt"] else ""))
 
 
 @cli.group("ledger")
@@ -204,3 +206,64 @@ def ledger_verify(as_json):
                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     emit(as_json, {"ok": True, "accounts": checked, "problems": []},
          f"the ledger adds up: {checked} accounts, every balance the sum of its entries")
+
+
+@cli.group("withdrawal")
+def withdrawal_group():
+    """Agents' withdrawals: finance pays or rejects what agents requested."""
+
+
+def _withdrawal_id(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or len(value) > 10:
+        raise KamengdError(f"--id: {value[:20]!r} is not a withdrawal id")
+    return int(value)
+
+
+@withdrawal_group.command("list")
+@click.option("--status", type=click.Choice(withdrawals.STATUSES), help="Only these (default: all).")
+@click.option("--username", help="Only this agent's.")
+@json_option
+@with_app(readonly=True)
+def withdrawal_list(status, username, as_json):
+    """Withdrawals, newest first (at most 200)."""
+    agent_id = agents.get_agent(db.session, username).id if username else None
+    rows = withdrawals.list_withdrawals(db.session, status=status, agent_id=agent_id)
+    names = {a.id: a.username for a in agents.list_agents(db.session)}
+    views = []
+    for row in rows:
+        view = withdrawals.withdrawal_view(row, db.session.get(withdrawals.PayoutAccount, row.payout_account_id))
+        view["username"] = names.get(row.agent_id)
+        views.append(view)
+    if as_json:
+        emit(True, {"withdrawals": views}, "")
+        return
+    for v in views:
+        click.echo(f"{v['id']:>6}  {v['username']:<24} {v['amount']:>12} fee {v['fee']:>8} {v['status']:<10} "
+                   f"{v['to']['kind']} {v['to']['account']} ({v['to']['holder']})  {v['requested_at']}")
+
+
+@withdrawal_group.command("pay")
+@click.option("--id", "withdrawal_id", required=True, metavar="N")
+@click.option("--reference", required=True, help="The payment's reference at the bank, Alipay or chain.")
+@json_option
+@with_app
+def withdrawal_pay(withdrawal_id, reference, as_json):
+    """Mark a requested withdrawal paid (its amount leaves the agent's held money). Audited."""
+    row = withdrawals.pay_withdrawal(db.session, _withdrawal_id(withdrawal_id), reference=reference,
+                                     actor=cli_actor())
+    emit(as_json, withdrawals.withdrawal_view(row),
+         f"withdrawal {row.id} paid: {format_cents(row.amount_cents - row.fee_cents)} "
+         f"(fee {format_cents(row.fee_cents)}), reference {row.reference}")
+
+
+@withdrawal_group.command("reject")
+@click.option("--id", "withdrawal_id", required=True, metavar="N")
+@click.option("--reason", required=True, help="Why (the agent sees it).")
+@json_option
+@with_app
+def withdrawal_reject(withdrawal_id, reason, as_json):
+    """Reject a requested withdrawal: its amount goes back to the agent's balance. Audited."""
+    row = withdrawals.reject_withdrawal(db.session, _withdrawal_id(withdrawal_id), reason=reason,
+                                        actor=cli_actor())
+    emit(as_json, withdrawals.withdrawal_view(row),
+         f"withdrawal {row.id} rejected: {format_cents(row.amount_cents)} back to the agent's balance")

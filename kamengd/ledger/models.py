@@ -20,10 +20,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..database import UTCDateTime, utcnow
 from ..extensions import db
 
-# What an agent's money is in: spendable, commission not yet released, held for a withdrawal.
-AGENT_KINDS = ("available", "pending", "held")
+# What an agent's money is in: spendable, commission not yet released, held for a withdrawal,
+# and what it owes (a commission reversed after it was spent: zero or below, never above).
+AGENT_KINDS = ("available", "pending", "held", "debt")
+DEBT = "debt"
 # The shop's side of every movement (these may go negative: they are the shop's books).
-SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts")
+SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts", "shop:fees")
 
 
 class LedgerAccount(db.Model):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ..database import utcnow
 from ..errors import Conflict, InsufficientBalance, InvalidRequest
 from ..money import format_cents
-from .models import AGENT_KINDS, SHOP_ACCOUNTS, LedgerAccount, LedgerEntry, LedgerTransaction
+from .models import AGENT_KINDS, DEBT, SHOP_ACCOUNTS, LedgerAccount, LedgerEntry, LedgerTransaction
 
 DEFAULT_CURRENCY = "CNY"
 MAX_CAUSE = 96
@@ -39,7 +39,7 @@ def open_agent_accounts(session: Session, agent_id: int, currency: str = DEFAULT
     """An agent's accounts, made with the agent (in its transaction)."""
     for kind in AGENT_KINDS:
         session.add(LedgerAccount(name=agent_account_name(agent_id, kind), agent_id=agent_id, kind=kind,
-                                  currency=currency, balance_cents=0, may_go_negative=False))
+                                  currency=currency, balance_cents=0, may_go_negative=kind == DEBT))
     session.flush()
 
 
@@ -87,10 +87,12 @@ def _cached(account) -> bool:
     return account.kind != "shop"
 
 
+# Protected accounts never below zero; a debt never above it (more repaid than owed).
 _MOVE = (_accounts.update()
          .where(_accounts.c.id == sa.bindparam("account_id"),
                 sa.or_(_accounts.c.may_go_negative.is_(True),
-                       _accounts.c.balance_cents + sa.bindparam("amount") >= 0))
+                       _accounts.c.balance_cents + sa.bindparam("amount") >= 0),
+                sa.or_(_accounts.c.kind != DEBT, _accounts.c.balance_cents + sa.bindparam("amount") <= 0))
          .values(balance_cents=_accounts.c.balance_cents + sa.bindparam("amount")))
 _BALANCE = sa.select(_accounts.c.balance_cents).where(_accounts.c.id == sa.bindparam("account_id"))
 _NEW_TRANSACTION = _transactions.insert()
@@ -174,6 +176,35 @@ def shop_ref(session: Session, name: str, currency: str = DEFAULT_CURRENCY) -> A
     return AccountRef(account.id, account.currency, account.kind)
 
 
+def agent_refs(session: Session, agent_id: int) -> dict[str, AccountRef]:
+    """{kind: account} of one agent."""
+    rows = session.execute(sa.select(_accounts.c.kind, _accounts.c.id, _accounts.c.currency)
+                           .where(_accounts.c.agent_id == agent_id)).all()
+    return {kind: AccountRef(id_, currency, kind) for kind, id_, currency in rows}
+
+
+def agent_credit_legs(session: Session, agent_id: int, cents: int) -> list[tuple[AccountRef, int]]:
+    """Legs that give an agent `cents`: what it owes is repaid first, the rest is spendable.
+    The debt's row is locked first (MariaDB: two repayments never both see the same debt)."""
+    accounts = agent_refs(session, agent_id)
+    owed = -session.execute(sa.select(_accounts.c.balance_cents).where(_accounts.c.id == accounts[DEBT].id)
+                            .with_for_update()).scalar_one()
+    repay = min(owed, cents)
+    legs = [(accounts[DEBT], repay)] if repay else []
+    if cents - repay:
+        legs.append((accounts["available"], cents - repay))
+    return legs
+
+
+def booked_before(session: Session, cause: str) -> Booking | None:
+    """The movement booked for `cause` (booked=False), or None."""
+    earlier = session.execute(sa.select(_transactions.c.id).where(_transactions.c.cause == cause)).scalar()
+    if earlier is None:
+        return None
+    return Booking(earlier, cause, False, dict(session.execute(
+        sa.select(_entries.c.account_id, _entries.c.amount_cents).where(_entries.c.transaction_id == earlier)).all()))
+
+
 def balances(session: Session, agent_id: int) -> dict[str, int]:
     """{kind: cents} of an agent's accounts."""
     rows = session.execute(sa.select(LedgerAccount.kind, LedgerAccount.balance_cents)
@@ -209,6 +240,8 @@ def verify(session: Session) -> tuple[int, list[str]]:
                             f"its last entry says {format_cents(lasts[account.id])}")
         if account.balance_cents < 0 and not account.may_go_negative:
             problems.append(f"{account.name}: negative balance {format_cents(account.balance_cents)}")
+        if account.kind == DEBT and account.balance_cents > 0:
+            problems.append(f"{account.name}: a debt above zero ({format_cents(account.balance_cents)})")
     unbalanced = session.execute(
         sa.select(_transactions.c.cause, sa.func.sum(_entries.c.amount_cents))
         .join(_entries, _entries.c.transaction_id == _transactions.c.id)

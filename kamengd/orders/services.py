@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..accounts.passwords import verify_password
+from ..agents import commission
 from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
@@ -85,6 +86,8 @@ RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
 
 
 def delivered(session: Session, order: Order, now: dt.datetime) -> None:
+    if order.agent_id:   # the agents above it earn their commission in this transaction
+        commission.book_for_order(session, order, session.get(Product, order.product_id).price_cents, now)
     if order.email:   # an agent's order has no buyer's address: the agent reads its keys from the API
         queue_delivery_email(session, order)
     emit(session, "order.delivered", order_payload(session, order), now)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..agents import commission
 from ..agents.models import Agent
 from ..audit.models import AuditEntry
 from ..audit.services import record
@@ -312,11 +313,15 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
     released = _release_reserved(session, order)
     sold = key_counts(session, order).get("sold", 0)
     to_balance = _refund_to_balance(session, order, actor)
+    reversed_ = commission.reverse_commissions(session, order.id, order.order_no, actor=actor, now=now)
     record(session, "order.refund", actor=actor, target=target(order), source_ip=source_ip,
            details={"reason": reason, "previous_status": previous,
                     "amount": format_cents(order.amount_cents), "currency": order.currency,
                     "keys_released": released, "keys_kept_sold": sold,
-                    **({"refunded_to_balance": format_cents(to_balance)} if to_balance else {})})
+                    **({"refunded_to_balance": format_cents(to_balance)} if to_balance else {}),
+                    **({"commission_reversed": [{"agent_id": r["agent_id"], "amount": format_cents(r["amount"]),
+                                                 "debt": format_cents(r["debt"])} for r in reversed_]}
+                       if reversed_ else {})})
     return Refund(order, previous, released, sold)
 
 
@@ -325,11 +330,10 @@ def _refund_to_balance(session: Session, order: Order, actor: str) -> int:
     cause names the order). The cents credited."""
     if not order.agent_id or not order.amount_cents:
         return 0
-    mine = ledger.account_by_name(session, ledger.agent_account_name(order.agent_id, "available"))
-    sales = ledger.shop_account(session, "shop:sales", mine.currency)
+    sales = ledger.shop_ref(session, "shop:sales", order.currency)
     ledger.post(session, cause=f"order:{order.order_no}:refund", kind="refund",
-                legs=[(mine, order.amount_cents), (sales, -order.amount_cents)], actor=actor,
-                memo=f"refund of order {order.order_no}")
+                legs=[*ledger.agent_credit_legs(session, order.agent_id, order.amount_cents),
+                      (sales, -order.amount_cents)], actor=actor, memo=f"refund of order {order.order_no}")
     return order.amount_cents
 
 

@@ -129,6 +129,7 @@ def job_name(job: str) -> str:
         "settle_payments": _("Daily settlement"), "daily_backup": _("Daily backup"),
         "retire_old_keys": _("Retire old data keys"), "prune_history": _("Prune old history"),
         "prune_api_nonces": _("Forget old agent API nonces"),
+        "release_commissions": _("Release agents' commission after its hold"),
     }.get(job, job)
 
 

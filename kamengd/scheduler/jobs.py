@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from ..agents.auth import prune_nonces
+from ..agents.commission import release_commissions as release_due_commissions
 from ..backup import services as backup
 from ..context import get_config, get_vault
 from ..inventory import warnings
@@ -95,6 +96,11 @@ def prune_api_nonces(session: Session) -> dict:
     return {"nonces": prune_nonces(session)}
 
 
+def release_commissions(session: Session) -> dict:
+    """Agents' commissions past their hold (agents.commission_hold_days) become spendable."""
+    return release_due_commissions(session)
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -110,4 +116,5 @@ JOBS = {
     "retire_old_keys": (retire_old_keys, 600),
     "prune_history": (prune_history, 3600),
     "prune_api_nonces": (prune_api_nonces, 300),
+    "release_commissions": (release_commissions, 300),
 }

@@ -24,6 +24,7 @@ from ..config import EVENT_TYPES, STAFF_EVENTS
 from ..context import get_config
 from ..errors import Collector, InvalidRequest
 from ..extensions import db
+from ..money import format_cents, parse_plain_money
 from ..validation import has_control_characters, is_email_address
 from ..vault import Vault
 from .models import Setting, SettingSecret
@@ -60,6 +61,19 @@ def shop_look() -> dict:
         db.session.rollback()
         stored = {}
     return {key.removeprefix("site."): decode_setting(key, stored.get(key)) for key in keys}
+
+
+def _amount(text: str) -> str:
+    """An amount of money, kept as written plainly ('10', '10.5' -> '10.50')."""
+    return format_cents(parse_plain_money(text, field="amount", allow_zero=True))
+
+
+def _percent(text: str) -> str:
+    """A percentage of 0 to 100 with at most two places ('1.5' -> '1.50')."""
+    cents = parse_plain_money(text, field="percentage", allow_zero=True)
+    if cents > 10000:
+        raise InvalidRequest("%(value)r is more than 100", value=text[:40])
+    return format_cents(cents)
 
 
 def _site_url(text: str) -> str:
@@ -146,6 +160,19 @@ SETTINGS: dict[str, SettingSpec] = {
     "orders.manual_sla_minutes": SettingSpec(
         int, 60, "Minutes staff have to deliver a paid manual-delivery order before it is flagged (order.stuck).",
         minimum=1, maximum=10080),
+    # Agents: commission and withdrawals (amounts in the shop's currency).
+    "agents.commission_hold_days": SettingSpec(
+        int, 7, "Days an agent's commission stays pending (reversed, not taken back, if the order is refunded "
+        "meanwhile) before it can be spent or withdrawn.", minimum=0, maximum=365),
+    "withdrawals.minimum": SettingSpec(str, "10.00", "Smallest withdrawal an agent may request.", max_length=16,
+                                       single_line=True, check=_amount),
+    "withdrawals.fee_percent": SettingSpec(str, "0.00", "Fee the shop keeps of each withdrawal, in percent.",
+                                           max_length=8, single_line=True, check=_percent),
+    "withdrawals.fee_fixed": SettingSpec(str, "0.00", "Fixed fee the shop keeps of each withdrawal (added to "
+                                         "the percentage).", max_length=16, single_line=True, check=_amount),
+    "withdrawals.daily_limit": SettingSpec(str, "0.00", "Most an agent may request in withdrawals a day (the "
+                                           "shop's time zone); 0: no limit.", max_length=16, single_line=True,
+                                           check=_amount),
     # The mail server: [smtp] of the config file, or these (and the secret smtp.password).
     "smtp.source": SettingSpec(str, "file", "file: the mail server of the config file ([smtp]); panel: the "
                                "smtp.* settings here.", choices=SOURCES, group="smtp"),

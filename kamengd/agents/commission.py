@@ -1,0 +1,162 @@
+"""Commission: what the agents above a sale earn on it, booked once per order and agent.
+
+The rule, in one place (`margins`): start from the price the order was paid at
+per unit (an agent's own order: its cost). Walk up the agent's ancestors; each
+earns that price less its own cost (the product's price less its level's
+discount), and its cost becomes the price the next one up is measured from. An
+ancestor whose cost is not below the price earns nothing and leaves the price
+as it was, so the shop always keeps the lowest cost in the chain and never
+pays more commission than the margin there is.
+
+Life of a commission: *pending* from the delivery's transaction (the ledger
+moves it from the shop's commission account into the agent's pending
+account), *available* once the hold has passed (the `release_commissions`
+job), *reversed* if the order is refunded — from pending before the hold,
+from available after it; what the available balance no longer covers then
+becomes a recorded debt, repaid first from the agent's next money. Each step
+is a conditional UPDATE of the commission's row (only one of the hold job and
+a refund can move it) plus a ledger movement whose cause names the row.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..database import utcnow
+from ..ledger import services as ledger
+from ..ledger.models import DEBT, LedgerAccount
+from ..settings.services import get_setting
+from .models import Agent, AgentLevel, Commission
+from .services import MAX_DEPTH, agent_price
+
+_a, _l, _c, _acc = Agent.__table__, AgentLevel.__table__, Commission.__table__, LedgerAccount.__table__
+_UP = (sa.select(_a.c.id, _a.c.parent_id, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
+       .where(_a.c.id == sa.bindparam("agent_id")))
+_ACCOUNTS = sa.select(_acc.c.agent_id, _acc.c.kind, _acc.c.id, _acc.c.currency).where(
+    _acc.c.agent_id.in_(sa.bindparam("agent_ids", expanding=True)))
+
+
+def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cents: int,
+            quantity: int) -> list[tuple[int, int, int]]:
+    """[(ancestor id, the agent below whose price it earned from, cents)] of a sale at
+    `paid_unit_cents` a unit by (or through) `agent_id`, nearest ancestor first."""
+    conn = session.connection()
+    earned = []
+    price, below = paid_unit_cents, agent_id
+    parent = conn.execute(_UP, {"agent_id": agent_id}).first().parent_id
+    for _step in range(MAX_DEPTH + 1):   # a tree is never deeper; a loop in it never runs on
+        if parent is None:
+            break
+        row = conn.execute(_UP, {"agent_id": parent}).first()
+        cost = agent_price(price_cents, row.discount_bp)
+        if cost < price:
+            earned.append((row.id, below, (price - cost) * quantity))
+            price, below = cost, row.id
+        parent = row.parent_id
+    return earned
+
+
+def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
+                    price_cents: int, quantity: int, currency: str, now: dt.datetime | None = None,
+                    savepoint: bool = True) -> list[tuple[int, int, int]]:
+    """Book the order's commissions as pending, in the delivery's transaction. Once: a
+    second call for the same order books nothing (the ledger's cause and the rows' key)."""
+    now = now or utcnow()
+    earned = margins(session, agent_id=agent_id, paid_unit_cents=paid_unit_cents, price_cents=price_cents,
+                     quantity=quantity)
+    if not earned:
+        return []
+    pending = _accounts(session, [a for a, _b, _m in earned])
+    commission = ledger.shop_ref(session, "shop:commission", currency)
+    legs = [(pending[a]["pending"], cents) for a, _b, cents in earned]
+    legs.append((commission, -sum(cents for _a, _b, cents in earned)))
+    booking = ledger.post(session, cause=f"order:{order_no}:commission", kind="commission", legs=legs,
+                          actor="system", memo=f"commission on order {order_no}", savepoint=savepoint)
+    if not booking.booked:
+        return []
+    release_at = now + dt.timedelta(days=get_setting(session, "agents.commission_hold_days"))
+    session.connection().execute(_c.insert(), [
+        {"order_id": order_id, "agent_id": a, "below_agent_id": b, "amount_cents": cents, "currency": currency,
+         "status": "pending", "booked_at": now, "release_at": release_at, "debt_cents": 0}
+        for a, b, cents in earned])
+    return earned
+
+
+def book_for_order(session: Session, order, product_price_cents: int, now: dt.datetime | None = None) -> None:
+    """An agent's order just delivered (by the gateway's payment, staff or a waiting sweep)."""
+    if order.agent_id:
+        book_commission(session, order_id=order.id, order_no=order.order_no, agent_id=order.agent_id,
+                        paid_unit_cents=order.unit_price_cents, price_cents=product_price_cents,
+                        quantity=order.quantity, currency=order.currency, now=now)
+
+
+def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, ledger.AccountRef]]:
+    found: dict[int, dict[str, ledger.AccountRef]] = {}
+    for row in session.connection().execute(_ACCOUNTS, {"agent_ids": sorted(set(agent_ids))}):
+        found.setdefault(row.agent_id, {})[row.kind] = ledger.AccountRef(row.id, row.currency, row.kind)
+    return found
+
+
+def release_commissions(session: Session, now: dt.datetime | None = None, batch: int = 200) -> dict:
+    """Pending commissions past their hold become available (a job: a batch per commit)."""
+    now = now or utcnow()
+    released = 0
+    while True:
+        due = session.execute(sa.select(_c.c.id, _c.c.agent_id, _c.c.amount_cents)
+                              .where(_c.c.status == "pending", _c.c.release_at <= now)
+                              .order_by(_c.c.id).limit(batch)).all()
+        for row in due:
+            claimed = session.execute(_c.update().where(_c.c.id == row.id, _c.c.status == "pending")
+                                      .values(status="available", released_at=now)).rowcount
+            if not claimed:   # reversed meanwhile by a refund
+                continue
+            pending = _accounts(session, [row.agent_id])[row.agent_id]["pending"]
+            ledger.post(session, cause=f"commission:{row.id}:release", kind="commission_release",
+                        legs=[(pending, -row.amount_cents), *ledger.agent_credit_legs(session, row.agent_id, row.amount_cents)],
+                        actor="system", memo=f"commission {row.id} released after its hold")
+            released += 1
+        session.commit()
+        if len(due) < batch:
+            return {"released": released}
+
+
+def reverse_commissions(session: Session, order_id: int, order_no: str, *, actor: str,
+                        now: dt.datetime | None = None) -> list[dict]:
+    """The order was refunded: take back what its agents earned on it. Pending: from the
+    pending balance. Already available: from the available balance, and what that no longer
+    holds as a debt. [{agent_id, amount, debt}] of what was reversed now."""
+    now = now or utcnow()
+    ids = session.execute(sa.select(_c.c.id).where(_c.c.order_id == order_id)).scalars().all()
+    reversed_ = []
+    # One row at a time, lowest id first, as the hold job takes them: a lock on several at
+    # once would follow the index, and a refund and the job could each wait for the other.
+    for commission_id in sorted(ids):
+        row = session.execute(sa.select(_c.c.id, _c.c.agent_id, _c.c.amount_cents, _c.c.currency, _c.c.status)
+                              .where(_c.c.id == commission_id).with_for_update()).first()
+        status = row.status   # as locked: the hold job may have moved it while this waited
+        if status not in ("pending", "available"):
+            continue
+        accounts = _accounts(session, [row.agent_id])[row.agent_id]
+        amount, debt = row.amount_cents, 0
+        if status == "pending":
+            legs = [(accounts["pending"], -amount)]
+        else:
+            have = session.execute(sa.select(_acc.c.balance_cents).where(_acc.c.id == accounts["available"].id)
+                                   .with_for_update()).scalar_one()
+            taken = min(have, amount)
+            debt = amount - taken
+            legs = [(accounts["available"], -taken)] if taken else []
+            if debt:
+                legs.append((accounts[DEBT], -debt))
+        done = session.execute(_c.update().where(_c.c.id == row.id, _c.c.status == status)
+                               .values(status="reversed", reversed_at=now, debt_cents=debt)).rowcount
+        if not done:
+            continue
+        commission = ledger.shop_ref(session, "shop:commission", row.currency)
+        ledger.post(session, cause=f"commission:{row.id}:reversal", kind="commission_reversal",
+                    legs=[*legs, (commission, amount)], actor=actor,
+                    memo=f"order {order_no} refunded" + (" after the hold" if status == "available" else ""))
+        reversed_.append({"agent_id": row.agent_id, "amount": amount, "debt": debt, "was": status})
+    return reversed_
