@@ -26,14 +26,14 @@ LAYOUTS = ("waitress", "gunicorn", "gunicorn+scheduler", "two-servers")
 AFFORDABLE, ORDERS, RETRIED = 20, 50, 10
 
 
-def signed_post(base, key_id, secret, path, body, idempotency_key):
+def signed_post(base, key_id, secret, path, body, idempotency_key=None):
     data = json.dumps(body).encode()
     timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
     text = "\n".join(["POST", path, timestamp, nonce, hashlib.sha256(data).hexdigest()])
     request = urllib.request.Request(base + path, data=data, method="POST", headers={
         "X-Kamengd-Key": key_id, "X-Kamengd-Timestamp": timestamp, "X-Kamengd-Nonce": nonce,
         "X-Kamengd-Signature": hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest(),
-        "Content-Type": "application/json", "Idempotency-Key": idempotency_key})
+        "Content-Type": "application/json", **({"Idempotency-Key": idempotency_key} if idempotency_key else {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status, json.load(answer)
@@ -49,7 +49,9 @@ def test_one_balance_many_orders(layout, backend, databases, tmp_path, start_ser
     config, pid, keys = setup_shop(backend, databases, tmp_path)   # 100 keys at 1.00
     cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
     cli("agent", "level", "set", "--name", "base", "--discount", "0")
-    cli("agent", "create", "--username", "racer", "--level", "base")
+    cli("agent", "level", "set", "--name", "above", "--discount", "10")
+    cli("agent", "create", "--username", "upline", "--level", "above")
+    cli("agent", "create", "--username", "racer", "--level", "base", "--parent", "upline")
     cli("balance", "credit", "--username", "racer", "--amount", f"{AFFORDABLE}.00", "--reason", "float")
     key = cli("agent", "apikey", "--username", "racer")
 
@@ -74,5 +76,51 @@ def test_one_balance_many_orders(layout, backend, databases, tmp_path, start_ser
     sold = [k for _idem, ks in delivered.values() for k in ks]
     assert len(sold) == len(set(sold)) == AFFORDABLE and set(sold) <= set(keys)
     assert cli("balance", "show", "--username", "racer")["balance"] == "0.00"
+    # The agent above earned 0.10 on each delivered order, once (retries included).
+    assert cli("balance", "show", "--username", "upline")["pending"] == "2.00"
+    assert cli("ledger", "verify")["ok"] is True
+    assert_clean_logs(start_server)
+
+
+WITHDRAWALS, FLOAT, EACH = 20, "100.00", "15.00"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_twenty_withdrawals_against_one_balance(layout, backend, databases, tmp_path, start_server):
+    """20 withdrawal requests of 15.00 at once against 100.00: six are held (90.00), every
+    other one is refused with 402 and holds nothing; the books add up."""
+    if layout == "two-servers" and backend == "sqlite":
+        pytest.skip("two servers share one database on MariaDB")
+    config, _pid, _keys = setup_shop(backend, databases, tmp_path)
+    cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
+    cli("agent", "level", "set", "--name", "base", "--discount", "0")
+    cli("agent", "create", "--username", "payee", "--level", "base")
+    cli("balance", "credit", "--username", "payee", "--amount", FLOAT, "--reason", "commission earned")
+    key = cli("agent", "apikey", "--username", "payee")
+    bases = start_layout(layout, start_server, config)
+    wait_for_leader(bases[0])
+    status, account = signed_post(bases[0], key["key_id"], key["secret"], "/api/v1/agent/payout-accounts",
+                                  {"kind": "alipay", "account": "13800138000", "holder": "张三"})
+    assert status == 201, account
+
+    def withdraw(i):
+        return signed_post(bases[i % len(bases)], key["key_id"], key["secret"], "/api/v1/agent/withdrawals",
+                           {"payout_account_id": account["id"], "amount": EACH})
+
+    with ThreadPoolExecutor(max_workers=WITHDRAWALS) as pool:
+        answers = list(pool.map(withdraw, range(WITHDRAWALS)))
+    statuses = Counter(status for status, _body in answers)
+    assert statuses == {201: 6, 402: 14}, answers
+    shown = cli("balance", "show", "--username", "payee")
+    assert (shown["balance"], shown["held"]) == ("10.00", "90.00")
+    listed = cli("withdrawal", "list", "--username", "payee")["withdrawals"]
+    assert sorted(w["status"] for w in listed) == ["requested"] * 6
+    # Finance pays one and rejects one: the held money leaves once, or comes back once.
+    cli("withdrawal", "pay", "--id", str(listed[0]["id"]), "--reference", "ALI-2026-0001")
+    cli("withdrawal", "reject", "--id", str(listed[1]["id"]), "--reason", "name does not match")
+    assert run_cli("withdrawal", "pay", "--id", str(listed[0]["id"]), "--reference", "again", config=config).returncode != 0
+    shown = cli("balance", "show", "--username", "payee")
+    assert (shown["balance"], shown["held"]) == ("25.00", "60.00")
     assert cli("ledger", "verify")["ok"] is True
     assert_clean_logs(start_server)

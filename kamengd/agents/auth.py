@@ -30,11 +30,15 @@ KEY_ID_MAX = 32
 
 _keys, _agents, _levels, _nonces, _accounts = (AgentApiKey.__table__, Agent.__table__, AgentLevel.__table__,
                                                ApiNonce.__table__, LedgerAccount.__table__)
-# The key, its agent, the agent's level and spendable account, in one read.
+_shop = _accounts.alias("shop_account")
+# The key, its agent, the agent's level and spendable account, and the shop's accounts its
+# orders book against (made by migration 0020, never removed), in one read.
 _CALLER = (sa.select(_keys.c.secret_nonce, _keys.c.secret_ciphertext, _keys.c.secret_key_version, _keys.c.revoked_at,
                      _agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
                      _agents.c.parent_id,
-                     _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency)
+                     _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency,
+                     *(sa.select(_shop.c.id).where(_shop.c.name == name).scalar_subquery().label(label)
+                       for name, label in (("shop:sales", "sales_id"), ("shop:commission", "commission_id"))))
            .select_from(_keys.join(_agents, _agents.c.id == _keys.c.agent_id)
                         .join(_levels, _levels.c.id == _agents.c.level_id)
                         .join(_accounts, sa.and_(_accounts.c.agent_id == _agents.c.id,
@@ -55,6 +59,8 @@ class Caller:
     account_id: int        # its spendable ledger account
     currency: str
     parent_id: int | None = None   # None: nobody above it earns commission on its orders
+    sales_account_id: int | None = None        # the shop's ledger accounts, as read with the key
+    commission_account_id: int | None = None
 
 
 def verify_request(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
@@ -80,7 +86,7 @@ def verify_request(session: Session, vault: Vault, *, headers, method: str, path
     if not signing.signature_matches(secret, signature, method, path_with_query, timestamp, nonce, body):
         raise Unauthorized("wrong signature")
     return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, key_id, nonce, row.account_id,
-                  row.currency, row.parent_id)
+                  row.currency, row.parent_id, row.sales_id, row.commission_id)
 
 
 def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:

@@ -164,7 +164,8 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
                      until=now)
     amount = values["amount_cents"]
     if amount:
-        sales = ledger.shop_ref(session, "shop:sales", account.currency)
+        sales = ledger.AccountRef(caller.sales_account_id, account.currency, "shop") if caller.sales_account_id \
+            else ledger.shop_ref(session, "shop:sales", account.currency)
         ledger.post(session, cause=f"order:{values['order_no']}:paid", kind="order",
                     legs=[(account, -amount), (sales, amount)], actor=f"agent:{caller.username}",
                     memo=f"{values['quantity']} × {product.name}"[:200], savepoint=False)
@@ -178,7 +179,8 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
             commission.book_commission(session, order_id=order_id, order_no=values["order_no"],
                                        agent_id=caller.agent_id, paid_unit_cents=values["unit_price_cents"],
                                        price_cents=product.price_cents, quantity=values["quantity"],
-                                       currency=account.currency, now=now, savepoint=False)
+                                       currency=account.currency, now=now, savepoint=False,
+                                       shop_account_id=caller.commission_account_id)
     order = _Placed(order_id, values, status, now)
     # An auto order's buyer is the agent (no mail); staff hear of a manual one as of any paid order.
     emit_many(session, [("order.delivered" if auto else "order.paid", payload_of(order, product.name))], now)

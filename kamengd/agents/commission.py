@@ -60,7 +60,7 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
 
 def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
                     price_cents: int, quantity: int, currency: str, now: dt.datetime | None = None,
-                    savepoint: bool = True) -> list[tuple[int, int, int]]:
+                    savepoint: bool = True, shop_account_id: int | None = None) -> list[tuple[int, int, int]]:
     """Book the order's commissions as pending, in the delivery's transaction. Once: a
     second call for the same order books nothing (the ledger's cause and the rows' key)."""
     now = now or utcnow()
@@ -69,7 +69,8 @@ def book_commission(session: Session, *, order_id: int, order_no: str, agent_id:
     if not earned:
         return []
     pending = _accounts(session, [a for a, _b, _m in earned])
-    commission = ledger.shop_ref(session, "shop:commission", currency)
+    commission = ledger.AccountRef(shop_account_id, currency, "shop") if shop_account_id else \
+        ledger.shop_ref(session, "shop:commission", currency)
     legs = [(pending[a]["pending"], cents) for a, _b, cents in earned]
     legs.append((commission, -sum(cents for _a, _b, cents in earned)))
     booking = ledger.post(session, cause=f"order:{order_no}:commission", kind="commission", legs=legs,

@@ -141,12 +141,13 @@ def fee_for(session: Session, amount_cents: int) -> int:
     return int(share) + fixed
 
 
-def _day_start(now: dt.datetime) -> dt.datetime:
-    """Midnight of `now`'s day in the shop's time zone, as naive UTC."""
+def _day_of(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The start and the end of `now`'s day in the shop's time zone, as naive UTC."""
     zone = ZoneInfo(get_config().site.timezone)
-    local = now.replace(tzinfo=dt.timezone.utc).astimezone(zone)
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    day = now.replace(tzinfo=dt.timezone.utc).astimezone(zone).date()
+    start, end = (dt.datetime.combine(d, dt.time(), zone).astimezone(dt.timezone.utc).replace(tzinfo=None)
+                  for d in (day, day + dt.timedelta(days=1)))
+    return start, end
 
 
 def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amount, actor: str,
@@ -168,9 +169,10 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
     session.execute(sa.select(_acc.c.id).where(_acc.c.id == accounts["available"].id).with_for_update())
     limit = parse_plain_money(get_setting(session, "withdrawals.daily_limit") or "0", allow_zero=True)
     if limit:
-        today = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Withdrawal.amount_cents), 0)).where(
+        start, end = _day_of(now)
+        today = int(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Withdrawal.amount_cents), 0)).where(
             Withdrawal.agent_id == agent.id, Withdrawal.status != "rejected",
-            Withdrawal.requested_at >= _day_start(now)))
+            Withdrawal.requested_at >= start, Withdrawal.requested_at < end)))
         if today + cents > limit:
             raise InvalidRequest("amount: withdrawals are limited to %(limit)s a day; %(left)s is left today",
                                  limit=format_cents(limit), left=format_cents(max(limit - today, 0)))

@@ -46,6 +46,14 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                                             _("A paid order waiting this long for stock is flagged for staff.")),
         "orders.manual_sla_minutes": (_("Manual delivery deadline (minutes)"),
                                       _("A paid manual-delivery order not delivered within this is flagged.")),
+        "agents.commission_hold_days": (_("Commission hold (days)"),
+                                        _("Agents' commission becomes spendable this many days after delivery; "
+                                          "a refund before then takes it back from pending.")),
+        "withdrawals.minimum": (_("Smallest withdrawal"), _("Agents cannot request less than this.")),
+        "withdrawals.fee_percent": (_("Withdrawal fee (%)"), _("Kept by the shop when a withdrawal is paid.")),
+        "withdrawals.fee_fixed": (_("Withdrawal fee (fixed)"), _("Added to the percentage.")),
+        "withdrawals.daily_limit": (_("Daily withdrawal limit per agent"),
+                                    _("Most an agent may request in a day; 0: no limit.")),
     }
 
 

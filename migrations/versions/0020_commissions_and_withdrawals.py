@@ -12,6 +12,9 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+# The shop's ledger accounts as of this revision (kamengd.ledger.models.SHOP_ACCOUNTS).
+SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts", "shop:fees")
+
 # revision identifiers, used by Alembic.
 revision: str = '0020'
 down_revision: Union[str, Sequence[str], None] = '0019'
@@ -107,6 +110,14 @@ def upgrade() -> None:
         conn.execute(accounts.insert(), [{"name": f"agent:{agent_id}:debt", "agent_id": agent_id, "kind": "debt",
                                           "currency": currency, "balance_cents": 0, "may_go_negative": True,
                                           "created_at": now} for agent_id, currency in rows])
+    # The shop's own accounts, made here once rather than by the first orders to need them
+    # (on MariaDB, many first inserts of one name at once deadlock each other).
+    have = set(conn.execute(sa.text("SELECT name FROM ledger_accounts WHERE kind = 'shop'")).scalars())
+    missing = [name for name in SHOP_ACCOUNTS if name not in have]
+    if missing:
+        conn.execute(accounts.insert(), [{"name": name, "agent_id": None, "kind": "shop", "currency": "CNY",
+                                          "balance_cents": 0, "may_go_negative": True, "created_at": now}
+                                         for name in missing])
 
 
 def downgrade() -> None:
