@@ -345,7 +345,10 @@ def test_panel_settings(app, client, owner):
         # The fields with a format of their own (QQ number, Telegram name, e-mail) refuse the
         # payload (a test of its own below); every free-text field takes it.
         formatted = {"site.contact_qq": "", "site.contact_telegram": "", "site.contact_email": "",
-                     "site.contact_wechat": "", "site.url": ""}   # (WeChat IDs: at most 64 characters)
+                     "site.contact_wechat": "", "site.url": "",   # (WeChat IDs: at most 64 characters)
+                     # Amounts and a percentage: a number or nothing.
+                     "withdrawals.minimum": "10", "withdrawals.fee_percent": "0", "withdrawals.fee_fixed": "0",
+                     "withdrawals.daily_limit": "0"}
         refused = submit(client, "/admin/settings", "/admin/settings", COMBINED, follow_redirects=True)
         assert_inert(refused)
         resp = submit(client, "/admin/settings", "/admin/settings", COMBINED, formatted, follow_redirects=True)
