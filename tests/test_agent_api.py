@@ -324,3 +324,37 @@ def test_an_agent_disabled_or_its_level_changed_while_it_orders(backend, app, ne
         db.session.rollback()
         db.session.remove()
     assert balance_of(app, alice["id"]) == 3000 - 792
+
+
+def test_payout_accounts_withdrawals_and_commissions_through_the_api(backend, client, network):
+    alice, bob = network["alice"], network["bob"]
+    bad = signed(client, alice, "POST", "/api/v1/agent/payout-accounts", {"kind": "bank", "account": "12"})
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_request"
+    made = signed(client, alice, "POST", "/api/v1/agent/payout-accounts",
+                  {"kind": "alipay", "account": "alice@example.com", "holder": "爱丽丝"})
+    assert made.status_code == 201, made.get_json()
+    account_id = made.get_json()["id"]
+    listed = signed(client, alice, "GET", "/api/v1/agent/payout-accounts").get_json()["accounts"]
+    assert [a["id"] for a in listed] == [account_id]
+    assert signed(client, bob, "GET", "/api/v1/agent/payout-accounts").get_json() == {"accounts": []}
+
+    for body, status in [({"payout_account_id": account_id, "amount": "1e3"}, 400),
+                         ({"payout_account_id": account_id, "amount": 12}, 400),
+                         ({"payout_account_id": account_id, "amount": "30.01"}, 402),
+                         ({"payout_account_id": account_id + 1000, "amount": "10"}, 404),
+                         ({"payout_account_id": "x", "amount": "10"}, 404)]:
+        answer = signed(client, alice, "POST", "/api/v1/agent/withdrawals", body)
+        assert answer.status_code == status, (body, answer.get_json())
+    # Bob cannot withdraw to Alice's account (and holds nothing: he has nothing).
+    assert signed(client, bob, "POST", "/api/v1/agent/withdrawals",
+                  {"payout_account_id": account_id, "amount": "10"}).status_code == 404
+    held = signed(client, alice, "POST", "/api/v1/agent/withdrawals", {"payout_account_id": account_id,
+                                                                       "amount": "12.50"})
+    assert held.status_code == 201 and held.get_json()["status"] == "requested"
+    assert held.get_json()["amount"] == "12.50" and held.get_json()["payout"] == "12.50"
+    balance = signed(client, alice, "GET", "/api/v1/agent/balance").get_json()
+    assert (balance["balance"], balance["held"]) == ("17.50", "12.50")
+    mine = signed(client, alice, "GET", "/api/v1/agent/withdrawals").get_json()["withdrawals"]
+    assert [w["id"] for w in mine] == [held.get_json()["id"]]
+    assert signed(client, bob, "GET", "/api/v1/agent/withdrawals").get_json() == {"withdrawals": []}
+    assert signed(client, alice, "GET", "/api/v1/agent/commissions").get_json() == {"commissions": []}

@@ -137,3 +137,18 @@ def test_keys_listed_revoked_and_agents_disabled(backend, shop):
     assert cli_json(shop, "agent", "enable", "--username", "gina")["changed"] is True
     actions = [e["action"] for e in cli_json(shop, "audit", "list", "--action", "agent.*")["entries"]]
     assert {"agent.apikey.revoke", "agent.disable", "agent.enable"} <= set(actions)
+
+
+@pytest.mark.parametrize("args, said", [
+    (("withdrawal", "pay", "--id", "abc", "--reference", "R1"), "not a withdrawal id"),
+    (("withdrawal", "pay", "--id", "999999", "--reference", "R1"), "withdrawal not found"),
+    (("withdrawal", "reject", "--id", "1", "--reason", ""), "reason"),
+    (("withdrawal", "list", "--status", "lost"), "lost"),
+    (("withdrawal", "list", "--username", "nobody-here"), "nobody-here"),
+])
+def test_withdrawal_commands_refuse_bad_input_in_one_line(backend, shop, args, said):
+    proc = run_cli(*args, config=shop.path)
+    if args[:3] == ("withdrawal", "list", "--status"):   # click's own usage error names the choices
+        assert proc.returncode == 2 and said in proc.err and "Traceback" not in proc.err
+    else:
+        assert_one_line_error(proc, said)
