@@ -316,3 +316,21 @@ def test_a_refund_racing_the_hold_job_is_reversed_exactly_once(backend, app, cli
         assert len(causes) == 2
         db.session.remove()
     books_add_up(app)
+
+
+def test_an_agent_reads_its_own_commissions_through_the_api(backend, app, client):
+    from kamengd.agents.models import Agent
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+
+    tree = build_tree(app, price_cents=10000, discounts=("30", "20", "10"))
+    placed = order(client, tree, 2)
+    with app.app_context():
+        b = db.session.get(Agent, tree["b"]["id"])
+        tree["b"]["key_id"], tree["b"]["secret"] = agents.issue_api_key(db.session, get_vault(), b, actor="t")
+        db.session.commit()
+        db.session.remove()
+    earned = signed(client, tree["b"], "GET", "/api/v1/agent/commissions").get_json()["commissions"]
+    assert [(c["order_no"], c["amount"], c["status"], c["debt"]) for c in earned] == [
+        (placed["order_no"], "20.00", "pending", "0.00")]
+    assert signed(client, tree["c"], "GET", "/api/v1/agent/commissions").get_json() == {"commissions": []}

@@ -114,13 +114,13 @@ def request_withdrawal():
 @bp.get("/commissions")
 def list_commissions():
     caller = _spent(signed_caller())
-    rows = db.session.scalars(sa.select(Commission).where(Commission.agent_id == caller.agent_id)
+    rows = db.session.execute(sa.select(Commission, Order.order_no).join(Order, Order.id == Commission.order_id)
+                              .where(Commission.agent_id == caller.agent_id)
                               .order_by(Commission.id.desc()).limit(100)).all()
-    return jsonify({"commissions": [commission_view(db.session, c) for c in rows]})
+    return jsonify({"commissions": [commission_view(c, order_no) for c, order_no in rows]})
 
 
-def commission_view(session, row: Commission) -> dict:
-    order_no = session.scalar(sa.select(Order.order_no).where(Order.id == row.order_id))
+def commission_view(row: Commission, order_no: str) -> dict:
     return {"id": row.id, "order_no": order_no, "amount": format_cents(row.amount_cents), "currency": row.currency,
             "status": row.status, "booked_at": row.booked_at.isoformat(timespec="seconds") + "Z",
             "release_at": row.release_at.isoformat(timespec="seconds") + "Z",
