@@ -75,6 +75,15 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.reconcile": MANAGERS | {"finance"},
     "panel.reconcile_report": MANAGERS | {"finance"},
     "panel.notifications": MANAGERS | {"finance"},
+    "panel.agents_list": MANAGERS | {"finance", "support"},
+    "panel.agent_detail": MANAGERS | {"finance", "support"},
+    "panel.agent_level_save": MANAGERS,
+    "panel.agent_toggle": MANAGERS,
+    # Agents' money: never operator or support.
+    "panel.agent_credit": MANAGERS | {"finance"},
+    "panel.withdrawals_list": MANAGERS | {"finance"},
+    "panel.withdrawal_pay": MANAGERS | {"finance"},
+    "panel.withdrawal_reject": MANAGERS | {"finance"},
 }
 
 SIGN_OUT = {"panel.logout", "panel.logout_everywhere"}   # they end on the sign-in page
@@ -123,9 +132,13 @@ def world(backend, databases, tmp_path_factory):
                                                         "key": "perm-merchant-key-0123456789"})
         order = create_order(db.session, product_id=product.id, quantity=1, email="b@example.com",
                              channel_code="permpay", query_password=None, coupon=None).order
+        from kamengd.agents import services as agents
+        level, _ = agents.set_level(db.session, name="perm-level", discount="5", actor="test")
+        agent = agents.create_agent(db.session, username="perm-agent", level=level.name, actor="test")
         db.session.commit()
         ids = {"product_id": product.id, "category_id": category.id, "channel_id": channel.id,
-               "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1}
+               "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
+               "agent_id": agent.id, "withdrawal_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
     ids["user_id"] = make_staff(app, "support").id   # the target of staff edits
     return app, ids, staff
@@ -236,7 +249,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1}
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     posts = [r for r in _panel_rules(app) if "POST" in r.methods]

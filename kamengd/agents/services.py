@@ -181,7 +181,8 @@ def agent_summary(session: Session, agent: Agent) -> dict:
             "discount": format_discount(level.discount_bp), "parent": parent.username if parent else None,
             "depth": agent.depth, "active": agent.is_active,
             "balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
-            "held": format_cents(money["held"]), "currency": ledger.DEFAULT_CURRENCY,
+            "held": format_cents(money["held"]), "debt": format_cents(-money["debt"]),
+            "currency": ledger.DEFAULT_CURRENCY,
             "created_at": agent.created_at.isoformat(timespec="seconds") + "Z"}
 
 

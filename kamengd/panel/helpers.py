@@ -76,6 +76,8 @@ def nav_items() -> list[tuple[str, str, str]]:
         ("catalog.view", "panel.categories", _("Categories")),
         ("stock.view", "panel.stock", _("Stock")),
         ("channels.manage", "panel.channels", _("Payment channels")),
+        ("agents.view", "panel.agents_list", _("Agents")),
+        ("finance.manage", "panel.withdrawals_list", _("Withdrawals")),
         ("ops.view", "panel.reconcile", _("Reconciliation")),
         ("ops.view", "panel.jobs", _("Jobs")),
         ("ops.view", "panel.notifications", _("Notifications")),

@@ -37,6 +37,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
     "ops.view": frozenset({"owner", "admin", "finance"}),
+    # Agents: who they are and what they hold; changing them (levels, enable/disable).
+    "agents.view": frozenset({"owner", "admin", "finance", "support"}),
+    "agents.manage": frozenset({"owner", "admin"}),
+    # Agents' money: credits and debits, withdrawals paid or rejected. Never operator or support.
+    "finance.manage": frozenset({"owner", "admin", "finance"}),
 }
 
 ENDPOINTS: dict[str, str] = {
@@ -104,6 +109,15 @@ ENDPOINTS: dict[str, str] = {
     "panel.reconcile": "ops.view",
     "panel.reconcile_report": "ops.view",
     "panel.notifications": "ops.view",
+    # agents.py
+    "panel.agents_list": "agents.view",
+    "panel.agent_detail": "agents.view",
+    "panel.agent_level_save": "agents.manage",
+    "panel.agent_toggle": "agents.manage",
+    "panel.agent_credit": "finance.manage",
+    "panel.withdrawals_list": "finance.manage",
+    "panel.withdrawal_pay": "finance.manage",
+    "panel.withdrawal_reject": "finance.manage",
 }
 
 # What a signed-in owner or admin without 2FA may still open: setting it up.

@@ -1,0 +1,160 @@
+"""Agents and their money in the panel: the agents, their levels, one agent's books, credits,
+and the withdrawals finance pays or rejects. Money is `finance.manage` (never operator or
+support); the services decide, audit and book everything (kamengd.agents.*)."""
+from __future__ import annotations
+
+import secrets
+
+import sqlalchemy as sa
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from ..agents import services as agents
+from ..agents import withdrawals
+from ..agents.models import Agent, Commission, PayoutAccount, Withdrawal
+from ..errors import KamengdError
+from ..extensions import db
+from ..ledger import services as ledger
+from ..ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
+from ..money import format_cents
+from ..orders.models import Order
+from ..transaction import read_only
+from .blueprint import bp
+from .helpers import flash_errors
+from .session import actor, client_ip
+
+LIST_LIMIT = 500
+BOOK_LIMIT = 100
+
+
+@bp.get("/agents")
+def agents_list():
+    read_only()
+    rows = [agents.agent_summary(db.session, a) for a in agents.list_agents(db.session)[:LIST_LIMIT]]
+    return render_template("panel/agents_list.html", agents=rows, levels=agents.list_levels(db.session))
+
+
+@bp.post("/agents/levels")
+def agent_level_save():
+    try:
+        level, created = agents.set_level(db.session, name=request.form.get("name", "")[:100],
+                                          discount=request.form.get("discount", "")[:20], actor=actor(),
+                                          source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agents_list"), code=303)
+    flash((_("Level %(name)s created: %(discount)s %% off.", name=level.name,
+             discount=agents.format_discount(level.discount_bp)) if created else
+           _("Level %(name)s is now %(discount)s %% off.", name=level.name,
+             discount=agents.format_discount(level.discount_bp))), "success")
+    return redirect(url_for("panel.agents_list"), code=303)
+
+
+def _agent(agent_id: int) -> Agent:
+    agent = db.session.get(Agent, agent_id)
+    if agent is None:
+        abort(404)
+    return agent
+
+
+@bp.get("/agents/<int:agent_id>")
+def agent_detail(agent_id: int):
+    read_only()
+    agent = _agent(agent_id)
+    money = ledger.balances(db.session, agent.id)
+    entries = db.session.execute(
+        sa.select(LedgerEntry, LedgerTransaction, LedgerAccount.kind)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .where(LedgerAccount.agent_id == agent.id)
+        .order_by(LedgerEntry.id.desc()).limit(BOOK_LIMIT)).all()
+    earned = db.session.execute(
+        sa.select(Commission, Order.order_no).join(Order, Order.id == Commission.order_id)
+        .where(Commission.agent_id == agent.id).order_by(Commission.id.desc()).limit(BOOK_LIMIT)).all()
+    asked = db.session.execute(
+        sa.select(Withdrawal, PayoutAccount).join(PayoutAccount, PayoutAccount.id == Withdrawal.payout_account_id)
+        .where(Withdrawal.agent_id == agent.id).order_by(Withdrawal.id.desc()).limit(BOOK_LIMIT)).all()
+    return render_template("panel/agent_detail.html", agent=agent, summary=agents.agent_summary(db.session, agent),
+                           money=money, entries=entries, earned=earned, asked=asked,
+                           keys=agents.list_api_keys(db.session, agent), format_cents=format_cents,
+                           mask=withdrawals.mask_account, new_reference=f"panel-{secrets.token_hex(6)}")
+
+
+@bp.post("/agents/<int:agent_id>/credit")
+def agent_credit(agent_id: int):
+    agent = _agent(agent_id)
+    try:
+        cents = agents.parse_amount(request.form.get("amount", "")[:40])
+        # The form's own reference: the same form sent twice (a double click) books once.
+        reference = request.form.get("reference", "")[:64] or None
+        booking = agents.credit_balance(db.session, agent, cents, reason=request.form.get("reason", "")[:300],
+                                        actor=actor(), reference=reference, source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+    if not booking.booked:
+        flash(_("This credit was booked before; nothing changed."), "info")
+    elif cents > 0:
+        flash(_("%(amount)s credited to %(name)s.", amount=format_cents(cents), name=agent.username), "success")
+    else:
+        flash(_("%(amount)s debited from %(name)s.", amount=format_cents(-cents), name=agent.username), "success")
+    return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+
+
+@bp.post("/agents/<int:agent_id>/active")
+def agent_toggle(agent_id: int):
+    agent = _agent(agent_id)
+    active = request.form.get("active") == "1"
+    try:
+        agents.set_agent_active(db.session, agent, active, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+    flash(_("%(name)s is enabled again.", name=agent.username) if active else
+          _("%(name)s is disabled: its API keys stop working.", name=agent.username), "success")
+    return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+
+
+@bp.get("/withdrawals")
+def withdrawals_list():
+    read_only()
+    status = request.args.get("status", "requested")
+    if status not in withdrawals.STATUSES + ("all",):
+        status = "requested"
+    query = (sa.select(Withdrawal, PayoutAccount, Agent.username)
+             .join(PayoutAccount, PayoutAccount.id == Withdrawal.payout_account_id)
+             .join(Agent, Agent.id == Withdrawal.agent_id).order_by(Withdrawal.id.desc()).limit(LIST_LIMIT))
+    if status != "all":
+        query = query.where(Withdrawal.status == status)
+    return render_template("panel/withdrawals_list.html", rows=db.session.execute(query).all(), status=status,
+                           statuses=withdrawals.STATUSES, format_cents=format_cents)
+
+
+def _review(withdrawal_id: int, work, done: str):
+    try:
+        work()
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.withdrawals_list"), code=303)
+    flash(done, "success")
+    return redirect(url_for("panel.withdrawals_list"), code=303)
+
+
+@bp.post("/withdrawals/<int:withdrawal_id>/pay")
+def withdrawal_pay(withdrawal_id: int):
+    return _review(withdrawal_id, lambda: withdrawals.pay_withdrawal(
+        db.session, withdrawal_id, reference=request.form.get("reference", "")[:200], actor=actor(),
+        source_ip=client_ip()), _("Withdrawal %(id)s is marked paid.", id=withdrawal_id))
+
+
+@bp.post("/withdrawals/<int:withdrawal_id>/reject")
+def withdrawal_reject(withdrawal_id: int):
+    return _review(withdrawal_id, lambda: withdrawals.reject_withdrawal(
+        db.session, withdrawal_id, reason=request.form.get("reason", "")[:300], actor=actor(),
+        source_ip=client_ip()), _("Withdrawal %(id)s is rejected; the amount is back on the agent's balance.",
+                                  id=withdrawal_id))
+
