@@ -221,3 +221,24 @@ def test_many_debits_at_once_never_overdraw(backend, app):
         assert ledger.balances(db.session, racer_id)["available"] == 0
         assert ledger.verify(db.session)[1] == []
         db.session.remove()
+
+
+def test_the_trees_depth_is_a_setting(backend, session):
+    from kamengd.settings.services import set_setting
+
+    level, _ = agents.set_level(session, name=name("depth"), discount="1", actor="t")
+    top = agents.create_agent(session, username=name("top"), level=level.name, actor="t")
+    set_setting(session, "agents.max_depth", "1", actor="t")
+    with pytest.raises(InvalidRequest, match="1 levels below the shop"):
+        agents.create_agent(session, username=name("sub"), level=level.name, parent=top.username, actor="t")
+    set_setting(session, "agents.max_depth", "4", actor="t")
+    parent = top
+    for _depth in range(3):
+        parent = agents.create_agent(session, username=name("sub"), level=level.name, parent=parent.username,
+                                     actor="t")
+    assert parent.depth == 4
+    with pytest.raises(InvalidRequest, match="4 levels below the shop"):
+        agents.create_agent(session, username=name("sub"), level=level.name, parent=parent.username, actor="t")
+    for bad in ("0", "11", "three"):
+        with pytest.raises(InvalidRequest, match="agents.max_depth"):
+            set_setting(session, "agents.max_depth", bad, actor="t")

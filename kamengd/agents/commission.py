@@ -29,7 +29,7 @@ from ..ledger import services as ledger
 from ..ledger.models import DEBT, LedgerAccount
 from ..settings.services import get_setting
 from .models import Agent, AgentLevel, Commission
-from .services import MAX_DEPTH, agent_price
+from .services import DEEPEST, agent_price
 
 _a, _l, _c, _acc = Agent.__table__, AgentLevel.__table__, Commission.__table__, LedgerAccount.__table__
 _UP = (sa.select(_a.c.id, _a.c.parent_id, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
@@ -46,7 +46,7 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
     earned = []
     price, below = paid_unit_cents, agent_id
     parent = conn.execute(_UP, {"agent_id": agent_id}).first().parent_id
-    for _step in range(MAX_DEPTH + 1):   # a tree is never deeper; a loop in it never runs on
+    for _step in range(DEEPEST + 1):   # a tree is never deeper; a loop in it never runs on
         if parent is None:
             break
         row = conn.execute(_UP, {"agent_id": parent}).first()

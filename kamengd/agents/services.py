@@ -18,12 +18,14 @@ from ..database import utcnow
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..ledger import services as ledger
 from ..money import MAX_CENTS, format_cents
+from ..settings.services import get_setting
 from ..validation import has_control_characters
 from ..vault import Vault
 from .models import Agent, AgentApiKey, AgentLevel
 
-# How many levels of agents may sit below the shop (1: agents directly under it).
-MAX_DEPTH = 3
+# How many levels of agents may sit below the shop is the setting agents.max_depth (default
+# 3); never more than this, which also bounds every walk up the tree.
+DEEPEST = 10
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
 LEVEL_NAME_MAX = 32
 _DISCOUNT_RE = re.compile(r"([0-9]{1,3})(?:\.([0-9]{1,2}))?")
@@ -156,7 +158,7 @@ def create_agent(session: Session, *, username: str, level: str, actor: str, par
     if parent_agent is not None:
         if not parent_agent.is_active:
             raise InvalidRequest("parent: agent %(username)r is disabled", username=parent_agent.username)
-        if parent_agent.depth >= MAX_DEPTH:
+        if parent_agent.depth >= get_setting(session, "agents.max_depth"):
             raise InvalidRequest("parent: agent %(username)r is %(depth)s levels below the shop, the most "
                                  "there may be", username=parent_agent.username, depth=parent_agent.depth)
     if session.scalar(sa.select(Agent.id).where(Agent.username == name)) is not None:

@@ -46,6 +46,8 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                                             _("A paid order waiting this long for stock is flagged for staff.")),
         "orders.manual_sla_minutes": (_("Manual delivery deadline (minutes)"),
                                       _("A paid manual-delivery order not delivered within this is flagged.")),
+        "agents.max_depth": (_("Agent levels below the shop"),
+                             _("How deep the tree of agents and sub-agents may grow (1: no sub-agents).")),
         "agents.commission_hold_days": (_("Commission hold (days)"),
                                         _("Agents' commission becomes spendable this many days after delivery; "
                                           "a refund before then takes it back from pending.")),

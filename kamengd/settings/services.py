@@ -160,7 +160,10 @@ SETTINGS: dict[str, SettingSpec] = {
     "orders.manual_sla_minutes": SettingSpec(
         int, 60, "Minutes staff have to deliver a paid manual-delivery order before it is flagged (order.stuck).",
         minimum=1, maximum=10080),
-    # Agents: commission and withdrawals (amounts in the shop's currency).
+    # Agents: the tree, commission and withdrawals (amounts in the shop's currency).
+    "agents.max_depth": SettingSpec(int, 3, "How many levels of agents may sit below the shop (1: agents directly "
+                                    "under it only). Lowering it keeps the agents already deeper.",
+                                    minimum=1, maximum=10),
     "agents.commission_hold_days": SettingSpec(
         int, 7, "Days an agent's commission stays pending (reversed, not taken back, if the order is refunded "
         "meanwhile) before it can be spent or withdrawn.", minimum=0, maximum=365),
