@@ -93,6 +93,11 @@ class RatelimitConfig:
     bad_callbacks: str = setting("20/minute", doc="Refused callbacks (a wrong signature, a foreign pid, an "
                                                   "unknown channel) one address may send before all its "
                                                   "callbacks get 429; genuine ones never count.")
+    agent_api: str = setting("600/minute", doc="Signed agent API requests one key may make (counted once "
+                                               "the signature is checked).")
+    bad_agent_requests: str = setting("30/minute", doc="Agent API requests refused as unsigned or wrongly "
+                                                       "signed (401) one address may send before all its "
+                                                       "agent API requests get 429.")
     gateway_addresses: list[str] = setting((), doc="The payment gateways' server addresses or networks "
                                                    "(CIDR), whose callbacks are never rate-limited.")
 
@@ -346,7 +351,7 @@ def build_config(data: dict, env: typing.Mapping[str, str] | None = None,
 
 
 def _check_ratelimit(r: RatelimitConfig) -> None:
-    for name in ("orders", "lookups", "callbacks", "bad_callbacks"):
+    for name in ("orders", "lookups", "callbacks", "bad_callbacks", "agent_api", "bad_agent_requests"):
         value = getattr(r, name)
         try:
             limits.parse_many(value)

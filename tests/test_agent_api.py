@@ -358,3 +358,35 @@ def test_payout_accounts_withdrawals_and_commissions_through_the_api(backend, cl
     assert [w["id"] for w in mine] == [held.get_json()["id"]]
     assert signed(client, bob, "GET", "/api/v1/agent/withdrawals").get_json() == {"withdrawals": []}
     assert signed(client, alice, "GET", "/api/v1/agent/commissions").get_json() == {"commissions": []}
+
+
+def test_each_key_is_rate_limited_and_a_stranger_cannot_use_it_up(backend, make_install):
+    """Per key, only requests that proved the key count: a stranger sending alice's key id
+    with wrong signatures uses up nothing of hers (and gets 429 for its own address)."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+
+    cfg = make_install(backend)
+    limited = dataclasses.replace(cfg, ratelimit=dataclasses.replace(
+        cfg.ratelimit, enabled=True, agent_api="5/minute", bad_agent_requests="3/minute"))
+    app = create_app(limited)
+    with app.app_context():
+        level, _ = agents.set_level(db.session, name="rl", discount="0", actor="t")
+        agent = agents.create_agent(db.session, username="limited", level=level.name, actor="t")
+        key_id, secret = agents.issue_api_key(db.session, get_vault(), agent, actor="t")
+        db.session.commit()
+        db.session.remove()
+    alice = {"key_id": key_id, "secret": secret}
+    stranger = app.test_client()
+    stranger.environ_base["REMOTE_ADDR"] = "203.0.113.9"   # another address than alice's
+    forged = [signed(stranger, alice, "GET", "/api/v1/agent/balance", secret="not-her-secret").status_code
+              for _ in range(5)]
+    assert forged == [401, 401, 401, 429, 429]
+    client = app.test_client()
+    answers = [signed(client, alice, "GET", "/api/v1/agent/balance").status_code for _ in range(7)]
+    assert answers == [200] * 5 + [429, 429]
+    body = signed(client, alice, "GET", "/api/v1/agent/balance").get_json()
+    assert body["error"]["code"] == "rate_limited"

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
-from ..context import get_vault
+from ..context import get_config, get_vault
 from ..errors import InvalidRequest
-from ..extensions import db
+from ..extensions import db, limiter
 from ..ledger import services as ledger
 from ..money import format_cents
 from ..orders.models import Order
@@ -17,6 +17,18 @@ from .models import Agent, Commission
 
 bp = Blueprint("agent_api", __name__, url_prefix="/api/v1/agent")
 MAX_BODY = 64 * 1024
+
+
+def _key_of_request() -> str:
+    return "agent-key:" + request.headers.get("X-Kamengd-Key", "")[:32]
+
+
+# Per key, counted only for requests that proved the key (a stranger sending an agent's key
+# id uses up nothing of its allowance); per address, counted only for refused signatures.
+limiter.limit(lambda: get_config().ratelimit.agent_api, key_func=_key_of_request, scope="agent-api",
+              deduct_when=lambda _response: g.get("agent_key_verified", False))(bp)
+limiter.limit(lambda: get_config().ratelimit.bad_agent_requests, scope="agent-api-refused",
+              deduct_when=lambda response: response.status_code == 401)(bp)
 
 
 def signed_caller(*, end_read: bool = True) -> Caller:
@@ -32,6 +44,7 @@ def signed_caller(*, end_read: bool = True) -> Caller:
     db.session.connection(execution_options={"kamengd_readonly": True})
     caller = verify_request(db.session, get_vault(), headers=request.headers, method=request.method,
                             path_with_query=request.path + (f"?{query}" if query else ""), body=body)
+    g.agent_key_verified = True
     if end_read:
         db.session.rollback()
     return caller
