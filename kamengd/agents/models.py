@@ -143,3 +143,37 @@ class Withdrawal(db.Model):
         sa.CheckConstraint("amount_cents > 0", name="positive"),
         sa.CheckConstraint("fee_cents >= 0 AND fee_cents < amount_cents", name="fee_range"),
     )
+
+
+class LevelRule(db.Model):
+    """An automatic level: agents whose delivered sales of the last `days` days reach
+    `min_sales_cents` get `level_id` (the highest such rule wins; a pinned agent keeps its
+    level; an agent no rule reaches keeps the level it has)."""
+    __tablename__ = "agent_level_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    level_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_levels.id"), unique=True)
+    min_sales_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    days: Mapped[int] = mapped_column(sa.SmallInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint("min_sales_cents >= 0", name="sales_not_negative"),
+        sa.CheckConstraint("days BETWEEN 1 AND 366", name="days_range"),
+    )
+
+
+class LevelChange(db.Model):
+    """Each change of an agent's level, by staff or by a rule, with its reason."""
+    __tablename__ = "agent_level_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"))
+    from_level_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_levels.id"))
+    to_level_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_levels.id"))
+    reason: Mapped[str] = mapped_column(sa.String(200))
+    actor: Mapped[str] = mapped_column(sa.String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (sa.Index("ix_agent_level_changes_agent", "agent_id", "id"),)

@@ -181,7 +181,7 @@ def agent_summary(session: Session, agent: Agent) -> dict:
     money = ledger.balances(session, agent.id)
     return {"id": agent.id, "username": agent.username, "level": level.name,
             "discount": format_discount(level.discount_bp), "parent": parent.username if parent else None,
-            "depth": agent.depth, "active": agent.is_active,
+            "depth": agent.depth, "active": agent.is_active, "level_pinned": agent.level_pinned,
             "balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
             "held": format_cents(money["held"]), "debt": format_cents(-money["debt"]),
             "currency": ledger.DEFAULT_CURRENCY,

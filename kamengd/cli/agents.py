@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..agents import services as agents
+from ..agents import levels as agent_levels
 from ..agents import withdrawals
 from ..audit.services import cli_actor
 from ..context import get_vault
@@ -145,6 +146,92 @@ def agent_disable(username, as_json):
 def agent_enable(username, as_json):
     """Enable a disabled agent again. Audited."""
     _switch(username, True, as_json)
+
+
+@agent.group("rule")
+def agent_rule():
+    """Automatic levels: delivered sales over a window earn a level (the hourly job applies them)."""
+
+
+@agent_rule.command("set")
+@click.option("--level", required=True, metavar="LEVEL")
+@click.option("--min-sales", required=True, metavar="DECIMAL", help="Delivered sales that earn the level.")
+@click.option("--days", default="30", show_default=True, metavar="N", help="The window, 1-366 days.")
+@json_option
+@with_app
+def agent_rule_set(level, min_sales, days, as_json):
+    """Create or change a level's rule (audited)."""
+    rule, created = agent_levels.set_rule(db.session, level=level, min_sales=min_sales, days=days, actor=cli_actor())
+    emit(as_json, {"level": level, "min_sales": format_cents(rule.min_sales_cents), "days": rule.days,
+                   "created": created},
+         f"{'created' if created else 'changed'} the rule of {level}: {format_cents(rule.min_sales_cents)} "
+         f"of delivered sales in {rule.days} days")
+
+
+@agent_rule.command("list")
+@json_option
+@with_app(readonly=True)
+def agent_rule_list(as_json):
+    """The rules, best level first."""
+    rows = [{"level": level.name, "discount": agents.format_discount(level.discount_bp),
+             "min_sales": format_cents(rule.min_sales_cents), "days": rule.days}
+            for rule, level in agent_levels.list_rules(db.session)]
+    if as_json:
+        emit(True, {"rules": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['level']:<20} {r['discount']:>6} %  sales >= {r['min_sales']} in {r['days']} days")
+
+
+@agent_rule.command("remove")
+@click.option("--level", required=True, metavar="LEVEL")
+@json_option
+@with_app
+def agent_rule_remove(level, as_json):
+    """Remove a level's rule (agents keep the levels they have). Audited."""
+    agent_levels.remove_rule(db.session, level=level, actor=cli_actor())
+    emit(as_json, {"level": level, "removed": True}, f"removed the rule of {level}")
+
+
+@agent.command("set-level")
+@click.option("--username", required=True)
+@click.option("--level", required=True, metavar="LEVEL")
+@click.option("--reason", required=True, help="Why (kept with the change and in the audit log).")
+@json_option
+@with_app
+def agent_set_level(username, level, reason, as_json):
+    """Put an agent on a level by hand; it stays there (pinned) whatever the rules say. Audited."""
+    the_agent = agents.get_agent(db.session, username)
+    changed = agent_levels.assign_level(db.session, the_agent, level, reason=reason, actor=cli_actor())
+    emit(as_json, {**agents.agent_summary(db.session, the_agent), "changed": changed},
+         f"{the_agent.username} is on level {level}, pinned" + ("" if changed else " (it was already)"))
+
+
+@agent.command("unpin-level")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_unpin_level(username, as_json):
+    """Let the level rules move an agent again. Audited."""
+    the_agent = agents.get_agent(db.session, username)
+    changed = agent_levels.unpin_level(db.session, the_agent, actor=cli_actor())
+    emit(as_json, {**agents.agent_summary(db.session, the_agent), "changed": changed},
+         f"{the_agent.username}: the level rules may move it again" + ("" if changed else " (it was not pinned)"))
+
+
+@agent.command("level-history")
+@click.option("--username", required=True)
+@json_option
+@with_app(readonly=True)
+def agent_level_history(username, as_json):
+    """The agent's level changes, newest first, with their reasons."""
+    the_agent = agents.get_agent(db.session, username)
+    rows = agent_levels.level_history(db.session, the_agent)
+    if as_json:
+        emit(True, {"username": the_agent.username, "changes": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['at']}  {r['from']} -> {r['to']}  by {r['by']}: {r['reason']}")
 
 
 @cli.group()

@@ -132,6 +132,7 @@ def job_name(job: str) -> str:
         "retire_old_keys": _("Retire old data keys"), "prune_history": _("Prune old history"),
         "prune_api_nonces": _("Forget old agent API nonces"),
         "release_commissions": _("Release agents' commission after its hold"),
+        "adjust_agent_levels": _("Move agents to the levels their sales earn"),
     }.get(job, job)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..agents.auth import prune_nonces
 from ..agents.commission import release_commissions as release_due_commissions
+from ..agents.levels import adjust_levels
 from ..backup import services as backup
 from ..context import get_config, get_vault
 from ..inventory import warnings
@@ -101,6 +102,11 @@ def release_commissions(session: Session) -> dict:
     return release_due_commissions(session)
 
 
+def adjust_agent_levels(session: Session) -> dict:
+    """Agents' levels by their recent sales (the level rules); pinned levels stay."""
+    return adjust_levels(session)
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -117,4 +123,5 @@ JOBS = {
     "prune_history": (prune_history, 3600),
     "prune_api_nonces": (prune_api_nonces, 300),
     "release_commissions": (release_commissions, 300),
+    "adjust_agent_levels": (adjust_agent_levels, 3600),
 }
