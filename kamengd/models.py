@@ -11,5 +11,5 @@ from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401
 from .operations.models import ServerProcess  # noqa: F401
 from .agents.models import (Agent, AgentApiKey, AgentLevel, ApiNonce, Commission, LevelChange,  # noqa: F401
-                            LevelRule, PayoutAccount, Withdrawal)
+                            LevelPrice, LevelRule, PayoutAccount, Withdrawal)
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401

@@ -170,3 +170,21 @@ def test_bad_rule_and_level_input_changes_nothing(backend, fresh_shop, args, sai
     assert_one_line_error(run_cli(*args, config=fresh_shop.path), said)
     assert cli_json(fresh_shop, "agent", "rule", "list")["rules"] == []
     assert cli_json(fresh_shop, "agent", "level-history", "--username", "amy")["changes"] == []
+
+
+def test_a_levels_own_prices_from_the_command_line(backend, fresh_shop):
+    cli_json(fresh_shop, "agent", "level", "set", "--name", "vip", "--discount", "10")
+    product = cli_json(fresh_shop, "product", "create", "--name", "月卡", "--price", "30.00")
+    set_ = cli_json(fresh_shop, "agent", "level", "price", "--name", "vip", "--product-id", str(product["id"]),
+                    "--price", "25.5")
+    assert set_["price"] == "25.50"
+    assert cli_json(fresh_shop, "agent", "level", "prices", "--name", "vip")["prices"] == [
+        {"product_id": product["id"], "price": "25.50"}]
+    for args, said in ((("--price", "30.01"), "above the shop's price"), (("--price", "1e3"), "price"),
+                       ((), "either --price"), (("--price", "1", "--clear"), "either --price")):
+        assert_one_line_error(run_cli("agent", "level", "price", "--name", "vip", "--product-id", str(product["id"]),
+                                      *args, config=fresh_shop.path), said)
+    assert_one_line_error(run_cli("agent", "level", "price", "--name", "vip", "--product-id", "999999", "--price",
+                                  "1", config=fresh_shop.path), "999999")
+    cli_json(fresh_shop, "agent", "level", "price", "--name", "vip", "--product-id", str(product["id"]), "--clear")
+    assert cli_json(fresh_shop, "agent", "level", "prices", "--name", "vip")["prices"] == []

@@ -334,3 +334,38 @@ def test_an_agent_reads_its_own_commissions_through_the_api(backend, app, client
     assert [(c["order_no"], c["amount"], c["status"], c["debt"]) for c in earned] == [
         (placed["order_no"], "20.00", "pending", "0.00")]
     assert signed(client, tree["c"], "GET", "/api/v1/agent/commissions").get_json() == {"commissions": []}
+
+
+def test_a_levels_own_price_for_a_product_is_what_it_pays_and_earns_from(backend, app, client):
+    """b's level has its own price of 85.00 for the product (instead of 20 % off, 80.00):
+    c pays 90.00, b earns 5.00, a (70.00) earns 15.00; the API shows c its price."""
+    from kamengd.extensions import db
+
+    tree = build_tree(app, price_cents=10000, discounts=("30", "20", "10"))
+    with app.app_context():
+        level_b = f"b-{tree['b']['username'].split('-', 1)[1]}"
+        agents.set_level_price(db.session, level=level_b, product_id=tree["product"], price="85", actor="t")
+        for bad, said in (("100.01", "above the shop's price"), ("1e3", "price"), ("-1", "price")):
+            with pytest.raises(Exception, match=said):
+                agents.set_level_price(db.session, level=level_b, product_id=tree["product"], price=bad, actor="t")
+        db.session.commit()
+        db.session.remove()
+    placed = order(client, tree, 1)
+    assert [(r[0], r[2]) for r in rows(app, placed["order_no"])] == [(tree["b"]["id"], 500), (tree["a"]["id"], 1500)]
+    # c's own level gets a price of 88.00: the API shows it and charges it.
+    with app.app_context():
+        level_c = f"c-{tree['c']['username'].split('-', 1)[1]}"
+        agents.set_level_price(db.session, level=level_c, product_id=tree["product"], price="88.00", actor="t")
+        db.session.commit()
+        db.session.remove()
+    listed = signed(client, tree["c"], "GET", "/api/v1/agent/products").get_json()["products"]
+    assert [p["price"] for p in listed if p["id"] == tree["product"]] == ["88.00"]
+    again = order(client, tree, 1)
+    assert again["amount"] == "88.00"
+    assert [(r[0], r[2]) for r in rows(app, again["order_no"])] == [(tree["b"]["id"], 300), (tree["a"]["id"], 1500)]
+    with app.app_context():   # cleared: the discount again (90.00)
+        agents.set_level_price(db.session, level=level_c, product_id=tree["product"], price=None, actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert order(client, tree, 1)["amount"] == "90.00"
+    books_add_up(app)

@@ -37,22 +37,28 @@ from ..orders.services import RESOLVED
 from ..vault import Vault
 from . import commission
 from .auth import Caller, spend_nonce
-from .models import Agent, AgentLevel
-from .services import agent_price
+from .models import Agent, AgentLevel, LevelPrice
+from .services import level_cost, level_prices
 
 IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 MAX_ID = 2**31 - 1
 
 _p, _o, _k, _a, _l = Product.__table__, Order.__table__, CardKey.__table__, Agent.__table__, AgentLevel.__table__
+_lp = LevelPrice.__table__
 _VIEW = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
          _o.c.created_at, _o.c.request_hash)
 _EARLIER = sa.select(*_VIEW).where(_o.c.agent_id == sa.bindparam("agent_id"),
                                    _o.c.idempotency_key == sa.bindparam("key"))
 _BY_NO = sa.select(*_VIEW).where(_o.c.order_no == sa.bindparam("order_no"), _o.c.agent_id == sa.bindparam("agent_id"))
-_AGENT = (sa.select(_a.c.is_active, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
+_AGENT = (sa.select(_a.c.is_active, _a.c.level_id, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
           .where(_a.c.id == sa.bindparam("agent_id")))
+# The level's own price for the product, or -1: its discount applies (a value the INSERT can compare).
+_OWN_PRICE = sa.func.coalesce(sa.select(_lp.c.price_cents).where(_lp.c.level_id == sa.bindparam("level_id"),
+                                                                 _lp.c.product_id == _p.c.id)
+                              .scalar_subquery(), -1)
 _PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-                     _p.c.min_quantity, _p.c.max_quantity).where(_p.c.id == sa.bindparam("product_id"))
+                     _p.c.min_quantity, _p.c.max_quantity, _OWN_PRICE.label("own_price")).where(
+    _p.c.id == sa.bindparam("product_id"))
 _FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
            "token_hash", "agent_id", "idempotency_key", "request_hash", "created_at", "updated_at", "expires_at",
            "paid_at", "delivery_attempts")
@@ -64,8 +70,10 @@ _INSERT = _o.insert().from_select(
            _p.c.price_cents == sa.bindparam("shop_price"), _p.c.currency == sa.bindparam("currency"),
            _p.c.delivery_mode == sa.bindparam("delivery_mode"),
            _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
+           _OWN_PRICE == sa.bindparam("own_price"),
            sa.exists().where(_a.c.id == sa.bindparam("agent_id"), _a.c.is_active.is_(True),
-                             _a.c.level_id == _l.c.id, _l.c.discount_bp == sa.bindparam("discount_bp"))))
+                             _a.c.level_id == sa.bindparam("level_id"), _l.c.id == _a.c.level_id,
+                             _l.c.discount_bp == sa.bindparam("discount_bp"))))
 _SELL = (_k.update().where(_k.c.order_id == sa.bindparam("for_order"), _k.c.status == "reserved")
          .values(status="sold", sold_at=sa.bindparam("now"), reserved_until=None))
 _DELIVER = (_o.update().where(_o.c.id == sa.bindparam("for_order"), _o.c.status == "paid")
@@ -110,7 +118,8 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
             session.connection(execution_options={"kamengd_readonly": True})
         earlier = _same_request(reading.execute(_EARLIER, {"agent_id": caller.agent_id, "key": idempotency_key})
                                 .first(), digest)
-        product = None if earlier is not None else reading.execute(_PRODUCT, {"product_id": product_id}).first()
+        product = None if earlier is not None else reading.execute(
+            _PRODUCT, {"product_id": product_id, "level_id": caller.level_id}).first()
         session.rollback()
         spend_nonce(session, caller, now)   # the write transaction begins here
         if earlier is not None:
@@ -123,14 +132,15 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
         if product.currency != account.currency:
             raise InvalidRequest("this product is priced in %(currency)s, the balance is in %(balance)s",
                                  currency=product.currency, balance=account.currency)
-        unit = agent_price(product.price_cents, caller.discount_bp)
+        unit = level_cost(product.price_cents, caller.discount_bp,
+                          None if product.own_price < 0 else product.own_price)
         values = {"order_no": new_order_no(now), "product_id": product_id, "quantity": quantity,
                   "unit_price_cents": unit, "amount_cents": unit * quantity, "currency": product.currency,
                   "email": "", "status": "paid", "token_hash": token_hash(secrets.token_urlsafe(24)),
                   "agent_id": caller.agent_id, "idempotency_key": idempotency_key, "request_hash": digest,
                   "created_at": now, "updated_at": now, "expires_at": now, "paid_at": now, "delivery_attempts": 0,
                   "shop_price": product.price_cents, "delivery_mode": product.delivery_mode,
-                  "discount_bp": caller.discount_bp}
+                  "discount_bp": caller.discount_bp, "level_id": caller.level_id, "own_price": product.own_price}
         conn = session.connection()
         try:
             inserted = conn.execute(_INSERT, values)
@@ -150,7 +160,7 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
         session.rollback()
         if agent is None or not agent.is_active:
             raise Unauthorized("agent %(username)s is disabled", username=caller.username)
-        caller = dataclasses.replace(caller, discount_bp=agent.discount_bp)
+        caller = dataclasses.replace(caller, discount_bp=agent.discount_bp, level_id=agent.level_id)
         now = None
     raise Busy("the product or the agent's level is being changed: try again")
 
@@ -179,6 +189,7 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
             commission.book_commission(session, order_id=order_id, order_no=values["order_no"],
                                        agent_id=caller.agent_id, paid_unit_cents=values["unit_price_cents"],
                                        price_cents=product.price_cents, quantity=values["quantity"],
+                                       product_id=values["product_id"],
                                        currency=account.currency, now=now, savepoint=False,
                                        shop_account_id=caller.commission_account_id)
     order = _Placed(order_id, values, status, now)
@@ -219,9 +230,11 @@ def agent_order(session: Session, vault: Vault, caller: Caller, order_no) -> dic
 
 def agent_products(session: Session, caller: Caller) -> list[dict]:
     stock = stock_by_product(session)
+    own = level_prices(session, caller.level_id)
     products = session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()
-    return [{"id": p.id, "name": p.name, "price": format_cents(agent_price(p.price_cents, caller.discount_bp)),
+    return [{"id": p.id, "name": p.name,
+             "price": format_cents(level_cost(p.price_cents, caller.discount_bp, own.get(p.id))),
              "shop_price": format_cents(p.price_cents), "currency": p.currency, "stock": stock.get(p.id, 0),
              "delivery": p.delivery_mode, "min_quantity": p.min_quantity, "max_quantity": p.max_quantity}
             for p in products]

@@ -2,8 +2,8 @@
 
 The rule, in one place (`margins`): start from the price the order was paid at
 per unit (an agent's own order: its cost). Walk up the agent's ancestors; each
-earns that price less its own cost (the product's price less its level's
-discount), and its cost becomes the price the next one up is measured from. An
+earns that price less its own cost (`services.level_cost`: its level's own price
+for the product, or the product's price less its level's discount), and its cost becomes the price the next one up is measured from. An
 ancestor whose cost is not below the price earns nothing and leaves the price
 as it was, so the shop always keeps the lowest cost in the chain and never
 pays more commission than the margin there is.
@@ -28,29 +28,34 @@ from ..database import utcnow
 from ..ledger import services as ledger
 from ..ledger.models import DEBT, LedgerAccount
 from ..settings.services import get_setting
-from .models import Agent, AgentLevel, Commission
-from .services import DEEPEST, agent_price
+from .models import Agent, AgentLevel, Commission, LevelPrice
+from .services import DEEPEST, level_cost
 
 _a, _l, _c, _acc = Agent.__table__, AgentLevel.__table__, Commission.__table__, LedgerAccount.__table__
-_UP = (sa.select(_a.c.id, _a.c.parent_id, _l.c.discount_bp).select_from(_a.join(_l, _l.c.id == _a.c.level_id))
-       .where(_a.c.id == sa.bindparam("agent_id")))
+_lp = LevelPrice.__table__
+# An agent, its parent, and what its level pays for the product (its own price, or NULL: the discount).
+_UP = (sa.select(_a.c.id, _a.c.parent_id, _l.c.discount_bp,
+                 sa.select(_lp.c.price_cents).where(_lp.c.level_id == _a.c.level_id,
+                                                    _lp.c.product_id == sa.bindparam("product_id"))
+                 .scalar_subquery().label("own_price"))
+       .select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(_a.c.id == sa.bindparam("agent_id")))
 _ACCOUNTS = sa.select(_acc.c.agent_id, _acc.c.kind, _acc.c.id, _acc.c.currency).where(
     _acc.c.agent_id.in_(sa.bindparam("agent_ids", expanding=True)))
 
 
-def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cents: int,
-            quantity: int) -> list[tuple[int, int, int]]:
+def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cents: int, quantity: int,
+            product_id: int) -> list[tuple[int, int, int]]:
     """[(ancestor id, the agent below whose price it earned from, cents)] of a sale at
     `paid_unit_cents` a unit by (or through) `agent_id`, nearest ancestor first."""
     conn = session.connection()
     earned = []
     price, below = paid_unit_cents, agent_id
-    parent = conn.execute(_UP, {"agent_id": agent_id}).first().parent_id
+    parent = conn.execute(_UP, {"agent_id": agent_id, "product_id": product_id}).first().parent_id
     for _step in range(DEEPEST + 1):   # a tree is never deeper; a loop in it never runs on
         if parent is None:
             break
-        row = conn.execute(_UP, {"agent_id": parent}).first()
-        cost = agent_price(price_cents, row.discount_bp)
+        row = conn.execute(_UP, {"agent_id": parent, "product_id": product_id}).first()
+        cost = level_cost(price_cents, row.discount_bp, row.own_price)
         if cost < price:
             earned.append((row.id, below, (price - cost) * quantity))
             price, below = cost, row.id
@@ -59,13 +64,13 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
 
 
 def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
-                    price_cents: int, quantity: int, currency: str, now: dt.datetime | None = None,
+                    price_cents: int, quantity: int, currency: str, product_id: int, now: dt.datetime | None = None,
                     savepoint: bool = True, shop_account_id: int | None = None) -> list[tuple[int, int, int]]:
     """Book the order's commissions as pending, in the delivery's transaction. Once: a
     second call for the same order books nothing (the ledger's cause and the rows' key)."""
     now = now or utcnow()
     earned = margins(session, agent_id=agent_id, paid_unit_cents=paid_unit_cents, price_cents=price_cents,
-                     quantity=quantity)
+                     quantity=quantity, product_id=product_id)
     if not earned:
         return []
     pending = _accounts(session, [a for a, _b, _m in earned])
@@ -90,7 +95,7 @@ def book_for_order(session: Session, order, product_price_cents: int, now: dt.da
     if order.agent_id:
         book_commission(session, order_id=order.id, order_no=order.order_no, agent_id=order.agent_id,
                         paid_unit_cents=order.unit_price_cents, price_cents=product_price_cents,
-                        quantity=order.quantity, currency=order.currency, now=now)
+                        quantity=order.quantity, currency=order.currency, product_id=order.product_id, now=now)
 
 
 def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, ledger.AccountRef]]:

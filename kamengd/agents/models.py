@@ -177,3 +177,19 @@ class LevelChange(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (sa.Index("ix_agent_level_changes_agent", "agent_id", "id"),)
+
+
+class LevelPrice(db.Model):
+    """A level's own price for one product, instead of its discount off the shop's price."""
+    __tablename__ = "agent_level_prices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    level_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_levels.id"))
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"), index=True)
+    price_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("level_id", "product_id", name="uq_agent_level_prices_level_product"),
+        sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
+    )

@@ -1,7 +1,8 @@
 """Agents, their levels and API keys; an agent's balance moved by staff.
 
 Prices: an agent pays the product's price less its level's discount, rounded
-half up to the cent (kamengd.agents.services.agent_price: the one place).
+half up to the cent, unless its level has its own price for the product
+(kamengd.agents.services.level_cost: the one place).
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from sqlalchemy.orm import Session
 
 from ..accounts.passwords import hash_password, validate_password
 from ..audit.services import record
+from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..ledger import services as ledger
-from ..money import MAX_CENTS, format_cents
+from ..money import MAX_CENTS, format_cents, parse_plain_money
 from ..settings.services import get_setting
 from ..validation import has_control_characters
 from ..vault import Vault
-from .models import Agent, AgentApiKey, AgentLevel
+from .models import Agent, AgentApiKey, AgentLevel, LevelPrice
 
 # How many levels of agents may sit below the shop is the setting agents.max_depth (default
 # 3); never more than this, which also bounds every walk up the tree.
@@ -70,6 +72,15 @@ def agent_price(price_cents: int, discount_bp: int) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def level_cost(price_cents: int, discount_bp: int, own_price_cents: int | None = None) -> int:
+    """What an agent of a level pays for a product: the level's own price for it (never above
+    the shop's price, should the shop lower it later), or the shop's price less the discount.
+    The one rule every price an agent sees or pays comes from."""
+    if own_price_cents is None:
+        return agent_price(price_cents, discount_bp)
+    return min(own_price_cents, price_cents)
+
+
 # -- levels -------------------------------------------------------------------
 
 def _level_name(name) -> str:
@@ -102,6 +113,42 @@ def set_level(session: Session, *, name: str, discount, actor: str,
                details={"name": name, "discount": format_discount(bp),
                         **({} if created else {"old_discount": format_discount(old)})})
     return level, created
+
+
+def set_level_price(session: Session, *, level, product_id, price, actor: str,
+                    source_ip: str | None = None) -> int | None:
+    """The level's own price for a product (a plain amount, at most the shop's price), or
+    with `price` None its discount again. The price now in force (None: the discount). Audited."""
+    the_level = get_level(session, level)
+    product = session.get(Product, product_id) if isinstance(product_id, int) and 0 < product_id < 2**31 else None
+    if product is None:
+        raise NotFound("product %(product_id)s not found", product_id=str(product_id)[:20])
+    cents = None if price is None else parse_plain_money(price, field="price", allow_zero=True)
+    if cents is not None and cents > product.price_cents:
+        raise InvalidRequest("price: %(price)s is above the shop's price of %(shop)s: an agent never pays more "
+                             "than a buyer", price=format_cents(cents), shop=format_cents(product.price_cents))
+    row = session.scalar(sa.select(LevelPrice).where(LevelPrice.level_id == the_level.id,
+                                                     LevelPrice.product_id == product.id).with_for_update())
+    old = None if row is None else row.price_cents
+    if cents is None and row is not None:
+        session.delete(row)
+    elif cents is not None and row is None:
+        session.add(LevelPrice(level_id=the_level.id, product_id=product.id, price_cents=cents))
+    elif cents is not None:
+        row.price_cents = cents
+    session.flush()
+    if old != cents:
+        record(session, "agent.level.price", actor=actor, target=f"agent_level:{the_level.id}", source_ip=source_ip,
+               details={"level": the_level.name, "product_id": product.id,
+                        "price": None if cents is None else format_cents(cents),
+                        "old_price": None if old is None else format_cents(old)})
+    return cents
+
+
+def level_prices(session: Session, level_id: int) -> dict[int, int]:
+    """{product id: cents} of the level's own prices."""
+    return dict(session.execute(sa.select(LevelPrice.product_id, LevelPrice.price_cents)
+                                .where(LevelPrice.level_id == level_id)).all())
 
 
 def get_level(session: Session, name: str) -> AgentLevel:

@@ -69,6 +69,40 @@ def agent_level_set(name, discount, as_json):
          f"{'created' if created else 'set'} level {level.name}: {said} % off")
 
 
+@agent_level.command("price")
+@click.option("--name", required=True, metavar="LEVEL")
+@click.option("--product-id", required=True, type=int, metavar="N")
+@click.option("--price", metavar="DECIMAL", help="The level's own price for the product (at most the shop's).")
+@click.option("--clear", is_flag=True, help="Drop the level's own price: its discount applies again.")
+@json_option
+@with_app
+def agent_level_price(name, product_id, price, clear, as_json):
+    """Give a level its own price for one product instead of its discount (audited)."""
+    if clear == (price is not None):
+        raise KamengdError("give either --price DECIMAL or --clear")
+    cents = agents.set_level_price(db.session, level=name, product_id=product_id, price=None if clear else price,
+                                   actor=cli_actor())
+    emit(as_json, {"level": name, "product_id": product_id, "price": None if cents is None else format_cents(cents)},
+         f"level {name} pays " + (f"{format_cents(cents)} for product {product_id}" if cents is not None else
+                                  f"its discount for product {product_id} again"))
+
+
+@agent_level.command("prices")
+@click.option("--name", required=True, metavar="LEVEL")
+@json_option
+@with_app(readonly=True)
+def agent_level_prices(name, as_json):
+    """The level's own prices, by product."""
+    level = agents.get_level(db.session, name)
+    rows = [{"product_id": pid, "price": format_cents(cents)}
+            for pid, cents in sorted(agents.level_prices(db.session, level.id).items())]
+    if as_json:
+        emit(True, {"level": level.name, "prices": rows}, "")
+        return
+    for r in rows:
+        click.echo(f"{r['product_id']:>8}  {r['price']:>12}")
+
+
 @agent_level.command("list")
 @json_option
 @with_app(readonly=True)
