@@ -148,9 +148,9 @@ class PanelConfig:
 
 
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
-               "payment.extra", "reconcile.mismatch", "scheduler.failover")
+               "payment.extra", "reconcile.mismatch", "scheduler.failover", "withdrawal.requested")
 STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "payment.extra", "reconcile.mismatch",
-                "scheduler.failover")
+                "scheduler.failover", "withdrawal.requested")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Money first, then who owns it: agents open their ledger accounts and are credited through it.
     ("the ledger", ("kamengd.ledger.*",)),
     ("agents", ("kamengd.agents.services", "kamengd.agents.auth", "kamengd.agents.commission",
-                "kamengd.agents.withdrawals", "kamengd.agents.levels")),
+                "kamengd.agents.levels")),
     # The low half of notifications: events and queued mail are written in the
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (
@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
         "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*",
-        "kamengd.agents.checkout")),
+        "kamengd.agents.checkout", "kamengd.agents.withdrawals")),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (

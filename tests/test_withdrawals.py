@@ -76,6 +76,10 @@ def test_every_mistake_of_an_account_at_once(backend, session, payee):
 def test_a_request_holds_then_finance_pays_it_once(backend, session, payee, alipay):
     row = withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="30.50", actor="a")
     assert (row.status, row.amount_cents, row.fee_cents) == ("requested", 3050, 0)
+    from kamengd.notifications.models import Event
+    told = session.scalars(sa.select(Event.payload).where(Event.type == "withdrawal.requested")).all()
+    assert any(f'"withdrawal_id": {row.id}' in payload and '"amount": "30.50"' in payload and "13800138000" not in
+               payload for payload in told)   # staff hear of it; the account number stays masked
     assert ledger.balances(session, payee.id) == {"available": 6950, "pending": 0, "held": 3050, "debt": 0}
     paid = withdrawals.pay_withdrawal(session, row.id, reference="ALI-0001", actor="finance")
     assert (paid.status, paid.reference, paid.reviewed_by) == ("paid", "ALI-0001", "finance")

@@ -26,6 +26,7 @@ from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..ledger import services as ledger
 from ..ledger.models import LedgerAccount
 from ..money import format_cents, parse_plain_money
+from ..notifications.events import emit
 from ..settings.services import get_setting
 from ..validation import has_control_characters, is_email_address
 from .models import Agent, PayoutAccount, Withdrawal
@@ -187,6 +188,10 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
     record(session, "withdrawal.request", actor=actor, target=f"withdrawal:{row.id}", source_ip=source_ip,
            details={"agent": agent.username, "amount": format_cents(cents), "fee": format_cents(fee),
                     "to": f"{target.kind} {mask_account(target.account)}"})
+    emit(session, "withdrawal.requested", {"withdrawal_id": row.id, "agent": agent.username,
+                                           "amount": format_cents(cents), "fee": format_cents(fee),
+                                           "currency": row.currency,
+                                           "to": f"{target.kind} {mask_account(target.account)}"}, now)
     return row
 
 

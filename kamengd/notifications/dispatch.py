@@ -140,6 +140,8 @@ SUMMARIES = {
     "reconcile.mismatch": lambda d: f"对账不符 settlement {d.get('day')}: order {d.get('order_no')} {d.get('kind')}",
     "scheduler.failover": lambda d: f"调度切换 scheduler taken over by {d.get('owner')} "
                                     f"(was {d.get('previous_owner')})",
+    "withdrawal.requested": lambda d: f"提现待审核 withdrawal {d.get('withdrawal_id')}: {d.get('agent')} asks for "
+                                      f"{d.get('amount')} {d.get('currency')}",
 }
 
 

@@ -117,6 +117,7 @@ def event_name(event_type: str) -> str:
         "order.held": _("Payment held for a check"), "order.stuck": _("Order needs a person"),
         "payment.extra": _("Order paid twice"), "reconcile.mismatch": _("Reconciliation mismatch"),
         "scheduler.failover": _("Scheduler moved to another server"),
+        "withdrawal.requested": _("Withdrawal to review"),
     }.get(event_type, event_type)
 
 
