@@ -10,6 +10,6 @@ from .notifications.models import EmailOutbox, Event, Notification, Notification
 from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401
 from .operations.models import ServerProcess  # noqa: F401
-from .agents.models import (Agent, AgentApiKey, AgentLevel, ApiNonce, Commission, LevelChange,  # noqa: F401
-                            LevelPrice, LevelRule, PayoutAccount, Withdrawal)
+from .agents.models import (Agent, AgentApiKey, AgentLevel, AgentPrice, ApiNonce, Commission,  # noqa: F401
+                            LevelChange, LevelPrice, LevelRule, PayoutAccount, Withdrawal)
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401

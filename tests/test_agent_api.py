@@ -390,3 +390,38 @@ def test_each_key_is_rate_limited_and_a_stranger_cannot_use_it_up(backend, make_
     assert answers == [200] * 5 + [429, 429]
     body = signed(client, alice, "GET", "/api/v1/agent/balance").get_json()
     assert body["error"]["code"] == "rate_limited"
+
+
+def test_an_agent_sets_its_own_selling_prices_never_below_its_cost(backend, app, client, network):
+    alice, product = network["alice"], network["product"]
+    mine = lambda: [p for p in signed(client, alice, "GET", "/api/v1/agent/prices").get_json()["prices"]  # noqa
+                    if p["product_id"] == product][0]
+    assert (mine()["cost"], mine()["price"], mine()["own"]) == ("8.91", "9.90", False)
+    answer = signed(client, alice, "POST", "/api/v1/agent/prices", {"product_id": product, "price": "12.50"})
+    assert answer.status_code == 200 and answer.get_json()["price"] == "12.50"
+    assert (mine()["price"], mine()["margin"], mine()["own"]) == ("12.50", "3.59", True)
+    for body, status, said in [({"product_id": product, "price": "8.90"}, 400, "below your cost of 8.91"),
+                               ({"product_id": product, "price": "1e3"}, 400, "price"),
+                               ({"product_id": product, "price": 12}, 400, "price"),
+                               ({"product_id": product, "price": "0"}, 400, "price"),
+                               ({"product_id": 2**31 + 5, "price": "10"}, 404, "product"),
+                               ({"product_id": "1", "price": "10"}, 404, "product")]:
+        refused = signed(client, alice, "POST", "/api/v1/agent/prices", body)
+        assert refused.status_code == status and said in refused.get_json()["error"]["message"], refused.get_json()
+    assert mine()["price"] == "12.50"                    # nothing changed
+    # Its cost rises above the price it set (its level's own price becomes 9.90): it sells at
+    # cost, never below.
+    assert signed(client, alice, "POST", "/api/v1/agent/prices",
+                  {"product_id": product, "price": "9.00"}).status_code == 200
+    from kamengd.agents.models import Agent, AgentLevel
+    from kamengd.extensions import db
+    with app.app_context():
+        level = db.session.get(AgentLevel, db.session.get(Agent, alice["id"]).level_id)
+        agents.set_level_price(db.session, level=level.name, product_id=product, price="9.90", actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert (mine()["cost"], mine()["price"], mine()["margin"]) == ("9.90", "9.90", "0.00")
+    assert signed(client, alice, "POST", "/api/v1/agent/prices",
+                  {"product_id": product, "price": "9.89"}).status_code == 400
+    cleared = signed(client, alice, "POST", "/api/v1/agent/prices", {"product_id": product, "price": None})
+    assert cleared.status_code == 200 and (cleared.get_json()["price"], cleared.get_json()["own"]) == ("9.90", False)

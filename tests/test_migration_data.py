@@ -39,6 +39,7 @@ OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {
     ("agent_levels", "discount_bp"): lambda i, _values: 1250 * i,              # BETWEEN 0 AND 10000
     ("ledger_accounts", "balance_cents"): lambda i, _values: 1234 * i,         # may_go_negative OR >= 0
     ("ledger_entries", "amount_cents"): lambda i, _values: (-1) ** i * 1234,   # <> 0
+    ("agent_level_rules", "days"): lambda i, _values: 7 * i + 1,               # BETWEEN 1 AND 366
 }
 
 

@@ -193,3 +193,19 @@ class LevelPrice(db.Model):
         sa.UniqueConstraint("level_id", "product_id", name="uq_agent_level_prices_level_product"),
         sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
     )
+
+
+class AgentPrice(db.Model):
+    """An agent's own selling price for a product on its sub-station (never below its cost)."""
+    __tablename__ = "agent_prices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"))
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"), index=True)
+    price_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        sa.UniqueConstraint("agent_id", "product_id", name="uq_agent_prices_agent_product"),
+        sa.CheckConstraint("price_cents > 0", name="positive"),
+    )

@@ -23,7 +23,7 @@ from ..money import MAX_CENTS, format_cents, parse_plain_money
 from ..settings.services import get_setting
 from ..validation import has_control_characters
 from ..vault import Vault
-from .models import Agent, AgentApiKey, AgentLevel, LevelPrice
+from .models import Agent, AgentApiKey, AgentLevel, AgentPrice, LevelPrice
 
 # How many levels of agents may sit below the shop is the setting agents.max_depth (default
 # 3); never more than this, which also bounds every walk up the tree.
@@ -143,6 +143,69 @@ def set_level_price(session: Session, *, level, product_id, price, actor: str,
                         "price": None if cents is None else format_cents(cents),
                         "old_price": None if old is None else format_cents(old)})
     return cents
+
+
+def agent_cost(session: Session, agent: Agent, product: Product) -> int:
+    """What `agent` pays for `product` now (its level's price or discount)."""
+    level = session.get(AgentLevel, agent.level_id)
+    return level_cost(product.price_cents, level.discount_bp, level_prices(session, level.id).get(product.id))
+
+
+def selling_price(session: Session, agent: Agent, product: Product) -> int:
+    """What the agent's sub-station asks for `product`: its own price, the shop's price
+    without one, and never below its cost (should its cost rise after it set its price)."""
+    own = session.scalar(sa.select(AgentPrice.price_cents).where(AgentPrice.agent_id == agent.id,
+                                                                 AgentPrice.product_id == product.id))
+    return max(product.price_cents if own is None else own, agent_cost(session, agent, product))
+
+
+def set_selling_price(session: Session, agent: Agent, *, product_id, price, actor: str,
+                      source_ip: str | None = None) -> int | None:
+    """The agent's own selling price for a product (a plain amount, never below its cost), or
+    with `price` None the shop's price again. The price now set (None: the shop's). Audited."""
+    product = session.get(Product, product_id) if isinstance(product_id, int) and not isinstance(
+        product_id, bool) and 0 < product_id < 2**31 else None
+    if product is None or not product.is_active:
+        raise NotFound("product not found")
+    cents = None if price is None else parse_plain_money(price, field="price")
+    if cents is not None:
+        cost = agent_cost(session, agent, product)
+        if cents < cost:
+            raise InvalidRequest("price: %(price)s is below your cost of %(cost)s for this product",
+                                 price=format_cents(cents), cost=format_cents(cost))
+    row = session.scalar(sa.select(AgentPrice).where(AgentPrice.agent_id == agent.id,
+                                                     AgentPrice.product_id == product.id).with_for_update())
+    old = None if row is None else row.price_cents
+    if cents is None and row is not None:
+        session.delete(row)
+    elif cents is not None and row is None:
+        session.add(AgentPrice(agent_id=agent.id, product_id=product.id, price_cents=cents))
+    elif cents is not None:
+        row.price_cents = cents
+    session.flush()
+    if old != cents:
+        record(session, "agent.price.set", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
+               details={"product_id": product.id, "price": None if cents is None else format_cents(cents),
+                        "old_price": None if old is None else format_cents(old)})
+    return cents
+
+
+def selling_prices(session: Session, agent: Agent) -> list[dict]:
+    """The agent's products with its cost and its sub-station's price."""
+    own = dict(session.execute(sa.select(AgentPrice.product_id, AgentPrice.price_cents)
+                               .where(AgentPrice.agent_id == agent.id)).all())
+    level = session.get(AgentLevel, agent.level_id)
+    level_own = level_prices(session, level.id)
+    products = session.scalars(sa.select(Product).where(Product.is_active.is_(True))
+                               .order_by(Product.sort_order, Product.id)).all()
+    rows = []
+    for p in products:
+        cost = level_cost(p.price_cents, level.discount_bp, level_own.get(p.id))
+        price = max(own.get(p.id, p.price_cents), cost)
+        rows.append({"product_id": p.id, "name": p.name, "shop_price": format_cents(p.price_cents),
+                     "cost": format_cents(cost), "price": format_cents(price), "own": p.id in own,
+                     "margin": format_cents(price - cost)})
+    return rows
 
 
 def level_prices(session: Session, level_id: int) -> dict[int, int]:

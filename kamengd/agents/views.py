@@ -11,6 +11,7 @@ from ..ledger import services as ledger
 from ..money import format_cents
 from ..orders.models import Order
 from .auth import Caller, spend_nonce, verify_request
+from . import services as agents
 from . import withdrawals
 from .checkout import agent_order, agent_products, place_agent_order
 from .models import Agent, Commission
@@ -122,6 +123,26 @@ def request_withdrawal():
     response = jsonify(withdrawals.withdrawal_view(row))
     response.status_code = 201
     return response
+
+
+@bp.get("/prices")
+def list_prices():
+    caller = _spent(signed_caller())
+    return jsonify({"prices": agents.selling_prices(db.session, db.session.get(Agent, caller.agent_id))})
+
+
+@bp.post("/prices")
+def set_price():
+    caller = _spent(signed_caller())
+    body = _json_body()
+    price = body.get("price")
+    if price is not None and not isinstance(price, str):
+        raise InvalidRequest("price: a string such as \"12.00\", or null for the shop's price")
+    agents.set_selling_price(db.session, db.session.get(Agent, caller.agent_id), product_id=body.get("product_id"),
+                             price=price, actor=_actor(caller), source_ip=request.remote_addr)
+    mine = [p for p in agents.selling_prices(db.session, db.session.get(Agent, caller.agent_id))
+            if p["product_id"] == body.get("product_id")]
+    return jsonify(mine[0])
 
 
 @bp.get("/commissions")
