@@ -349,8 +349,11 @@ def test_payout_accounts_withdrawals_and_commissions_through_the_api(backend, cl
     assert signed(client, bob, "POST", "/api/v1/agent/withdrawals",
                   {"payout_account_id": account_id, "amount": "10"}).status_code == 404
     held = signed(client, alice, "POST", "/api/v1/agent/withdrawals", {"payout_account_id": account_id,
-                                                                       "amount": "12.50"})
+                                                                       "amount": "12.50"}, idempotency_key="w-1")
     assert held.status_code == 201 and held.get_json()["status"] == "requested"
+    retried = signed(client, alice, "POST", "/api/v1/agent/withdrawals", {"payout_account_id": account_id,
+                                                                          "amount": "12.50"}, idempotency_key="w-1")
+    assert retried.get_json()["id"] == held.get_json()["id"] and retried.headers["Idempotent-Replayed"] == "true"
     assert held.get_json()["amount"] == "12.50" and held.get_json()["payout"] == "12.50"
     balance = signed(client, alice, "GET", "/api/v1/agent/balance").get_json()
     assert (balance["balance"], balance["held"]) == ("17.50", "12.50")

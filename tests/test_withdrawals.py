@@ -172,3 +172,23 @@ def test_a_fee_that_leaves_nothing_is_refused(backend, session, payee, alipay):
 def test_settings_that_are_refused(backend, session, key, value):
     with pytest.raises(InvalidRequest, match=key.replace(".", r"\.")):
         set_setting(session, key, value, actor="t")
+
+
+def test_a_retried_request_with_its_key_holds_once(backend, session, payee, alipay):
+    first = withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="30", actor="a",
+                                           idempotency_key="pay-me-0001")
+    again = withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="30", actor="a",
+                                           idempotency_key="pay-me-0001")
+    assert again.id == first.id and getattr(again, "replayed", False)
+    assert ledger.balances(session, payee.id)["held"] == 3000
+    with pytest.raises(Conflict, match="another withdrawal"):
+        withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="31", actor="a",
+                                       idempotency_key="pay-me-0001")
+    for bad in ("", "a b", "x" * 65, "中文", 5):
+        with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+            withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="1", actor="a",
+                                           idempotency_key=bad)
+    withdrawals.request_withdrawal(session, payee, payout_account_id=alipay.id, amount="30", actor="a",
+                                   idempotency_key="pay-me-0002")   # another key: another withdrawal
+    assert ledger.balances(session, payee.id)["held"] == 6000
+    assert ledger.verify(session)[1] == []

@@ -136,8 +136,11 @@ class Withdrawal(db.Model):
     reviewed_by: Mapped[str | None] = mapped_column(sa.String(80))
     reference: Mapped[str | None] = mapped_column(sa.String(128))
     reason: Mapped[str | None] = mapped_column(sa.String(200))
+    # The client's name for the request: sent again (a retry), the same withdrawal, once.
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(64))
 
     __table_args__ = (
+        sa.UniqueConstraint("agent_id", "idempotency_key", name="uq_withdrawals_agent_idempotency"),
         sa.Index("ix_withdrawals_agent", "agent_id", "requested_at"),
         sa.Index("ix_withdrawals_status", "status", "id"),
         sa.CheckConstraint("amount_cents > 0", name="positive"),

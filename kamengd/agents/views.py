@@ -119,9 +119,12 @@ def request_withdrawal():
     body = _json_body()
     row = withdrawals.request_withdrawal(db.session, db.session.get(Agent, caller.agent_id),
                                          payout_account_id=body.get("payout_account_id"), amount=body.get("amount"),
-                                         actor=_actor(caller), source_ip=request.remote_addr)
+                                         actor=_actor(caller), source_ip=request.remote_addr,
+                                         idempotency_key=request.headers.get("Idempotency-Key"))
     response = jsonify(withdrawals.withdrawal_view(row))
     response.status_code = 201
+    if getattr(row, "replayed", False):
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

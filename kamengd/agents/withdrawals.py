@@ -38,6 +38,7 @@ _CARD_RE = re.compile(r"[0-9]{12,19}")
 _ERC20_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _REFERENCE_RE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,127}")
+_IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 STATUSES = ("requested", "paid", "rejected")
 _acc = LedgerAccount.__table__
 
@@ -152,11 +153,17 @@ def _day_of(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 
 
 def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amount, actor: str,
-                       source_ip: str | None = None, now: dt.datetime | None = None) -> Withdrawal:
+                       source_ip: str | None = None, now: dt.datetime | None = None,
+                       idempotency_key: str | None = None) -> Withdrawal:
     """Hold `amount` (a plain decimal string) from the agent's balance for a payout.
     Refused with nothing held: below the minimum, over the daily limit, a fee that would
-    leave nothing, more than the balance, another agent's account."""
+    leave nothing, more than the balance, another agent's account. With an
+    `idempotency_key` seen before: that withdrawal (`replayed` set), or Conflict if it
+    asked for something else."""
     now = now or utcnow()
+    if idempotency_key is not None and not (isinstance(idempotency_key, str) and
+                                            _IDEMPOTENCY_RE.fullmatch(idempotency_key)):
+        raise InvalidRequest("Idempotency-Key: 1 to 64 printable characters")
     cents = parse_plain_money(amount, field="amount")
     target = _own_account(session, agent.id, payout_account_id)
     minimum = parse_plain_money(get_setting(session, "withdrawals.minimum") or "0", allow_zero=True)
@@ -168,6 +175,14 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
     accounts = ledger.agent_refs(session, agent.id)
     # The agent's spendable account, locked: its requests one at a time (the limit below is theirs).
     session.execute(sa.select(_acc.c.id).where(_acc.c.id == accounts["available"].id).with_for_update())
+    if idempotency_key is not None:   # under the lock: a retry sent at once waits, then finds the first
+        earlier = session.scalar(sa.select(Withdrawal).where(Withdrawal.agent_id == agent.id,
+                                                             Withdrawal.idempotency_key == idempotency_key))
+        if earlier is not None:
+            if (earlier.payout_account_id, earlier.amount_cents) != (target.id, cents):
+                raise Conflict("this Idempotency-Key was used for another withdrawal")
+            earlier.replayed = True
+            return earlier
     limit = parse_plain_money(get_setting(session, "withdrawals.daily_limit") or "0", allow_zero=True)
     if limit:
         start, end = _day_of(now)
@@ -179,7 +194,8 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
                                  limit=format_cents(limit), left=format_cents(max(limit - today, 0)))
     with session.begin_nested():   # the row and its hold, or neither
         row = Withdrawal(agent_id=agent.id, payout_account_id=target.id, amount_cents=cents, fee_cents=fee,
-                         currency=accounts["available"].currency, status="requested", requested_at=now)
+                         currency=accounts["available"].currency, status="requested", requested_at=now,
+                         idempotency_key=idempotency_key)
         session.add(row)
         session.flush()
         ledger.post(session, cause=f"withdrawal:{row.id}:request", kind="withdrawal",
