@@ -20,3 +20,14 @@ def is_email_address(text: str) -> bool:
 def has_control_characters(text: str) -> bool:
     """Line breaks, tabs, DEL and the like: never in a one-line value."""
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A CSV cell no spreadsheet runs as a formula: text starting =, +, -, @, a tab or a
+    carriage return is quoted with ' (a plain number such as -5.00 stays a number)."""
+    if text[:1] in ("=", "+", "@", "\t", "\r") or (text[:1] == "-" and not _PLAIN_NUMBER.fullmatch(text)):
+        return "'" + text
+    return text

@@ -428,3 +428,33 @@ def test_an_agent_sets_its_own_selling_prices_never_below_its_cost(backend, app,
                   {"product_id": product, "price": "9.89"}).status_code == 400
     cleared = signed(client, alice, "POST", "/api/v1/agent/prices", {"product_id": product, "price": None})
     assert cleared.status_code == 200 and (cleared.get_json()["price"], cleared.get_json()["own"]) == ("9.90", False)
+
+
+def test_the_ledger_statement_with_filters_and_as_csv(backend, client, network):
+    alice = network["alice"]
+    placed = signed(client, alice, "POST", "/api/v1/agent/orders", {"product_id": network["product"], "quantity": 1},
+                    idempotency_key="statement-1")
+    assert placed.status_code == 201
+    entries = signed(client, alice, "GET", "/api/v1/agent/ledger").get_json()["entries"]
+    assert [(e["account"], e["amount"], e["balance_after"], e["kind"]) for e in entries] == [
+        ("available", "-8.91", "21.09", "order"), ("available", "30.00", "30.00", "credit")]
+    assert signed(client, alice, "GET", "/api/v1/agent/ledger?account=pending").get_json() == {"entries": []}
+    assert signed(client, alice, "GET", "/api/v1/agent/ledger?from=2000-01-01&to=2000-12-31").get_json() == {
+        "entries": []}
+    for bad in ("?account=shop", "?from=yesterday", "?limit=x"):
+        answer = signed(client, alice, "GET", "/api/v1/agent/ledger" + bad)
+        assert answer.status_code == 400, bad
+    csv_answer = signed(client, alice, "GET", "/api/v1/agent/ledger?format=csv")
+    assert csv_answer.status_code == 200 and csv_answer.mimetype == "text/csv"
+    lines = csv_answer.get_data(as_text=True).splitlines()
+    assert lines[0] == "time,account,amount,balance_after,kind,cause,memo" and len(lines) == 3
+    assert ",-8.91,21.09,order," in lines[1]                    # a debit stays a number
+    bob = signed(client, network["bob"], "GET", "/api/v1/agent/ledger").get_json()
+    assert bob == {"entries": []}                               # only its own
+
+
+def test_a_spreadsheet_never_runs_a_cell():
+    from kamengd.validation import spreadsheet_cell
+
+    assert [spreadsheet_cell(t) for t in ("=1+1", "+1", "@SUM(A1)", "-1+1", "-5.00", "12", "ok", "", "\tx")] == [
+        "'=1+1", "'+1", "'@SUM(A1)", "'-1+1", "-5.00", "12", "ok", "", "'\tx"]

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Money first, then who owns it: agents open their ledger accounts and are credited through it.
     ("the ledger", ("kamengd.ledger.*",)),
     ("agents", ("kamengd.agents.services", "kamengd.agents.auth", "kamengd.agents.commission",
-                "kamengd.agents.levels")),
+                "kamengd.agents.levels", "kamengd.agents.statements")),
     # The low half of notifications: events and queued mail are written in the
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (

@@ -98,6 +98,7 @@ PUBLIC_ELSEWHERE = {
     "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",
     "agent_api.list_payout_accounts", "agent_api.add_payout_account", "agent_api.list_withdrawals",
     "agent_api.request_withdrawal", "agent_api.list_commissions", "agent_api.list_prices", "agent_api.set_price",
+    "agent_api.ledger_statement",
 }
 
 

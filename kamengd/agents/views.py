@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from ..context import get_config, get_vault
 from ..errors import InvalidRequest
@@ -12,6 +12,7 @@ from ..money import format_cents
 from ..orders.models import Order
 from .auth import Caller, spend_nonce, verify_request
 from . import services as agents
+from . import statements
 from . import withdrawals
 from .checkout import agent_order, agent_products, place_agent_order
 from .models import Agent, Commission
@@ -146,6 +147,22 @@ def set_price():
     mine = [p for p in agents.selling_prices(db.session, db.session.get(Agent, caller.agent_id))
             if p["product_id"] == body.get("product_id")]
     return jsonify(mine[0])
+
+
+@bp.get("/ledger")
+def ledger_statement():
+    caller = _spent(signed_caller())
+    try:
+        limit = int(request.args.get("limit", "500"))
+    except ValueError:
+        raise InvalidRequest("limit: a whole number") from None
+    rows = statements.statement(db.session, caller.agent_id, account=request.args.get("account"),
+                                since=request.args.get("from"), until=request.args.get("to"), limit=limit)
+    if request.args.get("format") == "csv":
+        return Response(statements.as_csv(rows), mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="ledger-{caller.username}.csv"',
+            "Cache-Control": "no-store"})
+    return jsonify({"entries": rows})
 
 
 @bp.get("/commissions")

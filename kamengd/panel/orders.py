@@ -22,6 +22,7 @@ from ..orders.models import ORDER_STATUSES
 from ..payments.models import PaymentChannel
 from ..settings.messaging import mail_server
 from ..transaction import read_only
+from ..validation import spreadsheet_cell
 from .blueprint import bp
 from .helpers import PAGE_SIZE, local_day_start, page_number, when, flash_errors
 from .session import actor, client_ip
@@ -134,9 +135,7 @@ def orders_export():
                     headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
-def _cell(text: str) -> str:
-    """No formula in a spreadsheet cell: a value starting =, +, - or @ is quoted as text."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+_cell = spreadsheet_cell   # no formula in a spreadsheet cell
 
 
 def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = None):
