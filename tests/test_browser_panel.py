@@ -38,7 +38,22 @@ def data(shop):
     staff = {role: shop.staff(role) for role in ("admin", "operator", "support", "finance", "auditor")}
     channel_ids = shop.run(lambda s, v: {c.code: c.id for c in s.query(PaymentChannel)})
     return {"category": games, "product": month, "manual": manual, "delivered": delivered,
-            "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]]}
+            "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
+            "agent": shop.run(_an_agent_asking_to_be_paid)}
+
+
+def _an_agent_asking_to_be_paid(session, _vault) -> int:
+    """An agent with a balance, a payout account and a withdrawal to review: the agents' pages."""
+    from kamengd.agents import services as agents
+    from kamengd.agents import withdrawals
+
+    level, _ = agents.set_level(session, name="金牌", discount="12.5", actor="test")
+    agent = agents.create_agent(session, username="daili-01", level=level.name, actor="test")
+    agents.credit_balance(session, agent, 12000, reason="首次充值", actor="test")
+    account = withdrawals.add_payout_account(session, agent, kind="alipay", account="13800138000", holder="张三",
+                                             actor="test")
+    withdrawals.request_withdrawal(session, agent, payout_account_id=account.id, amount="50", actor="test")
+    return agent.id
 
 
 def today(shop) -> dt.date:
@@ -73,7 +88,8 @@ def owner_state(shop, chromium):
 def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
     """Real objects for a panel address's parts."""
     known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
-             "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat()}
+             "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat(),
+             "agent_id": data["agent"]}
     unknown = arguments - known.keys()
     assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
     return {name: known[name] for name in arguments}
