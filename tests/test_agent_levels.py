@@ -72,8 +72,16 @@ def run_job(app, days_later=0):
             db.session.remove()
 
 
-def test_sales_move_agents_up_and_down_and_a_pinned_level_stays(backend, app, client):
+def test_sales_move_agents_up_and_down_and_a_pinned_level_stays(backend, make_install):
+    """On a shop of its own: the job moves every unpinned agent of the database."""
+    import dataclasses
+
+    from kamengd.app import create_app
     from kamengd.extensions import db
+
+    cfg = make_install(backend)
+    app = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))
+    client = app.test_client()
 
     t = secrets.token_hex(3)
     made = shop(app, t)
