@@ -127,22 +127,27 @@ def set_level_price(session: Session, *, level, product_id, price, actor: str,
     if cents is not None and cents > product.price_cents:
         raise InvalidRequest("price: %(price)s is above the shop's price of %(shop)s: an agent never pays more "
                              "than a buyer", price=format_cents(cents), shop=format_cents(product.price_cents))
-    row = session.scalar(sa.select(LevelPrice).where(LevelPrice.level_id == the_level.id,
-                                                     LevelPrice.product_id == product.id).with_for_update())
-    old = None if row is None else row.price_cents
-    if cents is None and row is not None:
-        session.delete(row)
-    elif cents is not None and row is None:
-        session.add(LevelPrice(level_id=the_level.id, product_id=product.id, price_cents=cents))
-    elif cents is not None:
-        row.price_cents = cents
-    session.flush()
+    old = _put_price(session, LevelPrice, {"level_id": the_level.id, "product_id": product.id}, cents)
     if old != cents:
         record(session, "agent.level.price", actor=actor, target=f"agent_level:{the_level.id}", source_ip=source_ip,
                details={"level": the_level.name, "product_id": product.id,
                         "price": None if cents is None else format_cents(cents),
                         "old_price": None if old is None else format_cents(old)})
     return cents
+
+
+def _put_price(session: Session, model, key: dict, cents: int | None) -> int | None:
+    """Set (or, None, drop) the price row of `model` named by `key`; the price it had."""
+    row = session.scalar(sa.select(model).filter_by(**key).with_for_update())
+    old = None if row is None else row.price_cents
+    if cents is None and row is not None:
+        session.delete(row)
+    elif cents is not None and row is None:
+        session.add(model(**key, price_cents=cents))
+    elif cents is not None:
+        row.price_cents = cents
+    session.flush()
+    return old
 
 
 def agent_cost(session: Session, agent: Agent, product: Product) -> int:
@@ -173,16 +178,7 @@ def set_selling_price(session: Session, agent: Agent, *, product_id, price, acto
         if cents < cost:
             raise InvalidRequest("price: %(price)s is below your cost of %(cost)s for this product",
                                  price=format_cents(cents), cost=format_cents(cost))
-    row = session.scalar(sa.select(AgentPrice).where(AgentPrice.agent_id == agent.id,
-                                                     AgentPrice.product_id == product.id).with_for_update())
-    old = None if row is None else row.price_cents
-    if cents is None and row is not None:
-        session.delete(row)
-    elif cents is not None and row is None:
-        session.add(AgentPrice(agent_id=agent.id, product_id=product.id, price_cents=cents))
-    elif cents is not None:
-        row.price_cents = cents
-    session.flush()
+    old = _put_price(session, AgentPrice, {"agent_id": agent.id, "product_id": product.id}, cents)
     if old != cents:
         record(session, "agent.price.set", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
                details={"product_id": product.id, "price": None if cents is None else format_cents(cents),
