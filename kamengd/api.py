@@ -11,7 +11,10 @@ from .context import get_config, get_vault
 from .errors import InvalidRequest
 from .extensions import db, limiter
 from .money import format_cents
+from .agents import services as agents
+from .agents.models import Agent
 from .orders.checkout import place_order
+from .substation import seller, station
 from .orders.lookup import buyer_order_view
 from .payments import methods
 from .payments import services as payments
@@ -27,7 +30,9 @@ def products():
     stock = stock_by_product(db.session)
     items = db.session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()
-    return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(p.price_cents),
+    on = station()   # an agent's sub-station asks the agent's prices
+    prices = agents.station_prices(db.session, db.session.get(Agent, on.id), items) if on is not None else {}
+    return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(prices.get(p.id, p.price_cents)),
                                   "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
                                   "max_quantity": p.max_quantity, **_input_fields(p)} for p in items]})
@@ -75,7 +80,7 @@ def new_order():
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
                          buyer_input=body.get("input"),   # the product's input fields (kamengd.catalog.inputs)
                          pay_type=body.get("pay_type"),   # one of the channel's (GET /api/v1/payment-methods)
-                         client_ip=request.remote_addr, site_url=get_config().site.url)
+                         client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller())
     return jsonify(placed.as_api()), 201
 
 

@@ -9,7 +9,7 @@ from flask_babel import Babel
 from flask_wtf.csrf import CSRFError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, health, panel
+from . import api, health, panel, portal, substation
 from .agents import views as agent_views
 from .config import Config, load_config
 from .context import CONFIG_KEY
@@ -26,7 +26,7 @@ from .transaction import TransactionalFlask
 # No inline script or style anywhere: an injected <script> does not run.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-# The panel's forms post only to us. (Not on the storefront: a purchase
+# The panel's and the agent portal's forms post only to us. (Not on the storefront: a purchase
 # answers with a redirect to the payment gateway, which form-action would stop.)
 PANEL_CSP = CSP + "; form-action 'self'"
 TRANSLATIONS = Path(__file__).parent / "translations"
@@ -56,6 +56,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions[CONFIG_KEY] = config
     logging.getLogger("kamengd").setLevel(config.logging.level)
 
+    # Sub-stations at /s/<agent>: inside ProxyFix, which may set the prefix in front of it.
+    app.wsgi_app = substation.StationPrefix(app.wsgi_app)
     if config.server.proxy_count:
         # Client addresses (rate limits, orders) and https:// links behind nginx.
         n = config.server.proxy_count
@@ -84,13 +86,19 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(payment_views.bp)
     app.register_blueprint(storefront.bp)
     app.register_blueprint(panel.bp)
+    app.register_blueprint(portal.bp)
     csrf.exempt(api.bp)
     csrf.exempt(agent_views.bp)   # signed by the agent's key, no cookie
     csrf.exempt(payment_views.bp)
 
+    app.before_request(substation.resolve)
+    app.after_request(substation.remember_referrer)
+
     @app.context_processor
     def _site():
-        return {"site_name": shop_name()}
+        station = substation.station()
+        return {"site_name": (station.title if station is not None and station.title else shop_name()),
+                "station": station}
 
     app.after_request(security_headers)
     return app
@@ -98,7 +106,7 @@ def create_app(config: Config | None = None) -> Flask:
 
 def security_headers(response):
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", PANEL_CSP if request.path.startswith("/admin") else CSP)
+    headers.setdefault("Content-Security-Policy", PANEL_CSP if request.path.split("/")[1] in ("admin", "agent") else CSP)
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     # Order pages carry a token in their address: it never leaves in a Referer.

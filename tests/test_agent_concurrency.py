@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
 
 import pytest
 
@@ -122,5 +123,54 @@ def test_twenty_withdrawals_against_one_balance(layout, backend, databases, tmp_
     assert run_cli("withdrawal", "pay", "--id", str(listed[0]["id"]), "--reference", "again", config=config).returncode != 0
     shown = cli("balance", "show", "--username", "payee")
     assert (shown["balance"], shown["held"]) == ("25.00", "60.00")
+    assert cli("ledger", "verify")["ok"] is True
+    assert_clean_logs(start_server)
+
+
+SOLD, CALLS_EACH = 12, 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_stations_sales_earn_once_whatever_the_callbacks(layout, backend, databases, tmp_path, start_server):
+    """Buyers order on an agent's sub-station (/s/<agent>); every order's Epay callback then
+    arrives four times at once, spread over the servers. Each order is delivered once and
+    earns its seller and the agent above it once: the seller 1.00 − 0.80, the upline
+    0.80 − 0.70 a unit; the books add up."""
+    from test_concurrency import callback_params, http
+
+    if layout == "two-servers" and backend == "sqlite":
+        pytest.skip("two servers share one database on MariaDB")
+    config, pid, _keys = setup_shop(backend, databases, tmp_path)   # keys at 1.00
+    cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
+    cli("agent", "level", "set", "--name", "seller", "--discount", "20")
+    cli("agent", "level", "set", "--name", "above", "--discount", "30")
+    cli("agent", "create", "--username", "upline", "--level", "above")
+    cli("agent", "create", "--username", "shopkeeper", "--level", "seller", "--parent", "upline")
+    bases = start_layout(layout, start_server, config)
+    wait_for_leader(bases[0])
+
+    def buy(i):
+        return http("POST", f"{bases[i % len(bases)]}/s/shopkeeper/api/v1/orders",
+                    {"product_id": pid, "quantity": 1, "email": f"s{i}@example.com", "channel": "epay"})
+
+    with ThreadPoolExecutor(max_workers=SOLD) as pool:
+        placed = [json.loads(body) for status, body in pool.map(buy, range(SOLD)) if status == 201]
+    assert len(placed) == SOLD
+    calls = [(o["order_no"], bases[n % len(bases)]) for o in placed for n in range(CALLS_EACH)]
+
+    def pay(call):
+        order_no, base = call
+        return http("GET", f"{base}/pay/epay/notify?{urlencode(callback_params(order_no))}")
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        answers = list(pool.map(pay, calls))
+    assert all(answer == (200, "success") for answer in answers), Counter(answers)
+    for o in placed:
+        status, body = http("GET", f"{bases[0]}/api/v1/orders/{o['order_no']}?token={o['token']}")
+        assert status == 200 and json.loads(body)["status"] == "delivered", body
+    cents = lambda n: f"{n // 100}.{n % 100:02d}"   # noqa: E731
+    assert cli("balance", "show", "--username", "shopkeeper")["pending"] == cents(SOLD * 20)
+    assert cli("balance", "show", "--username", "upline")["pending"] == cents(SOLD * 10)
     assert cli("ledger", "verify")["ok"] is True
     assert_clean_logs(start_server)

@@ -152,3 +152,52 @@ def test_withdrawal_commands_refuse_bad_input_in_one_line(backend, shop, args, s
         assert proc.returncode == 2 and said in proc.err and "Traceback" not in proc.err
     else:
         assert_one_line_error(proc, said)
+
+
+def test_an_agents_portal_password_two_factor_and_locks_from_the_cli(backend, shop, tmp_path):
+    """An agent made without a password gets one, is unlocked after guesses and has a lost
+    authenticator turned off, each from the CLI, with the portal as the proof."""
+    import pyotp
+
+    from conftest import PASSWORD
+    from kamengd.accounts import auth
+    from kamengd.agents.models import Agent
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from panel_support import csrf_of
+
+    cli_json(shop, "agent", "level", "set", "--name", "L1", "--discount", "1")
+    cli_json(shop, "agent", "create", "--username", "dana", "--level", "L1")
+    app = create_app(shop)
+    client = app.test_client()
+
+    def sign_in(password=PASSWORD):
+        token = csrf_of(client.get("/agent/login").get_data(as_text=True))
+        return client.post("/agent/login", data={"csrf_token": token, "username": "dana", "password": password})
+
+    assert sign_in().status_code == 401                                    # no password yet
+    assert_one_line_error(run_cli("agent", "set-password", "--username", "dana", "--password-file",
+                                  write_password(tmp_path, "short"), config=shop.path), "password")
+    done = cli_json(shop, "agent", "set-password", "--username", "dana", "--password-file", write_password(tmp_path))
+    assert done["username"] == "dana"
+    for _ in range(auth.LOCK_AFTER["pair"]):
+        sign_in("a wrong guess")
+    assert sign_in().status_code == 429
+    assert cli_json(shop, "agent", "unlock", "--username", "dana")["cleared"] >= 1
+    assert cli_json(shop, "agent", "unlock", "--username", "dana")["cleared"] == 0
+    assert sign_in().status_code == 302 and client.get("/agent/").status_code == 200
+
+    with app.app_context():
+        dana = db.session.scalars(sa.select(Agent).where(Agent.username == "dana")).one()
+        secret = auth.start_enrolment(db.session, get_vault(), dana)
+        auth.confirm_enrolment(db.session, get_vault(), dana, pyotp.TOTP(secret).now(), ip=None)
+        db.session.commit()
+        db.session.remove()
+    assert cli_json(shop, "agent", "reset-2fa", "--username", "dana")["totp_enabled"] is False
+    assert client.get("/agent/").status_code == 302                        # its sessions ended
+    assert sign_in().status_code == 302                                    # and no code is asked
+    assert_one_line_error(run_cli("agent", "set-password", "--username", "nobody", "--password-file",
+                                  write_password(tmp_path), config=shop.path), "no agent named")
+    actions = [e["action"] for e in cli_json(shop, "audit", "list", "--limit", "50")["entries"]]
+    assert {"auth.password_reset", "auth.unlock", "auth.2fa_disable", "auth.logout_everywhere"} <= set(actions)

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Money first, then who owns it: agents open their ledger accounts and are credited through it.
     ("the ledger", ("kamengd.ledger.*",)),
     ("agents", ("kamengd.agents.services", "kamengd.agents.auth", "kamengd.agents.commission",
-                "kamengd.agents.levels", "kamengd.agents.statements")),
+                "kamengd.agents.levels", "kamengd.agents.statements", "kamengd.agents.sites")),
     # The low half of notifications: events and queued mail are written in the
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (
@@ -56,18 +56,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
         "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*",
-        "kamengd.agents.checkout", "kamengd.agents.withdrawals")),
+        "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview")),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (
         "kamengd.operations.doctor", "kamengd.operations.history", "kamengd.operations.rotation",
         "kamengd.reports.*")),
     ("the scheduler's jobs", ("kamengd.scheduler.jobs", "kamengd.scheduler.runner")),
-    ("HTTP answers for errors", ("kamengd.http_errors",)),
+    # The visitor's language: the storefront's and the agent portal's pages say both texts.
+    ("the visitor's language", ("kamengd.storefront.i18n",)),
+    ("HTTP answers for errors, signed-in sessions", ("kamengd.http_errors", "kamengd.websession", "kamengd.substation")),
     ("views", (
         "kamengd.api", "kamengd.agents.views", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views",
         "kamengd.panel",
-        "kamengd.panel.*")),
+        "kamengd.panel.*", "kamengd.portal", "kamengd.portal.*")),
     ("the app factory", ("kamengd.app",)),
     # These build an app: installing writes the first rows through it, gunicorn loads one per worker.
     ("installation and servers", ("kamengd.operations.installation", "kamengd.server.*")),

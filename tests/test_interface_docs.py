@@ -62,7 +62,7 @@ def _stable_rows(text: str):
         words = cell.split()[1:]
         path = []
         for word in words:
-            if not re.fullmatch(r"[a-z][a-z-]*", word):
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", word):
                 break
             path.append(word)
         yield " ".join(path), set(re.findall(r"--[a-z][a-z-]*", cell)), cell

@@ -84,3 +84,61 @@ def test_support_and_operators_never_touch_money(backend, app, client, payee, ro
     assert answer.status_code == 403
     assert post(client, f"/admin/withdrawals/{payee['withdrawal']}/pay", {"reference": "X"}).status_code == 403
     assert balances(app, payee["id"]) == {"available": 3000, "pending": 0, "held": 2000, "debt": 0}
+
+
+def test_admins_create_agents_bind_hosts_and_set_level_rules(backend, app, client):
+    """The panel's agent forms: a new agent with its portal password, a host bound once (the
+    same host again, or a bad one, is refused), a level rule set and removed; support may
+    do none of it."""
+    from kamengd.agents.models import Agent, LevelRule
+    from kamengd.extensions import db
+    import sqlalchemy as sa
+
+    t = secrets.token_hex(3)
+    with app.app_context():
+        level_id = agents.set_level(db.session, name=f"r-{t}", discount="3", actor="t")[0].id
+        db.session.commit()
+        db.session.remove()
+    signed_in(app, client, "admin")
+    form = {"username": f"new-{t}", "level": f"r-{t}", "parent": "", "password": "portal-pass-1",
+            "password_repeat": "portal-pass-1"}
+    answer = post(client, "/admin/agents", form, page_url="/admin/agents")
+    assert answer.status_code == 303 and "/admin/agents/" in answer.headers["Location"]
+    post(client, "/admin/agents", {**form, "username": f"bad {t}"}, page_url="/admin/agents")
+    with app.app_context():
+        made = db.session.scalar(sa.select(Agent).where(Agent.username == f"new-{t}"))
+        assert made.password_hash.startswith("$argon2")
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Agent)
+                                 .where(Agent.username.like(f"%{t}%"))) == 1
+        agent_id = made.id
+        db.session.remove()
+    page = f"/admin/agents/{agent_id}"
+    for host in (f"p-{t}.example.test", f"P-{t}.example.test", "not a host"):
+        post(client, f"{page}/hosts", {"host": host}, page_url=page)
+    shown = client.get(page).get_data(as_text=True)
+    assert shown.count(f"<code>p-{t}.example.test</code>") == 1
+    post(client, f"{page}/hosts/remove", {"host": f"p-{t}.example.test"}, page_url=page)
+    assert f"<code>p-{t}.example.test</code>" not in client.get(page).get_data(as_text=True)
+
+    post(client, "/admin/agents/rules", {"level": f"r-{t}", "min_sales": "1e3", "days": "30"},
+         page_url="/admin/agents")
+    post(client, "/admin/agents/rules", {"level": f"r-{t}", "min_sales": "500", "days": "0"},
+         page_url="/admin/agents")
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(LevelRule)
+                                 .where(LevelRule.level_id == level_id)) == 0       # both refused
+        db.session.remove()
+    post(client, "/admin/agents/rules", {"level": f"r-{t}", "min_sales": "500", "days": "14"},
+         page_url="/admin/agents")
+    with app.app_context():
+        rule = db.session.scalar(sa.select(LevelRule).where(LevelRule.level_id == level_id))
+        assert (rule.min_sales_cents, rule.days) == (50000, 14)
+        db.session.remove()
+    post(client, "/admin/agents/rules", {"level": f"r-{t}", "remove": "1"}, page_url="/admin/agents")
+    with app.app_context():
+        assert db.session.scalar(sa.select(LevelRule).where(LevelRule.level_id == level_id)) is None
+        db.session.remove()
+
+    support = app.test_client()
+    signed_in(app, support, "support")
+    assert post(support, "/admin/agents", {**form, "username": f"sup-{t}"}, page_url="/admin/agents").status_code == 403

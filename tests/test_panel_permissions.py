@@ -79,6 +79,10 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.agent_detail": MANAGERS | {"finance", "support"},
     "panel.agent_level_save": MANAGERS,
     "panel.agent_toggle": MANAGERS,
+    "panel.agent_create": MANAGERS,
+    "panel.agent_rule_save": MANAGERS,
+    "panel.agent_host_bind": MANAGERS,
+    "panel.agent_host_unbind": MANAGERS,
     # Agents' money: never operator or support.
     "panel.agent_credit": MANAGERS | {"finance"},
     "panel.withdrawals_list": MANAGERS | {"finance"},
@@ -99,6 +103,13 @@ PUBLIC_ELSEWHERE = {
     "agent_api.list_payout_accounts", "agent_api.add_payout_account", "agent_api.list_withdrawals",
     "agent_api.request_withdrawal", "agent_api.list_commissions", "agent_api.list_prices", "agent_api.set_price",
     "agent_api.ledger_statement",
+    # The agent portal: an agent's own sign-in (kamengd.portal), never a staff session.
+    "portal.login", "portal.login_2fa", "portal.logout", "portal.account", "portal.password",
+    "portal.logout_everywhere", "portal.totp_enrol", "portal.totp_qr", "portal.totp_disable",
+    "portal.recovery_codes", "portal.dashboard", "portal.products", "portal.product_price", "portal.orders",
+    "portal.order_detail", "portal.team", "portal.ledger", "portal.withdrawals_page", "portal.withdrawal_request",
+    "portal.payout_account_add", "portal.payout_account_remove", "portal.keys", "portal.key_issue",
+    "portal.key_revoke", "portal.station", "portal.station_save",
 }
 
 

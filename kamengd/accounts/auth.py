@@ -1,8 +1,9 @@
-"""Staff sign-in: passwords, lockout with backoff, TOTP two-factor, recovery codes.
+"""Sign-in: passwords, lockout with backoff, TOTP two-factor, recovery codes, sessions.
 
-Plain functions over a session, so the panel, the CLI and the tests share
-one set of rules. Every sign-in, failure, lockout and 2FA change is audited
-here, in the transaction that makes it.
+Plain functions over a session, so the panel, the agent portal, the CLI and
+the tests share one set of rules. Two kinds of account sign in by them (a
+Realm each): staff, to the panel, and agents, to their portal. Every sign-in,
+failure, lockout and 2FA change is audited here, in the transaction that makes it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
+from ..agents.models import Agent, AgentRecoveryCode, AgentSession
 from ..vault import Vault
 from .models import LoginThrottle, RecoveryCode, StaffSession, StaffUser
 from .passwords import hash_password, validate_password, verify_password
@@ -47,6 +49,40 @@ TOTP_STEP = 30
 RECOVERY_CODES = 10
 
 
+@dataclass(frozen=True)
+class Realm:
+    """One kind of account that signs in: its table, its sessions and recovery codes (and
+    the column naming their owner), how the audit log names it, and a prefix that keeps
+    its names apart from the other realm's in the lockout counters."""
+    model: type
+    sessions: type
+    recovery_codes: type
+    owner: str          # the sessions' and codes' column naming the account
+    actor: str          # "staff:<name>" / "agent:<name>" in the audit log
+    target: str         # "user:<id>" / "agent:<id>"
+    throttle: str       # "" / "agent:"
+    totp_context: str
+
+
+STAFF = Realm(StaffUser, StaffSession, RecoveryCode, "user_id", "staff", "user", "", "staff-totp")
+AGENT = Realm(Agent, AgentSession, AgentRecoveryCode, "agent_id", "agent", "agent", "agent:", "agent-totp")
+
+
+Account = StaffUser | Agent
+
+
+def realm_of(user: Account) -> Realm:
+    return AGENT if isinstance(user, Agent) else STAFF
+
+
+def _actor(user) -> str:
+    return f"{realm_of(user).actor}:{user.username}"
+
+
+def _target(user) -> str:
+    return f"{realm_of(user).target}:{user.id}"
+
+
 class LoginFailed(KamengdError):
     code = "login_failed"
     http_status = 401
@@ -61,12 +97,12 @@ class LoginLocked(KamengdError):
         self.seconds = max(1, seconds)
 
 
-def _name_key(username: str) -> str:
-    return username.strip().lower()[:64]
+def _name_key(username: str, realm: Realm = STAFF) -> str:
+    return (realm.throttle + username.strip().lower())[:64]
 
 
-def _throttle_keys(username: str, ip: str | None) -> list[tuple[str, str]]:
-    name = _name_key(username)
+def _throttle_keys(username: str, ip: str | None, realm: Realm) -> list[tuple[str, str]]:
+    name = _name_key(username, realm)
     keys = [("pair", f"{name}|{(ip or '-')[:63]}"), ("user", name)]
     if ip:
         keys.append(("ip", ip[:128]))
@@ -96,11 +132,12 @@ def _remaining(rows: list[LoginThrottle], now: dt.datetime) -> int:
     return remaining
 
 
-def lock_remaining(session: Session, username: str, ip: str | None, now: dt.datetime | None = None) -> int:
+def lock_remaining(session: Session, username: str, ip: str | None, now: dt.datetime | None = None,
+                   realm: Realm = STAFF) -> int:
     """Seconds until this name from this address may try again (0: now); locks the rows."""
     now = now or utcnow()
-    return _remaining([_throttle_row(session, scope, key, now) for scope, key in _throttle_keys(username, ip)],
-                      now)
+    return _remaining([_throttle_row(session, scope, key, now)
+                       for scope, key in _throttle_keys(username, ip, realm)], now)
 
 
 def lock_duration(failures: int, threshold: int, longest: dt.timedelta = MAX_LOCK["pair"]) -> dt.timedelta | None:
@@ -122,11 +159,12 @@ def _count_failure(session: Session, scope: str, key: str, now: dt.datetime) -> 
 
 
 def record_failure(session: Session, username: str, ip: str | None, reason: str,
-                   now: dt.datetime | None = None) -> None:
+                   now: dt.datetime | None = None, realm: Realm = STAFF) -> None:
     now = now or utcnow()
-    record(session, "auth.login_failed", actor=f"anonymous@{ip or '-'}", target=f"login:{username[:64]}",
-           source_ip=ip, details={"username": username[:64], "reason": reason})
-    for scope, key in _throttle_keys(username, ip):
+    record(session, "auth.login_failed", actor=f"anonymous@{ip or '-'}",
+           target=f"login:{realm.throttle}{username[:64]}", source_ip=ip,
+           details={"username": username[:64], "reason": reason, "realm": realm.actor})
+    for scope, key in _throttle_keys(username, ip, realm):
         row = _count_failure(session, scope, key, now)
         if row.locked_until is not None:
             record(session, "auth.lockout", actor="system", target=f"{scope}:{key}", source_ip=ip,
@@ -142,64 +180,68 @@ def _rows_of_name(name: str):
                   sa.and_(LoginThrottle.scope == "pair", LoginThrottle.key.startswith(name + "|", autoescape=True)))
 
 
-def _clear_failures(session: Session, username: str, ip: str | None = None) -> None:
+def _clear_failures(session: Session, username: str, ip: str | None = None, realm: Realm = STAFF) -> None:
     """A success forgets the name's failures, and its address's: an office's typos do not
     add up to a lock for everyone there. (Guessing another name from an address that
     also signs in stays bounded by that pair's own lock.)"""
-    rows = _rows_of_name(_name_key(username))
+    rows = _rows_of_name(_name_key(username, realm))
     if ip:
         rows = sa.or_(rows, sa.and_(LoginThrottle.scope == "ip", LoginThrottle.key == ip[:128]))
     session.execute(sa.delete(LoginThrottle).where(rows))
 
 
-def unlock(session: Session, username: str, *, actor: str) -> int:
+def unlock(session: Session, username: str, *, actor: str, realm: Realm = STAFF) -> int:
     """Lift every lock on an account name (kamengd user unlock); returns the rows removed."""
-    name = _name_key(username)
+    name = _name_key(username, realm)
     removed = session.execute(sa.delete(LoginThrottle).where(_rows_of_name(name))).rowcount
     record(session, "auth.unlock", actor=actor, target=f"login:{name}", details={"rows": removed})
     return removed
 
 
 def check_password(session: Session, username: str, password: str, ip: str | None,
-                   now: dt.datetime | None = None) -> StaffUser:
+                   now: dt.datetime | None = None, realm: Realm = STAFF):
     """The first factor. Raises LoginLocked before looking at the password.
 
     The caller commits either way: a failure must be counted and audited.
     """
     now = now or utcnow()
-    seconds = lock_remaining(session, username, ip, now)
+    seconds = lock_remaining(session, username, ip, now, realm)
     if seconds:
         raise LoginLocked(seconds)
-    user = session.scalars(sa.select(StaffUser).where(StaffUser.username == username.strip())).first()
+    model = realm.model
+    user = session.scalars(sa.select(model).where(model.username == username.strip())).first()
+    # An agent made without a password (it works through the API only) has none to match:
+    # verify_password(None, ...) hashes anyway, so the answer takes as long either way.
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
-        record_failure(session, username, ip, "password" if ok is False or user is None else "inactive", now)
+        record_failure(session, username, ip, "password" if ok is False or user is None else "inactive", now,
+                       realm)
         raise LoginFailed("wrong username or password")
     return user
 
 
-def complete_login(session: Session, user: StaffUser, ip: str | None, method: str,
+def complete_login(session: Session, user: Account, ip: str | None, method: str,
                    now: dt.datetime | None = None) -> None:
-    _clear_failures(session, user.username, ip)
+    _clear_failures(session, user.username, ip, realm_of(user))
     user.last_login_at = now or utcnow()
-    record(session, "auth.login", actor=f"staff:{user.username}", target=f"user:{user.id}", source_ip=ip,
+    record(session, "auth.login", actor=_actor(user), target=_target(user), source_ip=ip,
            details={"method": method})
 
 
 # --- TOTP ---------------------------------------------------------------------
 
-def _totp_context(user: StaffUser) -> str:
-    return f"staff-totp:{user.id}"
+def _totp_context(user) -> str:
+    return f"{realm_of(user).totp_context}:{user.id}"
 
 
-def totp_secret(vault: Vault, user: StaffUser) -> str | None:
+def totp_secret(vault: Vault, user: Account) -> str | None:
     if user.totp_ciphertext is None:
         return None
     return vault.decrypt_secret(_totp_context(user), user.totp_nonce, user.totp_ciphertext,
                                 user.totp_key_version).decode("ascii")
 
 
-def start_enrolment(session: Session, vault: Vault, user: StaffUser) -> str:
+def start_enrolment(session: Session, vault: Vault, user: Account) -> str:
     """A new secret for a user without 2FA; shown once as a QR code, confirmed by a code."""
     if user.totp_enabled:
         raise InvalidRequest("two-factor sign-in is already on; turn it off first")
@@ -210,7 +252,7 @@ def start_enrolment(session: Session, vault: Vault, user: StaffUser) -> str:
     return secret
 
 
-def provisioning_uri(secret: str, user: StaffUser, issuer: str) -> str:
+def provisioning_uri(secret: str, user: Account, issuer: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=issuer)
 
 
@@ -227,7 +269,7 @@ def _matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
     return found
 
 
-def check_totp(session: Session, vault: Vault, user: StaffUser, code: str, now: dt.datetime | None = None) -> bool:
+def check_totp(session: Session, vault: Vault, user: Account, code: str, now: dt.datetime | None = None) -> bool:
     """True once per code: the step is remembered so a seen code is refused."""
     now = now or utcnow()
     secret = totp_secret(vault, user)
@@ -237,14 +279,14 @@ def check_totp(session: Session, vault: Vault, user: StaffUser, code: str, now: 
     if step is None or (user.totp_last_step is not None and step <= user.totp_last_step):
         return False
     # Conditional: two sign-ins racing with the same code, one wins.
-    t = StaffUser.__table__
+    t = realm_of(user).model.__table__
     won = session.execute(t.update().where(t.c.id == user.id, sa.or_(
         t.c.totp_last_step.is_(None), t.c.totp_last_step < step)).values(totp_last_step=step)).rowcount
     session.expire(user, ["totp_last_step"])
     return won == 1
 
 
-def confirm_enrolment(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+def confirm_enrolment(session: Session, vault: Vault, user: Account, code: str, *, ip: str | None,
                       now: dt.datetime | None = None) -> list[str]:
     """Turn 2FA on with a code from the new secret; returns fresh recovery codes."""
     if user.totp_enabled:
@@ -255,17 +297,17 @@ def confirm_enrolment(session: Session, vault: Vault, user: StaffUser, code: str
         raise InvalidRequest("that code is not right; check the phone's clock and try the next code")
     user.totp_enabled = True
     codes = _new_recovery_codes(session, user)
-    record(session, "auth.2fa_enable", actor=f"staff:{user.username}", target=f"user:{user.id}", source_ip=ip)
+    record(session, "auth.2fa_enable", actor=_actor(user), target=_target(user), source_ip=ip)
     return codes
 
 
-def disable_totp(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> None:
+def disable_totp(session: Session, user: Account, *, actor: str, ip: str | None) -> None:
     """Off, for the user (with a code, checked by the caller) or reset by the owner."""
     user.totp_enabled = False
     user.totp_ciphertext = user.totp_nonce = user.totp_key_version = None
     user.totp_last_step = None
-    session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-    record(session, "auth.2fa_disable", actor=actor, target=f"user:{user.id}", source_ip=ip,
+    _delete_recovery_codes(session, user)
+    record(session, "auth.2fa_disable", actor=actor, target=_target(user), source_ip=ip,
            details={"username": user.username})
 
 
@@ -275,38 +317,50 @@ def _code_hash(code: str) -> bytes:
     return hashlib.sha256(code.replace("-", "").strip().lower().encode()).digest()
 
 
-def _new_recovery_codes(session: Session, user: StaffUser) -> list[str]:
-    session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+def _codes_of(user):
+    """The recovery codes' table and the column naming their owner, for this user's realm."""
+    realm = realm_of(user)
+    t = realm.recovery_codes.__table__
+    return t, t.c[realm.owner]
+
+
+def _delete_recovery_codes(session: Session, user) -> None:
+    t, owner = _codes_of(user)
+    session.execute(t.delete().where(owner == user.id))
+
+
+def _new_recovery_codes(session: Session, user) -> list[str]:
+    _delete_recovery_codes(session, user)
+    realm = realm_of(user)
     codes = []
     for _ in range(RECOVERY_CODES):
         raw = base64.b32encode(os.urandom(10)).decode().lower()[:12]   # 60 bits
         codes.append(f"{raw[:4]}-{raw[4:8]}-{raw[8:]}")
-        session.add(RecoveryCode(user_id=user.id, code_hash=_code_hash(codes[-1])))
+        session.add(realm.recovery_codes(**{realm.owner: user.id, "code_hash": _code_hash(codes[-1])}))
     session.flush()
     return codes
 
 
-def regenerate_recovery_codes(session: Session, user: StaffUser, *, ip: str | None) -> list[str]:
+def regenerate_recovery_codes(session: Session, user: Account, *, ip: str | None) -> list[str]:
     if not user.totp_enabled:
         raise InvalidRequest("turn on two-factor sign-in first")
     codes = _new_recovery_codes(session, user)
-    record(session, "auth.recovery_codes", actor=f"staff:{user.username}", target=f"user:{user.id}",
-           source_ip=ip)
+    record(session, "auth.recovery_codes", actor=_actor(user), target=_target(user), source_ip=ip)
     return codes
 
 
-def remaining_recovery_codes(session: Session, user: StaffUser) -> int:
-    return session.scalar(sa.select(sa.func.count()).select_from(RecoveryCode).where(
-        RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None)))
+def remaining_recovery_codes(session: Session, user) -> int:
+    t, owner = _codes_of(user)
+    return session.scalar(sa.select(sa.func.count()).select_from(t).where(owner == user.id, t.c.used_at.is_(None)))
 
 
-def use_recovery_code(session: Session, user: StaffUser, code: str, *, ip: str | None,
+def use_recovery_code(session: Session, user: Account, code: str, *, ip: str | None,
                       now: dt.datetime | None = None) -> bool:
-    t = RecoveryCode.__table__
-    used = session.execute(t.update().where(t.c.user_id == user.id, t.c.code_hash == _code_hash(code),
+    t, owner = _codes_of(user)
+    used = session.execute(t.update().where(owner == user.id, t.c.code_hash == _code_hash(code),
                                             t.c.used_at.is_(None)).values(used_at=now or utcnow())).rowcount
     if used:
-        record(session, "auth.recovery_used", actor=f"staff:{user.username}", target=f"user:{user.id}",
+        record(session, "auth.recovery_used", actor=_actor(user), target=_target(user),
                source_ip=ip, details={"remaining": remaining_recovery_codes(session, user)})
     return used == 1
 
@@ -317,11 +371,11 @@ class SecondFactor:
     method: str = ""
 
 
-def check_second_factor(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+def check_second_factor(session: Session, vault: Vault, user: Account, code: str, *, ip: str | None,
                         now: dt.datetime | None = None) -> SecondFactor:
     """A TOTP code or a recovery code; a wrong one counts as a failed sign-in."""
     now = now or utcnow()
-    seconds = lock_remaining(session, user.username, ip, now)
+    seconds = lock_remaining(session, user.username, ip, now, realm_of(user))
     if seconds:
         raise LoginLocked(seconds)
     cleaned = code.strip()
@@ -329,22 +383,22 @@ def check_second_factor(session: Session, vault: Vault, user: StaffUser, code: s
         return SecondFactor(True, "password+totp")
     if len(cleaned) > 6 and use_recovery_code(session, user, cleaned, ip=ip, now=now):
         return SecondFactor(True, "password+recovery_code")
-    record_failure(session, user.username, ip, "second_factor", now)
+    record_failure(session, user.username, ip, "second_factor", now, realm_of(user))
     return SecondFactor(False)
 
 
-def check_code(session: Session, vault: Vault, user: StaffUser, code: str, *, ip: str | None,
+def check_code(session: Session, vault: Vault, user: Account, code: str, *, ip: str | None,
                now: dt.datetime | None = None) -> bool:
     """A TOTP code asked for again while signed in (turning 2FA off, new recovery
     codes): locked, counted and audited like a sign-in's, so a borrowed session
     cannot try every code."""
     now = now or utcnow()
-    seconds = lock_remaining(session, user.username, ip, now)
+    seconds = lock_remaining(session, user.username, ip, now, realm_of(user))
     if seconds:
         raise LoginLocked(seconds)
     if check_totp(session, vault, user, code.strip(), now):
         return True
-    record_failure(session, user.username, ip, "code", now)
+    record_failure(session, user.username, ip, "code", now, realm_of(user))
     return False
 
 
@@ -354,65 +408,76 @@ def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii", "replace")).digest()
 
 
-def open_session(session: Session, user: StaffUser, *, ip: str | None, user_agent: str | None) -> str:
-    """A new panel session; returns the token for the cookie (only its hash is stored)."""
+def _sessions(realm: Realm):
+    t = realm.sessions.__table__
+    return t, t.c[realm.owner]
+
+
+def open_session(session: Session, user, *, ip: str | None, user_agent: str | None) -> str:
+    """A new signed-in session; returns the token for the cookie (only its hash is stored)."""
     token = secrets.token_urlsafe(32)
-    session.add(StaffSession(user_id=user.id, token_hash=_token_hash(token), ip=(ip or "")[:64] or None,
-                             user_agent=(user_agent or "")[:200] or None))
+    realm = realm_of(user)
+    session.add(realm.sessions(**{realm.owner: user.id}, token_hash=_token_hash(token),
+                               ip=(ip or "")[:64] or None, user_agent=(user_agent or "")[:200] or None))
     session.flush()
     return token
 
 
-def session_is_open(session: Session, user_id: int, token) -> bool:
+def session_is_open(session: Session, user_id: int, token, realm: Realm = STAFF) -> bool:
     if not isinstance(token, str) or len(token) > 100:
         return False
-    return session.scalar(sa.select(StaffSession.id).where(
-        StaffSession.token_hash == _token_hash(token), StaffSession.user_id == user_id,
-        StaffSession.ended_at.is_(None))) is not None
+    t, owner = _sessions(realm)
+    return session.scalar(sa.select(t.c.id).where(
+        t.c.token_hash == _token_hash(token), owner == user_id, t.c.ended_at.is_(None))) is not None
 
 
-def close_session(session: Session, token) -> None:
+def close_session(session: Session, token, realm: Realm = STAFF) -> None:
     """Signing out: this session's row ends, whoever holds a copy of the cookie."""
     if isinstance(token, str):
-        session.execute(sa.update(StaffSession).where(StaffSession.token_hash == _token_hash(token),
-                                                      StaffSession.ended_at.is_(None)).values(ended_at=utcnow()))
+        t, _owner = _sessions(realm)
+        session.execute(t.update().where(t.c.token_hash == _token_hash(token), t.c.ended_at.is_(None))
+                        .values(ended_at=utcnow()))
 
 
-def end_all_sessions(session: Session, user: StaffUser, *, actor: str, ip: str | None) -> int:
+def _end_sessions(session: Session, user) -> None:
     user.session_epoch = (user.session_epoch or 0) + 1   # the epoch ends them; the rows follow
-    session.execute(sa.update(StaffSession).where(StaffSession.user_id == user.id, StaffSession.ended_at.is_(None))
-                    .values(ended_at=utcnow()))
+    t, owner = _sessions(realm_of(user))
+    session.execute(t.update().where(owner == user.id, t.c.ended_at.is_(None)).values(ended_at=utcnow()))
     session.flush()
-    record(session, "auth.logout_everywhere", actor=actor, target=f"user:{user.id}", source_ip=ip)
+
+
+def end_all_sessions(session: Session, user, *, actor: str, ip: str | None) -> int:
+    _end_sessions(session, user)
+    record(session, "auth.logout_everywhere", actor=actor, target=_target(user), source_ip=ip)
     return user.session_epoch
 
 
-def change_password(session: Session, user: StaffUser, *, current: str, new: str, ip: str | None) -> int:
+def change_password(session: Session, user, *, current: str, new: str, ip: str | None) -> int:
     """Needs the current password (guesses locked and counted like sign-ins); ends the
     user's other sessions. Returns the new epoch."""
-    seconds = lock_remaining(session, user.username, ip)
+    seconds = lock_remaining(session, user.username, ip, realm=realm_of(user))
     if seconds:
         raise LoginLocked(seconds)
     if not verify_password(user.password_hash, current):
-        record_failure(session, user.username, ip, "password_change")
+        record_failure(session, user.username, ip, "password_change", realm=realm_of(user))
         raise LoginFailed("the current password is not right")   # the caller commits the count
     validate_password(new)
     if new == current:
         raise InvalidRequest("the new password is the same as the current one")
     user.password_hash = hash_password(new)
     user.password_changed_at = utcnow()
-    user.session_epoch = (user.session_epoch or 0) + 1
-    record(session, "auth.password_change", actor=f"staff:{user.username}", target=f"user:{user.id}",
-           source_ip=ip)
+    _end_sessions(session, user)
+    record(session, "auth.password_change", actor=_actor(user), target=_target(user), source_ip=ip)
     return user.session_epoch
 
 
-def reset_password(session: Session, user: StaffUser, new: str, *, actor: str, ip: str | None) -> None:
-    """Set by someone else (the owner, the CLI): no current password; sessions end."""
+def reset_password(session: Session, user, new: str, *, actor: str, ip: str | None) -> None:
+    """Set by someone else (the owner, the CLI, staff for an agent): no current password;
+    sessions end."""
     validate_password(new)
     user.password_hash = hash_password(new)
     user.password_changed_at = utcnow()
-    user.session_epoch = (user.session_epoch or 0) + 1
-    _clear_failures(session, user.username)
-    record(session, "auth.password_reset", actor=actor, target=f"user:{user.id}", source_ip=ip,
+    _end_sessions(session, user)
+    _clear_failures(session, user.username, realm=realm_of(user))
+    record(session, "auth.password_reset", actor=actor, target=_target(user), source_ip=ip,
            details={"username": user.username})

@@ -4,9 +4,10 @@ Read first, outside the write lock (on SQLite a snapshot): an earlier order
 for the same Idempotency-Key, the product, the agent's account. Then, in one
 write transaction: the request's nonce, the order row (written only if the
 product, its price and the agent's level still are what the answer was built
-from: the INSERT checks them itself), the keys' reservation, the ledger's
-debit of the balance, the keys sold and the order delivered. Any refusal (no
-stock, not enough balance) leaves none of them. The same Idempotency-Key
+from: the INSERT checks them itself; delivered already when its keys come
+from stock), its keys claimed as sold, the ledger's debit of the balance and
+the commission above the agent. Any refusal (no stock, not enough balance)
+undoes all of them. The same Idempotency-Key
 again finds the first order and charges nothing; with another request behind
 it, it is refused. Core statements built once: this is the agents' hot path.
 """
@@ -33,7 +34,6 @@ from ..money import format_cents
 from ..notifications.events import emit_many, payload_of
 from ..orders.checkout import new_order_no, reserve_keys, token_hash
 from ..orders.models import Order
-from ..orders.services import RESOLVED
 from ..vault import Vault
 from . import commission
 from .auth import Caller, spend_nonce
@@ -61,7 +61,7 @@ _PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active,
     _p.c.id == sa.bindparam("product_id"))
 _FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
            "token_hash", "agent_id", "idempotency_key", "request_hash", "created_at", "updated_at", "expires_at",
-           "paid_at", "delivery_attempts")
+           "paid_at", "delivered_at", "delivery_attempts")
 _INSERT = _o.insert().from_select(
     list(_FIELDS),
     sa.select(*(sa.bindparam(name, type_=_o.c[name].type) for name in _FIELDS))
@@ -74,10 +74,6 @@ _INSERT = _o.insert().from_select(
            sa.exists().where(_a.c.id == sa.bindparam("agent_id"), _a.c.is_active.is_(True),
                              _a.c.level_id == sa.bindparam("level_id"), _l.c.id == _a.c.level_id,
                              _l.c.discount_bp == sa.bindparam("discount_bp"))))
-_SELL = (_k.update().where(_k.c.order_id == sa.bindparam("for_order"), _k.c.status == "reserved")
-         .values(status="sold", sold_at=sa.bindparam("now"), reserved_until=None))
-_DELIVER = (_o.update().where(_o.c.id == sa.bindparam("for_order"), _o.c.status == "paid")
-            .values(status="delivered", delivered_at=sa.bindparam("now"), updated_at=sa.bindparam("now"), **RESOLVED))
 _KEYS = (sa.select(_k.c.product_id, _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
          .where(_k.c.order_id == sa.bindparam("order_id"), _k.c.status == "sold").order_by(_k.c.id))
 
@@ -134,11 +130,16 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
                                  currency=product.currency, balance=account.currency)
         unit = level_cost(product.price_cents, caller.discount_bp,
                           None if product.own_price < 0 else product.own_price)
+        # Keys in stock are claimed as sold in this same transaction: the order is written
+        # delivered (no stock, or the balance short: the whole transaction is undone).
+        auto = product.delivery_mode == "auto"
         values = {"order_no": new_order_no(now), "product_id": product_id, "quantity": quantity,
                   "unit_price_cents": unit, "amount_cents": unit * quantity, "currency": product.currency,
-                  "email": "", "status": "paid", "token_hash": token_hash(secrets.token_urlsafe(24)),
+                  "email": "", "status": "delivered" if auto else "paid",
+                  "token_hash": token_hash(secrets.token_urlsafe(24)),
                   "agent_id": caller.agent_id, "idempotency_key": idempotency_key, "request_hash": digest,
-                  "created_at": now, "updated_at": now, "expires_at": now, "paid_at": now, "delivery_attempts": 0,
+                  "created_at": now, "updated_at": now, "expires_at": now, "paid_at": now,
+                  "delivered_at": now if auto else None, "delivery_attempts": 0,
                   "shop_price": product.price_cents, "delivery_mode": product.delivery_mode,
                   "discount_bp": caller.discount_bp, "level_id": caller.level_id, "own_price": product.own_price}
         conn = session.connection()
@@ -167,11 +168,10 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
 
 def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dict, order_id: int, product,
                      account, now: dt.datetime) -> dict:
-    conn = session.connection()
     auto = product.delivery_mode == "auto"
     if auto:
         reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"], order_id=order_id,
-                     until=now)
+                     until=now, sold_at=now)
     amount = values["amount_cents"]
     if amount:
         sales = ledger.AccountRef(caller.sales_account_id, account.currency, "shop") if caller.sales_account_id \
@@ -179,12 +179,8 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
         ledger.post(session, cause=f"order:{values['order_no']}:paid", kind="order",
                     legs=[(account, -amount), (sales, amount)], actor=f"agent:{caller.username}",
                     memo=f"{values['quantity']} × {product.name}"[:200], savepoint=False)
-    status = "paid"
+    status = values["status"]
     if auto:
-        sold = conn.execute(_SELL, {"for_order": order_id, "now": now}).rowcount
-        if sold != values["quantity"] or conn.execute(_DELIVER, {"for_order": order_id, "now": now}).rowcount != 1:
-            raise RuntimeError(f"order {values['order_no']}: {sold} of {values['quantity']} keys sold")
-        status = "delivered"
         if caller.parent_id is not None:
             commission.book_commission(session, order_id=order_id, order_no=values["order_no"],
                                        agent_id=caller.agent_id, paid_unit_cents=values["unit_price_cents"],
@@ -222,7 +218,12 @@ def _view(session: Session, vault: Vault, order) -> dict:
 
 def agent_order(session: Session, vault: Vault, caller: Caller, order_no) -> dict:
     """The agent's own order as the API shows it; another's, or none, is NotFound alike."""
-    row = session.connection().execute(_BY_NO, {"order_no": str(order_no)[:32], "agent_id": caller.agent_id}).first()
+    return order_of(session, vault, caller.agent_id, order_no)
+
+
+def order_of(session: Session, vault: Vault, agent_id: int, order_no) -> dict:
+    """One of the agent's orders with its keys once delivered (the API's and the portal's view)."""
+    row = session.connection().execute(_BY_NO, {"order_no": str(order_no)[:32], "agent_id": agent_id}).first()
     if row is None:
         raise NotFound("order not found")
     return _view(session, vault, row)

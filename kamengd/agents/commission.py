@@ -44,13 +44,18 @@ _ACCOUNTS = sa.select(_acc.c.agent_id, _acc.c.kind, _acc.c.id, _acc.c.currency).
 
 
 def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cents: int, quantity: int,
-            product_id: int) -> list[tuple[int, int, int]]:
-    """[(ancestor id, the agent below whose price it earned from, cents)] of a sale at
-    `paid_unit_cents` a unit by (or through) `agent_id`, nearest ancestor first."""
+            product_id: int, sold_through: bool = False) -> list[tuple[int, int | None, int]]:
+    """[(agent id, the agent below whose price it earned from, cents)] of a sale at
+    `paid_unit_cents` a unit by `agent_id` (its own order: its ancestors earn), or, with
+    `sold_through`, a buyer's order sold through it (it earns first, from the buyer's
+    price, then its ancestors), nearest first."""
     conn = session.connection()
     earned = []
-    price, below = paid_unit_cents, agent_id
-    parent = conn.execute(_UP, {"agent_id": agent_id, "product_id": product_id}).first().parent_id
+    if sold_through:
+        price, below, parent = paid_unit_cents, None, agent_id
+    else:
+        price, below = paid_unit_cents, agent_id
+        parent = conn.execute(_UP, {"agent_id": agent_id, "product_id": product_id}).first().parent_id
     for _step in range(DEEPEST + 1):   # a tree is never deeper; a loop in it never runs on
         if parent is None:
             break
@@ -65,12 +70,13 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
 
 def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
                     price_cents: int, quantity: int, currency: str, product_id: int, now: dt.datetime | None = None,
-                    savepoint: bool = True, shop_account_id: int | None = None) -> list[tuple[int, int, int]]:
+                    savepoint: bool = True, shop_account_id: int | None = None,
+                    sold_through: bool = False) -> list[tuple[int, int | None, int]]:
     """Book the order's commissions as pending, in the delivery's transaction. Once: a
     second call for the same order books nothing (the ledger's cause and the rows' key)."""
     now = now or utcnow()
     earned = margins(session, agent_id=agent_id, paid_unit_cents=paid_unit_cents, price_cents=price_cents,
-                     quantity=quantity, product_id=product_id)
+                     quantity=quantity, product_id=product_id, sold_through=sold_through)
     if not earned:
         return []
     pending = _accounts(session, [a for a, _b, _m in earned])
@@ -91,11 +97,14 @@ def book_commission(session: Session, *, order_id: int, order_no: str, agent_id:
 
 
 def book_for_order(session: Session, order, product_price_cents: int, now: dt.datetime | None = None) -> None:
-    """An agent's order just delivered (by the gateway's payment, staff or a waiting sweep)."""
-    if order.agent_id:
-        book_commission(session, order_id=order.id, order_no=order.order_no, agent_id=order.agent_id,
+    """An agent's order, or a buyer's sold through an agent, just delivered (by the gateway's
+    payment, staff or a waiting sweep)."""
+    agent_id = order.agent_id or order.seller_agent_id
+    if agent_id:
+        book_commission(session, order_id=order.id, order_no=order.order_no, agent_id=agent_id,
                         paid_unit_cents=order.unit_price_cents, price_cents=product_price_cents,
-                        quantity=order.quantity, currency=order.currency, product_id=order.product_id, now=now)
+                        quantity=order.quantity, currency=order.currency, product_id=order.product_id, now=now,
+                        sold_through=not order.agent_id)
 
 
 def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, ledger.AccountRef]]:

@@ -42,8 +42,58 @@ class Agent(db.Model):
     level_pinned: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The portal's sign-in, by the staff rules (kamengd.accounts.auth): the TOTP secret is
+    # sealed with the data key (context "agent-totp:<id>"), a code works once (its step is
+    # kept), and a new epoch ends every portal session of the agent.
+    totp_ciphertext: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    totp_nonce: Mapped[bytes | None] = mapped_column(FixedBinary(12))
+    totp_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    totp_enabled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Its sub-station (分站): the name, notice and contact its buyers see (empty: the shop's).
+    site_title: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    site_notice: Mapped[str] = mapped_column(sa.String(2000), default="", server_default="")
+    site_contact: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
 
     __table_args__ = (sa.CheckConstraint("depth >= 1", name="depth_positive"),)
+
+
+class AgentHost(db.Model):
+    """A host name (a domain or subdomain) bound to an agent's sub-station: a request whose
+    Host is this one is served as that agent's storefront. One agent per host."""
+    __tablename__ = "agent_hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"), index=True)
+    host: Mapped[str] = mapped_column(sa.String(253), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AgentSession(db.Model):
+    """One signed-in portal session; the cookie holds a random token, only its SHA-256 is here."""
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[bytes] = mapped_column(FixedBinary(32), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip: Mapped[str | None] = mapped_column(sa.String(64))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(200))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AgentRecoveryCode(db.Model):
+    """One-time recovery codes of an agent's two-factor sign-in; only a SHA-256 of each."""
+    __tablename__ = "agent_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[bytes] = mapped_column(FixedBinary(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class AgentApiKey(db.Model):

@@ -156,12 +156,19 @@ def agent_cost(session: Session, agent: Agent, product: Product) -> int:
     return level_cost(product.price_cents, level.discount_bp, level_prices(session, level.id).get(product.id))
 
 
+def station_price(price_cents: int, discount_bp: int, level_own_cents: int | None, own_cents: int | None) -> int:
+    """The one rule of what an agent's sub-station asks a unit: its own price, the shop's
+    price without one, and never below its cost (should its cost rise after it set its price)."""
+    return max(price_cents if own_cents is None else own_cents,
+               level_cost(price_cents, discount_bp, level_own_cents))
+
+
 def selling_price(session: Session, agent: Agent, product: Product) -> int:
-    """What the agent's sub-station asks for `product`: its own price, the shop's price
-    without one, and never below its cost (should its cost rise after it set its price)."""
+    """What the agent's sub-station asks for `product` now."""
     own = session.scalar(sa.select(AgentPrice.price_cents).where(AgentPrice.agent_id == agent.id,
                                                                  AgentPrice.product_id == product.id))
-    return max(product.price_cents if own is None else own, agent_cost(session, agent, product))
+    level = session.get(AgentLevel, agent.level_id)
+    return station_price(product.price_cents, level.discount_bp, level_prices(session, level.id).get(product.id), own)
 
 
 def set_selling_price(session: Session, agent: Agent, *, product_id, price, actor: str,
@@ -197,11 +204,21 @@ def selling_prices(session: Session, agent: Agent) -> list[dict]:
     rows = []
     for p in products:
         cost = level_cost(p.price_cents, level.discount_bp, level_own.get(p.id))
-        price = max(own.get(p.id, p.price_cents), cost)
+        price = station_price(p.price_cents, level.discount_bp, level_own.get(p.id), own.get(p.id))
         rows.append({"product_id": p.id, "name": p.name, "shop_price": format_cents(p.price_cents),
                      "cost": format_cents(cost), "price": format_cents(price), "own": p.id in own,
                      "margin": format_cents(price - cost)})
     return rows
+
+
+def station_prices(session: Session, agent: Agent, products) -> dict[int, int]:
+    """{product id: cents} the agent's sub-station asks for each of `products`."""
+    own = dict(session.execute(sa.select(AgentPrice.product_id, AgentPrice.price_cents)
+                               .where(AgentPrice.agent_id == agent.id)).all())
+    level = session.get(AgentLevel, agent.level_id)
+    level_own = level_prices(session, level.id)
+    return {p.id: station_price(p.price_cents, level.discount_bp, level_own.get(p.id), own.get(p.id))
+            for p in products}
 
 
 def level_prices(session: Session, level_id: int) -> dict[int, int]:
@@ -326,11 +343,13 @@ def list_api_keys(session: Session, agent: Agent) -> list[AgentApiKey]:
                            .order_by(AgentApiKey.id)).all()
 
 
-def revoke_api_key(session: Session, key_id: str, *, actor: str, source_ip: str | None = None) -> AgentApiKey:
-    """The key stops working at once (its next request: 401). Audited; revoking twice is refused."""
+def revoke_api_key(session: Session, key_id: str, *, actor: str, source_ip: str | None = None,
+                   agent_id: int | None = None) -> AgentApiKey:
+    """The key stops working at once (its next request: 401). Audited; revoking twice is refused.
+    With `agent_id` (an agent revoking its own), another agent's key is not found."""
     key = session.scalars(sa.select(AgentApiKey).where(AgentApiKey.key_id == str(key_id)[:32])
                           .with_for_update()).first()
-    if key is None:
+    if key is None or (agent_id is not None and key.agent_id != agent_id):
         raise NotFound("no API key %(key_id)r", key_id=str(key_id)[:32])
     if key.revoked_at is not None:
         raise Conflict("API key %(key_id)s was revoked before", key_id=key.key_id)
@@ -348,6 +367,8 @@ def set_agent_active(session: Session, agent: Agent, active: bool, *, actor: str
     if agent.is_active == active:
         return False
     agent.is_active = active
+    if not active:   # its portal sessions end, and stay ended should it be enabled again
+        agent.session_epoch = (agent.session_epoch or 0) + 1
     session.flush()
     record(session, "agent.enable" if active else "agent.disable", actor=actor, target=f"agent:{agent.id}",
            source_ip=source_ip, details={"username": agent.username})

@@ -143,7 +143,7 @@ def fee_for(session: Session, amount_cents: int) -> int:
     return int(share) + fixed
 
 
-def _day_of(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+def shop_day(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """The start and the end of `now`'s day in the shop's time zone, as naive UTC."""
     zone = ZoneInfo(get_config().site.timezone)
     day = now.replace(tzinfo=dt.timezone.utc).astimezone(zone).date()
@@ -185,7 +185,7 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
             return earlier
     limit = parse_plain_money(get_setting(session, "withdrawals.daily_limit") or "0", allow_zero=True)
     if limit:
-        start, end = _day_of(now)
+        start, end = shop_day(now)
         today = int(session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Withdrawal.amount_cents), 0)).where(
             Withdrawal.agent_id == agent.id, Withdrawal.status != "rejected",
             Withdrawal.requested_at >= start, Withdrawal.requested_at < end)))

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from ..accounts import auth
 from ..agents import services as agents
 from ..agents import levels as agent_levels
+from ..agents import sites
 from ..agents import withdrawals
 from ..audit.services import cli_actor
 from ..context import get_vault
@@ -49,6 +51,84 @@ def agent_list(as_json):
     for r in rows:
         click.echo(f"{r['id']:>5}  {r['username']:<32} {r['level']:<12} {r['parent'] or '-':<20} "
                    f"{r['balance']:>12} {'' if r['active'] else 'disabled'}".rstrip())
+
+
+@agent.command("set-password")
+@click.option("--username", required=True)
+@click.option("--password-file", required=True, metavar="FILE")
+@json_option
+@with_app
+def agent_set_password(username, password_file, as_json):
+    """Set an agent's portal password (a first or a forgotten one); its portal sessions end (audited)."""
+    a = agents.get_agent(db.session, username)
+    auth.reset_password(db.session, a, read_password_file(password_file), actor=cli_actor(), ip=None)
+    emit(as_json, {"id": a.id, "username": a.username},
+         f"portal password of {a.username} is set; its portal sessions are ended")
+
+
+@agent.command("reset-2fa")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_reset_2fa(username, as_json):
+    """Turn a lost authenticator off and end the agent's portal sessions (audited)."""
+    a = agents.get_agent(db.session, username)
+    auth.disable_totp(db.session, a, actor=cli_actor(), ip=None)
+    auth.end_all_sessions(db.session, a, actor=cli_actor(), ip=None)
+    emit(as_json, {"id": a.id, "username": a.username, "totp_enabled": False},
+         f"two-factor sign-in of {a.username} is off; its portal sessions are ended")
+
+
+@agent.command("unlock")
+@click.option("--username", required=True)
+@json_option
+@with_app
+def agent_unlock(username, as_json):
+    """Lift the portal's sign-in locks on an agent's name, from every address (audited)."""
+    a = agents.get_agent(db.session, username)
+    removed = auth.unlock(db.session, a.username, actor=cli_actor(), realm=auth.AGENT)
+    emit(as_json, {"id": a.id, "username": a.username, "cleared": removed},
+         f"sign-in locks of {a.username} lifted" if removed else f"{a.username} was not locked")
+
+
+@agent.group("host")
+def agent_host():
+    """Host names served as agents' sub-stations (分站): point the name's DNS at this server."""
+
+
+@agent_host.command("add")
+@click.option("--username", required=True)
+@click.option("--host", required=True, help="A domain or subdomain, e.g. daili.example.com.")
+@json_option
+@with_app
+def agent_host_add(username, host, as_json):
+    """Serve HOST as the agent's sub-station (a host bound already is refused; audited)."""
+    a = agents.get_agent(db.session, username)
+    row = sites.bind_host(db.session, a, host, actor=cli_actor())
+    emit(as_json, {"host": row.host, "username": a.username}, f"{row.host} serves the sub-station of {a.username}")
+
+
+@agent_host.command("remove")
+@click.option("--host", required=True)
+@json_option
+@with_app
+def agent_host_remove(host, as_json):
+    """Stop serving HOST as a sub-station (audited)."""
+    row = sites.unbind_host(db.session, host, actor=cli_actor())
+    emit(as_json, {"host": row.host, "removed": True}, f"{row.host} is no longer bound")
+
+
+@agent_host.command("list")
+@json_option
+@with_app(readonly=True)
+def agent_host_list(as_json):
+    """Every bound host name and its agent."""
+    rows = sites.hosts(db.session)
+    if as_json:
+        emit(True, {"hosts": [{"host": h, "username": u} for h, u in rows]}, "")
+        return
+    for host, username in rows:
+        click.echo(f"{host:<48} {username}")
 
 
 @agent.group("level")

@@ -26,6 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from ..accounts.passwords import hash_password
+from ..agents.models import Agent, AgentLevel, AgentPrice, LevelPrice
+from ..agents.services import station_price
 from ..catalog import inputs
 from ..catalog.models import Product
 from ..database import utcnow
@@ -41,6 +43,7 @@ from .models import Order
 from .validation import check_order_input
 
 _p, _c, _o, _k = Product.__table__, PaymentChannel.__table__, Order.__table__, CardKey.__table__
+_a, _l, _lp, _ap = Agent.__table__, AgentLevel.__table__, LevelPrice.__table__, AgentPrice.__table__
 
 # Everything an order needs to know about its product and channel. The
 # channel is a LEFT JOIN: a missing channel is an input error, a missing
@@ -66,25 +69,78 @@ def _bind(column):
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type")
-# The order is written only if what its answer was built from still holds,
-# checked in the write lock by the INSERT itself (no row read there).
-_INSERT = _o.insert().from_select(
-    list(_ORDER_FIELDS),
-    sa.select(*(_bind(_o.c[name]) for name in _ORDER_FIELDS))
-    .select_from(_p.join(_c, _c.c.id == sa.bindparam("channel_id")))
-    .where(_p.c.id == sa.bindparam("product_id"), _p.c.is_active.is_(True),
-           _p.c.name == sa.bindparam("name"), _p.c.price_cents == sa.bindparam("unit_price_cents"),
-           _p.c.currency == sa.bindparam("currency"), _p.c.delivery_mode == sa.bindparam("delivery_mode"),
-           _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
-           _c.c.code == sa.bindparam("code"), _c.c.is_enabled.is_(True), _c.c.type == sa.bindparam("channel_type"),
-           _c.c.options == sa.bindparam("options"),
-           _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
-           _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
-           setting_value_query("orders.timeout_minutes").is_not_distinct_from(
-               sa.bindparam("timeout", type_=sa.Text())),
-           setting_value_query("site.url").is_not_distinct_from(sa.bindparam("site_url_setting", type_=sa.Text())),
-           sa.or_(_p.c.delivery_mode != "auto",
-                  ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id))))
+
+
+def _still_holds(price_param: str) -> list:
+    """What an order's answer was built from, checked in the write lock by its INSERT (no row
+    read there): the product (at the price bound as `price_param`), the channel, the order
+    timeout and site.url, and nobody who paid waiting for this product."""
+    return [_p.c.id == sa.bindparam("product_id"), _p.c.is_active.is_(True),
+            _p.c.name == sa.bindparam("name"), _p.c.price_cents == sa.bindparam(price_param),
+            _p.c.currency == sa.bindparam("currency"), _p.c.delivery_mode == sa.bindparam("delivery_mode"),
+            _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
+            _c.c.code == sa.bindparam("code"), _c.c.is_enabled.is_(True), _c.c.type == sa.bindparam("channel_type"),
+            _c.c.options == sa.bindparam("options"),
+            _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
+            _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
+            setting_value_query("orders.timeout_minutes").is_not_distinct_from(
+                sa.bindparam("timeout", type_=sa.Text())),
+            setting_value_query("site.url").is_not_distinct_from(sa.bindparam("site_url_setting", type_=sa.Text())),
+            sa.or_(_p.c.delivery_mode != "auto",
+                   ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id))]
+
+
+def _insert(fields: tuple[str, ...], guards: list):
+    return _o.insert().from_select(list(fields), sa.select(*(_bind(_o.c[name]) for name in fields))
+                                   .select_from(_p.join(_c, _c.c.id == sa.bindparam("channel_id"))).where(*guards))
+
+
+_INSERT = _insert(_ORDER_FIELDS, _still_holds("unit_price_cents"))
+
+# A sale through an agent (its sub-station, or its invite link on the shop): what its price
+# is made of, read like the offer, and checked again by its INSERT.
+_LEVEL_OWN = sa.select(_lp.c.price_cents).where(_lp.c.level_id == _a.c.level_id,
+                                                _lp.c.product_id == sa.bindparam("product_id")).scalar_subquery()
+_AGENT_OWN = sa.select(_ap.c.price_cents).where(_ap.c.agent_id == _a.c.id,
+                                                _ap.c.product_id == sa.bindparam("product_id")).scalar_subquery()
+_SELLER = (sa.select(_a.c.is_active, _a.c.level_id, _l.c.discount_bp, _LEVEL_OWN.label("level_own"),
+                     _AGENT_OWN.label("own"))
+           .select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(_a.c.id == sa.bindparam("seller_agent_id")))
+# The product's price is checked as read (the unit price is the agent's), and the agent is
+# still active at the level, discount and prices its price was made of.
+_INSERT_SOLD = _insert(_ORDER_FIELDS + ("seller_agent_id",), _still_holds("product_price_cents") + [
+    sa.exists().select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(
+        _a.c.id == sa.bindparam("seller_agent_id"), _a.c.is_active.is_(True),
+        _a.c.level_id == sa.bindparam("seller_level_id"), _l.c.discount_bp == sa.bindparam("seller_discount"),
+        sa.func.coalesce(_LEVEL_OWN, -1) == sa.bindparam("seller_level_own"),
+        sa.func.coalesce(_AGENT_OWN, -1) == sa.bindparam("seller_own"))])
+
+
+@dataclass(frozen=True)
+class Seller:
+    """Who a buyer's order is sold through: an agent's sub-station (`station`: at the agent's
+    own selling price) or its invite link on the shop (at the shop's price). The agent earns
+    its margin on delivery (kamengd.agents.commission)."""
+    agent_id: int
+    station: bool
+
+
+def _seller_terms(session: Session, seller: Seller, product_id: int):
+    params = {"seller_agent_id": seller.agent_id, "product_id": product_id}
+    if session.in_transaction():
+        return session.connection().execute(_SELLER, params).first()
+    row = session.connection(execution_options={"kamengd_readonly": True}).execute(_SELLER, params).first()
+    session.rollback()
+    return row
+
+
+def seller_price(product_price_cents: int, terms, station: bool) -> int:
+    """What the buyer pays a unit through this agent: on its station its own price (the shop's
+    without one), never below its cost; through its invite link the shop's price."""
+    if not station:
+        return product_price_cents
+    return station_price(product_price_cents, terms.discount_bp, terms.level_own, terms.own)
+
 
 # SQLite holds the write lock for the whole transaction: one UPDATE picks and claims.
 _RESERVE_SQLITE = (
@@ -94,12 +150,23 @@ _RESERVE_SQLITE = (
                        .order_by(_k.c.id).limit(sa.bindparam("n")).scalar_subquery()),
            _k.c.status == "available")
     .values(status="reserved", order_id=sa.bindparam("oid"), reserved_until=sa.bindparam("until")))
-_UNRESERVE = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status == "reserved")
-              .values(status="available", order_id=None, reserved_until=None))
+_UNRESERVE = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status.in_(("reserved", "sold")))
+              .values(status="available", order_id=None, reserved_until=None, sold_at=None))
+# Claimed as sold at once: an order paid in the same transaction (an agent's, from its balance).
+_SELL_SQLITE = (
+    _k.update()
+    .where(_k.c.id.in_(sa.select(_k.c.id).where(_k.c.product_id == sa.bindparam("pid"),
+                                                 _k.c.status == "available")
+                       .order_by(_k.c.id).limit(sa.bindparam("n")).scalar_subquery()),
+           _k.c.status == "available")
+    .values(status="sold", order_id=sa.bindparam("oid"), sold_at=sa.bindparam("sold_at"), reserved_until=None))
 _PICK_MYSQL = (sa.select(_k.c.id).where(_k.c.product_id == sa.bindparam("pid"), _k.c.status == "available")
                .order_by(_k.c.id).limit(sa.bindparam("n")).with_for_update(skip_locked=True))
 _CLAIM_MYSQL = (_k.update().where(_k.c.id.in_(sa.bindparam("ids", expanding=True)), _k.c.status == "available")
                 .values(status="reserved", order_id=sa.bindparam("oid"), reserved_until=sa.bindparam("until")))
+_CLAIM_SOLD_MYSQL = (_k.update().where(_k.c.id.in_(sa.bindparam("ids", expanding=True)), _k.c.status == "available")
+                     .values(status="sold", order_id=sa.bindparam("oid"), sold_at=sa.bindparam("sold_at"),
+                             reserved_until=None))
 
 
 def new_order_no(now: dt.datetime) -> str:
@@ -135,18 +202,20 @@ class PlacedOrder:
 
 
 def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
-                 until: dt.datetime) -> int:
+                 until: dt.datetime, sold_at: dt.datetime | None = None) -> int:
     """Claim `quantity` available keys for the order, or raise OutOfStock and claim none
-    (the caller's transaction, or savepoint, is rolled back)."""
-    params = {"pid": product_id, "n": quantity, "oid": order_id, "until": until}
+    (the caller's transaction, or savepoint, is rolled back). With `sold_at` (an order
+    paid in this same transaction) they are claimed as sold, not reserved."""
+    params = {"pid": product_id, "n": quantity, "oid": order_id, "until": until, "sold_at": sold_at}
     conn = session.connection()
     if conn.dialect.name == "sqlite":
-        claimed = conn.execute(_RESERVE_SQLITE, params).rowcount
+        claimed = conn.execute(_RESERVE_SQLITE if sold_at is None else _SELL_SQLITE, params).rowcount
     else:
         ids = conn.execute(_PICK_MYSQL, params).scalars().all()
         if len(ids) < quantity:
             raise OutOfStock("not enough stock for this quantity")
-        claimed = conn.execute(_CLAIM_MYSQL, {**params, "ids": ids}).rowcount
+        claimed = conn.execute(_CLAIM_MYSQL if sold_at is None else _CLAIM_SOLD_MYSQL,
+                               {**params, "ids": ids}).rowcount
     if claimed != quantity:
         if claimed:   # SQLite claimed what there was: give it back (the caller rolls back the rest)
             conn.execute(_UNRESERVE, {"oid": order_id})
@@ -183,8 +252,10 @@ def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool)
 
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
-                buyer_input=None, pay_type=None, now: dt.datetime | None = None) -> PlacedOrder:
+                buyer_input=None, pay_type=None, now: dt.datetime | None = None,
+                seller: Seller | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
+    With a `seller`, the order is sold through that agent (at its price on its station).
 
     Raises InvalidRequest, NotFound or OutOfStock, having written nothing.
     """
@@ -200,17 +271,30 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     fresh = False
     for _ in range(3):
         row = _offer(session, product_id, channel_code, fresh=fresh)
+        terms = unit = None
+        if seller is not None and row is not None:
+            terms = _seller_terms(session, seller, product_id)
+            if terms is None or not terms.is_active:
+                raise NotFound("shop not found")   # a disabled agent sells nothing
+            unit = seller_price(row.price_cents, terms, seller.station)
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
                                   lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
-                                  buyer_input=buyer_input, pay_type=pay_type)
+                                  buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit)
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
+        statement = _INSERT
+        if terms is not None:
+            statement = _INSERT_SOLD
+            values.update(product_price_cents=row.price_cents, seller_agent_id=seller.agent_id,
+                          seller_level_id=terms.level_id, seller_discount=terms.discount_bp,
+                          seller_level_own=-1 if terms.level_own is None else terms.level_own,
+                          seller_own=-1 if terms.own is None else terms.own)
         # Core on the session's connection: the ORM's statement handling costs
         # as much as SQLite itself here. This begins the write transaction.
         conn = session.connection()
-        inserted = conn.execute(_INSERT, values)
+        inserted = conn.execute(statement, values)
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
             if row.delivery_mode == "auto":
@@ -228,7 +312,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
-             site_url: str, now: dt.datetime, buyer_input=None, pay_type=None):
+             site_url: str, now: dt.datetime, buyer_input=None, pay_type=None, unit_cents: int | None = None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -259,7 +343,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
     expires = now + dt.timedelta(minutes=decode_setting("orders.timeout_minutes", row.timeout))
     token = secrets.token_urlsafe(24)
     order_no = new_order_no(now)
-    amount = row.price_cents * quantity
+    unit = row.price_cents if unit_cents is None else unit_cents
+    amount = unit * quantity
     url = None
     if vault is not None and row.secret_nonce is not None:
         # Decrypted at most once per process and secret, never under the write lock.
@@ -278,7 +363,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
                          chosen)
     values = {
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
-        "unit_price_cents": row.price_cents, "amount_cents": amount, "currency": row.currency, "email": email,
+        "unit_price_cents": unit, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
         "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
         "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen,

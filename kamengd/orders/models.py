@@ -38,6 +38,9 @@ class Order(db.Model):
     # Idempotency-Key and a hash of its body (the same key with another body is refused).
     # No foreign key: SQLite could add one only by copying the whole orders table.
     agent_id: Mapped[int | None] = mapped_column(sa.Integer)
+    # A buyer's order placed on an agent's sub-station, or through its invite link: the agent
+    # who sold it earns its margin on delivery (no foreign key, as agent_id).
+    seller_agent_id: Mapped[int | None] = mapped_column(sa.Integer)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(64))
     request_hash: Mapped[bytes | None] = mapped_column(FixedBinary(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -65,6 +68,7 @@ class Order(db.Model):
         # One order per agent and Idempotency-Key; an agent's orders newest first.
         sa.Index("uq_orders_agent_idempotency", "agent_id", "idempotency_key", unique=True),
         sa.Index("ix_orders_agent_created", "agent_id", "created_at"),
+        sa.Index("ix_orders_seller_created", "seller_agent_id", "created_at"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         sa.CheckConstraint(

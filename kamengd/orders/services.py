@@ -86,7 +86,7 @@ RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
 
 
 def delivered(session: Session, order: Order, now: dt.datetime) -> None:
-    if order.agent_id:   # the agents above it earn their commission in this transaction
+    if order.agent_id or order.seller_agent_id:   # the agents earn their commission in this transaction
         commission.book_for_order(session, order, session.get(Product, order.product_id).price_cents, now)
     if order.email:   # an agent's order has no buyer's address: the agent reads its keys from the API
         queue_delivery_email(session, order)

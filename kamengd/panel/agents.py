@@ -10,9 +10,10 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ..agents import services as agents
-from ..agents import withdrawals
+from ..agents import levels as agent_levels
+from ..agents import sites, withdrawals
 from ..agents.models import Agent, Commission, PayoutAccount, Withdrawal
-from ..errors import KamengdError
+from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..ledger import services as ledger
 from ..ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
@@ -31,7 +32,28 @@ BOOK_LIMIT = 100
 def agents_list():
     read_only()
     rows = [agents.agent_summary(db.session, a) for a in agents.list_agents(db.session)[:LIST_LIMIT]]
-    return render_template("panel/agents_list.html", agents=rows, levels=agents.list_levels(db.session))
+    return render_template("panel/agents_list.html", agents=rows, levels=agents.list_levels(db.session),
+                           rules=agent_levels.list_rules(db.session), format_cents=format_cents)
+
+
+@bp.post("/agents/rules")
+def agent_rule_save():
+    """A level's automatic rule: delivered sales over N days that earn it (the hourly job)."""
+    form = request.form
+    try:
+        if form.get("remove"):
+            agent_levels.remove_rule(db.session, level=form.get("level", "")[:64], actor=actor(),
+                                     source_ip=client_ip())
+        else:
+            agent_levels.set_rule(db.session, level=form.get("level", "")[:64],
+                                  min_sales=form.get("min_sales", "").strip()[:20], days=form.get("days", "")[:4],
+                                  actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agents_list"), code=303)
+    flash(_("The level rules are saved."), "success")
+    return redirect(url_for("panel.agents_list"), code=303)
 
 
 @bp.post("/agents/levels")
@@ -78,7 +100,58 @@ def agent_detail(agent_id: int):
     return render_template("panel/agent_detail.html", agent=agent, summary=agents.agent_summary(db.session, agent),
                            money=money, entries=entries, earned=earned, asked=asked,
                            keys=agents.list_api_keys(db.session, agent), format_cents=format_cents,
-                           mask=withdrawals.mask_account, new_reference=f"panel-{secrets.token_hex(6)}")
+                           mask=withdrawals.mask_account, new_reference=f"panel-{secrets.token_hex(6)}",
+                           hosts=[h for h, _name in sites.hosts(db.session, agent.id)])
+
+
+@bp.post("/agents")
+def agent_create():
+    """A new agent under the shop or another agent, with its portal password when given."""
+    form = request.form
+    password, repeat = form.get("password", "")[:1024], form.get("password_repeat", "")[:1024]
+    if password != repeat:
+        flash(_("The two passwords differ."), "error")
+        return redirect(url_for("panel.agents_list"), code=303)
+    try:
+        made = agents.create_agent(db.session, username=form.get("username", "")[:64],
+                                   level=form.get("level", "")[:64], parent=form.get("parent", "").strip()[:64] or None,
+                                   password=password or None, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agents_list"), code=303)
+    flash(_("Agent %(name)s created.", name=made.username), "success")
+    return redirect(url_for("panel.agent_detail", agent_id=made.id), code=303)
+
+
+@bp.post("/agents/<int:agent_id>/hosts")
+def agent_host_bind(agent_id: int):
+    agent = _agent(agent_id)
+    try:
+        row = sites.bind_host(db.session, agent, request.form.get("host", "")[:300], actor=actor(),
+                              source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+    flash(_("%(host)s now serves the sub-station of %(name)s.", host=row.host, name=agent.username), "success")
+    return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+
+
+@bp.post("/agents/<int:agent_id>/hosts/remove")
+def agent_host_unbind(agent_id: int):
+    _agent(agent_id)
+    host = request.form.get("host", "")[:300]
+    try:
+        if host not in [h for h, _name in sites.hosts(db.session, agent_id)]:
+            raise NotFound("host %(host)s is not bound", host=host[:253])   # to this agent
+        sites.unbind_host(db.session, host, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+    flash(_("%(host)s is no longer bound.", host=host), "info")
+    return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
 
 
 @bp.post("/agents/<int:agent_id>/credit")

@@ -51,6 +51,8 @@ def setting_texts() -> dict[str, tuple[str, str]]:
         "agents.commission_hold_days": (_("Commission hold (days)"),
                                         _("Agents' commission becomes spendable this many days after delivery; "
                                           "a refund before then takes it back from pending.")),
+        "agents.ref_days": (_("Invite link lasts (days)"),
+                            _("A buyer who came through an agent's invite link is that agent's for this long.")),
         "withdrawals.minimum": (_("Smallest withdrawal"), _("Agents cannot request less than this.")),
         "withdrawals.fee_percent": (_("Withdrawal fee (%)"), _("Kept by the shop when a withdrawal is paid.")),
         "withdrawals.fee_fixed": (_("Withdrawal fee (fixed)"), _("Added to the percentage.")),

@@ -37,6 +37,7 @@ from sqlalchemy.orm.util import identity_key
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest
+from ..agents import commission
 from ..money import parse_gateway_money
 from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
@@ -53,12 +54,13 @@ from .strength import secrets_problem
 _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__table__, Payment.__table__,
                         CardKey.__table__)
 _ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
-                  _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at)
+                  _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at, _o.c.unit_price_cents,
+                  _o.c.seller_agent_id)
 _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam("cid"),
                                               _pay.c.trade_no == sa.bindparam("trade_no"))
              .scalar_subquery())
 _CONTEXT = (_c.c.id.label("current_channel_id"), _c.c.secret_nonce, _p.c.name.label("product_name"),
-            _p.c.delivery_mode, _EXISTING.label("existing_order_id"))
+            _p.c.delivery_mode, _p.c.price_cents.label("product_price_cents"), _EXISTING.label("existing_order_id"))
 # SQLite: one SELECT reads it all, in a snapshot before the write lock.
 _LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
                 .join_from(_o, _p, _p.c.id == _o.c.product_id).outerjoin(_c, _c.c.code == sa.bindparam("code"))
@@ -217,7 +219,8 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
         return PaymentOutcome(True, "already recorded")
     if (context.existing_order_id is None and row.status == "pending" and amount_cents == row.amount_cents
             and context.delivery_mode == "auto"):
-        delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now)   # built unlocked
+        delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now,   # built unlocked
+                             context.product_price_cents)
         conn = session.connection()   # SQLite: BEGIN IMMEDIATE
         sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
         if sold == row.quantity:
@@ -234,8 +237,9 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
 class _Delivery:
     """The writes of a delivered callback, their values built before the write lock."""
 
-    def __init__(self, row, product_name: str, trade_no: str, amount_cents: int, raw: dict, now: dt.datetime):
-        self.row, self.now = row, now
+    def __init__(self, row, product_name: str, trade_no: str, amount_cents: int, raw: dict, now: dt.datetime,
+                 product_price_cents: int):
+        self.row, self.now, self.product_price_cents = row, now, product_price_cents
         self.payment = {
             "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
             "status": "received", "created_at": now,
@@ -255,6 +259,11 @@ class _Delivery:
         if conn.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:
             raise RuntimeError(f"order {row.order_no} changed under its lock")
         conn.execute(_INSERT_PAYMENT, self.payment)
+        if row.seller_agent_id:   # sold through an agent: it and those above it earn, in this transaction
+            commission.book_commission(session, order_id=row.id, order_no=row.order_no, agent_id=row.seller_agent_id,
+                                       paid_unit_cents=row.unit_price_cents, price_cents=self.product_price_cents,
+                                       quantity=row.quantity, currency=row.currency, product_id=row.product_id,
+                                       now=now, sold_through=True)
         emit_many(session, self.events, now)
         queue_delivery_email_for(session, row.id, row.email, now)
         # A caller holding the Order (a job, a test) sees what the statements did.

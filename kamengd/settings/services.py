@@ -167,6 +167,8 @@ SETTINGS: dict[str, SettingSpec] = {
     "agents.commission_hold_days": SettingSpec(
         int, 7, "Days an agent's commission stays pending (reversed, not taken back, if the order is refunded "
         "meanwhile) before it can be spent or withdrawn.", minimum=0, maximum=365),
+    "agents.ref_days": SettingSpec(int, 30, "Days an agent's invite link (?ref=) keeps attributing a buyer's "
+                                   "orders to it.", minimum=1, maximum=365),
     "withdrawals.minimum": SettingSpec(str, "10.00", "Smallest withdrawal an agent may request.", max_length=16,
                                        single_line=True, check=_amount),
     "withdrawals.fee_percent": SettingSpec(str, "0.00", "Fee the shop keeps of each withdrawal, in percent.",

@@ -29,6 +29,9 @@ from ..payments.services import build_pay_url
 from ..settings.messaging import mail_server
 from ..settings.services import get_setting, shop_look, shop_url
 from ..transaction import read_only
+from ..agents import services as agents
+from ..agents.models import Agent
+from ..substation import seller, station
 from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
@@ -42,7 +45,20 @@ INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few sc
 @bp.app_context_processor
 def _helpers():
     return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail,
-            "in_app_browser": in_app_browser, "shop_look": shop_look}
+            "in_app_browser": in_app_browser, "shop_look": shop_look, "price_of": price_of}
+
+
+def price_of(product: Product) -> int:
+    """A product's unit price on this page: on a sub-station the agent's (kamengd.substation)."""
+    prices = g.get("station_prices")
+    return prices.get(product.id, product.price_cents) if prices is not None else product.price_cents
+
+
+def _station_prices(products) -> None:
+    """On a sub-station, the agent's prices of the products a page shows (one read)."""
+    found = station()
+    if found is not None:
+        g.station_prices = agents.station_prices(db.session, db.session.get(Agent, found.id), products)
 
 
 def in_app_browser() -> bool:
@@ -135,6 +151,7 @@ def index():
     if query:
         select = select.where(Product.name.contains(query, autoescape=True))
     products = db.session.scalars(select).all()
+    _station_prices(products)
     # Sold out (automatic delivery, no key left) is hidden unless asked for: a buyer
     # scrolling a phone wants what can be bought now.
     show_all = request.args.get("all") == "1" or bool(query)   # a search names what it wants: sold out or not
@@ -151,7 +168,8 @@ def index():
     return render_template("storefront/index.html", sections=sections, categories=categories,
                            category=category, stock=stock, query=query, count=len(shown), page=page, pages=pages,
                            show_all=show_all, sold_out=len(sold_out),
-                           notice=get_setting(db.session, "site.notice"), money=format_cents)
+                           notice=station().notice if station() is not None else get_setting(db.session, "site.notice"),
+                           money=format_cents)
 
 
 # A service error names its field first ("email: ..."): the form marks that field.
@@ -196,6 +214,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
     if category is not None and not category.is_active:
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
+    _station_prices([p])
     return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
@@ -222,7 +241,7 @@ def buy(product_id: int):
                              query_password=form.get("query_password") or None,
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
-                             client_ip=request.remote_addr, site_url=get_config().site.url)
+                             client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller())
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):

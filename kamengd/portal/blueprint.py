@@ -1,0 +1,81 @@
+"""The portal's blueprint: one guard for every route, the headers of every page.
+
+An agent sees its own rows only: every page reads them by the signed-in agent's
+id, never by an id from the address (another agent's order is "not found").
+"""
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, g, redirect, request, url_for
+from flask_babel import gettext
+
+from ..accounts import auth
+from ..errors import KamengdError
+from ..storefront.i18n import t
+from ..transaction import read_only
+from ..websession import Door
+
+bp = Blueprint("portal", __name__, url_prefix="/agent", template_folder="templates")
+DOOR = Door("agent", auth.AGENT)
+
+# Pages open before sign-in; every other route needs a signed-in, active agent.
+PUBLIC = frozenset({"portal.login", "portal.login_2fa"})
+# GET pages that write (the first visit to 2FA set-up stores the new secret).
+WRITING_GETS = frozenset({"portal.totp_enrol"})
+
+
+@bp.before_request
+def _guard():
+    if request.endpoint is None or not request.endpoint.startswith("portal."):
+        abort(404)
+    if request.method == "GET" and request.endpoint not in WRITING_GETS:
+        read_only()
+    if request.endpoint in PUBLIC:
+        return None
+    if DOOR.current() is None:
+        if request.method == "GET":
+            return redirect(url_for("portal.login", next=request.full_path.rstrip("?")))
+        return redirect(url_for("portal.login"))
+    return None
+
+
+@bp.after_request
+def _private(response):
+    # An agent's pages hold its keys, balances and payout accounts: never cached.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.teardown_request
+def _forget(_exc):
+    g.pop(DOOR.key, None)
+
+
+def current_agent():
+    return DOOR.current()
+
+
+def actor() -> str:
+    agent = DOOR.current()
+    return f"agent:{agent.username}" if agent else "anonymous"
+
+
+def client_ip() -> str | None:
+    return request.remote_addr
+
+
+def safe_next(url: str | None) -> str | None:
+    """Only a path inside the portal: never an open redirect."""
+    if url and url.startswith("/agent") and not url.startswith("//") and "\\" not in url:
+        return url
+    return None
+
+
+def flash_errors(exc: KamengdError) -> None:
+    """A service's error(s), one message per mistake, in the agent's language where the
+    message catalogue has it."""
+    for error in exc.errors:
+        flash(error.localized(gettext), "error")
+
+
+def locked_message(seconds: int) -> str:
+    return t(f"登录失败次数过多，请 {seconds} 秒后再试。", f"Too many failed sign-ins. Try again in {seconds} seconds.")
