@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request
 
 from .catalog import inputs
 from .catalog.models import Product
-from .catalog.services import stock_by_product
+from .catalog.services import pool_stock, stock_by_product
 from .context import get_config, get_vault
 from .errors import InvalidRequest
 from .extensions import db, limiter
@@ -30,8 +30,10 @@ def products():
     stock = stock_by_product(db.session)
     items = db.session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()
-    on = station()   # an agent's sub-station asks the agent's prices
+    on = station()   # an agent's sub-station asks the agent's prices, and sells its pool too
     prices = agents.station_prices(db.session, db.session.get(Agent, on.id), items) if on is not None else {}
+    for product_id, count in (pool_stock(db.session, on.id) if on is not None else {}).items():
+        stock[product_id] = stock.get(product_id, 0) + count
     return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(prices.get(p.id, p.price_cents)),
                                   "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,

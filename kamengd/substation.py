@@ -6,8 +6,9 @@
   middleware moves the prefix into SCRIPT_NAME, so every link the pages build (url_for)
   stays inside the station, and the views need not know.
 - ?ref=<agent> on a shop page attributes the buyer to that agent for `agents.ref_days`
-  days, by a signed cookie (the first agent who brought the buyer keeps it). Orders on
-  the shop then sell at the shop's price and the agent earns its margin.
+  days, by a signed cookie (the first agent who brought the buyer keeps it, while it is
+  active). Orders on the shop then sell at the shop's price and the agent earns its margin;
+  an agent disabled since gets nothing, and the buyer buys from the shop as anyone.
 
 A station sells at the agent's own prices and shows its title, notice and contact; a
 disabled agent's station is not found. The panel and the agent portal are never served
@@ -32,7 +33,7 @@ from .settings.services import get_setting
 _PREFIX = re.compile(r"/s/(" + USERNAME_RE.pattern + r")(/.*)?\Z")
 ENVIRON_KEY = "kamengd.station"
 REF_COOKIE = "ref"
-# Under a station only the shop's pages, the buyer API, the payment return and static files.
+# Under a station only the shop's pages (with the order's page), the buyer API and static files.
 STATION_BLUEPRINTS = frozenset({"shop", "api"})
 
 
@@ -97,6 +98,8 @@ def resolve() -> None:
     if name is not None:
         if request.blueprint not in STATION_BLUEPRINTS and request.endpoint != "static":
             abort(404)
+        if sites.agent_id_for_host(db.session, request.host, reader=_read) is not None:
+            abort(404)   # an agent's own host serves its station only, never another's at /s/
         row = _read(lambda s: _station_row(s, username=name))
         if row is None or not row.is_active:
             abort(404)
@@ -114,10 +117,17 @@ def resolve() -> None:
         g.station = _as_station(row)
         return
     ref = request.args.get("ref")
-    if ref and request.method == "GET" and request.blueprint == "shop" and USERNAME_RE.fullmatch(ref) \
-            and referrer_id(current_app.secret_key) is None:
-        row = _read(lambda s: _station_row(s, username=ref))
-        if row is not None and row.is_active:
+    if ref and request.method == "GET" and request.blueprint == "shop" and USERNAME_RE.fullmatch(ref):
+        earlier = referrer_id(current_app.secret_key)
+
+        def look(session):
+            row = _station_row(session, username=ref)
+            before = _station_row(session, agent_id=earlier) if earlier is not None else None
+            return row, before
+
+        row, before = _read(look)
+        # The first agent who brought the buyer keeps them, while it is active.
+        if row is not None and row.is_active and (before is None or not before.is_active):
             g.new_referrer = row.id
 
 

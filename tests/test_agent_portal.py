@@ -299,3 +299,21 @@ def test_the_ledger_with_filters_and_as_csv(backend, app, client, tree):
     rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
     assert sorted(r["amount"] for r in rows) == ["-9.80", "50.00"]
     assert "a date such as 2026-12-01" in client.get("/agent/ledger?from=yesterday").get_data(as_text=True)
+
+
+def test_an_agents_sign_in_never_clears_the_addresss_count_of_guesses(backend, app, tree):
+    """Anyone may own an agent account: its successful sign-in must not wipe the count of
+    guesses at staff names from the same address (a staff member's success still does)."""
+    from kamengd.accounts.models import LoginThrottle
+    from kamengd.agents.models import Agent
+    from kamengd.extensions import db
+
+    ip = f"198.51.100.{secrets.randbelow(250) + 1}"
+    with app.app_context():
+        for name in ("owner", "admin", "boss"):
+            auth.record_failure(db.session, name, ip, "password")
+        auth.complete_login(db.session, db.session.get(Agent, tree["a"]["id"]), ip, "password")
+        db.session.commit()
+        row = db.session.get(LoginThrottle, ("ip", ip))
+        assert row is not None and row.failures == 3
+        db.session.remove()

@@ -227,3 +227,55 @@ def test_the_host_commands(backend, make_install):
     assert "hua.example.test" in run_cli("agent", "host", "list", config=cfg.path).out
     assert run_cli("agent", "host", "remove", "--host", "hua.example.test", config=cfg.path).returncode == 0
     assert run_cli("agent", "host", "list", config=cfg.path).out.strip() == ""
+
+
+def test_an_invite_from_an_agent_disabled_since_is_forgotten(backend, app, client, station):
+    """The buyer brought by an agent that staff disabled buys from the shop as anyone; the next
+    active agent's link takes the buyer over."""
+    from kamengd.agents.models import Agent
+    from kamengd.extensions import db
+
+    client.get(f"/?ref={station['b']['username']}")
+    with app.app_context():
+        agents.set_agent_active(db.session, db.session.get(Agent, station["b"]["id"]), False, actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert sale(app, buy(client, station))[:2] == (2000, None)                     # bought all the same
+    client.get(f"/?ref={station['c']['username']}")
+    assert sale(app, buy(client, station))[:2] == (2000, station["c"]["id"])
+
+
+def test_a_bound_host_serves_its_own_station_only(backend, app, client, station):
+    host = {"Host": station["host"]}
+    assert client.get(f"/s/{station['b']['username']}/", headers=host).status_code == 404
+    assert client.get(f"/s/{station['c']['username']}/", headers=host).status_code == 404
+    assert client.get("/", headers=host).status_code == 200
+
+
+def test_a_product_in_another_currency_is_never_an_agents_sale(backend, app, client, station):
+    """The agents' money is in CNY: a USD product is not sold on a station (a clear 400), and an
+    invited buyer's USD order is the shop's own; its delivery books nothing for the agents."""
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.inventory.services import import_keys
+    import io
+
+    with app.app_context():
+        usd = create_product(db.session, name=f"USD {secrets.token_hex(3)}", price_cents=500, currency="USD",
+                             actor="t")
+        import_keys(db.session, get_vault(), product_id=usd.id, actor="t",
+                    fh=io.BytesIO(b"\n".join(f"USD-{secrets.token_hex(5)}".encode() for _ in range(3))))
+        db.session.commit()
+        product = usd.id
+        db.session.remove()
+    body = {"product_id": product, "quantity": 1, "email": "u@example.com", "channel": station["channel"]}
+    answer = client.post(f"/s/{station['c']['username']}/api/v1/orders", json=body)
+    assert answer.status_code == 400 and "USD" in answer.get_json()["error"]["message"]
+    client.get(f"/?ref={station['c']['username']}")
+    answer = client.post("/api/v1/orders", json=body)
+    assert answer.status_code == 201
+    order_no = answer.get_json()["order_no"]
+    assert sale(app, order_no)[1] is None
+    settle(client, app, station, order_no)
+    assert sale(app, order_no)[2:] == ("delivered", {})

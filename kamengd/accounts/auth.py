@@ -185,7 +185,9 @@ def _clear_failures(session: Session, username: str, ip: str | None = None, real
     add up to a lock for everyone there. (Guessing another name from an address that
     also signs in stays bounded by that pair's own lock.)"""
     rows = _rows_of_name(_name_key(username, realm))
-    if ip:
+    # An agent's success leaves the address's counter alone: anyone may own an agent account,
+    # and must not be able to wipe the address's count of guesses at staff names with it.
+    if ip and realm is STAFF:
         rows = sa.or_(rows, sa.and_(LoginThrottle.scope == "ip", LoginThrottle.key == ip[:128]))
     session.execute(sa.delete(LoginThrottle).where(rows))
 

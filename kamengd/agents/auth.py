@@ -35,7 +35,7 @@ _shop = _accounts.alias("shop_account")
 # orders book against (made by migration 0020, never removed), in one read.
 _CALLER = (sa.select(_keys.c.secret_nonce, _keys.c.secret_ciphertext, _keys.c.secret_key_version, _keys.c.revoked_at,
                      _agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
-                     _agents.c.parent_id,
+                     _agents.c.parent_id, _agents.c.has_pool,
                      _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency,
                      *(sa.select(_shop.c.id).where(_shop.c.name == name).scalar_subquery().label(label)
                        for name, label in (("shop:sales", "sales_id"), ("shop:commission", "commission_id"))))
@@ -61,6 +61,7 @@ class Caller:
     parent_id: int | None = None   # None: nobody above it earns commission on its orders
     sales_account_id: int | None = None        # the shop's ledger accounts, as read with the key
     commission_account_id: int | None = None
+    has_pool: bool = False                     # its orders draw on its stock pool first
 
 
 def verify_request(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
@@ -86,7 +87,7 @@ def verify_request(session: Session, vault: Vault, *, headers, method: str, path
     if not signing.signature_matches(secret, signature, method, path_with_query, timestamp, nonce, body):
         raise Unauthorized("wrong signature")
     return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, key_id, nonce, row.account_id,
-                  row.currency, row.parent_id, row.sales_id, row.commission_id)
+                  row.currency, row.parent_id, row.sales_id, row.commission_id, bool(row.has_pool))
 
 
 def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
 from ..catalog.models import Product
-from ..catalog.services import stock_by_product
+from ..catalog.services import pool_stock, stock_by_product
 from ..database import utcnow
 from ..errors import Busy, Conflict, InvalidRequest, NotFound, Unauthorized
 from ..inventory.models import CardKey
@@ -171,7 +171,7 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
     auto = product.delivery_mode == "auto"
     if auto:
         reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"], order_id=order_id,
-                     until=now, sold_at=now)
+                     until=now, sold_at=now, pool=caller.agent_id if caller.has_pool else None)
     amount = values["amount_cents"]
     if amount:
         sales = ledger.AccountRef(caller.sales_account_id, account.currency, "shop") if caller.sales_account_id \
@@ -231,6 +231,9 @@ def order_of(session: Session, vault: Vault, agent_id: int, order_no) -> dict:
 
 def agent_products(session: Session, caller: Caller) -> list[dict]:
     stock = stock_by_product(session)
+    if caller.has_pool:   # its own pool is its stock too
+        for product_id, count in pool_stock(session, caller.agent_id).items():
+            stock[product_id] = stock.get(product_id, 0) + count
     own = level_prices(session, caller.level_id)
     products = session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()

@@ -24,6 +24,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..audit.services import record
 from ..database import utcnow
 from ..ledger import services as ledger
 from ..ledger.models import DEBT, LedgerAccount
@@ -80,6 +81,12 @@ def book_commission(session: Session, *, order_id: int, order_no: str, agent_id:
     if not earned:
         return []
     pending = _accounts(session, [a for a, _b, _m in earned])
+    if any(pending[a]["pending"].currency != currency for a, _b, _m in earned):
+        # The agents' money is kept in another currency: nothing to book it against. The
+        # order is delivered all the same (its delivery must never fail on this); staff see why.
+        record(session, "commission.skipped", actor="system", target=f"order:{order_no}",
+               details={"currency": currency, "reason": "the agents' accounts are in another currency"})
+        return []
     commission = ledger.AccountRef(shop_account_id, currency, "shop") if shop_account_id else \
         ledger.shop_ref(session, "shop:commission", currency)
     legs = [(pending[a]["pending"], cents) for a, _b, cents in earned]

@@ -116,11 +116,15 @@ def unpin_level(session: Session, agent: Agent, *, actor: str, source_ip: str | 
 
 
 def sales_since(session: Session, since: dt.datetime) -> dict[int, int]:
-    """{agent id: cents} of the agents' delivered orders since `since`."""
-    rows = session.execute(sa.select(_o.c.agent_id, sa.func.sum(_o.c.amount_cents))
-                           .where(_o.c.agent_id.is_not(None), _o.c.status == "delivered", _o.c.delivered_at >= since)
-                           .group_by(_o.c.agent_id)).all()
-    return {agent_id: int(total) for agent_id, total in rows}
+    """{agent id: cents} of the orders delivered since `since` that the agents placed (the API)
+    or that were sold through them (their sub-stations, their invite links)."""
+    found: dict[int, int] = {}
+    for column in (_o.c.agent_id, _o.c.seller_agent_id):
+        for agent_id, total in session.execute(sa.select(column, sa.func.sum(_o.c.amount_cents))
+                                               .where(column.is_not(None), _o.c.status == "delivered",
+                                                      _o.c.delivered_at >= since).group_by(column)):
+            found[agent_id] = found.get(agent_id, 0) + int(total)
+    return found
 
 
 def adjust_levels(session: Session, now: dt.datetime | None = None) -> dict:

@@ -57,6 +57,9 @@ class Agent(db.Model):
     site_title: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
     site_notice: Mapped[str] = mapped_column(sa.String(2000), default="", server_default="")
     site_contact: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
+    # Keys were put in its stock pool (库存池): its orders look there first. Never cleared by
+    # a sale (a look into an empty pool is cheap); set by kamengd.inventory.pools.
+    has_pool: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     __table_args__ = (sa.CheckConstraint("depth >= 1", name="depth_positive"),)
 

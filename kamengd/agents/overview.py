@@ -22,13 +22,19 @@ TEAM_DAYS = 30
 
 
 def _sales(session: Session, agent_ids, since: dt.datetime, until: dt.datetime | None = None) -> dict[int, tuple]:
-    """{agent id: (orders, cents)} of orders delivered in the window, by the agents given."""
-    query = (sa.select(Order.agent_id, sa.func.count(), sa.func.coalesce(sa.func.sum(Order.amount_cents), 0))
-             .where(Order.agent_id.in_(agent_ids), Order.status == "delivered", Order.delivered_at >= since)
-             .group_by(Order.agent_id))
-    if until is not None:
-        query = query.where(Order.delivered_at < until)
-    return {agent_id: (count, int(cents)) for agent_id, count, cents in session.execute(query)}
+    """{agent id: (orders, cents)} of orders delivered in the window: the agents' own (the API)
+    and those sold through them (their sub-stations, their invite links)."""
+    found: dict[int, tuple] = {}
+    for column in (Order.agent_id, Order.seller_agent_id):   # each by its own index
+        query = (sa.select(column, sa.func.count(), sa.func.coalesce(sa.func.sum(Order.amount_cents), 0))
+                 .where(column.in_(agent_ids), Order.status == "delivered", Order.delivered_at >= since)
+                 .group_by(column))
+        if until is not None:
+            query = query.where(Order.delivered_at < until)
+        for agent_id, count, cents in session.execute(query):
+            before = found.get(agent_id, (0, 0))
+            found[agent_id] = (before[0] + count, before[1] + int(cents))
+    return found
 
 
 def _commission(session: Session, agent_id: int) -> dict[str, int]:
@@ -62,6 +68,17 @@ def orders(session: Session, agent_id: int, *, before: int | None = None, status
     if status:
         query = query.where(Order.status == status)
     return session.execute(query).all()
+
+
+def sold_through(session: Session, agent_id: int, *, limit: int = ORDERS_PAGE) -> list:
+    """Buyers' orders sold through the agent (its sub-station, its invite links), newest first:
+    what it earns from, never the buyers' keys or addresses."""
+    return session.execute(
+        sa.select(Order.order_no, Order.status, Order.quantity, Order.amount_cents, Order.created_at,
+                  Product.name.label("product"), Commission.amount_cents.label("earned"))
+        .join(Product, Product.id == Order.product_id)
+        .outerjoin(Commission, sa.and_(Commission.order_id == Order.id, Commission.agent_id == agent_id))
+        .where(Order.seller_agent_id == agent_id).order_by(Order.id.desc()).limit(limit)).all()
 
 
 def team(session: Session, agent: Agent, *, days: int = TEAM_DAYS, now: dt.datetime | None = None) -> list[dict]:

@@ -163,14 +163,6 @@ def station_price(price_cents: int, discount_bp: int, level_own_cents: int | Non
                level_cost(price_cents, discount_bp, level_own_cents))
 
 
-def selling_price(session: Session, agent: Agent, product: Product) -> int:
-    """What the agent's sub-station asks for `product` now."""
-    own = session.scalar(sa.select(AgentPrice.price_cents).where(AgentPrice.agent_id == agent.id,
-                                                                 AgentPrice.product_id == product.id))
-    level = session.get(AgentLevel, agent.level_id)
-    return station_price(product.price_cents, level.discount_bp, level_prices(session, level.id).get(product.id), own)
-
-
 def set_selling_price(session: Session, agent: Agent, *, product_id, price, actor: str,
                       source_ip: str | None = None) -> int | None:
     """The agent's own selling price for a product (a plain amount, never below its cost), or

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 import time
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from .models import Agent, AgentHost
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 TITLE_MAX, NOTICE_MAX, CONTACT_MAX = 64, 2000, 200
 CACHE_SECONDS = 5.0
-_cache: dict[str, tuple[float, int | None]] = {}
+_cache: OrderedDict[str, tuple[float, int | None]] = OrderedDict()   # least recently used first
 _cache_lock = threading.Lock()
 _CACHE_MAX = 4096
 
@@ -109,6 +110,8 @@ def agent_id_for_host(session: Session, host: str, reader=None) -> int | None:
     name = (host or "").rsplit(":", 1)[0].rstrip(".").lower() if not (host or "").startswith("[") else ""
     if not name:
         return None
+    if name in _own_hosts():   # the shop's own address, asked on most requests: never a station
+        return None
     now = time.monotonic()
     found = _cache.get(name)
     if found is not None and found[0] > now:
@@ -118,10 +121,18 @@ def agent_id_for_host(session: Session, host: str, reader=None) -> int | None:
     if len(name) <= 253:
         agent_id = reader(lambda s: s.scalar(lookup)) if reader is not None else session.scalar(lookup)
     with _cache_lock:
-        if len(_cache) >= _CACHE_MAX:
-            _cache.clear()
+        # A flood of made-up host names pushes out the oldest entries only, never the bound ones
+        # in use (each hit moves its entry to the end).
         _cache[name] = (now + CACHE_SECONDS, agent_id)
+        _cache.move_to_end(name)
+        while len(_cache) > _CACHE_MAX:
+            _cache.popitem(last=False)
     return agent_id
+
+
+def _own_hosts() -> frozenset[str]:
+    """The config file's site.url host (the panel's site.url is checked when binding)."""
+    return frozenset({(urlsplit(get_config().site.url).hostname or "").lower()} - {""})
 
 
 def set_site(session: Session, agent: Agent, *, title, notice, contact, actor: str,

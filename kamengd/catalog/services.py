@@ -237,6 +237,13 @@ def stock_by_product(session: Session) -> dict[int, int]:
                                 .group_by(t.c.product_id)).all())
 
 
+def pool_stock(session: Session, agent_id: int) -> dict[int, int]:
+    """{product id: keys in the agent's stock pool} (kamengd.inventory.pools), on sale only through it."""
+    t = CardKey.__table__
+    return dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(
+        t.c.status == "pool", t.c.pool_agent_id == agent_id).group_by(t.c.product_id)).all())
+
+
 def available_by_product(session: Session, product_ids: Iterable[int]) -> dict[int, int]:
     """{product id: available keys} for these products, in one grouped query."""
     ids = list(product_ids)

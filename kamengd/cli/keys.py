@@ -13,6 +13,8 @@ from ..context import get_config, get_vault
 from ..audit.services import cli_actor
 from ..errors import KamengdError
 from ..extensions import db
+from ..agents.services import get_agent
+from ..inventory import pools
 from ..inventory.services import EXPORT_STATUSES, export_keys, import_keys
 from .group import cli, emit, json_option, with_app
 
@@ -87,3 +89,45 @@ def keys_export(obj, product_id, output, status, as_json):
         result.finish()
     emit(as_json, {"exported": result.count, "output": str(result.output), "status": status},
          f"exported {result.count} {status} keys to {result.output}")
+
+
+@keys.command("pool")
+@click.option("--product", "product_id", type=PRODUCT_ID, required=True, metavar="ID")
+@click.option("--agent", "username", required=True, metavar="NAME")
+@click.option("--count", type=click.IntRange(min=1), required=True, help="Keys to put aside, oldest first.")
+@json_option
+@with_app
+def keys_pool(product_id, username, count, as_json):
+    """Put COUNT available keys of the product in the agent's stock pool (库存池): sold only through
+    that agent (its API orders, its sub-station, its invite links), all or nothing (audited)."""
+    agent = get_agent(db.session, username)
+    moved = pools.pool_keys(db.session, product_id=product_id, agent=agent, count=count, actor=cli_actor())
+    emit(as_json, {"product_id": product_id, "agent": agent.username, "pooled": moved},
+         f"{moved} keys of product {product_id} are in the pool of {agent.username}")
+
+
+@keys.command("unpool")
+@click.option("--product", "product_id", type=PRODUCT_ID, required=True, metavar="ID")
+@click.option("--agent", "username", required=True, metavar="NAME")
+@click.option("--count", type=click.IntRange(min=1), help="Keys to give back (default: the whole pool).")
+@json_option
+@with_app
+def keys_unpool(product_id, username, count, as_json):
+    """Give keys of the agent's pool back to the shop's stock (audited)."""
+    agent = get_agent(db.session, username)
+    moved = pools.unpool_keys(db.session, product_id=product_id, agent=agent, count=count, actor=cli_actor())
+    emit(as_json, {"product_id": product_id, "agent": agent.username, "returned": moved},
+         f"{moved} keys of product {product_id} are back in the shop's stock")
+
+
+@keys.command("pools")
+@json_option
+@with_app(readonly=True)
+def keys_pools(as_json):
+    """Every stock pool that holds keys: agent, product, keys."""
+    rows = pools.pools(db.session)
+    if as_json:
+        emit(True, {"pools": [{"agent": a, "product_id": p, "product": n, "keys": c} for a, p, n, c in rows]}, "")
+        return
+    for agent, product_id, name, count in rows:
+        click.echo(f"{agent:<32} {product_id:>6}  {name[:40]:<40} {count:>8}")

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..database import FixedBinary, BigId, UTCDateTime, utcnow
 from ..extensions import db
 
-KEY_STATUSES = ("available", "reserved", "sold", "void")
+# "pool": on sale only through one agent (its stock pool, 库存池: pool_agent_id).
+KEY_STATUSES = ("available", "reserved", "sold", "void", "pool")
 
 
 class KeyImport(db.Model):
@@ -45,6 +46,10 @@ class CardKey(db.Model):
     key_version: Mapped[int] = mapped_column(sa.SmallInteger)
     fingerprint: Mapped[bytes] = mapped_column(FixedBinary(16))
     sold_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The agent whose stock pool the key is in (its own sales only), kept while it is
+    # reserved so a released reservation goes back to the pool. No foreign key: SQLite
+    # could add one only by copying the whole table.
+    pool_agent_id: Mapped[int | None] = mapped_column(sa.Integer)
 
     __table_args__ = (
         # "Take N available keys of product P": an index range scan in id order.
@@ -56,3 +61,9 @@ class CardKey(db.Model):
         # No CHECK on status here: SQLite evaluates it per row and it cost a
         # third of a million-key import. Only kamengd.inventory writes status.
     )
+
+
+def on_sale_again(table=None):
+    """The status a released key goes back to: its agent's pool, or the shop's stock."""
+    t = CardKey.__table__ if table is None else table
+    return sa.case((t.c.pool_agent_id.is_(None), "available"), else_="pool")

@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session, scoped_session
 from ..accounts.passwords import hash_password
 from ..agents.models import Agent, AgentLevel, AgentPrice, LevelPrice
 from ..agents.services import station_price
+from ..ledger.services import DEFAULT_CURRENCY as AGENTS_CURRENCY
 from ..catalog import inputs
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
-from ..inventory.models import CardKey
+from ..inventory.models import CardKey, on_sale_again
 from ..money import format_cents
 from ..payments import epay, methods
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
@@ -103,8 +104,8 @@ _LEVEL_OWN = sa.select(_lp.c.price_cents).where(_lp.c.level_id == _a.c.level_id,
                                                 _lp.c.product_id == sa.bindparam("product_id")).scalar_subquery()
 _AGENT_OWN = sa.select(_ap.c.price_cents).where(_ap.c.agent_id == _a.c.id,
                                                 _ap.c.product_id == sa.bindparam("product_id")).scalar_subquery()
-_SELLER = (sa.select(_a.c.is_active, _a.c.level_id, _l.c.discount_bp, _LEVEL_OWN.label("level_own"),
-                     _AGENT_OWN.label("own"))
+_SELLER = (sa.select(_a.c.is_active, _a.c.level_id, _a.c.has_pool, _l.c.discount_bp,
+                     _LEVEL_OWN.label("level_own"), _AGENT_OWN.label("own"))
            .select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(_a.c.id == sa.bindparam("seller_agent_id")))
 # The product's price is checked as read (the unit price is the agent's), and the agent is
 # still active at the level, discount and prices its price was made of.
@@ -142,31 +143,41 @@ def seller_price(product_price_cents: int, terms, station: bool) -> int:
     return station_price(product_price_cents, terms.discount_bp, terms.level_own, terms.own)
 
 
+def _pickable(pooled: bool) -> list:
+    """Keys on sale for a claim: the shop's stock, or one agent's pool (bound as "pool")."""
+    if pooled:
+        return [_k.c.product_id == sa.bindparam("pid"), _k.c.status == "pool",
+                _k.c.pool_agent_id == sa.bindparam("pool")]
+    return [_k.c.product_id == sa.bindparam("pid"), _k.c.status == "available"]
+
+
+def _claimed(sold: bool) -> dict:
+    """Reserved for an unpaid order, or sold at once to one paid in the same transaction."""
+    if sold:
+        return {"status": "sold", "order_id": sa.bindparam("oid"), "sold_at": sa.bindparam("sold_at"),
+                "reserved_until": None}
+    return {"status": "reserved", "order_id": sa.bindparam("oid"), "reserved_until": sa.bindparam("until")}
+
+
 # SQLite holds the write lock for the whole transaction: one UPDATE picks and claims.
-_RESERVE_SQLITE = (
-    _k.update()
-    .where(_k.c.id.in_(sa.select(_k.c.id).where(_k.c.product_id == sa.bindparam("pid"),
-                                                 _k.c.status == "available")
-                       .order_by(_k.c.id).limit(sa.bindparam("n")).scalar_subquery()),
-           _k.c.status == "available")
-    .values(status="reserved", order_id=sa.bindparam("oid"), reserved_until=sa.bindparam("until")))
+# MySQL: SELECT … FOR UPDATE SKIP LOCKED picks (two buyers never wait on one key), then UPDATE.
+# Each by (from an agent's pool, claimed as sold).
+_CLAIM_SQLITE, _PICK_MYSQL, _CLAIM_MYSQL = {}, {}, {}
+for _pooled in (False, True):
+    _PICK_MYSQL[_pooled] = (sa.select(_k.c.id).where(*_pickable(_pooled)).order_by(_k.c.id)
+                            .limit(sa.bindparam("n")).with_for_update(skip_locked=True))
+    for _sold in (False, True):
+        _CLAIM_SQLITE[_pooled, _sold] = (
+            _k.update().where(_k.c.id.in_(sa.select(_k.c.id).where(*_pickable(_pooled)).order_by(_k.c.id)
+                                          .limit(sa.bindparam("n")).scalar_subquery()),
+                              *_pickable(_pooled)[1:2])
+            .values(**_claimed(_sold)))
+        _CLAIM_MYSQL[_pooled, _sold] = (
+            _k.update().where(_k.c.id.in_(sa.bindparam("ids", expanding=True)), *_pickable(_pooled)[1:2])
+            .values(**_claimed(_sold)))
+# Back on sale (a claim that fell short): to the pool the key came from, or the shop's stock.
 _UNRESERVE = (_k.update().where(_k.c.order_id == sa.bindparam("oid"), _k.c.status.in_(("reserved", "sold")))
-              .values(status="available", order_id=None, reserved_until=None, sold_at=None))
-# Claimed as sold at once: an order paid in the same transaction (an agent's, from its balance).
-_SELL_SQLITE = (
-    _k.update()
-    .where(_k.c.id.in_(sa.select(_k.c.id).where(_k.c.product_id == sa.bindparam("pid"),
-                                                 _k.c.status == "available")
-                       .order_by(_k.c.id).limit(sa.bindparam("n")).scalar_subquery()),
-           _k.c.status == "available")
-    .values(status="sold", order_id=sa.bindparam("oid"), sold_at=sa.bindparam("sold_at"), reserved_until=None))
-_PICK_MYSQL = (sa.select(_k.c.id).where(_k.c.product_id == sa.bindparam("pid"), _k.c.status == "available")
-               .order_by(_k.c.id).limit(sa.bindparam("n")).with_for_update(skip_locked=True))
-_CLAIM_MYSQL = (_k.update().where(_k.c.id.in_(sa.bindparam("ids", expanding=True)), _k.c.status == "available")
-                .values(status="reserved", order_id=sa.bindparam("oid"), reserved_until=sa.bindparam("until")))
-_CLAIM_SOLD_MYSQL = (_k.update().where(_k.c.id.in_(sa.bindparam("ids", expanding=True)), _k.c.status == "available")
-                     .values(status="sold", order_id=sa.bindparam("oid"), sold_at=sa.bindparam("sold_at"),
-                             reserved_until=None))
+              .values(status=on_sale_again(_k), order_id=None, reserved_until=None, sold_at=None))
 
 
 def new_order_no(now: dt.datetime) -> str:
@@ -202,25 +213,28 @@ class PlacedOrder:
 
 
 def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
-                 until: dt.datetime, sold_at: dt.datetime | None = None) -> int:
-    """Claim `quantity` available keys for the order, or raise OutOfStock and claim none
-    (the caller's transaction, or savepoint, is rolled back). With `sold_at` (an order
-    paid in this same transaction) they are claimed as sold, not reserved."""
-    params = {"pid": product_id, "n": quantity, "oid": order_id, "until": until, "sold_at": sold_at}
+                 until: dt.datetime, sold_at: dt.datetime | None = None, pool: int | None = None) -> int:
+    """Claim `quantity` keys for the order, or raise OutOfStock and claim none (the caller's
+    transaction, or savepoint, is rolled back). With `sold_at` (an order paid in this same
+    transaction) they are claimed as sold, not reserved. With `pool` (an order of that agent,
+    or sold through it) its stock pool is drawn on first, then the shop's stock."""
+    params = {"pid": product_id, "oid": order_id, "until": until, "sold_at": sold_at, "pool": pool}
     conn = session.connection()
-    if conn.dialect.name == "sqlite":
-        claimed = conn.execute(_RESERVE_SQLITE if sold_at is None else _SELL_SQLITE, params).rowcount
-    else:
-        ids = conn.execute(_PICK_MYSQL, params).scalars().all()
-        if len(ids) < quantity:
-            raise OutOfStock("not enough stock for this quantity")
-        claimed = conn.execute(_CLAIM_MYSQL if sold_at is None else _CLAIM_SOLD_MYSQL,
-                               {**params, "ids": ids}).rowcount
-    if claimed != quantity:
-        if claimed:   # SQLite claimed what there was: give it back (the caller rolls back the rest)
-            conn.execute(_UNRESERVE, {"oid": order_id})
-        raise OutOfStock("not enough stock for this quantity")
-    return quantity
+    sold = sold_at is not None
+    claimed = 0
+    for pooled in ((True, False) if pool is not None else (False,)):
+        wanted = {**params, "n": quantity - claimed}
+        if conn.dialect.name == "sqlite":
+            claimed += conn.execute(_CLAIM_SQLITE[pooled, sold], wanted).rowcount
+        else:
+            ids = conn.execute(_PICK_MYSQL[pooled], wanted).scalars().all()
+            if ids:
+                claimed += conn.execute(_CLAIM_MYSQL[pooled, sold], {**wanted, "ids": ids}).rowcount
+        if claimed == quantity:
+            return quantity
+    if claimed:   # what there was goes back (the caller rolls back the rest)
+        conn.execute(_UNRESERVE, {"oid": order_id})
+    raise OutOfStock("not enough stock for this quantity")
 
 
 _offers: dict[tuple[int, str], object] = {}
@@ -274,9 +288,16 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         terms = unit = None
         if seller is not None and row is not None:
             terms = _seller_terms(session, seller, product_id)
-            if terms is None or not terms.is_active:
-                raise NotFound("shop not found")   # a disabled agent sells nothing
-            unit = seller_price(row.price_cents, terms, seller.station)
+            usable = terms is not None and terms.is_active and row.currency == AGENTS_CURRENCY
+            if not usable and seller.station:
+                if terms is None or not terms.is_active:
+                    raise NotFound("shop not found")   # a disabled agent's station sells nothing
+                raise InvalidRequest("product: priced in %(currency)s, it is sold on the shop itself only",
+                                     currency=row.currency)
+            if usable:
+                unit = seller_price(row.price_cents, terms, seller.station)
+            else:   # an invite from an agent since disabled (or a product its money cannot earn on)
+                terms = None   # the shop's own sale, at the shop's price
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
                                   lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
@@ -299,7 +320,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             placed.order_id = inserted.lastrowid
             if row.delivery_mode == "auto":
                 reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
-                             until=placed.expires_at)
+                             until=placed.expires_at,
+                             pool=seller.agent_id if terms is not None and terms.has_pool else None)
             return placed
         # What the answer was built from changed since it was read. Nothing was
         # written: let go of the write lock (a new merchant key is decrypted

@@ -19,11 +19,12 @@ from sqlalchemy.orm import Session
 
 from ..accounts.passwords import verify_password
 from ..agents import commission
+from ..agents.models import Agent
 from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
-from ..inventory.models import CardKey, KeyImport
+from ..inventory.models import CardKey, KeyImport, on_sale_again
 from ..notifications.events import emit, order_payload
 from ..notifications.outbox import queue_delivery_email
 from ..vault import Vault
@@ -123,10 +124,19 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
         try:
             with session.begin_nested():
                 reserve_keys(session, product_id=order.product_id, quantity=order.quantity,
-                             order_id=order.id, until=now)
+                             order_id=order.id, until=now, pool=_pool_of(session, order))
         except OutOfStock:
             return NO_STOCK
     return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
+
+
+def _pool_of(session: Session, order: Order) -> int | None:
+    """The agent whose stock pool an order may draw on: the agent that ordered it, or that
+    it was sold through, when that agent has a pool."""
+    agent_id = order.agent_id or order.seller_agent_id
+    if agent_id is None:
+        return None
+    return agent_id if session.scalar(sa.select(Agent.has_pool).where(Agent.id == agent_id)) else None
 
 
 def waiting_orders(product_id: int):
@@ -174,7 +184,7 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")
                                .distinct()).all()
     session.execute(t.update().where(t.c.status == "reserved", t.c.order_id.in_(really))
-                    .values(status="available", order_id=None, reserved_until=None))
+                    .values(status=on_sale_again(t), order_id=None, reserved_until=None))
     for product_id in products:  # released keys go to buyers who already paid, first
         deliver_waiting_orders(session, product_id)
     return expired

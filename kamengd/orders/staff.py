@@ -26,7 +26,7 @@ from ..audit.services import record
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..inventory.models import CardKey
+from ..inventory.models import CardKey, on_sale_again
 from ..ledger import services as ledger
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
@@ -78,7 +78,7 @@ def _release_reserved(session: Session, order: Order) -> int:
     """The order's reserved keys go back on sale; buyers who already paid get them first."""
     t = CardKey.__table__
     released = session.execute(t.update().where(t.c.order_id == order.id, t.c.status == "reserved")
-                               .values(status="available", order_id=None, reserved_until=None)).rowcount
+                               .values(status=on_sale_again(t), order_id=None, reserved_until=None)).rowcount
     if released:
         deliver_waiting_orders(session, order.product_id)
     return released

@@ -37,7 +37,7 @@ EXPORT_BUFFER = 64 * 1024   # characters sent per piece of a download
 
 def status_names() -> dict[str, str]:
     return {"available": _("Available"), "reserved": _("Reserved"), "sold": _("Sold"), "void": _("Void"),
-            "all": _("All keys")}
+            "pool": _("In agents' pools"), "all": _("All keys")}
 
 
 @bp.get("/stock")

@@ -9,6 +9,7 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 
 from ..agents import overview, services as agents, sites, statements, withdrawals
 from ..agents.checkout import order_of
+from ..catalog.services import pool_stock
 from ..context import get_vault
 from ..errors import InvalidRequest, KamengdError, NotFound
 from ..extensions import db, limiter
@@ -46,7 +47,8 @@ def dashboard():
 @bp.get("/products")
 def products():
     agent = current_agent()
-    return render_template("portal/products.html", rows=agents.selling_prices(db.session, agent))
+    return render_template("portal/products.html", rows=agents.selling_prices(db.session, agent),
+                           pool=pool_stock(db.session, agent.id))
 
 
 @bp.post("/products/<int:product_id>/price")
@@ -73,9 +75,11 @@ def orders():
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         status = None
-    rows = overview.orders(db.session, agent.id, before=_int_arg("before"), status=status)
+    before = _int_arg("before")
+    rows = overview.orders(db.session, agent.id, before=before, status=status)
     more = rows[-1].id if len(rows) == overview.ORDERS_PAGE else None
-    return render_template("portal/orders.html", rows=rows, status=status, statuses=STATUSES, more=more)
+    return render_template("portal/orders.html", rows=rows, status=status, statuses=STATUSES, more=more,
+                           sold=overview.sold_through(db.session, agent.id) if before is None else [])
 
 
 @bp.get("/orders/<order_no>")

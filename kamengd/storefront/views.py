@@ -11,7 +11,7 @@ from flask_babel import gettext
 from ..accounts.passwords import verify_password
 from ..catalog import inputs
 from ..catalog.models import Category, Product
-from ..catalog.services import stock_by_product
+from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
@@ -52,6 +52,16 @@ def price_of(product: Product) -> int:
     """A product's unit price on this page: on a sub-station the agent's (kamengd.substation)."""
     prices = g.get("station_prices")
     return prices.get(product.id, product.price_cents) if prices is not None else product.price_cents
+
+
+def _stock() -> dict[int, int]:
+    """{product id: keys on sale here}: the shop's, and on a sub-station its agent's pool too."""
+    stock = stock_by_product(db.session)
+    found = station()
+    if found is not None:
+        for product_id, count in pool_stock(db.session, found.id).items():
+            stock[product_id] = stock.get(product_id, 0) + count
+    return stock
 
 
 def _station_prices(products) -> None:
@@ -137,7 +147,7 @@ def favicon():
 def index():
     """Every product (grouped by category), one category, or what a search finds."""
     read_only()
-    stock = stock_by_product(db.session)
+    stock = _stock()
     query = request.args.get("q", "").strip()[:MAX_QUERY]
     listed = _listed_products()
     categories = db.session.scalars(
@@ -209,7 +219,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
     if p is None or not p.is_active:
         abort(404)
     error, error_field = _error_text(exc, p) if exc is not None else (None, None)
-    stock = stock_by_product(db.session).get(p.id, 0)
+    stock = _stock().get(p.id, 0)
     category = db.session.get(Category, p.category_id) if p.category_id else None
     if category is not None and not category.is_active:
         category = None
