@@ -14,7 +14,7 @@ from .money import format_cents
 from .agents import services as agents
 from .agents.models import Agent
 from .orders.checkout import place_order
-from .substation import seller, station
+from .substation import return_site, seller, station
 from .orders.lookup import buyer_order_view
 from .payments import methods
 from .payments import services as payments
@@ -82,7 +82,8 @@ def new_order():
                          query_password=body.get("query_password"), coupon=body.get("coupon"),
                          buyer_input=body.get("input"),   # the product's input fields (kamengd.catalog.inputs)
                          pay_type=body.get("pay_type"),   # one of the channel's (GET /api/v1/payment-methods)
-                         client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller())
+                         client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
+                         return_site=return_site())
     return jsonify(placed.as_api()), 201
 
 

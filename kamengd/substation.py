@@ -28,7 +28,8 @@ from .agents.models import Agent
 from .agents.services import USERNAME_RE
 from .extensions import db
 from .orders.checkout import Seller
-from .settings.services import get_setting
+from .context import get_config
+from .settings.services import get_setting, site_url
 
 _PREFIX = re.compile(r"/s/(" + USERNAME_RE.pattern + r")(/.*)?\Z")
 ENVIRON_KEY = "kamengd.station"
@@ -133,6 +134,19 @@ def resolve() -> None:
 
 def station() -> Station | None:
     return g.get("station")
+
+
+def return_site() -> str | None:
+    """Where a buyer of this station comes back to from the gateway (None: the shop): its bound
+    host (checked against the bindings: never a Host anyone may send), or the shop's address
+    with /s/<agent>."""
+    found = station()
+    if found is None:
+        return None
+    if request.environ.get(ENVIRON_KEY) is not None:
+        # Read in a snapshot of its own: the order that follows begins its own transaction.
+        return _read(lambda s: site_url(s, get_config().site.url)).rstrip("/") + "/s/" + found.username
+    return f"{request.scheme}://{request.host}"
 
 
 def _serializer(secret_key: str) -> URLSafeTimedSerializer:

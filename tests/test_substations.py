@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import re
 import secrets
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -57,6 +58,7 @@ def buy(client, tree, path="", **kwargs):
                          data={"quantity": "2", "email": "buyer@example.com", "channel": tree["channel"],
                                "csrf_token": csrf_of(page)}, **kwargs)
     assert answer.status_code == 303, answer.get_data(as_text=True)[:500]
+    buy.last_pay_url = answer.headers["Location"]
     return re.search(r"out_trade_no=(\d+)", answer.headers["Location"]).group(1)
 
 
@@ -78,6 +80,13 @@ def pay(client, app, order_no):
 def settle(client, app, tree, order_no):
     params = pay(client, app, order_no)
     assert client.get(f"/pay/{tree['channel']}/notify", query_string=params).get_data(as_text=True) == "success"
+
+
+def shop_address(app):
+    from kamengd.settings.services import shop_url
+
+    with app.app_context():
+        return shop_url().rstrip("/")
 
 
 def sale(app, order_no):
@@ -109,6 +118,12 @@ def test_an_agents_host_is_its_storefront_at_its_prices_and_its_sale(backend, ap
 
     order_no = buy(client, station, headers=host)
     assert sale(app, order_no)[:3] == (2400, station["c"]["id"], "pending")
+    sent = parse_qs(urlsplit(buy.last_pay_url).query)   # the buyer comes back to the station
+    assert sent["return_url"][0].startswith(f"http://{station['host']}/pay/{station['channel']}/return?")
+    assert sent["notify_url"][0] == f"{shop_address(app)}/pay/{station['channel']}/notify"
+    back = client.get(urlsplit(sent["return_url"][0]).path, query_string=urlsplit(sent["return_url"][0]).query,
+                      headers=host)
+    assert back.status_code == 200 and "小C的店" in back.get_data(as_text=True)
     settle(client, app, station, order_no)
     settle(client, app, station, order_no)                                           # the gateway retries
     # c earns 2 × (12.00 − 9.80), b 2 × (9.80 − 9.50), a 2 × (9.50 − 9.00): once each.
@@ -129,6 +144,8 @@ def test_the_same_station_at_s_agent_keeps_its_links_inside(backend, app, client
     assert "12.00 CNY" in page and f'href="{prefix}/product/{station["product"]}"' in page
     order_no = buy(client, station, path=prefix)
     assert sale(app, order_no)[:2] == (2400, station["c"]["id"])
+    sent = parse_qs(urlsplit(buy.last_pay_url).query)
+    assert sent["return_url"][0].startswith(f"{shop_address(app)}{prefix}/pay/{station['channel']}/return?")
     assert client.get(f"{prefix}/order/{order_no}").status_code == 200
     for closed in (f"{prefix}/admin/login", f"{prefix}/agent/login", "/s/nobody-here/", f"{prefix}/api/v1/agent/balance"):
         assert client.get(closed).status_code == 404, closed

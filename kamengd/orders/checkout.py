@@ -267,7 +267,7 @@ def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool)
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 buyer_input=None, pay_type=None, now: dt.datetime | None = None,
-                seller: Seller | None = None) -> PlacedOrder:
+                seller: Seller | None = None, return_site: str | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
     With a `seller`, the order is sold through that agent (at its price on its station).
 
@@ -301,7 +301,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                   email=email, channel_code=channel_code, password_hash=password_hash,
                                   lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
-                                  buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit)
+                                  buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit,
+                                  return_site=return_site)
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
@@ -334,7 +335,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
-             site_url: str, now: dt.datetime, buyer_input=None, pay_type=None, unit_cents: int | None = None):
+             site_url: str, now: dt.datetime, buyer_input=None, pay_type=None, unit_cents: int | None = None,
+             return_site: str | None = None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -380,7 +382,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         # The panel's site.url, else the config file's (the caller's).
         site = decode_setting("site.url", row.site_url) or site_url
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
-                      site_url=site, options=options, pay_type=chosen)
+                      site_url=site, options=options, pay_type=chosen, return_site=return_site)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
                          chosen)
     values = {
@@ -397,13 +399,16 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
 
 
 def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amount_cents: int, token: str,
-            site_url: str, options: dict, pay_type: str | None) -> str | None:
+            site_url: str, options: dict, pay_type: str | None, return_site: str | None = None) -> str | None:
+    """The gateway's address for the order; the buyer comes back to `return_site` (an agent's
+    sub-station) or the shop, the gateway's callback always goes to the shop's site.url."""
     if row.channel_type != "epay":
         return None
     site = site_url.rstrip("/")
+    back = (return_site or site_url).rstrip("/")
     return epay.pay_url(
         gateway=options.get("gateway", ""), pid=options.get("pid", ""), key=channel_secrets["key"],
         pay_type=pay_type or methods.DEFAULT, order_no=order_no, name=row.name[:100],
         money=format_cents(amount_cents), notify_url=f"{site}/pay/{channel_code}/notify",
         # The buyer comes back to their keys: the token rides in the return URL.
-        return_url=f"{site}/pay/{channel_code}/return?{urlencode({'order_no': order_no, 'token': token})}")
+        return_url=f"{back}/pay/{channel_code}/return?{urlencode({'order_no': order_no, 'token': token})}")

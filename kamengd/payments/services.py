@@ -429,8 +429,9 @@ def channel_option(channel: PaymentChannel, name: str, default: str = "") -> str
 
 
 def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str, product_name: str,
-                  token: str) -> str:
+                  token: str, return_site: str | None = None) -> str:
     site = site_url.rstrip("/")
+    back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
     return epay.pay_url(
         gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
         key=channel_secrets(vault, channel)["key"],
@@ -438,7 +439,7 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
         order_no=order.order_no, name=product_name[:100], money=format_cents(order.amount_cents),
         notify_url=f"{site}/pay/{channel.code}/notify",
         # The buyer comes back to their keys: the token rides in the return URL.
-        return_url=f"{site}/pay/{channel.code}/return?{urlencode({'order_no': order.order_no, 'token': token})}")
+        return_url=f"{back}/pay/{channel.code}/return?{urlencode({'order_no': order.order_no, 'token': token})}")
 
 
 @dataclass

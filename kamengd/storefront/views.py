@@ -31,7 +31,7 @@ from ..settings.services import get_setting, shop_look, shop_url
 from ..transaction import read_only
 from ..agents import services as agents
 from ..agents.models import Agent
-from ..substation import seller, station
+from ..substation import return_site, seller, station
 from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
@@ -251,7 +251,8 @@ def buy(product_id: int):
                              query_password=form.get("query_password") or None,
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
-                             client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller())
+                             client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
+                             return_site=return_site())
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):
@@ -278,7 +279,7 @@ def _order_page(order, token: str, *, returned: bool = False):
         channel = db.session.get(PaymentChannel, order.channel_id)
         if channel is not None and channel.is_enabled:
             pay_url = build_pay_url(get_vault(), channel, order, site_url=shop_url(),
-                                    product_name=product.name, token=token)
+                                    product_name=product.name, token=token, return_site=return_site())
     watch = order.status in WATCHED
     label = methods.label(order.pay_type, current_lang())
     pay_method = {"icon": methods.icon(order.pay_type), "label": label} if label else None
