@@ -142,3 +142,37 @@ def test_admins_create_agents_bind_hosts_and_set_level_rules(backend, app, clien
     support = app.test_client()
     signed_in(app, support, "support")
     assert post(support, "/admin/agents", {**form, "username": f"sup-{t}"}, page_url="/admin/agents").status_code == 403
+
+
+def test_admins_give_a_level_its_own_price_for_a_product(backend, app, client):
+    from kamengd.catalog.services import create_product
+    from kamengd.extensions import db
+
+    t = secrets.token_hex(3)
+    with app.app_context():
+        level_id = agents.set_level(db.session, name=f"lp-{t}", discount="10", actor="t")[0].id
+        product = create_product(db.session, name=f"<i>lp {t}</i>", price_cents=1000, actor="t").id
+        db.session.commit()
+        db.session.remove()
+    signed_in(app, client, "admin")
+    for bad in ("10.01", "1e3", "-1", "0.001"):                       # above the shop's price, or no amount
+        post(client, "/admin/agents/level-prices", {"level": f"lp-{t}", "product_id": str(product), "price": bad},
+             page_url="/admin/agents")
+    post(client, "/admin/agents/level-prices", {"level": f"lp-{t}", "product_id": "99999999", "price": "1"},
+         page_url="/admin/agents")
+
+    def own():
+        with app.app_context():
+            try:
+                return agents.level_prices(db.session, level_id)
+            finally:
+                db.session.remove()
+    assert own() == {}
+    post(client, "/admin/agents/level-prices", {"level": f"lp-{t}", "product_id": str(product), "price": "8.50"},
+         page_url="/admin/agents")
+    assert own() == {product: 850}
+    shown = client.get("/admin/agents").get_data(as_text=True)
+    assert "&lt;i&gt;lp" in shown and "8.50" in shown
+    post(client, "/admin/agents/level-prices", {"level": f"lp-{t}", "product_id": str(product), "clear": "1"},
+         page_url="/admin/agents")
+    assert own() == {}

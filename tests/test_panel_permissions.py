@@ -81,6 +81,7 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.agent_toggle": MANAGERS,
     "panel.agent_create": MANAGERS,
     "panel.agent_rule_save": MANAGERS,
+    "panel.agent_level_price_save": MANAGERS,
     "panel.agent_host_bind": MANAGERS,
     "panel.agent_host_unbind": MANAGERS,
     # Agents' money: never operator or support.

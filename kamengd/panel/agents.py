@@ -12,7 +12,8 @@ from flask_babel import gettext as _
 from ..agents import services as agents
 from ..agents import levels as agent_levels
 from ..agents import sites, withdrawals
-from ..agents.models import Agent, Commission, PayoutAccount, Withdrawal
+from ..agents.models import Agent, AgentLevel, Commission, LevelPrice, PayoutAccount, Withdrawal
+from ..catalog.models import Product
 from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..ledger import services as ledger
@@ -33,7 +34,35 @@ def agents_list():
     read_only()
     rows = [agents.agent_summary(db.session, a) for a in agents.list_agents(db.session)[:LIST_LIMIT]]
     return render_template("panel/agents_list.html", agents=rows, levels=agents.list_levels(db.session),
-                           rules=agent_levels.list_rules(db.session), format_cents=format_cents)
+                           rules=agent_levels.list_rules(db.session), format_cents=format_cents,
+                           level_prices=_level_prices())
+
+
+def _level_prices() -> list:
+    """(level, product, its own price) of every level's own price, by level and product."""
+    return db.session.execute(
+        sa.select(AgentLevel.name, Product.id, Product.name.label("product"), Product.price_cents,
+                  LevelPrice.price_cents.label("own"))
+        .join(AgentLevel, AgentLevel.id == LevelPrice.level_id).join(Product, Product.id == LevelPrice.product_id)
+        .order_by(AgentLevel.discount_bp.desc(), AgentLevel.name, Product.id).limit(LIST_LIMIT)).all()
+
+
+@bp.post("/agents/level-prices")
+def agent_level_price_save():
+    """A level's own price for one product (instead of its discount), or back to the discount."""
+    form = request.form
+    product = form.get("product_id", "").strip()[:12]
+    try:
+        agents.set_level_price(db.session, level=form.get("level", "")[:64],
+                               product_id=int(product) if product.isdigit() else product,
+                               price=None if form.get("clear") else form.get("price", "").strip()[:20],
+                               actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agents_list"), code=303)
+    flash(_("The level's price is saved."), "success")
+    return redirect(url_for("panel.agents_list"), code=303)
 
 
 @bp.post("/agents/rules")

@@ -116,6 +116,7 @@ ENDPOINTS: dict[str, str] = {
     "panel.agent_toggle": "agents.manage",
     "panel.agent_create": "agents.manage",
     "panel.agent_rule_save": "agents.manage",
+    "panel.agent_level_price_save": "agents.manage",
     "panel.agent_host_bind": "agents.manage",
     "panel.agent_host_unbind": "agents.manage",
     "panel.agent_credit": "finance.manage",
