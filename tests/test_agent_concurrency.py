@@ -174,3 +174,60 @@ def test_a_stations_sales_earn_once_whatever_the_callbacks(layout, backend, data
     assert cli("balance", "show", "--username", "upline")["pending"] == cents(SOLD * 10)
     assert cli("ledger", "verify")["ok"] is True
     assert_clean_logs(start_server)
+
+
+REFUNDED, RELEASERS = 8, 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_refunds_racing_the_hold_job_reverse_each_commission_once(layout, backend, databases, tmp_path,
+                                                                   start_server):
+    """With no hold, eight delivered agent orders are refunded (`kamengd order refund`, one
+    process each) while three `kamengd run-job release_commissions` run at the same moment, the
+    servers' schedulers running too: each commission is reversed once, from pending or from
+    available, never both and never neither; the upline ends at zero with no debt, the buyer's
+    money is back, and the books add up."""
+    import subprocess
+    import sys
+
+    if layout == "two-servers" and backend == "sqlite":
+        pytest.skip("two servers share one database on MariaDB")
+    config, pid, _keys = setup_shop(backend, databases, tmp_path)   # keys at 1.00
+    cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
+    cli("setting", "set", "agents.commission_hold_days", "0")
+    cli("agent", "level", "set", "--name", "base", "--discount", "0")
+    cli("agent", "level", "set", "--name", "above", "--discount", "10")
+    cli("agent", "create", "--username", "upline", "--level", "above")
+    cli("agent", "create", "--username", "buyer", "--level", "base", "--parent", "upline")
+    cli("balance", "credit", "--username", "buyer", "--amount", "20.00", "--reason", "float")
+    key = cli("agent", "apikey", "--username", "buyer")
+    bases = start_layout(layout, start_server, config)
+    wait_for_leader(bases[0])
+    placed = []
+    for n in range(REFUNDED):
+        status, body = signed_post(bases[n % len(bases)], key["key_id"], key["secret"], "/api/v1/agent/orders",
+                                   {"product_id": pid, "quantity": 1}, f"refund-race-{n}")
+        assert status == 201 and body["status"] == "delivered", body
+        placed.append(body["order_no"])
+    # Some may be available already: the servers' schedulers release too, whenever they run.
+    shown = cli("balance", "show", "--username", "upline")
+    cents = lambda text: int(text.replace(".", ""))   # noqa: E731  ("0.80" -> 80)
+    assert cents(shown["pending"]) + cents(shown["balance"]) == 80, shown
+
+    base_cmd = [sys.executable, "-m", "kamengd", "--config", str(config)]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAMENGD_")}
+    commands = [base_cmd + ["order", "refund", order_no, "--reason", "race"] for order_no in placed]
+    commands[REFUNDED // 2:REFUNDED // 2] = [base_cmd + ["run-job", "release_commissions"]] * RELEASERS
+
+    def run(cmd):
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        done = list(pool.map(run, commands))
+    assert all(p.returncode == 0 for p in done), [p.stderr for p in done if p.returncode]
+    upline = cli("balance", "show", "--username", "upline")
+    assert (upline["balance"], upline["pending"], upline["debt"]) == ("0.00", "0.00", "0.00"), upline
+    assert cli("balance", "show", "--username", "buyer")["balance"] == "20.00"
+    assert cli("ledger", "verify")["ok"] is True
+    assert_clean_logs(start_server)

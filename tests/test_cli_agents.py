@@ -201,3 +201,15 @@ def test_an_agents_portal_password_two_factor_and_locks_from_the_cli(backend, sh
                                   write_password(tmp_path), config=shop.path), "no agent named")
     actions = [e["action"] for e in cli_json(shop, "audit", "list", "--limit", "50")["entries"]]
     assert {"auth.password_reset", "auth.unlock", "auth.2fa_disable", "auth.logout_everywhere"} <= set(actions)
+
+
+def test_refund_and_run_job_from_the_cli(backend, shop):
+    """`order refund` once, with one-line errors; `run-job` runs a job now and records the run."""
+    assert_one_line_error(run_cli("order", "refund", "20260101000000", "--reason", "x", config=shop.path),
+                          "not found")
+    ran = cli_json(shop, "run-job", "release_commissions")
+    assert ran["job"] == "release_commissions" and isinstance(ran["counts"], dict)
+    assert cli_json(shop, "jobs", "--job", "release_commissions")["runs"][0]["outcome"] == "ok"
+    assert run_cli("run-job", "no_such_job", config=shop.path).returncode == 2
+    actions = [e["action"] for e in cli_json(shop, "audit", "list", "--limit", "5")["entries"]]
+    assert "job.run" in actions

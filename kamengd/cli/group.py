@@ -88,6 +88,7 @@ COMMAND_MODULES = {
     "withdrawal": "agents",
     "restore": "backup", "key": "backup", "product": "catalog",
     "channel": "channels", "config": "config", "doctor": "doctor", "install": "install", "jobs": "jobs",
+    "run-job": "jobs",
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
     "serve": "serve", "scheduler": "serve", "setting": "settings", "upgrade": "upgrade", "user": "users",
 }

@@ -137,3 +137,18 @@ def order_show(order_no, as_json):
                         for p in row["payments"]),
                       *([f"flag: {row['flag']}"] if row["flag"] else [])])
     emit(as_json, row, text)
+
+
+@order.command("refund")
+@click.argument("order_no")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@json_option
+@with_app
+def order_refund(order_no, reason, as_json):
+    """Mark a paid, held or delivered order refunded (the money goes back outside kamengd, or to an
+    agent's balance for its own orders); reserved keys go back on sale, agents' commission on it
+    is reversed. Once; audited."""
+    done = order_staff.refund_order(db.session, order_no=order_no, reason=reason, actor=cli_actor())
+    emit(as_json, {"order_no": done.order.order_no, "status": done.order.status, "previous_status": done.previous_status,
+                   "keys_released": done.keys_released, "keys_kept_sold": done.keys_sold},
+         f"order {done.order.order_no} refunded (was {done.previous_status})")
