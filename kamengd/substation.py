@@ -78,8 +78,9 @@ def _read(query):
         session.rollback()
 
 
-_BY_NAME = sa.select(Agent.id, Agent.username, Agent.is_active, Agent.site_title, Agent.site_notice,
-                     Agent.site_contact)
+# A plain member sells nothing: it has no station and its links attribute nobody.
+_BY_NAME = sa.select(Agent.id, Agent.username, (Agent.is_active & (Agent.kind == "agent")).label("is_active"),
+                     Agent.site_title, Agent.site_notice, Agent.site_contact)
 
 
 def _station_row(session, *, agent_id=None, username=None):

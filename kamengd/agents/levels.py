@@ -103,6 +103,9 @@ def _change(session: Session, agent: Agent, level: AgentLevel, *, reason: str, a
 def assign_level(session: Session, agent: Agent, level, *, reason, actor: str,
                  source_ip: str | None = None) -> bool:
     """Staff set the level by hand: it stays (pinned) whatever the rules say."""
+    if agent.is_member:
+        raise InvalidRequest("%(username)s is a plain member: promote it to an agent of a level",
+                             username=agent.username)
     return _change(session, agent, get_level(session, level), reason=_reason(reason), actor=actor, pinned=True,
                    source_ip=source_ip)
 
@@ -134,7 +137,8 @@ def adjust_levels(session: Session, now: dt.datetime | None = None) -> dict:
     if not rules:
         return {"checked": 0, "changed": 0}
     sales = {days: sales_since(session, now - dt.timedelta(days=days)) for days in {r.days for r, _l in rules}}
-    agents = session.scalars(sa.select(Agent).where(Agent.is_active.is_(True), Agent.level_pinned.is_(False))
+    agents = session.scalars(sa.select(Agent).where(Agent.is_active.is_(True), Agent.level_pinned.is_(False),
+                                                    Agent.kind == "agent")
                              .order_by(Agent.id)).all()
     changed = 0
     for agent in agents:

@@ -34,7 +34,10 @@ class Agent(db.Model):
     username: Mapped[str] = mapped_column(sa.String(64), unique=True)
     # None: no portal sign-in yet (the API works with a key).
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
-    level_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_levels.id"), index=True)
+    # "agent": buys at its level's price and resells; "member": a plain account (no level, no
+    # sub-agents, no sub-station, no API key) that signs in to the portal and may hold a balance.
+    kind: Mapped[str] = mapped_column(sa.String(8), default="agent", server_default="agent")
+    level_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agent_levels.id"), index=True)
     parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agents.id"), index=True)
     depth: Mapped[int] = mapped_column(sa.SmallInteger)
     is_active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
@@ -61,7 +64,15 @@ class Agent(db.Model):
     # a sale (a look into an empty pool is cheap); set by kamengd.inventory.pools.
     has_pool: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
-    __table_args__ = (sa.CheckConstraint("depth >= 1", name="depth_positive"),)
+    __table_args__ = (
+        sa.CheckConstraint("depth >= 1", name="depth_positive"),
+        sa.CheckConstraint("kind IN ('agent', 'member')", name="kind_known"),
+        sa.CheckConstraint("kind = 'member' OR level_id IS NOT NULL", name="agent_has_level"),
+    )
+
+    @property
+    def is_member(self) -> bool:
+        return self.kind == "member"
 
 
 class AgentHost(db.Model):

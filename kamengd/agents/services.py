@@ -167,6 +167,7 @@ def set_selling_price(session: Session, agent: Agent, *, product_id, price, acto
                       source_ip: str | None = None) -> int | None:
     """The agent's own selling price for a product (a plain amount, never below its cost), or
     with `price` None the shop's price again. The price now set (None: the shop's). Audited."""
+    require_agent(agent, "a selling price")
     product = session.get(Product, product_id) if isinstance(product_id, int) and not isinstance(
         product_id, bool) and 0 < product_id < 2**31 else None
     if product is None or not product.is_active:
@@ -271,6 +272,8 @@ def create_agent(session: Session, *, username: str, level: str, actor: str, par
             validate_password(password)
     found.check()
     if parent_agent is not None:
+        if parent_agent.is_member:
+            raise InvalidRequest("parent: %(username)r is a plain member, not an agent", username=parent_agent.username)
         if not parent_agent.is_active:
             raise InvalidRequest("parent: agent %(username)r is disabled", username=parent_agent.username)
         if parent_agent.depth >= get_setting(session, "agents.max_depth"):
@@ -290,12 +293,71 @@ def create_agent(session: Session, *, username: str, level: str, actor: str, par
     return agent
 
 
+def create_member(session: Session, *, username: str, actor: str, password: str | None = None,
+                  source_ip: str | None = None) -> Agent:
+    """A plain member: signs in to the portal, may hold a balance (its ledger accounts are
+    opened), has no level, sub-agents, sub-station or API key until promoted. Audited."""
+    name = normal_username(username)
+    found = Collector()
+    if not USERNAME_RE.fullmatch(name):
+        found.add(InvalidRequest("username: 2-32 letters, digits, '_' or '-', starting with a letter or digit"))
+    if password is not None:
+        with found:
+            validate_password(password)
+    found.check()
+    if session.scalar(sa.select(Agent.id).where(Agent.username == name)) is not None:
+        raise Conflict("agent %(username)r already exists", username=name)
+    member = Agent(username=name, kind="member", level_id=None, parent_id=None, depth=1,
+                   password_hash=hash_password(password) if password is not None else None)
+    session.add(member)
+    session.flush()
+    ledger.open_agent_accounts(session, member.id)
+    record(session, "member.create", actor=actor, target=f"agent:{member.id}", source_ip=source_ip,
+           details={"username": name})
+    return member
+
+
+def promote_member(session: Session, member: Agent, *, level: str, actor: str, parent: str | None = None,
+                   source_ip: str | None = None) -> Agent:
+    """A plain member becomes an agent of `level` (under `parent`, or the shop). Audited."""
+    if not member.is_member:
+        raise InvalidRequest("%(username)s is an agent already", username=member.username)
+    the_level = get_level(session, level)
+    parent_agent = get_agent(session, parent) if parent else None
+    if parent_agent is not None:
+        if parent_agent.is_member or not parent_agent.is_active:
+            raise InvalidRequest("parent: %(username)r is not an active agent", username=parent_agent.username)
+        if parent_agent.depth >= get_setting(session, "agents.max_depth"):
+            raise InvalidRequest("parent: agent %(username)r is %(depth)s levels below the shop, the most "
+                                 "there may be", username=parent_agent.username, depth=parent_agent.depth)
+    done = session.execute(sa.update(Agent).where(Agent.id == member.id, Agent.kind == "member").values(
+        kind="agent", level_id=the_level.id, parent_id=parent_agent.id if parent_agent else None,
+        depth=parent_agent.depth + 1 if parent_agent else 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+    session.refresh(member)
+    if not done:
+        raise Conflict("%(username)s changed meanwhile: try again", username=member.username)
+    record(session, "member.promote", actor=actor, target=f"agent:{member.id}", source_ip=source_ip,
+           details={"username": member.username, "level": the_level.name,
+                    "parent": parent_agent.username if parent_agent else None})
+    return member
+
+
+def require_agent(agent: Agent, what: str) -> None:
+    """A plain member has no level to buy or sell at: refused, naming what it asked for."""
+    if agent.is_member:
+        raise InvalidRequest("%(username)s is a plain member: %(what)s is for agents (promote it first)",
+                             username=agent.username, what=what)
+
+
 def agent_summary(session: Session, agent: Agent) -> dict:
-    level = session.get(AgentLevel, agent.level_id)
+    level = session.get(AgentLevel, agent.level_id) if agent.level_id is not None else None
     parent = session.get(Agent, agent.parent_id) if agent.parent_id else None
     money = ledger.balances(session, agent.id)
-    return {"id": agent.id, "username": agent.username, "level": level.name,
-            "discount": format_discount(level.discount_bp), "parent": parent.username if parent else None,
+    return {"id": agent.id, "username": agent.username, "kind": agent.kind,
+            "level": level.name if level else None,
+            "discount": format_discount(level.discount_bp) if level else None,
+            "parent": parent.username if parent else None,
             "depth": agent.depth, "active": agent.is_active, "level_pinned": agent.level_pinned,
             "balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
             "held": format_cents(money["held"]), "debt": format_cents(-money["debt"]),
@@ -319,6 +381,7 @@ def issue_api_key(session: Session, vault: Vault, agent: Agent, *, actor: str,
     keeps it sealed with the data key. Audited (without the secret)."""
     if not agent.is_active:
         raise InvalidRequest("agent %(username)r is disabled", username=agent.username)
+    require_agent(agent, "an API key")
     key_id = "ak_" + secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
     nonce, ciphertext, version = vault.encrypt_secret(secret_context(key_id), secret.encode())

@@ -58,6 +58,8 @@ def bind_host(session: Session, agent: Agent, host, *, actor: str, source_ip: st
     """Serve `host` as the agent's sub-station. A host bound already (to anyone) or the
     shop's own is refused; audited."""
     name = normal_host(host)
+    if agent.kind == "member":
+        raise InvalidRequest("%(username)s is a plain member: sub-stations are for agents", username=agent.username)
     if name in _shop_hosts(session):
         raise InvalidRequest("host: %(host)s is the shop's own address", host=name)
     taken = session.scalar(sa.select(Agent.username).join(AgentHost, AgentHost.agent_id == Agent.id)

@@ -165,6 +165,8 @@ def request_withdrawal(session: Session, agent: Agent, *, payout_account_id, amo
                                             _IDEMPOTENCY_RE.fullmatch(idempotency_key)):
         raise InvalidRequest("Idempotency-Key: 1 to 64 printable characters")
     cents = parse_plain_money(amount, field="amount")
+    if agent.kind == "member":   # a member's balance is for buying, not for paying out
+        raise InvalidRequest("%(username)s is a plain member: withdrawals are for agents", username=agent.username)
     target = _own_account(session, agent.id, payout_account_id)
     minimum = parse_plain_money(get_setting(session, "withdrawals.minimum") or "0", allow_zero=True)
     if cents < minimum:

@@ -49,7 +49,7 @@ def agent_list(as_json):
         emit(True, {"agents": rows}, "")
         return
     for r in rows:
-        click.echo(f"{r['id']:>5}  {r['username']:<32} {r['level']:<12} {r['parent'] or '-':<20} "
+        click.echo(f"{r['id']:>5}  {r['username']:<32} {r['level'] or 'member':<12} {r['parent'] or '-':<20} "
                    f"{r['balance']:>12} {'' if r['active'] else 'disabled'}".rstrip())
 
 
@@ -89,6 +89,38 @@ def agent_unlock(username, as_json):
     removed = auth.unlock(db.session, a.username, actor=cli_actor(), realm=auth.AGENT)
     emit(as_json, {"id": a.id, "username": a.username, "cleared": removed},
          f"sign-in locks of {a.username} lifted" if removed else f"{a.username} was not locked")
+
+
+@cli.group()
+def member():
+    """Plain members: portal accounts without a level, that may hold a balance."""
+
+
+@member.command("create")
+@click.option("--username", required=True, help="2-32 letters, digits, _ or - (kept in lower case).")
+@click.option("--password-file", metavar="F", help="Its portal password (without: no portal sign-in yet).")
+@json_option
+@with_app
+def member_create(username, password_file, as_json):
+    """Create a plain member (audited): it signs in to the portal and may hold a balance; it has no
+    level, sub-agents, sub-station or API key until promoted."""
+    made = agents.create_member(db.session, username=username, actor=cli_actor(),
+                                password=read_password_file(password_file) if password_file else None)
+    emit(as_json, agents.agent_summary(db.session, made), f"created member {made.username} (id {made.id})")
+
+
+@member.command("promote")
+@click.option("--username", required=True)
+@click.option("--level", required=True, metavar="LEVEL")
+@click.option("--parent", metavar="NAME", help="The agent it sits under (default: the shop).")
+@json_option
+@with_app
+def member_promote(username, level, parent, as_json):
+    """Make a plain member an agent of LEVEL (its balance and books stay); audited."""
+    promoted = agents.promote_member(db.session, agents.get_agent(db.session, username), level=level, parent=parent,
+                                     actor=cli_actor())
+    summary = agents.agent_summary(db.session, promoted)
+    emit(as_json, summary, f"{promoted.username} is now an agent of level {summary['level']}")
 
 
 @agent.group("host")

@@ -85,7 +85,7 @@ def fail(message: str) -> None:
 # Each top-level command, and the module beside this one that adds it to the group.
 COMMAND_MODULES = {
     "agent": "agents", "audit": "audit", "backup": "backup", "balance": "agents", "ledger": "agents",
-    "withdrawal": "agents",
+    "withdrawal": "agents", "member": "agents",
     "restore": "backup", "key": "backup", "product": "catalog",
     "channel": "channels", "config": "config", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "run-job": "jobs",

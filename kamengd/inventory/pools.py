@@ -55,8 +55,8 @@ def _move(session: Session, product_id: int, count: int, *, source: list, values
 def pool_keys(session: Session, *, product_id, agent: Agent, count, actor: str, source_ip: str | None = None) -> int:
     """Put `count` of the shop's available keys of the product in the agent's pool."""
     product, count = _product(session, product_id), _count(count)
-    if not agent.is_active:
-        raise InvalidRequest("agent %(username)r is disabled", username=agent.username)
+    if not agent.is_active or agent.is_member:
+        raise InvalidRequest("%(username)s is not an active agent", username=agent.username)
     moved = _move(session, product.id, count, source=[_k.c.status == "available"],
                   values={"status": "pool", "pool_agent_id": agent.id})
     if moved < count:

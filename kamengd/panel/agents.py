@@ -142,9 +142,14 @@ def agent_create():
         flash(_("The two passwords differ."), "error")
         return redirect(url_for("panel.agents_list"), code=303)
     try:
-        made = agents.create_agent(db.session, username=form.get("username", "")[:64],
-                                   level=form.get("level", "")[:64], parent=form.get("parent", "").strip()[:64] or None,
-                                   password=password or None, actor=actor(), source_ip=client_ip())
+        if not form.get("level"):   # no level: a plain member
+            made = agents.create_member(db.session, username=form.get("username", "")[:64],
+                                        password=password or None, actor=actor(), source_ip=client_ip())
+        else:
+            made = agents.create_agent(db.session, username=form.get("username", "")[:64],
+                                       level=form.get("level", "")[:64],
+                                       parent=form.get("parent", "").strip()[:64] or None,
+                                       password=password or None, actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)

@@ -19,6 +19,10 @@ DOOR = Door("agent", auth.AGENT)
 
 # Pages open before sign-in; every other route needs a signed-in, active agent.
 PUBLIC = frozenset({"portal.login", "portal.login_2fa"})
+# What a plain member (no level, nothing to sell) may open: its balance, orders, books, account.
+MEMBER_PAGES = frozenset({"portal.dashboard", "portal.orders", "portal.order_detail", "portal.ledger",
+                          "portal.logout", "portal.account", "portal.password", "portal.logout_everywhere",
+                          "portal.totp_enrol", "portal.totp_qr", "portal.totp_disable", "portal.recovery_codes"})
 # GET pages that write (the first visit to 2FA set-up stores the new secret).
 WRITING_GETS = frozenset({"portal.totp_enrol"})
 
@@ -31,10 +35,13 @@ def _guard():
         read_only()
     if request.endpoint in PUBLIC:
         return None
-    if DOOR.current() is None:
+    agent = DOOR.current()
+    if agent is None:
         if request.method == "GET":
             return redirect(url_for("portal.login", next=request.full_path.rstrip("?")))
         return redirect(url_for("portal.login"))
+    if agent.is_member and request.endpoint not in MEMBER_PAGES:
+        abort(404)   # an agent's page: a member has nothing there
     return None
 
 
