@@ -64,8 +64,19 @@ def pytest_configure(config):
     config.kamengd_backends = backends
 
 
+# Deployment layouts that need one database shared by several machines: MariaDB only.
+SHARED_DATABASE_LAYOUTS = ("two-servers",)
+
+
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
+    layouts = metafunc.definition.get_closest_marker("layouts")
+    if layouts is not None:
+        # @pytest.mark.layouts(...): each layout on each backend that can run it (two servers
+        # never share a SQLite file), so no combination is generated only to be skipped.
+        metafunc.parametrize(("backend", "layout"), [
+            (backend, layout) for backend in metafunc.config.kamengd_backends for layout in layouts.args
+            if not (backend == "sqlite" and layout in SHARED_DATABASE_LAYOUTS)], scope="session")
+    elif "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", metafunc.config.kamengd_backends, scope="session")
     if "mysql_backend" in metafunc.fixturenames:  # tests of MySQL-only behaviour
         metafunc.parametrize("mysql_backend", [b for b in metafunc.config.kamengd_backends if b == "mysql"])

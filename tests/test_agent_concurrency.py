@@ -43,10 +43,8 @@ def signed_post(base, key_id, secret, path, body, idempotency_key=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.layouts(*LAYOUTS)
 def test_one_balance_many_orders(layout, backend, databases, tmp_path, start_server):
-    if layout == "two-servers" and backend == "sqlite":
-        pytest.skip("two servers share one database on MariaDB")
     config, pid, keys = setup_shop(backend, databases, tmp_path)   # 100 keys at 1.00
     cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
     cli("agent", "level", "set", "--name", "base", "--discount", "0")
@@ -87,12 +85,10 @@ WITHDRAWALS, FLOAT, EACH = 20, "100.00", "15.00"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.layouts(*LAYOUTS)
 def test_twenty_withdrawals_against_one_balance(layout, backend, databases, tmp_path, start_server):
     """20 withdrawal requests of 15.00 at once against 100.00: six are held (90.00), every
     other one is refused with 402 and holds nothing; the books add up."""
-    if layout == "two-servers" and backend == "sqlite":
-        pytest.skip("two servers share one database on MariaDB")
     config, _pid, _keys = setup_shop(backend, databases, tmp_path)
     cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
     cli("agent", "level", "set", "--name", "base", "--discount", "0")
@@ -131,7 +127,7 @@ SOLD, CALLS_EACH = 12, 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.layouts(*LAYOUTS)
 def test_a_stations_sales_earn_once_whatever_the_callbacks(layout, backend, databases, tmp_path, start_server):
     """Buyers order on an agent's sub-station (/s/<agent>); every order's Epay callback then
     arrives four times at once, spread over the servers. Each order is delivered once and
@@ -139,8 +135,6 @@ def test_a_stations_sales_earn_once_whatever_the_callbacks(layout, backend, data
     0.80 − 0.70 a unit; the books add up."""
     from test_concurrency import callback_params, http
 
-    if layout == "two-servers" and backend == "sqlite":
-        pytest.skip("two servers share one database on MariaDB")
     config, pid, _keys = setup_shop(backend, databases, tmp_path)   # keys at 1.00
     cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
     cli("agent", "level", "set", "--name", "seller", "--discount", "20")
@@ -180,7 +174,7 @@ REFUNDED, RELEASERS = 8, 3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.layouts(*LAYOUTS)
 def test_refunds_racing_the_hold_job_reverse_each_commission_once(layout, backend, databases, tmp_path,
                                                                    start_server):
     """With no hold, eight delivered agent orders are refunded (`kamengd order refund`, one
@@ -191,8 +185,6 @@ def test_refunds_racing_the_hold_job_reverse_each_commission_once(layout, backen
     import subprocess
     import sys
 
-    if layout == "two-servers" and backend == "sqlite":
-        pytest.skip("two servers share one database on MariaDB")
     config, pid, _keys = setup_shop(backend, databases, tmp_path)   # keys at 1.00
     cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
     cli("setting", "set", "agents.commission_hold_days", "0")
