@@ -82,6 +82,12 @@ class Unauthorized(KamengdError):
     http_status = 401
 
 
+class Forbidden(KamengdError):
+    """Who asked is known, but may not do this (an API key without the scope)."""
+    code = "forbidden"
+    http_status = 403
+
+
 class InsufficientBalance(KamengdError):
     """A debit the balance does not cover: nothing was booked."""
     code = "insufficient_balance"

@@ -276,13 +276,19 @@ def test_another_agents_rows_are_out_of_reach(backend, app, client, tree):
 
 def test_an_api_key_issued_in_the_portal_is_shown_once_and_signs_requests(backend, app, client, tree):
     sign_in(client, tree["c"]["username"])
-    shown = post(client, "/agent/keys", page="/agent/keys").get_data(as_text=True)
+    refused = post(client, "/agent/keys", page="/agent/keys")   # no scope ticked
+    assert refused.status_code == 303 and "scopes" in flashes(client, "/agent/keys")
+    shown = post(client, "/agent/keys", {"scope": ["read"], "label": "对账脚本"}, page="/agent/keys") \
+        .get_data(as_text=True)
     key_id = re.search(r'id="key-id">(ak_[0-9a-f]+)<', shown).group(1)
     secret = re.search(r'id="key-secret" class="secret">([^<]+)<', shown).group(1)
     listing = client.get("/agent/keys").get_data(as_text=True)
-    assert key_id in listing and secret not in listing
+    assert key_id in listing and secret not in listing and "对账脚本" in listing
     answer = signed(client, {"key_id": key_id, "secret": secret}, "GET", "/api/v1/agent/balance")
     assert answer.status_code == 200 and answer.get_json()["balance"] == "50.00"
+    # A read-only key places no order.
+    assert signed(client, {"key_id": key_id, "secret": secret}, "POST", "/api/v1/agent/orders",
+                  {"product_id": tree["product"], "quantity": 1}, idempotency_key="ro").status_code == 403
     post(client, f"/agent/keys/{key_id}/revoke", page="/agent/keys")
     assert signed(client, {"key_id": key_id, "secret": secret}, "GET", "/api/v1/agent/balance").status_code == 401
 

@@ -18,12 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..database import utcnow
-from ..errors import Unauthorized
+from ..errors import Forbidden, Unauthorized
 from ..vault import Vault, VaultError
 from . import signing
 from ..ledger.models import LedgerAccount
 from .models import Agent, AgentApiKey, AgentLevel, ApiNonce
-from .services import secret_context
+from .services import SCOPES, secret_context
 
 HEADERS = ("X-Kamengd-Key", "X-Kamengd-Timestamp", "X-Kamengd-Nonce", "X-Kamengd-Signature")
 KEY_ID_MAX = 32
@@ -34,6 +34,7 @@ _shop = _accounts.alias("shop_account")
 # The key, its agent, the agent's level and spendable account, and the shop's accounts its
 # orders book against (made by migration 0020, never removed), in one read.
 _CALLER = (sa.select(_keys.c.secret_nonce, _keys.c.secret_ciphertext, _keys.c.secret_key_version, _keys.c.revoked_at,
+                     _keys.c.scopes,
                      _agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
                      _agents.c.parent_id, _agents.c.has_pool,
                      _levels.c.discount_bp, _accounts.c.id.label("account_id"), _accounts.c.currency,
@@ -62,6 +63,17 @@ class Caller:
     sales_account_id: int | None = None        # the shop's ledger accounts, as read with the key
     commission_account_id: int | None = None
     has_pool: bool = False                     # its orders draw on its stock pool first
+    scopes: frozenset = frozenset(SCOPES)      # what the key may do
+
+    def require(self, scope: str) -> "Caller":
+        """403, and nothing changes, when the key was issued without `scope`."""
+        if scope not in self.scopes:
+            raise Forbidden("this API key may not %(what)s (its scopes: %(scopes)s)",
+                            what=SCOPE_NEEDS[scope], scopes=", ".join(sorted(self.scopes)) or "none")
+        return self
+
+
+SCOPE_NEEDS = {"read": "read", "order": "place orders", "account": "change the account"}
 
 
 def verify_request(session: Session, vault: Vault, *, headers, method: str, path_with_query: str, body: bytes,
@@ -87,7 +99,8 @@ def verify_request(session: Session, vault: Vault, *, headers, method: str, path
     if not signing.signature_matches(secret, signature, method, path_with_query, timestamp, nonce, body):
         raise Unauthorized("wrong signature")
     return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, key_id, nonce, row.account_id,
-                  row.currency, row.parent_id, row.sales_id, row.commission_id, bool(row.has_pool))
+                  row.currency, row.parent_id, row.sales_id, row.commission_id, bool(row.has_pool),
+                  frozenset(filter(None, row.scopes.split(","))))
 
 
 def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:

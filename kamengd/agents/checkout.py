@@ -10,6 +10,10 @@ the commission above the agent. Any refusal (no stock, not enough balance)
 undoes all of them. The same Idempotency-Key
 again finds the first order and charges nothing; with another request behind
 it, it is refused. Core statements built once: this is the agents' hot path.
+
+With `backorder` an auto-delivery order that finds too few keys is placed all the same,
+paid and waiting (`paid`): the balance is debited now and the keys come with the next
+import, announced as order.delivered. Without it, no stock is a 409 that changes nothing.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from sqlalchemy.orm import Session, scoped_session
 from ..catalog.models import Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..database import utcnow
-from ..errors import Busy, Conflict, InvalidRequest, NotFound, Unauthorized
+from ..errors import Busy, Conflict, InvalidRequest, NotFound, OutOfStock, Unauthorized
 from ..inventory.models import CardKey
 from ..ledger import services as ledger
 from ..money import format_cents
@@ -41,12 +45,13 @@ from .models import Agent, AgentLevel, LevelPrice
 from .services import level_cost, level_prices
 
 IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
+REF_RE = re.compile(r"[\x20-\x7e]{0,64}")
 MAX_ID = 2**31 - 1
 
 _p, _o, _k, _a, _l = Product.__table__, Order.__table__, CardKey.__table__, Agent.__table__, AgentLevel.__table__
 _lp = LevelPrice.__table__
 _VIEW = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
-         _o.c.created_at, _o.c.request_hash)
+         _o.c.created_at, _o.c.request_hash, _o.c.external_ref)
 _EARLIER = sa.select(*_VIEW).where(_o.c.agent_id == sa.bindparam("agent_id"),
                                    _o.c.idempotency_key == sa.bindparam("key"))
 _BY_NO = sa.select(*_VIEW).where(_o.c.order_no == sa.bindparam("order_no"), _o.c.agent_id == sa.bindparam("agent_id"))
@@ -61,7 +66,7 @@ _PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active,
     _p.c.id == sa.bindparam("product_id"))
 _FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
            "token_hash", "agent_id", "idempotency_key", "request_hash", "created_at", "updated_at", "expires_at",
-           "paid_at", "delivered_at", "delivery_attempts")
+           "paid_at", "delivered_at", "delivery_attempts", "external_ref")
 _INSERT = _o.insert().from_select(
     list(_FIELDS),
     sa.select(*(sa.bindparam(name, type_=_o.c[name].type) for name in _FIELDS))
@@ -84,9 +89,28 @@ def _integer(value, field: str, low: int = 1) -> int:
     return value
 
 
-def _digest(product_id: int, quantity: int) -> bytes:
-    return hashlib.sha256(json.dumps({"product_id": product_id, "quantity": quantity},
-                                     sort_keys=True).encode()).digest()
+def _digest(product_id: int, quantity: int, backorder: bool = False, ref: str = "") -> bytes:
+    # The fields that default stay out: an order placed before they existed hashes the same.
+    request = {"product_id": product_id, "quantity": quantity, **({"backorder": True} if backorder else {}),
+               **({"ref": ref} if ref else {})}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
+
+
+def parse_ref(value) -> str:
+    """The agent's own reference for an order (its order number): printable, ≤ 64 characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not REF_RE.fullmatch(value):
+        raise InvalidRequest("ref: at most 64 printable characters")
+    return value.strip()
+
+
+def parse_backorder(value) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest("backorder: true or false")
+    return value
 
 
 def _same_request(row, digest: bytes):
@@ -96,15 +120,21 @@ def _same_request(row, digest: bytes):
 
 
 def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product_id, quantity, idempotency_key,
-                      now: dt.datetime | None = None) -> tuple[dict, bool]:
+                      backorder=None, ref=None, now: dt.datetime | None = None,
+                      on_placed=None) -> tuple[dict, bool]:
     """(the order as the API shows it, placed now). Raises InvalidRequest, NotFound,
     OutOfStock, InsufficientBalance, Conflict or Unauthorized (a replayed nonce); the
-    request's transaction is then rolled back."""
-    if not isinstance(idempotency_key, str) or not IDEMPOTENCY_RE.fullmatch(idempotency_key):
+    request's transaction is then rolled back.
+
+    `idempotency_key` None: a batch's line, whose own row (written by `on_placed(order_id)`
+    in the order's transaction) is what makes it idempotent; the batch spent the nonce."""
+    batch_line = idempotency_key is None and on_placed is not None
+    if not batch_line and (not isinstance(idempotency_key, str) or not IDEMPOTENCY_RE.fullmatch(idempotency_key)):
         raise InvalidRequest("Idempotency-Key: a header of 1 to 64 printable characters is required")
     product_id = _integer(product_id, "product_id")
     quantity = _integer(quantity, "quantity")
-    digest = _digest(product_id, quantity)
+    backorder, ref = parse_backorder(backorder), parse_ref(ref)
+    digest = _digest(product_id, quantity, backorder, ref)
     account = ledger.AccountRef(caller.account_id, caller.currency)
     session = session() if isinstance(session, scoped_session) else session
     for _attempt in range(3):
@@ -112,12 +142,13 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
         # Read, outside the write lock (in the snapshot the request's signature was checked in).
         reading = session.connection() if session.in_transaction() else \
             session.connection(execution_options={"kamengd_readonly": True})
-        earlier = _same_request(reading.execute(_EARLIER, {"agent_id": caller.agent_id, "key": idempotency_key})
-                                .first(), digest)
+        earlier = None if batch_line else _same_request(
+            reading.execute(_EARLIER, {"agent_id": caller.agent_id, "key": idempotency_key}).first(), digest)
         product = None if earlier is not None else reading.execute(
             _PRODUCT, {"product_id": product_id, "level_id": caller.level_id}).first()
         session.rollback()
-        spend_nonce(session, caller, now)   # the write transaction begins here
+        if not batch_line:
+            spend_nonce(session, caller, now)   # the write transaction begins here
         if earlier is not None:
             return _view(session, vault, earlier), False
         if product is None or not product.is_active:
@@ -139,7 +170,7 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
                   "token_hash": token_hash(secrets.token_urlsafe(24)),
                   "agent_id": caller.agent_id, "idempotency_key": idempotency_key, "request_hash": digest,
                   "created_at": now, "updated_at": now, "expires_at": now, "paid_at": now,
-                  "delivered_at": now if auto else None, "delivery_attempts": 0,
+                  "delivered_at": now if auto else None, "delivery_attempts": 0, "external_ref": ref or None,
                   "shop_price": product.price_cents, "delivery_mode": product.delivery_mode,
                   "discount_bp": caller.discount_bp, "level_id": caller.level_id, "own_price": product.own_price}
         conn = session.connection()
@@ -153,7 +184,10 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
                 raise
             return _view(session, vault, earlier), False
         if inserted.rowcount == 1:
-            return _pay_and_deliver(session, vault, caller, values, inserted.lastrowid, product, account, now), True
+            if on_placed is not None:
+                on_placed(inserted.lastrowid)
+            return _pay_and_deliver(session, vault, caller, values, inserted.lastrowid, product, account, now,
+                                    backorder), True
         # The product, its price or the agent changed since it was read: read the agent again too.
         session.rollback()
         agent = session.connection(execution_options={"kamengd_readonly": True}).execute(
@@ -166,12 +200,25 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
     raise Busy("the product or the agent's level is being changed: try again")
 
 
+_WAIT = (_o.update().where(_o.c.id == sa.bindparam("order_id"), _o.c.status == "delivered")
+         .values(status="paid", delivered_at=None))
+
+
 def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dict, order_id: int, product,
-                     account, now: dt.datetime) -> dict:
+                     account, now: dt.datetime, backorder: bool = False) -> dict:
     auto = product.delivery_mode == "auto"
     if auto:
-        reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"], order_id=order_id,
-                     until=now, sold_at=now, pool=caller.agent_id if caller.has_pool else None)
+        try:
+            reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"],
+                         order_id=order_id, until=now, sold_at=now,
+                         pool=caller.agent_id if caller.has_pool else None)
+        except OutOfStock:
+            if not backorder:
+                raise
+            # Paid and waiting: the sweep and the next import deliver it (and book commission).
+            session.connection().execute(_WAIT, {"order_id": order_id})
+            values = {**values, "status": "paid", "delivered_at": None}
+            auto = False
     amount = values["amount_cents"]
     if amount:
         sales = ledger.AccountRef(caller.sales_account_id, account.currency, "shop") if caller.sales_account_id \
@@ -200,7 +247,7 @@ class _Placed:
     def __init__(self, order_id: int, values: dict, status: str, now: dt.datetime):
         self.id, self.status = order_id, status
         for name in ("order_no", "product_id", "quantity", "amount_cents", "currency", "email", "created_at",
-                     "paid_at"):
+                     "paid_at", "agent_id", "external_ref"):
             setattr(self, name, values[name])
         self.delivered_at = now if status == "delivered" else None
 
@@ -209,6 +256,8 @@ def _view(session: Session, vault: Vault, order) -> dict:
     data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
             "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
             "created_at": order.created_at.isoformat(timespec="seconds") + "Z"}
+    if order.external_ref:
+        data["ref"] = order.external_ref
     if order.status == "delivered":
         data["keys"] = [vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
                         .decode("utf-8")

@@ -124,6 +124,66 @@ class AgentApiKey(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # What the key may do (kamengd.agents.scopes): read, order, account; comma-separated.
+    scopes: Mapped[str] = mapped_column(sa.String(40), default="read,order,account",
+                                        server_default="read,order,account")
+    label: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+
+
+class AgentBatch(db.Model):
+    """A batch of orders an agent placed at once (the API's orders/batch, or a file uploaded
+    in the portal). Each line is its own order, placed in its own transaction; the batch
+    answers per line. Sent again with the same Idempotency-Key it places only the lines not
+    done yet and answers the same; with another body behind the key it is refused."""
+    __tablename__ = "agent_batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"))
+    idempotency_key: Mapped[str] = mapped_column(sa.String(64))
+    request_hash: Mapped[bytes] = mapped_column(FixedBinary(32))
+    source: Mapped[str] = mapped_column(sa.String(8))   # api | upload
+    filename: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
+    line_count: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (sa.UniqueConstraint("agent_id", "idempotency_key", name="uq_agent_batches_agent_key"),)
+
+
+class AgentBatchLine(db.Model):
+    """One line of a batch and what became of it: its order (written in the same transaction
+    as the order) or the error that refused it."""
+    __tablename__ = "agent_batch_lines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("agent_batches.id", ondelete="CASCADE"))
+    line_no: Mapped[int] = mapped_column(sa.Integer)
+    product_id: Mapped[int] = mapped_column(sa.Integer)
+    quantity: Mapped[int] = mapped_column(sa.Integer)
+    ref: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"))
+    error_code: Mapped[str | None] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.String(300))
+
+    __table_args__ = (sa.UniqueConstraint("batch_id", "line_no", name="uq_agent_batch_lines_batch_line"),)
+
+
+class AgentWebhook(db.Model):
+    """Where an agent hears of its orders and balance (kamengd.agents.webhooks): a URL and a
+    secret of its own, sealed like API secrets and shown once. `ledger_cursor`: the last
+    ledger entry announced as balance.changed."""
+    __tablename__ = "agent_webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"), index=True)
+    url: Mapped[str] = mapped_column(sa.String(500))
+    events: Mapped[str] = mapped_column(sa.String(200), default="*", server_default="*")
+    secret_ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    secret_nonce: Mapped[bytes] = mapped_column(FixedBinary(12))
+    secret_key_version: Mapped[int] = mapped_column(sa.SmallInteger)
+    ledger_cursor: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ApiNonce(db.Model):

@@ -33,6 +33,28 @@ LEVEL_NAME_MAX = 32
 _DISCOUNT_RE = re.compile(r"([0-9]{1,3})(?:\.([0-9]{1,2}))?")
 _AMOUNT_RE = re.compile(r"(-?)([0-9]{1,11})(?:\.([0-9]{1,2}))?")
 REFERENCE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# What an API key may do: read (products, balance, orders, statements), order (place
+# orders and batches), account (withdrawals, payout accounts, prices, webhooks).
+SCOPES = ("read", "order", "account")
+KEY_LABEL_MAX = 64
+
+
+def parse_scopes(value) -> str:
+    """'read,order' or ['read', 'order'] -> the stored form (known scopes, in SCOPES order).
+    None: every scope (keys issued before scopes existed could do everything)."""
+    if value is None:
+        return ",".join(SCOPES)
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise InvalidRequest("scopes: a list of %(known)s", known=", ".join(SCOPES))
+    wanted = {i.strip() for i in items if i.strip()}
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise InvalidRequest("scopes: unknown %(unknown)s (known: %(known)s)", unknown=", ".join(unknown)[:80],
+                             known=", ".join(SCOPES))
+    if not wanted:
+        raise InvalidRequest("scopes: at least one of %(known)s", known=", ".join(SCOPES))
+    return ",".join(s for s in SCOPES if s in wanted)
 
 
 def parse_discount(text) -> int:
@@ -376,9 +398,14 @@ def secret_context(key_id: str) -> str:
 
 
 def issue_api_key(session: Session, vault: Vault, agent: Agent, *, actor: str,
-                  source_ip: str | None = None) -> tuple[str, str]:
+                  source_ip: str | None = None, scopes=None, label: str = "") -> tuple[str, str]:
     """A new key pair: (key_id, secret). The secret is returned this once; the database
-    keeps it sealed with the data key. Audited (without the secret)."""
+    keeps it sealed with the data key. Audited (without the secret). `scopes`: what the
+    key may do (default: everything); `label`: the agent's name for it."""
+    scopes = parse_scopes(scopes)
+    label = str(label or "").strip()
+    if len(label) > KEY_LABEL_MAX or has_control_characters(label):
+        raise InvalidRequest("label: at most %(max)s characters, no control characters", max=KEY_LABEL_MAX)
     if not agent.is_active:
         raise InvalidRequest("agent %(username)r is disabled", username=agent.username)
     require_agent(agent, "an API key")
@@ -386,10 +413,10 @@ def issue_api_key(session: Session, vault: Vault, agent: Agent, *, actor: str,
     secret = secrets.token_urlsafe(32)
     nonce, ciphertext, version = vault.encrypt_secret(secret_context(key_id), secret.encode())
     session.add(AgentApiKey(agent_id=agent.id, key_id=key_id, secret_nonce=nonce, secret_ciphertext=ciphertext,
-                            secret_key_version=version))
+                            secret_key_version=version, scopes=scopes, label=label))
     session.flush()
     record(session, "agent.apikey.issue", actor=actor, target=f"agent:{agent.id}", source_ip=source_ip,
-           details={"key_id": key_id})
+           details={"key_id": key_id, "scopes": scopes, **({"label": label} if label else {})})
     return key_id, secret
 
 

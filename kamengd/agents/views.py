@@ -12,13 +12,14 @@ from ..money import format_cents
 from ..orders.models import Order
 from .auth import Caller, spend_nonce, verify_request
 from . import services as agents
+from . import batches
 from . import statements
 from . import withdrawals
 from .checkout import agent_order, agent_products, place_agent_order
 from .models import Agent, Commission
 
 bp = Blueprint("agent_api", __name__, url_prefix="/api/v1/agent")
-MAX_BODY = 64 * 1024
+MAX_BODY = 128 * 1024   # a batch of 500 lines with references fits
 
 
 def _key_of_request() -> str:
@@ -33,10 +34,11 @@ limiter.limit(lambda: get_config().ratelimit.bad_agent_requests, scope="agent-ap
               deduct_when=lambda response: response.status_code == 401)(bp)
 
 
-def signed_caller(*, end_read: bool = True) -> Caller:
-    """The agent whose key signed this request (401 otherwise), checked outside the write
-    lock (a snapshot the caller may go on reading in: `end_read=False`). The path and
-    query are the ones sent; the body is read as sent, before parsing."""
+def signed_caller(*, scope: str, end_read: bool = True) -> Caller:
+    """The agent whose key signed this request (401 otherwise) and may do `scope` (403
+    otherwise), checked outside the write lock (a snapshot the caller may go on reading in:
+    `end_read=False`). The path and query are the ones sent; the body is read as sent,
+    before parsing."""
     if (request.content_length or 0) > MAX_BODY:
         raise InvalidRequest("the body is too large")
     body = request.get_data(cache=True)
@@ -49,7 +51,7 @@ def signed_caller(*, end_read: bool = True) -> Caller:
     g.agent_key_verified = True
     if end_read:
         db.session.rollback()
-    return caller
+    return caller.require(scope)
 
 
 def _spent(caller: Caller) -> Caller:
@@ -59,13 +61,13 @@ def _spent(caller: Caller) -> Caller:
 
 @bp.get("/products")
 def products():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     return jsonify({"products": agent_products(db.session, caller)})
 
 
 @bp.get("/balance")
 def balance():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     money = ledger.balances(db.session, caller.agent_id)
     return jsonify({"balance": format_cents(money["available"]), "pending": format_cents(money["pending"]),
                     "held": format_cents(money["held"]), "debt": format_cents(-money["debt"]),
@@ -88,14 +90,14 @@ def _actor(caller: Caller) -> str:
 
 @bp.get("/payout-accounts")
 def list_payout_accounts():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     return jsonify({"accounts": [{"id": a.id, "kind": a.kind, "account": a.account, "holder": a.holder,
                                   "bank": a.bank} for a in withdrawals.payout_accounts(db.session, caller.agent_id)]})
 
 
 @bp.post("/payout-accounts")
 def add_payout_account():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="account"))
     body = _json_body()
     row = withdrawals.add_payout_account(db.session, db.session.get(Agent, caller.agent_id), kind=body.get("kind"),
                                          account=body.get("account"), holder=body.get("holder"),
@@ -109,14 +111,14 @@ def add_payout_account():
 
 @bp.get("/withdrawals")
 def list_withdrawals():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     rows = withdrawals.list_withdrawals(db.session, agent_id=caller.agent_id, limit=100)
     return jsonify({"withdrawals": [withdrawals.withdrawal_view(r) for r in rows]})
 
 
 @bp.post("/withdrawals")
 def request_withdrawal():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="account"))
     body = _json_body()
     row = withdrawals.request_withdrawal(db.session, db.session.get(Agent, caller.agent_id),
                                          payout_account_id=body.get("payout_account_id"), amount=body.get("amount"),
@@ -131,13 +133,13 @@ def request_withdrawal():
 
 @bp.get("/prices")
 def list_prices():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     return jsonify({"prices": agents.selling_prices(db.session, db.session.get(Agent, caller.agent_id))})
 
 
 @bp.post("/prices")
 def set_price():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="account"))
     body = _json_body()
     price = body.get("price")
     if price is not None and not isinstance(price, str):
@@ -151,7 +153,7 @@ def set_price():
 
 @bp.get("/ledger")
 def ledger_statement():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     try:
         limit = int(request.args.get("limit", "500"))
     except ValueError:
@@ -167,7 +169,7 @@ def ledger_statement():
 
 @bp.get("/commissions")
 def list_commissions():
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     rows = db.session.execute(sa.select(Commission, Order.order_no).join(Order, Order.id == Commission.order_id)
                               .where(Commission.agent_id == caller.agent_id)
                               .order_by(Commission.id.desc()).limit(100)).all()
@@ -183,11 +185,11 @@ def commission_view(row: Commission, order_no: str) -> dict:
 
 @bp.post("/orders")
 def new_order():
-    caller = signed_caller(end_read=False)   # the order reads on, then spends the nonce as it writes
+    caller = signed_caller(scope="order", end_read=False)   # the order reads on, then spends the nonce as it writes
     body = _json_body()
     order, placed = place_agent_order(db.session, get_vault(), caller, product_id=body.get("product_id"),
-                                      quantity=body.get("quantity"),
-                                      idempotency_key=request.headers.get("Idempotency-Key"))
+                                      quantity=body.get("quantity"), backorder=body.get("backorder"),
+                                      ref=body.get("ref"), idempotency_key=request.headers.get("Idempotency-Key"))
     response = jsonify(order)
     response.status_code = 201
     if not placed:
@@ -197,5 +199,28 @@ def new_order():
 
 @bp.get("/orders/<order_no>")
 def get_order(order_no: str):
-    caller = _spent(signed_caller())
+    caller = _spent(signed_caller(scope="read"))
     return jsonify(agent_order(db.session, get_vault(), caller, order_no))
+
+
+@bp.post("/orders/batch")
+def new_batch():
+    caller = signed_caller(scope="order")
+    body = _json_body()
+    if set(body) - {"lines", "backorder"}:
+        raise InvalidRequest("the body holds lines and an optional backorder, nothing else")
+    lines = batches.parse_lines(body.get("lines"))
+    batch_id, new = batches.start_batch(db.session, caller, idempotency_key=request.headers.get("Idempotency-Key"),
+                                        lines=lines, backorder=body.get("backorder"))
+    batches.run_batch(db.session, get_vault(), caller, batch_id, backorder=body.get("backorder"))
+    response = jsonify(batches.batch_view(db.session, get_vault(), caller.agent_id, batch_id))
+    response.status_code = 201
+    if not new:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/batches/<int:batch_id>")
+def get_batch(batch_id: int):
+    caller = _spent(signed_caller(scope="read"))
+    return jsonify(batches.batch_view(db.session, get_vault(), caller.agent_id, batch_id))

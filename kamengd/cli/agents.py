@@ -231,14 +231,19 @@ def agent_level_list(as_json):
 
 @agent.command("apikey")
 @click.option("--username", required=True)
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(agents.SCOPES),
+              help="What the key may do (repeat it): read, order, account. Default: all three.")
+@click.option("--label", default="", help="A name for the key (where it is used).")
 @json_option
 @with_app
-def agent_apikey(username, as_json):
+def agent_apikey(username, scopes, label, as_json):
     """Issue a new API key pair; the secret is printed this once (audited)."""
     key_id, secret = agents.issue_api_key(db.session, get_vault(), agents.get_agent(db.session, username),
-                                          actor=cli_actor())
-    emit(as_json, {"key_id": key_id, "secret": secret},
-         f"key id: {key_id}\nsecret: {secret}\n(the secret is shown this once: store it now)")
+                                          actor=cli_actor(), scopes=list(scopes) or None, label=label)
+    scope_text = agents.parse_scopes(list(scopes) or None)
+    emit(as_json, {"key_id": key_id, "secret": secret, "scopes": scope_text.split(",")},
+         f"key id: {key_id}\nsecret: {secret}\nscopes: {scope_text}\n"
+         "(the secret is shown this once: store it now)")
 
 
 @agent.command("apikeys")
@@ -248,15 +253,17 @@ def agent_apikey(username, as_json):
 def agent_apikeys(username, as_json):
     """An agent's API keys (never their secrets), revoked ones too."""
     keys = agents.list_api_keys(db.session, agents.get_agent(db.session, username))
-    rows = [{"key_id": k.key_id, "created_at": k.created_at.isoformat(timespec="seconds") + "Z",
+    rows = [{"key_id": k.key_id, "scopes": k.scopes.split(","), "label": k.label,
+             "created_at": k.created_at.isoformat(timespec="seconds") + "Z",
              "revoked_at": k.revoked_at.isoformat(timespec="seconds") + "Z" if k.revoked_at else None}
             for k in keys]
     if as_json:
         emit(True, {"keys": rows}, "")
         return
     for r in rows:
-        click.echo(f"{r['key_id']}  created {r['created_at']}" + (f"  revoked {r['revoked_at']}"
-                                                                  if r["revoked_at"] else ""))
+        click.echo(f"{r['key_id']}  {','.join(r['scopes']):<17} created {r['created_at']}"
+                   + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "")
+                   + (f"  ({r['label']})" if r["label"] else ""))
 
 
 @agent.command("revoke-key")

@@ -45,6 +45,10 @@ class Event(db.Model):
     __table_args__ = (sa.Index("ix_events_dispatched_id", "dispatched", "id"),)
 
 
+# last_error of an agent's webhook's delivery given up because the agent removed the webhook
+WEBHOOK_REMOVED = "the webhook was removed: not sent"
+
+
 class Notification(db.Model):
     """One event for one target (a webhook URL or a staff address), retried with backoff."""
     __tablename__ = "notifications"
@@ -53,6 +57,8 @@ class Notification(db.Model):
     event_id: Mapped[int] = mapped_column(sa.ForeignKey("events.id"))
     channel: Mapped[str] = mapped_column(sa.String(16))  # webhook | email
     target: Mapped[str] = mapped_column(sa.String(500))
+    # channel "agent": the agent's webhook, signed with its own secret
+    agent_webhook_id: Mapped[int | None] = mapped_column(sa.ForeignKey("agent_webhooks.id"), index=True)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending | sent | failed
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -43,6 +43,7 @@ class Order(db.Model):
     seller_agent_id: Mapped[int | None] = mapped_column(sa.Integer)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(64))
     request_hash: Mapped[bytes | None] = mapped_column(FixedBinary(32))
+    external_ref: Mapped[str | None] = mapped_column(sa.String(64))   # the agent's own reference
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -166,7 +166,7 @@ def payout_account_remove(account_id: int):
 @bp.get("/keys")
 def keys():
     agent = current_agent()
-    return render_template("portal/keys.html", keys=agents.list_api_keys(db.session, agent))
+    return render_template("portal/keys.html", keys=agents.list_api_keys(db.session, agent), scopes=agents.SCOPES)
 
 
 @bp.post("/keys")
@@ -174,13 +174,16 @@ def keys():
 def key_issue():
     agent = current_agent()
     try:
-        key_id, secret = agents.issue_api_key(db.session, get_vault(), agent, actor=actor(), source_ip=client_ip())
+        key_id, secret = agents.issue_api_key(db.session, get_vault(), agent, actor=actor(), source_ip=client_ip(),
+                                              scopes=request.form.getlist("scope"),
+                                              label=request.form.get("label", ""))
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
         return redirect(url_for("portal.keys"), code=303)
     # Shown this once, on the answer to the POST: never in a page one can load again.
-    return render_template("portal/key_issued.html", key_id=key_id, secret=secret)
+    return render_template("portal/key_issued.html", key_id=key_id, secret=secret,
+                           scopes=request.form.getlist("scope"))
 
 
 @bp.post("/keys/<key_id>/revoke")
