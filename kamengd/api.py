@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from . import openapi
 from .catalog import inputs
 from .catalog.models import Product
 from .catalog.services import pool_stock, stock_by_product
@@ -93,3 +94,15 @@ def get_order(order_no: str):
     read_only()
     return jsonify(buyer_order_view(db.session, get_vault(), order_no, token=request.args.get("token"),
                                     query_password=request.args.get("query_password")))
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """This API's OpenAPI description (kamengd.openapi): the same for everyone until the next
+    version, so shared caches may keep it; no database read."""
+    body, etag = openapi.served()
+    response = Response(body, mimetype="application/json")
+    response.set_etag(etag)
+    response.cache_control.public = True
+    response.cache_control.max_age = 3600
+    return response.make_conditional(request)

@@ -1,16 +1,19 @@
 """The application factory: it assembles, and never touches the database."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from flask import Flask, request
+from flask.json.provider import DefaultJSONProvider
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import api, health, panel, portal, substation
 from .agents import views as agent_views
+from .agents import webhook_api  # noqa: F401  (its routes, on the agent API's blueprint)
 from .config import Config, load_config
 from .context import CONFIG_KEY
 from .database import configure_engine, engine_options, existing_only
@@ -32,9 +35,22 @@ PANEL_CSP = CSP + "; form-action 'self'"
 TRANSLATIONS = Path(__file__).parent / "translations"
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Refuses, as it parses, a request body that JSON's grammar allows but Unicode does not:
+    a lone surrogate ("\\ud800") is text no database, hash or e-mail can encode, and failed
+    far from the parser (a 500). The JSON APIs answer such a body as any body that is not
+    a JSON object: 400 (request.get_json(silent=True) treats the ValueError as unreadable)."""
+
+    def loads(self, s, **kwargs):
+        value = super().loads(s, **kwargs)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")   # UnicodeEncodeError: a lone surrogate
+        return value
+
+
 def create_app(config: Config | None = None) -> Flask:
     config = config or load_config()
     app = TransactionalFlask("kamengd")   # each request commits once: kamengd.transaction
+    app.json = JSONProvider(app)
     app.config.update(
         SECRET_KEY=config.read_secret_key(),
         SQLALCHEMY_DATABASE_URI=existing_only(config.database_url),

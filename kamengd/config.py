@@ -148,9 +148,13 @@ class PanelConfig:
 
 
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
-               "payment.extra", "reconcile.mismatch", "scheduler.failover", "withdrawal.requested")
+               "payment.extra", "reconcile.mismatch", "scheduler.failover", "withdrawal.requested",
+               "order.refunded", "balance.changed", "supplier.low_balance", "supplier.cost_changed")
+# Made only for agents' own webhooks (kamengd.agents.webhooks), never fanned out to staff:
+# "*" in [notifications] does not bring them, and naming them there is refused.
+AGENT_ONLY_EVENTS = ("balance.changed",)
 STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "payment.extra", "reconcile.mismatch",
-                "scheduler.failover", "withdrawal.requested")
+                "scheduler.failover", "withdrawal.requested", "supplier.low_balance", "supplier.cost_changed")
 
 
 @dataclass(frozen=True)
@@ -417,9 +421,12 @@ def _check_notifications(n: NotificationsConfig) -> None:
         raise ConfigError("setting notifications.webhook_secret_file: required when webhook_urls is set")
     for key in ("webhook_events", "email_events"):
         for event in getattr(n, key):
+            if event in AGENT_ONLY_EVENTS:
+                raise ConfigError(f"setting notifications.{key}: {event!r} is sent only to agents' own "
+                                  "webhooks (the agent API), not to staff")
             if event != "*" and event not in EVENT_TYPES:
                 raise ConfigError(f"setting notifications.{key}: unknown event {event!r} "
-                                  f"(known: {', '.join(EVENT_TYPES)})")
+                                  f"(known: {', '.join(e for e in EVENT_TYPES if e not in AGENT_ONLY_EVENTS)})")
     for address in n.email_to:
         if "@" not in address or any(c.isspace() for c in address) or len(address) > 254:
             raise ConfigError(f"setting notifications.email_to: {address!r} is not an e-mail address")

@@ -13,3 +13,4 @@ from .operations.models import ServerProcess  # noqa: F401
 from .agents.models import (Agent, AgentApiKey, AgentLevel, AgentPrice, ApiNonce, Commission,  # noqa: F401
                             LevelChange, LevelPrice, LevelRule, PayoutAccount, Withdrawal)
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401
+from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: F401

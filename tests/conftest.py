@@ -318,13 +318,14 @@ class Servers:
         fh.seek(0)
         return fh.read().decode(errors="replace")
 
-    def __call__(self, config: Path, *extra: str, env: dict | None = None) -> str:
-        """A server on a free port; returns its base URL once /healthz answers."""
+    def __call__(self, config: Path, *extra: str, env: dict | None = None, port: int | None = None) -> str:
+        """A server on a free port (or `port`: a server started again where it was); returns
+        its base URL once /healthz answers."""
         import time
         import urllib.error
         import urllib.request
 
-        port = free_port()
+        port = port or free_port()
         proc = self._popen([sys.executable, "-m", "kamengd", "--config", str(config), "serve",
                             "--bind", f"127.0.0.1:{port}", *extra], env)
         base = f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 (backorder), the agent's own reference, and batches of orders with per-line results."""
 import io
 import json
+import re
 import secrets
 
 import pytest
@@ -216,3 +217,45 @@ def test_batch_files_read_csv_and_xlsx_and_write_results(tmp_path):
     assert rows[1][8] == "=K1" and rows[2][8] == "K2" and rows[3][9] == "out_of_stock: none left"
     text = batches.result_file(view, "csv").decode("utf-8-sig")
     assert "=K1" in text and json.dumps("K2")[1:-1] in text
+
+
+def test_a_file_of_orders_in_the_portal(backend, app, client, network):
+    from openpyxl import load_workbook
+
+    from panel_support import csrf_of
+    from test_agent_portal import set_password, sign_in
+
+    alice = network["alice"]
+    set_password(app, alice["id"])
+    assert sign_in(client, alice["username"]).status_code == 302
+    page = client.get("/agent/batches").get_data(as_text=True)
+    template = client.get("/agent/batches/template.xlsx")
+    assert template.status_code == 200 and template.headers["Cache-Control"] == "no-store"
+    assert [c.value for c in load_workbook(io.BytesIO(template.data)).worksheets[0][1]][:2] == ["product_id",
+                                                                                               "quantity"]
+    pid = network["product"]
+    upload = f"product_id,quantity,ref\n{pid},2,PO-9\n999999,1,\n{pid},1,PO-10\n".encode()
+    form = {"csrf_token": csrf_of(page), "form_key": re.search(r'name="form_key" value="([^"]+)"', page).group(1)}
+    sent = client.post("/agent/batches", data={**form, "file": (io.BytesIO(upload), "orders.csv")},
+                       content_type="multipart/form-data")
+    assert sent.status_code == 303, sent.get_data(as_text=True)[:300]
+    detail = client.get(sent.headers["Location"]).get_data(as_text=True)
+    assert "2 lines ordered, 1 failed" in detail and "not_found" in detail
+    assert not any(k in detail for k in network["keys"])        # the keys are in the file, not the page
+    batch_id = int(sent.headers["Location"].rstrip("/").rsplit("/", 1)[1])
+    result = client.get(f"/agent/batches/{batch_id}/result.xlsx")
+    rows = list(load_workbook(io.BytesIO(result.data)).worksheets[0].iter_rows(values_only=True))
+    keys = [r[8] for r in rows[1:] if r[4] == "ok"]
+    assert len(keys) == 3 and set(keys) <= set(network["keys"]) and result.headers["Cache-Control"] == "no-store"
+    # The same form sent again (a double click): the same batch, nothing bought twice.
+    again = client.post("/agent/batches", data={**form, "file": (io.BytesIO(upload), "orders.csv")},
+                        content_type="multipart/form-data")
+    assert again.headers["Location"] == sent.headers["Location"]
+    assert balance_of(app, alice["id"]) == 3000 - 3 * 891
+    # A file that cannot be read: a clear error, nothing placed.
+    bad = client.post("/agent/batches", data={"csrf_token": form["csrf_token"], "form_key": "other",
+                                              "file": (io.BytesIO(b"id;qty\n1;1\n"), "x.csv")},
+                      content_type="multipart/form-data")
+    assert bad.status_code == 303
+    assert "header" in client.get("/agent/batches").get_data(as_text=True)
+    assert balance_of(app, alice["id"]) == 3000 - 3 * 891

@@ -39,7 +39,23 @@ def data(shop):
     channel_ids = shop.run(lambda s, v: {c.code: c.id for c in s.query(PaymentChannel)})
     return {"category": games, "product": month, "manual": manual, "delivered": delivered,
             "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
-            "agent": shop.run(_an_agent_asking_to_be_paid)}
+            "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier)}
+
+
+def _a_supplier(session, vault) -> int:
+    """A supplier with two products as a sync would have stored them, one sold here."""
+    from kamengd.suppliers import services as suppliers
+    from kamengd.suppliers.models import SupplierProduct
+
+    made = suppliers.add_supplier(session, vault, name="shangyou", url="http://127.0.0.1:9", key_id="ak_upstream01",
+                                  secret="s" * 32, low_balance="100", actor="test")
+    session.add_all([SupplierProduct(supplier_id=made.id, remote_id=7, name="上游月卡", cost_cents=800, currency="CNY",
+                                     stock=42),
+                     SupplierProduct(supplier_id=made.id, remote_id=8, name="上游周卡", cost_cents=300, currency="CNY",
+                                     stock=0)])
+    session.flush()
+    suppliers.map_product(session, made, remote_id=7, create_name="转售月卡", percent="25", actor="test")
+    return made.id
 
 
 def _an_agent_asking_to_be_paid(session, _vault) -> int:
@@ -89,7 +105,7 @@ def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
     """Real objects for a panel address's parts."""
     known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
              "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat(),
-             "agent_id": data["agent"]}
+             "agent_id": data["agent"], "supplier_id": data["supplier"]}
     unknown = arguments - known.keys()
     assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
     return {name: known[name] for name in arguments}

@@ -11,7 +11,9 @@ from conftest import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
-NOT_SWEPT = {"portal.login", "portal.login_2fa", "portal.totp_qr"}
+NOT_SWEPT = {"portal.login", "portal.login_2fa", "portal.totp_qr",
+             # files to download, and a batch's page (test_a_file_of_orders_on_a_phone opens one)
+             "portal.batch_template", "portal.batch_result", "portal.batch_detail"}
 
 
 @pytest.fixture(scope="module")
@@ -118,4 +120,70 @@ def test_an_agent_sets_its_price_issues_a_key_and_names_its_station(shop, data, 
     t.shot("station-index")
     t.open(f"/s/zhan/product/{data['product']}")
     assert "33.00" in t.text()
+    t.assert_clean()
+
+
+def test_an_agent_adds_a_webhook_on_a_phone_sees_its_deliveries_and_removes_it(shop, data, tab):
+    from kamengd.scheduler.jobs import send_notifications
+    from test_notifications import Receiver, verify
+
+    receiver = Receiver()
+    try:
+        t = tab(viewport=(390, 844), mobile=True)
+        t.accept_dialogs = True
+        page = t.page
+        portal_sign_in(t)
+        t.open("/agent/webhooks?lang=en")
+        page.fill("#url", receiver.url)
+        for event in ("order.paid", "order.delivered", "order.refunded"):
+            page.uncheck(f"input[name=event][value='{event}']")
+        with page.expect_navigation():
+            page.click("form[action='/agent/webhooks'] button[type=submit]")
+        secret = page.inner_text("#webhook-secret")
+        assert secret.startswith("whsec_") and "balance.changed" in t.text()
+        t.shot("portal-webhook-added-mobile")
+        t.open("/agent/webhooks")
+        assert secret not in page.content() and receiver.url in t.text()     # shown once
+
+        def top_up_and_run_the_job(session, _vault):
+            from kamengd.agents import services as agents
+            from kamengd.agents.models import Agent
+
+            agents.credit_balance(session, session.get(Agent, data["agent"]), 1000, reason="top-up", actor="test")
+            session.commit()
+            send_notifications(session)
+        shop.run(top_up_and_run_the_job)
+        [(_path, headers, body)] = receiver.requests
+        assert verify(headers, body, secret) and b'"balance.changed"' in body
+        t.open("/agent/webhooks?lang=en")
+        assert "delivered" in t.text(".deliveries") and "HTTP 200" in t.text(".deliveries")
+        t.shot("portal-webhooks-deliveries-mobile")
+        with page.expect_navigation():
+            page.click("main form.inline button[type=submit]")
+        assert "Webhook removed" in t.text() and "No webhooks yet." in t.text()
+        t.assert_clean()
+    finally:
+        receiver.close()
+
+
+def test_a_file_of_orders_on_a_phone(shop, data, tab, tmp_path):
+    """The template downloads, a CSV of two lines is uploaded, each line's result shows, and the
+    result file is offered."""
+    t = tab(viewport=(390, 844), mobile=True)
+    page = t.page
+    portal_sign_in(t)
+    t.open("/agent/batches?lang=en")
+    with page.expect_download() as got:
+        page.click("a[href$='/batches/template.xlsx']")
+    assert got.value.suggested_filename == "kamengd-batch-template.xlsx"
+    upload = tmp_path / "orders.csv"
+    upload.write_text(f"product_id,quantity,ref\n{data['product']},1,PO-1\n{data['product']},999,PO-2\n")
+    page.set_input_files("input[type=file]", str(upload))
+    t.shot("portal-batch-upload-mobile")
+    with page.expect_navigation():
+        page.click("main form button[type=submit]")
+    assert "1 lines ordered, 1 failed" in t.text() or "1 line" in t.text(), t.text()
+    assert "PO-1" in t.text() and "invalid_request" in t.text()
+    t.shot("portal-batch-detail-mobile")
+    assert page.locator("a[href$='/result.xlsx']").count() >= 1
     t.assert_clean()

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.accounts", "kamengd.agents", "kamengd.audit", "kamengd.backup", "kamengd.catalog",
         "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",
         "kamengd.payments", "kamengd.reports",
-        "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront")),
+        "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront", "kamengd.suppliers")),
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
     # Pieces of a feature that other features use and that need no other feature:
@@ -56,7 +56,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
         "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*",
-        "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview")),
+        "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview",
+        "kamengd.agents.webhooks", "kamengd.agents.batches")),
+    # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).
+    ("suppliers", ("kamengd.suppliers.*",)),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (
@@ -66,8 +69,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The visitor's language: the storefront's and the agent portal's pages say both texts.
     ("the visitor's language", ("kamengd.storefront.i18n",)),
     ("HTTP answers for errors, signed-in sessions", ("kamengd.http_errors", "kamengd.websession", "kamengd.substation")),
+    # The APIs' OpenAPI description: reads the errors, statuses and signature rules it describes.
+    ("the APIs' description", ("kamengd.openapi",)),
     ("views", (
-        "kamengd.api", "kamengd.agents.views", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views",
+        "kamengd.api", "kamengd.agents.views", "kamengd.agents.webhook_api", "kamengd.health", "kamengd.storefront.*", "kamengd.payments.views",
         "kamengd.panel",
         "kamengd.panel.*", "kamengd.portal", "kamengd.portal.*")),
     ("the app factory", ("kamengd.app",)),

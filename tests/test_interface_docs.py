@@ -98,13 +98,17 @@ def test_every_api_route_is_described_and_nothing_more(backend, app):
 
 
 def test_every_agent_api_route_is_described_and_nothing_more(backend, app):
-    described = set(re.findall(r"^- `(GET|POST) (/api/v1/agent/[^`]+)`", read("agent-api.md"), flags=re.M))
+    described = set(re.findall(r"^- `(GET|POST|DELETE) (/api/v1/agent/[^`]+)`", read("agent-api.md"), flags=re.M))
     served = {(m, r) for m, r in _app_rules(app) if r.startswith("/api/v1/agent/")}
     assert described == served
 
 
 def test_the_agents_commands_exist_with_their_options():
     assert_commands_exist("agent-api.md", "Commands", 5)
+
+
+def test_the_suppliers_commands_exist_with_their_options():
+    assert_commands_exist("suppliers.md", "Commands", 8)
 
 
 def test_every_error_code_is_in_the_table():

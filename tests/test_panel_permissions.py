@@ -56,6 +56,13 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.order_refund_extra": MANAGERS | {"finance"},
     "panel.orders_export": MANAGERS | {"finance"},
     "panel.channels": MANAGERS,
+    "panel.suppliers_list": MANAGERS,
+    "panel.supplier_add": MANAGERS,
+    "panel.supplier_detail": MANAGERS,
+    "panel.supplier_sync": MANAGERS,
+    "panel.supplier_settings": MANAGERS,
+    "panel.supplier_map": MANAGERS,
+    "panel.supplier_unmap": MANAGERS,
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,
     "panel.channel_toggle": MANAGERS,
@@ -97,13 +104,14 @@ SIGN_OUT = {"panel.logout", "panel.logout_everywhere"}   # they end on the sign-
 PUBLIC_ELSEWHERE = {
     "static", "health.healthz",
     "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
-    "api.products", "api.new_order", "api.get_order", "api.payment_methods",
+    "api.products", "api.new_order", "api.get_order", "api.payment_methods", "api.openapi_document",
     "pay.notify", "shop.payment_return", "shop.order_status",
     # The agent API: signed by the agent's key (kamengd.agents.auth), never a staff session.
     "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",
     "agent_api.list_payout_accounts", "agent_api.add_payout_account", "agent_api.list_withdrawals",
     "agent_api.request_withdrawal", "agent_api.list_commissions", "agent_api.list_prices", "agent_api.set_price",
-    "agent_api.ledger_statement",
+    "agent_api.ledger_statement", "agent_api.list_orders", "agent_api.new_batch", "agent_api.get_batch",
+    "agent_api.list_webhooks", "agent_api.add_webhook", "agent_api.remove_webhook", "agent_api.webhook_deliveries",
     # The agent portal: an agent's own sign-in (kamengd.portal), never a staff session.
     "portal.login", "portal.login_2fa", "portal.logout", "portal.account", "portal.password",
     "portal.logout_everywhere", "portal.totp_enrol", "portal.totp_qr", "portal.totp_disable",
@@ -111,6 +119,9 @@ PUBLIC_ELSEWHERE = {
     "portal.order_detail", "portal.team", "portal.ledger", "portal.withdrawals_page", "portal.withdrawal_request",
     "portal.payout_account_add", "portal.payout_account_remove", "portal.keys", "portal.key_issue",
     "portal.key_revoke", "portal.station", "portal.station_save",
+    "portal.webhooks_page", "portal.webhook_add", "portal.webhook_remove",
+    "portal.batches_page", "portal.batch_template", "portal.batch_upload", "portal.batch_detail",
+    "portal.batch_result",
 }
 
 
@@ -148,8 +159,11 @@ def world(backend, databases, tmp_path_factory):
         from kamengd.agents import services as agents
         level, _ = agents.set_level(db.session, name="perm-level", discount="5", actor="test")
         agent = agents.create_agent(db.session, username="perm-agent", level=level.name, actor="test")
+        from kamengd.suppliers.services import add_supplier
+        supplier = add_supplier(db.session, get_vault(), name="perm-supplier", url="http://127.0.0.1:9",
+                                key_id="ak_perm", secret="perm-secret-0123456789", actor="test")
         db.session.commit()
-        ids = {"product_id": product.id, "category_id": category.id, "channel_id": channel.id,
+        ids = {"supplier_id": supplier.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
                "agent_id": agent.id, "withdrawal_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
@@ -262,7 +276,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1}
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "supplier_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     posts = [r for r in _panel_rules(app) if "POST" in r.methods]

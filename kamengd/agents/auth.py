@@ -103,6 +103,27 @@ def verify_request(session: Session, vault: Vault, *, headers, method: str, path
                   frozenset(filter(None, row.scopes.split(","))))
 
 
+# The same as _CALLER, for an agent signed in to the portal (no key: every scope).
+_SIGNED_IN = (sa.select(_agents.c.id.label("agent_id"), _agents.c.username, _agents.c.is_active, _agents.c.level_id,
+                        _agents.c.parent_id, _agents.c.has_pool, _levels.c.discount_bp,
+                        _accounts.c.id.label("account_id"), _accounts.c.currency,
+                        *(sa.select(_shop.c.id).where(_shop.c.name == name).scalar_subquery().label(label)
+                          for name, label in (("shop:sales", "sales_id"), ("shop:commission", "commission_id"))))
+              .select_from(_agents.join(_levels, _levels.c.id == _agents.c.level_id)
+                           .join(_accounts, sa.and_(_accounts.c.agent_id == _agents.c.id,
+                                                    _accounts.c.kind == "available")))
+              .where(_agents.c.id == sa.bindparam("agent_id")))
+
+
+def caller_for_agent(session: Session, agent_id: int) -> Caller:
+    """The agent signed in to the portal as a Caller (its orders are placed as the API's are)."""
+    row = session.connection().execute(_SIGNED_IN, {"agent_id": agent_id}).first()
+    if row is None or not row.is_active:
+        raise Unauthorized("this account cannot place orders")
+    return Caller(row.agent_id, row.username, row.level_id, row.discount_bp, "", "", row.account_id, row.currency,
+                  row.parent_id, row.sales_id, row.commission_id, bool(row.has_pool))
+
+
 def spend_nonce(session: Session, caller: Caller, now: dt.datetime | None = None) -> None:
     """Record the request's nonce in the write transaction; seen before: 401."""
     try:

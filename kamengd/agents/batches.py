@@ -228,7 +228,7 @@ def _csv_rows(data: bytes) -> list[list]:
 
 
 def _xlsx_rows(data: bytes) -> list[list]:
-    from openpyxl import load_workbook
+    from openpyxl import load_workbook   # a tenth of a second to import: only a workbook pays it
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception:   # openpyxl raises many kinds for a file that is not a workbook
@@ -260,15 +260,15 @@ def result_file(view: dict, kind: str) -> bytes:
 
 def _write(kind: str, rows) -> bytes:
     if kind == "xlsx":
-        from openpyxl import Workbook
-        from openpyxl.cell import WriteOnlyCell
+        # A tenth of a second to import: only a workbook pays it.
+        from openpyxl import Workbook, cell as cells
         book = Workbook(write_only=True)
         sheet = book.create_sheet()
 
         def cell(value):
             # openpyxl writes a string that starts with "=" as a formula: a key is text, as it is.
             if isinstance(value, str) and value.startswith("="):
-                written = WriteOnlyCell(sheet, value=value)
+                written = cells.WriteOnlyCell(sheet, value=value)
                 written.data_type = "s"
                 return written
             return value

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
 from ..catalog.models import Product
-from ..catalog.services import pool_stock, stock_by_product
+from ..catalog.services import pool_stock, stock_by_product, supplier_stock_query
 from ..database import utcnow
 from ..errors import Busy, Conflict, InvalidRequest, NotFound, OutOfStock, Unauthorized
 from ..inventory.models import CardKey
@@ -62,7 +62,8 @@ _OWN_PRICE = sa.func.coalesce(sa.select(_lp.c.price_cents).where(_lp.c.level_id 
                                                                  _lp.c.product_id == _p.c.id)
                               .scalar_subquery(), -1)
 _PRODUCT = sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-                     _p.c.min_quantity, _p.c.max_quantity, _OWN_PRICE.label("own_price")).where(
+                     _p.c.min_quantity, _p.c.max_quantity, _OWN_PRICE.label("own_price"),
+                     supplier_stock_query(_p).label("supplier_stock")).where(
     _p.c.id == sa.bindparam("product_id"))
 _FIELDS = ("order_no", "product_id", "quantity", "unit_price_cents", "amount_cents", "currency", "email", "status",
            "token_hash", "agent_id", "idempotency_key", "request_hash", "created_at", "updated_at", "expires_at",
@@ -159,6 +160,8 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
         if product.currency != account.currency:
             raise InvalidRequest("this product is priced in %(currency)s, the balance is in %(balance)s",
                                  currency=product.currency, balance=account.currency)
+        if product.delivery_mode == "supplier" and not backorder and (product.supplier_stock or 0) < quantity:
+            raise OutOfStock("not enough stock for this quantity")
         unit = level_cost(product.price_cents, caller.discount_bp,
                           None if product.own_price < 0 else product.own_price)
         # Keys in stock are claimed as sold in this same transaction: the order is written
@@ -276,6 +279,21 @@ def order_of(session: Session, vault: Vault, agent_id: int, order_no) -> dict:
     if row is None:
         raise NotFound("order not found")
     return _view(session, vault, row)
+
+
+def find_orders(session: Session, vault: Vault, agent_id: int, *, idempotency_key=None, ref=None,
+                limit=50) -> list[dict]:
+    """The agent's own orders, newest first: all, the one placed with an Idempotency-Key (a
+    client that lost the answer finds what it bought), or those with its reference."""
+    if not isinstance(limit, int) or not 1 <= limit <= 100:
+        raise InvalidRequest("limit: 1 to 100")
+    query = sa.select(*_VIEW).where(_o.c.agent_id == agent_id)
+    if idempotency_key is not None:
+        query = query.where(_o.c.idempotency_key == str(idempotency_key)[:64])
+    if ref is not None:
+        query = query.where(_o.c.external_ref == str(ref)[:64])
+    rows = session.connection().execute(query.order_by(_o.c.id.desc()).limit(limit)).all()
+    return [_view(session, vault, row) for row in rows]
 
 
 def agent_products(session: Session, caller: Caller) -> list[dict]:

@@ -15,7 +15,7 @@ from . import services as agents
 from . import batches
 from . import statements
 from . import withdrawals
-from .checkout import agent_order, agent_products, place_agent_order
+from .checkout import agent_order, agent_products, find_orders, place_agent_order
 from .models import Agent, Commission
 
 bp = Blueprint("agent_api", __name__, url_prefix="/api/v1/agent")
@@ -195,6 +195,18 @@ def new_order():
     if not placed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+@bp.get("/orders")
+def list_orders():
+    caller = _spent(signed_caller(scope="read"))
+    try:
+        limit = int(request.args.get("limit", "50"))
+    except ValueError:
+        raise InvalidRequest("limit: a whole number") from None
+    return jsonify({"orders": find_orders(db.session, get_vault(), caller.agent_id, limit=limit,
+                                          idempotency_key=request.args.get("idempotency_key"),
+                                          ref=request.args.get("ref"))})
 
 
 @bp.get("/orders/<order_no>")

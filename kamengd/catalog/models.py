@@ -8,7 +8,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..database import UTCDateTime, utcnow
 from ..extensions import db
 
-DELIVERY_MODES = ("auto", "manual")
+DELIVERY_MODES = ("auto", "manual")   # what staff choose
+# "supplier": set by mapping the product to a supplier's (kamengd.suppliers): its orders are
+# bought upstream and its stock is the supplier's.
+ALL_DELIVERY_MODES = (*DELIVERY_MODES, "supplier")
 
 
 class Category(db.Model):
@@ -48,7 +51,7 @@ class Product(db.Model):
 
     __table_args__ = (
         sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
-        sa.CheckConstraint("delivery_mode IN ('auto', 'manual')", name="delivery_mode_known"),
+        sa.CheckConstraint("delivery_mode IN ('auto', 'manual', 'supplier')", name="delivery_mode_known"),
         sa.CheckConstraint("min_quantity >= 1 AND max_quantity >= min_quantity",
                            name="quantity_limits"),
     )

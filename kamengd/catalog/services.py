@@ -18,6 +18,7 @@ from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
 from ..money import MAX_CENTS, format_cents, parse_money
 from . import inputs
+from ..suppliers.models import Supplier, SupplierProduct
 from .models import DELIVERY_MODES, Category, Product
 
 MAX_NAME = 200
@@ -231,10 +232,33 @@ def available_stock(session: Session, product_id: int) -> int:
 
 
 def stock_by_product(session: Session) -> dict[int, int]:
-    """{product id: available keys} for every product with any."""
+    """{product id: available keys} for every product with any (a product bought from a
+    supplier: the supplier's stock as last synced)."""
     t = CardKey.__table__
-    return dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(t.c.status == "available")
-                                .group_by(t.c.product_id)).all())
+    found = dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(t.c.status == "available")
+                                 .group_by(t.c.product_id)).all())
+    found.update(supplier_stock(session))
+    return found
+
+
+def supplier_stock_query(products):
+    """The supplier's stock of a product bought upstream, as a scalar subquery on `products`
+    (None: not bought upstream, or its supplier is off)."""
+    return (sa.select(SupplierProduct.stock).join(Supplier, Supplier.id == SupplierProduct.supplier_id)
+            .where(SupplierProduct.product_id == products.c.id, Supplier.is_active.is_(True),
+                   SupplierProduct.gone.is_(False)).scalar_subquery())
+
+
+def supplier_stock(session: Session, product_ids: Iterable[int] | None = None) -> dict[int, int]:
+    """{our product id: the supplier's stock} for products bought upstream (kamengd.suppliers)."""
+    query = (sa.select(SupplierProduct.product_id, SupplierProduct.stock)
+             .join(Supplier, Supplier.id == SupplierProduct.supplier_id)
+             .join(Product, Product.id == SupplierProduct.product_id)
+             .where(Product.delivery_mode == "supplier", Supplier.is_active.is_(True),
+                    SupplierProduct.gone.is_(False)))
+    if product_ids is not None:
+        query = query.where(SupplierProduct.product_id.in_(list(product_ids)))
+    return dict(session.execute(query).all())
 
 
 def pool_stock(session: Session, agent_id: int) -> dict[int, int]:
@@ -250,8 +274,10 @@ def available_by_product(session: Session, product_ids: Iterable[int]) -> dict[i
     if not ids:
         return {}
     t = CardKey.__table__
-    return dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(
+    found = dict(session.execute(sa.select(t.c.product_id, sa.func.count()).where(
         t.c.product_id.in_(ids), t.c.status == "available").group_by(t.c.product_id)).all())
+    found.update(supplier_stock(session, ids))
+    return found
 
 
 def list_products(session: Session, *, query: str = "", page: int = 1,

@@ -14,6 +14,13 @@ The receiver recomputes it with a constant-time comparison and refuses old
 timestamps, so a captured request cannot be replayed later. Any 2xx answer
 counts as delivered; redirects are not followed (a POST must not silently
 turn into a GET elsewhere).
+
+Agents' own webhooks (kamengd.agents.webhooks) ride the same rows as channel
+"agent": the same body, headers, retries and attempts, signed with the
+webhook's own secret. This module does not know agents (imports go only
+downward): the scheduler's job passes two hooks, `extra_targets` (the agent
+webhooks an event goes to) and `agent_secret` (a webhook's secret, None once it
+was removed).
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import smtplib
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -38,7 +46,7 @@ from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError
 from .email import MAX_ATTEMPTS, claim_attempt, smtp_send
-from .models import Event, Notification, NotificationAttempt
+from .models import WEBHOOK_REMOVED, Event, Notification, NotificationAttempt
 
 log = logging.getLogger("kamengd.notifications")
 
@@ -57,20 +65,34 @@ def targets_for(config: Config, event_type: str) -> list[tuple[str, str]]:
     return found
 
 
-def fan_out(session: Session, config: Config, *, now: dt.datetime | None = None, limit: int = 500) -> int:
-    """New events -> notification rows; returns how many rows were written."""
+# extra_targets(session, event_type, payload_json) -> [(channel, target, agent_webhook_id)]
+ExtraTargets = Callable[[Session, str, str], list[tuple[str, str, "int | None"]]]
+# agent_secret(session, agent_webhook_id) -> the webhook's secret, or None once it was removed
+AgentSecret = Callable[[Session, int], "bytes | None"]
+
+
+def fan_out(session: Session, config: Config, *, now: dt.datetime | None = None, limit: int = 500,
+            extra_targets: ExtraTargets | None = None, extra_events: tuple[str, ...] = ()) -> int:
+    """New events -> notification rows; returns how many rows were written. `extra_targets`
+    adds targets of its own (agents' webhooks) for the types in `extra_events`: only those
+    events' payloads are read."""
     now = now or utcnow()
-    events = session.execute(sa.select(Event.id, Event.type).where(Event.dispatched.is_(False))
+    payload = (sa.case((Event.type.in_(extra_events), Event.payload), else_=sa.null())
+               if extra_targets is not None and extra_events else sa.null())
+    events = session.execute(sa.select(Event.id, Event.type, payload).where(Event.dispatched.is_(False))
                              .order_by(Event.id).limit(limit)).all()
     written = 0
-    for event_id, event_type in events:
+    for event_id, event_type, payload_json in events:
         claimed = session.execute(sa.update(Event).where(Event.id == event_id, Event.dispatched.is_(False))
                                   .values(dispatched=True)).rowcount
         if not claimed:
             continue
-        for channel, target in targets_for(config, event_type):
-            session.add(Notification(event_id=event_id, channel=channel, target=target, status="pending",
-                                     attempts=0, next_attempt_at=now, created_at=now))
+        found = [(channel, target, None) for channel, target in targets_for(config, event_type)]
+        if payload_json is not None:
+            found += extra_targets(session, event_type, payload_json)
+        for channel, target, webhook_id in found:
+            session.add(Notification(event_id=event_id, channel=channel, target=target, agent_webhook_id=webhook_id,
+                                     status="pending", attempts=0, next_attempt_at=now, created_at=now))
             written += 1
     session.commit()   # the fan-out is stored before anything is sent
     return written
@@ -128,6 +150,10 @@ def render_staff_email(config: Config, event: Event, to: str) -> EmailMessage:
 
 
 SUMMARIES = {
+    "supplier.low_balance": lambda d: f"上游余额不足 supplier {d.get('supplier')}: balance {d.get('balance')} "
+                                      f"{d.get('currency')} (warning below {d.get('threshold')})",
+    "supplier.cost_changed": lambda d: f"上游成本变动 supplier {d.get('supplier')}: {d.get('product_name')} cost "
+                                       f"{d.get('old_cost')} -> {d.get('cost')}, price now {d.get('price')}",
     "stock.low": lambda d: f"库存不足 low stock: {d.get('product_name')} ({d.get('available')} left, "
                            f"threshold {d.get('threshold')})",
     "stock.restocked": lambda d: f"已补货 restocked: {d.get('product_name')} ({d.get('available')} available)",
@@ -142,24 +168,33 @@ SUMMARIES = {
                                     f"(was {d.get('previous_owner')})",
     "withdrawal.requested": lambda d: f"提现待审核 withdrawal {d.get('withdrawal_id')}: {d.get('agent')} asks for "
                                       f"{d.get('amount')} {d.get('currency')}",
+    "order.refunded": lambda d: f"订单已退款 order {d.get('order_no')} refunded {d.get('amount')} {d.get('currency')}",
 }
 
 
 def send_due(session: Session, config: Config, *, now: dt.datetime | None = None, limit: int = 50,
-             post=post_webhook, send_mail=smtp_send) -> dict[str, int]:
+             post=post_webhook, send_mail=smtp_send, agent_secret: AgentSecret | None = None) -> dict[str, int]:
     """Send due notifications; commits per notification (a job, not a request)."""
     now = now or utcnow()
-    counts = {"sent": 0, "failed": 0}
-    due = session.execute(sa.select(Notification.id, Notification.attempts).where(
+    counts = {"sent": 0, "failed": 0, "dropped": 0}
+    due = sa.select(Notification.id, Notification.attempts).where(
         Notification.status == "pending", Notification.next_attempt_at <= now)
-        .order_by(Notification.next_attempt_at, Notification.id).limit(limit)).all()
+    if agent_secret is None:   # agents' webhooks wait for a runner that can sign for them
+        due = due.where(Notification.channel != "agent")
+    due = session.execute(due.order_by(Notification.next_attempt_at, Notification.id).limit(limit)).all()
     for notification_id, attempts in due:
         if not claim_attempt(session, Notification, notification_id, attempts, now):
             continue
         note = session.get(Notification, notification_id)
         event = session.get(Event, note.event_id)
+        secret = _agent_secret(session, note, agent_secret) if note.channel == "agent" else None
+        if note.channel == "agent" and secret is None:   # removed since: nothing more is sent to it
+            note.status, note.attempts, note.last_error = "failed", attempts, WEBHOOK_REMOVED
+            session.commit()   # each outcome is stored before the next notification is sent
+            counts["dropped"] += 1
+            continue
         started, clock = utcnow(), time.monotonic()
-        result = _attempt(config, note, event, post, send_mail)
+        result = _attempt(config, note, event, post, send_mail, secret)
         session.add(NotificationAttempt(notification_id=note.id, attempt=attempts + 1, started_at=started,
                                         duration_ms=int((time.monotonic() - clock) * 1000),
                                         outcome="ok" if result.ok else "error", status_code=result.status_code,
@@ -178,16 +213,32 @@ def send_due(session: Session, config: Config, *, now: dt.datetime | None = None
     return counts
 
 
-def _attempt(config: Config, note: Notification, event: Event, post, send_mail) -> AttemptResult:
+def _agent_secret(session: Session, note: Notification, agent_secret: AgentSecret) -> bytes | ConfigError | None:
+    """The agent webhook's secret; None once the agent removed it; a secret that cannot be
+    opened is the error this attempt fails with (recorded like any other)."""
     try:
-        if note.channel == "webhook":
+        return agent_secret(session, note.agent_webhook_id)
+    except ConfigError as exc:
+        return exc
+
+
+def webhook_headers(event: Event, note: Notification, secret: bytes, body: bytes) -> dict[str, str]:
+    timestamp = int(time.time())
+    return {"Content-Type": "application/json; charset=utf-8", "User-Agent": f"kamengd/{__version__}",
+            "X-Kamengd-Event": event.type, "X-Kamengd-Delivery": str(note.id),
+            "X-Kamengd-Timestamp": str(timestamp), "X-Kamengd-Signature": sign(secret, timestamp, body)}
+
+
+def _attempt(config: Config, note: Notification, event: Event, post, send_mail,
+             agent_secret: bytes | ConfigError | None = None) -> AttemptResult:
+    try:
+        if note.channel in ("webhook", "agent"):
+            if isinstance(agent_secret, ConfigError):
+                raise agent_secret
+            secret = agent_secret if note.channel == "agent" else config.webhook_secret()
             body = webhook_body(event)
-            timestamp = int(time.time())
-            headers = {"Content-Type": "application/json; charset=utf-8",
-                       "User-Agent": f"kamengd/{__version__}", "X-Kamengd-Event": event.type,
-                       "X-Kamengd-Delivery": str(note.id), "X-Kamengd-Timestamp": str(timestamp),
-                       "X-Kamengd-Signature": sign(config.webhook_secret(), timestamp, body)}
-            return post(note.target, body, headers, config.notifications.webhook_timeout_seconds)
+            return post(note.target, body, webhook_headers(event, note, secret, body),
+                        config.notifications.webhook_timeout_seconds)
         if not config.smtp.host:
             return AttemptResult(False, None, "no SMTP server configured ([smtp] host)")
         send_mail(config, render_staff_email(config, event, note.target))
@@ -197,8 +248,9 @@ def _attempt(config: Config, note: Notification, event: Event, post, send_mail) 
 
 
 def deliver_notifications(session: Session, config: Config, *, now: dt.datetime | None = None,
+                          extra_targets: ExtraTargets | None = None, extra_events: tuple[str, ...] = (),
                           **kwargs) -> dict[str, int]:
     """The job: fan out new events, then send what is due."""
     now = now or utcnow()
-    queued = fan_out(session, config, now=now)
+    queued = fan_out(session, config, now=now, extra_targets=extra_targets, extra_events=extra_events)
     return {"queued": queued, **send_due(session, config, now=now, **kwargs)}

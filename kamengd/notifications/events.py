@@ -49,8 +49,10 @@ def order_payload(session: Session, order, **extra) -> dict:
 
 
 def payload_of(order, product_name: str | None, **extra) -> dict:
-    """An order's event payload from anything with the order's attributes (a row, an Order)."""
+    """An order's event payload from anything with the order's attributes (a row, an Order).
+    `agent_id`: the agent who bought it (its own webhooks hear of it), else None."""
     return {"order_no": order.order_no, "status": order.status, "product_id": order.product_id,
+            "agent_id": getattr(order, "agent_id", None),
             "product_name": product_name, "quantity": order.quantity,
             "amount": format_cents(order.amount_cents), "currency": order.currency, "email": order.email,
             "created_at": _iso(order.created_at), "paid_at": _iso(order.paid_at),

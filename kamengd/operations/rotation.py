@@ -35,8 +35,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..accounts.models import StaffUser
-from ..agents.models import AgentApiKey
+from ..agents.models import AgentApiKey, AgentWebhook
 from ..agents.services import secret_context
+from ..agents.webhooks import secret_context as webhook_secret_context
 from ..audit.models import AuditHead
 from ..audit.services import record, seal_message
 from ..backup.models import note, read
@@ -62,7 +63,7 @@ class RotationResult:
 
 def versions_in_use(session: Session) -> dict[int, int]:
     """Key version -> rows that still need it (card keys, channel and 2FA secrets, secret settings,
-    agents' API secrets, the audit seal)."""
+    agents' API and webhook secrets, the audit seal)."""
     t = CardKey.__table__
     used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
     for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
@@ -74,9 +75,10 @@ def versions_in_use(session: Session) -> dict[int, int]:
     for version, count in session.execute(sa.select(SettingSecret.key_version, sa.func.count())
                                           .group_by(SettingSecret.key_version)):
         used[version] = used.get(version, 0) + count
-    for version, count in session.execute(sa.select(AgentApiKey.secret_key_version, sa.func.count())
-                                          .group_by(AgentApiKey.secret_key_version)):
-        used[version] = used.get(version, 0) + count
+    for model in (AgentApiKey, AgentWebhook):
+        for version, count in session.execute(sa.select(model.secret_key_version, sa.func.count())
+                                              .group_by(model.secret_key_version)):
+            used[version] = used.get(version, 0) + count
     seal = session.scalar(sa.select(AuditHead.seal_version).where(AuditHead.id == 1))
     if seal is not None:
         used[seal] = used.get(seal, 0) + 1
@@ -158,6 +160,10 @@ def reencrypt_agent_api_secrets(session: Session, vault: Vault) -> int:
     return _reencrypt_columns(session, vault, AgentApiKey, "secret", lambda key: secret_context(key.key_id))
 
 
+def reencrypt_agent_webhook_secrets(session: Session, vault: Vault) -> int:
+    return _reencrypt_columns(session, vault, AgentWebhook, "secret", lambda hook: webhook_secret_context(hook.id))
+
+
 def reseal_audit_head(session: Session, vault: Vault) -> bool:
     """Seal the audit head with the new version, after checking the old seal."""
     head = session.scalars(sa.select(AuditHead).where(AuditHead.id == 1).with_for_update()).one_or_none()
@@ -220,6 +226,7 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     result.channels = reencrypt_channels(session, vault)
     reencrypt_totp_secrets(session, vault)
     reencrypt_agent_api_secrets(session, vault)
+    reencrypt_agent_webhook_secrets(session, vault)
     reencrypt_secrets(session, vault)
     session.commit()   # the re-encrypted secrets stay even if the audit seal below does not check out
     result.resealed = reseal_audit_head(session, vault)

@@ -31,6 +31,7 @@ from ..agents.services import station_price
 from ..ledger.services import DEFAULT_CURRENCY as AGENTS_CURRENCY
 from ..catalog import inputs
 from ..catalog.models import Product
+from ..catalog.services import supplier_stock_query
 from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
@@ -58,7 +59,8 @@ _OFFER = (
               setting_value_query("site.url").label("site_url"),
               # Buyers who already paid come first: while one waits for this
               # product, nobody new buys it (imports, expiries and the sweep serve them).
-              sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id).label("waiting"))
+              sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id).label("waiting"),
+              supplier_stock_query(_p).label("supplier_stock"))
     .select_from(_p.outerjoin(_c, _c.c.code == sa.bindparam("code")))
     .where(_p.c.id == sa.bindparam("product_id")))
 
@@ -347,6 +349,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
     elif row.channel_id is None or not row.is_enabled:
         problem = InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
     elif row.delivery_mode == "auto" and row.waiting:
+        problem = OutOfStock("not enough stock for this quantity")
+    elif row.delivery_mode == "supplier" and (row.supplier_stock or 0) < quantity:
         problem = OutOfStock("not enough stock for this quantity")
     filled = chosen = None
     if problem is None:

@@ -322,6 +322,9 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
                     **({"commission_reversed": [{"agent_id": r["agent_id"], "amount": format_cents(r["amount"]),
                                                  "debt": format_cents(r["debt"])} for r in reversed_]}
                        if reversed_ else {})})
+    # Not the staff's reason: the payload may reach the agent who bought the order.
+    emit(session, "order.refunded", order_payload(session, order, previous_status=previous,
+                                                  refunded_to_balance=format_cents(to_balance)), now)
     return Refund(order, previous, released, sold)
 
 

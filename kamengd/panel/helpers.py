@@ -76,6 +76,7 @@ def nav_items() -> list[tuple[str, str, str]]:
         ("catalog.view", "panel.categories", _("Categories")),
         ("stock.view", "panel.stock", _("Stock")),
         ("channels.manage", "panel.channels", _("Payment channels")),
+        ("suppliers.manage", "panel.suppliers_list", _("Suppliers")),
         ("agents.view", "panel.agents_list", _("Agents")),
         ("finance.manage", "panel.withdrawals_list", _("Withdrawals")),
         ("ops.view", "panel.reconcile", _("Reconciliation")),
@@ -117,7 +118,8 @@ def event_name(event_type: str) -> str:
         "order.held": _("Payment held for a check"), "order.stuck": _("Order needs a person"),
         "payment.extra": _("Order paid twice"), "reconcile.mismatch": _("Reconciliation mismatch"),
         "scheduler.failover": _("Scheduler moved to another server"),
-        "withdrawal.requested": _("Withdrawal to review"),
+        "withdrawal.requested": _("Withdrawal to review"), "order.refunded": _("Order refunded"),
+        "balance.changed": _("Agent's balance changed"),
     }.get(event_type, event_type)
 
 

@@ -33,6 +33,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "orders.release": frozenset({"owner", "admin", "finance"}),
     "orders.refund": frozenset({"owner", "admin", "finance"}),
     "channels.manage": frozenset({"owner", "admin"}),
+    # Other shops this one buys from: their keys spend this shop's money there.
+    "suppliers.manage": frozenset({"owner", "admin"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -84,6 +86,14 @@ ENDPOINTS: dict[str, str] = {
     "panel.order_release": "orders.release",
     "panel.order_refund": "orders.refund",
     "panel.order_refund_extra": "orders.refund",
+    # suppliers.py
+    "panel.suppliers_list": "suppliers.manage",
+    "panel.supplier_add": "suppliers.manage",
+    "panel.supplier_detail": "suppliers.manage",
+    "panel.supplier_sync": "suppliers.manage",
+    "panel.supplier_settings": "suppliers.manage",
+    "panel.supplier_map": "suppliers.manage",
+    "panel.supplier_unmap": "suppliers.manage",
     # channels.py
     "panel.channels": "channels.manage",
     "panel.channel_new": "channels.manage",

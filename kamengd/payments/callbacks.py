@@ -275,4 +275,8 @@ class _Delivery:
 
 
 class _Fields(dict):
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:   # getattr(fields, name, default) works as on an object
+            raise AttributeError(name) from None

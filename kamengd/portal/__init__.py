@@ -3,6 +3,6 @@
 The page modules add their routes to the blueprint; importing the package imports them all.
 """
 from .blueprint import bp
-from . import account, pages  # noqa: F401  (their routes)
+from . import account, batches, pages, webhooks  # noqa: F401  (their routes)
 
 __all__ = ["bp"]

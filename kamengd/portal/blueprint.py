@@ -22,7 +22,8 @@ PUBLIC = frozenset({"portal.login", "portal.login_2fa"})
 # What a plain member (no level, nothing to sell) may open: its balance, orders, books, account.
 MEMBER_PAGES = frozenset({"portal.dashboard", "portal.orders", "portal.order_detail", "portal.ledger",
                           "portal.logout", "portal.account", "portal.password", "portal.logout_everywhere",
-                          "portal.totp_enrol", "portal.totp_qr", "portal.totp_disable", "portal.recovery_codes"})
+                          "portal.totp_enrol", "portal.totp_qr", "portal.totp_disable", "portal.recovery_codes",
+                          "portal.webhooks_page", "portal.webhook_add", "portal.webhook_remove"})
 # GET pages that write (the first visit to 2FA set-up stores the new secret).
 WRITING_GETS = frozenset({"portal.totp_enrol"})
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from ..agents.auth import prune_nonces
 from ..agents.commission import release_commissions as release_due_commissions
 from ..agents.levels import adjust_levels
+from ..agents import webhooks
 from ..backup import services as backup
 from ..context import get_config, get_vault
 from ..inventory import warnings
@@ -23,6 +24,7 @@ from ..payments import settlement
 from ..payments.reconcile import reconcile_pending
 from ..payments.services import disable_weak_channels
 from ..settings.messaging import effective_config
+from ..suppliers import forwarding, services as suppliers
 
 
 def expire_reservations(session: Session) -> dict:
@@ -50,9 +52,16 @@ def check_low_stock(session: Session) -> dict:
 
 
 def send_notifications(session: Session) -> dict:
-    config = effective_config(session, get_vault(), get_config())
+    """Events to staff's webhooks and mail and to agents' own webhooks (their orders, and
+    their balance's movements, announced here first)."""
+    vault = get_vault()
+    config = effective_config(session, vault, get_config())
     session.commit()   # read at the start of the run; no transaction held while sending
-    return deliver_notifications(session, config)
+    announced = webhooks.announce_balance_changes(session)
+    counts = deliver_notifications(session, config, extra_targets=webhooks.extra_targets,
+                                   extra_events=webhooks.ORDER_EVENTS,
+                                   agent_secret=lambda s, webhook_id: webhooks.webhook_secret(s, vault, webhook_id))
+    return {"balance_changes": announced, **counts}
 
 
 def send_emails(session: Session) -> dict:
@@ -107,6 +116,17 @@ def adjust_agent_levels(session: Session) -> dict:
     return adjust_levels(session)
 
 
+def forward_supplier_orders(session: Session) -> dict:
+    """Paid orders of products bought upstream: forwarded to their supplier, retried with the
+    same Idempotency-Key until it answers, delivered with the keys it sends."""
+    return forwarding.forward_due(session, get_vault())
+
+
+def sync_suppliers(session: Session) -> dict:
+    """Suppliers' products, costs, stock and our balance there (cost moves and a low balance warned)."""
+    return suppliers.sync_all(session, get_vault())
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -124,4 +144,6 @@ JOBS = {
     "prune_api_nonces": (prune_api_nonces, 300),
     "release_commissions": (release_commissions, 300),
     "adjust_agent_levels": (adjust_agent_levels, 3600),
+    "forward_supplier_orders": (forward_supplier_orders, 0),   # every tick: a buyer waits for these keys
+    "sync_suppliers": (sync_suppliers, 300),
 }

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..config import EVENT_TYPES, STAFF_EVENTS
+from ..config import AGENT_ONLY_EVENTS, EVENT_TYPES, STAFF_EVENTS
 from ..context import get_config
 from ..errors import Collector, InvalidRequest
 from ..extensions import db
@@ -133,7 +133,7 @@ class SettingSpec:
 
 
 SOURCES = ("file", "panel")
-EVENT_CHOICES = ("*",) + EVENT_TYPES
+EVENT_CHOICES = ("*",) + tuple(e for e in EVENT_TYPES if e not in AGENT_ONLY_EVENTS)   # staff's
 
 SETTINGS: dict[str, SettingSpec] = {
     "site.name": SettingSpec(str, "", "Shop name shown to buyers and staff; empty: site.name of the config file.",

@@ -165,8 +165,8 @@ def index():
     # Sold out (automatic delivery, no key left) is hidden unless asked for: a buyer
     # scrolling a phone wants what can be bought now.
     show_all = request.args.get("all") == "1" or bool(query)   # a search names what it wants: sold out or not
-    sold_out = [p for p in products if p.delivery_mode == "auto" and not stock.get(p.id)]
-    shown = products if show_all else [p for p in products if p.delivery_mode != "auto" or stock.get(p.id)]
+    sold_out = [p for p in products if p.delivery_mode != "manual" and not stock.get(p.id)]
+    shown = products if show_all else [p for p in products if p.delivery_mode == "manual" or stock.get(p.id)]
     pages = max(1, -(-len(shown) // INDEX_PAGE))
     page = min(_int_arg("page") or 1, pages)
     names = {c.id: c.name for c in categories}
@@ -289,7 +289,7 @@ def _order_page(order, token: str, *, returned: bool = False):
                            pay_method=pay_method,
                            # No-JS refresh: only while a payment or an automatic delivery is moments away.
                            watch=watch, refresh=watch and (returned or (order.status == "paid"
-                                                                        and product.delivery_mode == "auto")),
+                                                                        and product.delivery_mode != "manual")),
                            status_url=url_for("shop.order_status", order_no=order.order_no))
 
 

@@ -144,13 +144,18 @@ def main() -> None:
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
     ag = sub.add_parser("agents", help="orders paid from balances through the signed agent API by many "
                                        "agents, beside the buyers' order creation of the same run")
-    ag.add_argument("-n", type=int, default=3000, help="orders a phase")
-    ag.add_argument("--agents", type=int, default=32, help="agents (each with its key and balance)")
-    ag.add_argument("--clients", type=int, default=32, help="concurrent clients")
-    ag.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over")
-    ag.add_argument("--workers", type=int, default=3, help="gunicorn workers (kamengd's default)")
-    ag.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
-    ag.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    api = sub.add_parser("api", help="signed agent orders/s at 32 concurrent clients as a ratio of the buyers' "
+                                     "order creation measured in the same run (target: at least 0.4)")
+    for agents_bench in (ag, api):   # `api` is `agents` judged against W3's target
+        agents_bench.add_argument("-n", type=int, default=3000, help="orders a phase")
+        agents_bench.add_argument("--agents", type=int, default=32, help="agents (each with its key and balance)")
+        agents_bench.add_argument("--clients", type=int, default=32, help="concurrent clients")
+        agents_bench.add_argument("--processes", type=int, default=4,
+                                  help="client processes the clients are spread over")
+        agents_bench.add_argument("--workers", type=int, default=3, help="gunicorn workers (kamengd's default)")
+        agents_bench.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"),
+                                  help="kamengd's server")
+        agents_bench.add_argument("--database-url", help="default: SQLite in a temporary directory")
     pn = sub.add_parser("panel", help="the staff panel through a real server: 2FA sign-in, an upload of "
                                       "N keys, page times")
     pn.add_argument("-n", type=int, default=10_000, help="keys in the upload")
@@ -162,7 +167,7 @@ def main() -> None:
     bk.add_argument("--restore-url", help="target; default: SQLite in a temporary directory")
     args = parser.parse_args()
     {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
-     "panel": bench_panel, "agents": bench_agents}[args.what](args)
+     "panel": bench_panel, "agents": bench_agents, "api": bench_api}[args.what](args)
 
 
 
@@ -178,6 +183,14 @@ def bench_agents(args) -> None:
     from bench_agents import bench_agents as run
 
     run(args, kamengd=kamengd, install=install, machine=machine)
+
+
+def bench_api(args) -> None:
+    """The agents' bench, judged by W3's figure: agent orders at least 0.4x the buyers' orders."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_agents import bench_agents as run
+
+    run(args, kamengd=kamengd, install=install, machine=machine, target=0.4)
 
 
 def _free_port() -> int:

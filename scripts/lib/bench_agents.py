@@ -1,5 +1,6 @@
 """scripts/bench agents: orders paid from balances through the signed agent API, beside
-the buyers' order creation of the same run (W2's figure: at least 0.5x)."""
+the buyers' order creation of the same run (W2's figure: at least 0.5x). scripts/bench api
+runs the same and judges the ratio at 32 clients against W3's target (at least 0.4x)."""
 from __future__ import annotations
 
 import hashlib
@@ -61,7 +62,9 @@ def _agent_order_plan(product_id: int, agents: list[dict]):
     return plan
 
 
-def bench_agents(args, *, kamengd, install, machine) -> None:
+def bench_agents(args, *, kamengd, install, machine, target: float | None = None) -> None:
+    """With `target`: the ratio of agent orders to buyers' orders is judged against it (a
+    miss exits non-zero, as errors do)."""
     with tempfile.TemporaryDirectory(prefix="kamengd-bench-") as tmp:
         work = Path(tmp)
         env = install(work, args.database_url)
@@ -121,6 +124,10 @@ def bench_agents(args, *, kamengd, install, machine) -> None:
         ledger_ok = verified.returncode == 0
         print("ledger verify: " + ("OK" if ledger_ok else verified.stderr.strip()))
         print("oversell check: " + ("OK" if not problems else "FAILED: " + "; ".join(problems)))
-        if errors or problems or not ledger_ok:
+        missed = target is not None and agent_rate / order_rate < target
+        if target is not None:
+            print(f"ratio: {agent_rate / order_rate:.2f} signed agent orders per buyer order at {args.clients} "
+                  f"clients (target ≥ {target}): {'NOT met' if missed else 'met'}")
+        if errors or problems or not ledger_ok or missed:
             sys.exit(1)
 
