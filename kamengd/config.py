@@ -167,6 +167,9 @@ class NotificationsConfig:
     webhook_timeout_seconds: int = setting(10, doc="Give up on a webhook request after this long; "
                                                    "it is retried with backoff.", minimum=1, maximum=120)
     email_to: list[str] = setting((), doc="Staff addresses that receive events by mail (needs [smtp]).")
+    agent_webhook_private: bool = setting(False, doc="Let agents' webhooks go to loopback, private and link-local "
+                                                     "addresses (this machine, the shop's own network). Off: such an "
+                                                     "address is refused when added and when sent to.")
     email_events: list[str] = setting(STAFF_EVENTS, doc="Events mailed to email_to; \"*\" for all.")
 
 

@@ -31,3 +31,25 @@ def spreadsheet_cell(text: str) -> str:
     if text[:1] in ("=", "+", "@", "\t", "\r") or (text[:1] == "-" and not _PLAIN_NUMBER.fullmatch(text)):
         return "'" + text
     return text
+
+
+def private_target(url: str) -> str | None:
+    """Why a URL must not be requested on an outsider's behalf (an agent's webhook): its host
+    resolves to this machine, the shop's network, a link-local or cloud metadata address, or
+    not at all. None: every address it resolves to is public. Asked when the URL is stored
+    and again before each request (a name may resolve elsewhere later)."""
+    import ipaddress   # only webhooks ask this; a leaf imports what it needs when it needs it
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname or ""
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
+        return "the host name does not resolve"
+    for *_rest, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not (mapped or address).is_global:
+            return f"the host resolves to a private or local address ({address})"
+    return None

@@ -157,6 +157,7 @@ class LiveShop:
         layout runs `kamengd scheduler` beside it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")}
         env["KAMENGD_RATELIMIT_ENABLED"] = "0"
+        env["KAMENGD_NOTIFICATIONS_AGENT_WEBHOOK_PRIVATE"] = "1"   # the test's receiver is on 127.0.0.1
         ports = iter(self.ports)
         for number, argv in enumerate(LAYOUTS[self.layout]):
             if argv[0] == "serve":

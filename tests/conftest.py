@@ -166,7 +166,10 @@ def app(installed):
 
     from kamengd.app import create_app
 
-    config = dataclasses.replace(installed, ratelimit=dataclasses.replace(installed.ratelimit, enabled=False))
+    config = dataclasses.replace(installed, ratelimit=dataclasses.replace(installed.ratelimit, enabled=False),
+                                 # the tests' webhook receivers listen on 127.0.0.1
+                                 notifications=dataclasses.replace(installed.notifications,
+                                                                   agent_webhook_private=True))
     application = create_app(config)
     application.config["TESTING"] = True
     return application

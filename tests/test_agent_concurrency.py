@@ -223,3 +223,50 @@ def test_refunds_racing_the_hold_job_reverse_each_commission_once(layout, backen
     assert cli("balance", "show", "--username", "buyer")["balance"] == "20.00"
     assert cli("ledger", "verify")["ok"] is True
     assert_clean_logs(start_server)
+
+
+@pytest.mark.slow
+@pytest.mark.layouts(*LAYOUTS)
+def test_one_request_twenty_times_at_once_and_one_batch_five_times(layout, backend, databases, tmp_path,
+                                                                    start_server):
+    """The same signed order (one Idempotency-Key, fresh nonces) sent 20 times at once: one
+    order, one charge, twenty answers naming it. The same batch of 6 lines sent 5 times at
+    once: each line placed once, every answer the same lines."""
+    config, pid, keys = setup_shop(backend, databases, tmp_path)   # 100 keys at 1.00
+    cli = lambda *args: json.loads(run_cli(*args, "--json", config=config, check=True).out)   # noqa: E731
+    cli("agent", "level", "set", "--name", "base", "--discount", "0")
+    cli("agent", "create", "--username", "twin", "--level", "base")
+    cli("balance", "credit", "--username", "twin", "--amount", "50.00", "--reason", "float")
+    key = cli("agent", "apikey", "--username", "twin", "--scope", "order")
+    bases = start_layout(layout, start_server, config)
+    wait_for_leader(bases[0])
+
+    def order(i):
+        return signed_post(bases[i % len(bases)], key["key_id"], key["secret"], "/api/v1/agent/orders",
+                           {"product_id": pid, "quantity": 2}, "the-same-order")
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(order, range(20)))
+    assert {status for status, _body in answers} == {201}, answers
+    assert len({body["order_no"] for _s, body in answers}) == 1
+    assert len({tuple(body["keys"]) for _s, body in answers}) == 1
+    assert cli("balance", "show", "--username", "twin")["balance"] == "48.00"
+
+    lines = [{"product_id": pid, "quantity": 1, "ref": f"L{n}"} for n in range(6)]
+
+    def batch(i):
+        return signed_post(bases[i % len(bases)], key["key_id"], key["secret"], "/api/v1/agent/orders/batch",
+                           {"lines": lines}, "the-same-batch")
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        batches = list(pool.map(batch, range(5)))
+    assert {status for status, _body in batches} == {201}, batches
+    finished = [body for _s, body in batches if body["finished"]]
+    assert finished, batches
+    placed = {line["order"]["order_no"] for body in finished for line in body["lines"] if line["result"] == "ok"}
+    assert len(placed) == 6 and all(body["placed"] == 6 for body in finished)
+    sold = [k for body in finished[:1] for line in body["lines"] for k in line["order"]["keys"]]
+    assert len(set(sold)) == 6 and set(sold) <= set(keys)
+    assert cli("balance", "show", "--username", "twin")["balance"] == "42.00"
+    assert cli("ledger", "verify")["ok"] is True
+    assert_clean_logs(start_server)

@@ -433,7 +433,7 @@ def test_webhook_secrets_follow_a_key_rotation(backend, make_install):
     with application.app_context():
         member = agents.create_member(db.session, username="hooked", password=PASSWORD, actor="t")
         row, secret = webhooks.add_webhook(db.session, get_vault(), member, url="https://hooks.example/h",
-                                           events="*", actor="t")
+                                           events="*", actor="t", allow_private=True)   # no DNS here
         db.session.commit()
         used = versions_in_use(db.session)[1]
         db.session.execute(sa.delete(AgentWebhook))
@@ -447,3 +447,51 @@ def test_webhook_secrets_follow_a_key_rotation(backend, make_install):
         assert webhooks.webhook_secret(db.session, get_vault(), row.id) == secret.encode()
         db.session.remove()
         db.engine.dispose()
+
+
+def test_by_default_an_agents_webhook_never_goes_to_this_machine_or_its_network(make_install, backend):
+    """notifications.agent_webhook_private off (the default): loopback, private and
+    link-local addresses are refused when added, and a stored one is refused at send time
+    (a name may resolve elsewhere later); a public one is accepted."""
+    import dataclasses
+
+    from kamengd.agents.models import Agent
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
+    from kamengd.errors import InvalidRequest
+    from kamengd.extensions import db
+    from kamengd.validation import private_target
+
+    config = make_install(backend)
+    assert config.notifications.agent_webhook_private is False
+    app = create_app(dataclasses.replace(config, ratelimit=dataclasses.replace(config.ratelimit, enabled=False)))
+    for url in ("http://127.0.0.1:8080/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.9/",
+                "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
+                "http://0.0.0.0/", "http://no-such-host.invalid/"):
+        assert private_target(url), url
+    assert private_target("http://8.8.8.8/hook") is None
+    with app.app_context():
+        level, _ = agents.set_level(db.session, name="ssrf", discount="1", actor="t")
+        agent = agents.create_agent(db.session, username="ssrf-agent", level=level.name, actor="t")
+        db.session.commit()
+        with pytest.raises(InvalidRequest, match="private or local"):
+            webhooks.add_webhook(db.session, get_vault(), agent, url="http://127.0.0.1:9/x", events="*", actor="t")
+        db.session.rollback()
+        agent = db.session.scalars(sa.select(Agent).where(Agent.username == "ssrf-agent")).one()
+        assert not db.session.scalars(sa.select(webhooks.AgentWebhook).where(
+            webhooks.AgentWebhook.agent_id == agent.id)).all()
+        # Stored while allowed (or resolving elsewhere then): refused when it is sent to.
+        agent = agents.create_agent(db.session, username="ssrf-agent2", level=level.name, actor="t")
+        row, _secret = webhooks.add_webhook(db.session, get_vault(), agent, url="http://127.0.0.1:9/x", events="*",
+                                            actor="t", allow_private=True)
+        db.session.commit()
+        agents.credit_balance(db.session, agent, 500, reason="t", actor="t")
+        db.session.commit()
+        from kamengd.scheduler.jobs import send_notifications
+        send_notifications(db.session)
+        db.session.commit()
+        errors = db.session.scalars(sa.select(Notification.last_error).where(
+            Notification.agent_webhook_id == row.id)).all()
+        assert errors and all(e.startswith("refused: the host resolves to a private or local address")
+                              for e in errors), errors
+        db.session.remove()

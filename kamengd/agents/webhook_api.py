@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from ..context import get_vault
+from ..context import get_config, get_vault
 from ..errors import InvalidRequest
 from ..extensions import db
 from . import webhooks
@@ -27,7 +27,8 @@ def add_webhook():
     body = _json_body()
     row, secret = webhooks.add_webhook(db.session, get_vault(), db.session.get(Agent, caller.agent_id),
                                        url=body.get("url"), events=body.get("events"), actor=_actor(caller),
-                                       source_ip=request.remote_addr)
+                                       source_ip=request.remote_addr,
+                                       allow_private=get_config().notifications.agent_webhook_private)
     response = jsonify({**webhooks.webhook_view(row), "secret": secret})
     response.status_code = 201
     return response

@@ -32,6 +32,7 @@ from ..ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
 from ..money import format_cents
 from ..notifications.models import WEBHOOK_REMOVED, Event, Notification, NotificationAttempt
 from ..settings.services import mask_url
+from ..validation import private_target
 from ..vault import Vault, VaultError
 from .models import Agent, AgentWebhook
 
@@ -102,13 +103,18 @@ def subscribed(events: str, event_type: str) -> bool:
 
 
 def add_webhook(session: Session, vault: Vault, agent: Agent, *, url, events, actor: str,
-                source_ip: str | None = None) -> tuple[AgentWebhook, str]:
+                source_ip: str | None = None, allow_private: bool = False) -> tuple[AgentWebhook, str]:
     """A new webhook and its secret: (row, secret), the secret returned this once. Every
     mistake at once (400); a sixth live webhook is refused (409). Audited (without the
-    secret or the URL's path, which often is the receiver's token)."""
+    secret or the URL's path, which often is the receiver's token). Unless `allow_private`
+    (notifications.agent_webhook_private), an address on this machine or the shop's network
+    is refused: an agent must not reach, or probe, what only the server can."""
     found = Collector()
     with found:
         url = check_url(url)
+        problem = None if allow_private else private_target(url)
+        if problem:
+            raise InvalidRequest("url: %(problem)s; a webhook goes to a public address", problem=problem)
     with found:
         events = check_events(events)
     found.check()

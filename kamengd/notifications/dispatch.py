@@ -45,6 +45,7 @@ from ..version import __version__
 from ..config import Config
 from ..database import utcnow
 from ..errors import ConfigError
+from ..validation import private_target
 from .email import MAX_ATTEMPTS, claim_attempt, smtp_send
 from .models import WEBHOOK_REMOVED, Event, Notification, NotificationAttempt
 
@@ -236,6 +237,10 @@ def _attempt(config: Config, note: Notification, event: Event, post, send_mail,
             if isinstance(agent_secret, ConfigError):
                 raise agent_secret
             secret = agent_secret if note.channel == "agent" else config.webhook_secret()
+            if note.channel == "agent" and not config.notifications.agent_webhook_private:
+                problem = private_target(note.target)   # an agent's URL: asked again at each send
+                if problem:
+                    return AttemptResult(False, None, f"refused: {problem}")
             body = webhook_body(event)
             return post(note.target, body, webhook_headers(event, note, secret, body),
                         config.notifications.webhook_timeout_seconds)

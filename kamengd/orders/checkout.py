@@ -90,7 +90,10 @@ def _still_holds(price_param: str) -> list:
                 sa.bindparam("timeout", type_=sa.Text())),
             setting_value_query("site.url").is_not_distinct_from(sa.bindparam("site_url_setting", type_=sa.Text())),
             sa.or_(_p.c.delivery_mode != "auto",
-                   ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id))]
+                   ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id)),
+            # Bought upstream: the supplier's stock as last synced covers it (a cached offer may not know).
+            sa.or_(_p.c.delivery_mode != "supplier",
+                   sa.func.coalesce(supplier_stock_query(_p), 0) >= sa.bindparam("quantity"))]
 
 
 def _insert(fields: tuple[str, ...], guards: list):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import abort, redirect, render_template, request, url_for
 
 from ..agents import webhooks
-from ..context import get_vault
+from ..context import get_config, get_vault
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..storefront.i18n import t
@@ -37,7 +37,8 @@ def webhook_add():
         row, secret = webhooks.add_webhook(db.session, get_vault(), current_agent(),
                                            url=request.form.get("url", "")[:webhooks.URL_MAX + 100],
                                            events=request.form.getlist("event")[:10], actor=actor(),
-                                           source_ip=client_ip())
+                                           source_ip=client_ip(),
+                                           allow_private=get_config().notifications.agent_webhook_private)
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)

@@ -165,8 +165,11 @@ def sync_supplier(session: Session, vault: Vault, supplier: Supplier, *, now: dt
     products' prices; warn of cost moves and a low balance. Commits (a job's or a command's
     unit); a supplier that cannot be reached keeps its last figures and records why."""
     now = now or utcnow()
-    client = client_for(supplier, vault)
     supplier_id = supplier.id
+    try:
+        client = client_for(supplier, vault)
+    except Conflict as exc:   # its secret cannot be opened: recorded, the other suppliers go on
+        return _sync_failed(session, supplier_id, exc.message, now)
     session.rollback()   # no transaction (on SQLite: no write lock) is held while the supplier answers
     try:
         products = client.call("GET", "/products")
