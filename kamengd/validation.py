@@ -5,7 +5,10 @@ code check an address the same way without importing each other.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
+from urllib.parse import urlsplit
 
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$")
@@ -38,9 +41,6 @@ def private_target(url: str) -> str | None:
     resolves to this machine, the shop's network, a link-local or cloud metadata address, or
     not at all. None: every address it resolves to is public. Asked when the URL is stored
     and again before each request (a name may resolve elsewhere later)."""
-    import ipaddress   # only webhooks ask this; a leaf imports what it needs when it needs it
-    import socket
-    from urllib.parse import urlsplit
 
     try:
         host = urlsplit(url).hostname or ""

@@ -259,3 +259,46 @@ def test_a_file_of_orders_in_the_portal(backend, app, client, network):
     assert bad.status_code == 303
     assert "header" in client.get("/agent/batches").get_data(as_text=True)
     assert balance_of(app, alice["id"]) == 3000 - 3 * 891
+
+
+@pytest.mark.parametrize("name,data,words", [
+    ("x.csv", ("product_id,quantity\n1," + "9" * 140000 + "\n").encode(), "cannot be read"),
+    ("x.csv", "product_id,quantity\n1,²\n".encode(), "quantity"),
+    ("x.csv", ("product_id,quantity\n" + "1,1\n\n" * 501).encode(), "at most 500"),
+    ("x.xlsx", b"PK\x03\x04not really a zip", "not an XLSX"),
+])
+def test_unreadable_or_oversized_files_are_a_clear_error(name, data, words):
+    from kamengd.agents import batches
+    from kamengd.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=words):
+        batches.read_upload(name, data)
+
+
+def test_an_xlsx_with_blank_rows_is_read_whole_or_refused_and_a_zip_bomb_is_refused():
+    import zipfile
+
+    from openpyxl import Workbook
+
+    from kamengd.agents import batches
+    from kamengd.errors import InvalidRequest
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(("product_id", "quantity", "ref"))
+    for n in range(300):   # each line followed by a blank row: 300 lines, not cut at 250
+        sheet.append((1, 1, f"R{n}"))
+        sheet.append((None, None, None))
+    out = io.BytesIO()
+    book.save(out)
+    assert len(batches.read_upload("x.xlsx", out.getvalue())) == 300
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/sharedStrings.xml", b"A" * (batches.MAX_UNPACKED_BYTES + 1))
+    with pytest.raises(InvalidRequest, match="unpacks to more than"):
+        batches.read_upload("x.xlsx", bomb.getvalue())
+
+
+def test_a_huge_batch_id_is_not_found(backend, client, network):
+    answer = signed(client, network["alice"], "GET", "/api/v1/agent/batches/99999999999999999999")
+    assert answer.status_code == 404

@@ -125,14 +125,14 @@ def test_stuck_orders_are_flagged_once_and_cleared_by_delivery(backend, session,
                            channel_code=channel.code, now=now).order
     handle_epay_notify(session, vault, channel.code, callback(by_hand), now=now)
     since = last_event_id(session)
-    assert flag_stuck_orders(session, now=now + dt.timedelta(minutes=19)) == {"waiting_for_stock": 0,
-                                                                              "manual_past_sla": 0}
+    nothing = {"waiting_for_stock": 0, "manual_past_sla": 0, "supplier_not_bought": 0}
+    assert flag_stuck_orders(session, now=now + dt.timedelta(minutes=19)) == nothing
     counts = flag_stuck_orders(session, now=now + dt.timedelta(minutes=21))
-    assert counts == {"waiting_for_stock": 1, "manual_past_sla": 0}
+    assert counts == {"waiting_for_stock": 1, "manual_past_sla": 0, "supplier_not_bought": 0}
     counts = flag_stuck_orders(session, now=now + dt.timedelta(minutes=46))
-    assert counts == {"waiting_for_stock": 0, "manual_past_sla": 1}    # each order flagged once
-    assert flag_stuck_orders(session, now=now + dt.timedelta(hours=5)) == {"waiting_for_stock": 0,
-                                                                          "manual_past_sla": 0}
+    assert counts == {"waiting_for_stock": 0, "manual_past_sla": 1,    # each order flagged once
+                      "supplier_not_bought": 0}
+    assert flag_stuck_orders(session, now=now + dt.timedelta(hours=5)) == nothing
     stuck = events(session, "order.stuck", since)
     assert [e["order_no"] for e in stuck] == [waiting.order_no, by_hand.order_no]
     assert "20 minutes" in stuck[0]["reason"] and "45 minutes" in stuck[1]["reason"]

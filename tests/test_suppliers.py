@@ -1183,3 +1183,67 @@ def test_supplier_commands(dock, installed, tmp_path):
                      "last_error": None, "next_attempt_at": rows[0]["next_attempt_at"]}]
     assert rows[0]["next_attempt_at"].endswith("Z")
     assert cli("orders", "--name", dock.name, "--problems")["orders"] == []
+
+
+def test_suppliers_keys_and_agents_2fa_follow_a_key_rotation(backend, make_install):
+    """A supplier's sealed key and an agent's 2FA secret keep their key version in use, are
+    sealed again by the rotation, and still open once the old version is retired (else the
+    retire job would leave every supplier order unsendable and the agent locked out)."""
+    from kamengd.accounts import auth
+    from kamengd.agents import services as agent_services
+    from kamengd.agents.models import Agent
+    from kamengd.app import create_app
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.operations.rotation import retire_unused, rotate, versions_in_use
+    from kamengd.suppliers import services as suppliers_services
+    from kamengd.suppliers.models import Supplier
+
+    cfg = make_install(backend)
+    application = create_app(cfg)
+    key_file = cfg.security.data_key_file
+    secret = "upstream-secret-" + "x" * 20
+    with application.app_context():
+        supplier = suppliers_services.add_supplier(db.session, get_vault(), name="rotated", url="http://127.0.0.1:9",
+                                                   key_id="ak_rot", secret=secret, actor="t")
+        level, _ = agent_services.set_level(db.session, name="rot", discount="1", actor="t")
+        agent = agent_services.create_agent(db.session, username="rot-agent", level=level.name, actor="t")
+        totp = auth.start_enrolment(db.session, get_vault(), agent)
+        db.session.commit()
+        used = versions_in_use(db.session)[1]
+        db.session.execute(sa.delete(Supplier))
+        assert versions_in_use(db.session)[1] == used - 1          # the supplier's key counts
+        db.session.rollback()
+        rotate(db.session, key_file)
+        db.session.commit()
+        assert retire_unused(db.session, key_file)[0] == [1]
+        row = db.session.get(Supplier, supplier.id)
+        assert row.secret_key_version == 2
+        assert suppliers_services.client_for(row, get_vault()).secret == secret
+        stored = db.session.get(Agent, agent.id)
+        assert stored.totp_key_version == 2 and auth.totp_secret(get_vault(), stored) == totp
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_an_order_the_supplier_never_answers_for_is_flagged_after_the_stock_wait(dock):
+    """The supplier down for good (no answer, never a refusal that flags): the sweep that flags
+    stuck orders flags it after orders.stock_wait_alert_minutes, with the supplier's words."""
+    from kamengd.orders.attention import flag_stuck_orders
+    from kamengd.settings.services import get_setting
+
+    ours = mapped(dock)
+    order = dock.buy(ours)
+    dock.up.script("POST", "/orders", CLOSE)
+    t0 = start()
+    assert dock.forward(t0)["no_answer"] == 1
+    with dock.ctx() as (db, _vault):
+        wait = get_setting(db.session, "orders.stock_wait_alert_minutes")
+        flag_stuck_orders(db.session, now=seconds(t0, 60 * wait + 60))
+        db.session.commit()
+    view = dock.order(order["order_no"])
+    assert view["status"] == "paid"
+    with dock.ctx() as (db, _vault):
+        from kamengd.orders.models import Order
+        row = db.session.scalars(sa.select(Order).where(Order.order_no == order["order_no"])).one()
+        assert row.flag_reason.startswith("paid and not bought from the supplier for over")

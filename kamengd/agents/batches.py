@@ -37,6 +37,7 @@ from .models import AgentBatch, AgentBatchLine
 
 MAX_LINES = 500
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_UNPACKED_BYTES = 20 * 1024 * 1024   # what 500 lines of an XLSX never need
 TEMPLATE_COLUMNS = ("product_id", "quantity", "ref")
 
 _b, _l = AgentBatch.__table__, AgentBatchLine.__table__
@@ -155,7 +156,8 @@ def run_batch(session: Session, vault: Vault, caller: Caller, batch_id: int, *, 
 
 
 def batch_of(session: Session, agent_id: int, batch_id) -> AgentBatch:
-    batch = session.get(AgentBatch, batch_id) if isinstance(batch_id, int) else None
+    ok = isinstance(batch_id, int) and 0 < batch_id < 2**31   # a larger id is no row (and overflows SQLite)
+    batch = session.get(AgentBatch, batch_id) if ok else None
     if batch is None or batch.agent_id != agent_id:
         raise NotFound("batch not found")
     return batch
@@ -196,7 +198,6 @@ def read_upload(filename: str, data: bytes) -> list[Line]:
         raise InvalidRequest("the file is larger than %(max)s MB", max=MAX_UPLOAD_BYTES // (1024 * 1024))
     name = (filename or "").lower()
     rows = _xlsx_rows(data) if name.endswith(".xlsx") else _csv_rows(data)
-    rows = [r for r in rows if any(str(c).strip() for c in r if c is not None)]
     if not rows:
         raise InvalidRequest("the file holds no lines")
     header = [str(c or "").strip().lower() for c in rows[0]]
@@ -211,12 +212,31 @@ def read_upload(filename: str, data: bytes) -> list[Line]:
 
 
 def _whole(value):
-    """A cell as an int when it holds a whole number (XLSX gives 3.0, CSV gives '3')."""
-    if isinstance(value, float) and value.is_integer():
+    """A cell as an int when it holds a whole number (XLSX gives 3.0, CSV gives '3'); anything
+    else as it is, for parse_lines to refuse by name."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    text = value.strip() if isinstance(value, str) else None
+    if text and len(text) <= 12 and text.isascii() and text.isdigit():   # never '²' or '١'
+        return int(text)
     return value
+
+
+def _blank(row) -> bool:
+    return not any(str(c).strip() for c in row if c is not None)
+
+
+def _kept(rows) -> list[list]:
+    """The non-blank rows, the header and at most MAX_LINES lines: one more is refused (a
+    file cut short silently would leave its last orders unplaced)."""
+    kept = []
+    for row in rows:
+        if _blank(row):
+            continue
+        if len(kept) > MAX_LINES:
+            raise InvalidRequest("lines: at most %(max)s lines in a batch", max=MAX_LINES)
+        kept.append(list(row))
+    return kept
 
 
 def _csv_rows(data: bytes) -> list[list]:
@@ -224,20 +244,38 @@ def _csv_rows(data: bytes) -> list[list]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidRequest("the CSV file must be UTF-8") from None
-    return list(csv.reader(io.StringIO(text)))
+    try:
+        return _kept(csv.reader(io.StringIO(text)))
+    except csv.Error:   # a field longer than the csv module allows, a NUL byte
+        raise InvalidRequest("this CSV file cannot be read (a line too long, or not text)") from None
 
 
 def _xlsx_rows(data: bytes) -> list[list]:
     from openpyxl import load_workbook   # a tenth of a second to import: only a workbook pays it
+    _refuse_inflated(data)
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception:   # openpyxl raises many kinds for a file that is not a workbook
+        try:
+            return _kept(book.worksheets[0].iter_rows(values_only=True))
+        finally:
+            book.close()
+    except InvalidRequest:
+        raise
+    except Exception:   # openpyxl raises many kinds (zip, XML, its own) for a file that is not a workbook
         raise InvalidRequest("this is not an XLSX workbook") from None
+
+
+def _refuse_inflated(data: bytes) -> None:
+    """An XLSX is a zip: its parts, unpacked, may be a thousand times the upload (a zip
+    bomb). Refused before openpyxl reads them (it reads the shared strings whole)."""
+    import zipfile   # only a workbook needs it
     try:
-        sheet = book.worksheets[0]
-        return [list(r) for r, _n in zip(sheet.iter_rows(values_only=True), range(MAX_LINES + 2))]
-    finally:
-        book.close()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise InvalidRequest("this is not an XLSX workbook") from None
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise InvalidRequest("the workbook unpacks to more than %(max)s MB", max=MAX_UNPACKED_BYTES // (1024 * 1024))
 
 
 def template_file(kind: str) -> bytes:

@@ -23,12 +23,15 @@ def list_webhooks():
 
 @bp.post("/webhooks")
 def add_webhook():
-    caller = _spent(signed_caller(scope="account"))
+    caller = signed_caller(scope="account")
     body = _json_body()
+    allow_private = get_config().notifications.agent_webhook_private
+    webhooks.check_target(body.get("url"), allow_private)   # DNS, before the write transaction
+    _spent(caller)
     row, secret = webhooks.add_webhook(db.session, get_vault(), db.session.get(Agent, caller.agent_id),
                                        url=body.get("url"), events=body.get("events"), actor=_actor(caller),
-                                       source_ip=request.remote_addr,
-                                       allow_private=get_config().notifications.agent_webhook_private)
+                                       source_ip=request.remote_addr, allow_private=allow_private,
+                                       target_checked=True)
     response = jsonify({**webhooks.webhook_view(row), "secret": secret})
     response.status_code = 201
     return response

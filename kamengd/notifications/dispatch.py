@@ -36,6 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from email.message import EmailMessage
 
 import sqlalchemy as sa
@@ -194,8 +195,14 @@ def send_due(session: Session, config: Config, *, now: dt.datetime | None = None
             session.commit()   # each outcome is stored before the next notification is sent
             counts["dropped"] += 1
             continue
+        # No transaction (on SQLite: no write lock) while a receiver answers: an agent's slow
+        # URL must not hold up the shop's writes. The rows are read; the outcome is written after.
+        sent_note = SimpleNamespace(id=note.id, channel=note.channel, target=note.target)
+        sent_event = SimpleNamespace(id=event.id, type=event.type, created_at=event.created_at, payload=event.payload)
+        session.commit()
         started, clock = utcnow(), time.monotonic()
-        result = _attempt(config, note, event, post, send_mail, secret)
+        result = _attempt(config, sent_note, sent_event, post, send_mail, secret)
+        note, event = session.get(Notification, notification_id), sent_event
         session.add(NotificationAttempt(notification_id=note.id, attempt=attempts + 1, started_at=started,
                                         duration_ms=int((time.monotonic() - clock) * 1000),
                                         outcome="ok" if result.ok else "error", status_code=result.status_code,

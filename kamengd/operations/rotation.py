@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..accounts.models import StaffUser
-from ..agents.models import AgentApiKey, AgentWebhook
+from ..agents.models import Agent, AgentApiKey, AgentWebhook
 from ..agents.services import secret_context
 from ..agents.webhooks import secret_context as webhook_secret_context
 from ..audit.models import AuditHead
@@ -48,6 +48,8 @@ from ..inventory.models import CardKey
 from ..payments.models import PaymentChannel
 from ..settings.models import SettingSecret
 from ..settings.services import reencrypt_secrets
+from ..suppliers.models import Supplier
+from ..suppliers.services import secret_context as supplier_secret_context
 from ..vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
                     write_secret_file)
 
@@ -63,19 +65,19 @@ class RotationResult:
 
 def versions_in_use(session: Session) -> dict[int, int]:
     """Key version -> rows that still need it (card keys, channel and 2FA secrets, secret settings,
-    agents' API and webhook secrets, the audit seal)."""
+    agents' 2FA, API and webhook secrets, suppliers' keys, the audit seal)."""
     t = CardKey.__table__
     used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
     for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
                                       .where(PaymentChannel.secret_key_version.is_not(None))):
         used[version] = used.get(version, 0) + 1
-    for (version,) in session.execute(sa.select(StaffUser.totp_key_version)
-                                      .where(StaffUser.totp_key_version.is_not(None))):
-        used[version] = used.get(version, 0) + 1
+    for column in (StaffUser.totp_key_version, Agent.totp_key_version):
+        for (version,) in session.execute(sa.select(column).where(column.is_not(None))):
+            used[version] = used.get(version, 0) + 1
     for version, count in session.execute(sa.select(SettingSecret.key_version, sa.func.count())
                                           .group_by(SettingSecret.key_version)):
         used[version] = used.get(version, 0) + count
-    for model in (AgentApiKey, AgentWebhook):
+    for model in (AgentApiKey, AgentWebhook, Supplier):
         for version, count in session.execute(sa.select(model.secret_key_version, sa.func.count())
                                               .group_by(model.secret_key_version)):
             used[version] = used.get(version, 0) + count
@@ -156,6 +158,14 @@ def reencrypt_totp_secrets(session: Session, vault: Vault) -> int:
     return _reencrypt_columns(session, vault, StaffUser, "totp", lambda user: f"staff-totp:{user.id}")
 
 
+def reencrypt_agent_totp_secrets(session: Session, vault: Vault) -> int:
+    return _reencrypt_columns(session, vault, Agent, "totp", lambda agent: f"agent-totp:{agent.id}")
+
+
+def reencrypt_supplier_secrets(session: Session, vault: Vault) -> int:
+    return _reencrypt_columns(session, vault, Supplier, "secret", lambda row: supplier_secret_context(row.name))
+
+
 def reencrypt_agent_api_secrets(session: Session, vault: Vault) -> int:
     return _reencrypt_columns(session, vault, AgentApiKey, "secret", lambda key: secret_context(key.key_id))
 
@@ -227,6 +237,8 @@ def rotate(session: Session, key_path: Path, *, prepare: bool = False, batch: in
     reencrypt_totp_secrets(session, vault)
     reencrypt_agent_api_secrets(session, vault)
     reencrypt_agent_webhook_secrets(session, vault)
+    reencrypt_agent_totp_secrets(session, vault)
+    reencrypt_supplier_secrets(session, vault)
     reencrypt_secrets(session, vault)
     session.commit()   # the re-encrypted secrets stay even if the audit seal below does not check out
     result.resealed = reseal_audit_head(session, vault)

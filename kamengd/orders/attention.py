@@ -6,6 +6,7 @@ reservation serves it at once, whatever the backoff). An order is flagged
 for a person, once, with `order.stuck` (or `order.held` for a wrong amount):
 - waiting for stock longer than the setting orders.stock_wait_alert_minutes;
 - a manual-delivery order not delivered within orders.manual_sla_minutes;
+- a supplier-delivered order not bought upstream within orders.stock_wait_alert_minutes;
 - a delivered order whose mail could not be sent after every retry.
 The flag stays until the order is dealt with (delivering clears it).
 """
@@ -79,9 +80,13 @@ def flag_stuck_orders(session: Session, now: dt.datetime | None = None, limit: i
     now = now or utcnow()
     wait = get_setting(session, "orders.stock_wait_alert_minutes")
     sla = get_setting(session, "orders.manual_sla_minutes")
-    counts = {"waiting_for_stock": 0, "manual_past_sla": 0}
+    counts = {"waiting_for_stock": 0, "manual_past_sla": 0, "supplier_not_bought": 0}
+    # A supplier-delivered order waits on the supplier (down, disabled, its key unreadable, its
+    # own stock): whatever the forwarder saw, a person hears of it after the stock wait.
     rules = (("waiting_for_stock", "auto", wait, reasons.reason(reasons.WAITING_FOR_STOCK, minutes=wait)),
-             ("manual_past_sla", "manual", sla, reasons.reason(reasons.MANUAL_PAST_SLA, minutes=sla)))
+             ("manual_past_sla", "manual", sla, reasons.reason(reasons.MANUAL_PAST_SLA, minutes=sla)),
+             ("supplier_not_bought", "supplier", wait,
+              reasons.reason(reasons.SUPPLIER_NOT_BOUGHT, minutes=wait)))
     for name, mode, minutes, reason in rules:
         stuck = session.scalars(sa.select(Order).join(Product, Product.id == Order.product_id)
                                 .where(Order.status == "paid", Order.flagged_at.is_(None),

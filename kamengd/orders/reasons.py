@@ -16,12 +16,13 @@ from ..errors import N_
 
 WAITING_FOR_STOCK = N_("paid and waiting for stock for over %(minutes)s minutes")
 MANUAL_PAST_SLA = N_("manual delivery not done within %(minutes)s minutes")
+SUPPLIER_NOT_BOUGHT = N_("paid and not bought from the supplier for over %(minutes)s minutes")
 MAIL_FAILED = N_("delivery mail failed %(attempts)s times: %(error)s")
 TRADE_TWICE = N_("the gateway reported trade %(trade_no)s, already recorded for order %(other)s")
 WRONG_AMOUNT = N_("paid %(paid)s, the order is for %(amount)s %(currency)s")
 # Starts with payments.models.EXTRA_PAYMENT_FLAG ("paid twice"): the refund clears it by that prefix.
 EXTRA_PAYMENT = N_("paid twice: an extra payment of %(amount)s %(currency)s (trade %(trade_no)s) to refund")
-TEMPLATES = (WAITING_FOR_STOCK, MANUAL_PAST_SLA, MAIL_FAILED, TRADE_TWICE, WRONG_AMOUNT, EXTRA_PAYMENT)
+TEMPLATES = (WAITING_FOR_STOCK, MANUAL_PAST_SLA, SUPPLIER_NOT_BOUGHT, MAIL_FAILED, TRADE_TWICE, WRONG_AMOUNT, EXTRA_PAYMENT)
 MAX_REASON = 200
 
 

@@ -23,7 +23,7 @@ FIELDS = ("name", "url", "key_id", "secret", "low_balance")
 
 
 def _supplier(supplier_id: int) -> Supplier:
-    found = db.session.get(Supplier, supplier_id)
+    found = db.session.get(Supplier, supplier_id) if 0 < supplier_id < 2**31 else None
     if found is None:
         raise NotFound("supplier not found")
     return found
@@ -102,7 +102,7 @@ def supplier_settings(supplier_id: int):
 
 def _int(name: str):
     value = request.form.get(name, "").strip()
-    return int(value) if value.isdigit() and len(value) < 10 else (value or None)
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else (value or None)
 
 
 @bp.post("/suppliers/<int:supplier_id>/map")

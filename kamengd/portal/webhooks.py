@@ -33,12 +33,15 @@ def webhooks_page():
 @bp.post("/webhooks")
 @limiter.limit("10/minute")
 def webhook_add():
+    url = request.form.get("url", "")[:webhooks.URL_MAX + 100]
+    allow_private = get_config().notifications.agent_webhook_private
     try:
-        row, secret = webhooks.add_webhook(db.session, get_vault(), current_agent(),
-                                           url=request.form.get("url", "")[:webhooks.URL_MAX + 100],
+        db.session.commit()   # ends the sign-in check's transaction: no lock is held while DNS answers
+        webhooks.check_target(url, allow_private)
+        row, secret = webhooks.add_webhook(db.session, get_vault(), current_agent(), url=url,
                                            events=request.form.getlist("event")[:10], actor=actor(),
-                                           source_ip=client_ip(),
-                                           allow_private=get_config().notifications.agent_webhook_private)
+                                           source_ip=client_ip(), allow_private=allow_private,
+                                           target_checked=True)
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)

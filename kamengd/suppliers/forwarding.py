@@ -150,7 +150,13 @@ def _try(session: Session, vault: Vault, forward_id: int, now: dt.datetime) -> s
     state = {"status": forward.status, "uncertain": forward.uncertain, "remote": forward.remote_order_no,
              "order_status": order.status, "order_no": order.order_no, "key": forward.idempotency_key,
              "supplier": supplier.name, "remote_product": forward.remote_product_id, "quantity": forward.quantity}
-    session.rollback()   # no transaction is held across the call
+    if state["status"] == "pending" and state["order_status"] == "paid":
+        # From the moment the order is sent, the supplier may hold it, whatever happens to
+        # this process or its answer: only a definite answer clears this.
+        session.execute(_so.update().where(_so.c.id == forward_id).values(uncertain=True))
+        session.commit()
+    else:
+        session.rollback()   # no transaction is held across the call
     try:
         if state["status"] == "waiting":
             answer = client.call("GET", f"/orders/{state['remote']}")
@@ -190,8 +196,9 @@ def _set(session: Session, forward_id: int, status: str, now: dt.datetime, *, er
 def _no_answer(session: Session, forward_id: int, now: dt.datetime, answer: Answer | None,
                why: str | None = None) -> str:
     why = why or (f"HTTP {answer.status}: {answer.error_message}" if answer is not None else "no answer")
-    session.execute(_so.update().where(_so.c.id == forward_id).values(uncertain=True, last_error=why[:300],
-                                                                     updated_at=now))
+    # Only a forward still to settle: one cancelled meanwhile by another runner stays as it is.
+    session.execute(_so.update().where(_so.c.id == forward_id, _so.c.status.in_(("pending", "waiting")))
+                    .values(uncertain=True, last_error=why[:300], updated_at=now))
     session.commit()
     return "no_answer"
 
@@ -236,20 +243,23 @@ def _deliver(session: Session, vault: Vault, forward_id: int, state: dict, keys:
         session.rollback()
         why = exc.message
     order = session.scalars(sa.select(Order).where(Order.order_no == state["order_no"])).one()
-    if order.status != "paid":
-        # Refunded here while the supplier delivered: the keys were paid for, they are stock now.
-        try:
-            import_keys(session, vault, product_id=order.product_id, actor=actor,
-                        fh=io.BytesIO("\n".join(keys).encode("utf-8")))
-            why = f"keys of supplier order {remote_no} arrived after order {order.order_no} was " \
-                  f"{order.status}: kept as stock"
-        except KamengdError as exc:
-            session.rollback()
-            why = f"keys of supplier order {remote_no} could not be kept: {exc.message}"
+    # The keys were paid for upstream: whatever happens to this order, they are kept as stock
+    # (a key this shop holds already is skipped by the import, never stored twice).
+    try:
+        imported = import_keys(session, vault, product_id=order.product_id, actor=actor,
+                               fh=io.BytesIO("\n".join(keys).encode("utf-8")))
+        kept = f"{imported.imported} of its {len(keys)} keys kept as stock"
+    except KamengdError as exc:
+        session.rollback()
+        kept = f"its keys could not be kept: {exc.message}"
+        order = session.scalars(sa.select(Order).where(Order.order_no == state["order_no"])).one()
+    if order.status != "paid":   # refunded here while the supplier delivered
+        why = f"supplier order {remote_no} arrived after order {order.order_no} was {order.status}: {kept}"
         session.execute(_so.update().where(_so.c.id == forward_id).values(last_error=why[:300], **done))
         session.commit()
         return "delivered"
     # The keys cannot deliver it (one is already here: the supplier sold a key twice?).
+    why = f"{why}; supplier order {remote_no}: {kept}"
     flag_order(session, order, f"supplier {state['supplier']}: {why}"[:200], now)
     session.execute(_so.update().where(_so.c.id == forward_id).values(last_error=why[:300], **done))
     session.commit()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..catalog.models import Product
 from ..catalog.services import create_product
+from ..inventory.models import CardKey
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..money import format_cents, parse_plain_money
@@ -350,6 +351,13 @@ def map_product(session: Session, supplier: Supplier, *, remote_id, product_id=N
                                                                    SupplierProduct.id != row.id))
         if other is not None:
             raise Conflict("product %(id)s is mapped to another supplier product", id=product.id)
+        # Unpaid orders holding this shop's keys would be bought upstream and keep those keys
+        # reserved for good: they go first (paid or expired).
+        reserved = session.scalar(sa.select(sa.func.count()).select_from(CardKey).where(
+            CardKey.product_id == product.id, CardKey.status == "reserved"))
+        if reserved and product.delivery_mode != "supplier":
+            raise Conflict("%(count)s keys of product %(id)s are reserved by unpaid orders: map it once they are "
+                           "paid or expired", count=reserved, id=product.id)
     else:
         product = create_product(session, name=create_name, price_cents=price, actor=actor,
                                  currency=row.currency, cost_price_cents=row.cost_cents,
