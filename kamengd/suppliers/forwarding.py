@@ -146,7 +146,14 @@ def _try(session: Session, vault: Vault, forward_id: int, now: dt.datetime) -> s
     forward = session.get(SupplierOrder, forward_id)
     order = session.get(Order, forward.order_id)
     supplier = session.get(Supplier, forward.supplier_id)
-    client = client_for(supplier, vault)
+    try:
+        client = client_for(supplier, vault)
+    except KamengdError as exc:   # its key cannot be opened: nothing is sent; the sweep flags the order
+        session.rollback()
+        session.execute(_so.update().where(_so.c.id == forward_id).values(last_error=exc.message[:300],
+                                                                         updated_at=now))
+        session.commit()
+        return "no_answer"
     state = {"status": forward.status, "uncertain": forward.uncertain, "remote": forward.remote_order_no,
              "order_status": order.status, "order_no": order.order_no, "key": forward.idempotency_key,
              "supplier": supplier.name, "remote_product": forward.remote_product_id, "quantity": forward.quantity}
