@@ -140,7 +140,8 @@ class LiveShop:
         result = install(root / "data", admin_password=PASSWORD, database_url=url, site_name=SITE_NAME,
                          site_url=self.base)
         self.config_path = result.config_path
-        self.config = load_config(result.config_path, env={})
+        # As the servers run (their environment below): the tests' webhook receivers are on 127.0.0.1.
+        self.config = load_config(result.config_path, env={"KAMENGD_NOTIFICATIONS_AGENT_WEBHOOK_PRIVATE": "1"})
         self.app = create_app(self.config)
         self.logs_dir = artifacts_dir() / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
