@@ -139,7 +139,8 @@ def _stock_the_shop(config) -> dict:
                                      account="13800138000", holder="张三", actor="t")
         made["payout_account"] = account.id
         hook, _secret = add_webhook(db.session, get_vault(), db.session.get(Agent, made["agents"]["rich"]["id"]),
-                                    url="http://127.0.0.1:9/hook", events="*", actor="t")
+                                    url="http://127.0.0.1:9/hook", events="*", actor="t",
+                                    allow_private=True)   # the shop's own setting is off: set up directly
         made["webhooks"] = [hook.id]
         db.session.commit()
         assert db.session.get(Product, stocked.id) is not None
@@ -290,7 +291,9 @@ def _known(world, method, path) -> dict:
             "Idempotency-Key": st.text(alphabet=string.ascii_letters, min_size=1, max_size=2)},
         ("GET", "/api/v1/agent/batches/{batch_id}"): {"batch_id": st.sampled_from(world["batches"])},
         ("POST", "/api/v1/agent/webhooks"): {"body": st.fixed_dictionaries(
-            {"url": st.just("http://127.0.0.1:9/hook")},
+            # A public address (an IP: no DNS), as the server's defaults require; the server runs
+            # without a scheduler, so nothing is ever sent there.
+            {"url": st.just("http://8.8.8.8:9/hook")},
             optional={"events": st.sampled_from(["*", ["order.paid"], ["order.delivered", "balance.changed"]])})},
         ("DELETE", "/api/v1/agent/webhooks/{webhook_id}"): {"webhook_id": st.sampled_from(world["webhooks"])},
         ("GET", "/api/v1/agent/webhooks/{webhook_id}/deliveries"): {

@@ -120,6 +120,8 @@ def event_name(event_type: str) -> str:
         "scheduler.failover": _("Scheduler moved to another server"),
         "withdrawal.requested": _("Withdrawal to review"), "order.refunded": _("Order refunded"),
         "balance.changed": _("Agent's balance changed"),
+        "supplier.low_balance": _("Balance at a supplier running low"),
+        "supplier.cost_changed": _("A supplier's cost changed"),
     }.get(event_type, event_type)
 
 
@@ -136,6 +138,8 @@ def job_name(job: str) -> str:
         "prune_api_nonces": _("Forget old agent API nonces"),
         "release_commissions": _("Release agents' commission after its hold"),
         "adjust_agent_levels": _("Move agents to the levels their sales earn"),
+        "forward_supplier_orders": _("Buy paid orders from suppliers"),
+        "sync_suppliers": _("Sync suppliers' products, costs and balance"),
     }.get(job, job)
 
 
