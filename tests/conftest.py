@@ -77,7 +77,10 @@ def pytest_generate_tests(metafunc):
             (backend, layout) for backend in metafunc.config.kamengd_backends for layout in layouts.args
             if not (backend == "sqlite" and layout in SHARED_DATABASE_LAYOUTS)], scope="session")
     elif "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", metafunc.config.kamengd_backends, scope="session")
+        # @pytest.mark.backends(...): behaviour only those databases can show (never generated, then skipped).
+        only = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", [b for b in metafunc.config.kamengd_backends
+                                         if only is None or b in only.args], scope="session")
     if "mysql_backend" in metafunc.fixturenames:  # tests of MySQL-only behaviour
         metafunc.parametrize("mysql_backend", [b for b in metafunc.config.kamengd_backends if b == "mysql"])
     if "redis_url" in metafunc.fixturenames:
