@@ -119,3 +119,53 @@ def test_an_error_raised_because_the_database_went_away_counts_as_busy():
     assert is_busy(after(lost, sa.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")))
     assert is_busy(after(ValueError("x"), RuntimeError("y"))) is False
     assert is_busy(sa.exc.IntegrityError("INSERT", None, Exception("UNIQUE constraint failed"))) is False
+
+
+@pytest.mark.backends("mysql")   # SQLite has one writer at a time: no deadlock to lose
+def test_a_deadlock_inside_a_savepoint_counts_as_busy(app):
+    """MariaDB ends the deadlock's loser whole, savepoints too: its rollback to the savepoint
+    then fails with another error (1305), and that is what reaches the caller. Busy all the
+    same (503, a retry), not a crash."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from kamengd.database import is_busy
+    from kamengd.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE busy_probe (id INT PRIMARY KEY) ENGINE=InnoDB"))
+        conn.execute(sa.text("INSERT INTO busy_probe VALUES (1), (2)"))
+    lock = sa.text("SELECT id FROM busy_probe WHERE id = :id FOR UPDATE")
+    failures, sessions = [], [Session(engine), Session(engine)]
+    try:
+        for sess, mine in zip(sessions, (1, 2)):
+            sess.execute(lock, {"id": mine})
+        holding = threading.Barrier(2)
+
+        def cross(sess, other):
+            holding.wait()
+            try:
+                with sess.begin_nested():
+                    sess.execute(lock, {"id": other})
+            except Exception as exc:   # noqa: BLE001  (the loser's error is what is tested)
+                failures.append(exc)
+                sess.rollback()
+            else:
+                sess.commit()
+
+        threads = [threading.Thread(target=cross, args=(sessions[0], 2)),
+                   threading.Thread(target=cross, args=(sessions[1], 1))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(failures) == 1, failures
+        assert is_busy(failures[0]), repr(failures[0])
+    finally:
+        for sess in sessions:
+            sess.close()
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE busy_probe"))

@@ -409,6 +409,24 @@ def test_read_only_commands_do_not_wait_for_a_writer(sqlite_shop):
         writer.close()
 
 
+def test_a_writer_that_cannot_get_the_lock_says_busy_and_changes_nothing(sqlite_shop):
+    """A write command that waits out the lock timeout: one line that says the database is busy
+    and to run it again, exit 1, nothing written."""
+    import sqlite3
+
+    writer = sqlite3.connect(sqlite_shop.parent / "kamengd.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE audit_head SET seq = seq")
+    try:
+        proc = run_cli("product", "create", "--name", "blocked", "--price", "1", config=sqlite_shop,
+                       env={"KAMENGD_DATABASE_LOCK_TIMEOUT_SECONDS": "1"})
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert_one_line_error(proc, "the database is busy", "nothing was changed: run the command again")
+    assert "blocked" not in run_cli("product", "list", config=sqlite_shop, check=True).out
+
+
 def test_actor_is_the_real_os_user(sqlite_shop):
     import pwd
     run_cli("product", "create", "--name", "x", "--price", "1", config=sqlite_shop, env={"LOGNAME": "alice", "USER": "alice"},

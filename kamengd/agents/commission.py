@@ -121,25 +121,37 @@ def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, led
     return found
 
 
+def _lock_agent_accounts(session: Session, agent_id: int) -> None:
+    """Lock all of an agent's accounts, lowest id first. A commission's release and its
+    reversal each lock the commission's row and then these, in this order: neither can
+    hold an account the other waits for while it waits for a row (MariaDB: no deadlock)."""
+    session.execute(sa.select(_acc.c.id).where(_acc.c.agent_id == agent_id).order_by(_acc.c.id).with_for_update())
+
+
 def release_commissions(session: Session, now: dt.datetime | None = None, batch: int = 200) -> dict:
-    """Pending commissions past their hold become available (a job: a batch per commit)."""
+    """Pending commissions past their hold become available (a job: one commit per
+    commission, so it never holds an agent's accounts while it waits for the next row,
+    which a refund may hold while it waits for those accounts)."""
     now = now or utcnow()
     released = 0
     while True:
         due = session.execute(sa.select(_c.c.id, _c.c.agent_id, _c.c.amount_cents)
                               .where(_c.c.status == "pending", _c.c.release_at <= now)
                               .order_by(_c.c.id).limit(batch)).all()
+        session.commit()
         for row in due:
             claimed = session.execute(_c.update().where(_c.c.id == row.id, _c.c.status == "pending")
                                       .values(status="available", released_at=now)).rowcount
             if not claimed:   # reversed meanwhile by a refund
+                session.rollback()
                 continue
+            _lock_agent_accounts(session, row.agent_id)
             pending = _accounts(session, [row.agent_id])[row.agent_id]["pending"]
             ledger.post(session, cause=f"commission:{row.id}:release", kind="commission_release",
                         legs=[(pending, -row.amount_cents), *ledger.agent_credit_legs(session, row.agent_id, row.amount_cents)],
                         actor="system", memo=f"commission {row.id} released after its hold")
+            session.commit()
             released += 1
-        session.commit()
         if len(due) < batch:
             return {"released": released}
 
@@ -160,6 +172,7 @@ def reverse_commissions(session: Session, order_id: int, order_no: str, *, actor
         status = row.status   # as locked: the hold job may have moved it while this waited
         if status not in ("pending", "available"):
             continue
+        _lock_agent_accounts(session, row.agent_id)
         accounts = _accounts(session, [row.agent_id])[row.agent_id]
         amount, debt = row.amount_cents, 0
         if status == "pending":

@@ -10,6 +10,7 @@ import sys
 import click
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from ..database import is_busy
 from ..errors import KamengdError
 from .group import cli   # it loads each command's module when the command runs
 
@@ -19,8 +20,15 @@ def _one_line(text: str) -> str:
 
 
 def _database_message(exc: SQLAlchemyError) -> str:
+    if is_busy(exc):
+        # The first busy error of the chain says why (a deadlock's loser then fails to roll
+        # back to its savepoint, and that second error is the one raised).
+        while isinstance(exc.__context__, DBAPIError) and is_busy(exc.__context__):
+            exc = exc.__context__
     orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else None
     detail = orig.args[-1] if orig is not None and orig.args else (orig or exc.__class__.__name__)
+    if is_busy(exc):
+        return f"the database is busy ({detail}); nothing was changed: run the command again"
     return f"database error: {detail}"
 
 
