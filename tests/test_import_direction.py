@@ -32,12 +32,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
     # Pieces of a feature that other features use and that need no other feature:
-    # password rules, the key-file parser, the Epay protocol, its key cache,
+    # password rules, the key-file parser, the Epay protocol and the sandbox's, its key cache,
     # key rules and pay types, sealed files, Alembic, SQLite snapshots, the registry of
     # running servers.
     ("feature basics", (
         "kamengd.accounts.passwords", "kamengd.inventory.importer", "kamengd.payments.epay",
         "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
+        "kamengd.payments.sandbox",
         "kamengd.orders.reasons", "kamengd.agents.signing",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
         "kamengd.operations.processes")),

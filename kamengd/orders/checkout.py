@@ -36,7 +36,7 @@ from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..money import format_cents
-from ..payments import epay, methods
+from ..payments import epay, methods, sandbox
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
@@ -356,6 +356,11 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
     elif row.delivery_mode == "supplier" and (row.supplier_stock or 0) < quantity:
         problem = OutOfStock("not enough stock for this quantity")
     filled = chosen = None
+    # The panel's site.url, else the config file's (the caller's).
+    site = decode_setting("site.url", row.site_url) if row is not None else ""
+    site = site or site_url
+    if problem is None and row.channel_type == "sandbox" and not sandbox.takes_orders(json.loads(row.options), site):
+        problem = InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
     if problem is None:
         options = json.loads(row.options)
         try:
@@ -386,8 +391,6 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             if fresh:
                 raise InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
             return None, None
-        # The panel's site.url, else the config file's (the caller's).
-        site = decode_setting("site.url", row.site_url) or site_url
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site, options=options, pay_type=chosen, return_site=return_site)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
@@ -409,10 +412,12 @@ def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amo
             site_url: str, options: dict, pay_type: str | None, return_site: str | None = None) -> str | None:
     """The gateway's address for the order; the buyer comes back to `return_site` (an agent's
     sub-station) or the shop, the gateway's callback always goes to the shop's site.url."""
-    if row.channel_type != "epay":
-        return None
     site = site_url.rstrip("/")
     back = (return_site or site_url).rstrip("/")
+    if row.channel_type == "sandbox":
+        return sandbox.pay_url(site_url=back, code=channel_code, order_no=order_no, token=token)
+    if row.channel_type != "epay":
+        return None
     return epay.pay_url(
         gateway=options.get("gateway", ""), pid=options.get("pid", ""), key=channel_secrets["key"],
         pay_type=pay_type or methods.DEFAULT, order_no=order_no, name=row.name[:100],

@@ -17,7 +17,9 @@ from ..errors import KamengdError
 from ..extensions import db
 from ..payments import methods
 from ..payments import services as payments
+from ..payments import sandbox
 from ..payments.models import PaymentChannel
+from ..settings.services import shop_url
 from ..transaction import read_only
 from .blueprint import bp
 from .helpers import error_text, flash_errors
@@ -25,8 +27,9 @@ from .session import actor, client_ip
 from .settings import site_url_problem
 
 FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_order")
-# The single pay_type of older channels is folded into pay_types when one is saved.
-OPTION_FIELDS = ("gateway", "pid", "key", "pay_types", "pay_type")
+# Per type, the form's fields that are the channel's options. The single pay_type of older
+# Epay channels is folded into pay_types when one is saved; the sandbox makes its own secret.
+OPTION_FIELDS = {"epay": ("gateway", "pid", "key", "pay_types", "pay_type"), "sandbox": ("force",)}
 MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
 
 
@@ -36,11 +39,20 @@ def _form() -> dict[str, str]:
     ticked = [t for t in methods.KNOWN if t in request.form.getlist("pay_types")]
     form["pay_types"] = ",".join(ticked + ([form["other_pay_types"]] if form["other_pay_types"].strip() else []))
     form["pay_type"] = ""
+    form["force"] = "yes" if request.form.get("force") == "yes" else ""
     return form
+
+
+def _new_type() -> str:
+    wanted = request.values.get("type", "epay")
+    return wanted if wanted in OPTION_FIELDS else "epay"
 
 
 def _values(channel: PaymentChannel) -> dict[str, str]:
     options = json.loads(channel.options)
+    if channel.type == "sandbox":
+        return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
+                "force": options.get("force", "")}
     # Nothing set: nothing ticked (the form says alipay is then used), so saving changes nothing.
     types = methods.pay_types(channel.type, options) if options.get("pay_types") or options.get("pay_type") else []
     return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
@@ -48,10 +60,13 @@ def _values(channel: PaymentChannel) -> dict[str, str]:
             "other_pay_types": ",".join(t for t in types if t not in methods.KNOWN)}
 
 
-def _render_form(channel: PaymentChannel | None, values: dict[str, str], status: int = 200):
+def _render_form(channel: PaymentChannel | None, values: dict[str, str], status: int = 200,
+                 channel_type: str = "epay"):
     values = {k: v for k, v in values.items() if k != "key"}   # a key typed in is never sent back
     ticked = values.get("pay_types", "").split(",")
     return render_template("panel/channels_form.html", channel=channel, values=values,
+                           channel_type=channel.type if channel else channel_type,
+                           site_is_loopback=sandbox.is_loopback_url(shop_url()),
                            known_types=[(t, labels[1], t in ticked) for t, labels in methods.KNOWN.items()],
                            key_set=channel is not None and channel.secret_ciphertext is not None,
                            # a used channel is kept (only disabled): the page says so instead of offering removal
@@ -70,18 +85,19 @@ def channels():
 
 @bp.route("/channels/new", methods=["GET", "POST"])
 def channel_new():
+    channel_type = _new_type()
     if request.method == "GET":
-        return _render_form(None, {"sort_order": "0"})
+        return _render_form(None, {"sort_order": "0"}, channel_type=channel_type)
     form = _form()
     try:
         channel = payments.add_channel(
-            db.session, get_vault(), channel_type="epay", code=form["code"].strip(), name=form["name"],
-            options={name: form[name] for name in OPTION_FIELDS if form[name].strip()},
+            db.session, get_vault(), channel_type=channel_type, code=form["code"].strip(), name=form["name"],
+            options={name: form[name] for name in OPTION_FIELDS[channel_type] if form[name].strip()},
             sort_order=form["sort_order"], actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
-        return _render_form(None, form, exc.http_status)
+        return _render_form(None, form, exc.http_status, channel_type=channel_type)
     flash(_("Payment channel %(code)s added.", code=channel.code), "success")
     return redirect(url_for("panel.channels"), code=303)
 
@@ -97,7 +113,7 @@ def channel_edit(channel_id: int):
     try:
         changes = payments.update_channel(
             db.session, get_vault(), channel, name=form["name"],
-            options={name: form[name] for name in OPTION_FIELDS}, sort_order=form["sort_order"],
+            options={name: form[name] for name in OPTION_FIELDS.get(channel.type, ())}, sort_order=form["sort_order"],
             actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
@@ -156,8 +172,11 @@ def channel_test(channel_id: int):
         result = payments.ChannelCheck(False, "signature", exc.message)   # the audit log keeps the English
         shown = error_text(exc)
     else:
-        db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
-        result = payments.query_epay_merchant(gateway, pid, key)
+        if channel.type == "sandbox":
+            result = payments.sandbox_check(channel, shop_url())
+        else:
+            db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
+            result = payments.query_epay_merchant(gateway, pid, key)
         shown = result.localized(_)
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})

@@ -43,9 +43,10 @@ from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
 from ..orders.models import Order
 from ..inventory.models import CardKey
+from ..settings.services import decode_setting, setting_value_query
 from ..validation import has_control_characters
 from ..vault import Vault
-from . import epay
+from . import epay, sandbox
 from .keycache import channel_secrets_cached
 from .models import MAX_TRADE_NO, Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
@@ -91,6 +92,9 @@ class CachedChannel:
     nonce: bytes | None
     weak: InvalidRequest | None = None   # why the key is too weak to trust a signature made with it
 
+    def verify(self, params: dict[str, str]) -> bool:
+        return (sandbox.verify if self.type == "sandbox" else epay.verify)(params, self.key)
+
 
 _channels: dict[str, CachedChannel] = {}
 _lock = threading.Lock()
@@ -121,8 +125,11 @@ def _channel(session: Session, vault: Vault, code: str) -> CachedChannel | None:
         return None
     secrets = channel_secrets_cached(vault, row.id, code, row.secret_nonce, row.secret_ciphertext,
                                      row.secret_key_version)
-    found = CachedChannel(row.id, code, row.type, str(json.loads(row.options).get("pid", "")),
-                          secrets.get("key", ""), bytes(row.secret_nonce) if row.secret_nonce else None,
+    options = json.loads(row.options)
+    # A sandbox's callbacks name the channel itself as the merchant.
+    pid, key = (code, secrets.get("secret", "")) if row.type == "sandbox" else (str(options.get("pid", "")),
+                                                                               secrets.get("key", ""))
+    found = CachedChannel(row.id, code, row.type, pid, key, bytes(row.secret_nonce) if row.secret_nonce else None,
                           secrets_problem(row.type, secrets))
     with _lock:
         if len(_channels) > 256:
@@ -135,19 +142,35 @@ def forget_channel(code: str) -> None:
     _channels.pop(code, None)
 
 
+def _sandbox_open(session: Session, code: str, default_site: str) -> bool:
+    """Whether the sandbox channel takes payments now: its options and site.url as they are
+    (never cached: either may have changed in another process), read like the channel."""
+    query = sa.select(_c.c.options, setting_value_query("site.url").label("site_url")).where(_c.c.code == code)
+    if _in_transaction(session):
+        row = session.execute(query).first()
+    else:
+        row = session.connection(execution_options={"kamengd_readonly": True}).execute(query).first()
+        session.rollback()
+    return row is not None and sandbox.takes_orders(json.loads(row.options),
+                                                    decode_setting("site.url", row.site_url) or default_site)
+
+
 def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[str, str],
-                       now: dt.datetime | None = None) -> PaymentOutcome:
-    """A gateway callback: verify it, record the payment once, pay and deliver the order.
+                       now: dt.datetime | None = None, site_url: str = "") -> PaymentOutcome:
+    """A gateway callback (Epay's, or the sandbox's in the same form): verify it, record the
+    payment once, pay and deliver the order.
 
     Nothing changes unless the signature, the pid, the channel and the order all
     check out. A repeated callback for a recorded trade is answered "success"
-    again and changes nothing.
+    again and changes nothing. `site_url`: the config file's, when site.url is not set.
     """
     own_transaction = not _in_transaction(session)
     for _ in range(2):
         channel = _channel(session, vault, code)
-        if channel is None or channel.type != "epay":
+        if channel is None or channel.type not in ("epay", "sandbox"):
             return PaymentOutcome(False, "unknown channel", forged=True)
+        if channel.type == "sandbox" and not _sandbox_open(session, code, site_url):
+            return PaymentOutcome(False, "a sandbox takes no payments on a public site", forged=True)
         if channel.weak:
             # Anyone could have made this signature. A real payment still arrives
             # through reconciliation, which asks the gateway itself.
@@ -174,7 +197,7 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
 
 def _check(channel: CachedChannel, params: dict[str, str]):
     """(order_no, trade_no, amount in cents) of a genuine payment callback, else the refusal."""
-    if not epay.verify(params, channel.key):
+    if not channel.verify(params):
         return PaymentOutcome(False, "bad signature", forged=True)
     if not hmac.compare_digest(str(params.get("pid", "")).encode("utf-8", "replace"), channel.pid.encode()):
         return PaymentOutcome(False, "foreign pid", forged=True)
@@ -280,3 +303,19 @@ class _Fields(dict):
             return self[name]
         except KeyError:   # getattr(fields, name, default) works as on an object
             raise AttributeError(name) from None
+
+
+def pay_in_sandbox(session: Session, vault: Vault, code: str, order, *, site_url: str = "") -> PaymentOutcome:
+    """The sandbox's "pay" button: its pretend gateway signs the order's callback, which then
+    takes the path of every gateway's (handle_epay_notify). One trade per order: pressing
+    twice records one payment. `order`: the buyer's own (found by its token)."""
+    channel = session.execute(sa.select(_c.c.id, _c.c.type, _c.c.secret_nonce, _c.c.secret_ciphertext,
+                                        _c.c.secret_key_version).where(_c.c.code == code)).first()
+    if channel is None or channel.type != "sandbox" or order.channel_id != channel.id:
+        raise InvalidRequest("this order is not paid through the sandbox channel %(code)s", code=code)
+    secret = channel_secrets_cached(vault, channel.id, code, channel.secret_nonce, channel.secret_ciphertext,
+                                    channel.secret_key_version).get("secret", "")
+    params = sandbox.callback(code=code, secret=secret, order_no=order.order_no, amount_cents=order.amount_cents,
+                              trade_no=f"SANDBOX-{order.order_no}")
+    session.rollback()   # the callback reads and writes in its own transaction, as a gateway's does
+    return handle_epay_notify(session, vault, code, params, site_url=site_url)

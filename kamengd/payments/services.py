@@ -23,7 +23,8 @@ from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
-from . import epay, methods
+from ..settings.services import shop_url
+from . import epay, methods, sandbox
 from .models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel, placeholder_trade_no
 from .strength import secret_problem, secrets_problem
 
@@ -34,6 +35,10 @@ CHANNEL_TYPES = {
     "epay": {"options": ("gateway", "pid", "key", "pay_type", "pay_types"),
              "required": ("gateway", "pid", "key"),
              "secret": ("key",)},
+    # A pretend gateway for trying the shop (kamengd.payments.sandbox): its secret is made here.
+    "sandbox": {"options": ("secret", "force"),
+                "required": ("secret",),
+                "secret": ("secret",)},
 }
 
 
@@ -69,6 +74,8 @@ def _check_options(channel_type: str, options: dict[str, str], found: Collector,
         problem = None if name in wrong else secret_problem(channel_type, name, options.get(name, ""))
         if problem:
             add(name, problem)
+    if channel_type == "sandbox" and "force" not in wrong and options.get("force", "") not in sandbox.FORCE_VALUES:
+        add("force", InvalidRequest("option force: yes, or leave it out"))
     if channel_type == "epay":
         gateway = options.get("gateway", "")
         parts = urlsplit(gateway)
@@ -119,13 +126,24 @@ def _store_secrets(vault: Vault, channel: PaymentChannel, secrets: dict[str, str
         f"channel:{channel.code}", json.dumps(secrets, sort_keys=True).encode())
 
 
+def _sandbox_site_problem(channel_type: str, options: dict[str, str], site_url: str | None):
+    if channel_type != "sandbox" or sandbox.takes_orders(options, site_url if site_url is not None else shop_url()):
+        return None
+    return InvalidRequest("a sandbox channel lets anyone pay for nothing, and site.url is not a loopback address: "
+                          "use it on a shop only this machine reaches, or add the option force=yes for a test "
+                          "shop nobody else uses (the panel then shows a red banner)")
+
+
 def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str, actor: str,
                 name: str | None = None, options: dict[str, str] | None = None, sort_order=0,
-                source_ip: str | None = None) -> PaymentChannel:
-    """Add a channel; every wrong field is named at once (FormErrors when there are several)."""
+                source_ip: str | None = None, site_url: str | None = None) -> PaymentChannel:
+    """Add a channel; every wrong field is named at once (FormErrors when there are several).
+    `site_url`: the shop's address (default: site.url as set) for the sandbox's rule."""
     options = {k: v.strip() for k, v in (options or {}).items()}
     if channel_type not in CHANNEL_TYPES:
         raise InvalidRequest("type: must be one of %(types)s", types=", ".join(CHANNEL_TYPES))
+    if channel_type == "sandbox" and not options.get("secret"):
+        options["secret"] = sandbox.new_secret()
     found = Collector()
     code_ok = bool(CODE_RE.match(code))
     if not code_ok:
@@ -135,6 +153,9 @@ def add_channel(session: Session, vault: Vault, *, channel_type: str, code: str,
     with found:
         sort_order = parse_sort_order(sort_order)
     _check_options(channel_type, options, found)
+    with found:
+        if problem := _sandbox_site_problem(channel_type, options, site_url):
+            raise problem
     if code_ok and session.scalar(sa.select(PaymentChannel.id).where(PaymentChannel.code == code)) is not None:
         found.add(Conflict("channel %(code)r already exists", code=code))
     found.check()
@@ -166,7 +187,8 @@ def get_channel(session: Session, channel_id: int) -> PaymentChannel:
 
 
 def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, name: str | None,
-                   options: dict[str, str], sort_order, actor: str, source_ip: str | None = None) -> dict:
+                   options: dict[str, str], sort_order, actor: str, source_ip: str | None = None,
+                   site_url: str | None = None) -> dict:
     """Edit a channel's name, sort order and options; returns what changed (audited, secrets by name only).
 
     `options` holds every public option (an empty one is unset); an empty or
@@ -192,6 +214,9 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
                                  "enter it again"))
     secrets = {**(stored or {}), **given}
     _check_options(channel.type, {**public, **secrets}, found, unchecked=spec["secret"] if lost else ())
+    with found:
+        if problem := _sandbox_site_problem(channel.type, public, site_url):
+            raise problem
     found.check()
 
     old_public = json.loads(channel.options)
@@ -330,8 +355,10 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
     when the stored key is missing, does not decrypt or does not verify.
     """
-    if channel.type != "epay":
+    if channel.type not in ("epay", "sandbox"):
         raise InvalidRequest("channel type %(type)r cannot be tested", type=channel.type)
+    if channel.type == "sandbox":
+        return _check_sandbox_signing(vault, channel)
     try:
         key = channel_secrets(vault, channel).get("key", "")
     except VaultError:
@@ -348,6 +375,36 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     if not epay.verify(signed, key) or epay.verify(tampered, key):
         raise InvalidRequest("a request signed with the stored key does not verify; enter the key again")
     return channel_option(channel, "gateway"), pid, key
+
+
+def _check_sandbox_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]:
+    try:
+        secret = channel_secrets(vault, channel).get("secret", "")
+    except VaultError:
+        raise InvalidRequest(UNDECRYPTABLE) from None
+    signed = sandbox.callback(code=channel.code, secret=secret, order_no="TEST0001", amount_cents=1,
+                              trade_no="TEST-TRADE")
+    if not sandbox.verify(signed, secret) or sandbox.verify({**signed, "money": "100.00"}, secret):
+        raise InvalidRequest("a callback signed with the stored secret does not verify")
+    return "", channel.code, secret
+
+
+def sandbox_check(channel: PaymentChannel, site_url: str) -> ChannelCheck:
+    """The sandbox's "gateway" is this shop: it works while the channel may take orders here."""
+    if sandbox.takes_orders(json.loads(channel.options), site_url):
+        return ChannelCheck(True, "gateway", N_("the sandbox completes payments on this shop (no money moves)"))
+    return ChannelCheck(False, "gateway", N_("site.url is not a loopback address: the sandbox takes no orders "
+                                             "unless forced"))
+
+
+def forced_sandboxes(session: Session, site_url: str) -> list[str]:
+    """Enabled sandbox channels that take orders on a shop others can reach (forced): the
+    codes the panel's red banner names."""
+    if sandbox.is_loopback_url(site_url):
+        return []
+    rows = session.execute(sa.select(PaymentChannel.code, PaymentChannel.options).where(
+        PaymentChannel.type == "sandbox", PaymentChannel.is_enabled.is_(True))).all()
+    return [code for code, options in rows if sandbox.forced(json.loads(options))]
 
 
 def query_epay_merchant(gateway: str, pid: str, key: str, timeout: float = 5) -> ChannelCheck:
@@ -405,15 +462,20 @@ class PaymentMethod:
         return f"{self.channel}:{self.pay_type}" if self.pay_type else self.channel
 
 
-def payment_methods(session: Session) -> list[PaymentMethod]:
-    """Every enabled channel's methods, in the channels' order."""
+def payment_methods(session: Session, site_url: str | None = None) -> list[PaymentMethod]:
+    """Every enabled channel's methods, in the channels' order (a sandbox only where it takes
+    orders: on a loopback `site_url`, default site.url as set, or forced)."""
     rows = session.execute(sa.select(PaymentChannel.code, PaymentChannel.name, PaymentChannel.type,
                                      PaymentChannel.options)
                            .where(PaymentChannel.is_enabled.is_(True))
                            .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
     found = []
     for code, name, channel_type, options in rows:
-        types = methods.pay_types(channel_type, json.loads(options)) or [None]
+        options = json.loads(options)
+        if channel_type == "sandbox" and not sandbox.takes_orders(
+                options, site_url if site_url is not None else shop_url()):
+            continue
+        types = methods.pay_types(channel_type, options) or [None]
         found.extend(PaymentMethod(code, name, pay_type) for pay_type in types)
     return found
 
@@ -432,6 +494,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
                   token: str, return_site: str | None = None) -> str:
     site = site_url.rstrip("/")
     back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
+    if channel.type == "sandbox":
+        return sandbox.pay_url(site_url=back, code=channel.code, order_no=order.order_no, token=token)
     return epay.pay_url(
         gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
         key=channel_secrets(vault, channel)["key"],

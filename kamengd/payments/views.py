@@ -66,7 +66,7 @@ def notify(code: str):
     params = {**request.args.to_dict(), **request.form.to_dict()}
     for _ in range(2):
         try:
-            outcome = handle_epay_notify(db.session, get_vault(), code, params)
+            outcome = handle_epay_notify(db.session, get_vault(), code, params, site_url=get_config().site.url)
             if outcome.recorded:
                 # Committed here, inside the retry: only a stored payment is "success".
                 db.session.commit()

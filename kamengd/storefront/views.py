@@ -13,6 +13,7 @@ from ..catalog import inputs
 from ..catalog.models import Category, Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
+from ..database import utcnow
 from ..errors import KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
@@ -22,6 +23,7 @@ from ..orders.models import Order
 from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags, orders_for_email,
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
+from ..payments.callbacks import pay_in_sandbox
 from ..payments.models import PaymentChannel
 from ..payments import methods
 from ..payments import services as payments
@@ -322,6 +324,51 @@ def payment_return(code: str):
     except NotFound:
         return render_template("order_missing.html"), 404
     return _order_page(order, token, returned=True)
+
+
+def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
+    channel = db.session.get(PaymentChannel, order.channel_id) if order.channel_id else None
+    if channel is None or channel.code != code or channel.type != "sandbox":
+        return render_template("order_missing.html"), 404
+    return render_template("sandbox_pay.html", order=order, product=db.session.get(Product, order.product_id),
+                           token=token, code=code, amount=format_cents(order.amount_cents),
+                           expires_at=shop_time(order.expires_at), problem=problem,
+                           seconds_left=max(0, int((order.expires_at - utcnow()).total_seconds())),
+                           order_url=url_for("shop.order_page", order_no=order.order_no, token=token)), status
+
+
+@bp.get("/pay/<code>/sandbox")
+def sandbox_page(code: str):
+    """The sandbox channel's pretend gateway: the order, and a button that pays it (no money moves)."""
+    read_only()
+    try:
+        order, token = _buyers_order(request.args.get("order_no", "")[:32])
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    return _sandbox_page(order, token, code)
+
+
+@bp.post("/pay/<code>/sandbox")
+def sandbox_pay(code: str):
+    """The "pay" button: the pretend gateway's signed callback goes through the callback path."""
+    order_no = request.form.get("order_no", "")[:32]
+    token = request.form.get("token") or session.get("orders", {}).get(order_no)
+    try:
+        order = find_order_for_buyer(db.session, order_no, token=token)
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    try:
+        outcome = pay_in_sandbox(db.session, get_vault(), code, order, site_url=get_config().site.url)
+    except KamengdError as exc:
+        outcome, problem = None, exc.message
+    if outcome is not None and outcome.recorded:
+        db.session.commit()
+        return redirect(url_for("shop.order_page", order_no=order.order_no, token=token), code=303)
+    db.session.rollback()
+    if outcome is not None:
+        problem = outcome.reason
+    order = db.session.get(Order, order.id)
+    return _sandbox_page(order, token, code, problem=problem, status=409)
 
 
 @bp.get("/order/<order_no>/status")
