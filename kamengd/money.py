@@ -67,3 +67,25 @@ def parse_plain_money(text, *, field: str = "amount", allow_zero: bool = False) 
     if cents >= MAX_CENTS:
         raise InvalidRequest("%(field)s: %(raw)r is too large", field=field, raw=raw[:40])
     return cents
+
+
+# ISO 4217 currencies whose smallest unit is the whole unit (a gateway's "minor units" are
+# then our cents / 100). Every other currency kamengd sells in has two places.
+ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF", "PYG", "RWF", "KMF", "GNF",
+                          "DJF", "BIF", "MGA", "VUV", "XPF"})
+
+
+def to_minor_units(cents: int, currency: str) -> int | None:
+    """Our cents as a gateway's minor units of `currency`; None when the amount has cents a
+    zero-decimal currency cannot hold (such an order cannot be paid through that gateway)."""
+    if currency.upper() in ZERO_DECIMAL:
+        return cents // 100 if cents % 100 == 0 else None
+    return cents
+
+
+def from_minor_units(minor, currency: str) -> int | None:
+    """A gateway's integer minor units as our cents; None for anything but a positive integer."""
+    if isinstance(minor, bool) or not isinstance(minor, int) or not 0 < minor < MAX_CENTS:
+        return None
+    cents = minor * 100 if currency.upper() in ZERO_DECIMAL else minor
+    return cents if cents < MAX_CENTS else None

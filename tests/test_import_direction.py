@@ -38,7 +38,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("feature basics", (
         "kamengd.accounts.passwords", "kamengd.inventory.importer", "kamengd.payments.epay",
         "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
-        "kamengd.payments.sandbox",
+        "kamengd.payments.sandbox", "kamengd.payments.paths", "kamengd.payments.gateways",
+        "kamengd.payments.gateways.*",
         "kamengd.orders.reasons", "kamengd.agents.signing",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
         "kamengd.operations.processes")),
@@ -56,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
-        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.backup.*",
+        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.payments.flow", "kamengd.backup.*",
         "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview",
         "kamengd.agents.webhooks", "kamengd.agents.batches")),
     # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).

@@ -40,6 +40,7 @@ OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {
     ("ledger_accounts", "balance_cents"): lambda i, _values: 1234 * i,         # may_go_negative OR >= 0
     ("ledger_entries", "amount_cents"): lambda i, _values: (-1) ** i * 1234,   # <> 0
     ("agent_level_rules", "days"): lambda i, _values: 7 * i + 1,               # BETWEEN 1 AND 366
+    ("supplier_products", "markup_kind"): lambda i, _values: ("fixed", None, "percent")[i % 3],   # NULL OR IN
 }
 
 

@@ -37,6 +37,8 @@ from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..money import format_cents
 from ..payments import epay, methods, sandbox
+from ..payments.gateways import SPECS
+from ..payments.paths import start_url
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
@@ -416,6 +418,8 @@ def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amo
     back = (return_site or site_url).rstrip("/")
     if row.channel_type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel_code, order_no=order_no, token=token)
+    if row.channel_type in SPECS:   # created at the gateway by the pay page, not here
+        return start_url(back, channel_code, order_no, token)
     if row.channel_type != "epay":
         return None
     return epay.pay_url(

@@ -18,6 +18,7 @@ from ..extensions import db
 from ..payments import methods
 from ..payments import services as payments
 from ..payments import sandbox
+from ..payments.gateways import SPECS
 from ..payments.models import PaymentChannel
 from ..settings.services import shop_url
 from ..transaction import read_only
@@ -29,8 +30,17 @@ from .settings import site_url_problem
 FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_order")
 # Per type, the form's fields that are the channel's options. The single pay_type of older
 # Epay channels is folded into pay_types when one is saved; the sandbox makes its own secret.
-OPTION_FIELDS = {"epay": ("gateway", "pid", "key", "pay_types", "pay_type"), "sandbox": ("force",)}
+OPTION_FIELDS = {"epay": ("gateway", "pid", "key", "pay_types", "pay_type"), "sandbox": ("force",),
+                 **{name: spec.options for name, spec in SPECS.items()}}
 MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
+
+
+@bp.app_template_global()
+def option_label(name: str) -> str:
+    """A gateway option's label on the channel form."""
+    return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
+            "webhook_secret": _("Webhook signing secret (whsec_…)"),
+            "api_base": _("API base URL (leave empty for the provider's own)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:
@@ -40,6 +50,9 @@ def _form() -> dict[str, str]:
     form["pay_types"] = ",".join(ticked + ([form["other_pay_types"]] if form["other_pay_types"].strip() else []))
     form["pay_type"] = ""
     form["force"] = "yes" if request.form.get("force") == "yes" else ""
+    for spec in SPECS.values():   # a gateway type's options, each a field of its own name
+        for name in spec.options:
+            form.setdefault(name, request.form.get(name, "")[:MAX_FIELD])
     return form
 
 
@@ -50,9 +63,8 @@ def _new_type() -> str:
 
 def _values(channel: PaymentChannel) -> dict[str, str]:
     options = json.loads(channel.options)
-    if channel.type == "sandbox":
-        return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
-                "force": options.get("force", "")}
+    if channel.type == "sandbox" or channel.type in SPECS:   # (a gateway's secrets are never sent back)
+        return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order), **options}
     # Nothing set: nothing ticked (the form says alipay is then used), so saving changes nothing.
     types = methods.pay_types(channel.type, options) if options.get("pay_types") or options.get("pay_type") else []
     return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),
@@ -62,10 +74,15 @@ def _values(channel: PaymentChannel) -> dict[str, str]:
 
 def _render_form(channel: PaymentChannel | None, values: dict[str, str], status: int = 200,
                  channel_type: str = "epay"):
-    values = {k: v for k, v in values.items() if k != "key"}   # a key typed in is never sent back
+    channel_type = channel.type if channel else channel_type
+    spec = SPECS.get(channel_type)
+    hidden = {"key", *(spec.secret if spec else ())}
+    values = {k: v for k, v in values.items() if k not in hidden}   # a secret typed in is never sent back
     ticked = values.get("pay_types", "").split(",")
     return render_template("panel/channels_form.html", channel=channel, values=values,
-                           channel_type=channel.type if channel else channel_type,
+                           channel_type=channel_type, gateway_types=list(SPECS),
+                           gateway_fields=[(name, name in spec.secret, name in spec.required)
+                                           for name in spec.options] if spec else [],
                            site_is_loopback=sandbox.is_loopback_url(shop_url()),
                            known_types=[(t, labels[1], t in ticked) for t, labels in methods.KNOWN.items()],
                            key_set=channel is not None and channel.secret_ciphertext is not None,
@@ -174,6 +191,10 @@ def channel_test(channel_id: int):
     else:
         if channel.type == "sandbox":
             result = payments.sandbox_check(channel, shop_url())
+        elif channel.type in SPECS:
+            channel_type, conf = channel.type, payments.gateway_channel(get_vault(), channel)
+            db.session.commit()   # no transaction is held while the gateway answers
+            result = payments.probe_gateway(channel_type, conf)
         else:
             db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
             result = payments.query_epay_merchant(gateway, pid, key)

@@ -47,6 +47,8 @@ from ..settings.services import decode_setting, setting_value_query
 from ..validation import has_control_characters
 from ..vault import Vault
 from . import epay, sandbox
+from .gateways import gateway
+from .gateways.base import Channel, Inbound, Refused
 from .keycache import channel_secrets_cached
 from .models import MAX_TRADE_NO, Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
@@ -91,6 +93,8 @@ class CachedChannel:
     key: str
     nonce: bytes | None
     weak: InvalidRequest | None = None   # why the key is too weak to trust a signature made with it
+    options: dict | None = None          # a gateway type's options and secrets (kamengd.payments.gateways)
+    secrets: dict | None = None
 
     def verify(self, params: dict[str, str]) -> bool:
         return (sandbox.verify if self.type == "sandbox" else epay.verify)(params, self.key)
@@ -130,7 +134,7 @@ def _channel(session: Session, vault: Vault, code: str) -> CachedChannel | None:
     pid, key = (code, secrets.get("secret", "")) if row.type == "sandbox" else (str(options.get("pid", "")),
                                                                                secrets.get("key", ""))
     found = CachedChannel(row.id, code, row.type, pid, key, bytes(row.secret_nonce) if row.secret_nonce else None,
-                          secrets_problem(row.type, secrets))
+                          secrets_problem(row.type, secrets), options, secrets)
     with _lock:
         if len(_channels) > 256:
             _channels.clear()
@@ -195,6 +199,52 @@ def handle_epay_notify(session: Session, vault: Vault, code: str, params: dict[s
     return PaymentOutcome(False, "the channel's key keeps changing")
 
 
+def protocol_for(session: Session, vault: Vault, code: str):
+    """The gateway protocol of the channel `code` (None: Epay, the sandbox, or no such channel)."""
+    channel = _channel(session, vault, code) if len(code) <= 32 else None
+    return gateway(channel.type) if channel is not None else None
+
+
+def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: Inbound,
+                          now: dt.datetime | None = None) -> PaymentOutcome:
+    """A callback of a gateway protocol (kamengd.payments.gateways): the same rules as Epay's.
+    The protocol checks the signature and the merchant before anything is read or written;
+    then the payment is recorded once, like every other (settle)."""
+    now = now or utcnow()
+    own_transaction = not _in_transaction(session)
+    for _ in range(2):
+        channel = _channel(session, vault, code)
+        protocol = gateway(channel.type) if channel is not None else None
+        if protocol is None:
+            return PaymentOutcome(False, "unknown channel", forged=True)
+        if channel.weak:
+            return PaymentOutcome(False, "the channel's secret is too weak to trust; enter a new one")
+        try:
+            notice = protocol.verify(Channel(code, channel.options, channel.secrets), inbound, now)
+        except Refused as exc:
+            return PaymentOutcome(False, exc.reason, forged=exc.forged, ignored=not exc.forged)
+        if not notice.paid:
+            return PaymentOutcome(False, "not paid", ignored=True)
+        if not notice.trade_no or has_control_characters(notice.trade_no):
+            return PaymentOutcome(False, "bad trade number")
+        raw = {**notice.raw, "channel_type": channel.type}
+        try:
+            # An amount that cannot be read is no amount: the order is held for a person.
+            return settle(session, channel, order_no=notice.order_no, trade_no=notice.trade_no,
+                          amount_cents=notice.amount_cents or 0, raw=raw, now=now,
+                          currency=notice.currency or None)
+        except _StaleChannel:
+            if own_transaction:
+                session.rollback()
+            forget_channel(code)
+        except IntegrityError:
+            if not own_transaction:
+                raise
+            session.rollback()
+            return PaymentOutcome(False, "trade recorded concurrently")
+    return PaymentOutcome(False, "the channel's secret keeps changing")
+
+
 def _check(channel: CachedChannel, params: dict[str, str]):
     """(order_no, trade_no, amount in cents) of a genuine payment callback, else the refusal."""
     if not channel.verify(params):
@@ -213,7 +263,7 @@ def _check(channel: CachedChannel, params: dict[str, str]):
 
 
 def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no: str, amount_cents: int,
-           raw: dict, now: dt.datetime | None = None) -> PaymentOutcome:
+           raw: dict, now: dt.datetime | None = None, currency: str | None = None) -> PaymentOutcome:
     """Record a verified payment (see the module's docstring); the write transaction is left
     open for the caller to commit."""
     now = now or utcnow()
@@ -241,7 +291,7 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     if context.existing_order_id == row.id:
         return PaymentOutcome(True, "already recorded")
     if (context.existing_order_id is None and row.status == "pending" and amount_cents == row.amount_cents
-            and context.delivery_mode == "auto"):
+            and currency in (None, row.currency) and context.delivery_mode == "auto"):
         delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now,   # built unlocked
                              context.product_price_cents)
         conn = session.connection()   # SQLite: BEGIN IMMEDIATE
@@ -254,7 +304,7 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     # the write transaction (nothing was written above).
     order = session.get(Order, row.id, populate_existing=True)
     return record_payment(session, session.get(PaymentChannel, channel.id), order, trade_no=trade_no,
-                          amount_cents=amount_cents, raw=raw, now=now)
+                          amount_cents=amount_cents, raw=raw, now=now, currency=currency)
 
 
 class _Delivery:

@@ -101,3 +101,29 @@ class SettlementEntry(db.Model):
     gateway_amount_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
     detail: Mapped[str] = mapped_column(sa.String(500), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PaymentAttempt(db.Model):
+    """A payment created at a gateway for an order (a Checkout Session, a QR code): what the
+    buyer's pay page shows again, what reconciliation asks the gateway about, and, failed,
+    why the order moved on to another channel."""
+    __tablename__ = "payment_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
+    channel_id: Mapped[int] = mapped_column(sa.ForeignKey("payment_channels.id"))
+    status: Mapped[str] = mapped_column(sa.String(16))   # open | failed
+    gateway_ref: Mapped[str | None] = mapped_column(sa.String(MAX_TRADE_NO))
+    pay_url: Mapped[str | None] = mapped_column(sa.Text)
+    qr_payload: Mapped[str | None] = mapped_column(sa.Text)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(8))
+    details: Mapped[str] = mapped_column(sa.Text, default="{}")
+    error: Mapped[str | None] = mapped_column(sa.String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.UniqueConstraint("channel_id", "gateway_ref", name="uq_payment_attempts_channel_ref"),
+        sa.CheckConstraint("status IN ('open', 'failed')", name="status"),
+    )

@@ -1,5 +1,9 @@
 """Missed callbacks (掉单): ask the gateway about orders still unpaid here.
 
+Gateway channels (Stripe and the others of kamengd.payments.gateways) are
+asked about the payment created for the order (its attempt), the same way
+and on the same schedule as Epay orders below.
+
 For Epay orders pending longer than a minute, the reconciliation job asks
 `<gateway>/api.php?act=order` (CONTRACT.md §3) with a backoff (next check
 after half the order's age, at least a minute) until the order has expired,
@@ -17,15 +21,17 @@ import urllib.request
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..database import utcnow
 from ..money import parse_gateway_money
 from ..orders.models import Order
 from ..vault import Vault
 from ..validation import has_control_characters
-from .models import MAX_TRADE_NO, PaymentChannel, placeholder_trade_no
-from .services import channel_option, channel_secrets, record_payment
+from .gateways import SPECS, gateway
+from .gateways.base import GatewayError as ProtocolError
+from .models import MAX_TRADE_NO, PaymentAttempt, PaymentChannel, placeholder_trade_no
+from .services import channel_option, channel_secrets, gateway_channel, record_payment
 
 log = logging.getLogger("kamengd.reconcile")
 MIN_AGE = dt.timedelta(minutes=1)
@@ -59,19 +65,72 @@ def _next_check(order: Order, now: dt.datetime) -> dt.datetime:
     return now + max(MIN_AGE, age / 2)
 
 
+def _due(now: dt.datetime):
+    """Orders of a channel still worth asking about: unpaid, a minute old, their next check due."""
+    return [sa.or_(Order.status == "pending",
+                   sa.and_(Order.status == "expired", Order.expires_at > now - LATE_PAYMENTS)),
+            Order.created_at <= now - MIN_AGE,
+            sa.or_(Order.next_check_at.is_(None), Order.next_check_at <= now)]
+
+
 def reconcile_pending(session: Session, vault: Vault, *, now: dt.datetime | None = None, limit: int = 100,
                       query=query_epay_order) -> dict:
     """One pass; commits per order (a job, not a request)."""
     now = now or utcnow()
+    counts = _reconcile_epay(session, vault, now=now, limit=limit, query=query)
+    for name, value in _reconcile_gateways(session, vault, now=now, limit=limit).items():
+        counts[name] += value
+    return counts
+
+
+def _reconcile_gateways(session: Session, vault: Vault, *, now: dt.datetime, limit: int) -> dict:
+    """The orders of gateway channels (kamengd.payments.gateways) whose payment was created:
+    the gateway is asked about that payment, and one it reports paid is recorded exactly as
+    its callback would have been."""
+    counts = {"checked": 0, "completed": 0, "unpaid": 0, "errors": 0}
+    tried = aliased(PaymentAttempt)
+    latest = (sa.select(sa.func.max(tried.id)).where(tried.order_id == Order.id, tried.channel_id == Order.channel_id,
+                                                     tried.status == "open")
+              .correlate(Order).scalar_subquery())
+    due = session.execute(
+        sa.select(Order.id, Order.order_no, Order.channel_id, PaymentChannel.type, PaymentAttempt.gateway_ref)
+        .join(PaymentChannel, PaymentChannel.id == Order.channel_id)
+        .join(PaymentAttempt, sa.and_(PaymentAttempt.order_id == Order.id, PaymentAttempt.id == latest))
+        .where(PaymentChannel.type.in_(list(SPECS)), *_due(now))
+        .order_by(Order.next_check_at, Order.id).limit(limit)).all()
+    channels = {}
+    for channel_id in {row.channel_id for row in due}:
+        channels[channel_id] = gateway_channel(vault, session.get(PaymentChannel, channel_id))
+    session.commit()   # no transaction is held while a gateway answers
+    for order_id, order_no, channel_id, channel_type, ref in due:
+        counts["checked"] += 1
+        try:
+            notice = gateway(channel_type).query(channels[channel_id], order_no, ref, now)
+        except ProtocolError as exc:
+            log.warning("reconcile %s: %s", order_no, exc)
+            notice, outcome = None, "errors"
+        else:
+            outcome = "unpaid"
+        if notice is not None:
+            result = record_payment(session, session.get(PaymentChannel, channel_id), session.get(Order, order_id),
+                                    trade_no=notice.trade_no, amount_cents=notice.amount_cents or 0,
+                                    currency=notice.currency or None, now=now, source="reconciliation",
+                                    raw={**notice.raw, "source": "reconciliation"})
+            outcome = "completed" if result.recorded else "errors"
+        counts[outcome] += 1
+        order = session.get(Order, order_id)
+        if order.status in ("pending", "expired"):
+            order.next_check_at = _next_check(order, now)
+        session.commit()
+    return counts
+
+
+def _reconcile_epay(session: Session, vault: Vault, *, now: dt.datetime, limit: int, query) -> dict:
     counts = {"checked": 0, "completed": 0, "unpaid": 0, "errors": 0}
     due = session.execute(
         sa.select(Order.id, Order.order_no, Order.channel_id)
         .join(PaymentChannel, PaymentChannel.id == Order.channel_id)
-        .where(PaymentChannel.type == "epay",
-               sa.or_(Order.status == "pending",
-                      sa.and_(Order.status == "expired", Order.expires_at > now - LATE_PAYMENTS)),
-               Order.created_at <= now - MIN_AGE,
-               sa.or_(Order.next_check_at.is_(None), Order.next_check_at <= now))
+        .where(PaymentChannel.type == "epay", *_due(now))
         .order_by(Order.next_check_at, Order.id).limit(limit)).all()
     gateways = {}
     for channel_id in {row.channel_id for row in due}:

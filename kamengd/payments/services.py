@@ -25,6 +25,9 @@ from ..validation import has_control_characters
 from ..vault import Vault, VaultError
 from ..settings.services import shop_url
 from . import epay, methods, sandbox
+from .gateways import SPECS, gateway as protocol_of
+from .gateways.base import Channel, GatewayError
+from .paths import start_url
 from .models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel, placeholder_trade_no
 from .strength import secret_problem, secrets_problem
 
@@ -39,6 +42,9 @@ CHANNEL_TYPES = {
     "sandbox": {"options": ("secret", "force"),
                 "required": ("secret",),
                 "secret": ("secret",)},
+    # The gateway protocols (kamengd.payments.gateways): what each one's channel is made of.
+    **{name: {"options": spec.options, "required": spec.required, "secret": spec.secret}
+       for name, spec in SPECS.items()},
 }
 
 
@@ -74,6 +80,10 @@ def _check_options(channel_type: str, options: dict[str, str], found: Collector,
         problem = None if name in wrong else secret_problem(channel_type, name, options.get(name, ""))
         if problem:
             add(name, problem)
+    protocol = protocol_of(channel_type)
+    for name, problem in protocol.check_options(options) if protocol is not None else ():
+        if name not in wrong:
+            add(name, InvalidRequest("option %(name)s: %(problem)s", name=name, problem=problem))
     if channel_type == "sandbox" and "force" not in wrong and options.get("force", "") not in sandbox.FORCE_VALUES:
         add("force", InvalidRequest("option force: yes, or leave it out"))
     if channel_type == "epay":
@@ -355,10 +365,19 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
     when the stored key is missing, does not decrypt or does not verify.
     """
-    if channel.type not in ("epay", "sandbox"):
+    if channel.type not in ("epay", "sandbox", *SPECS):
         raise InvalidRequest("channel type %(type)r cannot be tested", type=channel.type)
     if channel.type == "sandbox":
         return _check_sandbox_signing(vault, channel)
+    if channel.type in SPECS:   # the gateway itself is asked (probe_gateway)
+        try:
+            stored = channel_secrets(vault, channel)
+        except VaultError:
+            raise InvalidRequest(UNDECRYPTABLE) from None
+        problem = secrets_problem(channel.type, stored)
+        if problem:
+            raise problem
+        return "", channel.code, ""
     try:
         key = channel_secrets(vault, channel).get("key", "")
     except VaultError:
@@ -395,6 +414,20 @@ def sandbox_check(channel: PaymentChannel, site_url: str) -> ChannelCheck:
         return ChannelCheck(True, "gateway", N_("the sandbox completes payments on this shop (no money moves)"))
     return ChannelCheck(False, "gateway", N_("site.url is not a loopback address: the sandbox takes no orders "
                                              "unless forced"))
+
+
+def gateway_channel(vault: Vault, channel: PaymentChannel) -> Channel:
+    """What a gateway protocol is given of the channel (its secrets in memory only)."""
+    return Channel(channel.code, json.loads(channel.options), channel_secrets(vault, channel))
+
+
+def probe_gateway(channel_type: str, conf: Channel) -> ChannelCheck:
+    """Ask a gateway protocol's provider whether it takes the channel's credentials."""
+    try:
+        said = protocol_of(channel_type).probe(conf)
+    except GatewayError as exc:
+        return ChannelCheck(False, "gateway", N_("the gateway refused: %(answer)s"), {"answer": str(exc)[:200]})
+    return ChannelCheck(True, "gateway", N_("the gateway answers: %(answer)s"), {"answer": said})
 
 
 def forced_sandboxes(session: Session, site_url: str) -> list[str]:
@@ -496,6 +529,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
     back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
     if channel.type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel.code, order_no=order.order_no, token=token)
+    if channel.type in SPECS:
+        return start_url(back, channel.code, order.order_no, token)
     return epay.pay_url(
         gateway=channel_option(channel, "gateway"), pid=channel_option(channel, "pid"),
         key=channel_secrets(vault, channel)["key"],
@@ -511,6 +546,7 @@ class PaymentOutcome:
     recorded: bool          # answer the gateway "success"
     reason: str = ""
     forged: bool = False    # not from the gateway (signature, pid, channel): counted per address
+    ignored: bool = False   # a genuine notice that is no payment (acknowledged where the protocol wants it)
 
 
 def _already_recorded(session: Session, order, existing: Payment, now) -> PaymentOutcome:
@@ -527,7 +563,7 @@ def _already_recorded(session: Session, order, existing: Payment, now) -> Paymen
 
 
 def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no: str, amount_cents: int,
-                   raw: dict, now=None, source: str = "callback") -> PaymentOutcome:
+                   raw: dict, now=None, source: str = "callback", currency: str | None = None) -> PaymentOutcome:
     """Record a verified payment once per (channel, trade_no); pay and deliver the order.
 
     Used by the callback and by reconciliation (a payment the gateway reports
@@ -548,7 +584,9 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         return _already_recorded(session, order, existing, now)
     if source == "callback" and _fill_in_reconciled(session, channel, order, trade_no, amount, raw):
         return PaymentOutcome(True, "the payment reconciliation found: its trade number filled in")
-    right_amount = amount == order.amount_cents
+    # A gateway that names the currency: another one than the order's is the wrong amount too.
+    other_currency = currency is not None and currency != order.currency
+    right_amount = amount == order.amount_cents and not other_currency
     payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
                       status="received" if right_amount else "held", created_at=now, source=source,
                       raw=json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str))
@@ -574,11 +612,13 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
         emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)
     else:
-        reason = reasons.reason(reasons.WRONG_AMOUNT, paid=format_cents(amount),
-                                amount=format_cents(order.amount_cents), currency=order.currency)
+        paid = format_cents(amount) + (f" {currency}" if other_currency else "")
+        reason = reasons.reason(reasons.WRONG_AMOUNT, paid=paid, amount=format_cents(order.amount_cents),
+                                currency=order.currency)
         flag_order(session, order, reason, now, event=None)
         emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
-                                                  paid_amount=format_cents(amount)), now)
+                                                  paid_amount=format_cents(amount),
+                                                  **({"paid_currency": currency} if other_currency else {})), now)
     return PaymentOutcome(True, new_status)
 
 

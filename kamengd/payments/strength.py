@@ -33,6 +33,9 @@ RULES = {
     ("epay", "key"): SecretRule(min_length=16, min_classes=2, min_distinct=8),
     # Made by kamengd (43 URL-safe characters); only one typed in by hand could be weaker.
     ("sandbox", "secret"): SecretRule(min_length=32, min_classes=2, min_distinct=12),
+    # Stripe's keys and signing secrets: a prefix and 24 or more random characters.
+    ("stripe", "secret_key"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
+    ("stripe", "webhook_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
 }
 
 

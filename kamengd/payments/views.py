@@ -10,7 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..context import get_config, get_vault
 from ..database import busy_reports, is_busy
 from ..extensions import db, limiter
-from .callbacks import handle_epay_notify
+from .callbacks import handle_epay_notify, handle_gateway_notify, protocol_for
+from .gateways.base import Inbound
 
 bp = Blueprint("pay", __name__, url_prefix="/pay")
 
@@ -18,6 +19,8 @@ bp = Blueprint("pay", __name__, url_prefix="/pay")
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 # A genuine callback is a few hundred bytes; nothing larger is even parsed.
 MAX_CALLBACK_BYTES = 8192
+# A JSON webhook (Stripe's event, WeChat Pay's notice) carries the whole object: a few kB.
+MAX_JSON_CALLBACK_BYTES = 65536
 
 
 def _callbacks_limit() -> str:
@@ -57,20 +60,37 @@ def _was_forged(_response) -> bool:
 @limiter.limit(_bad_callbacks_limit, exempt_when=_from_a_gateway, deduct_when=_was_forged,
                scope="pay-notify-refused")
 def notify(code: str):
-    request.max_content_length = MAX_CALLBACK_BYTES   # a chunked body too: 413 once it grows past it
+    protocol = protocol_for(db.session, get_vault(), code)
+    limit = MAX_JSON_CALLBACK_BYTES if protocol is not None and protocol.json_callbacks else MAX_CALLBACK_BYTES
+    request.max_content_length = limit   # a chunked body too: 413 once it grows past it
     size = len(request.query_string) + (request.content_length or 0)
-    if size > MAX_CALLBACK_BYTES:
+    if size > limit:
         current_app.logger.warning("payment callback on %r refused: %d bytes", code[:32], size)
         g.forged_callback = True   # no gateway sends this much
         return "fail: too large", 413, TEXT
     params = {**request.args.to_dict(), **request.form.to_dict()}
+    if protocol is None:   # Epay, the sandbox, or no such channel
+        outcome = _recorded(code, lambda: handle_epay_notify(db.session, get_vault(), code, params,
+                                                             site_url=get_config().site.url),
+                            str(params.get("out_trade_no", "")))
+        return ("success" if outcome is not None and outcome.recorded else "fail"), 200, TEXT
+    inbound = Inbound(params=params, body=request.get_data(), headers={k.lower(): v for k, v in request.headers.items()})
+    outcome = _recorded(code, lambda: handle_gateway_notify(db.session, get_vault(), code, inbound), "")
+    # A genuine notice that is no payment is acknowledged (else the gateway sends it for days).
+    reply = protocol.reply(outcome is not None and (outcome.recorded or outcome.ignored))
+    return reply.body, reply.status, {"Content-Type": reply.content_type}
+
+
+def _recorded(code: str, handle, order_no: str):
+    """The outcome of handling a callback, committed when recorded (only a stored payment is
+    answered as one); None when the database stayed busy."""
     for _ in range(2):
         try:
-            outcome = handle_epay_notify(db.session, get_vault(), code, params, site_url=get_config().site.url)
+            outcome = handle()
             if outcome.recorded:
                 # Committed here, inside the retry: only a stored payment is "success".
                 db.session.commit()
-                return "success", 200, TEXT
+                return outcome
             g.forged_callback = outcome.forged
             break
         except SQLAlchemyError as exc:  # deadlock or lock wait timeout: try once more
@@ -83,7 +103,7 @@ def notify(code: str):
     if outcome is None:
         busy_reports.warning(current_app.logger, "payment callback on %r not recorded, the database is busy "
                              "(the gateway calls again): %s", code[:32], last_error)
-    else:
+    elif not outcome.ignored:
         current_app.logger.warning("payment callback on %r not recorded: %s (out_trade_no=%r)", code[:32],
-                                   outcome.reason, str(params.get("out_trade_no", ""))[:40])
-    return "fail", 200, TEXT  # anything but "success": the gateway will call again
+                                   outcome.reason, order_no[:40])
+    return outcome

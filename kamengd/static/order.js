@@ -38,3 +38,20 @@
     again();
   });
 })();
+
+// A countdown to the payment deadline (the time itself is shown without JavaScript).
+(function () {
+  "use strict";
+  document.addEventListener("DOMContentLoaded", function () {
+    var el = document.querySelector("[data-seconds-left]");
+    if (!el) return;
+    var end = Date.now() + 1000 * parseInt(el.getAttribute("data-seconds-left"), 10), shown = el.textContent;
+    function tick() {
+      var left = Math.max(0, Math.round((end - Date.now()) / 1000));
+      var m = Math.floor(left / 60), s = left % 60;
+      el.textContent = shown + " (" + m + ":" + (s < 10 ? "0" : "") + s + ")";
+      if (left > 0) window.setTimeout(tick, 1000);
+    }
+    tick();
+  });
+})();

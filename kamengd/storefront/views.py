@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import segno
 import sqlalchemy as sa
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import gettext
@@ -24,6 +25,7 @@ from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.callbacks import pay_in_sandbox
+from ..payments.flow import NotStarted, start_payment
 from ..payments.models import PaymentChannel
 from ..payments import methods
 from ..payments import services as payments
@@ -324,6 +326,43 @@ def payment_return(code: str):
     except NotFound:
         return render_template("order_missing.html"), 404
     return _order_page(order, token, returned=True)
+
+
+@bp.get("/pay/<code>/start")
+def payment_start(code: str):
+    """The pay URL of an order of a gateway channel: the payment is created at the gateway on
+    the first visit (kept for the next), then the buyer is sent there, or shown its QR code."""
+    try:
+        order, token = _buyers_order(request.args.get("order_no", "")[:32])
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    channel = db.session.get(PaymentChannel, order.channel_id) if order.channel_id else None
+    if channel is None or channel.code != code:
+        return render_template("order_missing.html"), 404
+    order_url = url_for("shop.order_page", order_no=order.order_no, token=token)
+    if order.status != "pending":
+        return redirect(order_url, code=303)
+    back = (return_site() or shop_url()).rstrip("/") + url_for("shop.payment_return", code=code,
+                                                               order_no=order.order_no, token=token)
+    order_no, amount, currency, expires = order.order_no, order.amount_cents, order.currency, order.expires_at
+    try:
+        page = start_payment(db.session, get_vault(), order, site_url=shop_url(), back_url=back)
+    except NotStarted as exc:
+        db.session.commit()   # the failed attempt, with the gateway's reason, for staff
+        return render_template("pay_page.html", problem=exc.message, order_no=order_no, order_url=order_url,
+                               amount=format_cents(amount), currency=currency, qr_svg=None, pay_url=None,
+                               retry_url=request.full_path, expires_at=shop_time(expires), seconds_left=0,
+                               status_url=None), 503
+    db.session.commit()
+    if page.qr is None:
+        return redirect(page.pay_url, code=303)
+    until = min(expires, page.expires_at) if page.expires_at else expires
+    return render_template("pay_page.html", problem=None, order_no=order_no, order_url=order_url,
+                           amount=format_cents(amount), currency=currency,
+                           qr_svg=segno.make(page.qr, error="m").svg_inline(scale=6, border=2),
+                           pay_url=page.pay_url, retry_url=None, expires_at=shop_time(until),
+                           seconds_left=max(0, int((until - utcnow()).total_seconds())), details=page.details,
+                           status_url=url_for("shop.order_status", order_no=order_no, token=token))
 
 
 def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):

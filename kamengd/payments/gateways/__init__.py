@@ -1,0 +1,42 @@
+"""The payment gateway protocols kamengd speaks besides Epay and the sandbox, by channel type.
+
+Each is loaded when first used (a provider's SDK is not imported by every
+`kamengd` command): SPECS says what a type's channel is made of without it.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .base import Gateway
+
+
+@dataclass(frozen=True)
+class Spec:
+    module: str
+    cls: str
+    options: tuple[str, ...]
+    required: tuple[str, ...]
+    secret: tuple[str, ...]
+    json_callbacks: bool = False
+
+
+SPECS = {
+    "stripe": Spec("stripe_checkout", "StripeCheckout", ("secret_key", "webhook_secret", "api_base"),
+                   ("secret_key", "webhook_secret"), ("secret_key", "webhook_secret"), json_callbacks=True),
+}
+_loaded: dict[str, Gateway] = {}
+
+
+def gateway(channel_type: str) -> Gateway | None:
+    """The protocol of a channel type, or None (Epay and the sandbox are not here)."""
+    spec = SPECS.get(channel_type)
+    if spec is None:
+        return None
+    found = _loaded.get(channel_type)
+    if found is None:
+        module = importlib.import_module(f"{__name__}.{spec.module}")
+        found = _loaded[channel_type] = getattr(module, spec.cls)()
+        assert (found.options, found.required, found.secret) == (spec.options, spec.required, spec.secret), \
+            channel_type
+    return found
