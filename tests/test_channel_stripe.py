@@ -90,9 +90,9 @@ def shop(backend, databases, tmp_path, start_server):
     fake.stop()
 
 
-def place(base: str, pid: int, quantity: int = 1) -> dict:
+def place(base: str, pid: int, quantity: int = 1, channel: str = "stripe") -> dict:
     status, _, body = http("POST", f"{base}/api/v1/orders", {"product_id": pid, "quantity": quantity,
-                                                              "email": "card@example.com", "channel": "stripe"})
+                                                              "email": "card@example.com", "channel": channel})
     assert status == 201, body
     return json.loads(body)
 

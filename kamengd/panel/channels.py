@@ -36,11 +36,21 @@ MAX_FIELD = 1000   # longer than any valid value: the service says what the limi
 
 
 @bp.app_template_global()
+def option_limit(name: str) -> int:
+    return payments.option_limit(name)
+
+
+@bp.app_template_global()
 def option_label(name: str) -> str:
     """A gateway option's label on the channel form."""
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
-            "api_base": _("API base URL (leave empty for the provider's own)")}.get(name, name)
+            "api_base": _("API base URL (leave empty for the provider's own)"),
+            "app_id": _("APPID of the app on Alipay's open platform"),
+            "private_key": _("The app's RSA private key (RSA2)"),
+            "alipay_public_key": _("Alipay's public key (from the open platform's console)"),
+            "seller_id": _("Seller ID (2088…; optional: notifications for another seller are refused)"),
+            "gateway": _("Gateway URL (leave empty for the provider's own)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:
@@ -52,7 +62,7 @@ def _form() -> dict[str, str]:
     form["force"] = "yes" if request.form.get("force") == "yes" else ""
     for spec in SPECS.values():   # a gateway type's options, each a field of its own name
         for name in spec.options:
-            form.setdefault(name, request.form.get(name, "")[:MAX_FIELD])
+            form.setdefault(name, request.form.get(name, "")[:2 * payments.option_limit(name)])
     return form
 
 

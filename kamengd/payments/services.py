@@ -49,6 +49,13 @@ CHANNEL_TYPES = {
 
 
 MAX_OPTION_LENGTH = 500
+# RSA keys and certificates in PEM: a 4096-bit private key is some 3,300 characters.
+KEY_OPTIONS = ("private_key", "alipay_public_key")
+MAX_KEY_OPTION_LENGTH = 8000
+
+
+def option_limit(name: str) -> int:
+    return MAX_KEY_OPTION_LENGTH if name in KEY_OPTIONS else MAX_OPTION_LENGTH
 MAX_NAME_LENGTH = 100
 SORT_ORDER_RANGE = (0, 9999)
 UNDECRYPTABLE = N_("the stored key cannot be decrypted with the data key; enter it again")
@@ -68,9 +75,9 @@ def _check_options(channel_type: str, options: dict[str, str], found: Collector,
         if name not in spec["options"]:
             add(name, InvalidRequest("option %(name)s: not an option of %(channel_type)s (takes %(options)s)",
                                      name=name, channel_type=channel_type, options=", ".join(spec["options"])))
-        elif len(value) > MAX_OPTION_LENGTH:
+        elif len(value) > option_limit(name):
             add(name, InvalidRequest("option %(name)s: at most %(limit)s characters",
-                                     name=name, limit=MAX_OPTION_LENGTH))
+                                     name=name, limit=option_limit(name)))
     for name in spec["required"]:
         if name not in wrong and not options.get(name, "").strip():
             # An empty Epay key would make every callback forgeable.

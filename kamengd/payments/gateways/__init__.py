@@ -24,6 +24,9 @@ class Spec:
 SPECS = {
     "stripe": Spec("stripe_checkout", "StripeCheckout", ("secret_key", "webhook_secret", "api_base"),
                    ("secret_key", "webhook_secret"), ("secret_key", "webhook_secret"), json_callbacks=True),
+    "alipay": Spec("alipay_f2f", "AlipayFaceToFace", ("app_id", "private_key", "alipay_public_key", "seller_id",
+                                                      "gateway"),
+                   ("app_id", "private_key", "alipay_public_key"), ("private_key",)),
 }
 _loaded: dict[str, Gateway] = {}
 
