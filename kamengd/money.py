@@ -69,23 +69,30 @@ def parse_plain_money(text, *, field: str = "amount", allow_zero: bool = False) 
     return cents
 
 
-# ISO 4217 currencies whose smallest unit is the whole unit (a gateway's "minor units" are
-# then our cents / 100). Every other currency kamengd sells in has two places.
-ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF", "PYG", "RWF", "KMF", "GNF",
+# ISO 4217 currencies whose smallest unit is the whole unit as gateways count it (a gateway's
+# "minor units" are then our cents / 100). ISK is not among them: Stripe counts it in hundredths.
+ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "UGX", "XAF", "XOF", "PYG", "RWF", "KMF", "GNF",
                           "DJF", "BIF", "MGA", "VUV", "XPF"})
+# Three places: our cents cannot say what a gateway means; such orders are not sent to one.
+THREE_DECIMAL = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"})
 
 
 def to_minor_units(cents: int, currency: str) -> int | None:
-    """Our cents as a gateway's minor units of `currency`; None when the amount has cents a
-    zero-decimal currency cannot hold (such an order cannot be paid through that gateway)."""
-    if currency.upper() in ZERO_DECIMAL:
+    """Our cents as a gateway's minor units of `currency`; None when a gateway cannot be sent the
+    amount (cents a zero-decimal currency cannot hold, a three-decimal currency)."""
+    currency = currency.upper()
+    if currency in THREE_DECIMAL:
+        return None
+    if currency in ZERO_DECIMAL:
         return cents // 100 if cents % 100 == 0 else None
     return cents
 
 
 def from_minor_units(minor, currency: str) -> int | None:
-    """A gateway's integer minor units as our cents; None for anything but a positive integer."""
-    if isinstance(minor, bool) or not isinstance(minor, int) or not 0 < minor < MAX_CENTS:
+    """A gateway's integer minor units as our cents; None for anything but a positive integer
+    (or a currency whose minor units are not hundredths or whole units)."""
+    currency = currency.upper()
+    if isinstance(minor, bool) or not isinstance(minor, int) or not 0 < minor < MAX_CENTS or currency in THREE_DECIMAL:
         return None
-    cents = minor * 100 if currency.upper() in ZERO_DECIMAL else minor
+    cents = minor * 100 if currency in ZERO_DECIMAL else minor
     return cents if cents < MAX_CENTS else None

@@ -220,3 +220,32 @@ def test_alipay_down_and_a_bad_set_up(served):
     usd = json.loads(run_cli("product", "create", "--name", "usd", "--price", "1.00", "--json",
                              config=config, check=True).out)["id"]
     assert re.search(r"\d", str(usd))
+
+
+def test_a_refund_through_alipay_from_the_panel(served):
+    """The order page offers the refund through Alipay; it gives the money back once
+    (out_request_no per payment), refunds the order and says so; the audit log has it."""
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from panel_support import csrf_of, login, make_staff
+
+    config, pid, keys, base, fake = served
+    order = place(base, pid, channel="alipay")
+    qr_page(base, order)
+    assert fake.pay(order["order_no"])["answers"] == [[200, "success"]]
+    app = create_app(load_config(config, env={}))
+    app.config["TESTING"] = True
+    client = app.test_client()
+    client.set_cookie("lang", "en")
+    login(client, make_staff(app, "admin"))
+    page = client.get(f"/admin/orders/{order['order_no']}").get_data(as_text=True)
+    assert 'name="through_channel"' in page and "支付宝当面付" in page
+    form = {"csrf_token": csrf_of(page), "refund_reason": "wrong region", "through_channel": "1"}
+    done = client.post(f"/admin/orders/{order['order_no']}/refund", data=form, follow_redirects=True)
+    assert "given back through the payment channel" in done.get_data(as_text=True)
+    assert view(base, order)["status"] == "refunded"
+    assert [r["amount"] for r in fake.call("/_test/state")["refunds"]] == ["8.80"]
+    again = client.post(f"/admin/orders/{order['order_no']}/refund", data=form)
+    assert again.status_code == 409 and len(fake.call("/_test/state")["refunds"]) == 1
+    audit = run_cli("audit", "verify", config=config)
+    assert audit.returncode == 0

@@ -57,7 +57,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
-        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.payments.flow", "kamengd.backup.*",
+        "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.payments.flow",
+        "kamengd.payments.refunds", "kamengd.backup.*",
         "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview",
         "kamengd.agents.webhooks", "kamengd.agents.batches")),
     # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).

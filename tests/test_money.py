@@ -33,3 +33,18 @@ def test_zero_allowed_when_asked():
                                          (-250, "-2.50")])
 def test_format(cents, text):
     assert format_cents(cents) == text
+
+
+def test_gateway_minor_units():
+    """What a gateway is sent and reads back: hundredths for most currencies, whole units for
+    zero-decimal ones (only whole amounts), nothing for three-decimal ones (never a tenth of the
+    price), and ISK in hundredths as Stripe counts it."""
+    from kamengd.money import from_minor_units, to_minor_units
+
+    assert to_minor_units(1230, "CNY") == 1230 and from_minor_units(1230, "cny") == 1230
+    assert to_minor_units(50000, "JPY") == 500 and from_minor_units(500, "jpy") == 50000
+    assert to_minor_units(50050, "JPY") is None
+    assert to_minor_units(500000, "ISK") == 500000 and from_minor_units(500000, "isk") == 500000
+    assert to_minor_units(1000, "KWD") is None and from_minor_units(1000, "kwd") is None
+    assert from_minor_units(True, "CNY") is None and from_minor_units(0, "CNY") is None
+    assert from_minor_units("1230", "CNY") is None

@@ -14,6 +14,7 @@ from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
 from ..orders.staff import extra_payments_to_refund, refund_extra_payment
 from ..orders.services import deliver_manually
+from ..payments.refunds import refund_through_channel
 from .group import cli, emit, json_option, with_app
 from .keys import open_seekable
 
@@ -142,13 +143,22 @@ def order_show(order_no, as_json):
 @order.command("refund")
 @click.argument("order_no")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--through-channel", is_flag=True,
+              help="Give the money back at the gateway it was paid through first (Stripe, Alipay).")
 @json_option
 @with_app
-def order_refund(order_no, reason, as_json):
+def order_refund(order_no, reason, through_channel, as_json):
     """Mark a paid, held or delivered order refunded (the money goes back outside kamengd, or to an
-    agent's balance for its own orders); reserved keys go back on sale, agents' commission on it
-    is reversed. Once; audited."""
-    done = order_staff.refund_order(db.session, order_no=order_no, reason=reason, actor=cli_actor())
+    agent's balance for its own orders, or at the gateway with --through-channel); reserved keys
+    go back on sale, agents' commission on it is reversed. Once; audited."""
+    extra = {}
+    if through_channel:
+        given = refund_through_channel(db.session, get_vault(), order_no=order_no, reason=reason, actor=cli_actor())
+        done = given.refund
+        extra = {"refunded_at_gateway": format_cents(given.amount_cents), "gateway_ref": given.gateway_ref}
+    else:
+        done = order_staff.refund_order(db.session, order_no=order_no, reason=reason, actor=cli_actor())
     emit(as_json, {"order_no": done.order.order_no, "status": done.order.status, "previous_status": done.previous_status,
-                   "keys_released": done.keys_released, "keys_kept_sold": done.keys_sold},
-         f"order {done.order.order_no} refunded (was {done.previous_status})")
+                   "keys_released": done.keys_released, "keys_kept_sold": done.keys_sold, **extra},
+         f"order {done.order.order_no} refunded (was {done.previous_status})"
+         + (f"; {extra['refunded_at_gateway']} given back at the gateway" if extra else ""))

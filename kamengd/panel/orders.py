@@ -20,6 +20,7 @@ from ..money import format_cents
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
 from ..payments.models import PaymentChannel
+from ..payments.refunds import refund_through_channel, refundable_payment
 from ..settings.messaging import mail_server
 from ..transaction import read_only
 from ..validation import spreadsheet_cell
@@ -143,7 +144,9 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
         detail = order_staff.order_detail(db.session, order_no)
     except NotFound:
         abort(404)
+    found = refundable_payment(db.session, detail.order) if detail.order.status in order_staff.REFUNDABLE else None
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
+                           refund_channel=found[1] if found else None,
                            buyer_input=inputs.load(detail.order.buyer_input),
                            smtp_configured=bool(mail_server(db.session, get_config())[0]), form=request.form), status
 
@@ -215,6 +218,13 @@ def order_release(order_no):
 
 @bp.post("/orders/<order_no>/refund")
 def order_refund(order_no):
+    if request.form.get("through_channel") == "1":
+        return _act(order_no, lambda: refund_through_channel(
+            db.session, get_vault(), order_no=order_no, reason=request.form.get("refund_reason", ""),
+            actor=actor(), source_ip=client_ip()),
+            lambda given: _("Order refunded: %(amount)s given back through the payment channel (its reference "
+                            "%(ref)s); %(n)s reserved keys back on sale.", amount=format_cents(given.amount_cents),
+                            ref=given.gateway_ref, n=given.refund.keys_released))
     return _act(order_no, lambda: order_staff.refund_order(
         db.session, order_no=order_no, reason=request.form.get("refund_reason", ""), actor=actor(),
         source_ip=client_ip()),

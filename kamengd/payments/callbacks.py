@@ -212,7 +212,7 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
     then the payment is recorded once, like every other (settle)."""
     now = now or utcnow()
     own_transaction = not _in_transaction(session)
-    for _ in range(2):
+    for attempt in range(2):
         channel = _channel(session, vault, code)
         protocol = gateway(channel.type) if channel is not None else None
         if protocol is None:
@@ -222,6 +222,11 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
         try:
             notice = protocol.verify(Channel(code, channel.options, channel.secrets), inbound, now)
         except Refused as exc:
+            if exc.forged and attempt == 0:
+                # This process may know the channel as it was: a secret entered since in another
+                # process must not turn the gateway's genuine callbacks away. Read it again.
+                forget_channel(code)
+                continue
             return PaymentOutcome(False, exc.reason, forged=exc.forged, ignored=not exc.forged)
         if not notice.paid:
             return PaymentOutcome(False, "not paid", ignored=True)

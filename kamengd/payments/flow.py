@@ -23,7 +23,7 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..orders.models import Order
-from ..vault import Vault
+from ..vault import Vault, VaultError
 from .gateways import gateway
 from .gateways.base import GatewayError, OrderToPay, Urls
 from .models import PaymentAttempt, PaymentChannel
@@ -76,7 +76,10 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     if found is not None:
         return _page(found)
     product_name = session.scalar(sa.select(Product.name).where(Product.id == order.product_id)) or ""
-    conf = gateway_channel(vault, channel)
+    try:
+        conf = gateway_channel(vault, channel)
+    except VaultError:   # the data key changed under it: staff enter the secrets again (doctor says so)
+        raise NotStarted("the payment channel is not set up: try another way to pay") from None
     to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at)
     urls = Urls(notify=f"{site_url.rstrip('/')}/pay/{channel.code}/notify", back=back_url)
     order_id, channel_id, amount, currency = order.id, channel.id, order.amount_cents, order.currency

@@ -127,3 +127,17 @@ class PaymentAttempt(db.Model):
         sa.UniqueConstraint("channel_id", "gateway_ref", name="uq_payment_attempts_channel_ref"),
         sa.CheckConstraint("status IN ('open', 'failed')", name="status"),
     )
+
+
+class PaymentRefund(db.Model):
+    """Money given back through the channel a payment came by. `refund_no` is the gateway's
+    idempotency key: one per payment, so a refund asked twice is made once."""
+    __tablename__ = "payment_refunds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    payment_id: Mapped[int] = mapped_column(sa.ForeignKey("payments.id"), index=True)
+    refund_no: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    gateway_ref: Mapped[str] = mapped_column(sa.String(MAX_TRADE_NO))
+    actor: Mapped[str] = mapped_column(sa.String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -234,6 +234,13 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
     with found:
         if problem := _sandbox_site_problem(channel.type, public, site_url):
             raise problem
+    old_options = json.loads(channel.options)
+    moved = [name for name in ("api_base", "gateway") if channel.type in SPECS
+             and old_options.get(name, "") != public.get(name, "")]
+    if moved and set(given) != set(spec["secret"]):
+        # The stored secrets are never sent to a new address they were not typed in for.
+        found.add(InvalidRequest("option %(name)s: changing the gateway's address needs its secrets entered "
+                                 "again (%(secrets)s)", name=moved[0], secrets=", ".join(spec["secret"])))
     found.check()
 
     old_public = json.loads(channel.options)
@@ -247,7 +254,9 @@ def update_channel(session: Session, vault: Vault, channel: PaymentChannel, *, n
         return {}
     channel.name, channel.sort_order = name, sort_order
     channel.options = json.dumps(public, sort_keys=True)
-    if changed_secrets:
+    # Sealed again on any change of a gateway's channel: the new nonce tells every process's
+    # callback cache that the keys, the merchant or the seller it checks against moved.
+    if changed_secrets or channel.type in SPECS:
         _store_secrets(vault, channel, secrets)
     session.flush()
     details = {"changed": changes, "secret_options_changed": changed_secrets}

@@ -60,14 +60,22 @@ def _was_forged(_response) -> bool:
 @limiter.limit(_bad_callbacks_limit, exempt_when=_from_a_gateway, deduct_when=_was_forged,
                scope="pay-notify-refused")
 def notify(code: str):
-    protocol = protocol_for(db.session, get_vault(), code)
+    size = len(request.query_string) + (request.content_length or 0)
+    if size > MAX_JSON_CALLBACK_BYTES:   # more than any protocol's, before the database is asked
+        return _too_large(code, size)
+    try:
+        protocol = protocol_for(db.session, get_vault(), code)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        if not is_busy(exc):
+            raise
+        busy_reports.warning(current_app.logger, "payment callback on %r not recorded, the database is busy "
+                             "(the gateway calls again): %s", code[:32], getattr(exc, "orig", exc))
+        return "fail", 200, TEXT
     limit = MAX_JSON_CALLBACK_BYTES if protocol is not None and protocol.json_callbacks else MAX_CALLBACK_BYTES
     request.max_content_length = limit   # a chunked body too: 413 once it grows past it
-    size = len(request.query_string) + (request.content_length or 0)
     if size > limit:
-        current_app.logger.warning("payment callback on %r refused: %d bytes", code[:32], size)
-        g.forged_callback = True   # no gateway sends this much
-        return "fail: too large", 413, TEXT
+        return _too_large(code, size)
     params = {**request.args.to_dict(), **request.form.to_dict()}
     if protocol is None:   # Epay, the sandbox, or no such channel
         outcome = _recorded(code, lambda: handle_epay_notify(db.session, get_vault(), code, params,
@@ -79,6 +87,12 @@ def notify(code: str):
     # A genuine notice that is no payment is acknowledged (else the gateway sends it for days).
     reply = protocol.reply(outcome is not None and (outcome.recorded or outcome.ignored))
     return reply.body, reply.status, {"Content-Type": reply.content_type}
+
+
+def _too_large(code: str, size: int):
+    current_app.logger.warning("payment callback on %r refused: %d bytes", code[:32], size)
+    g.forged_callback = True   # no gateway sends this much
+    return "fail: too large", 413, TEXT
 
 
 def _recorded(code: str, handle, order_no: str):

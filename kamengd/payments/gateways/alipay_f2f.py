@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import http.client
 import json
 import re
 import urllib.error
@@ -155,7 +156,7 @@ class AlipayFaceToFace(Gateway):
                 body = resp.read(MAX_ANSWER).decode("utf-8")
         except urllib.error.HTTPError as exc:
             raise GatewayError(f"Alipay answered HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError, ValueError, UnicodeDecodeError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, UnicodeDecodeError, http.client.HTTPException) as exc:
             raise GatewayError(f"Alipay unreachable: {exc.__class__.__name__}") from None
         key = method.replace(".", "_") + "_response"
         text = _response_text(body, key)

@@ -79,6 +79,9 @@ class StripeCheckout(Gateway):
                 "product_data": {"name": order.product_name[:250] or order.order_no}}}],
             "success_url": urls.back, "cancel_url": urls.back,
             "payment_intent_data": {"metadata": {"order_no": order.order_no}},
+            # Not payable long after the order expired (Stripe's floor is 30 minutes from now).
+            "expires_at": int(max(order.expires_at, now + dt.timedelta(minutes=31))
+                              .replace(tzinfo=dt.timezone.utc).timestamp()),
         }
         try:
             # One session per order and channel, however often the buyer opens the page.
@@ -98,7 +101,7 @@ class StripeCheckout(Gateway):
         try:
             stripe.WebhookSignature.verify_header(inbound.body, header, channel.secrets["webhook_secret"],
                                                   tolerance=TOLERANCE_SECONDS)
-        except stripe.SignatureVerificationError:
+        except (stripe.SignatureVerificationError, ValueError):   # (a body that is not UTF-8, too)
             raise Refused("bad Stripe-Signature", forged=True) from None
         try:
             event = json.loads(inbound.body)

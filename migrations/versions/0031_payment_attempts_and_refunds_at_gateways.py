@@ -1,8 +1,9 @@
-"""payment attempts at gateways: the Checkout Session or QR code created for an order, per channel
+"""payment attempts and refunds at gateways: the Checkout Session or QR code created for an order,
+per channel, and money given back through the channel
 
 Revision ID: 0031
 Revises: 0030
-Create Date: 2026-12-05 23:32:01.247578
+Create Date: 2026-12-06 00:27:04.883008
 
 """
 from typing import Sequence, Union
@@ -47,6 +48,24 @@ def upgrade() -> None:
     with op.batch_alter_table('payment_attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_payment_attempts_order_id'), ['order_id'], unique=False)
 
+    op.create_table('payment_refunds',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('payment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('refund_no', sa.String(length=64), nullable=False),
+    sa.Column('amount_cents', sa.BigInteger(), nullable=False),
+    sa.Column('gateway_ref', sa.String(length=128), nullable=False),
+    sa.Column('actor', sa.String(length=80), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
+    sa.ForeignKeyConstraint(['payment_id'], ['payments.id'], name=op.f('fk_payment_refunds_payment_id_payments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_payment_refunds')),
+    sa.UniqueConstraint('refund_no', name=op.f('uq_payment_refunds_refund_no')),
+    mysql_charset='utf8mb4',
+    mysql_collate='utf8mb4_bin',
+    mysql_engine='InnoDB'
+    )
+    with op.batch_alter_table('payment_refunds', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payment_refunds_payment_id'), ['payment_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
@@ -54,5 +73,6 @@ def downgrade() -> None:
     """Downgrade schema."""
     # The older code speaks Epay alone: a channel of another type takes no more orders there.
     op.execute("UPDATE payment_channels SET is_enabled = 0 WHERE type <> 'epay'")
-    # The table goes with its indexes (MariaDB will not drop an index a foreign key uses).
+    # The tables go with their indexes (MariaDB will not drop an index a foreign key uses).
+    op.drop_table('payment_refunds')
     op.drop_table('payment_attempts')
