@@ -5,7 +5,6 @@ private key; both key pairs made for the test. On SQLite and MariaDB."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import subprocess
 import sys
@@ -216,10 +215,6 @@ def test_alipay_down_and_a_bad_set_up(served):
     assert_one_line_error(refused, "private_key")
     listing = run_cli("channel", "list", "--json", config=config, check=True).out
     assert bare(fake.app_private)[:40] not in listing and "alipay2" not in listing
-    # A product priced in another currency cannot be paid with Alipay: a clear page, nothing created.
-    usd = json.loads(run_cli("product", "create", "--name", "usd", "--price", "1.00", "--json",
-                             config=config, check=True).out)["id"]
-    assert re.search(r"\d", str(usd))
 
 
 def test_a_refund_through_alipay_from_the_panel(served):

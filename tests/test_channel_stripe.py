@@ -337,8 +337,8 @@ def test_a_refund_through_stripe_gives_the_money_back_once(served):
     other = place(base, pid)
     session = checkout(base, other, fake)
     fake.pay(session)
-    fake.call("/_test/fail_creates", {"count": 0})
-    import urllib.parse as up  # noqa: F401  (kept local: only this case needs it)
+    import sqlalchemy as sa
+
     from kamengd.app import create_app
     from kamengd.config import load_config
     from kamengd.extensions import db
@@ -346,7 +346,7 @@ def test_a_refund_through_stripe_gives_the_money_back_once(served):
 
     app = create_app(load_config(config, env={}))
     with app.app_context():   # a payment recorded under a trade Stripe never made (a staff fix-up gone wrong)
-        db.session.execute(sa_update(Payment).where(Payment.trade_no == fake.state()["sessions"][session]
+        db.session.execute(sa.update(Payment).where(Payment.trade_no == fake.state()["sessions"][session]
                                                     ["payment_intent"]).values(trade_no="pi_unknown"))
         db.session.commit()
         db.session.remove()
@@ -354,11 +354,6 @@ def test_a_refund_through_stripe_gives_the_money_back_once(served):
     assert_one_line_error(refused, "the gateway did not give the money back")
     assert view(base, other)["status"] == "delivered" and len(fake.state()["refunds"]) == 1
 
-
-def sa_update(model):
-    import sqlalchemy as sa
-
-    return sa.update(model)
 
 
 def test_a_new_signing_secret_works_at_once_and_the_address_keeps_the_key(served):
