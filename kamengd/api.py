@@ -9,7 +9,7 @@ from .catalog import inputs
 from .catalog.models import Product
 from .catalog.services import pool_stock, stock_by_product
 from .context import get_config, get_vault
-from .errors import InvalidRequest
+from .errors import InvalidRequest, NotFound
 from .extensions import db, limiter
 from .money import format_cents
 from .agents import services as agents
@@ -53,10 +53,30 @@ def payment_methods():
     """What POST /orders takes as `channel` and `pay_type`, with the names buyers know."""
     read_only()
     lang = "en" if request.args.get("lang") == "en" else "zh"
+    product_id, quantity = _id_arg("product_id"), _id_arg("quantity")
+    amount = None
+    if quantity is not None and product_id is None:
+        raise InvalidRequest("quantity: only with product_id")
+    if product_id is not None:
+        price = db.session.scalar(sa.select(Product.price_cents).where(Product.id == product_id,
+                                                                       Product.is_active.is_(True)))
+        if price is None:
+            raise NotFound("product %(product_id)s not found", product_id=product_id)
+        amount = price * quantity if quantity is not None else None
+    found = payments.payment_methods(db.session, product_id=product_id, amount_cents=amount,
+                                     timezone=get_config().site.timezone)
     return jsonify({"methods": [{"channel": m.channel, "pay_type": m.pay_type,
-                                 "name": methods.label(m.pay_type, lang) or m.channel_name,
-                                 "channel_name": m.channel_name}
-                                for m in payments.payment_methods(db.session)]})
+                                 "name": methods.label(m.method, lang) or m.channel_name,
+                                 "channel_name": m.channel_name, "method": m.method} for m in found]})
+
+
+def _id_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 10 and 0 < int(raw) <= 2**31 - 1):
+        raise InvalidRequest("%(name)s: a positive whole number", name=name)
+    return int(raw)
 
 
 def _orders_limit() -> str:

@@ -78,12 +78,16 @@ SCHEMAS: dict[str, dict] = {
     "Product": obj({"id": ID, "name": STRING, "price": ref("Money"), "currency": ref("Currency"), "stock": COUNT,
                     "delivery": DELIVERY, "min_quantity": ID, "max_quantity": ID},
                    {"input_fields": {"type": "array", "items": ref("InputField")}}),
-    "PaymentMethod": obj({"channel": STRING, "pay_type": NULLABLE_STRING, "name": STRING, "channel_name": STRING}),
+    "PaymentMethod": obj({"channel": STRING, "pay_type": NULLABLE_STRING, "name": STRING, "channel_name": STRING,
+                          "method": {"type": "string", "description": "What the buyer pays by (alipay, wxpay, "
+                                                                      "card …): `pay_type` alone routes to one."}}),
     "NewOrder": obj({"product_id": ID, "quantity": ID,
                      "email": {"type": "string", "format": "email", "maxLength": MAX_EMAIL,
-                               "pattern": EMAIL_RE.pattern},
-                     "channel": {"type": "string", "minLength": 1, "maxLength": 32}},
-                    {"query_password": {"type": "string", "minLength": 4, "maxLength": 128},
+                               "pattern": EMAIL_RE.pattern}},
+                    {"channel": {"type": "string", "minLength": 1, "maxLength": 32,
+                                 "description": "A channel's code. Left out, `pay_type` names the method and the "
+                                                "shop picks the channel (priority, weight, limits, health)."},
+                     "query_password": {"type": "string", "minLength": 4, "maxLength": 128},
                      "coupon": {"type": "string", "description": "This version has no coupons: any value but "
                                                                  "the empty string is refused (400)."},
                      "pay_type": {"type": "string", "pattern": "^[a-z0-9_]{1,16}$"},
@@ -289,8 +293,12 @@ def list_products() -> dict:
 @operation("GET", "/api/v1/payment-methods")
 def list_payment_methods() -> dict:
     return {"tags": ["buyer"], "summary": "How buyers can pay: each pay type of each enabled channel",
-            "parameters": [query("lang", one_of(("zh", "en")), "`en`: English names; anything else: Chinese.")],
-            "responses": answers({"200": json_answer("The methods.", list_of("methods", "PaymentMethod"))}, "Busy")}
+            "parameters": [query("lang", one_of(("zh", "en")), "`en`: English names; anything else: Chinese."),
+                           query("product_id", ID, "Only the channels that take this product's orders."),
+                           query("quantity", ID, "With `product_id`: only those that take an order of this "
+                                                 "many (amount limits, daily cap).")],
+            "responses": answers({"200": json_answer("The methods.", list_of("methods", "PaymentMethod"))},
+                                 "InvalidRequest", "NotFound", "Busy")}
 
 
 @operation("POST", "/api/v1/orders")

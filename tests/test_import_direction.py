@@ -54,6 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # transaction of the change that causes them, by orders, payments and stock.
     ("catalog and the notification outbox", (
         "kamengd.catalog.*", "kamengd.notifications.events", "kamengd.notifications.outbox")),
+    # Which channel takes an order: read by checkout, kept by expiry, payments and their jobs.
+    ("payment routing", ("kamengd.payments.routing",)),
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",

@@ -68,6 +68,8 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.channel_toggle": MANAGERS,
     "panel.channel_remove": MANAGERS,
     "panel.channel_test": MANAGERS,
+    "panel.channel_routing": MANAGERS,
+    "panel.product_channels": MANAGERS,
     "panel.staff": frozenset({"owner"}),
     "panel.staff_new": frozenset({"owner"}),
     "panel.staff_edit": frozenset({"owner"}),

@@ -10,6 +10,7 @@ from ..catalog.services import (SORT_ORDER_RANGE, create_product, get_product, l
 from ..errors import InvalidRequest
 from ..extensions import db
 from ..money import parse_money
+from ..payments import services as payments
 from .group import cli, emit, json_option, with_app
 
 
@@ -126,3 +127,20 @@ def product_list(as_json):
     rows = [product_summary(db.session, p) for p in products]
     text = "\n".join(f"{r['id']}\t{r['name']}\t{r['price']}\tstock {r['stock']}" for r in rows)
     emit(as_json, {"products": rows}, text or "no products")
+
+
+@product.command("channels")
+@click.argument("product_id", type=int)
+@click.option("--set", "codes", metavar="CODES", help="Pay through these channels only (codes separated by commas), "
+                                                      "or 'all' for any channel.")
+@json_option
+@with_app
+def product_channels(product_id, codes, as_json):
+    """Show or set the payment channels a product is paid through (routing picks among them)."""
+    if codes is not None:
+        found = payments.set_product_channels(db.session, product_id, codes, actor=cli_actor())
+    else:
+        get_product(db.session, product_id)
+        found = payments.product_channels(db.session, product_id)
+    emit(as_json, {"product_id": product_id, "channels": found},
+         f"product {product_id}: " + (", ".join(found) if found else "any channel"))

@@ -10,7 +10,8 @@ from ..audit.services import cli_actor
 from ..errors import InvalidRequest, NotFound
 from ..extensions import db
 from ..payments.models import PaymentChannel
-from ..payments.services import CHANNEL_TYPES, add_channel, remove_channel, set_channel_enabled
+from ..payments.services import (CHANNEL_TYPES, add_channel, remove_channel, routing_of, set_channel_enabled,
+                                 set_routing)
 from .group import cli, emit, json_option, with_app
 
 
@@ -106,3 +107,34 @@ def channel_remove(code, as_json):
     channel = _by_code(code)
     remove_channel(db.session, channel, actor=cli_actor())
     emit(as_json, {"code": code, "removed": True}, f"removed channel {code}")
+
+
+@channel.command("route")
+@click.argument("code")
+@click.option("--priority", metavar="N", help="Lower first (the channel's sort order).")
+@click.option("--weight", metavar="N", help="Its share among channels of one priority, 0-1000 (0: last).")
+@click.option("--min-amount", metavar="AMOUNT", help="Orders below this go to another channel ('none': no limit).")
+@click.option("--max-amount", metavar="AMOUNT", help="Orders above this go to another channel ('none': no limit).")
+@click.option("--daily-cap", metavar="AMOUNT", help="What it may take a day, orders placed less those expired "
+                                                    "('none': no cap).")
+@click.option("--fee-percent", metavar="PERCENT", help="What the provider keeps, e.g. 0.6 (recorded per payment).")
+@click.option("--fee-fixed", metavar="AMOUNT", help="A fixed part of the fee per payment, e.g. 0.10.")
+@json_option
+@with_app
+def channel_route(code, priority, weight, min_amount, max_amount, daily_cap, fee_percent, fee_fixed, as_json):
+    """Show or change a channel's routing rules (and its health)."""
+    ch = db.session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
+    if ch is None:
+        raise NotFound(f"channel {code!r} not found")
+    given = dict(priority=priority, weight=weight, min_amount=min_amount, max_amount=max_amount,
+                 daily_cap=daily_cap, fee_percent=fee_percent, fee_fixed=fee_fixed)
+    if any(v is not None for v in given.values()):
+        rules = set_routing(db.session, ch, actor=cli_actor(), **given)
+    else:
+        rules = routing_of(db.session, ch)
+    text = (f"{ch.code}: priority {rules['priority']}, weight {rules['weight']}, "
+            f"amounts {rules['min_amount'] or '-'}..{rules['max_amount'] or '-'}, "
+            f"daily cap {rules['daily_cap'] or 'none'}, fee {rules['fee_percent']}% + {rules['fee_fixed']}, "
+            f"health {rules['health']}"
+            + (f" ({rules['health_error']})" if rules["health_error"] else ""))
+    emit(as_json, {"code": ch.code, **rules}, text)

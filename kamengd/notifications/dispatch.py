@@ -170,6 +170,10 @@ SUMMARIES = {
                                     f"(was {d.get('previous_owner')})",
     "withdrawal.requested": lambda d: f"提现待审核 withdrawal {d.get('withdrawal_id')}: {d.get('agent')} asks for "
                                       f"{d.get('amount')} {d.get('currency')}",
+    "channel.down": lambda d: f"支付通道故障 channel {d.get('code')} is down: {d.get('error')}",
+    "channel.up": lambda d: f"支付通道恢复 channel {d.get('code')} is back",
+    "channel.failover": lambda d: f"支付通道切换 order {d.get('order_no')}: {d.get('from')} -> {d.get('to')} "
+                                  f"({d.get('reason')})",
     "order.refunded": lambda d: f"订单已退款 order {d.get('order_no')} refunded {d.get('amount')} {d.get('currency')}",
 }
 

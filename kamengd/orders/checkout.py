@@ -36,7 +36,8 @@ from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..money import format_cents
-from ..payments import epay, methods, sandbox
+from ..context import get_config
+from ..payments import epay, methods, routing, sandbox
 from ..payments.gateways import SPECS
 from ..payments.paths import start_url
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
@@ -57,6 +58,8 @@ _OFFER = (
               _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
+              _c.c.health, _c.c.min_amount_cents, _c.c.max_amount_cents, _c.c.daily_cap_cents,
+              routing.allowed_for_product(_p.c.id).label("allowed"),
               setting_value_query("orders.timeout_minutes").label("timeout"),
               setting_value_query("site.url").label("site_url"),
               # Buyers who already paid come first: while one waits for this
@@ -86,6 +89,9 @@ def _still_holds(price_param: str) -> list:
             _p.c.min_quantity <= sa.bindparam("quantity"), _p.c.max_quantity >= sa.bindparam("quantity"),
             _c.c.code == sa.bindparam("code"), _c.c.is_enabled.is_(True), _c.c.type == sa.bindparam("channel_type"),
             _c.c.options == sa.bindparam("options"),
+            # Routing: still healthy, the amount within its limits, the product allowed there.
+            _c.c.health == "ok", routing.within_amounts(sa.bindparam("amount_cents")),
+            routing.allowed_for_product(sa.bindparam("product_id")),
             _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
@@ -271,6 +277,18 @@ def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool)
     return row
 
 
+class Reroute(Exception):
+    """The chosen channel cannot take this order (`reason`): another of the same `method` may."""
+
+    def __init__(self, reason: str, method: str):
+        super().__init__(reason)
+        self.reason, self.method = reason, method
+
+
+# A reroute says why in the audit log and to staff only when a channel failed, not for the rules.
+_FAILED = ("down",)
+
+
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 buyer_input=None, pay_type=None, now: dt.datetime | None = None,
@@ -280,7 +298,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 
     Raises InvalidRequest, NotFound or OutOfStock, having written nothing.
     """
-    email = check_order_input(product_id, quantity, email, channel_code, query_password, coupon)
+    by_method = channel_code is None and pay_type is not None   # the shop picks the channel for the method
+    email = check_order_input(product_id, quantity, email, "-" if by_method else channel_code, query_password,
+                              coupon)
     if pay_type is not None and (not isinstance(pay_type, str) or not methods.TYPE_RE.match(pay_type)):
         raise InvalidRequest("pay_type: a pay type of the channel such as alipay or wxpay, or leave it out")
     password_hash = hash_password(query_password) if query_password else None   # before any lock
@@ -289,8 +309,13 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     lookup_tag = vault.lookup_tags(email, query_password)[0] if query_password and vault is not None else None
     session = session() if isinstance(session, scoped_session) else session
     ours = not session.in_transaction()   # else the caller's transaction: read and write in it
+    if by_method:
+        channel_code, pay_type = _route_by_method(session, ours, product_id=product_id, quantity=quantity,
+                                                  method=pay_type, site_url=site_url, now=now or utcnow())
     fresh = False
-    for _ in range(3):
+    tried: set[int] = set()
+    rerouted = None   # (the buyer's channel, why it could not take the order)
+    for _ in range(6):
         row = _offer(session, product_id, channel_code, fresh=fresh)
         terms = unit = None
         if seller is not None and row is not None:
@@ -305,14 +330,36 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                 unit = seller_price(row.price_cents, terms, seller.station)
             else:   # an invite from an agent since disabled (or a product its money cannot earn on)
                 terms = None   # the shop's own sale, at the shop's price
-        placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
-                                  email=email, channel_code=channel_code, password_hash=password_hash,
-                                  lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now or utcnow(),
-                                  buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit,
-                                  return_site=return_site)
+        now = now or utcnow()
+        try:
+            placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
+                                      email=email, channel_code=channel_code, password_hash=password_hash,
+                                      lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now,
+                                      buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit,
+                                      return_site=return_site)
+        except Reroute as exc:
+            channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
+                                              product_id=product_id, site_url=site_url, now=now,
+                                              amount_cents=(row.price_cents if unit is None else unit) * quantity)
+            rerouted = rerouted or (row.channel_id, exc.reason)
+            fresh = False
+            continue
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
+        if row.daily_cap_cents is not None:
+            day = routing.shop_day(now, get_config().site.timezone)
+            if not routing.take_capacity(session, row.channel_id, row.daily_cap_cents, day,
+                                         placed.amount_cents):
+                if ours:
+                    session.rollback()
+                exc = Reroute("daily cap reached", values["pay_type"] or methods.offered(
+                    row.channel_type, json.loads(row.options))[0])
+                channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
+                                                  product_id=product_id, amount_cents=placed.amount_cents,
+                                                  site_url=site_url, now=now)
+                rerouted = rerouted or (row.channel_id, exc.reason)
+                continue
         statement = _INSERT
         if terms is not None:
             statement = _INSERT_SOLD
@@ -326,6 +373,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         inserted = conn.execute(statement, values)
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
+            if rerouted is not None and rerouted[1] in _FAILED:
+                routing.record_failover(session, order_no=placed.order_no, from_code=_code_of(session, rerouted[0]),
+                                        to_code=channel_code, reason=rerouted[1], now=now)
             if row.delivery_mode == "auto":
                 reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
                              until=placed.expires_at,
@@ -336,8 +386,53 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         # outside it), read again.
         if ours:
             session.rollback()
+        elif row.daily_cap_cents is not None:   # (the caller's transaction goes on: its count goes back)
+            routing.give_back(conn, row.channel_id, routing.shop_day(now, get_config().site.timezone),
+                              placed.amount_cents)
         fresh = True
     raise Busy("the product or its payment channel is being changed: try again")
+
+
+def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code: str, *, ours: bool,
+             product_id: int, amount_cents: int, site_url: str, now: dt.datetime) -> tuple[str, str | None]:
+    """The next channel of the same method for an order its channel cannot take: (its code, the
+    pay type to ask it for); InvalidRequest when there is none."""
+    tried.add(row.channel_id)
+    site = decode_setting("site.url", row.site_url) or site_url
+    routes = routing.stand_ins(session, product_id=product_id, amount_cents=amount_cents, method=exc.method,
+                               site_url=site, day=routing.shop_day(now, get_config().site.timezone),
+                               leave_out=tried)
+    if ours:
+        session.rollback()   # (a read only: no transaction kept open before the order's write)
+    if not routes:
+        raise InvalidRequest("channel: %(code)r cannot take this order now (%(reason)s) and no other channel "
+                             "for this way to pay can: choose another", code=channel_code, reason=exc.reason)
+    route = routes[0]
+    return route.code, (route.method if route.type in methods.EPAY_KIND else None)
+
+
+def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity: int, method: str, site_url: str,
+                     now: dt.datetime) -> tuple[str, str | None]:
+    """The channel an order paid by `method` goes to (and the pay type to ask it for), by the
+    routing rules at the product's price; a misfit found later is rerouted like any other."""
+    row = session.execute(sa.select(_p.c.price_cents, setting_value_query("site.url").label("site_url"))
+                          .where(_p.c.id == product_id, _p.c.is_active.is_(True))).first()
+    routes = [] if row is None else routing.stand_ins(
+        session, product_id=product_id, amount_cents=row.price_cents * quantity, method=method,
+        site_url=decode_setting("site.url", row.site_url) or site_url,
+        day=routing.shop_day(now, get_config().site.timezone))
+    if ours:
+        session.rollback()
+    if row is None:
+        raise NotFound("product %(product_id)s not found", product_id=product_id)
+    if not routes:
+        raise InvalidRequest("pay_type: no payment channel takes %(method)r payments for this order now",
+                             method=method)
+    return routes[0].code, (method if routes[0].type in methods.EPAY_KIND else None)
+
+
+def _code_of(session: Session, channel_id: int) -> str:
+    return session.scalar(sa.select(_c.c.code).where(_c.c.id == channel_id)) or ""
 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
@@ -378,11 +473,16 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         if fresh:
             raise problem
         return None, None
+    unit = row.price_cents if unit_cents is None else unit_cents
+    amount = unit * quantity
+    refused = routing.refusal(row, amount)
+    if refused is not None:
+        if fresh:
+            raise Reroute(refused, chosen or methods.offered(row.channel_type, options)[0])
+        return None, None
     expires = now + dt.timedelta(minutes=decode_setting("orders.timeout_minutes", row.timeout))
     token = secrets.token_urlsafe(24)
     order_no = new_order_no(now)
-    unit = row.price_cents if unit_cents is None else unit_cents
-    amount = unit * quantity
     url = None
     if vault is not None and row.secret_nonce is not None:
         # Decrypted at most once per process and secret, never under the write lock.

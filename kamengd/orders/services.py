@@ -22,11 +22,13 @@ from ..agents import commission
 from ..agents.models import Agent
 from ..audit.services import record
 from ..catalog.models import Product
+from ..context import get_config
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, KeyImport, on_sale_again
 from ..notifications.events import emit, order_payload
 from ..notifications.outbox import queue_delivery_email
+from ..payments import routing
 from ..vault import Vault
 from .checkout import place_order, reserve_keys, token_hash
 from .models import Order
@@ -179,6 +181,11 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
                                                      Order.expires_at < now)
                               .values(status="expired", updated_at=now)
                               .execution_options(synchronize_session=False)).rowcount
+    # Their channels' daily caps have room again. When another writer moved some of the batch
+    # (paid, or expired by a second runner), which ones this UPDATE expired is not known: the
+    # room is then kept taken (a cap is never passed; it may be reached early).
+    if expired and expired == len(ids):
+        routing.give_back_expired(session, ids, get_config().site.timezone)
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")

@@ -11,13 +11,13 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..context import get_vault
+from ..context import get_config, get_vault
 from ..audit.services import record
 from ..errors import KamengdError
 from ..extensions import db
 from ..payments import methods
 from ..payments import services as payments
-from ..payments import sandbox
+from ..payments import routing, sandbox
 from ..payments.gateways import SPECS
 from ..payments.models import PaymentChannel
 from ..settings.services import shop_url
@@ -193,22 +193,11 @@ def channel_remove(channel_id: int):
 def channel_test(channel_id: int):
     channel = payments.get_channel(db.session, channel_id)
     code = channel.code
-    try:
-        gateway, pid, key = payments.check_signing(get_vault(), channel)
-    except KamengdError as exc:
-        result = payments.ChannelCheck(False, "signature", exc.message)   # the audit log keeps the English
-        shown = error_text(exc)
-    else:
-        if channel.type == "sandbox":
-            result = payments.sandbox_check(channel, shop_url())
-        elif channel.type in SPECS:
-            channel_type, conf = channel.type, payments.gateway_channel(get_vault(), channel)
-            db.session.commit()   # no transaction is held while the gateway answers
-            result = payments.probe_gateway(channel_type, conf)
-        else:
-            db.session.commit()   # ends the read: no transaction (SQLite's write lock) is held while the gateway answers
-            result = payments.query_epay_merchant(gateway, pid, key)
-        shown = result.localized(_)
+    result = payments.test_channel(db.session, get_vault(), channel, shop_url())   # (ends the read)
+    shown = result.localized(_)
+    # The test is a health check too: a channel that fails it is routed around until one succeeds.
+    routing.mark_health(db.session, payments.get_channel(db.session, channel_id), result.ok, result.message,
+                        actor=actor())
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
     unreachable = site_url_problem()   # in the staff member's language (the settings page's words)
@@ -224,3 +213,59 @@ def channel_test(channel_id: int):
         flash(_("Channel %(code)s: the key signs and verifies, but %(message)s", code=code,
                 message=shown), "error")
     return redirect(url_for("panel.channels"), code=303)
+
+
+ROUTING_FIELDS = ("priority", "weight", "min_amount", "max_amount", "daily_cap", "fee_percent", "fee_fixed")
+
+
+@bp.route("/channels/<int:channel_id>/routing", methods=["GET", "POST"])
+def channel_routing(channel_id: int):
+    """A channel's routing rules (priority, weight, amounts, daily cap, fees) and its health."""
+    channel = payments.get_channel(db.session, channel_id)
+    if request.method == "GET":
+        read_only()
+        return _routing_page(channel, payments.routing_of(db.session, channel))
+    form = {name: request.form.get(name, "")[:40] for name in ROUTING_FIELDS}
+    try:
+        payments.set_routing(db.session, channel, actor=actor(), source_ip=client_ip(), **form)
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return _routing_page(payments.get_channel(db.session, channel_id), form, exc.http_status)
+    flash(_("Routing of %(code)s saved.", code=channel.code), "success")
+    return redirect(url_for("panel.channels"), code=303)
+
+
+def _routing_page(channel: PaymentChannel, values: dict, status: int = 200):
+    from ..catalog.models import Product
+    from ..payments.models import ProductChannel
+    taken = payments.taken_today(db.session, channel, get_config().site.timezone)
+    products = db.session.scalars(sa.select(Product).join(ProductChannel, ProductChannel.product_id == Product.id)
+                                  .where(ProductChannel.channel_id == channel.id).order_by(Product.id)).all()
+    return render_template("panel/channels_routing.html", channel=channel, values=values, taken=taken,
+                           rules=payments.routing_of(db.session, channel), products=products), status
+
+
+@bp.app_template_global()
+def product_channel_choices(product_id: int) -> list[tuple[str, str, bool]]:
+    """(code, name, ticked) of every channel, for the product page's "paid through" form."""
+    chosen = set(payments.product_channels(db.session, product_id))
+    rows = db.session.execute(sa.select(PaymentChannel.code, PaymentChannel.name)
+                              .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
+    return [(code, name, code in chosen) for code, name in rows]
+
+
+@bp.post("/products/<int:product_id>/channels")
+def product_channels(product_id: int):
+    """The channels a product is paid through (none ticked: any channel)."""
+    codes = [c[:32] for c in request.form.getlist("channels")[:100]]
+    try:
+        found = payments.set_product_channels(db.session, product_id, ",".join(codes), actor=actor(),
+                                              source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+    else:
+        flash(_("The product is paid through %(channels)s.", channels=", ".join(found)) if found
+              else _("The product is paid through any channel."), "success")
+    return redirect(url_for("panel.product_edit", product_id=product_id), code=303)

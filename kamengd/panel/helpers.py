@@ -126,6 +126,8 @@ def event_name(event_type: str) -> str:
         "balance.changed": _("Agent's balance changed"),
         "supplier.low_balance": _("Balance at a supplier running low"),
         "supplier.cost_changed": _("A supplier's cost changed"),
+        "channel.down": _("Payment channel down"), "channel.up": _("Payment channel back"),
+        "channel.failover": _("Order moved to a backup payment channel"),
     }.get(event_type, event_type)
 
 
@@ -144,6 +146,7 @@ def job_name(job: str) -> str:
         "adjust_agent_levels": _("Move agents to the levels their sales earn"),
         "forward_supplier_orders": _("Buy paid orders from suppliers"),
         "sync_suppliers": _("Sync suppliers' products, costs and balance"),
+        "check_channels": _("Check payment channels' health"),
     }.get(job, job)
 
 

@@ -101,6 +101,8 @@ ENDPOINTS: dict[str, str] = {
     "panel.channel_toggle": "channels.manage",
     "panel.channel_remove": "channels.manage",
     "panel.channel_test": "channels.manage",
+    "panel.channel_routing": "channels.manage",
+    "panel.product_channels": "channels.manage",
     # staff.py
     "panel.staff": "staff.manage",
     "panel.staff_new": "staff.manage",

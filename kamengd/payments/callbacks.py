@@ -46,7 +46,7 @@ from ..inventory.models import CardKey
 from ..settings.services import decode_setting, setting_value_query
 from ..validation import has_control_characters
 from ..vault import Vault
-from . import epay, sandbox
+from . import epay, routing, sandbox
 from .gateways import gateway
 from .gateways.base import Channel, Inbound, Refused
 from .keycache import channel_secrets_cached
@@ -63,7 +63,8 @@ _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam(
                                               _pay.c.trade_no == sa.bindparam("trade_no"))
              .scalar_subquery())
 _CONTEXT = (_c.c.id.label("current_channel_id"), _c.c.secret_nonce, _p.c.name.label("product_name"),
-            _p.c.delivery_mode, _p.c.price_cents.label("product_price_cents"), _EXISTING.label("existing_order_id"))
+            _p.c.delivery_mode, _p.c.price_cents.label("product_price_cents"), _EXISTING.label("existing_order_id"),
+            _c.c.fee_bp, _c.c.fee_fixed_cents)
 # SQLite: one SELECT reads it all, in a snapshot before the write lock.
 _LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
                 .join_from(_o, _p, _p.c.id == _o.c.product_id).outerjoin(_c, _c.c.code == sa.bindparam("code"))
@@ -298,7 +299,8 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     if (context.existing_order_id is None and row.status == "pending" and amount_cents == row.amount_cents
             and currency in (None, row.currency) and context.delivery_mode == "auto"):
         delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now,   # built unlocked
-                             context.product_price_cents)
+                             context.product_price_cents,
+                             routing.fee_cents(amount_cents, context.fee_bp, context.fee_fixed_cents))
         conn = session.connection()   # SQLite: BEGIN IMMEDIATE
         sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
         if sold == row.quantity:
@@ -316,11 +318,11 @@ class _Delivery:
     """The writes of a delivered callback, their values built before the write lock."""
 
     def __init__(self, row, product_name: str, trade_no: str, amount_cents: int, raw: dict, now: dt.datetime,
-                 product_price_cents: int):
+                 product_price_cents: int, fee_cents: int):
         self.row, self.now, self.product_price_cents = row, now, product_price_cents
         self.payment = {
             "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
-            "status": "received", "created_at": now,
+            "status": "received", "created_at": now, "fee_cents": fee_cents,
             "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)}
         fields = dict(row._mapping)
         paid = payload_of(_Fields({**fields, "status": "paid", "paid_at": now, "delivered_at": None}),

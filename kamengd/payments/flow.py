@@ -24,6 +24,7 @@ from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..orders.models import Order
 from ..vault import Vault, VaultError
+from . import methods, routing
 from .gateways import gateway
 from .gateways.base import GatewayError, OrderToPay, Urls
 from .models import PaymentAttempt, PaymentChannel
@@ -31,10 +32,11 @@ from .services import gateway_channel
 
 class NotStarted(KamengdError):
     """The gateway did not create the payment (down, refused): the failed attempt is kept
-    (commit it), the buyer may try again."""
+    (commit it), the buyer may try again. `detail`: the gateway's reason, for staff."""
     code = "busy"
     http_status = 503
     retry_after = 5
+    detail = ""
 
 
 # A payment created at the gateway is shown again for this long at most (its own expiry may be sooner).
@@ -79,7 +81,9 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     try:
         conf = gateway_channel(vault, channel)
     except VaultError:   # the data key changed under it: staff enter the secrets again (doctor says so)
-        raise NotStarted("the payment channel is not set up: try another way to pay") from None
+        failed = NotStarted("the payment channel is not set up: try another way to pay")
+        failed.detail = "its secrets cannot be opened with the data key"
+        raise failed from None
     to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at)
     urls = Urls(notify=f"{site_url.rstrip('/')}/pay/{channel.code}/notify", back=back_url)
     order_id, channel_id, amount, currency = order.id, channel.id, order.amount_cents, order.currency
@@ -89,8 +93,10 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     except GatewayError as exc:
         session.add(PaymentAttempt(order_id=order_id, channel_id=channel_id, status="failed", amount_cents=amount,
                                    currency=currency, error=str(exc)[:300], created_at=now, details="{}"))
-        raise NotStarted("the payment channel did not answer: try again in a moment, or choose another way to "
-                         "pay") from None
+        failed = NotStarted("the payment channel did not answer: try again in a moment, or choose another way "
+                            "to pay")
+        failed.detail = str(exc)[:300]
+        raise failed from None
     attempt = PaymentAttempt(order_id=order_id, channel_id=channel_id, status="open", gateway_ref=started.ref,
                              pay_url=started.pay_url, qr_payload=started.qr, amount_cents=amount, currency=currency,
                              details=json.dumps(started.details, sort_keys=True, default=str), created_at=now,
@@ -101,4 +107,44 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     except IntegrityError:   # the same payment, kept by a concurrent visit (the gateway's idempotency)
         attempt = session.scalars(sa.select(PaymentAttempt).where(PaymentAttempt.channel_id == channel_id,
                                                                   PaymentAttempt.gateway_ref == started.ref)).one()
+    channel = session.get(PaymentChannel, channel_id)
+    if channel.health != "ok":   # a create call that works is a check that succeeds
+        routing.mark_health(session, channel, True, None, now=now)
     return _page(attempt)
+
+
+def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: str, *, site_url: str,
+              timezone: str, now: dt.datetime | None = None) -> PaymentChannel | None:
+    """After the order's channel could not create its payment: the channel is down until a
+    check succeeds, and the order moves to a channel of the same method that can take it
+    (`channel.failover`), which is returned; None when there is none. The caller commits."""
+    now = now or utcnow()
+    routing.mark_health(session, channel, False, reason, now=now)
+    options = json.loads(channel.options)
+    method = (order.pay_type if channel.type in methods.EPAY_KIND and order.pay_type
+              else methods.offered(channel.type, options)[0])
+    # Channels that already failed this order are not tried again.
+    tried = set(session.scalars(sa.select(PaymentAttempt.channel_id).where(PaymentAttempt.order_id == order.id,
+                                                                          PaymentAttempt.status == "failed")))
+    day = routing.shop_day(order.created_at, timezone)
+    conn = session.connection()
+    for route in routing.stand_ins(session, product_id=order.product_id, amount_cents=order.amount_cents,
+                                   method=method, site_url=site_url, day=day, leave_out=tried | {channel.id}):
+        if not routing.take_capacity(session, route.id, route.daily_cap_cents, day, order.amount_cents):
+            continue
+        moved = conn.execute(sa.update(Order.__table__).where(
+            Order.__table__.c.id == order.id, Order.__table__.c.status == "pending",
+            Order.__table__.c.channel_id == channel.id)
+            .values(channel_id=route.id, pay_type=route.method if route.type in methods.EPAY_KIND else None,
+                    updated_at=now)).rowcount
+        if not moved:   # paid, expired or moved meanwhile: nothing to move
+            if route.daily_cap_cents is not None:
+                routing.give_back(conn, route.id, day, order.amount_cents)
+            return None
+        if channel.daily_cap_cents is not None:
+            routing.give_back(conn, channel.id, day, order.amount_cents)
+        routing.record_failover(session, order_no=order.order_no, from_code=channel.code, to_code=route.code,
+                                reason=reason, now=now)
+        session.expire(order)
+        return session.get(PaymentChannel, route.id)
+    return None

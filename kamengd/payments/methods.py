@@ -22,7 +22,15 @@ KNOWN = {
     "usdt": ("USDT", "USDT", "usdt"),
     "bank": ("网银", "Online banking", "bank"),
     "jdpay": ("京东支付", "JD Pay", "jdpay"),
+    "card": ("银行卡", "Card", "card"),
+    "paypal": ("PayPal", "PayPal", "paypal"),
+    "balance": ("余额", "Balance", "balance"),
 }
+# The one method of each channel type that is not Epay's kind (Epay channels offer their
+# pay_types): channels of one method stand in for each other when routing fails over.
+TYPE_METHOD = {"alipay": "alipay", "wechatpay": "wxpay", "epusdt": "usdt", "stripe": "card",
+               "paypal": "paypal", "balance": "balance", "sandbox": "sandbox"}
+EPAY_KIND = ("epay", "epay2")
 DEFAULT = "alipay"
 TYPE_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_TYPES = 8
@@ -44,7 +52,7 @@ def parse_pay_types(text: str) -> list[str]:
 
 def pay_types(channel_type: str, options: dict) -> list[str]:
     """The pay types a channel offers, first = the default; [] for a channel that has none."""
-    if channel_type != "epay":
+    if channel_type not in EPAY_KIND:
         return []
     listed = options.get("pay_types", "")
     if listed:
@@ -67,6 +75,13 @@ def choose(channel_type: str, options: dict, wanted: str | None) -> str | None:
         raise InvalidRequest("pay_type: %(wanted)r is not offered by this channel (offered: %(offered)s)",
                              wanted=wanted[:20], offered=", ".join(offered) or "none")
     return wanted
+
+
+def offered(channel_type: str, options: dict) -> list[str]:
+    """The methods a channel takes payments by: an Epay channel's pay types, another's one."""
+    if channel_type in EPAY_KIND:
+        return pay_types(channel_type, options)
+    return [TYPE_METHOD.get(channel_type, channel_type)]
 
 
 def label(pay_type: str | None, lang: str) -> str | None:

@@ -23,9 +23,48 @@ class PaymentChannel(db.Model):
     secret_nonce: Mapped[bytes | None] = mapped_column(FixedBinary(12))
     secret_key_version: Mapped[int | None] = mapped_column(sa.SmallInteger)
     is_enabled: Mapped[bool] = mapped_column(default=True)
-    sort_order: Mapped[int] = mapped_column(default=0)
+    sort_order: Mapped[int] = mapped_column(default=0)   # the routing priority too: lowest first
+    # Routing (kamengd.payments.routing): the amounts an order may have here, what it may take
+    # a day (orders placed, less those that expired), its share among channels of one priority.
+    min_amount_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    max_amount_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    daily_cap_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    weight: Mapped[int] = mapped_column(default=1, server_default="1")
+    # What the provider keeps of each payment: basis points (1/100 %) plus a fixed part.
+    fee_bp: Mapped[int] = mapped_column(default=0, server_default="0")
+    fee_fixed_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    # ok | down: a failed create call or health check takes it out of routing until a check succeeds.
+    health: Mapped[str] = mapped_column(sa.String(8), default="ok", server_default="ok")
+    health_error: Mapped[str | None] = mapped_column(sa.String(300))
+    health_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        sa.CheckConstraint("health IN ('ok', 'down')", name="health"),
+        sa.CheckConstraint("weight >= 0 AND fee_bp >= 0 AND fee_bp <= 10000 AND fee_fixed_cents >= 0",
+                           name="routing"),
+    )
+
+
+class ProductChannel(db.Model):
+    """A product that names its channels is paid through those only; one with none, through any."""
+    __tablename__ = "product_channels"
+
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id"), primary_key=True)
+    channel_id: Mapped[int] = mapped_column(sa.ForeignKey("payment_channels.id"), primary_key=True, index=True)
+
+
+class ChannelDay(db.Model):
+    """What a channel with a daily cap has taken on one day (site.timezone): the orders placed
+    through it, less those that expired unpaid. Raised by a conditional UPDATE in the order's
+    own transaction, so concurrent orders never pass the cap together."""
+    __tablename__ = "channel_days"
+
+    channel_id: Mapped[int] = mapped_column(sa.ForeignKey("payment_channels.id"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    orders: Mapped[int] = mapped_column(default=0)
 
 
 # The longest trade number kept, from a callback or a query answer alike.
@@ -56,6 +95,8 @@ class Payment(db.Model):
     status: Mapped[str] = mapped_column(sa.String(16), index=True)   # the panel lists the extra ones
     # callback | reconciliation: how it became known.
     source: Mapped[str] = mapped_column(sa.String(16), default="callback", server_default="callback")
+    # What the channel keeps of it (its fee rule when the payment was recorded), for reports.
+    fee_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     raw: Mapped[str] = mapped_column(sa.Text, default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     refunded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

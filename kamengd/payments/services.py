@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 import http.client
 import json
 import re
@@ -14,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..database import utcnow
-from ..errors import Collector, Conflict, InvalidRequest, N_, NotFound
-from ..money import format_cents
+from ..errors import Collector, Conflict, InvalidRequest, KamengdError, N_, NotFound
+from ..catalog.models import Product
+from ..money import format_cents, parse_plain_money
 from ..notifications.events import emit, order_payload
 from ..orders.attention import flag_order
 from ..orders import reasons
@@ -24,11 +27,11 @@ from ..orders.services import deliver_paid_order, lock_order_status
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
 from ..settings.services import shop_url
-from . import epay, methods, sandbox
+from . import epay, methods, routing, sandbox
 from .gateways import SPECS, gateway as protocol_of
 from .gateways.base import Channel, GatewayError
 from .paths import start_url
-from .models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel, placeholder_trade_no
+from .models import EXTRA_PAYMENT_FLAG, ChannelDay, Payment, PaymentChannel, ProductChannel, placeholder_trade_no
 from .strength import secret_problem, secrets_problem
 
 CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -283,6 +286,127 @@ def set_channel_enabled(session: Session, channel: PaymentChannel, enabled: bool
     return bool(changed)
 
 
+MAX_WEIGHT = 1000
+_FEE_RE = re.compile(r"\d{1,3}(\.\d{1,2})?")
+
+
+def parse_fee_percent(raw: str) -> int:
+    """'0.6' (percent, at most two places) -> 60 basis points."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not _FEE_RE.fullmatch(text) or Decimal(text) > 100:
+        raise InvalidRequest("fee percent: a percentage from 0 to 100 with at most two places, such as 0.6")
+    return int(Decimal(text) * 100)
+
+
+def _optional_amount(raw: str | None, field: str) -> int | None:
+    """An amount limit: empty or `none` for no limit."""
+    if raw is None or raw.strip().lower() in ("", "none"):
+        return None
+    return parse_plain_money(raw, field=field)
+
+
+def product_channels(session: Session, product_id: int) -> list[str]:
+    """The codes of the channels a product is paid through only; [] for any channel."""
+    return list(session.scalars(sa.select(PaymentChannel.code).join(
+        ProductChannel, ProductChannel.channel_id == PaymentChannel.id)
+        .where(ProductChannel.product_id == product_id).order_by(PaymentChannel.sort_order, PaymentChannel.id)))
+
+
+def set_product_channels(session: Session, product_id: int, codes: str, *, actor: str,
+                         source_ip: str | None = None) -> list[str]:
+    """'alipay, stripe': the product is paid through these channels only; empty or `all`: through
+    any. Every code must name a channel; audited."""
+    if session.get(Product, product_id) is None:
+        raise NotFound("product %(product_id)s not found", product_id=product_id)
+    wanted = [c.strip() for c in codes.replace("，", ",").split(",") if c.strip()]
+    if [c.lower() for c in wanted] == ["all"]:
+        wanted = []
+    if len(set(wanted)) != len(wanted):
+        raise InvalidRequest("channels: a channel is named twice")
+    ids = dict(session.execute(sa.select(PaymentChannel.code, PaymentChannel.id)
+                               .where(PaymentChannel.code.in_(wanted))).all())
+    missing = [c for c in wanted if c not in ids]
+    if missing:
+        raise NotFound("channel %(code)r not found", code=missing[0][:32])
+    before = product_channels(session, product_id)
+    session.execute(sa.delete(ProductChannel).where(ProductChannel.product_id == product_id))
+    session.add_all(ProductChannel(product_id=product_id, channel_id=ids[c]) for c in wanted)
+    session.flush()
+    after = product_channels(session, product_id)
+    record(session, "product.channels", actor=actor, target=f"product:{product_id}", source_ip=source_ip,
+           details={"from": before or "all", "to": after or "all"})
+    return after
+
+
+def routing_of(session: Session, channel: PaymentChannel) -> dict:
+    """A channel's routing rules as the CLI and the panel show them."""
+    def amount(cents):
+        return None if cents is None else format_cents(cents)
+    return {"priority": channel.sort_order, "weight": channel.weight, "min_amount": amount(channel.min_amount_cents),
+            "max_amount": amount(channel.max_amount_cents), "daily_cap": amount(channel.daily_cap_cents),
+            "fee_percent": str(Decimal(channel.fee_bp) / 100), "fee_fixed": format_cents(channel.fee_fixed_cents),
+            "health": channel.health,
+            "health_error": channel.health_error,
+            "health_checked_at": channel.health_checked_at.isoformat(timespec="seconds") + "Z"
+            if channel.health_checked_at else None}
+
+
+def taken_today(session: Session, channel: PaymentChannel, timezone: str) -> str:
+    """What the channel's daily cap counts today (site.timezone): orders placed, less expired."""
+    taken = session.scalar(sa.select(ChannelDay.amount_cents).where(
+        ChannelDay.channel_id == channel.id, ChannelDay.day == routing.shop_day(utcnow(), timezone)))
+    return format_cents(taken or 0)
+
+
+def set_routing(session: Session, channel: PaymentChannel, *, actor: str, source_ip: str | None = None,
+                priority: str | None = None, weight: str | None = None, min_amount: str | None = None,
+                max_amount: str | None = None, daily_cap: str | None = None, fee_percent: str | None = None,
+                fee_fixed: str | None = None) -> dict:
+    """Change what is given of a channel's routing rules (None: unchanged), all checked before
+    any is written; audited with the rules before and after."""
+    found = Collector()
+    values: dict = {}
+
+    def take(name, parse):
+        try:
+            values[name] = parse()
+        except KamengdError as exc:
+            found.add(exc)
+
+    if priority is not None:
+        take("sort_order", lambda: parse_sort_order(priority))
+    if weight is not None:
+        def parse_weight():
+            text = weight.strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) <= MAX_WEIGHT):
+                raise InvalidRequest("weight: a whole number from 0 to %(high)s", high=MAX_WEIGHT)
+            return int(text)
+        take("weight", parse_weight)
+    if min_amount is not None:
+        take("min_amount_cents", lambda: _optional_amount(min_amount, "minimum amount"))
+    if max_amount is not None:
+        take("max_amount_cents", lambda: _optional_amount(max_amount, "maximum amount"))
+    if daily_cap is not None:
+        take("daily_cap_cents", lambda: _optional_amount(daily_cap, "daily cap"))
+    if fee_percent is not None:
+        take("fee_bp", lambda: parse_fee_percent(fee_percent))
+    if fee_fixed is not None:
+        take("fee_fixed_cents", lambda: parse_plain_money(fee_fixed, field="fixed fee", allow_zero=True))
+    low = values.get("min_amount_cents", channel.min_amount_cents)
+    high = values.get("max_amount_cents", channel.max_amount_cents)
+    if not found.errors and low is not None and high is not None and low > high:
+        found.add(InvalidRequest("minimum amount: more than the maximum"))
+    found.check()
+    before = routing_of(session, channel)
+    for name, value in values.items():
+        setattr(channel, name, value)
+    session.flush()
+    after = routing_of(session, channel)
+    record(session, "channel.routing", actor=actor, target=f"channel:{channel.code}", source_ip=source_ip,
+           details={k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]})
+    return after
+
+
 def channel_use_count(session: Session, channel: PaymentChannel) -> int:
     """How many orders used the channel: placed with it, or paid through it."""
     return session.scalar(sa.select(sa.func.count()).select_from(Order).where(sa.or_(
@@ -446,6 +570,58 @@ def probe_gateway(channel_type: str, conf: Channel) -> ChannelCheck:
     return ChannelCheck(True, "gateway", N_("the gateway answers: %(answer)s"), {"answer": said})
 
 
+def test_channel(session: Session, vault: Vault, channel: PaymentChannel, site_url: str) -> ChannelCheck:
+    """The whole check of a channel: its stored secrets sign and verify, then its gateway takes
+    them. Ends the caller's read first: no transaction is held while a gateway answers."""
+    try:
+        gateway_url, pid, key = check_signing(vault, channel)
+    except KamengdError as exc:
+        session.rollback()
+        return ChannelCheck(False, "signature", exc.template, exc.params)
+    if channel.type == "sandbox":
+        result = sandbox_check(channel, site_url)
+        session.rollback()
+        return result
+    if channel.type in SPECS:
+        channel_type, conf = channel.type, gateway_channel(vault, channel)
+        session.rollback()
+        return probe_gateway(channel_type, conf)
+    session.rollback()
+    return query_epay_merchant(gateway_url, pid, key)
+
+
+# A healthy gateway channel is asked this often; a channel that is down, at every run of the job.
+HEALTHY_CHECK_EVERY = dt.timedelta(minutes=5)
+
+
+def check_channels(session: Session, vault: Vault, site_url: str, *, now: dt.datetime | None = None) -> dict:
+    """The health job: channels that are down are tested again (up on success); healthy channels
+    of a gateway protocol are asked every few minutes (down on failure). A healthy Epay channel is
+    not: not every Epay site answers the merchant query, and a false alarm would stop its sales
+    (its create call is the buyer's redirect: staff's Test button checks it)."""
+    now = now or utcnow()
+    due = session.scalars(sa.select(PaymentChannel.id).where(
+        PaymentChannel.is_enabled.is_(True),
+        sa.or_(PaymentChannel.health == "down",
+               sa.and_(PaymentChannel.type.in_(tuple(SPECS)),
+                       sa.or_(PaymentChannel.health_checked_at.is_(None),
+                              PaymentChannel.health_checked_at < now - HEALTHY_CHECK_EVERY))))
+        .order_by(PaymentChannel.id)).all()
+    results = {}
+    for channel_id in due:   # every gateway asked first, outside any transaction
+        channel = session.get(PaymentChannel, channel_id)
+        results[channel_id] = test_channel(session, vault, channel, site_url)
+    changed = 0
+    for channel_id, result in results.items():
+        channel = session.get(PaymentChannel, channel_id)
+        if channel is None:
+            continue
+        was = channel.health
+        routing.mark_health(session, channel, result.ok, result.message, now=now)
+        changed += was != channel.health
+    return {"checked": len(results), "changed": changed}
+
+
 def forced_sandboxes(session: Session, site_url: str) -> list[str]:
     """Enabled sandbox channels that take orders on a shop others can reach (forced): the
     codes the panel's red banner names."""
@@ -504,6 +680,7 @@ class PaymentMethod:
     channel: str            # the channel's code
     channel_name: str
     pay_type: str | None    # None: the channel is the method (W4's types)
+    method: str = ""        # what the buyer pays by (alipay, wxpay, card …): channels of one method stand in
 
     @property
     def value(self) -> str:
@@ -511,21 +688,35 @@ class PaymentMethod:
         return f"{self.channel}:{self.pay_type}" if self.pay_type else self.channel
 
 
-def payment_methods(session: Session, site_url: str | None = None) -> list[PaymentMethod]:
-    """Every enabled channel's methods, in the channels' order (a sandbox only where it takes
-    orders: on a loopback `site_url`, default site.url as set, or forced)."""
-    rows = session.execute(sa.select(PaymentChannel.code, PaymentChannel.name, PaymentChannel.type,
-                                     PaymentChannel.options)
-                           .where(PaymentChannel.is_enabled.is_(True))
-                           .order_by(PaymentChannel.sort_order, PaymentChannel.id)).all()
+def payment_methods(session: Session, site_url: str | None = None, *, product_id: int | None = None,
+                    amount_cents: int | None = None, timezone: str | None = None) -> list[PaymentMethod]:
+    """Every enabled, healthy channel's methods, in the channels' order (a sandbox only where it
+    takes orders: on a loopback `site_url`, default site.url as set, or forced). For a product,
+    only the channels it may be paid through; for an amount, only those whose limits and daily
+    cap take it."""
+    c = PaymentChannel.__table__
+    query = (sa.select(c.c.id, c.c.code, c.c.name, c.c.type, c.c.options, c.c.daily_cap_cents)
+             .where(c.c.is_enabled.is_(True), c.c.health == "ok").order_by(c.c.sort_order, c.c.id))
+    if product_id is not None:
+        query = query.where(routing.allowed_for_product(product_id))
+    if amount_cents is not None:
+        query = query.where(routing.within_amounts(amount_cents))
+        day = routing.shop_day(utcnow(), timezone or "UTC")
+        query = query.add_columns(sa.select(ChannelDay.amount_cents).where(ChannelDay.channel_id == c.c.id,
+                                                                           ChannelDay.day == day)
+                                  .scalar_subquery().label("taken"))
     found = []
-    for code, name, channel_type, options in rows:
-        options = json.loads(options)
-        if channel_type == "sandbox" and not sandbox.takes_orders(
+    for row in session.execute(query):
+        options = json.loads(row.options)
+        if row.type == "sandbox" and not sandbox.takes_orders(
                 options, site_url if site_url is not None else shop_url()):
             continue
-        types = methods.pay_types(channel_type, options) or [None]
-        found.extend(PaymentMethod(code, name, pay_type) for pay_type in types)
+        if amount_cents is not None and row.daily_cap_cents is not None and \
+                (row.taken or 0) + amount_cents > row.daily_cap_cents:
+            continue
+        types = methods.pay_types(row.type, options) or [None]
+        found.extend(PaymentMethod(row.code, row.name, pay_type, methods.offered(row.type, options)[0]
+                                   if pay_type is None else pay_type) for pay_type in types)
     return found
 
 
@@ -605,6 +796,7 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     right_amount = amount == order.amount_cents and not other_currency
     payment = Payment(order_id=order.id, channel_id=channel.id, trade_no=trade_no, amount_cents=amount,
                       status="received" if right_amount else "held", created_at=now, source=source,
+                      fee_cents=routing.fee_cents(amount, channel.fee_bp, channel.fee_fixed_cents),
                       raw=json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str))
     try:
         with session.begin_nested():

@@ -22,7 +22,8 @@ from ..orders import attention
 from ..orders.services import expire_orders
 from ..payments import settlement
 from ..payments.reconcile import reconcile_pending
-from ..payments.services import disable_weak_channels
+from ..payments.services import check_channels as check_channel_health, disable_weak_channels
+from ..settings.services import shop_url
 from ..settings.messaging import effective_config
 from ..suppliers import forwarding, services as suppliers
 
@@ -82,6 +83,12 @@ def check_channel_keys(session: Session) -> dict:
     return {"disabled": len(disabled)}
 
 
+def check_channels(session: Session) -> dict:
+    """Payment channels' health: a channel that is down comes back once a check succeeds;
+    gateways are asked every few minutes."""
+    return check_channel_health(session, get_vault(), shop_url())
+
+
 def settle_payments(session: Session) -> dict:
     """The daily settlement report (yesterday, from 02:00 local time), a chunk per run."""
     return settlement.settle_payments(session, get_vault(), get_config().site.timezone)
@@ -137,6 +144,7 @@ JOBS = {
     "check_low_stock": (check_low_stock, 60),
     "flag_stuck_orders": (flag_stuck_orders, 60),
     "check_channel_keys": (check_channel_keys, 60),
+    "check_channels": (check_channels, 60),
     "settle_payments": (settle_payments, 60),
     "daily_backup": (daily_backup, 600),
     "retire_old_keys": (retire_old_keys, 600),

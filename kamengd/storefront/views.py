@@ -25,7 +25,7 @@ from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.callbacks import pay_in_sandbox
-from ..payments.flow import NotStarted, start_payment
+from ..payments.flow import NotStarted, fail_over, start_payment
 from ..payments.models import PaymentChannel
 from ..payments import methods
 from ..payments import services as payments
@@ -108,16 +108,22 @@ def lang_url(code: str) -> str:
     return url_for(request.endpoint, **{**args, **(request.view_args or {}), "lang": code})
 
 
-def _methods() -> list[dict]:
-    """The payment methods as the buyer knows them (支付宝, 微信支付 …, with an icon); a
-    method offered by two channels is told apart by the channel's name."""
+def _methods(product_id: int | None = None) -> list[dict]:
+    """The payment methods as the buyer knows them (支付宝, 微信支付 …, with an icon), of the
+    channels that take this product's orders. A method several channels offer is shown once:
+    the shop routes the order to one of them (priority, weight, limits, health)."""
     lang = current_lang()
-    found = [{"value": m.value, "label": methods.label(m.pay_type, lang) or m.channel_name,
-              "icon": methods.icon(m.pay_type), "channel_name": m.channel_name}
-             for m in payments.payment_methods(db.session)]
-    labels = [m["label"] for m in found]
-    for m in found:
-        m["detail"] = m["channel_name"] if labels.count(m["label"]) > 1 and m["channel_name"] != m["label"] else ""
+    found, seen = [], {}
+    for m in payments.payment_methods(db.session, product_id=product_id):
+        known = methods.label(m.method, lang)
+        if known is not None and m.method in seen:   # routed by method
+            seen[m.method]["value"] = f":{m.method}"
+            continue
+        entry = {"value": m.value, "label": known or m.channel_name, "icon": methods.icon(m.method),
+                 "channel_name": m.channel_name, "detail": ""}
+        if known is not None:
+            seen[m.method] = entry
+        found.append(entry)
     return found
 
 
@@ -229,7 +235,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
-    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(),
+    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
@@ -249,6 +255,8 @@ def buy(product_id: int):
     raw_quantity = form.get("quantity", "1").strip()
     quantity = int(raw_quantity) if raw_quantity.isascii() and raw_quantity.isdigit() and len(raw_quantity) < 10 else -1
     channel_code, pay_type = payments.split_method(form.get("channel", "")[:100])
+    if not channel_code and pay_type:   # `:alipay`: the shop picks the channel
+        channel_code = None
     try:
         placed = place_order(db.session, get_vault(), product_id=product_id, quantity=quantity,
                              email=form.get("email", "")[:1000], channel_code=channel_code, pay_type=pay_type,
@@ -337,11 +345,13 @@ def payment_start(code: str):
     except NotFound:
         return render_template("order_missing.html"), 404
     channel = db.session.get(PaymentChannel, order.channel_id) if order.channel_id else None
-    if channel is None or channel.code != code:
+    if channel is None:
         return render_template("order_missing.html"), 404
     order_url = url_for("shop.order_page", order_no=order.order_no, token=token)
     if order.status != "pending":
         return redirect(order_url, code=303)
+    if channel.code != code:   # moved to another channel (failover) since this address was given
+        return redirect(_pay_url(order, channel, token), code=303)
     back = (return_site() or shop_url()).rstrip("/") + url_for("shop.payment_return", code=code,
                                                                order_no=order.order_no, token=token)
     order_no, amount, currency, expires = order.order_no, order.amount_cents, order.currency, order.expires_at
@@ -349,6 +359,12 @@ def payment_start(code: str):
         page = start_payment(db.session, get_vault(), order, site_url=shop_url(), back_url=back)
     except NotStarted as exc:
         db.session.commit()   # the failed attempt, with the gateway's reason, for staff
+        order = db.session.get(Order, order.id)
+        moved = fail_over(db.session, order, db.session.get(PaymentChannel, channel.id),
+                          exc.detail or exc.message, site_url=shop_url(), timezone=get_config().site.timezone)
+        db.session.commit()
+        if moved is not None:   # the buyer goes on with the stand-in, in this same visit
+            return redirect(_pay_url(db.session.get(Order, order.id), moved, token), code=303)
         return render_template("pay_page.html", problem=exc.message, order_no=order_no, order_url=order_url,
                                amount=format_cents(amount), currency=currency, qr_svg=None, pay_url=None,
                                retry_url=request.full_path, expires_at=shop_time(expires), seconds_left=0,
@@ -363,6 +379,12 @@ def payment_start(code: str):
                            pay_url=page.pay_url, retry_url=None, expires_at=shop_time(until),
                            seconds_left=max(0, int((until - utcnow()).total_seconds())), details=page.details,
                            status_url=url_for("shop.order_status", order_no=order_no, token=token))
+
+
+def _pay_url(order, channel: PaymentChannel, token: str) -> str:
+    product_name = db.session.scalar(sa.select(Product.name).where(Product.id == order.product_id)) or ""
+    return build_pay_url(get_vault(), channel, order, site_url=shop_url(), product_name=product_name, token=token,
+                         return_site=return_site())
 
 
 def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
