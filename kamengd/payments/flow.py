@@ -80,7 +80,8 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
         conf = gateway_channel(vault, channel)
     except VaultError:   # the data key changed under it: staff enter the secrets again (doctor says so)
         raise NotStarted("the payment channel is not set up: try another way to pay") from None
-    to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at)
+    to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at,
+                        pay_type=order.pay_type, client_ip=order.client_ip)
     urls = Urls(notify=f"{site_url.rstrip('/')}/pay/{channel.code}/notify", back=back_url)
     order_id, channel_id, amount, currency = order.id, channel.id, order.amount_cents, order.currency
     session.rollback()   # no transaction (SQLite's write lock, a row lock) while the gateway answers

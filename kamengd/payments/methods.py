@@ -1,7 +1,7 @@
 """Payment methods as a buyer knows them: 支付宝, 微信, QQ, USDT — not channel codes.
 
-One Epay channel offers several pay types (its `pay_types` option, e.g.
-`alipay,wxpay,qqpay`): the buyer picks the method, the order keeps the type
+One Epay channel (V1 `epay` or V2 `epay2`) offers several pay types (its
+`pay_types` option, e.g. `alipay,wxpay,qqpay`): the buyer picks the method, the order keeps the type
 it will be paid with, and its pay URL says that type to the gateway. A
 channel without the option offers its one `pay_type` (default alipay), as
 before. A leaf module: checkout, the storefront, the panel and the CLI all
@@ -26,6 +26,8 @@ KNOWN = {
 DEFAULT = "alipay"
 TYPE_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_TYPES = 8
+# The channel types whose buyers choose among the channel's pay types.
+WITH_PAY_TYPES = ("epay", "epay2")
 
 
 def parse_pay_types(text: str) -> list[str]:
@@ -44,7 +46,7 @@ def parse_pay_types(text: str) -> list[str]:
 
 def pay_types(channel_type: str, options: dict) -> list[str]:
     """The pay types a channel offers, first = the default; [] for a channel that has none."""
-    if channel_type != "epay":
+    if channel_type not in WITH_PAY_TYPES:
         return []
     listed = options.get("pay_types", "")
     if listed:
