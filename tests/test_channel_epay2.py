@@ -152,8 +152,14 @@ def test_what_the_platform_answers_decides_the_page(served):
     status, headers, _ = start(base, order)
     assert status == 303 and headers["Location"] == f"{fake.base}pay/{fake.state()['orders'][order['order_no']]['trade_no']}"
     fake.call("/_test/config", {"pay_type": "urlscheme"})
-    page = qr_page(base, place(base, pid, pay_type="wxpay"))
+    long_name = json.loads(run_cli("product", "create", "--name", "长" * 60, "--price", "1.00", "--json",
+                                   config=config, check=True).out)["id"]
+    run_cli("keys", "import", "--product", long_name, "-", config=config, input=b"LONG-KEY-1\n", check=True)
+    scheme = place(base, long_name, pay_type="wxpay")
+    page = qr_page(base, scheme)
     assert "<svg" in page and 'href="weixin://dl/business/?t=' in page
+    # The platform cuts a name past 127 bytes: it is sent cut, so what it checks is what was signed.
+    assert fake.state()["orders"][scheme["order_no"]]["name"] == "长" * 42
     fake.call("/_test/config", {"pay_type": "html"})
     status, _, page = start(base, place(base, pid))
     assert status == 503 and "支付通道暂时没有响应" in page and "<script>document.forms" not in page

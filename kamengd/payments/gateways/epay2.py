@@ -41,6 +41,7 @@ TIMEOUT_SECONDS = 15
 TOLERANCE_SECONDS = 300
 MAX_ANSWER = 256 * 1024
 MAX_PAY_INFO = 2048
+MAX_NAME_BYTES = 127   # the platform cuts a longer name; cut here, so what it checks is what was signed
 PAID = "TRADE_SUCCESS"
 # The schemes a pay link may have on the page (a mini program's or a wallet's, or the web).
 LINK_SCHEMES = ("https", "http", "weixin", "alipays", "alipay", "mqqapi", "mqqwallet", "upwrp")
@@ -69,6 +70,10 @@ def _fresh(timestamp, now: float) -> bool:
 
 def _epoch(now: dt.datetime) -> float:
     return now.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def _name(text: str) -> str:
+    return text.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore").strip()
 
 
 def _link(text: str) -> str | None:
@@ -151,7 +156,7 @@ class RainbowEpayV2(Gateway):
             raise GatewayError(f"Epay takes CNY only, not {order.currency}")
         answer = self._call(channel, "api/pay/create", {
             "method": "web", "device": "pc", "type": order.pay_type or "alipay", "out_trade_no": order.order_no,
-            "notify_url": urls.notify, "return_url": urls.back, "name": order.product_name[:100] or order.order_no,
+            "notify_url": urls.notify, "return_url": urls.back, "name": _name(order.product_name) or order.order_no,
             "money": format_cents(order.amount_cents), "clientip": order.client_ip or "127.0.0.1"})
         kind, info, trade_no = answer.get("pay_type"), answer.get("pay_info"), answer.get("trade_no")
         if answer.get("out_trade_no") not in (None, order.order_no):
@@ -209,7 +214,7 @@ class RainbowEpayV2(Gateway):
             raise GatewayError(f"Epay takes CNY only, not {currency}")
         answer = self._call(channel, "api/pay/refund", {"trade_no": trade_no, "money": format_cents(amount_cents),
                                                         "out_refund_no": refund_no})
-        if answer.get("money") not in (None, format_cents(amount_cents)):
+        if answer.get("money") is not None and parse_gateway_money(answer["money"]) != amount_cents:
             raise GatewayError(f"Epay refunded {str(answer.get('money'))[:20]}, not {format_cents(amount_cents)}")
         return str(answer.get("refund_no") or f"{trade_no}:{refund_no}")
 
