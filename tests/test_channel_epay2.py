@@ -150,7 +150,8 @@ def test_what_the_platform_answers_decides_the_page(served):
     fake.call("/_test/config", {"pay_type": "jump"})
     order = place(base, pid)
     status, headers, _ = start(base, order)
-    assert status == 303 and headers["Location"] == f"{fake.base}pay/{fake.state()['orders'][order['order_no']]['trade_no']}"
+    trade_no = fake.state()["orders"][order["order_no"]]["trade_no"]
+    assert status == 303 and headers["Location"] == f"{fake.base}pay/{trade_no}"
     fake.call("/_test/config", {"pay_type": "urlscheme"})
     long_name = json.loads(run_cli("product", "create", "--name", "长" * 60, "--price", "1.00", "--json",
                                    config=config, check=True).out)["id"]

@@ -1,8 +1,9 @@
 """Payment methods as a buyer knows them: 支付宝, 微信, QQ, USDT — not channel codes.
 
 One Epay channel (V1 `epay` or V2 `epay2`) offers several pay types (its
-`pay_types` option, e.g. `alipay,wxpay,qqpay`): the buyer picks the method, the order keeps the type
-it will be paid with, and its pay URL says that type to the gateway. A
+`pay_types` option, e.g. `alipay,wxpay,qqpay`): the buyer picks the method,
+the order keeps the type it will be paid with, and its pay URL (V2: the
+payment created for it) says that type to the gateway. A
 channel without the option offers its one `pay_type` (default alipay), as
 before. A leaf module: checkout, the storefront, the panel and the CLI all
 read a channel's methods here.
