@@ -408,7 +408,7 @@ def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code:
         raise InvalidRequest("channel: %(code)r cannot take this order now (%(reason)s) and no other channel "
                              "for this way to pay can: choose another", code=channel_code, reason=exc.reason)
     route = routes[0]
-    return route.code, (route.method if route.type in methods.EPAY_KIND else None)
+    return route.code, (route.method if route.type in methods.WITH_PAY_TYPES else None)
 
 
 def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity: int, method: str, site_url: str,
@@ -428,7 +428,7 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
     if not routes:
         raise InvalidRequest("pay_type: no payment channel takes %(method)r payments for this order now",
                              method=method)
-    return routes[0].code, (method if routes[0].type in methods.EPAY_KIND else None)
+    return routes[0].code, (method if routes[0].type in methods.WITH_PAY_TYPES else None)
 
 
 def _code_of(session: Session, channel_id: int) -> str:

@@ -41,8 +41,10 @@ def option_limit(name: str) -> int:
 
 
 @bp.app_template_global()
-def option_label(name: str) -> str:
+def option_label(name: str, channel_type: str = "") -> str:
     """A gateway option's label on the channel form."""
+    if channel_type == "epay2" and name == "gateway":
+        return _("Platform URL (its API address, e.g. https://pay.example.com/)")
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
             "api_base": _("API base URL (leave empty for the provider's own)"),
@@ -50,7 +52,10 @@ def option_label(name: str) -> str:
             "private_key": _("The app's RSA private key (RSA2)"),
             "alipay_public_key": _("Alipay's public key (from the open platform's console)"),
             "seller_id": _("Seller ID (2088…; optional: notifications for another seller are refused)"),
-            "gateway": _("Gateway URL (leave empty for the provider's own)")}.get(name, name)
+            "gateway": _("Gateway URL (leave empty for the provider's own)"),
+            "pid": _("Merchant ID (pid)"),
+            "merchant_private_key": _("The merchant's RSA private key (商户私钥)"),
+            "platform_public_key": _("The platform's RSA public key (平台公钥)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:
@@ -74,7 +79,11 @@ def _new_type() -> str:
 def _values(channel: PaymentChannel) -> dict[str, str]:
     options = json.loads(channel.options)
     if channel.type == "sandbox" or channel.type in SPECS:   # (a gateway's secrets are never sent back)
-        return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order), **options}
+        shown = {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order), **options}
+        if "pay_types" in options:
+            shown["other_pay_types"] = ",".join(t for t in methods.pay_types(channel.type, options)
+                                                if t not in methods.KNOWN)
+        return shown
     # Nothing set: nothing ticked (the form says alipay is then used), so saving changes nothing.
     types = methods.pay_types(channel.type, options) if options.get("pay_types") or options.get("pay_type") else []
     return {"code": channel.code, "name": channel.name, "sort_order": str(channel.sort_order),

@@ -84,7 +84,8 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
         failed = NotStarted("the payment channel is not set up: try another way to pay")
         failed.detail = "its secrets cannot be opened with the data key"
         raise failed from None
-    to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at)
+    to_pay = OrderToPay(order.order_no, order.amount_cents, order.currency, product_name, order.expires_at,
+                        pay_type=order.pay_type, client_ip=order.client_ip)
     urls = Urls(notify=f"{site_url.rstrip('/')}/pay/{channel.code}/notify", back=back_url)
     order_id, channel_id, amount, currency = order.id, channel.id, order.amount_cents, order.currency
     session.rollback()   # no transaction (SQLite's write lock, a row lock) while the gateway answers
@@ -121,7 +122,7 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
     now = now or utcnow()
     routing.mark_health(session, channel, False, reason, now=now)
     options = json.loads(channel.options)
-    method = (order.pay_type if channel.type in methods.EPAY_KIND and order.pay_type
+    method = (order.pay_type if channel.type in methods.WITH_PAY_TYPES and order.pay_type
               else methods.offered(channel.type, options)[0])
     # Channels that already failed this order are not tried again.
     tried = set(session.scalars(sa.select(PaymentAttempt.channel_id).where(PaymentAttempt.order_id == order.id,
@@ -135,7 +136,7 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
         moved = conn.execute(sa.update(Order.__table__).where(
             Order.__table__.c.id == order.id, Order.__table__.c.status == "pending",
             Order.__table__.c.channel_id == channel.id)
-            .values(channel_id=route.id, pay_type=route.method if route.type in methods.EPAY_KIND else None,
+            .values(channel_id=route.id, pay_type=route.method if route.type in methods.WITH_PAY_TYPES else None,
                     updated_at=now)).rowcount
         if not moved:   # paid, expired or moved meanwhile: nothing to move
             if route.daily_cap_cents is not None:

@@ -1,8 +1,9 @@
 """Payment methods as a buyer knows them: 支付宝, 微信, QQ, USDT — not channel codes.
 
-One Epay channel offers several pay types (its `pay_types` option, e.g.
-`alipay,wxpay,qqpay`): the buyer picks the method, the order keeps the type
-it will be paid with, and its pay URL says that type to the gateway. A
+One Epay channel (V1 `epay` or V2 `epay2`) offers several pay types (its
+`pay_types` option, e.g. `alipay,wxpay,qqpay`): the buyer picks the method,
+the order keeps the type it will be paid with, and its pay URL (V2: the
+payment created for it) says that type to the gateway. A
 channel without the option offers its one `pay_type` (default alipay), as
 before. A leaf module: checkout, the storefront, the panel and the CLI all
 read a channel's methods here.
@@ -26,14 +27,15 @@ KNOWN = {
     "paypal": ("PayPal", "PayPal", "paypal"),
     "balance": ("余额", "Balance", "balance"),
 }
-# The one method of each channel type that is not Epay's kind (Epay channels offer their
+# The one method of each channel type without pay types (Epay's kind offers its
 # pay_types): channels of one method stand in for each other when routing fails over.
 TYPE_METHOD = {"alipay": "alipay", "wechatpay": "wxpay", "epusdt": "usdt", "stripe": "card",
                "paypal": "paypal", "balance": "balance", "sandbox": "sandbox"}
-EPAY_KIND = ("epay", "epay2")
 DEFAULT = "alipay"
 TYPE_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_TYPES = 8
+# The channel types whose buyers choose among the channel's pay types.
+WITH_PAY_TYPES = ("epay", "epay2")
 
 
 def parse_pay_types(text: str) -> list[str]:
@@ -52,7 +54,7 @@ def parse_pay_types(text: str) -> list[str]:
 
 def pay_types(channel_type: str, options: dict) -> list[str]:
     """The pay types a channel offers, first = the default; [] for a channel that has none."""
-    if channel_type not in EPAY_KIND:
+    if channel_type not in WITH_PAY_TYPES:
         return []
     listed = options.get("pay_types", "")
     if listed:
@@ -79,7 +81,7 @@ def choose(channel_type: str, options: dict, wanted: str | None) -> str | None:
 
 def offered(channel_type: str, options: dict) -> list[str]:
     """The methods a channel takes payments by: an Epay channel's pay types, another's one."""
-    if channel_type in EPAY_KIND:
+    if channel_type in WITH_PAY_TYPES:
         return pay_types(channel_type, options)
     return [TYPE_METHOD.get(channel_type, channel_type)]
 

@@ -53,7 +53,7 @@ CHANNEL_TYPES = {
 
 MAX_OPTION_LENGTH = 500
 # RSA keys and certificates in PEM: a 4096-bit private key is some 3,300 characters.
-KEY_OPTIONS = ("private_key", "alipay_public_key")
+KEY_OPTIONS = ("private_key", "alipay_public_key", "merchant_private_key", "platform_public_key")
 MAX_KEY_OPTION_LENGTH = 8000
 
 
@@ -102,8 +102,9 @@ def _check_options(channel_type: str, options: dict[str, str], found: Collector,
         if "gateway" not in wrong and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
                                        or any(c.isspace() for c in gateway) or has_control_characters(gateway)):
             add("gateway", InvalidRequest("option gateway: an http(s) base URL such as https://pay.example.com"))
+    if channel_type in methods.WITH_PAY_TYPES:
         for name in ("pay_type", "pay_types"):
-            if name in wrong:
+            if name in wrong or name not in spec["options"]:
                 continue
             try:
                 types = methods.parse_pay_types(options.get(name, ""))

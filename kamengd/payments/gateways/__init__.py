@@ -27,6 +27,9 @@ SPECS = {
     "alipay": Spec("alipay_f2f", "AlipayFaceToFace", ("app_id", "private_key", "alipay_public_key", "seller_id",
                                                       "gateway"),
                    ("app_id", "private_key", "alipay_public_key"), ("private_key",)),
+    "epay2": Spec("epay2", "RainbowEpayV2", ("gateway", "pid", "merchant_private_key", "platform_public_key",
+                                             "pay_types"),
+                  ("gateway", "pid", "merchant_private_key", "platform_public_key"), ("merchant_private_key",)),
 }
 _loaded: dict[str, Gateway] = {}
 

@@ -42,6 +42,8 @@ class OrderToPay:
     currency: str
     product_name: str
     expires_at: dt.datetime
+    pay_type: str | None = None    # the method the buyer chose (an Epay type: alipay, wxpay ...)
+    client_ip: str | None = None   # the buyer's address, for gateways that ask for it
 
 
 @dataclass(frozen=True)
