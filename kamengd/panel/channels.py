@@ -41,8 +41,10 @@ def option_limit(name: str) -> int:
 
 
 @bp.app_template_global()
-def option_label(name: str) -> str:
+def option_label(name: str, channel_type: str = "") -> str:
     """A gateway option's label on the channel form."""
+    if (channel_type, name) == ("epusdt", "api_base"):
+        return _("Address of your Epusdt or BEpusdt (https://…)")
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
             "api_base": _("API base URL (leave empty for the provider's own)"),
@@ -50,7 +52,10 @@ def option_label(name: str) -> str:
             "private_key": _("The app's RSA private key (RSA2)"),
             "alipay_public_key": _("Alipay's public key (from the open platform's console)"),
             "seller_id": _("Seller ID (2088…; optional: notifications for another seller are refused)"),
-            "gateway": _("Gateway URL (leave empty for the provider's own)")}.get(name, name)
+            "gateway": _("Gateway URL (leave empty for the provider's own)"),
+            "token": _("API token (api_auth_token in Epusdt's or BEpusdt's configuration)"),
+            "trade_type": _("Trade type (BEpusdt only, such as usdt.trc20; empty for Epusdt)"),
+            "currency": _("Fiat currency the gateway prices in (empty: CNY)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

@@ -27,6 +27,8 @@ SPECS = {
     "alipay": Spec("alipay_f2f", "AlipayFaceToFace", ("app_id", "private_key", "alipay_public_key", "seller_id",
                                                       "gateway"),
                    ("app_id", "private_key", "alipay_public_key"), ("private_key",)),
+    "epusdt": Spec("epusdt", "Epusdt", ("api_base", "token", "trade_type", "currency"), ("api_base", "token"),
+                   ("token",), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 
