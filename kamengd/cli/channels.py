@@ -40,7 +40,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
               help="epay: gateway=URL, pid=ID, key=MERCHANT_KEY; alipay: app_id=, private_key=PEM, "
                    "alipay_public_key=, seller_id=; epay2: gateway=URL, pid=ID, merchant_private_key=PEM, "
                    "platform_public_key=, pay_types=alipay,wxpay; stripe: secret_key=sk_..., "
-                   "webhook_secret=whsec_...; sandbox: force=yes to take orders when "
+                   "webhook_secret=whsec_...; epusdt: api_base=URL, token=API_TOKEN, trade_type= (BEpusdt), "
+                   "currency= (default CNY); sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option
 @with_app

@@ -45,6 +45,8 @@ def option_label(name: str, channel_type: str = "") -> str:
     """A gateway option's label on the channel form."""
     if channel_type == "epay2" and name == "gateway":
         return _("Platform URL (its API address, e.g. https://pay.example.com/)")
+    if (channel_type, name) == ("epusdt", "api_base"):
+        return _("Address of your Epusdt or BEpusdt (https://…)")
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
             "api_base": _("API base URL (leave empty for the provider's own)"),
@@ -55,7 +57,10 @@ def option_label(name: str, channel_type: str = "") -> str:
             "gateway": _("Gateway URL (leave empty for the provider's own)"),
             "pid": _("Merchant ID (pid)"),
             "merchant_private_key": _("The merchant's RSA private key (商户私钥)"),
-            "platform_public_key": _("The platform's RSA public key (平台公钥)")}.get(name, name)
+            "platform_public_key": _("The platform's RSA public key (平台公钥)"),
+            "token": _("API token (api_auth_token in Epusdt's or BEpusdt's configuration)"),
+            "trade_type": _("Trade type (BEpusdt only, such as usdt.trc20; empty for Epusdt)"),
+            "currency": _("Fiat currency the gateway prices in (empty: CNY)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

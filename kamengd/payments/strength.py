@@ -36,6 +36,8 @@ RULES = {
     # Stripe's keys and signing secrets: a prefix and 24 or more random characters.
     ("stripe", "secret_key"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
     ("stripe", "webhook_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
+    # Epusdt's API token signs like an Epay key (MD5 of the parameters and the token).
+    ("epusdt", "token"): SecretRule(min_length=16, min_classes=2, min_distinct=8),
 }
 
 

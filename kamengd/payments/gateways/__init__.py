@@ -30,6 +30,8 @@ SPECS = {
     "epay2": Spec("epay2", "RainbowEpayV2", ("gateway", "pid", "merchant_private_key", "platform_public_key",
                                              "pay_types"),
                   ("gateway", "pid", "merchant_private_key", "platform_public_key"), ("merchant_private_key",)),
+    "epusdt": Spec("epusdt", "Epusdt", ("api_base", "token", "trade_type", "currency"), ("api_base", "token"),
+                   ("token",), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 
