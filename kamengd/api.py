@@ -54,16 +54,17 @@ def payment_methods():
     read_only()
     lang = "en" if request.args.get("lang") == "en" else "zh"
     product_id, quantity = _id_arg("product_id"), _id_arg("quantity")
-    amount = None
+    amount = currency = None
     if quantity is not None and product_id is None:
         raise InvalidRequest("quantity: only with product_id")
     if product_id is not None:
-        price = db.session.scalar(sa.select(Product.price_cents).where(Product.id == product_id,
-                                                                       Product.is_active.is_(True)))
-        if price is None:
+        product = db.session.execute(sa.select(Product.price_cents, Product.currency).where(
+            Product.id == product_id, Product.is_active.is_(True))).first()
+        if product is None:
             raise NotFound("product %(product_id)s not found", product_id=product_id)
-        amount = price * quantity if quantity is not None else None
-    found = payments.payment_methods(db.session, product_id=product_id, amount_cents=amount,
+        currency = product.currency
+        amount = product.price_cents * quantity if quantity is not None else None
+    found = payments.payment_methods(db.session, product_id=product_id, amount_cents=amount, currency=currency,
                                      timezone=get_config().site.timezone)
     return jsonify({"methods": [{"channel": m.channel, "pay_type": m.pay_type,
                                  "name": methods.label(m.method, lang) or m.channel_name,

@@ -196,7 +196,7 @@ def test_weights_share_the_orders_of_one_priority(app, world):
     firsts = []
     with app.app_context():
         for _ in range(2000):
-            routes = routing.stand_ins(db.session, product_id=world["product"], amount_cents=300,
+            routes = routing.stand_ins(db.session, product_id=world["product"], amount_cents=300, currency="CNY",
                                        method=world["method"], site_url="", day=dt.date.today(), rng=rng)
             firsts.append(routes[0].code)
             assert {r.code for r in routes} == {a, b}
@@ -261,3 +261,35 @@ def test_routing_rules_from_the_command_line(app, installed, world):
         == [code]
     assert json.loads(run_cli("product", "channels", pid, "--set", "all", "--json", config=config,
                               check=True).out)["channels"] == []
+
+
+def test_a_channel_that_cannot_take_the_currency_is_never_offered_it(app, client):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.payments.routing import takes_currency
+    from kamengd.payments.services import add_channel
+
+    assert not takes_currency("alipay", {}, "USD") and takes_currency("alipay", {}, "CNY")
+    assert takes_currency("stripe", {}, "USD") and takes_currency("epay", {}, "USD")
+    assert takes_currency("epusdt", {"currency": "USD"}, "USD") and not takes_currency("epusdt", {}, "USD")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    code = f"ali{secrets.token_hex(3)}"
+    db = _db()
+    with app.app_context():
+        add_channel(db.session, get_vault(), channel_type="alipay", code=code, actor="t",
+                    options={"app_id": "2021004100000001", "private_key": private, "alipay_public_key": public})
+        usd = create_product(db.session, name="dollar", price_cents=500, currency="USD", actor="t").id
+        cny = create_product(db.session, name="yuan", price_cents=500, actor="t").id
+        db.session.commit()
+        db.session.remove()
+    listed = {m["channel"] for m in client.get(f"/api/v1/payment-methods?product_id={usd}").get_json()["methods"]}
+    assert code not in listed
+    listed = {m["channel"] for m in client.get(f"/api/v1/payment-methods?product_id={cny}").get_json()["methods"]}
+    assert code in listed

@@ -399,9 +399,9 @@ def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code:
     pay type to ask it for); InvalidRequest when there is none."""
     tried.add(row.channel_id)
     site = decode_setting("site.url", row.site_url) or site_url
-    routes = routing.stand_ins(session, product_id=product_id, amount_cents=amount_cents, method=exc.method,
-                               site_url=site, day=routing.shop_day(now, get_config().site.timezone),
-                               leave_out=tried)
+    routes = routing.stand_ins(session, product_id=product_id, amount_cents=amount_cents, currency=row.currency,
+                               method=exc.method, site_url=site, leave_out=tried,
+                               day=routing.shop_day(now, get_config().site.timezone))
     if ours:
         session.rollback()   # (a read only: no transaction kept open before the order's write)
     if not routes:
@@ -415,10 +415,12 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
                      now: dt.datetime) -> tuple[str, str | None]:
     """The channel an order paid by `method` goes to (and the pay type to ask it for), by the
     routing rules at the product's price; a misfit found later is rerouted like any other."""
-    row = session.execute(sa.select(_p.c.price_cents, setting_value_query("site.url").label("site_url"))
+    row = session.execute(sa.select(_p.c.price_cents, _p.c.currency,
+                                    setting_value_query("site.url").label("site_url"))
                           .where(_p.c.id == product_id, _p.c.is_active.is_(True))).first()
     routes = [] if row is None else routing.stand_ins(
-        session, product_id=product_id, amount_cents=row.price_cents * quantity, method=method,
+        session, product_id=product_id, amount_cents=row.price_cents * quantity, currency=row.currency,
+        method=method,
         site_url=decode_setting("site.url", row.site_url) or site_url,
         day=routing.shop_day(now, get_config().site.timezone))
     if ours:

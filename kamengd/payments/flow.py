@@ -26,7 +26,7 @@ from ..orders.models import Order
 from ..vault import Vault, VaultError
 from . import methods, routing
 from .gateways import gateway
-from .gateways.base import GatewayError, OrderToPay, Urls
+from .gateways.base import GatewayError, NotForThisOrder, OrderToPay, Urls
 from .models import PaymentAttempt, PaymentChannel
 from .services import gateway_channel
 
@@ -37,6 +37,7 @@ class NotStarted(KamengdError):
     http_status = 503
     retry_after = 5
     detail = ""
+    channel_failed = True
 
 
 # A payment created at the gateway is shown again for this long at most (its own expiry may be sooner).
@@ -91,12 +92,13 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     session.rollback()   # no transaction (SQLite's write lock, a row lock) while the gateway answers
     try:
         started = protocol.start(conf, to_pay, urls, now)
-    except GatewayError as exc:
+    except GatewayError as exc:   # (NotForThisOrder too: the order may go elsewhere, the channel is fine)
         session.add(PaymentAttempt(order_id=order_id, channel_id=channel_id, status="failed", amount_cents=amount,
                                    currency=currency, error=str(exc)[:300], created_at=now, details="{}"))
         failed = NotStarted("the payment channel did not answer: try again in a moment, or choose another way "
                             "to pay")
         failed.detail = str(exc)[:300]
+        failed.channel_failed = not isinstance(exc, NotForThisOrder)
         raise failed from None
     attempt = PaymentAttempt(order_id=order_id, channel_id=channel_id, status="open", gateway_ref=started.ref,
                              pay_url=started.pay_url, qr_payload=started.qr, amount_cents=amount, currency=currency,
@@ -115,12 +117,14 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
 
 
 def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: str, *, site_url: str,
-              timezone: str, now: dt.datetime | None = None) -> PaymentChannel | None:
-    """After the order's channel could not create its payment: the channel is down until a
-    check succeeds, and the order moves to a channel of the same method that can take it
-    (`channel.failover`), which is returned; None when there is none. The caller commits."""
+              timezone: str, channel_failed: bool = True, now: dt.datetime | None = None) -> PaymentChannel | None:
+    """After the order's channel could not create its payment: the order moves to a channel of
+    the same method that can take it (`channel.failover`), which is returned; None when there
+    is none. A channel that failed (not one that only cannot take this order) is down until a
+    check succeeds. The caller commits."""
     now = now or utcnow()
-    routing.mark_health(session, channel, False, reason, now=now)
+    if channel_failed:
+        routing.mark_health(session, channel, False, reason, now=now)
     options = json.loads(channel.options)
     method = (order.pay_type if channel.type in methods.WITH_PAY_TYPES and order.pay_type
               else methods.offered(channel.type, options)[0])
@@ -130,7 +134,7 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
     day = routing.shop_day(order.created_at, timezone)
     conn = session.connection()
     for route in routing.stand_ins(session, product_id=order.product_id, amount_cents=order.amount_cents,
-                                   method=method, site_url=site_url, day=day, leave_out=tried | {channel.id}):
+                                   currency=order.currency, method=method, site_url=site_url, day=day, leave_out=tried | {channel.id}):
         if not routing.take_capacity(session, route.id, route.daily_cap_cents, day, order.amount_cents):
             continue
         moved = conn.execute(sa.update(Order.__table__).where(

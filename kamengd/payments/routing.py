@@ -32,6 +32,7 @@ from ..database import utcnow
 from ..notifications.events import emit
 from ..orders.models import Order
 from . import methods, sandbox
+from .gateways import gateway
 from .models import ChannelDay, PaymentChannel, ProductChannel
 
 _c, _pc, _d = PaymentChannel.__table__, ProductChannel.__table__, ChannelDay.__table__
@@ -59,12 +60,21 @@ def within_amounts(amount):
                    sa.or_(_c.c.max_amount_cents.is_(None), _c.c.max_amount_cents >= amount))
 
 
+def takes_currency(channel_type: str, options: dict, currency: str) -> bool:
+    protocol = gateway(channel_type)
+    taken = protocol.currencies(options) if protocol is not None else None
+    return taken is None or currency in taken
+
+
 def refusal(row, amount_cents: int) -> str | None:
-    """Why the channel of an offer row (health, amounts, allowed) cannot take this order, or None."""
+    """Why the channel of an offer row (health, amounts, allowed, currency) cannot take this
+    order, or None."""
     if row.health != "ok":
         return "down"
     if not row.allowed:
         return "not for this product"
+    if not takes_currency(row.channel_type, json.loads(row.options), row.currency):
+        return f"not in {row.currency}"
     if row.min_amount_cents is not None and amount_cents < row.min_amount_cents:
         return "below its minimum"
     if row.max_amount_cents is not None and amount_cents > row.max_amount_cents:
@@ -143,7 +153,7 @@ class Route:
     method: str
 
 
-def stand_ins(session: Session, *, product_id: int, amount_cents: int, method: str, site_url: str,
+def stand_ins(session: Session, *, product_id: int, amount_cents: int, currency: str, method: str, site_url: str,
               day: dt.date, leave_out: set[int] = frozenset(), rng: random.Random | None = None) -> list[Route]:
     """The channels that could take this order by `method`, in routing order: lowest priority
     first, then by weight at random within one priority (weight 0: only when no other will)."""
@@ -163,6 +173,8 @@ def stand_ins(session: Session, *, product_id: int, amount_cents: int, method: s
         if method not in methods.offered(row.type, options):
             continue
         if row.type == "sandbox" and not sandbox.takes_orders(options, site_url):
+            continue
+        if not takes_currency(row.type, options, currency):
             continue
         if row.daily_cap_cents is not None and (row.taken or 0) + amount_cents > row.daily_cap_cents:
             continue

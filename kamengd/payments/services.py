@@ -690,11 +690,12 @@ class PaymentMethod:
 
 
 def payment_methods(session: Session, site_url: str | None = None, *, product_id: int | None = None,
-                    amount_cents: int | None = None, timezone: str | None = None) -> list[PaymentMethod]:
+                    amount_cents: int | None = None, currency: str | None = None,
+                    timezone: str | None = None) -> list[PaymentMethod]:
     """Every enabled, healthy channel's methods, in the channels' order (a sandbox only where it
     takes orders: on a loopback `site_url`, default site.url as set, or forced). For a product,
     only the channels it may be paid through; for an amount, only those whose limits and daily
-    cap take it."""
+    cap take it; in a currency, only those that take it."""
     c = PaymentChannel.__table__
     query = (sa.select(c.c.id, c.c.code, c.c.name, c.c.type, c.c.options, c.c.daily_cap_cents)
              .where(c.c.is_enabled.is_(True), c.c.health == "ok").order_by(c.c.sort_order, c.c.id))
@@ -711,6 +712,8 @@ def payment_methods(session: Session, site_url: str | None = None, *, product_id
         options = json.loads(row.options)
         if row.type == "sandbox" and not sandbox.takes_orders(
                 options, site_url if site_url is not None else shop_url()):
+            continue
+        if currency is not None and not routing.takes_currency(row.type, options, currency):
             continue
         if amount_cents is not None and row.daily_cap_cents is not None and \
                 (row.taken or 0) + amount_cents > row.daily_cap_cents:

@@ -108,13 +108,13 @@ def lang_url(code: str) -> str:
     return url_for(request.endpoint, **{**args, **(request.view_args or {}), "lang": code})
 
 
-def _methods(product_id: int | None = None) -> list[dict]:
+def _methods(product_id: int | None = None, currency: str | None = None) -> list[dict]:
     """The payment methods as the buyer knows them (支付宝, 微信支付 …, with an icon), of the
     channels that take this product's orders. A method several channels offer is shown once:
     the shop routes the order to one of them (priority, weight, limits, health)."""
     lang = current_lang()
     found, seen = [], {}
-    for m in payments.payment_methods(db.session, product_id=product_id):
+    for m in payments.payment_methods(db.session, product_id=product_id, currency=currency):
         known = methods.label(m.method, lang)
         if known is not None and m.method in seen:   # routed by method
             seen[m.method]["value"] = f":{m.method}"
@@ -235,7 +235,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
-    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id),
+    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id, p.currency),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
@@ -361,7 +361,8 @@ def payment_start(code: str):
         db.session.commit()   # the failed attempt, with the gateway's reason, for staff
         order = db.session.get(Order, order.id)
         moved = fail_over(db.session, order, db.session.get(PaymentChannel, channel.id),
-                          exc.detail or exc.message, site_url=shop_url(), timezone=get_config().site.timezone)
+                          exc.detail or exc.message, site_url=shop_url(), timezone=get_config().site.timezone,
+                          channel_failed=exc.channel_failed)
         db.session.commit()
         if moved is not None:   # the buyer goes on with the stand-in, in this same visit
             return redirect(_pay_url(db.session.get(Order, order.id), moved, token), code=303)

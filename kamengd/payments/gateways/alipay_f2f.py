@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ...money import format_cents, parse_gateway_money
-from .base import Channel, Gateway, GatewayError, Inbound, Notice, OrderToPay, Refused, Started, Urls
+from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Started,
+                   Urls)
 
 GATEWAY = "https://openapi.alipay.com/gateway.do"
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -119,6 +120,9 @@ class AlipayFaceToFace(Gateway):
     required = ("app_id", "private_key", "alipay_public_key")
     secret = ("private_key",)
 
+    def currencies(self, options: dict) -> frozenset[str]:
+        return frozenset({"CNY"})
+
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         problems = []
         if options.get("private_key"):
@@ -182,7 +186,7 @@ class AlipayFaceToFace(Gateway):
 
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:
         if order.currency != "CNY":
-            raise GatewayError(f"Alipay takes CNY only, not {order.currency}")
+            raise NotForThisOrder(f"Alipay takes CNY only, not {order.currency}")
         minutes = max(1, int((order.expires_at - now).total_seconds() // 60))
         answer = self._call(channel, "alipay.trade.precreate", {
             "out_trade_no": order.order_no, "total_amount": format_cents(order.amount_cents),

@@ -19,6 +19,11 @@ class GatewayError(Exception):
     Its message is safe to log and show to staff: never a secret."""
 
 
+class NotForThisOrder(GatewayError):
+    """The channel cannot take this order (its currency, its amount): nothing is wrong with the
+    channel, which stays in routing; the order may go to another."""
+
+
 class Refused(Exception):
     """A callback that changes nothing: `forged` when it is not the provider's (signature,
     merchant), else a genuine notice that is not a payment we can record."""
@@ -100,6 +105,11 @@ class Gateway:
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         """[(option, English problem)] beyond the required/secret rules."""
         return []
+
+    def currencies(self, options: dict) -> frozenset[str] | None:
+        """The currencies a channel of these options takes payments in; None: any (a start may
+        still refuse one with NotForThisOrder). Routing sends no other order to it."""
+        return None
 
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:
         raise NotImplementedError

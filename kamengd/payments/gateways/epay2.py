@@ -35,7 +35,8 @@ from urllib.parse import urlencode, urlsplit
 from ...money import format_cents, parse_gateway_money
 from ...validation import has_control_characters
 from .alipay_f2f import load_private_key, load_public_key, rsa2_sign, rsa2_verify
-from .base import Channel, Gateway, GatewayError, Inbound, Notice, OrderToPay, Refused, Started, Urls
+from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Started,
+                   Urls)
 
 TIMEOUT_SECONDS = 15
 TOLERANCE_SECONDS = 300
@@ -89,6 +90,9 @@ class RainbowEpayV2(Gateway):
     options = ("gateway", "pid", "merchant_private_key", "platform_public_key", "pay_types")
     required = ("gateway", "pid", "merchant_private_key", "platform_public_key")
     secret = ("merchant_private_key",)
+
+    def currencies(self, options: dict) -> frozenset[str]:
+        return frozenset({"CNY"})
 
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         problems = []
@@ -153,7 +157,7 @@ class RainbowEpayV2(Gateway):
 
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:
         if order.currency != "CNY":
-            raise GatewayError(f"Epay takes CNY only, not {order.currency}")
+            raise NotForThisOrder(f"Epay takes CNY only, not {order.currency}")
         answer = self._call(channel, "api/pay/create", {
             "method": "web", "device": "pc", "type": order.pay_type or "alipay", "out_trade_no": order.order_no,
             "notify_url": urls.notify, "return_url": urls.back, "name": _name(order.product_name) or order.order_no,

@@ -42,7 +42,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from urllib.parse import quote, urlsplit
 
 from ...money import THREE_DECIMAL, format_cents, parse_gateway_money
-from .base import Channel, Gateway, GatewayError, Inbound, Notice, OrderToPay, Refused, Reply, Started, Urls
+from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
+                   Started, Urls)
 
 TIMEOUT_SECONDS = 15
 MAX_ANSWER = 64 * 1024
@@ -166,6 +167,9 @@ class Epusdt(Gateway):
     secret = ("token",)
     json_callbacks = True
 
+    def currencies(self, options: dict) -> frozenset[str]:
+        return frozenset({options.get("currency") or DEFAULT_CURRENCY})
+
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         problems = []
         base = options.get("api_base", "")
@@ -225,7 +229,7 @@ class Epusdt(Gateway):
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:
         fiat = self.currency(channel)
         if order.currency != fiat:
-            raise GatewayError(f"this Epusdt channel prices in {fiat}; the order is in {order.currency}")
+            raise NotForThisOrder(f"this Epusdt channel prices in {fiat}; the order is in {order.currency}")
         seconds = max(MIN_GATEWAY_TIMEOUT, int((order.expires_at - now).total_seconds()))
         fields = {"order_id": order.order_no, "notify_url": urls.notify, "redirect_url": urls.back}
         if channel.options.get("trade_type"):

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import stripe
 
 from ...money import from_minor_units, to_minor_units
-from .base import Channel, Gateway, GatewayError, Inbound, Notice, OrderToPay, Refused, Reply, Started, Urls
+from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
+                   Started, Urls)
 
 API_BASE = "https://api.stripe.com"
 TOLERANCE_SECONDS = 300
@@ -70,7 +71,7 @@ class StripeCheckout(Gateway):
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:
         minor = to_minor_units(order.amount_cents, order.currency)
         if minor is None:
-            raise GatewayError(f"Stripe cannot charge {order.amount_cents / 100:.2f} {order.currency}")
+            raise NotForThisOrder(f"Stripe cannot charge {order.amount_cents / 100:.2f} {order.currency}")
         params = {
             "mode": "payment", "client_reference_id": order.order_no,
             "metadata": {"order_no": order.order_no},
