@@ -41,8 +41,10 @@ def option_limit(name: str) -> int:
 
 
 @bp.app_template_global()
-def option_label(name: str) -> str:
+def option_label(name: str, channel_type: str = "") -> str:
     """A gateway option's label on the channel form."""
+    if channel_type == "wechatpay" and name == "private_key":
+        return _("The merchant API private key (apiclient_key.pem)")
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
             "api_base": _("API base URL (leave empty for the provider's own)"),
@@ -50,7 +52,13 @@ def option_label(name: str) -> str:
             "private_key": _("The app's RSA private key (RSA2)"),
             "alipay_public_key": _("Alipay's public key (from the open platform's console)"),
             "seller_id": _("Seller ID (2088…; optional: notifications for another seller are refused)"),
-            "gateway": _("Gateway URL (leave empty for the provider's own)")}.get(name, name)
+            "gateway": _("Gateway URL (leave empty for the provider's own)"),
+            "mchid": _("Merchant ID (商户号)"),
+            "appid": _("APPID bound to the merchant ID (wx…)"),
+            "merchant_serial_no": _("Serial number of the merchant API certificate"),
+            "apiv3_key": _("APIv3 key (32 characters)"),
+            "platform_public_key": _("WeChat Pay public key or platform certificate (PEM)"),
+            "platform_serial": _("Its ID (PUB_KEY_ID_…) or the certificate's serial number")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

@@ -50,7 +50,7 @@ CHANNEL_TYPES = {
 
 MAX_OPTION_LENGTH = 500
 # RSA keys and certificates in PEM: a 4096-bit private key is some 3,300 characters.
-KEY_OPTIONS = ("private_key", "alipay_public_key")
+KEY_OPTIONS = ("private_key", "alipay_public_key", "platform_public_key")
 MAX_KEY_OPTION_LENGTH = 8000
 
 

@@ -36,6 +36,8 @@ RULES = {
     # Stripe's keys and signing secrets: a prefix and 24 or more random characters.
     ("stripe", "secret_key"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
     ("stripe", "webhook_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
+    # WeChat Pay's APIv3 key: 32 characters the merchant sets (it decrypts every notification).
+    ("wechatpay", "apiv3_key"): SecretRule(min_length=32, min_classes=2, min_distinct=12),
 }
 
 

@@ -27,6 +27,11 @@ SPECS = {
     "alipay": Spec("alipay_f2f", "AlipayFaceToFace", ("app_id", "private_key", "alipay_public_key", "seller_id",
                                                       "gateway"),
                    ("app_id", "private_key", "alipay_public_key"), ("private_key",)),
+    "wechatpay": Spec("wechatpay_native", "WeChatPayNative",
+                      ("mchid", "appid", "merchant_serial_no", "private_key", "apiv3_key", "platform_public_key",
+                       "platform_serial", "api_base"),
+                      ("mchid", "appid", "merchant_serial_no", "private_key", "apiv3_key", "platform_public_key",
+                       "platform_serial"), ("private_key", "apiv3_key"), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 
