@@ -37,7 +37,9 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--name")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="epay: gateway=URL, pid=ID, key=MERCHANT_KEY; alipay: app_id=, private_key=PEM, "
-                   "alipay_public_key=, seller_id=; stripe: secret_key=sk_..., "
+                   "alipay_public_key=, seller_id=; wechatpay: mchid=, appid=, merchant_serial_no=, "
+                   "private_key=PEM, apiv3_key=, platform_public_key=PEM, platform_serial=; "
+                   "stripe: secret_key=sk_..., "
                    "webhook_secret=whsec_...; sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option
