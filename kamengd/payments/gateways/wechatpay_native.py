@@ -122,7 +122,7 @@ def _same(given, expected: str) -> bool:
 
 
 def _seconds(ts: str) -> int | None:
-    return int(ts) if isinstance(ts, str) and ts.isdigit() and len(ts) <= 12 else None
+    return int(ts) if isinstance(ts, str) and ts.isascii() and ts.isdigit() and len(ts) <= 12 else None
 
 
 def _signed_by_platform(channel: Channel, headers: dict, body: bytes, now_seconds: float) -> str | None:
