@@ -47,6 +47,10 @@ def option_label(name: str, channel_type: str = "") -> str:
         return _("Platform URL (its API address, e.g. https://pay.example.com/)")
     if (channel_type, name) == ("epusdt", "api_base"):
         return _("Address of your Epusdt or BEpusdt (https://…)")
+    if channel_type == "wechatpay" and name == "private_key":
+        return _("The merchant API private key (apiclient_key.pem)")
+    if channel_type == "wechatpay" and name == "platform_public_key":
+        return _("WeChat Pay public key or platform certificate (PEM)")
     return {"secret_key": _("Secret key (sk_live_… or sk_test_…)"),
             "webhook_secret": _("Webhook signing secret (whsec_…)"),
             "api_base": _("API base URL (leave empty for the provider's own)"),
@@ -60,7 +64,12 @@ def option_label(name: str, channel_type: str = "") -> str:
             "platform_public_key": _("The platform's RSA public key (平台公钥)"),
             "token": _("API token (api_auth_token in Epusdt's or BEpusdt's configuration)"),
             "trade_type": _("Trade type (BEpusdt only, such as usdt.trc20; empty for Epusdt)"),
-            "currency": _("Fiat currency the gateway prices in (empty: CNY)")}.get(name, name)
+            "currency": _("Fiat currency the gateway prices in (empty: CNY)"),
+            "mchid": _("Merchant ID (商户号)"),
+            "appid": _("APPID bound to the merchant ID (wx…)"),
+            "merchant_serial_no": _("Serial number of the merchant API certificate"),
+            "apiv3_key": _("APIv3 key (32 characters)"),
+            "platform_serial": _("Its ID (PUB_KEY_ID_…) or the certificate's serial number")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

@@ -38,6 +38,8 @@ RULES = {
     ("stripe", "webhook_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
     # Epusdt's API token signs like an Epay key (MD5 of the parameters and the token).
     ("epusdt", "token"): SecretRule(min_length=16, min_classes=2, min_distinct=8),
+    # WeChat Pay's APIv3 key: 32 characters the merchant sets (it decrypts every notification).
+    ("wechatpay", "apiv3_key"): SecretRule(min_length=32, min_classes=2, min_distinct=12),
 }
 
 

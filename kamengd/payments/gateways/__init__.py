@@ -32,6 +32,11 @@ SPECS = {
                   ("gateway", "pid", "merchant_private_key", "platform_public_key"), ("merchant_private_key",)),
     "epusdt": Spec("epusdt", "Epusdt", ("api_base", "token", "trade_type", "currency"), ("api_base", "token"),
                    ("token",), json_callbacks=True),
+    "wechatpay": Spec("wechatpay_native", "WeChatPayNative",
+                      ("mchid", "appid", "merchant_serial_no", "private_key", "apiv3_key", "platform_public_key",
+                       "platform_serial", "api_base"),
+                      ("mchid", "appid", "merchant_serial_no", "private_key", "apiv3_key", "platform_public_key",
+                       "platform_serial"), ("private_key", "apiv3_key"), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 
