@@ -103,6 +103,15 @@ def test_the_api_lists_methods_and_orders_keep_the_chosen_type(backend, app, cli
 
 
 def test_the_product_page_offers_methods_by_name_and_the_order_shows_it(backend, app, client, shop):
+    from kamengd.extensions import db
+    from kamengd.payments.services import set_product_channels
+
+    # Paid through its own channel only (the shared shop has other channels offering 支付宝 too:
+    # a method several channels offer is shown once and routed, see test_the_page_routes_a_shared_method).
+    with app.app_context():
+        set_product_channels(db.session, shop["id"], shop["channel"], actor="t")
+        db.session.commit()
+        db.session.remove()
     page = client.get(f"/product/{shop['id']}").get_data(as_text=True)
     values = re.findall(r'name="channel" value="([^"]+)"', page)
     assert [v for v in values if v.startswith(shop["channel"])] == [
@@ -147,3 +156,24 @@ def test_channel_options_refuse_bad_pay_types(backend, app):
                               actor="t", options={**base, "pay_types": "usdt"})
         db.session.commit()
         assert json.loads(channel.options)["pay_types"] == "usdt"
+
+
+def test_the_page_routes_a_shared_method(backend, app, client, shop):
+    """Two channels offer 支付宝: the page shows it once, and the shop picks the channel."""
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.payments.services import add_channel, set_product_channels
+
+    other = f"pm{secrets.token_hex(3)}"
+    with app.app_context():
+        add_channel(db.session, get_vault(), channel_type="epay", code=other, name="易支付二", actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": "2", "key": KEY, "pay_types": "alipay"})
+        set_product_channels(db.session, shop["id"], f"{shop['channel']},{other}", actor="t")
+        db.session.commit()
+        db.session.remove()
+    page = client.get(f"/product/{shop['id']}").get_data(as_text=True)
+    values = re.findall(r'name="channel" value="([^"]+)"', page)
+    assert values == [":alipay", f"{shop['channel']}:wxpay", f"{shop['channel']}:tenpay"]
+    answer = client.post(f"/product/{shop['id']}", data={
+        "csrf_token": csrf_of(page), "quantity": "1", "email": "m@example.com", "channel": ":alipay"})
+    assert answer.status_code == 303 and pay_type_of(answer.headers["Location"]) == "alipay"

@@ -260,8 +260,8 @@ def channel_routing(channel_id: int):
 
 
 def _routing_page(channel: PaymentChannel, values: dict, status: int = 200):
-    from ..catalog.models import Product
-    from ..payments.models import ProductChannel
+    from ..catalog.models import Product   # (the page's one use of the catalogue: not worth a module import)
+    from ..payments.models import ProductChannel   # (with the product it names)
     taken = payments.taken_today(db.session, channel, get_config().site.timezone)
     products = db.session.scalars(sa.select(Product).join(ProductChannel, ProductChannel.product_id == Product.id)
                                   .where(ProductChannel.channel_id == channel.id).order_by(Product.id)).all()
