@@ -38,7 +38,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="epay: gateway=URL, pid=ID, key=MERCHANT_KEY; alipay: app_id=, private_key=PEM, "
                    "alipay_public_key=, seller_id=; stripe: secret_key=sk_..., "
-                   "webhook_secret=whsec_...; sandbox: force=yes to take orders when "
+                   "webhook_secret=whsec_...; paypal: client_id=, client_secret=, webhook_id=, "
+                   "merchant_id=, api_base=; sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option
 @with_app

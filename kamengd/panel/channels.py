@@ -50,7 +50,11 @@ def option_label(name: str) -> str:
             "private_key": _("The app's RSA private key (RSA2)"),
             "alipay_public_key": _("Alipay's public key (from the open platform's console)"),
             "seller_id": _("Seller ID (2088…; optional: notifications for another seller are refused)"),
-            "gateway": _("Gateway URL (leave empty for the provider's own)")}.get(name, name)
+            "gateway": _("Gateway URL (leave empty for the provider's own)"),
+            "client_id": _("Client ID of the REST app (PayPal developer dashboard)"),
+            "client_secret": _("Secret of the REST app"),
+            "webhook_id": _("Webhook ID (of the webhook to /pay/<code>/notify)"),
+            "merchant_id": _("Merchant ID (optional: payments to another account are refused)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

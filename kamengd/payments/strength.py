@@ -36,6 +36,8 @@ RULES = {
     # Stripe's keys and signing secrets: a prefix and 24 or more random characters.
     ("stripe", "secret_key"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
     ("stripe", "webhook_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
+    # A PayPal REST app's secret: some 80 random letters, digits, - and _.
+    ("paypal", "client_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
 }
 
 

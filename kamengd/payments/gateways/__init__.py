@@ -27,6 +27,9 @@ SPECS = {
     "alipay": Spec("alipay_f2f", "AlipayFaceToFace", ("app_id", "private_key", "alipay_public_key", "seller_id",
                                                       "gateway"),
                    ("app_id", "private_key", "alipay_public_key"), ("private_key",)),
+    "paypal": Spec("paypal_orders", "PayPalOrders", ("client_id", "client_secret", "webhook_id", "api_base",
+                                                     "merchant_id"),
+                   ("client_id", "client_secret", "webhook_id"), ("client_secret",), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 
