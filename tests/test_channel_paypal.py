@@ -134,7 +134,9 @@ def test_a_paypal_payment_end_to_end(layout, shop, start_server):
     state = fake.state()
     assert state["captures_made"] == 1 and state["orders"][ref]["status"] == "COMPLETED"
     capture_id = state["orders"][ref]["purchase_units"][0]["payments"]["captures"][0]["id"]
-    assert fake.webhook(ref, event_type="PAYMENT.CAPTURE.COMPLETED")["answers"][0][0] == 200
+    assert fake.webhook(ref, event_type="PAYMENT.CAPTURE.COMPLETED",
+                        notify=f"{bases[0]}/pay/paypal/notify")["answers"][0][0] == 200
+    back = urlsplit(back)._replace(netloc=urlsplit(base).netloc).geturl()   # (site.url's port has no server here)
     status, _, page = http("GET", back)   # the buyer's return, after it all
     assert status == 200 and order["order_no"] in page
     assert [p["trade_no"] for p in payments_of(config, order["order_no"])] == [capture_id]
