@@ -360,7 +360,8 @@ def test_a_refund_through_paypal_gives_the_money_back_once(served):
     other_capture = fake.state()["orders"][other_ref]["purchase_units"][0]["payments"]["captures"][0]["id"]
     app = create_app(load_config(config, env={}))
     with app.app_context():   # a payment recorded under a capture PayPal never made
-        db.session.execute(sa.update(Payment).where(Payment.trade_no == other_capture).values(trade_no="UNKNOWN0CAPTURE"))
+        db.session.execute(sa.update(Payment).where(Payment.trade_no == other_capture)
+                           .values(trade_no="UNKNOWN0CAPTURE"))
         db.session.commit()
         db.session.remove()
     refused = run_cli("order", "refund", other["order_no"], "--reason", "x", "--through-channel", config=config)
