@@ -41,7 +41,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
                    "alipay_public_key=, seller_id=; epay2: gateway=URL, pid=ID, merchant_private_key=PEM, "
                    "platform_public_key=, pay_types=alipay,wxpay; wechatpay: mchid=, appid=, merchant_serial_no=, "
                    "private_key=PEM, apiv3_key=, platform_public_key=PEM, platform_serial=; stripe: secret_key=sk_..., "
-                   "webhook_secret=whsec_...; epusdt: api_base=URL, token=API_TOKEN, trade_type= (BEpusdt), "
+                   "webhook_secret=whsec_...; paypal: client_id=, client_secret=, webhook_id=, merchant_id=, "
+                   "api_base=; epusdt: api_base=URL, token=API_TOKEN, trade_type= (BEpusdt), "
                    "currency= (default CNY); sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option

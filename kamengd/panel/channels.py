@@ -69,7 +69,11 @@ def option_label(name: str, channel_type: str = "") -> str:
             "appid": _("APPID bound to the merchant ID (wx…)"),
             "merchant_serial_no": _("Serial number of the merchant API certificate"),
             "apiv3_key": _("APIv3 key (32 characters)"),
-            "platform_serial": _("Its ID (PUB_KEY_ID_…) or the certificate's serial number")}.get(name, name)
+            "platform_serial": _("Its ID (PUB_KEY_ID_…) or the certificate's serial number"),
+            "client_id": _("Client ID of the REST app (PayPal developer dashboard)"),
+            "client_secret": _("Secret of the REST app"),
+            "webhook_id": _("Webhook ID (of the webhook to /pay/<code>/notify)"),
+            "merchant_id": _("Merchant ID (optional: payments to another account are refused)")}.get(name, name)
 
 
 def _form() -> dict[str, str]:

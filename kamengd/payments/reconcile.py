@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlencode
@@ -26,7 +28,7 @@ from sqlalchemy.orm import Session, aliased
 from ..database import utcnow
 from ..money import parse_gateway_money
 from ..orders.models import Order
-from ..vault import Vault
+from ..vault import Vault, VaultError
 from ..validation import has_control_characters
 from .gateways import SPECS, gateway
 from .gateways.base import GatewayError as ProtocolError
@@ -123,6 +125,66 @@ def _reconcile_gateways(session: Session, vault: Vault, *, now: dt.datetime, lim
             order.next_check_at = _next_check(order, now)
         session.commit()
     return counts
+
+
+# The buyer's return asks the gateway at most this often per order and process (a page
+# refreshing itself every 5 s without JavaScript must not become a stream of API calls).
+RETURN_SPACING_SECONDS = 15
+_asked_on_return: dict[int, float] = {}
+_asked_lock = threading.Lock()
+
+
+def _may_ask_on_return(order_id: int) -> bool:
+    now = time.monotonic()
+    with _asked_lock:
+        if len(_asked_on_return) > 4096:
+            _asked_on_return.clear()
+        if now - _asked_on_return.get(order_id, -RETURN_SPACING_SECONDS) < RETURN_SPACING_SECONDS:
+            return False
+        _asked_on_return[order_id] = now
+    return True
+
+
+def ask_on_return(session: Session, vault: Vault, order_id: int, *, now: dt.datetime | None = None) -> bool:
+    """The buyer is back from a gateway where the money moves only when this shop asks for it
+    (PayPal: an approved order is captured by query()): ask about the order's latest open
+    attempt now and record what the gateway reports paid, as reconciliation would. True when
+    a payment was recorded (committed). No transaction is held while the gateway answers; a
+    gateway that cannot say leaves the order to its webhook and to reconciliation."""
+    now = now or utcnow()
+    row = session.execute(
+        sa.select(Order.order_no, Order.status, Order.channel_id, PaymentChannel.type, PaymentAttempt.gateway_ref)
+        .join(PaymentChannel, PaymentChannel.id == Order.channel_id)
+        .join(PaymentAttempt, sa.and_(PaymentAttempt.order_id == Order.id,
+                                      PaymentAttempt.channel_id == Order.channel_id, PaymentAttempt.status == "open"))
+        .where(Order.id == order_id).order_by(PaymentAttempt.id.desc()).limit(1)).first()
+    protocol = gateway(row.type) if row is not None else None
+    if (protocol is None or not protocol.asks_on_return or row.status != "pending" or not row.gateway_ref
+            or not _may_ask_on_return(order_id)):
+        session.rollback()
+        return False
+    try:
+        conf = gateway_channel(vault, session.get(PaymentChannel, row.channel_id))
+    except VaultError:
+        session.rollback()
+        return False
+    session.rollback()   # no transaction while the gateway answers
+    try:
+        notice = protocol.query(conf, row.order_no, row.gateway_ref, now)
+    except ProtocolError as exc:
+        log.warning("asked on the buyer's return %s: %s", row.order_no, exc)
+        return False
+    if notice is None:
+        return False
+    result = record_payment(session, session.get(PaymentChannel, row.channel_id), session.get(Order, order_id),
+                            trade_no=notice.trade_no, amount_cents=notice.amount_cents or 0,
+                            currency=notice.currency or None, now=now, source="reconciliation",
+                            raw={**notice.raw, "source": "return"})
+    if result.recorded:
+        session.commit()
+    else:
+        session.rollback()
+    return result.recorded
 
 
 def _reconcile_epay(session: Session, vault: Vault, *, now: dt.datetime, limit: int, query) -> dict:

@@ -40,6 +40,8 @@ RULES = {
     ("epusdt", "token"): SecretRule(min_length=16, min_classes=2, min_distinct=8),
     # WeChat Pay's APIv3 key: 32 characters the merchant sets (it decrypts every notification).
     ("wechatpay", "apiv3_key"): SecretRule(min_length=32, min_classes=2, min_distinct=12),
+    # A PayPal REST app's secret: some 80 random letters, digits, - and _.
+    ("paypal", "client_secret"): SecretRule(min_length=24, min_classes=2, min_distinct=12),
 }
 
 

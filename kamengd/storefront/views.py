@@ -26,6 +26,7 @@ from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.callbacks import pay_in_sandbox
 from ..payments.flow import NotStarted, fail_over, start_payment
+from ..payments.reconcile import ask_on_return
 from ..payments.models import PaymentChannel
 from ..payments import methods
 from ..payments import services as payments
@@ -333,6 +334,12 @@ def payment_return(code: str):
         order, token = _buyers_order(order_no)
     except NotFound:
         return render_template("order_missing.html"), 404
+    # Back from approving at PayPal (it adds PayerID; not on a cancel): the money moves when this
+    # shop captures, so it asks now rather than leave the buyer waiting for the webhook.
+    if order.status == "pending" and request.args.get("PayerID") and ask_on_return(db.session, get_vault(),
+                                                                                   order.id):
+        read_only()
+        order = db.session.get(Order, order.id)
     return _order_page(order, token, returned=True)
 
 

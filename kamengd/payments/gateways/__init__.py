@@ -37,6 +37,9 @@ SPECS = {
                        "platform_serial", "api_base"),
                       ("mchid", "appid", "merchant_serial_no", "private_key", "apiv3_key", "platform_public_key",
                        "platform_serial"), ("private_key", "apiv3_key"), json_callbacks=True),
+    "paypal": Spec("paypal_orders", "PayPalOrders", ("client_id", "client_secret", "webhook_id", "api_base",
+                                                     "merchant_id"),
+                   ("client_id", "client_secret", "webhook_id"), ("client_secret",), json_callbacks=True),
 }
 _loaded: dict[str, Gateway] = {}
 

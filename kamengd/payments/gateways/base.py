@@ -101,6 +101,7 @@ class Gateway:
     required: tuple[str, ...] = ()
     secret: tuple[str, ...] = ()        # sealed with the data key, never shown again
     json_callbacks = False              # the callback's body is JSON (read whole, up to MAX_JSON_CALLBACK)
+    asks_on_return = False              # ask query() when the buyer comes back (the money moves on our call)
 
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         """[(option, English problem)] beyond the required/secret rules."""
