@@ -120,16 +120,15 @@ def test_fees_are_exact():
     assert fee_cents(100, 0, 0) == 0
 
 
-def test_a_channel_that_is_down_is_routed_around_and_the_move_recorded(app, client, world):
+def test_a_channel_that_is_down_is_routed_around(app, client, world):
     primary, backup = world["channel"]("pri", priority=0), world["channel"]("bak", priority=1)
     assert channel_of(order(client, world, primary)) == primary
     set_health(app, primary, False, "gateway timed out")
     placed = order(client, world, primary)
     assert placed.status_code == 201 and channel_of(placed) == backup
-    no = placed.get_json()["order_no"]
-    moves = audit_entries(app, "channel.failover", no)
-    assert moves == [{"order_no": no, "from": primary, "to": backup, "reason": "down"}]
+    # (The channel's going down is audited once; the orders routed around it are not, each.)
     assert [e["code"] for e in audit_entries(app, "channel.down", primary)] == [primary]
+    assert audit_entries(app, "channel.failover", placed.get_json()["order_no"]) == []
     # The buyer no longer sees it; it comes back after a successful check.
     listed = client.get(f"/api/v1/payment-methods?product_id={world['product']}").get_json()["methods"]
     assert primary not in [m["channel"] for m in listed] and backup in [m["channel"] for m in listed]

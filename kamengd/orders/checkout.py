@@ -92,6 +92,7 @@ def _still_holds(price_param: str) -> list:
             # Routing: still healthy, the amount within its limits, the product allowed there.
             _c.c.health == "ok", routing.within_amounts(sa.bindparam("amount_cents")),
             routing.allowed_for_product(sa.bindparam("product_id")),
+            _c.c.daily_cap_cents.is_not_distinct_from(sa.bindparam("daily_cap", type_=sa.BigInteger())),
             _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
@@ -285,8 +286,8 @@ class Reroute(Exception):
         self.reason, self.method = reason, method
 
 
-# A reroute says why in the audit log and to staff only when a channel failed, not for the rules.
-_FAILED = ("down",)
+# Channels one order may be offered to before it is refused (each is tried once).
+MAX_REROUTES = 20
 
 
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
@@ -314,8 +315,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                                                   method=pay_type, site_url=site_url, now=now or utcnow())
     fresh = False
     tried: set[int] = set()
-    rerouted = None   # (the buyer's channel, why it could not take the order)
-    for _ in range(6):
+    changed = 0   # reads that the INSERT found out of date (reroutes are bounded by the channels)
+    while changed < 3 and len(tried) < MAX_REROUTES:
         row = _offer(session, product_id, channel_code, fresh=fresh)
         terms = unit = None
         if seller is not None and row is not None:
@@ -341,7 +342,6 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
                                               product_id=product_id, site_url=site_url, now=now,
                                               amount_cents=(row.price_cents if unit is None else unit) * quantity)
-            rerouted = rerouted or (row.channel_id, exc.reason)
             fresh = False
             continue
         if placed is None:   # the cached offer said no: never answered without a fresh read
@@ -353,12 +353,15 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                                          placed.amount_cents):
                 if ours:
                     session.rollback()
+                if not fresh:   # the cap as cached may be old: read it again before going elsewhere
+                    fresh = True
+                    continue
                 exc = Reroute("daily cap reached", values["pay_type"] or methods.offered(
                     row.channel_type, json.loads(row.options))[0])
                 channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
                                                   product_id=product_id, amount_cents=placed.amount_cents,
                                                   site_url=site_url, now=now)
-                rerouted = rerouted or (row.channel_id, exc.reason)
+                fresh = False
                 continue
         statement = _INSERT
         if terms is not None:
@@ -373,9 +376,6 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         inserted = conn.execute(statement, values)
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
-            if rerouted is not None and rerouted[1] in _FAILED:
-                routing.record_failover(session, order_no=placed.order_no, from_code=_code_of(session, rerouted[0]),
-                                        to_code=channel_code, reason=rerouted[1], now=now)
             if row.delivery_mode == "auto":
                 reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
                              until=placed.expires_at,
@@ -390,6 +390,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             routing.give_back(conn, row.channel_id, routing.shop_day(now, get_config().site.timezone),
                               placed.amount_cents)
         fresh = True
+        changed += 1
+    if changed < 3:
+        raise InvalidRequest("channel: no payment channel can take this order now: choose another way to pay")
     raise Busy("the product or its payment channel is being changed: try again")
 
 
@@ -399,6 +402,8 @@ def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code:
     pay type to ask it for); InvalidRequest when there is none."""
     tried.add(row.channel_id)
     site = decode_setting("site.url", row.site_url) or site_url
+    if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
+        session.connection(execution_options={"kamengd_readonly": True})
     routes = routing.stand_ins(session, product_id=product_id, amount_cents=amount_cents, currency=row.currency,
                                method=exc.method, site_url=site, leave_out=tried,
                                day=routing.shop_day(now, get_config().site.timezone))
@@ -415,6 +420,8 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
                      now: dt.datetime) -> tuple[str, str | None]:
     """The channel an order paid by `method` goes to (and the pay type to ask it for), by the
     routing rules at the product's price; a misfit found later is rerouted like any other."""
+    if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
+        session.connection(execution_options={"kamengd_readonly": True})
     row = session.execute(sa.select(_p.c.price_cents, _p.c.currency,
                                     setting_value_query("site.url").label("site_url"))
                           .where(_p.c.id == product_id, _p.c.is_active.is_(True))).first()
@@ -431,10 +438,6 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
         raise InvalidRequest("pay_type: no payment channel takes %(method)r payments for this order now",
                              method=method)
     return routes[0].code, (method if routes[0].type in methods.WITH_PAY_TYPES else None)
-
-
-def _code_of(session: Session, channel_id: int) -> str:
-    return session.scalar(sa.select(_c.c.code).where(_c.c.id == channel_id)) or ""
 
 
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
@@ -508,7 +511,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
-        "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields}
+        "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields,
+        "daily_cap": row.daily_cap_cents}
     return placed, values
 
 

@@ -223,8 +223,8 @@ def channel_test(channel_id: int):
     result = payments.test_channel(db.session, get_vault(), channel, shop_url())   # (ends the read)
     shown = result.localized(_)
     # The test is a health check too: a channel that fails it is routed around until one succeeds.
-    routing.mark_health(db.session, payments.get_channel(db.session, channel_id), result.ok, result.message,
-                        actor=actor())
+    checked = payments.get_channel(db.session, channel_id)
+    routing.mark_health(db.session, checked, payments.working(checked.type, result), result.message, actor=actor())
     record(db.session, "channel.test", actor=actor(), target=f"channel:{code}", source_ip=client_ip(),
            details={"ok": result.ok, "stage": result.stage, "message": result.message})
     unreachable = site_url_problem()   # in the staff member's language (the settings page's words)

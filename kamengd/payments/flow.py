@@ -23,6 +23,7 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest, KamengdError
 from ..orders.models import Order
+from ..orders.services import lock_order_status
 from ..vault import Vault, VaultError
 from . import methods, routing
 from .gateways import gateway
@@ -123,8 +124,15 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
     is none. A channel that failed (not one that only cannot take this order) is down until a
     check succeeds. The caller commits."""
     now = now or utcnow()
+    # The order's row first, as payments and the expiry sweep take it (MySQL: no deadlock with them).
+    if lock_order_status(session, order.id) != "pending":
+        return None
     if channel_failed:
         routing.mark_health(session, channel, False, reason, now=now)
+    # A payment already created for the order (a concurrent visit) may still be paid there: it stays.
+    if session.scalar(sa.select(PaymentAttempt.id).where(PaymentAttempt.order_id == order.id,
+                                                         PaymentAttempt.status == "open").limit(1)) is not None:
+        return None
     options = json.loads(channel.options)
     method = (order.pay_type if channel.type in methods.WITH_PAY_TYPES and order.pay_type
               else methods.offered(channel.type, options)[0])

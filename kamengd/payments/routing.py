@@ -119,9 +119,14 @@ def take_capacity(session: Session, channel_id: int, cap: int | None, day: dt.da
     if taken.rowcount == 1:
         return True
     # No room, or no row yet (a caller's transaction, or a row this process thought it made).
-    made = conn.execute(_ADD_DAY.values(amount_cents=amount_cents, orders=1) if amount_cents <= cap else _ADD_DAY,
-                        {"cid": channel_id, "day": day}).rowcount
-    return made == 1 and amount_cents <= cap
+    if amount_cents > cap:
+        return False
+    if conn.execute(_ADD_DAY.values(amount_cents=amount_cents, orders=1), {"cid": channel_id, "day": day}).rowcount:
+        return True
+    # Another order made the row meanwhile: ask again.
+    return conn.execute(_d.update().where(_d.c.channel_id == channel_id, _d.c.day == day,
+                                          _d.c.amount_cents + amount_cents <= cap)
+                        .values(amount_cents=_d.c.amount_cents + amount_cents, orders=_d.c.orders + 1)).rowcount == 1
 
 
 def give_back(conn, channel_id: int, day: dt.date, amount_cents: int) -> None:

@@ -591,6 +591,13 @@ def test_channel(session: Session, vault: Vault, channel: PaymentChannel, site_u
     return query_epay_merchant(gateway_url, pid, key)
 
 
+def working(channel_type: str, result: ChannelCheck) -> bool:
+    """Whether a check's result keeps a channel in routing. An Epay channel whose gateway did not
+    answer the merchant query still works: not every Epay site answers it, and the buyer's
+    redirect is its only create call; its own key failing to sign is what takes it out."""
+    return result.ok or (channel_type == "epay" and result.stage == "gateway")
+
+
 # A healthy gateway channel is asked this often; a channel that is down, at every run of the job.
 HEALTHY_CHECK_EVERY = dt.timedelta(minutes=5)
 
@@ -618,7 +625,7 @@ def check_channels(session: Session, vault: Vault, site_url: str, *, now: dt.dat
         if channel is None:
             continue
         was = channel.health
-        routing.mark_health(session, channel, result.ok, result.message, now=now)
+        routing.mark_health(session, channel, working(channel.type, result), result.message, now=now)
         changed += was != channel.health
     return {"checked": len(results), "changed": changed}
 

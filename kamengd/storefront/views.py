@@ -34,6 +34,7 @@ from ..payments.services import build_pay_url
 from ..settings.messaging import mail_server
 from ..settings.services import get_setting, shop_look, shop_url
 from ..transaction import read_only
+from ..vault import VaultError
 from ..agents import services as agents
 from ..agents.models import Agent
 from ..substation import return_site, seller, station
@@ -109,13 +110,15 @@ def lang_url(code: str) -> str:
     return url_for(request.endpoint, **{**args, **(request.view_args or {}), "lang": code})
 
 
-def _methods(product_id: int | None = None, currency: str | None = None) -> list[dict]:
+def _methods(product_id: int | None = None, currency: str | None = None,
+             amount_cents: int | None = None) -> list[dict]:
     """The payment methods as the buyer knows them (支付宝, 微信支付 …, with an icon), of the
     channels that take this product's orders. A method several channels offer is shown once:
     the shop routes the order to one of them (priority, weight, limits, health)."""
     lang = current_lang()
     found, seen = [], {}
-    for m in payments.payment_methods(db.session, product_id=product_id, currency=currency):
+    for m in payments.payment_methods(db.session, product_id=product_id, currency=currency,
+                                      amount_cents=amount_cents, timezone=get_config().site.timezone):
         known = methods.label(m.method, lang)
         if known is not None and m.method in seen:   # routed by method
             seen[m.method]["value"] = f":{m.method}"
@@ -236,7 +239,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
-    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id, p.currency),
+    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
@@ -358,6 +361,8 @@ def payment_start(code: str):
     if order.status != "pending":
         return redirect(order_url, code=303)
     if channel.code != code:   # moved to another channel (failover) since this address was given
+        if not channel.is_enabled:
+            return render_template("order_missing.html"), 404
         return redirect(_pay_url(order, channel, token), code=303)
     back = (return_site() or shop_url()).rstrip("/") + url_for("shop.payment_return", code=code,
                                                                order_no=order.order_no, token=token)
@@ -365,7 +370,7 @@ def payment_start(code: str):
     try:
         page = start_payment(db.session, get_vault(), order, site_url=shop_url(), back_url=back)
     except NotStarted as exc:
-        db.session.commit()   # the failed attempt, with the gateway's reason, for staff
+        # The failed attempt (the gateway's reason, for staff) and the move, in one commit.
         order = db.session.get(Order, order.id)
         moved = fail_over(db.session, order, db.session.get(PaymentChannel, channel.id),
                           exc.detail or exc.message, site_url=shop_url(), timezone=get_config().site.timezone,
@@ -390,9 +395,14 @@ def payment_start(code: str):
 
 
 def _pay_url(order, channel: PaymentChannel, token: str) -> str:
+    """Where the buyer pays the order at its channel; its order page when that cannot be made
+    (the channel's key cannot be opened: staff see it in the doctor)."""
     product_name = db.session.scalar(sa.select(Product.name).where(Product.id == order.product_id)) or ""
-    return build_pay_url(get_vault(), channel, order, site_url=shop_url(), product_name=product_name, token=token,
-                         return_site=return_site())
+    try:
+        return build_pay_url(get_vault(), channel, order, site_url=shop_url(), product_name=product_name,
+                             token=token, return_site=return_site())
+    except (KeyError, VaultError):
+        return url_for("shop.order_page", order_no=order.order_no, token=token)
 
 
 def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
