@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ from .models import MAX_TRADE_NO, Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
 from .strength import secrets_problem
 
+log = logging.getLogger("kamengd.callbacks")
 _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__table__, Payment.__table__,
                         CardKey.__table__)
 _ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
@@ -222,7 +224,10 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
             return PaymentOutcome(False, "the channel's secret is too weak to trust; enter a new one")
         try:
             notice = protocol.verify(Channel(code, channel.options, channel.secrets), inbound, now)
-        except Refused as exc:
+        except Exception as exc:   # noqa: BLE001 — a body no protocol foresaw is refused, never a 500
+            if not isinstance(exc, Refused):
+                log.warning("callback for %s: unreadable (%s)", code, exc.__class__.__name__)
+                return PaymentOutcome(False, "unreadable callback")
             if exc.forged and attempt == 0:
                 # This process may know the channel as it was: a secret entered since in another
                 # process must not turn the gateway's genuine callbacks away. Read it again.
@@ -231,7 +236,7 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
             return PaymentOutcome(False, exc.reason, forged=exc.forged, ignored=not exc.forged)
         if not notice.paid:
             return PaymentOutcome(False, "not paid", ignored=True)
-        if not notice.trade_no or has_control_characters(notice.trade_no):
+        if not notice.trade_no or len(notice.trade_no) > MAX_TRADE_NO or has_control_characters(notice.trade_no):
             return PaymentOutcome(False, "bad trade number")
         raw = {**notice.raw, "channel_type": channel.type}
         try:

@@ -92,7 +92,12 @@ def start_payment(session: Session, vault: Vault, order: Order, *, site_url: str
     order_id, channel_id, amount, currency = order.id, channel.id, order.amount_cents, order.currency
     session.rollback()   # no transaction (SQLite's write lock, a row lock) while the gateway answers
     try:
-        started = protocol.start(conf, to_pay, urls, now)
+        try:
+            started = protocol.start(conf, to_pay, urls, now)
+        except (GatewayError, KamengdError):
+            raise
+        except Exception as exc:   # an answer no protocol foresaw: a failed create, never the buyer's 500
+            raise GatewayError(f"unexpected answer ({exc.__class__.__name__})") from None
     except GatewayError as exc:   # (NotForThisOrder too: the order may go elsewhere, the channel is fine)
         session.add(PaymentAttempt(order_id=order_id, channel_id=channel_id, status="failed", amount_cents=amount,
                                    currency=currency, error=str(exc)[:300], created_at=now, details="{}"))

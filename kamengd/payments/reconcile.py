@@ -107,9 +107,12 @@ def _reconcile_gateways(session: Session, vault: Vault, *, now: dt.datetime, lim
     for order_id, order_no, channel_id, channel_type, ref in due:
         counts["checked"] += 1
         try:
-            notice = gateway(channel_type).query(channels[channel_id], order_no, ref, now)
+            notice = usable(gateway(channel_type).query(channels[channel_id], order_no, ref, now))
         except ProtocolError as exc:
             log.warning("reconcile %s: %s", order_no, exc)
+            notice, outcome = None, "errors"
+        except Exception as exc:   # an answer no protocol foresaw: this order waits, the pass goes on
+            log.warning("reconcile %s: unexpected %s", order_no, exc.__class__.__name__)
             notice, outcome = None, "errors"
         else:
             outcome = "unpaid"
@@ -125,6 +128,15 @@ def _reconcile_gateways(session: Session, vault: Vault, *, now: dt.datetime, lim
             order.next_check_at = _next_check(order, now)
         session.commit()
     return counts
+
+
+def usable(notice):
+    """A query's notice, or ProtocolError when its trade number could not be recorded (the
+    callback's rule: within MAX_TRADE_NO, no control characters)."""
+    if notice is not None and (not notice.trade_no or len(notice.trade_no) > MAX_TRADE_NO
+                               or has_control_characters(notice.trade_no)):
+        raise ProtocolError("the gateway's trade number is unusable")
+    return notice
 
 
 # The buyer's return asks the gateway at most this often per order and process (a page
@@ -170,9 +182,12 @@ def ask_on_return(session: Session, vault: Vault, order_id: int, *, now: dt.date
         return False
     session.rollback()   # no transaction while the gateway answers
     try:
-        notice = protocol.query(conf, row.order_no, row.gateway_ref, now)
+        notice = usable(protocol.query(conf, row.order_no, row.gateway_ref, now))
     except ProtocolError as exc:
         log.warning("asked on the buyer's return %s: %s", row.order_no, exc)
+        return False
+    except Exception as exc:   # a gateway's answer no protocol foresaw: never the buyer's 500
+        log.warning("asked on the buyer's return %s: unexpected %s", row.order_no, exc.__class__.__name__)
         return False
     if notice is None:
         return False

@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import re
 import urllib.error
@@ -160,6 +161,16 @@ def _parse_ref(ref: str) -> tuple[str, int | None, str]:
 
 # --- the protocol --------------------------------------------------------------
 
+def _local_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
+
+
 class Epusdt(Gateway):
     type = "epusdt"
     options = ("api_base", "token", "trade_type", "currency")
@@ -177,6 +188,10 @@ class Epusdt(Gateway):
         if parts is not None and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
                                   or parts.fragment):
             problems.append(("api_base", "the gateway's http(s) address, such as https://epusdt.example.com"))
+        elif parts is not None and parts.scheme == "http" and not _local_host(parts.hostname or ""):
+            # Its answers are not signed: over plain http anyone on the way could report an order
+            # paid or show the buyer another wallet.
+            problems.append(("api_base", "https:// (plain http only to this machine or its private network)"))
         trade_type = options.get("trade_type", "")
         if trade_type and not _TRADE_TYPE.fullmatch(trade_type):
             problems.append(("trade_type", "BEpusdt's trade type, such as usdt.trc20 (empty for Epusdt)"))
