@@ -16,7 +16,7 @@ def shop(backend, databases, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alipay(shop, tmp_path_factory):
-    from kamengd.payments.services import add_channel
+    from kamengd.payments.services import add_channel, set_product_channels
 
     fake = FakeAlipay(tmp_path_factory.mktemp("alipay"))
     shop.run(lambda s, v: add_channel(s, v, channel_type="alipay", code="f2f", name="支付宝扫码", actor="test",
@@ -24,6 +24,8 @@ def alipay(shop, tmp_path_factory):
                                                "alipay_public_key": bare(fake.alipay_public),
                                                "seller_id": SELLER, "gateway": f"{fake.base}/gateway.do"}))
     product, keys = shop.product("扫码月卡 QR card", 660, keys=3)
+    # Paid through 当面付 only: the shop's other channels offer 支付宝 too (routed by method).
+    shop.run(lambda s, v: set_product_channels(s, product, "f2f", actor="test"))
     yield {"fake": fake, "product": product, "keys": keys}
     fake.stop()
 
@@ -33,7 +35,7 @@ def test_scan_the_qr_code_and_the_page_moves_on(shop, alipay, tab):
     page = t.page
     t.open(f"/product/{alipay['product']}")
     page.fill("#email", "scan@example.com")
-    page.get_by_label("支付宝扫码").check()
+    page.get_by_label("支付宝").check()
     with page.expect_navigation(url=f"{shop.base}/pay/f2f/start?**"):
         page.get_by_role("button", name="立即购买").click()
     assert page.locator("figure.qr svg").count() == 1 and "6.60 CNY" in t.text()
@@ -56,7 +58,7 @@ def test_without_javascript_the_qr_page_refreshes(shop, alipay, chromium):
         page = context.new_page()
         page.goto(f"{shop.base}/product/{alipay['product']}")
         page.fill("#email", "nojs@example.com")
-        page.get_by_label("支付宝扫码").check()
+        page.get_by_label("支付宝").check()
         with page.expect_navigation():
             page.get_by_role("button", name="立即购买").click()
         assert page.locator("figure.qr svg").count() == 1
