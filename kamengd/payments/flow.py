@@ -147,7 +147,8 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
     day = routing.shop_day(order.created_at, timezone)
     conn = session.connection()
     for route in routing.stand_ins(session, product_id=order.product_id, amount_cents=order.amount_cents,
-                                   currency=order.currency, method=method, site_url=site_url, day=day, leave_out=tried | {channel.id}):
+                                   currency=order.currency, method=method, site_url=site_url, day=day,
+                                   leave_out=tried | {channel.id}):
         if not routing.take_capacity(session, route.id, route.daily_cap_cents, day, order.amount_cents):
             continue
         moved = conn.execute(sa.update(Order.__table__).where(

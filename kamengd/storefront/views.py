@@ -239,7 +239,8 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
-    return render_template("storefront/product.html", product=p, stock=stock, channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
+    return render_template("storefront/product.html", product=p, stock=stock,
+                           channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
