@@ -193,15 +193,19 @@ def test_what_the_notification_says_is_obeyed(served, case):
 
 
 def test_another_currency_is_never_sent(served):
-    """The platform takes yuan: an order in another currency gets no trade there."""
+    """The platform takes yuan: an order in another currency is refused when it is placed (routing
+    knows the channel's currencies), nothing written, no trade there; the channel is not offered."""
     config, pid, keys, base, fake = served
     usd = json.loads(run_cli("product", "create", "--name", "USD card", "--price", "5.00", "--currency", "USD",
                              "--json", config=config, check=True).out)["id"]
     run_cli("keys", "import", "--product", usd, "-", config=config, input=b"USD-KEY-1\n", check=True)
-    order = place(base, usd)
-    status, _, page = start(base, order)
-    assert status == 503 and view(base, order)["status"] == "pending"
-    assert "api/pay/create" not in fake.state()["calls"]
+    status, _, body = http("POST", f"{base}/api/v1/orders", {"product_id": usd, "quantity": 1,
+                                                             "email": "epay@example.com", "channel": "epay2"})
+    assert status == 400 and "not in USD" in json.loads(body)["error"]["message"]
+    status, _, body = http("GET", f"{base}/api/v1/payment-methods?product_id={usd}")
+    assert "epay2" not in [m["channel"] for m in json.loads(body)["methods"]]
+    orders = json.loads(run_cli("order", "list", "--product", str(usd), "--json", config=config, check=True).out)
+    assert orders["orders"] == [] and "api/pay/create" not in fake.state()["calls"]
 
 
 def test_replayed_and_concurrent_notifications_deliver_once(served):

@@ -205,31 +205,18 @@ def test_what_the_callback_says_is_obeyed(served, case):
     assert shown["status"] == ("held" if case == "wrong amount" else "pending") and "keys" not in shown
 
 
-def test_an_order_in_another_currency_is_refused_at_the_pay_page(served):
-    """The gateway prices in CNY (the channel's `currency`): a USD order is never sent to it;
-    the buyer's page says so cleanly (no 500), the order stays payable another way."""
+def test_an_order_in_another_currency_is_refused_when_placed(served):
+    """The gateway prices in CNY (the channel's `currency`): a USD order is refused when it is
+    placed (routing knows the channel's currency), nothing written, never sent to the gateway."""
     config, pid, keys, base, fake = served
     usd = json.loads(run_cli("product", "create", "--name", "USD card", "--price", "3.00", "--currency", "USD",
                              "--json", config=config, check=True).out)["id"]
     run_cli("keys", "import", "--product", usd, "-", config=config, input=b"USD-KEY-1\n", check=True)
-    order = place(base, usd, channel="usdt")
-    url = urlsplit(order["pay_url"])
-    status, _, page = http("GET", base + url.path + "?" + url.query)
-    assert status == 503 and "支付通道暂时没有响应" in page and "Traceback" not in page
-    assert "create-transaction" not in fake.state()["calls"]
-    assert view(base, order)["status"] == "pending"
-    import sqlalchemy as sa
-
-    from kamengd.app import create_app
-    from kamengd.config import load_config
-    from kamengd.extensions import db
-    from kamengd.payments.models import PaymentAttempt
-
-    app = create_app(load_config(config, env={}))
-    with app.app_context():
-        errors = db.session.scalars(sa.select(PaymentAttempt.error).where(PaymentAttempt.status == "failed")).all()
-        db.session.remove()
-    assert errors == ["this Epusdt channel prices in CNY; the order is in USD"]
+    status, _, body = http("POST", f"{base}/api/v1/orders", {"product_id": usd, "quantity": 1,
+                                                             "email": "usdt@example.com", "channel": "usdt"})
+    assert status == 400 and "not in USD" in json.loads(body)["error"]["message"]
+    orders = json.loads(run_cli("order", "list", "--product", str(usd), "--json", config=config, check=True).out)
+    assert orders["orders"] == [] and "create-transaction" not in fake.state()["calls"]
 
 
 def test_concurrent_copies_of_one_callback_deliver_once(served):
