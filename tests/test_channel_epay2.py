@@ -136,9 +136,9 @@ def test_scan_and_pay_end_to_end(layout, shop, start_server):
 
 @pytest.fixture
 def served(shop, start_server):
-    """The shop served with no scheduler of its own (run-job reconciles when a test says so)."""
+    """The shop served as deployed, its scheduler running (its jobs may reconcile before a test's run-job)."""
     config, pid, keys, fake = shop
-    base = start_server(config, "--no-scheduler", env=BUSY_SCHEDULER)
+    base = start_server(config, env=BUSY_SCHEDULER)
     run_cli("setting", "set", "site.url", base, config=config, check=True)
     return config, pid, keys, base, fake
 
@@ -261,9 +261,10 @@ def test_a_dropped_notification_is_reconciled_by_run_job(served):
     qr_page(base, order)
     assert fake.pay(order["order_no"], deliver=False)["delivered"] is False
     _age(config, unpaid["order_no"], order["order_no"])
+    # The server's own scheduler may get there first: either way the paid order is delivered once.
     ran = json.loads(run_cli("run-job", "reconcile_payments", "--json", config=config, check=True).out)
-    assert ran["counts"]["completed"] == 1 and ran["counts"]["unpaid"] == 1, ran
-    assert fake.state()["calls"].count("api/pay/query") == 2
+    assert ran["counts"]["completed"] <= 1 and ran["counts"]["errors"] == 0, ran
+    assert fake.state()["calls"].count("api/pay/query") >= 2
     assert view(base, order)["status"] == "delivered" and view(base, unpaid)["status"] == "pending"
     assert fake.call("/_test/notify", {"out_trade_no": order["order_no"]})["answers"] == [[200, "success"]]
     detail = json.loads(run_cli("order", "show", order["order_no"], "--json", config=config, check=True).out)

@@ -146,8 +146,8 @@ def payment_raw(config, order_no: str) -> dict:
 @pytest.fixture
 def served(shop, start_server):
     config, pid, keys, fake = shop
-    # No scheduler: reconciliation runs when the test says (`kamengd run-job`).
-    base = start_server(config, "--no-scheduler", env=BUSY_SCHEDULER)
+    # As deployed, its scheduler running (its jobs may reconcile before a test's run-job).
+    base = start_server(config, env=BUSY_SCHEDULER)
     run_cli("setting", "set", "site.url", base, config=config, check=True)
     return config, pid, keys, base, fake
 
@@ -263,8 +263,8 @@ def test_a_dropped_callback_is_reconciled(served, flavour):
     assert fake.pay(order["order_no"], deliver=False)["delivered"] is False
     backdate(config, unpaid["order_no"], order["order_no"])
     ran = json.loads(run_cli("run-job", "reconcile_payments", "--json", config=config, check=True).out)
-    assert ran["counts"]["completed"] == 1 and ran["counts"]["unpaid"] == 1, ran
-    assert fake.state()["calls"].count("check-status") == 2
+    assert ran["counts"]["completed"] <= 1 and ran["counts"]["errors"] == 0, ran   # (the scheduler may be first)
+    assert fake.state()["calls"].count("check-status") >= 2
     assert view(base, order)["status"] == "delivered" and view(base, unpaid)["status"] == "pending"
     assert fake.pay(order["order_no"])["answers"] == [[200, "ok"]]   # the late one: nothing more
     detail = json.loads(run_cli("order", "show", order["order_no"], "--json", config=config, check=True).out)
