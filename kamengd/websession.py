@@ -101,3 +101,7 @@ class Door:
         if now - data["seen"] > 30:   # the cookie is rewritten at most every 30 s
             session[self.key] = {**data, "seen": int(now)}
         return user
+
+
+# The portal's sign-in: its pages, and the storefront's page that pays an order from a balance.
+AGENT_DOOR = Door("agent", auth.AGENT)

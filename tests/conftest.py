@@ -8,6 +8,7 @@ test account may be granted exactly those (scripts/test does).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -288,6 +289,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def install_shop(backend, databases, tmp_path: Path, *, product: str, price: str, keys: int, prefix: str,
+                 site_url: str | None = None) -> tuple[Path, int, list[str]]:
+    """A new installation by the CLI (SQLite, or a new database of `backend`), with one product
+    and `keys` keys: (its config, the product's id, the keys as imported)."""
+    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
+    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
+    if backend != "sqlite":
+        args += ["--database-url", databases.new_url(backend)]
+    if site_url:
+        args += ["--site-url", site_url]
+    run_cli(*args, check=True)
+    config = tmp_path / "data" / "kamengd.toml"
+    pid = json.loads(run_cli("product", "create", "--name", product, "--price", price, "--json",
+                             config=config, check=True).out)["id"]
+    made = [f"{prefix}-{i:03d}-{secrets.token_hex(5)}" for i in range(keys)]
+    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(made).encode(), check=True)
+    return config, pid, made
 
 
 def _kamengd_env(extra: dict | None = None) -> dict:

@@ -5,7 +5,6 @@ private key; both key pairs made for the test. On SQLite and MariaDB."""
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import urllib.parse
@@ -18,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_channel_stripe import http, place, view
 from test_concurrency import BUSY_SCHEDULER, start_layout
 
@@ -69,16 +68,8 @@ class FakeAlipay:
 
 @pytest.fixture
 def shop(backend, databases, tmp_path):
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "支付宝月卡", "--price", "8.80", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"ALI-{i:03d}-{secrets.token_hex(5)}" for i in range(20)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="支付宝月卡", price="8.80",
+                                     keys=20, prefix="ALI")
     fake = FakeAlipay(tmp_path)
     # The private key as a PEM file gives it; Alipay's key as its console shows it.
     run_cli("channel", "add", "--type", "alipay", "--code", "alipay", "--name", "支付宝当面付",
@@ -200,6 +191,43 @@ def test_a_dropped_notification_is_reconciled(served):
     assert view(base, order)["status"] == "delivered" and view(base, unpaid)["status"] == "pending"
     assert fake.pay(order["order_no"])["answers"] == [[200, "success"]]   # the late one: nothing more
     assert len(view(base, order)["keys"]) == 1
+
+
+def test_the_daily_settlement_asks_alipay_about_every_order(served):
+    """The day's settlement queries Alipay (trade.query) about each order of the day: a payment
+    whose notification was dropped and a payment of another amount are reported; a paid order,
+    an unpaid QR code and an order never shown to Alipay agree."""
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from kamengd.context import get_vault
+    from kamengd.database import utcnow
+    from kamengd.extensions import db
+    from kamengd.payments.settlement import report_entries, run_settlement
+
+    config, pid, keys, base, fake = served
+    day = utcnow().date()
+    paid, dropped, short, unpaid = (place(base, pid, channel="alipay") for _ in range(4))
+    for order in (paid, dropped, short, unpaid):
+        qr_page(base, order)
+    never = place(base, pid, channel="alipay")   # its pay page never opened: nothing at Alipay
+    assert fake.pay(paid["order_no"])["answers"] == [[200, "success"]]
+    assert fake.pay(dropped["order_no"], deliver=False)["delivered"] is False
+    assert fake.pay(short["order_no"], amount="1.00")["answers"] == [[200, "success"]]
+    assert view(base, short)["status"] == "held"
+    queries = fake.call("/_test/state")["calls"].count("alipay.trade.query")
+    app = create_app(load_config(config, env={}))
+    with app.app_context():
+        report = run_settlement(db.session, get_vault(), day, "UTC")
+        found = {e.order_no: (e.kind, e.gateway_status, e.gateway_amount_cents, e.our_amount_cents)
+                 for e in report_entries(db.session, report)}
+        checked, status = report.checked, report.status
+        db.session.remove()
+    assert status == "complete" and checked == 5
+    assert found == {dropped["order_no"]: ("paid_at_gateway_only", "paid", 880, None),
+                     short["order_no"]: ("amount_differs", "paid", 880, 100)}, found
+    assert never["order_no"] not in found and unpaid["order_no"] not in found
+    # Asked about the four orders it had a trade for, not the fifth.
+    assert fake.call("/_test/state")["calls"].count("alipay.trade.query") - queries == 4
 
 
 def test_alipay_down_and_a_bad_set_up(served):

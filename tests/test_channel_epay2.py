@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_channel_alipay import _pair, bare
 from test_channel_stripe import http, view
 from test_concurrency import BUSY_SCHEDULER, start_layout
@@ -57,16 +57,8 @@ class FakeEpay2:
 
 @pytest.fixture
 def shop(backend, databases, tmp_path):
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "易支付月卡", "--price", "8.80", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"EP2-{i:03d}-{secrets.token_hex(5)}" for i in range(20)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="易支付月卡", price="8.80",
+                                     keys=20, prefix="EP2")
     fake = FakeEpay2(tmp_path)
     # The merchant's key as a PEM file gives it; the platform's as its API page shows it.
     run_cli("channel", "add", "--type", "epay2", "--code", "epay2", "--name", "彩虹易支付",
@@ -288,6 +280,24 @@ def test_platform_down_and_a_bad_set_up(served):
         assert_one_line_error(refused, option)
     listing = run_cli("channel", "list", "--json", config=config, check=True).out
     assert bare(fake.merchant_private)[:40] not in listing and "epay2b" not in listing
+
+
+def test_a_refund_of_another_amount_is_audited_and_refunds_nothing_here(served):
+    """The platform confirms a refund of another amount than asked: the order is not refunded
+    here, and the attempt is in the audit log with the platform's words for staff to settle."""
+    config, pid, keys, base, fake = served
+    order = place(base, pid)
+    qr_page(base, order)
+    assert fake.pay(order["order_no"])["answers"] == [[200, "success"]]
+    fake.call("/_test/refund_only", {"money": "1.00"})
+    refused = run_cli("order", "refund", order["order_no"], "--reason", "x", "--through-channel", config=config)
+    assert_one_line_error(refused, "Epay refunded 1.00, not 8.80")
+    assert view(base, order)["status"] == "delivered"
+    entries = json.loads(run_cli("audit", "list", "--action", "payment.refund_failed", "--json", config=config,
+                                 check=True).out)["entries"]
+    assert [(e["target"], e["details"]["amount"], "1.00" in e["details"]["error"]) for e in entries] == [
+        (f"order:{order['order_no']}", "8.80", True)]
+    assert run_cli("audit", "verify", config=config).returncode == 0
 
 
 def test_a_refund_through_the_platform_is_made_once(served):

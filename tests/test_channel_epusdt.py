@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_channel_stripe import http, place, view
 from test_concurrency import BUSY_SCHEDULER, start_layout
 
@@ -58,16 +58,8 @@ def flavour():
 
 @pytest.fixture
 def shop(backend, databases, tmp_path, flavour):
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "USDT 月卡", "--price", "8.80", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"USDT-{i:03d}-{secrets.token_hex(5)}" for i in range(20)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="USDT 月卡", price="8.80",
+                                     keys=20, prefix="USDT")
     fake = FakeEpusdt(flavour)
     extra = ["--option", "trade_type=usdt.trc20"] if flavour == "bepusdt" else []
     run_cli("channel", "add", "--type", "epusdt", "--code", "usdt", "--name", "USDT (TRC20)",

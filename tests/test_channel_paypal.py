@@ -10,6 +10,7 @@ import json
 import secrets
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_channel_stripe import http, place, view
 from test_concurrency import BUSY_SCHEDULER, start_layout
 
@@ -67,18 +68,9 @@ def add_channel(config, fake: FakePayPal, code: str = "paypal", merchant: bool =
 @pytest.fixture
 def shop(backend, databases, tmp_path):
     """(config, product id, keys, port, fake PayPal): the channel `paypal` added, no server yet."""
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
     port = free_port()
-    args += ["--site-url", f"http://127.0.0.1:{port}"]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "PayPal card", "--price", "12.30", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"PP-{i:03d}-{secrets.token_hex(5)}" for i in range(30)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="PayPal card", price="12.30",
+                                     keys=30, prefix="PP", site_url=f"http://127.0.0.1:{port}")
     fake = FakePayPal(f"http://127.0.0.1:{port}/pay/paypal/notify")
     assert add_channel(config, fake).returncode == 0
     yield config, pid, keys, port, fake
@@ -202,6 +194,43 @@ def test_a_forged_webhook_changes_nothing(served, forgery):
         assert "POST /v1/notifications/verify-webhook-signature" not in state["requests"]
 
 
+def test_what_needs_no_call_to_paypal_is_checked_first(served):
+    """A certificate URL on another host, a transmission time days old or in the future: refused
+    (400) without asking PayPal's verification endpoint; an event that is no payment: answered
+    200 and nothing asked, nothing changed. The genuine webhook then goes through."""
+    config, pid, keys, base, fake = served
+    order = place(base, pid, channel="paypal")
+    ref = checkout(base, order, fake)
+    fake.approve(ref)
+    kept = fake.webhook(ref, deliver=False)
+
+    def send(body: str, headers: dict) -> int:
+        request = urllib.request.Request(f"{base}/pay/paypal/notify", data=body.encode(), method="POST",
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def verify_calls() -> int:
+        return fake.state()["requests"].count("POST /v1/notifications/verify-webhook-signature")
+
+    before = verify_calls()
+    for name, value in (("PAYPAL-CERT-URL", "https://evil.example/v1/notifications/certs/CERT-1"),
+                        ("PAYPAL-CERT-URL", "http://api.paypal.com/v1/notifications/certs/CERT-1"),
+                        ("PAYPAL-TRANSMISSION-TIME", "2020-01-01T00:00:00Z"),
+                        ("PAYPAL-TRANSMISSION-TIME", "2099-01-01T00:00:00Z"),
+                        ("PAYPAL-TRANSMISSION-TIME", "yesterday")):
+        assert send(kept["body"], {**kept["headers"], name: value}) == 400, (name, value)
+    other = json.dumps({**kept["event"], "event_type": "CUSTOMER.DISPUTE.CREATED"})
+    assert send(other, kept["headers"]) == 200
+    assert verify_calls() == before and view(base, order)["status"] == "pending"
+    assert fake.state()["captures_made"] == 0
+    assert send(kept["body"], kept["headers"]) == 200 and verify_calls() == before + 1
+    assert view(base, order)["status"] == "delivered"
+
+
 @pytest.mark.parametrize("case", ["wrong amount", "wrong currency", "denied", "pending capture"])
 def test_what_the_webhook_says_is_obeyed(served, case):
     config, pid, keys, base, fake = served
@@ -286,6 +315,35 @@ def test_a_dropped_webhook_is_reconciled_by_run_job(served):
         assert fake.webhook(ref, event_type=kind)["answers"][0][0] == 200
     assert len(payments_of(config, order["order_no"])) == 1 and len(view(base, order)["keys"]) == 1
     assert fake.state()["captures_made"] == 1
+
+
+def test_the_daily_settlement_looks_at_paypal_and_never_captures(served):
+    """The day's settlement reads each PayPal order: an approved one not yet captured is no
+    payment (and is not captured by the settlement: money moves only where it is recorded);
+    a captured one agrees with the payment recorded here."""
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from kamengd.context import get_vault
+    from kamengd.database import utcnow
+    from kamengd.extensions import db
+    from kamengd.payments.settlement import report_entries, run_settlement
+
+    config, pid, keys, base, fake = served
+    day = utcnow().date()
+    approved = place(base, pid, channel="paypal")
+    fake.approve(checkout(base, approved, fake))
+    paid = place(base, pid, channel="paypal")
+    ref = checkout(base, paid, fake)
+    fake.approve(ref)
+    assert fake.webhook(ref, event_type="CHECKOUT.ORDER.APPROVED")["answers"][0][0] == 200
+    assert view(base, paid)["status"] == "delivered" and fake.state()["captures_made"] == 1
+    app = create_app(load_config(config, env={}))
+    with app.app_context():
+        report = run_settlement(db.session, get_vault(), day, "UTC")
+        found, checked = list(report_entries(db.session, report)), report.checked
+        db.session.remove()
+    assert checked == 2 and found == []
+    assert fake.state()["captures_made"] == 1 and view(base, approved)["status"] == "pending"
 
 
 def test_paypal_down_tokens_kept_and_a_bad_set_up(served):

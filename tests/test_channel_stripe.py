@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_concurrency import BUSY_SCHEDULER, start_layout
 
 FAKE = Path(__file__).parent / "fake_gateways" / "stripe_server.py"
@@ -70,18 +70,9 @@ def http(method: str, url: str, body: dict | None = None, headers: dict | None =
 @pytest.fixture
 def shop(backend, databases, tmp_path, start_server):
     """(config, product id, keys, port, fake Stripe): the channel `stripe` added, no server yet."""
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
     port = free_port()
-    args += ["--site-url", f"http://127.0.0.1:{port}"]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "Stripe card", "--price", "12.30", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"STR-{i:03d}-{secrets.token_hex(5)}" for i in range(30)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="Stripe card", price="12.30",
+                                     keys=30, prefix="STR", site_url=f"http://127.0.0.1:{port}")
     fake = FakeStripe(f"http://127.0.0.1:{port}/pay/stripe/notify")
     run_cli("channel", "add", "--type", "stripe", "--code", "stripe", "--name", "Card (Stripe)",
             "--option", f"secret_key={fake.secret_key}", "--option", f"webhook_secret={fake.webhook_secret}",

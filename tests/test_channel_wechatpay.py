@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from conftest import assert_one_line_error, free_port, run_cli
+from conftest import assert_one_line_error, free_port, install_shop, run_cli
 from test_channel_stripe import http, place, view
 from test_concurrency import BUSY_SCHEDULER, start_layout
 
@@ -116,16 +116,8 @@ class FakeWeChatPay:
 @pytest.fixture
 def shop(backend, databases, tmp_path):
     """(config, product id, keys, fake WeChat Pay): the channel `wxpay` added, no server yet."""
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "微信月卡 · 会员", "--price", "6.60", "--json",
-                             config=config, check=True).out)["id"]
-    keys = [f"WX-{i:03d}-{secrets.token_hex(5)}" for i in range(20)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(keys).encode(), check=True)
+    config, pid, keys = install_shop(backend, databases, tmp_path, product="微信月卡 · 会员", price="6.60",
+                                     keys=20, prefix="WX")
     fake = FakeWeChatPay(tmp_path)
     run_cli("channel", "add", "--type", "wechatpay", "--code", "wxpay", "--name", "微信支付",
             *fake.options(), config=config, check=True)

@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
         "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.payments.flow",
-        "kamengd.payments.refunds", "kamengd.backup.*",
+        "kamengd.payments.refunds", "kamengd.payments.balance", "kamengd.backup.*",
         "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview",
         "kamengd.agents.webhooks", "kamengd.agents.batches")),
     # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).

@@ -108,6 +108,7 @@ PUBLIC_ELSEWHERE = {
     "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
     "api.products", "api.new_order", "api.get_order", "api.payment_methods", "api.openapi_document",
     "pay.notify", "shop.payment_return", "shop.order_status", "shop.sandbox_page", "shop.sandbox_pay",
+    "shop.balance_page", "shop.balance_pay",
     "shop.payment_start",
     # The agent API: signed by the agent's key (kamengd.agents.auth), never a staff session.
     "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import run_cli
+from conftest import install_shop, run_cli
 from test_channel_alipay import APP_ID, SELLER, FakeAlipay, bare
 from test_channel_stripe import http, view
 from test_concurrency import start_layout
@@ -26,17 +26,7 @@ LAYOUTS = ("waitress", "gunicorn", "gunicorn+scheduler", "two-servers")
 
 
 def install(backend, databases, tmp_path: Path, *, price: str, keys: int) -> tuple[Path, int, list[str]]:
-    args = ["install", "--data-dir", tmp_path / "data", "--admin-password-file", tmp_path / "pw", "--yes"]
-    (tmp_path / "pw").write_text(secrets.token_urlsafe(16) + "\n")
-    if backend != "sqlite":
-        args += ["--database-url", databases.new_url(backend)]
-    run_cli(*args, check=True)
-    config = tmp_path / "data" / "kamengd.toml"
-    pid = json.loads(run_cli("product", "create", "--name", "路由 routing", "--price", price, "--json",
-                             config=config, check=True).out)["id"]
-    made = [f"RT-{i:03d}-{secrets.token_hex(5)}" for i in range(keys)]
-    run_cli("keys", "import", "--product", pid, "-", config=config, input="\n".join(made).encode(), check=True)
-    return config, pid, made
+    return install_shop(backend, databases, tmp_path, product="路由 routing", price=price, keys=keys, prefix="RT")
 
 
 def order(base: str, pid: int, channel: str, pay_type: str | None = None):

@@ -43,7 +43,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
                    "private_key=PEM, apiv3_key=, platform_public_key=PEM, platform_serial=; stripe: secret_key=sk_..., "
                    "webhook_secret=whsec_...; paypal: client_id=, client_secret=, webhook_id=, merchant_id=, "
                    "api_base=; epusdt: api_base=URL, token=API_TOKEN, trade_type= (BEpusdt), "
-                   "currency= (default CNY); sandbox: force=yes to take orders when "
+                   "currency= (default CNY); balance: none (buyers pay from their member's or agent's "
+                   "balance); sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option
 @with_app

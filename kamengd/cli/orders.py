@@ -148,8 +148,8 @@ def order_show(order_no, as_json):
 @json_option
 @with_app
 def order_refund(order_no, reason, through_channel, as_json):
-    """Mark a paid, held or delivered order refunded (the money goes back outside kamengd, or to an
-    agent's balance for its own orders, or at the gateway with --through-channel); reserved keys
+    """Mark a paid, held or delivered order refunded (the money goes back outside kamengd, or to the
+    balance that paid it, or at the gateway with --through-channel); reserved keys
     go back on sale, agents' commission on it is reversed. Once; audited."""
     extra = {}
     if through_channel:
@@ -158,7 +158,11 @@ def order_refund(order_no, reason, through_channel, as_json):
         extra = {"refunded_at_gateway": format_cents(given.amount_cents), "gateway_ref": given.gateway_ref}
     else:
         done = order_staff.refund_order(db.session, order_no=order_no, reason=reason, actor=cli_actor())
+        if done.to_balance_cents:
+            extra = {"refunded_to_balance": format_cents(done.to_balance_cents)}
     emit(as_json, {"order_no": done.order.order_no, "status": done.order.status, "previous_status": done.previous_status,
                    "keys_released": done.keys_released, "keys_kept_sold": done.keys_sold, **extra},
          f"order {done.order.order_no} refunded (was {done.previous_status})"
-         + (f"; {extra['refunded_at_gateway']} given back at the gateway" if extra else ""))
+         + (f"; {extra['refunded_at_gateway']} given back at the gateway" if "refunded_at_gateway" in extra else "")
+         + (f"; {extra['refunded_to_balance']} given back to the balance that paid it"
+            if "refunded_to_balance" in extra else ""))

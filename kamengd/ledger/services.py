@@ -205,6 +205,23 @@ def booked_before(session: Session, cause: str) -> Booking | None:
         sa.select(_entries.c.account_id, _entries.c.amount_cents).where(_entries.c.transaction_id == earlier)).all()))
 
 
+def paid_from_balance(session: Session, cause: str) -> tuple[int, int, list[tuple[AccountRef, int]]] | None:
+    """What the movement `cause` took from an agent's (or a member's) spendable balance:
+    (the agent, the cents, the shop's legs as booked), or None when it took nothing from one.
+    A refund gives back exactly that, whichever way the order was paid from a balance (the
+    agent API, or a buyer's balance channel on the storefront)."""
+    booked = booked_before(session, cause)
+    if booked is None:
+        return None
+    rows = session.execute(sa.select(_accounts.c.id, _accounts.c.agent_id, _accounts.c.kind, _accounts.c.currency)
+                           .where(_accounts.c.id.in_(list(booked.amounts)))).all()
+    payer = [r for r in rows if r.agent_id is not None and r.kind == "available" and booked.amounts[r.id] < 0]
+    if len(payer) != 1:
+        return None
+    shop = [(AccountRef(r.id, r.currency, r.kind), booked.amounts[r.id]) for r in rows if r.agent_id is None]
+    return payer[0].agent_id, -booked.amounts[payer[0].id], shop
+
+
 def balances(session: Session, agent_id: int) -> dict[str, int]:
     """{kind: cents} of an agent's accounts."""
     rows = session.execute(sa.select(LedgerAccount.kind, LedgerAccount.balance_cents)

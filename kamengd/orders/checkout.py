@@ -39,7 +39,7 @@ from ..money import format_cents
 from ..context import get_config
 from ..payments import epay, methods, routing, sandbox
 from ..payments.gateways import SPECS
-from ..payments.paths import start_url
+from ..payments.paths import balance_url, start_url
 from ..payments.keycache import channel_secrets_cached, secrets_problem_cached
 from ..payments.models import PaymentChannel
 from ..settings.services import decode_setting, setting_value_query
@@ -500,6 +500,9 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             return None, None
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site, options=options, pay_type=chosen, return_site=return_site)
+    elif vault is not None and row.channel_type == "balance":   # no secret: its pay page is this shop's
+        url = pay_url(row, channel_code, {}, order_no=order_no, amount_cents=amount, token=token,
+                      site_url=site, options=options, pay_type=chosen, return_site=return_site)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
                          chosen)
     values = {
@@ -524,6 +527,8 @@ def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amo
     back = (return_site or site_url).rstrip("/")
     if row.channel_type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel_code, order_no=order_no, token=token)
+    if row.channel_type == "balance":
+        return balance_url(back, channel_code, order_no, token)
     if row.channel_type in SPECS:   # created at the gateway by the pay page, not here
         return start_url(back, channel_code, order_no, token)
     if row.channel_type != "epay":

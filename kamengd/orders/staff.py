@@ -295,6 +295,7 @@ class Refund:
     previous_status: str
     keys_released: int
     keys_sold: int
+    to_balance_cents: int = 0   # given back to the balance that paid it
 
 
 def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: str | None = None,
@@ -325,19 +326,22 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
     # Not the staff's reason: the payload may reach the agent who bought the order.
     emit(session, "order.refunded", order_payload(session, order, previous_status=previous,
                                                   refunded_to_balance=format_cents(to_balance)), now)
-    return Refund(order, previous, released, sold)
+    return Refund(order, previous, released, sold, to_balance)
 
 
 def _refund_to_balance(session: Session, order: Order, actor: str) -> int:
-    """An agent's order was paid from its balance: the refund goes back there (once: the
-    cause names the order). The cents credited."""
-    if not order.agent_id or not order.amount_cents:
+    """An order paid from a balance (an agent's through the API, anyone's through a balance
+    channel): the refund goes back to the balance it came from, once (the cause names the
+    order). The cents credited."""
+    paid = ledger.paid_from_balance(session, f"order:{order.order_no}:paid")
+    if paid is None:
         return 0
-    sales = ledger.shop_ref(session, "shop:sales", order.currency)
+    agent_id, cents, shop_legs = paid
     ledger.post(session, cause=f"order:{order.order_no}:refund", kind="refund",
-                legs=[*ledger.agent_credit_legs(session, order.agent_id, order.amount_cents),
-                      (sales, -order.amount_cents)], actor=actor, memo=f"refund of order {order.order_no}")
-    return order.amount_cents
+                legs=[*ledger.agent_credit_legs(session, agent_id, cents),
+                      *((account, -amount) for account, amount in shop_legs)],
+                actor=actor, memo=f"refund of order {order.order_no}")
+    return cents
 
 
 def refund_extra_payment(session: Session, *, order_no, payment_id, note="", actor: str,

@@ -31,13 +31,51 @@ FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_orde
 # Per type, the form's fields that are the channel's options. The single pay_type of older
 # Epay channels is folded into pay_types when one is saved; the sandbox makes its own secret.
 OPTION_FIELDS = {"epay": ("gateway", "pid", "key", "pay_types", "pay_type"), "sandbox": ("force",),
-                 **{name: spec.options for name, spec in SPECS.items()}}
+                 "balance": (), **{name: spec.options for name, spec in SPECS.items()}}
+# The order the "add a channel" choices are offered in: the common gateways first.
+CHANNEL_TYPES = ("epay", "epay2", "alipay", "wechatpay", "epusdt", "stripe", "paypal", "balance", "sandbox")
 MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
 
 
 @bp.app_template_global()
 def option_limit(name: str) -> int:
     return payments.option_limit(name)
+
+
+@bp.app_template_global()
+def type_label(channel_type: str) -> str:
+    """What a channel type is called on the panel."""
+    return {"epay": _("Epay (易支付)"), "epay2": _("Rainbow Epay V2 (彩虹易支付)"), "alipay": _("Alipay 当面付"),
+            "wechatpay": _("WeChat Pay (Native)"), "epusdt": _("Epusdt / BEpusdt (USDT)"), "stripe": _("Stripe"),
+            "paypal": _("PayPal"), "balance": _("Balance (members and agents)"),
+            "sandbox": _("Sandbox (for trying the shop)")}.get(channel_type, channel_type)
+
+
+@bp.app_template_global()
+def type_description(channel_type: str) -> str:
+    """A line on what a channel of this type is, on the form that adds one."""
+    return {
+        "epay": _("the Epay (易支付) merchant protocol, MD5 signature: the buyer is sent to the gateway's page."),
+        "epay2": _("彩虹易支付 (Rainbow Epay) V2 merchant API, signed RSA both ways: the buyer scans the platform's "
+                   "QR code on this shop's page, or is sent to the platform's page."),
+        "alipay": _("Alipay 当面付 (face-to-face payment): the buyer scans a QR code with Alipay. Signed RSA2 both "
+                    "ways."),
+        "wechatpay": _("WeChat Pay API v3, Native payment: the buyer scans a QR code with WeChat. Requests signed "
+                       "with the merchant's key, notifications verified with WeChat Pay's public key and decrypted "
+                       "with the APIv3 key."),
+        "epusdt": _("Epusdt or BEpusdt, your own USDT (TRC20) gateway: the buyer sends the exact crypto amount to "
+                    "the wallet address shown as a QR code. MD5 signature with the API token; no refunds through "
+                    "it."),
+        "stripe": _("Stripe Checkout (cards and the methods your Stripe account offers). In Stripe's dashboard, "
+                    "add a webhook endpoint at this shop's /pay/CODE/notify for checkout.session.completed and "
+                    "checkout.session.async_payment_succeeded."),
+        "paypal": _("PayPal Orders v2: the buyer approves the payment at PayPal and the shop captures it. In "
+                    "PayPal's developer dashboard, add a webhook at this shop's /pay/CODE/notify for "
+                    "CHECKOUT.ORDER.APPROVED and PAYMENT.CAPTURE.COMPLETED."),
+        "balance": _("buyers pay from their own balance on this shop, signed in as a member or an agent."),
+        "sandbox": _("a pretend gateway for trying the shop: its pay page has a Pay button that completes the "
+                     "order without any money moving."),
+    }.get(channel_type, "")
 
 
 @bp.app_template_global()
@@ -134,6 +172,7 @@ def channels():
                                                                  PaymentChannel.id)).all()
     weak = {channel.id: error_text(problem) for channel, problem in payments.weak_channels(db.session, get_vault())}
     return render_template("panel/channels_list.html", weak=weak, pay_types=methods.pay_types,
+                           channel_types=CHANNEL_TYPES,
                            channels=[(c, json.loads(c.options)) for c in rows])
 
 

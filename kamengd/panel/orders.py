@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
 
+from ..agents.models import Agent
 from ..context import get_config, get_vault
 from ..audit.services import record
 from ..catalog import inputs
@@ -16,6 +17,7 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import KamengdError, NotFound
 from ..extensions import db
+from ..ledger import services as ledger
 from ..money import format_cents
 from ..orders import staff as order_staff
 from ..orders.models import ORDER_STATUSES
@@ -144,9 +146,12 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
         detail = order_staff.order_detail(db.session, order_no)
     except NotFound:
         abort(404)
-    found = refundable_payment(db.session, detail.order) if detail.order.status in order_staff.REFUNDABLE else None
+    refundable = detail.order.status in order_staff.REFUNDABLE
+    found = refundable_payment(db.session, detail.order) if refundable else None
+    paid_from = ledger.paid_from_balance(db.session, f"order:{detail.order.order_no}:paid") if refundable else None
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
                            refund_channel=found[1] if found else None,
+                           balance_payer=db.session.get(Agent, paid_from[0]) if paid_from else None,
                            buyer_input=inputs.load(detail.order.buyer_input),
                            smtp_configured=bool(mail_server(db.session, get_config())[0]), form=request.form), status
 
@@ -228,8 +233,11 @@ def order_refund(order_no):
     return _act(order_no, lambda: order_staff.refund_order(
         db.session, order_no=order_no, reason=request.form.get("refund_reason", ""), actor=actor(),
         source_ip=client_ip()),
-        lambda refund: _("Order marked refunded (%(n)s reserved keys back on sale). Return the money at the "
-                         "payment gateway: kamengd does not move money.", n=refund.keys_released))
+        lambda refund: _("Order refunded: %(amount)s given back to the balance that paid it; %(n)s reserved keys "
+                         "back on sale.", amount=format_cents(refund.to_balance_cents), n=refund.keys_released)
+        if refund.to_balance_cents else
+        _("Order marked refunded (%(n)s reserved keys back on sale). Return the money at the "
+          "payment gateway: kamengd does not move money.", n=refund.keys_released))
 
 
 @bp.post("/orders/<order_no>/resend")

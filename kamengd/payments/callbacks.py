@@ -228,12 +228,12 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
             if not isinstance(exc, Refused):
                 log.warning("callback for %s: unreadable (%s)", code, exc.__class__.__name__)
                 return PaymentOutcome(False, "unreadable callback")
-            if exc.forged and attempt == 0:
+            if (exc.forged or exc.retry) and attempt == 0:
                 # This process may know the channel as it was: a secret entered since in another
                 # process must not turn the gateway's genuine callbacks away. Read it again.
                 forget_channel(code)
                 continue
-            return PaymentOutcome(False, exc.reason, forged=exc.forged, ignored=not exc.forged)
+            return PaymentOutcome(False, exc.reason, forged=exc.forged, ignored=not (exc.forged or exc.retry))
         if not notice.paid:
             return PaymentOutcome(False, "not paid", ignored=True)
         if not notice.trade_no or len(notice.trade_no) > MAX_TRADE_NO or has_control_characters(notice.trade_no):

@@ -8,3 +8,9 @@ from urllib.parse import urlencode
 def start_url(site_url: str, code: str, order_no: str, token: str) -> str:
     """The pay URL of an order of a gateway channel: the page that starts its payment."""
     return f"{site_url.rstrip('/')}/pay/{code}/start?{urlencode({'order_no': order_no, 'token': token})}"
+
+
+def balance_url(site_url: str, code: str, order_no: str, token: str) -> str:
+    """The pay URL of an order of a balance channel: the page where a signed-in member or agent
+    pays it from its balance."""
+    return f"{site_url.rstrip('/')}/pay/{code}/balance?{urlencode({'order_no': order_no, 'token': token})}"

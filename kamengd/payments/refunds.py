@@ -39,13 +39,19 @@ class ChannelRefund:
     gateway_ref: str
 
 
+def _received_payment(session: Session, order: Order) -> tuple[Payment, PaymentChannel] | None:
+    return session.execute(sa.select(Payment, PaymentChannel).join(PaymentChannel,
+                                                                    PaymentChannel.id == Payment.channel_id)
+                           .where(Payment.order_id == order.id, Payment.status.in_(("received", "held")))
+                           .order_by(Payment.id)).first()
+
+
 def refundable_payment(session: Session, order: Order) -> tuple[Payment, PaymentChannel] | None:
-    """The order's payment that its channel can give back (None: money goes back by hand)."""
-    row = session.execute(sa.select(Payment, PaymentChannel).join(PaymentChannel,
-                                                                  PaymentChannel.id == Payment.channel_id)
-                          .where(Payment.order_id == order.id, Payment.status.in_(("received", "held")))
-                          .order_by(Payment.id)).first()
-    if row is None or gateway(row[1].type) is None:
+    """The order's payment that its channel can give back (None: money goes back by hand, or
+    to the balance that paid it)."""
+    row = _received_payment(session, order)
+    protocol = gateway(row[1].type) if row is not None else None
+    if protocol is None or not protocol.refunds:
         return None
     return row[0], row[1]
 
@@ -62,6 +68,14 @@ def refund_through_channel(session: Session, vault: Vault, *, order_no, reason, 
                        order_no=order.order_no, status=order.status)
     found = refundable_payment(session, order)
     if found is None:
+        paid = _received_payment(session, order)
+        if paid is not None and paid[1].type == "balance":
+            raise InvalidRequest("order %(order_no)s was paid from a balance: refund it without the channel and the "
+                                 "money goes back to that balance", order_no=order.order_no)
+        if paid is not None and gateway(paid[1].type) is not None:
+            raise InvalidRequest("order %(order_no)s was paid through %(channel)s, which cannot give money back: "
+                                 "return it by hand, then refund the order without the channel",
+                                 order_no=order.order_no, channel=paid[1].code)
         raise InvalidRequest("order %(order_no)s was not paid through a channel that can give money back: mark it "
                              "refunded and return the money at the gateway", order_no=order.order_no)
     payment, channel = found
@@ -73,6 +87,12 @@ def refund_through_channel(session: Session, vault: Vault, *, order_no, reason, 
     try:
         ref = protocol.refund(conf, trade_no=trade_no, amount_cents=amount, currency=currency, refund_no=refund_no)
     except GatewayError as exc:
+        # Kept although the request fails: the gateway may have moved money all the same (a
+        # refund of another amount), and staff must find the attempt and the gateway's words.
+        record(session, "payment.refund_failed", actor=actor, target=f"order:{order_no}", source_ip=source_ip,
+               details={"payment_id": payment_id, "channel": code, "amount": format_cents(amount),
+                        "currency": currency, "refund_no": refund_no, "error": str(exc)[:300]})
+        session.commit()
         raise Conflict("the gateway did not give the money back: %(error)s", error=str(exc)[:200]) from None
     try:
         with session.begin_nested():

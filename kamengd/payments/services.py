@@ -30,7 +30,7 @@ from ..settings.services import shop_url
 from . import epay, methods, routing, sandbox
 from .gateways import SPECS, gateway as protocol_of
 from .gateways.base import Channel, GatewayError
-from .paths import start_url
+from .paths import balance_url, start_url
 from .models import EXTRA_PAYMENT_FLAG, ChannelDay, Payment, PaymentChannel, ProductChannel, placeholder_trade_no
 from .strength import secret_problem, secrets_problem
 
@@ -45,6 +45,8 @@ CHANNEL_TYPES = {
     "sandbox": {"options": ("secret", "force"),
                 "required": ("secret",),
                 "secret": ("secret",)},
+    # Pays from a member's or an agent's balance on this shop (kamengd.payments.balance): nothing to set.
+    "balance": {"options": (), "required": (), "secret": ()},
     # The gateway protocols (kamengd.payments.gateways): what each one's channel is made of.
     **{name: {"options": spec.options, "required": spec.required, "secret": spec.secret}
        for name, spec in SPECS.items()},
@@ -506,8 +508,10 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
     when the stored key is missing, does not decrypt or does not verify.
     """
-    if channel.type not in ("epay", "sandbox", *SPECS):
+    if channel.type not in ("epay", "sandbox", "balance", *SPECS):
         raise InvalidRequest("channel type %(type)r cannot be tested", type=channel.type)
+    if channel.type == "balance":   # no key, no gateway: the ledger is this shop's own
+        return "", channel.code, ""
     if channel.type == "sandbox":
         return _check_sandbox_signing(vault, channel)
     if channel.type in SPECS:   # the gateway itself is asked (probe_gateway)
@@ -583,6 +587,10 @@ def test_channel(session: Session, vault: Vault, channel: PaymentChannel, site_u
         result = sandbox_check(channel, site_url)
         session.rollback()
         return result
+    if channel.type == "balance":
+        session.rollback()
+        return ChannelCheck(True, "gateway", N_("buyers signed in as members or agents pay from their balance on "
+                                                "this shop"))
     if channel.type in SPECS:
         channel_type, conf = channel.type, gateway_channel(vault, channel)
         session.rollback()
@@ -747,6 +755,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
     back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
     if channel.type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel.code, order_no=order.order_no, token=token)
+    if channel.type == "balance":
+        return balance_url(back, channel.code, order.order_no, token)
     if channel.type in SPECS:
         return start_url(back, channel.code, order.order_no, token)
     return epay.pay_url(

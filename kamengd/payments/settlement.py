@@ -1,9 +1,11 @@
-"""The daily settlement: the gateway's view of each Epay order of a day against ours.
+"""The daily settlement: the gateway's view of each order of a day against ours, for every
+channel with a query API (Epay, and each gateway protocol of kamengd.payments.gateways).
 
-A day is a calendar day in `site.timezone`. Its orders are the Epay orders
-paid that day, and those created that day and never paid. For each, the
-gateway is asked (`api.php?act=order`, as reconciliation does) and every
-disagreement is recorded in the day's report:
+A day is a calendar day in `site.timezone`. Its orders are those of such
+channels paid that day, and those created that day and never paid. For each,
+the gateway is asked (Epay: `api.php?act=order`, as reconciliation does; a
+gateway protocol: its `look`, about the payment created for the order, which
+moves no money) and every disagreement is recorded in the day's report:
 
 - paid_at_gateway_only: the gateway says paid, we have no payment;
 - amount_differs: both say paid, the amounts differ;
@@ -34,9 +36,11 @@ from ..money import format_cents, parse_gateway_money
 from ..notifications.events import emit
 from ..orders.models import Order
 from ..vault import Vault
-from .models import Payment, PaymentChannel, SettlementEntry, SettlementReport
+from .gateways import SPECS, gateway
+from .gateways.base import GatewayError as ProtocolError
+from .models import Payment, PaymentAttempt, PaymentChannel, SettlementEntry, SettlementReport
 from .reconcile import GatewayError, query_epay_order
-from .services import channel_option, channel_secrets
+from .services import channel_option, channel_secrets, gateway_channel
 
 log = logging.getLogger("kamengd.settlement")
 KINDS = ("paid_at_gateway_only", "amount_differs", "missing_at_gateway", "unverified")
@@ -85,6 +89,10 @@ def open_report(session: Session, day: dt.date, tz: str, *, restart: bool = Fals
     return report
 
 
+# The channel types whose gateway can be asked about an order.
+SETTLED_TYPES = ("epay", *SPECS)
+
+
 @dataclass
 class _Row:
     order_id: int
@@ -92,16 +100,24 @@ class _Row:
     channel_id: int
     status: str
     amount_cents: int
+    currency: str
+    channel_type: str
+    ref: str | None                 # the payment created at a gateway protocol for the order (its query's key)
     paid_cents: int | None = None   # our recorded payment, None when we have none
     entry: dict | None = None
 
 
 def _orders(session: Session, report: SettlementReport, limit: int) -> list[_Row]:
     start, end = day_bounds(report.day, report.timezone)
+    latest = (sa.select(PaymentAttempt.gateway_ref).where(PaymentAttempt.order_id == Order.id,
+                                                          PaymentAttempt.channel_id == Order.channel_id,
+                                                          PaymentAttempt.status == "open")
+              .order_by(PaymentAttempt.id.desc()).limit(1).correlate(Order).scalar_subquery())
     rows = session.execute(
-        sa.select(Order.id, Order.order_no, Order.channel_id, Order.status, Order.amount_cents)
+        sa.select(Order.id, Order.order_no, Order.channel_id, Order.status, Order.amount_cents, Order.currency,
+                  PaymentChannel.type, latest)
         .join(PaymentChannel, PaymentChannel.id == Order.channel_id)
-        .where(PaymentChannel.type == "epay", Order.id > report.last_order_id,
+        .where(PaymentChannel.type.in_(SETTLED_TYPES), Order.id > report.last_order_id,
                sa.or_(sa.and_(Order.paid_at >= start, Order.paid_at < end),
                       sa.and_(Order.paid_at.is_(None), Order.created_at >= start, Order.created_at < end)))
         .order_by(Order.id).limit(limit)).all()
@@ -116,8 +132,34 @@ def _orders(session: Session, report: SettlementReport, limit: int) -> list[_Row
     return found
 
 
+def compare_notice(row: _Row, notice) -> dict | None:
+    """The mismatch between our order and a gateway protocol's answer (a paid Notice, or None:
+    no payment there), if any."""
+    if notice is not None and notice.order_no != row.order_no:
+        raise GatewayError("gateway answered about another order")
+    paid = notice is not None and notice.paid
+    if paid and notice.amount_cents is None:
+        raise GatewayError("gateway reported a payment without a usable amount")
+    other_currency = paid and bool(notice.currency) and notice.currency != row.currency
+    entry = {"gateway_status": "paid" if paid else "unpaid", "gateway_amount_cents": notice.amount_cents if paid
+             else None}
+    if paid and row.paid_cents is None:
+        return {**entry, "kind": "paid_at_gateway_only",
+                "detail": f"the gateway has a payment of {format_cents(notice.amount_cents)} {notice.currency} "
+                          f"(trade {notice.trade_no[:64]}); the order is {row.status} here"}
+    if paid and (notice.amount_cents != row.paid_cents or other_currency):
+        return {**entry, "kind": "amount_differs",
+                "detail": f"gateway {format_cents(notice.amount_cents)} {notice.currency}, recorded here "
+                          f"{format_cents(row.paid_cents)} {row.currency}"}
+    if not paid and row.paid_cents is not None:
+        return {**entry, "kind": "missing_at_gateway",
+                "detail": f"a payment of {format_cents(row.paid_cents)} is recorded here; "
+                          f"the gateway has no payment for the order"}
+    return None
+
+
 def compare(row: _Row, data: dict) -> dict | None:
-    """The mismatch between our order and the gateway's answer, if any."""
+    """The mismatch between our order and the Epay gateway's answer, if any."""
     gateway_paid = str(data.get("code")) == "1" and str(data.get("status")) == "1"
     gateway_amount = None
     if gateway_paid:
@@ -160,17 +202,18 @@ def settle_chunk(session: Session, vault: Vault, report: SettlementReport, *, qu
     start_id, failures = report.last_order_id, report.failures
     rows = _orders(session, report, chunk)
     gateways = {}
-    for channel_id in {r.channel_id for r in rows}:
+    for channel_id, channel_type in {(r.channel_id, r.channel_type) for r in rows}:
         channel = session.get(PaymentChannel, channel_id)
-        gateways[channel_id] = (channel_option(channel, "gateway"), channel_option(channel, "pid"),
-                                channel_secrets(vault, channel).get("key", ""))
+        gateways[channel_id] = (gateway_channel(vault, channel) if channel_type in SPECS else
+                                (channel_option(channel, "gateway"), channel_option(channel, "pid"),
+                                 channel_secrets(vault, channel).get("key", "")))
     session.commit()  # ends the read: no transaction (SQLite write lock) is held while gateways answer
     done, result = [], ChunkResult("more" if rows else "done")
     for row in rows:
         try:
-            row.entry = compare(row, query(*gateways[row.channel_id], row.order_no))
+            row.entry = _ask(row, gateways[row.channel_id], query, now)
             failures = 0
-        except GatewayError as exc:
+        except (GatewayError, ProtocolError) as exc:
             failures += 1
             result.error = f"order {row.order_no}: {exc}"
             if failures < give_up_after:
@@ -183,6 +226,21 @@ def settle_chunk(session: Session, vault: Vault, report: SettlementReport, *, qu
         done.append(row)
     result.outcome = _record(session, report, start_id, done, failures, result.outcome, now)
     return result
+
+
+def _ask(row: _Row, conf, query, now: dt.datetime) -> dict | None:
+    """The row's mismatch, from its gateway's answer."""
+    if row.channel_type == "epay":
+        return compare(row, query(*conf, row.order_no))
+    if row.ref is None:   # no payment was ever created there: the gateway has nothing to say
+        return compare_notice(row, None)
+    try:
+        notice = gateway(row.channel_type).look(conf, row.order_no, row.ref, now)
+    except ProtocolError:
+        raise
+    except Exception as exc:   # an answer no protocol foresaw: as if the gateway had not answered
+        raise GatewayError(f"unexpected answer ({exc.__class__.__name__})") from None
+    return compare_notice(row, notice)
 
 
 def _record(session: Session, report: SettlementReport, start_id: int, done: list[_Row], failures: int,

@@ -5,18 +5,20 @@ id, never by an id from the address (another agent's order is "not found").
 """
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, abort, flash, g, redirect, request, url_for
 from flask_babel import gettext
 
-from ..accounts import auth
 from ..errors import KamengdError
 from ..storefront.i18n import t
 from ..transaction import read_only
-from ..websession import Door
+from ..websession import AGENT_DOOR
 
 bp = Blueprint("portal", __name__, url_prefix="/agent", template_folder="templates")
-DOOR = Door("agent", auth.AGENT)
+DOOR = AGENT_DOOR
 
+BALANCE_PAGE = re.compile(r"/pay/[a-z0-9][a-z0-9_-]{0,31}/balance")
 # Pages open before sign-in; every other route needs a signed-in, active agent.
 PUBLIC = frozenset({"portal.login", "portal.login_2fa"})
 # What a plain member (no level, nothing to sell) may open: its balance, orders, books, account.
@@ -72,8 +74,11 @@ def client_ip() -> str | None:
 
 
 def safe_next(url: str | None) -> str | None:
-    """Only a path inside the portal: never an open redirect."""
-    if url and url.startswith("/agent") and not url.startswith("//") and "\\" not in url:
+    """Only a path inside the portal, or the storefront's page that pays an order from a
+    balance (/pay/<code>/balance): never an open redirect."""
+    if not url or url.startswith("//") or "\\" in url:
+        return None
+    if url.startswith("/agent") or BALANCE_PAGE.fullmatch(url.partition("?")[0]):
         return url
     return None
 

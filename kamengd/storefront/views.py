@@ -6,7 +6,8 @@ from zoneinfo import ZoneInfo
 
 import segno
 import sqlalchemy as sa
-from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (Blueprint, abort, g, jsonify, make_response, redirect, render_template, request, session,
+                   url_for)
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
@@ -24,6 +25,7 @@ from ..orders.models import Order
 from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags, orders_for_email,
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
+from ..payments.balance import pay_from_balance
 from ..payments.callbacks import pay_in_sandbox
 from ..payments.flow import NotStarted, fail_over, start_payment
 from ..payments.reconcile import ask_on_return
@@ -37,6 +39,8 @@ from ..transaction import read_only
 from ..vault import VaultError
 from ..agents import services as agents
 from ..agents.models import Agent
+from ..ledger import services as ledger
+from ..websession import AGENT_DOOR
 from ..substation import return_site, seller, station
 from .i18n import current_lang, remember_lang, t
 
@@ -406,15 +410,31 @@ def _pay_url(order, channel: PaymentChannel, token: str) -> str:
         return url_for("shop.order_page", order_no=order.order_no, token=token)
 
 
-def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
+def _own_pay_page(template: str, channel_type: str, order, token: str, code: str, problem: str | None = None,
+                  status: int = 200, **extra):
+    """A pay page this shop serves itself (the sandbox's, a balance channel's): the order's facts,
+    for an order of that channel only."""
     channel = db.session.get(PaymentChannel, order.channel_id) if order.channel_id else None
-    if channel is None or channel.code != code or channel.type != "sandbox":
+    if channel is None or channel.code != code or channel.type != channel_type:
         return render_template("order_missing.html"), 404
-    return render_template("sandbox_pay.html", order=order, product=db.session.get(Product, order.product_id),
+    return render_template(template, order=order, product=db.session.get(Product, order.product_id),
                            token=token, code=code, amount=format_cents(order.amount_cents),
                            expires_at=shop_time(order.expires_at), problem=problem,
                            seconds_left=max(0, int((order.expires_at - utcnow()).total_seconds())),
-                           order_url=url_for("shop.order_page", order_no=order.order_no, token=token)), status
+                           order_url=url_for("shop.order_page", order_no=order.order_no, token=token),
+                           **extra), status
+
+
+def _posted_order():
+    """(the order, its token) of a pay page's form, when the form (or this browser) proves to be
+    its buyer; NotFound otherwise."""
+    order_no = request.form.get("order_no", "")[:32]
+    token = request.form.get("token") or session.get("orders", {}).get(order_no)
+    return find_order_for_buyer(db.session, order_no, token=token), token
+
+
+def _sandbox_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
+    return _own_pay_page("sandbox_pay.html", "sandbox", order, token, code, problem, status)
 
 
 @bp.get("/pay/<code>/sandbox")
@@ -431,10 +451,8 @@ def sandbox_page(code: str):
 @bp.post("/pay/<code>/sandbox")
 def sandbox_pay(code: str):
     """The "pay" button: the pretend gateway's signed callback goes through the callback path."""
-    order_no = request.form.get("order_no", "")[:32]
-    token = request.form.get("token") or session.get("orders", {}).get(order_no)
     try:
-        order = find_order_for_buyer(db.session, order_no, token=token)
+        order, token = _posted_order()
     except NotFound:
         return render_template("order_missing.html"), 404
     try:
@@ -449,6 +467,50 @@ def sandbox_pay(code: str):
         problem = outcome.reason
     order = db.session.get(Order, order.id)
     return _sandbox_page(order, token, code, problem=problem, status=409)
+
+
+def _balance_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
+    payer = AGENT_DOOR.current()
+    available = ledger.balances(db.session, payer.id)["available"] if payer is not None else None
+    here = url_for("shop.balance_page", code=code, order_no=order.order_no, token=token)
+    return _own_pay_page("balance_pay.html", "balance", order, token, code, problem, status, payer=payer,
+                         balance=None if available is None else format_cents(available),
+                         covered=available is not None and available >= order.amount_cents,
+                         login_url=url_for("portal.login", next=here))
+
+
+@bp.get("/pay/<code>/balance")
+def balance_page(code: str):
+    """A balance channel's pay page: sign in (as a member or an agent), see the balance, pay."""
+    read_only()
+    try:
+        order, token = _buyers_order(request.args.get("order_no", "")[:32])
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    response = make_response(_balance_page(order, token, code))
+    response.headers["Cache-Control"] = "no-store"   # it shows a balance
+    return response
+
+
+@bp.post("/pay/<code>/balance")
+def balance_pay(code: str):
+    """Pay the order from the signed-in account's balance, in this request's one transaction."""
+    try:
+        order, token = _posted_order()
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    payer = AGENT_DOOR.current()
+    if payer is None:   # signed out meanwhile: sign in, then back to this page
+        return redirect(url_for("portal.login", next=url_for("shop.balance_page", code=code,
+                                                              order_no=order.order_no, token=token)), code=303)
+    try:
+        pay_from_balance(db.session, code=code, order=order, payer=payer)
+    except KamengdError as exc:
+        db.session.rollback()
+        order = db.session.get(Order, order.id)
+        return _balance_page(order, token, code, problem=exc.localized(gettext), status=exc.http_status)
+    db.session.commit()
+    return redirect(url_for("shop.order_page", order_no=order.order_no, token=token), code=303)
 
 
 @bp.get("/order/<order_no>/status")

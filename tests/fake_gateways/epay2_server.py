@@ -181,6 +181,8 @@ def make_handler(state: State):
             if order is None or order["status"] != 1:
                 return self._error(-1, "订单不存在或未支付")
             money = params.get("money") or order["money"]
+            if getattr(state, "refund_only", None):
+                money, state.refund_only = state.refund_only, None
             if not MONEY.match(money) or cents(money) <= 0 or cents(money) > cents(order["money"]) - order["refunded"]:
                 return self._error(-5, "退款金额不合法")
             order["refunded"] += cents(money)
@@ -207,6 +209,9 @@ def make_handler(state: State):
                 return self._raw(200, "{}")
             if path == "_test/fail_creates":
                 state.fail_creates = int(ask.get("count", 1))
+                return self._raw(200, "{}")
+            if path == "_test/refund_only":   # the next refund gives back this much, whatever was asked
+                state.refund_only = ask.get("money")
                 return self._raw(200, "{}")
             return self._raw(404, "{}")
 

@@ -26,11 +26,13 @@ class NotForThisOrder(GatewayError):
 
 class Refused(Exception):
     """A callback that changes nothing: `forged` when it is not the provider's (signature,
-    merchant), else a genuine notice that is not a payment we can record."""
+    merchant), else a genuine notice that is not a payment we can record. `retry`: the
+    provider's own, but unreadable with this shop's settings as they are (a wrong key): not
+    acknowledged, so it comes again once they are right, and not counted against its address."""
 
-    def __init__(self, reason: str, *, forged: bool = False):
+    def __init__(self, reason: str, *, forged: bool = False, retry: bool = False):
         super().__init__(reason)
-        self.reason, self.forged = reason, forged
+        self.reason, self.forged, self.retry = reason, forged, retry
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Gateway:
     secret: tuple[str, ...] = ()        # sealed with the data key, never shown again
     json_callbacks = False              # the callback's body is JSON (read whole, up to MAX_JSON_CALLBACK)
     asks_on_return = False              # ask query() when the buyer comes back (the money moves on our call)
+    refunds = True                      # refund() gives money back (the panel offers it)
 
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         """[(option, English problem)] beyond the required/secret rules."""
@@ -126,6 +129,11 @@ class Gateway:
         """What the provider says about the payment `ref` of the order: a Notice, or None
         when it knows of no payment yet. GatewayError when it cannot say."""
         raise NotImplementedError
+
+    def look(self, channel: Channel, order_no: str, ref: str, now: dt.datetime) -> Notice | None:
+        """As query(), moving no money (the daily settlement only compares): a protocol whose
+        query completes a payment (PayPal's capture) says what is there without doing so."""
+        return self.query(channel, order_no, ref, now)
 
     def refund(self, channel: Channel, *, trade_no: str, amount_cents: int, currency: str,
                refund_no: str) -> str:

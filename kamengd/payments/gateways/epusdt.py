@@ -173,6 +173,7 @@ def _local_host(host: str) -> bool:
 
 class Epusdt(Gateway):
     type = "epusdt"
+    refunds = False   # a crypto transfer: given back from the wallet by hand
     options = ("api_base", "token", "trade_type", "currency")
     required = ("api_base", "token")
     secret = ("token",)

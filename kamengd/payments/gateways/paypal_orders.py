@@ -209,6 +209,37 @@ def _merchant_of(obj: dict) -> str:
     return str(payee.get("merchant_id") or "") if isinstance(payee, dict) else ""
 
 
+
+# PayPal retries a webhook for up to three days; a transmission older than that, or from the
+# future, was never PayPal's.
+TRANSMISSION_WINDOW = (dt.timedelta(days=4), dt.timedelta(hours=1))
+
+
+def _paypal_cert_url(url: str, api_base: str) -> bool:
+    """PayPal's signing certificate is on one of its own hosts (https://api.paypal.com/…), or,
+    for a channel pointed at another API base (a test double), on that base's host."""
+    try:
+        parts, base = urlsplit(url), urlsplit(api_base)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and (host == "paypal.com" or host.endswith(".paypal.com")):
+        return True
+    return (parts.scheme, parts.netloc.lower()) == (base.scheme, base.netloc.lower()) and bool(host)
+
+
+def _recent(text: str, now: dt.datetime) -> bool:
+    try:
+        sent = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if sent.tzinfo is None:
+        return False
+    age = now.replace(tzinfo=dt.timezone.utc) - sent
+    older, newer = TRANSMISSION_WINDOW
+    return -newer <= age <= older
+
+
 class PayPalOrders(Gateway):
     type = "paypal"
     options = ("client_id", "client_secret", "webhook_id", "api_base", "merchant_id")
@@ -309,6 +340,13 @@ class PayPalOrders(Gateway):
             raise Refused("not a PayPal event", forged=True) from None
         if not isinstance(event, dict):
             raise Refused("not a PayPal event", forged=True)
+        # What needs no call to PayPal first: the verification call is not spent on anything else.
+        if event.get("event_type") not in (APPROVED, CAPTURED):
+            raise Refused(f"event {str(event.get('event_type'))[:60]!r} is not a payment")   # changes nothing
+        if not _paypal_cert_url(headers["paypal-cert-url"], channel.options.get("api_base") or API_BASE):
+            raise Refused("a certificate URL that is not PayPal's", forged=True)
+        if not _recent(headers["paypal-transmission-time"], now):
+            raise Refused("a transmission time far from now", forged=True)
         # The event goes back exactly as it came (its bytes, not a re-encoding of them).
         head = json.dumps({"auth_algo": headers["paypal-auth-algo"], "cert_url": headers["paypal-cert-url"],
                            "transmission_id": headers["paypal-transmission-id"],
@@ -318,8 +356,8 @@ class PayPalOrders(Gateway):
         body = head[:-1].encode() + b', "webhook_event": ' + inbound.body.strip() + b"}"
         try:
             status, answer = _call(channel, "POST", "/v1/notifications/verify-webhook-signature", raw_body=body)
-        except GatewayError as exc:   # not known genuine: PayPal sends it again (a non-2xx answer)
-            raise Refused(f"the webhook could not be verified now: {exc}", forged=True) from None
+        except GatewayError as exc:   # not known genuine, nor forged: PayPal sends it again (a non-2xx answer)
+            raise Refused(f"the webhook could not be verified now: {exc}", retry=True) from None
         if status != 200 or answer.get("verification_status") != "SUCCESS":
             raise Refused("PayPal does not verify the webhook", forged=True)
         kind, resource = event.get("event_type"), event.get("resource")
@@ -355,6 +393,13 @@ class PayPalOrders(Gateway):
     # --- reconciliation, refunds, the panel's test -------------------------------
 
     def query(self, channel: Channel, order_no: str, ref: str, now: dt.datetime) -> Notice | None:
+        return self._read(channel, order_no, ref, capture=True)
+
+    def look(self, channel: Channel, order_no: str, ref: str, now: dt.datetime) -> Notice | None:
+        # Approved but not captured is no payment yet: the settlement never captures.
+        return self._read(channel, order_no, ref, capture=False)
+
+    def _read(self, channel: Channel, order_no: str, ref: str, *, capture: bool) -> Notice | None:
         if not _ID.fullmatch(ref or ""):
             raise GatewayError("PayPal: the attempt names no PayPal order")
         status, order = _call(channel, "GET", f"/v2/checkout/orders/{quote(ref, safe='')}")
@@ -364,7 +409,7 @@ class PayPalOrders(Gateway):
             raise GatewayError(f"PayPal: order {ref[:40]}: HTTP {status} {_problem(order)}")
         if _order_no_of(_unit(order)) != order_no:
             raise GatewayError("PayPal: the order belongs to another order of this shop")
-        if order.get("status") == "APPROVED":
+        if order.get("status") == "APPROVED" and capture:
             order = self._capture(channel, ref)
         if order.get("status") != "COMPLETED":
             return None
