@@ -443,3 +443,16 @@ def test_a_gateway_that_speaks_no_http_is_reported_without_the_key():
 def test_out_of_range_channel_ids_are_not_found(backend, app, admin_client):
     for path in ("/admin/channels/99999999999999999999", "/admin/channels/0"):
         assert admin_client.get(path).status_code == 404
+
+
+def test_a_gateways_own_check_is_said_in_the_readers_language(backend, app, admin_client):
+    """What a gateway protocol finds wrong in its options (a Stripe key that is no key) is shown
+    in Chinese to a Chinese reader, under the option's name; nothing is added."""
+    admin_client.set_cookie("lang", "zh")
+    code = f"st{secrets.token_hex(3)}"
+    page = post(admin_client, "/admin/channels/new", {"type": "stripe", "code": code, "name": "Card",
+                                                       "sort_order": "0", "secret_key": "pk_live_" + secrets.token_urlsafe(24),
+                                                       "webhook_secret": "whsec_" + secrets.token_urlsafe(24)})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 400 and "Stripe 密钥以 sk_live_ 或 sk_test_ 开头" in html, html[:2000]
+    assert "starts with sk_live_" not in html and channel_by_code(app, code) is None

@@ -95,7 +95,8 @@ def _check_options(channel_type: str, options: dict[str, str], found: Collector,
     protocol = protocol_of(channel_type)
     for name, problem in protocol.check_options(options) if protocol is not None else ():
         if name not in wrong:
-            add(name, InvalidRequest("option %(name)s: %(problem)s", name=name, problem=problem))
+            # The problem as its own error: the panel says it in the reader's language.
+            add(name, InvalidRequest("option %(name)s: %(problem)s", name=name, problem=InvalidRequest(problem)))
     if channel_type == "sandbox" and "force" not in wrong and options.get("force", "") not in sandbox.FORCE_VALUES:
         add("force", InvalidRequest("option force: yes, or leave it out"))
     if channel_type == "epay":

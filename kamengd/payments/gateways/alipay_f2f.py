@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ...errors import N_
 from ...money import format_cents, parse_gateway_money
 from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Started,
                    Urls)
@@ -129,17 +130,17 @@ class AlipayFaceToFace(Gateway):
             try:
                 load_private_key(options["private_key"])
             except ValueError:
-                problems.append(("private_key", "the app's RSA private key (PKCS#8 or PKCS#1, PEM or base64)"))
+                problems.append(("private_key", N_("the app's RSA private key (PKCS#8 or PKCS#1, PEM or base64)")))
         if options.get("alipay_public_key"):
             try:
                 load_public_key(options["alipay_public_key"])
             except ValueError:
-                problems.append(("alipay_public_key", "Alipay's RSA public key (PEM or base64), from the console"))
+                problems.append(("alipay_public_key", N_("Alipay's RSA public key (PEM or base64), from the console")))
         if options.get("app_id") and not options["app_id"].isdigit():
-            problems.append(("app_id", "the app's APPID: digits"))
+            problems.append(("app_id", N_("the app's APPID: digits")))
         base = options.get("gateway", "")
         if base and (urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc):
-            problems.append(("gateway", "an http(s) URL such as https://openapi.alipay.com/gateway.do"))
+            problems.append(("gateway", N_("an http(s) URL such as https://openapi.alipay.com/gateway.do")))
         return problems
 
     # --- calls ---------------------------------------------------------------

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlencode, urlsplit
 
+from ...errors import N_
 from ...money import format_cents, parse_gateway_money
 from ...validation import has_control_characters
 from .alipay_f2f import load_private_key, load_public_key, rsa2_sign, rsa2_verify
@@ -100,22 +101,22 @@ class RainbowEpayV2(Gateway):
             try:
                 load_private_key(options["merchant_private_key"])
             except ValueError:
-                problems.append(("merchant_private_key", "the merchant's RSA private key (PKCS#8 or PKCS#1, "
-                                                         "PEM or base64), from the platform's API page"))
+                problems.append(("merchant_private_key", N_("the merchant's RSA private key (PKCS#8 or PKCS#1, "
+                                                         "PEM or base64), from the platform's API page")))
         if options.get("platform_public_key"):
             try:
                 load_public_key(options["platform_public_key"])
             except ValueError:
-                problems.append(("platform_public_key", "the platform's RSA public key (PEM or base64), from its "
-                                                        "API page"))
+                problems.append(("platform_public_key", N_("the platform's RSA public key (PEM or base64), from its "
+                                                        "API page")))
         pid = options.get("pid", "")
         if pid and not (pid.isascii() and pid.isdigit() and len(pid) <= 20):
-            problems.append(("pid", "the merchant ID: digits"))
+            problems.append(("pid", N_("the merchant ID: digits")))
         base = options.get("gateway", "")
         parts = urlsplit(base)
         if base and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
                      or any(c.isspace() for c in base) or has_control_characters(base)):
-            problems.append(("gateway", "the platform's http(s) base URL such as https://pay.example.com/"))
+            problems.append(("gateway", N_("the platform's http(s) base URL such as https://pay.example.com/")))
         return problems
 
     # --- calls ---------------------------------------------------------------

@@ -42,6 +42,7 @@ import urllib.request
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from urllib.parse import quote, urlsplit
 
+from ...errors import N_
 from ...money import THREE_DECIMAL, format_cents, parse_gateway_money
 from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
                    Started, Urls)
@@ -188,18 +189,18 @@ class Epusdt(Gateway):
         parts = urlsplit(base) if base else None
         if parts is not None and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
                                   or parts.fragment):
-            problems.append(("api_base", "the gateway's http(s) address, such as https://epusdt.example.com"))
+            problems.append(("api_base", N_("the gateway's http(s) address, such as https://epusdt.example.com")))
         elif parts is not None and parts.scheme == "http" and not _local_host(parts.hostname or ""):
             # Its answers are not signed: over plain http anyone on the way could report an order
             # paid or show the buyer another wallet.
-            problems.append(("api_base", "https:// (plain http only to this machine or its private network)"))
+            problems.append(("api_base", N_("https:// (plain http only to this machine or its private network)")))
         trade_type = options.get("trade_type", "")
         if trade_type and not _TRADE_TYPE.fullmatch(trade_type):
-            problems.append(("trade_type", "BEpusdt's trade type, such as usdt.trc20 (empty for Epusdt)"))
+            problems.append(("trade_type", N_("BEpusdt's trade type, such as usdt.trc20 (empty for Epusdt)")))
         currency = options.get("currency", "")
         if currency and (not _CURRENCY.fullmatch(currency) or currency in THREE_DECIMAL):
-            problems.append(("currency", "the fiat currency the gateway prices in: three capitals such as CNY "
-                                         "(two decimal places at most)"))
+            problems.append(("currency", N_("the fiat currency the gateway prices in: three capitals such as CNY "
+                                         "(two decimal places at most)")))
         return problems
 
     @staticmethod

@@ -47,6 +47,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import quote, urlencode, urlsplit
 
+from ...errors import N_
 from ...money import MAX_CENTS, THREE_DECIMAL, format_cents, parse_gateway_money
 from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
                    Started, Urls)
@@ -254,17 +255,17 @@ class PayPalOrders(Gateway):
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         problems = []
         if options.get("client_id") and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", options["client_id"]):
-            problems.append(("client_id", "the REST app's client ID (letters, digits, - and _), from PayPal's "
-                                          "developer dashboard"))
+            problems.append(("client_id", N_("the REST app's client ID (letters, digits, - and _), from PayPal's "
+                                          "developer dashboard")))
         if options.get("webhook_id") and not re.fullmatch(r"[A-Za-z0-9]{1,64}", options["webhook_id"]):
-            problems.append(("webhook_id", "the webhook's ID as the developer dashboard shows it (letters and "
-                                           "digits)"))
+            problems.append(("webhook_id", N_("the webhook's ID as the developer dashboard shows it (letters and "
+                                           "digits)")))
         if options.get("merchant_id") and not re.fullmatch(r"[A-Za-z0-9]{1,64}", options["merchant_id"]):
-            problems.append(("merchant_id", "the account's PayPal merchant ID (letters and digits)"))
+            problems.append(("merchant_id", N_("the account's PayPal merchant ID (letters and digits)")))
         base = options.get("api_base", "")
         if base and (urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc
                      or urlsplit(base).query):
-            problems.append(("api_base", "an http(s) base URL such as https://api-m.sandbox.paypal.com"))
+            problems.append(("api_base", N_("an http(s) base URL such as https://api-m.sandbox.paypal.com")))
         return problems
 
     # --- paying -----------------------------------------------------------------

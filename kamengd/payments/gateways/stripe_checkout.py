@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import stripe
 
+from ...errors import N_
 from ...money import from_minor_units, to_minor_units
 from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
                    Started, Urls)
@@ -59,13 +60,13 @@ class StripeCheckout(Gateway):
         problems = []
         key = options.get("secret_key", "")
         if key and not key.startswith(("sk_live_", "sk_test_", "rk_live_", "rk_test_")):
-            problems.append(("secret_key", "a Stripe secret key starts with sk_live_ or sk_test_"))
+            problems.append(("secret_key", N_("a Stripe secret key starts with sk_live_ or sk_test_")))
         hook = options.get("webhook_secret", "")
         if hook and not hook.startswith("whsec_"):
-            problems.append(("webhook_secret", "a Stripe webhook signing secret starts with whsec_"))
+            problems.append(("webhook_secret", N_("a Stripe webhook signing secret starts with whsec_")))
         base = options.get("api_base", "")
         if base and (urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc):
-            problems.append(("api_base", "an http(s) base URL such as https://api.stripe.com"))
+            problems.append(("api_base", N_("an http(s) base URL such as https://api.stripe.com")))
         return problems
 
     def start(self, channel: Channel, order: OrderToPay, urls: Urls, now: dt.datetime) -> Started:

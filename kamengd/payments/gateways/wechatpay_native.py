@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ...errors import N_
 from ...money import from_minor_units
 from .alipay_f2f import _pem, load_private_key, load_public_key
 from .base import (Channel, Gateway, GatewayError, Inbound, NotForThisOrder, Notice, OrderToPay, Refused, Reply,
@@ -164,29 +165,29 @@ class WeChatPayNative(Gateway):
     def check_options(self, options: dict) -> list[tuple[str, str]]:
         problems = []
         if options.get("mchid") and not re.fullmatch(r"[0-9]{1,32}", options["mchid"]):
-            problems.append(("mchid", "the merchant id (商户号): digits"))
+            problems.append(("mchid", N_("the merchant id (商户号): digits")))
         if options.get("appid") and not re.fullmatch(r"[A-Za-z0-9_]{1,32}", options["appid"]):
-            problems.append(("appid", "the APPID bound to the merchant id (wx…)"))
+            problems.append(("appid", N_("the APPID bound to the merchant id (wx…)")))
         if options.get("merchant_serial_no") and not SERIAL_RE.fullmatch(options["merchant_serial_no"]):
-            problems.append(("merchant_serial_no", "the merchant API certificate's serial number (hex)"))
+            problems.append(("merchant_serial_no", N_("the merchant API certificate's serial number (hex)")))
         if options.get("private_key"):
             try:
                 load_private_key(options["private_key"])
             except ValueError:
-                problems.append(("private_key", "the merchant API private key (apiclient_key.pem)"))
+                problems.append(("private_key", N_("the merchant API private key (apiclient_key.pem)")))
         key = options.get("apiv3_key", "")
         if key and (not key.isascii() or len(key) != 32):
-            problems.append(("apiv3_key", "the APIv3 key: 32 characters, as set in the merchant platform"))
+            problems.append(("apiv3_key", N_("the APIv3 key: 32 characters, as set in the merchant platform")))
         serial = options.get("platform_serial", "")
         if serial and not PLATFORM_SERIAL_RE.fullmatch(serial):
-            problems.append(("platform_serial", "the platform certificate's serial (hex) or the public key's "
-                                                "id (PUB_KEY_ID_…)"))
+            problems.append(("platform_serial", N_("the platform certificate's serial (hex) or the public key's "
+                                                "id (PUB_KEY_ID_…)")))
         if options.get("platform_public_key"):
             try:
                 _key, cert_serial = load_platform_key(options["platform_public_key"])
             except ValueError:
-                problems.append(("platform_public_key", "the WeChat Pay public key (pub_key.pem) or the "
-                                                        "platform certificate, PEM"))
+                problems.append(("platform_public_key", N_("the WeChat Pay public key (pub_key.pem) or the "
+                                                        "platform certificate, PEM")))
             else:
                 if (cert_serial and serial and PLATFORM_SERIAL_RE.fullmatch(serial)
                         and cert_serial.lstrip("0") != serial.upper().lstrip("0")):
@@ -194,7 +195,7 @@ class WeChatPayNative(Gateway):
         base = options.get("api_base", "")
         if base and (urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc
                      or urlsplit(base).query):
-            problems.append(("api_base", "an http(s) base URL such as https://api.mch.weixin.qq.com"))
+            problems.append(("api_base", N_("an http(s) base URL such as https://api.mch.weixin.qq.com")))
         return problems
 
     # --- calls ---------------------------------------------------------------
