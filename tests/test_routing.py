@@ -221,6 +221,55 @@ def test_a_daily_cap_sends_the_rest_elsewhere_and_expiry_gives_room_back(app, cl
     assert channel_of(order(client, world, capped)) == capped   # the expired orders' room is back
 
 
+def test_a_caps_room_is_given_back_once_and_only_for_what_it_counted(app, client, world):
+    """An order placed before its channel had a cap was never counted: its expiry gives nothing
+    back. A counted order's room comes back once, however many sweeps see it expired."""
+    from kamengd.database import utcnow
+    from kamengd.orders.models import Order
+    from kamengd.orders.services import expire_orders
+    from kamengd.payments import routing
+    from kamengd.payments.models import ChannelDay, PaymentChannel
+    from kamengd.payments.services import set_routing
+
+    code = world["channel"]("late", priority=0)
+    uncounted = order(client, world, code).get_json()
+    db = _db()
+    with app.app_context():
+        channel = db.session.scalars(sa.select(PaymentChannel).where(PaymentChannel.code == code)).one()
+        set_routing(db.session, channel, actor="t", daily_cap="6.00")
+        db.session.commit()
+        channel_id = channel.id
+        db.session.remove()
+    counted = order(client, world, code).get_json()
+
+    def taken() -> int:
+        with app.app_context():
+            found = db.session.scalar(sa.select(sa.func.sum(ChannelDay.amount_cents))
+                                      .where(ChannelDay.channel_id == channel_id))
+            db.session.remove()
+        return found
+
+    assert taken() == 300
+    with app.app_context():   # the uncounted order's time is up; then two sweeps
+        db.session.execute(sa.update(Order).where(Order.order_no == uncounted["order_no"])
+                           .values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+        assert expire_orders(db.session) >= 1
+        ids = db.session.scalars(sa.select(Order.id).where(Order.order_no.in_(
+            [uncounted["order_no"], counted["order_no"]]))).all()
+        assert routing.give_back_expired(db.session, ids) == 0
+        db.session.commit()
+        db.session.remove()
+    assert taken() == 300                                     # still the counted order's
+    assert channel_of(order(client, world, code)) == code     # 6.00 reached
+    assert order(client, world, code).status_code == 400
+    with app.app_context():
+        expire_orders(db.session, now=utcnow() + dt.timedelta(days=1))
+        again = routing.give_back_expired(db.session, ids)
+        db.session.commit()
+        db.session.remove()
+    assert again == 0 and taken() == 0
+
+
 def test_the_fee_is_recorded_with_the_payment(app, client, world):
     from kamengd.payments.models import Payment
     code = world["channel"]("fee", fee_percent="0.6", fee_fixed="0.10")

@@ -76,7 +76,8 @@ def _bind(column):
 
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
-                 "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type")
+                 "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
+                 "cap_day")
 
 
 def _still_holds(price_param: str) -> list:
@@ -363,6 +364,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                                                   site_url=site_url, now=now)
                 fresh = False
                 continue
+            values["cap_day"] = day   # counted: given back once if it expires or moves
         statement = _INSERT
         if terms is not None:
             statement = _INSERT_SOLD
@@ -510,7 +512,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "unit_price_cents": unit, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
         "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
-        "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen,
+        "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen, "cap_day": None,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,

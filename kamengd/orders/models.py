@@ -49,6 +49,9 @@ class Order(db.Model):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     paid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The day (site.timezone) the order was counted against its channel's daily cap, NULL when
+    # it was not (no cap then) or its room was given back (it expired): given back exactly once.
+    cap_day: Mapped[dt.date | None] = mapped_column(sa.Date)
     # When reconciliation next asks the gateway about this unpaid order (掉单).
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # A paid order waiting for stock: tries so far and when the sweep tries next.

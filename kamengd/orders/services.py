@@ -22,7 +22,6 @@ from ..agents import commission
 from ..agents.models import Agent
 from ..audit.services import record
 from ..catalog.models import Product
-from ..context import get_config
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, KeyImport, on_sale_again
@@ -181,11 +180,9 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
                                                      Order.expires_at < now)
                               .values(status="expired", updated_at=now)
                               .execution_options(synchronize_session=False)).rowcount
-    # Their channels' daily caps have room again. When another writer moved some of the batch
-    # (paid, or expired by a second runner), which ones this UPDATE expired is not known: the
-    # room is then kept taken (a cap is never passed; it may be reached early).
-    if expired and expired == len(ids):
-        routing.give_back_expired(session, ids, get_config().site.timezone)
+    # Their channels' daily caps have room again (each order's once, whoever expired it).
+    if expired:
+        routing.give_back_expired(session, ids)
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")

@@ -146,6 +146,8 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
                                                                           PaymentAttempt.status == "failed")))
     day = routing.shop_day(order.created_at, timezone)
     conn = session.connection()
+    # The day its channel counted it on, if one did (read under the lock taken above).
+    counted_on = conn.execute(sa.select(Order.__table__.c.cap_day).where(Order.__table__.c.id == order.id)).scalar()
     for route in routing.stand_ins(session, product_id=order.product_id, amount_cents=order.amount_cents,
                                    currency=order.currency, method=method, site_url=site_url, day=day,
                                    leave_out=tried | {channel.id}):
@@ -155,13 +157,13 @@ def fail_over(session: Session, order: Order, channel: PaymentChannel, reason: s
             Order.__table__.c.id == order.id, Order.__table__.c.status == "pending",
             Order.__table__.c.channel_id == channel.id)
             .values(channel_id=route.id, pay_type=route.method if route.type in methods.WITH_PAY_TYPES else None,
-                    updated_at=now)).rowcount
+                    cap_day=day if route.daily_cap_cents is not None else None, updated_at=now)).rowcount
         if not moved:   # paid, expired or moved meanwhile: nothing to move
             if route.daily_cap_cents is not None:
                 routing.give_back(conn, route.id, day, order.amount_cents)
             return None
-        if channel.daily_cap_cents is not None:
-            routing.give_back(conn, channel.id, day, order.amount_cents)
+        if counted_on is not None:
+            routing.give_back(conn, channel.id, counted_on, order.amount_cents)
         routing.record_failover(session, order_no=order.order_no, from_code=channel.code, to_code=route.code,
                                 reason=reason, now=now)
         session.expire(order)

@@ -137,15 +137,22 @@ def give_back(conn, channel_id: int, day: dt.date, amount_cents: int) -> None:
                          orders=sa.case((_d.c.orders > 0, _d.c.orders - 1), else_=0)))
 
 
-def give_back_expired(session: Session, order_ids: list[int], timezone: str) -> None:
-    """The cap room of orders that expired unpaid, for their channels that have a cap."""
-    rows = session.execute(sa.select(Order.channel_id, Order.amount_cents, Order.created_at)
-                           .join(PaymentChannel, PaymentChannel.id == Order.channel_id)
+def give_back_expired(session: Session, order_ids: list[int]) -> int:
+    """The cap room of orders that expired unpaid, each given back once, on the day it was
+    counted: the order's cap_day is cleared by a conditional UPDATE first, so two sweeps (two
+    servers) never both give it back. The orders given back."""
+    rows = session.execute(sa.select(Order.id, Order.channel_id, Order.amount_cents, Order.cap_day)
                            .where(Order.id.in_(order_ids), Order.status == "expired",
-                                  PaymentChannel.daily_cap_cents.is_not(None))).all()
+                                  Order.cap_day.is_not(None))).all()
     conn = session.connection()
-    for channel_id, amount, created in rows:
-        give_back(conn, channel_id, shop_day(created, timezone), amount)
+    o = Order.__table__
+    given = 0
+    for order_id, channel_id, amount, day in rows:
+        if conn.execute(o.update().where(o.c.id == order_id, o.c.status == "expired", o.c.cap_day == day)
+                        .values(cap_day=None)).rowcount:
+            give_back(conn, channel_id, day, amount)
+            given += 1
+    return given
 
 
 @dataclass(frozen=True)
