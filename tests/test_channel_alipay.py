@@ -206,14 +206,17 @@ def test_the_daily_settlement_asks_alipay_about_every_order(served):
 
     config, pid, keys, base, fake = served
     day = utcnow().date()
-    paid, dropped, short, unpaid = (place(base, pid, channel="alipay") for _ in range(4))
-    for order in (paid, dropped, short, unpaid):
+    paid, dropped, short, unpaid, refunded = (place(base, pid, channel="alipay") for _ in range(5))
+    for order in (paid, dropped, short, unpaid, refunded):
         qr_page(base, order)
     never = place(base, pid, channel="alipay")   # its pay page never opened: nothing at Alipay
     assert fake.pay(paid["order_no"])["answers"] == [[200, "success"]]
     assert fake.pay(dropped["order_no"], deliver=False)["delivered"] is False
     assert fake.pay(short["order_no"], amount="1.00")["answers"] == [[200, "success"]]
     assert view(base, short)["status"] == "held"
+    # Refunded through Alipay: closed there, refunded here — they agree, Alipay is not asked.
+    assert fake.pay(refunded["order_no"])["answers"] == [[200, "success"]]
+    run_cli("order", "refund", refunded["order_no"], "--reason", "x", "--through-channel", config=config, check=True)
     queries = fake.call("/_test/state")["calls"].count("alipay.trade.query")
     app = create_app(load_config(config, env={}))
     with app.app_context():
@@ -222,10 +225,10 @@ def test_the_daily_settlement_asks_alipay_about_every_order(served):
                  for e in report_entries(db.session, report)}
         checked, status = report.checked, report.status
         db.session.remove()
-    assert status == "complete" and checked == 5
+    assert status == "complete" and checked == 6
     assert found == {dropped["order_no"]: ("paid_at_gateway_only", "paid", 880, None),
                      short["order_no"]: ("amount_differs", "paid", 880, 100)}, found
-    assert never["order_no"] not in found and unpaid["order_no"] not in found
+    assert never["order_no"] not in found and unpaid["order_no"] not in found and refunded["order_no"] not in found
     # Asked about the four orders it had a trade for, not the fifth.
     assert fake.call("/_test/state")["calls"].count("alipay.trade.query") - queries == 4
 

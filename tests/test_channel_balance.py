@@ -286,6 +286,25 @@ def test_one_order_paid_from_ten_threads_at_once_is_charged_once(backend, app, c
     books_ok(app)
 
 
+def test_an_order_on_a_sub_station_is_paid_on_the_shops_own_address(backend, app, client, shop):
+    """A sub-station has no portal (its sign-in is the shop's): a balance order placed there is
+    paid on the shop's own address, where the buyer can sign in; the seller stays on the order."""
+    from kamengd.context import get_vault
+    from kamengd.extensions import db
+    from kamengd.orders.models import Order
+    from kamengd.payments.models import PaymentChannel
+    from kamengd.payments.services import build_pay_url
+
+    order = place(client, shop)
+    with app.app_context():
+        row = db.session.scalars(sa.select(Order).where(Order.order_no == order["order_no"])).one()
+        channel = db.session.get(PaymentChannel, shop["channel_id"])
+        url = build_pay_url(get_vault(), channel, row, site_url="https://shop.example.com", product_name="x",
+                            token=order["token"], return_site="https://alice.example.net/s/alice")
+        db.session.remove()
+    assert url.startswith(f"https://shop.example.com/pay/{shop['channel']}/balance?")
+
+
 def test_the_panel_adds_and_tests_a_balance_channel(backend, app, client):
     from kamengd.extensions import db
     from kamengd.payments.models import PaymentChannel

@@ -529,8 +529,8 @@ def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amo
     back = (return_site or site_url).rstrip("/")
     if row.channel_type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel_code, order_no=order_no, token=token)
-    if row.channel_type == "balance":
-        return balance_url(back, channel_code, order_no, token)
+    if row.channel_type == "balance":   # the shop's own address: the portal's sign-in is there, not on a station
+        return balance_url(site, channel_code, order_no, token)
     if row.channel_type in SPECS:   # created at the gateway by the pay page, not here
         return start_url(back, channel_code, order_no, token)
     if row.channel_type != "epay":

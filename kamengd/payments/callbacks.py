@@ -228,7 +228,7 @@ def handle_gateway_notify(session: Session, vault: Vault, code: str, inbound: In
             if not isinstance(exc, Refused):
                 log.warning("callback for %s: unreadable (%s)", code, exc.__class__.__name__)
                 return PaymentOutcome(False, "unreadable callback")
-            if (exc.forged or exc.retry) and attempt == 0:
+            if exc.reread and attempt == 0:
                 # This process may know the channel as it was: a secret entered since in another
                 # process must not turn the gateway's genuine callbacks away. Read it again.
                 forget_channel(code)

@@ -100,11 +100,28 @@ def refund_through_channel(session: Session, vault: Vault, *, order_no, reason, 
                                       gateway_ref=ref[:128], actor=actor[:80], created_at=now))
     except IntegrityError:   # a concurrent request recorded this very refund
         raise Conflict("order %(order_no)s is being refunded by someone else", order_no=order_no) from None
-    done = order_staff.refund_order(session, order_no=order_no, reason=reason, actor=actor, source_ip=source_ip,
-                                    now=now)
+    details = {"payment_id": payment_id, "channel": code, "amount": format_cents(amount), "currency": currency,
+               "gateway_ref": ref[:128], "refund_no": refund_no}
+    try:
+        done = order_staff.refund_order(session, order_no=order_no, reason=reason, actor=actor,
+                                        source_ip=source_ip, now=now)
+    except Conflict:
+        # Refunded by hand meanwhile (the order's state was read before the gateway was asked):
+        # the money the gateway gave back is recorded all the same, and staff are told, so the
+        # buyer is not paid back a second time by hand. Nothing else was written by the refusal.
+        _mark_refunded(session, payment_id, now)
+        record(session, "payment.refund", actor=actor, target=f"order:{order_no}", source_ip=source_ip,
+               details={**details, "order_refunded_meanwhile": True})
+        session.commit()
+        raise Conflict("order %(order_no)s was refunded by someone else meanwhile, and the gateway gave the money "
+                       "back too (%(ref)s): make sure the buyer is not paid back twice", order_no=order_no,
+                       ref=ref[:128]) from None
+    _mark_refunded(session, payment_id, now)
+    record(session, "payment.refund", actor=actor, target=order_staff.target(done.order), source_ip=source_ip,
+           details=details)
+    return ChannelRefund(done, payment_id, amount, ref)
+
+
+def _mark_refunded(session: Session, payment_id: int, now: dt.datetime) -> None:
     session.execute(sa.update(Payment).where(Payment.id == payment_id)
                     .values(status="refunded", refunded_at=now).execution_options(synchronize_session=False))
-    record(session, "payment.refund", actor=actor, target=order_staff.target(done.order), source_ip=source_ip,
-           details={"payment_id": payment_id, "channel": code, "amount": format_cents(amount), "currency": currency,
-                    "gateway_ref": ref[:128], "refund_no": refund_no})
-    return ChannelRefund(done, payment_id, amount, ref)

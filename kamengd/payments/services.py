@@ -756,8 +756,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
     back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
     if channel.type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel.code, order_no=order.order_no, token=token)
-    if channel.type == "balance":
-        return balance_url(back, channel.code, order.order_no, token)
+    if channel.type == "balance":   # the shop's own address: the portal's sign-in is there, not on a station
+        return balance_url(site, channel.code, order.order_no, token)
     if channel.type in SPECS:
         return start_url(back, channel.code, order.order_no, token)
     return epay.pay_url(

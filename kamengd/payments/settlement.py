@@ -35,7 +35,7 @@ from ..errors import KamengdError
 from ..money import format_cents, parse_gateway_money
 from ..notifications.events import emit
 from ..orders.models import Order
-from ..vault import Vault
+from ..vault import Vault, VaultError
 from .gateways import SPECS, gateway
 from .gateways.base import GatewayError as ProtocolError
 from .models import Payment, PaymentAttempt, PaymentChannel, SettlementEntry, SettlementReport
@@ -204,12 +204,20 @@ def settle_chunk(session: Session, vault: Vault, report: SettlementReport, *, qu
     gateways = {}
     for channel_id, channel_type in {(r.channel_id, r.channel_type) for r in rows}:
         channel = session.get(PaymentChannel, channel_id)
-        gateways[channel_id] = (gateway_channel(vault, channel) if channel_type in SPECS else
-                                (channel_option(channel, "gateway"), channel_option(channel, "pid"),
-                                 channel_secrets(vault, channel).get("key", "")))
+        try:
+            gateways[channel_id] = (gateway_channel(vault, channel) if channel_type in SPECS else
+                                    (channel_option(channel, "gateway"), channel_option(channel, "pid"),
+                                     channel_secrets(vault, channel).get("key", "")))
+        except VaultError:   # that channel's orders are unverified; the others are still settled
+            gateways[channel_id] = None
     session.commit()  # ends the read: no transaction (SQLite write lock) is held while gateways answer
     done, result = [], ChunkResult("more" if rows else "done")
     for row in rows:
+        if gateways[row.channel_id] is None:
+            row.entry = {"kind": "unverified", "gateway_status": "error", "gateway_amount_cents": None,
+                         "detail": "the channel's secret cannot be decrypted with the data key: enter it again"}
+            done.append(row)
+            continue
         try:
             row.entry = _ask(row, gateways[row.channel_id], query, now)
             failures = 0
@@ -229,7 +237,11 @@ def settle_chunk(session: Session, vault: Vault, report: SettlementReport, *, qu
 
 
 def _ask(row: _Row, conf, query, now: dt.datetime) -> dict | None:
-    """The row's mismatch, from its gateway's answer."""
+    """The row's mismatch, from its gateway's answer. An order refunded here agrees with either
+    answer (the gateway may still call it paid, as Stripe's session does, or closed since, as
+    Alipay does): it is not asked about."""
+    if row.status == "refunded":
+        return None
     if row.channel_type == "epay":
         return compare(row, query(*conf, row.order_no))
     if row.ref is None:   # no payment was ever created there: the gateway has nothing to say

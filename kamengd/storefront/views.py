@@ -508,7 +508,10 @@ def balance_pay(code: str):
     except KamengdError as exc:
         db.session.rollback()
         order = db.session.get(Order, order.id)
-        return _balance_page(order, token, code, problem=exc.localized(gettext), status=exc.http_status)
+        response = make_response(_balance_page(order, token, code, problem=exc.localized(gettext),
+                                               status=exc.http_status))
+        response.headers["Cache-Control"] = "no-store"   # it shows a balance
+        return response
     db.session.commit()
     return redirect(url_for("shop.order_page", order_no=order.order_no, token=token), code=303)
 

@@ -30,9 +30,11 @@ class Refused(Exception):
     provider's own, but unreadable with this shop's settings as they are (a wrong key): not
     acknowledged, so it comes again once they are right, and not counted against its address."""
 
-    def __init__(self, reason: str, *, forged: bool = False, retry: bool = False):
+    def __init__(self, reason: str, *, forged: bool = False, retry: bool = False, reread: bool = False):
         super().__init__(reason)
-        self.reason, self.forged, self.retry = reason, forged, retry
+        # `reread`: the channel's settings as this process knows them may be old (a key entered
+        # since in another process): read them again before refusing.
+        self.reason, self.forged, self.retry, self.reread = reason, forged, retry or reread, forged or reread
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ class WeChatPayNative(Gateway):
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             # Signed by WeChat, yet not readable with our APIv3 key: not answered as received,
             # so WeChat sends it again once the key is right (reconciliation asks meanwhile).
-            raise Refused(f"a notification whose resource cannot be read: {str(exc)[:60]}", retry=True) from None
+            raise Refused(f"a notification whose resource cannot be read: {str(exc)[:60]}", reread=True) from None
         if not isinstance(plain, dict):
             raise Refused("a notification whose resource is not an object", forged=True)
         if not _same(plain.get("mchid"), channel.options["mchid"]):
