@@ -26,9 +26,10 @@ class NotForThisOrder(GatewayError):
 
 class Refused(Exception):
     """A callback that changes nothing: `forged` when it is not the provider's (signature,
-    merchant), else a genuine notice that is not a payment we can record. `retry`: the
-    provider's own, but unreadable with this shop's settings as they are (a wrong key): not
-    acknowledged, so it comes again once they are right, and not counted against its address."""
+    merchant), else a genuine notice that is not a payment we can record. `retry`: not known
+    to be forged, yet not recordable now (this shop's key cannot read it, or the provider's
+    verification could not be reached): not acknowledged, so the provider sends it again, and
+    not counted against its address."""
 
     def __init__(self, reason: str, *, forged: bool = False, retry: bool = False, reread: bool = False):
         super().__init__(reason)
