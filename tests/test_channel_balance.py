@@ -28,17 +28,14 @@ from conftest import PASSWORD, assert_one_line_error, install_shop, run_cli, wri
 from panel_support import login, make_staff
 from test_agent_portal import sign_in
 from test_concurrency import start_layout
+from test_sandbox import csrf_of, place, view
 
 LAYOUTS = ("waitress", "gunicorn", "gunicorn+scheduler", "two-servers")
 
 
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
 @pytest.fixture
 def shop(app):
-    """A product at 9.90 with five keys, a balance channel, a member holding 25.00 and one holding 5.00."""
+    """A product at 9.90 (`id`) with five keys, a balance channel, a member holding 25.00 and one holding 5.00."""
     from kamengd.agents import services as agents
     from kamengd.catalog.services import create_product
     from kamengd.context import get_vault
@@ -60,7 +57,7 @@ def shop(app):
         poor = agents.create_member(db.session, username=f"poor-{t}", password=PASSWORD, actor="t")
         agents.credit_balance(db.session, poor, 500, reason="top-up", actor="t")
         db.session.commit()
-        found = {"product": product.id, "keys": stock, "channel": channel.code, "channel_id": channel.id,
+        found = {"id": product.id, "keys": stock, "channel": channel.code, "channel_id": channel.id,
                  "rich": (rich.id, rich.username), "poor": (poor.id, poor.username)}
         db.session.remove()
     yield found
@@ -69,17 +66,6 @@ def shop(app):
                            .values(is_enabled=False))
         db.session.commit()
         db.session.remove()
-
-
-def place(client, shop, quantity: int = 1) -> dict:
-    resp = client.post("/api/v1/orders", json={"product_id": shop["product"], "quantity": quantity,
-                                               "email": "buyer@example.com", "channel": shop["channel"]})
-    assert resp.status_code == 201, resp.get_json()
-    return resp.get_json()
-
-
-def view(client, order: dict) -> dict:
-    return client.get(f"/api/v1/orders/{order['order_no']}?token={order['token']}").get_json()
 
 
 def balance_of(app, agent_id: int) -> int:
@@ -171,7 +157,7 @@ def test_only_the_orders_buyer_and_a_signed_in_account_can_pay(backend, app, cli
     pay = urlsplit(order["pay_url"])
     assert "Sign in to pay" in client.get(f"{pay.path}?{pay.query}").get_data(as_text=True)
     # Signed out, a POST is sent to sign in first; nothing is paid.
-    html = client.get(f"/product/{shop['product']}").get_data(as_text=True)
+    html = client.get(f"/product/{shop['id']}").get_data(as_text=True)
     answer = client.post(pay.path, data={"csrf_token": csrf_of(html), "order_no": order["order_no"],
                                          "token": order["token"]})
     assert answer.status_code == 303 and urlsplit(answer.headers["Location"]).path == "/agent/login"
@@ -196,7 +182,7 @@ def test_only_the_orders_buyer_and_a_signed_in_account_can_pay(backend, app, cli
         assert evil not in page
 
 
-def test_refund_gives_the_money_back_to_the_balance_once(backend, app, client, shop, make_install):
+def test_refund_gives_the_money_back_to_the_balance_once(backend, app, client, shop):
     from kamengd.errors import Conflict, InvalidRequest
     from kamengd.extensions import db
     from kamengd.orders import staff as order_staff
@@ -333,7 +319,7 @@ def test_the_panel_adds_and_tests_a_balance_channel(backend, app, client):
         db.session.remove()
 
 
-def test_the_cli_adds_a_balance_channel_and_refunds_to_the_balance(backend, make_install, tmp_path):
+def test_the_cli_adds_a_balance_channel(backend, make_install, tmp_path):
     cfg = make_install(backend)
     cli = lambda *a: json.loads(run_cli(*a, "--json", config=cfg.path, check=True).out)   # noqa: E731
     assert cli("channel", "add", "--type", "balance", "--code", "yue", "--name", "余额")["type"] == "balance"

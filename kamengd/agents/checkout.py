@@ -226,7 +226,7 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
     if amount:
         sales = ledger.AccountRef(caller.sales_account_id, account.currency, "shop") if caller.sales_account_id \
             else ledger.shop_ref(session, "shop:sales", account.currency)
-        ledger.post(session, cause=f"order:{values['order_no']}:paid", kind="order",
+        ledger.post(session, cause=ledger.order_paid_cause(values["order_no"]), kind="order",
                     legs=[(account, -amount), (sales, amount)], actor=f"agent:{caller.username}",
                     memo=f"{values['quantity']} × {product.name}"[:200], savepoint=False)
     status = values["status"]

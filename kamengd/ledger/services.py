@@ -205,12 +205,17 @@ def booked_before(session: Session, cause: str) -> Booking | None:
         sa.select(_entries.c.account_id, _entries.c.amount_cents).where(_entries.c.transaction_id == earlier)).all()))
 
 
-def paid_from_balance(session: Session, cause: str) -> tuple[int, int, list[tuple[AccountRef, int]]] | None:
-    """What the movement `cause` took from an agent's (or a member's) spendable balance:
+def order_paid_cause(order_no: str) -> str:
+    """The cause of an order's payment from a balance, whichever way it was paid (the agent API,
+    or a balance channel on the storefront): one payment per order."""
+    return f"order:{order_no}:paid"
+
+
+def paid_from_balance(session: Session, order_no: str) -> tuple[int, int, list[tuple[AccountRef, int]]] | None:
+    """What the order's payment took from an agent's (or a member's) spendable balance:
     (the agent, the cents, the shop's legs as booked), or None when it took nothing from one.
-    A refund gives back exactly that, whichever way the order was paid from a balance (the
-    agent API, or a buyer's balance channel on the storefront)."""
-    booked = booked_before(session, cause)
+    A refund gives back exactly that, whichever way the order was paid from a balance."""
+    booked = booked_before(session, order_paid_cause(order_no))
     if booked is None:
         return None
     rows = session.execute(sa.select(_accounts.c.id, _accounts.c.agent_id, _accounts.c.kind, _accounts.c.currency)

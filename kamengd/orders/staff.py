@@ -333,7 +333,7 @@ def _refund_to_balance(session: Session, order: Order, actor: str) -> int:
     """An order paid from a balance (an agent's through the API, anyone's through a balance
     channel): the refund goes back to the balance it came from, once (the cause names the
     order). The cents credited."""
-    paid = ledger.paid_from_balance(session, f"order:{order.order_no}:paid")
+    paid = ledger.paid_from_balance(session, order.order_no)
     if paid is None:
         return 0
     agent_id, cents, shop_legs = paid

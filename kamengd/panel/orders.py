@@ -148,7 +148,7 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
         abort(404)
     refundable = detail.order.status in order_staff.REFUNDABLE
     found = refundable_payment(db.session, detail.order) if refundable else None
-    paid_from = ledger.paid_from_balance(db.session, f"order:{detail.order.order_no}:paid") if refundable else None
+    paid_from = ledger.paid_from_balance(db.session, detail.order.order_no) if refundable else None
     return render_template("panel/orders_detail.html", d=detail, keys=keys,
                            refund_channel=found[1] if found else None,
                            balance_payer=db.session.get(Agent, paid_from[0]) if paid_from else None,

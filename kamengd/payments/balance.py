@@ -33,11 +33,6 @@ def trade_no_for(order_no: str) -> str:
     return TRADE_PREFIX + order_no
 
 
-def paid_cause(order_no: str) -> str:
-    """The ledger's cause of an order's payment from a balance (the agent API's too)."""
-    return f"order:{order_no}:paid"
-
-
 def balance_channel(session: Session, code: str, order) -> PaymentChannel:
     """The enabled balance channel `code` the order is paid through; InvalidRequest otherwise."""
     channel = session.scalar(sa.select(PaymentChannel).where(PaymentChannel.code == code))
@@ -74,7 +69,7 @@ def pay_from_balance(session: Session, *, code: str, order, payer, now: dt.datet
     if available is None or available.currency != order.currency:
         raise InvalidRequest("this order is in %(currency)s, the balance is in %(balance)s",
                              currency=order.currency, balance=available.currency if available else "-")
-    cause = paid_cause(order.order_no)
+    cause = ledger.order_paid_cause(order.order_no)
     if order.amount_cents:
         sales = ledger.shop_ref(session, "shop:sales", order.currency)
         ledger.post(session, cause=cause, kind="order", legs=[(available, -order.amount_cents),
