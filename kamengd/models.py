@@ -14,3 +14,4 @@ from .agents.models import (Agent, AgentApiKey, AgentLevel, AgentPrice, ApiNonce
                             LevelChange, LevelPrice, LevelRule, PayoutAccount, Withdrawal)
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401
 from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: F401
+from .marketing.models import Coupon, CouponBuyer  # noqa: F401

@@ -88,8 +88,9 @@ SCHEMAS: dict[str, dict] = {
                                  "description": "A channel's code. Left out, `pay_type` names the method and the "
                                                 "shop picks the channel (priority, weight, limits, health)."},
                      "query_password": {"type": "string", "minLength": 4, "maxLength": 128},
-                     "coupon": {"type": "string", "description": "This version has no coupons: any value but "
-                                                                 "the empty string is refused (400)."},
+                     "coupon": {"type": "string", "maxLength": 32,
+                                "description": "A coupon code (any case); the empty string is no coupon. One that "
+                                               "does not apply is refused (400) and nothing is written."},
                      "pay_type": {"type": "string", "pattern": "^[a-z0-9_]{1,16}$"},
                      "input": {"type": "object", "additionalProperties": {"type": "string"},
                                "description": "The product's `input_fields`, by key."}},
@@ -97,7 +98,7 @@ SCHEMAS: dict[str, dict] = {
     "PlacedOrder": obj({"order_no": STRING, "token": STRING, "status": {"const": "pending"},
                         "amount": ref("Money"), "currency": ref("Currency"), "pay_url": STRING,
                         "expires_at": ref("Time"), "quantity": ID, "product_id": ID},
-                       {"pay_type": STRING}),
+                       {"pay_type": STRING, "coupon": STRING, "discount": ref("Money")}),
     "Order": obj({"order_no": STRING, "status": ref("OrderStatus"), "amount": ref("Money"),
                   "currency": ref("Currency"), "quantity": ID, "product_id": ID, "created_at": ref("Time"),
                   "expires_at": ref("Time")},

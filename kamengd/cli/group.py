@@ -87,7 +87,7 @@ COMMAND_MODULES = {
     "agent": "agents", "audit": "audit", "backup": "backup", "balance": "agents", "ledger": "agents",
     "withdrawal": "agents", "member": "agents",
     "restore": "backup", "key": "backup", "product": "catalog",
-    "channel": "channels", "config": "config", "doctor": "doctor", "install": "install", "jobs": "jobs",
+    "channel": "channels", "config": "config", "coupon": "coupons", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "run-job": "jobs",
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
     "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers", "upgrade": "upgrade",

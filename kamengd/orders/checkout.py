@@ -35,6 +35,7 @@ from ..catalog.services import supplier_stock_query
 from ..database import utcnow
 from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
+from ..marketing import coupons
 from ..money import format_cents
 from ..context import get_config
 from ..payments import epay, methods, routing, sandbox
@@ -55,7 +56,7 @@ _a, _l, _lp, _ap = Agent.__table__, AgentLevel.__table__, LevelPrice.__table__, 
 # product a 404.
 _OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-              _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
+              _p.c.category_id, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               _c.c.health, _c.c.min_amount_cents, _c.c.max_amount_cents, _c.c.daily_cap_cents,
@@ -77,7 +78,7 @@ def _bind(column):
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
-                 "cap_day")
+                 "cap_day", "coupon_id", "discount_cents", "coupon_held")
 
 
 def _still_holds(price_param: str) -> list:
@@ -95,6 +96,8 @@ def _still_holds(price_param: str) -> list:
             routing.allowed_for_product(sa.bindparam("product_id")),
             _c.c.daily_cap_cents.is_not_distinct_from(sa.bindparam("daily_cap", type_=sa.BigInteger())),
             _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
+            # (a coupon for a category priced the order)
+            _p.c.category_id.is_not_distinct_from(sa.bindparam("category_id", type_=sa.Integer())),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                 sa.bindparam("timeout", type_=sa.Text())),
@@ -217,14 +220,18 @@ class PlacedOrder:
     expires_at: dt.datetime
     pay_url: str | None
     pay_type: str | None = None
+    coupon: str | None = None
+    discount_cents: int = 0
 
     def as_api(self) -> dict:
-        """The answer of POST /api/v1/orders (CONTRACT.md §2)."""
+        """The answer of POST /api/v1/orders (CONTRACT.md §2); `amount` is what the buyer
+        pays, after the coupon's `discount`."""
         return {"order_no": self.order_no, "token": self.token, "status": self.status,
                 "amount": format_cents(self.amount_cents), "currency": self.currency, "pay_url": self.pay_url,
                 "expires_at": self.expires_at.isoformat(timespec="seconds") + "Z",
                 "quantity": self.quantity, "product_id": self.product_id,
-                **({"pay_type": self.pay_type} if self.pay_type else {})}
+                **({"pay_type": self.pay_type} if self.pay_type else {}),
+                **({"coupon": self.coupon, "discount": format_cents(self.discount_cents)} if self.coupon else {})}
 
 
 def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
@@ -305,6 +312,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                               coupon)
     if pay_type is not None and (not isinstance(pay_type, str) or not methods.TYPE_RE.match(pay_type)):
         raise InvalidRequest("pay_type: a pay type of the channel such as alipay or wxpay, or leave it out")
+    code = coupons.normalise_code(coupon) if coupon not in (None, "") else None
+    if code is not None and seller is not None and seller.station:
+        raise InvalidRequest("coupon: coupons are taken on the shop's own site only")
     password_hash = hash_password(query_password) if query_password else None   # before any lock
     # The e-mail + query password lookup finds the order by this tag (no vault: no tag,
     # the argon2 hash alone, as for orders placed before tags).
@@ -333,12 +343,15 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             else:   # an invite from an agent since disabled (or a product its money cannot earn on)
                 terms = None   # the shop's own sale, at the shop's price
         now = now or utcnow()
+        offer = None
+        if code is not None:   # as it is now, every time: its uses change with every order
+            offer = _coupon_offer(session, ours, code, email)
         try:
             placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                       email=email, channel_code=channel_code, password_hash=password_hash,
                                       lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now,
                                       buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit,
-                                      return_site=return_site)
+                                      return_site=return_site, coupon=offer)
         except Reroute as exc:
             channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
                                               product_id=product_id, site_url=site_url, now=now,
@@ -348,6 +361,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
+        if offer is not None and ours:
+            coupons.prepare_buyer(session, offer[0], email)   # (its own transaction, before the order's)
         if row.daily_cap_cents is not None:
             day = routing.shop_day(now, get_config().site.timezone)
             if not routing.take_capacity(session, row.channel_id, row.daily_cap_cents, day,
@@ -376,6 +391,14 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         # as much as SQLite itself here. This begins the write transaction.
         conn = session.connection()
         inserted = conn.execute(statement, values)
+        if inserted.rowcount == 1 and offer is not None and not coupons.claim(session, offer[0], email, now):
+            # Its last use went to another order, or staff changed it: priced again from a fresh read.
+            if not ours:
+                raise InvalidRequest("coupon: used up")
+            session.rollback()
+            fresh = True
+            changed += 1
+            continue
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
             if row.delivery_mode == "auto":
@@ -396,6 +419,18 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     if changed < 3:
         raise InvalidRequest("channel: no payment channel can take this order now: choose another way to pay")
     raise Busy("the product or its payment channel is being changed: try again")
+
+
+def _coupon_offer(session: Session, ours: bool, code: str, email: str):
+    """(the coupon's terms, whether this buyer has bought here before), read outside any write
+    lock (in the caller's transaction if it has one)."""
+    if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
+        session.connection(execution_options={"kamengd_readonly": True})
+    terms = coupons.read_terms(session, code, email)
+    bought = terms is not None and terms.first_order and coupons.has_bought(session, email)
+    if ours:
+        session.rollback()
+    return terms, bought
 
 
 def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code: str, *, ours: bool,
@@ -445,7 +480,7 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
              site_url: str, now: dt.datetime, buyer_input=None, pay_type=None, unit_cents: int | None = None,
-             return_site: str | None = None):
+             return_site: str | None = None, coupon=None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -476,12 +511,21 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
         except InvalidRequest as exc:
             problem = exc
+    unit = (row.price_cents if unit_cents is None else unit_cents) if row is not None else 0
+    amount = unit * quantity
+    off = 0
+    if problem is None and coupon is not None:
+        terms, bought = coupon
+        try:
+            off = coupons.discount(terms, product_id=product_id, category_id=row.category_id, currency=row.currency,
+                                   amount_cents=amount, now=now, bought_before=bought)
+        except InvalidRequest as exc:
+            problem = exc
     if problem is not None:
         if fresh:
             raise problem
         return None, None
-    unit = row.price_cents if unit_cents is None else unit_cents
-    amount = unit * quantity
+    amount -= off
     refused = routing.refusal(row, amount)
     if refused is not None:
         if fresh:
@@ -506,18 +550,20 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         url = pay_url(row, channel_code, {}, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site, options=options, pay_type=chosen, return_site=return_site)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
-                         chosen)
+                         chosen, coupon[0].code if coupon is not None else None, off)
     values = {
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": unit, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
         "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
         "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen, "cap_day": None,
+        "coupon_id": coupon[0].id if coupon is not None else None, "discount_cents": off,
+        "coupon_held": coupon is not None,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
         "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields,
-        "daily_cap": row.daily_cap_cents}
+        "daily_cap": row.daily_cap_cents, "category_id": row.category_id}
     return placed, values
 
 

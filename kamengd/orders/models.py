@@ -52,6 +52,13 @@ class Order(db.Model):
     # The day (site.timezone) the order was counted against its channel's daily cap, NULL when
     # it was not (no cap then) or its room was given back (it expired): given back exactly once.
     cap_day: Mapped[dt.date | None] = mapped_column(sa.Date)
+    # The coupon taken off the order (no foreign key, as agent_id) and what it took off:
+    # amount_cents = unit_price_cents × quantity − discount_cents.
+    coupon_id: Mapped[int | None] = mapped_column(sa.Integer)
+    discount_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    # The order holds one use of its coupon: cleared, and the use given back, exactly once
+    # when it expires unpaid.
+    coupon_held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # When reconciliation next asks the gateway about this unpaid order (掉单).
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # A paid order waiting for stock: tries so far and when the sweep tries next.

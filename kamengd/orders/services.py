@@ -25,6 +25,7 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, KeyImport, on_sale_again
+from ..marketing import coupons
 from ..notifications.events import emit, order_payload
 from ..notifications.outbox import queue_delivery_email
 from ..payments import routing
@@ -183,6 +184,7 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
     # Their channels' daily caps have room again (each order's once, whoever expired it).
     if expired:
         routing.give_back_expired(session, ids)
+        coupons.give_back_expired(session, ids)   # (each order's use once, whoever expired it)
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")

@@ -20,6 +20,6 @@ def check_order_input(product_id, quantity, email, channel_code, query_password,
     if query_password is not None and (not isinstance(query_password, str)
                                        or not 4 <= len(query_password) <= MAX_QUERY_PASSWORD):
         raise InvalidRequest("query_password: 4 to %(longest)s characters", longest=MAX_QUERY_PASSWORD)
-    if coupon not in (None, ""):
-        raise InvalidRequest("coupon: unknown coupon")
+    if coupon is not None and not isinstance(coupon, str):
+        raise InvalidRequest("coupon: a coupon code, or leave it out")
     return email.strip()
