@@ -102,7 +102,7 @@ SCHEMAS: dict[str, dict] = {
     "Order": obj({"order_no": STRING, "status": ref("OrderStatus"), "amount": ref("Money"),
                   "currency": ref("Currency"), "quantity": ID, "product_id": ID, "created_at": ref("Time"),
                   "expires_at": ref("Time")},
-                 {"pay_type": STRING, "keys": {"type": "array", "items": STRING,
+                 {"pay_type": STRING, "discount": ref("Money"), "keys": {"type": "array", "items": STRING,
                                                "description": "Only when `status` is `delivered`."}}),
     "Health": obj({"status": one_of(("ok", "error")), "database": STRING, "version": STRING},
                   {"schema": NULLABLE_STRING, "scheduler": obj({

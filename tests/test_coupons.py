@@ -364,3 +364,26 @@ def test_coupons_from_the_command_line(app, client, installed, shop):
         actions = db.session.scalars(sa.select(AuditEntry.action).where(AuditEntry.target == f"coupon:{code}")).all()
         db.session.remove()
     assert actions.count("coupon.create") == 1 and actions.count("coupon.update") == 3
+
+
+def test_the_storefront_takes_a_coupon_and_the_order_page_shows_it(app, shop):
+    import re
+    code = make_coupon(app, amount_off="1.50")
+    with app.test_client() as c:
+        page = c.get(f"/product/{shop['big']}").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        form = {"csrf_token": token, "quantity": "1", "email": "web@example.com", "channel": shop["channel"]}
+        wrong = c.post(f"/product/{shop['big']}", data={**form, "coupon": "NOPE-NOPE"})
+        assert wrong.status_code == 400
+        text = wrong.get_data(as_text=True)
+        assert 'id="coupon"' in text and 'aria-invalid="true"' in text and 'value="NOPE-NOPE"' in text
+        placed = c.post(f"/product/{shop['big']}", data={**form, "coupon": code.lower()})
+        assert placed.status_code == 303 and "money=8.50" in placed.headers["Location"]
+        from kamengd.orders.models import Order
+        db = _db()
+        with app.app_context():
+            order_no = db.session.scalar(sa.select(Order.order_no).where(Order.email == "web@example.com",
+                                                                         Order.discount_cents == 150))
+            db.session.remove()
+        shown = c.get(f"/order/{order_no}").get_data(as_text=True)
+        assert "8.50" in shown and "优惠券已减 1.50" in shown

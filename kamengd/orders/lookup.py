@@ -24,11 +24,24 @@ _o, _k = Order.__table__, CardKey.__table__
 _LOOKUP = (
     sa.select(_o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
               _o.c.created_at, _o.c.expires_at, _o.c.token_hash, _o.c.query_password_hash, _o.c.pay_type,
-              _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
+              _o.c.discount_cents, _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
     .select_from(_o.outerjoin(_k, sa.and_(_k.c.order_id == _o.c.id, _k.c.status == "sold",
                                           _o.c.status == "delivered")))
     .where(_o.c.order_no == sa.bindparam("order_no"))
     .order_by(_k.c.id))
+
+
+def _facts(order) -> dict:
+    """What its buyer sees of an order (a row of _LOOKUP or an Order), but the keys."""
+    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
+            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
+            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
+            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
+    if order.pay_type:
+        data["pay_type"] = order.pay_type
+    if order.discount_cents:
+        data["discount"] = format_cents(order.discount_cents)
+    return data
 
 
 def buyer_order_view(session: Session, vault: Vault, order_no: str, *, token: str | None = None,
@@ -46,12 +59,7 @@ def buyer_order_view(session: Session, vault: Vault, order_no: str, *, token: st
         verify_password(None, query_password)  # same time as a real check
     if not ok:
         raise NotFound("order not found")
-    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
-            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
-            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
-            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
-    if order.pay_type:
-        data["pay_type"] = order.pay_type
+    data = _facts(order)
     if order.status == "delivered":
         data["keys"] = [vault.decrypt_card_key(order.product_id, r.fingerprint, r.nonce, r.ciphertext,
                                                r.key_version).decode("utf-8")
@@ -61,12 +69,7 @@ def buyer_order_view(session: Session, vault: Vault, order_no: str, *, token: st
 
 def order_view(session: Session, vault: Vault, order: Order) -> dict:
     """The same view of an Order its buyer already proved to own (the storefront's pages)."""
-    data = {"order_no": order.order_no, "status": order.status, "amount": format_cents(order.amount_cents),
-            "currency": order.currency, "quantity": order.quantity, "product_id": order.product_id,
-            "created_at": order.created_at.isoformat(timespec="seconds") + "Z",
-            "expires_at": order.expires_at.isoformat(timespec="seconds") + "Z"}
-    if order.pay_type:
-        data["pay_type"] = order.pay_type
+    data = _facts(order)
     if order.status == "delivered":
         data["keys"] = order_keys(session, vault, order)
     return data

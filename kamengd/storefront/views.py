@@ -201,7 +201,7 @@ def index():
 
 
 # A service error names its field first ("email: ..."): the form marks that field.
-FIELDS = ("quantity", "email", "query_password", "channel", "pay_type")
+FIELDS = ("quantity", "email", "query_password", "channel", "pay_type", "coupon")
 
 
 def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
@@ -270,6 +270,7 @@ def buy(product_id: int):
         placed = place_order(db.session, get_vault(), product_id=product_id, quantity=quantity,
                              email=form.get("email", "")[:1000], channel_code=channel_code, pay_type=pay_type,
                              query_password=form.get("query_password") or None,
+                             coupon=form.get("coupon", "")[:100].strip() or None,
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
                              client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
@@ -279,7 +280,7 @@ def buy(product_id: int):
         if isinstance(exc, NotFound):
             abort(404)
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
-                "channel": form.get("channel", "")[:50]}
+                "channel": form.get("channel", "")[:50], "coupon": form.get("coupon", "")[:32]}
         return _product_page(product_id, exc=exc, form=kept)
     _remember(placed.order_no, placed.token)
     return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
