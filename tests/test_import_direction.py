@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         # The feature folders' (empty) packages: anything they imported would run before every module of theirs.
         "kamengd.accounts", "kamengd.agents", "kamengd.audit", "kamengd.backup", "kamengd.catalog",
         "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",
-        "kamengd.marketing", "kamengd.payments", "kamengd.reports",
+        "kamengd.marketing", "kamengd.payments", "kamengd.reports", "kamengd.risk",
         "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront", "kamengd.suppliers")),
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
@@ -56,6 +56,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.catalog.*", "kamengd.notifications.events", "kamengd.notifications.outbox")),
     # Coupons: read and claimed by checkout, given back by expiry.
     ("marketing", ("kamengd.marketing.*",)),
+    # Risk rules: asked by checkout and by payments, before either writes.
+    ("risk rules", ("kamengd.risk.*",)),
     # Which channel takes an order: read by checkout, kept by expiry, payments and their jobs.
     ("payment routing", ("kamengd.payments.routing",)),
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),

@@ -46,7 +46,8 @@ def normalise_code(raw) -> str:
 
 
 def buyer_key(email: str) -> str:
-    return email.strip().lower()
+    """One buyer however they type the address (as orders.email_folded)."""
+    return email.strip().casefold()
 
 
 # What an order is priced with, and the uses left for this buyer (bound as "email").
@@ -77,9 +78,9 @@ def limited_per_buyer(terms) -> int | None:
 
 
 def has_bought(session: Session, email: str) -> bool:
-    """Has this e-mail address ever paid for an order here (as typed, or in lower case)?"""
+    """Has this e-mail address (in any case) ever paid for an order here?"""
     return session.execute(sa.select(sa.literal(1)).where(
-        _o.c.email.in_(sorted({email.strip(), buyer_key(email)})), _o.c.status.in_(BOUGHT)).limit(1)).first() is not None
+        _o.c.email_folded == buyer_key(email), _o.c.status.in_(BOUGHT)).limit(1)).first() is not None
 
 
 def discount(terms, *, product_id: int, category_id: int | None, currency: str, amount_cents: int,
@@ -226,6 +227,9 @@ def parse_when(text: str, field: str, timezone: str) -> dt.datetime | None:
         except ValueError:
             continue
     else:
+        local = None
+    # (a year the database or the time zone's arithmetic cannot hold is no coupon's window)
+    if local is None or not 1970 <= local.year <= 9998:
         raise InvalidRequest("%(field)s: a date and time such as 2026-12-24 20:00", field=field)
     return local.replace(tzinfo=ZoneInfo(timezone)).astimezone(dt.timezone.utc).replace(tzinfo=None)
 
@@ -405,12 +409,50 @@ def list_coupons(session: Session, *, active_only: bool = False) -> list[Coupon]
     return list(session.scalars(query))
 
 
+def percent_text(bp: int) -> str:
+    """1250 basis points -> '12.5' (as parse_percent reads it)."""
+    return f"{bp // 100}" + (f".{bp % 100:02d}".rstrip("0") if bp % 100 else "")
+
+
 def describe(coupon) -> str:
     """'5.00 off' / '10% off (at most 20.00)', for lists (the buyer's pages say it in their language)."""
     if coupon.kind == "fixed":
         return f"{format_cents(coupon.amount_off_cents)} {coupon.currency}"
-    bp = coupon.percent_off_bp
-    text = f"{bp // 100}" + (f".{bp % 100:02d}".rstrip("0") if bp % 100 else "") + "%"
+    text = percent_text(coupon.percent_off_bp) + "%"
     if coupon.max_discount_cents is not None:
         text += f" (≤ {format_cents(coupon.max_discount_cents)})"
     return text
+
+
+def form_values(coupon: Coupon, timezone: str) -> dict[str, str]:
+    """A coupon's terms as the form parse_coupon_form reads (the panel's edit page starts from them)."""
+    def cents(value: int | None) -> str:
+        return "" if value is None else format_cents(value)
+
+    def count(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    return {"note": coupon.note, "kind": coupon.kind, "amount_off": cents(coupon.amount_off_cents),
+            "percent_off": "" if coupon.percent_off_bp is None else percent_text(coupon.percent_off_bp),
+            "max_discount": cents(coupon.max_discount_cents), "currency": coupon.currency, "scope": coupon.scope,
+            "scope_id": count(coupon.scope_id), "min_amount": format_cents(coupon.min_amount_cents),
+            "starts_at": shop_time(coupon.starts_at, timezone), "ends_at": shop_time(coupon.ends_at, timezone),
+            "max_uses": count(coupon.max_uses), "per_buyer": count(coupon.per_buyer),
+            "first_order": "1" if coupon.first_order else "0", "is_active": "1" if coupon.is_active else "0"}
+
+
+def scope_choices(session: Session) -> tuple[list, list]:
+    """(categories, products) a coupon can be limited to: rows of (id, name), by name."""
+    return (session.execute(sa.select(Category.id, Category.name).order_by(Category.name, Category.id)).all(),
+            session.execute(sa.select(Product.id, Product.name).order_by(Product.name, Product.id)).all())
+
+
+def scope_names(session: Session, coupons: list[Coupon]) -> dict[tuple[str, int], str]:
+    """The name of the category or product each coupon is limited to, by (scope, scope_id)."""
+    names = {}
+    for scope, model in (("category", Category), ("product", Product)):
+        ids = {c.scope_id for c in coupons if c.scope == scope}
+        if ids:
+            names.update({(scope, row.id): row.name for row in session.execute(
+                sa.select(model.id, model.name).where(model.id.in_(ids)))})
+    return names

@@ -33,9 +33,10 @@ from ..catalog import inputs
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
 from ..database import utcnow
-from ..errors import Busy, InvalidRequest, NotFound, OutOfStock
+from ..errors import Busy, Forbidden, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..marketing import coupons
+from ..risk import engine as risk
 from ..money import format_cents
 from ..context import get_config
 from ..payments import epay, methods, routing, sandbox
@@ -78,7 +79,7 @@ def _bind(column):
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
-                 "cap_day", "coupon_id", "discount_cents", "coupon_held")
+                 "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded")
 
 
 def _still_holds(price_param: str) -> list:
@@ -301,7 +302,8 @@ MAX_REROUTES = 20
 def place_order(session: Session, vault: Vault | None, *, product_id, quantity, email, channel_code,
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 buyer_input=None, pay_type=None, now: dt.datetime | None = None,
-                seller: Seller | None = None, return_site: str | None = None) -> PlacedOrder:
+                seller: Seller | None = None, return_site: str | None = None,
+                device_tag: str | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
     With a `seller`, the order is sold through that agent (at its price on its station).
 
@@ -325,6 +327,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         channel_code, pay_type = _route_by_method(session, ours, product_id=product_id, quantity=quantity,
                                                   method=pay_type, site_url=site_url, now=now or utcnow())
     fresh = False
+    verdict = None   # the risk rules', asked once (before the order's transaction)
     tried: set[int] = set()
     changed = 0   # reads that the INSERT found out of date (reroutes are bounded by the channels)
     while changed < 3 and len(tried) < MAX_REROUTES:
@@ -361,6 +364,10 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         if placed is None:   # the cached offer said no: never answered without a fresh read
             fresh = True
             continue
+        if verdict is None:
+            verdict = _judge(session, ours, risk.Attempt(product_id, quantity, placed.amount_cents, row.currency,
+                                                         email, client_ip, device_tag), now)
+        values.update(device_tag=device_tag, risk_review=verdict.action == "review")
         if offer is not None and ours:
             coupons.prepare_buyer(session, offer[0], email)   # (its own transaction, before the order's)
         if row.daily_cap_cents is not None:
@@ -401,6 +408,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             continue
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
+            risk.record_matches(session, verdict, stage="order", order_id=placed.order_id, outcome=verdict.action,
+                                client_ip=client_ip, product_id=product_id, now=now)
             if row.delivery_mode == "auto":
                 reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
                              until=placed.expires_at,
@@ -419,6 +428,22 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     if changed < 3:
         raise InvalidRequest("channel: no payment channel can take this order now: choose another way to pay")
     raise Busy("the product or its payment channel is being changed: try again")
+
+
+def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime) -> risk.Verdict:
+    """The risk rules' verdict, read outside any write lock; a refusal is recorded and raised."""
+    if risk.none_known("order"):
+        return risk.Verdict()
+    if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
+        session.connection(execution_options={"kamengd_readonly": True})
+    verdict = risk.judge_order(session, attempt, now)
+    if ours:
+        session.rollback()
+    if verdict.action == "refuse":
+        risk.record_refused(session, verdict, outcome="refuse", client_ip=attempt.client_ip,
+                            product_id=attempt.product_id, now=now)
+        raise Forbidden("order refused: the shop does not take this order; ask its customer service")
+    return verdict
 
 
 def _coupon_offer(session: Session, ours: bool, code: str, email: str):
@@ -555,7 +580,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": unit, "amount_cents": amount, "currency": row.currency, "email": email,
         "status": "pending", "token_hash": token_hash(token), "query_password_hash": password_hash,
-        "lookup_tag": lookup_tag, "client_ip": client_ip, "created_at": now, "updated_at": now,
+        "lookup_tag": lookup_tag, "client_ip": client_ip, "email_folded": email.casefold(), "created_at": now,
+        "updated_at": now,
         "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen, "cap_day": None,
         "coupon_id": coupon[0].id if coupon is not None else None, "discount_cents": off,
         "coupon_held": coupon is not None,

@@ -23,6 +23,8 @@ class Order(db.Model):
     amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
     currency: Mapped[str] = mapped_column(sa.String(3))
     email: Mapped[str] = mapped_column(sa.String(254), index=True)
+    # The e-mail case-folded: one buyer however they type it (risk rules, first-order coupons).
+    email_folded: Mapped[str | None] = mapped_column(sa.String(254))
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     # Only hashes of the buyer's secrets are stored.
     token_hash: Mapped[bytes] = mapped_column(FixedBinary(32))
@@ -59,6 +61,10 @@ class Order(db.Model):
     # The order holds one use of its coupon: cleared, and the use given back, exactly once
     # when it expires unpaid.
     coupon_held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # A hash of the buyer's device cookie (the storefront's), for the risk rules' velocity.
+    device_tag: Mapped[str | None] = mapped_column(sa.String(32))
+    # A risk rule asked for review: once paid, the order is held for a person, not delivered.
+    risk_review: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # When reconciliation next asks the gateway about this unpaid order (掉单).
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # A paid order waiting for stock: tries so far and when the sweep tries next.
@@ -80,6 +86,10 @@ class Order(db.Model):
         sa.Index("uq_orders_agent_idempotency", "agent_id", "idempotency_key", unique=True),
         sa.Index("ix_orders_agent_created", "agent_id", "created_at"),
         sa.Index("ix_orders_seller_created", "seller_agent_id", "created_at"),
+        # The risk rules' velocity: orders of one address, e-mail or device lately.
+        sa.Index("ix_orders_client_ip_created", "client_ip", "created_at"),
+        sa.Index("ix_orders_email_folded_created", "email_folded", "created_at"),
+        sa.Index("ix_orders_device_created", "device_tag", "created_at"),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         sa.CheckConstraint(

@@ -22,7 +22,9 @@ TRADE_TWICE = N_("the gateway reported trade %(trade_no)s, already recorded for 
 WRONG_AMOUNT = N_("paid %(paid)s, the order is for %(amount)s %(currency)s")
 # Starts with payments.models.EXTRA_PAYMENT_FLAG ("paid twice"): the refund clears it by that prefix.
 EXTRA_PAYMENT = N_("paid twice: an extra payment of %(amount)s %(currency)s (trade %(trade_no)s) to refund")
-TEMPLATES = (WAITING_FOR_STOCK, MANUAL_PAST_SLA, SUPPLIER_NOT_BOUGHT, MAIL_FAILED, TRADE_TWICE, WRONG_AMOUNT, EXTRA_PAYMENT)
+RISK_REVIEW = N_("held for review by the risk rule %(rule)s")
+TEMPLATES = (WAITING_FOR_STOCK, MANUAL_PAST_SLA, SUPPLIER_NOT_BOUGHT, MAIL_FAILED, TRADE_TWICE, WRONG_AMOUNT, EXTRA_PAYMENT,
+             RISK_REVIEW)
 MAX_REASON = 200
 
 

@@ -272,7 +272,9 @@ def release_held(session: Session, *, order_no, reason, actor: str, source_ip: s
         status = lock_order_status(session, order.id)
         raise Conflict("order %(order_no)s is %(status)s; only a held order can be released",
                        order_no=order.order_no, status=status)
-    payment = session.scalar(sa.select(Payment).where(Payment.order_id == order.id, Payment.status == "held")
+    # (a payment of the wrong amount; or the right one, held for a risk rule's review)
+    payment = session.scalar(sa.select(Payment).where(Payment.order_id == order.id,
+                                                      Payment.status.in_(("held", "received")))
                              .order_by(Payment.id).limit(1))
     paid = payment.amount_cents if payment else None
     emit(session, "order.paid", order_payload(session, order, trade_no=payment.trade_no if payment else None,

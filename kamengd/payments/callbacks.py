@@ -60,7 +60,7 @@ _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__tab
                         CardKey.__table__)
 _ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
                   _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at, _o.c.unit_price_cents,
-                  _o.c.seller_agent_id)
+                  _o.c.seller_agent_id, _o.c.risk_review)
 _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam("cid"),
                                               _pay.c.trade_no == sa.bindparam("trade_no"))
              .scalar_subquery())
@@ -302,7 +302,8 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
     if context.existing_order_id == row.id:
         return PaymentOutcome(True, "already recorded")
     if (context.existing_order_id is None and row.status == "pending" and amount_cents == row.amount_cents
-            and currency in (None, row.currency) and context.delivery_mode == "auto"):
+            and currency in (None, row.currency) and context.delivery_mode == "auto"
+            and not row.risk_review):   # (held for a person: record_payment)
         delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now,   # built unlocked
                              context.product_price_cents,
                              routing.fee_cents(amount_cents, context.fee_bp, context.fee_fixed_cents))

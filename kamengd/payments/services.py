@@ -24,6 +24,7 @@ from ..orders.attention import flag_order
 from ..orders import reasons
 from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
+from ..risk import engine as risk
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
 from ..settings.services import shop_url
@@ -830,7 +831,9 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
             return PaymentOutcome(False, "trade recorded concurrently")
         return _already_recorded(session, order, existing, now)
 
-    new_status = "paid" if right_amount else "held"
+    # A risk rule asked for review when it was placed: paid, it waits for a person (the review queue).
+    review = right_amount and order.risk_review
+    new_status = "paid" if right_amount and not review else "held"
     claimed = session.execute(sa.update(Order).where(Order.id == order.id,
                                                      Order.status.in_(("pending", "expired")))
                               .values(status=new_status, paid_at=now, updated_at=now)
@@ -838,7 +841,12 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     session.refresh(order)
     if not claimed:
         return _extra_payment(session, channel, order, payment, now)
-    if right_amount:
+    if review:
+        reason = reasons.reason(reasons.RISK_REVIEW, rule=risk.review_rule(session, order.id))
+        flag_order(session, order, reason, now, event=None)
+        emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
+                                                  paid_amount=format_cents(amount)), now)
+    elif right_amount:
         emit(session, "order.paid", order_payload(session, order, trade_no=trade_no), now)
         deliver_paid_order(session, order, now)
     else:
@@ -879,6 +887,9 @@ def _extra_payment(session: Session, channel: PaymentChannel, order, payment: Pa
                             currency=order.currency, trade_no=payment.trade_no)
     assert reason.startswith(EXTRA_PAYMENT_FLAG)   # the refund finds the flag by it
     flag_order(session, order, reason, now, event=None)
+    payments = session.scalar(sa.select(sa.func.count()).select_from(Payment).where(Payment.order_id == order.id))
+    verdict = risk.judge_repeat_payment(session, order_no=order.order_no, payments=payments)
+    risk.record_matches(session, verdict, stage="payment", order_id=order.id, outcome=verdict.action, now=now)
     emit(session, "payment.extra", order_payload(session, order, trade_no=payment.trade_no, channel=channel.code,
                                                  paid_amount=format_cents(payment.amount_cents), reason=reason),
          now)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import secrets
 from zoneinfo import ZoneInfo
 
 import segno
 import sqlalchemy as sa
-from flask import (Blueprint, abort, g, jsonify, make_response, redirect, render_template, request, session,
-                   url_for)
+from flask import (Blueprint, abort, after_this_request, g, jsonify, make_response, redirect, render_template,
+                   request, session, url_for)
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
@@ -252,8 +254,28 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
                            query_password_max=MAX_QUERY_PASSWORD), (exc.http_status if exc else 200)
 
 
+# A random id per browser, set by the product page: the risk rules count orders per device
+# by a hash of it (kamengd.risk). It identifies nothing else and holds nothing.
+DEVICE_COOKIE = "kd_device"
+
+
+def _device_tag() -> str | None:
+    """The hash of this browser's device cookie; one is given to a browser without it."""
+    value = request.cookies.get(DEVICE_COOKIE, "")
+    if 16 <= len(value) <= 64 and value.isascii() and value.replace("-", "").replace("_", "").isalnum():
+        return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+    @after_this_request
+    def give(response):
+        response.set_cookie(DEVICE_COOKIE, secrets.token_urlsafe(18), max_age=365 * 86400, httponly=True,
+                            samesite="Lax", secure=request.is_secure)
+        return response
+    return None
+
+
 @bp.get("/product/<int:product_id>")
 def product(product_id: int):
+    _device_tag()
     return _product_page(product_id)
 
 
@@ -274,7 +296,7 @@ def buy(product_id: int):
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
                              client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
-                             return_site=return_site())
+                             return_site=return_site(), device_tag=_device_tag())
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):

@@ -1,0 +1,277 @@
+"""Evaluating the risk rules, and recording what they decided.
+
+Checkout asks `judge_order` about an order it is about to write, outside any write lock:
+the rules are kept per process for a few seconds (a staff edit takes effect within
+RULES_TTL), the velocity counts read the orders table by its (address | e-mail | device,
+created_at) indexes and stop counting at the rule's limit, a product's usual amount is kept
+per process for AVERAGE_TTL. With no active rule of a stage the cost is one dict lookup.
+
+The verdict is the strongest action of the rules that match (refuse > review > captcha),
+unless an `allow` rule matches first in the rules' order: then the attempt is allowed and
+no later rule is asked. Every match is a RiskDecision row: with the order, in its own
+transaction (`record_matches`); without one (a refusal, a captcha not solved), in a short
+transaction of its own (`record_refused`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..database import utcnow
+from ..orders.models import Order
+from .models import ACTIONS, ORDER_KINDS, PAYMENT_KINDS, RiskDecision, RiskRule
+from .rules import cache as _cache, load_params
+
+RULES_TTL = 5.0          # seconds a process keeps the rules it read
+AVERAGE_TTL = 300.0      # seconds it keeps a product's usual order amount
+PAID = ("paid", "delivered")
+
+_o, _d = Order.__table__, RiskDecision.__table__
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the rules see of an order about to be placed."""
+    product_id: int
+    quantity: int
+    amount_cents: int
+    currency: str
+    email: str
+    client_ip: str | None
+    device_tag: str | None
+
+
+@dataclass(frozen=True)
+class Match:
+    rule_id: int
+    name: str
+    kind: str
+    action: str
+    inputs: dict
+
+
+@dataclass
+class Verdict:
+    action: str = "allow"            # what happens: allow, captcha, review or refuse
+    matches: list[Match] = field(default_factory=list)
+
+    @property
+    def deciding(self) -> Match | None:
+        """The rule whose action was taken."""
+        return next((m for m in self.matches if m.action == self.action), None)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    id: int
+    name: str
+    kind: str
+    action: str
+    params: dict
+
+
+_averages: dict[tuple[int, int], tuple[float, int | None]] = {}
+_lock = threading.Lock()
+
+
+def _rules(session: Session, stage: str) -> list[_Rule]:
+    found = _cache.get(stage)
+    if found is not None and time.monotonic() - found[0] < RULES_TTL:
+        return found[1]
+    kinds = ORDER_KINDS if stage == "order" else PAYMENT_KINDS
+    rows = session.execute(sa.select(RiskRule.id, RiskRule.name, RiskRule.kind, RiskRule.action, RiskRule.params)
+                           .where(RiskRule.is_active.is_(True), RiskRule.kind.in_(kinds))
+                           .order_by(RiskRule.sort_order, RiskRule.id)).all()
+    rules = [_Rule(r.id, r.name, r.kind, r.action, load_params(r.kind, r.params)) for r in rows]
+    with _lock:
+        _cache[stage] = (time.monotonic(), rules)
+    return rules
+
+
+def none_known(stage: str) -> bool:
+    """This process read the stage's rules lately and there were none: nothing to ask, not
+    even the database (the purchase path's statements stay as they were without rules)."""
+    found = _cache.get(stage)
+    return found is not None and not found[1] and time.monotonic() - found[0] < RULES_TTL
+
+
+def _count(session: Session, column, values: list, minutes: int, limit: int, now: dt.datetime) -> int:
+    """Orders of these values lately, counted up to `limit` (enough to decide)."""
+    since = now - dt.timedelta(minutes=minutes)
+    inner = (sa.select(sa.literal(1)).where(column.in_(values), _o.c.created_at >= since).limit(limit)
+             .subquery())
+    return session.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one()
+
+
+def _usual_amount(session: Session, product_id: int, days: int, least: int, now: dt.datetime) -> int | None:
+    """The product's average paid order over `days` (None with fewer than `least` orders)."""
+    key = (product_id, days)
+    found = _averages.get(key)
+    if found is not None and time.monotonic() - found[0] < AVERAGE_TTL:
+        return found[1]
+    since = now - dt.timedelta(days=days)
+    inner = (sa.select(_o.c.amount_cents).where(_o.c.status.in_(PAID), _o.c.product_id == product_id,
+                                                 _o.c.paid_at >= since)
+             .order_by(_o.c.paid_at.desc()).limit(1000).subquery())
+    n, total = session.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(inner.c.amount_cents), 0))
+                               .select_from(inner)).one()
+    usual = int(total) // n if n >= least and n else None
+    with _lock:
+        if len(_averages) > 10_000:
+            _averages.clear()
+        _averages[key] = (time.monotonic(), usual)
+    return usual
+
+
+def _domain(email: str) -> str:
+    return email.strip().rsplit("@", 1)[-1].casefold()
+
+
+def _match(session: Session, rule: _Rule, attempt: Attempt, now: dt.datetime) -> dict | None:
+    """What the rule saw when it matches the attempt; None when it does not."""
+    p = rule.params
+    if rule.kind == "ip_velocity" and attempt.client_ip:
+        n = _count(session, _o.c.client_ip, [attempt.client_ip], p["minutes"], p["limit"], now)
+        if n >= p["limit"]:
+            return {"ip": attempt.client_ip, "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
+    elif rule.kind == "email_velocity":
+        n = _count(session, _o.c.email_folded, [attempt.email.strip().casefold()], p["minutes"], p["limit"], now)
+        if n >= p["limit"]:
+            return {"email_domain": _domain(attempt.email), "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
+    elif rule.kind == "device_velocity" and attempt.device_tag:
+        n = _count(session, _o.c.device_tag, [attempt.device_tag], p["minutes"], p["limit"], now)
+        if n >= p["limit"]:
+            return {"device": attempt.device_tag[:8], "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
+    elif rule.kind == "ip_list" and attempt.client_ip:
+        try:
+            ip = ipaddress.ip_address(attempt.client_ip)
+        except ValueError:
+            return None
+        for network in p["networks"]:
+            if ip.version == network.version and ip in network:
+                return {"ip": attempt.client_ip, "range": str(network)}
+    elif rule.kind == "email_list":
+        email, domain = attempt.email.strip().casefold(), _domain(attempt.email)
+        if email in p["emails"]:
+            return {"email_domain": domain, "listed": "email"}
+        for listed in p["domains"]:
+            if domain == listed or domain.endswith("." + listed):
+                return {"email_domain": domain, "listed": listed}
+    elif rule.kind == "amount_anomaly":
+        usual = _usual_amount(session, attempt.product_id, p["days"], p["min_orders"], now)
+        # amount > factor × usual, in integers: factor is kept in hundredths.
+        if usual is not None and attempt.amount_cents * 100 > p["factor_pct"] * usual:
+            return {"amount_cents": attempt.amount_cents, "usual_cents": usual, "factor": p["factor"],
+                    "currency": attempt.currency}
+    return None
+
+
+def _verdict(matches: list[Match]) -> Verdict:
+    if not matches:
+        return Verdict()
+    strongest = max(matches, key=lambda m: ACTIONS.index(m.action)).action
+    return Verdict(strongest, matches)
+
+
+def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = None) -> Verdict:
+    """The rules' verdict on an order about to be placed (reads only)."""
+    rules = _rules(session, "order")
+    if not rules:
+        return Verdict()
+    now = now or utcnow()
+    matches = []
+    for rule in rules:
+        seen = _match(session, rule, attempt, now)
+        if seen is None:
+            continue
+        match = Match(rule.id, rule.name, rule.kind, rule.action, seen)
+        if rule.action == "allow":   # trusted: no later rule is asked
+            return Verdict("allow", [match])
+        matches.append(match)
+    return _verdict(matches)
+
+
+def judge_repeat_payment(session: Session, *, order_no: str, payments: int) -> Verdict:
+    """A payment for an order that has one already (the buyer paid twice)."""
+    matches = [Match(r.id, r.name, r.kind, r.action, {"order_no": order_no, "payments": payments})
+               for r in _rules(session, "payment") if r.kind == "repeat_payment" and payments > r.params["limit"]]
+    return _verdict(matches)
+
+
+def _rows(verdict: Verdict, *, stage: str, order_id: int | None, outcome: str, client_ip: str | None,
+          product_id: int | None, now: dt.datetime) -> list[dict]:
+    return [{"order_id": order_id, "stage": stage, "rule_id": m.rule_id, "rule_name": m.name, "kind": m.kind,
+             "action": m.action, "inputs": json.dumps(m.inputs, ensure_ascii=False, sort_keys=True),
+             "outcome": outcome, "client_ip": client_ip, "product_id": product_id, "created_at": now}
+            for m in verdict.matches]
+
+
+def record_matches(session: Session, verdict: Verdict, *, stage: str, order_id: int | None, outcome: str,
+                   client_ip: str | None = None, product_id: int | None = None,
+                   now: dt.datetime | None = None) -> None:
+    """The verdict's matches, in the caller's transaction (the order's)."""
+    if verdict.matches:
+        session.connection().execute(_d.insert(), _rows(verdict, stage=stage, order_id=order_id, outcome=outcome,
+                                                        client_ip=client_ip, product_id=product_id,
+                                                        now=now or utcnow()))
+
+
+def record_refused(session: Session, verdict: Verdict, *, outcome: str, client_ip: str | None,
+                   product_id: int | None, now: dt.datetime | None = None) -> None:
+    """The matches of an attempt that wrote no order, in a short transaction of their own (the
+    caller has none open: what it read is rolled back)."""
+    if not verdict.matches:
+        return
+    rows = _rows(verdict, stage="order", order_id=None, outcome=outcome, client_ip=client_ip,
+                 product_id=product_id, now=now or utcnow())
+    bind = session.get_bind()
+    if isinstance(bind, sa.engine.Engine):
+        with bind.begin() as own:
+            own.execute(_d.insert(), rows)
+    else:   # a caller's connection (tests)
+        bind.execute(_d.insert(), rows)
+
+
+def review_rule(session: Session, order_id: int) -> str:
+    """The name of the rule that asked for the order's review (for its flag)."""
+    return session.scalar(sa.select(_d.c.rule_name).where(_d.c.order_id == order_id, _d.c.action == "review")
+                          .order_by(_d.c.id).limit(1)) or "?"
+
+
+def decisions_of(session: Session, order_id: int) -> list[RiskDecision]:
+    """Every decision the rules made about one order, oldest first (shown with the order)."""
+    return list(session.scalars(sa.select(RiskDecision).where(RiskDecision.order_id == order_id)
+                                .order_by(RiskDecision.id)))
+
+
+def review_queue(session: Session, limit: int = 200) -> list[tuple[Order, list[RiskDecision]]]:
+    """Orders a person must look at because of a rule: paid orders held for review (approve:
+    `order release` delivers; reject: `order refund`), and orders a payment-stage rule matched
+    that are still flagged. Oldest first."""
+    held = sa.and_(Order.status == "held", Order.risk_review.is_(True))
+    later = sa.and_(Order.flagged_at.is_not(None),
+                    Order.id.in_(sa.select(_d.c.order_id).where(_d.c.stage == "payment", _d.c.order_id.is_not(None))))
+    orders = list(session.scalars(sa.select(Order).where(sa.or_(held, later))
+                                  .order_by(Order.paid_at, Order.id).limit(limit)))
+    found: dict[int, list[RiskDecision]] = {o.id: [] for o in orders}
+    if found:
+        for d in session.scalars(sa.select(RiskDecision).where(RiskDecision.order_id.in_(list(found)))
+                                 .order_by(RiskDecision.id)):
+            found[d.order_id].append(d)
+    return [(o, found[o.id]) for o in orders]
+
+
+def outcomes(session: Session, since: dt.datetime) -> list[tuple[str, str, str, int]]:
+    """The risk report: (rule, action, outcome, decisions) since then, most first."""
+    rows = session.execute(sa.select(_d.c.rule_name, _d.c.action, _d.c.outcome, sa.func.count().label("n"))
+                           .where(_d.c.created_at >= since)
+                           .group_by(_d.c.rule_name, _d.c.action, _d.c.outcome)
+                           .order_by(sa.func.count().desc())).all()
+    return [(r.rule_name, r.action, r.outcome, r.n) for r in rows]

@@ -1,0 +1,285 @@
+"""Risk rules (W5): each kind matches what it should and only that (each test also shows the
+order going through without the rule), the actions (allow first, refuse, review), every
+match recorded, the review hold at payment and its way out (release delivers, refund).
+Service and HTTP tests on the shared app (SQLite and MariaDB); each test's orders come from
+an address of their own, and every rule a test made is switched off after it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+
+import pytest
+import sqlalchemy as sa
+
+KEY = "risk-merchant-key-0123456789abcdef"
+
+
+def _db():
+    from kamengd.extensions import db
+    return db
+
+
+@pytest.fixture
+def shop(app):
+    """A product at 2.00 with 80 keys, an Epay channel, an address of the test's own; the
+    rules the test makes are switched off after it."""
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.inventory.services import import_keys
+    from kamengd.payments.services import add_channel
+    from kamengd.risk.models import RiskRule
+    from kamengd.risk.rules import cache
+
+    tag = secrets.token_hex(4)
+    db = _db()
+    with app.app_context():
+        p = create_product(db.session, name=f"risk {tag}", price_cents=200, actor="t", max_quantity=50)
+        import_keys(db.session, get_vault(), product_id=p.id, actor="t",
+                    fh=io.BytesIO("\n".join(f"R-{secrets.token_hex(8)}" for _ in range(80)).encode()))
+        code = f"rk{tag}"
+        add_channel(db.session, get_vault(), channel_type="epay", code=code, actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": "7007", "key": KEY})
+        db.session.commit()
+        found = {"product": p.id, "channel": code, "ip": f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}."
+                 f"{secrets.randbelow(250) + 1}", "tag": tag}
+        db.session.remove()
+    yield found
+    with app.app_context():
+        db.session.execute(sa.update(RiskRule).values(is_active=False))
+        db.session.commit()
+        db.session.remove()
+    cache.clear()
+
+
+def rule(app, kind: str, action: str, *, name: str | None = None, sort_order: int = 0, **form) -> int:
+    from kamengd.risk.rules import create_rule
+    db = _db()
+    with app.app_context():
+        made = create_rule(db.session, name=name or f"{kind} {action}", kind=kind, action=action,
+                           form={k: str(v) for k, v in form.items()}, sort_order=sort_order, actor="test")
+        db.session.commit()
+        rule_id = made.id
+        db.session.remove()
+    return rule_id
+
+
+def order(client, shop, *, email="risk@example.com", quantity=1, ip=None, device=None):
+    if device is not None:
+        client.set_cookie("kd_device", device)
+    return client.post("/api/v1/orders", json={"product_id": shop["product"], "quantity": quantity, "email": email,
+                                               "channel": shop["channel"]},
+                       environ_base={"REMOTE_ADDR": ip or shop["ip"]})
+
+
+def decisions(app, **where):
+    from kamengd.risk.models import RiskDecision
+    db = _db()
+    with app.app_context():
+        rows = db.session.scalars(sa.select(RiskDecision).filter_by(**where).order_by(RiskDecision.id)).all()
+        found = [{"rule": r.rule_name, "kind": r.kind, "action": r.action, "outcome": r.outcome,
+                  "order_id": r.order_id, "inputs": json.loads(r.inputs), "ip": r.client_ip} for r in rows]
+        db.session.remove()
+    return found
+
+
+def refused(answer):
+    assert answer.status_code == 403, answer.get_json()
+    assert answer.get_json()["error"]["code"] == "forbidden"
+    assert "refused" in answer.get_json()["error"]["message"]
+
+
+def test_velocity_per_address(app, client, shop):
+    for _ in range(3):
+        assert order(client, shop).status_code == 201
+    assert order(client, shop).status_code == 201   # no rule yet: a fourth goes through
+    rule(app, "ip_velocity", "refuse", limit=4, minutes=10)
+    refused(order(client, shop))
+    assert order(client, shop, ip="10.255.255.254").status_code == 201   # another address
+    seen = decisions(app, client_ip=shop["ip"])
+    assert seen[-1]["outcome"] == "refuse" and seen[-1]["order_id"] is None
+    assert seen[-1]["inputs"] == {"ip": shop["ip"], "orders": 4, "minutes": 10, "limit": 4}
+
+
+def test_velocity_per_email_counts_any_case(app, client, shop):
+    email = f"v{shop['tag']}@example.com"
+    rule(app, "email_velocity", "refuse", limit=2, minutes=60)
+    assert order(client, shop, email=email).status_code == 201
+    assert order(client, shop, email=email.upper(), ip="10.0.0.9").status_code == 201
+    refused(order(client, shop, email=email, ip="10.0.0.10"))
+    assert order(client, shop, email=f"w{shop['tag']}@example.com").status_code == 201
+
+
+def _buy(browser, shop, ip, email="d@example.com"):
+    import re
+    page = browser.get(f"/product/{shop['product']}").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return browser.post(f"/product/{shop['product']}", data={"csrf_token": token, "quantity": "1", "email": email,
+                                                             "channel": shop["channel"]},
+                        environ_base={"REMOTE_ADDR": ip})
+
+
+def test_velocity_per_device_cookie(app, shop):
+    rule(app, "device_velocity", "refuse", limit=2, minutes=60)
+    with app.test_client() as browser:
+        browser.get(f"/product/{shop['product']}")   # the product page gives the browser its cookie
+        assert browser.get_cookie("kd_device") is not None
+        for i in range(2):   # other addresses, other e-mails: the same browser
+            assert _buy(browser, shop, f"10.1.{i}.1", f"d{i}@example.com").status_code == 303
+        assert _buy(browser, shop, "10.1.9.1").status_code == 403
+    with app.test_client() as other:
+        other.get(f"/product/{shop['product']}")
+        assert _buy(other, shop, "10.1.9.1").status_code == 303
+    assert decisions(app, kind="device_velocity")[-1]["inputs"]["orders"] == 2
+
+
+def test_a_listed_range_or_address(app, client, shop):
+    assert order(client, shop, ip="192.0.2.77").status_code == 201
+    rule(app, "ip_list", "refuse", ranges="192.0.2.0/24\n2001:db8::/32")
+    refused(order(client, shop, ip="192.0.2.77"))
+    refused(order(client, shop, ip="2001:db8::5"))
+    assert order(client, shop, ip="192.0.3.1").status_code == 201
+
+
+def test_listed_emails_and_domains(app, client, shop):
+    assert order(client, shop, email="bad@spam.example").status_code == 201
+    rule(app, "email_list", "refuse", emails="Fraud@Example.com", domains="spam.example")
+    refused(order(client, shop, email="bad@spam.example"))
+    refused(order(client, shop, email="x@mail.spam.example"))
+    refused(order(client, shop, email="fraud@example.COM"))
+    assert order(client, shop, email="fine@example.com").status_code == 201
+    assert order(client, shop, email="x@notspam.example").status_code == 201
+
+
+def test_an_amount_far_above_the_usual(app, client, shop):
+    from kamengd.orders.models import Order
+    db = _db()
+    for _ in range(3):
+        assert order(client, shop).status_code == 201
+    with app.app_context():   # three paid orders of 2.00: the usual amount
+        db.session.execute(sa.update(Order).where(Order.product_id == shop["product"])
+                           .values(status="delivered", paid_at=Order.created_at))
+        db.session.commit()
+        db.session.remove()
+    assert order(client, shop, quantity=20).status_code == 201   # no rule: 40.00 goes through
+    rule(app, "amount_anomaly", "review", factor="5", min_orders=3, days=30)
+    placed = order(client, shop, quantity=20)
+    assert placed.status_code == 201
+    assert order(client, shop, quantity=5).status_code == 201   # 10.00 = 5 × 2.00: not above
+    seen = [d for d in decisions(app, kind="amount_anomaly") if d["inputs"]["amount_cents"] == 4000]
+    assert seen and seen[-1]["outcome"] == "review" and seen[-1]["inputs"]["usual_cents"] == 200
+
+
+def test_allow_first_stops_the_rest_and_the_strongest_action_wins(app, client, shop):
+    rule(app, "ip_list", "review", ranges=shop["ip"], sort_order=5, name="watch")
+    rule(app, "email_list", "refuse", domains="blocked.example", sort_order=6, name="block")
+    refused(order(client, shop, email="a@blocked.example"))   # review and refuse: refuse
+    assert [d["rule"] for d in decisions(app, client_ip=shop["ip"])][-2:] == ["watch", "block"]
+    rule(app, "email_list", "allow", emails="vip@blocked.example", sort_order=1, name="vip")
+    placed = order(client, shop, email="vip@blocked.example")
+    assert placed.status_code == 201
+    assert decisions(app, client_ip=shop["ip"])[-1] == {
+        "rule": "vip", "kind": "email_list", "action": "allow", "outcome": "allow", "order_id":
+            decisions(app, client_ip=shop["ip"])[-1]["order_id"], "inputs": {"email_domain": "blocked.example",
+                                                                              "listed": "email"}, "ip": shop["ip"]}
+
+
+def _pay(client, shop, answer):
+    from kamengd.payments import epay
+    params = {"pid": "7007", "trade_no": f"T{answer['order_no']}", "out_trade_no": answer["order_no"],
+              "type": "alipay", "name": "x", "money": answer["amount"], "trade_status": "TRADE_SUCCESS"}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + KEY).encode()).hexdigest()
+    assert client.get(f"/pay/{shop['channel']}/notify", query_string=params).get_data(as_text=True) == "success"
+
+
+def test_review_holds_the_paid_order_until_a_person_releases_it(app, client, shop):
+    from kamengd.orders.staff import release_held
+    from kamengd.risk.engine import review_queue
+    rule(app, "ip_list", "review", ranges=shop["ip"], name="new address")
+    answer = order(client, shop).get_json()
+    _pay(client, shop, answer)
+    seen = client.get(f"/api/v1/orders/{answer['order_no']}?token={answer['token']}").get_json()
+    assert seen["status"] == "held" and "keys" not in seen
+    db = _db()
+    with app.app_context():
+        queue = {o.order_no: ds for o, ds in review_queue(db.session)}
+        assert [d.rule_name for d in queue[answer["order_no"]]] == ["new address"]
+        from kamengd.orders.models import Order
+        held = db.session.scalar(sa.select(Order).where(Order.order_no == answer["order_no"]))
+        assert held.flag_reason == "held for review by the risk rule new address"
+        assert release_held(db.session, order_no=answer["order_no"], reason="known buyer", actor="t") == "delivered"
+        db.session.commit()
+        assert answer["order_no"] not in {o.order_no for o, _ in review_queue(db.session)}
+        db.session.remove()
+    seen = client.get(f"/api/v1/orders/{answer['order_no']}?token={answer['token']}").get_json()
+    assert seen["status"] == "delivered" and len(seen["keys"]) == 1
+
+
+def test_a_rejected_review_is_refunded(app, client, shop):
+    from kamengd.orders.staff import refund_order
+    rule(app, "ip_list", "review", ranges=shop["ip"])
+    answer = order(client, shop).get_json()
+    _pay(client, shop, answer)
+    db = _db()
+    with app.app_context():
+        refund_order(db.session, order_no=answer["order_no"], reason="fraud", actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert client.get(f"/api/v1/orders/{answer['order_no']}?token={answer['token']}").get_json()["status"] \
+        == "refunded"
+
+
+def test_a_second_payment_for_one_order_is_a_decision(app, client, shop):
+    from kamengd.payments import epay
+    from kamengd.risk.engine import review_queue
+    rule(app, "repeat_payment", "review", limit=1, name="paid twice")
+    answer = order(client, shop).get_json()
+    _pay(client, shop, answer)
+    params = {"pid": "7007", "trade_no": f"U{answer['order_no']}", "out_trade_no": answer["order_no"],
+              "type": "alipay", "name": "x", "money": answer["amount"], "trade_status": "TRADE_SUCCESS"}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + KEY).encode()).hexdigest()
+    assert client.get(f"/pay/{shop['channel']}/notify", query_string=params).get_data(as_text=True) == "success"
+    found = [d for d in decisions(app, kind="repeat_payment") if d["inputs"]["order_no"] == answer["order_no"]]
+    assert found and found[0]["inputs"]["payments"] == 2 and found[0]["outcome"] == "review"
+    db = _db()
+    with app.app_context():
+        assert answer["order_no"] in {o.order_no for o, _ in review_queue(db.session)}
+        db.session.remove()
+
+
+def test_a_refused_order_in_the_storefront_says_so(app, shop):
+    import re
+    rule(app, "ip_list", "refuse", ranges=shop["ip"])
+    with app.test_client() as c:
+        page = c.get(f"/product/{shop['product']}").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        answer = c.post(f"/product/{shop['product']}", data={"csrf_token": token, "quantity": "1",
+                                                             "email": "x@example.com", "channel": shop["channel"]},
+                        environ_base={"REMOTE_ADDR": shop["ip"]})
+        assert answer.status_code == 403 and "<form" in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("kind, form, words", [
+    ("ip_velocity", {"limit": "0", "minutes": "10"}, "limit"),
+    ("ip_velocity", {"limit": "3"}, "minutes"),
+    ("ip_list", {"ranges": "300.1.1.1"}, "ranges"),
+    ("ip_list", {"ranges": ""}, "ranges"),
+    ("email_list", {"emails": "not-an-email"}, "emails"),
+    ("email_list", {"domains": "-bad-"}, "domains"),
+    ("amount_anomaly", {"factor": "1"}, "factor"),
+    ("nonsense", {}, "kind"),
+])
+def test_bad_parameters_are_refused_and_nothing_is_made(app, kind, form, words):
+    from kamengd.errors import InvalidRequest
+    from kamengd.risk.models import RiskRule
+    from kamengd.risk.rules import create_rule
+    db = _db()
+    with app.app_context():
+        before = db.session.scalar(sa.select(sa.func.count()).select_from(RiskRule))
+        with pytest.raises(InvalidRequest, match=words):
+            create_rule(db.session, name="x", kind=kind, action="refuse", form=form, actor="t")
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(RiskRule)) == before
+        db.session.remove()
