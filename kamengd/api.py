@@ -105,7 +105,8 @@ def new_order():
                          buyer_input=body.get("input"),   # the product's input fields (kamengd.catalog.inputs)
                          pay_type=body.get("pay_type"),   # one of the channel's (GET /api/v1/payment-methods)
                          client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
-                         return_site=return_site())
+                         return_site=return_site(),
+                         captcha=body.get("captcha"))   # a solution, when a risk rule asked for one
     return jsonify(placed.as_api()), 201
 
 

@@ -96,6 +96,17 @@ class InsufficientBalance(KamengdError):
     http_status = 402
 
 
+class CaptchaRequired(KamengdError):
+    """A risk rule asks this attempt to solve a captcha first (kamengd.risk.captcha): the
+    answer carries a new `challenge`; the attempt is sent again with its solution."""
+    code = "captcha_required"
+    http_status = 400
+
+    def __init__(self, message: str, /, *, challenge: dict, **params):
+        super().__init__(message, **params)
+        self.challenge = challenge
+
+
 class Busy(KamengdError):
     """The database could not take the request now (a lock wait ran out, the
     server is away): nothing was changed, the client should try again."""

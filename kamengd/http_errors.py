@@ -20,11 +20,12 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/healthz"
 
 
-def error_response(code: str, message: str, status: int, *, kind: str | None = None):
+def error_response(code: str, message: str, status: int, *, kind: str | None = None, extra: dict | None = None):
     """`kind` picks the buyer's page's wording where the status alone does not say it
-    ("expired": a form sent after its token ran out)."""
+    ("expired": a form sent after its token ran out); `extra`: more fields of a JSON error
+    (a captcha's challenge)."""
     if _wants_json():
-        return jsonify({"error": {"code": code, "message": message}}), status
+        return jsonify({"error": {"code": code, "message": message, **(extra or {})}}), status
     if request.path.startswith("/admin"):
         try:
             return render_template("panel/error.html", status=status, message=message), status
@@ -59,7 +60,9 @@ def _with_retry_after(response, seconds: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KamengdError)
     def _domain(exc: KamengdError):
-        response = error_response(exc.code, _said(exc), exc.http_status)
+        challenge = getattr(exc, "challenge", None)
+        response = error_response(exc.code, _said(exc), exc.http_status,
+                                  extra={"challenge": challenge} if challenge else None)
         retry_after = getattr(exc, "retry_after", None)
         return _with_retry_after(response, retry_after) if retry_after else response
 

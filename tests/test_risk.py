@@ -283,3 +283,56 @@ def test_bad_parameters_are_refused_and_nothing_is_made(app, kind, form, words):
         db.session.rollback()
         assert db.session.scalar(sa.select(sa.func.count()).select_from(RiskRule)) == before
         db.session.remove()
+
+
+def _solve(challenge: dict) -> str:
+    import base64
+
+    import altcha
+    found = altcha.solve_challenge_v1(challenge["challenge"], challenge["salt"], challenge["algorithm"],
+                                      challenge["maxNumber"])
+    return base64.b64encode(json.dumps({"algorithm": challenge["algorithm"], "challenge": challenge["challenge"],
+                                        "number": found.number, "salt": challenge["salt"],
+                                        "signature": challenge["signature"]}).encode()).decode()
+
+
+def test_a_captcha_is_asked_then_taken_once(app, client, shop):
+    assert order(client, shop).status_code == 201
+    rule(app, "ip_list", "captcha", ranges=shop["ip"], name="check")
+    body = {"product_id": shop["product"], "quantity": 1, "email": "c@example.com", "channel": shop["channel"]}
+    asked = client.post("/api/v1/orders", json=body, environ_base={"REMOTE_ADDR": shop["ip"]})
+    assert asked.status_code == 400
+    error = asked.get_json()["error"]
+    assert error["code"] == "captcha_required" and {"challenge", "salt", "signature", "maxNumber"} <= \
+        set(error["challenge"])
+    solution = _solve(error["challenge"])
+    placed = client.post("/api/v1/orders", json={**body, "captcha": solution}, environ_base={"REMOTE_ADDR": shop["ip"]})
+    assert placed.status_code == 201, placed.get_json()
+    again = client.post("/api/v1/orders", json={**body, "captcha": solution}, environ_base={"REMOTE_ADDR": shop["ip"]})
+    assert again.get_json()["error"]["code"] == "captcha_required"   # a solution is good once
+    import base64
+    forged = json.loads(base64.b64decode(_solve(again.get_json()["error"]["challenge"])))
+    forged["number"] += 1
+    bad = base64.b64encode(json.dumps(forged).encode()).decode()
+    for wrong in (bad, "garbage", "", "x" * 5000, 12):
+        answer = client.post("/api/v1/orders", json={**body, "captcha": wrong}, environ_base={"REMOTE_ADDR": shop["ip"]})
+        assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "captcha_required"
+    outcomes = [d["outcome"] for d in decisions(app, client_ip=shop["ip"])]
+    assert outcomes.count("passed") == 1 and outcomes.count("captcha") >= 3
+    assert order(client, shop, ip="10.9.9.9").status_code == 201   # another address: no captcha
+
+
+def test_the_product_page_shows_the_captcha_when_asked(app, shop):
+    import re
+    rule(app, "ip_list", "captcha", ranges=shop["ip"])
+    with app.test_client() as c:
+        answer = _buy(c, shop, shop["ip"], "p@example.com")
+        page = answer.get_data(as_text=True)
+        assert answer.status_code == 400 and "<altcha-widget" in page and "altcha.js" in page
+        import html
+        challenge = json.loads(html.unescape(re.search(r'challengejson="([^"]+)"', page).group(1)))
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        done = c.post(f"/product/{shop['product']}", data={"csrf_token": token, "quantity": "1", "email": "p@example.com",
+                                                           "channel": shop["channel"], "captcha": _solve(challenge)},
+                      environ_base={"REMOTE_ADDR": shop["ip"]})
+        assert done.status_code == 303

@@ -33,10 +33,10 @@ from ..catalog import inputs
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
 from ..database import utcnow
-from ..errors import Busy, Forbidden, InvalidRequest, NotFound, OutOfStock
+from ..errors import Busy, CaptchaRequired, Forbidden, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..marketing import coupons
-from ..risk import engine as risk
+from ..risk import captcha as captchas, engine as risk
 from ..money import format_cents
 from ..context import get_config
 from ..payments import epay, methods, routing, sandbox
@@ -303,7 +303,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 buyer_input=None, pay_type=None, now: dt.datetime | None = None,
                 seller: Seller | None = None, return_site: str | None = None,
-                device_tag: str | None = None) -> PlacedOrder:
+                device_tag: str | None = None, captcha: str | None = None) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
     With a `seller`, the order is sold through that agent (at its price on its station).
 
@@ -366,7 +366,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             continue
         if verdict is None:
             verdict = _judge(session, ours, risk.Attempt(product_id, quantity, placed.amount_cents, row.currency,
-                                                         email, client_ip, device_tag), now)
+                                                         email, client_ip, device_tag), now, captcha)
         values.update(device_tag=device_tag, risk_review=verdict.action == "review")
         if offer is not None and ours:
             coupons.prepare_buyer(session, offer[0], email)   # (its own transaction, before the order's)
@@ -408,7 +408,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             continue
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
-            risk.record_matches(session, verdict, stage="order", order_id=placed.order_id, outcome=verdict.action,
+            risk.record_matches(session, verdict, stage="order", order_id=placed.order_id, outcome=verdict.outcome,
                                 client_ip=client_ip, product_id=product_id, now=now)
             if row.delivery_mode == "auto":
                 reserve_keys(session, product_id=product_id, quantity=quantity, order_id=placed.order_id,
@@ -430,8 +430,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     raise Busy("the product or its payment channel is being changed: try again")
 
 
-def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime) -> risk.Verdict:
-    """The risk rules' verdict, read outside any write lock; a refusal is recorded and raised."""
+def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime, captcha) -> risk.Verdict:
+    """The risk rules' verdict, read outside any write lock; a refusal (or a captcha not
+    solved) is recorded and raised."""
     if risk.none_known("order"):
         return risk.Verdict()
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
@@ -443,6 +444,12 @@ def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime
         risk.record_refused(session, verdict, outcome="refuse", client_ip=attempt.client_ip,
                             product_id=attempt.product_id, now=now)
         raise Forbidden("order refused: the shop does not take this order; ask its customer service")
+    if verdict.action == "captcha":
+        if not captchas.solved(session, captcha):
+            risk.record_refused(session, verdict, outcome="captcha", client_ip=attempt.client_ip,
+                                product_id=attempt.product_id, now=now)
+            raise CaptchaRequired("captcha: solve the captcha to place this order", challenge=captchas.challenge())
+        verdict.outcome = "passed"
     return verdict
 
 

@@ -61,6 +61,16 @@ class Match:
 class Verdict:
     action: str = "allow"            # what happens: allow, captcha, review or refuse
     matches: list[Match] = field(default_factory=list)
+    passed: bool = False             # the captcha asked for was solved
+
+    @property
+    def outcome(self) -> str:
+        """What is recorded as done: the action, or "passed" for a captcha solved."""
+        return "passed" if self.passed else self.action
+
+    @outcome.setter
+    def outcome(self, value: str) -> None:
+        self.passed = value == "passed"
 
     @property
     def deciding(self) -> Match | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import secrets
 from zoneinfo import ZoneInfo
 
@@ -18,7 +19,7 @@ from ..catalog.models import Category, Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
 from ..database import utcnow
-from ..errors import KamengdError, NotFound
+from ..errors import CaptchaRequired, KamengdError, NotFound
 from ..extensions import db, limiter
 from ..money import format_cents
 from ..orders.checkout import place_order
@@ -203,7 +204,7 @@ def index():
 
 
 # A service error names its field first ("email: ..."): the form marks that field.
-FIELDS = ("quantity", "email", "query_password", "channel", "pay_type", "coupon")
+FIELDS = ("quantity", "email", "query_password", "channel", "pay_type", "coupon", "captcha")
 
 
 def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
@@ -221,6 +222,8 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
         "query_password": t(f"查询密码须为 4 到 {MAX_QUERY_PASSWORD} 个字符，或留空。",
                             f"The query password needs 4 to {MAX_QUERY_PASSWORD} characters, or leave it empty."),
         "channel": t("请选择一种可用的支付方式。", "Choose one of the payment methods offered."),
+        "captcha": t("请等待下方的人机验证完成，然后再次点击购买。",
+                     "Wait for the check below to finish, then press Buy again."),
     }
     if exc.message.startswith("input: "):
         label = exc.message.removeprefix("input: ").split(":", 1)[0]
@@ -251,6 +254,8 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
                            html_pattern=inputs.html_pattern,
                            category=category, most=most, money=format_cents, error=error,
                            error_field=error_field, form=form or {},
+                           # a risk rule asks for a captcha: the widget solves this one
+                           challenge=json.dumps(exc.challenge) if isinstance(exc, CaptchaRequired) else None,
                            query_password_max=MAX_QUERY_PASSWORD), (exc.http_status if exc else 200)
 
 
@@ -296,7 +301,8 @@ def buy(product_id: int):
                              buyer_input={k.removeprefix("input_"): v[:1000] for k, v in form.items()
                                           if k.startswith("input_")} or None,
                              client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
-                             return_site=return_site(), device_tag=_device_tag())
+                             return_site=return_site(), device_tag=_device_tag(),
+                             captcha=form.get("captcha") or None)
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):
