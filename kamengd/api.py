@@ -19,6 +19,7 @@ from .substation import return_site, seller, station
 from .orders.lookup import buyer_order_view
 from .payments import methods
 from .payments import services as payments
+from .risk import engine as risk
 from .transaction import read_only
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -114,8 +115,14 @@ def new_order():
 @limiter.limit(_lookups_limit)
 def get_order(order_no: str):
     read_only()
-    return jsonify(buyer_order_view(db.session, get_vault(), order_no, token=request.args.get("token"),
-                                    query_password=request.args.get("query_password")))
+    risk.guard_lookup(db.session, request.remote_addr, request.args.get("captcha"))
+    try:
+        found = buyer_order_view(db.session, get_vault(), order_no, token=request.args.get("token"),
+                                 query_password=request.args.get("query_password"))
+    except NotFound:
+        risk.lookup_failed(db.session, request.remote_addr)
+        raise
+    return jsonify(found)
 
 
 @bp.get("/openapi.json")

@@ -96,6 +96,12 @@ class InsufficientBalance(KamengdError):
     http_status = 402
 
 
+class RateLimited(KamengdError):
+    """Too many attempts from one address (a risk rule's refusal of lookups)."""
+    code = "rate_limited"
+    http_status = 429
+
+
 class CaptchaRequired(KamengdError):
     """A risk rule asks this attempt to solve a captcha first (kamengd.risk.captcha): the
     answer carries a new `challenge`; the attempt is sent again with its solution."""

@@ -15,4 +15,4 @@ from .agents.models import (Agent, AgentApiKey, AgentLevel, AgentPrice, ApiNonce
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401
 from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: F401
 from .marketing.models import Coupon, CouponBuyer  # noqa: F401
-from .risk.models import CaptchaUse, RiskDecision, RiskRule  # noqa: F401
+from .risk.models import CaptchaUse, LookupFailure, RiskDecision, RiskRule  # noqa: F401

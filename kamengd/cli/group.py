@@ -90,7 +90,8 @@ COMMAND_MODULES = {
     "channel": "channels", "config": "config", "coupon": "coupons", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "run-job": "jobs",
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
-    "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers", "upgrade": "upgrade",
+    "risk": "risk", "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers",
+    "upgrade": "upgrade",
     "user": "users",
 }
 

@@ -26,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from ..database import utcnow
 from ..orders.models import Order
-from .models import ACTIONS, ORDER_KINDS, PAYMENT_KINDS, RiskDecision, RiskRule
+from ..errors import CaptchaRequired, RateLimited
+from . import captcha as captchas
+from .models import ACTIONS, LOOKUP_KINDS, ORDER_KINDS, PAYMENT_KINDS, LookupFailure, RiskDecision, RiskRule
 from .rules import cache as _cache, load_params
 
 RULES_TTL = 5.0          # seconds a process keeps the rules it read
@@ -95,7 +97,7 @@ def _rules(session: Session, stage: str) -> list[_Rule]:
     found = _cache.get(stage)
     if found is not None and time.monotonic() - found[0] < RULES_TTL:
         return found[1]
-    kinds = ORDER_KINDS if stage == "order" else PAYMENT_KINDS
+    kinds = {"order": ORDER_KINDS, "payment": PAYMENT_KINDS, "lookup": LOOKUP_KINDS}[stage]
     rows = session.execute(sa.select(RiskRule.id, RiskRule.name, RiskRule.kind, RiskRule.action, RiskRule.params)
                            .where(RiskRule.is_active.is_(True), RiskRule.kind.in_(kinds))
                            .order_by(RiskRule.sort_order, RiskRule.id)).all()
@@ -112,10 +114,10 @@ def none_known(stage: str) -> bool:
     return found is not None and not found[1] and time.monotonic() - found[0] < RULES_TTL
 
 
-def _count(session: Session, column, values: list, minutes: int, limit: int, now: dt.datetime) -> int:
-    """Orders of these values lately, counted up to `limit` (enough to decide)."""
+def _count(session: Session, column, values: list, minutes: int, limit: int, now: dt.datetime, table=_o) -> int:
+    """Rows (orders) of these values lately, counted up to `limit` (enough to decide)."""
     since = now - dt.timedelta(minutes=minutes)
-    inner = (sa.select(sa.literal(1)).where(column.in_(values), _o.c.created_at >= since).limit(limit)
+    inner = (sa.select(sa.literal(1)).where(column.in_(values), table.c.created_at >= since).limit(limit)
              .subquery())
     return session.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one()
 
@@ -215,6 +217,50 @@ def judge_repeat_payment(session: Session, *, order_no: str, payments: int) -> V
     return _verdict(matches)
 
 
+_f = LookupFailure.__table__
+
+
+def _own_transaction(session: Session, statement, rows) -> None:
+    """A short write of its own (the caller's session holds no transaction, or a read only)."""
+    bind = session.get_bind()
+    if isinstance(bind, sa.engine.Engine):
+        with bind.begin() as own:
+            own.execute(statement, rows)
+    else:   # a caller's connection (tests)
+        bind.execute(statement, rows)
+
+
+def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.datetime | None = None) -> None:
+    """Before a buyer's lookup: raise RateLimited, or CaptchaRequired (with a challenge), when
+    this address failed too many lookups lately and a rule says so."""
+    if none_known("lookup") or not client_ip:
+        return
+    now = now or utcnow()
+    matches = []
+    for rule in _rules(session, "lookup"):
+        n = _count(session, _f.c.client_ip, [client_ip], rule.params["minutes"], rule.params["limit"], now,
+                   table=_f)
+        if n >= rule.params["limit"]:
+            matches.append(Match(rule.id, rule.name, rule.kind, rule.action,
+                                 {"ip": client_ip, "failed": n, "minutes": rule.params["minutes"]}))
+    verdict = _verdict(matches)
+    if verdict.action == "refuse":
+        raise RateLimited("too many lookups that found nothing from this address: try again later")
+    if verdict.action == "captcha" and not captchas.solved(session, captcha):
+        raise CaptchaRequired("captcha: solve the captcha to look orders up", challenge=captchas.challenge())
+
+
+def lookup_failed(session: Session, client_ip: str | None, now: dt.datetime | None = None) -> None:
+    """A lookup found nothing: counted for the failed_lookups rules (only while one is active)."""
+    if client_ip and not none_known("lookup") and _rules(session, "lookup"):
+        _own_transaction(session, _f.insert(), {"client_ip": client_ip[:45], "created_at": now or utcnow()})
+
+
+def forget_lookup_failures(session: Session, now: dt.datetime | None = None) -> int:
+    """Failures older than a day count for no rule (a job)."""
+    return session.execute(_f.delete().where(_f.c.created_at < (now or utcnow()) - dt.timedelta(days=1))).rowcount
+
+
 def _rows(verdict: Verdict, *, stage: str, order_id: int | None, outcome: str, client_ip: str | None,
           product_id: int | None, now: dt.datetime) -> list[dict]:
     return [{"order_id": order_id, "stage": stage, "rule_id": m.rule_id, "rule_name": m.name, "kind": m.kind,
@@ -239,14 +285,8 @@ def record_refused(session: Session, verdict: Verdict, *, outcome: str, client_i
     caller has none open: what it read is rolled back)."""
     if not verdict.matches:
         return
-    rows = _rows(verdict, stage="order", order_id=None, outcome=outcome, client_ip=client_ip,
-                 product_id=product_id, now=now or utcnow())
-    bind = session.get_bind()
-    if isinstance(bind, sa.engine.Engine):
-        with bind.begin() as own:
-            own.execute(_d.insert(), rows)
-    else:   # a caller's connection (tests)
-        bind.execute(_d.insert(), rows)
+    _own_transaction(session, _d.insert(), _rows(verdict, stage="order", order_id=None, outcome=outcome,
+                                                 client_ip=client_ip, product_id=product_id, now=now or utcnow()))
 
 
 def review_rule(session: Session, order_id: int) -> str:

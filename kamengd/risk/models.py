@@ -18,7 +18,8 @@ from ..extensions import db
 # What each kind of rule looks at, and when.
 ORDER_KINDS = ("ip_velocity", "email_velocity", "device_velocity", "ip_list", "email_list", "amount_anomaly")
 PAYMENT_KINDS = ("repeat_payment",)
-RULE_KINDS = ORDER_KINDS + PAYMENT_KINDS
+LOOKUP_KINDS = ("failed_lookups",)
+RULE_KINDS = ORDER_KINDS + PAYMENT_KINDS + LOOKUP_KINDS
 # Weakest first: when several rules match, the strongest action is taken (an `allow` match
 # stops the evaluation before any other rule: a list of trusted addresses or buyers).
 ACTIONS = ("allow", "captcha", "review", "refuse")
@@ -63,6 +64,18 @@ class RiskDecision(db.Model):
     client_ip: Mapped[str | None] = mapped_column(sa.String(45))
     product_id: Mapped[int | None] = mapped_column(sa.Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class LookupFailure(db.Model):
+    """A buyer's lookup that found nothing (a wrong token, number or password), by address:
+    the failed_lookups rule counts them. Kept a day (a job forgets them)."""
+    __tablename__ = "lookup_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client_ip: Mapped[str] = mapped_column(sa.String(45))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (sa.Index("ix_lookup_failures_ip_created", "client_ip", "created_at"),)
 
 
 class CaptchaUse(db.Model):

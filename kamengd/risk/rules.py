@@ -9,6 +9,8 @@ Parameters arrive as text (the panel's fields, the CLI's options) and are stored
 - amount_anomaly: an order above `factor` × the product's average paid order over `days`
   days, once it has `min_orders` paid orders to judge by.
 - repeat_payment (at payment): an order paid more than `limit` times (default 1).
+- failed_lookups (at a buyer's lookup): `limit` lookups that found nothing in `minutes`
+  from one address; its action is a captcha or a refusal of the next lookups.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .models import ACTIONS, RULE_KINDS, RiskRule
 
 MAX_NAME = 100
 MAX_LIST = 2000
-VELOCITY = ("ip_velocity", "email_velocity", "device_velocity")
+VELOCITY = ("ip_velocity", "email_velocity", "device_velocity", "failed_lookups")
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -129,6 +131,8 @@ def _check(name: str, kind: str, action: str) -> str:
         found.add(InvalidRequest("action: allow, captcha, review or refuse"))
     if kind == "repeat_payment" and action in ("captcha", "allow"):
         found.add(InvalidRequest("action: a payment can only be held for review or refused (refunded by staff)"))
+    if kind == "failed_lookups" and action not in ("captcha", "refuse"):
+        found.add(InvalidRequest("action: lookups can be asked for a captcha or refused"))
     found.check()
     return name
 

@@ -21,6 +21,7 @@ from ..operations import history, rotation
 from ..orders import attention
 from ..orders.services import expire_orders
 from ..payments import settlement
+from ..risk import captcha, engine as risk
 from ..payments.reconcile import reconcile_pending
 from ..payments.services import check_channels as check_channel_health, disable_weak_channels
 from ..settings.services import shop_url
@@ -113,6 +114,11 @@ def prune_api_nonces(session: Session) -> dict:
     return {"nonces": prune_nonces(session)}
 
 
+def prune_risk_records(session: Session) -> dict:
+    """Solved captchas past their expiry, lookups that failed over a day ago (the risk rules')."""
+    return {"captchas": captcha.prune(session), "lookup_failures": risk.forget_lookup_failures(session)}
+
+
 def release_commissions(session: Session) -> dict:
     """Agents' commissions past their hold (agents.commission_hold_days) become spendable."""
     return release_due_commissions(session)
@@ -150,6 +156,7 @@ JOBS = {
     "retire_old_keys": (retire_old_keys, 600),
     "prune_history": (prune_history, 3600),
     "prune_api_nonces": (prune_api_nonces, 300),
+    "prune_risk_records": (prune_risk_records, 600),
     "release_commissions": (release_commissions, 300),
     "adjust_agent_levels": (adjust_agent_levels, 3600),
     "forward_supplier_orders": (forward_supplier_orders, 0),   # every tick: a buyer waits for these keys

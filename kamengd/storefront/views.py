@@ -19,7 +19,7 @@ from ..catalog.models import Category, Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
 from ..database import utcnow
-from ..errors import CaptchaRequired, KamengdError, NotFound
+from ..errors import CaptchaRequired, KamengdError, NotFound, RateLimited
 from ..extensions import db, limiter
 from ..money import format_cents
 from ..orders.checkout import place_order
@@ -36,6 +36,7 @@ from ..payments.models import PaymentChannel
 from ..payments import methods
 from ..payments import services as payments
 from ..payments.services import build_pay_url
+from ..risk import engine as risk
 from ..settings.messaging import mail_server
 from ..settings.services import get_setting, shop_look, shop_url
 from ..transaction import read_only
@@ -569,11 +570,23 @@ def lookup():
     password, its status without). An e-mail alone shows nothing."""
     read_only()
     found, email, order_no, page, total, partial = None, "", "", 1, 0, False
+    challenge = problem = None
     if request.method == "POST":
         email = request.form.get("email", "").strip()[:254]
         order_no = request.form.get("order_no", "").strip()[:32]
         password = request.form.get("query_password", "")[:MAX_QUERY_PASSWORD]
-        if order_no and email:
+        try:   # too many lookups that found nothing from here: a captcha, or not now
+            risk.guard_lookup(db.session, request.remote_addr, request.form.get("captcha") or None)
+        except CaptchaRequired as exc:
+            challenge, problem = json.dumps(exc.challenge), t("请等待下方的人机验证完成，然后再次点击查询。",
+                                                              "Wait for the check below to finish, then press Find again.")
+            email = order_no = password = ""
+        except RateLimited:
+            problem = t("查询失败次数过多，请稍后再试。", "Too many lookups found nothing: try again later.")
+            email = order_no = password = ""
+        if problem is not None:
+            found = []
+        elif order_no and email:
             found, partial = _one_order(order_no, email, password)
             total = len(found)
         elif email and password:
@@ -586,6 +599,8 @@ def lookup():
             session["lookup"] = {"email": email, "tags": [tag.hex() for tag in tags]}
         else:
             found = []
+        if problem is None and (email or order_no) and not found:
+            risk.lookup_failed(db.session, request.remote_addr)
     elif _int_arg("page") and isinstance(session.get("lookup"), dict):
         page = _int_arg("page")
         kept = session["lookup"]
@@ -598,7 +613,8 @@ def lookup():
     views = _order_views(found or [], keys=not partial) if found is not None else None
     mine = _order_views(orders_of_this_browser(db.session, session.get("orders", {})), keys=False)
     return render_template("storefront/lookup.html", orders=views, email=email, order_no=order_no, page=page,
-                           pages=max(1, -(-total // LOOKUP_PAGE)), partial=partial, mine=mine)
+                           pages=max(1, -(-total // LOOKUP_PAGE)), partial=partial, mine=mine,
+                           challenge=challenge, problem=problem), (429 if problem and not challenge else 200)
 
 
 def _one_order(order_no: str, email: str, password: str) -> tuple[list, bool]:

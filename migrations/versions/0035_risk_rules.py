@@ -33,6 +33,18 @@ def upgrade() -> None:
     with op.batch_alter_table('captcha_uses', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_captcha_uses_expires_at'), ['expires_at'], unique=False)
 
+    op.create_table('lookup_failures',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('client_ip', sa.String(length=45), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_lookup_failures')),
+    mysql_charset='utf8mb4',
+    mysql_collate='utf8mb4_bin',
+    mysql_engine='InnoDB'
+    )
+    with op.batch_alter_table('lookup_failures', schema=None) as batch_op:
+        batch_op.create_index('ix_lookup_failures_ip_created', ['client_ip', 'created_at'], unique=False)
+
     op.create_table('risk_decisions',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('order_id', sa.BigInteger(), nullable=True),
@@ -67,7 +79,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
     sa.Column('updated_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
     sa.CheckConstraint("action IN ('allow', 'captcha', 'review', 'refuse')", name=op.f('ck_risk_rules_action_known')),
-    sa.CheckConstraint("kind IN ('ip_velocity', 'email_velocity', 'device_velocity', 'ip_list', 'email_list', 'amount_anomaly', 'repeat_payment')", name=op.f('ck_risk_rules_kind_known')),
+    sa.CheckConstraint("kind IN ('ip_velocity', 'email_velocity', 'device_velocity', 'ip_list', 'email_list', 'amount_anomaly', 'repeat_payment', 'failed_lookups')", name=op.f('ck_risk_rules_kind_known')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_risk_rules')),
     mysql_charset='utf8mb4',
     mysql_collate='utf8mb4_bin',
@@ -98,6 +110,7 @@ def downgrade() -> None:
         batch_op.drop_column('device_tag')
 
     op.drop_table('risk_rules')
+    op.drop_table('lookup_failures')
     with op.batch_alter_table('risk_decisions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_risk_decisions_order_id'))
         batch_op.drop_index(batch_op.f('ix_risk_decisions_created_at'))
