@@ -140,6 +140,8 @@ def main() -> None:
     co.add_argument("--server", default="gunicorn", choices=("gunicorn", "waitress"), help="kamengd's server")
     co.add_argument("--forged-flood", type=int, default=0, metavar="N",
                     help="then the purchases again while N forged callbacks (bad signatures) pour in")
+    co.add_argument("--coupons", action="store_true", help="every order with a coupon (W5)")
+    co.add_argument("--risk", action="store_true", help="with seven risk rules on, none tripped (W5)")
     co.add_argument("--show-errors", action="store_true", help="kamengd's stderr to the terminal")
     co.add_argument("--database-url", help="default: SQLite in a temporary directory")
     ag = sub.add_parser("agents", help="orders paid from balances through the signed agent API by many "

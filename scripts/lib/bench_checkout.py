@@ -192,22 +192,30 @@ def _bare_plan(call, i):
     yield "reserve", status, data, took
 
 
-def _order_body(product_id, i):
-    return {"product_id": product_id, "quantity": 1, "email": f"b{i}@example.com", "channel": "epay"}
+def _order_body(product_id, i, coupon=None):
+    body = {"product_id": product_id, "quantity": 1, "email": f"b{i}@example.com", "channel": "epay"}
+    if coupon:
+        body["coupon"] = coupon
+    return body
 
 
-def _kamengd_order_plan(product_id):
+def _buyer(i, risk):
+    """With --risk, each order from one of 1,000 addresses (the server trusts one proxy hop)."""
+    return {"X-Forwarded-For": f"10.{i % 1000 // 250}.{i % 250}.7"} if risk else None
+
+
+def _kamengd_order_plan(product_id, coupon=None, risk=False):
     def plan(call, i):
-        status, data, took = call("POST", "/api/v1/orders", _order_body(product_id, i))
+        status, data, took = call("POST", "/api/v1/orders", _order_body(product_id, i, coupon), _buyer(i, risk))
         yield "order", status, data, took
     return plan
 
 
-def _kamengd_purchase_plan(product_id):
+def _kamengd_purchase_plan(product_id, coupon=None, risk=False):
     from kamengd.payments import epay
 
     def plan(call, i):
-        status, data, took = call("POST", "/api/v1/orders", _order_body(product_id, i))
+        status, data, took = call("POST", "/api/v1/orders", _order_body(product_id, i, coupon), _buyer(i, risk))
         yield "order", status, data, took
         if status != 201:
             return
@@ -218,7 +226,8 @@ def _kamengd_purchase_plan(product_id):
         params["sign_type"] = "MD5"
         status, data, took = call("GET", f"/pay/epay/notify?{urllib.parse.urlencode(params)}")
         yield "callback", (status if data == b"success" else 500), data, took
-        status, data, took = call("GET", f"/api/v1/orders/{order['order_no']}?token={order['token']}")
+        status, data, took = call("GET", f"/api/v1/orders/{order['order_no']}?token={order['token']}",
+                                  headers=_buyer(i, risk))
         yield "lookup", status, data, took
     return plan
 
@@ -323,6 +332,24 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
                     "--option", "pid=1001", "--option", f"key={MERCHANT_KEY}", env=env)
         if r.returncode:
             sys.exit(r.stderr)
+        coupon = None
+        if args.coupons:   # every order takes one use of one coupon: its row is claimed by each order
+            coupon = "BENCH10"
+            r = kamengd("coupon", "add", "--code", coupon, "--percent-off", "10", env=env)
+            if r.returncode:
+                sys.exit(r.stderr)
+        if args.risk:   # rules as a merchant would set them, none of which these buyers trip
+            env["KAMENGD_SERVER_PROXY_COUNT"] = "1"
+            for rule in (["--kind", "ip_velocity", "--action", "refuse", "--limit", "20", "--minutes", "10"],
+                         ["--kind", "email_velocity", "--action", "captcha", "--limit", "10", "--minutes", "60"],
+                         ["--kind", "device_velocity", "--action", "refuse", "--limit", "20", "--minutes", "10"],
+                         ["--kind", "ip_list", "--action", "refuse", "--ranges", "192.0.2.0/24,2001:db8::/32"],
+                         ["--kind", "email_list", "--action", "refuse", "--domains", "spam.example,mailinator.com"],
+                         ["--kind", "amount_anomaly", "--action", "review", "--factor", "10", "--min-orders", "20"],
+                         ["--kind", "failed_lookups", "--action", "captcha", "--limit", "20", "--minutes", "10"]):
+                r = kamengd("risk", "rule", "add", "--name", rule[1], *rule, env=env)
+                if r.returncode:
+                    sys.exit(r.stderr)
         gunicorn_log = ["--access-logfile", "-", "--access-logformat", '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss']
 
         # 1. bare
@@ -351,17 +378,17 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
                                   subprocess.DEVNULL)
         try:
             _wait_up(port, "/healthz", server)
-            orders = drive(port, _kamengd_order_plan(shop_product), args.n, args.clients, args.processes)
+            orders = drive(port, _kamengd_order_plan(shop_product, coupon, args.risk), args.n, args.clients, args.processes)
             if os.environ.get("BENCH_SHOW_CPU"):
                 _show_cpu(server.pid)
-            purchases = drive(port, _kamengd_purchase_plan(shop_product), args.n, args.clients, args.processes)
+            purchases = drive(port, _kamengd_purchase_plan(shop_product, coupon, args.risk), args.n, args.clients, args.processes)
             flooded = flood_answers = None
             if args.forged_flood:
                 ctx = mp.get_context("fork")
                 done = ctx.Queue()
                 flooder = ctx.Process(target=_flood, args=(port, args.forged_flood, 8, done))
                 flooder.start()
-                flooded = drive(port, _kamengd_purchase_plan(shop_product), args.n, args.clients, args.processes)
+                flooded = drive(port, _kamengd_purchase_plan(shop_product, coupon, args.risk), args.n, args.clients, args.processes)
                 flood_answers = done.get()
                 flooder.join()
             health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
@@ -378,6 +405,11 @@ def bench_checkout(args, *, kamengd, install, machine) -> None:
         kind = "gthread" if args.threads > 1 else "sync"
         print(f"database: {db}; server: gunicorn {kind}, {args.workers} workers x {args.threads} threads, "
               f"access log on; kamengd with its scheduler (leader: {health['scheduler']['leader']})")
+        if coupon:
+            print(f"every order with coupon {coupon} (10% off, no limit on uses)")
+        if args.risk:
+            print("risk rules on: velocity per address (20/10 min), e-mail (10/h) and device, listed ranges and "
+                  "domains, amounts above 10x the usual, failed lookups; 1,000 buyer addresses")
         print(f"client: {args.clients} clients in {args.processes} processes, keep-alive; {args.n} operations a phase")
         print(f"bare reserve: {bare_rate:,.0f}/s; {steps_line(bare_result)}")
         print(f"kamengd order creation: {order_rate:,.0f}/s = {order_rate / bare_rate:.2f} x bare; "
