@@ -370,3 +370,20 @@ for _pool in (sa.pool.QueuePool, sa.pool.NullPool, sa.pool.SingletonThreadPool, 
 def readonly_connection(engine: Engine):
     """A connection for reads only: on SQLite it never waits for a writer."""
     return engine.connect().execution_options(kamengd_readonly=True)
+
+
+def insert_ignoring(table: sa.Table):
+    """An INSERT that does nothing for a row whose key exists (SQLite: OR IGNORE; MySQL: IGNORE)."""
+    return sa.insert(table).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
+
+
+def write_apart(session, statement, params) -> int:
+    """Run one write in a short transaction of its own, beside the session's (which it never
+    joins: a counter's row made inside an order's transaction would make MySQL hold a shared
+    lock that the order's UPDATE then needs exclusively, and concurrent orders deadlock).
+    A session bound to one connection (tests) writes in it. Returns the rowcount."""
+    bind = session.get_bind()
+    if isinstance(bind, Engine):
+        with bind.begin() as own:
+            return own.execute(statement, params).rowcount
+    return bind.execute(statement, params).rowcount

@@ -39,7 +39,19 @@ def data(shop):
     channel_ids = shop.run(lambda s, v: {c.code: c.id for c in s.query(PaymentChannel)})
     return {"category": games, "product": month, "manual": manual, "delivered": delivered,
             "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
-            "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier)}
+            "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier),
+            "coupon": shop.run(lambda s, _v: _a_coupon(s, games))}
+
+
+def _a_coupon(session, category_id: int) -> int:
+    """A coupon limited to a category, with a window and uses (the coupons' list and form)."""
+    from kamengd.marketing import coupons
+
+    made = coupons.create_coupon(session, "CHUNJIE-10", coupons.parse_coupon_form(
+        {"kind": "percent", "percent_off": "10", "max_discount": "20", "scope": "category", "scope_id": str(category_id),
+         "ends_at": "2099-02-01 00:00", "max_uses": "100", "per_buyer": "1", "note": "春节"}, "Asia/Shanghai"),
+        actor="test")
+    return made.id
 
 
 def _a_supplier(session, vault) -> int:
@@ -105,7 +117,8 @@ def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
     """Real objects for a panel address's parts."""
     known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
              "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat(),
-             "agent_id": data["agent"], "supplier_id": data["supplier"]}
+             "agent_id": data["agent"], "supplier_id": data["supplier"],
+             "coupon_id": data["coupon"]}
     unknown = arguments - known.keys()
     assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
     return {name: known[name] for name in arguments}
@@ -277,6 +290,37 @@ def test_a_form_sent_after_the_session_ended_is_not_lost(shop, data, tab):
     with page.expect_navigation():
         page.get_by_role("button", name=re.compile("添加商品|Add product")).click()
     assert "草稿商品 Draft kept" in t.text()
+    t.assert_clean(allow_status=(400,))
+
+
+def test_an_owner_adds_a_coupon_after_a_mistake_and_sees_it_in_the_report(shop, data, tab, owner_state):
+    """Coupons from the menu; a wrong amount comes back with the form as typed; then the coupon is listed."""
+    t = tab(storage_state=owner_state)
+    page = t.page
+    t.open("/admin/dashboard?lang=en")
+    with page.expect_navigation():
+        page.click("nav.sidenav a[href='/admin/coupons']")
+    assert "CHUNJIE-10" in t.text("#coupons") and "10% (≤ 20.00)" in t.text("#coupons")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Add a coupon").click()
+    page.fill("#code", "new-year-5")
+    page.check("input[name=kind][value=fixed]")
+    page.fill("#amount_off", "five")
+    page.select_option("#applies_to", f"product:{data['product']}")
+    page.fill("#ends_at", "2099-01-31T23:59")
+    page.fill("#note", "元旦")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add coupon").click()
+    assert "amount off: 'five' is not a decimal amount" in t.text(".flashes")
+    assert page.input_value("#code") == "new-year-5" and page.input_value("#ends_at") == "2099-01-31T23:59"
+    assert page.input_value("#applies_to") == f"product:{data['product']}"
+    t.shot("panel-coupon-new-error")
+    page.fill("#amount_off", "5")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add coupon").click()
+    row = page.locator("#coupons tbody tr", has_text="NEW-YEAR-5")
+    assert "5.00 CNY" in row.inner_text() and "月卡 Monthly pass" in row.inner_text()
+    t.shot("panel-coupons-added")
     t.assert_clean(allow_status=(400,))
 
 

@@ -237,14 +237,18 @@ def test_create_edit_and_hide_a_product(app, client, operator):
     # The edit page shows the stored values; saving a change is audited with old and new.
     edit = client.get(f"/admin/products/{p.id}").get_data(as_text=True)
     assert 'value="12.50"' in edit and "&lt;b&gt;not bold&lt;/b&gt;" in edit
-    resp = post(client, f"/admin/products/{p.id}", {**values, "price": "13", "max_quantity": "5"},
+    resp = post(client, f"/admin/products/{p.id}", {**values, "price": "13", "max_quantity": "5",
+                                                     "buyer_daily_limit": "3"},
                 page_url=f"/admin/products/{p.id}")
     assert resp.status_code == 303
     p = product_named(app, values["name"])
-    assert (p.price_cents, p.max_quantity) == (1300, 5)
+    assert (p.price_cents, p.max_quantity, p.buyer_daily_limit) == (1300, 5, 3)
     _a, _b, details = db_audits(app, f"product:{p.id}", "product.update")[-1]
     assert details["changes"] == {"price": {"old": "12.50", "new": "13.00"},
-                                  "max_quantity": {"old": 100, "new": 5}}
+                                  "max_quantity": {"old": 100, "new": 5}, "daily_limit": {"old": None, "new": 3}}
+    # The limit is kept by an edit of something else, and shown on the page.
+    assert 'id="buyer_daily_limit" name="buyer_daily_limit" type="number" min="1" max="100000" value="3"' in \
+        client.get(f"/admin/products/{p.id}").get_data(as_text=True)
 
     # Hide from the list, then show again.
     resp = post(client, f"/admin/products/{p.id}/visibility", {"visible": "0"}, page_url="/admin/products")
@@ -267,6 +271,7 @@ def test_create_edit_and_hide_a_product(app, client, operator):
     ({"delivery_mode": "drone"}, "delivery: must be one of"),
     ({"category_id": "999999999"}, "category: category 999999999 does not exist"),
     ({"sort_order": "99999999999999999999"}, "sort order"),
+    ({"buyer_daily_limit": "0"}, "daily limit per buyer"),
 ])
 def test_bad_product_form_is_refused_and_kept(app, client, operator, overrides, message):
     values = form(**overrides)

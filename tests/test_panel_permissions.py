@@ -63,6 +63,11 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.supplier_settings": MANAGERS,
     "panel.supplier_map": MANAGERS,
     "panel.supplier_unmap": MANAGERS,
+    # Coupons give money away: as agents' discounts, never the operator who edits products.
+    "panel.coupons_list": MANAGERS,
+    "panel.coupon_new": MANAGERS,
+    "panel.coupon_edit": MANAGERS,
+    "panel.coupon_toggle": MANAGERS,
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,
     "panel.channel_toggle": MANAGERS,
@@ -166,8 +171,11 @@ def world(backend, databases, tmp_path_factory):
         from kamengd.suppliers.services import add_supplier
         supplier = add_supplier(db.session, get_vault(), name="perm-supplier", url="http://127.0.0.1:9",
                                 key_id="ak_perm", secret="perm-secret-0123456789", actor="test")
+        from kamengd.marketing.coupons import create_coupon, parse_coupon_form
+        coupon = create_coupon(db.session, "PERM-COUPON", parse_coupon_form({"kind": "fixed", "amount_off": "1"},
+                                                                             "Asia/Shanghai"), actor="test")
         db.session.commit()
-        ids = {"supplier_id": supplier.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
+        ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
                "agent_id": agent.id, "withdrawal_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
@@ -280,7 +288,8 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "supplier_id": 1}
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "supplier_id": 1,
+           "coupon_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     posts = [r for r in _panel_rules(app) if "POST" in r.methods]

@@ -24,6 +24,18 @@ class Category(db.Model):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class BuyerDay(db.Model):
+    """Units of one product bought by one buyer on one shop day (the buyer daily limit)."""
+    __tablename__ = "buyer_days"
+
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True)
+    email_folded: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    quantity: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    __table_args__ = (sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),)
+
+
 class Product(db.Model):
     """Money is integer cents in `currency`; never a float."""
     __tablename__ = "products"
@@ -42,6 +54,9 @@ class Product(db.Model):
     low_stock_alerted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     min_quantity: Mapped[int] = mapped_column(default=1)
     max_quantity: Mapped[int] = mapped_column(default=100)
+    # At most this many units to one buyer (e-mail, case-folded) per shop day; NULL: no limit.
+    # Counted per buyer and day in buyer_days, in the order's transaction (kamengd.catalog.limits).
+    buyer_daily_limit: Mapped[int | None] = mapped_column(sa.Integer)
     is_active: Mapped[bool] = mapped_column(default=True)
     sort_order: Mapped[int] = mapped_column(default=0)
     # What the buyer fills in (kamengd.catalog.inputs), as JSON; None: nothing.

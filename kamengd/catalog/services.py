@@ -35,7 +35,7 @@ PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "des
                   "price_cents": "price", "cost_price_cents": "cost_price", "delivery_mode": "delivery",
                   "min_quantity": "min_quantity", "max_quantity": "max_quantity",
                   "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible",
-                  "input_fields": "input_fields"}
+                  "input_fields": "input_fields", "buyer_daily_limit": "daily_limit"}
 
 
 def whole_number(raw: str | int, field: str) -> int:
@@ -89,6 +89,8 @@ def parse_product_form(form: Mapping[str, str], session: Session | None = None) 
         "sort_order": read(whole_number, form.get("sort_order") or "0", "sort order"),
         "is_active": form.get("is_active") == "1",
         "input_fields": form.get("input_fields") or "",
+        "buyer_daily_limit": read(whole_number, form.get("buyer_daily_limit"), "daily limit per buyer")
+        if (form.get("buyer_daily_limit") or "").strip() else None,
     }
     if not price:
         found.errors.insert(0, InvalidRequest("price: required, e.g. 9.90"))
@@ -139,6 +141,9 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
     if "sort_order" in fields:
         with found:
             _in_range(values["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    if "buyer_daily_limit" in fields and values["buyer_daily_limit"] is not None:
+        with found:
+            _in_range(values["buyer_daily_limit"], "daily limit per buyer", 1, MAX_QUANTITY)
     if "input_fields" in fields:
         given = values["input_fields"]
         if isinstance(given, list):       # stored or from a caller: checked the same way as typed text
@@ -159,7 +164,8 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
                    cost_price_cents: int | None = None, currency: str = "CNY",
                    min_quantity: int = 1, max_quantity: int = 100, description: str = "",
                    category_id: int | None = None, sort_order: int = 0, is_active: bool = True,
-                   input_fields: str | list | None = None, source_ip: str | None = None) -> Product:
+                   input_fields: str | list | None = None, source_ip: str | None = None,
+                   buyer_daily_limit: int | None = None) -> Product:
     if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
         raise InvalidRequest("currency: a three-letter ISO code such as CNY")
     values = _check_product(session, {
@@ -167,7 +173,7 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
         "price_cents": price_cents, "cost_price_cents": cost_price_cents, "delivery_mode": delivery_mode,
         "min_quantity": min_quantity, "max_quantity": max_quantity,
         "low_stock_threshold": low_stock_threshold, "sort_order": sort_order, "is_active": bool(is_active),
-        "input_fields": input_fields or "",
+        "input_fields": input_fields or "", "buyer_daily_limit": buyer_daily_limit,
     }, PRODUCT_FIELDS)
     product = Product(currency=currency.upper(), **values)
     session.add(product)
@@ -297,7 +303,7 @@ def product_summary(session: Session, product: Product) -> dict:
     return {"id": product.id, "name": product.name, "price": format_cents(product.price_cents),
             "currency": product.currency, "delivery": product.delivery_mode,
             "low_stock": product.low_stock_threshold, "active": product.is_active,
-            "stock": available_stock(session, product.id)}
+            "daily_limit": product.buyer_daily_limit, "stock": available_stock(session, product.id)}
 
 
 # --- categories -----------------------------------------------------------

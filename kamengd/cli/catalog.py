@@ -49,6 +49,8 @@ sort_order_option = click.option("--sort-order", type=click.IntRange(*SORT_ORDER
 @click.option("--currency", default="CNY", show_default=True)
 @click.option("--min-quantity", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-quantity", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--daily-limit", type=click.IntRange(min=1), metavar="N",
+              help="At most N units to one buyer (e-mail) a day.")
 @click.option("--description", default="")
 @category_option
 @sort_order_option
@@ -56,14 +58,14 @@ sort_order_option = click.option("--sort-order", type=click.IntRange(*SORT_ORDER
 @json_option
 @with_app
 def product_create(name, price, delivery, low_stock, cost_price, currency, min_quantity,
-                   max_quantity, description, category, sort_order, hidden, as_json):
+                   max_quantity, daily_limit, description, category, sort_order, hidden, as_json):
     """Create a product."""
     p = create_product(db.session, name=name, price_cents=parse_money(price), actor=cli_actor(),
                        delivery_mode=delivery, low_stock_threshold=low_stock,
                        cost_price_cents=cost_cents(cost_price) if cost_price is not None else None,
                        currency=currency, min_quantity=min_quantity, max_quantity=max_quantity,
                        description=description, category_id=category_id(category) if category else None,
-                       sort_order=sort_order or 0, is_active=not hidden)
+                       sort_order=sort_order or 0, is_active=not hidden, buyer_daily_limit=daily_limit)
     summary = product_summary(db.session, p)
     emit(as_json, summary, f"created product {p.id}: {p.name} ({summary['price']} {p.currency})")
 
@@ -78,6 +80,9 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 @click.option("--no-cost-price", is_flag=True, help="Forget the cost price.")
 @click.option("--min-quantity", type=click.IntRange(min=1))
 @click.option("--max-quantity", type=click.IntRange(min=1))
+@click.option("--daily-limit", type=click.IntRange(min=1), metavar="N",
+              help="At most N units to one buyer (e-mail) a day.")
+@click.option("--no-daily-limit", is_flag=True, help="Forget the daily limit per buyer.")
 @click.option("--description")
 @category_option
 @click.option("--no-category", is_flag=True, help="Take the product out of its category.")
@@ -86,7 +91,8 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 @json_option
 @with_app
 def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_cost_price, min_quantity,
-                 max_quantity, description, category, no_category, sort_order, hidden, as_json):
+                 max_quantity, daily_limit, no_daily_limit, description, category, no_category, sort_order, hidden,
+                 as_json):
     """Change a product: only the options given (audited as product.update, with old and new values)."""
     if cost_price is not None and no_cost_price:
         raise click.UsageError("give --cost-price or --no-cost-price, not both")
@@ -103,6 +109,10 @@ def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_co
         changes["cost_price_cents"] = cost_cents(cost_price)
     elif no_cost_price:
         changes["cost_price_cents"] = None
+    if daily_limit is not None and no_daily_limit:
+        raise click.UsageError("give --daily-limit or --no-daily-limit, not both")
+    if daily_limit is not None or no_daily_limit:
+        changes["buyer_daily_limit"] = daily_limit
     if category is not None:
         changes["category_id"] = category_id(category)
     elif no_category:

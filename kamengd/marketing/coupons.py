@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..catalog.models import Category, Product
-from ..database import utcnow
+from ..database import insert_ignoring, utcnow, write_apart
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..money import MAX_CENTS, format_cents, parse_money
 from ..orders.models import Order
@@ -121,10 +121,7 @@ def discount(terms, *, product_id: int, category_id: int | None, currency: str, 
     return off
 
 
-_ADD_BUYER = {
-    "sqlite": lambda: sa.text("INSERT OR IGNORE INTO coupon_buyers (coupon_id, email, uses) VALUES (:cid, :email, 0)"),
-    "mysql": lambda: sa.text("INSERT IGNORE INTO coupon_buyers (coupon_id, email, uses) VALUES (:cid, :email, 0)"),
-}
+_ADD_BUYER = insert_ignoring(_cb).values(coupon_id=sa.bindparam("cid"), email=sa.bindparam("email"), uses=0)
 
 
 def prepare_buyer(session: Session, terms, email: str) -> None:
@@ -133,14 +130,7 @@ def prepare_buyer(session: Session, terms, email: str) -> None:
     lock the claim's UPDATE then needs exclusively, and two orders of one buyer would deadlock."""
     if limited_per_buyer(terms) is None or session.in_transaction():
         return
-    bind = session.get_bind()
-    params = {"cid": terms.id, "email": buyer_key(email)}
-    statement = _ADD_BUYER["sqlite" if bind.dialect.name == "sqlite" else "mysql"]()
-    if isinstance(bind, sa.engine.Engine):
-        with bind.begin() as own:
-            own.execute(statement, params)
-    else:   # a caller's connection (tests): in its transaction
-        bind.execute(statement, params)
+    write_apart(session, _ADD_BUYER, {"cid": terms.id, "email": buyer_key(email)})
 
 
 def claim(session: Session, terms, email: str, now: dt.datetime) -> bool:
@@ -163,8 +153,7 @@ def claim(session: Session, terms, email: str, now: dt.datetime) -> bool:
                     .values(uses=_cb.c.uses + 1)).rowcount == 1:
         return True
     # No row yet (a caller's transaction): made here; a row another order just made is asked again.
-    statement = _ADD_BUYER["sqlite" if conn.dialect.name == "sqlite" else "mysql"]()
-    if conn.execute(statement, {"cid": terms.id, "email": key}).rowcount == 1:
+    if conn.execute(_ADD_BUYER, {"cid": terms.id, "email": key}).rowcount == 1:
         return conn.execute(_cb.update().where(_cb.c.coupon_id == terms.id, _cb.c.email == key, _cb.c.uses < limit)
                             .values(uses=_cb.c.uses + 1)).rowcount == 1
     return False

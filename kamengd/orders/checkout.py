@@ -29,7 +29,7 @@ from ..accounts.passwords import hash_password
 from ..agents.models import Agent, AgentLevel, AgentPrice, LevelPrice
 from ..agents.services import station_price
 from ..ledger.services import DEFAULT_CURRENCY as AGENTS_CURRENCY
-from ..catalog import inputs
+from ..catalog import inputs, limits
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
 from ..database import utcnow
@@ -57,7 +57,7 @@ _a, _l, _lp, _ap = Agent.__table__, AgentLevel.__table__, LevelPrice.__table__, 
 # product a 404.
 _OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-              _p.c.category_id, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
+              _p.c.category_id, _p.c.buyer_daily_limit, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               _c.c.health, _c.c.min_amount_cents, _c.c.max_amount_cents, _c.c.daily_cap_cents,
@@ -79,7 +79,7 @@ def _bind(column):
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
-                 "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded")
+                 "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded", "limit_day")
 
 
 def _still_holds(price_param: str) -> list:
@@ -99,6 +99,7 @@ def _still_holds(price_param: str) -> list:
             _p.c.input_fields.is_not_distinct_from(sa.bindparam("input_fields", type_=sa.Text())),
             # (a coupon for a category priced the order)
             _p.c.category_id.is_not_distinct_from(sa.bindparam("category_id", type_=sa.Integer())),
+            _p.c.buyer_daily_limit.is_not_distinct_from(sa.bindparam("buyer_daily_limit", type_=sa.Integer())),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                 sa.bindparam("timeout", type_=sa.Text())),
@@ -370,6 +371,10 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         values.update(device_tag=device_tag, risk_review=verdict.action == "review")
         if offer is not None and ours:
             coupons.prepare_buyer(session, offer[0], email)   # (its own transaction, before the order's)
+        if row.buyer_daily_limit is not None:
+            values["limit_day"] = routing.shop_day(now, get_config().site.timezone)
+            if ours:
+                limits.prepare(session, product_id, email, values["limit_day"])   # (the same)
         if row.daily_cap_cents is not None:
             day = routing.shop_day(now, get_config().site.timezone)
             if not routing.take_capacity(session, row.channel_id, row.daily_cap_cents, day,
@@ -406,6 +411,15 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             fresh = True
             changed += 1
             continue
+        if inserted.rowcount == 1 and row.buyer_daily_limit is not None and not limits.take(
+                session, product_id, email, values["limit_day"], quantity, row.buyer_daily_limit):
+            if ours:
+                session.rollback()
+            left = limits.left_today(session, product_id, email, values["limit_day"], row.buyer_daily_limit)
+            if ours:
+                session.rollback()
+            raise InvalidRequest("quantity: at most %(limit)s a day for one buyer; %(left)s left today",
+                                 limit=row.buyer_daily_limit, left=left)
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
             risk.record_matches(session, verdict, stage="order", order_id=placed.order_id, outcome=verdict.outcome,
@@ -520,6 +534,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         problem = NotFound("product %(product_id)s not found", product_id=product_id)
     elif not row.min_quantity <= quantity <= row.max_quantity:
         problem = InvalidRequest("quantity: between %(low)s and %(high)s", low=row.min_quantity, high=row.max_quantity)
+    elif row.buyer_daily_limit is not None and quantity > row.buyer_daily_limit:
+        problem = InvalidRequest("quantity: at most %(limit)s a day for one buyer", limit=row.buyer_daily_limit)
     elif row.channel_id is None or not row.is_enabled:
         problem = InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
     elif row.delivery_mode == "auto" and row.waiting:
@@ -596,7 +612,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
         "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields,
-        "daily_cap": row.daily_cap_cents, "category_id": row.category_id}
+        "daily_cap": row.daily_cap_cents, "category_id": row.category_id, "limit_day": None,
+        "buyer_daily_limit": row.buyer_daily_limit}
     return placed, values
 
 

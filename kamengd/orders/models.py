@@ -54,6 +54,9 @@ class Order(db.Model):
     # The day (site.timezone) the order was counted against its channel's daily cap, NULL when
     # it was not (no cap then) or its room was given back (it expired): given back exactly once.
     cap_day: Mapped[dt.date | None] = mapped_column(sa.Date)
+    # The day the order was counted against its product's buyer daily limit (buyer_days), NULL
+    # when it was not or its units were given back (it expired): given back exactly once.
+    limit_day: Mapped[dt.date | None] = mapped_column(sa.Date)
     # The coupon taken off the order (no foreign key, as agent_id) and what it took off:
     # amount_cents = unit_price_cents × quantity − discount_cents.
     coupon_id: Mapped[int | None] = mapped_column(sa.Integer)

@@ -21,6 +21,7 @@ from ..accounts.passwords import verify_password
 from ..agents import commission
 from ..agents.models import Agent
 from ..audit.services import record
+from ..catalog import limits
 from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
@@ -185,6 +186,7 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
     if expired:
         routing.give_back_expired(session, ids)
         coupons.give_back_expired(session, ids)   # (each order's use once, whoever expired it)
+        limits.give_back_expired(session, ids)    # (and its units of a buyer daily limit)
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")

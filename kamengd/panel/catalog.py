@@ -17,7 +17,7 @@ from .helpers import PAGE_SIZE, page_number, flash_errors
 from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
-                "max_quantity", "low_stock_threshold", "sort_order", "is_active", "input_fields")
+                "max_quantity", "buyer_daily_limit", "low_stock_threshold", "sort_order", "is_active", "input_fields")
 MAX_FIELD = 200                  # longer than any valid value: the service names the limit
 MAX_TEXT = catalog.MAX_DESCRIPTION + 1
 
@@ -33,6 +33,7 @@ def _values(product: Product) -> dict[str, str]:
             "cost_price": "" if product.cost_price_cents is None else format_cents(product.cost_price_cents),
             "delivery_mode": product.delivery_mode, "min_quantity": str(product.min_quantity),
             "max_quantity": str(product.max_quantity), "low_stock_threshold": str(product.low_stock_threshold),
+            "buyer_daily_limit": "" if product.buyer_daily_limit is None else str(product.buyer_daily_limit),
             "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else "",
             "input_fields": inputs.fields_text(inputs.load(product.input_fields))}
 

@@ -35,6 +35,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "channels.manage": frozenset({"owner", "admin"}),
     # Other shops this one buys from: their keys spend this shop's money there.
     "suppliers.manage": frozenset({"owner", "admin"}),
+    # Coupons give the shop's money away (as agents' discounts do): never the operator, who edits products.
+    "coupons.manage": frozenset({"owner", "admin"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -94,6 +96,11 @@ ENDPOINTS: dict[str, str] = {
     "panel.supplier_settings": "suppliers.manage",
     "panel.supplier_map": "suppliers.manage",
     "panel.supplier_unmap": "suppliers.manage",
+    # coupons.py
+    "panel.coupons_list": "coupons.manage",
+    "panel.coupon_new": "coupons.manage",
+    "panel.coupon_edit": "coupons.manage",
+    "panel.coupon_toggle": "coupons.manage",
     # channels.py
     "panel.channels": "channels.manage",
     "panel.channel_new": "channels.manage",

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..database import utcnow
+from ..database import insert_ignoring, utcnow, write_apart
 from ..notifications.events import emit
 from ..orders.models import Order
 from . import methods, sandbox
@@ -83,8 +83,8 @@ def refusal(row, amount_cents: int) -> str | None:
 
 
 _made_days: set[tuple[int, dt.date]] = set()   # (channel, day) rows this process knows exist
-_ADD_DAY = (sa.insert(_d).prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
-            .values(channel_id=sa.bindparam("cid"), day=sa.bindparam("day"), amount_cents=0, orders=0))
+_ADD_DAY = insert_ignoring(_d).values(channel_id=sa.bindparam("cid"), day=sa.bindparam("day"), amount_cents=0,
+                                      orders=0)
 
 
 def _ensure_day(session: Session, channel_id: int, day: dt.date) -> None:
@@ -93,12 +93,7 @@ def _ensure_day(session: Session, channel_id: int, day: dt.date) -> None:
     needs exclusively, and concurrent orders would deadlock on it."""
     if (channel_id, day) in _made_days:
         return
-    bind = session.get_bind()
-    if isinstance(bind, sa.engine.Engine):
-        with bind.begin() as own:
-            own.execute(_ADD_DAY, {"cid": channel_id, "day": day})
-    else:   # a caller's connection (tests): in its transaction
-        bind.execute(_ADD_DAY, {"cid": channel_id, "day": day})
+    write_apart(session, _ADD_DAY, {"cid": channel_id, "day": day})
     if len(_made_days) > 10_000:
         _made_days.clear()
     _made_days.add((channel_id, day))

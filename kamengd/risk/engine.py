@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..database import utcnow
+from ..database import utcnow, write_apart
 from ..orders.models import Order
 from ..errors import CaptchaRequired, RateLimited
 from . import captcha as captchas
@@ -93,18 +93,25 @@ _averages: dict[tuple[int, int], tuple[float, int | None]] = {}
 _lock = threading.Lock()
 
 
+STAGES = {"order": ORDER_KINDS, "payment": PAYMENT_KINDS, "lookup": LOOKUP_KINDS}
+
+
 def _rules(session: Session, stage: str) -> list[_Rule]:
+    """The active rules of a stage, in their order: every stage's read at once (one query in
+    RULES_TTL for all of them), kept per process."""
     found = _cache.get(stage)
     if found is not None and time.monotonic() - found[0] < RULES_TTL:
         return found[1]
-    kinds = {"order": ORDER_KINDS, "payment": PAYMENT_KINDS, "lookup": LOOKUP_KINDS}[stage]
     rows = session.execute(sa.select(RiskRule.id, RiskRule.name, RiskRule.kind, RiskRule.action, RiskRule.params)
-                           .where(RiskRule.is_active.is_(True), RiskRule.kind.in_(kinds))
+                           .where(RiskRule.is_active.is_(True))
                            .order_by(RiskRule.sort_order, RiskRule.id)).all()
-    rules = [_Rule(r.id, r.name, r.kind, r.action, load_params(r.kind, r.params)) for r in rows]
+    read_at = time.monotonic()
+    by_stage = {name: [_Rule(r.id, r.name, r.kind, r.action, load_params(r.kind, r.params))
+                       for r in rows if r.kind in kinds] for name, kinds in STAGES.items()}
     with _lock:
-        _cache[stage] = (time.monotonic(), rules)
-    return rules
+        for name, rules in by_stage.items():
+            _cache[name] = (read_at, rules)
+    return by_stage[stage]
 
 
 def none_known(stage: str) -> bool:
@@ -220,16 +227,6 @@ def judge_repeat_payment(session: Session, *, order_no: str, payments: int) -> V
 _f = LookupFailure.__table__
 
 
-def _own_transaction(session: Session, statement, rows) -> None:
-    """A short write of its own (the caller's session holds no transaction, or a read only)."""
-    bind = session.get_bind()
-    if isinstance(bind, sa.engine.Engine):
-        with bind.begin() as own:
-            own.execute(statement, rows)
-    else:   # a caller's connection (tests)
-        bind.execute(statement, rows)
-
-
 def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.datetime | None = None) -> None:
     """Before a buyer's lookup: raise RateLimited, or CaptchaRequired (with a challenge), when
     this address failed too many lookups lately and a rule says so."""
@@ -253,7 +250,7 @@ def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.
 def lookup_failed(session: Session, client_ip: str | None, now: dt.datetime | None = None) -> None:
     """A lookup found nothing: counted for the failed_lookups rules (only while one is active)."""
     if client_ip and not none_known("lookup") and _rules(session, "lookup"):
-        _own_transaction(session, _f.insert(), {"client_ip": client_ip[:45], "created_at": now or utcnow()})
+        write_apart(session, _f.insert(), {"client_ip": client_ip[:45], "created_at": now or utcnow()})
 
 
 def forget_lookup_failures(session: Session, now: dt.datetime | None = None) -> int:
@@ -285,8 +282,8 @@ def record_refused(session: Session, verdict: Verdict, *, outcome: str, client_i
     caller has none open: what it read is rolled back)."""
     if not verdict.matches:
         return
-    _own_transaction(session, _d.insert(), _rows(verdict, stage="order", order_id=None, outcome=outcome,
-                                                 client_ip=client_ip, product_id=product_id, now=now or utcnow()))
+    write_apart(session, _d.insert(), _rows(verdict, stage="order", order_id=None, outcome=outcome,
+                                            client_ip=client_ip, product_id=product_id, now=now or utcnow()))
 
 
 def review_rule(session: Session, order_id: int) -> str:
