@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -59,14 +60,35 @@ _TERMS = (sa.select(_cp.c.id, _cp.c.code, _cp.c.kind, _cp.c.amount_off_cents, _c
           .where(_cp.c.code == sa.bindparam("code")))
 
 
+# Terms of coupons that do not depend on the buyer, kept per process for a few seconds: an
+# order priced with them is checked by the claim's UPDATE (version, window, uses left), and
+# one the kept terms refuse is priced again from a fresh read.
+TERMS_TTL = 5.0
+_kept: dict[str, tuple[float, object]] = {}
+
+
+def kept_terms(code: str):
+    found = _kept.get(code)
+    if found is not None and time.monotonic() - found[0] < TERMS_TTL:
+        return found[1]
+    return None
+
+
 def read_terms(session: Session, code: str, email: str):
     """The coupon's row as it is now (None: no such code), read in the caller's transaction if
     it has one, else outside any (SQLite's write lock is not taken for it)."""
     params = {"code": code, "email": buyer_key(email)}
     if session.in_transaction():
-        return session.connection().execute(_TERMS, params).first()
-    row = session.connection(execution_options={"kamengd_readonly": True}).execute(_TERMS, params).first()
-    session.rollback()
+        row = session.connection().execute(_TERMS, params).first()
+    else:
+        row = session.connection(execution_options={"kamengd_readonly": True}).execute(_TERMS, params).first()
+        session.rollback()
+    if row is not None and row.per_buyer is None and not row.first_order:
+        if len(_kept) > 10_000:
+            _kept.clear()
+        _kept[code] = (time.monotonic(), row)
+    else:
+        _kept.pop(code, None)
     return row
 
 
@@ -133,29 +155,35 @@ def prepare_buyer(session: Session, terms, email: str) -> None:
     write_apart(session, _ADD_BUYER, {"cid": terms.id, "email": buyer_key(email)})
 
 
+# One use taken while the coupon is still active, in its window, at the terms read (its
+# version) and with a use left; then, for a coupon limited per buyer, one of the buyer's.
+_CLAIM = (_cp.update().where(_cp.c.id == sa.bindparam("cid"), _cp.c.version == sa.bindparam("ver"),
+                             _cp.c.is_active.is_(True),
+                             sa.or_(_cp.c.starts_at.is_(None), _cp.c.starts_at <= sa.bindparam("now")),
+                             sa.or_(_cp.c.ends_at.is_(None), _cp.c.ends_at > sa.bindparam("now")),
+                             sa.or_(_cp.c.max_uses.is_(None), _cp.c.used < _cp.c.max_uses))
+          .values(used=_cp.c.used + 1))
+_CLAIM_BUYER = (_cb.update().where(_cb.c.coupon_id == sa.bindparam("cid"), _cb.c.email == sa.bindparam("b_email"),
+                                   _cb.c.uses < sa.bindparam("most"))
+                .values(uses=_cb.c.uses + 1))
+
+
 def claim(session: Session, terms, email: str, now: dt.datetime) -> bool:
     """Take one use of the coupon for an order, in the caller's transaction: False (nothing
     taken) when it is no longer active, in its window or at these terms, or has no use left
     for everyone or for this buyer. The caller rolls back on False."""
     conn = session.connection()
-    window = [sa.or_(_cp.c.starts_at.is_(None), _cp.c.starts_at <= now),
-              sa.or_(_cp.c.ends_at.is_(None), _cp.c.ends_at > now)]
-    taken = conn.execute(_cp.update().where(
-        _cp.c.id == terms.id, _cp.c.version == terms.version, _cp.c.is_active.is_(True), *window,
-        sa.or_(_cp.c.max_uses.is_(None), _cp.c.used < _cp.c.max_uses)).values(used=_cp.c.used + 1)).rowcount
-    if taken != 1:
+    if conn.execute(_CLAIM, {"cid": terms.id, "ver": terms.version, "now": now}).rowcount != 1:
         return False
     limit = limited_per_buyer(terms)
     if limit is None:
         return True
-    key = buyer_key(email)
-    if conn.execute(_cb.update().where(_cb.c.coupon_id == terms.id, _cb.c.email == key, _cb.c.uses < limit)
-                    .values(uses=_cb.c.uses + 1)).rowcount == 1:
+    params = {"cid": terms.id, "b_email": buyer_key(email), "most": limit}
+    if conn.execute(_CLAIM_BUYER, params).rowcount == 1:
         return True
     # No row yet (a caller's transaction): made here; a row another order just made is asked again.
-    if conn.execute(_ADD_BUYER, {"cid": terms.id, "email": key}).rowcount == 1:
-        return conn.execute(_cb.update().where(_cb.c.coupon_id == terms.id, _cb.c.email == key, _cb.c.uses < limit)
-                            .values(uses=_cb.c.uses + 1)).rowcount == 1
+    if conn.execute(_ADD_BUYER, {"cid": terms.id, "email": params["b_email"]}).rowcount == 1:
+        return conn.execute(_CLAIM_BUYER, params).rowcount == 1
     return False
 
 

@@ -348,8 +348,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                 terms = None   # the shop's own sale, at the shop's price
         now = now or utcnow()
         offer = None
-        if code is not None:   # as it is now, every time: its uses change with every order
-            offer = _coupon_offer(session, ours, code, email)
+        if code is not None:   # (its terms as kept for a few seconds, or read now when `fresh`)
+            offer = _coupon_offer(session, ours, code, email, fresh)
         try:
             placed, values = _prepare(row, vault, fresh=fresh, product_id=product_id, quantity=quantity,
                                       email=email, channel_code=channel_code, password_hash=password_hash,
@@ -369,6 +369,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             verdict = _judge(session, ours, risk.Attempt(product_id, quantity, placed.amount_cents, row.currency,
                                                          email, client_ip, device_tag), now, captcha)
         values.update(device_tag=device_tag, risk_review=verdict.action == "review")
+        if ours and session.in_transaction():
+            session.rollback()   # the reads above end here: the writes below take the lock
         if offer is not None and ours:
             coupons.prepare_buyer(session, offer[0], email)   # (its own transaction, before the order's)
         if row.buyer_daily_limit is not None:
@@ -452,7 +454,7 @@ def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
         session.connection(execution_options={"kamengd_readonly": True})
     verdict = risk.judge_order(session, attempt, now)
-    if ours:
+    if ours and verdict.action in ("refuse", "captcha"):
         session.rollback()
     if verdict.action == "refuse":
         risk.record_refused(session, verdict, outcome="refuse", client_ip=attempt.client_ip,
@@ -467,15 +469,16 @@ def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime
     return verdict
 
 
-def _coupon_offer(session: Session, ours: bool, code: str, email: str):
-    """(the coupon's terms, whether this buyer has bought here before), read outside any write
-    lock (in the caller's transaction if it has one)."""
+def _coupon_offer(session: Session, ours: bool, code: str, email: str, fresh: bool):
+    """(the coupon's terms, whether this buyer has bought here before): as this process keeps
+    them unless `fresh` (the claim checks them again in the write lock), else read outside any
+    write lock, in a read the caller ends before its writes (or in its own transaction)."""
+    if not fresh and (kept := coupons.kept_terms(code)) is not None:
+        return kept, False
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
         session.connection(execution_options={"kamengd_readonly": True})
     terms = coupons.read_terms(session, code, email)
     bought = terms is not None and terms.first_order and coupons.has_bought(session, email)
-    if ours:
-        session.rollback()
     return terms, bought
 
 

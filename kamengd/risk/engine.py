@@ -121,14 +121,6 @@ def none_known(stage: str) -> bool:
     return found is not None and not found[1] and time.monotonic() - found[0] < RULES_TTL
 
 
-def _count(session: Session, column, values: list, minutes: int, limit: int, now: dt.datetime, table=_o) -> int:
-    """Rows (orders) of these values lately, counted up to `limit` (enough to decide)."""
-    since = now - dt.timedelta(minutes=minutes)
-    inner = (sa.select(sa.literal(1)).where(column.in_(values), table.c.created_at >= since).limit(limit)
-             .subquery())
-    return session.execute(sa.select(sa.func.count()).select_from(inner)).scalar_one()
-
-
 def _usual_amount(session: Session, product_id: int, days: int, least: int, now: dt.datetime) -> int | None:
     """The product's average paid order over `days` (None with fewer than `least` orders)."""
     key = (product_id, days)
@@ -153,22 +145,70 @@ def _domain(email: str) -> str:
     return email.strip().rsplit("@", 1)[-1].casefold()
 
 
-def _match(session: Session, rule: _Rule, attempt: Attempt, now: dt.datetime) -> dict | None:
+def _velocity_of(rule: _Rule, attempt: Attempt):
+    """(the orders' column, the attempt's value) a velocity rule counts; None when the attempt
+    has no such value (an API order has no device cookie)."""
+    if rule.kind == "ip_velocity" and attempt.client_ip:
+        return _o.c.client_ip, attempt.client_ip
+    if rule.kind == "email_velocity":
+        return _o.c.email_folded, attempt.email.strip().casefold()
+    if rule.kind == "device_velocity" and attempt.device_tag:
+        return _o.c.device_tag, attempt.device_tag
+    return None
+
+
+_COUNTED = {"ip_velocity": _o.c.client_ip, "email_velocity": _o.c.email_folded, "device_velocity": _o.c.device_tag}
+_statements: dict[tuple, sa.Select] = {}
+
+
+def _velocity_statement(rules: tuple[_Rule, ...]) -> sa.Select:
+    """One SELECT of every velocity rule's count (each stopping at its limit), built once per set
+    of rules: building it is dearer than running it. Values and times are bound per order."""
+    key = tuple((r.id, r.kind, r.params["limit"]) for r in rules)
+    found = _statements.get(key)
+    if found is None:
+        counts = []
+        for r in rules:
+            inner = (sa.select(sa.literal(1)).where(_COUNTED[r.kind] == sa.bindparam(f"v{r.id}"),
+                                                    _o.c.created_at >= sa.bindparam(f"s{r.id}"))
+                     .limit(r.params["limit"]).subquery())
+            counts.append(sa.select(sa.func.count()).select_from(inner).scalar_subquery().label(f"r{r.id}"))
+        found = sa.select(*counts)
+        if len(_statements) > 100:
+            _statements.clear()
+        _statements[key] = found
+    return found
+
+
+def _velocities(session: Session, rules: list[_Rule], attempt: Attempt, now: dt.datetime) -> dict[int, int]:
+    """Every velocity rule's count, by rule id, in one statement."""
+    counting = tuple(r for r in rules if r.kind in _COUNTED)
+    params = {}
+    for r in counting:
+        counted = _velocity_of(r, attempt)
+        params[f"v{r.id}"] = counted[1] if counted is not None else None   # NULL: nothing counted
+        params[f"s{r.id}"] = now - dt.timedelta(minutes=r.params["minutes"])
+    counting = tuple(r for r in counting if params[f"v{r.id}"] is not None)
+    if not counting:
+        return {}
+    row = session.execute(_velocity_statement(counting), params).one()
+    return {r.id: row._mapping[f"r{r.id}"] for r in counting}
+
+
+def _match(session: Session, rule: _Rule, attempt: Attempt, now: dt.datetime, counts: dict[int, int]) -> dict | None:
     """What the rule saw when it matches the attempt; None when it does not."""
     p = rule.params
-    if rule.kind == "ip_velocity" and attempt.client_ip:
-        n = _count(session, _o.c.client_ip, [attempt.client_ip], p["minutes"], p["limit"], now)
-        if n >= p["limit"]:
-            return {"ip": attempt.client_ip, "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
-    elif rule.kind == "email_velocity":
-        n = _count(session, _o.c.email_folded, [attempt.email.strip().casefold()], p["minutes"], p["limit"], now)
-        if n >= p["limit"]:
-            return {"email_domain": _domain(attempt.email), "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
-    elif rule.kind == "device_velocity" and attempt.device_tag:
-        n = _count(session, _o.c.device_tag, [attempt.device_tag], p["minutes"], p["limit"], now)
-        if n >= p["limit"]:
-            return {"device": attempt.device_tag[:8], "orders": n, "minutes": p["minutes"], "limit": p["limit"]}
-    elif rule.kind == "ip_list" and attempt.client_ip:
+    if rule.id in counts:
+        n = counts[rule.id]
+        if n < p["limit"]:
+            return None
+        seen = {"orders": n, "minutes": p["minutes"], "limit": p["limit"]}
+        if rule.kind == "ip_velocity":
+            return {"ip": attempt.client_ip, **seen}
+        if rule.kind == "email_velocity":
+            return {"email_domain": _domain(attempt.email), **seen}
+        return {"device": attempt.device_tag[:8], **seen}
+    if rule.kind == "ip_list" and attempt.client_ip:
         try:
             ip = ipaddress.ip_address(attempt.client_ip)
         except ValueError:
@@ -205,9 +245,10 @@ def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = No
     if not rules:
         return Verdict()
     now = now or utcnow()
+    counts = _velocities(session, rules, attempt, now)
     matches = []
     for rule in rules:
-        seen = _match(session, rule, attempt, now)
+        seen = _match(session, rule, attempt, now, counts)
         if seen is None:
             continue
         match = Match(rule.id, rule.name, rule.kind, rule.action, seen)
@@ -225,6 +266,10 @@ def judge_repeat_payment(session: Session, *, order_no: str, payments: int) -> V
 
 
 _f = LookupFailure.__table__
+# An address's failed lookups lately, counted up to the rule's limit (enough to decide).
+_FAILED = sa.select(sa.func.count()).select_from(
+    sa.select(sa.literal(1)).where(_f.c.client_ip == sa.bindparam("ip"), _f.c.created_at >= sa.bindparam("since"))
+    .limit(sa.bindparam("limit")).subquery())
 
 
 def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.datetime | None = None) -> None:
@@ -235,8 +280,8 @@ def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.
     now = now or utcnow()
     matches = []
     for rule in _rules(session, "lookup"):
-        n = _count(session, _f.c.client_ip, [client_ip], rule.params["minutes"], rule.params["limit"], now,
-                   table=_f)
+        n = session.execute(_FAILED, {"ip": client_ip, "limit": rule.params["limit"],
+                                      "since": now - dt.timedelta(minutes=rule.params["minutes"])}).scalar_one()
         if n >= rule.params["limit"]:
             matches.append(Match(rule.id, rule.name, rule.kind, rule.action,
                                  {"ip": client_ip, "failed": n, "minutes": rule.params["minutes"]}))
