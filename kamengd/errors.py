@@ -100,6 +100,7 @@ class RateLimited(KamengdError):
     """Too many attempts from one address (a risk rule's refusal of lookups)."""
     code = "rate_limited"
     http_status = 429
+    retry_after = 60
 
 
 class CaptchaRequired(KamengdError):

@@ -71,7 +71,10 @@ SCHEMAS: dict[str, dict] = {
     "Currency": {"type": "string", "examples": ["CNY"]},
     "OrderStatus": one_of(ORDER_STATUSES),
     "Error": obj({"error": obj({"code": {"type": "string"}, "message": {
-        "type": "string", "description": "English, for a person; programs test `code`."}})},
+        "type": "string", "description": "English, for a person; programs test `code`."}},
+        {"challenge": obj({"algorithm": STRING, "challenge": STRING, "maxNumber": COUNT, "salt": STRING,
+                           "signature": STRING},
+                          description="With `captcha_required`: the ALTCHA proof-of-work challenge to solve.")})},
         description="Every error answer (CONTRACT.md §2)."),
     # The buyer API
     "InputField": obj({"key": STRING, "label": STRING, "kind": one_of(INPUT_KINDS), "required": BOOLEAN}),
@@ -93,7 +96,10 @@ SCHEMAS: dict[str, dict] = {
                                                "does not apply is refused (400) and nothing is written."},
                      "pay_type": {"type": "string", "pattern": "^[a-z0-9_]{1,16}$"},
                      "input": {"type": "object", "additionalProperties": {"type": "string"},
-                               "description": "The product's `input_fields`, by key."}},
+                               "description": "The product's `input_fields`, by key."},
+                     "captcha": {"type": "string", "maxLength": 2000,
+                                 "description": "A captcha's solution, when the order was answered "
+                                                "`captcha_required`."}},
                     closed=False, description="Fields not named here are ignored."),
     "PlacedOrder": obj({"order_no": STRING, "token": STRING, "status": {"const": "pending"},
                         "amount": ref("Money"), "currency": ref("Currency"), "pay_url": STRING,
@@ -196,6 +202,14 @@ ERRORS: dict[str, tuple[int, tuple[str, ...], str]] = {
     "Forbidden": (403, (errors.Forbidden.code,),
                   f"The key was issued without the scope this needs (one of {', '.join(SCOPES)}); nothing "
                   "changed."),
+    "Refused": (403, (errors.Forbidden.code,), "The shop's risk rules refuse this order; nothing changed."),
+    "InvalidOrCaptcha": (400, (errors.InvalidRequest.code, errors.CaptchaRequired.code),
+                         "`invalid_request`: a missing or bad field; `captcha_required`: the shop's risk rules ask "
+                         "for a captcha first (`error.challenge`), send the request again with its solution. "
+                         "Nothing changed."),
+    "CaptchaRequired": (400, (errors.CaptchaRequired.code,),
+                        "Too many lookups found nothing from this address: solve `error.challenge` and send the "
+                        "lookup again with `captcha`."),
     "NotFound": (404, (errors.NotFound.code,),
                  "No such thing, or one the caller may not see: the two are never told apart."),
     "OutOfStock": (409, (errors.OutOfStock.code,), "Not enough keys for the quantity; nothing was reserved."),
@@ -307,16 +321,19 @@ def place_order() -> dict:
     return {"tags": ["buyer"], "summary": "Place an order and reserve its keys until `expires_at`",
             "requestBody": json_body("NewOrder"),
             "responses": answers({"201": json_answer("Placed; pay at `pay_url`.", ref("PlacedOrder"))},
-                                 "InvalidRequest", "NotFound", "OutOfStock", "TooLarge", "RateLimited", "Busy")}
+                                 "InvalidOrCaptcha", "Refused", "NotFound", "OutOfStock", "TooLarge", "RateLimited",
+                                 "Busy")}
 
 
 @operation("GET", "/api/v1/orders/{order_no}")
 def get_order() -> dict:
     return {"tags": ["buyer"], "summary": "An order, with its keys once delivered",
             "parameters": [{"$ref": "#/components/parameters/OrderNo"}, query("token", STRING, "The order's `token`."),
-                           query("query_password", STRING, "Instead of the token, for an order placed with one.")],
+                           query("query_password", STRING, "Instead of the token, for an order placed with one."),
+                           query("captcha", STRING, "A captcha's solution, when a lookup was answered "
+                                                    "`captcha_required`.")],
             "responses": answers({"200": json_answer("The order.", ref("Order"))},
-                                 "NotFound", "RateLimited", "Busy")}
+                                 "CaptchaRequired", "NotFound", "RateLimited", "Busy")}
 
 
 @operation("GET", OPENAPI_PATH)
