@@ -5,11 +5,12 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 
 from . import openapi
-from .catalog import inputs
+from .catalog import inputs, pricing
 from .catalog.models import Product
 from .catalog.services import pool_stock, stock_by_product
 from .context import get_config, get_vault
 from .errors import InvalidRequest, NotFound
+from .database import utcnow
 from .extensions import db, limiter
 from .money import format_cents
 from .agents import services as agents
@@ -36,10 +37,27 @@ def products():
     prices = agents.station_prices(db.session, db.session.get(Agent, on.id), items) if on is not None else {}
     for product_id, count in (pool_stock(db.session, on.id) if on is not None else {}).items():
         stock[product_id] = stock.get(product_id, 0) + count
-    return jsonify({"products": [{"id": p.id, "name": p.name, "price": format_cents(prices.get(p.id, p.price_cents)),
-                                  "currency": p.currency, "stock": stock.get(p.id, 0),
+    now = utcnow()
+    return jsonify({"products": [{"id": p.id, "name": p.name, "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
-                                  "max_quantity": p.max_quantity, **_input_fields(p)} for p in items]})
+                                  "max_quantity": p.max_quantity, **_input_fields(p),
+                                  **_prices(p, prices.get(p.id), now)} for p in items]})
+
+
+def _prices(product: Product, station_cents: int | None, now) -> dict:
+    """`price`: a unit now (the agent's on its sub-station; else the time-window price while it
+    is on); the shop's tiers and window when it has them (kamengd.catalog.pricing)."""
+    if station_cents is not None:
+        return {"price": format_cents(station_cents)}
+    shown = {"price": format_cents(pricing.unit_price(product, 1, now))}
+    if product.price_tiers:
+        shown["tiers"] = [{"min_quantity": least, "price": format_cents(cents)}
+                          for least, cents in pricing.tiers_of(product.price_tiers)]
+    if pricing.on_sale(product, now):
+        shown["list_price"] = format_cents(product.price_cents)
+        if product.sale_ends_at is not None:
+            shown["sale_ends_at"] = product.sale_ends_at.isoformat(timespec="seconds") + "Z"
+    return shown
 
 
 def _input_fields(product: Product) -> dict:

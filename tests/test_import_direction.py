@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared leaves", (
         "kamengd", "kamengd.version", "kamengd.database", "kamengd.errors", "kamengd.money", "kamengd.config",
         "kamengd.vault", "kamengd.extensions", "kamengd.context", "kamengd.validation", "kamengd.transaction",
+        "kamengd.localtime",
         # The feature folders' (empty) packages: anything they imported would run before every module of theirs.
         "kamengd.accounts", "kamengd.agents", "kamengd.audit", "kamengd.backup", "kamengd.catalog",
         "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",

@@ -57,6 +57,14 @@ class Product(db.Model):
     # At most this many units to one buyer (e-mail, case-folded) per shop day; NULL: no limit.
     # Counted per buyer and day in buyer_days, in the order's transaction (kamengd.catalog.limits).
     buyer_daily_limit: Mapped[int | None] = mapped_column(sa.Integer)
+    # Wholesale tiers (批发价): [[least quantity, unit cents], …] as JSON, least first; None: none.
+    price_tiers: Mapped[str | None] = mapped_column(sa.Text)
+    # A time-window price (限时价, e.g. a flash sale): this unit price from/until (UTC), either
+    # end open. The buyer pays the lowest of the price, the window's and the quantity's tier
+    # (kamengd.catalog.pricing).
+    sale_price_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
+    sale_starts_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    sale_ends_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     is_active: Mapped[bool] = mapped_column(default=True)
     sort_order: Mapped[int] = mapped_column(default=0)
     # What the buyer fills in (kamengd.catalog.inputs), as JSON; None: nothing.

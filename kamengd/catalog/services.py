@@ -7,6 +7,8 @@ clear message naming the field whichever way it came in.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 from collections.abc import Iterable, Mapping
 
@@ -16,8 +18,9 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
+from ..localtime import parse_when
 from ..money import MAX_CENTS, format_cents, parse_money
-from . import inputs
+from . import inputs, pricing
 from ..suppliers.models import Supplier, SupplierProduct
 from .models import DELIVERY_MODES, Category, Product
 
@@ -35,7 +38,8 @@ PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "des
                   "price_cents": "price", "cost_price_cents": "cost_price", "delivery_mode": "delivery",
                   "min_quantity": "min_quantity", "max_quantity": "max_quantity",
                   "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible",
-                  "input_fields": "input_fields", "buyer_daily_limit": "daily_limit"}
+                  "input_fields": "input_fields", "buyer_daily_limit": "daily_limit", "price_tiers": "tiers",
+                  "sale_price_cents": "sale_price", "sale_starts_at": "sale_from", "sale_ends_at": "sale_until"}
 
 
 def whole_number(raw: str | int, field: str) -> int:
@@ -60,7 +64,7 @@ def _in_range(value: int, field: str, low: int, high: int) -> None:
 UNREADABLE = object()   # a form's field that did not parse: its error is said already, its checks skipped
 
 
-def parse_product_form(form: Mapping[str, str], session: Session | None = None) -> dict:
+def parse_product_form(form: Mapping[str, str], session: Session | None = None, timezone: str = "UTC") -> dict:
     """The panel's product form (every value text) -> create_product/update_product arguments.
 
     Every field is read even after a mistake; with `session`, the fields that
@@ -91,6 +95,12 @@ def parse_product_form(form: Mapping[str, str], session: Session | None = None) 
         "input_fields": form.get("input_fields") or "",
         "buyer_daily_limit": read(whole_number, form.get("buyer_daily_limit"), "daily limit per buyer")
         if (form.get("buyer_daily_limit") or "").strip() else None,
+        "price_tiers": (form.get("price_tiers") or "").strip() or None,
+        "sale_price_cents": read(parse_money, form.get("sale_price"), field="sale price")
+        if (form.get("sale_price") or "").strip() else None,
+        # (the window in the shop's time zone, as staff read it)
+        "sale_starts_at": read(parse_when, form.get("sale_starts_at") or "", "sale from", timezone),
+        "sale_ends_at": read(parse_when, form.get("sale_ends_at") or "", "sale until", timezone),
     }
     if not price:
         found.errors.insert(0, InvalidRequest("price: required, e.g. 9.90"))
@@ -144,6 +154,20 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
     if "buyer_daily_limit" in fields and values["buyer_daily_limit"] is not None:
         with found:
             _in_range(values["buyer_daily_limit"], "daily limit per buyer", 1, MAX_QUANTITY)
+    if "price_tiers" in fields and values["price_tiers"] is not None:
+        given = values["price_tiers"]
+        if not isinstance(given, str) or given.lstrip().startswith("["):   # stored JSON, or a list of pairs
+            given = pricing.tiers_text(given if isinstance(given, str) else json.dumps(given))
+        with found:
+            values["price_tiers"] = pricing.parse_tiers(given)
+    if "sale_price_cents" in fields and values["sale_price_cents"] is not None:
+        sale = values["sale_price_cents"]
+        if not isinstance(sale, int) or isinstance(sale, bool) or not 1 <= sale < MAX_CENTS:
+            found.add(InvalidRequest("sale price: must be more than zero"))
+    if fields & {"sale_starts_at", "sale_ends_at"}:
+        starts, ends = values.get("sale_starts_at"), values.get("sale_ends_at")
+        if isinstance(starts, dt.datetime) and isinstance(ends, dt.datetime) and ends <= starts:
+            found.add(InvalidRequest("sale until: must be after sale from"))
     if "input_fields" in fields:
         given = values["input_fields"]
         if isinstance(given, list):       # stored or from a caller: checked the same way as typed text
@@ -165,7 +189,9 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
                    min_quantity: int = 1, max_quantity: int = 100, description: str = "",
                    category_id: int | None = None, sort_order: int = 0, is_active: bool = True,
                    input_fields: str | list | None = None, source_ip: str | None = None,
-                   buyer_daily_limit: int | None = None) -> Product:
+                   buyer_daily_limit: int | None = None, price_tiers: str | None = None,
+                   sale_price_cents: int | None = None, sale_starts_at: dt.datetime | None = None,
+                   sale_ends_at: dt.datetime | None = None) -> Product:
     if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
         raise InvalidRequest("currency: a three-letter ISO code such as CNY")
     values = _check_product(session, {
@@ -173,7 +199,8 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
         "price_cents": price_cents, "cost_price_cents": cost_price_cents, "delivery_mode": delivery_mode,
         "min_quantity": min_quantity, "max_quantity": max_quantity,
         "low_stock_threshold": low_stock_threshold, "sort_order": sort_order, "is_active": bool(is_active),
-        "input_fields": input_fields or "", "buyer_daily_limit": buyer_daily_limit,
+        "input_fields": input_fields or "", "buyer_daily_limit": buyer_daily_limit, "price_tiers": price_tiers,
+        "sale_price_cents": sale_price_cents, "sale_starts_at": sale_starts_at, "sale_ends_at": sale_ends_at,
     }, PRODUCT_FIELDS)
     product = Product(currency=currency.upper(), **values)
     session.add(product)
@@ -185,8 +212,10 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
 
 
 def _audit_value(field: str, value):
-    if field in ("price_cents", "cost_price_cents") and value is not None:
+    if field in ("price_cents", "cost_price_cents", "sale_price_cents") and value is not None:
         return format_cents(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds") + "Z"
     if field == "description" and len(value or "") > AUDIT_TEXT:
         return value[:AUDIT_TEXT] + "…"
     return value
@@ -303,7 +332,14 @@ def product_summary(session: Session, product: Product) -> dict:
     return {"id": product.id, "name": product.name, "price": format_cents(product.price_cents),
             "currency": product.currency, "delivery": product.delivery_mode,
             "low_stock": product.low_stock_threshold, "active": product.is_active,
-            "daily_limit": product.buyer_daily_limit, "stock": available_stock(session, product.id)}
+            "daily_limit": product.buyer_daily_limit, "tiers": pricing.tiers_text(product.price_tiers) or None,
+            "sale_price": None if product.sale_price_cents is None else format_cents(product.sale_price_cents),
+            "sale_from": _iso(product.sale_starts_at), "sale_until": _iso(product.sale_ends_at),
+            "stock": available_stock(session, product.id)}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
 
 
 # --- categories -----------------------------------------------------------

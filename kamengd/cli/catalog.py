@@ -7,8 +7,10 @@ from ..audit.services import cli_actor
 from ..catalog.models import DELIVERY_MODES, Product
 from ..catalog.services import (SORT_ORDER_RANGE, create_product, get_product, list_categories, product_summary,
                                 update_product)
+from ..context import get_config
 from ..errors import InvalidRequest
 from ..extensions import db
+from ..localtime import parse_when
 from ..money import parse_money
 from ..payments import services as payments
 from .group import cli, emit, json_option, with_app
@@ -83,6 +85,11 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 @click.option("--daily-limit", type=click.IntRange(min=1), metavar="N",
               help="At most N units to one buyer (e-mail) a day.")
 @click.option("--no-daily-limit", is_flag=True, help="Forget the daily limit per buyer.")
+@click.option("--tiers", metavar="Q=PRICE,…", help="Wholesale tiers, e.g. 10=8.50,50=8.00 (an empty value: none).")
+@click.option("--sale-price", metavar="DECIMAL", help="A time-window price (flash sale).")
+@click.option("--sale-from", metavar="TIME", help="The window's start, in the shop's time zone (empty: now).")
+@click.option("--sale-until", metavar="TIME", help="The window's end, in the shop's time zone (empty: open).")
+@click.option("--no-sale", is_flag=True, help="End the time-window price.")
 @click.option("--description")
 @category_option
 @click.option("--no-category", is_flag=True, help="Take the product out of its category.")
@@ -91,8 +98,8 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 @json_option
 @with_app
 def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_cost_price, min_quantity,
-                 max_quantity, daily_limit, no_daily_limit, description, category, no_category, sort_order, hidden,
-                 as_json):
+                 max_quantity, daily_limit, no_daily_limit, tiers, sale_price, sale_from, sale_until, no_sale,
+                 description, category, no_category, sort_order, hidden, as_json):
     """Change a product: only the options given (audited as product.update, with old and new values)."""
     if cost_price is not None and no_cost_price:
         raise click.UsageError("give --cost-price or --no-cost-price, not both")
@@ -113,6 +120,19 @@ def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_co
         raise click.UsageError("give --daily-limit or --no-daily-limit, not both")
     if daily_limit is not None or no_daily_limit:
         changes["buyer_daily_limit"] = daily_limit
+    if tiers is not None:
+        changes["price_tiers"] = tiers.strip() or None
+    if no_sale and any(v is not None for v in (sale_price, sale_from, sale_until)):
+        raise click.UsageError("give the sale's options or --no-sale, not both")
+    zone = get_config().site.timezone
+    if no_sale:
+        changes.update(sale_price_cents=None, sale_starts_at=None, sale_ends_at=None)
+    if sale_price is not None:
+        changes["sale_price_cents"] = parse_money(sale_price, field="sale price")
+    if sale_from is not None:
+        changes["sale_starts_at"] = parse_when(sale_from, "sale from", zone)
+    if sale_until is not None:
+        changes["sale_ends_at"] = parse_when(sale_until, "sale until", zone)
     if category is not None:
         changes["category_id"] = category_id(category)
     elif no_category:

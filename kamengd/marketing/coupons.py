@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -25,6 +24,7 @@ from ..audit.services import record
 from ..catalog.models import Category, Product
 from ..database import insert_ignoring, utcnow, write_apart
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
+from ..localtime import parse_when, shop_time  # noqa: F401 (the panel's and the CLI's too)
 from ..money import MAX_CENTS, format_cents, parse_money
 from ..orders.models import Order
 from .models import COUPON_KINDS, COUPON_SCOPES, Coupon, CouponBuyer
@@ -230,32 +230,6 @@ def parse_percent(text: str, field: str = "percent off") -> int:
     if not 0 < bp <= 10_000:
         raise InvalidRequest("%(field)s: more than 0 and at most 100", field=field)
     return bp
-
-
-def parse_when(text: str, field: str, timezone: str) -> dt.datetime | None:
-    """'2026-12-24 20:00' (or a date alone) in the shop's time zone -> naive UTC; '' -> None."""
-    raw = (text or "").strip().replace("T", " ")
-    if not raw:
-        return None
-    for shape in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            local = dt.datetime.strptime(raw, shape)
-            break
-        except ValueError:
-            continue
-    else:
-        local = None
-    # (a year the database or the time zone's arithmetic cannot hold is no coupon's window)
-    if local is None or not 1970 <= local.year <= 9998:
-        raise InvalidRequest("%(field)s: a date and time such as 2026-12-24 20:00", field=field)
-    return local.replace(tzinfo=ZoneInfo(timezone)).astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-
-def shop_time(value: dt.datetime | None, timezone: str) -> str:
-    """A stored UTC time as parse_when reads it back ('' for none)."""
-    if value is None:
-        return ""
-    return value.replace(tzinfo=dt.timezone.utc).astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
 
 
 def parse_coupon_form(form: Mapping[str, str], timezone: str) -> dict:

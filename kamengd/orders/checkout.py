@@ -29,7 +29,7 @@ from ..accounts.passwords import hash_password
 from ..agents.models import Agent, AgentLevel, AgentPrice, LevelPrice
 from ..agents.services import station_price
 from ..ledger.services import DEFAULT_CURRENCY as AGENTS_CURRENCY
-from ..catalog import inputs, limits
+from ..catalog import inputs, limits, pricing
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
 from ..database import utcnow
@@ -57,7 +57,8 @@ _a, _l, _lp, _ap = Agent.__table__, AgentLevel.__table__, LevelPrice.__table__, 
 # product a 404.
 _OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
-              _p.c.category_id, _p.c.buyer_daily_limit, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
+              _p.c.category_id, _p.c.buyer_daily_limit, _p.c.price_tiers, _p.c.sale_price_cents,
+              _p.c.sale_starts_at, _p.c.sale_ends_at, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               _c.c.health, _c.c.min_amount_cents, _c.c.max_amount_cents, _c.c.daily_cap_cents,
@@ -100,6 +101,11 @@ def _still_holds(price_param: str) -> list:
             # (a coupon for a category priced the order)
             _p.c.category_id.is_not_distinct_from(sa.bindparam("category_id", type_=sa.Integer())),
             _p.c.buyer_daily_limit.is_not_distinct_from(sa.bindparam("buyer_daily_limit", type_=sa.Integer())),
+            # (the unit price was made of these too: kamengd.catalog.pricing)
+            _p.c.price_tiers.is_not_distinct_from(sa.bindparam("price_tiers", type_=sa.Text())),
+            _p.c.sale_price_cents.is_not_distinct_from(sa.bindparam("sale_price", type_=sa.BigInteger())),
+            _p.c.sale_starts_at.is_not_distinct_from(sa.bindparam("sale_starts", type_=_p.c.sale_starts_at.type)),
+            _p.c.sale_ends_at.is_not_distinct_from(sa.bindparam("sale_ends", type_=_p.c.sale_ends_at.type)),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                 sa.bindparam("timeout", type_=sa.Text())),
@@ -116,7 +122,7 @@ def _insert(fields: tuple[str, ...], guards: list):
                                    .select_from(_p.join(_c, _c.c.id == sa.bindparam("channel_id"))).where(*guards))
 
 
-_INSERT = _insert(_ORDER_FIELDS, _still_holds("unit_price_cents"))
+_INSERT = _insert(_ORDER_FIELDS, _still_holds("product_price_cents"))
 
 # A sale through an agent (its sub-station, or its invite link on the shop): what its price
 # is made of, read like the offer, and checked again by its INSERT.
@@ -342,8 +348,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                     raise NotFound("shop not found")   # a disabled agent's station sells nothing
                 raise InvalidRequest("product: priced in %(currency)s, it is sold on the shop itself only",
                                      currency=row.currency)
-            if usable:
-                unit = seller_price(row.price_cents, terms, seller.station)
+            if usable:   # on its station the agent's price; through an invite link the shop's (below)
+                unit = seller_price(row.price_cents, terms, seller.station) if seller.station else None
             else:   # an invite from an agent since disabled (or a product its money cannot earn on)
                 terms = None   # the shop's own sale, at the shop's price
         now = now or utcnow()
@@ -562,7 +568,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
         except InvalidRequest as exc:
             problem = exc
-    unit = (row.price_cents if unit_cents is None else unit_cents) if row is not None else 0
+    unit = 0 if row is None else pricing.unit_price(row, quantity, now) if unit_cents is None else unit_cents
     amount = unit * quantity
     off = 0
     if problem is None and coupon is not None:
@@ -616,7 +622,9 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
         "timeout": row.timeout, "site_url_setting": row.site_url, "input_fields": row.input_fields,
         "daily_cap": row.daily_cap_cents, "category_id": row.category_id, "limit_day": None,
-        "buyer_daily_limit": row.buyer_daily_limit}
+        "buyer_daily_limit": row.buyer_daily_limit, "product_price_cents": row.price_cents,
+        "price_tiers": row.price_tiers, "sale_price": row.sale_price_cents, "sale_starts": row.sale_starts_at,
+        "sale_ends": row.sale_ends_at}
     return placed, values
 
 

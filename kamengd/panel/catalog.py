@@ -6,7 +6,9 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..catalog import inputs, services as catalog
+from ..catalog import inputs, pricing, services as catalog
+from ..context import get_config
+from ..localtime import shop_time
 from ..catalog.models import DELIVERY_MODES, Product
 from ..errors import KamengdError
 from ..extensions import db
@@ -17,7 +19,8 @@ from .helpers import PAGE_SIZE, page_number, flash_errors
 from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
-                "max_quantity", "buyer_daily_limit", "low_stock_threshold", "sort_order", "is_active", "input_fields")
+                "max_quantity", "buyer_daily_limit", "low_stock_threshold", "sort_order", "is_active", "input_fields",
+                "price_tiers", "sale_price", "sale_starts_at", "sale_ends_at")
 MAX_FIELD = 200                  # longer than any valid value: the service names the limit
 MAX_TEXT = catalog.MAX_DESCRIPTION + 1
 
@@ -34,6 +37,10 @@ def _values(product: Product) -> dict[str, str]:
             "delivery_mode": product.delivery_mode, "min_quantity": str(product.min_quantity),
             "max_quantity": str(product.max_quantity), "low_stock_threshold": str(product.low_stock_threshold),
             "buyer_daily_limit": "" if product.buyer_daily_limit is None else str(product.buyer_daily_limit),
+            "price_tiers": pricing.tiers_text(product.price_tiers),
+            "sale_price": "" if product.sale_price_cents is None else format_cents(product.sale_price_cents),
+            "sale_starts_at": shop_time(product.sale_starts_at, get_config().site.timezone).replace(" ", "T"),
+            "sale_ends_at": shop_time(product.sale_ends_at, get_config().site.timezone).replace(" ", "T"),
             "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else "",
             "input_fields": inputs.fields_text(inputs.load(product.input_fields))}
 
@@ -48,7 +55,8 @@ def _render_form(product: Product | None, values: dict[str, str], status: int = 
                            categories=categories, modes=DELIVERY_MODES,
                            limits={"quantity": catalog.MAX_QUANTITY, "threshold": catalog.MAX_THRESHOLD,
                                    "sort": catalog.SORT_ORDER_RANGE, "name": catalog.MAX_NAME,
-                                   "description": catalog.MAX_DESCRIPTION}), status
+                                   "description": catalog.MAX_DESCRIPTION},
+                           timezone=get_config().site.timezone), status
 
 
 @bp.get("/products")
@@ -69,7 +77,7 @@ def product_new():
         return _render_form(None, NEW_PRODUCT)
     form = _product_form()
     try:
-        product = catalog.create_product(db.session, **catalog.parse_product_form(form, db.session), actor=actor(),
+        product = catalog.create_product(db.session, **catalog.parse_product_form(form, db.session, get_config().site.timezone), actor=actor(),
                                          source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
@@ -89,7 +97,7 @@ def product_edit(product_id: int):
     product = catalog.get_product(db.session, product_id)
     form = _product_form()
     try:
-        changes = catalog.update_product(db.session, product, **catalog.parse_product_form(form, db.session),
+        changes = catalog.update_product(db.session, product, **catalog.parse_product_form(form, db.session, get_config().site.timezone),
                                          actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()

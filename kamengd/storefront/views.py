@@ -14,7 +14,7 @@ from flask import (Blueprint, abort, after_this_request, g, jsonify, make_respon
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
-from ..catalog import inputs
+from ..catalog import inputs, pricing
 from ..catalog.models import Category, Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
@@ -59,13 +59,23 @@ INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few sc
 @bp.app_context_processor
 def _helpers():
     return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail,
-            "in_app_browser": in_app_browser, "shop_look": shop_look, "price_of": price_of}
+            "in_app_browser": in_app_browser, "shop_look": _shop_look, "price_of": price_of}
 
 
-def price_of(product: Product) -> int:
-    """A product's unit price on this page: on a sub-station the agent's (kamengd.substation)."""
+def _shop_look() -> dict:
+    """The footer's settings, read once a request (the order page shows the contact too)."""
+    if "shop_look" not in g:
+        g.shop_look = shop_look()
+    return g.shop_look
+
+
+def price_of(product: Product, quantity: int = 1) -> int:
+    """A product's unit price on this page: on a sub-station the agent's (kamengd.substation);
+    else the shop's now, for the quantity (a time-window price, a wholesale tier)."""
     prices = g.get("station_prices")
-    return prices.get(product.id, product.price_cents) if prices is not None else product.price_cents
+    if prices is not None:
+        return prices.get(product.id, product.price_cents)
+    return pricing.unit_price(product, quantity, utcnow())
 
 
 def _stock() -> dict[int, int]:
@@ -249,7 +259,11 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         category = None
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
+    now = utcnow()
+    on_sale = g.get("station_prices") is None and pricing.on_sale(p, now)
     return render_template("storefront/product.html", product=p, stock=stock,
+                           tiers=pricing.tiers_of(p.price_tiers) if g.get("station_prices") is None else [],
+                           on_sale=on_sale, sale_ends=shop_time(p.sale_ends_at) if on_sale and p.sale_ends_at else None,
                            channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
