@@ -443,7 +443,8 @@ def test_panel_catalog(app, client, owner):
     assert category_id is not None, resp.get_data(as_text=True)[:3000]
     resp = submit(client, "/admin/products/new", "/admin/products/new", name,
                   {"price": "9.90", "cost_price": "", "category_id": str(category_id), "is_active": "1",
-                   "input_fields": ""},   # (its own format: a test of its own, test_buyer_input.py)
+                   "input_fields": "",   # (its own format: a test of its own, test_buyer_input.py)
+                   "price_tiers": "", "sale_price": "", "sale_starts_at": "", "sale_ends_at": ""},   # (test_pricing.py)
                   follow_redirects=True)
     assert_inert(resp)
     with app.app_context():

@@ -138,3 +138,16 @@ def test_tiers_and_sales_from_the_command_line(app, client, installed, shop):
     assert_one_line_error(run_cli("product", "edit", str(shop["product"]), "--tiers", "5=x", config=config), "tiers")
     assert_one_line_error(run_cli("product", "edit", str(shop["product"]), "--sale-from", "2030-01-02",
                                   "--sale-until", "2030-01-01", config=config), "sale until")
+
+
+def test_a_description_in_markdown_is_shown_safely(app, client, shop):
+    hostile = ("**粗体 bold** and a [link](https://example.com/x)\n\n- one\n- two\nline\nbreak\n\n"
+               "<script>alert(1)</script> <img src=x onerror=alert(2)> [bad](javascript:alert(3)) "
+               "![pixel](https://tracker.example/p.gif)")
+    edit(app, shop["product"], description=hostile)
+    page = client.get(f"/product/{shop['product']}").get_data(as_text=True)
+    body = page.split('<div class="description">', 1)[1].split("</div>", 1)[0]
+    assert "<strong>粗体 bold</strong>" in body and "<li>one</li>" in body and "line<br" in body
+    assert '<a href="https://example.com/x" rel="nofollow noreferrer">link</a>' in body
+    assert "<script>" not in body and "&lt;script&gt;" in body and "<img" not in body
+    assert 'href="javascript' not in body and 'src="https://tracker' not in body   # an image is only a link

@@ -14,7 +14,7 @@ from flask import (Blueprint, abort, after_this_request, g, jsonify, make_respon
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
-from ..catalog import inputs, pricing
+from ..catalog import inputs, markdown, pricing
 from ..catalog.models import Category, Product
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
@@ -262,6 +262,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
     now = utcnow()
     on_sale = g.get("station_prices") is None and pricing.on_sale(p, now)
     return render_template("storefront/product.html", product=p, stock=stock,
+                           description=markdown.render(p.description) if p.description else "",
                            tiers=pricing.tiers_of(p.price_tiers) if g.get("station_prices") is None else [],
                            on_sale=on_sale, sale_ends=shop_time(p.sale_ends_at) if on_sale and p.sale_ends_at else None,
                            channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
