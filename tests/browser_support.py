@@ -336,6 +336,20 @@ A11Y_PROBLEMS = """() => {
   return problems;
 }"""
 
+# The contrast ratio (WCAG 2) of each shown element's text colour with the first
+# background colour behind it (its own or an ancestor's): [[what, ratio], ...].
+CONTRAST = """sel => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const bg = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+                     if (!c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return rgb(c); } return [255, 255, 255]; };
+  return [...document.querySelectorAll(sel)].filter(el => el.offsetWidth).map(el => {
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(bg(el));
+    return [el.tagName + '.' + el.className, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  });
+}"""
+
 class Tab:
     """One browser page on the shop that records what went wrong while it was open:
     CSP violations and other console errors, uncaught script errors, 5xx answers, dialogs."""
@@ -415,6 +429,11 @@ class Tab:
     def text(self, selector: str = "main") -> str:
         return self.page.inner_text(selector)
 
+    def low_contrast(self, selector: str, minimum: float = 4.5) -> list[tuple[str, float]]:
+        """Shown elements matching `selector` whose text has less contrast than WCAG AA asks."""
+        return [(what, round(ratio, 2)) for what, ratio in self.page.evaluate(CONTRAST, selector)
+                if ratio < minimum]
+
 
 @pytest.fixture(scope="module")
 def chromium():
@@ -431,13 +450,16 @@ def chromium():
 
 @pytest.fixture
 def tab(chromium, shop, backend):
-    """tab(viewport=(w, h), storage_state=..., locale=...) -> a fresh Tab in its own browser context."""
+    """tab(viewport=(w, h), storage_state=..., mobile=..., color_scheme="dark") -> a fresh Tab in its own
+    browser context."""
     contexts = []
 
-    def open_tab(*, viewport: tuple[int, int] = (1280, 900), storage_state=None, mobile: bool = False) -> Tab:
+    def open_tab(*, viewport: tuple[int, int] = (1280, 900), storage_state=None, mobile: bool = False,
+                 color_scheme: str = "light") -> Tab:
         context = chromium.new_context(viewport={"width": viewport[0], "height": viewport[1]},
                                        storage_state=storage_state, is_mobile=mobile, has_touch=mobile,
-                                       device_scale_factor=2 if mobile else 1, locale="zh-CN")
+                                       device_scale_factor=2 if mobile else 1, locale="zh-CN",
+                                       color_scheme=color_scheme)
         contexts.append(context)
         context.set_default_timeout(30_000)
         context.add_init_script(CSP_REPORTER)

@@ -185,6 +185,29 @@ def client(app):
 
 
 @pytest.fixture
+def shared_setting(app):
+    """shared_setting(key, value): a run-time setting of the shared shop for one test; the
+    other tests share its database, so the setting is forgotten (its default again) after it."""
+    from kamengd.extensions import db
+    from kamengd.settings.models import Setting
+    from kamengd.settings.services import set_setting
+
+    keys = set()
+
+    def put(key, value):
+        keys.add(key)
+        with app.app_context():
+            set_setting(db.session, key, value, actor="test")
+            db.session.commit()
+            db.session.remove()
+    yield put
+    with app.app_context():
+        db.session.execute(sa.delete(Setting).where(Setting.key.in_(keys)))
+        db.session.commit()
+        db.session.remove()
+
+
+@pytest.fixture
 def vault(app):
     from kamengd.context import get_vault
 

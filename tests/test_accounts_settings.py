@@ -60,7 +60,7 @@ def test_settings(backend, session):
     assert {k: v for k, v in values.items() if k.split(".")[0] in ("site", "orders")} == {
         "site.name": "", "site.notice": "今日 <b>促销</b>", "orders.timeout_minutes": 15,
         "orders.stock_wait_alert_minutes": 30, "orders.manual_sla_minutes": 60, "site.footer": "",
-        "site.contact_qq": "", "site.contact_wechat": "", "site.contact_telegram": "", "site.contact_email": "",
+        "site.contact": "", "site.contact_qq": "", "site.contact_wechat": "", "site.contact_telegram": "", "site.contact_email": "",
         "site.url": ""}
     assert values["smtp.source"] == "file" and values["notifications.webhook_events"] == ["*"]
     entry = last_audit(session)
@@ -87,6 +87,12 @@ def test_settings_and_roles_from_the_cli(tmp_path):
     listed = json.loads(run_cli("setting", "list", "--json", config=cfg, check=True).out)["settings"]
     assert listed["orders.timeout_minutes"] == 20
     assert_one_line_error(run_cli("setting", "set", "orders.timeout_minutes", "0", config=cfg), "at least 1")
+    # The storefront's customer-service text: several lines, checked like the panel's form.
+    contact = "客服 QQ 10001，9:00–22:00\nOutside those hours: help@example.com"
+    out = run_cli("setting", "set", "site.contact", contact, "--json", config=cfg, check=True).out
+    assert json.loads(out) == {"key": "site.contact", "value": contact}
+    assert_one_line_error(run_cli("setting", "set", "site.contact", "x" * 1001, config=cfg),
+                          "site.contact: at most 1000 characters")
     # Mail and notifications from the command line: lists comma-separated, secrets from a file.
     out = run_cli("setting", "set", "notifications.email_to", "a@example.com, b@example.com", "--json", config=cfg,
                   check=True).out

@@ -15,18 +15,20 @@ def shop(backend, databases, tmp_path_factory):
     yield from start_shop(backend, databases, tmp_path_factory, "captcha")
 
 
-@pytest.mark.parametrize("mobile", [False, True], ids=["desktop", "phone"])
-def test_the_captcha_is_solved_in_the_browser_and_the_order_goes_on(shop, tab, mobile):
+@pytest.mark.parametrize("mobile, scheme", [(False, "light"), (True, "light"), (True, "dark")],
+                         ids=["desktop", "phone", "phone-dark"])
+def test_the_captcha_is_solved_in_the_browser_and_the_order_goes_on(shop, tab, mobile, scheme):
     from kamengd.extensions import db
     from kamengd.risk.rules import create_rule
 
-    product, _ = shop.product(f"验证 Captcha {'phone' if mobile else 'desktop'}", 300, keys=3)
+    name = ("phone" if mobile else "desktop") + ("-dark" if scheme == "dark" else "")
+    product, _ = shop.product(f"验证 Captcha {name}", 300, keys=3)
     with shop.app.app_context():
         create_rule(db.session, name="everyone here", kind="ip_list", action="captcha",
                     form={"ranges": "127.0.0.1\n::1"}, actor="test")
         db.session.commit()
         db.session.remove()
-    t = tab(viewport=(390, 844), mobile=True) if mobile else tab()
+    t = tab(viewport=(390, 844), mobile=True, color_scheme=scheme) if mobile else tab(color_scheme=scheme)
     page = t.page
     t.open(f"/product/{product}")
     page.fill("#email", "captcha@example.com")
@@ -36,7 +38,9 @@ def test_the_captcha_is_solved_in_the_browser_and_the_order_goes_on(shop, tab, m
     # The widget solves it by itself (auto="onload") and puts the solution in the form.
     page.wait_for_function("() => { const f = document.querySelector('input[name=captcha]'); "
                            "return f && f.value.length > 20; }", timeout=30000)
-    t.shot("shop-captcha" + ("-phone" if mobile else ""))
+    # The widget's label and the error above it stay readable in the dark theme too (WCAG AA).
+    assert not t.low_contrast("#form-error, altcha-widget label, altcha-widget .altcha-label"), scheme
+    t.shot("shop-captcha" + ("-" + name if name != "desktop" else ""))
     with page.expect_navigation(url=re.compile(re.escape(shop.gateway.url))):
         page.get_by_role("button", name="立即购买").click()
     t.assert_clean(allow_status=(400,))

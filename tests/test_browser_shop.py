@@ -325,36 +325,63 @@ def test_buyer_buys_with_the_keyboard_only(shop, goods, tab):
     t.assert_clean()
 
 
-CONTRAST = """sel => {
-  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
-  const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-                     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
-  const bg = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
-                     if (!c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return rgb(c); } return [255, 255, 255]; };
-  return [...document.querySelectorAll(sel)].filter(el => el.offsetWidth).map(el => {
-    const a = lum(rgb(getComputedStyle(el).color)), b = lum(bg(el));
-    return [el.tagName + '.' + el.className, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
-  });
-}"""
+def luminance(css_colour: str) -> float:
+    """The relative luminance (WCAG 2) of a computed colour, "rgb(r, g, b)"."""
+    def channel(v):
+        v /= 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(float(v)) for v in re.findall(r"[\d.]+", css_colour)[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+# Every text of the storefront's pages that must be readable.
+TEXTS = ("main p, main a, main label, main dt, main dd, main span, main h1, main h2, main h3, main li, main code, "
+         "main button, main output, main legend, header a, footer p, footer span, footer a, footer code")
+
+
+@pytest.fixture(scope="module")
+def delivered(shop, goods):
+    """A delivered order's page (with its token): two keys, the customer-service text beside them."""
+    product, _ = shop.product("深色 Dark pass", 100, keys=2)
+    shop.setting("site.contact", "客服 QQ 10001，9:00–22:00\nAfter hours: help@example.com")
+    order_no, token = shop.paid_order(product, quantity=2)
+    return f"/order/{order_no}?token={token}"
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_the_storefront_follows_the_systems_colour_scheme(shop, goods, chromium, scheme):
-    """W10 §10: dark mode by prefers-color-scheme, every text readable (WCAG AA, 4.5:1)."""
-    from browser_support import Tab, screenshot_dir
-
-    context = chromium.new_context(color_scheme=scheme, viewport={"width": 390, "height": 844}, locale="zh-CN")
-    try:
-        t = Tab(context, shop, screenshot_dir(shop.backend))
-        for path, name in (("/?all=1", "index"), (f"/product/{goods['month']}", "product"), ("/lookup", "lookup")):
-            t.open(path)
-            background = t.page.evaluate("getComputedStyle(document.querySelector('main')).backgroundColor")
-            assert (background == "rgb(27, 33, 41)") == (scheme == "dark"), background
-            low = [(what, round(ratio, 2)) for what, ratio in t.page.evaluate(
-                CONTRAST, "main p, main a, main label, main dt, main dd, main .price, main .badge, main h1, main h2, "
-                          "main button, footer p") if ratio < 4.5]
-            assert not low, (path, low)
-            t.shot(f"shop-{name}-{scheme}")
-        t.assert_clean()
-    finally:
-        context.close()
+@pytest.mark.parametrize("viewport", [(390, 844), (1280, 900)], ids=["phone", "desktop"])
+def test_the_storefront_follows_the_systems_colour_scheme(shop, goods, delivered, tab, scheme, viewport):
+    """W10 §10, W5: light or dark as the system says (prefers-color-scheme), on a phone and a desktop, in
+    both languages: every text readable (WCAG AA, 4.5:1), the focus ring seen (3:1), labels and names there."""
+    size = "phone" if viewport[0] < 500 else "desktop"
+    t = tab(viewport=viewport, mobile=size == "phone", color_scheme=scheme)
+    page = t.page
+    for lang in ("zh", "en"):
+        for path, name in (("/?all=1", "index"), (f"/product/{goods['month']}", "product"), (delivered, "order"),
+                           ("/lookup", "lookup")):
+            t.open(f"{path}{'&' if '?' in path else '?'}lang={lang}")
+            assert page.get_attribute("html", "lang") == ("en" if lang == "en" else "zh-CN")
+            body, main, text = page.evaluate("[document.body, document.querySelector('main'), document.body]"
+                                             ".map((el, i) => getComputedStyle(el)[i < 2 ? 'backgroundColor' : 'color'])")
+            if scheme == "dark":
+                assert luminance(body) < 0.05 and luminance(main) < 0.05 and luminance(text) > 0.6, (body, main, text)
+            else:
+                assert luminance(main) > 0.9 and luminance(text) < 0.05, (body, main, text)
+            low = t.low_contrast(TEXTS)
+            assert not low, (path, lang, low)
+            if name == "order":
+                assert "客服 QQ 10001" in t.text(".order-help") and page.locator("#keys code").count() == 2
+            t.shot(f"shop-{name}-{size}-{lang}-{scheme}")
+    # The focus ring stands out from the form behind it (WCAG 2.2: 3:1).
+    t.open(f"/product/{goods['month']}")
+    t.press_until_focused("#email")
+    assert t.focus_is_visible()
+    ring, behind = page.evaluate("[getComputedStyle(document.activeElement).outlineColor, "
+                                 "getComputedStyle(document.querySelector('main')).backgroundColor]")
+    assert contrast(ring, behind) >= 3, (ring, behind)
+    t.assert_clean()

@@ -160,6 +160,24 @@ def test_save_settings_audits_each_change(backend, app, restore_settings):
     assert "Nothing changed." in page(client) and audit_since(app, seq) == []
 
 
+def test_the_contact_text_is_set_here_and_shown_in_the_shop(backend, app, restore_settings):
+    """site.contact: a textarea of the shop's form; its lines kept, shown escaped on the storefront."""
+    client = signed_in(app)
+    html = page(client)
+    assert '<textarea id="setting-site-contact" name="site.contact" maxlength="1000"' in html
+    assert "Customer service: text" in html
+    seq = last_seq(app)
+    resp = post(client, "/admin/settings", {**FORM, "site.contact": "客服 <b>9:00–22:00</b>\r\nQQ 10001"},
+                page_url="/admin/settings")
+    assert resp.status_code == 303 and stored(app)["site.contact"] == "客服 <b>9:00–22:00</b>\nQQ 10001"
+    assert audit_since(app, seq) == [("setting.change", "setting:site.contact",
+                                      {"key": "site.contact", "old": "", "new": "客服 <b>9:00–22:00</b>\nQQ 10001"})]
+    shop = app.test_client().get("/").get_data(as_text=True)
+    assert '<span class="contact-text">客服 &lt;b&gt;9:00–22:00&lt;/b&gt;\nQQ 10001</span>' in shop
+    resp = post(client, "/admin/settings", {**FORM, "site.contact": "x" * 1001}, page_url="/admin/settings")
+    assert resp.status_code == 400 and "site.contact: at most 1000 characters" in resp.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"site.notice": "x" * 2001}, "site.notice: at most 2000 characters"),
     ({"site.notice": "x" * 50000}, "site.notice: at most 2000 characters"),

@@ -4,7 +4,6 @@ import secrets
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import sqlalchemy as sa
 
 from conftest import run_cli
 from kamengd.cli.serve import site_url_mismatch
@@ -62,20 +61,9 @@ def test_serve_on_a_busy_port_says_so_first(make_install):
 
 
 @pytest.fixture
-def panel_site_url(app):
+def panel_site_url(shared_setting):
     """Sets the panel's site.url for one test; the shop's other tests share the database."""
-    from kamengd.extensions import db
-    from kamengd.settings.models import Setting
-    from kamengd.settings.services import set_setting
-
-    def set_to(url):
-        with app.app_context():
-            set_setting(db.session, "site.url", url, actor="test")
-            db.session.commit()
-    yield set_to
-    with app.app_context():
-        db.session.execute(sa.delete(Setting).where(Setting.key == "site.url"))
-        db.session.commit()
+    return lambda url: shared_setting("site.url", url)
 
 
 def test_the_panels_site_url_is_the_address_pay_urls_name(backend, app, client, panel_site_url):

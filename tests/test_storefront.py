@@ -211,3 +211,29 @@ def test_wechat_and_qq_browsers_are_told_to_open_the_system_browser(client, item
         html = client.get(f"/product/{item['id']}", headers={"User-Agent": agent}).get_data(as_text=True)
         assert "在浏览器打开" in html, agent
     assert "在浏览器打开" not in client.get("/", headers={"User-Agent": "Mozilla/5.0 Chrome/120"}).get_data(as_text=True)
+
+
+def test_the_contact_text_on_every_page_and_beside_the_keys(client, item, shared_setting):
+    """site.contact: in the footer of every storefront page and on the order page, as text, its lines kept."""
+    text = f"客服 9:00–22:00 {HOSTILE}\nhttps://help.example.com/kf"
+    shown = "客服 9:00–22:00 &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;&#34;&#39;\nhttps://help.example.com/kf"
+    assert "order-help" not in client.get("/lookup").get_data(as_text=True)      # nothing set: nothing shown
+    shared_setting("site.contact", text)
+    page = client.get(f"/product/{item['id']}").get_data(as_text=True)
+    resp = client.post(f"/product/{item['id']}", data={"csrf_token": csrf_of(page), "quantity": "1",
+                                                        "email": "b@example.com", "channel": item["channel"]})
+    order_no = re.search(r"out_trade_no=(\d+)", resp.headers["Location"]).group(1)
+    client.get(f"/pay/{item['channel']}/notify", query_string=paid(order_no, "5.00"))
+    for path in ("/", f"/product/{item['id']}", "/lookup", "/order/nope", f"/order/{order_no}"):
+        html = client.get(path).get_data(as_text=True)
+        footer = html[html.index('<footer class="site">'):]
+        assert 'id="contact"' in footer and f'<span class="contact-text">{shown}</span>' in footer, path
+        assert "<script>alert" not in html and 'href="https://help.example.com' not in html, path   # never a link
+    order = client.get(f"/order/{order_no}").get_data(as_text=True)
+    help_block = order[order.index('<div class="order-help">'):order.index("</main>")]
+    assert order.index('id="keys"') < order.index('<div class="order-help">')
+    assert "对这个订单有疑问？" in help_block and f'<p class="contact-text">{shown}</p>' in help_block
+    assert 'href="#contact"' in help_block
+    assert "Questions about this order?" in client.get(f"/order/{order_no}?lang=en").get_data(as_text=True)
+    shared_setting("site.contact", "")
+    assert "order-help" not in client.get(f"/order/{order_no}").get_data(as_text=True)

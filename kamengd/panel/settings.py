@@ -36,6 +36,9 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                        "Empty: the address from the config file (%(url)s).", url=get_config().site.url)),
         "site.notice": (_("Storefront notice"), _("Shown at the top of the storefront; empty: no notice.")),
         "site.footer": (_("Storefront footer"), _("At the foot of every storefront page: opening hours, terms.")),
+        "site.contact": (_("Customer service: text"),
+                         _("Free text on every storefront page and on the order page: hours, how to reach you. "
+                           "Empty: not shown.")),
         "site.contact_qq": (_("Customer service: QQ"), _("A QQ number buyers can write to; empty: not shown.")),
         "site.contact_wechat": (_("Customer service: WeChat ID"), _("Shown on every storefront page; empty: not shown.")),
         "site.contact_telegram": (_("Customer service: Telegram"), _("A username, without @; empty: not shown.")),

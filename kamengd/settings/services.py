@@ -54,7 +54,8 @@ def _telegram(text: str) -> str:
 def shop_look() -> dict:
     """What every storefront page shows around its content (footer, customer service),
     in one query; nothing (the defaults) when the database cannot answer."""
-    keys = ("site.footer", "site.contact_qq", "site.contact_wechat", "site.contact_telegram", "site.contact_email")
+    keys = ("site.footer", "site.contact", "site.contact_qq", "site.contact_wechat", "site.contact_telegram",
+            "site.contact_email")
     try:
         stored = dict(db.session.execute(sa.select(Setting.key, Setting.value).where(Setting.key.in_(keys))).all())
     except SQLAlchemyError:
@@ -144,6 +145,8 @@ SETTINGS: dict[str, SettingSpec] = {
     "site.notice": SettingSpec(str, "", "Notice shown at the top of the storefront.", max_length=2000),
     "site.footer": SettingSpec(str, "", "Text at the foot of every storefront page (hours, terms).", max_length=500),
     # Customer service, on every storefront page and the order page; empty: not shown.
+    "site.contact": SettingSpec(str, "", "Customer-service text (hours, how to reach staff), several lines.",
+                                max_length=1000),
     "site.contact_qq": SettingSpec(str, "", "Customer-service QQ number.", max_length=20, single_line=True,
                                    check=_qq_number),
     "site.contact_wechat": SettingSpec(str, "", "Customer-service WeChat ID.", max_length=64, single_line=True),
