@@ -40,7 +40,23 @@ def data(shop):
     return {"category": games, "product": month, "manual": manual, "delivered": delivered,
             "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
             "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier),
-            "coupon": shop.run(lambda s, _v: _a_coupon(s, games))}
+            "coupon": shop.run(lambda s, _v: _a_coupon(s, games)), **_an_order_held_for_review(shop, month)}
+
+
+def _an_order_held_for_review(shop, product_id: int) -> dict:
+    """A review rule for one buyer's e-mail and the order it held once paid (the risk pages);
+    another rule, switched off, that no order matches."""
+    from kamengd.risk import rules
+
+    def make(session, _vault):
+        rules.create_rule(session, name="异常金额 Unusual amount", kind="amount_anomaly", action="review",
+                          form={"factor": "10"}, sort_order=5, actor="test").is_active = False
+        return rules.create_rule(session, name="新买家 New buyer", kind="email_list", action="review",
+                                 form={"emails": "risky@example.com", "domains": "mailinator.com"}, actor="test").id
+    rule_id = shop.run(make)
+    order_no, _token, amount = shop.order(product_id, 1, email="risky@example.com")   # judged in this process
+    assert shop.notify(order_no, amount) == "success"                                # held by the server
+    return {"rule": rule_id, "review": order_no}
 
 
 def _a_coupon(session, category_id: int) -> int:
@@ -118,7 +134,7 @@ def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
     known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
              "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat(),
              "agent_id": data["agent"], "supplier_id": data["supplier"],
-             "coupon_id": data["coupon"]}
+             "coupon_id": data["coupon"], "rule_id": data["rule"]}
     unknown = arguments - known.keys()
     assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
     return {name: known[name] for name in arguments}
@@ -227,6 +243,7 @@ def test_every_panel_page_renders(shop, data, tab, owner_state):
                        ("panel-orders-search", f"/admin/orders?q={data['delivered']}"),
                        ("panel-audit-filtered", "/admin/audit?action=product.create"),
                        ("panel-order-held", f"/admin/orders/{data['held']}"),
+                       ("panel-order-held-for-review", f"/admin/orders/{data['review']}"),
                        ("panel-order-waiting", f"/admin/orders/{data['waiting']}")):
         t.open(path)
         t.shot(name)
@@ -321,6 +338,53 @@ def test_an_owner_adds_a_coupon_after_a_mistake_and_sees_it_in_the_report(shop, 
     row = page.locator("#coupons tbody tr", has_text="NEW-YEAR-5")
     assert "5.00 CNY" in row.inner_text() and "月卡 Monthly pass" in row.inner_text()
     t.shot("panel-coupons-added")
+    t.assert_clean(allow_status=(400,))
+
+
+def test_an_owner_adds_a_risk_rule_and_approves_the_order_a_rule_held(shop, data, tab, owner_state):
+    """Risk rules from the menu: the form shows the chosen kind's fields (panel.js), a bad range
+    comes back as typed, then the rule is listed; the review queue approves the held order."""
+    t = tab(storage_state=owner_state)
+    page = t.page
+    t.open("/admin/dashboard?lang=en")
+    with page.expect_navigation():
+        page.click("nav.sidenav a[href='/admin/risk/rules']")
+    assert "新买家 New buyer" in t.text("#risk-rules") and "risky@example.com" in t.text("#risk-rules")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Add a rule").click()
+    assert page.is_visible("#limit") and not page.is_visible("#ranges")
+    page.select_option("#kind", "ip_list")
+    assert page.is_visible("#ranges") and not page.is_visible("#limit") and not page.is_visible("#factor")
+    page.fill("#name", "机房 Data centre")
+    page.select_option("#action", "refuse")
+    page.fill("#ranges", "198.51.100.0/24\nnot-an-address")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add rule").click()
+    assert "ranges: 'not-an-address' is not an address" in t.text(".flashes")
+    assert page.input_value("#name") == "机房 Data centre" and page.input_value("#kind") == "ip_list"
+    assert page.is_visible("#ranges") and not page.is_visible("#limit")
+    t.shot("panel-risk-rule-new-error")
+    page.fill("#ranges", "198.51.100.0/24")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add rule").click()
+    row = page.locator("#risk-rules tbody tr", has_text="机房 Data centre")
+    assert "198.51.100.0/24" in row.inner_text() and "Refuse" in row.inner_text()
+    t.accept_dialogs = True
+    with page.expect_navigation():
+        row.get_by_role("button", name="Disable").click()
+    assert "is off" in t.text(".flashes")
+    t.shot("panel-risk-rules-added")
+
+    with page.expect_navigation():
+        page.click("nav.sidenav a[href='/admin/risk/queue']")
+    card = page.locator(f"#review-{data['review']}")
+    assert "新买家 New buyer" in card.inner_text() and "risky@example.com" in card.inner_text()
+    card.locator("input[name=reason]").fill("老客户 known buyer")
+    with page.expect_navigation():
+        card.get_by_role("button", name="Approve").click()
+    assert f"Order {data['review']} approved and delivered." in t.text(".flashes")
+    assert page.locator(f"#review-{data['review']}").count() == 0
+    t.shot("panel-risk-queue-approved")
     t.assert_clean(allow_status=(400,))
 
 

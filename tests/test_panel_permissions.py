@@ -68,6 +68,13 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.coupon_new": MANAGERS,
     "panel.coupon_edit": MANAGERS,
     "panel.coupon_toggle": MANAGERS,
+    # Risk rules decide who may buy: as coupons. Their review queue is held orders: who releases them.
+    "panel.risk_rules": MANAGERS,
+    "panel.risk_rule_new": MANAGERS,
+    "panel.risk_rule_edit": MANAGERS,
+    "panel.risk_rule_toggle": MANAGERS,
+    "panel.risk_queue": MANAGERS | {"finance"},
+    "panel.risk_approve": MANAGERS | {"finance"},
     "panel.channel_new": MANAGERS,
     "panel.channel_edit": MANAGERS,
     "panel.channel_toggle": MANAGERS,
@@ -174,8 +181,11 @@ def world(backend, databases, tmp_path_factory):
         from kamengd.marketing.coupons import create_coupon, parse_coupon_form
         coupon = create_coupon(db.session, "PERM-COUPON", parse_coupon_form({"kind": "fixed", "amount_off": "1"},
                                                                              "Asia/Shanghai"), actor="test")
+        from kamengd.risk.rules import create_rule
+        risk_rule = create_rule(db.session, name="perm-rule", kind="ip_list", action="review",
+                                form={"ranges": "192.0.2.0/24"}, actor="test")
         db.session.commit()
-        ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
+        ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "rule_id": risk_rule.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
                "agent_id": agent.id, "withdrawal_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
@@ -289,7 +299,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
            "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "supplier_id": 1,
-           "coupon_id": 1}
+           "coupon_id": 1, "rule_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))
     posts = [r for r in _panel_rules(app) if "POST" in r.methods]

@@ -11,6 +11,7 @@ from ..database import utcnow
 from ..extensions import db
 from ..orders.staff import extra_payments_to_refund
 from ..payments.services import weak_channels
+from ..risk.engine import review_count
 from ..scheduler.jobs import JOBS
 from ..transaction import read_only
 from .blueprint import bp, staff_can
@@ -44,6 +45,6 @@ def dashboard():
         weak_channels=weak,
         by_status=shop.orders_by_status(db.session),
         low_stock=shop.low_stock_products(db.session),
-        attention_count=attention_count, attention=attention,
+        attention_count=attention_count, attention=attention, review_count=review_count(db.session),
         scheduler=scheduler.scheduler_status(db.session, now, config.scheduler.lease_seconds),
         runs=scheduler.last_runs(db.session, JOBS))

@@ -80,6 +80,8 @@ def nav_items() -> list[tuple[str, str, str]]:
         ("catalog.view", "panel.categories", _("Categories")),
         ("stock.view", "panel.stock", _("Stock")),
         ("coupons.manage", "panel.coupons_list", _("Coupons")),
+        ("risk.manage", "panel.risk_rules", _("Risk rules")),
+        ("orders.release", "panel.risk_queue", _("Risk review")),
         ("channels.manage", "panel.channels", _("Payment channels")),
         ("suppliers.manage", "panel.suppliers_list", _("Suppliers")),
         ("agents.view", "panel.agents_list", _("Agents")),

@@ -37,6 +37,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "suppliers.manage": frozenset({"owner", "admin"}),
     # Coupons give the shop's money away (as agents' discounts do): never the operator, who edits products.
     "coupons.manage": frozenset({"owner", "admin"}),
+    # Risk rules decide which buyers may order at all: as coupons, owners and admins. (Their review
+    # queue is held orders: orders.release looks at it and approves.)
+    "risk.manage": frozenset({"owner", "admin"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -101,6 +104,13 @@ ENDPOINTS: dict[str, str] = {
     "panel.coupon_new": "coupons.manage",
     "panel.coupon_edit": "coupons.manage",
     "panel.coupon_toggle": "coupons.manage",
+    # risk.py
+    "panel.risk_rules": "risk.manage",
+    "panel.risk_rule_new": "risk.manage",
+    "panel.risk_rule_edit": "risk.manage",
+    "panel.risk_rule_toggle": "risk.manage",
+    "panel.risk_queue": "orders.release",
+    "panel.risk_approve": "orders.release",
     # channels.py
     "panel.channels": "channels.manage",
     "panel.channel_new": "channels.manage",

@@ -343,14 +343,23 @@ def decisions_of(session: Session, order_id: int) -> list[RiskDecision]:
                                 .order_by(RiskDecision.id)))
 
 
+def _in_review():
+    held = sa.and_(Order.status == "held", Order.risk_review.is_(True))
+    later = sa.and_(Order.flagged_at.is_not(None),
+                    Order.id.in_(sa.select(_d.c.order_id).where(_d.c.stage == "payment", _d.c.order_id.is_not(None))))
+    return sa.or_(held, later)
+
+
+def review_count(session: Session) -> int:
+    """How many orders the review queue holds (the panel's dashboard)."""
+    return session.scalar(sa.select(sa.func.count()).select_from(Order).where(_in_review()))
+
+
 def review_queue(session: Session, limit: int = 200) -> list[tuple[Order, list[RiskDecision]]]:
     """Orders a person must look at because of a rule: paid orders held for review (approve:
     `order release` delivers; reject: `order refund`), and orders a payment-stage rule matched
     that are still flagged. Oldest first."""
-    held = sa.and_(Order.status == "held", Order.risk_review.is_(True))
-    later = sa.and_(Order.flagged_at.is_not(None),
-                    Order.id.in_(sa.select(_d.c.order_id).where(_d.c.stage == "payment", _d.c.order_id.is_not(None))))
-    orders = list(session.scalars(sa.select(Order).where(sa.or_(held, later))
+    orders = list(session.scalars(sa.select(Order).where(_in_review())
                                   .order_by(Order.paid_at, Order.id).limit(limit)))
     found: dict[int, list[RiskDecision]] = {o.id: [] for o in orders}
     if found:

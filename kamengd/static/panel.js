@@ -123,4 +123,21 @@
       form.classList.add("restored");
     });
   });
+
+  // <select data-show-by>: in its form, only the [data-shown-for="a b …"] parts listing the
+  // chosen value show (a risk rule's parameters for its kind). Without this script every part
+  // shows, each saying what it is for. (After the drafts: a restored choice counts.)
+  function showChosen(select) {
+    Array.prototype.forEach.call(select.form.querySelectorAll("[data-shown-for]"), function (el) {
+      el.hidden = el.getAttribute("data-shown-for").split(" ").indexOf(select.value) < 0;
+    });
+  }
+
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("select[data-show-by]")) showChosen(event.target);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("select[data-show-by]"), showChosen);
+  });
 })();
