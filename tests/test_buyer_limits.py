@@ -104,3 +104,27 @@ def test_the_daily_limit_from_the_command_line(app, client, installed, shop):
     assert order(client, shop, 8).status_code == 201
     assert_one_line_error(run_cli("product", "edit", str(shop["product"]), "--daily-limit", "0", config=config),
                           "daily-limit")
+
+
+def test_an_order_paid_after_it_expired_counts_again_or_waits_for_a_person(app, client, shop):
+    import hashlib
+    from kamengd.orders.models import Order
+    from kamengd.orders.services import expire_orders
+    from kamengd.payments import epay
+    late = order(client, shop, 4).get_json()
+    db = _db()
+    with app.app_context():
+        db.session.execute(sa.update(Order).where(Order.order_no == late["order_no"])
+                           .values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+        db.session.commit()
+        expire_orders(db.session)
+        db.session.commit()
+        db.session.remove()
+    assert order(client, shop, 3).status_code == 201          # the 4 went back: 3 bought meanwhile
+    params = {"pid": "7007", "trade_no": f"T{late['order_no']}", "out_trade_no": late["order_no"], "type": "alipay",
+              "name": "x", "money": late["amount"], "trade_status": "TRADE_SUCCESS"}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + "limit-key-0123456789abcdef").encode()).hexdigest()
+    assert client.get(f"/pay/{shop['channel']}/notify", query_string=params).get_data(as_text=True) == "success"
+    seen = client.get(f"/api/v1/orders/{late['order_no']}?token={late['token']}").get_json()
+    assert seen["status"] == "held"                            # 3 + 4 would pass 5: a person decides
+    assert order(client, shop, 2).status_code == 201           # and nothing was counted for it

@@ -387,3 +387,64 @@ def test_the_storefront_takes_a_coupon_and_the_order_page_shows_it(app, shop):
             db.session.remove()
         shown = c.get(f"/order/{order_no}").get_data(as_text=True)
         assert "8.50" in shown and "优惠券已减 1.50" in shown
+
+
+def _pay_epay(client, shop, answer):
+    import hashlib
+    from kamengd.payments import epay
+    params = {"pid": "7007", "trade_no": f"T{answer['order_no']}", "out_trade_no": answer["order_no"],
+              "type": "alipay", "name": "x", "money": answer["amount"], "trade_status": "TRADE_SUCCESS"}
+    params["sign"] = hashlib.md5((epay.signing_string(params) + KEY).encode()).hexdigest()
+    assert client.get(f"/pay/{shop['channel']}/notify", query_string=params).get_data(as_text=True) == "success"
+    return client.get(f"/api/v1/orders/{answer['order_no']}?token={answer['token']}").get_json()
+
+
+def _expire(app, order_no):
+    from kamengd.orders.models import Order
+    from kamengd.orders.services import expire_orders
+    db = _db()
+    with app.app_context():
+        db.session.execute(sa.update(Order).where(Order.order_no == order_no)
+                           .values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+        db.session.commit()
+        expire_orders(db.session)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_an_order_paid_after_it_expired_takes_its_use_again_or_waits_for_a_person(app, client, shop):
+    code = make_coupon(app, amount_off="1.00", max_uses=1)
+    late = order(client, shop, code, email="late1@example.com").get_json()
+    _expire(app, late["order_no"])
+    assert coupon_row(app, code).used == 0
+    seen = _pay_epay(client, shop, late)                       # the use is still free: taken again
+    assert seen["status"] == "delivered" and coupon_row(app, code).used == 1
+    # The same again, but another buyer takes the last use while the first one's page is open.
+    code = make_coupon(app, amount_off="1.00", max_uses=1)
+    late = order(client, shop, code, email="late2@example.com").get_json()
+    _expire(app, late["order_no"])
+    assert order(client, shop, code, email="quick@example.com").status_code == 201
+    seen = _pay_epay(client, shop, late)
+    assert seen["status"] == "held" and "keys" not in seen     # never two uses of a one-use coupon
+    assert coupon_row(app, code).used == 1
+    from kamengd.orders.models import Order
+    db = _db()
+    with app.app_context():
+        held = db.session.scalar(sa.select(Order).where(Order.order_no == late["order_no"]))
+        assert held.flag_reason.startswith("paid after it expired") and held.coupon_held is False
+        db.session.remove()
+
+
+def test_a_coupon_through_an_invite_link_is_the_shops_own_sale(app, shop):
+    """The discount is the shop's: no agent earns its margin on the undiscounted price too."""
+    from kamengd.orders.checkout import Seller, place_order
+    from kamengd.orders.models import Order
+    code = make_coupon(app, kind="percent", percent_off="90")
+    db = _db()
+    with app.app_context():
+        placed = place_order(db.session, None, product_id=shop["big"], quantity=1, email="inv@example.com",
+                             channel_code=shop["channel"], coupon=code, seller=Seller(987654, False))
+        db.session.commit()
+        row = db.session.scalar(sa.select(Order).where(Order.order_no == placed.order_no))
+        assert (row.seller_agent_id, row.amount_cents, row.discount_cents) == (None, 100, 900)
+        db.session.remove()

@@ -177,6 +177,8 @@ def test_allow_first_stops_the_rest_and_the_strongest_action_wins(app, client, s
     rule(app, "email_list", "refuse", domains="blocked.example", sort_order=6, name="block")
     refused(order(client, shop, email="a@blocked.example"))   # review and refuse: refuse
     assert [d["rule"] for d in decisions(app, client_ip=shop["ip"])][-2:] == ["watch", "block"]
+    rule(app, "email_list", "allow", emails="x@blocked.example", sort_order=9, name="late allow")
+    refused(order(client, shop, email="x@blocked.example"))   # an allow after a match does not undo it
     rule(app, "email_list", "allow", emails="vip@blocked.example", sort_order=1, name="vip")
     placed = order(client, shop, email="vip@blocked.example")
     assert placed.status_code == 201
@@ -314,7 +316,14 @@ def test_a_captcha_is_asked_then_taken_once(app, client, shop):
     forged = json.loads(base64.b64decode(_solve(again.get_json()["error"]["challenge"])))
     forged["number"] += 1
     bad = base64.b64encode(json.dumps(forged).encode()).decode()
-    for wrong in (bad, "garbage", "", "x" * 5000, 12):
+    import base64 as b64
+    sneaky = json.loads(b64.b64decode(solution))
+    odd = [b64.b64encode(json.dumps({**sneaky, "salt": sneaky["salt"].replace("expires=", "expires=²")})
+                                    .encode()).decode(),
+           b64.b64encode(json.dumps({**sneaky, "challenge": "é" * 64}).encode()).decode(),
+           b64.b64encode(json.dumps({**sneaky, "signature": "密" * 10}).encode()).decode(),
+           b64.b64encode(b"[1, 2]").decode(), b64.b64encode(json.dumps({**sneaky, "number": "1"}).encode()).decode()]
+    for wrong in (bad, "garbage", "", "x" * 5000, 12, *odd):
         answer = client.post("/api/v1/orders", json={**body, "captcha": wrong}, environ_base={"REMOTE_ADDR": shop["ip"]})
         assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "captcha_required"
     outcomes = [d["outcome"] for d in decisions(app, client_ip=shop["ip"])]

@@ -55,6 +55,20 @@ def left_today(session: Session, product_id: int, email: str, day: dt.date, limi
     return max(0, limit - bought)
 
 
+def take_again(session: Session, order, limit: int | None, day: dt.date) -> bool:
+    """An expired order whose units went back is paid after all: counted again on `day` (the
+    shop day it was placed). False, nothing counted, when that passes the limit now."""
+    if limit is None or order.limit_day is not None or not order.email:
+        return True
+    params = _params(order.product_id, order.email, day, q=order.quantity, limit=limit)
+    conn = session.connection()
+    conn.execute(_ADD, params)
+    if conn.execute(_TAKE, params).rowcount != 1:
+        return False
+    conn.execute(_o.update().where(_o.c.id == order.id).values(limit_day=day))
+    return True
+
+
 def give_back_expired(session: Session, order_ids: list[int]) -> int:
     """The units of orders that expired unpaid, each order's once, on the day they were counted."""
     rows = session.execute(sa.select(_o.c.id, _o.c.product_id, _o.c.email, _o.c.quantity, _o.c.limit_day)

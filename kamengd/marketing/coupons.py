@@ -126,12 +126,13 @@ def discount(terms, *, product_id: int, category_id: int | None, currency: str, 
     if (terms.scope == "product" and terms.scope_id != product_id) or (
             terms.scope == "category" and terms.scope_id != category_id):
         raise InvalidRequest("coupon: not valid for this product")
+    if terms.currency != currency and (terms.kind == "fixed" or terms.min_amount_cents
+                                       or terms.max_discount_cents is not None):
+        raise InvalidRequest("coupon: not valid for this product")   # (its amounts are in another currency)
     if amount_cents < terms.min_amount_cents:
         raise InvalidRequest("coupon: valid on orders of %(minimum)s or more",
                              minimum=format_cents(terms.min_amount_cents))
     if terms.kind == "fixed":
-        if terms.currency != currency:
-            raise InvalidRequest("coupon: not valid for this product")
         off = terms.amount_off_cents
     else:
         off = amount_cents * terms.percent_off_bp // 10_000   # rounded down: never a cent too much
@@ -185,6 +186,31 @@ def claim(session: Session, terms, email: str, now: dt.datetime) -> bool:
     if conn.execute(_ADD_BUYER, {"cid": terms.id, "email": params["b_email"]}).rowcount == 1:
         return conn.execute(_CLAIM_BUYER, params).rowcount == 1
     return False
+
+
+def take_again(session: Session, order) -> bool:
+    """An expired order whose use went back is paid after all (the buyer kept the gateway's page
+    open): its use is taken again, within the limits as they are now (not the terms: the buyer
+    was priced with them). False, nothing taken, when the coupon has no use left for it."""
+    if order.coupon_id is None or order.coupon_held:
+        return True
+    conn = session.connection()
+    row = conn.execute(sa.select(_cp.c.per_buyer, _cp.c.first_order).where(_cp.c.id == order.coupon_id)).first()
+    if row is None:
+        return True   # (a coupon deleted since: nothing to count)
+    if conn.execute(_cp.update().where(_cp.c.id == order.coupon_id,
+                                       sa.or_(_cp.c.max_uses.is_(None), _cp.c.used < _cp.c.max_uses))
+                    .values(used=_cp.c.used + 1)).rowcount != 1:
+        return False
+    limit = limited_per_buyer(row)
+    if limit is not None:
+        params = {"cid": order.coupon_id, "b_email": buyer_key(order.email), "most": limit}
+        conn.execute(_ADD_BUYER, {"cid": order.coupon_id, "email": params["b_email"]})
+        if conn.execute(_CLAIM_BUYER, params).rowcount != 1:
+            conn.execute(_cp.update().where(_cp.c.id == order.coupon_id, _cp.c.used > 0).values(used=_cp.c.used - 1))
+            return False
+    conn.execute(_o.update().where(_o.c.id == order.id).values(coupon_held=True))
+    return True
 
 
 def give_back_expired(session: Session, order_ids: list[int]) -> int:

@@ -324,6 +324,10 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     code = coupons.normalise_code(coupon) if coupon not in (None, "") else None
     if code is not None and seller is not None and seller.station:
         raise InvalidRequest("coupon: coupons are taken on the shop's own site only")
+    if code is not None and seller is not None:
+        # Through an agent's invite link: the shop's discount, and no commission on top of it
+        # (the agent's margin would be booked on the undiscounted price: the shop could lose).
+        seller = None
     password_hash = hash_password(query_password) if query_password else None   # before any lock
     # The e-mail + query password lookup finds the order by this tag (no vault: no tag,
     # the argon2 hash alone, as for orders placed before tags).

@@ -24,6 +24,9 @@ from ..orders.attention import flag_order
 from ..orders import reasons
 from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
+from ..catalog import limits
+from ..context import get_config
+from ..marketing import coupons
 from ..risk import engine as risk
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
@@ -833,7 +836,10 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
 
     # A risk rule asked for review when it was placed: paid, it waits for a person (the review queue).
     review = right_amount and order.risk_review
-    new_status = "paid" if right_amount and not review else "held"
+    # Paid after it expired: the coupon use and daily-limit units it gave back are taken again;
+    # when they are gone meanwhile, a person decides (deliver anyway, or refund).
+    over_limit = right_amount and order.status == "expired" and not _take_again(session, order)
+    new_status = "paid" if right_amount and not review and not over_limit else "held"
     claimed = session.execute(sa.update(Order).where(Order.id == order.id,
                                                      Order.status.in_(("pending", "expired")))
                               .values(status=new_status, paid_at=now, updated_at=now)
@@ -841,7 +847,12 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
     session.refresh(order)
     if not claimed:
         return _extra_payment(session, channel, order, payment, now)
-    if review:
+    if over_limit:
+        reason = reasons.reason(reasons.LATE_OVER_LIMIT)
+        flag_order(session, order, reason, now, event=None)
+        emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
+                                                  paid_amount=format_cents(amount)), now)
+    elif review:
         reason = reasons.reason(reasons.RISK_REVIEW, rule=risk.review_rule(session, order.id))
         flag_order(session, order, reason, now, event=None)
         emit(session, "order.held", order_payload(session, order, trade_no=trade_no, reason=reason,
@@ -858,6 +869,20 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
                                                   paid_amount=format_cents(amount),
                                                   **({"paid_currency": currency} if other_currency else {})), now)
     return PaymentOutcome(True, new_status)
+
+
+def _take_again(session: Session, order) -> bool:
+    """An expired order paid after all: its coupon use and daily-limit units again (False: one
+    of them is gone meanwhile, and neither is taken)."""
+    product = session.get(Product, order.product_id)
+    day = routing.shop_day(order.created_at, get_config().site.timezone)
+    attempt = session.begin_nested()
+    taken = coupons.take_again(session, order) and limits.take_again(session, order, product.buyer_daily_limit, day)
+    if taken:
+        attempt.commit()
+    else:
+        attempt.rollback()
+    return taken
 
 
 def _fill_in_reconciled(session: Session, channel: PaymentChannel, order, trade_no: str, amount: int,

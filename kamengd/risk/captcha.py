@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import altcha
@@ -59,11 +60,12 @@ def _check(payload: str) -> tuple[str, int] | None:
                                                      data["challenge"], data["signature"])
     except (ValueError, TypeError, KeyError, UnicodeDecodeError):
         return None
-    if algorithm != "SHA-256" or not all(isinstance(v, str) for v in (salt, given, signature)) \
+    if algorithm != "SHA-256" or not all(isinstance(v, str) and v.isascii() for v in (salt, given, signature)) \
             or not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= MAX_NUMBER:
         return None
     expires = altcha.extract_params_v1({"salt": salt}).get("expires", [""])
-    if len(expires) != 1 or not expires[0].isdigit() or int(expires[0]) < time.time():
+    # (ASCII digits only: str.isdigit() takes '²', which int() refuses)
+    if len(expires) != 1 or not re.fullmatch(r"[0-9]{1,12}", expires[0]) or int(expires[0]) < time.time():
         return None
     spliced = salt if salt.endswith("&") else salt + "&"
     expected = altcha.hash_hex(algorithm, (spliced + str(number)).encode())

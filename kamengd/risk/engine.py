@@ -123,7 +123,7 @@ def none_known(stage: str) -> bool:
 
 def _usual_amount(session: Session, product_id: int, days: int, least: int, now: dt.datetime) -> int | None:
     """The product's average paid order over `days` (None with fewer than `least` orders)."""
-    key = (product_id, days)
+    key = (product_id, days, least)
     found = _averages.get(key)
     if found is not None and time.monotonic() - found[0] < AVERAGE_TTL:
         return found[1]
@@ -252,8 +252,10 @@ def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = No
         if seen is None:
             continue
         match = Match(rule.id, rule.name, rule.kind, rule.action, seen)
-        if rule.action == "allow":   # trusted: no later rule is asked
-            return Verdict("allow", [match])
+        if rule.action == "allow":
+            if not matches:   # trusted, before any other rule spoke: no later rule is asked
+                return Verdict("allow", [match])
+            continue          # (an earlier rule matched: its word stands)
         matches.append(match)
     return _verdict(matches)
 

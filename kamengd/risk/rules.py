@@ -53,8 +53,9 @@ def parse_params(kind: str, form: Mapping) -> dict:
     if kind in VELOCITY:
         with found:
             params["limit"] = _whole(form.get("limit"), "limit", 1, 1_000_000)
-        with found:
-            params["minutes"] = _whole(form.get("minutes"), "minutes", 1, 7 * 24 * 60)
+        with found:   # (failed lookups are kept a day: kamengd.risk.engine.forget_lookup_failures)
+            params["minutes"] = _whole(form.get("minutes"), "minutes", 1,
+                                       24 * 60 if kind == "failed_lookups" else 7 * 24 * 60)
     elif kind == "ip_list":
         ranges = _items(form.get("ranges"))
         for item in ranges:
@@ -65,6 +66,8 @@ def parse_params(kind: str, form: Mapping) -> dict:
                                          item=item[:50]))
         if not ranges:
             found.add(InvalidRequest("ranges: at least one address or range"))
+        if len(ranges) > MAX_LIST:
+            found.add(InvalidRequest("ranges: at most %(most)s entries", most=MAX_LIST))
         params["ranges"] = [str(ipaddress.ip_network(r, strict=False)) for r in ranges
                             if _is_network(r)][:MAX_LIST]
     elif kind == "email_list":

@@ -70,10 +70,11 @@ def upgrade() -> None:
     mysql_collate='utf8mb4_bin',
     mysql_engine='InnoDB'
     )
-    with op.batch_alter_table('orders', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('coupon_id', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('discount_cents', sa.BigInteger(), server_default=sa.text('0'), nullable=False))
-        batch_op.add_column(sa.Column('coupon_held', sa.Boolean(), server_default=sa.text('0'), nullable=False))
+    # op.add_column, not the batch: Alembic's batch rebuilds a SQLite table for a column whose
+    # default is an SQL expression; a plain ALTER TABLE … ADD COLUMN … DEFAULT 0 needs no copy.
+    op.add_column('orders', sa.Column('coupon_id', sa.Integer(), nullable=True))
+    op.add_column('orders', sa.Column('discount_cents', sa.BigInteger(), server_default=sa.text('0'), nullable=False))
+    op.add_column('orders', sa.Column('coupon_held', sa.Boolean(), server_default=sa.text('0'), nullable=False))
 
 
 

@@ -85,10 +85,10 @@ def upgrade() -> None:
     mysql_collate='utf8mb4_bin',
     mysql_engine='InnoDB'
     )
-    with op.batch_alter_table('orders', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('device_tag', sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column('email_folded', sa.String(length=254), nullable=True))
-        batch_op.add_column(sa.Column('risk_review', sa.Boolean(), server_default=sa.text('0'), nullable=False))
+    # op.add_column, not the batch: it would rebuild the SQLite table for an SQL-expression default.
+    op.add_column('orders', sa.Column('device_tag', sa.String(length=32), nullable=True))
+    op.add_column('orders', sa.Column('email_folded', sa.String(length=254), nullable=True))
+    op.add_column('orders', sa.Column('risk_review', sa.Boolean(), server_default=sa.text('0'), nullable=False))
     # Orders placed before: their buyer's e-mail folded (LOWER: what both databases have; the
     # few addresses where it differs from Python's casefold are not worth a pass in Python).
     op.execute("UPDATE orders SET email_folded = LOWER(email)")
