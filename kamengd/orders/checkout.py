@@ -80,7 +80,8 @@ def _bind(column):
 _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price_cents", "amount_cents",
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
-                 "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded", "limit_day")
+                 "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded",
+                 "limit_day")
 
 
 def _still_holds(price_param: str) -> list:
