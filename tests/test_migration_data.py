@@ -41,6 +41,16 @@ OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {
     ("ledger_entries", "amount_cents"): lambda i, _values: (-1) ** i * 1234,   # <> 0
     ("agent_level_rules", "days"): lambda i, _values: 7 * i + 1,               # BETWEEN 1 AND 366
     ("supplier_products", "markup_kind"): lambda i, _values: ("fixed", None, "percent")[i % 3],   # NULL OR IN
+    # discount_shape: a fixed coupon has cents and no percent, a percent one the reverse.
+    ("coupons", "kind"): lambda i, _values: ("fixed", "percent")[i % 2],
+    ("coupons", "amount_off_cents"): lambda i, values: 500 + i if values["kind"] == "fixed" else None,
+    ("coupons", "percent_off_bp"): lambda i, values: 1000 + i if values["kind"] == "percent" else None,
+    # scope_target: only an 'all' coupon has no target.
+    ("coupons", "scope"): lambda i, _values: ("all", "product", "category")[i % 3],
+    ("coupons", "scope_id"): lambda i, values: None if values["scope"] == "all" else 7 + i,
+    # uses_within_limit: used <= max_uses where there is a maximum.
+    ("coupons", "used"): lambda i, _values: i,
+    ("coupons", "max_uses"): lambda i, _values: None if i == 1 else 10 + i,
 }
 
 
