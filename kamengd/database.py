@@ -387,3 +387,10 @@ def write_apart(session, statement, params) -> int:
         with bind.begin() as own:
             return own.execute(statement, params).rowcount
     return bind.execute(statement, params).rowcount
+
+
+def database_key(session) -> str:
+    """Which database a session writes to, for what a process keeps of it for a few seconds
+    (one shop's rules or coupon terms are never another's: tests run many shops in one process)."""
+    bind = session.get_bind()
+    return str(bind.engine.url if isinstance(bind, sa.Connection) else bind.url)

@@ -331,6 +331,34 @@ def test_a_captcha_is_asked_then_taken_once(app, client, shop):
     assert order(client, shop, ip="10.9.9.9").status_code == 201   # another address: no captcha
 
 
+def test_one_shops_rules_never_apply_to_another_in_the_same_process(app, client, shop, backend, make_install):
+    """The rules a process keeps for a few seconds are kept per database (tests, and a host
+    serving two shops, run several in one process)."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.inventory.services import import_keys
+    from kamengd.payments.services import add_channel
+
+    rule(app, "ip_list", "refuse", ranges=shop["ip"])
+    assert order(client, shop).status_code == 403          # read (and kept) for the shared shop
+    cfg = make_install(backend)
+    other = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))
+    db = _db()
+    with other.app_context():
+        p = create_product(db.session, name="other shop", price_cents=200, actor="t")
+        import_keys(db.session, get_vault(), product_id=p.id, actor="t", fh=io.BytesIO(b"OTHER-KEY-1"))
+        add_channel(db.session, get_vault(), channel_type="epay", code=shop["channel"], actor="t",
+                    options={"gateway": "https://pay.example.com", "pid": "7007", "key": KEY})
+        db.session.commit()
+        product = p.id
+        db.session.remove()
+    placed = order(other.test_client(), {**shop, "product": product})
+    assert placed.status_code == 201, placed.get_json()
+
+
 def test_the_product_page_shows_the_captcha_when_asked(app, shop):
     import re
     rule(app, "ip_list", "captcha", ranges=shop["ip"])

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..catalog.models import Category, Product
-from ..database import insert_ignoring, utcnow, write_apart
+from ..database import database_key, insert_ignoring, utcnow, write_apart
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..localtime import parse_when, shop_time  # noqa: F401 (the panel's and the CLI's too)
 from ..money import MAX_CENTS, format_cents, parse_money
@@ -64,11 +64,11 @@ _TERMS = (sa.select(_cp.c.id, _cp.c.code, _cp.c.kind, _cp.c.amount_off_cents, _c
 # order priced with them is checked by the claim's UPDATE (version, window, uses left), and
 # one the kept terms refuse is priced again from a fresh read.
 TERMS_TTL = 5.0
-_kept: dict[str, tuple[float, object]] = {}
+_kept: dict[tuple[str, str], tuple[float, object]] = {}
 
 
-def kept_terms(code: str):
-    found = _kept.get(code)
+def kept_terms(session: Session, code: str):
+    found = _kept.get((database_key(session), code))
     if found is not None and time.monotonic() - found[0] < TERMS_TTL:
         return found[1]
     return None
@@ -86,9 +86,9 @@ def read_terms(session: Session, code: str, email: str):
     if row is not None and row.per_buyer is None and not row.first_order:
         if len(_kept) > 10_000:
             _kept.clear()
-        _kept[code] = (time.monotonic(), row)
+        _kept[(database_key(session), code)] = (time.monotonic(), row)
     else:
-        _kept.pop(code, None)
+        _kept.pop((database_key(session), code), None)
     return row
 
 

@@ -460,7 +460,7 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
 def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime, captcha) -> risk.Verdict:
     """The risk rules' verdict, read outside any write lock; a refusal (or a captcha not
     solved) is recorded and raised."""
-    if risk.none_known("order"):
+    if risk.none_known(session, "order"):
         return risk.Verdict()
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
         session.connection(execution_options={"kamengd_readonly": True})
@@ -484,7 +484,7 @@ def _coupon_offer(session: Session, ours: bool, code: str, email: str, fresh: bo
     """(the coupon's terms, whether this buyer has bought here before): as this process keeps
     them unless `fresh` (the claim checks them again in the write lock), else read outside any
     write lock, in a read the caller ends before its writes (or in its own transaction)."""
-    if not fresh and (kept := coupons.kept_terms(code)) is not None:
+    if not fresh and (kept := coupons.kept_terms(session, code)) is not None:
         return kept, False
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
         session.connection(execution_options={"kamengd_readonly": True})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..database import utcnow, write_apart
+from ..database import database_key, utcnow, write_apart
 from ..orders.models import Order
 from ..errors import CaptchaRequired, RateLimited
 from . import captcha as captchas
@@ -99,7 +99,8 @@ STAGES = {"order": ORDER_KINDS, "payment": PAYMENT_KINDS, "lookup": LOOKUP_KINDS
 def _rules(session: Session, stage: str) -> list[_Rule]:
     """The active rules of a stage, in their order: every stage's read at once (one query in
     RULES_TTL for all of them), kept per process."""
-    found = _cache.get(stage)
+    db = database_key(session)
+    found = _cache.get((db, stage))
     if found is not None and time.monotonic() - found[0] < RULES_TTL:
         return found[1]
     rows = session.execute(sa.select(RiskRule.id, RiskRule.name, RiskRule.kind, RiskRule.action, RiskRule.params)
@@ -110,20 +111,20 @@ def _rules(session: Session, stage: str) -> list[_Rule]:
                        for r in rows if r.kind in kinds] for name, kinds in STAGES.items()}
     with _lock:
         for name, rules in by_stage.items():
-            _cache[name] = (read_at, rules)
+            _cache[(db, name)] = (read_at, rules)
     return by_stage[stage]
 
 
-def none_known(stage: str) -> bool:
+def none_known(session: Session, stage: str) -> bool:
     """This process read the stage's rules lately and there were none: nothing to ask, not
     even the database (the purchase path's statements stay as they were without rules)."""
-    found = _cache.get(stage)
+    found = _cache.get((database_key(session), stage))
     return found is not None and not found[1] and time.monotonic() - found[0] < RULES_TTL
 
 
 def _usual_amount(session: Session, product_id: int, days: int, least: int, now: dt.datetime) -> int | None:
     """The product's average paid order over `days` (None with fewer than `least` orders)."""
-    key = (product_id, days, least)
+    key = (database_key(session), product_id, days, least)
     found = _averages.get(key)
     if found is not None and time.monotonic() - found[0] < AVERAGE_TTL:
         return found[1]
@@ -277,7 +278,7 @@ _FAILED = sa.select(sa.func.count()).select_from(
 def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.datetime | None = None) -> None:
     """Before a buyer's lookup: raise RateLimited, or CaptchaRequired (with a challenge), when
     this address failed too many lookups lately and a rule says so."""
-    if none_known("lookup") or not client_ip:
+    if none_known(session, "lookup") or not client_ip:
         return
     now = now or utcnow()
     matches = []
@@ -296,7 +297,7 @@ def guard_lookup(session: Session, client_ip: str | None, captcha=None, now: dt.
 
 def lookup_failed(session: Session, client_ip: str | None, now: dt.datetime | None = None) -> None:
     """A lookup found nothing: counted for the failed_lookups rules (only while one is active)."""
-    if client_ip and not none_known("lookup") and _rules(session, "lookup"):
+    if client_ip and not none_known(session, "lookup") and _rules(session, "lookup"):
         write_apart(session, _f.insert(), {"client_ip": client_ip[:45], "created_at": now or utcnow()})
 
 

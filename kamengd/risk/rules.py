@@ -140,9 +140,9 @@ def _check(name: str, kind: str, action: str) -> str:
     return name
 
 
-# The rules each process keeps (kamengd.risk.engine reads them into it): by stage, with the
-# time they were read.
-cache: dict[str, tuple[float, list]] = {}
+# The rules each process keeps (kamengd.risk.engine reads them into it): by database and
+# stage, with the time they were read.
+cache: dict[tuple[str, str], tuple[float, list]] = {}
 
 
 def _forget() -> None:
