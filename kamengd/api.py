@@ -8,6 +8,7 @@ from . import openapi
 from .catalog import inputs, pricing
 from .catalog.models import Product
 from .catalog.services import pool_stock, stock_by_product
+from .catalog.tree import read_tree
 from .context import get_config, get_vault
 from .errors import InvalidRequest, NotFound
 from .database import utcnow
@@ -38,10 +39,18 @@ def products():
     for product_id, count in (pool_stock(db.session, on.id) if on is not None else {}).items():
         stock[product_id] = stock.get(product_id, 0) + count
     now = utcnow()
+    tree = read_tree(db.session)
     return jsonify({"products": [{"id": p.id, "name": p.name, "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
                                   "max_quantity": p.max_quantity, **_input_fields(p),
-                                  **_prices(p, prices.get(p.id), now)} for p in items]})
+                                  **_prices(p, prices.get(p.id), now), **_category(tree, p)} for p in items]})
+
+
+def _category(tree, product: Product) -> dict:
+    """Where the shop lists the product (nothing for none, or a hidden category)."""
+    if product.category_id is None or not tree.shown(product.category_id):
+        return {}
+    return {"category_id": product.category_id, "category": tree.label(product.category_id)}
 
 
 def _prices(product: Product, station_cents: int | None, now) -> dict:

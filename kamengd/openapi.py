@@ -80,7 +80,15 @@ SCHEMAS: dict[str, dict] = {
     "InputField": obj({"key": STRING, "label": STRING, "kind": one_of(INPUT_KINDS), "required": BOOLEAN}),
     "Product": obj({"id": ID, "name": STRING, "price": ref("Money"), "currency": ref("Currency"), "stock": COUNT,
                     "delivery": DELIVERY, "min_quantity": ID, "max_quantity": ID},
-                   {"input_fields": {"type": "array", "items": ref("InputField")}}),
+                   {"input_fields": {"type": "array", "items": ref("InputField")},
+                    "tiers": {"type": "array", "description": "Wholesale prices: from `min_quantity` units, each "
+                                                              "at `price` (the lowest price that applies is paid).",
+                              "items": obj({"min_quantity": ID, "price": ref("Money")})},
+                    "list_price": {**ref("Money"), "description": "The usual price while a sale's `price` is on."},
+                    "sale_ends_at": ref("Time"),
+                    "category_id": ID,
+                    "category": {"type": "string", "description": "The category's path, the top one first "
+                                                                  "(游戏 › 点卡)."}}),
     "PaymentMethod": obj({"channel": STRING, "pay_type": NULLABLE_STRING, "name": STRING, "channel_name": STRING,
                           "method": {"type": "string", "description": "What the buyer pays by (alipay, wxpay, "
                                                                       "card …): `pay_type` alone routes to one."}}),

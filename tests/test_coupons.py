@@ -295,6 +295,37 @@ def test_an_order_priced_with_old_terms_is_priced_again(app, client, shop):
     assert coupon_row(app, code).used == 1 and coupon_row(app, code).version == 2
 
 
+def test_a_lower_maximum_after_orders_took_more_is_a_conflict_not_an_error(app, client, shop):
+    """Staff lower a coupon's maximum to 2 at 1 use; between the check and the save orders take
+    two more: the save is refused with words to read (the CHECK constraint never reached),
+    nothing changed."""
+    from kamengd.errors import Conflict
+    from kamengd.marketing import coupons
+    code = make_coupon(app, amount_off="1.00", max_uses="10")
+    assert order(client, shop, code).status_code == 201
+    real_check = coupons._check
+
+    def check_then_orders(session, values, **kwargs):
+        real_check(session, values, **kwargs)
+        session.rollback()   # (SQLite: no read left open across the buyers' writes)
+        for n in range(2):
+            assert order(client, shop, code, email=f"late{n}@example.com").status_code == 201
+
+    db = _db()
+    coupons._check = check_then_orders
+    try:
+        with app.app_context():
+            coupon = coupons.get_coupon(db.session, code)
+            values = {f: getattr(coupon, f) for f in coupons.COUPON_FIELDS}
+            with pytest.raises(Conflict, match="changed or used meanwhile"):
+                coupons.update_coupon(db.session, coupon, {**values, "max_uses": 2}, actor="t")
+            db.session.rollback()
+            db.session.remove()
+    finally:
+        coupons._check = real_check
+    assert (coupon_row(app, code).used, coupon_row(app, code).max_uses) == (3, 10)
+
+
 def test_coupons_are_not_taken_on_an_agents_station(app, client, shop):
     from kamengd.errors import InvalidRequest
     from kamengd.orders.checkout import Seller, place_order

@@ -20,7 +20,7 @@ from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
 from ..localtime import parse_when
 from ..money import MAX_CENTS, format_cents, parse_money
-from . import inputs, pricing
+from . import inputs, pricing, tree
 from ..suppliers.models import Supplier, SupplierProduct
 from .models import DELIVERY_MODES, Category, Product
 
@@ -352,13 +352,17 @@ def get_category(session: Session, category_id: int) -> Category:
 
 
 def list_categories(session: Session) -> list[tuple[Category, int]]:
-    """Every category with how many products it holds."""
+    """Every category with how many products it holds, as the tree goes (each under its parent)."""
+    return [(c, n) for c, n, _depth in categories_in_tree(session)]
+
+
+def categories_in_tree(session: Session) -> list[tuple[Category, int, int]]:
+    """(category, products in it, depth: 0 at the top) depth first, each level by sort order."""
     counts = (sa.select(Product.category_id, sa.func.count().label("n"))
               .group_by(Product.category_id).subquery())
-    rows = session.execute(sa.select(Category, sa.func.coalesce(counts.c.n, 0))
-                           .outerjoin(counts, counts.c.category_id == Category.id)
-                           .order_by(Category.sort_order, Category.id)).all()
-    return [(c, n) for c, n in rows]
+    rows = {c.id: (c, n) for c, n in session.execute(sa.select(Category, sa.func.coalesce(counts.c.n, 0))
+                                                     .outerjoin(counts, counts.c.category_id == Category.id))}
+    return [(*rows[node.id], depth) for node, depth in tree.read_tree(session).ordered() if node.id in rows]
 
 
 def _category_name(session: Session, name: str, exclude_id: int | None = None) -> str:
@@ -384,28 +388,47 @@ def _flush_category(session: Session, name: str) -> None:
         raise Conflict("name: a category named %(name)r already exists", name=name) from None
 
 
+def _parent(session: Session, category_id: int | None, given) -> int | None:
+    """The parent a form or a caller gave ("" or None: top level), checked against the tree."""
+    if given is None or (isinstance(given, str) and not given.strip()):
+        return None
+    parent_id = whole_number(given, "parent") if isinstance(given, str) else given
+    if not isinstance(parent_id, int) or not 1 <= parent_id < 2**31:
+        raise InvalidRequest("parent: category %(category_id)s does not exist", category_id=str(given)[:20])
+    tree.check_parent(tree.read_tree(session), category_id, parent_id)
+    return parent_id
+
+
 def create_category(session: Session, *, name: str, actor: str, sort_order: int | str = 0,
-                    is_active: bool = True, source_ip: str | None = None) -> Category:
+                    is_active: bool = True, parent_id: int | str | None = None,
+                    source_ip: str | None = None) -> Category:
     found = Collector()
     with found:
         name = _category_name(session, name)
     with found:
         sort_order = whole_number(sort_order, "sort order")
         _in_range(sort_order, "sort order", *SORT_ORDER_RANGE)
+    with found:
+        parent_id = _parent(session, None, parent_id)
     found.check()
-    category = Category(name=name, sort_order=sort_order, is_active=bool(is_active))
+    category = Category(name=name, sort_order=sort_order, is_active=bool(is_active), parent_id=parent_id)
     session.add(category)
     _flush_category(session, name)
     record(session, "category.create", actor=actor, target=f"category:{category.id}", source_ip=source_ip,
-           details={"name": name, "sort_order": sort_order, "visible": category.is_active})
+           details={"name": name, "sort_order": sort_order, "visible": category.is_active, "parent": parent_id})
     return category
+
+
+# update_category's "leave the parent as it is"
+KEEP = object()
 
 
 def update_category(session: Session, category: Category, *, actor: str, name: str | None = None,
                     sort_order: int | str | None = None, is_active: bool | None = None,
-                    source_ip: str | None = None) -> dict:
-    """Rename, reorder, hide or show; returns {field: {old, new}} of what changed (audited)."""
-    new = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}
+                    parent_id=KEEP, source_ip: str | None = None) -> dict:
+    """Rename, reorder, move, hide or show; returns {field: {old, new}} of what changed (audited)."""
+    new = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active,
+           "parent": category.parent_id}
     found = Collector()
     if name is not None:
         with found:
@@ -414,14 +437,19 @@ def update_category(session: Session, category: Category, *, actor: str, name: s
         with found:
             new["sort_order"] = whole_number(sort_order, "sort order")
             _in_range(new["sort_order"], "sort order", *SORT_ORDER_RANGE)
+    if parent_id is not KEEP:
+        with found:
+            new["parent"] = _parent(session, category.id, parent_id)
     found.check()
     if is_active is not None:
         new["visible"] = bool(is_active)
-    old = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active}
+    old = {"name": category.name, "sort_order": category.sort_order, "visible": category.is_active,
+           "parent": category.parent_id}
     changes = {k: {"old": old[k], "new": new[k]} for k in old if old[k] != new[k]}
     if not changes:
         return {}
     category.name, category.sort_order, category.is_active = new["name"], new["sort_order"], new["visible"]
+    category.parent_id = new["parent"]
     _flush_category(session, new["name"])
     record(session, "category.update", actor=actor, target=f"category:{category.id}", source_ip=source_ip,
            details={"name": category.name, "changes": changes})

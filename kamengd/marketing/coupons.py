@@ -16,12 +16,14 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..catalog.models import Category, Product
+from ..catalog.tree import read_tree
 from ..database import database_key, insert_ignoring, utcnow, write_apart
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..localtime import parse_when, shop_time  # noqa: F401 (the panel's and the CLI's too)
@@ -74,22 +76,31 @@ def kept_terms(session: Session, code: str):
     return None
 
 
-def read_terms(session: Session, code: str, email: str):
-    """The coupon's row as it is now (None: no such code), read in the caller's transaction if
-    it has one, else outside any (SQLite's write lock is not taken for it)."""
+class Terms(NamedTuple):
+    row: Any                        # the coupon's terms (None: no such code)
+    within: frozenset[int] | None   # a category coupon: its category and every one under it
+
+
+def read_terms(session: Session, code: str, email: str) -> Terms:
+    """The coupon's terms as they are now, read in the caller's transaction if it has one,
+    else outside any (SQLite's write lock is not taken for it)."""
     params = {"code": code, "email": buyer_key(email)}
-    if session.in_transaction():
-        row = session.connection().execute(_TERMS, params).first()
-    else:
-        row = session.connection(execution_options={"kamengd_readonly": True}).execute(_TERMS, params).first()
+    ours = not session.in_transaction()
+    connection = session.connection(execution_options={"kamengd_readonly": True} if ours else None)
+    row = connection.execute(_TERMS, params).first()
+    within = None
+    if row is not None and row.scope == "category":
+        within = frozenset(read_tree(session).below(row.scope_id))
+    if ours:
         session.rollback()
+    terms = Terms(row, within)
     if row is not None and row.per_buyer is None and not row.first_order:
         if len(_kept) > 10_000:
             _kept.clear()
-        _kept[(database_key(session), code)] = (time.monotonic(), row)
+        _kept[(database_key(session), code)] = (time.monotonic(), terms)
     else:
         _kept.pop((database_key(session), code), None)
-    return row
+    return terms
 
 
 def limited_per_buyer(terms) -> int | None:
@@ -106,7 +117,7 @@ def has_bought(session: Session, email: str) -> bool:
 
 
 def discount(terms, *, product_id: int, category_id: int | None, currency: str, amount_cents: int,
-             now: dt.datetime, bought_before: bool = False) -> int:
+             now: dt.datetime, bought_before: bool = False, within: frozenset[int] | None = None) -> int:
     """What the coupon takes off an order of `amount_cents` (before the discount), in cents;
     InvalidRequest saying why when it does not apply. At least 0.01 is always left to pay:
     no payment channel takes an order of nothing."""
@@ -124,7 +135,7 @@ def discount(terms, *, product_id: int, category_id: int | None, currency: str, 
     if terms.first_order and bought_before:
         raise InvalidRequest("coupon: for a buyer's first order only")
     if (terms.scope == "product" and terms.scope_id != product_id) or (
-            terms.scope == "category" and terms.scope_id != category_id):
+            terms.scope == "category" and category_id not in (within or {terms.scope_id})):
         raise InvalidRequest("coupon: not valid for this product")
     if terms.currency != currency and (terms.kind == "fixed" or terms.min_amount_cents
                                        or terms.max_discount_cents is not None):
@@ -385,10 +396,13 @@ def update_coupon(session: Session, coupon: Coupon, values: dict, *, actor: str,
     if not changed:
         return {}
     # Conditional on the version read: two staff saving at once never both pass the checks above.
-    moved = session.execute(_cp.update().where(_cp.c.id == coupon.id, _cp.c.version == coupon.version)
+    # A lower maximum holds only if no order took a use past it since the check (the CHECK
+    # constraint would refuse it: a Conflict to read, never an error page).
+    within = [_cp.c.used <= changed["max_uses"]] if changed.get("max_uses") is not None else []
+    moved = session.execute(_cp.update().where(_cp.c.id == coupon.id, _cp.c.version == coupon.version, *within)
                             .values(**changed, version=_cp.c.version + 1, updated_at=utcnow())).rowcount
     if moved != 1:
-        raise Conflict("coupon %(code)s was changed meanwhile: look again", code=coupon.code)
+        raise Conflict("coupon %(code)s was changed or used meanwhile: look again", code=coupon.code)
     session.refresh(coupon)
     record(session, "coupon.update", actor=actor, target=f"coupon:{coupon.code}", source_ip=source_ip,
            details=_audited(changed))
@@ -459,8 +473,10 @@ def form_values(coupon: Coupon, timezone: str) -> dict[str, str]:
 
 
 def scope_choices(session: Session) -> tuple[list, list]:
-    """(categories, products) a coupon can be limited to: rows of (id, name), by name."""
-    return (session.execute(sa.select(Category.id, Category.name).order_by(Category.name, Category.id)).all(),
+    """(categories, products) a coupon can be limited to: (id, name) each, the categories as the
+    tree goes ("游戏 › 点卡": a coupon for 游戏 is valid under it too), the products by name."""
+    tree = read_tree(session)
+    return ([(node.id, tree.label(node.id)) for node, _depth in tree.ordered()],
             session.execute(sa.select(Product.id, Product.name).order_by(Product.name, Product.id)).all())
 
 

@@ -370,7 +370,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
         except Reroute as exc:
             channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
                                               product_id=product_id, site_url=site_url, now=now,
-                                              amount_cents=(row.price_cents if unit is None else unit) * quantity)
+                                              amount_cents=(pricing.unit_price(row, quantity, now)
+                                                            if unit is None else unit) * quantity)
             fresh = False
             continue
         if placed is None:   # the cached offer said no: never answered without a fresh read
@@ -485,12 +486,12 @@ def _coupon_offer(session: Session, ours: bool, code: str, email: str, fresh: bo
     them unless `fresh` (the claim checks them again in the write lock), else read outside any
     write lock, in a read the caller ends before its writes (or in its own transaction)."""
     if not fresh and (kept := coupons.kept_terms(session, code)) is not None:
-        return kept, False
+        return kept.row, False, kept.within
     if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
         session.connection(execution_options={"kamengd_readonly": True})
-    terms = coupons.read_terms(session, code, email)
+    terms, within = coupons.read_terms(session, code, email)
     bought = terms is not None and terms.first_order and coupons.has_bought(session, email)
-    return terms, bought
+    return terms, bought, within
 
 
 def _reroute(session: Session, row, exc: Reroute, tried: set[int], channel_code: str, *, ours: bool,
@@ -577,10 +578,10 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
     amount = unit * quantity
     off = 0
     if problem is None and coupon is not None:
-        terms, bought = coupon
+        terms, bought, within = coupon
         try:
             off = coupons.discount(terms, product_id=product_id, category_id=row.category_id, currency=row.currency,
-                                   amount_cents=amount, now=now, bought_before=bought)
+                                   amount_cents=amount, now=now, bought_before=bought, within=within)
         except InvalidRequest as exc:
             problem = exc
     if problem is not None:

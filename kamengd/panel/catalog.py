@@ -10,6 +10,7 @@ from ..catalog import inputs, pricing, services as catalog
 from ..context import get_config
 from ..localtime import shop_time
 from ..catalog.models import DELIVERY_MODES, Product
+from ..catalog.tree import MAX_DEPTH, read_tree
 from ..errors import KamengdError
 from ..extensions import db
 from ..money import format_cents
@@ -50,7 +51,9 @@ NEW_PRODUCT = {"delivery_mode": "auto", "min_quantity": "1", "max_quantity": "10
 
 
 def _render_form(product: Product | None, values: dict[str, str], status: int = 200):
-    categories = [c for c, _n in catalog.list_categories(db.session)]
+    tree = read_tree(db.session)
+    categories = [{"id": node.id, "name": tree.label(node.id), "is_active": tree.shown(node.id)}
+                  for node, _depth in tree.ordered()]
     return render_template("panel/catalog_product_form.html", product=product, values=values,
                            categories=categories, modes=DELIVERY_MODES,
                            limits={"quantity": catalog.MAX_QUANTITY, "threshold": catalog.MAX_THRESHOLD,
@@ -137,24 +140,27 @@ def _same_page(url: str | None) -> bool:
 
 
 def _categories_page(new: dict[str, str], status: int = 200):
-    return render_template("panel/catalog_categories.html", rows=catalog.list_categories(db.session),
+    tree = read_tree(db.session)
+    return render_template("panel/catalog_categories.html", rows=catalog.categories_in_tree(db.session),
+                           parents=[(node.id, tree.label(node.id), depth) for node, depth in tree.ordered()
+                                    if depth < MAX_DEPTH - 1],
                            sort_range=catalog.SORT_ORDER_RANGE, max_name=catalog.MAX_CATEGORY_NAME,
-                           new=new), status
+                           max_depth=MAX_DEPTH, new=new), status
 
 
 @bp.get("/categories")
 def categories():
     read_only()
-    return _categories_page({"name": "", "sort_order": "0", "is_active": "1"})
+    return _categories_page({"name": "", "sort_order": "0", "is_active": "1", "parent_id": ""})
 
 
 @bp.post("/categories/new")
 def category_new():
-    form = {name: request.form.get(name, "")[:MAX_FIELD] for name in ("name", "sort_order", "is_active")}
+    form = {name: request.form.get(name, "")[:MAX_FIELD] for name in ("name", "sort_order", "is_active", "parent_id")}
     try:
         category = catalog.create_category(db.session, name=form["name"], sort_order=form["sort_order"],
-                                           is_active=form["is_active"] == "1", actor=actor(),
-                                           source_ip=client_ip())
+                                           is_active=form["is_active"] == "1", parent_id=form["parent_id"],
+                                           actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
@@ -171,6 +177,8 @@ def category_edit(category_id: int):
         changes = catalog.update_category(db.session, category, name=request.form.get("name", "")[:MAX_FIELD],
                                           sort_order=request.form.get("sort_order", "0")[:MAX_FIELD],
                                           is_active=request.form.get("is_active") == "1",
+                                          parent_id=(request.form["parent_id"][:MAX_FIELD] if "parent_id" in request.form
+                                                     else catalog.KEEP),
                                           actor=actor(), source_ip=client_ip())
     except KamengdError as exc:
         db.session.rollback()

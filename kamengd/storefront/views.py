@@ -15,7 +15,8 @@ from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
 from ..catalog import inputs, markdown, pricing
-from ..catalog.models import Category, Product
+from ..catalog.models import Product
+from ..catalog.tree import read_tree
 from ..catalog.services import pool_stock, stock_by_product
 from ..context import get_config, get_vault
 from ..database import utcnow
@@ -162,11 +163,11 @@ def _int_arg(name: str) -> int | None:
     return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 and int(raw) > 0 else None
 
 
-def _listed_products():
-    """Active products the index shows: none of a hidden category."""
-    return (sa.select(Product).outerjoin(Category, Product.category_id == Category.id)
-            .where(Product.is_active.is_(True), sa.or_(Product.category_id.is_(None), Category.is_active.is_(True)))
-            .order_by(Category.sort_order, Category.id, Product.sort_order, Product.id))
+def _listed_products(visible: set[int]):
+    """Active products the index shows: none of a hidden category (or one under a hidden one)."""
+    return (sa.select(Product)
+            .where(Product.is_active.is_(True), sa.or_(Product.category_id.is_(None), Product.category_id.in_(visible)))
+            .order_by(Product.sort_order, Product.id))
 
 
 @bp.get("/favicon.ico")
@@ -181,18 +182,24 @@ def index():
     read_only()
     stock = _stock()
     query = request.args.get("q", "").strip()[:MAX_QUERY]
-    listed = _listed_products()
-    categories = db.session.scalars(
-        sa.select(Category).where(Category.is_active.is_(True),
-                                  Category.id.in_(listed.with_only_columns(Product.category_id)))
-        .order_by(Category.sort_order, Category.id)).all()
-    category = next((c for c in categories if c.id == _int_arg("category")), None)
+    tree = read_tree(db.session)
+    visible = tree.shown_ids()
+    listed = _listed_products(visible)
+    # A category is offered when something is listed in it or under it.
+    filled = set(db.session.scalars(listed.with_only_columns(Product.category_id).distinct()))
+    offered = {node.id for cid in filled for node in tree.path(cid)}
+    category = tree.nodes.get(_int_arg("category")) if _int_arg("category") in offered else None
+    categories = [n for n in tree.children.get(None, ()) if n.id in offered]
+    subcategories = [n for n in tree.children.get(category.id, ()) if n.id in offered] if category else []
     select = listed
     if category is not None:
-        select = select.where(Product.category_id == category.id)
+        select = select.where(Product.category_id.in_(tree.below(category.id) & visible))
     if query:
         select = select.where(Product.name.contains(query, autoescape=True))
-    products = db.session.scalars(select).all()
+    place = {node.id: i for i, (node, _depth) in enumerate(tree.ordered())}
+    # As the tree goes (a category's own products before those under it); no category last.
+    products = sorted(db.session.scalars(select).all(),
+                      key=lambda p: place.get(p.category_id, len(place)))
     _station_prices(products)
     # Sold out (automatic delivery, no key left) is hidden unless asked for: a buyer
     # scrolling a phone wants what can be bought now.
@@ -201,14 +208,14 @@ def index():
     shown = products if show_all else [p for p in products if p.delivery_mode == "manual" or stock.get(p.id)]
     pages = max(1, -(-len(shown) // INDEX_PAGE))
     page = min(_int_arg("page") or 1, pages)
-    names = {c.id: c.name for c in categories}
     groups: dict[int | None, list[Product]] = {}
     for p in shown[(page - 1) * INDEX_PAGE:page * INDEX_PAGE]:
         groups.setdefault(p.category_id, []).append(p)
     # Products of no category come last, under "Other" once there are categories.
-    sections = sorted(((names.get(cid), items) for cid, items in groups.items()), key=lambda s: s[0] is None)
+    sections = [(tree.label(cid) if cid is not None else None, items) for cid, items in groups.items()]
     return render_template("storefront/index.html", sections=sections, categories=categories,
-                           category=category, stock=stock, query=query, count=len(shown), page=page, pages=pages,
+                           category=category, trail=tree.path(category.id) if category else [],
+                           subcategories=subcategories, stock=stock, query=query, count=len(shown), page=page, pages=pages,
                            show_all=show_all, sold_out=len(sold_out),
                            notice=station().notice if station() is not None else get_setting(db.session, "site.notice"),
                            money=format_cents)
@@ -254,9 +261,8 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
         abort(404)
     error, error_field = _error_text(exc, p) if exc is not None else (None, None)
     stock = _stock().get(p.id, 0)
-    category = db.session.get(Category, p.category_id) if p.category_id else None
-    if category is not None and not category.is_active:
-        category = None
+    tree = read_tree(db.session) if p.category_id else None
+    trail = tree.path(p.category_id) if tree is not None and tree.shown(p.category_id) else []
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
     _station_prices([p])
     now = utcnow()
@@ -268,7 +274,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
                            channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
-                           category=category, most=most, money=format_cents, error=error,
+                           trail=trail, most=most, money=format_cents, error=error,
                            error_field=error_field, form=form or {},
                            # a risk rule asks for a captcha: the widget solves this one
                            challenge=json.dumps(exc.challenge) if isinstance(exc, CaptchaRequired) else None,
