@@ -54,7 +54,9 @@ def one_of(values) -> dict:
 
 
 STRING, BOOLEAN = {"type": "string"}, {"type": "boolean"}
-DELIVERY = one_of(("auto", "manual"))
+DELIVERY = {**one_of(("auto", "manual", "loop", "supplier")),
+            "description": "auto: keys from stock; manual: staff deliver; loop: every buyer gets the same key "
+                           "(any `stock` above 0 sells without end); supplier: bought from another shop."}
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
 COUNT = {"type": "integer", "minimum": 0}
 NULLABLE_STRING = {"type": ["string", "null"]}

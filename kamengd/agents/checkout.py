@@ -37,6 +37,7 @@ from ..ledger import services as ledger
 from ..money import format_cents
 from ..notifications.events import emit_many, payload_of
 from ..orders.checkout import new_order_no, reserve_keys, token_hash
+from ..orders.keys import keys_query, loop_key_id
 from ..orders.models import Order
 from ..vault import Vault
 from . import commission
@@ -51,7 +52,7 @@ MAX_ID = 2**31 - 1
 _p, _o, _k, _a, _l = Product.__table__, Order.__table__, CardKey.__table__, Agent.__table__, AgentLevel.__table__
 _lp = LevelPrice.__table__
 _VIEW = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
-         _o.c.created_at, _o.c.request_hash, _o.c.external_ref)
+         _o.c.created_at, _o.c.request_hash, _o.c.external_ref, _o.c.loop_key_id)
 _EARLIER = sa.select(*_VIEW).where(_o.c.agent_id == sa.bindparam("agent_id"),
                                    _o.c.idempotency_key == sa.bindparam("key"))
 _BY_NO = sa.select(*_VIEW).where(_o.c.order_no == sa.bindparam("order_no"), _o.c.agent_id == sa.bindparam("agent_id"))
@@ -80,8 +81,6 @@ _INSERT = _o.insert().from_select(
            sa.exists().where(_a.c.id == sa.bindparam("agent_id"), _a.c.is_active.is_(True),
                              _a.c.level_id == sa.bindparam("level_id"), _l.c.id == _a.c.level_id,
                              _l.c.discount_bp == sa.bindparam("discount_bp"))))
-_KEYS = (sa.select(_k.c.product_id, _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
-         .where(_k.c.order_id == sa.bindparam("order_id"), _k.c.status == "sold").order_by(_k.c.id))
 
 
 def _integer(value, field: str, low: int = 1) -> int:
@@ -166,7 +165,7 @@ def place_agent_order(session: Session, vault: Vault, caller: Caller, *, product
                           None if product.own_price < 0 else product.own_price)
         # Keys in stock are claimed as sold in this same transaction: the order is written
         # delivered (no stock, or the balance short: the whole transaction is undone).
-        auto = product.delivery_mode == "auto"
+        auto = product.delivery_mode in ("auto", "loop")
         values = {"order_no": new_order_no(now), "product_id": product_id, "quantity": quantity,
                   "unit_price_cents": unit, "amount_cents": unit * quantity, "currency": product.currency,
                   "email": "", "status": "delivered" if auto else "paid",
@@ -209,12 +208,19 @@ _WAIT = (_o.update().where(_o.c.id == sa.bindparam("order_id"), _o.c.status == "
 
 def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dict, order_id: int, product,
                      account, now: dt.datetime, backorder: bool = False) -> dict:
-    auto = product.delivery_mode == "auto"
+    auto = product.delivery_mode in ("auto", "loop")
+    loop_key = None
     if auto:
         try:
-            reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"],
-                         order_id=order_id, until=now, sold_at=now,
-                         pool=caller.agent_id if caller.has_pool else None)
+            if product.delivery_mode == "loop":   # the key every buyer gets, kept in stock
+                loop_key = loop_key_id(session, values["product_id"])
+                if loop_key is None:
+                    raise OutOfStock("not enough stock for this quantity")
+                session.connection().execute(_o.update().where(_o.c.id == order_id).values(loop_key_id=loop_key))
+            else:
+                reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"],
+                             order_id=order_id, until=now, sold_at=now,
+                             pool=caller.agent_id if caller.has_pool else None)
         except OutOfStock:
             if not backorder:
                 raise
@@ -238,7 +244,7 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
                                        product_id=values["product_id"],
                                        currency=account.currency, now=now, savepoint=False,
                                        shop_account_id=caller.commission_account_id)
-    order = _Placed(order_id, values, status, now)
+    order = _Placed(order_id, values, status, now, loop_key)
     # An auto order's buyer is the agent (no mail); staff hear of a manual one as of any paid order.
     emit_many(session, [("order.delivered" if auto else "order.paid", payload_of(order, product.name))], now)
     return _view(session, vault, order)
@@ -247,8 +253,8 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
 class _Placed:
     """The order just written, with the attributes its view and its event read."""
 
-    def __init__(self, order_id: int, values: dict, status: str, now: dt.datetime):
-        self.id, self.status = order_id, status
+    def __init__(self, order_id: int, values: dict, status: str, now: dt.datetime, loop_key_id: int | None = None):
+        self.id, self.status, self.loop_key_id = order_id, status, loop_key_id
         for name in ("order_no", "product_id", "quantity", "amount_cents", "currency", "email", "created_at",
                      "paid_at", "agent_id", "external_ref"):
             setattr(self, name, values[name])
@@ -264,7 +270,7 @@ def _view(session: Session, vault: Vault, order) -> dict:
     if order.status == "delivered":
         data["keys"] = [vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
                         .decode("utf-8")
-                        for r in session.connection().execute(_KEYS, {"order_id": order.id})]
+                        for r in session.connection().execute(keys_query(order))]
     return data
 
 

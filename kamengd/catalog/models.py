@@ -8,7 +8,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..database import UTCDateTime, utcnow
 from ..extensions import db
 
-DELIVERY_MODES = ("auto", "manual")   # what staff choose
+# What staff choose. "loop" (循环卡密): every buyer gets the same key, the product's oldest
+# available one (the keys stay in stock; each delivery is counted on its order).
+DELIVERY_MODES = ("auto", "manual", "loop")
 # "supplier": set by mapping the product to a supplier's (kamengd.suppliers): its orders are
 # bought upstream and its stock is the supplier's.
 ALL_DELIVERY_MODES = (*DELIVERY_MODES, "supplier")
@@ -77,7 +79,7 @@ class Product(db.Model):
 
     __table_args__ = (
         sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
-        sa.CheckConstraint("delivery_mode IN ('auto', 'manual', 'supplier')", name="delivery_mode_known"),
+        sa.CheckConstraint("delivery_mode IN ('auto', 'manual', 'loop', 'supplier')", name="delivery_mode_known"),
         sa.CheckConstraint("min_quantity >= 1 AND max_quantity >= min_quantity",
                            name="quantity_limits"),
     )

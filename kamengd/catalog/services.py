@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..errors import Collector, Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey
+from ..orders.models import Order
 from ..localtime import parse_when
 from ..money import MAX_CENTS, format_cents, parse_money
 from . import inputs, pricing, tree
@@ -136,6 +137,13 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
             found.add(InvalidRequest("cost price: must be zero or more and less than 100 billion"))
     if "delivery_mode" in fields and values["delivery_mode"] not in DELIVERY_MODES:
         found.add(InvalidRequest("delivery: must be one of %(modes)s", modes=", ".join(DELIVERY_MODES)))
+    if "delivery_mode" in fields and values["delivery_mode"] == "loop":
+        # One key for every buyer: an order of two would pay twice for the same key.
+        values["min_quantity"] = values["max_quantity"] = 1
+        fields |= {"min_quantity", "max_quantity"}
+    elif values.get("delivery_mode") == "loop" and fields & {"min_quantity", "max_quantity"} and \
+            (values["min_quantity"], values["max_quantity"]) != (1, 1):
+        found.add(InvalidRequest("quantity limits: a loop-key product sells one at a time"))
     if "low_stock_threshold" in fields:
         with found:
             _in_range(values["low_stock_threshold"], "low-stock threshold", 0, MAX_THRESHOLD)
@@ -313,6 +321,17 @@ def available_by_product(session: Session, product_ids: Iterable[int]) -> dict[i
         t.c.product_id.in_(ids), t.c.status == "available").group_by(t.c.product_id)).all())
     found.update(supplier_stock(session, ids))
     return found
+
+
+def loop_deliveries(session: Session, product_ids: Iterable[int]) -> dict[int, int]:
+    """{product id: orders delivered its loop key} for the loop-key products among these."""
+    ids = list(product_ids)
+    if not ids:
+        return {}
+    o = Order.__table__
+    return dict(session.execute(sa.select(o.c.product_id, sa.func.count()).where(
+        o.c.product_id.in_(ids), o.c.loop_key_id.is_not(None), o.c.status.in_(("delivered", "refunded")))
+        .group_by(o.c.product_id)).all())
 
 
 def list_products(session: Session, *, query: str = "", page: int = 1,

@@ -23,7 +23,7 @@ def check_low_stock(session: Session, now: dt.datetime | None = None) -> dict[st
     now = now or utcnow()
     products = session.execute(sa.select(Product.id, Product.name, Product.low_stock_threshold,
                                          Product.low_stock_alerted)
-                               .where(Product.is_active.is_(True), Product.delivery_mode == "auto",
+                               .where(Product.is_active.is_(True), Product.delivery_mode.in_(("auto", "loop")),
                                       sa.or_(Product.low_stock_threshold > 0, Product.low_stock_alerted.is_(True)))
                                ).all()
     counts = {"checked": len(products), "low": 0, "restocked": 0}

@@ -55,7 +55,7 @@ def retry_waiting_deliveries(session: Session, now: dt.datetime | None = None) -
     now = now or utcnow()
     counts = {"delivered": 0, "waiting": 0, "errors": 0}
     products = session.scalars(sa.select(Order.product_id).join(Product, Product.id == Order.product_id)
-                               .where(_due(now), Product.delivery_mode == "auto").distinct()).all()
+                               .where(_due(now), Product.delivery_mode.in_(("auto", "loop"))).distinct()).all()
     session.commit()   # ends the read: a failing product below rolls back only its own work
     for product_id in products:
         try:
@@ -83,14 +83,14 @@ def flag_stuck_orders(session: Session, now: dt.datetime | None = None, limit: i
     counts = {"waiting_for_stock": 0, "manual_past_sla": 0, "supplier_not_bought": 0}
     # A supplier-delivered order waits on the supplier (down, disabled, its key unreadable, its
     # own stock): whatever the forwarder saw, a person hears of it after the stock wait.
-    rules = (("waiting_for_stock", "auto", wait, reasons.reason(reasons.WAITING_FOR_STOCK, minutes=wait)),
+    rules = (("waiting_for_stock", "auto loop", wait, reasons.reason(reasons.WAITING_FOR_STOCK, minutes=wait)),
              ("manual_past_sla", "manual", sla, reasons.reason(reasons.MANUAL_PAST_SLA, minutes=sla)),
              ("supplier_not_bought", "supplier", wait,
               reasons.reason(reasons.SUPPLIER_NOT_BOUGHT, minutes=wait)))
     for name, mode, minutes, reason in rules:
         stuck = session.scalars(sa.select(Order).join(Product, Product.id == Order.product_id)
                                 .where(Order.status == "paid", Order.flagged_at.is_(None),
-                                       Product.delivery_mode == mode,
+                                       Product.delivery_mode.in_(mode.split()),
                                        Order.paid_at < now - dt.timedelta(minutes=minutes))
                                 .order_by(Order.id).limit(limit)).all()
         for order in stuck:

@@ -52,6 +52,9 @@ from .validation import check_order_input
 _p, _c, _o, _k = Product.__table__, PaymentChannel.__table__, Order.__table__, CardKey.__table__
 _a, _l, _lp, _ap = Agent.__table__, AgentLevel.__table__, LevelPrice.__table__, AgentPrice.__table__
 
+# A loop-key product sells while it has a key (every buyer gets the same one).
+_LOOP_KEY = sa.exists().where(_k.c.product_id == _p.c.id, _k.c.status == "available")
+
 # Everything an order needs to know about its product and channel. The
 # channel is a LEFT JOIN: a missing channel is an input error, a missing
 # product a 404.
@@ -68,7 +71,8 @@ _OFFER = (
               # Buyers who already paid come first: while one waits for this
               # product, nobody new buys it (imports, expiries and the sweep serve them).
               sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id).label("waiting"),
-              supplier_stock_query(_p).label("supplier_stock"))
+              supplier_stock_query(_p).label("supplier_stock"),
+              _LOOP_KEY.label("has_loop_key"))
     .select_from(_p.outerjoin(_c, _c.c.code == sa.bindparam("code")))
     .where(_p.c.id == sa.bindparam("product_id")))
 
@@ -115,7 +119,8 @@ def _still_holds(price_param: str) -> list:
                    ~sa.exists().where(_o.c.status == "paid", _o.c.product_id == _p.c.id)),
             # Bought upstream: the supplier's stock as last synced covers it (a cached offer may not know).
             sa.or_(_p.c.delivery_mode != "supplier",
-                   sa.func.coalesce(supplier_stock_query(_p), 0) >= sa.bindparam("quantity"))]
+                   sa.func.coalesce(supplier_stock_query(_p), 0) >= sa.bindparam("quantity")),
+            sa.or_(_p.c.delivery_mode != "loop", _LOOP_KEY)]
 
 
 def _insert(fields: tuple[str, ...], guards: list):
@@ -553,7 +558,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         problem = InvalidRequest("quantity: at most %(limit)s a day for one buyer", limit=row.buyer_daily_limit)
     elif row.channel_id is None or not row.is_enabled:
         problem = InvalidRequest("channel: %(code)r is not an enabled payment channel", code=channel_code)
-    elif row.delivery_mode == "auto" and row.waiting:
+    elif (row.delivery_mode == "auto" and row.waiting) or (row.delivery_mode == "loop" and not row.has_loop_key):
         problem = OutOfStock("not enough stock for this quantity")
     elif row.delivery_mode == "supplier" and (row.supplier_stock or 0) < quantity:
         problem = OutOfStock("not enough stock for this quantity")

@@ -21,12 +21,16 @@ from .models import Order
 from .services import order_keys
 
 _o, _k = Order.__table__, CardKey.__table__
+_loop = CardKey.__table__.alias("loop_key")   # a loop-key order's one key (the same for every buyer)
 _LOOKUP = (
     sa.select(_o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
               _o.c.created_at, _o.c.expires_at, _o.c.token_hash, _o.c.query_password_hash, _o.c.pay_type,
-              _o.c.discount_cents, _k.c.fingerprint, _k.c.nonce, _k.c.ciphertext, _k.c.key_version)
+              _o.c.discount_cents,
+              *(sa.func.coalesce(_k.c[name], _loop.c[name]).label(name)
+                for name in ("fingerprint", "nonce", "ciphertext", "key_version")))
     .select_from(_o.outerjoin(_k, sa.and_(_k.c.order_id == _o.c.id, _k.c.status == "sold",
-                                          _o.c.status == "delivered")))
+                                          _o.c.status == "delivered"))
+                 .outerjoin(_loop, sa.and_(_loop.c.id == _o.c.loop_key_id, _o.c.status == "delivered")))
     .where(_o.c.order_no == sa.bindparam("order_no"))
     .order_by(_k.c.id))
 

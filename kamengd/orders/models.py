@@ -64,6 +64,9 @@ class Order(db.Model):
     # The order holds one use of its coupon: cleared, and the use given back, exactly once
     # when it expires unpaid.
     coupon_held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # A loop-key product's order (循环卡密): the key it was delivered, the same for every buyer
+    # (no foreign key, as coupon_id: SQLite would copy the table to add one).
+    loop_key_id: Mapped[int | None] = mapped_column(BigId)
     # A hash of the buyer's device cookie (the storefront's), for the risk rules' velocity.
     device_tag: Mapped[str | None] = mapped_column(sa.String(32))
     # A risk rule asked for review: once paid, the order is held for a person, not delivered.
@@ -93,6 +96,8 @@ class Order(db.Model):
         sa.Index("ix_orders_client_ip_created", "client_ip", "created_at"),
         sa.Index("ix_orders_email_folded_created", "email_folded", "created_at"),
         sa.Index("ix_orders_device_created", "device_tag", "created_at"),
+        # The orders a loop key went to (staff's search by key); only loop orders have one.
+        sa.Index("ix_orders_loop_key_id", "loop_key_id", sqlite_where=sa.text("loop_key_id IS NOT NULL")),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
         sa.CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
         sa.CheckConstraint(

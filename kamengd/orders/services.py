@@ -32,6 +32,7 @@ from ..notifications.outbox import queue_delivery_email
 from ..payments import routing
 from ..vault import Vault
 from .checkout import place_order, reserve_keys, token_hash
+from .keys import keys_query, loop_key_id
 from .models import Order
 
 @dataclass
@@ -118,6 +119,8 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
         session.refresh(order)
         return NOT_PAID
     product = session.get(Product, order.product_id)
+    if product.delivery_mode == "loop":
+        return _deliver_loop_key(session, order, now)
     if product.delivery_mode != "auto":
         return NOT_PAID
     t = CardKey.__table__
@@ -131,6 +134,27 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
         except OutOfStock:
             return NO_STOCK
     return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
+
+
+def _deliver_loop_key(session: Session, order: Order, now: dt.datetime) -> str:
+    """A paid loop-key order (its row locked by the caller) gets the product's key; the key
+    stays in stock for the next buyer. NO_STOCK: the product has none, the order waits."""
+    t = CardKey.__table__
+    # Keys it reserved while the product was sold key by key go back on sale.
+    session.execute(t.update().where(t.c.order_id == order.id, t.c.status == "reserved")
+                    .values(status=on_sale_again(t), order_id=None, reserved_until=None))
+    key_id = loop_key_id(session, order.product_id)
+    if key_id is None:
+        return NO_STOCK
+    done = session.execute(sa.update(Order).where(Order.id == order.id, Order.status == "paid")
+                           .values(status="delivered", delivered_at=now, updated_at=now, loop_key_id=key_id,
+                                   **RESOLVED)
+                           .execution_options(synchronize_session=False)).rowcount
+    session.refresh(order)
+    if done != 1:
+        return NOT_PAID
+    delivered(session, order, now)
+    return DELIVERED
 
 
 def _pool_of(session: Session, order: Order) -> int | None:
@@ -149,7 +173,7 @@ def waiting_orders(product_id: int):
 def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000) -> int:
     """Paid orders waiting for stock, oldest first, get keys (after an import,
     an expiry, or the periodic sweep)."""
-    if session.get(Product, product_id).delivery_mode != "auto":
+    if session.get(Product, product_id).delivery_mode not in ("auto", "loop"):
         return 0
     waiting = session.scalars(waiting_orders(product_id).order_by(Order.paid_at, Order.id)
                               .limit(limit)).all()
@@ -163,10 +187,7 @@ def deliver_waiting_orders(session: Session, product_id: int, limit: int = 1000)
 
 
 def order_keys(session: Session, vault: Vault, order: Order) -> list[str]:
-    t = CardKey.__table__
-    rows = session.execute(sa.select(t.c.product_id, t.c.fingerprint, t.c.nonce, t.c.ciphertext,
-                                     t.c.key_version)
-                           .where(t.c.order_id == order.id, t.c.status == "sold").order_by(t.c.id)).all()
+    rows = session.execute(keys_query(order)).all()
     return [vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
             .decode("utf-8") for r in rows]
 

@@ -141,10 +141,18 @@ def orders_with_key(session: Session, vault: Vault, key: str, limit: int = 100) 
     product_ids = session.scalars(sa.select(Product.id)).all()
     pairs = [(pid, vault.fingerprint(pid, plaintext, version)) for pid in product_ids for version in vault.versions]
     ids: set[int] = set()
+    loop_keys: set[int] = set()
     for start in range(0, len(pairs), 500):   # bounded statements for a big catalogue
         chunk = pairs[start:start + 500]
-        ids.update(session.scalars(sa.select(t.c.order_id).where(
-            sa.tuple_(t.c.product_id, t.c.fingerprint).in_(chunk), t.c.order_id.is_not(None))).all())
+        for key_id, order_id in session.execute(sa.select(t.c.id, t.c.order_id).where(
+                sa.tuple_(t.c.product_id, t.c.fingerprint).in_(chunk))):
+            if order_id is not None:
+                ids.add(order_id)
+            else:   # in stock, or a loop key (ix_orders_loop_key_id finds its orders)
+                loop_keys.add(key_id)
+    if loop_keys:   # a loop key went to every order that has it, the newest first
+        ids.update(session.scalars(sa.select(Order.id).where(Order.loop_key_id.in_(loop_keys))
+                                   .order_by(Order.id.desc()).limit(limit)).all())
     return sorted(ids, reverse=True)[:limit]
 
 
@@ -281,7 +289,7 @@ def release_held(session: Session, *, order_no, reason, actor: str, source_ip: s
                                               paid_amount=None if paid is None else format_cents(paid),
                                               released_by=actor), now)
     outcome = RELEASED_MANUAL
-    if session.get(Product, order.product_id).delivery_mode == "auto":
+    if session.get(Product, order.product_id).delivery_mode in ("auto", "loop"):
         delivered = deliver_paid_order(session, order, now)   # NO_STOCK: it waits, like any paid order
         outcome = RELEASED_DELIVERED if delivered == DELIVERED else RELEASED_WAITING
     record(session, "order.release", actor=actor, target=target(order), source_ip=source_ip,

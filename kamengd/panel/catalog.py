@@ -69,7 +69,8 @@ def products():
     page = page_number()
     rows, total = catalog.list_products(db.session, query=query, page=page, page_size=PAGE_SIZE)
     stock = catalog.available_by_product(db.session, [p.id for p, _c in rows])
-    return render_template("panel/catalog_products.html", rows=rows, stock=stock, total=total, page=page,
+    loops = catalog.loop_deliveries(db.session, [p.id for p, _c in rows if p.delivery_mode == "loop"])
+    return render_template("panel/catalog_products.html", rows=rows, stock=stock, loops=loops, total=total, page=page,
                            pages=max(1, -(-total // PAGE_SIZE)), query=query)
 
 
