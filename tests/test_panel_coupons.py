@@ -156,6 +156,25 @@ def test_an_admin_adds_edits_disables_and_enables_a_coupon(backend, app, client,
     assert entries[2][3] == {"is_active": True} and entries[3][3] == {"is_active": False}
 
 
+def test_a_save_over_someone_elses_change_is_refused_and_shows_the_terms_as_they_are(backend, app, client,
+                                                                                       shop, admin):
+    """Two staff open the same coupon; the first saves; the second's save (from the form as it
+    was) is refused, nothing of it stored, and the form shows the first one's terms."""
+    code = make_coupon(app, amount_off="1.00")
+    edit_url = f"/admin/coupons/{stored(app, code).id}"
+    page = client.get(edit_url).get_data(as_text=True)
+    assert 'name="version" value="1"' in page
+    first = send(client, edit_url, form(code=None, amount_off="2.00", version="1"), page_url=edit_url)
+    assert first.status_code == 303 and stored(app, code).amount_off_cents == 200
+    second = send(client, edit_url, form(code=None, amount_off="5.00", note="late", version="1"), page_url=edit_url)
+    page = second.get_data(as_text=True)
+    assert second.status_code == 409 and "changed or used meanwhile" in page
+    assert 'name="version" value="2"' in page and 'value="2.00"' in page and 'value="late"' not in page
+    after = stored(app, code)
+    assert (after.amount_off_cents, after.note, after.version) == (200, "", 2)
+    assert [e[0] for e in audits(app, code)] == ["coupon.create", "coupon.update"]
+
+
 def test_a_bad_form_says_what_is_wrong_keeps_what_was_typed_and_stores_nothing(backend, app, client, shop, admin):
     db = _db()
     with app.app_context():

@@ -388,9 +388,12 @@ def get_coupon(session: Session, code_or_id) -> Coupon:
 
 
 def update_coupon(session: Session, coupon: Coupon, values: dict, *, actor: str,
-                  source_ip: str | None = None) -> dict:
+                  source_ip: str | None = None, version: int | None = None) -> dict:
     """Change a coupon's terms; orders priced with the old terms and not yet placed are priced
-    again (the version). What changed, for the audit log (empty: nothing)."""
+    again (the version). `version`: the one the staff member's form showed (a save over a
+    change made since is refused). What changed, for the audit log (empty: nothing)."""
+    if version is not None and version != coupon.version:
+        raise Conflict("coupon %(code)s was changed or used meanwhile: look again", code=coupon.code)
     _check(session, values, coupon_id=coupon.id)
     changed = {name: value for name, value in values.items() if getattr(coupon, name) != value}
     if not changed:

@@ -11,7 +11,7 @@ from flask_babel import gettext as _
 
 from ..context import get_config
 from ..database import utcnow
-from ..errors import KamengdError
+from ..errors import Conflict, KamengdError
 from ..extensions import db
 from ..marketing import coupons
 from ..marketing.models import Coupon
@@ -39,7 +39,8 @@ def _form() -> dict[str, str]:
     form = {name: request.form.get(name, "")[:MAX_FIELD] for name in FIELDS}
     scope, _sep, target = request.form.get("applies_to", "all")[:40].partition(":")
     form.update(scope=scope, scope_id=target, first_order="1" if request.form.get("first_order") == "1" else "0",
-                is_active="1" if request.form.get("is_active") == "1" else "0")
+                is_active="1" if request.form.get("is_active") == "1" else "0",
+                version=request.form.get("version", "")[:12])
     return form
 
 
@@ -83,13 +84,17 @@ def coupon_edit(coupon_id: int):
         return _render_form(coupon, coupons.form_values(coupon, _zone()))
     form = _form()
     try:
+        shown = int(form["version"]) if form["version"].isdigit() else None
         changed = coupons.update_coupon(db.session, coupon, coupons.parse_coupon_form(form, _zone()),
-                                        actor=actor(), source_ip=client_ip())
+                                        actor=actor(), source_ip=client_ip(), version=shown)
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
         read_only()
-        return _render_form(_coupon(coupon_id), form, exc.http_status)
+        fresh = _coupon(coupon_id)
+        if isinstance(exc, Conflict):   # changed since the form was shown: the terms as they are now
+            return _render_form(fresh, coupons.form_values(fresh, _zone()), exc.http_status)
+        return _render_form(fresh, form, exc.http_status)
     flash(_("Coupon %(code)s saved.", code=coupon.code) if changed else _("Nothing changed."),
           "success" if changed else "info")
     return redirect(url_for("panel.coupons_list"), code=303)
