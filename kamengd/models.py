@@ -1,7 +1,7 @@
 """Import every model so the metadata is complete (Alembic, tests)."""
 from .accounts.models import LoginThrottle, RecoveryCode, StaffSession, StaffUser  # noqa: F401
 from .audit.models import AuditEntry, AuditHead  # noqa: F401
-from .catalog.models import BuyerDay, Category, Product  # noqa: F401
+from .catalog.models import BuyerDay, Category, Product, ProductImage  # noqa: F401
 from .inventory.models import CardKey, KeyImport  # noqa: F401
 from .orders.models import Order  # noqa: F401
 from .payments.models import Payment, PaymentChannel, SettlementEntry, SettlementReport  # noqa: F401

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..database import UTCDateTime, utcnow
@@ -39,6 +40,22 @@ class BuyerDay(db.Model):
     quantity: Mapped[int] = mapped_column(sa.Integer, default=0)
 
     __table_args__ = (sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),)
+
+
+class ProductImage(db.Model):
+    """A product's picture, resized (kamengd.catalog.images): in the database, so every server
+    of a shop serves it and backups hold it; each server keeps a copy on disk to serve."""
+    __tablename__ = "product_images"
+
+    product_id: Mapped[int] = mapped_column(sa.ForeignKey("products.id", ondelete="CASCADE"), primary_key=True)
+    # A hash of the large picture: its address (/media/<name>-800.webp), so it is cached for good
+    # (two products with the same picture share it).
+    name: Mapped[str] = mapped_column(sa.String(32), index=True)
+    large: Mapped[bytes] = mapped_column(sa.LargeBinary().with_variant(MEDIUMBLOB(), "mysql", "mariadb"))
+    thumb: Mapped[bytes] = mapped_column(sa.LargeBinary().with_variant(MEDIUMBLOB(), "mysql", "mariadb"))
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Product(db.Model):

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from ..catalog import inputs, pricing, services as catalog
+from ..catalog import images, inputs, pricing, services as catalog
 from ..context import get_config
 from ..localtime import shop_time
 from ..catalog.models import DELIVERY_MODES, Product
@@ -59,6 +59,8 @@ def _render_form(product: Product | None, values: dict[str, str], status: int = 
                            limits={"quantity": catalog.MAX_QUANTITY, "threshold": catalog.MAX_THRESHOLD,
                                    "sort": catalog.SORT_ORDER_RANGE, "name": catalog.MAX_NAME,
                                    "description": catalog.MAX_DESCRIPTION},
+                           picture=images.names_for(db.session, [product.id]).get(product.id) if product else None,
+                           picture_limits={"mib": images.MAX_UPLOAD // (1024 * 1024), "side": images.SIZES["800"]},
                            timezone=get_config().site.timezone), status
 
 
@@ -113,6 +115,31 @@ def product_edit(product_id: int):
     else:
         flash(_("Nothing changed."), "info")
     return redirect(url_for("panel.products"), code=303)
+
+
+@bp.post("/products/<int:product_id>/picture")
+def product_picture(product_id: int):
+    product = catalog.get_product(db.session, product_id)
+    upload = request.files.get("picture")
+    try:
+        images.set_image(db.session, product, upload.read(images.MAX_UPLOAD + 1) if upload else b"",
+                         actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+    else:
+        flash(_("The picture of %(name)s is saved.", name=product.name), "success")
+    return redirect(url_for("panel.product_edit", product_id=product_id) + "#product-picture", code=303)
+
+
+@bp.post("/products/<int:product_id>/picture/remove")
+def product_picture_remove(product_id: int):
+    product = catalog.get_product(db.session, product_id)
+    if images.remove_image(db.session, product, actor=actor(), source_ip=client_ip()):
+        flash(_("The picture of %(name)s is removed.", name=product.name), "success")
+    else:
+        flash(_("Nothing changed."), "info")
+    return redirect(url_for("panel.product_edit", product_id=product_id) + "#product-picture", code=303)
 
 
 @bp.post("/products/<int:product_id>/visibility")

@@ -71,6 +71,8 @@ ENDPOINTS: dict[str, str] = {
     "panel.product_new": "catalog.edit",
     "panel.product_edit": "catalog.edit",
     "panel.product_visibility": "catalog.edit",
+    "panel.product_picture": "catalog.edit",
+    "panel.product_picture_remove": "catalog.edit",
     "panel.categories": "catalog.view",
     "panel.category_new": "catalog.edit",
     "panel.category_edit": "catalog.edit",

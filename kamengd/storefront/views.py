@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import segno
 import sqlalchemy as sa
 from flask import (Blueprint, abort, after_this_request, g, jsonify, make_response, redirect, render_template,
-                   request, session, url_for)
+                   request, send_file, session, url_for)
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
-from ..catalog import inputs, markdown, pricing
+from ..catalog import images, inputs, markdown, pricing
 from ..catalog.models import Product
 from ..catalog.tree import read_tree
 from ..catalog.services import pool_stock, stock_by_product
@@ -170,6 +170,28 @@ def _listed_products(visible: set[int]):
             .order_by(Product.sort_order, Product.id))
 
 
+def _media_dir():
+    """Where this server keeps its copy of the product pictures: beside its config file."""
+    path = get_config().path
+    return path.parent / "media" if path is not None else None
+
+
+@bp.get("/media/<name>-<size>.webp")
+def media(name: str, size: str):
+    """A product's picture (its name is a hash of it: kept by browsers for a year)."""
+    read_only()
+    found = images.served(db.session, _media_dir(), name, size)
+    if found is None:
+        abort(404)
+    response = (send_file(found, mimetype="image/webp", max_age=YEAR) if not isinstance(found, bytes)
+                else make_response(found, 200, {"Content-Type": "image/webp"}))
+    response.headers["Cache-Control"] = f"public, max-age={YEAR}, immutable"
+    return response
+
+
+YEAR = 365 * 24 * 3600
+
+
 @bp.get("/favicon.ico")
 def favicon():
     """Browsers ask for /favicon.ico on every page, the panel's too."""
@@ -209,13 +231,15 @@ def index():
     pages = max(1, -(-len(shown) // INDEX_PAGE))
     page = min(_int_arg("page") or 1, pages)
     groups: dict[int | None, list[Product]] = {}
-    for p in shown[(page - 1) * INDEX_PAGE:page * INDEX_PAGE]:
+    on_page = shown[(page - 1) * INDEX_PAGE:page * INDEX_PAGE]
+    for p in on_page:
         groups.setdefault(p.category_id, []).append(p)
     # Products of no category come last, under "Other" once there are categories.
     sections = [(tree.label(cid) if cid is not None else None, items) for cid, items in groups.items()]
     return render_template("storefront/index.html", sections=sections, categories=categories,
                            category=category, trail=tree.path(category.id) if category else [],
-                           subcategories=subcategories, stock=stock, query=query, count=len(shown), page=page, pages=pages,
+                           subcategories=subcategories, pictures=images.names_for(db.session, [p.id for p in on_page]),
+                           stock=stock, query=query, count=len(shown), page=page, pages=pages,
                            show_all=show_all, sold_out=len(sold_out),
                            notice=station().notice if station() is not None else get_setting(db.session, "site.notice"),
                            money=format_cents)
@@ -275,6 +299,7 @@ def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            trail=trail, most=most, money=format_cents, error=error,
+                           picture=images.names_for(db.session, [p.id]).get(p.id),
                            error_field=error_field, form=form or {},
                            # a risk rule asks for a captcha: the widget solves this one
                            challenge=json.dumps(exc.challenge) if isinstance(exc, CaptchaRequired) else None,
