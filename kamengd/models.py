@@ -11,7 +11,7 @@ from .scheduler.models import JobRun, SchedulerLease  # noqa: F401
 from .backup.models import OpsRecord  # noqa: F401
 from .operations.models import ServerProcess  # noqa: F401
 from .agents.models import (Agent, AgentApiKey, AgentLevel, AgentPrice, ApiNonce, Commission,  # noqa: F401
-                            LevelChange, LevelPrice, LevelRule, PayoutAccount, Withdrawal)
+                            LevelChange, LevelPrice, LevelRule, NewBuyerReward, PayoutAccount, Withdrawal)
 from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa: F401
 from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: F401
 from .marketing.models import Coupon, CouponBuyer  # noqa: F401

@@ -25,11 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..audit.services import record
-from ..database import utcnow
+from ..database import insert_ignoring, utcnow
+from ..money import parse_plain_money
+from ..orders.models import Order
 from ..ledger import services as ledger
 from ..ledger.models import DEBT, LedgerAccount
 from ..settings.services import get_setting
-from .models import Agent, AgentLevel, Commission, LevelPrice
+from .models import Agent, AgentLevel, Commission, LevelPrice, NewBuyerReward
 from .services import DEEPEST, level_cost
 
 _a, _l, _c, _acc = Agent.__table__, AgentLevel.__table__, Commission.__table__, LedgerAccount.__table__
@@ -72,12 +74,19 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
 def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
                     price_cents: int, quantity: int, currency: str, product_id: int, now: dt.datetime | None = None,
                     savepoint: bool = True, shop_account_id: int | None = None,
-                    sold_through: bool = False) -> list[tuple[int, int | None, int]]:
+                    sold_through: bool = False, bonus_cents: int = 0) -> list[tuple[int, int | None, int]]:
     """Book the order's commissions as pending, in the delivery's transaction. Once: a
-    second call for the same order books nothing (the ledger's cause and the rows' key)."""
+    second call for the same order books nothing (the ledger's cause and the rows' key).
+    `bonus_cents`: the seller's new-buyer reward, booked with its margin (held and reversed alike)."""
     now = now or utcnow()
     earned = margins(session, agent_id=agent_id, paid_unit_cents=paid_unit_cents, price_cents=price_cents,
                      quantity=quantity, product_id=product_id, sold_through=sold_through)
+    if bonus_cents:
+        own = next((i for i, (a, _b, _m) in enumerate(earned) if a == agent_id), None)
+        if own is None:
+            earned.insert(0, (agent_id, None, bonus_cents))
+        else:
+            earned[own] = (agent_id, earned[own][1], earned[own][2] + bonus_cents)
     if not earned:
         return []
     pending = _accounts(session, [a for a, _b, _m in earned])
@@ -111,7 +120,30 @@ def book_for_order(session: Session, order, product_price_cents: int, now: dt.da
         book_commission(session, order_id=order.id, order_no=order.order_no, agent_id=agent_id,
                         paid_unit_cents=order.unit_price_cents, price_cents=product_price_cents,
                         quantity=order.quantity, currency=order.currency, product_id=order.product_id, now=now,
-                        sold_through=not order.agent_id)
+                        sold_through=not order.agent_id,
+                        bonus_cents=0 if order.agent_id else new_buyer_reward(session, order, now))
+
+
+# A buyer has bought here before when an order of theirs other than this one got this far.
+_BOUGHT = ("paid", "delivered", "refunded", "held")
+
+
+def new_buyer_reward(session: Session, order, now: dt.datetime | None = None) -> int:
+    """What the agent that sold `order` earns for bringing a new buyer (agents.new_buyer_reward):
+    their first order only, once per e-mail (claimed here, in the delivery's transaction, by
+    the buyer's row in new_buyer_rewards: two first orders delivered at once reward once)."""
+    reward = parse_plain_money(get_setting(session, "agents.new_buyer_reward"), field="amount", allow_zero=True)
+    if not reward or not order.seller_agent_id or not order.email_folded:
+        return 0
+    _o = Order.__table__
+    before = session.execute(sa.select(sa.literal(1)).where(
+        _o.c.email_folded == order.email_folded, _o.c.id != order.id, _o.c.status.in_(_BOUGHT)).limit(1)).first()
+    if before is not None:
+        return 0
+    claimed = session.connection().execute(insert_ignoring(NewBuyerReward.__table__), {
+        "email_folded": order.email_folded, "agent_id": order.seller_agent_id, "order_id": order.id,
+        "amount_cents": reward, "created_at": now or utcnow()}).rowcount
+    return reward if claimed == 1 else 0
 
 
 def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, ledger.AccountRef]]:

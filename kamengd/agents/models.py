@@ -199,6 +199,18 @@ class ApiNonce(db.Model):
     __table_args__ = (sa.UniqueConstraint("key_id", "nonce", name="uq_agent_api_nonces_key_nonce"),)
 
 
+class NewBuyerReward(db.Model):
+    """A new buyer (an e-mail, case-folded) whose first order an agent was rewarded for:
+    the key makes it once per buyer, whichever order and server deliver it."""
+    __tablename__ = "new_buyer_rewards"
+
+    email_folded: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(sa.ForeignKey("agents.id"), index=True)
+    order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"))
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Commission(db.Model):
     """What one ancestor earned on one delivered order: booked pending with the delivery,
     available after the hold, reversed if the order is refunded. One row per order and

@@ -56,6 +56,10 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                                           "a refund before then takes it back from pending.")),
         "agents.ref_days": (_("Invite link lasts (days)"),
                             _("A buyer who came through an agent's invite link is that agent's for this long.")),
+        "agents.new_buyer_reward": (_("New buyer reward"),
+                                    _("An agent earns this, besides its margin, for a new buyer's first order sold "
+                                      "through it (invite link or sub-station): once per buyer e-mail, held and "
+                                      "reversed like commission. 0: nothing.")),
         "withdrawals.minimum": (_("Smallest withdrawal"), _("Agents cannot request less than this.")),
         "withdrawals.fee_percent": (_("Withdrawal fee (%)"), _("Kept by the shop when a withdrawal is paid.")),
         "withdrawals.fee_fixed": (_("Withdrawal fee (fixed)"), _("Added to the percentage.")),

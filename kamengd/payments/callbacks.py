@@ -60,7 +60,7 @@ _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__tab
                         CardKey.__table__)
 _ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
                   _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at, _o.c.unit_price_cents,
-                  _o.c.seller_agent_id, _o.c.risk_review)
+                  _o.c.seller_agent_id, _o.c.risk_review, _o.c.email_folded)
 _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam("cid"),
                                               _pay.c.trade_no == sa.bindparam("trade_no"))
              .scalar_subquery())
@@ -349,7 +349,8 @@ class _Delivery:
             commission.book_commission(session, order_id=row.id, order_no=row.order_no, agent_id=row.seller_agent_id,
                                        paid_unit_cents=row.unit_price_cents, price_cents=self.product_price_cents,
                                        quantity=row.quantity, currency=row.currency, product_id=row.product_id,
-                                       now=now, sold_through=True)
+                                       now=now, sold_through=True,
+                                       bonus_cents=commission.new_buyer_reward(session, row, now))
         emit_many(session, self.events, now)
         queue_delivery_email_for(session, row.id, row.email, now)
         # A caller holding the Order (a job, a test) sees what the statements did.

@@ -172,6 +172,10 @@ SETTINGS: dict[str, SettingSpec] = {
         "meanwhile) before it can be spent or withdrawn.", minimum=0, maximum=365),
     "agents.ref_days": SettingSpec(int, 30, "Days an agent's invite link (?ref=) keeps attributing a buyer's "
                                    "orders to it.", minimum=1, maximum=365),
+    "agents.new_buyer_reward": SettingSpec(
+        str, "0.00", "What an agent earns, besides its margin, for a new buyer's first order sold through it (its "
+        "invite link or its sub-station): once per buyer e-mail, held and reversed like commission. 0: nothing.",
+        max_length=16, single_line=True, check=_amount),
     "withdrawals.minimum": SettingSpec(str, "10.00", "Smallest withdrawal an agent may request.", max_length=16,
                                        single_line=True, check=_amount),
     "withdrawals.fee_percent": SettingSpec(str, "0.00", "Fee the shop keeps of each withdrawal, in percent.",
