@@ -219,6 +219,11 @@ class Config:
     def backup_dir(self) -> Path:
         return self.backup.directory or self.security.data_key_file.parent / "backups"
 
+    def media_dir(self) -> Path:
+        """This server's copy of the product pictures (kept in the database): in the data
+        directory, beside the data key (the one place the services may write)."""
+        return self.security.data_key_file.parent / "media"
+
     def backup_passphrase(self) -> str | None:
         """Read as `--passphrase-file` reads it (only the line break is dropped),
         so a backup sealed by the scheduler opens with the same file."""

@@ -173,7 +173,8 @@ def test_a_product_turned_loop_lets_go_of_the_keys_its_pending_orders_held(app, 
         db.session.remove()
     shop = {**s, "product": product}
     placed = place(client, shop).get_json()
-    assert key_statuses(app, product) == {"available": 2, "reserved": 1}
+    pair = place(client, shop, email="pair@example.com", quantity=2).get_json()   # two keys, placed before
+    assert key_statuses(app, product) == {"reserved": 3}
     with app.app_context():
         from kamengd.catalog.models import Product
         changes = update_product(db.session, db.session.get(Product, product), actor="t", delivery_mode="loop")
@@ -185,7 +186,11 @@ def test_a_product_turned_loop_lets_go_of_the_keys_its_pending_orders_held(app, 
     pay(client, shop, placed)
     shown = seen(client, placed)
     assert shown["status"] == "delivered" and len(shown["keys"]) == 1 and shown["keys"][0] == keys[0]
-    assert key_statuses(app, product) == {"available": 3}   # the reserved one back in stock
+    # The order for two still holds its own two keys: it gets them (never one shared key for two paid).
+    pay(client, shop, pair)
+    shown = seen(client, pair)
+    assert shown["status"] == "delivered" and sorted(shown["keys"]) == sorted(keys[1:])
+    assert key_statuses(app, product) == {"available": 1, "sold": 2}   # the first one's reserved key back
 
 
 def test_an_agent_buys_a_loop_key(app, client, loop_shop):

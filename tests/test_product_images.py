@@ -149,10 +149,17 @@ def test_a_server_without_its_copy_serves_from_the_database(app, client):
         product = create_product(db.session, name=f"copy {secrets.token_hex(3)}", price_cents=100, actor="t")
         colour = tuple(secrets.randbelow(256) for _ in range(3))   # a picture no other test served
         name = images.set_image(db.session, product, picture(colour=colour), actor="t").name
+        product_id = product.id
         db.session.commit()
         db.session.remove()
-        copy = get_config().path.parent / "media" / f"{name}-320.webp"
+        copy = get_config().media_dir() / f"{name}-320.webp"
     assert not copy.exists()
     first = client.get(f"/media/{name}-320.webp")
     assert first.status_code == 200 and copy.is_file() and copy.read_bytes() == first.get_data()
     assert client.get(f"/media/{name}-320.webp").get_data() == first.get_data()
+    with app.app_context():
+        from kamengd.catalog.models import Product
+        images.remove_image(db.session, db.session.get(Product, product_id), actor="t")
+        db.session.commit()
+        db.session.remove()
+    assert copy.is_file() and client.get(f"/media/{name}-320.webp").status_code == 404   # removed: gone

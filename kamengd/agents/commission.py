@@ -19,6 +19,7 @@ a refund can move it) plus a ledger movement whose cause names the row.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
@@ -74,22 +75,25 @@ def margins(session: Session, *, agent_id: int, paid_unit_cents: int, price_cent
 def book_commission(session: Session, *, order_id: int, order_no: str, agent_id: int, paid_unit_cents: int,
                     price_cents: int, quantity: int, currency: str, product_id: int, now: dt.datetime | None = None,
                     savepoint: bool = True, shop_account_id: int | None = None,
-                    sold_through: bool = False, bonus_cents: int = 0) -> list[tuple[int, int | None, int]]:
+                    sold_through: bool = False, new_buyer: NewBuyer | None = None) -> list[tuple[int, int | None, int]]:
     """Book the order's commissions as pending, in the delivery's transaction. Once: a
     second call for the same order books nothing (the ledger's cause and the rows' key).
-    `bonus_cents`: the seller's new-buyer reward, booked with its margin (held and reversed alike)."""
+    `new_buyer`: the seller's new-buyer reward, claimed here and booked with its margin (held
+    and reversed alike)."""
     now = now or utcnow()
     earned = margins(session, agent_id=agent_id, paid_unit_cents=paid_unit_cents, price_cents=price_cents,
                      quantity=quantity, product_id=product_id, sold_through=sold_through)
-    if bonus_cents:
+    pending = _accounts(session, [a for a, _b, _m in earned] + ([agent_id] if new_buyer else []))
+    if any(pending[a]["pending"].currency != currency for a in pending):
+        earned = earned or [(agent_id, None, 0)]   # (said below, reward or not)
+    elif new_buyer is not None and _claim(session, new_buyer, agent_id, order_id, now):
         own = next((i for i, (a, _b, _m) in enumerate(earned) if a == agent_id), None)
         if own is None:
-            earned.insert(0, (agent_id, None, bonus_cents))
+            earned.insert(0, (agent_id, None, new_buyer.cents))
         else:
-            earned[own] = (agent_id, earned[own][1], earned[own][2] + bonus_cents)
+            earned[own] = (agent_id, earned[own][1], earned[own][2] + new_buyer.cents)
     if not earned:
         return []
-    pending = _accounts(session, [a for a, _b, _m in earned])
     if any(pending[a]["pending"].currency != currency for a, _b, _m in earned):
         # The agents' money is kept in another currency: nothing to book it against. The
         # order is delivered all the same (its delivery must never fail on this); staff see why.
@@ -121,29 +125,37 @@ def book_for_order(session: Session, order, product_price_cents: int, now: dt.da
                         paid_unit_cents=order.unit_price_cents, price_cents=product_price_cents,
                         quantity=order.quantity, currency=order.currency, product_id=order.product_id, now=now,
                         sold_through=not order.agent_id,
-                        bonus_cents=0 if order.agent_id else new_buyer_reward(session, order, now))
+                        new_buyer=None if order.agent_id else new_buyer_reward(session, order))
 
 
-# A buyer has bought here before when an order of theirs other than this one got this far.
+# A buyer has bought here before when an earlier order of theirs got this far.
 _BOUGHT = ("paid", "delivered", "refunded", "held")
 
 
-def new_buyer_reward(session: Session, order, now: dt.datetime | None = None) -> int:
-    """What the agent that sold `order` earns for bringing a new buyer (agents.new_buyer_reward):
-    their first order only, once per e-mail (claimed here, in the delivery's transaction, by
-    the buyer's row in new_buyer_rewards: two first orders delivered at once reward once)."""
+@dataclasses.dataclass(frozen=True)
+class NewBuyer:
+    email_folded: str
+    cents: int
+
+
+def new_buyer_reward(session: Session, order) -> NewBuyer | None:
+    """The reward (agents.new_buyer_reward, never more than the order's amount) the agent that
+    sold `order` is due for bringing a new buyer: the buyer's earliest order only. None: none.
+    book_commission claims it, once per e-mail (new_buyer_rewards: two first orders delivered
+    at once reward once)."""
     reward = parse_plain_money(get_setting(session, "agents.new_buyer_reward"), field="amount", allow_zero=True)
-    if not reward or not order.seller_agent_id or not order.email_folded:
-        return 0
+    if not reward or not order.seller_agent_id or not order.email_folded or not order.amount_cents:
+        return None
     _o = Order.__table__
     before = session.execute(sa.select(sa.literal(1)).where(
-        _o.c.email_folded == order.email_folded, _o.c.id != order.id, _o.c.status.in_(_BOUGHT)).limit(1)).first()
-    if before is not None:
-        return 0
-    claimed = session.connection().execute(insert_ignoring(NewBuyerReward.__table__), {
-        "email_folded": order.email_folded, "agent_id": order.seller_agent_id, "order_id": order.id,
-        "amount_cents": reward, "created_at": now or utcnow()}).rowcount
-    return reward if claimed == 1 else 0
+        _o.c.email_folded == order.email_folded, _o.c.id < order.id, _o.c.status.in_(_BOUGHT)).limit(1)).first()
+    return None if before is not None else NewBuyer(order.email_folded, min(reward, order.amount_cents))
+
+
+def _claim(session: Session, new_buyer: NewBuyer, agent_id: int, order_id: int, now: dt.datetime) -> bool:
+    return session.connection().execute(insert_ignoring(NewBuyerReward.__table__), {
+        "email_folded": new_buyer.email_folded, "agent_id": agent_id, "order_id": order_id,
+        "amount_cents": new_buyer.cents, "created_at": now}).rowcount == 1
 
 
 def _accounts(session: Session, agent_ids: list[int]) -> dict[int, dict[str, ledger.AccountRef]]:

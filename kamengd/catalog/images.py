@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -114,18 +115,22 @@ def served(session: Session, cache_dir: Path | None, name: str, size: str) -> Pa
     if not NAME_RE.fullmatch(name) or size not in SIZES:
         return None
     path = cache_dir / f"{name}-{size}.webp" if cache_dir is not None else None
+    t = ProductImage.__table__
     if path is not None and path.is_file():
-        return path
-    column = ProductImage.large if size == "800" else ProductImage.thumb
-    body = session.scalar(sa.select(column).where(ProductImage.name == name))
+        # Only while some product still has it: a removed or replaced picture is not served.
+        in_use = session.execute(sa.select(sa.literal(1)).where(t.c.name == name).limit(1)).first()
+        return path if in_use is not None else None
+    column = t.c.large if size == "800" else t.c.thumb
+    body = session.scalar(sa.select(column).where(t.c.name == name).limit(1))
     if body is None:
         return None
     if path is None:
         return bytes(body)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_bytes(body)
+        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".part")   # one per request: no torn copy
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
         os.replace(partial, path)   # whole or not at all, whoever writes it first
     except OSError:
         return bytes(body)   # (a read-only or full disk: served from the database)

@@ -414,7 +414,7 @@ def _parent(session: Session, category_id: int | None, given) -> int | None:
     parent_id = whole_number(given, "parent") if isinstance(given, str) else given
     if not isinstance(parent_id, int) or not 1 <= parent_id < 2**31:
         raise InvalidRequest("parent: category %(category_id)s does not exist", category_id=str(given)[:20])
-    tree.check_parent(tree.read_tree(session), category_id, parent_id)
+    tree.check_parent(tree.read_tree(session, lock=True), category_id, parent_id)
     return parent_id
 
 

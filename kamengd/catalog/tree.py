@@ -60,7 +60,15 @@ class Tree:
 
     def height(self, category_id: int) -> int:
         """Levels from the category down to its deepest one (1: nothing under it)."""
-        return 1 + max((self.height(n.id) for n in self.children.get(category_id, ())), default=0)
+        deepest, seen, todo = 0, set(), [(category_id, 1)]
+        while todo:
+            cid, depth = todo.pop()
+            if cid in seen:   # (a loop would be a bug: never followed twice)
+                continue
+            seen.add(cid)
+            deepest = max(deepest, depth)
+            todo.extend((n.id, depth + 1) for n in self.children.get(cid, ()))
+        return deepest
 
     def shown(self, category_id: int | None) -> bool:
         """In the shop: the category and every one above it shown."""
@@ -82,9 +90,11 @@ class Tree:
         return rows
 
 
-def read_tree(session: Session) -> Tree:
-    rows = session.execute(sa.select(Category.id, Category.name, Category.parent_id, Category.sort_order,
-                                     Category.is_active)).all()
+def read_tree(session: Session, *, lock: bool = False) -> Tree:
+    """`lock`: for a move (MariaDB: the rows locked and read as committed, so two staff moving
+    categories at once are checked one after the other and never make a loop)."""
+    query = sa.select(Category.id, Category.name, Category.parent_id, Category.sort_order, Category.is_active)
+    rows = session.execute(query.with_for_update() if lock else query).all()
     return Tree([Node(r.id, r.name, r.parent_id, r.sort_order, bool(r.is_active)) for r in rows])
 
 

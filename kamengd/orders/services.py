@@ -140,6 +140,14 @@ def _deliver_loop_key(session: Session, order: Order, now: dt.datetime) -> str:
     """A paid loop-key order (its row locked by the caller) gets the product's key; the key
     stays in stock for the next buyer. NO_STOCK: the product has none, the order waits."""
     t = CardKey.__table__
+    if order.quantity != 1:
+        # Placed for several keys while the product was sold key by key: its own keys, if it
+        # still holds them all; else a person decides (it stays paid and is flagged).
+        held = session.scalar(sa.select(sa.func.count()).select_from(t).where(
+            t.c.order_id == order.id, t.c.status == "reserved"))
+        if held == order.quantity:
+            return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
+        return NOT_PAID
     # Keys it reserved while the product was sold key by key go back on sale.
     session.execute(t.update().where(t.c.order_id == order.id, t.c.status == "reserved")
                     .values(status=on_sale_again(t), order_id=None, reserved_until=None))

@@ -86,8 +86,11 @@ def _release_reserved(session: Session, order: Order) -> int:
 
 def key_counts(session: Session, order: Order) -> dict[str, int]:
     t = CardKey.__table__
-    return dict(session.execute(sa.select(t.c.status, sa.func.count()).where(t.c.order_id == order.id)
-                                .group_by(t.c.status)).all())
+    counts = dict(session.execute(sa.select(t.c.status, sa.func.count()).where(t.c.order_id == order.id)
+                                  .group_by(t.c.status)).all())
+    if order.loop_key_id is not None:   # its loop key, sold to it as to every buyer (and kept in stock)
+        counts["sold"] = counts.get("sold", 0) + 1
+    return counts
 
 
 # --- finding orders -------------------------------------------------------

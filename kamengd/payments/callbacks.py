@@ -350,7 +350,7 @@ class _Delivery:
                                        paid_unit_cents=row.unit_price_cents, price_cents=self.product_price_cents,
                                        quantity=row.quantity, currency=row.currency, product_id=row.product_id,
                                        now=now, sold_through=True,
-                                       bonus_cents=commission.new_buyer_reward(session, row, now))
+                                       new_buyer=commission.new_buyer_reward(session, row))
         emit_many(session, self.events, now)
         queue_delivery_email_for(session, row.id, row.email, now)
         # A caller holding the Order (a job, a test) sees what the statements did.

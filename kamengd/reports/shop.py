@@ -70,10 +70,10 @@ class LowStock:
 
 def low_stock_products(session: Session, limit: int = 50) -> list[LowStock]:
     """Products below their low-stock threshold, the same rule as the stock.low warning
-    (kamengd.inventory.warnings): active, auto delivery, threshold > 0, available < threshold.
-    Emptiest first."""
+    (kamengd.inventory.warnings): active, automatic or loop-key delivery, threshold > 0,
+    available < threshold. Emptiest first."""
     products = session.execute(sa.select(Product.id, Product.name, Product.low_stock_threshold)
-                               .where(Product.is_active.is_(True), Product.delivery_mode == "auto",
+                               .where(Product.is_active.is_(True), Product.delivery_mode.in_(("auto", "loop")),
                                       Product.low_stock_threshold > 0)).all()
     if not products:
         return []

@@ -170,17 +170,11 @@ def _listed_products(visible: set[int]):
             .order_by(Product.sort_order, Product.id))
 
 
-def _media_dir():
-    """Where this server keeps its copy of the product pictures: beside its config file."""
-    path = get_config().path
-    return path.parent / "media" if path is not None else None
-
-
 @bp.get("/media/<name>-<size>.webp")
 def media(name: str, size: str):
     """A product's picture (its name is a hash of it: kept by browsers for a year)."""
     read_only()
-    found = images.served(db.session, _media_dir(), name, size)
+    found = images.served(db.session, get_config().media_dir(), name, size)
     if found is None:
         abort(404)
     response = (send_file(found, mimetype="image/webp", max_age=YEAR) if not isinstance(found, bytes)
