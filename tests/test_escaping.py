@@ -348,7 +348,7 @@ def test_panel_settings(app, client, owner):
                      "site.contact_wechat": "", "site.url": "",   # (WeChat IDs: at most 64 characters)
                      # Amounts and a percentage: a number or nothing.
                      "withdrawals.minimum": "10", "withdrawals.fee_percent": "0", "withdrawals.fee_fixed": "0",
-                     "withdrawals.daily_limit": "0"}
+                     "withdrawals.daily_limit": "0", "agents.new_buyer_reward": "0"}
         refused = submit(client, "/admin/settings", "/admin/settings", COMBINED, follow_redirects=True)
         assert_inert(refused)
         resp = submit(client, "/admin/settings", "/admin/settings", COMBINED, formatted, follow_redirects=True)

@@ -37,6 +37,8 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.product_new": MANAGERS | {"operator"},
     "panel.product_edit": MANAGERS | {"operator"},
     "panel.product_visibility": MANAGERS | {"operator"},
+    "panel.product_picture": MANAGERS | {"operator"},
+    "panel.product_picture_remove": MANAGERS | {"operator"},
     "panel.categories": MANAGERS | {"operator", "support", "finance"},
     "panel.category_new": MANAGERS | {"operator"},
     "panel.category_edit": MANAGERS | {"operator"},
@@ -117,7 +119,7 @@ SIGN_OUT = {"panel.logout", "panel.logout_everywhere"}   # they end on the sign-
 # Everything outside /admin is for buyers, gateways and monitors: no staff role.
 PUBLIC_ELSEWHERE = {
     "static", "health.healthz",
-    "shop.index", "shop.favicon", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
+    "shop.index", "shop.favicon", "shop.media", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
     "api.products", "api.new_order", "api.get_order", "api.payment_methods", "api.openapi_document",
     "pay.notify", "shop.payment_return", "shop.order_status", "shop.sandbox_page", "shop.sandbox_pay",
     "shop.balance_page", "shop.balance_pay",
