@@ -359,6 +359,40 @@ def test_one_shops_rules_never_apply_to_another_in_the_same_process(app, client,
     assert placed.status_code == 201, placed.get_json()
 
 
+def test_two_shops_in_one_process_never_share_a_kept_offer(app, shop, backend, make_install):
+    """The offers checkout keeps (product and channel, read once) are kept per database: a
+    shop whose product and channel have the same id and code as another's reads its own."""
+    import dataclasses
+
+    from kamengd.app import create_app
+    from kamengd.catalog.services import create_product
+    from kamengd.context import get_vault
+    from kamengd.inventory.services import import_keys
+    from kamengd.orders import checkout
+    from kamengd.payments.services import add_channel
+
+    placed = []
+    for n in range(2):
+        cfg = make_install(backend)
+        other = create_app(dataclasses.replace(cfg, ratelimit=dataclasses.replace(cfg.ratelimit, enabled=False)))
+        db = _db()
+        with other.app_context():
+            p = create_product(db.session, name=f"twin {n}", price_cents=100 * (n + 1), actor="t")
+            import_keys(db.session, get_vault(), product_id=p.id, actor="t", fh=io.BytesIO(f"TWIN-{n}".encode()))
+            add_channel(db.session, get_vault(), channel_type="epay", code="twin", actor="t",
+                        options={"gateway": f"https://pay{n}.example.com", "pid": "7007", "key": KEY})
+            db.session.commit()
+            product = p.id
+            db.session.remove()
+        answer = order(other.test_client(), {**shop, "product": product, "channel": "twin"})
+        assert answer.status_code == 201, answer.get_json()
+        placed.append((product, answer.get_json()["amount"], answer.get_json()["pay_url"]))
+    assert placed[0][0] == placed[1][0]                       # the same product id in both shops
+    assert [a for _p, a, _u in placed] == ["1.00", "2.00"]   # each priced by its own shop
+    assert "pay1.example.com" in placed[1][2]
+    assert len([k for k in checkout._offers if k[1:] == (placed[0][0], "twin")]) >= 2   # one per shop
+
+
 def test_the_product_page_shows_the_captcha_when_asked(app, shop):
     import re
     rule(app, "ip_list", "captcha", ranges=shop["ip"])

@@ -32,7 +32,7 @@ from ..ledger.services import DEFAULT_CURRENCY as AGENTS_CURRENCY
 from ..catalog import inputs, limits, pricing
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
-from ..database import utcnow
+from ..database import database_key, utcnow
 from ..errors import Busy, CaptchaRequired, Forbidden, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
 from ..marketing import coupons
@@ -273,7 +273,7 @@ def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: 
     raise OutOfStock("not enough stock for this quantity")
 
 
-_offers: dict[tuple[int, str], object] = {}
+_offers: dict[tuple[str, int, str], object] = {}   # by database, product and channel
 _offers_lock = threading.Lock()
 MAX_OFFERS = 1024
 
@@ -281,7 +281,7 @@ MAX_OFFERS = 1024
 def _offer(session: Session, product_id: int, channel_code: str, *, fresh: bool):
     """The product and channel row for an order: from this process's cache unless `fresh`,
     else read outside any write lock (in the caller's transaction if it has one)."""
-    key = (product_id, channel_code)
+    key = (database_key(session), product_id, channel_code)
     if not fresh and (found := _offers.get(key)) is not None:
         return found
     params = {"product_id": product_id, "code": channel_code}
