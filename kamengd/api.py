@@ -5,7 +5,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 
 from . import openapi
-from .catalog import inputs, pricing
+from .catalog import inputs, pricing, variants
 from .catalog.models import Product
 from .catalog.services import pool_stock, stock_by_product
 from .catalog.tree import read_tree
@@ -34,6 +34,7 @@ def products():
     stock = stock_by_product(db.session)
     items = db.session.scalars(sa.select(Product).where(Product.is_active.is_(True))
                                .order_by(Product.sort_order, Product.id)).all()
+    items = variants.on_sale(items)
     on = station()   # an agent's sub-station asks the agent's prices, and sells its pool too
     prices = agents.station_prices(db.session, db.session.get(Agent, on.id), items) if on is not None else {}
     for product_id, count in (pool_stock(db.session, on.id) if on is not None else {}).items():
@@ -43,7 +44,8 @@ def products():
     return jsonify({"products": [{"id": p.id, "name": p.name, "currency": p.currency, "stock": stock.get(p.id, 0),
                                   "delivery": p.delivery_mode, "min_quantity": p.min_quantity,
                                   "max_quantity": p.max_quantity, **_input_fields(p),
-                                  **_prices(p, prices.get(p.id), now), **_category(tree, p)} for p in items]})
+                                  **_prices(p, prices.get(p.id), now), **_category(tree, p), **variants.api_fields(p)}
+                                 for p in items]})
 
 
 def _category(tree, product: Product) -> dict:
@@ -62,6 +64,8 @@ def _prices(product: Product, station_cents: int | None, now) -> dict:
     if product.price_tiers:
         shown["tiers"] = [{"min_quantity": least, "price": format_cents(cents)}
                           for least, cents in pricing.tiers_of(product.price_tiers)]
+    if product.member_price_cents is not None:   # (for buyers signed in as members, on the storefront)
+        shown["member_price"] = format_cents(product.member_price_cents)
     if pricing.on_sale(product, now):
         shown["list_price"] = format_cents(product.price_cents)
         if product.sale_ends_at is not None:

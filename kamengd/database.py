@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -392,5 +393,12 @@ def write_apart(session, statement, params) -> int:
 def database_key(session) -> str:
     """Which database a session writes to, for what a process keeps of it for a few seconds
     (one shop's rules or coupon terms are never another's: tests run many shops in one process)."""
-    bind = session.get_bind()
-    return str(bind.engine.url if isinstance(bind, sa.Connection) else bind.url)
+    engine = session.get_bind().engine
+    try:
+        return _keys[engine]
+    except KeyError:   # (rendering a URL costs as much as a small query: once per engine)
+        key = _keys[engine] = str(engine.url)
+        return key
+
+
+_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -16,3 +16,4 @@ from .ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction  # noqa
 from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: F401
 from .marketing.models import Coupon, CouponBuyer  # noqa: F401
 from .risk.models import CaptchaUse, LookupFailure, RiskDecision, RiskRule  # noqa: F401
+from .vouchers.models import Redemption, Store, StoreVerifier, Voucher, VoucherBatch, VoucherTerms  # noqa: F401

@@ -88,9 +88,15 @@ SCHEMAS: dict[str, dict] = {
                               "items": obj({"min_quantity": ID, "price": ref("Money")})},
                     "list_price": {**ref("Money"), "description": "The usual price while a sale's `price` is on."},
                     "sale_ends_at": ref("Time"),
+                    "member_price": {**ref("Money"), "description": "The member price (会员价): a buyer signed in "
+                                                                      "to the storefront as a member pays it."},
                     "category_id": ID,
                     "category": {"type": "string", "description": "The category's path, the top one first "
-                                                                  "(游戏 › 点卡)."}}),
+                                                                  "(游戏 › 点卡)."},
+                    "variant_of": {**ID, "description": "A variant (SKU, 规格): the product it is an option of. "
+                                                         "Order it by its own `id`."},
+                    "variant": {"type": "string", "description": "The option's name buyers choose it by "
+                                                                 "(3 个月)."}}),
     "PaymentMethod": obj({"channel": STRING, "pay_type": NULLABLE_STRING, "name": STRING, "channel_name": STRING,
                           "method": {"type": "string", "description": "What the buyer pays by (alipay, wxpay, "
                                                                       "card …): `pay_type` alone routes to one."}}),
@@ -114,11 +120,13 @@ SCHEMAS: dict[str, dict] = {
     "PlacedOrder": obj({"order_no": STRING, "token": STRING, "status": {"const": "pending"},
                         "amount": ref("Money"), "currency": ref("Currency"), "pay_url": STRING,
                         "expires_at": ref("Time"), "quantity": ID, "product_id": ID},
-                       {"pay_type": STRING, "coupon": STRING, "discount": ref("Money")}),
+                       {"pay_type": STRING, "coupon": STRING, "discount": ref("Money"), "points_used": ID,
+                        "points_discount": ref("Money")}),
     "Order": obj({"order_no": STRING, "status": ref("OrderStatus"), "amount": ref("Money"),
                   "currency": ref("Currency"), "quantity": ID, "product_id": ID, "created_at": ref("Time"),
                   "expires_at": ref("Time")},
-                 {"pay_type": STRING, "discount": ref("Money"), "keys": {"type": "array", "items": STRING,
+                 {"pay_type": STRING, "discount": ref("Money"), "points_used": ID, "points_discount": ref("Money"),
+                  "keys": {"type": "array", "items": STRING,
                                                "description": "Only when `status` is `delivered`."}}),
     "Health": obj({"status": one_of(("ok", "error")), "database": STRING, "version": STRING},
                   {"schema": NULLABLE_STRING, "scheduler": obj({
@@ -128,7 +136,9 @@ SCHEMAS: dict[str, dict] = {
     "AgentProduct": obj({"id": ID, "name": STRING, "price": ref("Money"), "shop_price": ref("Money"),
                          "currency": ref("Currency"), "stock": COUNT, "delivery": DELIVERY,
                          "min_quantity": ID, "max_quantity": ID},
-                        description="`price`: the caller's own price."),
+                        {"variant_of": ID, "variant": STRING},
+                        description="`price`: the caller's own price; a variant (SKU) names its main product "
+                                    "(`variant_of`) and its option (`variant`)."),
     "Balance": obj({"balance": ref("Money"), "pending": ref("Money"), "held": ref("Money"), "debt": ref("Money"),
                     "currency": ref("Currency")}),
     "NewAgentOrder": obj({"product_id": ID, "quantity": ID},

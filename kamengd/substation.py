@@ -64,7 +64,7 @@ class Station:
     contact: str
 
 
-def _read(query):
+def read_snapshot(query):
     """Run `query(session)` in a read-only snapshot that ends at once: this happens before the
     view, which must still begin its own transaction (the order's hot path reads its offer
     outside any write lock; SQLite's GET pages read a snapshot)."""
@@ -100,20 +100,20 @@ def resolve() -> None:
     if name is not None:
         if request.blueprint not in STATION_BLUEPRINTS and request.endpoint != "static":
             abort(404)
-        if sites.agent_id_for_host(db.session, request.host, reader=_read) is not None:
+        if sites.agent_id_for_host(db.session, request.host, reader=read_snapshot) is not None:
             abort(404)   # an agent's own host serves its station only, never another's at /s/
-        row = _read(lambda s: _station_row(s, username=name))
+        row = read_snapshot(lambda s: _station_row(s, username=name))
         if row is None or not row.is_active:
             abort(404)
         g.station = _as_station(row)
         return
     if request.blueprint not in STATION_BLUEPRINTS and request.blueprint not in ("panel", "portal"):
         return
-    agent_id = sites.agent_id_for_host(db.session, request.host, reader=_read)
+    agent_id = sites.agent_id_for_host(db.session, request.host, reader=read_snapshot)
     if agent_id is not None:
         if request.blueprint in ("panel", "portal"):
             abort(404)   # staff and agents sign in at the shop's own address
-        row = _read(lambda s: _station_row(s, agent_id=agent_id))
+        row = read_snapshot(lambda s: _station_row(s, agent_id=agent_id))
         if row is None or not row.is_active:
             abort(404)
         g.station = _as_station(row)
@@ -127,7 +127,7 @@ def resolve() -> None:
             before = _station_row(session, agent_id=earlier) if earlier is not None else None
             return row, before
 
-        row, before = _read(look)
+        row, before = read_snapshot(look)
         # The first agent who brought the buyer keeps them, while it is active.
         if row is not None and row.is_active and (before is None or not before.is_active):
             g.new_referrer = row.id
@@ -146,7 +146,7 @@ def return_site() -> str | None:
         return None
     if request.environ.get(ENVIRON_KEY) is not None:
         # Read in a snapshot of its own: the order that follows begins its own transaction.
-        return _read(lambda s: site_url(s, get_config().site.url)).rstrip("/") + "/s/" + found.username
+        return read_snapshot(lambda s: site_url(s, get_config().site.url)).rstrip("/") + "/s/" + found.username
     return f"{request.scheme}://{request.host}"
 
 
@@ -155,7 +155,7 @@ def _serializer(secret_key: str) -> URLSafeTimedSerializer:
 
 
 def _ref_days() -> int:
-    return int(_read(lambda s: get_setting(s, "agents.ref_days")))
+    return int(read_snapshot(lambda s: get_setting(s, "agents.ref_days")))
 
 
 def referrer_id(secret_key: str) -> int | None:

@@ -68,6 +68,7 @@ class Vault:
             raise VaultError("no data key")
         self._source = source
         self._aead, self._fp_pads, self._seal_keys, self._lookup_pads = {}, {}, {}, {}
+        self._voucher_pads = {}
         self._add(keys)
         self.current_version = max(keys)
 
@@ -79,6 +80,7 @@ class Vault:
             self._fp_pads.setdefault(v, _hmac_pads(_derive(k, b"card-key/fingerprint")))
             self._seal_keys.setdefault(v, _derive(k, b"audit/seal"))
             self._lookup_pads.setdefault(v, _hmac_pads(_derive(k, b"order/lookup")))
+            self._voucher_pads.setdefault(v, _hmac_pads(_derive(k, b"voucher/lookup")))
             self._aead.setdefault(v, AESGCM(_derive(k, b"card-key/aes-256-gcm")))
 
     def refresh(self) -> None:
@@ -121,6 +123,20 @@ class Vault:
             outer.update(inner.digest())
             tags.append(outer.digest())
         return tags
+
+    # -- vouchers ------------------------------------------------------------
+    def voucher_lookups(self, code: str) -> list[tuple[int, bytes]]:
+        """(key version, HMAC of a normalised voucher code) under each key version, the
+        current one first: a code is found by any of them without decrypting anything."""
+        found = []
+        for version in sorted(self._voucher_pads, key=lambda v: v != self.current_version):
+            inner_pad, outer_pad = self._voucher_pads[version]
+            inner = inner_pad.copy()
+            inner.update(code.encode("ascii"))
+            outer = outer_pad.copy()
+            outer.update(inner.digest())
+            found.append((version, outer.digest()[:FINGERPRINT_BYTES]))
+        return found
 
     # -- card keys ---------------------------------------------------------
     def fingerprint(self, product_id: int, plaintext: bytes, version: int | None = None) -> bytes:

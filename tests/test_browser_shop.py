@@ -24,11 +24,17 @@ def goods(shop):
     shop.setting("site.notice", "春节期间正常发货。\nOrders are delivered as usual over the holidays.")
     month, month_keys = shop.product("月卡 Monthly pass", 1990, keys=6, category_id=games, max_quantity=5,
                                      description="30 天会员。\n兑换后立即生效。", low_stock_threshold=3)
+    # (its options: the monthly pass itself, a quarterly one in stock, a yearly one sold out)
+    quarter, _ = shop.product("季卡 Quarterly pass", 4990, keys=2, category_id=games, variant_of=month,
+                              variant_name="季卡 Quarterly")
+    shop.product("年卡 Yearly pass", 17900, keys=0, category_id=games, variant_of=month,
+                 variant_name="年卡 Yearly")
     week, _ = shop.product("周卡 Weekly pass", 590, keys=2, category_id=games, low_stock_threshold=5)
     vip, _ = shop.product("年度会员 VIP", 19900, keys=0, category_id=members)
     manual, _ = shop.product("代充服务 Top-up by hand", 5000, category_id=members, delivery_mode="manual")
     misc, _ = shop.product("测试商品 Other", 100, keys=3)
     return {"games": games, "members": members, "month": month, "month_keys": month_keys, "week": week,
+            "quarter": quarter,
             "vip": vip, "manual": manual, "misc": misc}
 
 
@@ -186,6 +192,11 @@ def test_categories_search_and_stock_badges(shop, goods, tab):
     assert badges["周卡 Weekly pass"] == "库存紧张: 2" and badges["年度会员 VIP"] == "缺货"
     t.shot("shop-index-with-sold-out")
     assert badges["代充服务 Top-up by hand"] == "人工发货" and re.fullmatch(r"库存: \d+", badges["月卡 Monthly pass"])
+    # A product with options is one card: its group's stock, its lowest price and up.
+    assert "季卡 Quarterly pass" not in badges
+    group_stock = int(badges["月卡 Monthly pass"].split(": ")[1])   # the monthly pass's own, and the quarter's 2
+    month_card = page.locator("li.product", has=page.get_by_role("link", name="月卡 Monthly pass"))
+    assert month_card.locator(".price").inner_text() == "19.90 CNY 起"
 
     with page.expect_navigation():
         page.locator("nav.categories").get_by_role("link", name="会员").click()
@@ -206,6 +217,20 @@ def test_categories_search_and_stock_badges(shop, goods, tab):
         page.get_by_role("button", name="搜索").click()
     assert "没有找到匹配的商品" in t.text()
     t.shot("shop-search-empty")
+
+    # The options: each its own page, the one shown marked; the sold-out one says so.
+    t.open(f"/product/{goods['month']}")
+    assert group_stock == int(t.text("#stock")) + 2
+    options = page.locator("nav.options a")
+    assert options.all_inner_texts()[0].startswith("月卡 Monthly pass") and options.count() == 3
+    assert page.locator("nav.options a[aria-current=page]").inner_text().startswith("月卡")
+    assert "缺货" in options.nth(2).inner_text()
+    with page.expect_navigation():
+        options.nth(1).click()
+    assert page.url.endswith(f"/product/{goods['quarter']}") and t.text("#stock") == "2"
+    assert page.locator("form.buy").get_attribute("action") == f"/product/{goods['quarter']}"
+    assert "30 天会员" in t.text(".description")     # the monthly pass's words: the quarter has none of its own
+    t.shot("shop-product-options")
 
     # Out of stock: no form; by hand: a form without a stock count.
     t.open(f"/product/{goods['vip']}")

@@ -348,7 +348,8 @@ def test_panel_settings(app, client, owner):
                      "site.contact_wechat": "", "site.url": "",   # (WeChat IDs: at most 64 characters)
                      # Amounts and a percentage: a number or nothing.
                      "withdrawals.minimum": "10", "withdrawals.fee_percent": "0", "withdrawals.fee_fixed": "0",
-                     "withdrawals.daily_limit": "0", "agents.new_buyer_reward": "0"}
+                     "withdrawals.daily_limit": "0", "agents.new_buyer_reward": "0",
+                     "points.topup_bonus": ""}   # (AMOUNT=POINTS tiers, or nothing)
         refused = submit(client, "/admin/settings", "/admin/settings", COMBINED, follow_redirects=True)
         assert_inert(refused)
         resp = submit(client, "/admin/settings", "/admin/settings", COMBINED, formatted, follow_redirects=True)
@@ -444,7 +445,9 @@ def test_panel_catalog(app, client, owner):
     resp = submit(client, "/admin/products/new", "/admin/products/new", name,
                   {"price": "9.90", "cost_price": "", "category_id": str(category_id), "is_active": "1",
                    "input_fields": "",   # (its own format: a test of its own, test_buyer_input.py)
-                   "price_tiers": "", "sale_price": "", "sale_starts_at": "", "sale_ends_at": ""},   # (test_pricing.py)
+                   "price_tiers": "", "sale_price": "", "sale_starts_at": "", "sale_ends_at": "",   # (test_pricing.py)
+                   "variant_of": "", "variant_name": COMBINED[:60],   # (a product of its own: test_variants.py)
+                   "member_price": ""},
                   follow_redirects=True)
     assert_inert(resp)
     with app.app_context():

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.accounts", "kamengd.agents", "kamengd.audit", "kamengd.backup", "kamengd.catalog",
         "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",
         "kamengd.marketing", "kamengd.payments", "kamengd.reports", "kamengd.risk",
-        "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront", "kamengd.suppliers")),
+        "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront", "kamengd.suppliers",
+        "kamengd.vouchers")),
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
     # Pieces of a feature that other features use and that need no other feature:
@@ -41,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.payments.keycache", "kamengd.payments.strength", "kamengd.payments.methods",
         "kamengd.payments.sandbox", "kamengd.payments.paths", "kamengd.payments.gateways",
         "kamengd.payments.gateways.*",
-        "kamengd.orders.reasons", "kamengd.agents.signing",
+        "kamengd.orders.reasons", "kamengd.agents.signing", "kamengd.vouchers.codes",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
         "kamengd.operations.processes")),
     # Then the features' services, in the order they use each other.
@@ -59,22 +60,24 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("marketing", ("kamengd.marketing.*",)),
     # Risk rules: asked by checkout and by payments, before either writes.
     ("risk rules", ("kamengd.risk.*",)),
+    # Voucher terms, stores and redemption: orders make their codes redeemable and stop them.
+    ("vouchers", ("kamengd.vouchers.services",)),
     # Which channel takes an order: read by checkout, kept by expiry, payments and their jobs.
     ("payment routing", ("kamengd.payments.routing",)),
     ("orders, the scheduler's lease", ("kamengd.orders.*", "kamengd.scheduler.lease")),
     ("inventory, payments, backup (each serves or records orders)", (
         "kamengd.inventory.*", "kamengd.payments.callbacks", "kamengd.payments.reconcile",
         "kamengd.payments.services", "kamengd.payments.settlement", "kamengd.payments.flow",
-        "kamengd.payments.refunds", "kamengd.payments.balance", "kamengd.backup.*",
+        "kamengd.payments.refunds", "kamengd.payments.balance", "kamengd.payments.points", "kamengd.backup.*",
         "kamengd.agents.checkout", "kamengd.agents.withdrawals", "kamengd.agents.overview",
-        "kamengd.agents.webhooks", "kamengd.agents.batches")),
+        "kamengd.agents.webhooks", "kamengd.agents.batches", "kamengd.vouchers.stock")),
     # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).
     ("suppliers", ("kamengd.suppliers.*",)),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (
         "kamengd.operations.doctor", "kamengd.operations.history", "kamengd.operations.rotation",
-        "kamengd.reports.*")),
+        "kamengd.reports.*", "kamengd.vouchers.reports")),
     ("the scheduler's jobs", ("kamengd.scheduler.jobs", "kamengd.scheduler.runner")),
     # The visitor's language: the storefront's and the agent portal's pages say both texts.
     ("the visitor's language", ("kamengd.storefront.i18n",)),

@@ -51,6 +51,10 @@ OVERRIDES: dict[tuple[str, str], Callable[[int, dict], object]] = {
     # uses_within_limit: used <= max_uses where there is a maximum.
     ("coupons", "used"): lambda i, _values: i,
     ("coupons", "max_uses"): lambda i, _values: None if i == 1 else 10 + i,
+    # voucher_terms_shape: a uses voucher has a use or more, a stored-value one a value.
+    ("voucher_terms", "kind"): lambda i, _values: ("uses", "value")[i % 2],
+    ("voucher_terms", "uses"): lambda i, values: 1 + i if values["kind"] == "uses" else 0,
+    ("voucher_terms", "value_cents"): lambda i, values: 5000 + i if values["kind"] == "value" else 0,
 }
 
 

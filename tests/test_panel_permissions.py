@@ -33,6 +33,25 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.totp_disable": "*",
     "panel.recovery_codes": "*",
     "panel.dashboard": MANAGERS | {"operator", "support", "finance"},
+    # Vouchers: the report (numbers, no codes) and their management.
+    "panel.vouchers_report": MANAGERS | {"operator", "finance"},
+    "panel.vouchers_today": MANAGERS | {"operator", "finance"},
+    "panel.vouchers_report_csv": MANAGERS | {"operator", "finance"},
+    "panel.voucher_products": MANAGERS,
+    "panel.voucher_terms_save": MANAGERS,
+    "panel.voucher_generate": MANAGERS,
+    "panel.voucher_batch": MANAGERS,
+    "panel.voucher_batch_export": MANAGERS,
+    "panel.stores": MANAGERS,
+    "panel.store_new": MANAGERS,
+    "panel.store_edit": MANAGERS,
+    "panel.store_verifiers": MANAGERS,
+    # The verifier terminal: a verifier's only pages (besides its own account).
+    "panel.terminal": MANAGERS | {"verifier"},
+    "panel.terminal_store": MANAGERS | {"verifier"},
+    "panel.terminal_look": MANAGERS | {"verifier"},
+    "panel.terminal_redeem": MANAGERS | {"verifier"},
+    "panel.terminal_undo": MANAGERS | {"verifier"},
     "panel.products": MANAGERS | {"operator", "support", "finance"},
     "panel.product_new": MANAGERS | {"operator"},
     "panel.product_edit": MANAGERS | {"operator"},
@@ -109,6 +128,7 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.agent_host_unbind": MANAGERS,
     # Agents' money: never operator or support.
     "panel.agent_credit": MANAGERS | {"finance"},
+    "panel.agent_points": MANAGERS | {"finance"},
     "panel.withdrawals_list": MANAGERS | {"finance"},
     "panel.withdrawal_pay": MANAGERS | {"finance"},
     "panel.withdrawal_reject": MANAGERS | {"finance"},
@@ -122,7 +142,7 @@ PUBLIC_ELSEWHERE = {
     "shop.index", "shop.favicon", "shop.media", "shop.product", "shop.buy", "shop.order_page", "shop.lookup",
     "api.products", "api.new_order", "api.get_order", "api.payment_methods", "api.openapi_document",
     "pay.notify", "shop.payment_return", "shop.order_status", "shop.sandbox_page", "shop.sandbox_pay",
-    "shop.balance_page", "shop.balance_pay",
+    "shop.balance_page", "shop.balance_pay", "shop.points_page", "shop.points_pay",
     "shop.payment_start",
     # The agent API: signed by the agent's key (kamengd.agents.auth), never a staff session.
     "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",
@@ -189,7 +209,8 @@ def world(backend, databases, tmp_path_factory):
         db.session.commit()
         ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "rule_id": risk_rule.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
-               "agent_id": agent.id, "withdrawal_id": 1}
+               "agent_id": agent.id, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1,
+               "batch_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
     ids["user_id"] = make_staff(app, "support").id   # the target of staff edits
     return app, ids, staff
@@ -300,7 +321,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "supplier_id": 1,
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1, "batch_id": 1, "supplier_id": 1,
            "coupon_id": 1, "rule_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session
 
+from ..catalog import variants
 from ..catalog.models import Product
 from ..catalog.services import pool_stock, stock_by_product, supplier_stock_query
 from ..database import utcnow
@@ -40,6 +41,7 @@ from ..orders.checkout import new_order_no, reserve_keys, token_hash
 from ..orders.keys import keys_query, loop_key_id
 from ..orders.models import Order
 from ..vault import Vault
+from ..vouchers import services as vouchers
 from . import commission
 from .auth import Caller, spend_nonce
 from .models import Agent, AgentLevel, LevelPrice
@@ -221,6 +223,7 @@ def _pay_and_deliver(session: Session, vault: Vault, caller: Caller, values: dic
                 reserve_keys(session, product_id=values["product_id"], quantity=values["quantity"],
                              order_id=order_id, until=now, sold_at=now,
                              pool=caller.agent_id if caller.has_pool else None)
+                vouchers.activate_for_order(session, order_id, values["product_id"], now)   # (a voucher's codes)
         except OutOfStock:
             if not backorder:
                 raise
@@ -308,10 +311,11 @@ def agent_products(session: Session, caller: Caller) -> list[dict]:
         for product_id, count in pool_stock(session, caller.agent_id).items():
             stock[product_id] = stock.get(product_id, 0) + count
     own = level_prices(session, caller.level_id)
-    products = session.scalars(sa.select(Product).where(Product.is_active.is_(True))
-                               .order_by(Product.sort_order, Product.id)).all()
+    products = variants.on_sale(session.scalars(sa.select(Product).where(Product.is_active.is_(True))
+                                                .order_by(Product.sort_order, Product.id)).all())
     return [{"id": p.id, "name": p.name,
              "price": format_cents(level_cost(p.price_cents, caller.discount_bp, own.get(p.id))),
              "shop_price": format_cents(p.price_cents), "currency": p.currency, "stock": stock.get(p.id, 0),
-             "delivery": p.delivery_mode, "min_quantity": p.min_quantity, "max_quantity": p.max_quantity}
+             "delivery": p.delivery_mode, "min_quantity": p.min_quantity, "max_quantity": p.max_quantity,
+             **variants.api_fields(p)}
             for p in products]

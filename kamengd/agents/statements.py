@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidRequest
-from ..ledger.models import AGENT_KINDS, LedgerAccount, LedgerEntry, LedgerTransaction
+from ..ledger.models import AGENT_KINDS, POINTS_DEBT_KIND, POINTS_KIND, LedgerAccount, LedgerEntry, LedgerTransaction
 from ..money import format_cents
 from ..validation import spreadsheet_cell
 
@@ -33,23 +33,27 @@ def _day(text, field: str) -> dt.datetime | None:
 def statement(session: Session, agent_id: int, *, account=None, since=None, until=None,
               limit: int = 500) -> list[dict]:
     """The agent's entries, newest first: `account` one of its kinds, `since`/`until` days
-    (UTC, inclusive), at most `limit` (up to MAX_ROWS)."""
-    if account not in (None, "") and account not in AGENT_KINDS:
-        raise InvalidRequest("account: one of %(kinds)s", kinds=", ".join(AGENT_KINDS))
+    (UTC, inclusive), at most `limit` (up to MAX_ROWS). Its money's accounts, or its points
+    (`account` "points": whole points, never mixed with money)."""
+    if account not in (None, "") and account not in AGENT_KINDS + (POINTS_KIND,):
+        raise InvalidRequest("account: one of %(kinds)s", kinds=", ".join(AGENT_KINDS + (POINTS_KIND,)))
+    shown = format_cents if account != POINTS_KIND else str
     start, end = _day(since, "from"), _day(until, "to")
     query = (sa.select(_e.c.created_at, _a.c.kind, _e.c.amount_cents, _e.c.balance_after_cents, _t.c.kind.label("what"),
                        _t.c.cause, _t.c.memo)
              .join(_a, _a.c.id == _e.c.account_id).join(_t, _t.c.id == _e.c.transaction_id)
              .where(_a.c.agent_id == agent_id).order_by(_e.c.id.desc()).limit(max(1, min(limit, MAX_ROWS))))
-    if account:
-        query = query.where(_a.c.kind == account)
+    if account == POINTS_KIND:   # its points, and the points debt a refund left
+        query = query.where(_a.c.kind.in_((POINTS_KIND, POINTS_DEBT_KIND)))
+    else:
+        query = query.where(_a.c.kind == account) if account else query.where(_a.c.kind.in_(AGENT_KINDS))
     if start is not None:
         query = query.where(_e.c.created_at >= start)
     if end is not None:
         query = query.where(_e.c.created_at < end + dt.timedelta(days=1))
     return [{"time": r.created_at.isoformat(timespec="seconds") + "Z", "account": r.kind,
-             "amount": format_cents(r.amount_cents),
-             "balance_after": None if r.balance_after_cents is None else format_cents(r.balance_after_cents),
+             "amount": shown(r.amount_cents),
+             "balance_after": None if r.balance_after_cents is None else shown(r.balance_after_cents),
              "kind": r.what, "cause": r.cause, "memo": r.memo} for r in session.execute(query)]
 
 

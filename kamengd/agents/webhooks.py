@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from ..audit.services import record
 from ..database import utcnow
 from ..errors import Collector, ConfigError, Conflict, InvalidRequest, NotFound
-from ..ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
+from ..ledger.models import AGENT_KINDS, LedgerAccount, LedgerEntry, LedgerTransaction
 from ..money import format_cents
 from ..notifications.models import WEBHOOK_REMOVED, Event, Notification, NotificationAttempt
 from ..settings.services import mask_url
@@ -257,6 +257,8 @@ def webhook_secret(session: Session, vault: Vault, webhook_id: int) -> bytes | N
 
 
 _e, _a, _t = LedgerEntry.__table__, LedgerAccount.__table__, LedgerTransaction.__table__
+# Money moves only: points (kamengd.marketing.points) are no balance the agent is told of.
+_MONEY = _a.c.kind.in_(AGENT_KINDS)
 
 
 def announce_balance_changes(session: Session, *, now: dt.datetime | None = None, limit: int = 200) -> int:
@@ -266,7 +268,7 @@ def announce_balance_changes(session: Session, *, now: dt.datetime | None = None
     now = now or utcnow()
     w = AgentWebhook.__table__
     # One read when nothing moved (the job runs every few seconds): webhooks with news only.
-    news = sa.exists().where(_e.c.account_id == _a.c.id, _a.c.agent_id == w.c.agent_id,
+    news = sa.exists().where(_e.c.account_id == _a.c.id, _a.c.agent_id == w.c.agent_id, _MONEY,
                              _e.c.id > w.c.ledger_cursor)
     hooks = session.execute(sa.select(w.c.id, w.c.agent_id, w.c.events).where(
         w.c.removed_at.is_(None), sa.or_(w.c.events == "*", w.c.events.contains("balance.changed")), news)
@@ -289,7 +291,8 @@ def _announce(session: Session, webhook_id: int, agent_id: int, now: dt.datetime
         sa.select(_e.c.id, _e.c.amount_cents, _e.c.balance_after_cents, _e.c.created_at, _a.c.kind, _a.c.currency,
                   _t.c.kind.label("what"), _t.c.cause, _t.c.memo)
         .join(_a, _a.c.id == _e.c.account_id).join(_t, _t.c.id == _e.c.transaction_id)
-        .where(_a.c.agent_id == agent_id, _e.c.id > hook.ledger_cursor).order_by(_e.c.id).limit(limit)).all()
+        .where(_a.c.agent_id == agent_id, _MONEY, _e.c.id > hook.ledger_cursor).order_by(_e.c.id)
+        .limit(limit)).all()
     if not entries:
         session.rollback()
         return 0
@@ -317,9 +320,9 @@ def _movements_settled(session: Session, agent_id: int) -> bool:
     read is committed: the cursor never passes an entry that would appear later. Waiting on a
     movement instead could deadlock with one that locked the agent's debt first. (FOR UPDATE:
     MariaDB's shared SKIP LOCKED does not skip a row an UPDATE holds.)"""
-    locked = session.scalars(sa.select(_a.c.id).where(_a.c.agent_id == agent_id)
+    locked = session.scalars(sa.select(_a.c.id).where(_a.c.agent_id == agent_id, _MONEY)
                              .with_for_update(skip_locked=True)).all()
-    every = session.scalar(sa.select(sa.func.count()).select_from(_a).where(_a.c.agent_id == agent_id))
+    every = session.scalar(sa.select(sa.func.count()).select_from(_a).where(_a.c.agent_id == agent_id, _MONEY))
     return len(locked) == every
 
 

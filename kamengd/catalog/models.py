@@ -87,10 +87,19 @@ class Product(db.Model):
     sale_price_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
     sale_starts_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     sale_ends_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The member price (会员价): a unit for a buyer signed in to the portal (a member or an
+    # agent) on the shop's own site, when lower than what applies; None: none.
+    member_price_cents: Mapped[int | None] = mapped_column(sa.BigInteger)
     is_active: Mapped[bool] = mapped_column(default=True)
     sort_order: Mapped[int] = mapped_column(default=0)
     # What the buyer fills in (kamengd.catalog.inputs), as JSON; None: nothing.
     input_fields: Mapped[str | None] = mapped_column(sa.Text)
+    # A variant (SKU, 规格) of another product: its own price, cost and stock, chosen on that
+    # product's page (kamengd.catalog.variants). One level: a variant has no variants.
+    variant_of: Mapped[int | None] = mapped_column(sa.ForeignKey("products.id"), index=True)
+    # What a buyer chooses it by among its product's variants, e.g. "3 个月" (the main product's
+    # own option too; empty: its name).
+    variant_name: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

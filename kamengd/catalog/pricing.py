@@ -1,5 +1,6 @@
 """What a unit of a product costs the buyer: the lowest of its price, its time-window price
-while the window is open, and its wholesale tier for the quantity.
+while the window is open, its wholesale tier for the quantity, and for a buyer signed in (a
+member or an agent) its member price.
 
 Tiers are text as staff type them ("10=8.50, 50=8.00": from 10 units 8.50 each, from 50
 8.00) and JSON as stored ([[10, 850], [50, 800]], least quantity first). The one rule of the
@@ -57,9 +58,12 @@ def on_sale(row, now: dt.datetime) -> bool:
             and (row.sale_ends_at is None or now < row.sale_ends_at))
 
 
-def unit_price(row, quantity: int, now: dt.datetime) -> int:
-    """What one unit costs when buying `quantity` now (row: a Product or the checkout's offer)."""
+def unit_price(row, quantity: int, now: dt.datetime, member: bool = False) -> int:
+    """What one unit costs when buying `quantity` now (row: a Product or the checkout's offer);
+    `member`: for a buyer signed in as a member (or an agent), whose member price applies too."""
     unit = row.price_cents
+    if member and row.member_price_cents is not None:
+        unit = min(unit, row.member_price_cents)
     if on_sale(row, now):
         unit = min(unit, row.sale_price_cents)
     for least, cents in tiers_of(row.price_tiers):

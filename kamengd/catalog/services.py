@@ -21,8 +21,9 @@ from ..inventory.models import CardKey
 from ..orders.models import Order
 from ..localtime import parse_when
 from ..money import MAX_CENTS, format_cents, parse_money
-from . import inputs, pricing, tree
+from . import inputs, pricing, tree, variants
 from ..suppliers.models import Supplier, SupplierProduct
+from ..vouchers.models import VoucherTerms
 from .models import DELIVERY_MODES, Category, Product
 
 MAX_NAME = 200
@@ -40,7 +41,8 @@ PRODUCT_FIELDS = {"name": "name", "category_id": "category", "description": "des
                   "min_quantity": "min_quantity", "max_quantity": "max_quantity",
                   "low_stock_threshold": "low_stock", "sort_order": "sort_order", "is_active": "visible",
                   "input_fields": "input_fields", "buyer_daily_limit": "daily_limit", "price_tiers": "tiers",
-                  "sale_price_cents": "sale_price", "sale_starts_at": "sale_from", "sale_ends_at": "sale_until"}
+                  "sale_price_cents": "sale_price", "sale_starts_at": "sale_from", "sale_ends_at": "sale_until",
+                  "variant_of": "variant_of", "variant_name": "variant", "member_price_cents": "member_price"}
 
 
 def whole_number(raw: str | int, field: str) -> int:
@@ -81,6 +83,7 @@ def parse_product_form(form: Mapping[str, str], session: Session | None = None, 
     price = (form.get("price") or "").strip()
     cost = (form.get("cost_price") or "").strip()
     category = (form.get("category_id") or "").strip()
+    variant_of = (form.get("variant_of") or "").strip()
     values = {
         "name": form.get("name") or "",
         "category_id": read(whole_number, category, "category") if category else None,
@@ -102,21 +105,37 @@ def parse_product_form(form: Mapping[str, str], session: Session | None = None, 
         # (the window in the shop's time zone, as staff read it)
         "sale_starts_at": read(parse_when, form.get("sale_starts_at") or "", "sale from", timezone),
         "sale_ends_at": read(parse_when, form.get("sale_ends_at") or "", "sale until", timezone),
+        "variant_of": read(whole_number, variant_of, "variant of") if variant_of else None,
+        "member_price_cents": read(parse_money, form.get("member_price"), field="member price")
+        if (form.get("member_price") or "").strip() else None,
+        "variant_name": form.get("variant_name") or "",
     }
     if not price:
         found.errors.insert(0, InvalidRequest("price: required, e.g. 9.90"))
     if found.errors and session is not None:
-        with found:
-            _check_product(session, values, PRODUCT_FIELDS)
+        with found:   # (a variant's rules need the product, its id and currency: create/update check them)
+            _check_product(session, values, [f for f in PRODUCT_FIELDS if f not in ("variant_of", "variant_name")])
     found.check()
     return values
 
 
-def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dict:
-    """Check (and normalise) `fields` of `values`, a complete set of product fields.
+def _check_product(session: Session, values: dict, fields: Iterable[str], *, product_id: int | None = None,
+                   currency: str = "CNY") -> dict:
+    """Check (and normalise) `fields` of `values`, a complete set of product fields (of the
+    product `product_id`, None while it is made, priced in `currency`).
     Every field is checked; FormErrors names them all when several are wrong."""
     fields = {f for f in fields if values[f] is not UNREADABLE}
     found = Collector()
+    if "variant_name" in fields:
+        values["variant_name"] = variants.clean_name(values["variant_name"])
+    if fields & {"variant_of", "variant_name"} and UNREADABLE not in (values["variant_of"], values["variant_name"]):
+        with found:
+            variants.check(session, product_id=product_id, variant_of=values["variant_of"],
+                           variant_name=values["variant_name"], currency=currency)
+    if fields & {"variant_of", "is_active"} and values["is_active"] and isinstance(values["variant_of"], int) \
+            and not found.errors and not variants.main_is_shown_id(session, values["variant_of"], lock=True):
+        found.add(InvalidRequest("visible: its main product %(id)s is hidden: show that one first",
+                                 id=values["variant_of"]))
     if "name" in fields:
         values["name"] = name = (values["name"] or "").strip()
         if not name:
@@ -137,6 +156,9 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
             found.add(InvalidRequest("cost price: must be zero or more and less than 100 billion"))
     if "delivery_mode" in fields and values["delivery_mode"] not in DELIVERY_MODES:
         found.add(InvalidRequest("delivery: must be one of %(modes)s", modes=", ".join(DELIVERY_MODES)))
+    if "delivery_mode" in fields and values["delivery_mode"] != "auto" and product_id is not None and \
+            session.get(VoucherTerms, product_id) is not None:
+        found.add(InvalidRequest("delivery: a voucher product's codes are delivered automatically (auto)"))
     if "delivery_mode" in fields and values["delivery_mode"] == "loop":
         # One key for every buyer: an order of two would pay twice for the same key.
         values["min_quantity"] = values["max_quantity"] = 1
@@ -168,6 +190,10 @@ def _check_product(session: Session, values: dict, fields: Iterable[str]) -> dic
             given = pricing.tiers_text(given if isinstance(given, str) else json.dumps(given))
         with found:
             values["price_tiers"] = pricing.parse_tiers(given)
+    if "member_price_cents" in fields and values["member_price_cents"] is not None:
+        member = values["member_price_cents"]
+        if not isinstance(member, int) or isinstance(member, bool) or not 1 <= member < MAX_CENTS:
+            found.add(InvalidRequest("member price: must be more than zero"))
     if "sale_price_cents" in fields and values["sale_price_cents"] is not None:
         sale = values["sale_price_cents"]
         if not isinstance(sale, int) or isinstance(sale, bool) or not 1 <= sale < MAX_CENTS:
@@ -199,7 +225,8 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
                    input_fields: str | list | None = None, source_ip: str | None = None,
                    buyer_daily_limit: int | None = None, price_tiers: str | None = None,
                    sale_price_cents: int | None = None, sale_starts_at: dt.datetime | None = None,
-                   sale_ends_at: dt.datetime | None = None) -> Product:
+                   sale_ends_at: dt.datetime | None = None, variant_of: int | None = None,
+                   variant_name: str = "", member_price_cents: int | None = None) -> Product:
     if not (len(currency) == 3 and currency.isascii() and currency.isalpha()):
         raise InvalidRequest("currency: a three-letter ISO code such as CNY")
     values = _check_product(session, {
@@ -209,18 +236,20 @@ def create_product(session: Session, *, name: str, price_cents: int, actor: str,
         "low_stock_threshold": low_stock_threshold, "sort_order": sort_order, "is_active": bool(is_active),
         "input_fields": input_fields or "", "buyer_daily_limit": buyer_daily_limit, "price_tiers": price_tiers,
         "sale_price_cents": sale_price_cents, "sale_starts_at": sale_starts_at, "sale_ends_at": sale_ends_at,
-    }, PRODUCT_FIELDS)
+        "variant_of": variant_of, "variant_name": variant_name or "", "member_price_cents": member_price_cents,
+    }, PRODUCT_FIELDS, currency=currency.upper())
     product = Product(currency=currency.upper(), **values)
     session.add(product)
     session.flush()
     record(session, "product.create", actor=actor, target=f"product:{product.id}", source_ip=source_ip,
            details={"name": product.name, "price": format_cents(price_cents), "delivery": delivery_mode,
-                    "category": category_id, "visible": product.is_active})
+                    "category": category_id, "visible": product.is_active,
+                    **({"variant_of": variant_of, "variant": product.variant_name} if variant_of else {})})
     return product
 
 
 def _audit_value(field: str, value):
-    if field in ("price_cents", "cost_price_cents", "sale_price_cents") and value is not None:
+    if field in ("price_cents", "cost_price_cents", "sale_price_cents", "member_price_cents") and value is not None:
         return format_cents(value)
     if isinstance(value, dt.datetime):
         return value.isoformat(timespec="seconds") + "Z"
@@ -239,10 +268,14 @@ def update_product(session: Session, product: Product, *, actor: str, source_ip:
     unknown = set(changes) - set(PRODUCT_FIELDS)
     if unknown:
         raise TypeError(f"update_product: unknown fields {sorted(unknown)}")
+    if {"variant_of", "variant_name", "is_active"} & set(changes):
+        # Its row first (MariaDB): a concurrent change of its group waits, and its rules are read after.
+        session.execute(sa.select(Product.id).where(Product.id == product.id).with_for_update())
     current = {field: getattr(product, field) for field in PRODUCT_FIELDS}
     if "is_active" in changes:
         changes["is_active"] = bool(changes["is_active"])
-    values = _check_product(session, {**current, **changes}, changes)
+    values = _check_product(session, {**current, **changes}, changes, product_id=product.id,
+                            currency=product.currency)
     changed = [field for field in PRODUCT_FIELDS if values[field] != current[field]]
     if not changed:
         return {}
@@ -251,8 +284,15 @@ def update_product(session: Session, product: Product, *, actor: str, source_ip:
     session.flush()
     details = {PRODUCT_FIELDS[f]: {"old": _audit_value(f, current[f]), "new": _audit_value(f, values[f])}
                for f in changed}
+    hidden = []
+    if "is_active" in changed and not product.is_active:   # hiding a product hides its variants
+        hidden = list(session.scalars(sa.select(Product.id).where(Product.variant_of == product.id,
+                                                                  Product.is_active.is_(True))))
+        if hidden:
+            session.execute(sa.update(Product).where(Product.id.in_(hidden)).values(is_active=False)
+                            .execution_options(synchronize_session="fetch"))
     record(session, "product.update", actor=actor, target=f"product:{product.id}", source_ip=source_ip,
-           details={"name": product.name, "changes": details})
+           details={"name": product.name, "changes": details, **({"variants_hidden": hidden} if hidden else {})})
     return details
 
 
@@ -353,8 +393,10 @@ def product_summary(session: Session, product: Product) -> dict:
             "low_stock": product.low_stock_threshold, "active": product.is_active,
             "daily_limit": product.buyer_daily_limit, "tiers": pricing.tiers_text(product.price_tiers) or None,
             "sale_price": None if product.sale_price_cents is None else format_cents(product.sale_price_cents),
+            "member_price": None if product.member_price_cents is None else format_cents(product.member_price_cents),
             "sale_from": _iso(product.sale_starts_at), "sale_until": _iso(product.sale_ends_at),
-            "stock": available_stock(session, product.id)}
+            "stock": available_stock(session, product.id),
+            **({"variant_of": product.variant_of, "variant": product.variant_name} if product.variant_of else {})}
 
 
 def _iso(value: dt.datetime | None) -> str | None:

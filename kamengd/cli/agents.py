@@ -13,6 +13,7 @@ from ..context import get_vault
 from ..errors import KamengdError
 from ..extensions import db
 from ..ledger import services as ledger
+from ..marketing import points as loyalty
 from ..money import format_cents
 from .group import cli, emit, json_option, with_app
 from .install import read_password_file
@@ -405,12 +406,17 @@ def balance_credit(username, amount, reason, reference, as_json):
     cents = agents.parse_amount(amount)
     booking = agents.credit_balance(db.session, the_agent, cents, reason=reason, reference=reference,
                                     actor=cli_actor())
+    # A top-up earns its bonus points (points.topup_bonus), once per credit.
+    bonus = loyalty.topup_bonus(db.session, agent_id=the_agent.id, cents=cents, credit_cause=booking.cause,
+                                actor=cli_actor()) if booking.booked else 0
     money = ledger.balances(db.session, the_agent.id)
     emit(as_json, {"username": the_agent.username, "amount": format_cents(cents),
                    "balance": format_cents(money["available"]), "currency": ledger.DEFAULT_CURRENCY,
-                   "booked": booking.booked, "transaction": booking.transaction_id},
+                   "booked": booking.booked, "transaction": booking.transaction_id,
+                   **({"points_bonus": bonus} if bonus else {})},
          f"{'credited' if cents > 0 else 'debited'} {format_cents(abs(cents))} "
          f"{'to' if cents > 0 else 'from'} {the_agent.username}: balance {format_cents(money['available'])}"
+         + (f"; {bonus} bonus points" if bonus else "")
          + ("" if booking.booked else " (this reference was booked before: nothing changed)"))
 
 
@@ -507,3 +513,47 @@ def withdrawal_reject(withdrawal_id, reason, as_json):
                                         actor=cli_actor())
     emit(as_json, withdrawals.withdrawal_view(row),
          f"withdrawal {row.id} rejected: {format_cents(row.amount_cents)} back to the agent's balance")
+
+
+@cli.group()
+def points():
+    """Members' and agents' points (积分; each movement a ledger entry)."""
+
+
+@points.command("grant")
+@click.option("--username", required=True)
+@click.option("--points", "amount", required=True, metavar="N", help="500 grants, -200 takes.")
+@click.option("--reason", required=True, help="Why (kept in the ledger and the audit log).")
+@click.option("--reference", metavar="REF", help="Names this grant: run again with it, it is not booked twice.")
+@json_option
+@with_app
+def points_grant(username, amount, reason, reference, as_json):
+    """Grant (or, negative, take) a member's or an agent's points; taking more than it has is refused
+    (audited)."""
+    holder, after, booked = loyalty.adjust(db.session, username=username, points=amount, reason=reason,
+                                           reference=reference, actor=cli_actor())
+    given = loyalty.parse_points(amount)
+    emit(as_json, {"username": holder.username, "points": given, "balance": after, "booked": booked},
+         f"{'granted' if given > 0 else 'took'} {abs(given)} points {'to' if given > 0 else 'from'} "
+         f"{holder.username}: {after} points"
+         + ("" if booked else " (this reference was booked before: nothing changed)"))
+
+
+def _iso(value) -> str:
+    return value.isoformat(timespec="seconds") + "Z"
+
+
+@points.command("show")
+@click.option("--username", required=True)
+@json_option
+@with_app(readonly=True)
+def points_show(username, as_json):
+    """A member's or an agent's points and its latest movements."""
+    the_agent = agents.get_agent(db.session, username)
+    moves = loyalty.statement(db.session, the_agent.id, limit=20)
+    emit(as_json, {"username": the_agent.username, "balance": loyalty.balance(db.session, the_agent.id),
+                   "owed": loyalty.owed(db.session, the_agent.id),
+                   "movements": [{"at": _iso(m.at), "kind": m.kind, "points": m.points, "balance": m.after,
+                                  "memo": m.memo} for m in moves]},
+         f"{the_agent.username}: {loyalty.balance(db.session, the_agent.id)} points"
+         + "".join(f"\n  {_iso(m.at)}  {m.points:+d}  = {m.after}  {m.kind}  {m.memo}" for m in moves))

@@ -57,17 +57,23 @@ sort_order_option = click.option("--sort-order", type=click.IntRange(*SORT_ORDER
 @category_option
 @sort_order_option
 @click.option("--hidden", is_flag=True, help="Create it hidden from the shop (show it with `product edit --shown`).")
+@click.option("--variant-of", type=click.IntRange(min=1), metavar="ID",
+              help="Make it a variant (SKU, 规格) of product ID: chosen on that product's page.")
+@click.option("--variant", "variant_name", metavar="NAME", default="",
+              help="The option's name buyers choose, e.g. '3 个月' (a variant needs one).")
 @json_option
 @with_app
 def product_create(name, price, delivery, low_stock, cost_price, currency, min_quantity,
-                   max_quantity, daily_limit, description, category, sort_order, hidden, as_json):
-    """Create a product."""
+                   max_quantity, daily_limit, description, category, sort_order, hidden, variant_of, variant_name,
+                   as_json):
+    """Create a product (or a variant of one)."""
     p = create_product(db.session, name=name, price_cents=parse_money(price), actor=cli_actor(),
                        delivery_mode=delivery, low_stock_threshold=low_stock,
                        cost_price_cents=cost_cents(cost_price) if cost_price is not None else None,
                        currency=currency, min_quantity=min_quantity, max_quantity=max_quantity,
                        description=description, category_id=category_id(category) if category else None,
-                       sort_order=sort_order or 0, is_active=not hidden, buyer_daily_limit=daily_limit)
+                       sort_order=sort_order or 0, is_active=not hidden, buyer_daily_limit=daily_limit,
+                       variant_of=variant_of, variant_name=variant_name)
     summary = product_summary(db.session, p)
     emit(as_json, summary, f"created product {p.id}: {p.name} ({summary['price']} {p.currency})")
 
@@ -90,16 +96,24 @@ def product_create(name, price, delivery, low_stock, cost_price, currency, min_q
 @click.option("--sale-from", metavar="TIME", help="The window's start, in the shop's time zone (empty: now).")
 @click.option("--sale-until", metavar="TIME", help="The window's end, in the shop's time zone (empty: open).")
 @click.option("--no-sale", is_flag=True, help="End the time-window price.")
+@click.option("--member-price", metavar="DECIMAL",
+              help="The member price (会员价): for buyers signed in as members or agents, when lower.")
+@click.option("--no-member-price", is_flag=True, help="Forget the member price.")
 @click.option("--description")
 @category_option
 @click.option("--no-category", is_flag=True, help="Take the product out of its category.")
 @sort_order_option
-@click.option("--hidden/--shown", "hidden", default=None, help="Hide it from the shop, or show it again.")
+@click.option("--hidden/--shown", "hidden", default=None,
+              help="Hide it from the shop (and its variants), or show it again.")
+@click.option("--variant-of", type=click.IntRange(min=1), metavar="ID", help="Make it a variant of product ID.")
+@click.option("--no-variant-of", is_flag=True, help="Make a variant a product of its own again.")
+@click.option("--variant", "variant_name", metavar="NAME", help="The option's name buyers choose.")
 @json_option
 @with_app
 def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_cost_price, min_quantity,
                  max_quantity, daily_limit, no_daily_limit, tiers, sale_price, sale_from, sale_until, no_sale,
-                 description, category, no_category, sort_order, hidden, as_json):
+                 description, category, no_category, sort_order, hidden, variant_of, no_variant_of, variant_name,
+                 member_price, no_member_price, as_json):
     """Change a product: only the options given (audited as product.update, with old and new values)."""
     if cost_price is not None and no_cost_price:
         raise click.UsageError("give --cost-price or --no-cost-price, not both")
@@ -139,6 +153,18 @@ def product_edit(product_id, name, price, delivery, low_stock, cost_price, no_co
         changes["category_id"] = None
     if hidden is not None:
         changes["is_active"] = not hidden
+    if member_price is not None and no_member_price:
+        raise click.UsageError("give --member-price or --no-member-price, not both")
+    if member_price is not None:
+        changes["member_price_cents"] = parse_money(member_price, field="member price")
+    elif no_member_price:
+        changes["member_price_cents"] = None
+    if variant_of is not None and no_variant_of:
+        raise click.UsageError("give --variant-of or --no-variant-of, not both")
+    if variant_of is not None or no_variant_of:
+        changes["variant_of"] = variant_of
+    if variant_name is not None:
+        changes["variant_name"] = variant_name
     if not changes:
         raise click.UsageError("nothing to change: give at least one option (see --help)")
     changed = update_product(db.session, p, actor=cli_actor(), **changes)

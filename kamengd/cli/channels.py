@@ -44,7 +44,7 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
                    "webhook_secret=whsec_...; paypal: client_id=, client_secret=, webhook_id=, merchant_id=, "
                    "api_base=; epusdt: api_base=URL, token=API_TOKEN, trade_type= (BEpusdt), "
                    "currency= (default CNY); balance: none (buyers pay from their member's or agent's "
-                   "balance); sandbox: force=yes to take orders when "
+                   "balance); points: none (they pay with their points); sandbox: force=yes to take orders when "
                    "site.url is not a loopback address (its secret is made for it)")
 @json_option
 @with_app

@@ -85,14 +85,14 @@ def fail(message: str) -> None:
 # Each top-level command, and the module beside this one that adds it to the group.
 COMMAND_MODULES = {
     "agent": "agents", "audit": "audit", "backup": "backup", "balance": "agents", "ledger": "agents",
-    "withdrawal": "agents", "member": "agents",
+    "withdrawal": "agents", "member": "agents", "points": "agents",
     "restore": "backup", "key": "backup", "product": "catalog",
     "channel": "channels", "config": "config", "coupon": "coupons", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "run-job": "jobs",
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
     "risk": "risk", "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers",
     "upgrade": "upgrade",
-    "user": "users",
+    "user": "users", "voucher": "vouchers", "store": "vouchers",
 }
 
 

@@ -160,9 +160,12 @@ def order_refund(order_no, reason, through_channel, as_json):
         done = order_staff.refund_order(db.session, order_no=order_no, reason=reason, actor=cli_actor())
         if done.to_balance_cents:
             extra = {"refunded_to_balance": format_cents(done.to_balance_cents)}
+    if done.points is not None and done.points.as_details():
+        extra["points"] = done.points.as_details()
     emit(as_json, {"order_no": done.order.order_no, "status": done.order.status, "previous_status": done.previous_status,
                    "keys_released": done.keys_released, "keys_kept_sold": done.keys_sold, **extra},
          f"order {done.order.order_no} refunded (was {done.previous_status})"
          + (f"; {extra['refunded_at_gateway']} given back at the gateway" if "refunded_at_gateway" in extra else "")
          + (f"; {extra['refunded_to_balance']} given back to the balance that paid it"
-            if "refunded_to_balance" in extra else ""))
+            if "refunded_to_balance" in extra else "")
+         + (f"; points: {', '.join(f'{k} {v}' for k, v in extra['points'].items())}" if "points" in extra else ""))

@@ -33,6 +33,7 @@ from ..errors import InvalidRequest, KamengdError, NotFound
 from ..orders.services import deliver_waiting_orders
 from ..vault import FINGERPRINT_BYTES, NONCE_BYTES, Vault
 from .importer import ImportFileError, check_key, iter_line_blocks, iter_lines
+from ..vouchers.models import VoucherTerms
 from .models import KEY_STATUSES, CardKey, KeyImport
 from .sealer import Sealers, parallel_readers
 from .sealing import HEAD, SealedBatch, seal_blocks, seal_lines
@@ -169,6 +170,10 @@ def _begin_import(session: Session, product_id: int):
     fresh = not real.in_transaction() and not isinstance(real.get_bind(), sa.engine.Connection)
     conn = real.connection(execution_options={"kamengd_bulk": True} if fresh else None)
     get_product(session, product_id)
+    if session.get(VoucherTerms, product_id) is not None:
+        # A key without a voucher row would be sold and refused at every till.
+        raise InvalidRequest("product %(product_id)s is a voucher product: its codes are made by kamengd (kamengd "
+                             "voucher generate), never imported", product_id=product_id)
     if conn.dialect.name != "sqlite":
         # A key rotation re-fingerprints this product's keys under the same lock:
         # the duplicate checks below never see a half-rotated product (SQLite's

@@ -25,7 +25,16 @@ from ..extensions import db
 AGENT_KINDS = ("available", "pending", "held", "debt")
 DEBT = "debt"
 # The shop's side of every movement (these may go negative: they are the shop's books).
-SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts", "shop:fees")
+SHOP_ACCOUNTS = ("shop:adjustments", "shop:sales", "shop:commission", "shop:payouts", "shop:fees",
+                 # Points (kamengd.marketing.points) given and taken back: in POINTS, not money.
+                 "shop:points")
+# A member's (or an agent's) points: an account "agent:<id>:points" in this pseudo-currency,
+# never mixed with money (the ledger refuses legs of two currencies).
+POINTS_KIND = "points"
+POINTS_CURRENCY = "PTS"
+# Points a refund could not take back (spent already): zero or below, repaid first by the
+# holder's next points, as an agent's debt is by its next money.
+POINTS_DEBT_KIND = "points_debt"
 
 
 class LedgerAccount(db.Model):

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from ..database import utcnow
 from ..errors import Conflict, InsufficientBalance, InvalidRequest
 from ..money import format_cents
-from .models import AGENT_KINDS, DEBT, SHOP_ACCOUNTS, LedgerAccount, LedgerEntry, LedgerTransaction
+from .models import (AGENT_KINDS, DEBT, POINTS_DEBT_KIND, SHOP_ACCOUNTS, LedgerAccount, LedgerEntry,
+                     LedgerTransaction)
 
 DEFAULT_CURRENCY = "CNY"
 MAX_CAUSE = 96
@@ -262,7 +263,7 @@ def verify(session: Session) -> tuple[int, list[str]]:
                             f"its last entry says {format_cents(lasts[account.id])}")
         if account.balance_cents < 0 and not account.may_go_negative:
             problems.append(f"{account.name}: negative balance {format_cents(account.balance_cents)}")
-        if account.kind == DEBT and account.balance_cents > 0:
+        if account.kind in (DEBT, POINTS_DEBT_KIND) and account.balance_cents > 0:
             problems.append(f"{account.name}: a debt above zero ({format_cents(account.balance_cents)})")
     unbalanced = session.execute(
         sa.select(_transactions.c.cause, sa.func.sum(_entries.c.amount_cents))

@@ -8,10 +8,14 @@ the keys are on the order page either way.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import smtplib
 import ssl
 from email.message import EmailMessage
+from html import escape
+
+import segno
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -27,6 +31,7 @@ from ..orders.services import order_keys
 from ..settings.services import site_name, site_url
 from ..validation import is_email_address
 from ..vault import Vault
+from ..vouchers import services as vouchers
 from .models import EmailOutbox
 
 log = logging.getLogger("kamengd.email")
@@ -58,8 +63,37 @@ def render_delivery_email(session: Session, vault: Vault, config: Config, mail: 
              f"金额 Amount: {format_cents(order.amount_cents)} {order.currency}", "",
              "卡密 Keys:", *keys, "",
              f"订单页 Order page: {site_url(session, config.site.url).rstrip('/')}/order/{order.order_no}"]
+    held = vouchers.order_vouchers(session, vault, order.id, order.product_id)
+    if not held:
+        msg.set_content("\n".join(lines))
+        return msg
+    # A voucher order: each code with what it is worth, and its QR code to show at the store (an
+    # HTML part with the pictures inline, beside the same words in plain text).
+    for h in held:
+        lines.insert(-1, f"{h.code}  {_worth(h)}")
     msg.set_content("\n".join(lines))
+    cards = "".join(
+        f'<li><p><img src="cid:qr{i}@kamengd" alt="QR {escape(h.code)}" width="180" height="180"></p>'
+        f"<p><code>{escape(h.code)}</code><br>{escape(h.terms.entitlement)}<br>{escape(_worth(h))}</p></li>"
+        for i, h in enumerate(held))
+    msg.add_alternative(
+        f"<!doctype html><html><body><p>{escape(lines[0])}</p><p>{escape(lines[1])}</p>"
+        f"<p>到店核销时出示二维码。Show the QR code at the store.</p><ol>{cards}</ol>"
+        f"<p>{escape(lines[-1])}</p></body></html>", subtype="html")
+    html = msg.get_payload()[1]
+    for i, h in enumerate(held):
+        png = io.BytesIO()
+        segno.make(h.code, error="m").save(png, kind="png", scale=6, border=2)
+        html.add_related(png.getvalue(), maintype="image", subtype="png", cid=f"<qr{i}@kamengd>")
     return msg
+
+
+def _worth(h) -> str:
+    v, t = h.voucher, h.terms
+    left = f"剩余 {v.uses_left}/{t.uses} 次 uses left" if t.kind == "uses" else \
+        f"余额 {format_cents(v.value_left_cents)} {t.currency} left"
+    until = f", 有效期至 valid until {v.valid_until:%Y-%m-%d %H:%M} UTC" if v.valid_until else ""
+    return left + until
 
 
 def smtp_send(config: Config, msg: EmailMessage) -> None:

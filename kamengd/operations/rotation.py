@@ -50,6 +50,8 @@ from ..settings.models import SettingSecret
 from ..settings.services import reencrypt_secrets
 from ..suppliers.models import Supplier
 from ..suppliers.services import secret_context as supplier_secret_context
+from ..vouchers.codes import normalise
+from ..vouchers.models import Voucher
 from ..vault import (KEY_BYTES, Vault, key_file_lock, load_vault, parse_key_file, render_key_file, replace_key_file,
                     write_secret_file)
 
@@ -68,6 +70,9 @@ def versions_in_use(session: Session) -> dict[int, int]:
     agents' 2FA, API and webhook secrets, suppliers' keys, the audit seal)."""
     t = CardKey.__table__
     used = dict(session.execute(sa.select(t.c.key_version, sa.func.count()).group_by(t.c.key_version)).all())
+    for version, count in session.execute(sa.select(Voucher.key_version, sa.func.count())
+                                          .group_by(Voucher.key_version)):
+        used[version] = used.get(version, 0) + count
     for (version,) in session.execute(sa.select(PaymentChannel.secret_key_version)
                                       .where(PaymentChannel.secret_key_version.is_not(None))):
         used[version] = used.get(version, 0) + 1
@@ -100,7 +105,7 @@ def add_key_version(path: Path) -> int:
 
 def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
                         progress: Callable[[int], None] | None = None) -> int:
-    t = CardKey.__table__
+    t, v = CardKey.__table__, Voucher.__table__
     target, done = vault.current_version, 0
     while True:
         rows = session.execute(sa.select(t.c.id, t.c.product_id, t.c.fingerprint, t.c.nonce, t.c.ciphertext,
@@ -113,15 +118,22 @@ def reencrypt_card_keys(session: Session, vault: Vault, *, batch: int = 1000,
             # An import of these products checks duplicates under the same lock.
             session.execute(sa.select(Product.id).where(Product.id.in_(sorted({r.product_id for r in rows})))
                             .order_by(Product.id).with_for_update())
+        # The batch's keys that are voucher codes (made by kamengd: ASCII); the others have no lookup.
+        codes = set(session.scalars(sa.select(v.c.card_key_id).where(v.c.card_key_id.in_([r.id for r in rows]))))
         for r in rows:
             plaintext = vault.decrypt_card_key(r.product_id, r.fingerprint, r.nonce, r.ciphertext, r.key_version)
             fp = vault.fingerprint(r.product_id, plaintext)
             nonce, ct, version = vault.encrypt_card_key(r.product_id, plaintext, fp)
             try:
-                done += session.execute(t.update().where(t.c.id == r.id, t.c.key_version == r.key_version,
-                                                         t.c.fingerprint == r.fingerprint)
-                                        .values(fingerprint=fp, nonce=nonce, ciphertext=ct,
-                                                key_version=version)).rowcount
+                changed = session.execute(t.update().where(t.c.id == r.id, t.c.key_version == r.key_version,
+                                                           t.c.fingerprint == r.fingerprint)
+                                          .values(fingerprint=fp, nonce=nonce, ciphertext=ct,
+                                                  key_version=version)).rowcount
+                done += changed
+                if changed and r.id in codes:   # a voucher's code: its lookup hash follows the key
+                    session.execute(v.update().where(v.c.card_key_id == r.id, v.c.key_version != version)
+                                    .values(lookup=vault.voucher_lookups(normalise(plaintext.decode("ascii")))[0][1],
+                                            key_version=version))
             except IntegrityError:   # the whole batch is undone; nothing half re-encrypted stays
                 session.rollback()
                 raise KamengdError(f"card key #{r.id} of product {r.product_id} is the same key as another one "

@@ -33,9 +33,9 @@ from ..catalog import inputs, limits, pricing
 from ..catalog.models import Product
 from ..catalog.services import supplier_stock_query
 from ..database import database_key, utcnow
-from ..errors import Busy, CaptchaRequired, Forbidden, InvalidRequest, NotFound, OutOfStock
+from ..errors import Busy, CaptchaRequired, Forbidden, InsufficientBalance, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, on_sale_again
-from ..marketing import coupons
+from ..marketing import coupons, points
 from ..risk import captcha as captchas, engine as risk
 from ..money import format_cents
 from ..context import get_config
@@ -62,6 +62,7 @@ _OFFER = (
     sa.select(_p.c.name, _p.c.price_cents, _p.c.currency, _p.c.is_active, _p.c.delivery_mode,
               _p.c.category_id, _p.c.buyer_daily_limit, _p.c.price_tiers, _p.c.sale_price_cents,
               _p.c.sale_starts_at, _p.c.sale_ends_at, _p.c.min_quantity, _p.c.max_quantity, _p.c.input_fields,
+              _p.c.member_price_cents,
               _c.c.id.label("channel_id"), _c.c.type.label("channel_type"), _c.c.is_enabled, _c.c.options,
               _c.c.secret_nonce, _c.c.secret_ciphertext, _c.c.secret_key_version,
               _c.c.health, _c.c.min_amount_cents, _c.c.max_amount_cents, _c.c.daily_cap_cents,
@@ -85,7 +86,7 @@ _ORDER_FIELDS = ("order_no", "product_id", "channel_id", "quantity", "unit_price
                  "currency", "email", "status", "token_hash", "query_password_hash", "lookup_tag", "client_ip",
                  "created_at", "updated_at", "expires_at", "delivery_attempts", "buyer_input", "pay_type",
                  "cap_day", "coupon_id", "discount_cents", "coupon_held", "device_tag", "risk_review", "email_folded",
-                 "limit_day")
+                 "limit_day", "member_id", "points_used", "points_discount_cents", "points_held")
 
 
 def _still_holds(price_param: str) -> list:
@@ -111,6 +112,7 @@ def _still_holds(price_param: str) -> list:
             _p.c.sale_price_cents.is_not_distinct_from(sa.bindparam("sale_price", type_=sa.BigInteger())),
             _p.c.sale_starts_at.is_not_distinct_from(sa.bindparam("sale_starts", type_=_p.c.sale_starts_at.type)),
             _p.c.sale_ends_at.is_not_distinct_from(sa.bindparam("sale_ends", type_=_p.c.sale_ends_at.type)),
+            _p.c.member_price_cents.is_not_distinct_from(sa.bindparam("member_price", type_=sa.BigInteger())),
             _c.c.secret_nonce.is_not_distinct_from(sa.bindparam("secret_nonce", type_=_c.c.secret_nonce.type)),
             setting_value_query("orders.timeout_minutes").is_not_distinct_from(
                 sa.bindparam("timeout", type_=sa.Text())),
@@ -128,7 +130,8 @@ def _insert(fields: tuple[str, ...], guards: list):
                                    .select_from(_p.join(_c, _c.c.id == sa.bindparam("channel_id"))).where(*guards))
 
 
-_INSERT = _insert(_ORDER_FIELDS, _still_holds("product_price_cents"))
+_OWN = _still_holds("product_price_cents")
+_INSERT = _insert(_ORDER_FIELDS, _OWN)
 
 # A sale through an agent (its sub-station, or its invite link on the shop): what its price
 # is made of, read like the offer, and checked again by its INSERT.
@@ -141,12 +144,28 @@ _SELLER = (sa.select(_a.c.is_active, _a.c.level_id, _a.c.has_pool, _l.c.discount
            .select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(_a.c.id == sa.bindparam("seller_agent_id")))
 # The product's price is checked as read (the unit price is the agent's), and the agent is
 # still active at the level, discount and prices its price was made of.
-_INSERT_SOLD = _insert(_ORDER_FIELDS + ("seller_agent_id",), _still_holds("product_price_cents") + [
+_SOLD = _OWN + [
     sa.exists().select_from(_a.join(_l, _l.c.id == _a.c.level_id)).where(
         _a.c.id == sa.bindparam("seller_agent_id"), _a.c.is_active.is_(True),
         _a.c.level_id == sa.bindparam("seller_level_id"), _l.c.discount_bp == sa.bindparam("seller_discount"),
         sa.func.coalesce(_LEVEL_OWN, -1) == sa.bindparam("seller_level_own"),
-        sa.func.coalesce(_AGENT_OWN, -1) == sa.bindparam("seller_own"))])
+        sa.func.coalesce(_AGENT_OWN, -1) == sa.bindparam("seller_own"))]
+_INSERT_SOLD = _insert(_ORDER_FIELDS + ("seller_agent_id",), _SOLD)
+_guarded: dict[tuple, sa.Insert] = {}
+
+
+def _below_limits(sold: bool, uncounted: risk.Uncounted) -> sa.Insert:
+    """The order's INSERT that also counts the velocity rules left to it: it writes the order
+    only while each is below its limit (built once per set of rules)."""
+    key = (sold, uncounted.key)
+    found = _guarded.get(key)
+    if found is None:
+        fields, guards = (_ORDER_FIELDS + ("seller_agent_id",), _SOLD) if sold else (_ORDER_FIELDS, _OWN)
+        found = _insert(fields, guards + [risk.below_limits(uncounted)])
+        if len(_guarded) > 100:
+            _guarded.clear()
+        _guarded[key] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -236,16 +255,20 @@ class PlacedOrder:
     pay_type: str | None = None
     coupon: str | None = None
     discount_cents: int = 0
+    points_used: int = 0
+    points_discount_cents: int = 0
 
     def as_api(self) -> dict:
         """The answer of POST /api/v1/orders (CONTRACT.md §2); `amount` is what the buyer
-        pays, after the coupon's `discount`."""
+        pays, after the coupon's `discount` and what its member's points took off."""
         return {"order_no": self.order_no, "token": self.token, "status": self.status,
                 "amount": format_cents(self.amount_cents), "currency": self.currency, "pay_url": self.pay_url,
                 "expires_at": self.expires_at.isoformat(timespec="seconds") + "Z",
                 "quantity": self.quantity, "product_id": self.product_id,
                 **({"pay_type": self.pay_type} if self.pay_type else {}),
-                **({"coupon": self.coupon, "discount": format_cents(self.discount_cents)} if self.coupon else {})}
+                **({"coupon": self.coupon, "discount": format_cents(self.discount_cents)} if self.coupon else {}),
+                **({"points_used": self.points_used, "points_discount": format_cents(self.points_discount_cents)}
+                   if self.points_used else {})}
 
 
 def reserve_keys(session: Session, *, product_id: int, quantity: int, order_id: int,
@@ -316,9 +339,13 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                 query_password=None, coupon=None, client_ip: str | None = None, site_url: str = "",
                 buyer_input=None, pay_type=None, now: dt.datetime | None = None,
                 seller: Seller | None = None, return_site: str | None = None,
-                device_tag: str | None = None, captcha: str | None = None) -> PlacedOrder:
+                device_tag: str | None = None, captcha: str | None = None,
+                member_id: int | None = None, use_points: bool = False) -> PlacedOrder:
     """Create a pending order with its keys reserved; the pay URL is built when a vault is given.
-    With a `seller`, the order is sold through that agent (at its price on its station).
+    With a `seller`, the order is sold through that agent (at its price on its station). With
+    a `member_id` (the buyer signed in to the portal), that member earns its points on delivery;
+    with `use_points` too, its points take what the shop allows off the amount (积分抵扣), spent
+    in the order's transaction.
 
     Raises InvalidRequest, NotFound or OutOfStock, having written nothing.
     """
@@ -330,7 +357,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     code = coupons.normalise_code(coupon) if coupon not in (None, "") else None
     if code is not None and seller is not None and seller.station:
         raise InvalidRequest("coupon: coupons are taken on the shop's own site only")
-    if code is not None and seller is not None:
+    if use_points and seller is not None and seller.station:
+        raise InvalidRequest("points: points are taken off orders on the shop's own site only")
+    if (code is not None or use_points) and seller is not None:
         # Through an agent's invite link: the shop's discount, and no commission on top of it
         # (the agent's margin would be booked on the undiscounted price: the shop could lose).
         seller = None
@@ -340,11 +369,19 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
     lookup_tag = vault.lookup_tags(email, query_password)[0] if query_password and vault is not None else None
     session = session() if isinstance(session, scoped_session) else session
     ours = not session.in_transaction()   # else the caller's transaction: read and write in it
+    points_offer = None
+    if use_points:   # (read now, in a read of its own; spent, and so checked, in the order's transaction)
+        if ours:
+            session.connection(execution_options={"kamengd_readonly": True})
+        points_offer = points.discount_offer(session, member_id)
+        if ours:
+            session.rollback()
     if by_method:
         channel_code, pay_type = _route_by_method(session, ours, product_id=product_id, quantity=quantity,
                                                   method=pay_type, site_url=site_url, now=now or utcnow())
     fresh = False
     verdict = None   # the risk rules', asked once (before the order's transaction)
+    counted = False  # whether the verdict was given with the velocity counts read
     tried: set[int] = set()
     changed = 0   # reads that the INSERT found out of date (reroutes are bounded by the channels)
     while changed < 3 and len(tried) < MAX_REROUTES:
@@ -371,11 +408,12 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                                       email=email, channel_code=channel_code, password_hash=password_hash,
                                       lookup_tag=lookup_tag, client_ip=client_ip, site_url=site_url, now=now,
                                       buyer_input=buyer_input, pay_type=pay_type, unit_cents=unit,
-                                      return_site=return_site, coupon=offer)
+                                      return_site=return_site, coupon=offer, member_id=member_id,
+                                      points_offer=points_offer)
         except Reroute as exc:
             channel_code, pay_type = _reroute(session, row, exc, tried, channel_code, ours=ours,
                                               product_id=product_id, site_url=site_url, now=now,
-                                              amount_cents=(pricing.unit_price(row, quantity, now)
+                                              amount_cents=(pricing.unit_price(row, quantity, now, member_id is not None)
                                                             if unit is None else unit) * quantity)
             fresh = False
             continue
@@ -384,7 +422,8 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             continue
         if verdict is None:
             verdict = _judge(session, ours, risk.Attempt(product_id, quantity, placed.amount_cents, row.currency,
-                                                         email, client_ip, device_tag), now, captcha)
+                                                         email, client_ip, device_tag), now, captcha,
+                             uncounted=not counted)
         values.update(device_tag=device_tag, risk_review=verdict.action == "review")
         if ours and session.in_transaction():
             session.rollback()   # the reads above end here: the writes below take the lock
@@ -420,6 +459,9 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                           seller_own=-1 if terms.own is None else terms.own)
         # Core on the session's connection: the ORM's statement handling costs
         # as much as SQLite itself here. This begins the write transaction.
+        if verdict.uncounted is not None:   # (and the velocity rules' counts, below their limits)
+            statement = _below_limits(terms is not None, verdict.uncounted)
+            values.update(verdict.uncounted.params)
         conn = session.connection()
         inserted = conn.execute(statement, values)
         if inserted.rowcount == 1 and offer is not None and not coupons.claim(session, offer[0], email, now):
@@ -439,6 +481,14 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
                 session.rollback()
             raise InvalidRequest("quantity: at most %(limit)s a day for one buyer; %(left)s left today",
                                  limit=row.buyer_daily_limit, left=left)
+        if inserted.rowcount == 1 and placed.points_used:
+            try:
+                points.spend_on_order(session, order_no=placed.order_no, member_id=member_id,
+                                      points=placed.points_used, actor=f"member:{member_id}")
+            except InsufficientBalance:
+                if ours:
+                    session.rollback()
+                raise
         if inserted.rowcount == 1:
             placed.order_id = inserted.lastrowid
             risk.record_matches(session, verdict, stage="order", order_id=placed.order_id, outcome=verdict.outcome,
@@ -457,20 +507,23 @@ def place_order(session: Session, vault: Vault | None, *, product_id, quantity, 
             routing.give_back(conn, row.channel_id, routing.shop_day(now, get_config().site.timezone),
                               placed.amount_cents)
         fresh = True
+        if verdict.uncounted is not None:   # a velocity rule may have reached its limit: asked again, counting
+            verdict, counted = None, True
+            continue
         changed += 1
     if changed < 3:
         raise InvalidRequest("channel: no payment channel can take this order now: choose another way to pay")
     raise Busy("the product or its payment channel is being changed: try again")
 
 
-def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime, captcha) -> risk.Verdict:
-    """The risk rules' verdict, read outside any write lock; a refusal (or a captcha not
-    solved) is recorded and raised."""
+def _judge(session: Session, ours: bool, attempt: risk.Attempt, now: dt.datetime, captcha, *,
+           uncounted: bool) -> risk.Verdict:
+    """The risk rules' verdict, read outside any write lock (its velocity rules, unless
+    `uncounted`, then counted by the order's INSERT); a refusal (or a captcha not solved) is
+    recorded and raised."""
     if risk.none_known(session, "order"):
         return risk.Verdict()
-    if ours and not session.in_transaction():   # a read: SQLite's write lock is not taken for it
-        session.connection(execution_options={"kamengd_readonly": True})
-    verdict = risk.judge_order(session, attempt, now)
+    verdict = risk.judge_order(session, attempt, now, uncounted=uncounted)
     if ours and verdict.action in ("refuse", "captcha"):
         session.rollback()
     if verdict.action == "refuse":
@@ -546,7 +599,8 @@ def _route_by_method(session: Session, ours: bool, *, product_id: int, quantity:
 def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity: int, email: str,
              channel_code: str, password_hash: str | None, lookup_tag: bytes | None, client_ip: str | None,
              site_url: str, now: dt.datetime, buyer_input=None, pay_type=None, unit_cents: int | None = None,
-             return_site: str | None = None, coupon=None):
+             return_site: str | None = None, coupon=None, member_id: int | None = None,
+             points_offer: points.DiscountOffer | None = None):
     """(the answer, the INSERT's values) for an order from this offer; (None, None) when a
     cached offer refuses it (a fresh one raises the error instead)."""
     problem = None
@@ -579,7 +633,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             filled = inputs.dump(inputs.check_values(inputs.load(row.input_fields), buyer_input))
         except InvalidRequest as exc:
             problem = exc
-    unit = 0 if row is None else pricing.unit_price(row, quantity, now) if unit_cents is None else unit_cents
+    unit = 0 if row is None else \
+        pricing.unit_price(row, quantity, now, member_id is not None) if unit_cents is None else unit_cents
     amount = unit * quantity
     off = 0
     if problem is None and coupon is not None:
@@ -589,11 +644,20 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
                                    amount_cents=amount, now=now, bought_before=bought, within=within)
         except InvalidRequest as exc:
             problem = exc
+    points_off = points_used = 0
+    if problem is None and points_offer is not None:
+        if row.currency != AGENTS_CURRENCY:
+            problem = InvalidRequest("points: taken off orders in %(currency)s only", currency=AGENTS_CURRENCY)
+        else:
+            points_off, points_used = points.discount_for(amount - off, points_offer)
+            if not points_used:   # (asked for: never an order at full price instead)
+                problem = InsufficientBalance("points: your %(have)s points take nothing off this order",
+                                              have=points_offer.have)
     if problem is not None:
         if fresh:
             raise problem
         return None, None
-    amount -= off
+    amount -= off + points_off
     refused = routing.refusal(row, amount)
     if refused is not None:
         if fresh:
@@ -614,11 +678,11 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
             return None, None
         url = pay_url(row, channel_code, secrets_, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site, options=options, pay_type=chosen, return_site=return_site)
-    elif vault is not None and row.channel_type == "balance":   # no secret: its pay page is this shop's
+    elif vault is not None and row.channel_type in ("balance", "points"):   # no secret: its pay page is ours
         url = pay_url(row, channel_code, {}, order_no=order_no, amount_cents=amount, token=token,
                       site_url=site, options=options, pay_type=chosen, return_site=return_site)
     placed = PlacedOrder(0, order_no, token, "pending", amount, row.currency, quantity, product_id, expires, url,
-                         chosen, coupon[0].code if coupon is not None else None, off)
+                         chosen, coupon[0].code if coupon is not None else None, off, points_used, points_off)
     values = {
         "order_no": order_no, "product_id": product_id, "channel_id": row.channel_id, "quantity": quantity,
         "unit_price_cents": unit, "amount_cents": amount, "currency": row.currency, "email": email,
@@ -627,7 +691,8 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "updated_at": now,
         "expires_at": expires, "delivery_attempts": 0, "buyer_input": filled, "pay_type": chosen, "cap_day": None,
         "coupon_id": coupon[0].id if coupon is not None else None, "discount_cents": off,
-        "coupon_held": coupon is not None,
+        "coupon_held": coupon is not None, "member_id": member_id,
+        "points_used": points_used, "points_discount_cents": points_off, "points_held": points_used > 0,
         # What the answer was built from, checked again by the INSERT:
         "name": row.name, "delivery_mode": row.delivery_mode, "code": channel_code,
         "channel_type": row.channel_type, "options": row.options, "secret_nonce": row.secret_nonce,
@@ -635,7 +700,7 @@ def _prepare(row, vault: Vault | None, *, fresh: bool, product_id: int, quantity
         "daily_cap": row.daily_cap_cents, "category_id": row.category_id, "limit_day": None,
         "buyer_daily_limit": row.buyer_daily_limit, "product_price_cents": row.price_cents,
         "price_tiers": row.price_tiers, "sale_price": row.sale_price_cents, "sale_starts": row.sale_starts_at,
-        "sale_ends": row.sale_ends_at}
+        "sale_ends": row.sale_ends_at, "member_price": row.member_price_cents}
     return placed, values
 
 
@@ -647,8 +712,8 @@ def pay_url(row, channel_code: str, channel_secrets: dict, *, order_no: str, amo
     back = (return_site or site_url).rstrip("/")
     if row.channel_type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel_code, order_no=order_no, token=token)
-    if row.channel_type == "balance":   # the shop's own address: the portal's sign-in is there, not on a station
-        return balance_url(site, channel_code, order_no, token)
+    if row.channel_type in ("balance", "points"):   # the shop's own address: the portal's sign-in is there
+        return balance_url(site, channel_code, order_no, token, row.channel_type)
     if row.channel_type in SPECS:   # created at the gateway by the pay page, not here
         return start_url(back, channel_code, order_no, token)
     if row.channel_type != "epay":

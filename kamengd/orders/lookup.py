@@ -25,7 +25,7 @@ _loop = CardKey.__table__.alias("loop_key")   # a loop-key order's one key (the 
 _LOOKUP = (
     sa.select(_o.c.order_no, _o.c.status, _o.c.amount_cents, _o.c.currency, _o.c.quantity, _o.c.product_id,
               _o.c.created_at, _o.c.expires_at, _o.c.token_hash, _o.c.query_password_hash, _o.c.pay_type,
-              _o.c.discount_cents,
+              _o.c.discount_cents, _o.c.points_used, _o.c.points_discount_cents,
               *(sa.func.coalesce(_k.c[name], _loop.c[name]).label(name)
                 for name in ("fingerprint", "nonce", "ciphertext", "key_version")))
     .select_from(_o.outerjoin(_k, sa.and_(_k.c.order_id == _o.c.id, _k.c.status == "sold",
@@ -45,6 +45,9 @@ def _facts(order) -> dict:
         data["pay_type"] = order.pay_type
     if order.discount_cents:
         data["discount"] = format_cents(order.discount_cents)
+    if order.points_used:
+        data["points_used"] = order.points_used
+        data["points_discount"] = format_cents(order.points_discount_cents)
     return data
 
 

@@ -58,15 +58,25 @@ class Order(db.Model):
     # when it was not or its units were given back (it expired): given back exactly once.
     limit_day: Mapped[dt.date | None] = mapped_column(sa.Date)
     # The coupon taken off the order (no foreign key, as agent_id) and what it took off:
-    # amount_cents = unit_price_cents × quantity − discount_cents.
+    # amount_cents = unit_price_cents × quantity − discount_cents − points_discount_cents.
     coupon_id: Mapped[int | None] = mapped_column(sa.Integer)
     discount_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     # The order holds one use of its coupon: cleared, and the use given back, exactly once
     # when it expires unpaid.
     coupon_held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # Points its member spent on it at checkout (积分抵扣, kamengd.marketing.points) and what they
+    # took off; points_held: the order holds them (cleared, and they go back, exactly once when
+    # it expires unpaid or is refunded; taken again when it is paid after it expired).
+    points_used: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    points_discount_cents: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    points_held: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # A loop-key product's order (循环卡密): the key it was delivered, the same for every buyer
     # (no foreign key, as coupon_id: SQLite would copy the table to add one).
     loop_key_id: Mapped[int | None] = mapped_column(BigId)
+    # The member (or agent) whose order it is, for its points (kamengd.marketing.points): signed
+    # in to the portal when placing it on the storefront, or who paid it from a balance or with
+    # points (no foreign key, as agent_id).
+    member_id: Mapped[int | None] = mapped_column(sa.Integer)
     # A hash of the buyer's device cookie (the storefront's), for the risk rules' velocity.
     device_tag: Mapped[str | None] = mapped_column(sa.String(32))
     # A risk rule asked for review: once paid, the order is held for a person, not delivered.
@@ -96,6 +106,8 @@ class Order(db.Model):
         sa.Index("ix_orders_client_ip_created", "client_ip", "created_at"),
         sa.Index("ix_orders_email_folded_created", "email_folded", "created_at"),
         sa.Index("ix_orders_device_created", "device_tag", "created_at"),
+        # A member's orders newest first (its points statement names them).
+        sa.Index("ix_orders_member_created", "member_id", "created_at"),
         # The orders a loop key went to (staff's search by key); only loop orders have one.
         sa.Index("ix_orders_loop_key_id", "loop_key_id", sqlite_where=sa.text("loop_key_id IS NOT NULL")),
         sa.CheckConstraint("quantity >= 1", name="quantity_positive"),

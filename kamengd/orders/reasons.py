@@ -23,9 +23,13 @@ WRONG_AMOUNT = N_("paid %(paid)s, the order is for %(amount)s %(currency)s")
 # Starts with payments.models.EXTRA_PAYMENT_FLAG ("paid twice"): the refund clears it by that prefix.
 EXTRA_PAYMENT = N_("paid twice: an extra payment of %(amount)s %(currency)s (trade %(trade_no)s) to refund")
 RISK_REVIEW = N_("held for review by the risk rule %(rule)s")
-LATE_OVER_LIMIT = N_("paid after it expired, when its coupon or the buyer's daily limit had nothing left for it")
+LATE_OVER_LIMIT = N_("paid after it expired, when its coupon, the buyer's daily limit or the member's points "
+                     "had nothing left for it")
+# The same reason as stored before points could be taken off orders (still read and translated).
+LATE_OVER_LIMIT_BEFORE_POINTS = N_("paid after it expired, when its coupon or the buyer's daily limit had nothing "
+                                   "left for it")
 TEMPLATES = (WAITING_FOR_STOCK, MANUAL_PAST_SLA, SUPPLIER_NOT_BOUGHT, MAIL_FAILED, TRADE_TWICE, WRONG_AMOUNT, EXTRA_PAYMENT,
-             RISK_REVIEW, LATE_OVER_LIMIT)
+             RISK_REVIEW, LATE_OVER_LIMIT, LATE_OVER_LIMIT_BEFORE_POINTS)
 MAX_REASON = 200
 
 

@@ -26,11 +26,12 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound, OutOfStock
 from ..inventory.models import CardKey, KeyImport, on_sale_again
-from ..marketing import coupons
+from ..marketing import coupons, points
 from ..notifications.events import emit, order_payload
 from ..notifications.outbox import queue_delivery_email
 from ..payments import routing
 from ..vault import Vault
+from ..vouchers import services as vouchers
 from .checkout import place_order, reserve_keys, token_hash
 from .keys import keys_query, loop_key_id
 from .models import Order
@@ -91,7 +92,13 @@ RESOLVED = {"flagged_at": None, "flag_reason": None, "next_delivery_at": None}
 
 
 def delivered(session: Session, order: Order, now: dt.datetime) -> None:
-    if order.agent_id or order.seller_agent_id:   # the agents earn their commission in this transaction
+    vouchers.activate_for_order(session, order.id, order.product_id, now)   # its codes redeemable from now
+    # Its member's points first, then the agents' accounts: every path locks them in this order.
+    if order.member_id:   # its member earns its points in this transaction
+        points.earn(session, order_no=order.order_no, member_id=order.member_id, amount_cents=order.amount_cents,
+                    currency=order.currency)
+    # The agents earn their commission in this transaction; on money only (none on points).
+    if (order.agent_id or order.seller_agent_id) and not points.paid_with_points(session, order.order_no):
         commission.book_for_order(session, order, session.get(Product, order.product_id).price_cents, now)
     if order.email:   # an agent's order has no buyer's address: the agent reads its keys from the API
         queue_delivery_email(session, order)
@@ -216,6 +223,7 @@ def expire_orders(session: Session, now: dt.datetime | None = None, batch: int =
         routing.give_back_expired(session, ids)
         coupons.give_back_expired(session, ids)   # (each order's use once, whoever expired it)
         limits.give_back_expired(session, ids)    # (and its units of a buyer daily limit)
+        points.give_back_expired(session, ids)    # (and the points its member took off it)
     t = CardKey.__table__
     really = sa.select(Order.id).where(Order.id.in_(ids), Order.status == "expired")
     products = session.scalars(sa.select(Order.product_id).where(Order.id.in_(ids), Order.status == "expired")
@@ -239,6 +247,9 @@ def deliver_manually(session: Session, vault: Vault, *, order_no: str, keys: lis
     if order.status != "paid":
         raise Conflict("order %(order_no)s is %(status)s; only paid orders can be delivered", order_no=order_no,
                        status=order.status)
+    if vouchers.terms_of(session, order.product_id) is not None:
+        raise InvalidRequest("order %(order_no)s is of a voucher product: its codes are made by kamengd (kamengd "
+                             "voucher generate), and it is delivered from them", order_no=order_no)
     if len(keys) != order.quantity:
         raise InvalidRequest("order %(order_no)s needs %(quantity)s keys, the file has %(given)s", order_no=order_no,
                              quantity=order.quantity, given=len(keys))

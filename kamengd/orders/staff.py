@@ -28,12 +28,14 @@ from ..database import utcnow
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..inventory.models import CardKey, on_sale_again
 from ..ledger import services as ledger
+from ..marketing import points
 from ..money import format_cents
 from ..notifications.events import emit, order_payload
 from ..notifications.models import EmailOutbox, Event
 from ..notifications.outbox import queue_delivery_email
 from ..payments.models import EXTRA_PAYMENT_FLAG, Payment, PaymentChannel
 from ..vault import Vault
+from ..vouchers import services as vouchers
 from .models import ORDER_STATUSES, Order
 from .services import (DELIVERED, RESOLVED, deliver_manually, deliver_paid_order,
                        deliver_waiting_orders, lock_order_status, order_keys)
@@ -283,6 +285,9 @@ def release_held(session: Session, *, order_no, reason, actor: str, source_ip: s
         status = lock_order_status(session, order.id)
         raise Conflict("order %(order_no)s is %(status)s; only a held order can be released",
                        order_no=order.order_no, status=status)
+    # Points its member took off it that went back when it expired (paid late, of the wrong
+    # amount): taken again; a member without them now keeps the discount, as the person decided.
+    points_again = points.take_again(session, order)
     # (a payment of the wrong amount; or the right one, held for a risk rule's review)
     payment = session.scalar(sa.select(Payment).where(Payment.order_id == order.id,
                                                       Payment.status.in_(("held", "received")))
@@ -298,7 +303,7 @@ def release_held(session: Session, *, order_no, reason, actor: str, source_ip: s
     record(session, "order.release", actor=actor, target=target(order), source_ip=source_ip,
            details={"reason": reason, "paid": None if paid is None else format_cents(paid),
                     "amount": format_cents(order.amount_cents), "currency": order.currency,
-                    "outcome": outcome})
+                    "outcome": outcome, **({} if points_again else {"points_not_taken_again": order.points_used})})
     return outcome
 
 
@@ -309,6 +314,7 @@ class Refund:
     keys_released: int
     keys_sold: int
     to_balance_cents: int = 0   # given back to the balance that paid it
+    points: points.PointsRefund | None = None   # the points given back and taken back
 
 
 def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: str | None = None,
@@ -326,20 +332,24 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
                        "can be refunded", order_no=order.order_no, status=status)
     released = _release_reserved(session, order)
     sold = key_counts(session, order).get("sold", 0)
+    codes_stopped = vouchers.refund_for_order(session, order.id)   # its voucher codes redeemed no more
     to_balance = _refund_to_balance(session, order, actor)
+    given = points.on_refund(session, order.order_no, actor=actor)
     reversed_ = commission.reverse_commissions(session, order.id, order.order_no, actor=actor, now=now)
     record(session, "order.refund", actor=actor, target=target(order), source_ip=source_ip,
            details={"reason": reason, "previous_status": previous,
                     "amount": format_cents(order.amount_cents), "currency": order.currency,
                     "keys_released": released, "keys_kept_sold": sold,
+                    **({"voucher_codes_stopped": codes_stopped} if codes_stopped else {}),
                     **({"refunded_to_balance": format_cents(to_balance)} if to_balance else {}),
+                    **({"points": given.as_details()} if given.as_details() else {}),
                     **({"commission_reversed": [{"agent_id": r["agent_id"], "amount": format_cents(r["amount"]),
                                                  "debt": format_cents(r["debt"])} for r in reversed_]}
                        if reversed_ else {})})
     # Not the staff's reason: the payload may reach the agent who bought the order.
     emit(session, "order.refunded", order_payload(session, order, previous_status=previous,
                                                   refunded_to_balance=format_cents(to_balance)), now)
-    return Refund(order, previous, released, sold, to_balance)
+    return Refund(order, previous, released, sold, to_balance, given)
 
 
 def _refund_to_balance(session: Session, order: Order, actor: str) -> int:

@@ -22,7 +22,7 @@ from .session import actor, client_ip, current_staff, needs_enrolment, safe_next
 
 # Where each role lands after sign-in: its first page it may open.
 LANDING = (("dashboard.view", "panel.dashboard"), ("audit.view", "panel.audit"),
-           ("orders.view", "panel.orders"))
+           ("orders.view", "panel.orders"), ("vouchers.redeem", "panel.terminal"))
 
 
 def _locked_message(exc: LoginLocked) -> str:

@@ -7,7 +7,7 @@ import secrets
 
 import sqlalchemy as sa
 from flask import abort, flash, redirect, render_template, request, url_for
-from flask_babel import gettext as _
+from flask_babel import gettext as _, ngettext
 
 from ..agents import services as agents
 from ..agents import levels as agent_levels
@@ -18,6 +18,7 @@ from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..ledger import services as ledger
 from ..ledger.models import LedgerAccount, LedgerEntry, LedgerTransaction
+from ..marketing import points as loyalty
 from ..money import format_cents
 from ..orders.models import Order
 from ..transaction import read_only
@@ -130,7 +131,9 @@ def agent_detail(agent_id: int):
                            money=money, entries=entries, earned=earned, asked=asked,
                            keys=agents.list_api_keys(db.session, agent), format_cents=format_cents,
                            mask=withdrawals.mask_account, new_reference=f"panel-{secrets.token_hex(6)}",
-                           hosts=[h for h, _name in sites.hosts(db.session, agent.id)])
+                           hosts=[h for h, _name in sites.hosts(db.session, agent.id)],
+                           points=loyalty.balance(db.session, agent.id), points_owed=loyalty.owed(db.session, agent.id),
+                           whole=str)
 
 
 @bp.post("/agents")
@@ -197,6 +200,9 @@ def agent_credit(agent_id: int):
         reference = request.form.get("reference", "")[:64] or None
         booking = agents.credit_balance(db.session, agent, cents, reason=request.form.get("reason", "")[:300],
                                         actor=actor(), reference=reference, source_ip=client_ip())
+        # A top-up earns its bonus points (points.topup_bonus), once per credit.
+        bonus = loyalty.topup_bonus(db.session, agent_id=agent.id, cents=cents, credit_cause=booking.cause,
+                                    actor=actor()) if booking.booked else 0
     except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
@@ -205,8 +211,33 @@ def agent_credit(agent_id: int):
         flash(_("This credit was booked before; nothing changed."), "info")
     elif cents > 0:
         flash(_("%(amount)s credited to %(name)s.", amount=format_cents(cents), name=agent.username), "success")
+        if bonus:
+            flash(ngettext("%(num)s bonus point with the top-up.", "%(num)s bonus points with the top-up.", bonus),
+                  "success")
     else:
         flash(_("%(amount)s debited from %(name)s.", amount=format_cents(-cents), name=agent.username), "success")
+    return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+
+
+@bp.post("/agents/<int:agent_id>/points")
+def agent_points(agent_id: int):
+    agent = _agent(agent_id)
+    try:
+        points = loyalty.parse_points(request.form.get("points", "")[:20])
+        # The form's own reference: the same form sent twice (a double click) books once.
+        _holder, after, booked = loyalty.adjust(
+            db.session, username=agent.username, points=points, reason=request.form.get("reason", "")[:300],
+            reference=request.form.get("reference", "")[:64] or None, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
+    if not booked:
+        flash(_("These points were booked before; nothing changed."), "info")
+    else:
+        flash(ngettext("%(num)s point booked for %(name)s: %(after)s now.",
+                       "%(num)s points booked for %(name)s: %(after)s now.", abs(points),
+                       name=agent.username, after=after), "success")
     return redirect(url_for("panel.agent_detail", agent_id=agent_id), code=303)
 
 

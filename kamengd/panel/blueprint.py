@@ -14,6 +14,9 @@ bp = Blueprint("panel", __name__, url_prefix="/admin", template_folder="template
 
 # GET pages that write (the first visit to 2FA set-up stores the new secret).
 WRITING_GETS = frozenset({"panel.totp_enrol"})
+# POSTs that read first and write little (kamengd.vouchers.services.redeem): their reads are a
+# snapshot, not under SQLite's write lock; the view ends it before its writes.
+READING_POSTS = frozenset({"panel.terminal_look", "panel.terminal_redeem"})
 
 
 @bp.before_request
@@ -22,7 +25,7 @@ def _guard():
     rule = ENDPOINTS.get(request.endpoint or "")
     if rule is None:
         abort(403)   # a route nobody gave a rule to is closed, not open
-    if request.method == "GET" and request.endpoint not in WRITING_GETS:
+    if (request.method == "GET" and request.endpoint not in WRITING_GETS) or request.endpoint in READING_POSTS:
         read_only()   # before the user is loaded: SQLite reads a snapshot, no write lock
     if rule == PUBLIC:
         return None

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
+
 from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
@@ -21,7 +23,9 @@ from .session import actor, client_ip
 
 PRODUCT_FORM = ("name", "category_id", "description", "price", "cost_price", "delivery_mode", "min_quantity",
                 "max_quantity", "buyer_daily_limit", "low_stock_threshold", "sort_order", "is_active", "input_fields",
-                "price_tiers", "sale_price", "sale_starts_at", "sale_ends_at")
+                "price_tiers", "sale_price", "sale_starts_at", "sale_ends_at", "variant_of", "variant_name",
+                "member_price")
+MAX_MAINS = 1000                 # main products offered in the "variant of" choice
 MAX_FIELD = 200                  # longer than any valid value: the service names the limit
 MAX_TEXT = catalog.MAX_DESCRIPTION + 1
 
@@ -43,7 +47,9 @@ def _values(product: Product) -> dict[str, str]:
             "sale_starts_at": shop_time(product.sale_starts_at, get_config().site.timezone).replace(" ", "T"),
             "sale_ends_at": shop_time(product.sale_ends_at, get_config().site.timezone).replace(" ", "T"),
             "sort_order": str(product.sort_order), "is_active": "1" if product.is_active else "",
-            "input_fields": inputs.fields_text(inputs.load(product.input_fields))}
+            "input_fields": inputs.fields_text(inputs.load(product.input_fields)),
+            "variant_of": str(product.variant_of or ""), "variant_name": product.variant_name or "",
+            "member_price": "" if product.member_price_cents is None else format_cents(product.member_price_cents)}
 
 
 NEW_PRODUCT = {"delivery_mode": "auto", "min_quantity": "1", "max_quantity": "100", "low_stock_threshold": "0",
@@ -54,8 +60,18 @@ def _render_form(product: Product | None, values: dict[str, str], status: int = 
     tree = read_tree(db.session)
     categories = [{"id": node.id, "name": tree.label(node.id), "is_active": tree.shown(node.id)}
                   for node, _depth in tree.ordered()]
+    # A product may be a variant of a main product (one without a main product of its own).
+    mains = db.session.execute(sa.select(Product.id, Product.name, Product.is_active)
+                               .where(Product.variant_of.is_(None),
+                                      Product.id != (product.id if product is not None else 0))
+                               .order_by(Product.sort_order, Product.id).limit(MAX_MAINS)).all()
+    chosen = values.get("variant_of", "")
+    if chosen.isascii() and chosen.isdigit() and int(chosen) < 2**31 and int(chosen) not in {m.id for m in mains}:
+        # (past the list's end: still offered)
+        mains += db.session.execute(sa.select(Product.id, Product.name, Product.is_active)
+                                    .where(Product.id == int(chosen), Product.variant_of.is_(None))).all()
     return render_template("panel/catalog_product_form.html", product=product, values=values,
-                           categories=categories, modes=DELIVERY_MODES,
+                           categories=categories, modes=DELIVERY_MODES, mains=mains,
                            limits={"quantity": catalog.MAX_QUANTITY, "threshold": catalog.MAX_THRESHOLD,
                                    "sort": catalog.SORT_ORDER_RANGE, "name": catalog.MAX_NAME,
                                    "description": catalog.MAX_DESCRIPTION},
@@ -149,14 +165,21 @@ def product_visibility(product_id: int):
         flash(_("Choose whether to show or hide the product."), "error")
         return redirect(url_for("panel.products"), code=303)
     visible = request.form["visible"] == "1"
-    changed = catalog.set_product_visible(db.session, product, visible, actor=actor(), source_ip=client_ip())
+    back = request.referrer if _same_page(request.referrer) else url_for("panel.products")
+    try:
+        changed = catalog.set_product_visible(db.session, product, visible, actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:   # (a variant while its main product is hidden)
+        db.session.rollback()
+        flash_errors(exc)
+        return redirect(back, code=303)
     if not changed:
         flash(_("Product %(name)s was already in that state.", name=product.name), "info")
     elif visible:
         flash(_("Product %(name)s is shown in the shop.", name=product.name), "success")
     else:
-        flash(_("Product %(name)s is hidden: buyers no longer see it.", name=product.name), "success")
-    return redirect(request.referrer if _same_page(request.referrer) else url_for("panel.products"), code=303)
+        flash(_("Product %(name)s is hidden: buyers no longer see it (nor its variants).", name=product.name),
+              "success")
+    return redirect(back, code=303)
 
 
 def _same_page(url: str | None) -> bool:

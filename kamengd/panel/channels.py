@@ -31,9 +31,10 @@ FIELDS = ("code", "name", "gateway", "pid", "key", "other_pay_types", "sort_orde
 # Per type, the form's fields that are the channel's options. The single pay_type of older
 # Epay channels is folded into pay_types when one is saved; the sandbox makes its own secret.
 OPTION_FIELDS = {"epay": ("gateway", "pid", "key", "pay_types", "pay_type"), "sandbox": ("force",),
-                 "balance": (), **{name: spec.options for name, spec in SPECS.items()}}
+                 "balance": (), "points": (), **{name: spec.options for name, spec in SPECS.items()}}
 # The order the "add a channel" choices are offered in: the common gateways first.
-CHANNEL_TYPES = ("epay", "epay2", "alipay", "wechatpay", "epusdt", "stripe", "paypal", "balance", "sandbox")
+CHANNEL_TYPES = ("epay", "epay2", "alipay", "wechatpay", "epusdt", "stripe", "paypal", "balance", "points",
+                 "sandbox")
 MAX_FIELD = 1000   # longer than any valid value: the service says what the limit is
 
 
@@ -48,6 +49,7 @@ def type_label(channel_type: str) -> str:
     return {"epay": _("Epay (易支付)"), "epay2": _("Rainbow Epay V2 (彩虹易支付)"), "alipay": _("Alipay 当面付"),
             "wechatpay": _("WeChat Pay (Native)"), "epusdt": _("Epusdt / BEpusdt (USDT)"), "stripe": _("Stripe"),
             "paypal": _("PayPal"), "balance": _("Balance (members and agents)"),
+            "points": _("Points (members and agents)"),
             "sandbox": _("Sandbox (for trying the shop)")}.get(channel_type, channel_type)
 
 
@@ -73,6 +75,8 @@ def type_description(channel_type: str) -> str:
                     "PayPal's developer dashboard, add a webhook at this shop's /pay/CODE/notify for "
                     "CHECKOUT.ORDER.APPROVED and PAYMENT.CAPTURE.COMPLETED."),
         "balance": _("buyers pay from their own balance on this shop, signed in as a member or an agent."),
+        "points": _("buyers pay with the points they earned on this shop (积分兑换), signed in as a member or an "
+                    "agent. A product sold through this channel only is a points-only product."),
         "sandbox": _("a pretend gateway for trying the shop: its pay page has a Pay button that completes the "
                      "order without any money moving."),
     }.get(channel_type, "")

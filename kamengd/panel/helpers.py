@@ -82,6 +82,8 @@ def nav_items() -> list[tuple[str, str, str]]:
         ("coupons.manage", "panel.coupons_list", _("Coupons")),
         ("risk.manage", "panel.risk_rules", _("Risk rules")),
         ("orders.release", "panel.risk_queue", _("Risk review")),
+        ("vouchers.redeem", "panel.terminal", _("Redeem vouchers")),
+        ("vouchers.report", "panel.vouchers_report", _("Redemptions")),
         ("channels.manage", "panel.channels", _("Payment channels")),
         ("suppliers.manage", "panel.suppliers_list", _("Suppliers")),
         ("agents.view", "panel.agents_list", _("Agents")),
@@ -150,6 +152,7 @@ def job_name(job: str) -> str:
         "adjust_agent_levels": _("Move agents to the levels their sales earn"),
         "forward_supplier_orders": _("Buy paid orders from suppliers"),
         "sync_suppliers": _("Sync suppliers' products, costs and balance"),
+        "refill_vouchers": _("Make voucher codes up to each product's stock level"),
         "check_channels": _("Check payment channels' health"),
     }.get(job, job)
 

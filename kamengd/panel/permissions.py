@@ -40,6 +40,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Risk rules decide which buyers may order at all: as coupons, owners and admins. (Their review
     # queue is held orders: orders.release looks at it and approves.)
     "risk.manage": frozenset({"owner", "admin"}),
+    # Vouchers (卡券): redeeming at a store's till is the verifier's only right (its stores only,
+    # decided by kamengd.vouchers.services); owners and admins redeem anywhere.
+    "vouchers.redeem": frozenset({"owner", "admin", "verifier"}),
+    # Terms, codes made for sale or issued in a batch, stores and who verifies at them.
+    "vouchers.manage": frozenset({"owner", "admin"}),
+    # What stores redeemed: numbers, no codes.
+    "vouchers.report": frozenset({"owner", "admin", "operator", "finance"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -111,6 +118,25 @@ ENDPOINTS: dict[str, str] = {
     "panel.risk_rule_new": "risk.manage",
     "panel.risk_rule_edit": "risk.manage",
     "panel.risk_rule_toggle": "risk.manage",
+    # vouchers.py
+    "panel.vouchers_report": "vouchers.report",
+    "panel.vouchers_today": "vouchers.report",
+    "panel.vouchers_report_csv": "vouchers.report",
+    "panel.voucher_products": "vouchers.manage",
+    "panel.voucher_terms_save": "vouchers.manage",
+    "panel.voucher_generate": "vouchers.manage",
+    "panel.voucher_batch": "vouchers.manage",
+    "panel.voucher_batch_export": "vouchers.manage",
+    "panel.stores": "vouchers.manage",
+    "panel.store_new": "vouchers.manage",
+    "panel.store_edit": "vouchers.manage",
+    "panel.store_verifiers": "vouchers.manage",
+    # terminal.py
+    "panel.terminal": "vouchers.redeem",
+    "panel.terminal_store": "vouchers.redeem",
+    "panel.terminal_look": "vouchers.redeem",
+    "panel.terminal_redeem": "vouchers.redeem",
+    "panel.terminal_undo": "vouchers.redeem",
     "panel.risk_queue": "orders.release",
     "panel.risk_approve": "orders.release",
     # channels.py
@@ -151,6 +177,7 @@ ENDPOINTS: dict[str, str] = {
     "panel.agent_host_bind": "agents.manage",
     "panel.agent_host_unbind": "agents.manage",
     "panel.agent_credit": "finance.manage",
+    "panel.agent_points": "finance.manage",
     "panel.withdrawals_list": "finance.manage",
     "panel.withdrawal_pay": "finance.manage",
     "panel.withdrawal_reject": "finance.manage",

@@ -60,6 +60,21 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                                     _("An agent earns this, besides its margin, for a new buyer's first order sold "
                                       "through it (invite link or sub-station): once per buyer e-mail, held and "
                                       "reversed like commission. 0: nothing.")),
+        "points.discount_share": (_("Points off an order (%)"),
+                                  _("积分抵扣: a member signed in may pay up to this share of an order with points "
+                                    "(at the points worth 1.00 below), the rest at the gateway; the points go back "
+                                    "if the order expires unpaid or is refunded. 0: off.")),
+        "points.earn_rate": (_("Points earned per 1.00"),
+                             _("A member signed in when it orders (or paying from its balance) earns this many "
+                               "points for each 1.00 paid, on delivery; a refund takes them back. 0: none.")),
+        "points.topup_bonus": (_("Top-up bonus points (充值满额赠送积分)"),
+                               _("AMOUNT=POINTS, e.g. 100=50, 500=300: a balance top-up of at least the amount "
+                                 "gives the points of the highest tier it reaches. Empty: none.")),
+        "points.value": (_("Points worth 1.00"),
+                         _("What a points channel charges: an order of 1.00 costs this many points.")),
+        "vouchers.undo_minutes": (_("Voucher undo window (minutes)"),
+                                  _("A store manager (or an owner or admin) may undo a redemption this long after "
+                                    "it, giving its use or value back.")),
         "withdrawals.minimum": (_("Smallest withdrawal"), _("Agents cannot request less than this.")),
         "withdrawals.fee_percent": (_("Withdrawal fee (%)"), _("Kept by the shop when a withdrawal is paid.")),
         "withdrawals.fee_fixed": (_("Withdrawal fee (fixed)"), _("Added to the percentage.")),

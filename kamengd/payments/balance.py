@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ..database import utcnow
 from ..errors import Conflict, InvalidRequest
 from ..ledger import services as ledger
+from ..orders.models import Order
 from ..orders.services import lock_order_status
 from .models import Payment, PaymentChannel
 from .services import PaymentOutcome, record_payment
@@ -43,6 +44,34 @@ def balance_channel(session: Session, code: str, order) -> PaymentChannel:
     return channel
 
 
+def open_for_payment(session: Session, channel: PaymentChannel, order, trade_no: str, payer,
+                     now: dt.datetime) -> bool:
+    """Lock the order of a channel this shop pays itself (a balance, points) and check it can
+    be paid by `payer` now. False: it was paid through `trade_no` already (a double click, a
+    second tab). Raises Conflict (no longer pending, expired) or InvalidRequest (payer disabled)."""
+    status = lock_order_status(session, order.id)   # before anything: the expiry sweep locks it first too
+    session.refresh(order)
+    if session.scalar(sa.select(Payment.id).where(Payment.channel_id == channel.id,
+                                                  Payment.trade_no == trade_no)) is not None:
+        return False
+    if status != "pending":
+        raise Conflict("order %(order_no)s is %(status)s: there is nothing to pay", order_no=order.order_no,
+                       status=status)
+    if order.expires_at <= now:
+        raise Conflict("order %(order_no)s has expired: place it again", order_no=order.order_no)
+    if not payer.is_active:
+        raise InvalidRequest("%(username)s is disabled", username=payer.username)
+    return True
+
+
+def mark_member(session: Session, order, payer) -> None:
+    """The payer becomes the order's member: whose statement names it, who earns its points on
+    delivery (kamengd.marketing.points)."""
+    session.execute(sa.update(Order).where(Order.id == order.id).values(member_id=payer.id)
+                    .execution_options(synchronize_session=False))
+    session.refresh(order)
+
+
 def pay_from_balance(session: Session, *, code: str, order, payer, now: dt.datetime | None = None) -> PaymentOutcome:
     """Pay `order` from `payer`'s (an Agent: member or agent) spendable balance, and deliver it.
 
@@ -52,19 +81,9 @@ def pay_from_balance(session: Session, *, code: str, order, payer, now: dt.datet
     outcome, nothing charged twice. The caller commits."""
     now = now or utcnow()
     channel = balance_channel(session, code, order)
-    status = lock_order_status(session, order.id)   # before anything: the expiry sweep locks it first too
-    session.refresh(order)
     trade_no = trade_no_for(order.order_no)
-    if session.scalar(sa.select(Payment.id).where(Payment.channel_id == channel.id,
-                                                  Payment.trade_no == trade_no)) is not None:
+    if not open_for_payment(session, channel, order, trade_no, payer, now):
         return PaymentOutcome(True, "already recorded")
-    if status != "pending":
-        raise Conflict("order %(order_no)s is %(status)s: there is nothing to pay", order_no=order.order_no,
-                       status=status)
-    if order.expires_at <= now:
-        raise Conflict("order %(order_no)s has expired: place it again", order_no=order.order_no)
-    if not payer.is_active:
-        raise InvalidRequest("%(username)s is disabled", username=payer.username)
     available = ledger.agent_refs(session, payer.id).get("available")
     if available is None or available.currency != order.currency:
         raise InvalidRequest("this order is in %(currency)s, the balance is in %(balance)s",
@@ -75,9 +94,11 @@ def pay_from_balance(session: Session, *, code: str, order, payer, now: dt.datet
         ledger.post(session, cause=cause, kind="order", legs=[(available, -order.amount_cents),
                                                               (sales, order.amount_cents)],
                     actor=f"agent:{payer.username}", memo=f"order {order.order_no}"[:200])
+    mark_member(session, order, payer)
     outcome = record_payment(session, channel, order, trade_no=trade_no, amount_cents=order.amount_cents,
                              raw={"payer": payer.username, "payer_id": payer.id, "ledger_cause": cause},
                              now=now, source="balance")
-    if not outcome.recorded or outcome.reason != "paid":   # pending and locked: cannot happen
+    # Paid, or held for a person (a risk rule asked for review): pending and locked, nothing else.
+    if not outcome.recorded or outcome.reason not in ("paid", "held"):
         raise RuntimeError(f"order {order.order_no}: a balance payment was recorded as {outcome.reason!r}")
     return outcome

@@ -39,6 +39,7 @@ from ..catalog.models import Product
 from ..database import utcnow
 from ..errors import InvalidRequest
 from ..agents import commission
+from ..marketing import points
 from ..money import parse_gateway_money
 from ..notifications.events import emit_many, payload_of
 from ..notifications.outbox import queue_delivery_email_for
@@ -47,6 +48,8 @@ from ..inventory.models import CardKey
 from ..settings.services import decode_setting, setting_value_query
 from ..validation import has_control_characters
 from ..vault import Vault
+from ..vouchers import services as vouchers
+from ..vouchers.models import VoucherTerms
 from . import epay, routing, sandbox
 from .gateways import gateway
 from .gateways.base import Channel, Inbound, Refused
@@ -60,13 +63,15 @@ _o, _c, _p, _pay, _k = (Order.__table__, PaymentChannel.__table__, Product.__tab
                         CardKey.__table__)
 _ORDER_COLUMNS = (_o.c.id, _o.c.order_no, _o.c.status, _o.c.channel_id, _o.c.product_id, _o.c.quantity,
                   _o.c.amount_cents, _o.c.currency, _o.c.email, _o.c.created_at, _o.c.unit_price_cents,
-                  _o.c.seller_agent_id, _o.c.risk_review, _o.c.email_folded)
+                  _o.c.seller_agent_id, _o.c.risk_review, _o.c.email_folded, _o.c.member_id)
 _EXISTING = (sa.select(_pay.c.order_id).where(_pay.c.channel_id == sa.bindparam("cid"),
                                               _pay.c.trade_no == sa.bindparam("trade_no"))
              .scalar_subquery())
+# A voucher product's codes are made redeemable when the order is delivered.
+_VOUCHER = sa.exists().where(VoucherTerms.__table__.c.product_id == _p.c.id)
 _CONTEXT = (_c.c.id.label("current_channel_id"), _c.c.secret_nonce, _p.c.name.label("product_name"),
             _p.c.delivery_mode, _p.c.price_cents.label("product_price_cents"), _EXISTING.label("existing_order_id"),
-            _c.c.fee_bp, _c.c.fee_fixed_cents)
+            _c.c.fee_bp, _c.c.fee_fixed_cents, _VOUCHER.label("is_voucher"))
 # SQLite: one SELECT reads it all, in a snapshot before the write lock.
 _LOAD_SQLITE = (sa.select(*_ORDER_COLUMNS, *_CONTEXT)
                 .join_from(_o, _p, _p.c.id == _o.c.product_id).outerjoin(_c, _c.c.code == sa.bindparam("code"))
@@ -306,7 +311,8 @@ def settle(session: Session, channel: CachedChannel, *, order_no: str, trade_no:
             and not row.risk_review):   # (held for a person: record_payment)
         delivery = _Delivery(row, context.product_name, trade_no, amount_cents, raw, now,   # built unlocked
                              context.product_price_cents,
-                             routing.fee_cents(amount_cents, context.fee_bp, context.fee_fixed_cents))
+                             routing.fee_cents(amount_cents, context.fee_bp, context.fee_fixed_cents),
+                             bool(context.is_voucher))
         conn = session.connection()   # SQLite: BEGIN IMMEDIATE
         sold = conn.execute(_SELL, {"oid": row.id, "now": now}).rowcount
         if sold == row.quantity:
@@ -324,8 +330,9 @@ class _Delivery:
     """The writes of a delivered callback, their values built before the write lock."""
 
     def __init__(self, row, product_name: str, trade_no: str, amount_cents: int, raw: dict, now: dt.datetime,
-                 product_price_cents: int, fee_cents: int):
+                 product_price_cents: int, fee_cents: int, is_voucher: bool = False):
         self.row, self.now, self.product_price_cents = row, now, product_price_cents
+        self.is_voucher = is_voucher
         self.payment = {
             "order_id": row.id, "channel_id": row.channel_id, "trade_no": trade_no, "amount_cents": amount_cents,
             "status": "received", "created_at": now, "fee_cents": fee_cents,
@@ -345,6 +352,12 @@ class _Delivery:
         if conn.execute(_DELIVER, {"oid": row.id, "now": now}).rowcount != 1:
             raise RuntimeError(f"order {row.order_no} changed under its lock")
         conn.execute(_INSERT_PAYMENT, self.payment)
+        if self.is_voucher:   # its codes redeemable from now
+            vouchers.activate_for_order(session, row.id, row.product_id, now)
+        # Its member's points first, then the agents' accounts: every path locks them in this order.
+        if row.member_id:   # placed signed in: its member earns its points
+            points.earn(session, order_no=row.order_no, member_id=row.member_id, amount_cents=row.amount_cents,
+                        currency=row.currency)
         if row.seller_agent_id:   # sold through an agent: it and those above it earn, in this transaction
             commission.book_commission(session, order_id=row.id, order_no=row.order_no, agent_id=row.seller_agent_id,
                                        paid_unit_cents=row.unit_price_cents, price_cents=self.product_price_cents,

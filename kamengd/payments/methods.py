@@ -26,11 +26,13 @@ KNOWN = {
     "card": ("银行卡", "Card", "card"),
     "paypal": ("PayPal", "PayPal", "paypal"),
     "balance": ("余额", "Balance", "balance"),
+    "points": ("积分", "Points", "points"),
 }
 # The one method of each channel type without pay types (Epay's kind offers its
 # pay_types): channels of one method stand in for each other when routing fails over.
 TYPE_METHOD = {"alipay": "alipay", "wechatpay": "wxpay", "epusdt": "usdt", "stripe": "card",
-               "paypal": "paypal", "balance": "balance", "sandbox": "sandbox"}
+               "paypal": "paypal", "balance": "balance", "points": "points",
+               "sandbox": "sandbox"}
 DEFAULT = "alipay"
 TYPE_RE = re.compile(r"^[a-z0-9_]{1,16}$")
 MAX_TYPES = 8

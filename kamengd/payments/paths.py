@@ -10,7 +10,7 @@ def start_url(site_url: str, code: str, order_no: str, token: str) -> str:
     return f"{site_url.rstrip('/')}/pay/{code}/start?{urlencode({'order_no': order_no, 'token': token})}"
 
 
-def balance_url(site_url: str, code: str, order_no: str, token: str) -> str:
-    """The pay URL of an order of a balance channel: the page where a signed-in member or agent
-    pays it from its balance."""
-    return f"{site_url.rstrip('/')}/pay/{code}/balance?{urlencode({'order_no': order_no, 'token': token})}"
+def balance_url(site_url: str, code: str, order_no: str, token: str, kind: str = "balance") -> str:
+    """The pay URL of an order of a balance channel (or a points channel, `kind` "points"): the
+    page where a signed-in member or agent pays it from its balance (or with its points)."""
+    return f"{site_url.rstrip('/')}/pay/{code}/{kind}?{urlencode({'order_no': order_no, 'token': token})}"

@@ -72,6 +72,9 @@ def refund_through_channel(session: Session, vault: Vault, *, order_no, reason, 
         if paid is not None and paid[1].type == "balance":
             raise InvalidRequest("order %(order_no)s was paid from a balance: refund it without the channel and the "
                                  "money goes back to that balance", order_no=order.order_no)
+        if paid is not None and paid[1].type == "points":
+            raise InvalidRequest("order %(order_no)s was paid with points: refund it without the channel and the "
+                                 "points go back to the member", order_no=order.order_no)
         if paid is not None and gateway(paid[1].type) is not None:
             raise InvalidRequest("order %(order_no)s was paid through %(channel)s, which cannot give money back: "
                                  "return it by hand, then refund the order without the channel",

@@ -26,7 +26,7 @@ from ..orders.models import Order
 from ..orders.services import deliver_paid_order, lock_order_status
 from ..catalog import limits
 from ..context import get_config
-from ..marketing import coupons
+from ..marketing import coupons, points
 from ..risk import engine as risk
 from ..validation import has_control_characters
 from ..vault import Vault, VaultError
@@ -51,6 +51,8 @@ CHANNEL_TYPES = {
                 "secret": ("secret",)},
     # Pays from a member's or an agent's balance on this shop (kamengd.payments.balance): nothing to set.
     "balance": {"options": (), "required": (), "secret": ()},
+    # Pays with a member's or an agent's points (kamengd.payments.points): nothing to set.
+    "points": {"options": (), "required": (), "secret": ()},
     # The gateway protocols (kamengd.payments.gateways): what each one's channel is made of.
     **{name: {"options": spec.options, "required": spec.required, "secret": spec.secret}
        for name, spec in SPECS.items()},
@@ -513,9 +515,9 @@ def check_signing(vault: Vault, channel: PaymentChannel) -> tuple[str, str, str]
     Returns (gateway, pid, key) for the gateway check; raises InvalidRequest
     when the stored key is missing, does not decrypt or does not verify.
     """
-    if channel.type not in ("epay", "sandbox", "balance", *SPECS):
+    if channel.type not in ("epay", "sandbox", "balance", "points", *SPECS):
         raise InvalidRequest("channel type %(type)r cannot be tested", type=channel.type)
-    if channel.type == "balance":   # no key, no gateway: the ledger is this shop's own
+    if channel.type in ("balance", "points"):   # no key, no gateway: the ledger is this shop's own
         return "", channel.code, ""
     if channel.type == "sandbox":
         return _check_sandbox_signing(vault, channel)
@@ -595,6 +597,10 @@ def test_channel(session: Session, vault: Vault, channel: PaymentChannel, site_u
     if channel.type == "balance":
         session.rollback()
         return ChannelCheck(True, "gateway", N_("buyers signed in as members or agents pay from their balance on "
+                                                "this shop"))
+    if channel.type == "points":
+        session.rollback()
+        return ChannelCheck(True, "gateway", N_("buyers signed in as members or agents pay with their points on "
                                                 "this shop"))
     if channel.type in SPECS:
         channel_type, conf = channel.type, gateway_channel(vault, channel)
@@ -760,8 +766,8 @@ def build_pay_url(vault: Vault, channel: PaymentChannel, order, *, site_url: str
     back = (return_site or site_url).rstrip("/")   # an agent's sub-station, or the shop
     if channel.type == "sandbox":
         return sandbox.pay_url(site_url=back, code=channel.code, order_no=order.order_no, token=token)
-    if channel.type == "balance":   # the shop's own address: the portal's sign-in is there, not on a station
-        return balance_url(site, channel.code, order.order_no, token)
+    if channel.type in ("balance", "points"):   # the shop's own address: the portal's sign-in is there
+        return balance_url(site, channel.code, order.order_no, token, channel.type)
     if channel.type in SPECS:
         return start_url(back, channel.code, order.order_no, token)
     return epay.pay_url(
@@ -836,7 +842,7 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
 
     # A risk rule asked for review when it was placed: paid, it waits for a person (the review queue).
     review = right_amount and order.risk_review
-    # Paid after it expired: the coupon use and daily-limit units it gave back are taken again;
+    # Paid after it expired: the coupon use, daily-limit units and points it gave back are taken again;
     # when they are gone meanwhile, a person decides (deliver anyway, or refund).
     over_limit = right_amount and order.status == "expired" and not _take_again(session, order)
     new_status = "paid" if right_amount and not review and not over_limit else "held"
@@ -872,12 +878,13 @@ def record_payment(session: Session, channel: PaymentChannel, order, *, trade_no
 
 
 def _take_again(session: Session, order) -> bool:
-    """An expired order paid after all: its coupon use and daily-limit units again (False: one
-    of them is gone meanwhile, and neither is taken)."""
+    """An expired order paid after all: its coupon use, daily-limit units and its member's
+    points again (False: one of them is gone meanwhile, and none is taken)."""
     product = session.get(Product, order.product_id)
     day = routing.shop_day(order.created_at, get_config().site.timezone)
     attempt = session.begin_nested()
-    taken = coupons.take_again(session, order) and limits.take_again(session, order, product.buyer_daily_limit, day)
+    taken = (coupons.take_again(session, order) and limits.take_again(session, order, product.buyer_daily_limit, day)
+             and points.take_again(session, order))
     if taken:
         attempt.commit()
     else:

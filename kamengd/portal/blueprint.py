@@ -18,7 +18,8 @@ from ..websession import AGENT_DOOR
 bp = Blueprint("portal", __name__, url_prefix="/agent", template_folder="templates")
 DOOR = AGENT_DOOR
 
-BALANCE_PAGE = re.compile(r"/pay/[a-z0-9][a-z0-9_-]{0,31}/balance")
+BALANCE_PAGE = re.compile(r"/pay/[a-z0-9][a-z0-9_-]{0,31}/(?:balance|points)")
+PRODUCT_PAGE = re.compile(r"/product/[0-9]{1,10}")   # (a member price: back to the product)
 # Pages open before sign-in; every other route needs a signed-in, active agent.
 PUBLIC = frozenset({"portal.login", "portal.login_2fa"})
 # What a plain member (no level, nothing to sell) may open: its balance, orders, books, account.
@@ -74,11 +75,12 @@ def client_ip() -> str | None:
 
 
 def safe_next(url: str | None) -> str | None:
-    """Only a path inside the portal, or the storefront's page that pays an order from a
-    balance (/pay/<code>/balance): never an open redirect."""
+    """Only a path inside the portal, the storefront's page that pays an order from a balance or
+    with points (/pay/<code>/balance, /pay/<code>/points), or a product's page (its member
+    price): never an open redirect."""
     if not url or url.startswith("//") or "\\" in url:
         return None
-    if url.startswith("/agent") or BALANCE_PAGE.fullmatch(url.partition("?")[0]):
+    if url.startswith("/agent") or BALANCE_PAGE.fullmatch(url.partition("?")[0]) or PRODUCT_PAGE.fullmatch(url):
         return url
     return None
 

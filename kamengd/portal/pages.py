@@ -13,7 +13,9 @@ from ..catalog.services import pool_stock
 from ..context import get_vault
 from ..errors import InvalidRequest, KamengdError, NotFound
 from ..extensions import db, limiter
+from ..ledger.models import POINTS_KIND
 from ..ledger.services import AGENT_KINDS
+from ..marketing import points as loyalty
 from ..money import format_cents
 from ..settings.services import get_setting, shop_url
 from ..storefront.i18n import t
@@ -41,7 +43,8 @@ def dashboard():
     return render_template("portal/dashboard.html", agent=agent,
                            summary=agents.agent_summary(db.session, agent),
                            figures=overview.dashboard(db.session, agent),
-                           recent=overview.orders(db.session, agent.id, limit=10))
+                           recent=overview.orders(db.session, agent.id, limit=10),
+                           points=loyalty.balance(db.session, agent.id), points_owed=loyalty.owed(db.session, agent.id))
 
 
 @bp.get("/products")
@@ -113,7 +116,8 @@ def ledger():
     if as_csv:
         return Response(statements.as_csv(rows), mimetype="text/csv", headers={
             "Content-Disposition": f'attachment; filename="ledger-{agent.username}.csv"'})
-    return render_template("portal/ledger.html", rows=rows, kinds=AGENT_KINDS, account=account, since=since or "",
+    return render_template("portal/ledger.html", rows=rows, kinds=AGENT_KINDS + (POINTS_KIND,), account=account,
+                           since=since or "",
                            until=until or "")
 
 

@@ -2,9 +2,14 @@
 
 Checkout asks `judge_order` about an order it is about to write, outside any write lock:
 the rules are kept per process for a few seconds (a staff edit takes effect within
-RULES_TTL), the velocity counts read the orders table by its (address | e-mail | device,
-created_at) indexes and stop counting at the rule's limit, a product's usual amount is kept
-per process for AVERAGE_TTL. With no active rule of a stage the cost is one dict lookup.
+RULES_TTL), a product's usual amount is kept per process for AVERAGE_TTL. The velocity rules
+are counted by the order's INSERT itself (`below_limits`: the orders table by its (address |
+e-mail | device, created_at) indexes, each count stopping at the rule's limit): it writes the
+order only while every one is below its limit, so the common order reads nothing here, and a
+burst of orders from one address cannot all pass one count (on SQLite, where writes queue;
+MariaDB's INSERT sees committed orders). When the INSERT writes nothing, checkout asks again
+with the counts read (`judge_order(uncounted=False)`), which decides and records as before.
+With no active rule of a stage the cost is one dict lookup.
 
 The verdict is the strongest action of the rules that match (refuse > review > captcha),
 unless an `allow` rule matches first in the rules' order: then the attempt is allowed and
@@ -59,11 +64,22 @@ class Match:
     inputs: dict
 
 
+@dataclass(frozen=True)
+class Uncounted:
+    """Velocity rules a verdict was given without: the order's INSERT counts them (in the
+    write lock, where a burst of orders cannot all pass one count) and writes the order only
+    while each is below its limit; when it writes nothing, the rules are asked again with the
+    counts read (`judge_order`)."""
+    key: tuple
+    params: dict
+
+
 @dataclass
 class Verdict:
     action: str = "allow"            # what happens: allow, captcha, review or refuse
     matches: list[Match] = field(default_factory=list)
     passed: bool = False             # the captcha asked for was solved
+    uncounted: Uncounted | None = None   # holds only while these velocity rules stay below their limits
 
     @property
     def outcome(self) -> str:
@@ -99,10 +115,10 @@ STAGES = {"order": ORDER_KINDS, "payment": PAYMENT_KINDS, "lookup": LOOKUP_KINDS
 def _rules(session: Session, stage: str) -> list[_Rule]:
     """The active rules of a stage, in their order: every stage's read at once (one query in
     RULES_TTL for all of them), kept per process."""
+    found = _kept(session, stage)
+    if found is not None:
+        return found
     db = database_key(session)
-    found = _cache.get((db, stage))
-    if found is not None and time.monotonic() - found[0] < RULES_TTL:
-        return found[1]
     rows = session.execute(sa.select(RiskRule.id, RiskRule.name, RiskRule.kind, RiskRule.action, RiskRule.params)
                            .where(RiskRule.is_active.is_(True))
                            .order_by(RiskRule.sort_order, RiskRule.id)).all()
@@ -115,11 +131,16 @@ def _rules(session: Session, stage: str) -> list[_Rule]:
     return by_stage[stage]
 
 
+def _kept(session: Session, stage: str) -> list[_Rule] | None:
+    """The stage's rules as this process read them lately; None when it must read them."""
+    found = _cache.get((database_key(session), stage))
+    return found[1] if found is not None and time.monotonic() - found[0] < RULES_TTL else None
+
+
 def none_known(session: Session, stage: str) -> bool:
     """This process read the stage's rules lately and there were none: nothing to ask, not
     even the database (the purchase path's statements stay as they were without rules)."""
-    found = _cache.get((database_key(session), stage))
-    return found is not None and not found[1] and time.monotonic() - found[0] < RULES_TTL
+    return _kept(session, stage) == []
 
 
 def _usual_amount(session: Session, product_id: int, days: int, least: int, now: dt.datetime) -> int | None:
@@ -129,6 +150,7 @@ def _usual_amount(session: Session, product_id: int, days: int, least: int, now:
     if found is not None and time.monotonic() - found[0] < AVERAGE_TTL:
         return found[1]
     since = now - dt.timedelta(days=days)
+    _reading(session)
     inner = (sa.select(_o.c.amount_cents).where(_o.c.status.in_(PAID), _o.c.product_id == product_id,
                                                  _o.c.paid_at >= since)
              .order_by(_o.c.paid_at.desc()).limit(1000).subquery())
@@ -159,41 +181,75 @@ def _velocity_of(rule: _Rule, attempt: Attempt):
 
 
 _COUNTED = {"ip_velocity": _o.c.client_ip, "email_velocity": _o.c.email_folded, "device_velocity": _o.c.device_tag}
-_statements: dict[tuple, sa.Select] = {}
+_statements: dict[tuple, object] = {}
 
 
-def _velocity_statement(rules: tuple[_Rule, ...]) -> sa.Select:
-    """One SELECT of every velocity rule's count (each stopping at its limit), built once per set
-    of rules: building it is dearer than running it. Values and times are bound per order."""
-    key = tuple((r.id, r.kind, r.params["limit"]) for r in rules)
+def _count(rule: _Rule):
+    """The orders a velocity rule counts, up to its limit (enough to decide); its value and the
+    start of its window are bound per order."""
+    inner = (sa.select(sa.literal(1)).where(_COUNTED[rule.kind] == sa.bindparam(f"v{rule.id}"),
+                                            _o.c.created_at >= sa.bindparam(f"s{rule.id}"))
+             .limit(rule.params["limit"]).subquery())
+    return sa.select(sa.func.count()).select_from(inner).scalar_subquery()
+
+
+def _key(rules: tuple[_Rule, ...]) -> tuple:
+    return tuple((r.id, r.kind, r.params["limit"]) for r in rules)
+
+
+def _kept_statement(key: tuple, build):
+    """A statement built once per set of velocity rules: building one is dearer than running it."""
     found = _statements.get(key)
     if found is None:
-        counts = []
-        for r in rules:
-            inner = (sa.select(sa.literal(1)).where(_COUNTED[r.kind] == sa.bindparam(f"v{r.id}"),
-                                                    _o.c.created_at >= sa.bindparam(f"s{r.id}"))
-                     .limit(r.params["limit"]).subquery())
-            counts.append(sa.select(sa.func.count()).select_from(inner).scalar_subquery().label(f"r{r.id}"))
-        found = sa.select(*counts)
+        found = build()
         if len(_statements) > 100:
             _statements.clear()
         _statements[key] = found
     return found
 
 
+def _velocity_statement(rules: tuple[_Rule, ...]) -> sa.Select:
+    """One SELECT of every velocity rule's count."""
+    return _kept_statement(("select",) + _key(rules),
+                           lambda: sa.select(*(_count(r).label(f"r{r.id}") for r in rules)))
+
+
+def below_limits(uncounted: Uncounted):
+    """The condition, for the order's INSERT, that every uncounted rule is below its limit."""
+    rules = uncounted.key
+    return _kept_statement(("below",) + rules, lambda: sa.and_(*(
+        _count(_Rule(rule_id, "", kind, "", {"limit": limit})) < limit for rule_id, kind, limit in rules)))
+
+
+def _counted(rules: list[_Rule], attempt: Attempt, now: dt.datetime) -> tuple[tuple[_Rule, ...], dict]:
+    """The velocity rules that count this attempt (it has their value: an API order has no
+    device cookie), with their values and windows as bound parameters."""
+    counting, params = [], {}
+    for r in rules:
+        if r.kind not in _COUNTED:
+            continue
+        counted = _velocity_of(r, attempt)
+        if counted is not None:
+            counting.append(r)
+            params[f"v{r.id}"] = counted[1]
+            params[f"s{r.id}"] = now - dt.timedelta(minutes=r.params["minutes"])
+    return tuple(counting), params
+
+
 def _velocities(session: Session, rules: list[_Rule], attempt: Attempt, now: dt.datetime) -> dict[int, int]:
     """Every velocity rule's count, by rule id, in one statement."""
-    counting = tuple(r for r in rules if r.kind in _COUNTED)
-    params = {}
-    for r in counting:
-        counted = _velocity_of(r, attempt)
-        params[f"v{r.id}"] = counted[1] if counted is not None else None   # NULL: nothing counted
-        params[f"s{r.id}"] = now - dt.timedelta(minutes=r.params["minutes"])
-    counting = tuple(r for r in counting if params[f"v{r.id}"] is not None)
+    counting, params = _counted(rules, attempt, now)
     if not counting:
         return {}
+    _reading(session)
     row = session.execute(_velocity_statement(counting), params).one()
     return {r.id: row._mapping[f"r{r.id}"] for r in counting}
+
+
+def _reading(session: Session) -> None:
+    """A read outside any transaction starts one that takes no write lock (SQLite)."""
+    if not session.in_transaction():
+        session.connection(execution_options={"kamengd_readonly": True})
 
 
 def _match(session: Session, rule: _Rule, attempt: Attempt, now: dt.datetime, counts: dict[int, int]) -> dict | None:
@@ -240,14 +296,27 @@ def _verdict(matches: list[Match]) -> Verdict:
     return Verdict(strongest, matches)
 
 
-def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = None) -> Verdict:
-    """The rules' verdict on an order about to be placed (reads only)."""
-    rules = _rules(session, "order")
+def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = None, *,
+                uncounted: bool = False) -> Verdict:
+    """The rules' verdict on an order about to be placed (reads only). `uncounted`: the
+    velocity rules are not counted here but left to the order's INSERT (`Verdict.uncounted`),
+    unless the verdict is a refusal or a captcha (then they are counted: the decision is
+    recorded with every rule that matched)."""
+    rules = _kept(session, "order")
+    if rules is None:   # (read, in a read that takes no write lock)
+        _reading(session)
+        rules = _rules(session, "order")
     if not rules:
         return Verdict()
     now = now or utcnow()
-    counts = _velocities(session, rules, attempt, now)
+    if uncounted:
+        later, params = _counted(rules, attempt, now)
+        counts = {}
+    else:
+        later, params = (), {}
+        counts = _velocities(session, rules, attempt, now)
     matches = []
+    verdict = None
     for rule in rules:
         seen = _match(session, rule, attempt, now, counts)
         if seen is None:
@@ -255,10 +324,19 @@ def judge_order(session: Session, attempt: Attempt, now: dt.datetime | None = No
         match = Match(rule.id, rule.name, rule.kind, rule.action, seen)
         if rule.action == "allow":
             if not matches:   # trusted, before any other rule spoke: no later rule is asked
-                return Verdict("allow", [match])
+                verdict = Verdict("allow", [match])
+                # (the velocity rules before it still speak first, if they match)
+                later = tuple(r for r in later if rules.index(r) < rules.index(rule))
+                break
             continue          # (an earlier rule matched: its word stands)
         matches.append(match)
-    return _verdict(matches)
+    verdict = verdict or _verdict(matches)
+    if later:
+        if verdict.action in ("refuse", "captcha"):
+            return judge_order(session, attempt, now)
+        verdict.uncounted = Uncounted(_key(later), {k: v for r in later for k, v in params.items()
+                                                     if k in (f"v{r.id}", f"s{r.id}")})
+    return verdict
 
 
 def judge_repeat_payment(session: Session, *, order_no: str, payments: int) -> Verdict:

@@ -27,6 +27,7 @@ from ..payments.services import check_channels as check_channel_health, disable_
 from ..settings.services import shop_url
 from ..settings.messaging import effective_config
 from ..suppliers import forwarding, services as suppliers
+from ..vouchers import stock as voucher_stock
 
 
 def expire_reservations(session: Session) -> dict:
@@ -140,6 +141,11 @@ def sync_suppliers(session: Session) -> dict:
     return suppliers.sync_all(session, get_vault())
 
 
+def refill_vouchers(session: Session) -> dict:
+    """Voucher products with keep_in_stock get new codes up to that many unsold ones."""
+    return {"generated": sum(voucher_stock.refill(session, get_vault()).values())}
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -161,4 +167,5 @@ JOBS = {
     "adjust_agent_levels": (adjust_agent_levels, 3600),
     "forward_supplier_orders": (forward_supplier_orders, 0),   # every tick: a buyer waits for these keys
     "sync_suppliers": (sync_suppliers, 300),
+    "refill_vouchers": (refill_vouchers, 60),
 }

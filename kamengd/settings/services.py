@@ -77,6 +77,22 @@ def _percent(text: str) -> str:
     return format_cents(cents)
 
 
+def _bonus_tiers(text: str) -> str:
+    """Top-up bonus tiers, "AMOUNT=POINTS" separated by commas ('100=50, 500=300'), kept tidy
+    and in order; each a whole number of points above zero."""
+    tiers = {}
+    text = text.replace("，", ",").replace("＝", "=").replace("；", ";")   # (typed with a Chinese keyboard)
+    for item in (part.strip() for part in re.split(r"[,;\s]+(?=[0-9.]+\s*=)", text.strip()) if part.strip()):
+        found = re.fullmatch(r"([0-9]{1,9}(?:\.[0-9]{1,2})?)\s*=\s*([0-9]{1,9})", item)
+        if found is None or int(found.group(2)) == 0:
+            raise InvalidRequest("%(item)r is not AMOUNT=POINTS such as 100=50", item=item[:40])
+        least = parse_plain_money(found.group(1), field="amount")
+        if least in tiers:
+            raise InvalidRequest("%(amount)s twice", amount=format_cents(least))
+        tiers[least] = int(found.group(2))
+    return ", ".join(f"{format_cents(least)}={points}" for least, points in sorted(tiers.items()))
+
+
 def _site_url(text: str) -> str:
     """The shop's public base address: scheme and host (a path prefix allowed), nothing else."""
     parts = urlsplit(text)
@@ -176,6 +192,24 @@ SETTINGS: dict[str, SettingSpec] = {
         str, "0.00", "What an agent earns, besides its margin, for a new buyer's first order sold through it (its "
         "invite link or its sub-station): once per buyer e-mail, held and reversed like commission. 0: nothing.",
         max_length=16, single_line=True, check=_amount),
+    # Points (积分): members and agents earn them on delivery and pay with them (a points channel).
+    "points.discount_share": SettingSpec(
+        int, 0, "积分抵扣: the most of an order's amount, in percent, a member signed in on the storefront may pay "
+        "with points (points.value per 1.00), the rest through the gateway; the points go back if the order "
+        "expires unpaid or is refunded. 0: points are not taken off orders.", minimum=0, maximum=99),
+    "points.earn_rate": SettingSpec(
+        int, 0, "Points a member (or agent) earns for each 1.00 it pays, on delivery of an order placed signed in "
+        "or paid from its balance; taken back when the order is refunded. 0: none.", minimum=0, maximum=10000),
+    "points.topup_bonus": SettingSpec(
+        str, "", "充值满额赠送积分: points a member or an agent gets with a balance top-up of at least an amount, e.g. "
+        "'100=50, 500=300' (a top-up of 500.00 or more: 300 points; the highest tier reached). Empty: none.",
+        max_length=400, single_line=True, check=_bonus_tiers),
+    "points.value": SettingSpec(
+        int, 100, "Points worth 1.00 when paying through a points channel (积分兑换) or taking points off an "
+        "order (points.discount_share): an order of 9.90 costs 990 points at 100.", minimum=1, maximum=1000000),
+    "vouchers.undo_minutes": SettingSpec(
+        int, 15, "Minutes after a voucher's redemption during which a manager of its store (or an owner or admin) "
+        "may undo it, giving back its use or value.", minimum=1, maximum=1440),
     "withdrawals.minimum": SettingSpec(str, "10.00", "Smallest withdrawal an agent may request.", max_length=16,
                                        single_line=True, check=_amount),
     "withdrawals.fee_percent": SettingSpec(str, "0.00", "Fee the shop keeps of each withdrawal, in percent.",

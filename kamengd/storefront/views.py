@@ -14,7 +14,7 @@ from flask import (Blueprint, abort, after_this_request, g, jsonify, make_respon
 from flask_babel import gettext
 
 from ..accounts.passwords import verify_password
-from ..catalog import images, inputs, markdown, pricing
+from ..catalog import images, inputs, markdown, pricing, variants
 from ..catalog.models import Product
 from ..catalog.tree import read_tree
 from ..catalog.services import pool_stock, stock_by_product
@@ -30,6 +30,7 @@ from ..orders.services import (LOOKUP_PAGE, find_order_for_buyer, orders_by_tags
                                orders_of_this_browser)
 from ..orders.validation import MAX_QUERY_PASSWORD
 from ..payments.balance import pay_from_balance
+from ..payments.points import cost as points_channel_cost, pay_with_points
 from ..payments.callbacks import pay_in_sandbox
 from ..payments.flow import NotStarted, fail_over, start_payment
 from ..payments.reconcile import ask_on_return
@@ -45,8 +46,10 @@ from ..vault import VaultError
 from ..agents import services as agents
 from ..agents.models import Agent
 from ..ledger import services as ledger
+from ..marketing import points
 from ..websession import AGENT_DOOR
-from ..substation import return_site, seller, station
+from ..substation import read_snapshot, return_site, seller, station
+from ..vouchers import services as vouchers
 from .i18n import current_lang, remember_lang, t
 
 bp = Blueprint("shop", __name__, template_folder="templates")
@@ -60,7 +63,8 @@ INDEX_PAGE = 48   # products a page of the index shows (a phone scrolls a few sc
 @bp.app_context_processor
 def _helpers():
     return {"t": t, "lang": current_lang, "shop_time": shop_time, "lang_url": lang_url, "sends_mail": sends_mail,
-            "in_app_browser": in_app_browser, "shop_look": _shop_look, "price_of": price_of}
+            "in_app_browser": in_app_browser, "shop_look": _shop_look, "price_of": price_of,
+            "member_viewer": member_viewer, "format_money": format_cents}
 
 
 def _shop_look() -> dict:
@@ -72,11 +76,27 @@ def _shop_look() -> dict:
 
 def price_of(product: Product, quantity: int = 1) -> int:
     """A product's unit price on this page: on a sub-station the agent's (kamengd.substation);
-    else the shop's now, for the quantity (a time-window price, a wholesale tier)."""
+    else the shop's now, for the quantity (a time-window price, a wholesale tier) and the buyer
+    (signed in: the member price)."""
     prices = g.get("station_prices")
     if prices is not None:
         return prices.get(product.id, product.price_cents)
-    return pricing.unit_price(product, quantity, utcnow())
+    return pricing.unit_price(product, quantity, utcnow(), member_viewer())
+
+
+def member_viewer() -> bool:
+    """Whether this page's buyer is signed in to the portal (a member or an agent): member prices
+    are theirs, and the page is theirs alone (never kept by a cache for others)."""
+    if "member_viewer" not in g:
+        g.member_viewer = station() is None and AGENT_DOOR.current() is not None
+    return g.member_viewer
+
+
+@bp.after_request
+def _private_prices(response):
+    if g.get("member_viewer"):
+        response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 def _stock() -> dict[int, int]:
@@ -144,6 +164,9 @@ def _methods(product_id: int | None = None, currency: str | None = None,
             continue
         entry = {"value": m.value, "label": known or m.channel_name, "icon": methods.icon(m.method),
                  "channel_name": m.channel_name, "detail": ""}
+        if m.method == "points" and amount_cents:   # what the points channel costs, as the buyer counts it
+            cost = points.cost_of(amount_cents, get_setting(db.session, "points.value"))
+            entry["detail"] = t(f"{cost} 积分", f"{cost} points")
         if known is not None:
             seen[m.method] = entry
         found.append(entry)
@@ -164,10 +187,43 @@ def _int_arg(name: str) -> int | None:
 
 
 def _listed_products(visible: set[int]):
-    """Active products the index shows: none of a hidden category (or one under a hidden one)."""
+    """Active products the index shows: none of a hidden category (or one under a hidden one),
+    no variant (its main product stands for its group)."""
     return (sa.select(Product)
-            .where(Product.is_active.is_(True), sa.or_(Product.category_id.is_(None), Product.category_id.in_(visible)))
+            .where(Product.is_active.is_(True), Product.variant_of.is_(None),
+                   sa.or_(Product.category_id.is_(None), Product.category_id.in_(visible)))
             .order_by(Product.sort_order, Product.id))
+
+
+def _matching(query: str):
+    """SQL: the product's name or option has `query`, or one of its variants' has."""
+    inside = Product.__table__.alias("variant")
+    return sa.or_(Product.name.contains(query, autoescape=True), Product.variant_name.contains(query, autoescape=True),
+                  Product.id.in_(sa.select(inside.c.variant_of).where(
+                      inside.c.variant_of.is_not(None), inside.c.is_active.is_(True),
+                      sa.or_(inside.c.name.contains(query, autoescape=True),
+                             inside.c.variant_name.contains(query, autoescape=True)))))
+
+
+def _grouped(products: list, stock: dict[int, int]) -> tuple[dict[int, int], dict[int, int], set[int]]:
+    """For the main products with variants on sale: ({id: the group's stock}, {id: the lowest
+    unit price of its options on sale, where their prices differ}, {ids of the groups with an
+    option delivered by hand: never sold out})."""
+    groups = variants.variants_of(db.session, [p.id for p in products])
+    _station_prices(products + [v for vs in groups.values() for v in vs])
+    totals, lowest, by_hand = {}, {}, set()
+    for p in products:
+        members = [p, *groups.get(p.id, ())]
+        if len(members) == 1:
+            continue
+        totals[p.id] = sum(stock.get(m.id, 0) for m in members)
+        if any(m.delivery_mode == "manual" for m in members):
+            by_hand.add(p.id)
+        buyable = [m for m in members if m.delivery_mode == "manual" or stock.get(m.id)] or members
+        prices = {price_of(m) for m in buyable}
+        if len({price_of(m) for m in members}) > 1:
+            lowest[p.id] = min(prices)
+    return totals, lowest, by_hand
 
 
 @bp.get("/media/<name>-<size>.webp")
@@ -211,17 +267,20 @@ def index():
     if category is not None:
         select = select.where(Product.category_id.in_(tree.below(category.id) & visible))
     if query:
-        select = select.where(Product.name.contains(query, autoescape=True))
+        select = select.where(_matching(query))
     place = {node.id: i for i, (node, _depth) in enumerate(tree.ordered())}
     # As the tree goes (a category's own products before those under it); no category last.
     products = sorted(db.session.scalars(select).all(),
                       key=lambda p: place.get(p.category_id, len(place)))
-    _station_prices(products)
+    group_stock, from_prices, by_hand = _grouped(products, stock)
+    stock = {**stock, **group_stock}   # a main product's card counts its whole group
     # Sold out (automatic delivery, no key left) is hidden unless asked for: a buyer
     # scrolling a phone wants what can be bought now.
     show_all = request.args.get("all") == "1" or bool(query)   # a search names what it wants: sold out or not
-    sold_out = [p for p in products if p.delivery_mode != "manual" and not stock.get(p.id)]
-    shown = products if show_all else [p for p in products if p.delivery_mode == "manual" or stock.get(p.id)]
+    def open_(p):   # (delivered by hand: never sold out; a group with such an option neither)
+        return p.delivery_mode == "manual" or p.id in by_hand or stock.get(p.id)
+    sold_out = [p for p in products if not open_(p)]
+    shown = products if show_all else [p for p in products if open_(p)]
     pages = max(1, -(-len(shown) // INDEX_PAGE))
     page = min(_int_arg("page") or 1, pages)
     groups: dict[int | None, list[Product]] = {}
@@ -234,13 +293,13 @@ def index():
                            category=category, trail=tree.path(category.id) if category else [],
                            subcategories=subcategories, pictures=images.names_for(db.session, [p.id for p in on_page]),
                            stock=stock, query=query, count=len(shown), page=page, pages=pages,
-                           show_all=show_all, sold_out=len(sold_out),
+                           show_all=show_all, sold_out=len(sold_out), from_prices=from_prices, by_hand=by_hand,
                            notice=station().notice if station() is not None else get_setting(db.session, "site.notice"),
                            money=format_cents)
 
 
 # A service error names its field first ("email: ..."): the form marks that field.
-FIELDS = ("quantity", "email", "query_password", "channel", "pay_type", "coupon", "captcha")
+FIELDS = ("quantity", "email", "query_password", "channel", "pay_type", "coupon", "points", "captcha")
 
 
 def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
@@ -275,29 +334,50 @@ def _error_text(exc: KamengdError, product: Product) -> tuple[str, str | None]:
 def _product_page(product_id: int, *, exc: KamengdError | None = None, form=None):
     read_only()
     p = db.session.get(Product, product_id) if product_id < 2**31 else None
-    if p is None or not p.is_active:
+    if p is None or not p.is_active or not variants.main_is_shown(db.session, p):
         abort(404)
     error, error_field = _error_text(exc, p) if exc is not None else (None, None)
-    stock = _stock().get(p.id, 0)
-    tree = read_tree(db.session) if p.category_id else None
-    trail = tree.path(p.category_id) if tree is not None and tree.shown(p.category_id) else []
+    every = _stock()
+    stock = every.get(p.id, 0)
+    options = variants.group(db.session, p)   # the group's options: each its own page
+    main = options[0] if options else p       # a variant without its own words shows its main product's
+    category_id = p.category_id or main.category_id
+    tree = read_tree(db.session) if category_id else None
+    trail = tree.path(category_id) if tree is not None and tree.shown(category_id) else []
     most = p.max_quantity if p.delivery_mode == "manual" else max(p.min_quantity, min(p.max_quantity, stock))
-    _station_prices([p])
+    _station_prices([p, *options])
+    description = p.description or main.description
+    pictures = images.names_for(db.session, {p.id, main.id})
     now = utcnow()
     on_sale = g.get("station_prices") is None and pricing.on_sale(p, now)
+    # Said only where it is below what a unit costs everyone else now (a cheaper sale wins).
+    member_offer = p.member_price_cents if p.member_price_cents is not None and \
+        p.member_price_cents < pricing.unit_price(p, 1, now) else None
     return render_template("storefront/product.html", product=p, stock=stock,
-                           description=markdown.render(p.description) if p.description else "",
+                           description=markdown.render(description) if description else "",
+                           options=options, option_label=variants.label, option_stock=every,
                            tiers=pricing.tiers_of(p.price_tiers) if g.get("station_prices") is None else [],
-                           on_sale=on_sale, sale_ends=shop_time(p.sale_ends_at) if on_sale and p.sale_ends_at else None,
+                           station_priced=g.get("station_prices") is not None, member_offer=member_offer,
+                           on_sale=on_sale, points_use=_points_use(p), sale_ends=shop_time(p.sale_ends_at) if on_sale and p.sale_ends_at else None,
                            channels=_methods(p.id, p.currency, p.price_cents * p.min_quantity),
                            input_fields=inputs.load(p.input_fields), input_kinds=inputs.KINDS,
                            html_pattern=inputs.html_pattern,
                            trail=trail, most=most, money=format_cents, error=error,
-                           picture=images.names_for(db.session, [p.id]).get(p.id),
+                           picture=pictures.get(p.id) or pictures.get(main.id),
                            error_field=error_field, form=form or {},
                            # a risk rule asks for a captcha: the widget solves this one
                            challenge=json.dumps(exc.challenge) if isinstance(exc, CaptchaRequired) else None,
                            query_password_max=MAX_QUERY_PASSWORD), (exc.http_status if exc else 200)
+
+
+def _points_use(p: Product) -> dict | None:
+    """A member signed in with points, on the shop's own site, where the shop takes points off
+    orders (points.discount_share): its points and that share, for the product form's choice."""
+    if not member_viewer() or p.currency != ledger.DEFAULT_CURRENCY:
+        return None
+    share = get_setting(db.session, "points.discount_share")
+    have = points.balance(db.session, AGENT_DOOR.current().id) if share else 0
+    return {"have": have, "share": share} if have > 0 else None
 
 
 # A random id per browser, set by the product page: the risk rules count orders per device
@@ -317,6 +397,19 @@ def _device_tag() -> str | None:
                             samesite="Lax", secure=request.is_secure)
         return response
     return None
+
+
+def _signed_in_id() -> int | None:
+    """The member (or agent) signed in to the portal in this browser: its order earns it points.
+    Read in a snapshot that ends at once: the order's own reads happen outside any write lock.
+    A browser without a portal session (most buyers) reads nothing."""
+    if AGENT_DOOR.token() is None:
+        return None
+
+    def read(_session):
+        member = AGENT_DOOR.current()
+        return member.id if member is not None else None
+    return read_snapshot(read)
 
 
 @bp.get("/product/<int:product_id>")
@@ -343,13 +436,15 @@ def buy(product_id: int):
                                           if k.startswith("input_")} or None,
                              client_ip=request.remote_addr, site_url=get_config().site.url, seller=seller(),
                              return_site=return_site(), device_tag=_device_tag(),
-                             captcha=form.get("captcha") or None)
+                             captcha=form.get("captcha") or None, member_id=_signed_in_id(),
+                             use_points=form.get("use_points") == "1")
     except KamengdError as exc:
         db.session.rollback()
         if isinstance(exc, NotFound):
             abort(404)
         kept = {"quantity": form.get("quantity", "")[:10], "email": form.get("email", "")[:254],
-                "channel": form.get("channel", "")[:50], "coupon": form.get("coupon", "")[:32]}
+                "channel": form.get("channel", "")[:50], "coupon": form.get("coupon", "")[:32],
+                "use_points": form.get("use_points") == "1"}
         return _product_page(product_id, exc=exc, form=kept)
     _remember(placed.order_no, placed.token)
     return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
@@ -374,7 +469,11 @@ def _order_page(order, token: str, *, returned: bool = False):
     watch = order.status in WATCHED
     label = methods.label(order.pay_type, current_lang())
     pay_method = {"icon": methods.icon(order.pay_type), "label": label} if label else None
+    held = vouchers.order_vouchers(db.session, get_vault(), order.id, order.product_id) \
+        if order.status == "delivered" else []
     return render_template("order.html", order=order_view(db.session, get_vault(), order), product=product,
+                           vouchers=[(h, segno.make(h.code, error="m").svg_inline(scale=4, border=2,
+                                                                                 title=h.code)) for h in held],
                            buyer_input=inputs.load(order.buyer_input),
                            pay_url=pay_url, expires_at=shop_time(order.expires_at), returned=returned,
                            pay_method=pay_method,
@@ -565,25 +664,62 @@ def balance_page(code: str):
 @bp.post("/pay/<code>/balance")
 def balance_pay(code: str):
     """Pay the order from the signed-in account's balance, in this request's one transaction."""
+    return _pay_signed_in(code, "shop.balance_page", _balance_page, pay_from_balance)
+
+
+def _pay_signed_in(code: str, page_endpoint: str, page, pay, **extra):
+    """A pay page's POST for a channel the signed-in account pays itself (its balance, its
+    points): `pay` in this request's one transaction, then the order; its page with the
+    reason when refused (nothing written)."""
     try:
         order, token = _posted_order()
     except NotFound:
         return render_template("order_missing.html"), 404
     payer = AGENT_DOOR.current()
     if payer is None:   # signed out meanwhile: sign in, then back to this page
-        return redirect(url_for("portal.login", next=url_for("shop.balance_page", code=code,
-                                                              order_no=order.order_no, token=token)), code=303)
+        return redirect(url_for("portal.login", next=url_for(page_endpoint, code=code, order_no=order.order_no,
+                                                              token=token)), code=303)
     try:
-        pay_from_balance(db.session, code=code, order=order, payer=payer)
+        pay(db.session, code=code, order=order, payer=payer, **extra)
     except KamengdError as exc:
         db.session.rollback()
         order = db.session.get(Order, order.id)
-        response = make_response(_balance_page(order, token, code, problem=exc.localized(gettext),
-                                               status=exc.http_status))
-        response.headers["Cache-Control"] = "no-store"   # it shows a balance
+        response = make_response(page(order, token, code, problem=exc.localized(gettext), status=exc.http_status))
+        response.headers["Cache-Control"] = "no-store"   # it shows a balance or points
         return response
     db.session.commit()
     return redirect(url_for("shop.order_page", order_no=order.order_no, token=token), code=303)
+
+
+def _points_page(order, token: str, code: str, problem: str | None = None, status: int = 200):
+    payer = AGENT_DOOR.current()
+    have = points.balance(db.session, payer.id) if payer is not None else None
+    cost = points_channel_cost(db.session, order)
+    here = url_for("shop.points_page", code=code, order_no=order.order_no, token=token)
+    response = make_response(_own_pay_page("points_pay.html", "points", order, token, code, problem, status,
+                                           payer=payer, points=have, cost=cost,
+                                           covered=have is not None and have >= cost,
+                                           login_url=url_for("portal.login", next=here)))
+    response.headers["Cache-Control"] = "no-store"   # it shows the member's points
+    return response
+
+
+@bp.get("/pay/<code>/points")
+def points_page(code: str):
+    """A points channel's pay page: sign in (as a member or an agent), see the points, pay."""
+    read_only()
+    try:
+        order, token = _buyers_order(request.args.get("order_no", "")[:32])
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    return _points_page(order, token, code)
+
+
+@bp.post("/pay/<code>/points")
+def points_pay(code: str):
+    """Pay the order with the signed-in account's points, in this request's one transaction."""
+    return _pay_signed_in(code, "shop.points_page", _points_page, pay_with_points,
+                          expected_cost=request.form.get("cost", "")[:20])
 
 
 @bp.get("/order/<order_no>/status")

@@ -167,8 +167,16 @@ def main() -> None:
     bk.add_argument("-n", type=int, default=1_000_000)
     bk.add_argument("--database-url", help="source; default: SQLite in a temporary directory")
     bk.add_argument("--restore-url", help="target; default: SQLite in a temporary directory")
+    vo = sub.add_parser("vouchers", help="redemptions/s at 16 verifier terminals through a real server, then 16 "
+                                         "terminals racing for the same codes and one stored-value card")
+    vo.add_argument("-n", type=int, default=5000, help="single-use codes redeemed once each")
+    vo.add_argument("--race", type=int, default=300, help="codes every terminal tries (exactly one may win each)")
+    vo.add_argument("--value", default="200.00", help="the stored-value card taken from 1.00 at a time")
+    vo.add_argument("--terminals", type=int, default=16, help="verifier terminals (each signed in)")
+    vo.add_argument("--processes", type=int, default=4, help="client processes the terminals are spread over")
+    vo.add_argument("--database-url", help="default: SQLite in a temporary directory")
     args = parser.parse_args()
-    {"import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
+    {"vouchers": bench_vouchers, "import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
      "panel": bench_panel, "agents": bench_agents, "api": bench_api}[args.what](args)
 
 
@@ -176,6 +184,13 @@ def main() -> None:
 def bench_checkout(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_checkout import bench_checkout as run
+
+    run(args, kamengd=kamengd, install=install, machine=machine)
+
+
+def bench_vouchers(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_vouchers import bench_vouchers as run
 
     run(args, kamengd=kamengd, install=install, machine=machine)
 
