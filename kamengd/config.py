@@ -150,13 +150,13 @@ class PanelConfig:
 EVENT_TYPES = ("stock.low", "stock.restocked", "order.paid", "order.delivered", "order.held", "order.stuck",
                "payment.extra", "reconcile.mismatch", "scheduler.failover", "withdrawal.requested",
                "order.refunded", "balance.changed", "supplier.low_balance", "supplier.cost_changed",
-               "channel.down", "channel.up", "channel.failover")
+               "channel.down", "channel.up", "channel.failover", "ticket.opened", "ticket.overdue")
 # Made only for agents' own webhooks (kamengd.agents.webhooks), never fanned out to staff:
 # "*" in [notifications] does not bring them, and naming them there is refused.
 AGENT_ONLY_EVENTS = ("balance.changed",)
 STAFF_EVENTS = ("stock.low", "order.held", "order.stuck", "payment.extra", "reconcile.mismatch",
                 "scheduler.failover", "withdrawal.requested", "supplier.low_balance", "supplier.cost_changed",
-                "channel.down")
+                "channel.down", "ticket.opened", "ticket.overdue")
 
 
 @dataclass(frozen=True)

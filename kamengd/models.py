@@ -17,3 +17,4 @@ from .suppliers.models import Supplier, SupplierOrder, SupplierProduct  # noqa: 
 from .marketing.models import Coupon, CouponBuyer  # noqa: F401
 from .risk.models import CaptchaUse, LookupFailure, RiskDecision, RiskRule  # noqa: F401
 from .vouchers.models import Redemption, Store, StoreVerifier, Voucher, VoucherBatch, VoucherTerms  # noqa: F401
+from .tickets.models import KeyReissue, Ticket, TicketImage, TicketMessage  # noqa: F401

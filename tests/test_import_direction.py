@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.inventory", "kamengd.ledger", "kamengd.notifications", "kamengd.operations", "kamengd.orders",
         "kamengd.marketing", "kamengd.payments", "kamengd.reports", "kamengd.risk",
         "kamengd.scheduler", "kamengd.server", "kamengd.settings", "kamengd.storefront", "kamengd.suppliers",
-        "kamengd.vouchers")),
+        "kamengd.tickets", "kamengd.vouchers")),
     ("models", ("kamengd.*.models",)),
     ("the model registry (Alembic, tests)", ("kamengd.models",)),
     # Pieces of a feature that other features use and that need no other feature:
@@ -73,6 +73,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.agents.webhooks", "kamengd.agents.batches", "kamengd.vouchers.stock")),
     # Docking: suppliers' products become ours, their keys deliver our orders (as an import would).
     ("suppliers", ("kamengd.suppliers.*",)),
+    # After-sales: a ticket ends in a refund (through the channel) or a reissued key (from stock).
+    ("after-sales tickets", ("kamengd.tickets.services",)),
     # The high half of notifications: sending reads the order's keys and flags orders.
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (

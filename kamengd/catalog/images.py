@@ -42,30 +42,43 @@ def _resized(picture: Image.Image, side: int) -> bytes:
     return out.getvalue()
 
 
-def prepare(raw: bytes) -> tuple[bytes, bytes, int, int]:
-    """(large, thumbnail, width, height) of an upload, or InvalidRequest saying what is wrong."""
+def load(raw: bytes, what: str = "image") -> Image.Image:
+    """An upload decoded, the right way up, in RGB(A); InvalidRequest saying what is wrong. Saved
+    again by the caller, it keeps nothing of the file but its pixels (no EXIF: a phone's photo
+    names where it was taken)."""
     if not raw:
-        raise InvalidRequest("image: choose a picture file")
+        raise InvalidRequest("%(what)s: choose a picture file", what=what)
     if len(raw) > MAX_UPLOAD:
-        raise InvalidRequest("image: at most %(mib)s MiB", mib=MAX_UPLOAD // (1024 * 1024))
+        raise InvalidRequest("%(what)s: at most %(mib)s MiB", what=what, mib=MAX_UPLOAD // (1024 * 1024))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             picture = Image.open(io.BytesIO(raw), formats=FORMATS)
             width, height = picture.size
             if width * height > MAX_PIXELS:
-                raise InvalidRequest("image: at most %(mp)s million pixels", mp=MAX_PIXELS // 1_000_000)
+                raise InvalidRequest("%(what)s: at most %(mp)s million pixels", what=what,
+                                     mp=MAX_PIXELS // 1_000_000)
             picture.load()
             picture = ImageOps.exif_transpose(picture)   # a phone's photo the right way up
     except InvalidRequest:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
             ValueError, SyntaxError):
-        raise InvalidRequest("image: not a JPEG, PNG, WebP or GIF picture") from None
-    picture = picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB")
-    large = _resized(picture, SIZES["800"])
-    with Image.open(io.BytesIO(large)) as stored:
-        width, height = stored.size
+        raise InvalidRequest("%(what)s: not a JPEG, PNG, WebP or GIF picture", what=what) from None
+    return picture.convert("RGBA" if "A" in picture.getbands() or "transparency" in picture.info else "RGB")
+
+
+def resized(picture: Image.Image, side: int) -> tuple[bytes, int, int]:
+    """(WebP, width, height) of the picture fitted into side × side (never enlarged)."""
+    data = _resized(picture, side)
+    with Image.open(io.BytesIO(data)) as stored:
+        return data, *stored.size
+
+
+def prepare(raw: bytes) -> tuple[bytes, bytes, int, int]:
+    """(large, thumbnail, width, height) of an upload, or InvalidRequest saying what is wrong."""
+    picture = load(raw)
+    large, width, height = resized(picture, SIZES["800"])
     return large, _resized(picture, SIZES["320"]), width, height
 
 

@@ -175,6 +175,9 @@ SUMMARIES = {
     "channel.failover": lambda d: f"支付通道切换 order {d.get('order_no')}: {d.get('from')} -> {d.get('to')} "
                                   f"({d.get('reason')})",
     "order.refunded": lambda d: f"订单已退款 order {d.get('order_no')} refunded {d.get('amount')} {d.get('currency')}",
+    "ticket.opened": lambda d: f"新售后工单 ticket {d.get('ticket_id')} about order {d.get('order_no')}",
+    "ticket.overdue": lambda d: f"售后工单超时 ticket {d.get('ticket_id')} (order {d.get('order_no')}) waits since "
+                                f"{d.get('waiting_since')}",
 }
 
 

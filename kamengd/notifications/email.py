@@ -1,4 +1,4 @@
-"""Mail to buyers: their keys, once delivered.
+"""Mail to buyers: their keys, once delivered; staff's answers to their after-sales tickets.
 
 A delivery writes an outbox row in its own transaction
 (kamengd.notifications.outbox); `send_due_emails` sends after the commit and
@@ -29,6 +29,7 @@ from ..orders import reasons
 from ..orders.models import Order
 from ..orders.services import order_keys
 from ..settings.services import site_name, site_url
+from ..tickets.models import TicketMessage
 from ..validation import is_email_address
 from ..vault import Vault
 from ..vouchers import services as vouchers
@@ -86,6 +87,28 @@ def render_delivery_email(session: Session, vault: Vault, config: Config, mail: 
         segno.make(h.code, error="m").save(png, kind="png", scale=6, border=2)
         html.add_related(png.getvalue(), maintype="image", subtype="png", cid=f"<qr{i}@kamengd>")
     return msg
+
+
+def render_ticket_email(session: Session, config: Config, mail: EmailOutbox) -> EmailMessage:
+    """Staff's answer to the buyer's after-sales ticket; the thread goes on on the order page."""
+    order = session.get(Order, mail.order_id)
+    message = session.get(TicketMessage, mail.ticket_message_id)
+    site = site_name(session, config.site.name)
+    msg = EmailMessage()
+    msg["Subject"] = f"[{site}] 订单 {order.order_no} 售后回复 / reply about your order"
+    msg["From"] = config.smtp.from_address or f"kamengd@{config.smtp.host}"
+    msg["To"] = mail.to_address
+    msg.set_content("\n".join([
+        f"{site} 回复了您关于订单 {order.order_no} 的售后工单。{site} answered your ticket about order {order.order_no}.",
+        "", message.body, "",
+        f"回复或查看 Reply or read it all: {site_url(session, config.site.url).rstrip('/')}/order/{order.order_no}"]))
+    return msg
+
+
+def render_email(session: Session, vault: Vault, config: Config, mail: EmailOutbox) -> EmailMessage:
+    if mail.kind == "ticket.reply":
+        return render_ticket_email(session, config, mail)
+    return render_delivery_email(session, vault, config, mail)
 
 
 def _worth(h) -> str:
@@ -157,13 +180,14 @@ def send_due_emails(session: Session, vault: Vault, config: Config, *, now: dt.d
             continue
         mail = session.get(EmailOutbox, mail_id)
         try:
-            send(config, render_delivery_email(session, vault, config, mail))
+            send(config, render_email(session, vault, config, mail))
         except (OSError, smtplib.SMTPException) as exc:
             error = f"{exc.__class__.__name__}: {exc}"[:500]
             mail.last_error = error
             if attempts + 1 >= MAX_ATTEMPTS:
                 mail.status = "failed"
-                if mail.order_id is not None:  # the buyer may never see the keys: tell a person
+                if mail.order_id is not None and mail.kind == "order.delivered":
+                    # the buyer may never see the keys: tell a person
                     flag_order(session, session.get(Order, mail.order_id),
                                reasons.reason(reasons.MAIL_FAILED, attempts=attempts + 1, error=error), now)
             session.commit()   # each mail's outcome is stored before the next mail is sent

@@ -19,6 +19,8 @@ class EmailOutbox(db.Model):
     kind: Mapped[str] = mapped_column(sa.String(32))
     order_id: Mapped[int | None] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     to_address: Mapped[str] = mapped_column(sa.String(254))
+    # kind "ticket.reply": the staff message it carries (no foreign key: SQLite would copy the table).
+    ticket_message_id: Mapped[int | None] = mapped_column(BigId)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -137,7 +137,7 @@ def deliver_paid_order(session: Session, order: Order, now: dt.datetime | None =
         try:
             with session.begin_nested():
                 reserve_keys(session, product_id=order.product_id, quantity=order.quantity,
-                             order_id=order.id, until=now, pool=_pool_of(session, order))
+                             order_id=order.id, until=now, pool=pool_of(session, order))
         except OutOfStock:
             return NO_STOCK
     return DELIVERED if sell_reserved_keys(session, order, now) else NOT_PAID
@@ -172,7 +172,7 @@ def _deliver_loop_key(session: Session, order: Order, now: dt.datetime) -> str:
     return DELIVERED
 
 
-def _pool_of(session: Session, order: Order) -> int | None:
+def pool_of(session: Session, order: Order) -> int | None:
     """The agent whose stock pool an order may draw on: the agent that ordered it, or that
     it was sold through, when that agent has a pool."""
     agent_id = order.agent_id or order.seller_agent_id

@@ -433,13 +433,15 @@ def resend_delivery_email(session: Session, *, order_no, smtp_configured: bool, 
         raise Conflict("order %(order_no)s is %(status)s; only a delivered order's mail can "
                        "be sent again", order_no=order.order_no, status=status)
     waiting = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id,
+                                                          EmailOutbox.kind == "order.delivered",
                                                           EmailOutbox.status == "pending").limit(1))
     if waiting is not None:
         raise Conflict("a delivery mail for order %(order_no)s is already waiting to be sent "
                        "(attempts so far: %(attempts)s)", order_no=order.order_no, attempts=waiting.attempts)
     queue_delivery_email(session, order)
     session.flush()
-    mail = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id)
+    mail = session.scalar(sa.select(EmailOutbox).where(EmailOutbox.order_id == order.id,
+                                                       EmailOutbox.kind == "order.delivered")
                           .order_by(EmailOutbox.id.desc()).limit(1))
     record(session, "order.resend_email", actor=actor, target=target(order), source_ip=source_ip,
            details={"mail_id": mail.id, "to": mail.to_address})

@@ -76,6 +76,7 @@ def nav_items() -> list[tuple[str, str, str]]:
     items = [
         ("dashboard.view", "panel.dashboard", _("Dashboard")),
         ("orders.view", "panel.orders", _("Orders")),
+        ("tickets.handle", "panel.tickets_list", _("After-sales")),
         ("catalog.view", "panel.products", _("Products")),
         ("catalog.view", "panel.categories", _("Categories")),
         ("stock.view", "panel.stock", _("Stock")),
@@ -153,6 +154,7 @@ def job_name(job: str) -> str:
         "forward_supplier_orders": _("Buy paid orders from suppliers"),
         "sync_suppliers": _("Sync suppliers' products, costs and balance"),
         "refill_vouchers": _("Make voucher codes up to each product's stock level"),
+        "flag_overdue_tickets": _("Mark after-sales tickets waiting past the answer time overdue"),
         "check_channels": _("Check payment channels' health"),
     }.get(job, job)
 

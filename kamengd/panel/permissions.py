@@ -47,6 +47,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "vouchers.manage": frozenset({"owner", "admin"}),
     # What stores redeemed: numbers, no codes.
     "vouchers.report": frozenset({"owner", "admin", "operator", "finance"}),
+    # After-sales tickets: read and answer (the buyer's words, its order); ending one with a refund
+    # or a reissued key needs orders.refund or orders.deliver besides.
+    "tickets.handle": frozenset({"owner", "admin", "support", "finance"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -139,6 +142,14 @@ ENDPOINTS: dict[str, str] = {
     "panel.terminal_undo": "vouchers.redeem",
     "panel.risk_queue": "orders.release",
     "panel.risk_approve": "orders.release",
+    # tickets.py
+    "panel.tickets_list": "tickets.handle",
+    "panel.ticket_detail": "tickets.handle",
+    "panel.ticket_reply": "tickets.handle",
+    "panel.ticket_close": "tickets.handle",
+    "panel.ticket_picture": "tickets.handle",
+    "panel.ticket_reissue": "orders.deliver",
+    "panel.ticket_refund": "orders.refund",
     # channels.py
     "panel.channels": "channels.manage",
     "panel.channel_new": "channels.manage",

@@ -72,6 +72,9 @@ def setting_texts() -> dict[str, tuple[str, str]]:
                                  "gives the points of the highest tier it reaches. Empty: none.")),
         "points.value": (_("Points worth 1.00"),
                          _("What a points channel charges: an order of 1.00 costs this many points.")),
+        "tickets.sla_hours": (_("After-sales answer time (hours)"),
+                              _("A ticket whose buyer has waited this long for an answer is marked overdue and "
+                                "staff are told (ticket.overdue).")),
         "vouchers.undo_minutes": (_("Voucher undo window (minutes)"),
                                   _("A store manager (or an owner or admin) may undo a redemption this long after "
                                     "it, giving its use or value back.")),

@@ -27,6 +27,7 @@ from ..payments.services import check_channels as check_channel_health, disable_
 from ..settings.services import shop_url
 from ..settings.messaging import effective_config
 from ..suppliers import forwarding, services as suppliers
+from ..tickets import services as tickets
 from ..vouchers import stock as voucher_stock
 
 
@@ -146,6 +147,11 @@ def refill_vouchers(session: Session) -> dict:
     return {"generated": sum(voucher_stock.refill(session, get_vault()).values())}
 
 
+def flag_overdue_tickets(session: Session) -> dict:
+    """After-sales tickets waiting for staff longer than tickets.sla_hours become overdue."""
+    return {"overdue": tickets.flag_overdue(session)}
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -168,4 +174,5 @@ JOBS = {
     "forward_supplier_orders": (forward_supplier_orders, 0),   # every tick: a buyer waits for these keys
     "sync_suppliers": (sync_suppliers, 300),
     "refill_vouchers": (refill_vouchers, 60),
+    "flag_overdue_tickets": (flag_overdue_tickets, 60),
 }

@@ -207,6 +207,9 @@ SETTINGS: dict[str, SettingSpec] = {
     "points.value": SettingSpec(
         int, 100, "Points worth 1.00 when paying through a points channel (积分兑换) or taking points off an "
         "order (points.discount_share): an order of 9.90 costs 990 points at 100.", minimum=1, maximum=1000000),
+    "tickets.sla_hours": SettingSpec(
+        int, 24, "Hours a buyer's after-sales ticket may wait for staff's answer before the scheduler marks it "
+        "overdue (ticket.overdue).", minimum=1, maximum=720),
     "vouchers.undo_minutes": SettingSpec(
         int, 15, "Minutes after a voucher's redemption during which a manager of its store (or an owner or admin) "
         "may undo it, giving back its use or value.", minimum=1, maximum=1440),

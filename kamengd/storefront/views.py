@@ -49,6 +49,7 @@ from ..ledger import services as ledger
 from ..marketing import points
 from ..websession import AGENT_DOOR
 from ..substation import read_snapshot, return_site, seller, station
+from ..tickets import services as tickets
 from ..vouchers import services as vouchers
 from .i18n import current_lang, remember_lang, t
 
@@ -450,7 +451,8 @@ def buy(product_id: int):
     return redirect(placed.pay_url or url_for("shop.order_page", order_no=placed.order_no), code=303)
 
 
-def _order_page(order, token: str, *, returned: bool = False):
+def _order_page(order, token: str, *, returned: bool = False, ticket_problem: str | None = None,
+                ticket_text: str = ""):
     """The buyer's order: keys once delivered; a way back to the gateway while unpaid.
 
     While the order may still change by itself (unpaid, or paid and being
@@ -480,7 +482,10 @@ def _order_page(order, token: str, *, returned: bool = False):
                            # No-JS refresh: only while a payment or an automatic delivery is moments away.
                            watch=watch, refresh=watch and (returned or (order.status == "paid"
                                                                         and product.delivery_mode != "manual")),
-                           status_url=url_for("shop.order_status", order_no=order.order_no))
+                           status_url=url_for("shop.order_status", order_no=order.order_no),
+                           token=token, after_sales=order.status in tickets.ASKABLE,
+                           threads=tickets.threads_for_order(db.session, order.id) if order.paid_at else [],
+                           ticket_problem=ticket_problem, ticket_text=ticket_text)
 
 
 def _buyers_order(order_no: str):
@@ -500,6 +505,49 @@ def order_page(order_no: str):
     except NotFound:
         return render_template("order_missing.html"), 404
     return _order_page(order, token, returned=request.args.get("returned") == "1")
+
+
+@bp.post("/order/<order_no>/ticket")
+@limiter.limit(lambda: get_config().ratelimit.lookups)
+def ticket_write(order_no: str):
+    """The buyer's after-sales message (a new ticket, or the next message of the live one), with a
+    picture if it likes; back to the order page, or the page again saying what was wrong."""
+    token = request.form.get("token") or session.get("orders", {}).get(order_no[:32])
+    try:
+        order = find_order_for_buyer(db.session, order_no, token=token if isinstance(token, str) else None)
+    except NotFound:
+        return render_template("order_missing.html"), 404
+    upload = request.files.get("picture")
+    picture = upload.read(images.MAX_UPLOAD + 1) if upload is not None and upload.filename else None
+    try:
+        tickets.write_as_buyer(db.session, order, body=request.form.get("message", ""), picture=picture)
+    except KamengdError as exc:
+        db.session.rollback()
+        read_only()
+        order = db.session.get(Order, order.id)
+        response = make_response(_order_page(order, token, ticket_problem=exc.localized(gettext),
+                                             ticket_text=request.form.get("message", "")[:tickets.MAX_BODY]),
+                                 exc.http_status)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    db.session.commit()
+    return redirect(url_for("shop.order_page", order_no=order.order_no, token=token, _anchor="after-sales"), code=303)
+
+
+@bp.get("/order/<order_no>/ticket/pictures/<int:image_id>")
+def ticket_picture(order_no: str, image_id: int):
+    """A picture the buyer attached to one of the order's tickets: to the buyer only, never cached."""
+    read_only()
+    try:
+        order, _token = _buyers_order(order_no)
+        data = tickets.buyer_image(db.session, order, image_id)
+    except NotFound:
+        abort(404)
+    response = make_response(data)
+    response.headers["Content-Type"] = "image/webp"
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @bp.get("/pay/<code>/return")

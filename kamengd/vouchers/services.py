@@ -200,6 +200,23 @@ def void_card_key(session: Session, card_key_id: int) -> int:
                            .values(status="void").execution_options(synchronize_session=False)).rowcount
 
 
+def reissue_code(session: Session, old_key_id: int, new_key_id: int, order_id: int, product_id: int,
+                 now: dt.datetime) -> bool:
+    """A reissued code (kamengd.tickets): the new one holds what the old had left — its uses or
+    value, its validity — and the old one is redeemed no more. False for a product without codes."""
+    old = session.scalar(sa.select(Voucher).where(Voucher.card_key_id == old_key_id))
+    if old is None:
+        return False
+    void_card_key(session, old_key_id)
+    activate_for_order(session, order_id, product_id, now)
+    if old.status in ("active", "void") and old.issued_at is not None:
+        session.execute(sa.update(Voucher).where(Voucher.card_key_id == new_key_id)
+                        .values(uses_left=old.uses_left, value_left_cents=old.value_left_cents,
+                                valid_from=old.valid_from, valid_until=old.valid_until)
+                        .execution_options(synchronize_session=False))
+    return True
+
+
 # -- stores and verifiers ---------------------------------------------------------------
 
 def _text(value, name: str, limit: int, required: bool = False) -> str:
