@@ -18,8 +18,9 @@ FIELD_NAMES = (N_("price"), N_("cost price"), N_("category"), N_("low-stock thre
                N_("amount off"), N_("percent off"), N_("largest discount"), N_("minimum amount"), N_("uses"),
                N_("uses per buyer"), N_("valid from"), N_("valid until"), N_("daily limit per buyer"),
                N_("tiers"), N_("sale price"), N_("sale from"), N_("sale until"),
-               N_("limit"), N_("minutes"), N_("days"), N_("minimum orders"), N_("parent"))
-TRANSLATED_PARAMS = ("field", "name")
+               N_("limit"), N_("minutes"), N_("days"), N_("minimum orders"), N_("parent"),
+               N_("message"), N_("picture"), N_("image"))
+TRANSLATED_PARAMS = ("field", "name", "what")
 
 
 class KamengdError(Exception):

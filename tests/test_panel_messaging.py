@@ -295,7 +295,8 @@ def test_list_settings_from_the_command_line_and_forms(backend, session):
         "https://h.example.com/x?tags=a,b", "https://i.example.com/y"]
     assert services.get_setting(session, "notifications.email_events") == \
         ["stock.low", "order.held", "order.stuck", "payment.extra", "reconcile.mismatch", "scheduler.failover",
-         "withdrawal.requested", "supplier.low_balance", "supplier.cost_changed", "channel.down"]
+         "withdrawal.requested", "supplier.low_balance", "supplier.cost_changed", "channel.down", "ticket.opened",
+         "ticket.overdue"]
     services.get_setting(session, "notifications.email_events").append("x")   # a copy, never the default
     assert "x" not in services.get_setting(session, "notifications.email_events")
     with pytest.raises(InvalidRequest, match="expected a list of text"):

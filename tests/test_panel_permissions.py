@@ -52,6 +52,15 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.terminal_look": MANAGERS | {"verifier"},
     "panel.terminal_redeem": MANAGERS | {"verifier"},
     "panel.terminal_undo": MANAGERS | {"verifier"},
+    # After-sales tickets: support and finance read and answer; ending one with a refund or a
+    # reissued key is who may refund or deliver.
+    "panel.tickets_list": MANAGERS | {"support", "finance"},
+    "panel.ticket_detail": MANAGERS | {"support", "finance"},
+    "panel.ticket_reply": MANAGERS | {"support", "finance"},
+    "panel.ticket_close": MANAGERS | {"support", "finance"},
+    "panel.ticket_picture": MANAGERS | {"support", "finance"},
+    "panel.ticket_reissue": MANAGERS | {"support"},
+    "panel.ticket_refund": MANAGERS | {"finance"},
     "panel.products": MANAGERS | {"operator", "support", "finance"},
     "panel.product_new": MANAGERS | {"operator"},
     "panel.product_edit": MANAGERS | {"operator"},
@@ -143,7 +152,7 @@ PUBLIC_ELSEWHERE = {
     "api.products", "api.new_order", "api.get_order", "api.payment_methods", "api.openapi_document",
     "pay.notify", "shop.payment_return", "shop.order_status", "shop.sandbox_page", "shop.sandbox_pay",
     "shop.balance_page", "shop.balance_pay", "shop.points_page", "shop.points_pay",
-    "shop.payment_start",
+    "shop.payment_start", "shop.ticket_write", "shop.ticket_picture",
     # The agent API: signed by the agent's key (kamengd.agents.auth), never a staff session.
     "agent_api.products", "agent_api.balance", "agent_api.new_order", "agent_api.get_order",
     "agent_api.list_payout_accounts", "agent_api.add_payout_account", "agent_api.list_withdrawals",
@@ -210,7 +219,7 @@ def world(backend, databases, tmp_path_factory):
         ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "rule_id": risk_rule.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
                "agent_id": agent.id, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1,
-               "batch_id": 1}
+               "batch_id": 1, "ticket_id": 1, "image_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
     ids["user_id"] = make_staff(app, "support").id   # the target of staff edits
     return app, ids, staff
@@ -321,7 +330,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1, "batch_id": 1, "supplier_id": 1,
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1, "batch_id": 1, "ticket_id": 1, "image_id": 1, "supplier_id": 1,
            "coupon_id": 1, "rule_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))

@@ -134,6 +134,8 @@ def event_name(event_type: str) -> str:
         "supplier.cost_changed": _("A supplier's cost changed"),
         "channel.down": _("Payment channel down"), "channel.up": _("Payment channel back"),
         "channel.failover": _("Order moved to a backup payment channel"),
+        "ticket.opened": _("After-sales ticket opened"),
+        "ticket.overdue": _("After-sales ticket waiting too long"),
     }.get(event_type, event_type)
 
 

@@ -103,21 +103,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Downgrade schema."""
+    """Downgrade schema (each table's indexes go with it)."""
     with op.batch_alter_table('email_outbox', schema=None) as batch_op:
         batch_op.drop_column('ticket_message_id')
-
     op.drop_table('ticket_images')
-    with op.batch_alter_table('ticket_messages', schema=None) as batch_op:
-        batch_op.drop_index('ix_ticket_messages_ticket')
-
     op.drop_table('ticket_messages')
-    with op.batch_alter_table('key_reissues', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_key_reissues_order_id'))
-
     op.drop_table('key_reissues')
-    with op.batch_alter_table('tickets', schema=None) as batch_op:
-        batch_op.drop_index('ix_tickets_status_waiting')
-        batch_op.drop_index(batch_op.f('ix_tickets_order_id'))
-
     op.drop_table('tickets')
