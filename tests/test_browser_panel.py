@@ -40,7 +40,26 @@ def data(shop):
     return {"category": games, "product": month, "manual": manual, "delivered": delivered,
             "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
             "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier),
-            "coupon": shop.run(lambda s, _v: _a_coupon(s, games)), **_an_order_held_for_review(shop, month)}
+            "coupon": shop.run(lambda s, _v: _a_coupon(s, games)), **_an_order_held_for_review(shop, month),
+            **shop.run(lambda s, _v: _a_ticket(s, delivered))}
+
+
+def _a_ticket(session, order_no: str) -> dict:
+    """The buyer's after-sales ticket about a delivered order, with a screenshot (its pages)."""
+    import io
+
+    import sqlalchemy as sa
+    from PIL import Image
+
+    from kamengd.orders.models import Order
+    from kamengd.tickets import services
+    from kamengd.tickets.models import TicketImage, TicketMessage
+    shot = io.BytesIO()
+    Image.new("RGB", (600, 300), (40, 90, 200)).save(shot, "PNG")
+    order = session.scalar(sa.select(Order).where(Order.order_no == order_no))
+    ticket = services.write_as_buyer(session, order, body="卡密提示无效 The key says invalid", picture=shot.getvalue())
+    image = session.scalar(sa.select(TicketImage.id).join(TicketMessage).where(TicketMessage.ticket_id == ticket.id))
+    return {"ticket": ticket.id, "image": image}
 
 
 def _an_order_held_for_review(shop, product_id: int) -> dict:
@@ -134,7 +153,8 @@ def route_args(endpoint: str, arguments: set[str], data: dict, shop) -> dict:
     known = {"product_id": data["product"], "category_id": data["category"], "order_no": data["delivered"],
              "channel_id": data["channel"], "user_id": data["staff"]["support"].id, "day": today(shop).isoformat(),
              "agent_id": data["agent"], "supplier_id": data["supplier"],
-             "coupon_id": data["coupon"], "rule_id": data["rule"]}
+             "coupon_id": data["coupon"], "rule_id": data["rule"], "ticket_id": data["ticket"],
+             "image_id": data["image"]}
     unknown = arguments - known.keys()
     assert not unknown, f"{endpoint}: teach route_args() about {sorted(unknown)}"
     return {name: known[name] for name in arguments}

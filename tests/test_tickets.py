@@ -197,6 +197,9 @@ def test_staff_answer_by_mail_the_buyer_writes_again_and_the_sla_marks_it_overdu
     support, _s = _staff_client(app, "support")
     listing = support.get("/admin/tickets?overdue=1").get_data(as_text=True)
     assert order_no in listing
+    dashboard = support.get("/admin/dashboard").get_data(as_text=True)
+    assert 'id="ticket-count"' in dashboard and 'id="ticket-overdue-count"' in dashboard
+    assert f'href="/admin/tickets/{t.id}"' in support.get(f"/admin/orders/{order_no}").get_data(as_text=True)
     page = f"/admin/tickets/{t.id}"
     assert "the key says invalid" in support.get(page).get_data(as_text=True)
     answer = staff_post(support, f"/admin/tickets/{t.id}/reply", {"message": "请重新复制卡密，注意大小写。"}, page)

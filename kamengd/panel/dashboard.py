@@ -13,6 +13,7 @@ from ..orders.staff import extra_payments_to_refund
 from ..payments.services import weak_channels
 from ..risk.engine import review_count
 from ..scheduler.jobs import JOBS
+from ..tickets import services as tickets
 from ..transaction import read_only
 from .blueprint import bp, staff_can
 from .helpers import error_text
@@ -46,5 +47,6 @@ def dashboard():
         by_status=shop.orders_by_status(db.session),
         low_stock=shop.low_stock_products(db.session),
         attention_count=attention_count, attention=attention, review_count=review_count(db.session),
+        tickets=tickets.counts(db.session),
         scheduler=scheduler.scheduler_status(db.session, now, config.scheduler.lease_seconds),
         runs=scheduler.last_runs(db.session, JOBS))

@@ -24,6 +24,7 @@ from ..orders.models import ORDER_STATUSES
 from ..payments.models import PaymentChannel
 from ..payments.refunds import refund_through_channel, refundable_payment
 from ..risk import engine as risk
+from ..tickets import services as tickets
 from ..settings.messaging import mail_server
 from ..transaction import read_only
 from ..validation import spreadsheet_cell
@@ -155,6 +156,7 @@ def _detail_page(order_no: str, *, status: int = 200, keys: list[str] | None = N
                            balance_payer=db.session.get(Agent, paid_from[0]) if paid_from else None,
                            buyer_input=inputs.load(detail.order.buyer_input),
                            risk_decisions=risk.decisions_of(db.session, detail.order.id),
+                           order_tickets=tickets.of_order(db.session, detail.order.id),
                            smtp_configured=bool(mail_server(db.session, get_config())[0]), form=request.form), status
 
 

@@ -93,6 +93,12 @@ def threads_for_order(session: Session, order_id: int) -> list[Thread]:
     return [thread(session, t) for t in tickets]
 
 
+def of_order(session: Session, order_id: int) -> list[Ticket]:
+    """The order's tickets, newest first (staff's order page links them)."""
+    return list(session.scalars(sa.select(Ticket).where(Ticket.order_id == order_id).order_by(Ticket.id.desc())
+                                .limit(TICKETS_PER_ORDER)))
+
+
 def thread(session: Session, ticket: Ticket) -> Thread:
     rows = session.execute(sa.select(TicketMessage, TicketImage.id)
                            .outerjoin(TicketImage, TicketImage.message_id == TicketMessage.id)
