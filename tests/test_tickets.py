@@ -460,3 +460,40 @@ def test_a_reissued_voucher_code_keeps_what_the_old_one_had_left(app, client):
         db.session.remove()
     [fresh] = keys_of(client, order_no, token)
     assert fresh != code
+
+
+def test_the_command_line_reads_answers_and_ends_tickets(app, installed, client, shop):
+    import json
+
+    from conftest import assert_one_line_error, run_cli
+    config = installed.path
+    order_no, token = buy(client, shop, quantity=2)
+    [key, other_key] = keys_of(client, order_no, token)
+    assert write(client, order_no, token, "第一个卡密无效 first key invalid").status_code == 303
+    t = ticket_of(app, order_no)
+    listed = json.loads(run_cli("ticket", "list", "--json", config=config, check=True).out)
+    assert t.id in [x["id"] for x in listed["tickets"]]
+    shown = json.loads(run_cli("ticket", "show", t.id, "--json", config=config, check=True).out)
+    assert shown["order_no"] == order_no and shown["messages"][0]["body"] == "第一个卡密无效 first key invalid"
+    assert len(shown["keys"]) == 2 and key not in json.dumps(shown) and other_key not in json.dumps(shown)
+    assert "answer sent" in run_cli("ticket", "reply", t.id, "--message-file", "-", config=config,
+                                    input="请稍等 / one moment".encode(), check=True).out
+    # Bad input: one line, non-zero, nothing changed.
+    assert_one_line_error(run_cli("ticket", "reply", t.id, config=config), "message: required")
+    assert_one_line_error(run_cli("ticket", "show", "99999999", config=config), "not found")
+    assert_one_line_error(run_cli("ticket", "reissue", t.id, "--key", "abc", "--reason", "x", config=config),
+                          "choose the keys")
+    done = json.loads(run_cli("ticket", "reissue", t.id, "--key", shown["keys"][0]["id"], "--reason", "无效",
+                              "--json", config=config, check=True).out)
+    assert done["replaced"][0]["old_key_id"] == shown["keys"][0]["id"]
+    after = keys_of(client, order_no, token)
+    assert key not in after and other_key in after and len(after) == 2
+    assert_one_line_error(run_cli("ticket", "close", t.id, config=config), "resolved")
+    # Another question about the same order: refunded from the command line (Epay cannot give money
+    # back: the order is marked refunded).
+    assert write(client, order_no, token, "please refund").status_code == 303
+    t2 = ticket_of(app, order_no)
+    refunded = json.loads(run_cli("ticket", "refund", t2.id, "--reason", "退款", "--json", config=config,
+                                  check=True).out)
+    assert refunded["through_channel"] is False and refunded["amount"] == "19.80"
+    assert ticket_of(app, order_no).resolution == "refund"

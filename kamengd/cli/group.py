@@ -92,7 +92,7 @@ COMMAND_MODULES = {
     "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
     "risk": "risk", "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers",
     "upgrade": "upgrade",
-    "user": "users", "voucher": "vouchers", "store": "vouchers",
+    "user": "users", "voucher": "vouchers", "store": "vouchers", "ticket": "tickets",
 }
 
 
