@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -277,3 +278,43 @@ def test_a_refund_through_alipay_from_the_panel(served):
     assert again.status_code == 409 and len(fake.call("/_test/state")["refunds"]) == 1
     audit = run_cli("audit", "verify", config=config)
     assert audit.returncode == 0
+
+
+def test_an_after_sales_refund_goes_back_through_alipay(served):
+    """A buyer's ticket resolved with a refund: the money goes back through Alipay once, the order
+    is refunded, the ticket resolved; a reissue is refused while a refund is under way."""
+    from kamengd.app import create_app
+    from kamengd.config import load_config
+    from kamengd.extensions import db
+    from kamengd.tickets.models import Ticket
+    from panel_support import csrf_of, login, make_staff
+
+    config, pid, keys, base, fake = served
+    order = place(base, pid, channel="alipay")
+    qr_page(base, order)
+    assert fake.pay(order["order_no"])["answers"] == [[200, "success"]]
+    app = create_app(load_config(config, env={}))
+    app.config["TESTING"] = True
+    buyer = app.test_client()
+    page = buyer.get(f"/order/{order['order_no']}", query_string={"token": order["token"]}).get_data(as_text=True)
+    assert buyer.post(f"/order/{order['order_no']}/ticket", data={
+        "csrf_token": csrf_of(page), "token": order["token"], "message": "我要退款"}).status_code == 303
+    with app.app_context():
+        ticket_id = db.session.scalar(sa.select(Ticket.id).order_by(Ticket.id.desc()).limit(1))
+        db.session.remove()
+    client = app.test_client()
+    client.set_cookie("lang", "en")
+    login(client, make_staff(app, "admin"))
+    page = client.get(f"/admin/tickets/{ticket_id}").get_data(as_text=True)
+    assert "goes back through" in page and 'id="refund-send"' in page
+    done = client.post(f"/admin/tickets/{ticket_id}/refund", data={"csrf_token": csrf_of(page), "reason": "退款"},
+                       follow_redirects=True)
+    assert "given back through the payment channel" in done.get_data(as_text=True)
+    assert view(base, order)["status"] == "refunded"
+    assert [r["amount"] for r in fake.call("/_test/state")["refunds"]] == ["8.80"]
+    with app.app_context():
+        t = db.session.get(Ticket, ticket_id)
+        assert (t.status, t.resolution) == ("resolved", "refund")
+        db.session.remove()
+    again = client.post(f"/admin/tickets/{ticket_id}/refund", data={"csrf_token": csrf_of(page), "reason": "x"})
+    assert again.status_code == 409 and len(fake.call("/_test/state")["refunds"]) == 1

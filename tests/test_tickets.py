@@ -497,3 +497,32 @@ def test_the_command_line_reads_answers_and_ends_tickets(app, installed, client,
                                   check=True).out)
     assert refunded["through_channel"] is False and refunded["amount"] == "19.80"
     assert ticket_of(app, order_no).resolution == "refund"
+
+
+def test_a_reissue_waits_for_a_refund_under_way_and_a_refused_refund_clears_it(app, client, shop):
+    from kamengd.errors import Conflict
+    from kamengd.inventory.models import CardKey
+    from kamengd.orders.models import Order
+    from kamengd.tickets import services
+    from kamengd.tickets.models import Ticket
+    order_no, token = buy(client, shop)
+    assert write(client, order_no, token, "refund or a new key?").status_code == 303
+    t = ticket_of(app, order_no)
+    db = _db()
+    with app.app_context():
+        # A refund through the channel marks the ticket before asking the gateway (no lock held then).
+        db.session.execute(sa.update(Ticket).where(Ticket.id == t.id).values(resolution="refund"))
+        db.session.commit()
+        order_id = db.session.scalar(sa.select(Order.id).where(Order.order_no == order_no))
+        key_id = db.session.scalar(sa.select(CardKey.id).where(CardKey.order_id == order_id))
+        with pytest.raises(Conflict, match="being refunded"):
+            services.reissue(db.session, t.id, key_ids=[str(key_id)], reason="x", actor="t")
+        db.session.rollback()
+        assert db.session.get(CardKey, key_id).status == "sold"
+        db.session.remove()
+    # The order's own refund (Epay cannot give money back) goes on and resolves it.
+    with app.app_context():
+        done = services.refund(db.session, None, t.id, reason="退款", actor="t")
+        db.session.commit()
+        assert done.through_channel is False and db.session.get(Ticket, t.id).status == "resolved"
+        db.session.remove()

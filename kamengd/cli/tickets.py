@@ -124,7 +124,10 @@ def ticket_refund(ticket_id, reason, as_json):
     the ticket. Audited."""
     done = tickets.refund(db.session, get_vault(), ticket_id, reason=reason, actor=cli_actor())
     how = "through the channel" if done.through_channel else \
-        "to the balance that paid it" if done.to_balance_cents else "marked refunded: return the money at the gateway"
+        "to the balance that paid it" if done.to_balance_cents else \
+        f"{done.points_returned} points given back" if done.points_returned else \
+        "marked refunded: return the money at the gateway"
     emit(as_json, {"ticket_id": int(ticket_id), "through_channel": done.through_channel,
                    "amount": format_cents(done.amount_cents), "to_balance": format_cents(done.to_balance_cents),
-                   "gateway_ref": done.gateway_ref}, f"ticket {ticket_id}: refunded ({how})")
+                   "gateway_ref": done.gateway_ref, "points_returned": done.points_returned},
+         f"ticket {ticket_id}: refunded ({how})")

@@ -64,7 +64,9 @@ def render_delivery_email(session: Session, vault: Vault, config: Config, mail: 
              f"金额 Amount: {format_cents(order.amount_cents)} {order.currency}", "",
              "卡密 Keys:", *keys, "",
              f"订单页 Order page: {site_url(session, config.site.url).rstrip('/')}/order/{order.order_no}"]
-    held = vouchers.order_vouchers(session, vault, order.id, order.product_id)
+    # (a code replaced by a reissue, void now, is not mailed as if it held something)
+    held = [h for h in vouchers.order_vouchers(session, vault, order.id, order.product_id)
+            if h.voucher.status == "active"]
     if not held:
         msg.set_content("\n".join(lines))
         return msg

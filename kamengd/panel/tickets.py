@@ -14,6 +14,7 @@ from ..orders import staff as order_staff
 from ..catalog.models import Product
 from ..payments.refunds import refundable_payment
 from ..ledger import services as ledger
+from ..marketing import points
 from ..tickets import services as tickets
 from ..tickets.models import TICKET_STATUSES
 from ..transaction import read_only
@@ -51,6 +52,7 @@ def _page(ticket_id, *, status: int = 200):
                            may_reissue=may_reissue, may_refund=may_refund,
                            refund_channel=found[1] if found else None,
                            paid_from_balance=bool(may_refund and ledger.paid_from_balance(db.session, order.order_no)),
+                           paid_with_points=bool(may_refund and points.paid_with_points(db.session, order.order_no)),
                            sla_hours=tickets.sla_hours(db.session), form=request.form), status
 
 
@@ -108,6 +110,8 @@ def ticket_refund(ticket_id):
         if outcome.to_balance_cents:
             return _("Refunded: %(amount)s given back to the balance that paid it.",
                      amount=format_cents(outcome.to_balance_cents))
+        if outcome.points_returned:
+            return _("Refunded: %(n)s points given back to the member.", n=outcome.points_returned)
         return _("Order marked refunded. Return the money at the payment gateway: kamengd does not move money.")
     return _act(ticket_id, lambda: tickets.refund(db.session, get_vault(), ticket_id,
                                                   reason=request.form.get("reason", ""), actor=actor(),

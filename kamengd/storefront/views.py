@@ -513,18 +513,25 @@ def ticket_write(order_no: str):
     """The buyer's after-sales message (a new ticket, or the next message of the live one), with a
     picture if it likes; back to the order page, or the page again saying what was wrong."""
     token = request.form.get("token") or session.get("orders", {}).get(order_no[:32])
+    read_only()   # who asks is checked on a snapshot; the write comes after the picture is decoded
     try:
         order = find_order_for_buyer(db.session, order_no, token=token if isinstance(token, str) else None)
     except NotFound:
         return render_template("order_missing.html"), 404
+    order_id = order.id
+    db.session.rollback()
     upload = request.files.get("picture")
     picture = upload.read(images.MAX_UPLOAD + 1) if upload is not None and upload.filename else None
     try:
-        tickets.write_as_buyer(db.session, order, body=request.form.get("message", ""), picture=picture)
+        # Decoded with no transaction open: nobody waits for SQLite's write lock meanwhile.
+        tickets.check_message(request.form.get("message", ""))
+        prepared = tickets.prepare_picture(picture)
+        order = db.session.get(Order, order_id)
+        tickets.write_as_buyer(db.session, order, body=request.form.get("message", ""), picture=prepared)
     except KamengdError as exc:
         db.session.rollback()
         read_only()
-        order = db.session.get(Order, order.id)
+        order = db.session.get(Order, order_id)
         response = make_response(_order_page(order, token, ticket_problem=exc.localized(gettext),
                                              ticket_text=request.form.get("message", "")[:tickets.MAX_BODY]),
                                  exc.http_status)

@@ -72,10 +72,23 @@ def sla_hours(session: Session) -> int:
     return int(get_setting(session, "tickets.sla_hours"))
 
 
-def _picture(raw: bytes | None) -> tuple[bytes, int, int] | None:
+@dataclass(frozen=True)
+class Picture:
+    """A buyer's picture, decoded and saved again (WebP): made before any transaction, so no lock
+    waits while a large photo is decoded."""
+    data: bytes
+    width: int
+    height: int
+
+
+def prepare_picture(raw: bytes | None) -> Picture | None:
     if not raw:
         return None
-    return images.resized(images.load(raw, "picture"), IMAGE_SIDE)
+    return Picture(*images.resized(images.load(raw, "picture"), IMAGE_SIDE))
+
+
+def check_message(body) -> str:
+    return _body(body)
 
 
 # -- the buyer's side ---------------------------------------------------------------------
@@ -106,13 +119,13 @@ def thread(session: Session, ticket: Ticket) -> Thread:
     return Thread(ticket, [tuple(r) for r in rows])
 
 
-def write_as_buyer(session: Session, order: Order, *, body, picture: bytes | None = None,
+def write_as_buyer(session: Session, order: Order, *, body, picture: bytes | Picture | None = None,
                    now: dt.datetime | None = None) -> Ticket:
     """The buyer's message about its order: a new ticket, or the next message of the live one
     (which then waits for staff again). The order is the caller's, proven by its token."""
     now = now or utcnow()
     text = _body(body)
-    image = _picture(picture)
+    image = picture if isinstance(picture, Picture) or picture is None else prepare_picture(picture)
     if lock_order_status(session, order.id) not in ASKABLE:
         raise Conflict("order %(order_no)s is %(status)s; after-sales is for paid orders",
                        order_no=order.order_no, status=order.status)
@@ -150,8 +163,7 @@ def write_as_buyer(session: Session, order: Order, *, body, picture: bytes | Non
     session.add(message)
     session.flush()
     if image is not None:
-        data, width, height = image
-        session.add(TicketImage(message_id=message.id, data=data, width=width, height=height))
+        session.add(TicketImage(message_id=message.id, data=image.data, width=image.width, height=image.height))
     # The buyer is not staff: the entry says so; its words stay in the ticket, not in the log.
     record(session, "ticket.open" if opened else "ticket.buyer_message", actor="buyer", target=target(ticket),
            details={"order_no": order.order_no, "characters": len(text), "picture": image is not None})
@@ -194,6 +206,12 @@ def get_ticket(session: Session, ticket_id, *, lock: bool = False) -> Ticket:
 
 
 def _live(session: Session, ticket_id) -> tuple[Ticket, Order]:
+    """The live ticket and its order, both locked: the order's row first, then the ticket's, as
+    the buyer's message and every order action lock them (MariaDB never deadlocks on the pair)."""
+    order_id = session.scalar(sa.select(Ticket.order_id).where(Ticket.id == _id(ticket_id)))
+    if order_id is None:
+        raise NotFound("ticket %(ticket_id)s not found", ticket_id=ticket_id)
+    lock_order_status(session, order_id)
     ticket = get_ticket(session, ticket_id, lock=True)
     if ticket.status not in LIVE:
         raise Conflict("ticket %(ticket_id)s is %(status)s", ticket_id=ticket.id, status=ticket.status)
@@ -350,8 +368,9 @@ def reissue_keys(session: Session, *, order_no, key_ids, reason, actor: str, tic
                        "replaced", order_no=order.order_no)
     before = set(session.scalars(sa.select(k.c.id).where(k.c.order_id == order.id, k.c.status == "sold")))
     try:
-        reserve_keys(session, product_id=order.product_id, quantity=len(ids), order_id=order.id, until=now,
-                     sold_at=now, pool=pool_of(session, order))
+        with session.begin_nested():   # a short claim puts back only what it claimed
+            reserve_keys(session, product_id=order.product_id, quantity=len(ids), order_id=order.id, until=now,
+                         sold_at=now, pool=pool_of(session, order))
     except OutOfStock:
         raise OutOfStock("not enough keys of %(product)s in stock to replace %(n)s; nothing replaced",
                          product=product.name, n=len(ids)) from None
@@ -368,7 +387,8 @@ def reissue_keys(session: Session, *, order_no, key_ids, reason, actor: str, tic
         raise Conflict("a chosen key was replaced meanwhile; nothing replaced") from None
     for old_id, new_id in pairs:   # a voucher code: the new one holds what the old had left
         vouchers.reissue_code(session, old_id, new_id, order.id, order.product_id, now)
-    queue_delivery_email(session, order)   # the buyer's keys as they are now
+    if order.email:   # the buyer's keys as they are now (an agent's API order reads them from the API)
+        queue_delivery_email(session, order)
     record(session, "order.reissue", actor=actor, target=order_staff.target(order), source_ip=source_ip,
            details={"reason": reason, "replaced": [{"old_key_id": o, "new_key_id": n} for o, n in pairs],
                     **({"ticket_id": ticket_id} if ticket_id else {})})
@@ -380,6 +400,8 @@ def reissue(session: Session, ticket_id, *, key_ids, reason, actor: str, source_
     """Resolve a ticket by replacing the keys the buyer says do not work (reissue_keys)."""
     now = now or utcnow()
     ticket, order = _live(session, ticket_id)
+    if ticket.resolution == "refund":
+        raise Conflict("ticket %(ticket_id)s is being refunded through the payment channel", ticket_id=ticket.id)
     pairs = reissue_keys(session, order_no=order.order_no, key_ids=key_ids, reason=reason, actor=actor,
                          ticket_id=ticket.id, source_ip=source_ip, now=now)
     text = _body(reason, "reason", limit=MAX_REASON)
@@ -399,26 +421,40 @@ class TicketRefund:
     amount_cents: int
     to_balance_cents: int
     gateway_ref: str = ""
+    points_returned: int = 0
 
 
 def refund(session: Session, vault: Vault, ticket_id, *, reason, actor: str, source_ip: str | None = None,
            now: dt.datetime | None = None) -> TicketRefund:
     """Resolve a ticket with a refund: through the payment's channel where it can give money back
-    (the gateway asked first, outside any transaction), else to the balance that paid it, else the
-    order is marked refunded and staff return the money at the gateway. The ticket ends in the
-    transaction that refunds the order."""
+    (the gateway asked first, outside any transaction), else to the balance (or points) that paid
+    it, else the order is marked refunded and staff return the money at the gateway. The ticket
+    ends in the transaction that refunds the order."""
     now = now or utcnow()
     reason = _body(reason, "reason", limit=MAX_REASON)
     ticket, order = _live(session, ticket_id)
     ticket_id, order_no = ticket.id, order.order_no
-    if refundable_payment(session, order) is not None:
-        given = refund_through_channel(session, vault, order_no=order_no, reason=reason, actor=actor,
-                                       source_ip=source_ip, now=now)
+    if refundable_payment(session, order) is not None and order.status in order_staff.REFUNDABLE:
+        # The gateway is asked with no lock held: the ticket says first, in its own commit, that a
+        # refund is under way, and a reissue is refused meanwhile (money back and a new key, never
+        # both). A failed or interrupted refund may be tried again; a refused one clears it.
+        ticket.resolution = "refund"
+        session.commit()
+        try:
+            given = refund_through_channel(session, vault, order_no=order_no, reason=reason, actor=actor,
+                                           source_ip=source_ip, now=now)
+        except Exception:
+            session.rollback()
+            session.execute(sa.update(Ticket).where(Ticket.id == ticket_id, Ticket.status.in_(LIVE))
+                            .values(resolution=None).execution_options(synchronize_session=False))
+            session.commit()
+            raise
         outcome = TicketRefund(True, given.amount_cents, 0, given.gateway_ref)
     else:
         done = order_staff.refund_order(session, order_no=order_no, reason=reason, actor=actor, source_ip=source_ip,
                                         now=now)
-        outcome = TicketRefund(False, done.order.amount_cents, done.to_balance_cents)
+        outcome = TicketRefund(False, done.order.amount_cents, done.to_balance_cents,
+                               points_returned=done.points.returned if done.points else 0)
     # The gateway was asked outside the ticket's lock: it may have ended meanwhile (closed by
     # someone else); the money went back all the same, and the ticket says so.
     ticket = get_ticket(session, ticket_id, lock=True)
@@ -451,5 +487,7 @@ def flag_overdue(session: Session, now: dt.datetime | None = None, limit: int = 
             order = session.get(Order, ticket.order_id)
             emit(session, "ticket.overdue", order_payload(session, order, ticket_id=ticket_id,
                                                           waiting_since=ticket.waiting_since.isoformat() + "Z"), now)
+            record(session, "ticket.overdue", actor="scheduler", target=target(ticket),
+                   details={"order_no": order.order_no, "sla_hours": sla_hours(session)})
             flagged += 1
     return flagged

@@ -204,7 +204,10 @@ def reissue_code(session: Session, old_key_id: int, new_key_id: int, order_id: i
                  now: dt.datetime) -> bool:
     """A reissued code (kamengd.tickets): the new one holds what the old had left — its uses or
     value, its validity — and the old one is redeemed no more. False for a product without codes."""
-    old = session.scalar(sa.select(Voucher).where(Voucher.card_key_id == old_key_id))
+    # Locked, and read as it is now: a redemption at a store committed a moment ago counts, one
+    # waiting on the row is refused once it is void (never a use or value carried twice).
+    old = session.scalar(sa.select(Voucher).where(Voucher.card_key_id == old_key_id).with_for_update()
+                         .execution_options(populate_existing=True))
     if old is None:
         return False
     void_card_key(session, old_key_id)
