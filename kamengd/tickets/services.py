@@ -126,9 +126,10 @@ def write_as_buyer(session: Session, order: Order, *, body, picture: bytes | Pic
     now = now or utcnow()
     text = _body(body)
     image = picture if isinstance(picture, Picture) or picture is None else prepare_picture(picture)
-    if lock_order_status(session, order.id) not in ASKABLE:
+    status = lock_order_status(session, order.id)
+    if status not in ASKABLE:
         raise Conflict("order %(order_no)s is %(status)s; after-sales is for paid orders",
-                       order_no=order.order_no, status=order.status)
+                       order_no=order.order_no, status=status)
     recent = session.scalar(sa.select(sa.func.count()).select_from(TicketMessage)
                             .join(Ticket, Ticket.id == TicketMessage.ticket_id)
                             .where(Ticket.order_id == order.id, TicketMessage.author == "buyer",
