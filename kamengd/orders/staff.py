@@ -166,11 +166,14 @@ def search_orders(session: Session, search: OrderSearch, *, page: int = 1,
     """One page of (Order, product name), newest first, and how many match in all."""
     where = search.conditions()
     total = session.scalar(sa.select(sa.func.count()).select_from(Order).where(*where))
-    rows = session.execute(sa.select(Order, Product.name.label("product_name"))
-                           .join(Product, Product.id == Order.product_id).where(*where)
-                           .order_by(Order.created_at.desc(), Order.id.desc())
-                           .limit(page_size).offset((max(page, 1) - 1) * page_size)).all()
-    return rows, total
+    # The page of orders alone, then its products' names: joined in one statement, MariaDB drove the
+    # join from products and sorted a million orders for each page (9 s); alone, the created_at
+    # index gives the page in order.
+    orders = session.scalars(sa.select(Order).where(*where).order_by(Order.created_at.desc(), Order.id.desc())
+                             .limit(page_size).offset((max(page, 1) - 1) * page_size)).all()
+    names = dict(session.execute(sa.select(Product.id, Product.name)
+                                 .where(Product.id.in_({o.product_id for o in orders}))).all()) if orders else {}
+    return [(o, names.get(o.product_id, "")) for o in orders], total
 
 
 # --- one order ------------------------------------------------------------
