@@ -251,12 +251,11 @@ def test_alipay_down_and_a_bad_set_up(served):
     assert bare(fake.app_private)[:40] not in listing and "alipay2" not in listing
 
 
-def test_a_refund_through_alipay_from_the_panel(served):
-    """The order page offers the refund through Alipay; it gives the money back once
-    (out_request_no per payment), refunds the order and says so; the audit log has it."""
+def paid_and_signed_in(served):
+    """An order paid through Alipay, the shop's app, and an admin signed in to its panel (English)."""
     from kamengd.app import create_app
     from kamengd.config import load_config
-    from panel_support import csrf_of, login, make_staff
+    from panel_support import login, make_staff
 
     config, pid, keys, base, fake = served
     order = place(base, pid, channel="alipay")
@@ -267,6 +266,16 @@ def test_a_refund_through_alipay_from_the_panel(served):
     client = app.test_client()
     client.set_cookie("lang", "en")
     login(client, make_staff(app, "admin"))
+    return order, app, client
+
+
+def test_a_refund_through_alipay_from_the_panel(served):
+    """The order page offers the refund through Alipay; it gives the money back once
+    (out_request_no per payment), refunds the order and says so; the audit log has it."""
+    from panel_support import csrf_of
+
+    config, pid, keys, base, fake = served
+    order, app, client = paid_and_signed_in(served)
     page = client.get(f"/admin/orders/{order['order_no']}").get_data(as_text=True)
     assert 'name="through_channel"' in page and "支付宝当面付" in page
     form = {"csrf_token": csrf_of(page), "refund_reason": "wrong region", "through_channel": "1"}
@@ -281,20 +290,15 @@ def test_a_refund_through_alipay_from_the_panel(served):
 
 
 def test_an_after_sales_refund_goes_back_through_alipay(served):
-    """A buyer's ticket resolved with a refund: the money goes back through Alipay once, the order
-    is refunded, the ticket resolved; a reissue is refused while a refund is under way."""
-    from kamengd.app import create_app
-    from kamengd.config import load_config
+    """A buyer's ticket resolved with a refund: refused once by Alipay (nothing given back, the ticket
+    stays live and unmarked, so a reissue is possible again), then the money goes back once, the
+    order is refunded and the ticket resolved."""
     from kamengd.extensions import db
     from kamengd.tickets.models import Ticket
-    from panel_support import csrf_of, login, make_staff
+    from panel_support import csrf_of
 
     config, pid, keys, base, fake = served
-    order = place(base, pid, channel="alipay")
-    qr_page(base, order)
-    assert fake.pay(order["order_no"])["answers"] == [[200, "success"]]
-    app = create_app(load_config(config, env={}))
-    app.config["TESTING"] = True
+    order, app, client = paid_and_signed_in(served)
     buyer = app.test_client()
     page = buyer.get(f"/order/{order['order_no']}", query_string={"token": order["token"]}).get_data(as_text=True)
     assert buyer.post(f"/order/{order['order_no']}/ticket", data={
@@ -302,11 +306,16 @@ def test_an_after_sales_refund_goes_back_through_alipay(served):
     with app.app_context():
         ticket_id = db.session.scalar(sa.select(Ticket.id).order_by(Ticket.id.desc()).limit(1))
         db.session.remove()
-    client = app.test_client()
-    client.set_cookie("lang", "en")
-    login(client, make_staff(app, "admin"))
     page = client.get(f"/admin/tickets/{ticket_id}").get_data(as_text=True)
-    assert "goes back through" in page and 'id="refund-send"' in page
+    assert "goes back through" in page and 'id="refund-send"' in page and 'id="reissue-send"' in page
+    fake.call("/_test/fail_refunds", {"count": 1})
+    refused = client.post(f"/admin/tickets/{ticket_id}/refund", data={"csrf_token": csrf_of(page), "reason": "退款"})
+    assert refused.status_code == 409 and "did not give the money back" in refused.get_data(as_text=True)
+    with app.app_context():
+        t = db.session.get(Ticket, ticket_id)
+        assert (t.status, t.resolution) == ("open", None)
+        db.session.remove()
+    assert view(base, order)["status"] == "delivered" and fake.call("/_test/state")["refunds"] == []
     done = client.post(f"/admin/tickets/{ticket_id}/refund", data={"csrf_token": csrf_of(page), "reason": "退款"},
                        follow_redirects=True)
     assert "given back through the payment channel" in done.get_data(as_text=True)

@@ -86,6 +86,13 @@ def ticket_of(app, order_no):
     return t
 
 
+def opened(app, client, shop, message):
+    """A paid order and the buyer's ticket about it: (order_no, token, the ticket)."""
+    order_no, token = buy(client, shop)
+    assert write(client, order_no, token, message).status_code == 303
+    return order_no, token, ticket_of(app, order_no)
+
+
 def test_a_buyer_opens_a_ticket_with_a_picture_from_the_order_page_and_only_it_sees_it(app, client, shop):
     order_no, token = buy(client, shop)
     answer = write(client, order_no, token, "卡密无效 <script>alert(1)</script>\n第二行", photo_with_gps())
@@ -180,9 +187,7 @@ def test_staff_answer_by_mail_the_buyer_writes_again_and_the_sla_marks_it_overdu
     from kamengd.notifications.models import EmailOutbox, Event
     from kamengd.scheduler.jobs import JOBS
     from kamengd.tickets import services
-    order_no, token = buy(client, shop)
-    assert write(client, order_no, token, "the key says invalid").status_code == 303
-    t = ticket_of(app, order_no)
+    order_no, token, t = opened(app, client, shop, "the key says invalid")
     db = _db()
     # Not yet overdue; a day and an hour later it is (once, with an event); the answer clears it.
     with app.app_context():
@@ -386,9 +391,7 @@ def test_two_reissues_of_one_key_at_once_give_one_new_key(app, client, shop):
 
 def test_refund_and_close_end_the_ticket_and_roles_decide_who_may(app, client, shop):
     from kamengd.orders.models import Order
-    order_no, token = buy(client, shop)
-    assert write(client, order_no, token, "I want my money back").status_code == 303
-    t = ticket_of(app, order_no)
+    order_no, token, t = opened(app, client, shop, "I want my money back")
     page = f"/admin/tickets/{t.id}"
     # Support answers and reissues but may not refund; finance refunds but may not reissue;
     # an operator or a verifier sees no ticket.
@@ -499,15 +502,14 @@ def test_the_command_line_reads_answers_and_ends_tickets(app, installed, client,
     assert ticket_of(app, order_no).resolution == "refund"
 
 
-def test_a_reissue_waits_for_a_refund_under_way_and_a_refused_refund_clears_it(app, client, shop):
+def test_a_reissue_is_refused_while_a_refund_is_under_way(app, client, shop):
+    """(The mark set and cleared around a real gateway: tests/test_channel_alipay.py.)"""
     from kamengd.errors import Conflict
     from kamengd.inventory.models import CardKey
     from kamengd.orders.models import Order
     from kamengd.tickets import services
     from kamengd.tickets.models import Ticket
-    order_no, token = buy(client, shop)
-    assert write(client, order_no, token, "refund or a new key?").status_code == 303
-    t = ticket_of(app, order_no)
+    order_no, token, t = opened(app, client, shop, "refund or a new key?")
     db = _db()
     with app.app_context():
         # A refund through the channel marks the ticket before asking the gateway (no lock held then).

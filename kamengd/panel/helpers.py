@@ -4,17 +4,18 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from flask import current_app, flash, g, request
+from flask import abort, current_app, flash, g, request
 from flask_babel import gettext as _, pgettext
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..context import get_config
-from ..errors import KamengdError
+from ..errors import KamengdError, NotFound
 from ..extensions import db
 from ..money import format_cents
 from ..orders import reasons
 from ..payments import services as payments
 from ..settings.services import shop_url
+from ..transaction import read_only
 from .blueprint import bp
 
 PAGE_SIZE = 50
@@ -190,6 +191,21 @@ def _shown_value(name: str, value):
 def error_text(exc: KamengdError) -> str:
     """A service's error in the staff member's language, with its values."""
     return exc.localized(_, _shown_value)
+
+
+def attempt(action, refused_page):
+    """Run one staff action: (its result, None) when done (the request commits it); else nothing is
+    done and (None, refused_page(status) with the errors flashed); a NotFound is a 404."""
+    try:
+        return action(), None
+    except NotFound:
+        db.session.rollback()
+        abort(404)
+    except KamengdError as exc:
+        db.session.rollback()
+        flash_errors(exc)
+        read_only()
+        return None, refused_page(exc.http_status)
 
 
 def flash_errors(exc: KamengdError) -> None:

@@ -15,7 +15,7 @@ from ..audit.services import record
 from ..catalog import inputs
 from ..catalog.models import Product
 from ..database import utcnow
-from ..errors import KamengdError, NotFound
+from ..errors import NotFound
 from ..extensions import db
 from ..ledger import services as ledger
 from ..money import format_cents
@@ -29,7 +29,7 @@ from ..settings.messaging import mail_server
 from ..transaction import read_only
 from ..validation import spreadsheet_cell
 from .blueprint import bp
-from .helpers import PAGE_SIZE, local_day_start, page_number, when, flash_errors
+from .helpers import PAGE_SIZE, attempt, local_day_start, page_number, when
 from .session import actor, client_ip
 
 
@@ -167,19 +167,8 @@ def order_detail(order_no):
 
 
 def _attempt(order_no: str, action):
-    """Run one staff action: (result, None) when it is done (the request commits it), else
-    (None, the order's page saying why) with nothing done."""
-    try:
-        result = action()
-    except NotFound:
-        db.session.rollback()
-        abort(404)
-    except KamengdError as exc:
-        db.session.rollback()
-        flash_errors(exc)
-        read_only()
-        return None, _detail_page(order_no, status=exc.http_status)
-    return result, None
+    """Run one staff action: (result, None) when it is done, else (None, the order's page saying why)."""
+    return attempt(action, lambda status: _detail_page(order_no, status=status))
 
 
 def _act(order_no: str, action, message):

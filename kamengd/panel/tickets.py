@@ -6,7 +6,7 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_babel import gettext as _
 
 from ..context import get_vault
-from ..errors import KamengdError, NotFound
+from ..errors import NotFound
 from ..extensions import db
 from ..money import format_cents
 from ..orders.models import Order
@@ -19,7 +19,7 @@ from ..tickets import services as tickets
 from ..tickets.models import TICKET_STATUSES
 from ..transaction import read_only
 from .blueprint import bp, staff_can
-from .helpers import PAGE_SIZE, flash_errors, page_number
+from .helpers import PAGE_SIZE, attempt, page_number
 from .session import actor, client_ip
 
 
@@ -64,16 +64,9 @@ def ticket_detail(ticket_id):
 
 def _act(ticket_id, action, message):
     """A staff action on the ticket, then back to its page (PRG); refused: the page says why."""
-    try:
-        result = action()
-    except NotFound:
-        db.session.rollback()
-        abort(404)
-    except KamengdError as exc:
-        db.session.rollback()
-        flash_errors(exc)
-        read_only()
-        return _page(ticket_id, status=exc.http_status)
+    result, refused = attempt(action, lambda status: _page(ticket_id, status=status))
+    if refused:
+        return refused
     flash(message(result), "success")
     return redirect(url_for("panel.ticket_detail", ticket_id=ticket_id), code=303)
 

@@ -100,10 +100,14 @@ class Thread:
 
 
 def threads_for_order(session: Session, order_id: int) -> list[Thread]:
-    """The order's tickets, newest first, each with its messages."""
-    tickets = session.scalars(sa.select(Ticket).where(Ticket.order_id == order_id)
-                              .order_by(Ticket.id.desc()).limit(TICKETS_PER_ORDER)).all()
-    return [thread(session, t) for t in tickets]
+    """The order's tickets, newest first, each with its messages (two queries however many)."""
+    tickets = of_order(session, order_id)
+    if not tickets:
+        return []
+    by_ticket: dict[int, list] = {t.id: [] for t in tickets}
+    for message, image_id in _messages(session, list(by_ticket)):
+        by_ticket[message.ticket_id].append((message, image_id))
+    return [Thread(t, by_ticket[t.id]) for t in tickets]
 
 
 def of_order(session: Session, order_id: int) -> list[Ticket]:
@@ -112,11 +116,15 @@ def of_order(session: Session, order_id: int) -> list[Ticket]:
                                 .limit(TICKETS_PER_ORDER)))
 
 
+def _messages(session: Session, ticket_ids: list[int]) -> list[tuple]:
+    """(message, its picture's id or None) of the tickets, oldest first."""
+    return [tuple(r) for r in session.execute(
+        sa.select(TicketMessage, TicketImage.id).outerjoin(TicketImage, TicketImage.message_id == TicketMessage.id)
+        .where(TicketMessage.ticket_id.in_(ticket_ids)).order_by(TicketMessage.id))]
+
+
 def thread(session: Session, ticket: Ticket) -> Thread:
-    rows = session.execute(sa.select(TicketMessage, TicketImage.id)
-                           .outerjoin(TicketImage, TicketImage.message_id == TicketMessage.id)
-                           .where(TicketMessage.ticket_id == ticket.id).order_by(TicketMessage.id)).all()
-    return Thread(ticket, [tuple(r) for r in rows])
+    return Thread(ticket, _messages(session, [ticket.id]))
 
 
 def write_as_buyer(session: Session, order: Order, *, body, picture: bytes | Picture | None = None,

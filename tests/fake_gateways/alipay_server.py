@@ -38,6 +38,7 @@ class State:
         self.refunds: list[dict] = []
         self.calls: list[str] = []
         self.fail_creates = 0
+        self.fail_refunds = 0   # the next refunds refused (ACQ.SYSTEM_ERROR), nothing given back
         self.lock = threading.Lock()
 
     def sign(self, text: str, key=None) -> str:
@@ -88,6 +89,9 @@ def make_handler(state: State):
                 if path == "/_test/fail_creates":
                     state.fail_creates = int(ask.get("count", 1))
                     return self._raw(200, "{}")
+                if path == "/_test/fail_refunds":
+                    state.fail_refunds = int(ask.get("count", 1))
+                    return self._raw(200, "{}")
                 return self._raw(404, "{}")
             if path != "/gateway.do":
                 return self._raw(404, "{}")
@@ -111,6 +115,10 @@ def make_handler(state: State):
                                                  "trade_status": trade["status"],
                                                  "total_amount": trade["total_amount"]})
                 if method == "alipay.trade.refund":
+                    if state.fail_refunds:
+                        state.fail_refunds -= 1
+                        return self._answer(method, {"code": "20000", "msg": "Service Currently Unavailable",
+                                                     "sub_code": "ACQ.SYSTEM_ERROR", "sub_msg": "系统错误"})
                     trade = next((t for t in state.trades.values() if t["trade_no"] == biz.get("trade_no")), None)
                     if trade is None or trade["status"] != "TRADE_SUCCESS":
                         return self._answer(method, {"code": "40004", "msg": "Business Failed",
