@@ -18,3 +18,5 @@ from .marketing.models import Coupon, CouponBuyer  # noqa: F401
 from .risk.models import CaptchaUse, LookupFailure, RiskDecision, RiskRule  # noqa: F401
 from .vouchers.models import Redemption, Store, StoreVerifier, Voucher, VoucherBatch, VoucherTerms  # noqa: F401
 from .tickets.models import KeyReissue, Ticket, TicketImage, TicketMessage  # noqa: F401
+from .reports.models import (AgentDay, CohortMonth, CouponDay, RepeatGap, ReportBuyer,  # noqa: F401
+                             ReportProgress, RiskDay, SalesDay, SalesHour)

@@ -10,7 +10,8 @@ import zoneinfo
 import pytest
 import sqlalchemy as sa
 
-from kamengd.reports import scheduler, shop
+from kamengd.orders.staff import refund_order
+from kamengd.reports import figures, scheduler, shop
 from kamengd.orders.models import Order
 from kamengd.orders.services import create_order
 from kamengd.payments.callbacks import handle_epay_notify
@@ -47,6 +48,15 @@ def sell(session, vault, product, channel, paid: str, *, money=None, tz=TZ) -> O
 
 # --- the figures, without HTTP -----------------------------------------------------------------
 
+def week_of(session, now: str, tz: str = TZ, days: int = 7):
+    """The dashboard's days: newest first, (day, paid orders, {currency: cents})."""
+    reader = figures.Reader(session, tz, utc(now, tz))
+    found = figures.daily(reader, reader.today - dt.timedelta(days=days - 1), reader.today)
+    return [(day, sum(c["paid"] for c in sums.values()), {cur: c["revenue_cents"] for cur, c in sums.items()
+                                                          if c["revenue_cents"]})
+            for day, sums in reversed(found)]
+
+
 def test_sales_by_shop_day(backend, session, vault, make_product, make_keys, channel):
     p = make_product(price_cents=990)
     usd = make_product(price_cents=250, currency="USD")
@@ -57,24 +67,27 @@ def test_sales_by_shop_day(backend, session, vault, make_product, make_keys, cha
     sell(session, vault, p, channel, "2033-05-21 00:05")                 # 16:05 UTC on the 20th: the 21st
     sell(session, vault, p, channel, "2033-05-21 09:00")
     sell(session, vault, usd, channel, "2033-05-21 10:00")
-    held = sell(session, vault, p, channel, "2033-05-21 11:00", money="1.00")   # wrong amount: not a sale
+    # The wrong amount: held, and counted as sold the day the money came (a refund takes it back).
+    held = sell(session, vault, p, channel, "2033-05-21 11:00", money="1.00")
     assert held.status == "held"
-    refunded = sell(session, vault, p, channel, "2033-05-19 12:00")
-    session.execute(sa.update(Order).where(Order.id == refunded.id).values(status="refunded"))
+    refunded = sell(session, vault, p, channel, "2033-05-19 12:00")     # sold the 19th, refunded the 21st
+    refund_order(session, order_no=refunded.order_no, reason="t", actor="t", now=utc("2033-05-21 11:30"))
     sell(session, vault, p, channel, "2033-05-14 23:59")                 # eight days before: out of the week
     sell(session, vault, p, channel, "2033-05-15 00:00")                 # the first day of the week
 
-    week = shop.daily_sales(session, utc("2033-05-21 12:00"), TZ, days=7)
-    assert [d.day for d in week] == [dt.date(2033, 5, 21) - dt.timedelta(days=i) for i in range(7)]
-    today, yesterday = week[0], week[1]
-    assert (today.orders, today.amounts) == (3, {"CNY": 1980, "USD": 250})
-    assert (yesterday.orders, yesterday.amounts) == (1, {"CNY": 990})
-    assert (week[2].orders, week[2].amounts) == (0, {})       # the 19th: refunded only
-    assert (week[6].day, week[6].orders) == (dt.date(2033, 5, 15), 1)
-    assert sum(d.orders for d in week) == 5
+    week = week_of(session, "2033-05-21 12:00")
+    assert [d for d, _, _ in week] == [dt.date(2033, 5, 21) - dt.timedelta(days=i) for i in range(7)]
+    assert week[0][1:] == (4, {"CNY": 2970, "USD": 250})
+    assert week[1][1:] == (1, {"CNY": 990})
+    assert week[2][1:] == (1, {"CNY": 990})                              # the 19th: sold (refunded later)
+    assert week[6][0] == dt.date(2033, 5, 15) and week[6][1] == 1
+    assert sum(n for _, n, _ in week) == 7
+    reader = figures.Reader(session, TZ, utc("2033-05-21 12:00"))
+    [cny] = [t for t in figures.totals(reader, dt.date(2033, 5, 21), dt.date(2033, 5, 21)) if t.currency == "CNY"]
+    assert (cny.refunded, cny.refund_cents) == (1, 990)
     # Just before local midnight "today" is still the 20th; one minute later it is the 21st.
-    assert shop.daily_sales(session, utc("2033-05-20 23:59"), TZ, days=1)[0].day == dt.date(2033, 5, 20)
-    assert shop.daily_sales(session, utc("2033-05-21 00:00"), TZ, days=1)[0].orders == 3
+    assert week_of(session, "2033-05-20 23:59", days=1)[0][0] == dt.date(2033, 5, 20)
+    assert week_of(session, "2033-05-21 00:00", days=1)[0][1] == 4
 
 
 def test_a_day_across_a_clock_change(backend, session, vault, make_product, make_keys, channel):
@@ -85,8 +98,8 @@ def test_a_day_across_a_clock_change(backend, session, vault, make_product, make
     sell(session, vault, p, channel, "2033-03-13 00:10", tz=ny)
     sell(session, vault, p, channel, "2033-03-13 23:50", tz=ny)   # 03:50 UTC on the 14th
     sell(session, vault, p, channel, "2033-03-12 23:55", tz=ny)
-    week = shop.daily_sales(session, utc("2033-03-14 08:00", ny), ny, days=3)
-    assert [(d.day.day, d.orders) for d in week] == [(14, 0), (13, 2), (12, 1)]
+    week = week_of(session, "2033-03-14 08:00", ny, days=3)
+    assert [(d.day, n) for d, n, _ in week] == [(14, 0), (13, 2), (12, 1)]
 
 
 def test_orders_by_status_counts_every_status(backend, session, vault, make_product, make_keys, channel):
@@ -224,9 +237,11 @@ def test_dashboard_page(app, dashboard_data, monkeypatch):
     resp = client.get("/admin/dashboard")
     assert resp.status_code == 200
     html = resp.get_data(as_text=True)
-    assert (_cell(html, "today-orders"), _cell(html, "today-amount")) == ("2", "22.34 CNY")
-    assert "<tr><td>2035-09-10</td><td class=\"num\">2</td><td class=\"num\">22.34 CNY</td></tr>" in html
-    assert "<tr><td>2035-09-09</td><td class=\"num\">1</td><td class=\"num\">5.00 CNY</td></tr>" in html
+    # (the held order counts: its money came; the dashboard names it among those needing a person)
+    assert (_cell(html, "today-orders"), _cell(html, "today-amount")) == ("3", "34.68 CNY")
+    assert '<tr><td>2035-09-10</td><td class="num">3</td><td class="num">34.68 CNY</td>' in html
+    assert '<tr><td>2035-09-09</td><td class="num">1</td><td class="num">5.00 CNY</td>' in html
+    assert html.count("<svg") >= 2 and "dash &lt;b&gt;" in html[html.index("<svg"):]   # the charts
     assert "2035-09-04" in html and "2035-09-03" not in html             # seven days
     from kamengd.extensions import db
     with app.app_context():

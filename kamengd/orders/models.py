@@ -51,6 +51,8 @@ class Order(db.Model):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     paid_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When staff refunded it (the day's refunds in the reports count by this).
+    refunded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # The day (site.timezone) the order was counted against its channel's daily cap, NULL when
     # it was not (no cap then) or its room was given back (it expired): given back exactly once.
     cap_day: Mapped[dt.date | None] = mapped_column(sa.Date)
@@ -93,7 +95,10 @@ class Order(db.Model):
     __table_args__ = (
         # Sweeps: pending orders past expiry, paid orders waiting for stock.
         sa.Index("ix_orders_status_expires_at", "status", "expires_at"),
-        sa.Index("ix_orders_paid_at", "paid_at"),  # the daily settlement
+        sa.Index("ix_orders_paid_at", "paid_at"),  # the daily settlement, the reports' day
+        # The reports' day of deliveries and refunds (kamengd.reports.summary).
+        sa.Index("ix_orders_delivered_at", "delivered_at"),
+        sa.Index("ix_orders_refunded_at", "refunded_at"),
         # "Does a paid buyer wait for this product?" on every order, and the
         # waiting queue oldest first: paid orders are few, so status leads.
         sa.Index("ix_orders_status_product_paid_at", "status", "product_id", "paid_at"),

@@ -329,7 +329,7 @@ def refund_order(session: Session, *, order_no, reason, actor: str, source_ip: s
     order = find_order(session, order_no)
     previous = lock_order_status(session, order.id)
     if previous not in REFUNDABLE or not _claim(session, order, (previous,), status="refunded",
-                                                 updated_at=now, **RESOLVED):
+                                                 updated_at=now, refunded_at=now, **RESOLVED):
         status = lock_order_status(session, order.id)
         raise Conflict("order %(order_no)s is %(status)s; only paid, held or delivered orders "
                        "can be refunded", order_no=order.order_no, status=status)

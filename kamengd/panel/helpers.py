@@ -158,6 +158,7 @@ def job_name(job: str) -> str:
         "sync_suppliers": _("Sync suppliers' products, costs and balance"),
         "refill_vouchers": _("Make voucher codes up to each product's stock level"),
         "flag_overdue_tickets": _("Mark after-sales tickets waiting past the answer time overdue"),
+        "summarise_sales": _("Write the reports' figures of each day that has ended"),
         "check_channels": _("Check payment channels' health"),
     }.get(job, job)
 

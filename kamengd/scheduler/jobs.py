@@ -21,6 +21,7 @@ from ..operations import history, rotation
 from ..orders import attention
 from ..orders.services import expire_orders
 from ..payments import settlement
+from ..reports import summary as report_summary
 from ..risk import captcha, engine as risk
 from ..payments.reconcile import reconcile_pending
 from ..payments.services import check_channels as check_channel_health, disable_weak_channels
@@ -152,6 +153,11 @@ def flag_overdue_tickets(session: Session) -> dict:
     return {"overdue": tickets.flag_overdue(session)}
 
 
+def summarise_sales(session: Session) -> dict:
+    """The reports' summary rows of each day that has closed (kamengd.reports.summary)."""
+    return report_summary.summarise(session, get_config().site.timezone)
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -175,4 +181,5 @@ JOBS = {
     "sync_suppliers": (sync_suppliers, 300),
     "refill_vouchers": (refill_vouchers, 60),
     "flag_overdue_tickets": (flag_overdue_tickets, 60),
+    "summarise_sales": (summarise_sales, 60),
 }
