@@ -19,4 +19,4 @@ from .risk.models import CaptchaUse, LookupFailure, RiskDecision, RiskRule  # no
 from .vouchers.models import Redemption, Store, StoreVerifier, Voucher, VoucherBatch, VoucherTerms  # noqa: F401
 from .tickets.models import KeyReissue, Ticket, TicketImage, TicketMessage  # noqa: F401
 from .reports.models import (AgentDay, CohortMonth, CouponDay, RepeatGap, ReportBuyer,  # noqa: F401
-                             ReportProgress, RiskDay, SalesDay, SalesHour)
+                             ReportExport, ReportExportPart, ReportProgress, RiskDay, SalesDay, SalesHour)

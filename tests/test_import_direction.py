@@ -79,7 +79,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("notification sending", ("kamengd.notifications.email", "kamengd.notifications.dispatch")),
     ("operations and reports", (
         "kamengd.operations.doctor", "kamengd.operations.history", "kamengd.operations.rotation",
-        "kamengd.reports.*", "kamengd.vouchers.reports")),
+        "kamengd.reports.events", "kamengd.reports.scheduler", "kamengd.reports.settlements",
+        "kamengd.reports.shop", "kamengd.reports.summary", "kamengd.reports.figures", "kamengd.reports.charts",
+        "kamengd.reports.exports", "kamengd.reports.export_jobs", "kamengd.vouchers.reports")),
+    # Each report as a table (the stores' redemptions among them), for the panel and the CLI.
+    ("report tables", ("kamengd.reports.tables",)),
     ("the scheduler's jobs", ("kamengd.scheduler.jobs", "kamengd.scheduler.runner")),
     # The visitor's language: the storefront's and the agent portal's pages say both texts.
     ("the visitor's language", ("kamengd.storefront.i18n",)),

@@ -119,6 +119,10 @@ def test_the_ticket_commands_exist_with_their_options():
     assert_commands_exist("after-sales.md", "Commands", 6)
 
 
+def test_the_report_commands_exist_with_their_options():
+    assert_commands_exist("reports.md", "Commands", 1)
+
+
 def test_every_error_code_is_in_the_table():
     from kamengd import errors
     from kamengd.http_errors import _HTTP_CODES

@@ -245,7 +245,7 @@ def test_dashboard_page(app, dashboard_data, monkeypatch):
     assert "2035-09-04" in html and "2035-09-03" not in html             # seven days
     from kamengd.extensions import db
     with app.app_context():
-        by_status = shop.orders_by_status(db.session)
+        by_status = shop.orders_by_status(db.session, since=utc("2035-08-12 00:00"))
         attention_count, _ = shop.orders_needing_attention(db.session)
     for status, n in by_status.items():
         assert f'data-status="{status}">{n}<' in html

@@ -61,6 +61,13 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     "panel.ticket_picture": MANAGERS | {"support", "finance"},
     "panel.ticket_reissue": MANAGERS | {"support"},
     "panel.ticket_refund": MANAGERS | {"finance"},
+    # Reports: the business's figures (cost prices, profit), no buyer's data.
+    "panel.reports": MANAGERS | {"finance"},
+    "panel.report_export": MANAGERS | {"finance"},
+    "panel.report_lists": MANAGERS | {"finance"},
+    "panel.report_list_start": MANAGERS | {"finance"},
+    "panel.report_list_detail": MANAGERS | {"finance"},
+    "panel.report_list_download": MANAGERS | {"finance"},
     "panel.products": MANAGERS | {"operator", "support", "finance"},
     "panel.product_new": MANAGERS | {"operator"},
     "panel.product_edit": MANAGERS | {"operator"},
@@ -219,7 +226,7 @@ def world(backend, databases, tmp_path_factory):
         ids = {"supplier_id": supplier.id, "coupon_id": coupon.id, "rule_id": risk_rule.id, "product_id": product.id, "category_id": category.id, "channel_id": channel.id,
                "order_no": order.order_no, "day": "2026-01-01", "payment_id": 1, "import_id": 1,
                "agent_id": agent.id, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1,
-               "batch_id": 1, "ticket_id": 1, "image_id": 1}
+               "batch_id": 1, "ticket_id": 1, "image_id": 1, "export_id": 1}
     staff = {role: make_staff(app, role) for role in ROLES}
     ids["user_id"] = make_staff(app, "support").id   # the target of staff edits
     return app, ids, staff
@@ -330,7 +337,7 @@ def test_every_form_needs_the_csrf_token(backend, make_install):
     owner = make_staff(app, "owner")
     client = app.test_client()
     ids = {"product_id": 1, "category_id": 1, "channel_id": 1, "order_no": "X", "user_id": owner.id,
-           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1, "batch_id": 1, "ticket_id": 1, "image_id": 1, "supplier_id": 1,
+           "day": "2026-01-01", "payment_id": 1, "import_id": 1, "agent_id": 1, "withdrawal_id": 1, "redemption_id": 1, "store_id": 1, "batch_id": 1, "ticket_id": 1, "image_id": 1, "export_id": 1, "supplier_id": 1,
            "coupon_id": 1, "rule_id": 1}
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry))

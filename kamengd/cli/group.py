@@ -89,7 +89,7 @@ COMMAND_MODULES = {
     "restore": "backup", "key": "backup", "product": "catalog",
     "channel": "channels", "config": "config", "coupon": "coupons", "doctor": "doctor", "install": "install", "jobs": "jobs",
     "run-job": "jobs",
-    "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile",
+    "keys": "keys", "notifications": "notifications", "order": "orders", "reconcile": "reconcile", "report": "reports",
     "risk": "risk", "serve": "serve", "scheduler": "serve", "setting": "settings", "supplier": "suppliers",
     "upgrade": "upgrade",
     "user": "users", "voucher": "vouchers", "store": "vouchers", "ticket": "tickets",

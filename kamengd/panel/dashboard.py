@@ -8,6 +8,7 @@ from flask import current_app, render_template, url_for
 from flask_babel import gettext as _
 from werkzeug.routing import BuildError
 
+from ..payments.settlement import day_bounds
 from ..reports import charts, figures, scheduler, shop
 from ..context import get_config, get_vault
 from ..database import utcnow
@@ -65,7 +66,7 @@ def dashboard():
         "panel/dashboard.html", today=today, periods=periods, week=days[-7:][::-1], currency=currency,
         revenue_chart=revenue_chart, top_chart=top_chart, top=top, summarised_through=reader.through,
         timezone=tz, extra_count=extra_count, extra=extra, weak_channels=weak,
-        by_status=shop.orders_by_status(db.session),
+        by_status=shop.orders_by_status(db.session, since=day_bounds(month, tz)[0]),
         low_stock=shop.low_stock_products(db.session),
         attention_count=attention_count, attention=attention, review_count=review_count(db.session),
         waiting_count=shop.waiting_for_stock(db.session), withdrawal_count=shop.withdrawals_requested(db.session),

@@ -76,6 +76,7 @@ def nav_items() -> list[tuple[str, str, str]]:
     """(permission, endpoint, label) in menu order; the menu shows what the role may open."""
     items = [
         ("dashboard.view", "panel.dashboard", _("Dashboard")),
+        ("reports.view", "panel.reports", _("Reports")),
         ("orders.view", "panel.orders", _("Orders")),
         ("tickets.handle", "panel.tickets_list", _("After-sales")),
         ("catalog.view", "panel.products", _("Products")),
@@ -159,6 +160,7 @@ def job_name(job: str) -> str:
         "refill_vouchers": _("Make voucher codes up to each product's stock level"),
         "flag_overdue_tickets": _("Mark after-sales tickets waiting past the answer time overdue"),
         "summarise_sales": _("Write the reports' figures of each day that has ended"),
+        "prune_exports": _("Delete downloaded lists after a day"),
         "check_channels": _("Check payment channels' health"),
     }.get(job, job)
 

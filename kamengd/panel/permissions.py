@@ -50,6 +50,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # After-sales tickets: read and answer (the buyer's words, its order); ending one with a refund
     # or a reissued key needs orders.refund or orders.deliver besides.
     "tickets.handle": frozenset({"owner", "admin", "support", "finance"}),
+    # The business's figures: sales, cost prices, profit, agents' commission (no buyer's data).
+    "reports.view": frozenset({"owner", "admin", "finance"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -144,6 +146,14 @@ ENDPOINTS: dict[str, str] = {
     "panel.risk_approve": "orders.release",
     # tickets.py
     "panel.tickets_list": "tickets.handle",
+    # reports.py
+    "panel.reports": "reports.view",
+    "panel.report_export": "reports.view",
+    # Big lists (orders, ledger, redemptions) in the background: each list's own right besides.
+    "panel.report_lists": "orders.export",
+    "panel.report_list_start": "orders.export",
+    "panel.report_list_detail": "orders.export",
+    "panel.report_list_download": "orders.export",
     "panel.ticket_detail": "tickets.handle",
     "panel.ticket_reply": "tickets.handle",
     "panel.ticket_close": "tickets.handle",

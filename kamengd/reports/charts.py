@@ -51,8 +51,8 @@ def _n(x: float) -> str:
 
 
 def _width(text: str) -> float:
-    """Roughly how wide text is drawn: CJK characters are a full em, the rest about 0.6."""
-    return sum(FONT if unicodedata.east_asian_width(c) in "WF" else FONT * 0.6 for c in text)
+    """Roughly how wide text is drawn: CJK characters are a full em, the rest about two thirds (wide Latin letters included)."""
+    return sum(FONT if unicodedata.east_asian_width(c) in "WF" else FONT * 0.66 for c in text)
 
 
 def _clip(text: str, room: float) -> str:

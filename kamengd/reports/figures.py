@@ -50,10 +50,11 @@ class Reader:
         end = min(last, self.today)
         return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)] if start <= end else []
 
-    def facts(self, day: dt.date):
-        if day not in self._facts:
-            self._facts[day] = day_facts(self.session, day, self.tz)
-        return self._facts[day]
+    def facts(self, day: dt.date, part: str):
+        """The day's counters of one part (read once per reader; a report needs one part)."""
+        if (day, part) not in self._facts:
+            self._facts[(day, part)] = getattr(day_facts(self.session, day, self.tz, parts=(part,)), part)
+        return self._facts[(day, part)]
 
     def sums(self, part: str, first: dt.date, last: dt.date, by: tuple[str, ...]) -> dict[tuple, Counter]:
         """The part's counters summed over [first, last], grouped by `by` (its key's columns, "day")."""
@@ -68,7 +69,7 @@ class Reader:
                 for name, value in zip(names, row[len(by):]):
                     counters[name] += int(value or 0)
         for day in self.open_days(first, last):
-            for key, counters in getattr(self.facts(day), part).items():
+            for key, counters in self.facts(day, part).items():
                 values = dict(zip(KEYS[part], key), day=day)
                 out[tuple(values[b] for b in by)].update(counters)
         return out

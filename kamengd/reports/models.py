@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..database import FixedBinary, UTCDateTime, utcnow
@@ -123,3 +124,42 @@ class ReportProgress(db.Model):
     timezone: Mapped[str] = mapped_column(sa.String(64))
     through: Mapped[dt.date | None] = mapped_column(sa.Date)    # the last day summarised
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+EXPORT_STATUSES = ("queued", "running", "done", "failed")
+
+
+class ReportExport(db.Model):
+    """A list (orders, ledger, redemptions) written to a file for a staff member in the background,
+    its progress, and the file itself in parts (any server can hand it out). Kept a day."""
+    __tablename__ = "report_exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    format: Mapped[str] = mapped_column(sa.String(4))
+    first_day: Mapped[dt.date] = mapped_column(sa.Date)
+    last_day: Mapped[dt.date] = mapped_column(sa.Date)
+    status: Mapped[str] = mapped_column(sa.String(8), default="queued")
+    rows_expected: Mapped[int] = mapped_column(sa.Integer, default=0)
+    rows_done: Mapped[int] = mapped_column(sa.Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(sa.String(200))
+    requested_by: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Written by the worker as it goes: a run whose worker died stops moving, and is shown failed.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in EXPORT_STATUSES) + ")",
+                           name="export_status_known"),
+    )
+
+
+class ReportExportPart(db.Model):
+    """One piece (at most 1 MiB) of an export's file, in order."""
+    __tablename__ = "report_export_parts"
+
+    export_id: Mapped[int] = mapped_column(sa.ForeignKey("report_exports.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary().with_variant(MEDIUMBLOB(), "mysql", "mariadb"))

@@ -99,10 +99,15 @@ def day_facts(session: Session, day: dt.date, tz: str, parts=PARTS) -> Facts:
             .where(paid).group_by(*key), ("paid", "revenue_cents", "discount_cents"))
         add(s, sa.select(*key, total(_pay.c.fee_cents)).select_from(_o.join(_pay, _pay.c.order_id == _o.c.id))
             .where(paid).group_by(*key), ("fee_cents",))
-        add(s, sa.select(*key, count(), total(sa.func.coalesce(_p.c.cost_price_cents, 0) * _o.c.quantity),
-                         total(sa.case((_p.c.cost_price_cents.is_(None), 1), else_=0)))
-            .select_from(_o.join(_p, _p.c.id == _o.c.product_id)).where(delivered).group_by(*key),
-            ("delivered", "cost_cents", "uncosted"))
+        # Cost: the products' cost prices read apart (a join made MariaDB read every order of
+        # each product, seconds a day at a million orders), times the units delivered.
+        costs = dict(session.execute(sa.select(_p.c.id, _p.c.cost_price_cents)).all())
+        for *k, n, units in session.execute(sa.select(*key, count(), total(_o.c.quantity)).where(delivered)
+                                            .group_by(*key)):
+            counters, cost = s[tuple(k)], costs.get(k[0])
+            counters["delivered"] += n
+            counters["cost_cents"] += (cost or 0) * int(units)
+            counters["uncosted"] += n if cost is None else 0
         add(s, sa.select(*key, count(), total(_o.c.amount_cents)).where(refunded).group_by(*key),
             ("refunded", "refund_cents"))
         booked = _o.join(_c, _c.c.order_id == _o.c.id)

@@ -21,7 +21,7 @@ from ..operations import history, rotation
 from ..orders import attention
 from ..orders.services import expire_orders
 from ..payments import settlement
-from ..reports import summary as report_summary
+from ..reports import export_jobs, summary as report_summary
 from ..risk import captcha, engine as risk
 from ..payments.reconcile import reconcile_pending
 from ..payments.services import check_channels as check_channel_health, disable_weak_channels
@@ -158,6 +158,11 @@ def summarise_sales(session: Session) -> dict:
     return report_summary.summarise(session, get_config().site.timezone)
 
 
+def prune_exports(session: Session) -> dict:
+    """Staff's downloaded lists after a day; an export whose worker died marked failed."""
+    return export_jobs.prune(session)
+
+
 # name -> (function, interval in seconds)
 JOBS = {
     "expire_reservations": (expire_reservations, 30),
@@ -182,4 +187,5 @@ JOBS = {
     "refill_vouchers": (refill_vouchers, 60),
     "flag_overdue_tickets": (flag_overdue_tickets, 60),
     "summarise_sales": (summarise_sales, 60),
+    "prune_exports": (prune_exports, 600),
 }

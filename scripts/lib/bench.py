@@ -182,6 +182,8 @@ def main() -> None:
     rp.add_argument("--export", type=int, default=100_000, help="rows of the orders export to page through")
     rp.add_argument("--seed", type=int, default=7, help="the random seed of the data")
     rp.add_argument("--database-url", help="default: SQLite in a temporary directory (MariaDB: an empty database)")
+    rp.add_argument("--keep", metavar="DIR", help="install and seed into DIR and keep it; a second run with the same "
+                                                  "DIR times the figures again without seeding")
     args = parser.parse_args()
     {"reports": bench_reports, "vouchers": bench_vouchers, "import": bench_import, "checkout": bench_checkout, "backup": bench_backup,
      "panel": bench_panel, "agents": bench_agents, "api": bench_api}[args.what](args)

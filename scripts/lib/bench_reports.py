@@ -13,6 +13,7 @@ orders spread over the 365 days before now with more in the evening, 85 % delive
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -62,6 +63,14 @@ def seed(session, n: int, now: dt.datetime, rng: random.Random) -> dict:
     token = hashlib.sha256(b"bench").digest()
     first_id = (session.scalar(sa.select(sa.func.max(Order.id))) or 0) + 1
     session.commit()
+    # A day of the year, then an hour weighted to the evening; in time order, as a shop writes
+    # them (ids follow time: a range of days is a run of neighbouring rows, not rows all over).
+    times = []
+    for _ in range(n):
+        created = now - dt.timedelta(days=rng.random() * 365)
+        times.append(min(now, created.replace(hour=min(23, max(0, int(rng.gauss(14, 5)))),
+                                              minute=rng.randrange(60))))
+    times.sort()
     made = 0
     while made < n:
         rows, pays = [], []
@@ -69,24 +78,28 @@ def seed(session, n: int, now: dt.datetime, rng: random.Random) -> dict:
             oid = first_id + made + i
             product_id, price = products[min(int(rng.paretovariate(1.2)) - 1, len(products) - 1)]
             quantity = 1 if rng.random() < 0.85 else rng.randint(2, 5)
-            # a day of the year, then an hour weighted to the evening
-            created = now - dt.timedelta(days=rng.random() * 365)
-            created = created.replace(hour=min(23, max(0, int(rng.gauss(14, 5)))), minute=rng.randrange(60))
+            created = times[made + i]
             status = rng.choices(names, weights)[0]
             paid = created + dt.timedelta(seconds=rng.randint(20, 600)) \
                 if status in ("delivered", "refunded", "paid", "held") else None
-            amount = price * quantity
+            refunded = min(now, paid + dt.timedelta(days=rng.random() * 10)) if status == "refunded" else None
+            discount = price // 10 if rng.random() < 0.05 else 0   # a coupon on one order in twenty
+            amount = price * quantity - discount
+            email = f"buyer{int(rng.paretovariate(0.6)) % 100_000}@example.com"
             rows.append({"id": oid, "order_no": f"B{oid:019d}", "product_id": product_id, "channel_id": channel,
                          "quantity": quantity, "unit_price_cents": price, "amount_cents": amount, "currency": "CNY",
-                         "email": f"buyer{int(rng.paretovariate(0.6)) % 100_000}@example.com",
-                         "status": status, "token_hash": token, "created_at": created, "updated_at": paid or created,
+                         "email": email, "email_folded": email, "status": status, "token_hash": token, "created_at": created, "updated_at": paid or created,
                          "expires_at": created + dt.timedelta(minutes=15), "paid_at": paid,
                          "delivered_at": paid if status in ("delivered", "refunded") else None,
-                         "delivery_attempts": 0, "discount_cents": 0, "coupon_held": False, "points_used": 0,
+                         "refunded_at": refunded, "coupon_id": 1 + oid % 3 if discount else None,
+                         # one order in ten sold through one of 20 agents' sub-stations
+                         "seller_agent_id": 1 + oid % 20 if oid % 10 == 0 else None,
+                         "delivery_attempts": 0, "discount_cents": discount, "coupon_held": False, "points_used": 0,
                          "points_discount_cents": 0, "points_held": False, "risk_review": False})
             if paid is not None and channel is not None:
                 pays.append({"order_id": oid, "channel_id": channel, "trade_no": f"T{oid}", "amount_cents": amount,
-                             "status": "refunded" if status == "refunded" else "received", "created_at": paid})
+                             "status": "refunded" if status == "refunded" else "received", "created_at": paid,
+                             "fee_cents": amount * 6 // 1000})
         session.execute(orders.insert(), rows)
         if pays:
             session.execute(payments.insert(), pays)
@@ -109,41 +122,94 @@ def timed(fn, repeat: int = 5) -> tuple[float, float]:
 def bench_reports(args, *, install, machine) -> None:
     import resource
 
+    import sqlalchemy as sa
+
     from kamengd.app import create_app
     from kamengd.config import load_config
     from kamengd.extensions import db
     from kamengd.orders import staff as order_staff
-    from kamengd.reports import shop
+    from kamengd.orders.models import Order
+    from kamengd.reports import figures, shop, summary
     from kamengd.tickets import services as tickets
 
-    with tempfile.TemporaryDirectory(prefix="kamengd-bench-") as tmp:
-        env = install(Path(tmp), args.database_url)
-        from bench import kamengd   # (scripts/lib/bench.py: the CLI in a process)
-        channel = kamengd("channel", "add", "--type", "sandbox", "--code", "sb", env=env)
-        if channel.returncode:
-            raise SystemExit(f"channel add failed: {channel.stderr.strip()}")
+    keep = Path(args.keep) if args.keep else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory(prefix="kamengd-bench-")) as tmp:
+        marker = Path(tmp) / "bench-config"
+        reuse = marker.exists()
+        if reuse:   # --keep: the shop seeded by an earlier run, its figures timed again
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("KAMENGD_")},
+                   "KAMENGD_CONFIG": marker.read_text().strip()}
+        else:
+            env = install(Path(tmp), args.database_url)
+            from bench import kamengd   # (scripts/lib/bench.py: the CLI in a process)
+            channel = kamengd("channel", "add", "--type", "sandbox", "--code", "sb", env=env)
+            if channel.returncode:
+                raise SystemExit(f"channel add failed: {channel.stderr.strip()}")
+            marker.write_text(env["KAMENGD_CONFIG"])
         config = load_config(env["KAMENGD_CONFIG"], env={})
         app = create_app(config)
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        tz = config.site.timezone
         with app.app_context():
-            t0 = time.perf_counter()
-            made = seed(db.session, args.n, now, random.Random(args.seed))
-            took = time.perf_counter() - t0
-            db.session.remove()
-            print(f"{machine()}; {'SQLite' if not args.database_url else args.database_url.split(':')[0]}")
-            print(f"seeded {made['orders']:,} orders over a year in {took:.0f} s ({made['orders'] / took:,.0f}/s)")
-            tz = config.site.timezone
-            figures = {
-                "dashboard: sales per day, 7 days": lambda: shop.daily_sales(db.session, now, tz, days=7),
-                "sales per day, 30 days": lambda: shop.daily_sales(db.session, now, tz, days=30),
-                "orders by status": lambda: shop.orders_by_status(db.session),
+            print(f"{machine()}; {'SQLite' if not config.database.url.startswith('mysql') else 'MariaDB'}")
+            if reuse:
+                now = db.session.scalar(sa.select(sa.func.max(Order.created_at)))
+                print(f"reusing the shop in {tmp} ({db.session.scalar(sa.select(sa.func.count()).select_from(Order)):,}"
+                      " orders)")
+                t0 = time.perf_counter()
+                made = summary.summarise(db.session, tz, now=now, max_days=1000)   # an interrupted run's days
+                if made["days"]:
+                    print(f"summarised the {made['days']} days left in {time.perf_counter() - t0:.1f} s")
+            else:
+                now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                t0 = time.perf_counter()
+                made = seed(db.session, args.n, now, random.Random(args.seed))
+                took = time.perf_counter() - t0
+                db.session.remove()
+                print(f"seeded {made['orders']:,} orders over a year in {took:.0f} s ({made['orders'] / took:,.0f}/s)")
+                t0 = time.perf_counter()
+                made = summary.rebuild(db.session, tz, now=now)
+                took = time.perf_counter() - t0
+                print(f"summarised {made['days']} days ({made['buyers']:,} buyer-days) in {took:.1f} s "
+                      f"(the summarise_sales job's catch-up; afterwards it writes one day a night)")
+            today = summary.local_day(now, tz)
+            year = today - dt.timedelta(days=364)
+
+            def dashboard():   # what the dashboard view reads, on a fresh reader (a request's)
+                reader = figures.Reader(db.session, tz, now)
+                for n in (1, 7, 30):
+                    figures.totals(reader, today - dt.timedelta(days=n - 1), today)
+                figures.daily(reader, today - dt.timedelta(days=29), today)
+                figures.profit(reader, today - dt.timedelta(days=29), today)
+                shop.orders_needing_attention(db.session)
+                shop.orders_by_status(db.session, since=now - dt.timedelta(days=30))
+                shop.low_stock_products(db.session)
+                shop.waiting_for_stock(db.session)
+                shop.withdrawals_requested(db.session)
+                tickets.counts(db.session)
+
+            def report(fn, *args):
+                return lambda: fn(figures.Reader(db.session, tz, now), year, today, *args)
+
+            figures_ = {
+                "dashboard (every figure on it)": dashboard,
+                "profit by product, a year": report(figures.profit),
+                "profit by category, a year": report(figures.profit, "category"),
+                "channel conversion, a year": report(figures.channels),
+                "hour x weekday heatmap, a year": report(figures.heatmap),
+                "repurchase and cohorts, a year": report(figures.repurchase),
+                "agents, a year": report(figures.agents),
+                "coupons, a year": report(figures.coupons),
+                "risk outcomes, a year": report(figures.risk),
+                "sales per day, a year": report(figures.daily),
                 "orders needing a person": lambda: shop.orders_needing_attention(db.session),
-                "low stock": lambda: shop.low_stock_products(db.session),
-                "after-sales tickets waiting": lambda: tickets.counts(db.session),
+                "orders by status, 30 days": lambda: shop.orders_by_status(db.session,
+                                                                          since=now - dt.timedelta(days=30)),
                 "orders list, first page (newest)": lambda: order_staff.search_orders(
                     db.session, order_staff.OrderSearch(), page=1, page_size=50),
             }
-            for name, fn in figures.items():
+            for name, fn in figures_.items():
                 median, worst = timed(fn, args.repeat)
                 db.session.rollback()
                 mark = "" if median < 300 else "   (over W7's 300 ms)"

@@ -1,4 +1,4 @@
-"""report summaries, orders refunded_at
+"""report summaries and exports, orders refunded_at
 
 Revision ID: 0048
 Revises: 0047
@@ -128,6 +128,38 @@ def upgrade() -> None:
     mysql_collate='utf8mb4_bin',
     mysql_engine='InnoDB'
     )
+    op.create_table('report_exports',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('format', sa.String(length=4), nullable=False),
+    sa.Column('first_day', sa.Date(), nullable=False),
+    sa.Column('last_day', sa.Date(), nullable=False),
+    sa.Column('status', sa.String(length=8), nullable=False),
+    sa.Column('rows_expected', sa.Integer(), nullable=False),
+    sa.Column('rows_done', sa.Integer(), nullable=False),
+    sa.Column('size_bytes', sa.BigInteger(), nullable=False),
+    sa.Column('error', sa.String(length=200), nullable=True),
+    sa.Column('requested_by', sa.String(length=128), nullable=False),
+    sa.Column('created_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=False),
+    sa.Column('heartbeat_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
+    sa.Column('finished_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True),
+    sa.CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name=op.f('ck_report_exports_export_status_known')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_report_exports')),
+    mysql_charset='utf8mb4',
+    mysql_collate='utf8mb4_bin',
+    mysql_engine='InnoDB'
+    )
+    op.create_index(op.f('ix_report_exports_created_at'), 'report_exports', ['created_at'], unique=False)
+    op.create_table('report_export_parts',
+    sa.Column('export_id', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('data', sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), 'mariadb').with_variant(mysql.MEDIUMBLOB(), 'mysql'), nullable=False),
+    sa.ForeignKeyConstraint(['export_id'], ['report_exports.id'], name=op.f('fk_report_export_parts_export_id_report_exports')),
+    sa.PrimaryKeyConstraint('export_id', 'seq', name=op.f('pk_report_export_parts')),
+    mysql_charset='utf8mb4',
+    mysql_collate='utf8mb4_bin',
+    mysql_engine='InnoDB'
+    )
     # Plain ADD COLUMN (no table copy on SQLite; instant on MariaDB, even at a million orders).
     op.add_column('orders', sa.Column('refunded_at', sa.DateTime().with_variant(mysql.DATETIME(fsp=6), 'mariadb').with_variant(mysql.DATETIME(fsp=6), 'mysql'), nullable=True))
     # Orders refunded before this column: their last change was the refund.
@@ -143,6 +175,8 @@ def downgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_column('refunded_at')
 
+    op.drop_table('report_export_parts')
+    op.drop_table('report_exports')
     op.drop_table('report_sales_hours')
     op.drop_table('report_sales_days')
     op.drop_table('report_risk_days')
