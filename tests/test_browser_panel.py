@@ -21,7 +21,13 @@ def shop(backend, databases, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(shop):
+def owner(shop):
+    """The owner every tab of the sweep signs in as (its own list is among the pages)."""
+    return shop.staff("owner")
+
+
+@pytest.fixture(scope="module")
+def data(shop, owner):
     """Something on every page: products, keys, orders in several states, staff of every role."""
     from kamengd.payments.models import PaymentChannel
 
@@ -41,17 +47,17 @@ def data(shop):
             "waiting": waiting, "held": held_no, "staff": staff, "channel": channel_ids[shop.channels[0]],
             "agent": shop.run(_an_agent_asking_to_be_paid), "supplier": shop.run(_a_supplier),
             "coupon": shop.run(lambda s, _v: _a_coupon(s, games)), **_an_order_held_for_review(shop, month),
-            **shop.run(lambda s, _v: _a_ticket(s, delivered)), "export": shop.run(_a_list_export)}
+            **shop.run(lambda s, _v: _a_ticket(s, delivered)), "export": shop.run(lambda s, _v: _a_list_export(s, f"staff:{owner.username}"))}
 
 
-def _a_list_export(session, _vault) -> int:
-    """A finished orders list (its pages: the progress page, the download)."""
+def _a_list_export(session, requested_by: str) -> int:
+    """A finished orders list of the owner's (its pages: the progress page, the download)."""
     import datetime as dt
 
     from kamengd.database import utcnow
     from kamengd.reports.models import ReportExport, ReportExportPart
     export = ReportExport(kind="orders", format="csv", first_day=dt.date.today(), last_day=dt.date.today(),
-                          status="done", rows_expected=1, rows_done=1, size_bytes=9, requested_by="owner",
+                          status="done", rows_expected=1, rows_done=1, size_bytes=9, requested_by=requested_by,
                           heartbeat_at=utcnow())
     session.add(export)
     session.flush()
@@ -151,9 +157,8 @@ def settle_today(shop, paid_at_gateway: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def owner_state(shop, chromium):
+def owner_state(shop, chromium, owner):
     """An owner signed in once (TOTP codes are single-use); later tabs reuse the cookies."""
-    owner = shop.staff("owner")
     context = chromium.new_context()
     try:
         t = Tab(context, shop, None)

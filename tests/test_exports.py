@@ -146,7 +146,8 @@ def test_csv_chunks_stream_what_write_csv_writes():
 
 
 def test_a_workbook_goes_on_to_another_sheet_when_one_is_full(monkeypatch):
-    monkeypatch.setattr(exports, "XLSX_MAX_ROWS", 4)   # the header and three rows a sheet
+    from kamengd.reports import xlsx
+    monkeypatch.setattr(xlsx, "MAX_ROWS", 4)   # the header and three rows a sheet
     rows = [[i, Decimal(i)] for i in range(8)]
     out = io.BytesIO()
     assert exports.write_xlsx(["n", "money"], iter(rows), out, sheet="orders") == 8

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "kamengd.payments.gateways.*",
         "kamengd.orders.reasons", "kamengd.agents.signing", "kamengd.vouchers.codes",
         "kamengd.backup.sealed", "kamengd.operations.schema", "kamengd.operations.snapshot",
-        "kamengd.operations.processes")),
+        "kamengd.operations.processes", "kamengd.reports.xlsx")),
     # Then the features' services, in the order they use each other.
     ("audit", ("kamengd.audit.*",)),
     ("accounts and settings", ("kamengd.accounts.*", "kamengd.settings.*")),

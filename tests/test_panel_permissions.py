@@ -64,10 +64,11 @@ EXPECTED: dict[str, frozenset[str] | str] = {
     # Reports: the business's figures (cost prices, profit), no buyer's data.
     "panel.reports": MANAGERS | {"finance"},
     "panel.report_export": MANAGERS | {"finance"},
-    "panel.report_lists": MANAGERS | {"finance"},
-    "panel.report_list_start": MANAGERS | {"finance"},
-    "panel.report_list_detail": MANAGERS | {"finance"},
-    "panel.report_list_download": MANAGERS | {"finance"},
+    # Lists: operators may take the redemptions (the route lets them in; the list decides).
+    "panel.report_lists": MANAGERS | {"finance", "operator"},
+    "panel.report_list_start": MANAGERS | {"finance", "operator"},
+    "panel.report_list_detail": MANAGERS | {"finance", "operator"},
+    "panel.report_list_download": MANAGERS | {"finance", "operator"},
     "panel.products": MANAGERS | {"operator", "support", "finance"},
     "panel.product_new": MANAGERS | {"operator"},
     "panel.product_edit": MANAGERS | {"operator"},

@@ -111,8 +111,8 @@ def test_the_profit_and_sales_figures_on_the_page(app, report_data, owner_client
     assert report_data["product"] not in html and name in html              # escaped, never markup
     row = re.search(rf"<th scope=\"row\">{re.escape(name)}</th>(.*?)</tr>", html).group(1)
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
-    # three sold (60.00), one refunded (20.00), cost 3 × 12.00: profit 4.00, 10.0 % of sales
-    assert cells[:9] == ["CNY", "3", "60.00", "20.00", "36.00", "0.00", "0.00", "4.00", "6.7%"]
+    # three sold (60.00), one refunded (20.00), cost 3 × 12.00: profit 4.00, 6.7 % of sales
+    assert cells[:9] == ["CNY", "3", "60.00", "20.00", "36.00", "0.00", "0.00", "4.00", "6.7"]
     sales = page(owner_client, report="sales").get_data(as_text=True)
     days = dict(re.findall(r'<th scope="row">(2036-02-1\d)</th><td>CNY</td><td class="num">\d+</td>'
                            r'<td class="num">(\d+)</td>', sales))
@@ -120,7 +120,8 @@ def test_the_profit_and_sales_figures_on_the_page(app, report_data, owner_client
 
 
 def test_a_bad_range_is_refused_with_a_message(app, report_data, owner_client):
-    for args, words in (({"from": "2036-13-01"}, "is not a day"), ({"from": "2036-02-12", "to": "2036-02-01"},
+    for args, words in (({"from": "2036-13-01"}, "is not a day"), ({"from": "0001-01-01"}, "is not a day"),
+                        ({"to": "9999-12-31"}, "is not a day"), ({"from": "2036-02-12", "to": "2036-02-01"},
                                                                    "ends before it starts"),
                         ({"from": "2030-01-01", "to": "2036-01-01"}, "at most 731 days"),
                         ({"report": "nope"}, "report: one of"), ({"report": "profit", "by": "x"}, "by: one of")):
@@ -189,14 +190,48 @@ def test_a_list_is_written_in_the_background_and_downloaded(app, report_data, ow
     with app.app_context():
         before = db.session.scalar(sa.select(sa.func.count()).select_from(ReportExport))
     for data, words in (({"list": "keys"}, "list: one of"), ({"format": "pdf"}, "format: one of"),
-                        ({"from": "2036-02-31"}, "is not a day"), ({"to": "2035-01-01"}, "ends before it starts")):
+                        ({"from": "2036-02-31"}, "is not a day"), ({"from": "0001-01-01"}, "is not a day"),
+                        ({"to": "9999-12-31"}, "is not a day"), ({"to": "2035-01-01"}, "ends before it starts")):
         resp = owner_client.post("/admin/reports/lists", data={"csrf_token": csrf_of(form_page), "list": "orders",
                                                                "format": "csv", "from": "2036-02-10",
                                                                "to": "2036-02-11", **data})
         assert resp.status_code == 400 and words in resp.get_data(as_text=True), data
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(ReportExport)) == before
-    assert owner_client.get("/admin/reports/lists/999999").status_code == 404
+    for path in ("/admin/reports/lists/999999", "/admin/reports/lists/99999999999999999999999",
+                 "/admin/reports/lists/99999999999999999999999/download"):
+        assert owner_client.get(path).status_code == 404, path
+    # Another staff member does not see the list, nor can take it; taking it is in the audit log.
+    from kamengd.audit.models import AuditEntry
+    export_id = int(location.rsplit("/", 1)[1])
+    other = app.test_client()
+    login(other, make_staff(app, "finance"))
+    assert other.get(location).status_code == 404 and other.get(location + "/download").status_code == 404
+    assert f"/admin/reports/lists/{export_id}" not in other.get("/admin/reports/lists").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == "report.download", AuditEntry.target == f"export:{export_id}")) == 1
+
+
+def test_one_list_at_a_time_per_person(app, report_data, owner_client):
+    from panel_support import csrf_of
+    from kamengd.extensions import db
+    from kamengd.reports.models import ReportExport
+
+    staff = make_staff(app, "finance")
+    client = app.test_client()
+    client.get("/admin/login?lang=en")
+    login(client, staff)
+    with app.app_context():   # a list of this person's still being written
+        db.session.add(ReportExport(kind="orders", format="csv", first_day=dt.date(2036, 2, 1),
+                                    last_day=dt.date(2036, 2, 2), status="running", rows_expected=10, rows_done=3,
+                                    size_bytes=0, requested_by=f"staff:{staff.username}",
+                                    heartbeat_at=dt.datetime.utcnow()))
+        db.session.commit()
+    page_html = client.get("/admin/reports/lists").get_data(as_text=True)
+    resp = client.post("/admin/reports/lists", data={"csrf_token": csrf_of(page_html), "list": "orders",
+                                                     "format": "csv", "from": "2036-02-10", "to": "2036-02-11"})
+    assert resp.status_code == 409 and "still being written" in resp.get_data(as_text=True)
 
 
 def test_a_dead_worker_shows_failed_and_old_lists_go(app, report_data):

@@ -111,8 +111,9 @@ def test_reports_and_lists_into_files(app, installed, old_orders, tmp_path):
 def test_bad_input_is_one_line_and_writes_nothing(installed, tmp_path):
     config = installed.path
     out = tmp_path / "x.csv"
-    assert_one_line_error(run_cli("report", "sales", "--from", "2021-02-30", "--output", out, config=config),
-                          "from", "not a day")
+    for day in ("2021-02-30", "0001-01-01"):
+        assert_one_line_error(run_cli("report", "orders", "--from", day, "--output", out, config=config),
+                              "from", "not a day")
     assert_one_line_error(run_cli("report", "sales", "--from", "2021-03-05", "--to", "2021-03-01", "--output", out,
                                   config=config), "ends before it starts")
     assert_one_line_error(run_cli("report", "sales", config=config), "--output")

@@ -16,11 +16,14 @@ from kamengd.orders.models import Order
 from kamengd.orders.services import create_order
 from kamengd.orders.staff import refund_order
 from kamengd.payments.callbacks import handle_epay_notify
-from kamengd.payments.models import PaymentChannel
+from kamengd.payments.models import Payment, PaymentChannel
 from kamengd.payments.services import add_channel
 from kamengd.reports import figures, summary
 from kamengd.reports.models import ReportProgress, SalesDay
+from kamengd.agents import services as agents
+from kamengd.agents.models import Commission
 from kamengd.catalog.services import create_category
+from kamengd.risk.models import RiskDecision
 from test_orders import KEY, callback
 
 TZ = "Asia/Shanghai"
@@ -78,23 +81,41 @@ def shop(session, vault, make_product, make_keys):
     }
     create_order(session, product_id=a.id, quantity=1, email="dan@example.com", channel_code=channel.code,
                  now=utc("2033-05-21 12:00"))
+    # A second payment of the 20th's order (the buyer paid twice): given back, its fee is no sale's.
+    session.add(Payment(order_id=orders["a20"].id, channel_id=channel.id, trade_no=f"X{secrets.token_hex(4)}",
+                        amount_cents=1000, status="extra", created_at=utc("2033-05-20 23:59:50"), fee_cents=99))
     refund_order(session, order_no=orders["a21"].order_no, reason="test", actor="t", now=utc("2033-05-22 12:00"))
+    # An agent (with one sub-agent) sold bob's B on its sub-station and earned 0.30 on it; 0.50 on
+    # cat's A, reversed when it was refunded.
+    tag = secrets.token_hex(3)
+    level, _ = agents.set_level(session, name=f"lv-{tag}", discount="10", actor="t")
+    agent = agents.create_agent(session, username=f"ag-{tag}", level=level.name, actor="t")
+    agents.create_agent(session, username=f"sub-{tag}", level=level.name, parent=agent.username, actor="t")
+    session.execute(sa.update(Order).where(Order.id == orders["b20"].id).values(seller_agent_id=agent.id))
+    for order, cents, status in ((orders["b20"], 30, "pending"), (orders["a21"], 50, "reversed")):
+        session.add(Commission(order_id=order.id, agent_id=agent.id, amount_cents=cents, currency="CNY", status=status,
+                               booked_at=order.delivered_at, release_at=order.delivered_at + dt.timedelta(days=7)))
+    # Risk rules' decisions: two on the 20th, one on the 23rd (out of the range asked).
+    rule = f"velocity-{tag}"
+    for local, outcome in (("2033-05-20 08:00", "block"), ("2033-05-20 09:00", "review"), ("2033-05-23 08:00", "block")):
+        session.add(RiskDecision(stage="order", rule_name=rule, kind="velocity_ip", action=outcome, inputs="{}",
+                                 outcome=outcome, created_at=utc(local)))
     session.flush()
     return {"a": a, "variant": variant, "b": b, "channel": channel, "coupon": coupon, "one": one, "two": two,
-            "orders": orders}
+            "orders": orders, "agent": agent, "rule": rule}
 
 
 def both_ways(session, check):
     """Run `check(reader)` on the orders alone, then on the summaries (through 3 June)."""
     check(_live_reader(session))
-    assert summary.summarise(session, TZ, now=utc("2033-06-04 00:30"), max_days=100)["days"] == 15
-    reader = figures.Reader(session, TZ, now=utc("2033-06-04 00:30"))
+    assert summary.summarise(session, TZ, now=utc("2033-06-04 01:30"), max_days=100)["days"] == 15
+    reader = figures.Reader(session, TZ, now=utc("2033-06-04 01:30"))
     assert reader.through == D("2033-06-03") and reader.open_days(D("2033-05-20"), D("2033-06-04")) == [D("2033-06-04")]
     check(reader)
 
 
 def _live_reader(session):
-    reader = figures.Reader(session, TZ, now=utc("2033-06-04 00:30"))
+    reader = figures.Reader(session, TZ, now=utc("2033-06-04 01:30"))
     assert reader.through == D("2033-05-19")
     return reader
 
@@ -114,7 +135,8 @@ def test_totals_days_and_the_midnight_edge(backend, session, shop):
         assert c["refund_cents"] == 900 and c["discount_cents"] == 100
         assert c["fee_cents"] == 10 + 5 + 15 + 9
         assert c["cost_cents"] == 600 + 900 + 600 and c["uncosted"] == 1
-        assert cny.profit_cents == 3900 - 900 - 2100 - 39
+        assert c["commission_cents"] == 30 + 50 - 50
+        assert cny.profit_cents == 3900 - 900 - 2100 - 39 - 30
         days = dict(figures.daily(reader, D("2033-05-20"), D("2033-05-22")))
         assert days[D("2033-05-20")]["CNY"]["paid"] == 2 and days[D("2033-05-20")]["CNY"]["created"] == 3
         assert days[D("2033-05-20")]["CNY"]["revenue_cents"] == 1500
@@ -132,13 +154,13 @@ def test_profit_by_product_group_and_category(backend, session, shop):
     def check(reader):
         lines = mine(figures.profit(reader, D("2033-05-20"), D("2033-06-02")), shop)
         assert {k: ln.profit_cents for k, ln in lines.items()} == {
-            a: 1900 - 900 - 1200 - 19, v: 1500 - 900 - 15, b: 1000 - 10}
+            a: 1900 - 900 - 1200 - 19 + 50 - 50, v: 1500 - 900 - 15, b: 1000 - 10 - 30}
         assert lines[v].name == "A 季卡 · 季卡" and lines[a].name == "A <b>"
         group = mine(figures.profit(reader, D("2033-05-20"), D("2033-06-02"), by="group"), shop)
         assert group[a].profit_cents == -219 + 585 and group[a].counters["paid"] == 3 and v not in group
         cats = mine(figures.profit(reader, D("2033-05-20"), D("2033-06-02"), by="category"), shop)
         assert cats[shop["one"].id].profit_cents == 366 and cats[shop["one"].id].name == "卡类 <one>"
-        assert cats[shop["two"].id].profit_cents == 990
+        assert cats[shop["two"].id].profit_cents == 960
         # Most profitable first.
         ordered = [ln.key for ln in figures.profit(reader, D("2033-05-20"), D("2033-06-02")) if ln.key in (a, v, b)]
         assert ordered == [b, v, a]
@@ -160,9 +182,22 @@ def test_channel_conversion_heatmap_and_coupons(backend, session, shop):
     both_ways(session, check)
 
 
+def test_agents_and_risk_rules(backend, session, shop):
+    def check(reader):
+        [line] = [ln for ln in figures.agents(reader, D("2033-05-20"), D("2033-05-22")) if ln.key == shop["agent"].id]
+        assert (line.counters["paid"], line.counters["revenue_cents"], line.counters["commission_cents"]) == (1, 500, 30)
+        assert line.extra == {"sub_agents": 1} and line.name == shop["agent"].username
+        # the 22nd alone: the reversal
+        [day] = [ln for ln in figures.agents(reader, D("2033-05-22"), D("2033-05-22")) if ln.key == shop["agent"].id]
+        assert day.counters["commission_cents"] == -50
+        rules = dict(figures.risk(reader, D("2033-05-20"), D("2033-05-22")))
+        assert rules[shop["rule"]] == {"block": 1, "review": 1}
+    both_ways(session, check)
+
+
 def test_repurchase_and_cohorts(backend, session, shop):
-    assert summary.summarise(session, TZ, now=utc("2033-06-04 00:30"), max_days=100)["days"] == 15
-    reader = figures.Reader(session, TZ, now=utc("2033-06-04 00:30"))
+    assert summary.summarise(session, TZ, now=utc("2033-06-04 01:30"), max_days=100)["days"] == 15
+    reader = figures.Reader(session, TZ, now=utc("2033-06-04 01:30"))
     r = figures.repurchase(reader, D("2033-05-01"), D("2033-05-31"))
     # ann (20th, 21st: one day apart, the e-mail in any case), bob (20th, 2 June: 13 days), cat once.
     assert (r.buyers, r.returned) == (3, 2)
@@ -170,16 +205,16 @@ def test_repurchase_and_cohorts(backend, session, shop):
     assert june.gaps == [(1, 1), (13, 1)] and june.median_gap_days == 7.0
     assert june.cohorts == [(D("2033-05-01"), 3, [3, 1])]
     # A second run writes nothing twice.
-    assert summary.summarise(session, TZ, now=utc("2033-06-04 00:30"))["days"] == 0
+    assert summary.summarise(session, TZ, now=utc("2033-06-04 01:30"))["days"] == 0
     assert figures.repurchase(reader, D("2033-05-01"), D("2033-05-31")).buyers == 3
 
 
 def test_a_day_is_written_once_and_not_before_it_closes(backend, session, shop):
-    assert summary.summarise(session, TZ, now=utc("2033-05-21 00:05"))["days"] == 0   # the 20th closes at 00:10
-    assert summary.summarise(session, TZ, now=utc("2033-05-21 00:11"))["days"] == 1
+    assert summary.summarise(session, TZ, now=utc("2033-05-21 00:59"))["days"] == 0   # the 20th closes at 01:00
+    assert summary.summarise(session, TZ, now=utc("2033-05-21 01:01"))["days"] == 1
     rows = session.scalars(sa.select(SalesDay).where(SalesDay.day == D("2033-05-20"))).all()
     assert sum(r.paid for r in rows) == 2
-    assert summary.summarise(session, TZ, now=utc("2033-05-21 00:20"))["days"] == 0
+    assert summary.summarise(session, TZ, now=utc("2033-05-21 01:20"))["days"] == 0
     # Another time zone: everything is written again in its days (the 20th 23:59 Shanghai is the 20th in UTC too).
     assert summary.summarise(session, "UTC", now=utc("2033-05-21 12:00"))["days"] >= 1
     assert session.get(ReportProgress, 1).timezone == "UTC"

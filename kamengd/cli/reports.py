@@ -23,15 +23,6 @@ LISTS = ("orders", "ledger", "redemptions")
 NAMES = (*tables.REPORTS, *LISTS, "rebuild")
 
 
-def _day(value: str | None, name: str) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest("%(field)s: %(value)r is not a day (YYYY-MM-DD)", field=name, value=value[:20]) from None
-
-
 def _list(name: str, first: dt.date, last: dt.date, tz: str) -> exports.Export:
     start, _ = day_bounds(first, tz)
     _, end = day_bounds(last, tz)
@@ -80,8 +71,8 @@ def report(name, first, last, by, fmt, output, force, as_json):
         raise InvalidRequest("output: the file to write (--output)")
     fmt = fmt or ("xlsx" if output.suffix.lower() == ".xlsx" else "csv")
     reader = figures.Reader(db.session, tz, utcnow())
-    last_day = _day(last, "to") or reader.today
-    first_day = _day(first, "from") or last_day - dt.timedelta(days=29)
+    last_day = figures.parse_day(last, "to", reader.today)
+    first_day = figures.parse_day(first, "from", last_day - dt.timedelta(days=29))
     figures.check_range(first_day, last_day)
     fh, tmp = _open_output(output, force)
     try:
@@ -91,6 +82,7 @@ def report(name, first, last, by, fmt, output, force, as_json):
                details={"report": name, "from": first_day.isoformat(), "to": last_day.isoformat(), "format": fmt,
                         "output": str(output.absolute()), **({"by": by} if name == "profit" else {})})
         db.session.commit()
+        db.session.connection(execution_options={"kamengd_readonly": True})   # a snapshot, no write lock
         if name in LISTS:
             found = _list(name, first_day, last_day, tz)
             header, rows = found.header, found.rows

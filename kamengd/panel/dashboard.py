@@ -64,6 +64,7 @@ def dashboard():
                              value_label=format_cents, empty=_("No sales in the last 30 days."))
     return render_template(
         "panel/dashboard.html", today=today, periods=periods, week=days[-7:][::-1], currency=currency,
+        show_profit=staff_can("reports.view"),   # (built from cost prices: not every role's to see)
         revenue_chart=revenue_chart, top_chart=top_chart, top=top, summarised_through=reader.through,
         timezone=tz, extra_count=extra_count, extra=extra, weak_channels=weak,
         by_status=shop.orders_by_status(db.session, since=day_bounds(month, tz)[0]),

@@ -77,6 +77,7 @@ def nav_items() -> list[tuple[str, str, str]]:
     items = [
         ("dashboard.view", "panel.dashboard", _("Dashboard")),
         ("reports.view", "panel.reports", _("Reports")),
+        ("lists.export", "panel.report_lists", _("Lists to download")),
         ("orders.view", "panel.orders", _("Orders")),
         ("tickets.handle", "panel.tickets_list", _("After-sales")),
         ("catalog.view", "panel.products", _("Products")),

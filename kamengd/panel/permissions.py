@@ -52,6 +52,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "tickets.handle": frozenset({"owner", "admin", "support", "finance"}),
     # The business's figures: sales, cost prices, profit, agents' commission (no buyer's data).
     "reports.view": frozenset({"owner", "admin", "finance"}),
+    # Big lists written in the background (each list needs its own right besides: orders.export,
+    # finance.manage, vouchers.report).
+    "lists.export": frozenset({"owner", "admin", "finance", "operator"}),
     "staff.manage": frozenset({"owner"}),
     "settings.manage": frozenset({"owner", "admin"}),
     "audit.view": frozenset({"owner", "admin", "auditor"}),
@@ -150,10 +153,10 @@ ENDPOINTS: dict[str, str] = {
     "panel.reports": "reports.view",
     "panel.report_export": "reports.view",
     # Big lists (orders, ledger, redemptions) in the background: each list's own right besides.
-    "panel.report_lists": "orders.export",
-    "panel.report_list_start": "orders.export",
-    "panel.report_list_detail": "orders.export",
-    "panel.report_list_download": "orders.export",
+    "panel.report_lists": "lists.export",
+    "panel.report_list_start": "lists.export",
+    "panel.report_list_detail": "lists.export",
+    "panel.report_list_download": "lists.export",
     "panel.ticket_detail": "tickets.handle",
     "panel.ticket_reply": "tickets.handle",
     "panel.ticket_close": "tickets.handle",

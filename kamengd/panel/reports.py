@@ -13,7 +13,7 @@ from flask_babel import gettext as _
 from ..audit.services import record
 from ..context import get_config
 from ..database import utcnow
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, KamengdError
 from ..extensions import db
 from ..money import format_cents
 from ..reports import charts, export_jobs, exports, figures, tables
@@ -27,16 +27,7 @@ FORMATS = {"csv": "text/csv; charset=utf-8",
 
 
 def _day(name: str, default: dt.date) -> dt.date:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        day = dt.date.fromisoformat(raw)
-    except ValueError:
-        raise InvalidRequest("%(field)s: %(value)r is not a day (YYYY-MM-DD)", field=name, value=raw[:20]) from None
-    if not 1970 <= day.year <= 9998:
-        raise InvalidRequest("%(field)s: %(value)r is not a day (YYYY-MM-DD)", field=name, value=raw[:20])
-    return day
+    return figures.parse_day(request.args.get(name), name, default)
 
 
 def _asked(reader: figures.Reader) -> tuple[str, dt.date, dt.date, str]:
@@ -123,7 +114,7 @@ def report_export():
 
 # -- big lists in the background ------------------------------------------------------------
 
-# Who may take each list out of the shop (the route itself needs orders.export).
+# Who may take each list out of the shop (the routes need lists.export, the list its own right).
 LIST_PERMISSIONS = {"orders": "orders.export", "ledger": "finance.manage", "redemptions": "vouchers.report"}
 
 
@@ -140,7 +131,7 @@ def _lists_page(status: int = 200, form: dict | None = None):
     form = form or {"list": "orders", "format": "csv", "from": (today - dt.timedelta(days=29)).isoformat(),
                     "to": today.isoformat()}
     lists = [k for k in export_jobs.KINDS if staff_can(LIST_PERMISSIONS[k])]
-    return render_template("panel/report_lists.html", exports=export_jobs.recent(db.session), form=form,
+    return render_template("panel/report_lists.html", exports=export_jobs.recent(db.session, actor()), form=form,
                            lists=lists, now=utcnow(), stale=export_jobs.STALE), status
 
 
@@ -156,45 +147,50 @@ def report_list_start():
     try:
         if form["list"] in LIST_PERMISSIONS and not staff_can(LIST_PERMISSIONS[form["list"]]):
             abort(403)
-        first, last = (_form_day(form, "from"), _form_day(form, "to"))
+        first, last = figures.parse_day(form["from"], "from"), figures.parse_day(form["to"], "to")
+        if first is None or last is None:
+            raise InvalidRequest("%(field)s: a day (YYYY-MM-DD)", field="from" if first is None else "to")
         export = export_jobs.request_export(db.session, kind=form["list"], fmt=form["format"], first=first, last=last,
-                                            tz=get_config().site.timezone, actor=actor(), source_ip=client_ip())
-    except InvalidRequest as exc:
+                                            actor=actor(), source_ip=client_ip())
+    except KamengdError as exc:
         db.session.rollback()
         flash_errors(exc)
-        return _lists_page(400, form)
+        return _lists_page(exc.http_status, form)
     db.session.commit()   # the worker reads the row from its own session
     threading.Thread(target=_work, args=(current_app._get_current_object(), export.id), daemon=True,
                      name=f"kamengd-export-{export.id}").start()
     return redirect(url_for("panel.report_list_detail", export_id=export.id), 303)
 
 
-def _form_day(form: dict, name: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(form[name])
-    except ValueError:
-        raise InvalidRequest("%(field)s: %(value)r is not a day (YYYY-MM-DD)", field=name,
-                             value=form[name][:20]) from None
+def _mine(export_id: int):
+    """The signed-in staff member's own list (another's is not found: a list holds buyers' data
+    and is handed to whoever asked for it), if its kind is still theirs to take."""
+    export = export_jobs.get_export(db.session, export_id, requested_by=actor())
+    if not staff_can(LIST_PERMISSIONS[export.kind]):
+        abort(403)
+    return export
 
 
 @bp.get("/reports/lists/<int:export_id>")
 def report_list_detail(export_id: int):
     read_only()
-    export = export_jobs.get_export(db.session, export_id)
-    if not staff_can(LIST_PERMISSIONS[export.kind]):
-        abort(403)
-    return render_template("panel/report_list.html", export=export)
+    return render_template("panel/report_list.html", export=_mine(export_id))
 
 
 @bp.get("/reports/lists/<int:export_id>/download")
 def report_list_download(export_id: int):
-    read_only()
-    export = export_jobs.get_export(db.session, export_id)
-    if not staff_can(LIST_PERMISSIONS[export.kind]):
-        abort(403)
+    export = _mine(export_id)
     if export.status != "done":
         abort(404)
-    name = f"{export.kind}-{export.first_day.isoformat()}-{export.last_day.isoformat()}.{export.format}"
-    return Response(stream_with_context(export_jobs.parts(db.session, export.id)), mimetype=FORMATS[export.format],
+    export_id, fmt, size = export.id, export.format, export.size_bytes
+    name = f"{export.kind}-{export.first_day.isoformat()}-{export.last_day.isoformat()}.{fmt}"
+    details = {"list": export.kind, "format": fmt, "rows": export.rows_done}
+    # The guard's read-only snapshot ends before the audit entry is written (on SQLite a snapshot
+    # cannot become a writer once another has committed since it began).
+    db.session.rollback()
+    record(db.session, "report.download", actor=actor(), target=f"export:{export_id}", source_ip=client_ip(),
+           details=details)
+    db.session.commit()   # the audit entry stays even if the download is cut
+    return Response(stream_with_context(export_jobs.parts(db.session, export_id)), mimetype=FORMATS[fmt],
                     headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",
-                             "Content-Length": str(export.size_bytes)})
+                             "Content-Length": str(size)})

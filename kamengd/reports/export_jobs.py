@@ -9,8 +9,9 @@ stop them. The file is written to a temporary file as rows come (exports: never 
 memory), then stored in parts of 1 MiB, kept a day (`prune_exports`).
 
 Progress is written by its own session (a short transaction every PROGRESS_EVERY rows) while
-the export reads one snapshot; a worker that dies (a restart) stops beating, and its export
-shows failed after STALE.
+the export reads (read-only: on SQLite one snapshot, never the write lock; on MariaDB, at READ
+COMMITTED, each keyset page as it is then); a worker that dies (a restart) stops beating, and
+its export shows failed after STALE.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from ..audit.services import record
 from ..database import utcnow
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..ledger.models import LedgerEntry, LedgerTransaction
 from ..orders.models import Order
 from ..payments.settlement import day_bounds
@@ -60,23 +61,27 @@ def expected_rows(session: Session, kind: str, start: dt.datetime, end: dt.datet
     return int(session.scalar(query) or 0)
 
 
-def request_export(session: Session, *, kind: str, fmt: str, first: dt.date, last: dt.date, tz: str, actor: str,
+def request_export(session: Session, *, kind: str, fmt: str, first: dt.date, last: dt.date, actor: str,
                    source_ip: str | None = None, now: dt.datetime | None = None) -> ReportExport:
-    """A queued export (audited: the list leaves the shop); `run_export` writes it."""
+    """A queued export (audited: the list leaves the shop); `run_export` writes it. One at a time
+    per staff member: each holds a read snapshot and its file in the database while it runs."""
     if kind not in KINDS:
         raise InvalidRequest("list: one of %(choices)s", choices=", ".join(KINDS))
     if fmt not in FORMATS:
         raise InvalidRequest("format: one of %(choices)s", choices=", ".join(FORMATS))
     figures.check_range(first, last)
     now = now or utcnow()
-    export = ReportExport(kind=kind, format=fmt, first_day=first, last_day=last, status="queued",
-                          rows_expected=expected_rows(session, kind, *_bounds(first, last, tz)), rows_done=0,
-                          size_bytes=0, requested_by=actor[:128], created_at=now, heartbeat_at=now)
+    busy = session.scalar(sa.select(_x.c.id).where(_x.c.requested_by == actor[:128],
+                                                   _x.c.status.in_(("queued", "running")),
+                                                   _x.c.heartbeat_at >= now - STALE).limit(1))
+    if busy is not None:
+        raise Conflict("list %(export_id)s of yours is still being written: wait for it", export_id=busy)
+    export = ReportExport(kind=kind, format=fmt, first_day=first, last_day=last, status="queued", rows_expected=0,
+                          rows_done=0, size_bytes=0, requested_by=actor[:128], created_at=now, heartbeat_at=now)
     session.add(export)
     session.flush()
     record(session, "report.export", actor=actor, target=f"export:{export.id}", source_ip=source_ip,
-           details={"list": kind, "from": first.isoformat(), "to": last.isoformat(), "format": fmt,
-                    "rows": export.rows_expected})
+           details={"list": kind, "from": first.isoformat(), "to": last.isoformat(), "format": fmt})
     return export
 
 
@@ -116,6 +121,10 @@ def run_export(session: Session, engine, export_id: int, tz: str) -> str:
                     beat(done)
 
         try:
+            session.connection(execution_options={"kamengd_readonly": True})   # a snapshot, no write lock
+            expected = expected_rows(session, kind, *_bounds(first, last, tz))
+            progress.execute(_x.update().where(_x.c.id == export_id).values(rows_expected=expected))
+            progress.commit()
             found = _rows(session, kind, first, last, tz)
             with tempfile.TemporaryFile() as fh:
                 write = exports.write_csv if fmt == "csv" else exports.write_xlsx
@@ -146,30 +155,41 @@ def run_export(session: Session, engine, export_id: int, tz: str) -> str:
             return "failed"
 
 
-def get_export(session: Session, export_id, now: dt.datetime | None = None) -> ReportExport:
-    """The export, a dead worker's shown failed (not written: the page only reads)."""
+def get_export(session: Session, export_id, requested_by: str | None = None,
+               now: dt.datetime | None = None) -> ReportExport:
+    """The export (of `requested_by` when given: another's is not found); a dead worker's is
+    shown failed (not written: the page only reads)."""
     try:
-        export = session.get(ReportExport, int(export_id))
+        export_id = int(export_id)
     except (TypeError, ValueError):
-        export = None
-    if export is None:
+        export_id = 0
+    export = session.get(ReportExport, export_id) if 0 < export_id < 2**31 else None
+    if export is None or (requested_by is not None and export.requested_by != requested_by[:128]):
         raise NotFound("export %(export_id)s not found", export_id=str(export_id)[:20])
     now = now or utcnow()
     if export.status in ("queued", "running") and export.heartbeat_at and now - export.heartbeat_at > STALE:
-        export.status, export.error = "failed", "interrupted"
         session.expunge(export)
+        export.status, export.error = "failed", "interrupted"
     return export
 
 
-def recent(session: Session, limit: int = 20) -> list[ReportExport]:
-    return list(session.scalars(sa.select(ReportExport).order_by(ReportExport.id.desc()).limit(limit)))
+def recent(session: Session, requested_by: str, limit: int = 20) -> list[ReportExport]:
+    """The staff member's own lists, newest first."""
+    return list(session.scalars(sa.select(ReportExport).where(ReportExport.requested_by == requested_by[:128])
+                                .order_by(ReportExport.id.desc()).limit(limit)))
 
 
 def parts(session: Session, export_id: int):
-    """The file's bytes, a part at a time (one in memory)."""
+    """The file's bytes, a part at a time (one in memory), each read in a read-only transaction
+    of its own: a slow download never holds a lock or a snapshot between parts."""
+    session.connection(execution_options={"kamengd_readonly": True})
     count = session.scalar(sa.select(sa.func.count()).select_from(_p).where(_p.c.export_id == export_id))
+    session.rollback()
     for seq in range(count):
-        yield session.scalar(sa.select(_p.c.data).where(_p.c.export_id == export_id, _p.c.seq == seq))
+        session.connection(execution_options={"kamengd_readonly": True})
+        data = session.scalar(sa.select(_p.c.data).where(_p.c.export_id == export_id, _p.c.seq == seq))
+        session.rollback()
+        yield data
 
 
 def prune(session: Session, now: dt.datetime | None = None) -> dict:

@@ -27,6 +27,21 @@ from .summary import KEYS, SUMS, TABLES, day_facts, local_day, progress
 MAX_DAYS = 731
 
 
+def parse_day(text: str | None, field: str, default: dt.date | None = None) -> dt.date | None:
+    """A day typed by a person (YYYY-MM-DD), within the years every time zone's arithmetic holds;
+    empty: `default`."""
+    raw = (text or "").strip()
+    if not raw:
+        return default
+    try:
+        day = dt.date.fromisoformat(raw)
+    except ValueError:
+        day = None
+    if day is None or not 1970 <= day.year <= 9998:
+        raise InvalidRequest("%(field)s: %(value)r is not a day (YYYY-MM-DD)", field=field, value=raw[:20])
+    return day
+
+
 def check_range(first: dt.date, last: dt.date) -> None:
     if last < first:
         raise InvalidRequest("the range ends before it starts")

@@ -78,7 +78,7 @@ class CouponDay(db.Model):
 
 
 class RiskDay(db.Model):
-    """Risk rules' decisions by rule and outcome (kept after prune_risk_records drops the rows)."""
+    """Risk rules' decisions by rule and outcome."""
     __tablename__ = "report_risk_days"
 
     day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)

@@ -24,10 +24,13 @@ def orders_by_status(session: Session, since: dt.datetime | None = None) -> dict
     if since is None:
         query = sa.select(Order.status, sa.func.count()).group_by(Order.status)
     else:
-        # Grouped by an expression, not the column: on the column SQLite groups along the status
-        # index and reads every order's created_at (seconds at a million); this reads the range.
+        # The range of the created_at index, read in order: grouped by an expression, not the
+        # column (on the column SQLite groups along the status index and reads every order's
+        # created_at), and that index forced on MariaDB (which guesses a month twice as many
+        # orders as it is and reads the whole table instead): seconds either way at a million.
         status = sa.func.coalesce(Order.status, "")
-        query = sa.select(status, sa.func.count()).where(Order.created_at >= since).group_by(status)
+        query = (sa.select(status, sa.func.count()).where(Order.created_at >= since).group_by(status)
+                 .with_hint(Order, "FORCE INDEX (ix_orders_created_at)", "mysql"))
     counts = dict(session.execute(query).all())
     return {status: counts.get(status, 0) for status in ORDER_STATUSES}
 

@@ -6,7 +6,7 @@ or a sum over a day, and each is counted on the day its event happened — creat
 created_at's day, paid on paid_at's, delivered on delivered_at's, refunded on
 refunded_at's — so nothing that happens later changes a day already past: a refund next
 month is next month's refund, not a rewrite of the sale. The `summarise_sales` job writes
-each closed day once, ten minutes after it ends (a transaction of its last second has
+each closed day once, an hour after it ends (CLOSE_AFTER: what happened that day has
 committed by then), one day per commit, in order; `day_facts` is the one place that says
 what a day holds, and a report reads the days not yet summarised (today) through it too.
 
@@ -40,7 +40,9 @@ from ..risk.models import RiskDecision
 from .models import (AgentDay, CohortMonth, CouponDay, RepeatGap, ReportBuyer, ReportProgress, RiskDay, SalesDay,
                      SalesHour)
 
-CLOSE_AFTER = dt.timedelta(minutes=10)
+# A day is summarised an hour after it ends: a reconciliation or supplier pass stamps what it
+# finds with the time it started, and may commit minutes later (gateways answer slowly).
+CLOSE_AFTER = dt.timedelta(hours=1)
 DAYS_PER_RUN = 31
 SALES = ("created", "paid", "revenue_cents", "discount_cents", "fee_cents", "delivered", "cost_cents", "uncosted",
          "refunded", "refund_cents", "commission_cents")
@@ -97,8 +99,12 @@ def day_facts(session: Session, day: dt.date, tz: str, parts=PARTS) -> Facts:
         add(s, sa.select(*key, count()).where(_between(_o.c.created_at, start, end)).group_by(*key), ("created",))
         add(s, sa.select(*key, count(), total(_o.c.amount_cents), total(_o.c.discount_cents + _o.c.points_discount_cents))
             .where(paid).group_by(*key), ("paid", "revenue_cents", "discount_cents"))
+        # The fee of the payment that paid the order (received, or held for staff); a second,
+        # extra payment is given back and its fee is not the sale's. (The status as an
+        # expression: on the column SQLite would walk the payments' status index, every payment.)
         add(s, sa.select(*key, total(_pay.c.fee_cents)).select_from(_o.join(_pay, _pay.c.order_id == _o.c.id))
-            .where(paid).group_by(*key), ("fee_cents",))
+            .where(paid, sa.func.coalesce(_pay.c.status, "").in_(("received", "held"))).group_by(*key),
+            ("fee_cents",))
         # Cost: the products' cost prices read apart (a join made MariaDB read every order of
         # each product, seconds a day at a million orders), times the units delivered.
         costs = dict(session.execute(sa.select(_p.c.id, _p.c.cost_price_cents)).all())

@@ -20,8 +20,9 @@ def money(cents: int) -> Decimal:
     return (Decimal(cents) / 100).quantize(CENT)
 
 
-def share(part: int, whole: int) -> str:
-    return f"{Decimal(part * 100) / whole:.1f}%" if whole else "—"
+def share(part: int, whole: int) -> Decimal | None:
+    """A percentage as a number (a loss's margin is negative: a spreadsheet sums and sorts it)."""
+    return (Decimal(part * 100) / whole).quantize(Decimal("0.1")) if whole else None
 
 
 class Text(NamedTuple):
@@ -41,6 +42,10 @@ def _l(msgid: str, **params) -> Text:
 def text(cell, gettext=None) -> str:
     """A column's title or a note as words."""
     return cell.render(gettext) if isinstance(cell, Text) else str(cell)
+
+
+def _percent(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value}%"
 
 
 @dataclass
@@ -77,7 +82,7 @@ def _profit(reader, first, last, by):
     what = {"product": _l("Product"), "group": _l("Product with its variants"), "category": _l("Category")}[by]
     table = Table("profit", _l("Profit"), [
         what, _l("Currency"), _l("Paid orders"), _l("Sales"), _l("Refunds"), _l("Cost"), _l("Channel fees"),
-        _l("Commission"), _l("Profit"), _l("Margin"), _l("Delivered without a cost price")])
+        _l("Commission"), _l("Profit"), _l("Margin (%)"), _l("Delivered without a cost price")])
     uncosted = 0
     for ln in figures.profit(reader, first, last, by):
         c = ln.counters
@@ -93,8 +98,8 @@ def _profit(reader, first, last, by):
 
 def _channels(reader, first, last, by):
     table = Table("channels", _l("Payment channels"), [
-        _l("Channel"), _l("Currency"), _l("Orders created"), _l("Paid orders"), _l("Paid of created"),
-        _l("Delivered"), _l("Sales"), _l("Channel fees"), _l("Fees of sales")])
+        _l("Channel"), _l("Currency"), _l("Orders created"), _l("Paid orders"), _l("Paid of created (%)"),
+        _l("Delivered"), _l("Sales"), _l("Channel fees"), _l("Fees of sales (%)")])
     for ln in figures.channels(reader, first, last):
         c = ln.counters
         table.rows.append([ln.name, ln.currency, c["created"], c["paid"], share(c["paid"], c["created"]),
@@ -127,7 +132,7 @@ def _repurchase(reader, first, last, by):
         table.rows.append([cohort.strftime("%Y-%m"), buyers, *row, *([""] * (span - len(row)))])
     table.notes.append(_l("Buyers who first paid in the range: %(buyers)s; of them %(returned)s (%(share)s) paid "
                           "again on a later day.", buyers=r.buyers, returned=r.returned,
-                          share=share(r.returned, r.buyers)))
+                          share=_percent(share(r.returned, r.buyers))))
     if r.median_gap_days is not None:
         days = f"{r.median_gap_days:g}"
         table.notes.append(_l("Median days between a buyer's purchases: %(days)s (%(n)s repeat purchases in the "

@@ -179,7 +179,8 @@ def main() -> None:
                                         "under 300 ms at 1,000,000 orders)")
     rp.add_argument("-n", type=int, default=1_000_000, help="orders seeded over the year before now")
     rp.add_argument("--repeat", type=int, default=5, help="timed runs of each figure (the median is printed)")
-    rp.add_argument("--export", type=int, default=100_000, help="rows of the orders export to page through")
+    rp.add_argument("--export", type=int, default=1, help="0: skip the exports of every order")
+    rp.add_argument("--formats", default="csv,xlsx", help="the exports' formats")
     rp.add_argument("--seed", type=int, default=7, help="the random seed of the data")
     rp.add_argument("--database-url", help="default: SQLite in a temporary directory (MariaDB: an empty database)")
     rp.add_argument("--keep", metavar="DIR", help="install and seed into DIR and keep it; a second run with the same "
