@@ -213,10 +213,6 @@ class Repurchase:
     gaps: list[tuple[int, int]]   # (days between, buyers), for the histogram
     cohorts: list[tuple[dt.date, int, list[int]]]   # (first month, buyers, buyers in month +0, +1, …)
 
-    @property
-    def share(self) -> float | None:
-        return self.returned / self.buyers if self.buyers else None
-
 
 def _median(histogram: list[tuple[int, int]]) -> float | None:
     total = sum(n for _, n in histogram)
