@@ -1,4 +1,5 @@
-"""After-sales tickets end to end (W6): real servers in each layout, on SQLite and MariaDB.
+"""After-sales tickets end to end (W6), then the reports (W7, tests/test_reports_e2e.py) on the
+same servers: real servers in each layout, on SQLite and MariaDB.
 
 A buyer buys a key through the buyer API and the Epay callback, then opens a ticket from its
 order page (the form, with the page's CSRF token and the order's token); two support staff,
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import install_shop, run_cli
+from test_reports_e2e import check_reports
 from test_channel_stripe import http
 from test_concurrency import start_layout
 
@@ -69,8 +71,8 @@ def test_a_ticket_opened_by_the_buyer_is_answered_and_racing_reissues_give_one_n
     config, pid, keys = install_shop(backend, databases, tmp_path, product="售后 e2e", price="9.90", keys=5,
                                      prefix="T")
     (tmp_path / "spw").write_text(PASSWORD + "\n")
-    for name in ("desk-a", "desk-b"):
-        run_cli("user", "create", "--username", name, "--role", "support", "--password-file", tmp_path / "spw",
+    for name, role in (("desk-a", "support"), ("desk-b", "support"), ("clerk", "finance")):
+        run_cli("user", "create", "--username", name, "--role", role, "--password-file", tmp_path / "spw",
                 config=config, check=True)
     run_cli("channel", "add", "--type", "epay", "--code", "ep", "--option", "gateway=https://pay.example.com",
             "--option", "pid=1001", "--option", f"key={KEY}", config=config, check=True)
@@ -134,5 +136,8 @@ def test_a_ticket_opened_by_the_buyer_is_answered_and_racing_reissues_give_one_n
     assert "keys replaced" in shown and fresh in shown and key not in shown
     audit = run_cli("audit", "list", "--json", config=config, check=True).out
     assert audit.count('"order.reissue"') == 1 and key not in audit and fresh not in audit
+
+    # W7 on the same servers: the sale in today's profit report, the orders list across servers.
+    check_reports(bases, config, sign_in(bases[0], "clerk"), "售后 e2e", [placed["order_no"]], "9.90")
     logs = start_server.stop_all()
     assert not any("Traceback" in log for log in logs.values()), logs
