@@ -1,4 +1,4 @@
-"""After-sales tickets end to end (W6), then the reports (W7, tests/test_reports_e2e.py) on the
+"""After-sales tickets end to end (W6), then the reports (W7, tests/reports_e2e.py) on the
 same servers: real servers in each layout, on SQLite and MariaDB.
 
 A buyer buys a key through the buyer API and the Epay callback, then opens a ticket from its
@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import install_shop, run_cli
-from test_reports_e2e import check_reports
+from reports_e2e import check_reports
 from test_channel_stripe import http
 from test_concurrency import start_layout
 

@@ -49,7 +49,7 @@ def dashboard():
     days = figures.daily(reader, month, today)
     periods = [(label, figures.totals(reader, today - dt.timedelta(days=n - 1), today))
                for label, n in ((_("Today"), 1), (_("7 days"), 7), (_("30 days"), 30))]
-    currency = figures.main_currency(periods[-1][1])
+    currency = figures.main_currency({t.currency: t.counters["paid"] for t in periods[-1][1]})
     top = sorted((ln for ln in figures.profit(reader, month, today) if ln.currency == currency),
                  key=lambda ln: (-ln.counters["revenue_cents"], ln.name))[:10]
     attention_count, attention = shop.orders_needing_attention(db.session, limit=10)

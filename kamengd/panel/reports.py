@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import threading
+from decimal import Decimal
 
 from flask import Response, abort, current_app, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
@@ -37,15 +38,15 @@ def _asked(reader: figures.Reader) -> tuple[str, dt.date, dt.date, str]:
     return name, first, last, request.args.get("by", "product")
 
 
-def _chart(name: str, table: tables.Table, reader: figures.Reader, first: dt.date, last: dt.date):
+def _chart(name: str, table: tables.Table, first: dt.date, last: dt.date):
     """The report's picture: what a merchant reads first on it."""
     rows = table.rows
     if name == "sales":
-        per_day: dict[str, int] = {}
-        currency = figures.main_currency(figures.totals(reader, first, last))
+        paid: dict[str, int] = {}
         for row in rows:
-            if row[1] == currency:
-                per_day[row[0]] = int(row[4] * 100)
+            paid[row[1]] = paid.get(row[1], 0) + row[3]
+        currency = figures.main_currency(paid)
+        per_day = {row[0]: int(row[4] * 100) for row in rows if row[1] == currency}
         days = [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
         return charts.bars([(d[5:], per_day.get(d, 0)) for d in days], value_label=format_cents,
                            title=_("Sales per day (%(currency)s)", currency=currency), empty=_("No sales in the range."))
@@ -54,13 +55,12 @@ def _chart(name: str, table: tables.Table, reader: figures.Reader, first: dt.dat
                               columns=[f"{h:02d}" for h in range(24)], title=_("Paid orders by hour and weekday"),
                               empty=_("No sales in the range."))
     if name == "repurchase":
-        gaps = figures.repurchase(reader, first, last).gaps
-        return charts.bars([(str(days), n) for days, n in gaps[:60]], title=_("Days between a buyer's purchases"),
-                           empty=_("No buyer paid again in the range."))
+        return charts.bars([(str(days), n) for days, n in table.series[:60]],
+                           title=_("Days between a buyer's purchases"), empty=_("No buyer paid again in the range."))
     ranking = {"profit": (8, _("Profit")), "channels": (3, _("Paid orders")), "agents": (3, _("Sales")),
                "coupons": (2, _("Paid orders")), "risk": (-1, _("Decisions")), "stores": (1, _("Redeemed"))}
     column, label = ranking[name]
-    money = column in (3, 8) and name in ("profit", "agents")
+    money = bool(rows) and isinstance(rows[0][column], Decimal)   # (cents on the bar, money beside it)
     points = [(f"{row[0]} ({row[1]})" if name in ("profit", "channels", "agents", "coupons") else str(row[0]),
                int(row[column] * 100) if money else int(row[column])) for row in rows[:15]]
     return charts.hbars(points, title=label, value_label=format_cents if money else str, empty=_("Nothing in the range."))
@@ -76,7 +76,7 @@ def reports():
     try:
         name, first, last, by = _asked(reader)
         table = tables.build(reader, name, first, last, by)
-        chart = _chart(name, table, reader, first, last)
+        chart = _chart(name, table, first, last)
     except InvalidRequest as exc:
         flash_errors(exc)
         status = 400

@@ -90,6 +90,13 @@ def _summary(count: str, best: str, total: str) -> str:
     return f"{count}; highest {best}; total {total}."
 
 
+def _series(points: Sequence[tuple[str, int]]) -> tuple[list[str], list[int], int]:
+    """(labels, values, the largest value) of a list of (label, value)."""
+    points = list(points)
+    values = _ints(v for _, v in points)
+    return [str(label) for label, _ in points], values, max(values, default=0)
+
+
 def _thin(count: int, label_width: float, room: float) -> int:
     """Every how many labels to write so that they do not overlap (30 or 90 days)."""
     return max(1, math.ceil(count * (label_width + FONT) / room))
@@ -98,10 +105,7 @@ def _thin(count: int, label_width: float, room: float) -> int:
 def bars(points: Sequence[tuple[str, int]], *, title: str, value_label: Format = str,
          desc: str | None = None, empty: str = "No data") -> Markup:
     """Vertical bars, one per (label, value), left to right; the axis shows 0 and the largest value."""
-    points = list(points)
-    labels = [str(label) for label, _ in points]
-    values = _ints(v for _, v in points)
-    top = max(values, default=0)
+    labels, values, top = _series(points)
     if top <= 0:
         return _empty("bars", title, empty)
     best = values.index(top)
@@ -141,10 +145,7 @@ def bars(points: Sequence[tuple[str, int]], *, title: str, value_label: Format =
 def hbars(points: Sequence[tuple[str, int]], *, title: str, value_label: Format = str,
           desc: str | None = None, empty: str = "No data") -> Markup:
     """Horizontal bars for a ranking, top to bottom as given: label, bar, the value written at its end."""
-    points = list(points)
-    labels = [str(label) for label, _ in points]
-    values = _ints(v for _, v in points)
-    top = max(values, default=0)
+    labels, values, top = _series(points)
     if top <= 0:
         return _empty("hbars", title, empty)
     best = values.index(top)

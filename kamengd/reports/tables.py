@@ -55,6 +55,7 @@ class Table:
     columns: list
     rows: list[list] = field(default_factory=list)
     notes: list = field(default_factory=list)
+    series: list = field(default_factory=list)   # what a chart draws beside the table (repurchase: gaps)
 
     def header(self, gettext=None) -> list[str]:
         return [text(c, gettext) for c in self.columns]
@@ -128,6 +129,7 @@ def _repurchase(reader, first, last, by):
     span = max((len(row) for _, _, row in r.cohorts), default=1)
     table = Table("repurchase", _l("Repurchase: cohorts by the month of the first purchase"),
                   [_l("First month"), _l("Buyers"), *(_l("Month +%(n)s", n=k) for k in range(span))])
+    table.series = r.gaps
     for cohort, buyers, row in r.cohorts:
         table.rows.append([cohort.strftime("%Y-%m"), buyers, *row, *([""] * (span - len(row)))])
     table.notes.append(_l("Buyers who first paid in the range: %(buyers)s; of them %(returned)s (%(share)s) paid "
